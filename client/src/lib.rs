@@ -1,0 +1,268 @@
+//! The hospital client: runs next to the data, dials out to the
+//! coordinator, pulls tasks, and answers them from local data.
+//!
+//! What leaves the hospital: the data-quality summary (counts), aggregate
+//! statistics for preprocessing (per-column counts, means, variances,
+//! medians, category counts), parameter updates and evaluation metrics.
+//! Never a row.
+
+mod work;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cohort_protocol::v1::hospital_service_client::HospitalServiceClient;
+use cohort_protocol::v1::{
+    PullTaskRequest, RegisterRequest, ResultFrame, TaskHeader, result_frame, task_frame,
+};
+use cohort_protocol::{CHUNK_BYTES, MAX_MESSAGE_BYTES, PROTOCOL_VERSION, ParameterAssembler};
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+use tracing::{info, warn};
+
+pub use work::{Answer, Worker};
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `http://host:port` of the coordinator.
+    pub coordinator: String,
+    pub data: PathBuf,
+    pub name: String,
+    /// Where the client keeps its own records (participation log).
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("coordinator URL `{url}`: {message}")]
+    Url { url: String, message: String },
+    #[error("local data {path}: {source}")]
+    Data {
+        path: PathBuf,
+        source: cohort_datasets::DataError,
+    },
+    #[error("the coordinator refused this client: {0}")]
+    Refused(String),
+    #[error("client data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Why a session with the coordinator ended.
+enum SessionEnd {
+    /// Connection trouble or a coordinator restart: try again later.
+    Retry(String),
+    Fatal(ClientError),
+}
+
+/// Builds a channel to the coordinator; the URL is checked here so that a
+/// typo fails at start-up rather than as endless reconnects.
+pub fn endpoint(url: &str) -> Result<Endpoint, ClientError> {
+    let bad = |message: &str| ClientError::Url {
+        url: url.to_string(),
+        message: message.to_string(),
+    };
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(bad("must start with http:// or https://"));
+    }
+    Ok(Endpoint::from_shared(url.to_string())
+        .map_err(|e| bad(&e.to_string()))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true))
+}
+
+/// Runs the client until `shutdown` completes or a fatal error occurs.
+pub async fn run(config: ClientConfig, shutdown: impl Future<Output = ()>) -> Result<(), ClientError> {
+    let endpoint = endpoint(&config.coordinator)?;
+    let table = cohort_datasets::read_table(&config.data).map_err(|source| ClientError::Data {
+        path: config.data.clone(),
+        source,
+    })?;
+    let summary = table.quality();
+    drop(table);
+    let summary_json = serde_json::to_string(&summary).unwrap_or_default();
+    let worker = Arc::new(Worker::new(&config)?);
+    info!(client = config.name, rows = summary.rows, coordinator = config.coordinator, "client starting");
+
+    let main = async {
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            match session(&endpoint, &config, &summary_json, &worker, &mut backoff).await {
+                SessionEnd::Fatal(e) => return Err(e),
+                SessionEnd::Retry(reason) => {
+                    warn!(client = config.name, "{reason}; reconnecting in {:.1} s", backoff.as_secs_f64());
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    };
+    tokio::select! {
+        r = main => r,
+        () = shutdown => Ok(()),
+    }
+}
+
+async fn session(
+    endpoint: &Endpoint,
+    config: &ClientConfig,
+    summary_json: &str,
+    worker: &Arc<Worker>,
+    backoff: &mut Duration,
+) -> SessionEnd {
+    let channel: Channel = match endpoint.connect().await {
+        Ok(c) => c,
+        Err(e) => return SessionEnd::Retry(format!("cannot reach the coordinator: {e}")),
+    };
+    let mut grpc = HospitalServiceClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let reply = match grpc
+        .register(RegisterRequest {
+            protocol_version: PROTOCOL_VERSION,
+            client_name: config.name.clone(),
+            quality_summary_json: summary_json.to_string(),
+            client_version: env!("CARGO_PKG_VERSION").to_string(),
+        })
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(s) if matches!(s.code(), Code::InvalidArgument | Code::FailedPrecondition | Code::PermissionDenied) => {
+            return SessionEnd::Fatal(ClientError::Refused(s.message().to_string()));
+        }
+        Err(s) => return SessionEnd::Retry(format!("registration failed: {}", s.message())),
+    };
+    info!(client = config.name, "registered with the coordinator");
+    *backoff = Duration::from_millis(250);
+    let session_id = reply.session_id;
+
+    loop {
+        let mut stream = match grpc
+            .pull_task(PullTaskRequest {
+                session_id: session_id.clone(),
+            })
+            .await
+        {
+            Ok(s) => s.into_inner(),
+            Err(s) => return SessionEnd::Retry(format!("task poll failed: {}", s.message())),
+        };
+        let header = match stream.message().await {
+            Ok(Some(frame)) => match frame.frame {
+                Some(task_frame::Frame::Idle(_)) => continue,
+                Some(task_frame::Frame::Header(h)) => h,
+                _ => return SessionEnd::Retry("coordinator sent a task without a header".into()),
+            },
+            Ok(None) => continue,
+            Err(s) => return SessionEnd::Retry(format!("task poll failed: {}", s.message())),
+        };
+        let parameters = match receive_parameters(&header, &mut stream).await {
+            Ok(p) => p,
+            Err(Received::Broken(reason)) => return SessionEnd::Retry(reason),
+            Err(Received::Malformed(reason)) => {
+                let answer = Answer::refused(reason);
+                if let Err(end) = submit(&mut grpc, &session_id, &header, answer).await {
+                    return end;
+                }
+                continue;
+            }
+        };
+        let worker = worker.clone();
+        let task_header = header.clone();
+        // Training is CPU-bound: keep it off the async runtime's threads.
+        let answer = tokio::task::spawn_blocking(move || worker.handle(&task_header, parameters))
+            .await
+            .unwrap_or_else(|e| Answer::refused(format!("task crashed: {e}")));
+        if let Err(end) = submit(&mut grpc, &session_id, &header, answer).await {
+            return end;
+        }
+    }
+}
+
+enum Received {
+    /// The stream broke: a connection problem, not the task's fault.
+    Broken(String),
+    /// The task's parameters are malformed: refuse it with this reason.
+    Malformed(String),
+}
+
+async fn receive_parameters(
+    header: &TaskHeader,
+    stream: &mut tonic::Streaming<cohort_protocol::v1::TaskFrame>,
+) -> Result<Vec<f32>, Received> {
+    let mut assembler = ParameterAssembler::new(header.parameter_count).map_err(|e| Received::Malformed(e.to_string()))?;
+    let mut malformed = None;
+    loop {
+        match stream.message().await {
+            Ok(Some(frame)) => match frame.frame {
+                Some(task_frame::Frame::Chunk(c)) if malformed.is_none() => {
+                    if let Err(e) = assembler.push(&c.data) {
+                        malformed = Some(e.to_string());
+                    }
+                }
+                Some(task_frame::Frame::Chunk(_)) => {}
+                _ => malformed = Some("unexpected frame inside a task".into()),
+            },
+            Ok(None) => break,
+            Err(s) => return Err(Received::Broken(format!("task download failed: {}", s.message()))),
+        }
+    }
+    if let Some(reason) = malformed {
+        return Err(Received::Malformed(format!("malformed parameters: {reason}")));
+    }
+    let params = assembler
+        .finish()
+        .map_err(|e| Received::Malformed(format!("malformed parameters: {e}")))?;
+    if !header.parameters_sha256.is_empty() && cohort_models::parameters_sha256(&params) != header.parameters_sha256 {
+        return Err(Received::Malformed("parameters do not match their announced SHA-256".into()));
+    }
+    Ok(params)
+}
+
+async fn submit(
+    grpc: &mut HospitalServiceClient<Channel>,
+    session_id: &str,
+    task: &TaskHeader,
+    answer: Answer,
+) -> Result<(), SessionEnd> {
+    let mut header = answer.header;
+    header.session_id = session_id.to_string();
+    header.task_id = task.task_id.clone();
+    if !header.error.is_empty() {
+        warn!(job = task.job_id, round = task.round, "refusing task: {}", header.error);
+    }
+    let values = Arc::new(answer.parameters);
+    let per_chunk = CHUNK_BYTES / 4;
+    let n_chunks = values.len().div_ceil(per_chunk);
+    let head = ResultFrame {
+        frame: Some(result_frame::Frame::Header(header)),
+    };
+    // Chunks are encoded lazily so a large update is not held twice.
+    let chunks = futures::stream::iter(0..n_chunks).map(move |i| {
+        let slice = &values[i * per_chunk..((i + 1) * per_chunk).min(values.len())];
+        let data = slice.iter().flat_map(|v| v.to_le_bytes()).collect();
+        ResultFrame {
+            frame: Some(result_frame::Frame::Chunk(cohort_protocol::v1::Chunk { data })),
+        }
+    });
+    use futures::StreamExt;
+    let frames = futures::stream::iter([head]).chain(chunks);
+    match grpc.submit_result(frames).await {
+        Ok(reply) => {
+            let reply = reply.into_inner();
+            if !reply.accepted {
+                warn!(job = task.job_id, round = task.round, "coordinator rejected our answer: {}", reply.reason);
+            }
+            Ok(())
+        }
+        Err(s) if s.code() == Code::Unauthenticated => Err(SessionEnd::Retry("session expired".into())),
+        Err(s) if s.code() == Code::FailedPrecondition => {
+            warn!(job = task.job_id, round = task.round, "answer not taken: {}", s.message());
+            Ok(())
+        }
+        Err(s) => Err(SessionEnd::Retry(format!("sending the answer failed: {}", s.message()))),
+    }
+}

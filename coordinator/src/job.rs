@@ -1,0 +1,226 @@
+//! The job file a model developer submits: parsing and validation.
+//!
+//! Validation happens at submit time so that a typo fails in the
+//! developer's terminal, naming the key, instead of hours later in a round.
+
+use cohort_datasets::DataSpec;
+use cohort_models::{ModelSpec, OptimizerSpec, TrainConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::strategy::StrategySpec;
+
+/// A whole job file, as accepted by `cohort job submit`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub name: String,
+    pub data: DataSpec,
+    pub model: ModelSpec,
+    pub training: TrainingSpec,
+    #[serde(default)]
+    pub strategy: StrategySpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingSpec {
+    pub rounds: u32,
+    pub min_clients: u32,
+    pub clients_per_round: u32,
+    #[serde(default = "default_local_epochs")]
+    pub local_epochs: u32,
+    #[serde(default = "default_batch_size")]
+    pub batch_size: u32,
+    pub optimizer: OptimizerSpec,
+    #[serde(default = "default_round_timeout")]
+    pub round_timeout_secs: u64,
+    #[serde(default)]
+    pub seed: u64,
+    /// How often a round that got fewer than `min_clients` answers is tried
+    /// again before the job fails. Hospitals come and go; this only keeps a
+    /// job from waiting forever on a consortium that is gone.
+    #[serde(default = "default_max_round_attempts")]
+    pub max_round_attempts: u32,
+}
+
+fn default_local_epochs() -> u32 {
+    1
+}
+fn default_batch_size() -> u32 {
+    32
+}
+fn default_round_timeout() -> u64 {
+    120
+}
+fn default_max_round_attempts() -> u32 {
+    20
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// TOML syntax, unknown keys and wrong types; toml's message names the key
+    /// and the line.
+    #[error("invalid job file: {0}")]
+    Parse(String),
+    #[error("invalid job file: {key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> JobError {
+    JobError::Invalid {
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+impl JobSpec {
+    /// Parses and validates a job file.
+    pub fn from_toml(text: &str) -> Result<Self, JobError> {
+        let spec: JobSpec = toml::from_str(text).map_err(|e| JobError::Parse(e.to_string()))?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    pub fn validate(&self) -> Result<(), JobError> {
+        if self.name.trim().is_empty() {
+            return Err(invalid("name", "must not be empty"));
+        }
+        self.data
+            .validate()
+            .map_err(|e| invalid("data", e.to_string()))?;
+        self.model
+            .validate()
+            .map_err(|e| invalid("model", e.to_string()))?;
+        let t = &self.training;
+        if t.rounds == 0 {
+            return Err(invalid("training.rounds", "must be at least 1"));
+        }
+        if t.min_clients == 0 {
+            return Err(invalid("training.min_clients", "must be at least 1"));
+        }
+        if t.clients_per_round < t.min_clients {
+            return Err(invalid(
+                "training.clients_per_round",
+                format!(
+                    "{} is fewer than training.min_clients = {}",
+                    t.clients_per_round, t.min_clients
+                ),
+            ));
+        }
+        if t.local_epochs == 0 {
+            return Err(invalid("training.local_epochs", "must be at least 1"));
+        }
+        if t.batch_size == 0 {
+            return Err(invalid("training.batch_size", "must be at least 1"));
+        }
+        if t.round_timeout_secs == 0 {
+            return Err(invalid("training.round_timeout_secs", "must be at least 1"));
+        }
+        if t.max_round_attempts == 0 {
+            return Err(invalid("training.max_round_attempts", "must be at least 1"));
+        }
+        t.optimizer
+            .validate()
+            .map_err(|e| invalid("training.optimizer", e.to_string()))?;
+        self.strategy.validate().map_err(|(key, message)| {
+            invalid(&format!("strategy.{key}"), message)
+        })?;
+        Ok(())
+    }
+
+    /// The local training configuration a client gets for `round`.
+    ///
+    /// The seed differs per round so that clients do not replay the same
+    /// mini-batch order every round.
+    pub fn train_config(&self, round: u32) -> TrainConfig {
+        TrainConfig {
+            epochs: self.training.local_epochs as usize,
+            batch_size: self.training.batch_size as usize,
+            optimizer: self.training.optimizer.clone(),
+            seed: self
+                .training
+                .seed
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .wrapping_add(u64::from(round)),
+            proximal_mu: self.strategy.proximal_mu(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example from the job-file documentation, verbatim.
+    pub(crate) const EXAMPLE: &str = r#"
+name = "wdbc-mlp"
+
+[data]
+label = "diagnosis"
+positive = "M"
+drop = ["patient_id"]
+numeric = "*"                       # every column not named elsewhere
+categorical = {}                    # e.g. { tgrade = ["I", "II", "III"] }
+validation_fraction = 0.2
+
+[model]
+kind = "mlp"                        # or "logistic"
+hidden = [32, 16]
+
+[training]
+rounds = 20
+min_clients = 3
+clients_per_round = 3
+local_epochs = 2
+batch_size = 32
+optimizer = { kind = "sgd", learning_rate = 0.05, momentum = 0.9 }
+round_timeout_secs = 120
+seed = 7
+
+[strategy]
+kind = "fedavg"                     # fedprox: mu; fedadam/fedyogi: server_learning_rate, beta1, beta2, tau
+"#;
+
+    #[test]
+    fn documented_example_is_accepted() {
+        let spec = JobSpec::from_toml(EXAMPLE).unwrap();
+        assert_eq!(spec.training.rounds, 20);
+        assert_eq!(
+            spec.model,
+            ModelSpec::Mlp {
+                hidden: vec![32, 16]
+            }
+        );
+        assert_eq!(spec.strategy, StrategySpec::FedAvg);
+    }
+
+    fn error_for(edit: impl Fn(&str) -> String) -> String {
+        JobSpec::from_toml(&edit(EXAMPLE)).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let msg = error_for(|s| s.replace("seed = 7", "seed = 7\nsede = 8"));
+        assert!(msg.contains("sede"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let msg = error_for(|s| s.replace("rounds = 20", "rounds = \"twenty\""));
+        assert!(msg.contains("rounds"), "{msg}");
+    }
+
+    #[test]
+    fn impossible_values_are_named() {
+        let msg = error_for(|s| s.replace("rounds = 20", "rounds = 0"));
+        assert!(msg.contains("training.rounds"), "{msg}");
+        let msg = error_for(|s| s.replace("hidden = [32, 16]", "hidden = []"));
+        assert!(msg.contains("hidden"), "{msg}");
+        let msg = error_for(|s| s.replace("drop = [\"patient_id\"]", "drop = [\"diagnosis\"]"));
+        assert!(msg.contains("diagnosis"), "{msg}");
+        let msg = error_for(|s| s.replace("clients_per_round = 3", "clients_per_round = 2"));
+        assert!(msg.contains("clients_per_round"), "{msg}");
+        let msg = error_for(|s| s.replace("kind = \"fedavg\"", "kind = \"fedprox\"\nmu = -1.0"));
+        assert!(msg.contains("strategy.mu"), "{msg}");
+    }
+}

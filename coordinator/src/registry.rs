@@ -1,0 +1,294 @@
+//! Live clients: sessions, per-client task queues and the answers the job
+//! runners are waiting for.
+//!
+//! Hospitals cannot be dialled, so the coordinator never pushes: a runner
+//! queues a task for a client and gets a receiver; the client's next
+//! `PullTask` long-poll takes the task off the queue; its `SubmitResult`
+//! resolves the receiver.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use cohort_datasets::{LocalStatistics, ResolvedSchema};
+use cohort_models::Metrics;
+use cohort_protocol::v1::{TaskHeader, TaskKind};
+use tokio::sync::{Notify, oneshot};
+
+/// A task waiting in a client's queue.
+#[derive(Debug, Clone)]
+pub struct Task {
+    pub header: TaskHeader,
+    pub parameters: Option<Arc<Vec<f32>>>,
+}
+
+/// A client's answer, already checked by the server against what the task
+/// asked for.
+#[derive(Debug)]
+pub enum TaskAnswer {
+    Prepare {
+        statistics: LocalStatistics,
+        schema: ResolvedSchema,
+    },
+    Fit {
+        delta: Vec<f32>,
+        num_examples: u64,
+        train_loss: Option<f64>,
+        compute_seconds: f64,
+    },
+    Evaluate {
+        metrics: Metrics,
+        compute_seconds: f64,
+    },
+}
+
+/// `Err` carries the reason a client refused a task or its answer was
+/// rejected; it is logged and the client is left out of that step.
+pub type TaskOutcome = Result<TaskAnswer, String>;
+
+/// What the server needs to check an incoming answer.
+#[derive(Debug)]
+pub struct Pending {
+    pub client: String,
+    pub kind: TaskKind,
+    pub parameter_count: u64,
+    pub reply: oneshot::Sender<TaskOutcome>,
+}
+
+struct ClientEntry {
+    session_id: String,
+    queue: VecDeque<Task>,
+    notify: Arc<Notify>,
+    last_seen: Instant,
+    polling: usize,
+}
+
+#[derive(Default)]
+struct Inner {
+    clients: HashMap<String, ClientEntry>,
+    sessions: HashMap<String, String>,
+    pending: HashMap<String, Pending>,
+}
+
+pub struct Registry {
+    inner: Mutex<Inner>,
+    poll_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("unknown session; register again")]
+pub struct UnknownSession;
+
+impl Registry {
+    pub fn new(poll_timeout: Duration) -> Self {
+        Self {
+            inner: Mutex::default(),
+            poll_timeout,
+        }
+    }
+
+    pub fn poll_timeout(&self) -> Duration {
+        self.poll_timeout
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts a new session for `name`, ending any earlier one (a restarted
+    /// client). Queued tasks stay queued for the new session.
+    pub fn register(&self, name: &str) -> String {
+        let session_id = uuid::Uuid::new_v4().simple().to_string();
+        let mut inner = self.lock();
+        let entry = inner
+            .clients
+            .entry(name.to_string())
+            .or_insert_with(|| ClientEntry {
+                session_id: String::new(),
+                queue: VecDeque::new(),
+                notify: Arc::new(Notify::new()),
+                last_seen: Instant::now(),
+                polling: 0,
+            });
+        let old = std::mem::replace(&mut entry.session_id, session_id.clone());
+        entry.last_seen = Instant::now();
+        inner.sessions.remove(&old);
+        inner.sessions.insert(session_id.clone(), name.to_string());
+        session_id
+    }
+
+    pub fn client_for_session(&self, session_id: &str) -> Result<String, UnknownSession> {
+        self.lock()
+            .sessions
+            .get(session_id)
+            .cloned()
+            .ok_or(UnknownSession)
+    }
+
+    /// Clients polling now or within the last poll window (plus slack for
+    /// the time between two polls).
+    pub fn connected(&self) -> Vec<String> {
+        let window = self.poll_timeout + Duration::from_secs(5);
+        let mut names: Vec<String> = self
+            .lock()
+            .clients
+            .iter()
+            .filter(|(_, c)| c.polling > 0 || c.last_seen.elapsed() < window)
+            .map(|(n, _)| n.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Queues `task` for `client` and returns where its answer will arrive.
+    pub fn dispatch(&self, client: &str, task: Task) -> oneshot::Receiver<TaskOutcome> {
+        let (reply, rx) = oneshot::channel();
+        let mut inner = self.lock();
+        let pending = Pending {
+            client: client.to_string(),
+            kind: task.header.kind(),
+            parameter_count: 0,
+            reply,
+        };
+        inner.pending.insert(task.header.task_id.clone(), pending);
+        match inner.clients.get_mut(client) {
+            Some(entry) => {
+                entry.queue.push_back(task);
+                entry.notify.notify_one();
+            }
+            None => {
+                // Not connected: answer at once so the runner does not wait.
+                if let Some(p) = inner.pending.remove(&task.header.task_id) {
+                    let _ = p.reply.send(Err("client is not connected".into()));
+                }
+            }
+        }
+        rx
+    }
+
+    /// Sets the length an answer's parameter stream must have (FIT).
+    pub fn expect_parameters(&self, task_id: &str, count: u64) {
+        if let Some(p) = self.lock().pending.get_mut(task_id) {
+            p.parameter_count = count;
+        }
+    }
+
+    /// Waits up to the poll window for the session's next task.
+    pub async fn next_task(&self, session_id: &str) -> Result<Option<Task>, UnknownSession> {
+        let deadline = tokio::time::Instant::now() + self.poll_timeout;
+        let name = self.client_for_session(session_id)?;
+        let notify = {
+            let mut inner = self.lock();
+            let entry = inner.clients.get_mut(&name).ok_or(UnknownSession)?;
+            entry.polling += 1;
+            entry.notify.clone()
+        };
+        let result = loop {
+            {
+                let mut inner = self.lock();
+                if !inner.sessions.contains_key(session_id) {
+                    break Err(UnknownSession);
+                }
+                if let Some(entry) = inner.clients.get_mut(&name) {
+                    entry.last_seen = Instant::now();
+                    if let Some(task) = entry.queue.pop_front() {
+                        break Ok(Some(task));
+                    }
+                }
+            }
+            if tokio::time::timeout_at(deadline, notify.notified())
+                .await
+                .is_err()
+            {
+                break Ok(None);
+            }
+        };
+        let mut inner = self.lock();
+        if let Some(entry) = inner.clients.get_mut(&name) {
+            entry.polling = entry.polling.saturating_sub(1);
+            entry.last_seen = Instant::now();
+        }
+        result
+    }
+
+    /// Claims the pending entry for an incoming answer; only the client the
+    /// task was sent to may answer it.
+    pub fn take_pending(&self, task_id: &str, client: &str) -> Result<Pending, String> {
+        let mut inner = self.lock();
+        match inner.pending.get(task_id) {
+            None => Err(format!("task {task_id} is not open (answered, expired or unknown)")),
+            Some(p) if p.client != client => Err(format!("task {task_id} was not sent to {client}")),
+            Some(_) => inner
+                .pending
+                .remove(task_id)
+                .ok_or_else(|| format!("task {task_id} is not open")),
+        }
+    }
+
+    /// Forgets tasks a runner stopped waiting for, queued or in flight.
+    pub fn cancel(&self, task_ids: &[String]) {
+        let mut inner = self.lock();
+        for id in task_ids {
+            inner.pending.remove(id);
+        }
+        for entry in inner.clients.values_mut() {
+            entry
+                .queue
+                .retain(|t| !task_ids.contains(&t.header.task_id));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(id: &str) -> Task {
+        Task {
+            header: TaskHeader {
+                task_id: id.into(),
+                kind: TaskKind::Prepare as i32,
+                ..Default::default()
+            },
+            parameters: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn dispatched_task_reaches_the_polling_client() {
+        let reg = Arc::new(Registry::new(Duration::from_secs(5)));
+        let session = reg.register("a");
+        let poller = {
+            let reg = reg.clone();
+            tokio::spawn(async move { reg.next_task(&session).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let _rx = reg.dispatch("a", task("t1"));
+        let got = poller.await.unwrap().unwrap().unwrap();
+        assert_eq!(got.header.task_id, "t1");
+        assert!(reg.take_pending("t1", "b").is_err());
+        assert!(reg.take_pending("t1", "a").is_ok());
+        assert!(reg.take_pending("t1", "a").is_err());
+    }
+
+    #[tokio::test]
+    async fn poll_times_out_and_old_sessions_die() {
+        let reg = Registry::new(Duration::from_millis(30));
+        let s1 = reg.register("a");
+        assert!(reg.next_task(&s1).await.unwrap().is_none());
+        let _s2 = reg.register("a");
+        assert_eq!(reg.next_task(&s1).await.unwrap_err(), UnknownSession);
+        assert_eq!(reg.connected(), vec!["a".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn unknown_client_is_answered_at_once_and_cancel_clears() {
+        let reg = Registry::new(Duration::from_millis(30));
+        let rx = reg.dispatch("ghost", task("t"));
+        assert!(rx.await.unwrap().is_err());
+        let s = reg.register("a");
+        let _rx = reg.dispatch("a", task("t2"));
+        reg.cancel(&["t2".to_string()]);
+        assert!(reg.next_task(&s).await.unwrap().is_none());
+    }
+}

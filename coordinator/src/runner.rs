@@ -1,0 +1,569 @@
+//! The job state machine: preparation (schema check and global
+//! preprocessing), then rounds of fit → aggregate → evaluate → store.
+//!
+//! Everything a restarted coordinator needs is in the store when a round
+//! is recorded, so `run_job` can be started again on any unfinished job and
+//! continues after its last recorded round.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cohort_datasets::{LocalStatistics, Preprocessing, ResolvedSchema};
+use cohort_models::{Metrics, ModelCard};
+use cohort_protocol::v1::{TaskHeader, TaskKind};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use crate::job::JobSpec;
+use crate::registry::{Registry, Task, TaskAnswer, TaskOutcome};
+use crate::store::{Enrollment, JobRow, JobState, RoundRow, Store, StoreError, now};
+use crate::strategy::{ClientUpdate, Strategy};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("job {0} not found")]
+    NotFound(String),
+    #[error("stored job file no longer parses: {0}")]
+    Spec(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+pub struct Runner {
+    pub store: Arc<Store>,
+    pub registry: Arc<Registry>,
+}
+
+/// Object-store keys of one stored global model version.
+pub fn model_key(job_id: &str, round: u32) -> String {
+    format!("jobs/{job_id}/rounds/{round:05}/model.safetensors")
+}
+pub fn card_key(job_id: &str, round: u32) -> String {
+    format!("jobs/{job_id}/rounds/{round:05}/model.json")
+}
+fn strategy_state_key(job_id: &str, round: u32) -> String {
+    format!("jobs/{job_id}/rounds/{round:05}/server_state.f32")
+}
+
+struct Answers<T> {
+    ok: Vec<(String, T)>,
+    failed: Vec<(String, String)>,
+}
+
+impl Runner {
+    /// Runs (or resumes) a job to its end and records the final state.
+    pub async fn run_job(&self, job_id: &str) {
+        let result = self.drive(job_id).await;
+        let (state, error) = match &result {
+            Ok(()) => (JobState::Completed, None),
+            Err(e) => (JobState::Failed, Some(e.to_string())),
+        };
+        match &result {
+            Ok(()) => info!(job = job_id, "job completed"),
+            Err(e) => warn!(job = job_id, "job failed: {e}"),
+        }
+        if let Err(e) = self.store.set_job_state(job_id, state, error.as_deref()) {
+            warn!(job = job_id, "could not record the job's final state: {e}");
+        }
+    }
+
+    fn note(&self, job_id: &str, message: String) {
+        warn!(job = job_id, "{message}");
+        if let Err(e) = self.store.add_event(job_id, &message) {
+            warn!(job = job_id, "could not record event: {e}");
+        }
+    }
+
+    async fn drive(&self, job_id: &str) -> Result<(), RunError> {
+        let job = self
+            .store
+            .job(job_id)?
+            .ok_or_else(|| RunError::NotFound(job_id.to_string()))?;
+        let spec = JobSpec::from_toml(&job.spec_toml).map_err(|e| RunError::Spec(e.to_string()))?;
+        self.store.set_job_state(job_id, JobState::Running, None)?;
+
+        let enrollment = match job.enrollment.clone() {
+            Some(e) => e,
+            None => {
+                let e = self.prepare(&job, &spec).await?;
+                self.store.set_enrollment(job_id, &e)?;
+                e
+            }
+        };
+        let n_features = enrollment.preprocessing.n_features();
+        let n_params = spec.model.num_parameters(n_features);
+        let mut strategy = spec.strategy.build(n_params);
+
+        let recorded = self.store.rounds(job_id)?;
+        let (mut global, first_round) = match recorded.last() {
+            Some(last) => {
+                let params = self.load_parameters(job_id, last.round).await?;
+                let state = self.store.get_object(&strategy_state_key(job_id, last.round)).await;
+                if let Ok(bytes) = state {
+                    let values = cohort_models::parameters_from_bytes(&bytes)
+                        .map_err(|e| RunError::Failed(format!("stored server state: {e}")))?;
+                    strategy
+                        .restore(values)
+                        .map_err(|e| RunError::Failed(format!("stored server state: {e}")))?;
+                }
+                info!(job = job_id, round = last.round, "resuming after the last recorded round");
+                (params, last.round + 1)
+            }
+            None => {
+                let params = cohort_models::init_parameters(&spec.model, n_features, spec.training.seed);
+                self.save_round(&job, &spec, &enrollment, &params, strategy.as_ref(), RoundRecord::initial())
+                    .await?;
+                (params, 1)
+            }
+        };
+
+        for round in first_round..=spec.training.rounds {
+            global = self
+                .run_round(&job, &spec, &enrollment, round, global, strategy.as_mut())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Asks every connected client to validate its data against the job's
+    /// schema and send aggregate statistics; enrolls those that agree.
+    async fn prepare(&self, job: &JobRow, spec: &JobSpec) -> Result<Enrollment, RunError> {
+        let t = &spec.training;
+        let data_spec_json = json(&spec.data)?;
+        for attempt in 1..=t.max_round_attempts {
+            let candidates = self.wait_for_clients(&self.registry.connected(), t.min_clients, t).await;
+            let header = TaskHeader {
+                job_id: job.id.clone(),
+                kind: TaskKind::Prepare as i32,
+                data_spec_json: data_spec_json.clone(),
+                validation_fraction: spec.data.validation_fraction,
+                ..Default::default()
+            };
+            let answers = self
+                .gather(&job.id, &candidates, &header, None, t.round_timeout_secs, |a| match a {
+                    TaskAnswer::Prepare { statistics, schema } => Ok((statistics, schema)),
+                    _ => Err("answered a preparation task with something else".into()),
+                })
+                .await;
+            for (client, reason) in &answers.failed {
+                self.note(&job.id, format!("preparation: {client} left out: {reason}"));
+            }
+            // Clients must agree on the feature layout; the largest group wins.
+            let mut groups: BTreeMap<String, Vec<(String, LocalStatistics, ResolvedSchema)>> = BTreeMap::new();
+            for (client, (stats, schema)) in answers.ok {
+                groups.entry(json(&schema)?).or_default().push((client, stats, schema));
+            }
+            let mut groups: Vec<_> = groups.into_values().collect();
+            groups.sort_by_key(|g| std::cmp::Reverse(g.len()));
+            let mut groups = groups.into_iter();
+            let chosen = groups.next().unwrap_or_default();
+            for other in groups.flatten() {
+                self.note(
+                    &job.id,
+                    format!("preparation: {} left out: its columns resolve to a different feature layout", other.0),
+                );
+            }
+            if chosen.len() < t.min_clients as usize {
+                self.note(
+                    &job.id,
+                    format!(
+                        "preparation attempt {attempt}: {} of the {} required clients ready; retrying",
+                        chosen.len(),
+                        t.min_clients
+                    ),
+                );
+                continue;
+            }
+            let schema = chosen[0].2.clone();
+            let stats: Vec<LocalStatistics> = chosen.iter().map(|c| c.1.clone()).collect();
+            let preprocessing = Preprocessing::merge(&schema, &stats)
+                .map_err(|e| RunError::Failed(format!("merging client statistics: {e}")))?;
+            let participants: Vec<String> = chosen.into_iter().map(|c| c.0).collect();
+            info!(job = job.id, ?participants, features = preprocessing.n_features(), "clients enrolled");
+            return Ok(Enrollment {
+                participants,
+                preprocessing,
+            });
+        }
+        Err(RunError::Failed(format!(
+            "fewer than {} clients were ready after {} attempts",
+            t.min_clients, t.max_round_attempts
+        )))
+    }
+
+    /// Waits (up to one round timeout) until at least `min` of `pool` are
+    /// connected; returns the connected ones either way.
+    async fn wait_for_clients(&self, pool: &[String], min: u32, t: &crate::job::TrainingSpec) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(t.round_timeout_secs);
+        loop {
+            let connected = self.registry.connected();
+            let available: Vec<String> = pool.iter().filter(|c| connected.contains(c)).cloned().collect();
+            let enough = available.len() >= min as usize && !available.is_empty();
+            if enough || Instant::now() >= deadline {
+                return available;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Sends one task to each client and collects the answers that arrive
+    /// before the timeout. Late clients are recorded as failed.
+    async fn gather<T>(
+        &self,
+        job_id: &str,
+        clients: &[String],
+        header: &TaskHeader,
+        parameters: Option<Arc<Vec<f32>>>,
+        timeout_secs: u64,
+        accept: impl Fn(TaskAnswer) -> Result<T, String>,
+    ) -> Answers<T> {
+        let mut waiting: Vec<(String, String, oneshot::Receiver<TaskOutcome>)> = Vec::new();
+        for client in clients {
+            let task_id = uuid::Uuid::new_v4().simple().to_string();
+            let mut h = header.clone();
+            h.task_id = task_id.clone();
+            if let Some(p) = &parameters {
+                h.parameter_count = p.len() as u64;
+            }
+            let rx = self.registry.dispatch(
+                client,
+                Task {
+                    header: h,
+                    parameters: parameters.clone(),
+                },
+            );
+            if header.kind() == TaskKind::Fit {
+                self.registry
+                    .expect_parameters(&task_id, parameters.as_ref().map_or(0, |p| p.len() as u64));
+            }
+            waiting.push((client.clone(), task_id, rx));
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout_secs);
+        let mut answers = Answers {
+            ok: Vec::new(),
+            failed: Vec::new(),
+        };
+        let mut expired = Vec::new();
+        for (client, task_id, rx) in waiting {
+            match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(Ok(answer))) => match accept(answer) {
+                    Ok(v) => answers.ok.push((client, v)),
+                    Err(reason) => answers.failed.push((client, reason)),
+                },
+                Ok(Ok(Err(reason))) => answers.failed.push((client, reason)),
+                Ok(Err(_)) => answers.failed.push((client, "task was dropped".into())),
+                Err(_) => {
+                    answers
+                        .failed
+                        .push((client, format!("no answer within {timeout_secs} s")));
+                    expired.push(task_id);
+                }
+            }
+        }
+        self.registry.cancel(&expired);
+        let _ = job_id;
+        answers
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_round(
+        &self,
+        job: &JobRow,
+        spec: &JobSpec,
+        enrollment: &Enrollment,
+        round: u32,
+        global: Vec<f32>,
+        strategy: &mut dyn Strategy,
+    ) -> Result<Vec<f32>, RunError> {
+        let t = &spec.training;
+        let started = Instant::now();
+        let global = Arc::new(global);
+        let header = TaskHeader {
+            job_id: job.id.clone(),
+            round,
+            data_spec_json: json(&spec.data)?,
+            model_spec_json: json(&spec.model)?,
+            train_config_json: json(&spec.train_config(round))?,
+            preprocessing_json: json(&enrollment.preprocessing)?,
+            parameters_sha256: cohort_models::parameters_sha256(&global),
+            split_seed: t.seed,
+            validation_fraction: spec.data.validation_fraction,
+            ..Default::default()
+        };
+        for attempt in 1..=t.max_round_attempts {
+            let available = self
+                .wait_for_clients(&enrollment.participants, t.min_clients, t)
+                .await;
+            let selected = select_clients(&available, t.clients_per_round as usize, t.seed, round, attempt);
+            info!(job = job.id, round, attempt, ?selected, "round started");
+            let fit = TaskHeader {
+                kind: TaskKind::Fit as i32,
+                ..header.clone()
+            };
+            let n_params = global.len();
+            let answers = self
+                .gather(&job.id, &selected, &fit, Some(global.clone()), t.round_timeout_secs, |a| match a {
+                    TaskAnswer::Fit {
+                        delta,
+                        num_examples,
+                        train_loss,
+                        compute_seconds,
+                    } if delta.len() == n_params => Ok((delta, num_examples, train_loss, compute_seconds)),
+                    TaskAnswer::Fit { delta, .. } => Err(format!(
+                        "update has {} values, the model has {n_params}",
+                        delta.len()
+                    )),
+                    _ => Err("answered a fit task with something else".into()),
+                })
+                .await;
+            for (client, reason) in &answers.failed {
+                self.note(&job.id, format!("round {round}: {client} dropped: {reason}"));
+            }
+            if answers.ok.len() < t.min_clients as usize {
+                self.note(
+                    &job.id,
+                    format!(
+                        "round {round} attempt {attempt}: {} of the required {} updates; retrying",
+                        answers.ok.len(),
+                        t.min_clients
+                    ),
+                );
+                continue;
+            }
+            let total_examples: u64 = answers.ok.iter().map(|(_, (_, n, _, _))| *n).sum();
+            let train_loss = weighted_loss(answers.ok.iter().map(|(_, (_, n, l, _))| (*n, *l)));
+            let slowest_fit_secs = answers.ok.iter().map(|(_, (.., s))| *s).fold(0.0, f64::max);
+            let participants: Vec<String> = answers.ok.iter().map(|(c, _)| c.clone()).collect();
+            let updates: Vec<ClientUpdate> = answers
+                .ok
+                .into_iter()
+                .map(|(client, (delta, num_examples, _, _))| ClientUpdate {
+                    client,
+                    delta,
+                    num_examples,
+                })
+                .collect();
+            let next = strategy
+                .aggregate(&global, &updates)
+                .map_err(|e| RunError::Failed(format!("round {round}: aggregation failed: {e}")))?;
+            drop(updates);
+            if let Some(i) = next.iter().position(|v| !v.is_finite()) {
+                return Err(RunError::Failed(format!(
+                    "round {round}: the aggregated model has a non-finite value at index {i} (training diverged; lower the learning rate)"
+                )));
+            }
+            let next = Arc::new(next);
+
+            let eval = TaskHeader {
+                kind: TaskKind::Evaluate as i32,
+                parameters_sha256: cohort_models::parameters_sha256(&next),
+                ..header.clone()
+            };
+            let evaluations = self
+                .gather(&job.id, &participants, &eval, Some(next.clone()), t.round_timeout_secs, |a| match a {
+                    TaskAnswer::Evaluate {
+                        metrics,
+                        compute_seconds,
+                    } => Ok((metrics, compute_seconds)),
+                    _ => Err("answered an evaluation task with something else".into()),
+                })
+                .await;
+            for (client, reason) in &evaluations.failed {
+                self.note(&job.id, format!("round {round} evaluation: {client} left out: {reason}"));
+            }
+            let slowest_evaluate_secs = evaluations.ok.iter().map(|(_, (_, s))| *s).fold(0.0, f64::max);
+            let metrics_parts: Vec<Metrics> = evaluations.ok.into_iter().map(|(_, (m, _))| m).collect();
+            let metrics = Metrics::aggregate(&metrics_parts);
+            let next = Arc::try_unwrap(next).unwrap_or_else(|shared| (*shared).clone());
+            self.save_round(
+                job,
+                spec,
+                enrollment,
+                &next,
+                &*strategy,
+                RoundRecord {
+                    round,
+                    participants,
+                    metrics: metrics.clone(),
+                    train_loss,
+                    attempts: attempt,
+                    duration_secs: started.elapsed().as_secs_f64(),
+                    slowest_fit_secs,
+                    slowest_evaluate_secs,
+                },
+            )
+            .await?;
+            info!(
+                job = job.id,
+                round,
+                examples = total_examples,
+                loss = metrics.as_ref().map(|m| m.loss),
+                accuracy = metrics.as_ref().map(|m| m.accuracy),
+                auc = metrics.as_ref().map(|m| m.auc),
+                "round completed"
+            );
+            return Ok(next);
+        }
+        Err(RunError::Failed(format!(
+            "round {round}: fewer than {} updates after {} attempts",
+            t.min_clients, t.max_round_attempts
+        )))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn card(
+        &self,
+        job: &JobRow,
+        spec: &JobSpec,
+        enrollment: &Enrollment,
+        round: u32,
+        metrics: Option<Metrics>,
+        params: &[f32],
+    ) -> Result<ModelCard, RunError> {
+        let preprocessing = enrollment.preprocessing.clone();
+        let mut card = ModelCard {
+            format: String::new(),
+            model: spec.model.clone(),
+            n_features: preprocessing.n_features(),
+            feature_names: preprocessing.schema.feature_names(),
+            parameter_order: Vec::new(),
+            data: spec.data.clone(),
+            preprocessing,
+            job_id: job.id.clone(),
+            job_name: job.name.clone(),
+            round,
+            metrics,
+            parameters_sha256: String::new(),
+        };
+        card.bind_parameters(params)
+            .map_err(|e| RunError::Failed(format!("round {round}: {e}")))?;
+        Ok(card)
+    }
+
+    async fn save_round(
+        &self,
+        job: &JobRow,
+        spec: &JobSpec,
+        enrollment: &Enrollment,
+        params: &[f32],
+        strategy: &dyn Strategy,
+        record: RoundRecord,
+    ) -> Result<(), RunError> {
+        let card = self.card(job, spec, enrollment, record.round, record.metrics.clone(), params)?;
+        let bytes = cohort_models::safetensors_bytes(&card, params)
+            .map_err(|e| RunError::Failed(format!("encoding the model: {e}")))?;
+        let key = model_key(&job.id, record.round);
+        // Objects first, then the database row: see the store's docs.
+        self.store.put_object(&key, bytes).await?;
+        self.store
+            .put_object(&card_key(&job.id, record.round), json(&card)?.into_bytes())
+            .await?;
+        let state = strategy.state();
+        if !state.is_empty() {
+            self.store
+                .put_object(
+                    &strategy_state_key(&job.id, record.round),
+                    cohort_models::parameters_to_bytes(&state),
+                )
+                .await?;
+        }
+        self.store.record_round(&RoundRow {
+            job_id: job.id.clone(),
+            round: record.round,
+            participants: record.participants,
+            metrics: record.metrics,
+            train_loss: record.train_loss,
+            attempts: record.attempts,
+            duration_secs: record.duration_secs,
+            model_key: key,
+            model_sha256: card.parameters_sha256.clone(),
+            completed_at: now(),
+            slowest_fit_secs: record.slowest_fit_secs,
+            slowest_evaluate_secs: record.slowest_evaluate_secs,
+        })?;
+        Ok(())
+    }
+
+    /// The stored global model of `round`, checked against its stored card.
+    async fn load_parameters(&self, job_id: &str, round: u32) -> Result<Vec<f32>, RunError> {
+        let corrupt = |e: String| RunError::Failed(format!("stored model of round {round}: {e}"));
+        let card = self.store.get_object(&card_key(job_id, round)).await?;
+        let card: ModelCard = serde_json::from_slice(&card).map_err(|e| corrupt(e.to_string()))?;
+        let bytes = self.store.get_object(&model_key(job_id, round)).await?;
+        cohort_models::params_from_safetensors(&card, &bytes).map_err(|e| corrupt(e.to_string()))
+    }
+}
+
+struct RoundRecord {
+    round: u32,
+    participants: Vec<String>,
+    metrics: Option<Metrics>,
+    train_loss: Option<f64>,
+    attempts: u32,
+    duration_secs: f64,
+    slowest_fit_secs: f64,
+    slowest_evaluate_secs: f64,
+}
+
+impl RoundRecord {
+    fn initial() -> Self {
+        Self {
+            round: 0,
+            participants: Vec::new(),
+            metrics: None,
+            train_loss: None,
+            attempts: 0,
+            duration_secs: 0.0,
+            slowest_fit_secs: 0.0,
+            slowest_evaluate_secs: 0.0,
+        }
+    }
+}
+
+/// Seeded choice of up to `k` clients: the same job, round and attempt
+/// always select the same clients from the same pool.
+pub fn select_clients(available: &[String], k: usize, seed: u64, round: u32, attempt: u32) -> Vec<String> {
+    let mut pool: Vec<String> = available.to_vec();
+    pool.sort();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (u64::from(round) << 32) ^ u64::from(attempt));
+    pool.shuffle(&mut rng);
+    pool.truncate(k);
+    pool.sort();
+    pool
+}
+
+fn weighted_loss(parts: impl Iterator<Item = (u64, Option<f64>)>) -> Option<f64> {
+    let (mut sum, mut n) = (0.0, 0u64);
+    for (examples, loss) in parts {
+        if let Some(l) = loss {
+            sum += l * examples as f64;
+            n += examples;
+        }
+    }
+    (n > 0).then(|| sum / n as f64)
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Result<String, RunError> {
+    serde_json::to_string(value).map_err(|e| RunError::Failed(format!("encoding JSON: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selection_is_seeded_and_bounded() {
+        let pool: Vec<String> = (0..10).map(|i| format!("h{i}")).collect();
+        let a = select_clients(&pool, 3, 7, 1, 1);
+        assert_eq!(a.len(), 3);
+        assert_eq!(a, select_clients(&pool, 3, 7, 1, 1));
+        assert_ne!(a, select_clients(&pool, 3, 7, 2, 1));
+        assert_eq!(select_clients(&pool[..2], 3, 7, 1, 1).len(), 2);
+    }
+}

@@ -1,0 +1,381 @@
+//! The gRPC services: what hospitals and developers may ask of the
+//! coordinator. Every message from outside is checked here before anything
+//! else sees it; a client that sends garbage gets an error and is dropped
+//! from its step, and nothing stored is touched.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use cohort_datasets::{LocalStatistics, QualitySummary, ResolvedSchema};
+use cohort_models::Metrics;
+use cohort_protocol::v1::{
+    self, Chunk, ClientInfo, GetJobRequest, GetModelRequest, Idle, JobEvent, JobStatus, ListClientsReply,
+    ListClientsRequest, ListJobsReply, ListJobsRequest, ModelFrame, ModelHeader, PullTaskRequest,
+    RegisterReply, RegisterRequest, ResultFrame, ResultHeader, RoundSummary, SubmitJobReply,
+    SubmitJobRequest, SubmitResultReply, TaskFrame, TaskKind, developer_service_server::DeveloperService,
+    hospital_service_server::HospitalService, model_frame, result_frame, task_frame,
+};
+use cohort_protocol::{CHUNK_BYTES, PROTOCOL_VERSION, ParameterAssembler, parameter_chunks};
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, warn};
+
+use crate::job::JobSpec;
+use crate::registry::{Registry, TaskAnswer};
+use crate::runner::{Runner, card_key, model_key};
+use crate::store::{JobRow, JobState, Store, StoreError, now};
+
+type FrameStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+pub struct Services {
+    pub store: Arc<Store>,
+    pub registry: Arc<Registry>,
+    pub runner: Arc<Runner>,
+}
+
+fn internal(e: StoreError) -> Status {
+    warn!("storage error: {e}");
+    Status::internal(format!("coordinator storage error: {e}"))
+}
+
+/// Client names become database keys and log fields: keep them boring.
+pub fn check_client_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 64 {
+        return Err("client name must be 1 to 64 characters".into());
+    }
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+        return Err(format!(
+            "client name `{name}` may only contain letters, digits, `-`, `_` and `.`"
+        ));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl HospitalService for Services {
+    type PullTaskStream = FrameStream<TaskFrame>;
+
+    async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<RegisterReply>, Status> {
+        let r = request.into_inner();
+        if r.protocol_version != PROTOCOL_VERSION {
+            return Err(Status::failed_precondition(format!(
+                "client speaks protocol version {}, this coordinator speaks {PROTOCOL_VERSION}",
+                r.protocol_version
+            )));
+        }
+        check_client_name(&r.client_name).map_err(Status::invalid_argument)?;
+        let summary: QualitySummary = serde_json::from_str(&r.quality_summary_json)
+            .map_err(|e| Status::invalid_argument(format!("quality_summary_json: {e}")))?;
+        let summary_json = serde_json::to_string(&summary).map_err(|e| Status::internal(e.to_string()))?;
+        self.store.upsert_client(&r.client_name, &summary_json).map_err(internal)?;
+        let session_id = self.registry.register(&r.client_name);
+        info!(client = r.client_name, rows = summary.rows, "client registered");
+        Ok(Response::new(RegisterReply {
+            session_id,
+            protocol_version: PROTOCOL_VERSION,
+            poll_timeout_ms: self.registry.poll_timeout().as_millis() as u32,
+        }))
+    }
+
+    async fn pull_task(&self, request: Request<PullTaskRequest>) -> Result<Response<Self::PullTaskStream>, Status> {
+        let session = request.into_inner().session_id;
+        let task = self
+            .registry
+            .next_task(&session)
+            .await
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let Some(task) = task else {
+            let idle = TaskFrame {
+                frame: Some(task_frame::Frame::Idle(Idle {})),
+            };
+            return Ok(Response::new(Box::pin(futures::stream::iter([Ok(idle)]))));
+        };
+        // Two chunks in flight bound the memory a slow client can pin.
+        let (tx, rx) = mpsc::channel(2);
+        tokio::spawn(async move {
+            let header = TaskFrame {
+                frame: Some(task_frame::Frame::Header(task.header)),
+            };
+            if tx.send(Ok(header)).await.is_err() {
+                return;
+            }
+            if let Some(params) = task.parameters {
+                for chunk in parameter_chunks(&params) {
+                    let frame = TaskFrame {
+                        frame: Some(task_frame::Frame::Chunk(chunk)),
+                    };
+                    if tx.send(Ok(frame)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn submit_result(&self, request: Request<Streaming<ResultFrame>>) -> Result<Response<SubmitResultReply>, Status> {
+        let mut stream = request.into_inner();
+        let header = match stream.message().await? {
+            Some(ResultFrame {
+                frame: Some(result_frame::Frame::Header(h)),
+            }) => h,
+            _ => return Err(Status::invalid_argument("the first frame of a result must be its header")),
+        };
+        let client = self
+            .registry
+            .client_for_session(&header.session_id)
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let pending = self
+            .registry
+            .take_pending(&header.task_id, &client)
+            .map_err(Status::failed_precondition)?;
+        let outcome = if !header.error.is_empty() {
+            Err(format!("client refused the task: {}", header.error))
+        } else {
+            read_answer(pending.kind, pending.parameter_count, &header, &mut stream).await
+        };
+        let reply = match &outcome {
+            Ok(_) => SubmitResultReply {
+                accepted: true,
+                reason: String::new(),
+            },
+            Err(reason) => {
+                warn!(client, task = header.task_id, "answer rejected: {reason}");
+                SubmitResultReply {
+                    accepted: false,
+                    reason: reason.clone(),
+                }
+            }
+        };
+        let _ = pending.reply.send(outcome);
+        Ok(Response::new(reply))
+    }
+}
+
+/// Parses and checks the body of an answer against what its task asked for.
+async fn read_answer(
+    kind: TaskKind,
+    expected_parameters: u64,
+    header: &ResultHeader,
+    stream: &mut Streaming<ResultFrame>,
+) -> Result<TaskAnswer, String> {
+    match kind {
+        TaskKind::Prepare => {
+            let statistics: LocalStatistics =
+                serde_json::from_str(&header.statistics_json).map_err(|e| format!("statistics_json: {e}"))?;
+            let schema: ResolvedSchema =
+                serde_json::from_str(&header.schema_json).map_err(|e| format!("schema_json: {e}"))?;
+            Ok(TaskAnswer::Prepare { statistics, schema })
+        }
+        TaskKind::Fit => {
+            if header.parameter_count != expected_parameters {
+                return Err(format!(
+                    "update has {} values, the model has {expected_parameters}",
+                    header.parameter_count
+                ));
+            }
+            if header.num_examples == 0 {
+                return Err("update reports zero training examples".into());
+            }
+            let mut assembler = ParameterAssembler::new(expected_parameters).map_err(|e| e.to_string())?;
+            while let Some(frame) = stream.message().await.map_err(|e| format!("upload interrupted: {e}"))? {
+                match frame.frame {
+                    Some(result_frame::Frame::Chunk(Chunk { data })) => {
+                        if data.len() > CHUNK_BYTES {
+                            return Err(format!("chunk of {} bytes exceeds {CHUNK_BYTES}", data.len()));
+                        }
+                        assembler.push(&data).map_err(|e| format!("update: {e}"))?;
+                    }
+                    _ => return Err("unexpected frame after the header".into()),
+                }
+            }
+            let delta = assembler.finish().map_err(|e| format!("update: {e}"))?;
+            if let Some(i) = delta.iter().position(|v| !v.is_finite()) {
+                return Err(format!("update contains a non-finite value ({}) at index {i}", delta[i]));
+            }
+            let train_loss = header.train_loss.is_finite().then_some(header.train_loss);
+            Ok(TaskAnswer::Fit {
+                delta,
+                num_examples: header.num_examples,
+                train_loss,
+                compute_seconds: sane_seconds(header.compute_seconds),
+            })
+        }
+        TaskKind::Evaluate => {
+            let metrics: Metrics =
+                serde_json::from_str(&header.metrics_json).map_err(|e| format!("metrics_json: {e}"))?;
+            let sane = [metrics.loss, metrics.accuracy, metrics.auc].iter().all(|v| v.is_finite())
+                && (0.0..=1.0).contains(&metrics.accuracy)
+                && (0.0..=1.0).contains(&metrics.auc);
+            if !sane {
+                return Err("evaluation metrics out of range".into());
+            }
+            Ok(TaskAnswer::Evaluate {
+                metrics,
+                compute_seconds: sane_seconds(header.compute_seconds),
+            })
+        }
+        TaskKind::Unspecified => Err("answer to a task of unknown kind".into()),
+    }
+}
+
+/// Client-reported timings are informational; keep nonsense out of the
+/// database.
+fn sane_seconds(s: f64) -> f64 {
+    if s.is_finite() && s >= 0.0 { s } else { 0.0 }
+}
+
+impl Services {
+    fn job_status(&self, job: &JobRow) -> Result<JobStatus, StoreError> {
+        let rounds = self
+            .store
+            .rounds(&job.id)?
+            .into_iter()
+            .filter(|r| r.round > 0)
+            .map(|r| RoundSummary {
+                round: r.round,
+                participants: r.participants,
+                metrics_json: r
+                    .metrics
+                    .as_ref()
+                    .and_then(|m| serde_json::to_string(m).ok())
+                    .unwrap_or_default(),
+                train_loss: r.train_loss.unwrap_or(f64::NAN),
+                attempts: r.attempts,
+                duration_secs: r.duration_secs,
+                model_sha256: r.model_sha256,
+                slowest_fit_secs: r.slowest_fit_secs,
+                slowest_evaluate_secs: r.slowest_evaluate_secs,
+            })
+            .collect();
+        let events = self
+            .store
+            .events(&job.id)?
+            .into_iter()
+            .map(|(at, message)| JobEvent { at, message })
+            .collect();
+        Ok(JobStatus {
+            job_id: job.id.clone(),
+            name: job.name.clone(),
+            state: job.state.as_str().to_string(),
+            rounds_total: job.rounds_total,
+            rounds_completed: job.rounds_completed,
+            error: job.error.clone().unwrap_or_default(),
+            rounds,
+            created_at: job.created_at.clone(),
+            participants: job
+                .enrollment
+                .as_ref()
+                .map(|e| e.participants.clone())
+                .unwrap_or_default(),
+            events,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl DeveloperService for Services {
+    type GetModelStream = FrameStream<ModelFrame>;
+
+    async fn submit_job(&self, request: Request<SubmitJobRequest>) -> Result<Response<SubmitJobReply>, Status> {
+        let text = request.into_inner().job_toml;
+        let spec = JobSpec::from_toml(&text).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let id = format!("job-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        self.store
+            .insert_job(&JobRow {
+                id: id.clone(),
+                name: spec.name.clone(),
+                spec_toml: text,
+                state: JobState::Pending,
+                error: None,
+                created_at: now(),
+                rounds_total: spec.training.rounds,
+                rounds_completed: 0,
+                enrollment: None,
+            })
+            .map_err(internal)?;
+        info!(job = id, name = spec.name, "job submitted");
+        let runner = self.runner.clone();
+        let job_id = id.clone();
+        tokio::spawn(async move { runner.run_job(&job_id).await });
+        Ok(Response::new(SubmitJobReply { job_id: id }))
+    }
+
+    async fn get_job(&self, request: Request<GetJobRequest>) -> Result<Response<JobStatus>, Status> {
+        let id = request.into_inner().job_id;
+        let job = self
+            .store
+            .job(&id)
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("no job `{id}`")))?;
+        Ok(Response::new(self.job_status(&job).map_err(internal)?))
+    }
+
+    async fn list_jobs(&self, _: Request<ListJobsRequest>) -> Result<Response<ListJobsReply>, Status> {
+        let jobs = self
+            .store
+            .jobs()
+            .map_err(internal)?
+            .iter()
+            .map(|j| self.job_status(j))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(internal)?;
+        Ok(Response::new(ListJobsReply { jobs }))
+    }
+
+    async fn list_clients(&self, _: Request<ListClientsRequest>) -> Result<Response<ListClientsReply>, Status> {
+        let connected = self.registry.connected();
+        let clients = self
+            .store
+            .clients()
+            .map_err(internal)?
+            .into_iter()
+            .map(|c| ClientInfo {
+                connected: connected.contains(&c.name),
+                name: c.name,
+                quality_summary_json: c.quality_summary_json,
+                last_seen: c.last_seen,
+            })
+            .collect();
+        Ok(Response::new(ListClientsReply { clients }))
+    }
+
+    async fn get_model(&self, request: Request<GetModelRequest>) -> Result<Response<Self::GetModelStream>, Status> {
+        let GetModelRequest { job_id, round } = request.into_inner();
+        let rounds = self.store.rounds(&job_id).map_err(internal)?;
+        let chosen = if round == 0 {
+            rounds.last()
+        } else {
+            rounds.iter().find(|r| r.round == round)
+        }
+        .ok_or_else(|| Status::not_found(format!("job `{job_id}` has no stored model for that round")))?;
+        let card = self
+            .store
+            .get_object(&card_key(&job_id, chosen.round))
+            .await
+            .map_err(internal)?;
+        let body = self
+            .store
+            .get_object(&model_key(&job_id, chosen.round))
+            .await
+            .map_err(internal)?;
+        let header = ModelFrame {
+            frame: Some(model_frame::Frame::Header(ModelHeader {
+                card_json: String::from_utf8_lossy(&card).into_owned(),
+                safetensors_bytes: body.len() as u64,
+            })),
+        };
+        let chunks = (0..body.len()).step_by(CHUNK_BYTES).map(move |start| {
+            let end = (start + CHUNK_BYTES).min(body.len());
+            Ok(ModelFrame {
+                frame: Some(model_frame::Frame::Chunk(v1::Chunk {
+                    data: body[start..end].to_vec(),
+                })),
+            })
+        });
+        let stream = futures::stream::iter(std::iter::once(Ok(header)).chain(chunks));
+        Ok(Response::new(stream.boxed()))
+    }
+}

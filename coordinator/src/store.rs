@@ -1,0 +1,538 @@
+//! Durable coordinator state: a SQLite file for jobs, rounds and clients,
+//! and an object store for model versions.
+//!
+//! Crash safety rests on one ordering rule: a round's model (and server
+//! optimizer state) is written to the object store *before* the SQLite
+//! transaction that records the round. A coordinator killed between the two
+//! leaves an unreferenced object that the rerun of that round overwrites;
+//! one killed after the commit resumes from the next round. The rounds
+//! table's primary key makes recording a round twice impossible.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, path::Path as ObjectPath};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {path}: {source}")]
+    Database {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("object store: {0}")]
+    Objects(#[from] object_store::Error),
+    #[error("object store URL `{url}`: {message}")]
+    ObjectStoreUrl { url: String, message: String },
+    #[error("creating data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("corrupt record in the database: {0}")]
+    Corrupt(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Pending,
+    Running,
+    Completed,
+    Failed,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Pending => "pending",
+            JobState::Running => "running",
+            JobState::Completed => "completed",
+            JobState::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, StoreError> {
+        Ok(match s {
+            "pending" => JobState::Pending,
+            "running" => JobState::Running,
+            "completed" => JobState::Completed,
+            "failed" => JobState::Failed,
+            other => return Err(StoreError::Corrupt(format!("job state `{other}`"))),
+        })
+    }
+
+    pub fn is_finished(self) -> bool {
+        matches!(self, JobState::Completed | JobState::Failed)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct JobRow {
+    pub id: String,
+    pub name: String,
+    pub spec_toml: String,
+    pub state: JobState,
+    pub error: Option<String>,
+    pub created_at: String,
+    pub rounds_total: u32,
+    pub rounds_completed: u32,
+    /// Set once the preparation phase enrolled the job's clients.
+    pub enrollment: Option<Enrollment>,
+}
+
+/// The outcome of a job's preparation phase, fixed for the rest of the job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Enrollment {
+    pub participants: Vec<String>,
+    pub preprocessing: cohort_datasets::Preprocessing,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoundRow {
+    pub job_id: String,
+    pub round: u32,
+    pub participants: Vec<String>,
+    pub metrics: Option<cohort_models::Metrics>,
+    pub train_loss: Option<f64>,
+    pub attempts: u32,
+    pub duration_secs: f64,
+    pub model_key: String,
+    pub model_sha256: String,
+    pub completed_at: String,
+    /// Compute time the slowest participant reported for fit / evaluation.
+    pub slowest_fit_secs: f64,
+    pub slowest_evaluate_secs: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientRow {
+    pub name: String,
+    pub first_seen: String,
+    pub last_seen: String,
+    pub quality_summary_json: String,
+}
+
+pub fn now() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    spec_toml TEXT NOT NULL,
+    state TEXT NOT NULL,
+    error TEXT,
+    created_at TEXT NOT NULL,
+    rounds_total INTEGER NOT NULL,
+    enrollment_json TEXT
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    job_id TEXT NOT NULL REFERENCES jobs(id),
+    round INTEGER NOT NULL,
+    participants_json TEXT NOT NULL,
+    metrics_json TEXT,
+    train_loss REAL,
+    attempts INTEGER NOT NULL,
+    duration_secs REAL NOT NULL,
+    model_key TEXT NOT NULL,
+    model_sha256 TEXT NOT NULL,
+    completed_at TEXT NOT NULL,
+    slowest_fit_secs REAL NOT NULL DEFAULT 0,
+    slowest_evaluate_secs REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (job_id, round)
+);
+CREATE TABLE IF NOT EXISTS clients (
+    name TEXT PRIMARY KEY,
+    first_seen TEXT NOT NULL,
+    last_seen TEXT NOT NULL,
+    quality_summary_json TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    job_id TEXT NOT NULL REFERENCES jobs(id),
+    at TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+PRAGMA user_version = 1;
+";
+
+pub struct Store {
+    db: Mutex<Connection>,
+    db_path: PathBuf,
+    objects: Arc<dyn ObjectStore>,
+    prefix: ObjectPath,
+}
+
+impl Store {
+    /// Opens (creating if needed) `DATA_DIR/coordinator.sqlite` and the
+    /// object store: `DATA_DIR/objects` unless a URL (`file:///…`,
+    /// `memory:///`, `s3://…` with the `s3` feature) is given.
+    pub fn open(data_dir: &Path, object_store_url: Option<&str>) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+        let db_path = data_dir.join("coordinator.sqlite");
+        let db_err = |source| StoreError::Database {
+            path: db_path.clone(),
+            source,
+        };
+        let db = Connection::open(&db_path).map_err(db_err)?;
+        // WAL + FULL sync: a committed round survives `kill -9` and power loss.
+        db.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
+            .map_err(db_err)?;
+        db.execute_batch(SCHEMA).map_err(db_err)?;
+
+        let (objects, prefix): (Arc<dyn ObjectStore>, ObjectPath) = match object_store_url {
+            None => {
+                let dir = data_dir.join("objects");
+                std::fs::create_dir_all(&dir).map_err(|source| StoreError::DataDir {
+                    path: dir.clone(),
+                    source,
+                })?;
+                let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)?;
+                (Arc::new(fs), ObjectPath::default())
+            }
+            Some(raw) => {
+                let bad = |message: String| StoreError::ObjectStoreUrl {
+                    url: raw.to_string(),
+                    message,
+                };
+                let url = url::Url::parse(raw).map_err(|e| bad(e.to_string()))?;
+                let (store, prefix) =
+                    object_store::parse_url(&url).map_err(|e| bad(e.to_string()))?;
+                (Arc::from(store), prefix)
+            }
+        };
+        Ok(Self {
+            db: Mutex::new(db),
+            db_path,
+            objects,
+            prefix,
+        })
+    }
+
+    pub fn db_path(&self) -> &Path {
+        &self.db_path
+    }
+
+    fn db(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent
+        // (transactions roll back), so a poisoned lock is still usable.
+        self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn insert_job(&self, job: &JobRow) -> Result<(), StoreError> {
+        self.db().execute(
+            "INSERT INTO jobs (id, name, spec_toml, state, error, created_at, rounds_total)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                job.id,
+                job.name,
+                job.spec_toml,
+                job.state.as_str(),
+                job.error,
+                job.created_at,
+                job.rounds_total
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_job_state(
+        &self,
+        id: &str,
+        state: JobState,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.db().execute(
+            "UPDATE jobs SET state = ?2, error = ?3 WHERE id = ?1",
+            params![id, state.as_str(), error],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_enrollment(&self, id: &str, enrollment: &Enrollment) -> Result<(), StoreError> {
+        let json = serde_json::to_string(enrollment)
+            .map_err(|e| StoreError::Corrupt(format!("encoding enrollment: {e}")))?;
+        self.db().execute(
+            "UPDATE jobs SET enrollment_json = ?2 WHERE id = ?1",
+            params![id, json],
+        )?;
+        Ok(())
+    }
+
+    const JOB_COLUMNS: &str = "j.id, j.name, j.spec_toml, j.state, j.error, j.created_at, j.rounds_total,
+         (SELECT COUNT(*) FROM rounds r WHERE r.job_id = j.id AND r.round > 0), j.enrollment_json";
+
+    fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(JobRow, String, Option<String>)> {
+        Ok((
+            JobRow {
+                id: row.get(0)?,
+                name: row.get(1)?,
+                spec_toml: row.get(2)?,
+                state: JobState::Pending,
+                error: row.get(4)?,
+                created_at: row.get(5)?,
+                rounds_total: row.get(6)?,
+                rounds_completed: row.get(7)?,
+                enrollment: None,
+            },
+            row.get(3)?,
+            row.get(8)?,
+        ))
+    }
+
+    fn finish_job(parts: (JobRow, String, Option<String>)) -> Result<JobRow, StoreError> {
+        let (mut job, state, enrollment) = parts;
+        job.state = JobState::parse(&state)?;
+        job.enrollment = enrollment
+            .map(|e| serde_json::from_str(&e))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("job {} enrollment: {e}", job.id)))?;
+        Ok(job)
+    }
+
+    pub fn job(&self, id: &str) -> Result<Option<JobRow>, StoreError> {
+        let sql = format!("SELECT {} FROM jobs j WHERE j.id = ?1", Self::JOB_COLUMNS);
+        let parts = self
+            .db()
+            .query_row(&sql, params![id], Self::job_from_row)
+            .optional()?;
+        parts.map(Self::finish_job).transpose()
+    }
+
+    pub fn jobs(&self) -> Result<Vec<JobRow>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM jobs j ORDER BY j.created_at, j.rowid",
+            Self::JOB_COLUMNS
+        );
+        let db = self.db();
+        let mut stmt = db.prepare(&sql)?;
+        let rows = stmt
+            .query_map([], Self::job_from_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter().map(Self::finish_job).collect()
+    }
+
+    /// Records a completed round. Fails (and changes nothing) if the round
+    /// was already recorded.
+    pub fn record_round(&self, row: &RoundRow) -> Result<(), StoreError> {
+        let participants = serde_json::to_string(&row.participants)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let metrics = row
+            .metrics
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.db().execute(
+            "INSERT INTO rounds (job_id, round, participants_json, metrics_json, train_loss,
+                attempts, duration_secs, model_key, model_sha256, completed_at,
+                slowest_fit_secs, slowest_evaluate_secs)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            params![
+                row.job_id,
+                row.round,
+                participants,
+                metrics,
+                row.train_loss,
+                row.attempts,
+                row.duration_secs,
+                row.model_key,
+                row.model_sha256,
+                row.completed_at,
+                row.slowest_fit_secs,
+                row.slowest_evaluate_secs
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Every recorded round of a job, the initial model (round 0) included.
+    pub fn rounds(&self, job_id: &str) -> Result<Vec<RoundRow>, StoreError> {
+        let db = self.db();
+        let mut stmt = db.prepare(
+            "SELECT job_id, round, participants_json, metrics_json, train_loss, attempts,
+                    duration_secs, model_key, model_sha256, completed_at,
+                    slowest_fit_secs, slowest_evaluate_secs
+             FROM rounds WHERE job_id = ?1 ORDER BY round",
+        )?;
+        let raw = stmt
+            .query_map(params![job_id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, u32>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, Option<f64>>(4)?,
+                    r.get::<_, u32>(5)?,
+                    r.get::<_, f64>(6)?,
+                    r.get::<_, String>(7)?,
+                    r.get::<_, String>(8)?,
+                    r.get::<_, String>(9)?,
+                    r.get::<_, f64>(10)?,
+                    r.get::<_, f64>(11)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        raw.into_iter()
+            .map(|(job_id, round, p, m, train_loss, attempts, duration_secs, model_key, model_sha256, completed_at, slowest_fit_secs, slowest_evaluate_secs)| {
+                let corrupt = |e: serde_json::Error| {
+                    StoreError::Corrupt(format!("job {job_id} round {round}: {e}"))
+                };
+                Ok(RoundRow {
+                    participants: serde_json::from_str(&p).map_err(corrupt)?,
+                    metrics: m.map(|m| serde_json::from_str(&m)).transpose().map_err(corrupt)?,
+                    job_id,
+                    round,
+                    train_loss,
+                    attempts,
+                    duration_secs,
+                    model_key,
+                    model_sha256,
+                    completed_at,
+                    slowest_fit_secs,
+                    slowest_evaluate_secs,
+                })
+            })
+            .collect()
+    }
+
+    /// Notable things that happened to a job (clients dropped, rounds
+    /// retried), kept for the developer and for audits.
+    pub fn add_event(&self, job_id: &str, message: &str) -> Result<(), StoreError> {
+        self.db().execute(
+            "INSERT INTO events (job_id, at, message) VALUES (?1, ?2, ?3)",
+            params![job_id, now(), message],
+        )?;
+        Ok(())
+    }
+
+    pub fn events(&self, job_id: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let db = self.db();
+        let mut stmt = db.prepare("SELECT at, message FROM events WHERE job_id = ?1 ORDER BY id")?;
+        let rows = stmt
+            .query_map(params![job_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    pub fn upsert_client(&self, name: &str, quality_summary_json: &str) -> Result<(), StoreError> {
+        let at = now();
+        self.db().execute(
+            "INSERT INTO clients (name, first_seen, last_seen, quality_summary_json)
+             VALUES (?1, ?2, ?2, ?3)
+             ON CONFLICT(name) DO UPDATE SET last_seen = ?2, quality_summary_json = ?3",
+            params![name, at, quality_summary_json],
+        )?;
+        Ok(())
+    }
+
+    pub fn clients(&self) -> Result<Vec<ClientRow>, StoreError> {
+        let db = self.db();
+        let mut stmt = db.prepare(
+            "SELECT name, first_seen, last_seen, quality_summary_json FROM clients ORDER BY name",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(ClientRow {
+                    name: r.get(0)?,
+                    first_seen: r.get(1)?,
+                    last_seen: r.get(2)?,
+                    quality_summary_json: r.get(3)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    fn object_path(&self, key: &str) -> ObjectPath {
+        self.prefix
+            .parts()
+            .chain(key.split('/').map(object_store::path::PathPart::from))
+            .collect()
+    }
+
+    pub async fn put_object(&self, key: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        self.objects
+            .put(&self.object_path(key), PutPayload::from(bytes))
+            .await?;
+        Ok(())
+    }
+
+    pub async fn get_object(&self, key: &str) -> Result<bytes::Bytes, StoreError> {
+        Ok(self.objects.get(&self.object_path(key)).await?.bytes().await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: &str) -> JobRow {
+        JobRow {
+            id: id.into(),
+            name: "n".into(),
+            spec_toml: "x".into(),
+            state: JobState::Pending,
+            error: None,
+            created_at: now(),
+            rounds_total: 3,
+            rounds_completed: 0,
+            enrollment: None,
+        }
+    }
+
+    fn round(job_id: &str, round: u32) -> RoundRow {
+        RoundRow {
+            job_id: job_id.into(),
+            round,
+            participants: vec!["a".into()],
+            metrics: None,
+            train_loss: Some(0.5),
+            attempts: 1,
+            duration_secs: 0.1,
+            model_key: format!("k{round}"),
+            model_sha256: "00".into(),
+            completed_at: now(),
+            slowest_fit_secs: 0.0,
+            slowest_evaluate_secs: 0.0,
+        }
+    }
+
+    #[tokio::test]
+    async fn state_survives_reopen_and_rounds_are_recorded_once() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), None).unwrap();
+            store.insert_job(&job("j1")).unwrap();
+            store.record_round(&round("j1", 0)).unwrap();
+            store.record_round(&round("j1", 1)).unwrap();
+            assert!(store.record_round(&round("j1", 1)).is_err());
+            store.set_job_state("j1", JobState::Running, None).unwrap();
+            store.put_object("jobs/j1/model", vec![1, 2, 3]).await.unwrap();
+        }
+        let store = Store::open(dir.path(), None).unwrap();
+        let j = store.job("j1").unwrap().unwrap();
+        assert_eq!(j.state, JobState::Running);
+        assert_eq!(j.rounds_completed, 1);
+        assert_eq!(store.rounds("j1").unwrap().len(), 2);
+        assert_eq!(&store.get_object("jobs/j1/model").await.unwrap()[..], &[1, 2, 3]);
+        assert!(store.job("nope").unwrap().is_none());
+    }
+
+    #[test]
+    fn bad_object_store_url_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Store::open(dir.path(), Some("nope://x")).err().unwrap();
+        assert!(err.to_string().contains("nope://x"), "{err}");
+    }
+}

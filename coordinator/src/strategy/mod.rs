@@ -1,0 +1,237 @@
+//! Aggregation policy, separated from transport (as in Flower's `Strategy`):
+//! a strategy sees the current global parameters and the round's client
+//! updates as plain vectors and returns the next global parameters. Adding a
+//! strategy is one file implementing [`Strategy`] plus a [`StrategySpec`]
+//! variant.
+
+mod fedavg;
+mod fedopt;
+
+pub use fedavg::FedAvg;
+pub use fedopt::{FedOpt, ServerOptimizer};
+
+use serde::{Deserialize, Serialize};
+
+/// One client's answer to a fit task: `delta = local parameters − global`.
+#[derive(Debug, Clone)]
+pub struct ClientUpdate {
+    pub client: String,
+    pub delta: Vec<f32>,
+    pub num_examples: u64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum StrategyError {
+    #[error("no updates to aggregate")]
+    Empty,
+    #[error("update from `{client}` has {got} values, the model has {expected}")]
+    Length {
+        client: String,
+        expected: usize,
+        got: usize,
+    },
+    #[error("all updates report zero training examples")]
+    NoExamples,
+    #[error("saved strategy state has {got} values, expected {expected}")]
+    State { expected: usize, got: usize },
+}
+
+pub trait Strategy: Send + Sync {
+    /// The next global parameters.
+    fn aggregate(
+        &mut self,
+        global: &[f32],
+        updates: &[ClientUpdate],
+    ) -> Result<Vec<f32>, StrategyError>;
+
+    /// Server-side optimizer state, stored with every round so that a
+    /// restarted coordinator continues exactly where it stopped.
+    fn state(&self) -> Vec<f32> {
+        Vec::new()
+    }
+
+    fn restore(&mut self, state: Vec<f32>) -> Result<(), StrategyError> {
+        if state.is_empty() {
+            Ok(())
+        } else {
+            Err(StrategyError::State {
+                expected: 0,
+                got: state.len(),
+            })
+        }
+    }
+}
+
+/// The `[strategy]` table of a job file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum StrategySpec {
+    /// FedAvg (McMahan et al. 2017): example-weighted mean of updates.
+    #[default]
+    FedAvg,
+    /// FedProx (Li et al. 2020): FedAvg aggregation; clients add a proximal
+    /// term `mu/2 ||w − w_global||²` to their local loss.
+    FedProx { mu: f64 },
+    /// FedAdam (Reddi et al. 2021, Algorithm 2).
+    FedAdam(FedOptParams),
+    /// FedYogi (Reddi et al. 2021, Algorithm 2).
+    FedYogi(FedOptParams),
+}
+
+/// Server optimizer hyper-parameters; defaults follow Reddi et al. 2021.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FedOptParams {
+    #[serde(default = "default_server_lr")]
+    pub server_learning_rate: f64,
+    #[serde(default = "default_beta1")]
+    pub beta1: f64,
+    #[serde(default = "default_beta2")]
+    pub beta2: f64,
+    #[serde(default = "default_tau")]
+    pub tau: f64,
+}
+
+fn default_server_lr() -> f64 {
+    0.01
+}
+fn default_beta1() -> f64 {
+    0.9
+}
+fn default_beta2() -> f64 {
+    0.99
+}
+fn default_tau() -> f64 {
+    1e-3
+}
+
+impl StrategySpec {
+    /// Returns the offending key (relative to `[strategy]`) and why.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |k: &str, m: &str| Err((k.to_string(), m.to_string()));
+        match self {
+            StrategySpec::FedAvg => Ok(()),
+            StrategySpec::FedProx { mu } => {
+                if !(mu.is_finite() && *mu >= 0.0) {
+                    return bad("mu", "must be a finite number ≥ 0");
+                }
+                Ok(())
+            }
+            StrategySpec::FedAdam(p) | StrategySpec::FedYogi(p) => {
+                if !(p.server_learning_rate.is_finite() && p.server_learning_rate > 0.0) {
+                    return bad("server_learning_rate", "must be a finite number > 0");
+                }
+                if !(0.0..1.0).contains(&p.beta1) {
+                    return bad("beta1", "must be in [0, 1)");
+                }
+                if !(0.0..1.0).contains(&p.beta2) {
+                    return bad("beta2", "must be in [0, 1)");
+                }
+                if !(p.tau.is_finite() && p.tau > 0.0) {
+                    return bad("tau", "must be a finite number > 0");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The proximal coefficient clients must use, if any.
+    pub fn proximal_mu(&self) -> Option<f64> {
+        match self {
+            StrategySpec::FedProx { mu } if *mu > 0.0 => Some(*mu),
+            _ => None,
+        }
+    }
+
+    pub fn build(&self, n_parameters: usize) -> Box<dyn Strategy> {
+        match self {
+            StrategySpec::FedAvg | StrategySpec::FedProx { .. } => Box::new(FedAvg),
+            StrategySpec::FedAdam(p) => {
+                Box::new(FedOpt::new(ServerOptimizer::Adam, p.clone(), n_parameters))
+            }
+            StrategySpec::FedYogi(p) => {
+                Box::new(FedOpt::new(ServerOptimizer::Yogi, p.clone(), n_parameters))
+            }
+        }
+    }
+}
+
+/// Example-weighted mean of the updates' deltas, accumulated in f64 so that
+/// many small contributions are not lost to f32 rounding.
+pub fn weighted_mean_delta(
+    n_parameters: usize,
+    updates: &[ClientUpdate],
+) -> Result<Vec<f32>, StrategyError> {
+    if updates.is_empty() {
+        return Err(StrategyError::Empty);
+    }
+    let total: u64 = updates.iter().map(|u| u.num_examples).sum();
+    if total == 0 {
+        return Err(StrategyError::NoExamples);
+    }
+    let mut sum = vec![0f64; n_parameters];
+    for u in updates {
+        if u.delta.len() != n_parameters {
+            return Err(StrategyError::Length {
+                client: u.client.clone(),
+                expected: n_parameters,
+                got: u.delta.len(),
+            });
+        }
+        let w = u.num_examples as f64 / total as f64;
+        for (s, d) in sum.iter_mut().zip(&u.delta) {
+            *s += w * f64::from(*d);
+        }
+    }
+    Ok(sum.into_iter().map(|s| s as f32).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(super) fn update(client: &str, delta: Vec<f32>, n: u64) -> ClientUpdate {
+        ClientUpdate {
+            client: client.into(),
+            delta,
+            num_examples: n,
+        }
+    }
+
+    #[test]
+    fn weighted_mean_weights_by_examples() {
+        let mean = weighted_mean_delta(
+            2,
+            &[update("a", vec![1.0, 0.0], 3), update("b", vec![-1.0, 4.0], 1)],
+        )
+        .unwrap();
+        assert_eq!(mean, vec![0.5, 1.0]);
+    }
+
+    #[test]
+    fn weighted_mean_rejects_bad_input() {
+        assert_eq!(weighted_mean_delta(1, &[]), Err(StrategyError::Empty));
+        assert_eq!(
+            weighted_mean_delta(2, &[update("a", vec![1.0], 1)]),
+            Err(StrategyError::Length {
+                client: "a".into(),
+                expected: 2,
+                got: 1
+            })
+        );
+        assert_eq!(
+            weighted_mean_delta(1, &[update("a", vec![1.0], 0)]),
+            Err(StrategyError::NoExamples)
+        );
+    }
+
+    #[test]
+    fn spec_parses_every_kind() {
+        let s: StrategySpec = toml::from_str("kind = \"fedprox\"\nmu = 0.1").unwrap();
+        assert_eq!(s.proximal_mu(), Some(0.1));
+        let s: StrategySpec = toml::from_str("kind = \"fedyogi\"\ntau = 0.01").unwrap();
+        assert!(matches!(s, StrategySpec::FedYogi(FedOptParams { tau, .. }) if tau == 0.01));
+        assert!(toml::from_str::<StrategySpec>("kind = \"fedavg\"\nmu = 1").is_err());
+        assert!(toml::from_str::<StrategySpec>("kind = \"fedsgd\"").is_err());
+    }
+}

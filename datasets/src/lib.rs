@@ -1,0 +1,33 @@
+//! Tabular hospital data for Cohort: reading CSV/Parquet files, validating them against the
+//! job's `[data]` spec, computing the aggregate statistics a client shares, applying the
+//! federation-wide preprocessing, and partitioning a single file into simulated hospitals.
+//!
+//! The flow on a client is
+//! [`read_table`] → [`LocalDataset::from_table`] → [`LocalDataset::statistics`] (sent to the
+//! coordinator) → [`Preprocessing::merge`] (on the coordinator) →
+//! [`LocalDataset::preprocess`] → [`Examples::stratified_split`].
+
+mod dataset;
+mod error;
+mod preprocess;
+mod schema;
+mod spec;
+mod split;
+mod table;
+
+pub use dataset::{LocalDataset, LocalStatistics, NumericMoments};
+pub use error::DataError;
+pub use preprocess::{CategoricalTransform, Examples, NumericTransform, Preprocessing};
+pub use schema::{ResolvedSchema, resolve_schema};
+pub use spec::{DataSpec, LabelValue, MAX_VALIDATION_FRACTION, NumericColumns};
+pub use split::{
+    MISSING_LABEL_KEY, PartReport, PartitionScheme, SplitOptions, SplitReport, split_bytes,
+    split_file,
+};
+pub use table::{
+    ColumnQuality, MISSING_TOKENS, QualitySummary, RawTable, is_missing_token, read_csv_bytes,
+    read_table,
+};
+
+#[cfg(test)]
+mod tests;

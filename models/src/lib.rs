@@ -1,0 +1,60 @@
+//! Models of Cohort as flat parameter vectors: initialisation, local training, evaluation and
+//! downloadable artifacts.
+//!
+//! Every model is a binary classifier over tabular features: logistic regression or a ReLU
+//! multi-layer perceptron ([`ModelSpec`]) whose single output is the logit of the positive
+//! class. Outside this crate a model is nothing but a `Vec<f32>`; federated averaging,
+//! differential privacy, secure aggregation and proofs all operate on that vector. Training
+//! and evaluation use [burn](https://burn.dev) (pure-Rust `flex` CPU backend, autodiff) behind
+//! this interface.
+//!
+//! # The flat parameter order
+//!
+//! **This order is a wire format. Every later stage depends on it; it must never change
+//! silently.**
+//!
+//! For each dense layer `i = 0, 1, …` (input side first; see [`ModelSpec::layer_shapes`]):
+//!
+//! 1. its weight matrix `layers.{i}.weight`, shape `[fan_in, fan_out]`, **row-major with
+//!    `fan_out` fastest**: the weight from input `r` to output `c` is at
+//!    `offset + r * fan_out + c`;
+//! 2. its bias `layers.{i}.bias`, shape `[fan_out]`.
+//!
+//! A layer computes `y = x · W + b` for a row vector `x`, followed by ReLU on every layer but
+//! the last. For logistic regression with `d` features the vector is
+//! `[w_0, …, w_{d-1}, b]` and the logit is `Σ x_j w_j + b`.
+//!
+//! [`parameter_layout`] lists the same order as named tensors with offsets; it is recorded in
+//! every [`ModelCard`], and `model.safetensors` stores the tensors under these names and
+//! shapes (its data section is byte-for-byte [`parameters_to_bytes`]). Values travel as
+//! little-endian IEEE-754 `f32`, and [`parameters_sha256`] hashes exactly those bytes.
+//!
+//! # Determinism
+//!
+//! [`init_parameters`] is a documented function of the seed (ChaCha8), and [`train`] shuffles
+//! each epoch with `ChaCha8Rng::seed_from_u64(seed + epoch)`, so a round can be replayed from
+//! its configuration.
+
+mod artifact;
+mod error;
+mod metrics;
+mod net;
+mod params;
+mod spec;
+mod train;
+
+pub use artifact::{
+    CARD_FILE, MODEL_FORMAT, ModelCard, SAFETENSORS_FILE, load_model, params_from_safetensors,
+    safetensors_bytes, save_model,
+};
+pub use error::ModelError;
+pub use metrics::{Metrics, evaluate, predict_proba, roc_auc};
+pub use params::{
+    TensorInfo, check_parameters, init_parameters, parameter_layout, parameters_from_bytes,
+    parameters_sha256, parameters_to_bytes,
+};
+pub use spec::{MAX_PARAMETERS, ModelSpec, OptimizerSpec, TrainConfig};
+pub use train::{TrainOutcome, train};
+
+#[cfg(test)]
+mod tests;

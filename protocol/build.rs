@@ -1,0 +1,9 @@
+//! Compiles the .proto files with protox (pure Rust), so building Cohort
+//! needs no `protoc` on the machine.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let proto = "proto/cohort/v1/cohort.proto";
+    println!("cargo:rerun-if-changed={proto}");
+    let descriptors = protox::compile([proto], ["proto"])?;
+    tonic_prost_build::configure().compile_fds(descriptors)?;
+    Ok(())
+}

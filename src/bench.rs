@@ -1,0 +1,124 @@
+//! `cohort bench rounds`: coordinator per-round overhead, i.e. a round's
+//! wall time minus the compute time of its slowest client (fit and
+//! evaluation, as the clients report them), for several numbers of clients
+//! and model sizes. Everything runs in this process over loopback gRPC.
+
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use cohort_client::ClientConfig;
+use cohort_coordinator::{Coordinator, CoordinatorConfig};
+use cohort_datasets::{PartitionScheme, SplitOptions};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::developer;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RoundOverhead {
+    pub clients: usize,
+    pub parameters: usize,
+    pub rounds: usize,
+    /// Per round: wall time, slowest fit, slowest evaluation, overhead (s).
+    pub round_secs: Vec<f64>,
+    pub overhead_secs: Vec<f64>,
+    pub median_round_secs: f64,
+    pub median_slowest_fit_secs: f64,
+    pub median_slowest_evaluate_secs: f64,
+    pub median_overhead_secs: f64,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
+/// Hidden width of a one-hidden-layer MLP on WDBC's 30 features with about
+/// `parameters` parameters (30·h + h + h + 1).
+pub fn hidden_width_for(parameters: usize) -> usize {
+    (parameters.saturating_sub(1) / 32).max(1)
+}
+
+pub async fn round_overhead(clients: usize, parameters: usize, rounds: u32) -> Result<RoundOverhead> {
+    let dir = tempfile::Builder::new().prefix("cohort-bench-").tempdir()?;
+    let split = cohort_datasets::split_bytes(
+        crate::WDBC_CSV,
+        &dir.path().join("data"),
+        &SplitOptions {
+            parts: clients,
+            label: Some("diagnosis".into()),
+            scheme: PartitionScheme::Iid,
+            test_fraction: 0.0,
+            seed: 1,
+        },
+    )?;
+    let hidden = hidden_width_for(parameters);
+    let job = crate::DEMO_JOB
+        .replace("hidden = [32, 16]", &format!("hidden = [{hidden}]"))
+        .replace("rounds = 20", &format!("rounds = {rounds}"))
+        .replace("min_clients = 3", &format!("min_clients = {clients}"))
+        .replace("clients_per_round = 3", &format!("clients_per_round = {clients}"))
+        .replace("local_epochs = 2", "local_epochs = 1")
+        .replace("round_timeout_secs = 120", "round_timeout_secs = 600");
+
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let mut config = CoordinatorConfig::new(dir.path().join("coordinator"));
+    config.poll_timeout = Duration::from_secs(5);
+    let coordinator = Coordinator::open(&config)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let server = tokio::spawn(coordinator.serve(listener, stopped(stop_rx.clone())));
+    let mut handles = Vec::new();
+    for (i, part) in split.parts.iter().enumerate() {
+        let config = ClientConfig {
+            coordinator: url.clone(),
+            data: part.file.clone(),
+            name: format!("bench-{i:03}"),
+            data_dir: None,
+        };
+        handles.push(tokio::spawn(cohort_client::run(config, stopped(stop_rx.clone()))));
+    }
+    let view = async {
+        let mut dev = developer::connect(&url).await?;
+        let id = developer::submit(&mut dev, &job).await?;
+        developer::wait(&mut dev, &id, false).await
+    }
+    .await;
+    let _ = stop_tx.send(true);
+    for h in handles {
+        let _ = h.await;
+    }
+    let _ = server.await;
+    let view = view?;
+    if view.state != "completed" {
+        bail!("benchmark job {}: {}", view.state, view.error.unwrap_or_default());
+    }
+    let round_secs: Vec<f64> = view.rounds.iter().map(|r| r.duration_secs).collect();
+    let fit: Vec<f64> = view.rounds.iter().map(|r| r.slowest_fit_secs).collect();
+    let eval: Vec<f64> = view.rounds.iter().map(|r| r.slowest_evaluate_secs).collect();
+    let overhead_secs: Vec<f64> = view
+        .rounds
+        .iter()
+        .map(|r| r.duration_secs - r.slowest_fit_secs - r.slowest_evaluate_secs)
+        .collect();
+    Ok(RoundOverhead {
+        clients,
+        parameters: 32 * hidden + 1,
+        rounds: view.rounds.len(),
+        median_round_secs: median(&round_secs),
+        median_slowest_fit_secs: median(&fit),
+        median_slowest_evaluate_secs: median(&eval),
+        median_overhead_secs: median(&overhead_secs),
+        round_secs,
+        overhead_secs,
+    })
+}

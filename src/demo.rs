@@ -1,0 +1,230 @@
+//! `cohort demo`: a coordinator and three hospital clients on loopback,
+//! talking real gRPC, train the bundled WDBC job; the result is compared
+//! with a centralized model trained by the same code on the pooled data.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use cohort_client::ClientConfig;
+use cohort_coordinator::{Coordinator, CoordinatorConfig, JobSpec};
+use cohort_datasets::{LocalDataset, PartitionScheme, Preprocessing, SplitOptions};
+use cohort_models::Metrics;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::developer;
+
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Where data splits, coordinator state and the model go; a new
+    /// temporary directory when `None`.
+    pub workdir: Option<PathBuf>,
+    pub hospitals: usize,
+    /// Dirichlet concentration of the label skew across hospitals.
+    pub alpha: f64,
+    pub seed: u64,
+    /// Overrides the job's number of rounds.
+    pub rounds: Option<u32>,
+    pub progress: bool,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        Self {
+            workdir: None,
+            hospitals: 3,
+            alpha: 1.0,
+            seed: 42,
+            rounds: None,
+            progress: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HospitalView {
+    pub name: String,
+    pub rows: usize,
+    pub malignant: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoReport {
+    pub job_id: String,
+    pub rounds: u32,
+    pub hospitals: Vec<HospitalView>,
+    pub test_examples: u64,
+    pub test_accuracy: f64,
+    pub test_auc: f64,
+    pub test_loss: f64,
+    pub baseline_accuracy: f64,
+    pub baseline_auc: f64,
+    pub baseline_loss: f64,
+    pub workdir: PathBuf,
+    pub model_dir: PathBuf,
+    pub seconds: f64,
+}
+
+pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
+    let started = Instant::now();
+    let workdir = match &opts.workdir {
+        Some(dir) => dir.clone(),
+        None => tempfile::Builder::new().prefix("cohort-demo-").tempdir()?.keep(),
+    };
+    let data_dir = workdir.join("data");
+    let split = cohort_datasets::split_bytes(
+        crate::WDBC_CSV,
+        &data_dir,
+        &SplitOptions {
+            parts: opts.hospitals,
+            label: Some("diagnosis".into()),
+            scheme: PartitionScheme::Dirichlet { alpha: opts.alpha },
+            test_fraction: 0.25,
+            seed: opts.seed,
+        },
+    )?;
+    let test_file = split.test.as_ref().context("the split wrote no test file")?.file.clone();
+
+    let mut spec = JobSpec::from_toml(crate::DEMO_JOB)?;
+    if let Some(rounds) = opts.rounds {
+        spec.training.rounds = rounds;
+    }
+    spec.training.min_clients = opts.hospitals as u32;
+    spec.training.clients_per_round = opts.hospitals as u32;
+    spec.training.seed = opts.seed;
+    let job_toml = toml::to_string(&spec)?;
+
+    // Coordinator on an ephemeral loopback port.
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let mut config = CoordinatorConfig::new(workdir.join("coordinator"));
+    config.poll_timeout = std::time::Duration::from_secs(2);
+    let coordinator = Coordinator::open(&config)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let server = tokio::spawn(coordinator.serve(listener, stopped(stop_rx.clone())));
+
+    let mut hospitals = Vec::new();
+    let mut clients = Vec::new();
+    for (i, part) in split.parts.iter().enumerate() {
+        let name = format!("hospital-{}", (b'a' + i as u8) as char);
+        hospitals.push(HospitalView {
+            name: name.clone(),
+            rows: part.rows,
+            malignant: part.label_counts.get("M").copied().unwrap_or(0),
+        });
+        let config = ClientConfig {
+            coordinator: url.clone(),
+            data: part.file.clone(),
+            name: name.clone(),
+            data_dir: Some(workdir.join("clients").join(&name)),
+        };
+        clients.push(tokio::spawn(cohort_client::run(config, stopped(stop_rx.clone()))));
+    }
+
+    let outcome = async {
+        let mut dev = developer::connect(&url).await?;
+        let job_id = developer::submit(&mut dev, &job_toml).await?;
+        let view = developer::wait(&mut dev, &job_id, opts.progress).await?;
+        if view.state != "completed" {
+            bail!("demo job {job_id} {}: {}", view.state, view.error.unwrap_or_default());
+        }
+        let model_dir = workdir.join("model");
+        developer::download_model(&mut dev, &job_id, None, &model_dir).await?;
+        Ok((job_id, model_dir))
+    }
+    .await;
+    let _ = stop_tx.send(true);
+    for c in clients {
+        let _ = c.await;
+    }
+    let _ = server.await;
+    let (job_id, model_dir) = outcome?;
+
+    let (_, federated) = crate::evaluate::evaluate_file(&model_dir, &test_file)?;
+    let train_files: Vec<&Path> = split.parts.iter().map(|p| p.file.as_path()).collect();
+    let baseline = centralized_baseline(&spec, &train_files, &test_file, &workdir)?;
+    Ok(DemoReport {
+        job_id,
+        rounds: spec.training.rounds,
+        hospitals,
+        test_examples: federated.examples,
+        test_accuracy: federated.accuracy,
+        test_auc: federated.auc,
+        test_loss: federated.loss,
+        baseline_accuracy: baseline.accuracy,
+        baseline_auc: baseline.auc,
+        baseline_loss: baseline.loss,
+        workdir,
+        model_dir,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Trains the job's model on the hospitals' pooled rows with the same
+/// preprocessing, split, model and optimizer code, for as many epochs as
+/// the federated job's clients ran in total per example.
+pub fn centralized_baseline(spec: &JobSpec, train_files: &[&Path], test_file: &Path, workdir: &Path) -> Result<Metrics> {
+    let pooled = workdir.join("data").join("pooled_train.csv");
+    concat_csv(train_files, &pooled)?;
+    let dataset = LocalDataset::load(&pooled, &spec.data)?;
+    let preprocessing = Preprocessing::merge(dataset.schema(), &[dataset.statistics()])?;
+    let (train, _) = dataset
+        .preprocess(&preprocessing)?
+        .stratified_split(spec.data.validation_fraction, spec.training.seed);
+    let mut config = spec.train_config(1);
+    config.epochs = (spec.training.rounds * spec.training.local_epochs) as usize;
+    config.proximal_mu = None;
+    let start = cohort_models::init_parameters(&spec.model, preprocessing.n_features(), spec.training.seed);
+    let trained = cohort_models::train(&spec.model, &start, &train, &config)?;
+    let card_spec = crate::evaluate::pinned_spec_for(&spec.data, &preprocessing);
+    let test = LocalDataset::load(test_file, &card_spec)?.preprocess(&preprocessing)?;
+    Ok(cohort_models::evaluate(&spec.model, &trained.parameters, &test)?)
+}
+
+/// Concatenates CSV files that share one header.
+fn concat_csv(files: &[&Path], out: &Path) -> Result<()> {
+    let mut header: Option<String> = None;
+    let mut text = String::new();
+    for file in files {
+        let content = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let mut lines = content.lines();
+        let head = lines.next().unwrap_or_default().to_string();
+        match &header {
+            None => {
+                text.push_str(&head);
+                text.push('\n');
+                header = Some(head);
+            }
+            Some(h) if *h != head => bail!("{} has a different header", file.display()),
+            Some(_) => {}
+        }
+        for line in lines.filter(|l| !l.is_empty()) {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    std::fs::write(out, text).with_context(|| format!("writing {}", out.display()))?;
+    Ok(())
+}
+
+pub fn print_report(r: &DemoReport) {
+    println!();
+    println!("Cohort demo: {} hospitals, {} rounds, job {}", r.hospitals.len(), r.rounds, r.job_id);
+    for h in &r.hospitals {
+        println!("  {:<12} {:>4} patients, {:>3} malignant", h.name, h.rows, h.malignant);
+    }
+    println!();
+    println!("Held-out test set: {} patients", r.test_examples);
+    println!("                      accuracy    ROC AUC    loss");
+    println!("  federated (Cohort)    {:.4}     {:.4}    {:.4}", r.test_accuracy, r.test_auc, r.test_loss);
+    println!("  centralized baseline  {:.4}     {:.4}    {:.4}", r.baseline_accuracy, r.baseline_auc, r.baseline_loss);
+    println!();
+    println!("Model: {}", r.model_dir.display());
+    println!("Everything (data splits, coordinator database, client logs): {}", r.workdir.display());
+    println!("Finished in {:.1} s", r.seconds);
+}

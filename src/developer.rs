@@ -1,0 +1,218 @@
+//! A model developer's view of a coordinator: submit jobs, follow them,
+//! download their models.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use cohort_models::{Metrics, ModelCard};
+use cohort_protocol::MAX_MESSAGE_BYTES;
+use cohort_protocol::v1::developer_service_client::DeveloperServiceClient;
+use cohort_protocol::v1::{self, GetJobRequest, GetModelRequest, ListJobsRequest, SubmitJobRequest, model_frame};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use tonic::transport::Channel;
+
+pub type Developer = DeveloperServiceClient<Channel>;
+
+pub async fn connect(url: &str) -> Result<Developer> {
+    let channel = cohort_client::endpoint(url)?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the coordinator at {url}"))?;
+    Ok(DeveloperServiceClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+fn status_error(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}", s.message())
+}
+
+/// A job's state as printed by `cohort job status --json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobView {
+    pub job_id: String,
+    pub name: String,
+    pub state: String,
+    pub rounds_total: u32,
+    pub rounds_completed: u32,
+    pub error: Option<String>,
+    pub created_at: String,
+    pub participants: Vec<String>,
+    pub rounds: Vec<RoundView>,
+    pub events: Vec<EventView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RoundView {
+    pub round: u32,
+    pub participants: Vec<String>,
+    pub metrics: Option<Metrics>,
+    pub train_loss: Option<f64>,
+    pub attempts: u32,
+    pub duration_secs: f64,
+    pub model_sha256: String,
+    pub slowest_fit_secs: f64,
+    pub slowest_evaluate_secs: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EventView {
+    pub at: String,
+    pub message: String,
+}
+
+impl JobView {
+    fn from_wire(s: v1::JobStatus) -> Result<Self> {
+        let rounds = s
+            .rounds
+            .into_iter()
+            .map(|r| {
+                let metrics = if r.metrics_json.is_empty() {
+                    None
+                } else {
+                    Some(serde_json::from_str(&r.metrics_json).context("round metrics from the coordinator")?)
+                };
+                Ok(RoundView {
+                    round: r.round,
+                    participants: r.participants,
+                    metrics,
+                    train_loss: r.train_loss.is_finite().then_some(r.train_loss),
+                    attempts: r.attempts,
+                    duration_secs: r.duration_secs,
+                    model_sha256: r.model_sha256,
+                    slowest_fit_secs: r.slowest_fit_secs,
+                    slowest_evaluate_secs: r.slowest_evaluate_secs,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            job_id: s.job_id,
+            name: s.name,
+            state: s.state,
+            rounds_total: s.rounds_total,
+            rounds_completed: s.rounds_completed,
+            error: (!s.error.is_empty()).then_some(s.error),
+            created_at: s.created_at,
+            participants: s.participants,
+            rounds,
+            events: s
+                .events
+                .into_iter()
+                .map(|e| EventView { at: e.at, message: e.message })
+                .collect(),
+        })
+    }
+
+    pub fn is_finished(&self) -> bool {
+        matches!(self.state.as_str(), "completed" | "failed")
+    }
+
+    /// Metrics of the last completed round.
+    pub fn last_metrics(&self) -> Option<&Metrics> {
+        self.rounds.last().and_then(|r| r.metrics.as_ref())
+    }
+}
+
+pub async fn submit(dev: &mut Developer, job_toml: &str) -> Result<String> {
+    // Same validation the coordinator does, so mistakes show up before any
+    // network round trip.
+    cohort_coordinator::JobSpec::from_toml(job_toml)?;
+    let reply = dev
+        .submit_job(SubmitJobRequest {
+            job_toml: job_toml.to_string(),
+        })
+        .await
+        .map_err(status_error)?;
+    Ok(reply.into_inner().job_id)
+}
+
+pub async fn status(dev: &mut Developer, job_id: &str) -> Result<JobView> {
+    let s = dev
+        .get_job(GetJobRequest {
+            job_id: job_id.to_string(),
+        })
+        .await
+        .map_err(status_error)?;
+    JobView::from_wire(s.into_inner())
+}
+
+pub async fn list(dev: &mut Developer) -> Result<Vec<JobView>> {
+    let jobs = dev.list_jobs(ListJobsRequest {}).await.map_err(status_error)?;
+    jobs.into_inner().jobs.into_iter().map(JobView::from_wire).collect()
+}
+
+/// Follows a job until it ends; with `progress`, draws a bar that advances
+/// per round and shows the latest validation metrics.
+pub async fn wait(dev: &mut Developer, job_id: &str, progress: bool) -> Result<JobView> {
+    let bar = if progress {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} round {pos:>3}/{len:<3} [{bar:30}] {elapsed_precise} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.enable_steady_tick(Duration::from_millis(200));
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut seen_events = 0;
+    loop {
+        let view = status(dev, job_id).await?;
+        bar.set_length(u64::from(view.rounds_total));
+        bar.set_position(u64::from(view.rounds_completed));
+        for e in view.events.iter().skip(seen_events) {
+            bar.println(format!("  note: {}", e.message));
+        }
+        seen_events = view.events.len();
+        let message = match (view.state.as_str(), view.last_metrics()) {
+            ("pending", _) => "waiting for clients".to_string(),
+            (_, Some(m)) => format!("loss {:.4}  acc {:.3}  auc {:.3}", m.loss, m.accuracy, m.auc),
+            (state, None) if view.rounds_completed == 0 => format!("{state}: preparing"),
+            (state, None) => state.to_string(),
+        };
+        bar.set_message(message);
+        if view.is_finished() {
+            bar.finish();
+            return Ok(view);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Downloads a job's model (latest round, or `round`) into `out` as
+/// `model.safetensors` + `model.json`, verifying its digest.
+pub async fn download_model(dev: &mut Developer, job_id: &str, round: Option<u32>, out: &Path) -> Result<ModelCard> {
+    let mut stream = dev
+        .get_model(GetModelRequest {
+            job_id: job_id.to_string(),
+            round: round.unwrap_or(0),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let header = match stream.message().await.map_err(status_error)?.and_then(|f| f.frame) {
+        Some(model_frame::Frame::Header(h)) => h,
+        _ => bail!("the coordinator's model stream did not start with a header"),
+    };
+    let card: ModelCard = serde_json::from_str(&header.card_json).context("model card from the coordinator")?;
+    let expected = usize::try_from(header.safetensors_bytes).context("model size")?;
+    let mut body = Vec::with_capacity(expected.min(1 << 30));
+    while let Some(frame) = stream.message().await.map_err(status_error)? {
+        match frame.frame {
+            Some(model_frame::Frame::Chunk(c)) => body.extend_from_slice(&c.data),
+            _ => bail!("unexpected frame in the model stream"),
+        }
+        if body.len() > expected {
+            bail!("the coordinator sent more model bytes than announced");
+        }
+    }
+    if body.len() != expected {
+        bail!("model download incomplete: {} of {expected} bytes", body.len());
+    }
+    let params = cohort_models::params_from_safetensors(&card, &body)?;
+    cohort_models::save_model(out, &card, &params)?;
+    Ok(card)
+}

@@ -1,0 +1,30 @@
+//! `cohort evaluate`: apply a downloaded model, with the schema and
+//! preprocessing stored in its card, to a new labelled file.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use cohort_datasets::{DataSpec, LocalDataset, NumericColumns, Preprocessing};
+use cohort_models::{Metrics, ModelCard};
+
+/// The job's data spec pinned to the model's resolved feature layout, so a
+/// new file whose columns come in another order (or with extra columns)
+/// still lines up with the training features.
+pub fn pinned_spec_for(data: &DataSpec, preprocessing: &Preprocessing) -> DataSpec {
+    let schema = &preprocessing.schema;
+    DataSpec {
+        numeric: NumericColumns::Listed(schema.numeric.clone()),
+        categorical: schema.categorical.iter().cloned().collect(),
+        ..data.clone()
+    }
+}
+
+pub fn evaluate_file(model_dir: &Path, data: &Path) -> Result<(ModelCard, Metrics)> {
+    let (card, params) = cohort_models::load_model(model_dir)
+        .with_context(|| format!("loading the model in {}", model_dir.display()))?;
+    let dataset = LocalDataset::load(data, &pinned_spec_for(&card.data, &card.preprocessing))
+        .with_context(|| format!("{} does not fit the model's schema", data.display()))?;
+    let examples = dataset.preprocess(&card.preprocessing)?;
+    let metrics = cohort_models::evaluate(&card.model, &params, &examples)?;
+    Ok((card, metrics))
+}

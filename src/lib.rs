@@ -1,0 +1,16 @@
+//! The developer-facing side of Cohort that sits on top of the library
+//! crates: talking to a coordinator as a model developer, evaluating a
+//! downloaded model, and the all-in-one demo. `main.rs` only parses
+//! arguments and calls into here.
+
+pub mod bench;
+pub mod demo;
+pub mod developer;
+pub mod evaluate;
+
+/// The bundled Breast Cancer Wisconsin (Diagnostic) data (CC BY 4.0; see
+/// `data/README.md`), embedded so the demo runs from any directory.
+pub const WDBC_CSV: &[u8] = include_bytes!("../data/wdbc.csv");
+
+/// The demo's job file, also shipped as `examples/wdbc-mlp.toml`.
+pub const DEMO_JOB: &str = include_str!("../examples/wdbc-mlp.toml");

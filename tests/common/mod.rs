@@ -1,0 +1,173 @@
+//! Shared pieces of the integration tests: a coordinator and clients on
+//! loopback (ephemeral ports), and a synthetic oncology CSV the project has
+//! never seen, with categorical columns and missing values.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cohort::developer::{self, JobView};
+use cohort_coordinator::{Coordinator, CoordinatorConfig};
+use rand::{Rng, SeedableRng};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub struct Stop(watch::Sender<bool>);
+
+impl Stop {
+    pub fn new() -> Self {
+        Self(watch::channel(false).0)
+    }
+    pub fn signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.subscribe();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    }
+    pub fn stop(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+pub struct Running {
+    pub url: String,
+    pub stop: Stop,
+    pub server: JoinHandle<()>,
+}
+
+/// A coordinator in this process on an ephemeral loopback port.
+pub async fn start_coordinator(data_dir: &Path) -> Running {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let mut config = CoordinatorConfig::new(data_dir);
+    config.poll_timeout = Duration::from_secs(1);
+    let coordinator = Coordinator::open(&config).unwrap();
+    let stop = Stop::new();
+    let signal = stop.signal();
+    let server = tokio::spawn(async move {
+        coordinator.serve(listener, signal).await.unwrap();
+    });
+    Running { url, stop, server }
+}
+
+pub fn start_client(url: &str, data: &Path, name: &str, stop: &Stop) -> JoinHandle<()> {
+    let config = cohort_client::ClientConfig {
+        coordinator: url.to_string(),
+        data: data.to_path_buf(),
+        name: name.to_string(),
+        data_dir: None,
+    };
+    let signal = stop.signal();
+    tokio::spawn(async move {
+        cohort_client::run(config, signal).await.unwrap();
+    })
+}
+
+pub async fn submit_and_wait(url: &str, job_toml: &str) -> JobView {
+    let mut dev = developer::connect(url).await.unwrap();
+    let id = developer::submit(&mut dev, job_toml).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(600), developer::wait(&mut dev, &id, false))
+        .await
+        .expect("job did not finish in time")
+        .unwrap()
+}
+
+fn normal(rng: &mut impl Rng) -> f64 {
+    // Box–Muller.
+    let u1: f64 = rng.random::<f64>().max(1e-12);
+    let u2: f64 = rng.random();
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+/// A breast-cancer-recurrence-like table: numeric and categorical
+/// predictors, ~5 % missing cells, a `recurrence` label (yes/no) drawn from
+/// a known logistic model.
+pub fn synthetic_oncology_csv(path: &Path, rows: usize, seed: u64) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut out = String::from("patient_id,age,tumor_size_mm,nodes_positive,grade,er_status,histology,ki67,recurrence\n");
+    for i in 0..rows {
+        let age = 60.0 + 11.0 * normal(&mut rng);
+        let size = (3.0 + 0.5 * normal(&mut rng)).exp();
+        let nodes = (rng.random::<f64>() * 4.0).powi(2).floor();
+        let grade = ["I", "II", "III"][rng.random_range(0..3)];
+        let er = if rng.random::<f64>() < 0.7 { "positive" } else { "negative" };
+        let histology = ["ductal", "lobular", "other"][rng.random_range(0..3)];
+        let ki67 = (20.0 + 12.0 * normal(&mut rng)).clamp(1.0, 95.0);
+        let z = -1.2 + 0.03 * (age - 60.0) + 0.04 * (size - 20.0) + 0.25 * nodes
+            + match grade {
+                "I" => -0.9,
+                "II" => 0.0,
+                _ => 1.0,
+            }
+            + if er == "negative" { 0.8 } else { -0.3 }
+            + 0.03 * (ki67 - 20.0);
+        let p = 1.0 / (1.0 + (-z).exp());
+        let label = if rng.random::<f64>() < p { "yes" } else { "no" };
+        let mut cell = |v: String| if rng.random::<f64>() < 0.05 { String::new() } else { v };
+        let fields = [
+            format!("S{i:05}"),
+            cell(format!("{age:.0}")),
+            cell(format!("{size:.1}")),
+            format!("{nodes:.0}"),
+            cell(grade.to_string()),
+            er.to_string(),
+            cell(histology.to_string()),
+            cell(format!("{ki67:.1}")),
+            label.to_string(),
+        ];
+        out.push_str(&fields.join(","));
+        out.push('\n');
+    }
+    std::fs::File::create(path).unwrap().write_all(out.as_bytes()).unwrap();
+}
+
+/// A logistic job on the synthetic table.
+pub fn oncology_job(rounds: u32, clients: u32) -> String {
+    format!(
+        r#"
+name = "recurrence-logistic"
+
+[data]
+label = "recurrence"
+positive = "yes"
+negative = "no"
+drop = ["patient_id"]
+numeric = "*"
+categorical = {{ grade = ["I", "II", "III"], er_status = ["positive", "negative"], histology = ["ductal", "lobular", "other"] }}
+validation_fraction = 0.2
+
+[model]
+kind = "logistic"
+
+[training]
+rounds = {rounds}
+min_clients = {clients}
+clients_per_round = {clients}
+local_epochs = 2
+batch_size = 32
+optimizer = {{ kind = "sgd", learning_rate = 0.05, momentum = 0.9 }}
+round_timeout_secs = 60
+seed = 3
+"#
+    )
+}
+
+pub fn split(input: &Path, out: &Path, parts: usize, seed: u64) -> Vec<PathBuf> {
+    let report = cohort_datasets::split_file(
+        input,
+        out,
+        &cohort_datasets::SplitOptions {
+            parts,
+            label: Some("recurrence".into()),
+            scheme: cohort_datasets::PartitionScheme::Iid,
+            test_fraction: 0.25,
+            seed,
+        },
+    )
+    .unwrap();
+    let mut files: Vec<PathBuf> = report.parts.into_iter().map(|p| p.file).collect();
+    files.push(report.test.unwrap().file);
+    files
+}

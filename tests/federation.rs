@@ -1,0 +1,248 @@
+//! End-to-end federated jobs on loopback: a coordinator and clients in this
+//! process, talking real gRPC over ephemeral ports.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use cohort::demo::{self, DemoOptions};
+use cohort_client::{ClientConfig, Worker};
+use cohort_protocol::v1::hospital_service_client::HospitalServiceClient;
+use cohort_protocol::v1::{
+    PullTaskRequest, RegisterRequest, ResultFrame, TaskKind, result_frame, task_frame,
+};
+use cohort_protocol::{MAX_MESSAGE_BYTES, PROTOCOL_VERSION, ParameterAssembler, parameter_chunks};
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn demo_matches_centralized_baseline_on_wdbc() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = demo::run(DemoOptions {
+        workdir: Some(dir.path().to_path_buf()),
+        progress: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(report.hospitals.len(), 3);
+    assert_eq!(report.test_examples, 143);
+    assert!(report.test_accuracy >= 0.95, "{report:#?}");
+    assert!(
+        (report.test_accuracy - report.baseline_accuracy).abs() <= 0.015,
+        "{report:#?}"
+    );
+    // The downloaded model is self-describing.
+    let (card, params) = cohort_models::load_model(&report.model_dir).unwrap();
+    assert_eq!(card.round, 20);
+    assert_eq!(params.len(), card.model.num_parameters(30));
+}
+
+/// A hospital that answers preparation and evaluation honestly but sends
+/// corrupted updates: wrong length in odd rounds, NaN in even rounds.
+async fn mallory(url: String, data: PathBuf, rejections: Arc<Mutex<Vec<String>>>) {
+    let worker = Worker::new(&ClientConfig {
+        coordinator: url.clone(),
+        data: data.clone(),
+        name: "mallory".into(),
+        data_dir: None,
+    })
+    .unwrap();
+    let summary = cohort_datasets::read_table(&data).unwrap().quality();
+    let mut grpc = HospitalServiceClient::connect(url)
+        .await
+        .unwrap()
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let session = grpc
+        .register(RegisterRequest {
+            protocol_version: PROTOCOL_VERSION,
+            client_name: "mallory".into(),
+            quality_summary_json: serde_json::to_string(&summary).unwrap(),
+            client_version: "evil".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session_id;
+    loop {
+        let Ok(stream) = grpc
+            .pull_task(PullTaskRequest {
+                session_id: session.clone(),
+            })
+            .await
+        else {
+            return;
+        };
+        let mut stream = stream.into_inner();
+        let header = match stream.message().await {
+            Ok(Some(f)) => match f.frame {
+                Some(task_frame::Frame::Header(h)) => h,
+                _ => continue,
+            },
+            _ => return,
+        };
+        let mut assembler = ParameterAssembler::new(header.parameter_count).unwrap();
+        while let Ok(Some(f)) = stream.message().await {
+            if let Some(task_frame::Frame::Chunk(c)) = f.frame {
+                assembler.push(&c.data).unwrap();
+            }
+        }
+        let params = assembler.finish().unwrap();
+        let mut answer = worker.handle(&header, params);
+        if header.kind() == TaskKind::Fit {
+            if header.round % 2 == 1 {
+                answer.parameters.pop();
+            } else {
+                answer.parameters[0] = f32::NAN;
+            }
+            answer.header.parameter_count = answer.parameters.len() as u64;
+        }
+        answer.header.session_id = session.clone();
+        answer.header.task_id = header.task_id.clone();
+        let mut frames = vec![ResultFrame {
+            frame: Some(result_frame::Frame::Header(answer.header)),
+        }];
+        frames.extend(parameter_chunks(&answer.parameters).map(|c| ResultFrame {
+            frame: Some(result_frame::Frame::Chunk(c)),
+        }));
+        if let Ok(reply) = grpc.submit_result(futures::stream::iter(frames)).await {
+            let reply = reply.into_inner();
+            if !reply.accepted {
+                rejections.lock().unwrap().push(reply.reason);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn corrupted_updates_are_dropped_and_the_job_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("all.csv");
+    synthetic_oncology_csv(&csv, 800, 11);
+    let files = split(&csv, &dir.path().join("parts"), 4, 5);
+    let coordinator = start_coordinator(&dir.path().join("coord")).await;
+    let mut handles = Vec::new();
+    for (i, f) in files[..3].iter().enumerate() {
+        handles.push(start_client(&coordinator.url, f, &format!("honest-{i}"), &coordinator.stop));
+    }
+    let rejections = Arc::new(Mutex::new(Vec::new()));
+    let evil = tokio::spawn(mallory(coordinator.url.clone(), files[3].clone(), rejections.clone()));
+
+    let job = oncology_job(4, 3).replace("clients_per_round = 3", "clients_per_round = 4");
+    let view = submit_and_wait(&coordinator.url, &job).await;
+    assert_eq!(view.state, "completed", "{view:#?}");
+    assert_eq!(view.rounds.len(), 4);
+    assert_eq!(view.participants.len(), 4, "mallory's data is valid, so it is enrolled");
+    for r in &view.rounds {
+        assert!(!r.participants.contains(&"mallory".to_string()), "{r:?}");
+        assert_eq!(r.participants.len(), 3);
+    }
+    let notes: Vec<&str> = view.events.iter().map(|e| e.message.as_str()).collect();
+    assert!(
+        notes.iter().any(|n| n.contains("mallory") && n.contains("values, the model has")),
+        "{notes:?}"
+    );
+    assert!(
+        notes.iter().any(|n| n.contains("mallory") && n.contains("non-finite")),
+        "{notes:?}"
+    );
+    assert_eq!(rejections.lock().unwrap().len(), 4);
+    coordinator.stop.stop();
+    evil.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_whose_data_does_not_fit_is_left_out_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("all.csv");
+    synthetic_oncology_csv(&csv, 600, 12);
+    let files = split(&csv, &dir.path().join("parts"), 3, 6);
+    // A fourth hospital codes grade as 1/2/3 instead of I/II/III.
+    let bad = dir.path().join("bad.csv");
+    let text = std::fs::read_to_string(&files[0]).unwrap().replace(",II,", ",2,");
+    std::fs::write(&bad, text).unwrap();
+
+    let coordinator = start_coordinator(&dir.path().join("coord")).await;
+    for (i, f) in files[..3].iter().enumerate() {
+        start_client(&coordinator.url, f, &format!("h{i}"), &coordinator.stop);
+    }
+    start_client(&coordinator.url, &bad, "miscoded", &coordinator.stop);
+    // Let all four register before the job's preparation picks its clients.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let view = submit_and_wait(&coordinator.url, &oncology_job(2, 3)).await;
+    assert_eq!(view.state, "completed", "{view:#?}");
+    assert!(!view.participants.contains(&"miscoded".to_string()));
+    let note = view
+        .events
+        .iter()
+        .find(|e| e.message.contains("miscoded"))
+        .expect("a note about the miscoded hospital");
+    assert!(note.message.contains("grade"), "{}", note.message);
+    assert!(note.message.contains("`2`"), "{}", note.message);
+    coordinator.stop.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_million_parameters_cross_the_wire() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("all.csv");
+    synthetic_oncology_csv(&csv, 160, 13);
+    let files = split(&csv, &dir.path().join("parts"), 2, 7);
+    let coordinator = start_coordinator(&dir.path().join("coord")).await;
+    start_client(&coordinator.url, &files[0], "a", &coordinator.stop);
+    start_client(&coordinator.url, &files[1], "b", &coordinator.stop);
+    // 12 features; one hidden layer of 714,286 units: 14·h + 1 parameters.
+    let job = oncology_job(1, 2)
+        .replace("kind = \"logistic\"", "kind = \"mlp\"\nhidden = [714286]")
+        .replace("local_epochs = 2", "local_epochs = 1")
+        .replace("batch_size = 32", "batch_size = 16")
+        .replace("learning_rate = 0.05", "learning_rate = 0.001");
+    let view = submit_and_wait(&coordinator.url, &job).await;
+    assert_eq!(view.state, "completed", "{view:#?}");
+    assert_eq!(view.rounds[0].participants.len(), 2);
+
+    let out = dir.path().join("model");
+    let mut dev = cohort::developer::connect(&coordinator.url).await.unwrap();
+    let card = cohort::developer::download_model(&mut dev, &view.job_id, None, &out).await.unwrap();
+    assert_eq!(card.model.num_parameters(card.n_features), 10_000_005);
+    assert!(std::fs::metadata(out.join("model.safetensors")).unwrap().len() > 40_000_000);
+    coordinator.stop.stop();
+}
+
+#[tokio::test]
+async fn invalid_job_files_are_rejected_by_the_coordinator_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = start_coordinator(dir.path()).await;
+    let mut raw = cohort_protocol::v1::developer_service_client::DeveloperServiceClient::connect(
+        coordinator.url.clone(),
+    )
+    .await
+    .unwrap();
+    let cases = [
+        (oncology_job(0, 3), "training.rounds"),
+        (oncology_job(2, 3).replace("seed = 3", "seed = 3\nwarmup = 1"), "warmup"),
+        (
+            oncology_job(2, 3).replace("kind = \"logistic\"", "kind = \"mlp\"\nhidden = []"),
+            "hidden",
+        ),
+        (
+            oncology_job(2, 3).replace("drop = [\"patient_id\"]", "drop = [\"recurrence\"]"),
+            "recurrence",
+        ),
+        ("name = ".to_string(), "invalid job file"),
+    ];
+    for (toml, expected) in cases {
+        let status = raw
+            .submit_job(cohort_protocol::v1::SubmitJobRequest { job_toml: toml })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains(expected), "{} vs {expected}", status.message());
+    }
+    // Nothing was stored.
+    let jobs = cohort::developer::list(&mut cohort::developer::connect(&coordinator.url).await.unwrap())
+        .await
+        .unwrap();
+    assert!(jobs.is_empty());
+    coordinator.stop.stop();
+}
