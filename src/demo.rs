@@ -35,7 +35,7 @@ impl Default for DemoOptions {
         Self {
             workdir: None,
             hospitals: 3,
-            alpha: 1.0,
+            alpha: 5.0,
             seed: 42,
             rounds: None,
             progress: true,

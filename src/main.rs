@@ -76,7 +76,7 @@ struct DemoArgs {
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Dirichlet concentration of the label skew across hospitals (smaller = more skewed).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 5.0)]
     alpha: f64,
     /// Print one JSON object instead of the report.
     #[arg(long)]

@@ -137,7 +137,7 @@ impl Runner {
         let t = &spec.training;
         let data_spec_json = json(&spec.data)?;
         for attempt in 1..=t.max_round_attempts {
-            let candidates = self.wait_for_clients(&self.registry.connected(), t.min_clients, t).await;
+            let candidates = self.wait_for_clients(None, t.min_clients, t).await;
             let header = TaskHeader {
                 job_id: job.id.clone(),
                 kind: TaskKind::Prepare as i32,
@@ -197,13 +197,17 @@ impl Runner {
         )))
     }
 
-    /// Waits (up to one round timeout) until at least `min` of `pool` are
-    /// connected; returns the connected ones either way.
-    async fn wait_for_clients(&self, pool: &[String], min: u32, t: &crate::job::TrainingSpec) -> Vec<String> {
+    /// Waits (up to one round timeout) until at least `min` of `pool` (any
+    /// client when `None`) are connected; returns the connected ones either
+    /// way.
+    async fn wait_for_clients(&self, pool: Option<&[String]>, min: u32, t: &crate::job::TrainingSpec) -> Vec<String> {
         let deadline = Instant::now() + Duration::from_secs(t.round_timeout_secs);
         loop {
             let connected = self.registry.connected();
-            let available: Vec<String> = pool.iter().filter(|c| connected.contains(c)).cloned().collect();
+            let available: Vec<String> = match pool {
+                Some(pool) => pool.iter().filter(|c| connected.contains(c)).cloned().collect(),
+                None => connected,
+            };
             let enough = available.len() >= min as usize && !available.is_empty();
             if enough || Instant::now() >= deadline {
                 return available;
@@ -298,7 +302,7 @@ impl Runner {
         };
         for attempt in 1..=t.max_round_attempts {
             let available = self
-                .wait_for_clients(&enrollment.participants, t.min_clients, t)
+                .wait_for_clients(Some(&enrollment.participants), t.min_clients, t)
                 .await;
             let selected = select_clients(&available, t.clients_per_round as usize, t.seed, round, attempt);
             info!(job = job.id, round, attempt, ?selected, "round started");

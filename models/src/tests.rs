@@ -594,3 +594,33 @@ fn save_refuses_a_card_that_does_not_describe_the_parameters() {
         Err(ModelError::Safetensors(_))
     ));
 }
+
+/// The size used by the federation end-to-end test elsewhere (~10^7 parameters). Ignored by
+/// default because it needs a few hundred MiB; run with `cargo test -- --ignored`.
+#[test]
+#[ignore = "large: ~10^7 parameters"]
+fn ten_million_parameter_model_trains_one_epoch() {
+    let spec = ModelSpec::Mlp {
+        hidden: vec![312_500],
+    };
+    let n_features = 30;
+    let data = separable(50, n_features, 6);
+    let t0 = Instant::now();
+    let start = init_parameters(&spec, n_features, 1);
+    let t_init = t0.elapsed();
+    let t1 = Instant::now();
+    let out = train(&spec, &start, &data, &config(1, 16, adam(1e-3))).unwrap();
+    let t_train = t1.elapsed();
+    let t2 = Instant::now();
+    let metrics = evaluate(&spec, &out.parameters, &data).unwrap();
+    let hash = parameters_sha256(&out.parameters);
+    eprintln!(
+        "10M-parameter model ({} params): init {t_init:?}, one Adam epoch {t_train:?}, \
+         evaluate + sha256 {:?} (acc {:.2}, {})",
+        start.len(),
+        t2.elapsed(),
+        metrics.accuracy,
+        &hash[..8]
+    );
+    assert!(out.loss.is_finite());
+}
