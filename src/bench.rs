@@ -45,7 +45,11 @@ pub fn hidden_width_for(parameters: usize) -> usize {
     (parameters.saturating_sub(1) / 32).max(1)
 }
 
-pub async fn round_overhead(clients: usize, parameters: usize, rounds: u32) -> Result<RoundOverhead> {
+pub async fn round_overhead(
+    clients: usize,
+    parameters: usize,
+    rounds: u32,
+) -> Result<RoundOverhead> {
     let dir = tempfile::Builder::new().prefix("cohort-bench-").tempdir()?;
     let split = cohort_datasets::split_bytes(
         crate::WDBC_CSV,
@@ -63,7 +67,10 @@ pub async fn round_overhead(clients: usize, parameters: usize, rounds: u32) -> R
         .replace("hidden = [32, 16]", &format!("hidden = [{hidden}]"))
         .replace("rounds = 20", &format!("rounds = {rounds}"))
         .replace("min_clients = 3", &format!("min_clients = {clients}"))
-        .replace("clients_per_round = 3", &format!("clients_per_round = {clients}"))
+        .replace(
+            "clients_per_round = 3",
+            &format!("clients_per_round = {clients}"),
+        )
         .replace("local_epochs = 2", "local_epochs = 1")
         .replace("round_timeout_secs = 120", "round_timeout_secs = 600");
 
@@ -85,7 +92,10 @@ pub async fn round_overhead(clients: usize, parameters: usize, rounds: u32) -> R
             name: format!("bench-{i:03}"),
             data_dir: None,
         };
-        handles.push(tokio::spawn(cohort_client::run(config, stopped(stop_rx.clone()))));
+        handles.push(tokio::spawn(cohort_client::run(
+            config,
+            stopped(stop_rx.clone()),
+        )));
     }
     let view = async {
         let mut dev = developer::connect(&url).await?;
@@ -100,11 +110,19 @@ pub async fn round_overhead(clients: usize, parameters: usize, rounds: u32) -> R
     let _ = server.await;
     let view = view?;
     if view.state != "completed" {
-        bail!("benchmark job {}: {}", view.state, view.error.unwrap_or_default());
+        bail!(
+            "benchmark job {}: {}",
+            view.state,
+            view.error.unwrap_or_default()
+        );
     }
     let round_secs: Vec<f64> = view.rounds.iter().map(|r| r.duration_secs).collect();
     let fit: Vec<f64> = view.rounds.iter().map(|r| r.slowest_fit_secs).collect();
-    let eval: Vec<f64> = view.rounds.iter().map(|r| r.slowest_evaluate_secs).collect();
+    let eval: Vec<f64> = view
+        .rounds
+        .iter()
+        .map(|r| r.slowest_evaluate_secs)
+        .collect();
     let overhead_secs: Vec<f64> = view
         .rounds
         .iter()

@@ -71,7 +71,10 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
     let started = Instant::now();
     let workdir = match &opts.workdir {
         Some(dir) => dir.clone(),
-        None => tempfile::Builder::new().prefix("cohort-demo-").tempdir()?.keep(),
+        None => tempfile::Builder::new()
+            .prefix("cohort-demo-")
+            .tempdir()?
+            .keep(),
     };
     let data_dir = workdir.join("data");
     let split = cohort_datasets::split_bytes(
@@ -85,7 +88,12 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
             seed: opts.seed,
         },
     )?;
-    let test_file = split.test.as_ref().context("the split wrote no test file")?.file.clone();
+    let test_file = split
+        .test
+        .as_ref()
+        .context("the split wrote no test file")?
+        .file
+        .clone();
 
     let mut spec = JobSpec::from_toml(crate::DEMO_JOB)?;
     if let Some(rounds) = opts.rounds {
@@ -123,7 +131,10 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
             name: name.clone(),
             data_dir: Some(workdir.join("clients").join(&name)),
         };
-        clients.push(tokio::spawn(cohort_client::run(config, stopped(stop_rx.clone()))));
+        clients.push(tokio::spawn(cohort_client::run(
+            config,
+            stopped(stop_rx.clone()),
+        )));
     }
 
     let outcome = async {
@@ -131,7 +142,11 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
         let job_id = developer::submit(&mut dev, &job_toml).await?;
         let view = developer::wait(&mut dev, &job_id, opts.progress).await?;
         if view.state != "completed" {
-            bail!("demo job {job_id} {}: {}", view.state, view.error.unwrap_or_default());
+            bail!(
+                "demo job {job_id} {}: {}",
+                view.state,
+                view.error.unwrap_or_default()
+            );
         }
         let model_dir = workdir.join("model");
         developer::download_model(&mut dev, &job_id, None, &model_dir).await?;
@@ -168,8 +183,16 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
 /// Trains the job's model on the hospitals' pooled rows with the same
 /// preprocessing, split, model and optimizer code, for as many epochs as
 /// the federated job's clients ran in total per example.
-pub fn centralized_baseline(spec: &JobSpec, train_files: &[&Path], test_file: &Path, workdir: &Path) -> Result<Metrics> {
-    let pooled = workdir.join("data").join("pooled_train.csv");
+pub fn centralized_baseline(
+    spec: &JobSpec,
+    train_files: &[&Path],
+    test_file: &Path,
+    workdir: &Path,
+) -> Result<Metrics> {
+    let pooled_dir = workdir.join("data");
+    std::fs::create_dir_all(&pooled_dir)
+        .with_context(|| format!("creating {}", pooled_dir.display()))?;
+    let pooled = pooled_dir.join("pooled_train.csv");
     concat_csv(train_files, &pooled)?;
     let dataset = LocalDataset::load(&pooled, &spec.data)?;
     let preprocessing = Preprocessing::merge(dataset.schema(), &[dataset.statistics()])?;
@@ -179,11 +202,16 @@ pub fn centralized_baseline(spec: &JobSpec, train_files: &[&Path], test_file: &P
     let mut config = spec.train_config(1);
     config.epochs = (spec.training.rounds * spec.training.local_epochs) as usize;
     config.proximal_mu = None;
-    let start = cohort_models::init_parameters(&spec.model, preprocessing.n_features(), spec.training.seed);
+    let start =
+        cohort_models::init_parameters(&spec.model, preprocessing.n_features(), spec.training.seed);
     let trained = cohort_models::train(&spec.model, &start, &train, &config)?;
     let card_spec = crate::evaluate::pinned_spec_for(&spec.data, &preprocessing);
     let test = LocalDataset::load(test_file, &card_spec)?.preprocess(&preprocessing)?;
-    Ok(cohort_models::evaluate(&spec.model, &trained.parameters, &test)?)
+    Ok(cohort_models::evaluate(
+        &spec.model,
+        &trained.parameters,
+        &test,
+    )?)
 }
 
 /// Concatenates CSV files that share one header.
@@ -191,7 +219,8 @@ fn concat_csv(files: &[&Path], out: &Path) -> Result<()> {
     let mut header: Option<String> = None;
     let mut text = String::new();
     for file in files {
-        let content = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let content =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
         let mut lines = content.lines();
         let head = lines.next().unwrap_or_default().to_string();
         match &header {
@@ -214,17 +243,34 @@ fn concat_csv(files: &[&Path], out: &Path) -> Result<()> {
 
 pub fn print_report(r: &DemoReport) {
     println!();
-    println!("Cohort demo: {} hospitals, {} rounds, job {}", r.hospitals.len(), r.rounds, r.job_id);
+    println!(
+        "Cohort demo: {} hospitals, {} rounds, job {}",
+        r.hospitals.len(),
+        r.rounds,
+        r.job_id
+    );
     for h in &r.hospitals {
-        println!("  {:<12} {:>4} patients, {:>3} malignant", h.name, h.rows, h.malignant);
+        println!(
+            "  {:<12} {:>4} patients, {:>3} malignant",
+            h.name, h.rows, h.malignant
+        );
     }
     println!();
     println!("Held-out test set: {} patients", r.test_examples);
     println!("                      accuracy    ROC AUC    loss");
-    println!("  federated (Cohort)    {:.4}     {:.4}    {:.4}", r.test_accuracy, r.test_auc, r.test_loss);
-    println!("  centralized baseline  {:.4}     {:.4}    {:.4}", r.baseline_accuracy, r.baseline_auc, r.baseline_loss);
+    println!(
+        "  federated (Cohort)    {:.4}     {:.4}    {:.4}",
+        r.test_accuracy, r.test_auc, r.test_loss
+    );
+    println!(
+        "  centralized baseline  {:.4}     {:.4}    {:.4}",
+        r.baseline_accuracy, r.baseline_auc, r.baseline_loss
+    );
     println!();
     println!("Model: {}", r.model_dir.display());
-    println!("Everything (data splits, coordinator database, client logs): {}", r.workdir.display());
+    println!(
+        "Everything (data splits, coordinator database, client logs): {}",
+        r.workdir.display()
+    );
     println!("Finished in {:.1} s", r.seconds);
 }

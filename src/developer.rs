@@ -8,7 +8,9 @@ use anyhow::{Context, Result, bail};
 use cohort_models::{Metrics, ModelCard};
 use cohort_protocol::MAX_MESSAGE_BYTES;
 use cohort_protocol::v1::developer_service_client::DeveloperServiceClient;
-use cohort_protocol::v1::{self, GetJobRequest, GetModelRequest, ListJobsRequest, SubmitJobRequest, model_frame};
+use cohort_protocol::v1::{
+    self, GetJobRequest, GetModelRequest, ListJobsRequest, SubmitJobRequest, model_frame,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tonic::transport::Channel;
@@ -72,7 +74,10 @@ impl JobView {
                 let metrics = if r.metrics_json.is_empty() {
                     None
                 } else {
-                    Some(serde_json::from_str(&r.metrics_json).context("round metrics from the coordinator")?)
+                    Some(
+                        serde_json::from_str(&r.metrics_json)
+                            .context("round metrics from the coordinator")?,
+                    )
                 };
                 Ok(RoundView {
                     round: r.round,
@@ -100,7 +105,10 @@ impl JobView {
             events: s
                 .events
                 .into_iter()
-                .map(|e| EventView { at: e.at, message: e.message })
+                .map(|e| EventView {
+                    at: e.at,
+                    message: e.message,
+                })
                 .collect(),
         })
     }
@@ -139,8 +147,15 @@ pub async fn status(dev: &mut Developer, job_id: &str) -> Result<JobView> {
 }
 
 pub async fn list(dev: &mut Developer) -> Result<Vec<JobView>> {
-    let jobs = dev.list_jobs(ListJobsRequest {}).await.map_err(status_error)?;
-    jobs.into_inner().jobs.into_iter().map(JobView::from_wire).collect()
+    let jobs = dev
+        .list_jobs(ListJobsRequest {})
+        .await
+        .map_err(status_error)?;
+    jobs.into_inner()
+        .jobs
+        .into_iter()
+        .map(JobView::from_wire)
+        .collect()
 }
 
 /// Follows a job until it ends; with `progress`, draws a bar that advances
@@ -149,9 +164,11 @@ pub async fn wait(dev: &mut Developer, job_id: &str, progress: bool) -> Result<J
     let bar = if progress {
         let bar = ProgressBar::new(0);
         bar.set_style(
-            ProgressStyle::with_template("{spinner} round {pos:>3}/{len:<3} [{bar:30}] {elapsed_precise} {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{spinner} round {pos:>3}/{len:<3} [{bar:30}] {elapsed_precise} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
         );
         bar.enable_steady_tick(Duration::from_millis(200));
         bar
@@ -169,7 +186,10 @@ pub async fn wait(dev: &mut Developer, job_id: &str, progress: bool) -> Result<J
         seen_events = view.events.len();
         let message = match (view.state.as_str(), view.last_metrics()) {
             ("pending", _) => "waiting for clients".to_string(),
-            (_, Some(m)) => format!("loss {:.4}  acc {:.3}  auc {:.3}", m.loss, m.accuracy, m.auc),
+            (_, Some(m)) => format!(
+                "loss {:.4}  acc {:.3}  auc {:.3}",
+                m.loss, m.accuracy, m.auc
+            ),
             (state, None) if view.rounds_completed == 0 => format!("{state}: preparing"),
             (state, None) => state.to_string(),
         };
@@ -184,7 +204,12 @@ pub async fn wait(dev: &mut Developer, job_id: &str, progress: bool) -> Result<J
 
 /// Downloads a job's model (latest round, or `round`) into `out` as
 /// `model.safetensors` + `model.json`, verifying its digest.
-pub async fn download_model(dev: &mut Developer, job_id: &str, round: Option<u32>, out: &Path) -> Result<ModelCard> {
+pub async fn download_model(
+    dev: &mut Developer,
+    job_id: &str,
+    round: Option<u32>,
+    out: &Path,
+) -> Result<ModelCard> {
     let mut stream = dev
         .get_model(GetModelRequest {
             job_id: job_id.to_string(),
@@ -193,11 +218,17 @@ pub async fn download_model(dev: &mut Developer, job_id: &str, round: Option<u32
         .await
         .map_err(status_error)?
         .into_inner();
-    let header = match stream.message().await.map_err(status_error)?.and_then(|f| f.frame) {
+    let header = match stream
+        .message()
+        .await
+        .map_err(status_error)?
+        .and_then(|f| f.frame)
+    {
         Some(model_frame::Frame::Header(h)) => h,
         _ => bail!("the coordinator's model stream did not start with a header"),
     };
-    let card: ModelCard = serde_json::from_str(&header.card_json).context("model card from the coordinator")?;
+    let card: ModelCard =
+        serde_json::from_str(&header.card_json).context("model card from the coordinator")?;
     let expected = usize::try_from(header.safetensors_bytes).context("model size")?;
     let mut body = Vec::with_capacity(expected.min(1 << 30));
     while let Some(frame) = stream.message().await.map_err(status_error)? {
@@ -210,7 +241,10 @@ pub async fn download_model(dev: &mut Developer, job_id: &str, round: Option<u32
         }
     }
     if body.len() != expected {
-        bail!("model download incomplete: {} of {expected} bytes", body.len());
+        bail!(
+            "model download incomplete: {} of {expected} bytes",
+            body.len()
+        );
     }
     let params = cohort_models::params_from_safetensors(&card, &body)?;
     cohort_models::save_model(out, &card, &params)?;

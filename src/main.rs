@@ -119,7 +119,11 @@ struct ClientArgs {
 #[derive(Args)]
 struct CoordinatorUrl {
     /// Coordinator URL.
-    #[arg(long, env = "COHORT_COORDINATOR", default_value = "http://127.0.0.1:7070")]
+    #[arg(
+        long,
+        env = "COHORT_COORDINATOR",
+        default_value = "http://127.0.0.1:7070"
+    )]
     coordinator: String,
 }
 
@@ -304,7 +308,12 @@ async fn main() -> Result<()> {
                     "parameters_sha256": card.parameters_sha256, "metrics": card.metrics,
                 }))?;
             } else {
-                println!("model of {} round {} saved to {}", card.job_id, card.round, out.display());
+                println!(
+                    "model of {} round {} saved to {}",
+                    card.job_id,
+                    card.round,
+                    out.display()
+                );
             }
         }
         Command::Evaluate(a) => {
@@ -315,8 +324,14 @@ async fn main() -> Result<()> {
             } else {
                 println!(
                     "examples {}  accuracy {:.4}  auc {:.4}  loss {:.4}  (tp {} fp {} tn {} fn {})",
-                    m.examples, m.accuracy, m.auc, m.loss, m.true_positives, m.false_positives,
-                    m.true_negatives, m.false_negatives
+                    m.examples,
+                    m.accuracy,
+                    m.auc,
+                    m.loss,
+                    m.true_positives,
+                    m.false_positives,
+                    m.true_negatives,
+                    m.false_negatives
                 );
             }
         }
@@ -329,7 +344,9 @@ async fn main() -> Result<()> {
             init_logging("error");
             let mut results = Vec::new();
             if !json {
-                println!("clients  parameters  round(s)  slowest fit(s)  slowest eval(s)  overhead(s)  (medians over {rounds} rounds)");
+                println!(
+                    "clients  parameters  round(s)  slowest fit(s)  slowest eval(s)  overhead(s)  (medians over {rounds} rounds)"
+                );
             }
             for &p in &parameters {
                 for &c in &clients {
@@ -338,8 +355,12 @@ async fn main() -> Result<()> {
                     if !json {
                         println!(
                             "{:>7}  {:>10}  {:>8.3}  {:>14.3}  {:>15.3}  {:>11.3}",
-                            r.clients, r.parameters, r.median_round_secs, r.median_slowest_fit_secs,
-                            r.median_slowest_evaluate_secs, r.median_overhead_secs
+                            r.clients,
+                            r.parameters,
+                            r.median_round_secs,
+                            r.median_slowest_fit_secs,
+                            r.median_slowest_evaluate_secs,
+                            r.median_overhead_secs
                         );
                     }
                     results.push(r);
@@ -380,7 +401,12 @@ async fn main() -> Result<()> {
                 print_json(&report)?;
             } else {
                 for p in report.parts.iter().chain(report.test.iter()) {
-                    println!("{}  {} rows  {:?}", p.file.display(), p.rows, p.label_counts);
+                    println!(
+                        "{}  {} rows  {:?}",
+                        p.file.display(),
+                        p.rows,
+                        p.label_counts
+                    );
                 }
             }
         }
@@ -390,8 +416,17 @@ async fn main() -> Result<()> {
 
 async fn run_job_command(cmd: JobCommand) -> Result<()> {
     match cmd {
-        JobCommand::Submit { job, url, wait, json } => {
-            let text = std::fs::read_to_string(&job).with_context(|| format!("reading {}", job.display()))?;
+        JobCommand::Submit {
+            job,
+            url,
+            wait,
+            json,
+        } => {
+            let text = std::fs::read_to_string(&job)
+                .with_context(|| format!("reading {}", job.display()))?;
+            // A broken job file fails here, before any connection is made.
+            cohort_coordinator::JobSpec::from_toml(&text)
+                .with_context(|| format!("{} was not submitted", job.display()))?;
             let mut dev = developer::connect(&url.coordinator).await?;
             let job_id = developer::submit(&mut dev, &text).await?;
             if !wait {
@@ -443,7 +478,10 @@ async fn run_job_command(cmd: JobCommand) -> Result<()> {
 }
 
 fn print_status(v: &developer::JobView) {
-    println!("job {} ({}): {}, {}/{} rounds", v.job_id, v.name, v.state, v.rounds_completed, v.rounds_total);
+    println!(
+        "job {} ({}): {}, {}/{} rounds",
+        v.job_id, v.name, v.state, v.rounds_completed, v.rounds_total
+    );
     if let Some(e) = &v.error {
         println!("error: {e}");
     }
@@ -454,9 +492,18 @@ fn print_status(v: &developer::JobView) {
         match &r.metrics {
             Some(m) => println!(
                 "  round {:>3}: {} clients  loss {:.4}  acc {:.4}  auc {:.4}  {:.2}s",
-                r.round, r.participants.len(), m.loss, m.accuracy, m.auc, r.duration_secs
+                r.round,
+                r.participants.len(),
+                m.loss,
+                m.accuracy,
+                m.auc,
+                r.duration_secs
             ),
-            None => println!("  round {:>3}: {} clients  (no evaluation)", r.round, r.participants.len()),
+            None => println!(
+                "  round {:>3}: {} clients  (no evaluation)",
+                r.round,
+                r.participants.len()
+            ),
         }
     }
     for e in &v.events {

@@ -26,7 +26,7 @@ async fn demo_matches_centralized_baseline_on_wdbc() {
     .await
     .unwrap();
     assert_eq!(report.hospitals.len(), 3);
-    assert_eq!(report.test_examples, 143);
+    assert_eq!(report.test_examples, 142);
     assert!(report.test_accuracy >= 0.95, "{report:#?}");
     assert!(
         (report.test_accuracy - report.baseline_accuracy).abs() <= 0.015,
@@ -123,27 +123,44 @@ async fn corrupted_updates_are_dropped_and_the_job_finishes() {
     let coordinator = start_coordinator(&dir.path().join("coord")).await;
     let mut handles = Vec::new();
     for (i, f) in files[..3].iter().enumerate() {
-        handles.push(start_client(&coordinator.url, f, &format!("honest-{i}"), &coordinator.stop));
+        handles.push(start_client(
+            &coordinator.url,
+            f,
+            &format!("honest-{i}"),
+            &coordinator.stop,
+        ));
     }
     let rejections = Arc::new(Mutex::new(Vec::new()));
-    let evil = tokio::spawn(mallory(coordinator.url.clone(), files[3].clone(), rejections.clone()));
+    let evil = tokio::spawn(mallory(
+        coordinator.url.clone(),
+        files[3].clone(),
+        rejections.clone(),
+    ));
 
     let job = oncology_job(4, 3).replace("clients_per_round = 3", "clients_per_round = 4");
     let view = submit_and_wait(&coordinator.url, &job).await;
     assert_eq!(view.state, "completed", "{view:#?}");
     assert_eq!(view.rounds.len(), 4);
-    assert_eq!(view.participants.len(), 4, "mallory's data is valid, so it is enrolled");
+    assert_eq!(
+        view.participants.len(),
+        4,
+        "mallory's data is valid, so it is enrolled"
+    );
     for r in &view.rounds {
         assert!(!r.participants.contains(&"mallory".to_string()), "{r:?}");
         assert_eq!(r.participants.len(), 3);
     }
     let notes: Vec<&str> = view.events.iter().map(|e| e.message.as_str()).collect();
     assert!(
-        notes.iter().any(|n| n.contains("mallory") && n.contains("values, the model has")),
+        notes
+            .iter()
+            .any(|n| n.contains("mallory") && n.contains("values, the model has")),
         "{notes:?}"
     );
     assert!(
-        notes.iter().any(|n| n.contains("mallory") && n.contains("non-finite")),
+        notes
+            .iter()
+            .any(|n| n.contains("mallory") && n.contains("non-finite")),
         "{notes:?}"
     );
     assert_eq!(rejections.lock().unwrap().len(), 4);
@@ -159,7 +176,9 @@ async fn a_client_whose_data_does_not_fit_is_left_out_with_the_reason() {
     let files = split(&csv, &dir.path().join("parts"), 3, 6);
     // A fourth hospital codes grade as 1/2/3 instead of I/II/III.
     let bad = dir.path().join("bad.csv");
-    let text = std::fs::read_to_string(&files[0]).unwrap().replace(",II,", ",2,");
+    let text = std::fs::read_to_string(&files[0])
+        .unwrap()
+        .replace(",II,", ",2,");
     std::fs::write(&bad, text).unwrap();
 
     let coordinator = start_coordinator(&dir.path().join("coord")).await;
@@ -203,9 +222,16 @@ async fn ten_million_parameters_cross_the_wire() {
 
     let out = dir.path().join("model");
     let mut dev = cohort::developer::connect(&coordinator.url).await.unwrap();
-    let card = cohort::developer::download_model(&mut dev, &view.job_id, None, &out).await.unwrap();
+    let card = cohort::developer::download_model(&mut dev, &view.job_id, None, &out)
+        .await
+        .unwrap();
     assert_eq!(card.model.num_parameters(card.n_features), 10_000_005);
-    assert!(std::fs::metadata(out.join("model.safetensors")).unwrap().len() > 40_000_000);
+    assert!(
+        std::fs::metadata(out.join("model.safetensors"))
+            .unwrap()
+            .len()
+            > 40_000_000
+    );
     coordinator.stop.stop();
 }
 
@@ -220,7 +246,10 @@ async fn invalid_job_files_are_rejected_by_the_coordinator_naming_the_key() {
     .unwrap();
     let cases = [
         (oncology_job(0, 3), "training.rounds"),
-        (oncology_job(2, 3).replace("seed = 3", "seed = 3\nwarmup = 1"), "warmup"),
+        (
+            oncology_job(2, 3).replace("seed = 3", "seed = 3\nwarmup = 1"),
+            "warmup",
+        ),
         (
             oncology_job(2, 3).replace("kind = \"logistic\"", "kind = \"mlp\"\nhidden = []"),
             "hidden",
@@ -237,12 +266,17 @@ async fn invalid_job_files_are_rejected_by_the_coordinator_naming_the_key() {
             .await
             .unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
-        assert!(status.message().contains(expected), "{} vs {expected}", status.message());
+        assert!(
+            status.message().contains(expected),
+            "{} vs {expected}",
+            status.message()
+        );
     }
     // Nothing was stored.
-    let jobs = cohort::developer::list(&mut cohort::developer::connect(&coordinator.url).await.unwrap())
-        .await
-        .unwrap();
+    let jobs =
+        cohort::developer::list(&mut cohort::developer::connect(&coordinator.url).await.unwrap())
+            .await
+            .unwrap();
     assert!(jobs.is_empty());
     coordinator.stop.stop();
 }

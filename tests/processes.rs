@@ -43,12 +43,19 @@ fn cohort(args: &[&str]) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("cohort {args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout))
+        panic!(
+            "cohort {args:?}: {e}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
     })
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn start_coordinator(port: u16, data_dir: &Path, log: &Path) -> Proc {
@@ -95,7 +102,9 @@ fn status(url: &str, job: &str) -> Option<Value> {
         .args(["job", "status", job, "--coordinator", url, "--json"])
         .output()
         .ok()?;
-    out.status.success().then(|| serde_json::from_slice(&out.stdout).ok())?
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).ok())?
 }
 
 fn wait_until(url: &str, job: &str, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
@@ -117,9 +126,20 @@ fn three_processes_train_on_an_unseen_csv_and_match_centralized_logistic_regress
     let csv = dir.path().join("oncology.csv");
     synthetic_oncology_csv(&csv, 1500, 21);
     let split = cohort(&[
-        "data", "split", csv.to_str().unwrap(), "--parts", "3", "--out",
-        dir.path().join("parts").to_str().unwrap(), "--label", "recurrence",
-        "--test-fraction", "0.25", "--seed", "4", "--json",
+        "data",
+        "split",
+        csv.to_str().unwrap(),
+        "--parts",
+        "3",
+        "--out",
+        dir.path().join("parts").to_str().unwrap(),
+        "--label",
+        "recurrence",
+        "--test-fraction",
+        "0.25",
+        "--seed",
+        "4",
+        "--json",
     ]);
     let files: Vec<PathBuf> = split["parts"]
         .as_array()
@@ -131,26 +151,56 @@ fn three_processes_train_on_an_unseen_csv_and_match_centralized_logistic_regress
 
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let _coordinator = start_coordinator(port, &dir.path().join("coord"), &dir.path().join("coord.log"));
+    let _coordinator = start_coordinator(
+        port,
+        &dir.path().join("coord"),
+        &dir.path().join("coord.log"),
+    );
     let _clients = start_clients(&url, &files, dir.path());
     let job_file = dir.path().join("job.toml");
     std::fs::write(&job_file, oncology_job(10, 3)).unwrap();
     // `job submit` retries nothing: give the coordinator a moment to bind.
     std::thread::sleep(Duration::from_millis(500));
-    let submitted = cohort(&["job", "submit", job_file.to_str().unwrap(), "--coordinator", &url, "--json"]);
+    let submitted = cohort(&[
+        "job",
+        "submit",
+        job_file.to_str().unwrap(),
+        "--coordinator",
+        &url,
+        "--json",
+    ]);
     let job = submitted["job_id"].as_str().unwrap().to_string();
-    let done = wait_until(&url, &job, Duration::from_secs(300), |s| s["state"] != "running" && s["state"] != "pending");
+    let done = wait_until(&url, &job, Duration::from_secs(300), |s| {
+        s["state"] != "running" && s["state"] != "pending"
+    });
     assert_eq!(done["state"], "completed", "{done:#}");
     assert_eq!(done["rounds_completed"], 10);
     assert_eq!(done["rounds"].as_array().unwrap().len(), 10);
 
     let model_dir = dir.path().join("model");
-    cohort(&["model", "get", &job, "--coordinator", &url, "--out", model_dir.to_str().unwrap(), "--json"]);
-    let federated = cohort(&["evaluate", "--model", model_dir.to_str().unwrap(), "--data", test_file.to_str().unwrap(), "--json"]);
+    cohort(&[
+        "model",
+        "get",
+        &job,
+        "--coordinator",
+        &url,
+        "--out",
+        model_dir.to_str().unwrap(),
+        "--json",
+    ]);
+    let federated = cohort(&[
+        "evaluate",
+        "--model",
+        model_dir.to_str().unwrap(),
+        "--data",
+        test_file.to_str().unwrap(),
+        "--json",
+    ]);
 
     let spec = cohort_coordinator::JobSpec::from_toml(&oncology_job(10, 3)).unwrap();
     let parts: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
-    let central = cohort::demo::centralized_baseline(&spec, &parts, &test_file, dir.path()).unwrap();
+    let central =
+        cohort::demo::centralized_baseline(&spec, &parts, &test_file, dir.path()).unwrap();
     let auc = federated["auc"].as_f64().unwrap();
     assert!(
         (auc - central.auc).abs() <= 0.03,
@@ -176,20 +226,36 @@ fn coordinator_killed_mid_round_resumes_and_records_every_round_once() {
     let rounds = 30;
     std::fs::write(&job_file, oncology_job(rounds, 3)).unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    let submitted = cohort(&["job", "submit", job_file.to_str().unwrap(), "--coordinator", &url, "--json"]);
+    let submitted = cohort(&[
+        "job",
+        "submit",
+        job_file.to_str().unwrap(),
+        "--coordinator",
+        &url,
+        "--json",
+    ]);
     let job = submitted["job_id"].as_str().unwrap().to_string();
 
     // Kill while round 3 is under way.
-    wait_until(&url, &job, Duration::from_secs(120), |s| s["rounds_completed"].as_u64() >= Some(2));
+    wait_until(&url, &job, Duration::from_secs(120), |s| {
+        s["rounds_completed"].as_u64() >= Some(2)
+    });
     coordinator.0.kill().unwrap();
     coordinator.0.wait().unwrap();
     let before = status(&url, &job);
     assert!(before.is_none(), "the coordinator is down");
 
     let _restarted = start_coordinator(port, &data_dir, &dir.path().join("coord-2.log"));
-    let done = wait_until(&url, &job, Duration::from_secs(300), |s| s["state"] == "completed" || s["state"] == "failed");
+    let done = wait_until(&url, &job, Duration::from_secs(300), |s| {
+        s["state"] == "completed" || s["state"] == "failed"
+    });
     assert_eq!(done["state"], "completed", "{done:#}");
-    let recorded: Vec<u64> = done["rounds"].as_array().unwrap().iter().map(|r| r["round"].as_u64().unwrap()).collect();
+    let recorded: Vec<u64> = done["rounds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["round"].as_u64().unwrap())
+        .collect();
     assert_eq!(recorded, (1..=u64::from(rounds)).collect::<Vec<_>>());
     let log = std::fs::read_to_string(dir.path().join("coord-2.log")).unwrap();
     assert!(log.contains("resuming"), "{log}");
@@ -199,7 +265,13 @@ fn coordinator_killed_mid_round_resumes_and_records_every_round_once() {
 fn bad_input_gets_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let missing = Command::new(BIN)
-        .args(["evaluate", "--model", dir.path().to_str().unwrap(), "--data", "nope.csv"])
+        .args([
+            "evaluate",
+            "--model",
+            dir.path().to_str().unwrap(),
+            "--data",
+            "nope.csv",
+        ])
         .output()
         .unwrap();
     assert!(!missing.status.success());
@@ -208,14 +280,28 @@ fn bad_input_gets_clear_errors() {
     let job = dir.path().join("job.toml");
     std::fs::write(&job, oncology_job(0, 3)).unwrap();
     let out = Command::new(BIN)
-        .args(["job", "submit", job.to_str().unwrap(), "--coordinator", "http://127.0.0.1:9"])
+        .args([
+            "job",
+            "submit",
+            job.to_str().unwrap(),
+            "--coordinator",
+            "http://127.0.0.1:9",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("training.rounds"));
 
     let out = Command::new(BIN)
-        .args(["client", "--coordinator", "127.0.0.1:7070", "--data", "x.csv", "--name", "a"])
+        .args([
+            "client",
+            "--coordinator",
+            "127.0.0.1:7070",
+            "--data",
+            "x.csv",
+            "--name",
+            "a",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -76,7 +76,10 @@ pub fn endpoint(url: &str) -> Result<Endpoint, ClientError> {
 }
 
 /// Runs the client until `shutdown` completes or a fatal error occurs.
-pub async fn run(config: ClientConfig, shutdown: impl Future<Output = ()>) -> Result<(), ClientError> {
+pub async fn run(
+    config: ClientConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ClientError> {
     let endpoint = endpoint(&config.coordinator)?;
     let table = cohort_datasets::read_table(&config.data).map_err(|source| ClientError::Data {
         path: config.data.clone(),
@@ -86,7 +89,12 @@ pub async fn run(config: ClientConfig, shutdown: impl Future<Output = ()>) -> Re
     drop(table);
     let summary_json = serde_json::to_string(&summary).unwrap_or_default();
     let worker = Arc::new(Worker::new(&config)?);
-    info!(client = config.name, rows = summary.rows, coordinator = config.coordinator, "client starting");
+    info!(
+        client = config.name,
+        rows = summary.rows,
+        coordinator = config.coordinator,
+        "client starting"
+    );
 
     let main = async {
         let mut backoff = Duration::from_millis(250);
@@ -94,7 +102,11 @@ pub async fn run(config: ClientConfig, shutdown: impl Future<Output = ()>) -> Re
             match session(&endpoint, &config, &summary_json, &worker, &mut backoff).await {
                 SessionEnd::Fatal(e) => return Err(e),
                 SessionEnd::Retry(reason) => {
-                    warn!(client = config.name, "{reason}; reconnecting in {:.1} s", backoff.as_secs_f64());
+                    warn!(
+                        client = config.name,
+                        "{reason}; reconnecting in {:.1} s",
+                        backoff.as_secs_f64()
+                    );
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
@@ -131,7 +143,12 @@ async fn session(
         .await
     {
         Ok(r) => r.into_inner(),
-        Err(s) if matches!(s.code(), Code::InvalidArgument | Code::FailedPrecondition | Code::PermissionDenied) => {
+        Err(s)
+            if matches!(
+                s.code(),
+                Code::InvalidArgument | Code::FailedPrecondition | Code::PermissionDenied
+            ) =>
+        {
             return SessionEnd::Fatal(ClientError::Refused(s.message().to_string()));
         }
         Err(s) => return SessionEnd::Retry(format!("registration failed: {}", s.message())),
@@ -193,7 +210,8 @@ async fn receive_parameters(
     header: &TaskHeader,
     stream: &mut tonic::Streaming<cohort_protocol::v1::TaskFrame>,
 ) -> Result<Vec<f32>, Received> {
-    let mut assembler = ParameterAssembler::new(header.parameter_count).map_err(|e| Received::Malformed(e.to_string()))?;
+    let mut assembler = ParameterAssembler::new(header.parameter_count)
+        .map_err(|e| Received::Malformed(e.to_string()))?;
     let mut malformed = None;
     loop {
         match stream.message().await {
@@ -207,17 +225,28 @@ async fn receive_parameters(
                 _ => malformed = Some("unexpected frame inside a task".into()),
             },
             Ok(None) => break,
-            Err(s) => return Err(Received::Broken(format!("task download failed: {}", s.message()))),
+            Err(s) => {
+                return Err(Received::Broken(format!(
+                    "task download failed: {}",
+                    s.message()
+                )));
+            }
         }
     }
     if let Some(reason) = malformed {
-        return Err(Received::Malformed(format!("malformed parameters: {reason}")));
+        return Err(Received::Malformed(format!(
+            "malformed parameters: {reason}"
+        )));
     }
     let params = assembler
         .finish()
         .map_err(|e| Received::Malformed(format!("malformed parameters: {e}")))?;
-    if !header.parameters_sha256.is_empty() && cohort_models::parameters_sha256(&params) != header.parameters_sha256 {
-        return Err(Received::Malformed("parameters do not match their announced SHA-256".into()));
+    if !header.parameters_sha256.is_empty()
+        && cohort_models::parameters_sha256(&params) != header.parameters_sha256
+    {
+        return Err(Received::Malformed(
+            "parameters do not match their announced SHA-256".into(),
+        ));
     }
     Ok(params)
 }
@@ -232,7 +261,12 @@ async fn submit(
     header.session_id = session_id.to_string();
     header.task_id = task.task_id.clone();
     if !header.error.is_empty() {
-        warn!(job = task.job_id, round = task.round, "refusing task: {}", header.error);
+        warn!(
+            job = task.job_id,
+            round = task.round,
+            "refusing task: {}",
+            header.error
+        );
     }
     let values = Arc::new(answer.parameters);
     let per_chunk = CHUNK_BYTES / 4;
@@ -245,7 +279,9 @@ async fn submit(
         let slice = &values[i * per_chunk..((i + 1) * per_chunk).min(values.len())];
         let data = slice.iter().flat_map(|v| v.to_le_bytes()).collect();
         ResultFrame {
-            frame: Some(result_frame::Frame::Chunk(cohort_protocol::v1::Chunk { data })),
+            frame: Some(result_frame::Frame::Chunk(cohort_protocol::v1::Chunk {
+                data,
+            })),
         }
     });
     use futures::StreamExt;
@@ -254,15 +290,30 @@ async fn submit(
         Ok(reply) => {
             let reply = reply.into_inner();
             if !reply.accepted {
-                warn!(job = task.job_id, round = task.round, "coordinator rejected our answer: {}", reply.reason);
+                warn!(
+                    job = task.job_id,
+                    round = task.round,
+                    "coordinator rejected our answer: {}",
+                    reply.reason
+                );
             }
             Ok(())
         }
-        Err(s) if s.code() == Code::Unauthenticated => Err(SessionEnd::Retry("session expired".into())),
+        Err(s) if s.code() == Code::Unauthenticated => {
+            Err(SessionEnd::Retry("session expired".into()))
+        }
         Err(s) if s.code() == Code::FailedPrecondition => {
-            warn!(job = task.job_id, round = task.round, "answer not taken: {}", s.message());
+            warn!(
+                job = task.job_id,
+                round = task.round,
+                "answer not taken: {}",
+                s.message()
+            );
             Ok(())
         }
-        Err(s) => Err(SessionEnd::Retry(format!("sending the answer failed: {}", s.message()))),
+        Err(s) => Err(SessionEnd::Retry(format!(
+            "sending the answer failed: {}",
+            s.message()
+        ))),
     }
 }

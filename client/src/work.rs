@@ -90,7 +90,11 @@ impl Worker {
         .unwrap_or_else(Answer::refused);
         let mut answer = answer;
         answer.header.compute_seconds = started.elapsed().as_secs_f64();
-        let outcome = if answer.header.error.is_empty() { "answered" } else { answer.header.error.as_str() };
+        let outcome = if answer.header.error.is_empty() {
+            "answered"
+        } else {
+            answer.header.error.as_str()
+        };
         self.record(task, kind, outcome, answer.header.num_examples);
         answer
     }
@@ -120,7 +124,8 @@ impl Worker {
 
     fn load(&self, task: &TaskHeader) -> Result<LocalDataset, String> {
         let spec: DataSpec = parse(&task.data_spec_json, "data spec")?;
-        LocalDataset::load(&self.data, &spec).map_err(|e| format!("local data does not fit the job's schema: {e}"))
+        LocalDataset::load(&self.data, &spec)
+            .map_err(|e| format!("local data does not fit the job's schema: {e}"))
     }
 
     fn prepare(&self, task: &TaskHeader) -> Result<Answer, String> {
@@ -131,7 +136,12 @@ impl Worker {
             num_examples: dataset.n_rows() as u64,
             ..Default::default()
         };
-        info!(client = self.name, job = task.job_id, rows = dataset.n_rows(), "data validated for job");
+        info!(
+            client = self.name,
+            job = task.job_id,
+            rows = dataset.n_rows(),
+            "data validated for job"
+        );
         Ok(Answer {
             header,
             parameters: Vec::new(),
@@ -154,8 +164,13 @@ impl Worker {
         let examples = dataset
             .preprocess(&preprocessing)
             .map_err(|e| format!("preprocessing local data: {e}"))?;
-        let (train, validation) = examples.stratified_split(task.validation_fraction, task.split_seed);
-        let prepared = Arc::new(Prepared { key, train, validation });
+        let (train, validation) =
+            examples.stratified_split(task.validation_fraction, task.split_seed);
+        let prepared = Arc::new(Prepared {
+            key,
+            train,
+            validation,
+        });
         *cache = Some(prepared.clone());
         Ok(prepared)
     }
@@ -165,10 +180,21 @@ impl Worker {
         let config: TrainConfig = parse(&task.train_config_json, "training configuration")?;
         let data = self.prepared(task)?;
         check_model(&model, &data.train, &global)?;
-        let outcome =
-            cohort_models::train(&model, &global, &data.train, &config).map_err(|e| format!("local training failed: {e}"))?;
-        let delta: Vec<f32> = outcome.parameters.iter().zip(&global).map(|(w, g)| w - g).collect();
-        info!(client = self.name, job = task.job_id, round = task.round, loss = outcome.loss, "local training done");
+        let outcome = cohort_models::train(&model, &global, &data.train, &config)
+            .map_err(|e| format!("local training failed: {e}"))?;
+        let delta: Vec<f32> = outcome
+            .parameters
+            .iter()
+            .zip(&global)
+            .map(|(w, g)| w - g)
+            .collect();
+        info!(
+            client = self.name,
+            job = task.job_id,
+            round = task.round,
+            loss = outcome.loss,
+            "local training done"
+        );
         Ok(Answer {
             header: ResultHeader {
                 num_examples: outcome.examples as u64,
@@ -185,9 +211,14 @@ impl Worker {
         let data = self.prepared(task)?;
         // With no validation split (validation_fraction = 0) the training
         // rows are all there is to report on.
-        let examples = if data.validation.is_empty() { &data.train } else { &data.validation };
+        let examples = if data.validation.is_empty() {
+            &data.train
+        } else {
+            &data.validation
+        };
         check_model(&model, examples, global)?;
-        let metrics = cohort_models::evaluate(&model, global, examples).map_err(|e| format!("evaluation failed: {e}"))?;
+        let metrics = cohort_models::evaluate(&model, global, examples)
+            .map_err(|e| format!("evaluation failed: {e}"))?;
         Ok(Answer {
             header: ResultHeader {
                 metrics_json: to_json(&metrics)?,
@@ -202,8 +233,11 @@ impl Worker {
 /// Refuses a model that does not fit the local feature layout, or whose
 /// parameters are the wrong length or not finite.
 fn check_model(model: &ModelSpec, data: &Examples, params: &[f32]) -> Result<(), String> {
-    model.validate().map_err(|e| format!("malformed model: {e}"))?;
-    cohort_models::check_parameters(model, data.n_features, params).map_err(|e| format!("malformed parameters: {e}"))
+    model
+        .validate()
+        .map_err(|e| format!("malformed model: {e}"))?;
+    cohort_models::check_parameters(model, data.n_features, params)
+        .map_err(|e| format!("malformed parameters: {e}"))
 }
 
 fn parse<T: serde::de::DeserializeOwned>(json: &str, what: &str) -> Result<T, String> {

@@ -122,9 +122,9 @@ impl JobSpec {
         t.optimizer
             .validate()
             .map_err(|e| invalid("training.optimizer", e.to_string()))?;
-        self.strategy.validate().map_err(|(key, message)| {
-            invalid(&format!("strategy.{key}"), message)
-        })?;
+        self.strategy
+            .validate()
+            .map_err(|(key, message)| invalid(&format!("strategy.{key}"), message))?;
         Ok(())
     }
 
@@ -191,7 +191,7 @@ kind = "fedavg"                     # fedprox: mu; fedadam/fedyogi: server_learn
                 hidden: vec![32, 16]
             }
         );
-        assert_eq!(spec.strategy, StrategySpec::FedAvg);
+        assert_eq!(spec.strategy, StrategySpec::FedAvg {});
     }
 
     fn error_for(edit: impl Fn(&str) -> String) -> String {

@@ -90,7 +90,11 @@ impl Coordinator {
     ) -> Result<(), CoordinatorError> {
         for job in self.services.store.jobs()? {
             if !job.state.is_finished() {
-                info!(job = job.id, rounds = job.rounds_completed, "resuming unfinished job");
+                info!(
+                    job = job.id,
+                    rounds = job.rounds_completed,
+                    "resuming unfinished job"
+                );
                 let runner = self.services.runner.clone();
                 tokio::spawn(async move { runner.run_job(&job.id).await });
             }

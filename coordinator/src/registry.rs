@@ -216,8 +216,12 @@ impl Registry {
     pub fn take_pending(&self, task_id: &str, client: &str) -> Result<Pending, String> {
         let mut inner = self.lock();
         match inner.pending.get(task_id) {
-            None => Err(format!("task {task_id} is not open (answered, expired or unknown)")),
-            Some(p) if p.client != client => Err(format!("task {task_id} was not sent to {client}")),
+            None => Err(format!(
+                "task {task_id} is not open (answered, expired or unknown)"
+            )),
+            Some(p) if p.client != client => {
+                Err(format!("task {task_id} was not sent to {client}"))
+            }
             Some(_) => inner
                 .pending
                 .remove(task_id)

@@ -104,7 +104,10 @@ impl Runner {
         let (mut global, first_round) = match recorded.last() {
             Some(last) => {
                 let params = self.load_parameters(job_id, last.round).await?;
-                let state = self.store.get_object(&strategy_state_key(job_id, last.round)).await;
+                let state = self
+                    .store
+                    .get_object(&strategy_state_key(job_id, last.round))
+                    .await;
                 if let Ok(bytes) = state {
                     let values = cohort_models::parameters_from_bytes(&bytes)
                         .map_err(|e| RunError::Failed(format!("stored server state: {e}")))?;
@@ -112,13 +115,25 @@ impl Runner {
                         .restore(values)
                         .map_err(|e| RunError::Failed(format!("stored server state: {e}")))?;
                 }
-                info!(job = job_id, round = last.round, "resuming after the last recorded round");
+                info!(
+                    job = job_id,
+                    round = last.round,
+                    "resuming after the last recorded round"
+                );
                 (params, last.round + 1)
             }
             None => {
-                let params = cohort_models::init_parameters(&spec.model, n_features, spec.training.seed);
-                self.save_round(&job, &spec, &enrollment, &params, strategy.as_ref(), RoundRecord::initial())
-                    .await?;
+                let params =
+                    cohort_models::init_parameters(&spec.model, n_features, spec.training.seed);
+                self.save_round(
+                    &job,
+                    &spec,
+                    &enrollment,
+                    &params,
+                    strategy.as_ref(),
+                    RoundRecord::initial(),
+                )
+                .await?;
                 (params, 1)
             }
         };
@@ -146,18 +161,29 @@ impl Runner {
                 ..Default::default()
             };
             let answers = self
-                .gather(&job.id, &candidates, &header, None, t.round_timeout_secs, |a| match a {
-                    TaskAnswer::Prepare { statistics, schema } => Ok((statistics, schema)),
-                    _ => Err("answered a preparation task with something else".into()),
-                })
+                .gather(
+                    &job.id,
+                    &candidates,
+                    &header,
+                    None,
+                    t.round_timeout_secs,
+                    |a| match a {
+                        TaskAnswer::Prepare { statistics, schema } => Ok((statistics, schema)),
+                        _ => Err("answered a preparation task with something else".into()),
+                    },
+                )
                 .await;
             for (client, reason) in &answers.failed {
                 self.note(&job.id, format!("preparation: {client} left out: {reason}"));
             }
             // Clients must agree on the feature layout; the largest group wins.
-            let mut groups: BTreeMap<String, Vec<(String, LocalStatistics, ResolvedSchema)>> = BTreeMap::new();
+            let mut groups: BTreeMap<String, Vec<(String, LocalStatistics, ResolvedSchema)>> =
+                BTreeMap::new();
             for (client, (stats, schema)) in answers.ok {
-                groups.entry(json(&schema)?).or_default().push((client, stats, schema));
+                groups
+                    .entry(json(&schema)?)
+                    .or_default()
+                    .push((client, stats, schema));
             }
             let mut groups: Vec<_> = groups.into_values().collect();
             groups.sort_by_key(|g| std::cmp::Reverse(g.len()));
@@ -185,7 +211,12 @@ impl Runner {
             let preprocessing = Preprocessing::merge(&schema, &stats)
                 .map_err(|e| RunError::Failed(format!("merging client statistics: {e}")))?;
             let participants: Vec<String> = chosen.into_iter().map(|c| c.0).collect();
-            info!(job = job.id, ?participants, features = preprocessing.n_features(), "clients enrolled");
+            info!(
+                job = job.id,
+                ?participants,
+                features = preprocessing.n_features(),
+                "clients enrolled"
+            );
             return Ok(Enrollment {
                 participants,
                 preprocessing,
@@ -200,12 +231,21 @@ impl Runner {
     /// Waits (up to one round timeout) until at least `min` of `pool` (any
     /// client when `None`) are connected; returns the connected ones either
     /// way.
-    async fn wait_for_clients(&self, pool: Option<&[String]>, min: u32, t: &crate::job::TrainingSpec) -> Vec<String> {
+    async fn wait_for_clients(
+        &self,
+        pool: Option<&[String]>,
+        min: u32,
+        t: &crate::job::TrainingSpec,
+    ) -> Vec<String> {
         let deadline = Instant::now() + Duration::from_secs(t.round_timeout_secs);
         loop {
             let connected = self.registry.connected();
             let available: Vec<String> = match pool {
-                Some(pool) => pool.iter().filter(|c| connected.contains(c)).cloned().collect(),
+                Some(pool) => pool
+                    .iter()
+                    .filter(|c| connected.contains(c))
+                    .cloned()
+                    .collect(),
                 None => connected,
             };
             let enough = available.len() >= min as usize && !available.is_empty();
@@ -304,7 +344,13 @@ impl Runner {
             let available = self
                 .wait_for_clients(Some(&enrollment.participants), t.min_clients, t)
                 .await;
-            let selected = select_clients(&available, t.clients_per_round as usize, t.seed, round, attempt);
+            let selected = select_clients(
+                &available,
+                t.clients_per_round as usize,
+                t.seed,
+                round,
+                attempt,
+            );
             info!(job = job.id, round, attempt, ?selected, "round started");
             let fit = TaskHeader {
                 kind: TaskKind::Fit as i32,
@@ -312,22 +358,34 @@ impl Runner {
             };
             let n_params = global.len();
             let answers = self
-                .gather(&job.id, &selected, &fit, Some(global.clone()), t.round_timeout_secs, |a| match a {
-                    TaskAnswer::Fit {
-                        delta,
-                        num_examples,
-                        train_loss,
-                        compute_seconds,
-                    } if delta.len() == n_params => Ok((delta, num_examples, train_loss, compute_seconds)),
-                    TaskAnswer::Fit { delta, .. } => Err(format!(
-                        "update has {} values, the model has {n_params}",
-                        delta.len()
-                    )),
-                    _ => Err("answered a fit task with something else".into()),
-                })
+                .gather(
+                    &job.id,
+                    &selected,
+                    &fit,
+                    Some(global.clone()),
+                    t.round_timeout_secs,
+                    |a| match a {
+                        TaskAnswer::Fit {
+                            delta,
+                            num_examples,
+                            train_loss,
+                            compute_seconds,
+                        } if delta.len() == n_params => {
+                            Ok((delta, num_examples, train_loss, compute_seconds))
+                        }
+                        TaskAnswer::Fit { delta, .. } => Err(format!(
+                            "update has {} values, the model has {n_params}",
+                            delta.len()
+                        )),
+                        _ => Err("answered a fit task with something else".into()),
+                    },
+                )
                 .await;
             for (client, reason) in &answers.failed {
-                self.note(&job.id, format!("round {round}: {client} dropped: {reason}"));
+                self.note(
+                    &job.id,
+                    format!("round {round}: {client} dropped: {reason}"),
+                );
             }
             if answers.ok.len() < t.min_clients as usize {
                 self.note(
@@ -370,19 +428,34 @@ impl Runner {
                 ..header.clone()
             };
             let evaluations = self
-                .gather(&job.id, &participants, &eval, Some(next.clone()), t.round_timeout_secs, |a| match a {
-                    TaskAnswer::Evaluate {
-                        metrics,
-                        compute_seconds,
-                    } => Ok((metrics, compute_seconds)),
-                    _ => Err("answered an evaluation task with something else".into()),
-                })
+                .gather(
+                    &job.id,
+                    &participants,
+                    &eval,
+                    Some(next.clone()),
+                    t.round_timeout_secs,
+                    |a| match a {
+                        TaskAnswer::Evaluate {
+                            metrics,
+                            compute_seconds,
+                        } => Ok((metrics, compute_seconds)),
+                        _ => Err("answered an evaluation task with something else".into()),
+                    },
+                )
                 .await;
             for (client, reason) in &evaluations.failed {
-                self.note(&job.id, format!("round {round} evaluation: {client} left out: {reason}"));
+                self.note(
+                    &job.id,
+                    format!("round {round} evaluation: {client} left out: {reason}"),
+                );
             }
-            let slowest_evaluate_secs = evaluations.ok.iter().map(|(_, (_, s))| *s).fold(0.0, f64::max);
-            let metrics_parts: Vec<Metrics> = evaluations.ok.into_iter().map(|(_, (m, _))| m).collect();
+            let slowest_evaluate_secs = evaluations
+                .ok
+                .iter()
+                .map(|(_, (_, s))| *s)
+                .fold(0.0, f64::max);
+            let metrics_parts: Vec<Metrics> =
+                evaluations.ok.into_iter().map(|(_, (m, _))| m).collect();
             let metrics = Metrics::aggregate(&metrics_parts);
             let next = Arc::try_unwrap(next).unwrap_or_else(|shared| (*shared).clone());
             self.save_round(
@@ -459,7 +532,14 @@ impl Runner {
         strategy: &dyn Strategy,
         record: RoundRecord,
     ) -> Result<(), RunError> {
-        let card = self.card(job, spec, enrollment, record.round, record.metrics.clone(), params)?;
+        let card = self.card(
+            job,
+            spec,
+            enrollment,
+            record.round,
+            record.metrics.clone(),
+            params,
+        )?;
         let bytes = cohort_models::safetensors_bytes(&card, params)
             .map_err(|e| RunError::Failed(format!("encoding the model: {e}")))?;
         let key = model_key(&job.id, record.round);
@@ -532,7 +612,13 @@ impl RoundRecord {
 
 /// Seeded choice of up to `k` clients: the same job, round and attempt
 /// always select the same clients from the same pool.
-pub fn select_clients(available: &[String], k: usize, seed: u64, round: u32, attempt: u32) -> Vec<String> {
+pub fn select_clients(
+    available: &[String],
+    k: usize,
+    seed: u64,
+    round: u32,
+    attempt: u32,
+) -> Vec<String> {
     let mut pool: Vec<String> = available.to_vec();
     pool.sort();
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (u64::from(round) << 32) ^ u64::from(attempt));

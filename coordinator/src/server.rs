@@ -9,11 +9,12 @@ use std::sync::Arc;
 use cohort_datasets::{LocalStatistics, QualitySummary, ResolvedSchema};
 use cohort_models::Metrics;
 use cohort_protocol::v1::{
-    self, Chunk, ClientInfo, GetJobRequest, GetModelRequest, Idle, JobEvent, JobStatus, ListClientsReply,
-    ListClientsRequest, ListJobsReply, ListJobsRequest, ModelFrame, ModelHeader, PullTaskRequest,
-    RegisterReply, RegisterRequest, ResultFrame, ResultHeader, RoundSummary, SubmitJobReply,
-    SubmitJobRequest, SubmitResultReply, TaskFrame, TaskKind, developer_service_server::DeveloperService,
-    hospital_service_server::HospitalService, model_frame, result_frame, task_frame,
+    self, Chunk, ClientInfo, GetJobRequest, GetModelRequest, Idle, JobEvent, JobStatus,
+    ListClientsReply, ListClientsRequest, ListJobsReply, ListJobsRequest, ModelFrame, ModelHeader,
+    PullTaskRequest, RegisterReply, RegisterRequest, ResultFrame, ResultHeader, RoundSummary,
+    SubmitJobReply, SubmitJobRequest, SubmitResultReply, TaskFrame, TaskKind,
+    developer_service_server::DeveloperService, hospital_service_server::HospitalService,
+    model_frame, result_frame, task_frame,
 };
 use cohort_protocol::{CHUNK_BYTES, PROTOCOL_VERSION, ParameterAssembler, parameter_chunks};
 use futures::{Stream, StreamExt};
@@ -45,7 +46,10 @@ pub fn check_client_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 64 {
         return Err("client name must be 1 to 64 characters".into());
     }
-    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
         return Err(format!(
             "client name `{name}` may only contain letters, digits, `-`, `_` and `.`"
         ));
@@ -57,7 +61,10 @@ pub fn check_client_name(name: &str) -> Result<(), String> {
 impl HospitalService for Services {
     type PullTaskStream = FrameStream<TaskFrame>;
 
-    async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<RegisterReply>, Status> {
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterReply>, Status> {
         let r = request.into_inner();
         if r.protocol_version != PROTOCOL_VERSION {
             return Err(Status::failed_precondition(format!(
@@ -68,10 +75,17 @@ impl HospitalService for Services {
         check_client_name(&r.client_name).map_err(Status::invalid_argument)?;
         let summary: QualitySummary = serde_json::from_str(&r.quality_summary_json)
             .map_err(|e| Status::invalid_argument(format!("quality_summary_json: {e}")))?;
-        let summary_json = serde_json::to_string(&summary).map_err(|e| Status::internal(e.to_string()))?;
-        self.store.upsert_client(&r.client_name, &summary_json).map_err(internal)?;
+        let summary_json =
+            serde_json::to_string(&summary).map_err(|e| Status::internal(e.to_string()))?;
+        self.store
+            .upsert_client(&r.client_name, &summary_json)
+            .map_err(internal)?;
         let session_id = self.registry.register(&r.client_name);
-        info!(client = r.client_name, rows = summary.rows, "client registered");
+        info!(
+            client = r.client_name,
+            rows = summary.rows,
+            "client registered"
+        );
         Ok(Response::new(RegisterReply {
             session_id,
             protocol_version: PROTOCOL_VERSION,
@@ -79,7 +93,10 @@ impl HospitalService for Services {
         }))
     }
 
-    async fn pull_task(&self, request: Request<PullTaskRequest>) -> Result<Response<Self::PullTaskStream>, Status> {
+    async fn pull_task(
+        &self,
+        request: Request<PullTaskRequest>,
+    ) -> Result<Response<Self::PullTaskStream>, Status> {
         let session = request.into_inner().session_id;
         let task = self
             .registry
@@ -115,13 +132,20 @@ impl HospitalService for Services {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn submit_result(&self, request: Request<Streaming<ResultFrame>>) -> Result<Response<SubmitResultReply>, Status> {
+    async fn submit_result(
+        &self,
+        request: Request<Streaming<ResultFrame>>,
+    ) -> Result<Response<SubmitResultReply>, Status> {
         let mut stream = request.into_inner();
         let header = match stream.message().await? {
             Some(ResultFrame {
                 frame: Some(result_frame::Frame::Header(h)),
             }) => h,
-            _ => return Err(Status::invalid_argument("the first frame of a result must be its header")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first frame of a result must be its header",
+                ));
+            }
         };
         let client = self
             .registry
@@ -163,10 +187,10 @@ async fn read_answer(
 ) -> Result<TaskAnswer, String> {
     match kind {
         TaskKind::Prepare => {
-            let statistics: LocalStatistics =
-                serde_json::from_str(&header.statistics_json).map_err(|e| format!("statistics_json: {e}"))?;
-            let schema: ResolvedSchema =
-                serde_json::from_str(&header.schema_json).map_err(|e| format!("schema_json: {e}"))?;
+            let statistics: LocalStatistics = serde_json::from_str(&header.statistics_json)
+                .map_err(|e| format!("statistics_json: {e}"))?;
+            let schema: ResolvedSchema = serde_json::from_str(&header.schema_json)
+                .map_err(|e| format!("schema_json: {e}"))?;
             Ok(TaskAnswer::Prepare { statistics, schema })
         }
         TaskKind::Fit => {
@@ -179,12 +203,20 @@ async fn read_answer(
             if header.num_examples == 0 {
                 return Err("update reports zero training examples".into());
             }
-            let mut assembler = ParameterAssembler::new(expected_parameters).map_err(|e| e.to_string())?;
-            while let Some(frame) = stream.message().await.map_err(|e| format!("upload interrupted: {e}"))? {
+            let mut assembler =
+                ParameterAssembler::new(expected_parameters).map_err(|e| e.to_string())?;
+            while let Some(frame) = stream
+                .message()
+                .await
+                .map_err(|e| format!("upload interrupted: {e}"))?
+            {
                 match frame.frame {
                     Some(result_frame::Frame::Chunk(Chunk { data })) => {
                         if data.len() > CHUNK_BYTES {
-                            return Err(format!("chunk of {} bytes exceeds {CHUNK_BYTES}", data.len()));
+                            return Err(format!(
+                                "chunk of {} bytes exceeds {CHUNK_BYTES}",
+                                data.len()
+                            ));
                         }
                         assembler.push(&data).map_err(|e| format!("update: {e}"))?;
                     }
@@ -193,7 +225,10 @@ async fn read_answer(
             }
             let delta = assembler.finish().map_err(|e| format!("update: {e}"))?;
             if let Some(i) = delta.iter().position(|v| !v.is_finite()) {
-                return Err(format!("update contains a non-finite value ({}) at index {i}", delta[i]));
+                return Err(format!(
+                    "update contains a non-finite value ({}) at index {i}",
+                    delta[i]
+                ));
             }
             let train_loss = header.train_loss.is_finite().then_some(header.train_loss);
             Ok(TaskAnswer::Fit {
@@ -204,9 +239,11 @@ async fn read_answer(
             })
         }
         TaskKind::Evaluate => {
-            let metrics: Metrics =
-                serde_json::from_str(&header.metrics_json).map_err(|e| format!("metrics_json: {e}"))?;
-            let sane = [metrics.loss, metrics.accuracy, metrics.auc].iter().all(|v| v.is_finite())
+            let metrics: Metrics = serde_json::from_str(&header.metrics_json)
+                .map_err(|e| format!("metrics_json: {e}"))?;
+            let sane = [metrics.loss, metrics.accuracy, metrics.auc]
+                .iter()
+                .all(|v| v.is_finite())
                 && (0.0..=1.0).contains(&metrics.accuracy)
                 && (0.0..=1.0).contains(&metrics.auc);
             if !sane {
@@ -279,9 +316,13 @@ impl Services {
 impl DeveloperService for Services {
     type GetModelStream = FrameStream<ModelFrame>;
 
-    async fn submit_job(&self, request: Request<SubmitJobRequest>) -> Result<Response<SubmitJobReply>, Status> {
+    async fn submit_job(
+        &self,
+        request: Request<SubmitJobRequest>,
+    ) -> Result<Response<SubmitJobReply>, Status> {
         let text = request.into_inner().job_toml;
-        let spec = JobSpec::from_toml(&text).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let spec =
+            JobSpec::from_toml(&text).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let id = format!("job-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         self.store
             .insert_job(&JobRow {
@@ -303,7 +344,10 @@ impl DeveloperService for Services {
         Ok(Response::new(SubmitJobReply { job_id: id }))
     }
 
-    async fn get_job(&self, request: Request<GetJobRequest>) -> Result<Response<JobStatus>, Status> {
+    async fn get_job(
+        &self,
+        request: Request<GetJobRequest>,
+    ) -> Result<Response<JobStatus>, Status> {
         let id = request.into_inner().job_id;
         let job = self
             .store
@@ -313,7 +357,10 @@ impl DeveloperService for Services {
         Ok(Response::new(self.job_status(&job).map_err(internal)?))
     }
 
-    async fn list_jobs(&self, _: Request<ListJobsRequest>) -> Result<Response<ListJobsReply>, Status> {
+    async fn list_jobs(
+        &self,
+        _: Request<ListJobsRequest>,
+    ) -> Result<Response<ListJobsReply>, Status> {
         let jobs = self
             .store
             .jobs()
@@ -325,7 +372,10 @@ impl DeveloperService for Services {
         Ok(Response::new(ListJobsReply { jobs }))
     }
 
-    async fn list_clients(&self, _: Request<ListClientsRequest>) -> Result<Response<ListClientsReply>, Status> {
+    async fn list_clients(
+        &self,
+        _: Request<ListClientsRequest>,
+    ) -> Result<Response<ListClientsReply>, Status> {
         let connected = self.registry.connected();
         let clients = self
             .store
@@ -342,7 +392,10 @@ impl DeveloperService for Services {
         Ok(Response::new(ListClientsReply { clients }))
     }
 
-    async fn get_model(&self, request: Request<GetModelRequest>) -> Result<Response<Self::GetModelStream>, Status> {
+    async fn get_model(
+        &self,
+        request: Request<GetModelRequest>,
+    ) -> Result<Response<Self::GetModelStream>, Status> {
         let GetModelRequest { job_id, round } = request.into_inner();
         let rounds = self.store.rounds(&job_id).map_err(internal)?;
         let chosen = if round == 0 {
@@ -350,7 +403,9 @@ impl DeveloperService for Services {
         } else {
             rounds.iter().find(|r| r.round == round)
         }
-        .ok_or_else(|| Status::not_found(format!("job `{job_id}` has no stored model for that round")))?;
+        .ok_or_else(|| {
+            Status::not_found(format!("job `{job_id}` has no stored model for that round"))
+        })?;
         let card = self
             .store
             .get_object(&card_key(&job_id, chosen.round))

@@ -186,8 +186,10 @@ impl Store {
         };
         let db = Connection::open(&db_path).map_err(db_err)?;
         // WAL + FULL sync: a committed round survives `kill -9` and power loss.
-        db.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
-            .map_err(db_err)?;
+        db.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+        )
+        .map_err(db_err)?;
         db.execute_batch(SCHEMA).map_err(db_err)?;
 
         let (objects, prefix): (Arc<dyn ObjectStore>, ObjectPath) = match object_store_url {
@@ -269,7 +271,8 @@ impl Store {
         Ok(())
     }
 
-    const JOB_COLUMNS: &str = "j.id, j.name, j.spec_toml, j.state, j.error, j.created_at, j.rounds_total,
+    const JOB_COLUMNS: &str =
+        "j.id, j.name, j.spec_toml, j.state, j.error, j.created_at, j.rounds_total,
          (SELECT COUNT(*) FROM rounds r WHERE r.job_id = j.id AND r.round > 0), j.enrollment_json";
 
     fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(JobRow, String, Option<String>)> {
@@ -384,15 +387,12 @@ impl Store {
             })?
             .collect::<Result<Vec<_>, _>>()?;
         raw.into_iter()
-            .map(|(job_id, round, p, m, train_loss, attempts, duration_secs, model_key, model_sha256, completed_at, slowest_fit_secs, slowest_evaluate_secs)| {
-                let corrupt = |e: serde_json::Error| {
-                    StoreError::Corrupt(format!("job {job_id} round {round}: {e}"))
-                };
-                Ok(RoundRow {
-                    participants: serde_json::from_str(&p).map_err(corrupt)?,
-                    metrics: m.map(|m| serde_json::from_str(&m)).transpose().map_err(corrupt)?,
+            .map(
+                |(
                     job_id,
                     round,
+                    p,
+                    m,
                     train_loss,
                     attempts,
                     duration_secs,
@@ -401,8 +401,29 @@ impl Store {
                     completed_at,
                     slowest_fit_secs,
                     slowest_evaluate_secs,
-                })
-            })
+                )| {
+                    let corrupt = |e: serde_json::Error| {
+                        StoreError::Corrupt(format!("job {job_id} round {round}: {e}"))
+                    };
+                    Ok(RoundRow {
+                        participants: serde_json::from_str(&p).map_err(corrupt)?,
+                        metrics: m
+                            .map(|m| serde_json::from_str(&m))
+                            .transpose()
+                            .map_err(corrupt)?,
+                        job_id,
+                        round,
+                        train_loss,
+                        attempts,
+                        duration_secs,
+                        model_key,
+                        model_sha256,
+                        completed_at,
+                        slowest_fit_secs,
+                        slowest_evaluate_secs,
+                    })
+                },
+            )
             .collect()
     }
 
@@ -418,7 +439,8 @@ impl Store {
 
     pub fn events(&self, job_id: &str) -> Result<Vec<(String, String)>, StoreError> {
         let db = self.db();
-        let mut stmt = db.prepare("SELECT at, message FROM events WHERE job_id = ?1 ORDER BY id")?;
+        let mut stmt =
+            db.prepare("SELECT at, message FROM events WHERE job_id = ?1 ORDER BY id")?;
         let rows = stmt
             .query_map(params![job_id], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<Vec<_>, _>>()?;
@@ -469,7 +491,12 @@ impl Store {
     }
 
     pub async fn get_object(&self, key: &str) -> Result<bytes::Bytes, StoreError> {
-        Ok(self.objects.get(&self.object_path(key)).await?.bytes().await?)
+        Ok(self
+            .objects
+            .get(&self.object_path(key))
+            .await?
+            .bytes()
+            .await?)
     }
 }
 
@@ -518,14 +545,20 @@ mod tests {
             store.record_round(&round("j1", 1)).unwrap();
             assert!(store.record_round(&round("j1", 1)).is_err());
             store.set_job_state("j1", JobState::Running, None).unwrap();
-            store.put_object("jobs/j1/model", vec![1, 2, 3]).await.unwrap();
+            store
+                .put_object("jobs/j1/model", vec![1, 2, 3])
+                .await
+                .unwrap();
         }
         let store = Store::open(dir.path(), None).unwrap();
         let j = store.job("j1").unwrap().unwrap();
         assert_eq!(j.state, JobState::Running);
         assert_eq!(j.rounds_completed, 1);
         assert_eq!(store.rounds("j1").unwrap().len(), 2);
-        assert_eq!(&store.get_object("jobs/j1/model").await.unwrap()[..], &[1, 2, 3]);
+        assert_eq!(
+            &store.get_object("jobs/j1/model").await.unwrap()[..],
+            &[1, 2, 3]
+        );
         assert!(store.job("nope").unwrap().is_none());
     }
 

@@ -107,7 +107,9 @@ mod tests {
 
     #[test]
     fn chunks_round_trip_across_chunk_boundaries() {
-        let params: Vec<f32> = (0..(CHUNK_BYTES / 4 * 2 + 3)).map(|i| i as f32 * 0.5).collect();
+        let params: Vec<f32> = (0..(CHUNK_BYTES / 4 * 2 + 3))
+            .map(|i| i as f32 * 0.5)
+            .collect();
         let chunks: Vec<_> = parameter_chunks(&params).collect();
         assert_eq!(chunks.len(), 3);
         assert!(chunks.iter().all(|c| c.data.len() <= CHUNK_BYTES));
@@ -122,7 +124,10 @@ mod tests {
     fn assembler_rejects_mismatched_streams() {
         let mut a = ParameterAssembler::new(2).unwrap();
         assert_eq!(a.push(&[0; 3]), Err(ProtocolError::RaggedChunk { len: 3 }));
-        assert_eq!(a.push(&[0; 12]), Err(ProtocolError::Overflow { expected: 2 }));
+        assert_eq!(
+            a.push(&[0; 12]),
+            Err(ProtocolError::Overflow { expected: 2 })
+        );
         a.push(&[0; 4]).unwrap();
         assert_eq!(
             a.finish(),

@@ -68,10 +68,13 @@ pub fn start_client(url: &str, data: &Path, name: &str, stop: &Stop) -> JoinHand
 pub async fn submit_and_wait(url: &str, job_toml: &str) -> JobView {
     let mut dev = developer::connect(url).await.unwrap();
     let id = developer::submit(&mut dev, job_toml).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(600), developer::wait(&mut dev, &id, false))
-        .await
-        .expect("job did not finish in time")
-        .unwrap()
+    tokio::time::timeout(
+        Duration::from_secs(600),
+        developer::wait(&mut dev, &id, false),
+    )
+    .await
+    .expect("job did not finish in time")
+    .unwrap()
 }
 
 fn normal(rng: &mut impl Rng) -> f64 {
@@ -86,16 +89,25 @@ fn normal(rng: &mut impl Rng) -> f64 {
 /// a known logistic model.
 pub fn synthetic_oncology_csv(path: &Path, rows: usize, seed: u64) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let mut out = String::from("patient_id,age,tumor_size_mm,nodes_positive,grade,er_status,histology,ki67,recurrence\n");
+    let mut out = String::from(
+        "patient_id,age,tumor_size_mm,nodes_positive,grade,er_status,histology,ki67,recurrence\n",
+    );
     for i in 0..rows {
         let age = 60.0 + 11.0 * normal(&mut rng);
         let size = (3.0 + 0.5 * normal(&mut rng)).exp();
         let nodes = (rng.random::<f64>() * 4.0).powi(2).floor();
         let grade = ["I", "II", "III"][rng.random_range(0..3)];
-        let er = if rng.random::<f64>() < 0.7 { "positive" } else { "negative" };
+        let er = if rng.random::<f64>() < 0.7 {
+            "positive"
+        } else {
+            "negative"
+        };
         let histology = ["ductal", "lobular", "other"][rng.random_range(0..3)];
         let ki67 = (20.0 + 12.0 * normal(&mut rng)).clamp(1.0, 95.0);
-        let z = -1.2 + 0.03 * (age - 60.0) + 0.04 * (size - 20.0) + 0.25 * nodes
+        let z = -1.2
+            + 0.03 * (age - 60.0)
+            + 0.04 * (size - 20.0)
+            + 0.25 * nodes
             + match grade {
                 "I" => -0.9,
                 "II" => 0.0,
@@ -105,7 +117,13 @@ pub fn synthetic_oncology_csv(path: &Path, rows: usize, seed: u64) {
             + 0.03 * (ki67 - 20.0);
         let p = 1.0 / (1.0 + (-z).exp());
         let label = if rng.random::<f64>() < p { "yes" } else { "no" };
-        let mut cell = |v: String| if rng.random::<f64>() < 0.05 { String::new() } else { v };
+        let mut cell = |v: String| {
+            if rng.random::<f64>() < 0.05 {
+                String::new()
+            } else {
+                v
+            }
+        };
         let fields = [
             format!("S{i:05}"),
             cell(format!("{age:.0}")),
@@ -120,7 +138,10 @@ pub fn synthetic_oncology_csv(path: &Path, rows: usize, seed: u64) {
         out.push_str(&fields.join(","));
         out.push('\n');
     }
-    std::fs::File::create(path).unwrap().write_all(out.as_bytes()).unwrap();
+    std::fs::File::create(path)
+        .unwrap()
+        .write_all(out.as_bytes())
+        .unwrap();
 }
 
 /// A logistic job on the synthetic table.

@@ -27,7 +27,10 @@ mod tests {
         let next = FedAvg
             .aggregate(
                 &global,
-                &[update("a", vec![1.0, 0.0], 3), update("b", vec![0.0, 4.0], 1)],
+                &[
+                    update("a", vec![1.0, 0.0], 3),
+                    update("b", vec![0.0, 4.0], 1),
+                ],
             )
             .unwrap();
         assert_eq!(next, vec![1.75, 3.0]);

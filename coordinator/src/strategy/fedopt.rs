@@ -111,7 +111,10 @@ mod tests {
         let m = 0.1 * 0.5;
         let v = 0.99 * 1e-6 + 0.01 * 0.25;
         let expected = 0.1 * m / (f64::sqrt(v) + 1e-3);
-        assert!((f64::from(next[0]) - expected).abs() < 1e-6, "{next:?} vs {expected}");
+        assert!(
+            (f64::from(next[0]) - expected).abs() < 1e-6,
+            "{next:?} vs {expected}"
+        );
     }
 
     #[test]
@@ -130,7 +133,10 @@ mod tests {
         let w1 = a.aggregate(&[0.0, 0.0], &ups).unwrap();
         let mut b = FedOpt::new(ServerOptimizer::Adam, params(), 2);
         b.restore(a.state()).unwrap();
-        assert_eq!(a.aggregate(&w1, &ups).unwrap(), b.aggregate(&w1, &ups).unwrap());
+        assert_eq!(
+            a.aggregate(&w1, &ups).unwrap(),
+            b.aggregate(&w1, &ups).unwrap()
+        );
         assert!(b.restore(vec![0.0; 3]).is_err());
     }
 }

@@ -63,12 +63,12 @@ pub trait Strategy: Send + Sync {
 }
 
 /// The `[strategy]` table of a job file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum StrategySpec {
     /// FedAvg (McMahan et al. 2017): example-weighted mean of updates.
-    #[default]
-    FedAvg,
+    /// (A struct variant so that stray keys such as `mu` are rejected.)
+    FedAvg {},
     /// FedProx (Li et al. 2020): FedAvg aggregation; clients add a proximal
     /// term `mu/2 ||w − w_global||²` to their local loss.
     FedProx { mu: f64 },
@@ -105,12 +105,18 @@ fn default_tau() -> f64 {
     1e-3
 }
 
+impl Default for StrategySpec {
+    fn default() -> Self {
+        StrategySpec::FedAvg {}
+    }
+}
+
 impl StrategySpec {
     /// Returns the offending key (relative to `[strategy]`) and why.
     pub fn validate(&self) -> Result<(), (String, String)> {
         let bad = |k: &str, m: &str| Err((k.to_string(), m.to_string()));
         match self {
-            StrategySpec::FedAvg => Ok(()),
+            StrategySpec::FedAvg {} => Ok(()),
             StrategySpec::FedProx { mu } => {
                 if !(mu.is_finite() && *mu >= 0.0) {
                     return bad("mu", "must be a finite number ≥ 0");
@@ -145,7 +151,7 @@ impl StrategySpec {
 
     pub fn build(&self, n_parameters: usize) -> Box<dyn Strategy> {
         match self {
-            StrategySpec::FedAvg | StrategySpec::FedProx { .. } => Box::new(FedAvg),
+            StrategySpec::FedAvg {} | StrategySpec::FedProx { .. } => Box::new(FedAvg),
             StrategySpec::FedAdam(p) => {
                 Box::new(FedOpt::new(ServerOptimizer::Adam, p.clone(), n_parameters))
             }
@@ -202,7 +208,10 @@ mod tests {
     fn weighted_mean_weights_by_examples() {
         let mean = weighted_mean_delta(
             2,
-            &[update("a", vec![1.0, 0.0], 3), update("b", vec![-1.0, 4.0], 1)],
+            &[
+                update("a", vec![1.0, 0.0], 3),
+                update("b", vec![-1.0, 4.0], 1),
+            ],
         )
         .unwrap();
         assert_eq!(mean, vec![0.5, 1.0]);
