@@ -110,10 +110,10 @@ fn status(url: &str, job: &str) -> Option<Value> {
 fn wait_until(url: &str, job: &str, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
     let start = Instant::now();
     loop {
-        if let Some(s) = status(url, job) {
-            if done(&s) {
-                return s;
-            }
+        if let Some(s) = status(url, job)
+            && done(&s)
+        {
+            return s;
         }
         assert!(start.elapsed() < limit, "timed out waiting on job {job}");
         std::thread::sleep(Duration::from_millis(200));

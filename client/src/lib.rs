@@ -41,7 +41,8 @@ pub enum ClientError {
     #[error("local data {path}: {source}")]
     Data {
         path: PathBuf,
-        source: cohort_datasets::DataError,
+        // Boxed: a DataError is large and this is the rare path.
+        source: Box<cohort_datasets::DataError>,
     },
     #[error("the coordinator refused this client: {0}")]
     Refused(String),
@@ -83,7 +84,7 @@ pub async fn run(
     let endpoint = endpoint(&config.coordinator)?;
     let table = cohort_datasets::read_table(&config.data).map_err(|source| ClientError::Data {
         path: config.data.clone(),
-        source,
+        source: Box::new(source),
     })?;
     let summary = table.quality();
     drop(table);

@@ -74,7 +74,7 @@ impl ParameterAssembler {
     }
 
     pub fn push(&mut self, chunk: &[u8]) -> Result<(), ProtocolError> {
-        if chunk.len() % 4 != 0 {
+        if !chunk.len().is_multiple_of(4) {
             return Err(ProtocolError::RaggedChunk { len: chunk.len() });
         }
         if (self.values.len() + chunk.len() / 4) as u64 > self.expected {

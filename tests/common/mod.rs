@@ -65,6 +65,28 @@ pub fn start_client(url: &str, data: &Path, name: &str, stop: &Stop) -> JoinHand
     })
 }
 
+/// Waits until `n` clients are connected, so a job's preparation sees them all.
+pub async fn wait_for_clients(url: &str, n: usize) {
+    let mut dev = cohort_protocol::v1::developer_service_client::DeveloperServiceClient::connect(
+        url.to_string(),
+    )
+    .await
+    .unwrap();
+    for _ in 0..300 {
+        let clients = dev
+            .list_clients(cohort_protocol::v1::ListClientsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .clients;
+        if clients.iter().filter(|c| c.connected).count() >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("fewer than {n} clients connected");
+}
+
 pub async fn submit_and_wait(url: &str, job_toml: &str) -> JobView {
     let mut dev = developer::connect(url).await.unwrap();
     let id = developer::submit(&mut dev, job_toml).await.unwrap();
