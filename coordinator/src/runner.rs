@@ -162,7 +162,6 @@ impl Runner {
             };
             let answers = self
                 .gather(
-                    &job.id,
                     &candidates,
                     &header,
                     None,
@@ -260,7 +259,6 @@ impl Runner {
     /// before the timeout. Late clients are recorded as failed.
     async fn gather<T>(
         &self,
-        job_id: &str,
         clients: &[String],
         header: &TaskHeader,
         parameters: Option<Arc<Vec<f32>>>,
@@ -311,7 +309,6 @@ impl Runner {
             }
         }
         self.registry.cancel(&expired);
-        let _ = job_id;
         answers
     }
 
@@ -359,7 +356,6 @@ impl Runner {
             let n_params = global.len();
             let answers = self
                 .gather(
-                    &job.id,
                     &selected,
                     &fit,
                     Some(global.clone()),
@@ -429,7 +425,6 @@ impl Runner {
             };
             let evaluations = self
                 .gather(
-                    &job.id,
                     &participants,
                     &eval,
                     Some(next.clone()),
