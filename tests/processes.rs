@@ -97,6 +97,23 @@ fn start_clients(url: &str, files: &[PathBuf], dir: &Path) -> Vec<Proc> {
         .collect()
 }
 
+/// Writes a job file and submits it with `cohort job submit --json`.
+fn submit_job_file(dir: &Path, job_toml: &str, url: &str) -> String {
+    let job_file = dir.join("job.toml");
+    std::fs::write(&job_file, job_toml).unwrap();
+    // `job submit` retries nothing: give the coordinator a moment to bind.
+    std::thread::sleep(Duration::from_millis(500));
+    let submitted = cohort(&[
+        "job",
+        "submit",
+        job_file.to_str().unwrap(),
+        "--coordinator",
+        url,
+        "--json",
+    ]);
+    submitted["job_id"].as_str().unwrap().to_string()
+}
+
 fn status(url: &str, job: &str) -> Option<Value> {
     let out = Command::new(BIN)
         .args(["job", "status", job, "--coordinator", url, "--json"])
@@ -157,19 +174,7 @@ fn three_processes_train_on_an_unseen_csv_and_match_centralized_logistic_regress
         &dir.path().join("coord.log"),
     );
     let _clients = start_clients(&url, &files, dir.path());
-    let job_file = dir.path().join("job.toml");
-    std::fs::write(&job_file, oncology_job(10, 3)).unwrap();
-    // `job submit` retries nothing: give the coordinator a moment to bind.
-    std::thread::sleep(Duration::from_millis(500));
-    let submitted = cohort(&[
-        "job",
-        "submit",
-        job_file.to_str().unwrap(),
-        "--coordinator",
-        &url,
-        "--json",
-    ]);
-    let job = submitted["job_id"].as_str().unwrap().to_string();
+    let job = submit_job_file(dir.path(), &oncology_job(10, 3), &url);
     let done = wait_until(&url, &job, Duration::from_secs(300), |s| {
         s["state"] != "running" && s["state"] != "pending"
     });
@@ -222,19 +227,8 @@ fn coordinator_killed_mid_round_resumes_and_records_every_round_once() {
     let data_dir = dir.path().join("coord");
     let mut coordinator = start_coordinator(port, &data_dir, &dir.path().join("coord-1.log"));
     let _clients = start_clients(&url, &files[..3], dir.path());
-    let job_file = dir.path().join("job.toml");
     let rounds = 30;
-    std::fs::write(&job_file, oncology_job(rounds, 3)).unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    let submitted = cohort(&[
-        "job",
-        "submit",
-        job_file.to_str().unwrap(),
-        "--coordinator",
-        &url,
-        "--json",
-    ]);
-    let job = submitted["job_id"].as_str().unwrap().to_string();
+    let job = submit_job_file(dir.path(), &oncology_job(rounds, 3), &url);
 
     // Kill while round 3 is under way.
     wait_until(&url, &job, Duration::from_secs(120), |s| {

@@ -368,63 +368,43 @@ impl Store {
                     slowest_fit_secs, slowest_evaluate_secs
              FROM rounds WHERE job_id = ?1 ORDER BY round",
         )?;
-        let raw = stmt
+        // A JSON column that does not parse is reported like any other
+        // column that does not convert, naming the column index.
+        fn json_column<T: serde::de::DeserializeOwned>(
+            r: &rusqlite::Row<'_>,
+            idx: usize,
+        ) -> rusqlite::Result<Option<T>> {
+            r.get::<_, Option<String>>(idx)?
+                .map(|text| serde_json::from_str(&text))
+                .transpose()
+                .map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        idx,
+                        rusqlite::types::Type::Text,
+                        Box::new(e),
+                    )
+                })
+        }
+        let rows = stmt
             .query_map(params![job_id], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, u32>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, Option<String>>(3)?,
-                    r.get::<_, Option<f64>>(4)?,
-                    r.get::<_, u32>(5)?,
-                    r.get::<_, f64>(6)?,
-                    r.get::<_, String>(7)?,
-                    r.get::<_, String>(8)?,
-                    r.get::<_, String>(9)?,
-                    r.get::<_, f64>(10)?,
-                    r.get::<_, f64>(11)?,
-                ))
+                Ok(RoundRow {
+                    job_id: r.get(0)?,
+                    round: r.get(1)?,
+                    participants: json_column(r, 2)?.unwrap_or_default(),
+                    metrics: json_column(r, 3)?,
+                    train_loss: r.get(4)?,
+                    attempts: r.get(5)?,
+                    duration_secs: r.get(6)?,
+                    model_key: r.get(7)?,
+                    model_sha256: r.get(8)?,
+                    completed_at: r.get(9)?,
+                    slowest_fit_secs: r.get(10)?,
+                    slowest_evaluate_secs: r.get(11)?,
+                })
             })?
-            .collect::<Result<Vec<_>, _>>()?;
-        raw.into_iter()
-            .map(
-                |(
-                    job_id,
-                    round,
-                    p,
-                    m,
-                    train_loss,
-                    attempts,
-                    duration_secs,
-                    model_key,
-                    model_sha256,
-                    completed_at,
-                    slowest_fit_secs,
-                    slowest_evaluate_secs,
-                )| {
-                    let corrupt = |e: serde_json::Error| {
-                        StoreError::Corrupt(format!("job {job_id} round {round}: {e}"))
-                    };
-                    Ok(RoundRow {
-                        participants: serde_json::from_str(&p).map_err(corrupt)?,
-                        metrics: m
-                            .map(|m| serde_json::from_str(&m))
-                            .transpose()
-                            .map_err(corrupt)?,
-                        job_id,
-                        round,
-                        train_loss,
-                        attempts,
-                        duration_secs,
-                        model_key,
-                        model_sha256,
-                        completed_at,
-                        slowest_fit_secs,
-                        slowest_evaluate_secs,
-                    })
-                },
-            )
-            .collect()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StoreError::Corrupt(format!("rounds of job {job_id}: {e}")))?;
+        Ok(rows)
     }
 
     /// Notable things that happened to a job (clients dropped, rounds
