@@ -1,19 +1,16 @@
 //! `cohort bench rounds`: coordinator per-round overhead, i.e. a round's
 //! wall time minus the compute time of its slowest client (fit and
 //! evaluation, as the clients report them), for several numbers of clients
-//! and model sizes. Everything runs in this process over loopback gRPC.
+//! and model sizes. Everything runs in this process over loopback gRPC with mutual TLS.
 
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use cohort_client::ClientConfig;
-use cohort_coordinator::{Coordinator, CoordinatorConfig};
 use cohort_datasets::{PartitionScheme, SplitOptions};
 use serde::Serialize;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::developer;
+use crate::local::{LocalFederation, LocalHospital};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RoundOverhead {
@@ -74,40 +71,25 @@ pub async fn round_overhead(
         .replace("local_epochs = 2", "local_epochs = 1")
         .replace("round_timeout_secs = 120", "round_timeout_secs = 600");
 
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let mut config = CoordinatorConfig::new(dir.path().join("coordinator"));
-    config.poll_timeout = Duration::from_secs(5);
-    let coordinator = Coordinator::open(&config)?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let server = tokio::spawn(coordinator.serve(listener, stopped(stop_rx.clone())));
-    let mut handles = Vec::new();
-    for (i, part) in split.parts.iter().enumerate() {
-        let config = ClientConfig {
-            coordinator: url.clone(),
-            data: part.file.clone(),
+    let hospitals: Vec<LocalHospital> = split
+        .parts
+        .iter()
+        .enumerate()
+        .map(|(i, part)| LocalHospital {
             name: format!("bench-{i:03}"),
-            data_dir: None,
-        };
-        handles.push(tokio::spawn(cohort_client::run(
-            config,
-            stopped(stop_rx.clone()),
-        )));
-    }
+            data: part.file.clone(),
+        })
+        .collect();
+    // Measured over mutual TLS, as a deployment runs.
+    let federation =
+        LocalFederation::start(dir.path(), &hospitals, true, Duration::from_secs(5)).await?;
     let view = async {
-        let mut dev = developer::connect(&url).await?;
+        let mut dev = federation.developer().await?;
         let id = developer::submit(&mut dev, &job).await?;
         developer::wait(&mut dev, &id, false).await
     }
     .await;
-    let _ = stop_tx.send(true);
-    for h in handles {
-        let _ = h.await;
-    }
-    let _ = server.await;
+    federation.shutdown().await;
     let view = view?;
     if view.state != "completed" {
         bail!(

@@ -3,18 +3,16 @@
 //! with a centralized model trained by the same code on the pooled data.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use cohort_client::ClientConfig;
-use cohort_coordinator::{Coordinator, CoordinatorConfig, JobSpec};
+use cohort_coordinator::JobSpec;
 use cohort_datasets::{LocalDataset, PartitionScheme, Preprocessing, SplitOptions};
 use cohort_models::Metrics;
 use serde::Serialize;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::developer;
+use crate::local::{LocalFederation, LocalHospital};
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -62,6 +60,8 @@ pub struct DemoReport {
     pub baseline_accuracy: f64,
     pub baseline_auc: f64,
     pub baseline_loss: f64,
+    /// How the coordinator, hospitals and developer talked: "mutual TLS".
+    pub transport: String,
     pub workdir: PathBuf,
     pub model_dir: PathBuf,
     pub seconds: f64,
@@ -104,20 +104,8 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
     spec.training.seed = opts.seed;
     let job_toml = toml::to_string(&spec)?;
 
-    // Coordinator on an ephemeral loopback port.
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let mut config = CoordinatorConfig::new(workdir.join("coordinator"));
-    config.poll_timeout = std::time::Duration::from_secs(2);
-    let coordinator = Coordinator::open(&config)?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let server = tokio::spawn(coordinator.serve(listener, stopped(stop_rx.clone())));
-
     let mut hospitals = Vec::new();
-    let mut clients = Vec::new();
+    let mut locals = Vec::new();
     for (i, part) in split.parts.iter().enumerate() {
         let name = format!("hospital-{}", (b'a' + i as u8) as char);
         hospitals.push(HospitalView {
@@ -125,20 +113,18 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
             rows: part.rows,
             malignant: part.label_counts.get("M").copied().unwrap_or(0),
         });
-        let config = ClientConfig {
-            coordinator: url.clone(),
+        locals.push(LocalHospital {
+            name,
             data: part.file.clone(),
-            name: name.clone(),
-            data_dir: Some(workdir.join("clients").join(&name)),
-        };
-        clients.push(tokio::spawn(cohort_client::run(
-            config,
-            stopped(stop_rx.clone()),
-        )));
+        });
     }
+    // A throwaway consortium CA and kits in WORKDIR/pki: the demo speaks
+    // mutual TLS like a real deployment.
+    let federation =
+        LocalFederation::start(&workdir, &locals, true, Duration::from_secs(2)).await?;
 
     let outcome = async {
-        let mut dev = developer::connect(&url).await?;
+        let mut dev = federation.developer().await?;
         let job_id = developer::submit(&mut dev, &job_toml).await?;
         let view = developer::wait(&mut dev, &job_id, opts.progress).await?;
         if view.state != "completed" {
@@ -153,11 +139,11 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
         Ok((job_id, model_dir))
     }
     .await;
-    let _ = stop_tx.send(true);
-    for c in clients {
-        let _ = c.await;
-    }
-    let _ = server.await;
+    let transport = match &federation.developer {
+        cohort_protocol::Security::MutualTls(_) => "mutual TLS",
+        cohort_protocol::Security::Insecure => "plaintext",
+    };
+    federation.shutdown().await;
     let (job_id, model_dir) = outcome?;
 
     let (_, federated) = crate::evaluate::evaluate_file(&model_dir, &test_file)?;
@@ -174,6 +160,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
         baseline_accuracy: baseline.accuracy,
         baseline_auc: baseline.auc,
         baseline_loss: baseline.loss,
+        transport: transport.to_string(),
         workdir,
         model_dir,
         seconds: started.elapsed().as_secs_f64(),
@@ -244,10 +231,11 @@ fn concat_csv(files: &[&Path], out: &Path) -> Result<()> {
 pub fn print_report(r: &DemoReport) {
     println!();
     println!(
-        "Cohort demo: {} hospitals, {} rounds, job {}",
+        "Cohort demo: {} hospitals, {} rounds, job {}, over {}",
         r.hospitals.len(),
         r.rounds,
-        r.job_id
+        r.job_id,
+        r.transport
     );
     for h in &r.hospitals {
         println!(
@@ -269,7 +257,7 @@ pub fn print_report(r: &DemoReport) {
     println!();
     println!("Model: {}", r.model_dir.display());
     println!(
-        "Everything (data splits, coordinator database, client logs): {}",
+        "Everything (data splits, throwaway CA and kits, coordinator database, client logs): {}",
         r.workdir.display()
     );
     println!("Finished in {:.1} s", r.seconds);

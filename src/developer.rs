@@ -6,19 +6,19 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use cohort_models::{Metrics, ModelCard};
-use cohort_protocol::MAX_MESSAGE_BYTES;
 use cohort_protocol::v1::developer_service_client::DeveloperServiceClient;
 use cohort_protocol::v1::{
     self, GetJobRequest, GetModelRequest, ListJobsRequest, SubmitJobRequest, model_frame,
 };
+use cohort_protocol::{MAX_MESSAGE_BYTES, Security};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tonic::transport::Channel;
 
 pub type Developer = DeveloperServiceClient<Channel>;
 
-pub async fn connect(url: &str) -> Result<Developer> {
-    let channel = cohort_client::endpoint(url)?
+pub async fn connect(url: &str, security: &Security) -> Result<Developer> {
+    let channel = cohort_protocol::endpoint(url, security)?
         .connect()
         .await
         .with_context(|| format!("cannot reach the coordinator at {url}"))?;

@@ -7,6 +7,8 @@ pub mod bench;
 pub mod demo;
 pub mod developer;
 pub mod evaluate;
+pub mod local;
+pub mod pki;
 
 /// The bundled Breast Cancer Wisconsin (Diagnostic) data (CC BY 4.0; see
 /// `data/README.md`), embedded so the demo runs from any directory.

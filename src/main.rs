@@ -5,8 +5,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use cohort::pki::{default_url, resolve_security};
 use cohort::{demo, developer, evaluate};
 use cohort_datasets::{PartitionScheme, SplitOptions};
+use cohort_identity::{CertificateAuthority, IssueRequest, Role};
+use cohort_protocol::Security;
 
 /// Federated learning across hospitals: no patient record leaves its hospital.
 ///
@@ -26,6 +29,10 @@ enum Command {
     Demo(DemoArgs),
     /// Run the coordinator: accepts jobs and schedules their rounds.
     Coordinator(CoordinatorArgs),
+    /// The consortium's certificate authority: create it, issue startup
+    /// kits, revoke members.
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Run a hospital client next to its data (it only dials out).
     Client(ClientArgs),
     /// Submit and follow training jobs.
@@ -39,6 +46,10 @@ enum Command {
     /// Prepare data files.
     #[command(subcommand)]
     Data(DataCommand),
+    /// Differential-privacy arithmetic, as a hospital's privacy officer runs
+    /// it before agreeing to a job.
+    #[command(subcommand)]
+    Privacy(PrivacyCommand),
     /// Measure Cohort itself (results go in docs/BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -83,6 +94,139 @@ struct DemoArgs {
     json: bool,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum AccountantArg {
+    /// Privacy loss distributions composed by FFT: tight (the default).
+    Pld,
+    /// Rényi DP: a looser, classic upper bound.
+    Rdp,
+}
+
+impl From<AccountantArg> for cohort_privacy::dp::AccountantKind {
+    fn from(a: AccountantArg) -> Self {
+        match a {
+            AccountantArg::Pld => Self::Pld,
+            AccountantArg::Rdp => Self::Rdp,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum PrivacyCommand {
+    /// The (ε, δ) guarantee of T steps of the Poisson-subsampled Gaussian
+    /// mechanism (DP-SGD, or DP-FedAvg with client sampling).
+    Epsilon {
+        /// Probability q that a record (or client) is in a step's batch.
+        #[arg(long)]
+        sampling_rate: f64,
+        /// Noise standard deviation over the clipping norm (σ).
+        #[arg(long)]
+        noise_multiplier: f64,
+        /// Number of steps T.
+        #[arg(long)]
+        steps: u64,
+        #[arg(long)]
+        delta: f64,
+        #[arg(long, value_enum, default_value_t = AccountantArg::Pld)]
+        accountant: AccountantArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The smallest noise multiplier that keeps ε at or below a target.
+    Noise {
+        #[arg(long)]
+        target_epsilon: f64,
+        #[arg(long)]
+        sampling_rate: f64,
+        #[arg(long)]
+        steps: u64,
+        #[arg(long)]
+        delta: f64,
+        #[arg(long, value_enum, default_value_t = AccountantArg::Pld)]
+        accountant: AccountantArg,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RoleArg {
+    Hospital,
+    Developer,
+    Validator,
+    Coordinator,
+}
+
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Role {
+        match r {
+            RoleArg::Hospital => Role::Hospital,
+            RoleArg::Developer => Role::Developer,
+            RoleArg::Validator => Role::Validator,
+            RoleArg::Coordinator => Role::Coordinator,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Create a consortium root CA (ECDSA P-256) in a new directory. Keep
+    /// its ca.key offline; only ca.crt and crl.pem are ever shared.
+    Init {
+        /// The consortium's name (letters, digits, `-`, `_`, `.`).
+        #[arg(long)]
+        consortium: String,
+        /// Directory for the CA (created; refused if it already holds one).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Issue a member's startup kit: certificate with the role and name
+    /// bound in it, private key (mode 600), the CA certificate, and a
+    /// message-signing key bound to the certificate.
+    Issue {
+        /// The CA directory from `cohort ca init`.
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// The member's name; a hospital's name in every job and log.
+        #[arg(long)]
+        name: String,
+        /// Directory for the kit (created; an existing key is never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+        /// Days the certificate stays valid.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Coordinator only: a DNS name or IP address clients use to reach it
+        /// (repeatable) [default: localhost and 127.0.0.1].
+        #[arg(long = "host", value_name = "HOST")]
+        hosts: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke every certificate of a member and republish CA_DIR/crl.pem.
+    /// A coordinator watching that file (--crl) refuses the member within
+    /// seconds, without a restart.
+    Revoke {
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the certificates this CA issued and whether they are revoked.
+    List {
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(Args)]
 struct CoordinatorArgs {
     /// Address to listen on, e.g. 127.0.0.1:7070 or 0.0.0.0:7070.
@@ -98,33 +242,72 @@ struct CoordinatorArgs {
     /// Seconds a client's task poll is held open when there is no work.
     #[arg(long, default_value_t = 20)]
     poll_timeout_secs: u64,
+    /// The coordinator's startup kit (`cohort ca issue --role coordinator`):
+    /// serve mutual TLS and authorize every call by the caller's role.
+    #[arg(long, env = "COHORT_TLS", value_name = "DIR")]
+    tls: Option<PathBuf>,
+    /// Revocation list to enforce, re-read whenever it changes
+    /// [default: DIR/crl.pem of --tls].
+    #[arg(long, value_name = "FILE")]
+    crl: Option<PathBuf>,
+    /// Serve plaintext, unauthenticated gRPC. For a laptop or a test only.
+    #[arg(long)]
+    insecure: bool,
+    /// Longest a single call may take, uploads included (seconds).
+    #[arg(long, default_value_t = 300)]
+    request_timeout_secs: u64,
+    /// Calls one member may have in flight at once.
+    #[arg(long, default_value_t = 16)]
+    max_calls_per_member: usize,
 }
 
 #[derive(Args)]
 struct ClientArgs {
-    /// Coordinator URL.
-    #[arg(long, env = "COHORT_COORDINATOR")]
-    coordinator: String,
+    #[command(flatten)]
+    connection: Connection,
     /// The hospital's local data (CSV or Parquet). It never leaves this machine.
     #[arg(long)]
     data: PathBuf,
-    /// This hospital's name in the consortium.
+    /// This hospital's name. With --tls it is read from the certificate
+    /// (and must match if given); with --insecure it is required.
     #[arg(long)]
-    name: String,
+    name: Option<String>,
     /// Directory for the client's own records (participation log).
     #[arg(long)]
     data_dir: Option<PathBuf>,
 }
 
+/// How a command reaches the coordinator.
 #[derive(Args)]
-struct CoordinatorUrl {
-    /// Coordinator URL.
-    #[arg(
-        long,
-        env = "COHORT_COORDINATOR",
-        default_value = "http://127.0.0.1:7070"
-    )]
-    coordinator: String,
+struct Connection {
+    /// Coordinator URL [default: https://127.0.0.1:7070 with --tls,
+    /// http://127.0.0.1:7070 with --insecure].
+    #[arg(long, env = "COHORT_COORDINATOR")]
+    coordinator: Option<String>,
+    /// Startup kit directory (`cohort ca issue`): speak mutual TLS as the
+    /// member it names.
+    #[arg(long, env = "COHORT_TLS", value_name = "DIR")]
+    tls: Option<PathBuf>,
+    /// Plaintext, unauthenticated gRPC. For a laptop or a test only.
+    #[arg(long)]
+    insecure: bool,
+}
+
+impl Connection {
+    fn resolve(&self, allowed: &[Role]) -> Result<(String, Security)> {
+        let security = resolve_security(self.tls.as_deref(), self.insecure, allowed)?;
+        let url = self
+            .coordinator
+            .clone()
+            .unwrap_or_else(|| default_url(&security));
+        Ok((url, security))
+    }
+
+    /// Connects as a developer or validator.
+    async fn developer(&self) -> Result<developer::Developer> {
+        let (url, security) = self.resolve(&[Role::Developer, Role::Validator])?;
+        developer::connect(&url, &security).await
+    }
 }
 
 #[derive(Subcommand)]
@@ -134,7 +317,7 @@ enum JobCommand {
         /// The job file (TOML).
         job: PathBuf,
         #[command(flatten)]
-        url: CoordinatorUrl,
+        url: Connection,
         /// Follow the job with a progress bar until it ends.
         #[arg(long)]
         wait: bool,
@@ -145,14 +328,14 @@ enum JobCommand {
     Status {
         job_id: String,
         #[command(flatten)]
-        url: CoordinatorUrl,
+        url: Connection,
         #[arg(long)]
         json: bool,
     },
     /// List all jobs.
     List {
         #[command(flatten)]
-        url: CoordinatorUrl,
+        url: Connection,
         #[arg(long)]
         json: bool,
     },
@@ -164,7 +347,7 @@ enum ModelCommand {
     Get {
         job_id: String,
         #[command(flatten)]
-        url: CoordinatorUrl,
+        url: Connection,
         /// Output directory.
         #[arg(long)]
         out: PathBuf,
@@ -264,29 +447,72 @@ async fn main() -> Result<()> {
         }
         Command::Coordinator(a) => {
             init_logging("info");
-            let addr = a.listen.trim_start_matches("http://");
+            let tls = match resolve_security(a.tls.as_deref(), a.insecure, &[Role::Coordinator])? {
+                Security::Insecure => None,
+                Security::MutualTls(kit) => {
+                    let crl = a
+                        .crl
+                        .or_else(|| Some(kit.dir.join("crl.pem")).filter(|p| p.exists()));
+                    if crl.is_none() {
+                        tracing::warn!("no revocation list (--crl): no certificate can be revoked");
+                    }
+                    Some(cohort_coordinator::TlsSettings { kit, crl })
+                }
+            };
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let addr = a
+                .listen
+                .trim_start_matches("http://")
+                .trim_start_matches("https://");
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr}"))?;
             let mut config = cohort_coordinator::CoordinatorConfig::new(a.data_dir);
             config.object_store_url = a.object_store;
             config.poll_timeout = Duration::from_secs(a.poll_timeout_secs.max(1));
+            config.tls = tls;
+            config.request_timeout = Duration::from_secs(a.request_timeout_secs.max(1));
+            config.max_calls_per_member = a.max_calls_per_member;
             let coordinator = cohort_coordinator::Coordinator::open(&config)?;
-            tracing::info!("coordinator listening on http://{}", listener.local_addr()?);
+            tracing::info!(
+                "coordinator listening on {scheme}://{}",
+                listener.local_addr()?
+            );
             coordinator.serve(listener, shutdown_signal()).await?;
         }
         Command::Client(a) => {
             init_logging("info");
+            let (coordinator, security) = a.connection.resolve(&[Role::Hospital])?;
+            let name = match (security.kit(), a.name) {
+                (Some(kit), Some(name)) if name != kit.principal.name => anyhow::bail!(
+                    "--name {name} does not match the certificate, which names hospital `{}`",
+                    kit.principal.name
+                ),
+                (Some(kit), _) => kit.principal.name.clone(),
+                (None, Some(name)) => name,
+                (None, None) => anyhow::bail!(
+                    "--insecure needs --name (with --tls the name comes from the certificate)"
+                ),
+            };
             cohort_client::run(
                 cohort_client::ClientConfig {
-                    coordinator: a.coordinator,
+                    coordinator,
+                    security,
                     data: a.data,
-                    name: a.name,
+                    name,
                     data_dir: a.data_dir,
                 },
                 shutdown_signal(),
             )
             .await?;
+        }
+        Command::Ca(cmd) => {
+            init_logging("warn");
+            run_ca_command(cmd)?;
+        }
+        Command::Privacy(cmd) => {
+            init_logging("warn");
+            run_privacy_command(cmd)?;
         }
         Command::Job(cmd) => {
             init_logging("warn");
@@ -300,7 +526,7 @@ async fn main() -> Result<()> {
             json,
         }) => {
             init_logging("warn");
-            let mut dev = developer::connect(&url.coordinator).await?;
+            let mut dev = url.developer().await?;
             let card = developer::download_model(&mut dev, &job_id, round, &out).await?;
             if json {
                 print_json(&serde_json::json!({
@@ -427,7 +653,7 @@ async fn run_job_command(cmd: JobCommand) -> Result<()> {
             // A broken job file fails here, before any connection is made.
             cohort_coordinator::JobSpec::from_toml(&text)
                 .with_context(|| format!("{} was not submitted", job.display()))?;
-            let mut dev = developer::connect(&url.coordinator).await?;
+            let mut dev = url.developer().await?;
             let job_id = developer::submit(&mut dev, &text).await?;
             if !wait {
                 if json {
@@ -451,7 +677,7 @@ async fn run_job_command(cmd: JobCommand) -> Result<()> {
             }
         }
         JobCommand::Status { job_id, url, json } => {
-            let mut dev = developer::connect(&url.coordinator).await?;
+            let mut dev = url.developer().await?;
             let view = developer::status(&mut dev, &job_id).await?;
             if json {
                 print_json(&view)?;
@@ -460,7 +686,7 @@ async fn run_job_command(cmd: JobCommand) -> Result<()> {
             }
         }
         JobCommand::List { url, json } => {
-            let mut dev = developer::connect(&url.coordinator).await?;
+            let mut dev = url.developer().await?;
             let jobs = developer::list(&mut dev).await?;
             if json {
                 print_json(&jobs)?;
@@ -469,6 +695,157 @@ async fn run_job_command(cmd: JobCommand) -> Result<()> {
                     println!(
                         "{}  {:<20} {:<10} {}/{} rounds",
                         j.job_id, j.name, j.state, j.rounds_completed, j.rounds_total
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn run_privacy_command(cmd: PrivacyCommand) -> Result<()> {
+    use cohort_privacy::dp;
+    match cmd {
+        PrivacyCommand::Epsilon {
+            sampling_rate,
+            noise_multiplier,
+            steps,
+            delta,
+            accountant,
+            json,
+        } => {
+            let segment = dp::Segment::new(sampling_rate, noise_multiplier, steps)?;
+            let report = dp::epsilon(accountant.into(), &[segment], delta)?;
+            if json {
+                print_json(&report)?;
+            } else {
+                print!(
+                    "epsilon {:.4} at delta {:e} ({:?} accountant",
+                    report.epsilon, report.delta, report.accountant
+                );
+                match report.order {
+                    Some(order) => println!(", order {order})"),
+                    None => println!(")"),
+                }
+            }
+        }
+        PrivacyCommand::Noise {
+            target_epsilon,
+            sampling_rate,
+            steps,
+            delta,
+            accountant,
+            json,
+        } => {
+            let report = dp::calibrate_noise(
+                accountant.into(),
+                sampling_rate,
+                steps,
+                delta,
+                target_epsilon,
+            )?;
+            if json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "noise multiplier {:.4} gives epsilon {:.4} <= {} at delta {:e} ({:?} accountant)",
+                    report.noise_multiplier,
+                    report.epsilon,
+                    report.target_epsilon,
+                    report.delta,
+                    report.accountant
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn run_ca_command(cmd: CaCommand) -> Result<()> {
+    match cmd {
+        CaCommand::Init {
+            consortium,
+            out,
+            json,
+        } => {
+            let ca = CertificateAuthority::init(&consortium, &out)?;
+            if json {
+                print_json(&serde_json::json!({
+                    "consortium": ca.consortium(), "dir": out,
+                    "ca_certificate": out.join("ca.crt"), "crl": ca.crl_path(),
+                }))?;
+            } else {
+                println!(
+                    "consortium `{}` root CA created in {}",
+                    ca.consortium(),
+                    out.display()
+                );
+                println!("  share:      {} and crl.pem", out.join("ca.crt").display());
+                println!("  keep secret: {} (mode 600)", out.join("ca.key").display());
+            }
+        }
+        CaCommand::Issue {
+            ca,
+            role,
+            name,
+            out,
+            days,
+            hosts,
+            json,
+        } => {
+            let mut authority = CertificateAuthority::open(&ca)?;
+            let mut request = IssueRequest::for_days(role.into(), &name, days.max(1));
+            request.hosts = hosts;
+            let kit = authority.issue(&request, &out)?;
+            let p = &kit.principal;
+            if json {
+                print_json(&serde_json::json!({
+                    "role": p.role, "name": p.name, "serial": p.serial, "dir": out,
+                    "not_after": p.not_after, "signing_public_key": p.signing_key.to_hex(),
+                }))?;
+            } else {
+                println!(
+                    "startup kit for {} written to {} (serial {})",
+                    p,
+                    out.display(),
+                    p.serial
+                );
+                println!("  hand the whole directory to its owner over a trusted channel");
+            }
+        }
+        CaCommand::Revoke { ca, name, json } => {
+            let mut authority = CertificateAuthority::open(&ca)?;
+            let revoked = authority.revoke(&name)?;
+            if json {
+                print_json(&serde_json::json!({
+                    "revoked": revoked, "crl": authority.crl_path(),
+                }))?;
+            } else {
+                for r in &revoked {
+                    println!("revoked {} `{}` (serial {})", r.role, r.name, r.serial);
+                }
+                println!(
+                    "copy {} to the coordinator's --crl path; it is reloaded within seconds",
+                    authority.crl_path().display()
+                );
+            }
+        }
+        CaCommand::List { ca, json } => {
+            let authority = CertificateAuthority::open(&ca)?;
+            if json {
+                print_json(&authority.issued())?;
+            } else {
+                for r in authority.issued() {
+                    println!(
+                        "{:<12} {:<24} serial {}  until {}  {}",
+                        r.role,
+                        r.name,
+                        r.serial,
+                        r.not_after,
+                        r.revoked_at
+                            .as_ref()
+                            .map(|at| format!("REVOKED {at}"))
+                            .unwrap_or_default()
                     );
                 }
             }

@@ -26,6 +26,8 @@ async fn demo_matches_centralized_baseline_on_wdbc() {
     .await
     .unwrap();
     assert_eq!(report.hospitals.len(), 3);
+    assert_eq!(report.transport, "mutual TLS");
+    assert!(dir.path().join("pki/ca/ca.crt").is_file());
     assert_eq!(report.test_examples, 142);
     assert!(report.test_accuracy >= 0.95, "{report:#?}");
     assert!(
@@ -43,6 +45,7 @@ async fn demo_matches_centralized_baseline_on_wdbc() {
 async fn mallory(url: String, data: PathBuf, rejections: Arc<Mutex<Vec<String>>>) {
     let worker = Worker::new(&ClientConfig {
         coordinator: url.clone(),
+        security: cohort_protocol::Security::Insecure,
         data: data.clone(),
         name: "mallory".into(),
         data_dir: None,
@@ -222,7 +225,10 @@ async fn ten_million_parameters_cross_the_wire() {
     assert_eq!(view.rounds[0].participants.len(), 2);
 
     let out = dir.path().join("model");
-    let mut dev = cohort::developer::connect(&coordinator.url).await.unwrap();
+    let mut dev =
+        cohort::developer::connect(&coordinator.url, &cohort_protocol::Security::Insecure)
+            .await
+            .unwrap();
     let card = cohort::developer::download_model(&mut dev, &view.job_id, None, &out)
         .await
         .unwrap();
@@ -274,10 +280,13 @@ async fn invalid_job_files_are_rejected_by_the_coordinator_naming_the_key() {
         );
     }
     // Nothing was stored.
-    let jobs =
-        cohort::developer::list(&mut cohort::developer::connect(&coordinator.url).await.unwrap())
+    let jobs = cohort::developer::list(
+        &mut cohort::developer::connect(&coordinator.url, &cohort_protocol::Security::Insecure)
             .await
-            .unwrap();
+            .unwrap(),
+    )
+    .await
+    .unwrap();
     assert!(jobs.is_empty());
     coordinator.stop.stop();
 }

@@ -58,65 +58,155 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn start_coordinator(port: u16, data_dir: &Path, log: &Path) -> Proc {
-    spawn(
+/// How the processes of one test talk: plaintext, or mutual TLS with kits
+/// made by `cohort ca` in a directory (one kit per member name).
+#[derive(Clone)]
+enum Net {
+    Insecure { port: u16 },
+    Tls { port: u16, pki: PathBuf },
+}
+
+impl Net {
+    /// Provisions a consortium with the `cohort ca` commands, as an
+    /// operator would: a CA, a coordinator, a developer and `hospitals`.
+    fn tls(dir: &Path, hospitals: usize) -> Net {
+        let pki = dir.join("pki");
+        let ca = pki.join("ca");
+        cohort(&[
+            "ca",
+            "init",
+            "--consortium",
+            "test-net",
+            "--out",
+            ca.to_str().unwrap(),
+            "--json",
+        ]);
+        let mut members = vec![
+            ("coordinator", "coordinator".to_string()),
+            ("developer", "developer".to_string()),
+        ];
+        members.extend((0..hospitals).map(|i| ("hospital", format!("hospital-{i}"))));
+        for (role, name) in members {
+            let issued = cohort(&[
+                "ca",
+                "issue",
+                "--ca",
+                ca.to_str().unwrap(),
+                "--role",
+                role,
+                "--name",
+                &name,
+                "--out",
+                pki.join(&name).to_str().unwrap(),
+                "--json",
+            ]);
+            assert_eq!(issued["name"], name.as_str());
+        }
+        Net::Tls {
+            port: free_port(),
+            pki,
+        }
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Net::Insecure { port } => format!("http://127.0.0.1:{port}"),
+            Net::Tls { port, .. } => format!("https://127.0.0.1:{port}"),
+        }
+    }
+
+    /// The flags a command run by `member` needs to reach the coordinator.
+    fn args(&self, member: &str) -> Vec<String> {
+        let mut args = match self {
+            Net::Insecure { .. } => vec!["--insecure".to_string()],
+            Net::Tls { pki, .. } => vec!["--tls".into(), pki.join(member).display().to_string()],
+        };
+        if member != "coordinator" {
+            args.extend(["--coordinator".to_string(), self.url()]);
+        }
+        args
+    }
+
+    fn port(&self) -> u16 {
+        match self {
+            Net::Insecure { port } | Net::Tls { port, .. } => *port,
+        }
+    }
+}
+
+fn with(args: &[&str], extra: &[String]) -> Vec<String> {
+    args.iter()
+        .map(|a| a.to_string())
+        .chain(extra.iter().cloned())
+        .collect()
+}
+
+fn start_coordinator(net: &Net, data_dir: &Path, log: &Path) -> Proc {
+    let args = with(
         &[
             "coordinator",
             "--listen",
-            &format!("127.0.0.1:{port}"),
+            &format!("127.0.0.1:{}", net.port()),
             "--data-dir",
             data_dir.to_str().unwrap(),
             "--poll-timeout-secs",
             "1",
         ],
-        log,
-    )
+        &net.args("coordinator"),
+    );
+    spawn(&args.iter().map(String::as_str).collect::<Vec<_>>(), log)
 }
 
-fn start_clients(url: &str, files: &[PathBuf], dir: &Path) -> Vec<Proc> {
+fn start_clients(net: &Net, files: &[PathBuf], dir: &Path) -> Vec<Proc> {
     files
         .iter()
         .enumerate()
         .map(|(i, f)| {
             let name = format!("hospital-{i}");
-            spawn(
+            let mut extra = net.args(&name);
+            if matches!(net, Net::Insecure { .. }) {
+                extra.extend(["--name".to_string(), name.clone()]);
+            }
+            let args = with(
                 &[
                     "client",
-                    "--coordinator",
-                    url,
                     "--data",
                     f.to_str().unwrap(),
-                    "--name",
-                    &name,
                     "--data-dir",
                     dir.join(&name).to_str().unwrap(),
                 ],
+                &extra,
+            );
+            spawn(
+                &args.iter().map(String::as_str).collect::<Vec<_>>(),
                 &dir.join(format!("{name}.log")),
             )
         })
         .collect()
 }
 
+fn cohort_as(net: &Net, args: &[&str]) -> Value {
+    let args = with(args, &net.args("developer"));
+    cohort(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
 /// Writes a job file and submits it with `cohort job submit --json`.
-fn submit_job_file(dir: &Path, job_toml: &str, url: &str) -> String {
+fn submit_job_file(dir: &Path, job_toml: &str, net: &Net) -> String {
     let job_file = dir.join("job.toml");
     std::fs::write(&job_file, job_toml).unwrap();
     // `job submit` retries nothing: give the coordinator a moment to bind.
     std::thread::sleep(Duration::from_millis(500));
-    let submitted = cohort(&[
-        "job",
-        "submit",
-        job_file.to_str().unwrap(),
-        "--coordinator",
-        url,
-        "--json",
-    ]);
+    let submitted = cohort_as(
+        net,
+        &["job", "submit", job_file.to_str().unwrap(), "--json"],
+    );
     submitted["job_id"].as_str().unwrap().to_string()
 }
 
-fn status(url: &str, job: &str) -> Option<Value> {
+fn status(net: &Net, job: &str) -> Option<Value> {
     let out = Command::new(BIN)
-        .args(["job", "status", job, "--coordinator", url, "--json"])
+        .args(["job", "status", job, "--json"])
+        .args(net.args("developer"))
         .output()
         .ok()?;
     out.status
@@ -124,10 +214,10 @@ fn status(url: &str, job: &str) -> Option<Value> {
         .then(|| serde_json::from_slice(&out.stdout).ok())?
 }
 
-fn wait_until(url: &str, job: &str, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
+fn wait_until(net: &Net, job: &str, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
     let start = Instant::now();
     loop {
-        if let Some(s) = status(url, job)
+        if let Some(s) = status(net, job)
             && done(&s)
         {
             return s;
@@ -166,16 +256,16 @@ fn three_processes_train_on_an_unseen_csv_and_match_centralized_logistic_regress
         .collect();
     let test_file = PathBuf::from(split["test"]["file"].as_str().unwrap());
 
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
+    // Over mutual TLS, provisioned with `cohort ca` like a deployment.
+    let net = Net::tls(dir.path(), 3);
     let _coordinator = start_coordinator(
-        port,
+        &net,
         &dir.path().join("coord"),
         &dir.path().join("coord.log"),
     );
-    let _clients = start_clients(&url, &files, dir.path());
-    let job = submit_job_file(dir.path(), &oncology_job(10, 3), &url);
-    let done = wait_until(&url, &job, Duration::from_secs(300), |s| {
+    let _clients = start_clients(&net, &files, dir.path());
+    let job = submit_job_file(dir.path(), &oncology_job(10, 3), &net);
+    let done = wait_until(&net, &job, Duration::from_secs(300), |s| {
         s["state"] != "running" && s["state"] != "pending"
     });
     assert_eq!(done["state"], "completed", "{done:#}");
@@ -183,16 +273,17 @@ fn three_processes_train_on_an_unseen_csv_and_match_centralized_logistic_regress
     assert_eq!(done["rounds"].as_array().unwrap().len(), 10);
 
     let model_dir = dir.path().join("model");
-    cohort(&[
-        "model",
-        "get",
-        &job,
-        "--coordinator",
-        &url,
-        "--out",
-        model_dir.to_str().unwrap(),
-        "--json",
-    ]);
+    cohort_as(
+        &net,
+        &[
+            "model",
+            "get",
+            &job,
+            "--out",
+            model_dir.to_str().unwrap(),
+            "--json",
+        ],
+    );
     let federated = cohort(&[
         "evaluate",
         "--model",
@@ -222,25 +313,24 @@ fn coordinator_killed_mid_round_resumes_and_records_every_round_once() {
     let csv = dir.path().join("oncology.csv");
     synthetic_oncology_csv(&csv, 900, 22);
     let files = split(&csv, &dir.path().join("parts"), 3, 8);
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
+    let net = Net::Insecure { port: free_port() };
     let data_dir = dir.path().join("coord");
-    let mut coordinator = start_coordinator(port, &data_dir, &dir.path().join("coord-1.log"));
-    let _clients = start_clients(&url, &files[..3], dir.path());
+    let mut coordinator = start_coordinator(&net, &data_dir, &dir.path().join("coord-1.log"));
+    let _clients = start_clients(&net, &files[..3], dir.path());
     let rounds = 30;
-    let job = submit_job_file(dir.path(), &oncology_job(rounds, 3), &url);
+    let job = submit_job_file(dir.path(), &oncology_job(rounds, 3), &net);
 
     // Kill while round 3 is under way.
-    wait_until(&url, &job, Duration::from_secs(120), |s| {
+    wait_until(&net, &job, Duration::from_secs(120), |s| {
         s["rounds_completed"].as_u64() >= Some(2)
     });
     coordinator.0.kill().unwrap();
     coordinator.0.wait().unwrap();
-    let before = status(&url, &job);
+    let before = status(&net, &job);
     assert!(before.is_none(), "the coordinator is down");
 
-    let _restarted = start_coordinator(port, &data_dir, &dir.path().join("coord-2.log"));
-    let done = wait_until(&url, &job, Duration::from_secs(300), |s| {
+    let _restarted = start_coordinator(&net, &data_dir, &dir.path().join("coord-2.log"));
+    let done = wait_until(&net, &job, Duration::from_secs(300), |s| {
         s["state"] == "completed" || s["state"] == "failed"
     });
     assert_eq!(done["state"], "completed", "{done:#}");
@@ -255,39 +345,34 @@ fn coordinator_killed_mid_round_resumes_and_records_every_round_once() {
     assert!(log.contains("resuming"), "{log}");
 }
 
+/// Runs `cohort ARGS` expecting it to fail with `needle` on stderr.
+fn refused(args: &[&str], needle: &str) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("COHORT_TLS")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "cohort {args:?} succeeded");
+    assert!(err.contains(needle), "cohort {args:?}: {err}");
+}
+
 #[test]
 fn bad_input_gets_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let missing = Command::new(BIN)
-        .args([
-            "evaluate",
-            "--model",
-            dir.path().to_str().unwrap(),
-            "--data",
-            "nope.csv",
-        ])
-        .output()
-        .unwrap();
-    assert!(!missing.status.success());
-    assert!(String::from_utf8_lossy(&missing.stderr).contains("model"));
+    let tmp = dir.path().to_str().unwrap();
+    refused(&["evaluate", "--model", tmp, "--data", "nope.csv"], "model");
 
     let job = dir.path().join("job.toml");
     std::fs::write(&job, oncology_job(0, 3)).unwrap();
-    let out = Command::new(BIN)
-        .args([
-            "job",
-            "submit",
-            job.to_str().unwrap(),
-            "--coordinator",
-            "http://127.0.0.1:9",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("training.rounds"));
-
-    let out = Command::new(BIN)
-        .args([
+    let job = job.to_str().unwrap();
+    let insecure = ["--insecure", "--coordinator", "http://127.0.0.1:9"];
+    refused(
+        &[&["job", "submit", job][..], &insecure].concat(),
+        "training.rounds",
+    );
+    refused(
+        &[
             "client",
             "--coordinator",
             "127.0.0.1:7070",
@@ -295,9 +380,105 @@ fn bad_input_gets_clear_errors() {
             "x.csv",
             "--name",
             "a",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("http://"));
+            "--insecure",
+        ],
+        "http://",
+    );
+
+    // Plaintext is never chosen silently.
+    refused(&["coordinator", "--data-dir", tmp], "or --insecure");
+    refused(&["job", "list"], "choose --tls DIR");
+    refused(
+        &[
+            "client",
+            "--data",
+            "x.csv",
+            "--coordinator",
+            "http://127.0.0.1:9",
+        ],
+        "or --insecure",
+    );
+    // --insecure warns.
+    refused(
+        &[&["job", "list"][..], &insecure].concat(),
+        "warning: --insecure",
+    );
+
+    // A kit of the wrong role, a URL that does not match the mode, a name
+    // that is not the certificate's.
+    let ca = dir.path().join("ca");
+    cohort(&[
+        "ca",
+        "init",
+        "--consortium",
+        "x",
+        "--out",
+        ca.to_str().unwrap(),
+        "--json",
+    ]);
+    let kit = dir.path().join("h");
+    let kit = kit.to_str().unwrap();
+    cohort(&[
+        "ca",
+        "issue",
+        "--ca",
+        ca.to_str().unwrap(),
+        "--role",
+        "hospital",
+        "--name",
+        "h",
+        "--out",
+        kit,
+        "--json",
+    ]);
+    refused(&["job", "list", "--tls", kit], "developer or validator kit");
+    refused(
+        &[
+            "client",
+            "--data",
+            "x.csv",
+            "--tls",
+            kit,
+            "--coordinator",
+            "http://127.0.0.1:9",
+        ],
+        "https://",
+    );
+    refused(
+        &["client", "--data", "x.csv", "--tls", kit, "--name", "other"],
+        "does not match the certificate",
+    );
+    // Issuing from a directory that is not a CA, or over an existing kit.
+    refused(
+        &[
+            "ca", "issue", "--ca", kit, "--role", "hospital", "--name", "z", "--out", tmp,
+        ],
+        "not a Cohort certificate authority",
+    );
+    refused(
+        &[
+            "ca",
+            "issue",
+            "--ca",
+            ca.to_str().unwrap(),
+            "--role",
+            "hospital",
+            "--name",
+            "h2",
+            "--out",
+            kit,
+        ],
+        "refusing to overwrite",
+    );
+    refused(
+        &[
+            "ca",
+            "revoke",
+            "--ca",
+            ca.to_str().unwrap(),
+            "--name",
+            "nobody",
+        ],
+        "no certificate was ever issued",
+    );
 }

@@ -17,17 +17,22 @@ use cohort_protocol::v1::hospital_service_client::HospitalServiceClient;
 use cohort_protocol::v1::{
     PullTaskRequest, RegisterRequest, ResultFrame, TaskHeader, result_frame, task_frame,
 };
-use cohort_protocol::{CHUNK_BYTES, MAX_MESSAGE_BYTES, PROTOCOL_VERSION, ParameterAssembler};
+use cohort_protocol::{
+    CHUNK_BYTES, MAX_MESSAGE_BYTES, PROTOCOL_VERSION, ParameterAssembler, Security, endpoint,
+};
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
+
 use tracing::{info, warn};
 
 pub use work::{Answer, Worker};
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// `http://host:port` of the coordinator.
+    /// `https://host:port` (mutual TLS) or `http://host:port` (insecure)
+    /// of the coordinator.
     pub coordinator: String,
+    pub security: Security,
     pub data: PathBuf,
     pub name: String,
     /// Where the client keeps its own records (participation log).
@@ -36,8 +41,8 @@ pub struct ClientConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("coordinator URL `{url}`: {message}")]
-    Url { url: String, message: String },
+    #[error(transparent)]
+    Url(#[from] cohort_protocol::EndpointError),
     #[error("local data {path}: {source}")]
     Data {
         path: PathBuf,
@@ -60,28 +65,12 @@ enum SessionEnd {
     Fatal(ClientError),
 }
 
-/// Builds a channel to the coordinator; the URL is checked here so that a
-/// typo fails at start-up rather than as endless reconnects.
-pub fn endpoint(url: &str) -> Result<Endpoint, ClientError> {
-    let bad = |message: &str| ClientError::Url {
-        url: url.to_string(),
-        message: message.to_string(),
-    };
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
-        return Err(bad("must start with http:// or https://"));
-    }
-    Ok(Endpoint::from_shared(url.to_string())
-        .map_err(|e| bad(&e.to_string()))?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true))
-}
-
 /// Runs the client until `shutdown` completes or a fatal error occurs.
 pub async fn run(
     config: ClientConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ClientError> {
-    let endpoint = endpoint(&config.coordinator)?;
+    let endpoint = endpoint(&config.coordinator, &config.security)?;
     let table = cohort_datasets::read_table(&config.data).map_err(|source| ClientError::Data {
         path: config.data.clone(),
         source: Box::new(source),
@@ -129,7 +118,13 @@ async fn session(
 ) -> SessionEnd {
     let channel: Channel = match endpoint.connect().await {
         Ok(c) => c,
-        Err(e) => return SessionEnd::Retry(format!("cannot reach the coordinator: {e}")),
+        Err(e) => {
+            let detail = format!("{e:?}");
+            if let Some(reason) = certificate_problem(&detail) {
+                return SessionEnd::Fatal(ClientError::Refused(reason));
+            }
+            return SessionEnd::Retry(format!("cannot reach the coordinator: {e}"));
+        }
     };
     let mut grpc = HospitalServiceClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -147,12 +142,20 @@ async fn session(
         Err(s)
             if matches!(
                 s.code(),
-                Code::InvalidArgument | Code::FailedPrecondition | Code::PermissionDenied
+                Code::InvalidArgument
+                    | Code::FailedPrecondition
+                    | Code::PermissionDenied
+                    | Code::Unauthenticated
             ) =>
         {
             return SessionEnd::Fatal(ClientError::Refused(s.message().to_string()));
         }
-        Err(s) => return SessionEnd::Retry(format!("registration failed: {}", s.message())),
+        Err(s) => {
+            if let Some(reason) = certificate_problem(&format!("{s:?}")) {
+                return SessionEnd::Fatal(ClientError::Refused(reason));
+            }
+            return SessionEnd::Retry(format!("registration failed: {}", s.message()));
+        }
     };
     info!(client = config.name, "registered with the coordinator");
     *backoff = Duration::from_millis(250);
@@ -197,6 +200,32 @@ async fn session(
         if let Err(end) = submit(&mut grpc, &session_id, &header, answer).await {
             return end;
         }
+    }
+}
+
+/// A TLS failure that retrying with the same kit cannot fix, recognised in
+/// the error chain (rustls alert and error names), as a message for the
+/// hospital's IT team.
+fn certificate_problem(detail: &str) -> Option<String> {
+    let ours = |why: &str| {
+        Some(format!(
+            "the coordinator refused this kit's certificate ({why}); ask the consortium \
+             operator for a new kit"
+        ))
+    };
+    if detail.contains("CertificateRevoked") {
+        ours("revoked")
+    } else if detail.contains("CertificateExpired") {
+        ours("expired")
+    } else if detail.contains("UnknownCA") || detail.contains("BadCertificate") {
+        ours("not issued by the consortium's CA")
+    } else if detail.contains("InvalidCertificate") {
+        Some(format!(
+            "the coordinator's certificate is not acceptable (wrong consortium, host name or \
+             expired): {detail}"
+        ))
+    } else {
+        None
     }
 }
 

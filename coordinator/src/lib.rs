@@ -6,11 +6,13 @@
 //! - [`registry`]: live client sessions and task queues;
 //! - [`runner`]: the job/round state machine;
 //! - [`store`]: SQLite + object store persistence;
-//! - [`server`]: the gRPC services.
+//! - [`server`]: the gRPC services;
+//! - [`security`]: mutual TLS, per-RPC authorization by role, limits.
 
 pub mod job;
 pub mod registry;
 pub mod runner;
+pub mod security;
 pub mod server;
 pub mod store;
 pub mod strategy;
@@ -25,7 +27,10 @@ use cohort_protocol::v1::developer_service_server::DeveloperServiceServer;
 use cohort_protocol::v1::hospital_service_server::HospitalServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tracing::info;
+use tracing::{info, warn};
+
+pub use security::TlsSettings;
+use security::{Authorizer, GuardLayer};
 
 pub use job::{JobError, JobSpec};
 pub use store::{JobState, StoreError};
@@ -37,6 +42,14 @@ pub struct CoordinatorConfig {
     pub object_store_url: Option<String>,
     /// How long a client's `PullTask` is held open when there is no work.
     pub poll_timeout: Duration,
+    /// `None`: plaintext gRPC (`--insecure`); nobody is authenticated.
+    pub tls: Option<TlsSettings>,
+    /// Longest a single call may take, uploads included.
+    pub request_timeout: Duration,
+    /// Calls one member may have in flight at once.
+    pub max_calls_per_member: usize,
+    /// HTTP/2 streams one connection may have open at once.
+    pub max_streams_per_connection: u32,
 }
 
 impl CoordinatorConfig {
@@ -45,6 +58,10 @@ impl CoordinatorConfig {
             data_dir: data_dir.into(),
             object_store_url: None,
             poll_timeout: Duration::from_secs(20),
+            tls: None,
+            request_timeout: Duration::from_secs(300),
+            max_calls_per_member: 16,
+            max_streams_per_connection: 32,
         }
     }
 }
@@ -55,14 +72,29 @@ pub enum CoordinatorError {
     Store(#[from] StoreError),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Identity(#[from] cohort_identity::IdentityError),
 }
 
 pub struct Coordinator {
     services: Arc<server::Services>,
+    tls: Option<cohort_identity::tls::ServerTls>,
+    config: CoordinatorConfig,
 }
 
 impl Coordinator {
     pub fn open(config: &CoordinatorConfig) -> Result<Self, CoordinatorError> {
+        let tls = match &config.tls {
+            Some(settings) => Some(cohort_identity::tls::ServerTls::new(
+                &settings.kit,
+                settings.crl.as_deref(),
+            )?),
+            None => None,
+        };
+        let auth = match &tls {
+            Some(tls) => Authorizer::mutual_tls(tls.revocation.clone()),
+            None => Authorizer::insecure(),
+        };
         let store = Arc::new(store::Store::open(
             &config.data_dir,
             config.object_store_url.as_deref(),
@@ -77,7 +109,10 @@ impl Coordinator {
                 store,
                 registry,
                 runner,
+                auth,
             }),
+            tls,
+            config: config.clone(),
         })
     }
 
@@ -105,11 +140,44 @@ impl Coordinator {
         let developers = DeveloperServiceServer::from_arc(self.services.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        tonic::transport::Server::builder()
+        let router = tonic::transport::Server::builder()
+            .timeout(self.config.request_timeout)
+            .max_concurrent_streams(self.config.max_streams_per_connection)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .layer(GuardLayer::new(self.config.max_calls_per_member))
             .add_service(hospitals)
-            .add_service(developers)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-            .await?;
+            .add_service(developers);
+        match self.tls {
+            Some(tls) => {
+                info!(
+                    crl = ?tls.revocation.path(),
+                    revoked = tls.revocation.list().len(),
+                    "serving mutual TLS"
+                );
+                let watcher = security::watch_revocations(
+                    tls.revocation.clone(),
+                    self.services.registry.clone(),
+                );
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+                let served = router
+                    .serve_with_incoming_shutdown(
+                        security::tls_incoming(listener, acceptor),
+                        shutdown,
+                    )
+                    .await;
+                watcher.abort();
+                served?;
+            }
+            None => {
+                warn!(
+                    "serving plaintext gRPC (--insecure): traffic can be read and altered, and callers are not authenticated"
+                );
+                router
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                    .await?;
+            }
+        }
         Ok(())
     }
 }

@@ -61,6 +61,8 @@ struct ClientEntry {
     notify: Arc<Notify>,
     last_seen: Instant,
     polling: usize,
+    /// Serial of the certificate the session was opened with (mutual TLS).
+    certificate: Option<String>,
 }
 
 #[derive(Default)]
@@ -96,8 +98,9 @@ impl Registry {
     }
 
     /// Starts a new session for `name`, ending any earlier one (a restarted
-    /// client). Queued tasks stay queued for the new session.
-    pub fn register(&self, name: &str) -> String {
+    /// client). Queued tasks stay queued for the new session. `certificate`
+    /// is the serial of the client's certificate under mutual TLS.
+    pub fn register(&self, name: &str, certificate: Option<&str>) -> String {
         let session_id = uuid::Uuid::new_v4().simple().to_string();
         let mut inner = self.lock();
         let entry = inner
@@ -109,7 +112,9 @@ impl Registry {
                 notify: Arc::new(Notify::new()),
                 last_seen: Instant::now(),
                 polling: 0,
+                certificate: None,
             });
+        entry.certificate = certificate.map(str::to_string);
         let old = std::mem::replace(&mut entry.session_id, session_id.clone());
         entry.last_seen = Instant::now();
         inner.sessions.remove(&old);
@@ -137,6 +142,37 @@ impl Registry {
             .map(|(n, _)| n.clone())
             .collect();
         names.sort();
+        names
+    }
+
+    /// Ends the sessions opened with a certificate for which `revoked` holds,
+    /// and fails their outstanding tasks at once, so no runner waits for a
+    /// member that can no longer answer. Returns the evicted names.
+    pub fn evict_revoked(&self, revoked: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut inner = self.lock();
+        let names: Vec<String> = inner
+            .clients
+            .iter()
+            .filter(|(_, c)| c.certificate.as_deref().is_some_and(&revoked))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in &names {
+            if let Some(entry) = inner.clients.remove(name) {
+                inner.sessions.remove(&entry.session_id);
+                entry.notify.notify_waiters();
+            }
+            let tasks: Vec<String> = inner
+                .pending
+                .iter()
+                .filter(|(_, p)| &p.client == name)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in tasks {
+                if let Some(p) = inner.pending.remove(&id) {
+                    let _ = p.reply.send(Err("its certificate was revoked".into()));
+                }
+            }
+        }
         names
     }
 
@@ -261,7 +297,7 @@ mod tests {
     #[tokio::test]
     async fn dispatched_task_reaches_the_polling_client() {
         let reg = Arc::new(Registry::new(Duration::from_secs(5)));
-        let session = reg.register("a");
+        let session = reg.register("a", None);
         let poller = {
             let reg = reg.clone();
             tokio::spawn(async move { reg.next_task(&session).await })
@@ -278,9 +314,9 @@ mod tests {
     #[tokio::test]
     async fn poll_times_out_and_old_sessions_die() {
         let reg = Registry::new(Duration::from_millis(30));
-        let s1 = reg.register("a");
+        let s1 = reg.register("a", None);
         assert!(reg.next_task(&s1).await.unwrap().is_none());
-        let _s2 = reg.register("a");
+        let _s2 = reg.register("a", None);
         assert_eq!(reg.next_task(&s1).await.unwrap_err(), UnknownSession);
         assert_eq!(reg.connected(), vec!["a".to_string()]);
     }
@@ -290,9 +326,25 @@ mod tests {
         let reg = Registry::new(Duration::from_millis(30));
         let rx = reg.dispatch("ghost", task("t"));
         assert!(rx.await.unwrap().is_err());
-        let s = reg.register("a");
+        let s = reg.register("a", None);
         let _rx = reg.dispatch("a", task("t2"));
         reg.cancel(&["t2".to_string()]);
         assert!(reg.next_task(&s).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn revoked_members_are_evicted_and_their_tasks_fail_at_once() {
+        let reg = Registry::new(Duration::from_secs(30));
+        let a = reg.register("a", Some("aa"));
+        let _b = reg.register("b", Some("bb"));
+        let rx = reg.dispatch("a", task("t"));
+        assert_eq!(reg.evict_revoked(|serial| serial == "aa"), ["a"]);
+        assert_eq!(
+            rx.await.unwrap().unwrap_err(),
+            "its certificate was revoked"
+        );
+        assert_eq!(reg.connected(), ["b"]);
+        assert_eq!(reg.next_task(&a).await.unwrap_err(), UnknownSession);
+        assert!(reg.evict_revoked(|serial| serial == "aa").is_empty());
     }
 }

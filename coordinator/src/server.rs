@@ -23,9 +23,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
+use cohort_identity::Role;
+
 use crate::job::JobSpec;
 use crate::registry::{Registry, TaskAnswer};
 use crate::runner::{Runner, card_key, model_key};
+use crate::security::{Authorizer, Caller};
 use crate::store::{JobRow, JobState, Store, StoreError, now};
 
 type FrameStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -34,6 +37,34 @@ pub struct Services {
     pub store: Arc<Store>,
     pub registry: Arc<Registry>,
     pub runner: Arc<Runner>,
+    pub auth: Authorizer,
+}
+
+const HOSPITALS: &[Role] = &[Role::Hospital];
+const DEVELOPERS: &[Role] = &[Role::Developer];
+const READERS: &[Role] = &[Role::Developer, Role::Validator];
+
+/// Under mutual TLS a hospital's name is the one in its certificate; a
+/// message or session claiming another name is refused.
+fn check_claimed_name(caller: &Caller, claimed: &str, what: &str) -> Result<(), Status> {
+    match caller.name() {
+        Some(certified) if certified != claimed => Err(Status::permission_denied(format!(
+            "the certificate names hospital `{certified}`, but {what} claims `{claimed}`; \
+             a hospital's name comes from its certificate"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn check_may_read(caller: &Caller, job: &JobRow) -> Result<(), Status> {
+    if caller.may_read_job(job.submitted_by.as_deref()) {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(format!(
+            "job `{}` was submitted by another developer; developers read their own jobs",
+            job.id
+        )))
+    }
 }
 
 fn internal(e: StoreError) -> Status {
@@ -65,6 +96,7 @@ impl HospitalService for Services {
         &self,
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterReply>, Status> {
+        let caller = self.auth.authorize(&request, "Register", HOSPITALS)?;
         let r = request.into_inner();
         if r.protocol_version != PROTOCOL_VERSION {
             return Err(Status::failed_precondition(format!(
@@ -73,6 +105,7 @@ impl HospitalService for Services {
             )));
         }
         check_client_name(&r.client_name).map_err(Status::invalid_argument)?;
+        check_claimed_name(&caller, &r.client_name, "the registration")?;
         let summary: QualitySummary = serde_json::from_str(&r.quality_summary_json)
             .map_err(|e| Status::invalid_argument(format!("quality_summary_json: {e}")))?;
         let summary_json =
@@ -80,7 +113,11 @@ impl HospitalService for Services {
         self.store
             .upsert_client(&r.client_name, &summary_json)
             .map_err(internal)?;
-        let session_id = self.registry.register(&r.client_name);
+        let certificate = match &caller {
+            Caller::Member(p) => Some(p.serial.as_str()),
+            Caller::Anonymous => None,
+        };
+        let session_id = self.registry.register(&r.client_name, certificate);
         info!(
             client = r.client_name,
             rows = summary.rows,
@@ -97,7 +134,11 @@ impl HospitalService for Services {
         &self,
         request: Request<PullTaskRequest>,
     ) -> Result<Response<Self::PullTaskStream>, Status> {
+        let caller = self.auth.authorize(&request, "PullTask", HOSPITALS)?;
         let session = request.into_inner().session_id;
+        if let Ok(client) = self.registry.client_for_session(&session) {
+            check_claimed_name(&caller, &client, "the session")?;
+        }
         let task = self
             .registry
             .next_task(&session)
@@ -136,6 +177,7 @@ impl HospitalService for Services {
         &self,
         request: Request<Streaming<ResultFrame>>,
     ) -> Result<Response<SubmitResultReply>, Status> {
+        let caller = self.auth.authorize(&request, "SubmitResult", HOSPITALS)?;
         let mut stream = request.into_inner();
         let header = match stream.message().await? {
             Some(ResultFrame {
@@ -151,6 +193,7 @@ impl HospitalService for Services {
             .registry
             .client_for_session(&header.session_id)
             .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        check_claimed_name(&caller, &client, "the session")?;
         let pending = self
             .registry
             .take_pending(&header.task_id, &client)
@@ -320,6 +363,7 @@ impl DeveloperService for Services {
         &self,
         request: Request<SubmitJobRequest>,
     ) -> Result<Response<SubmitJobReply>, Status> {
+        let caller = self.auth.authorize(&request, "SubmitJob", DEVELOPERS)?;
         let text = request.into_inner().job_toml;
         let spec =
             JobSpec::from_toml(&text).map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -335,9 +379,15 @@ impl DeveloperService for Services {
                 rounds_total: spec.training.rounds,
                 rounds_completed: 0,
                 enrollment: None,
+                submitted_by: caller.name().map(str::to_string),
             })
             .map_err(internal)?;
-        info!(job = id, name = spec.name, "job submitted");
+        info!(
+            job = id,
+            name = spec.name,
+            by = caller.name(),
+            "job submitted"
+        );
         let runner = self.runner.clone();
         let job_id = id.clone();
         tokio::spawn(async move { runner.run_job(&job_id).await });
@@ -348,24 +398,28 @@ impl DeveloperService for Services {
         &self,
         request: Request<GetJobRequest>,
     ) -> Result<Response<JobStatus>, Status> {
+        let caller = self.auth.authorize(&request, "GetJob", READERS)?;
         let id = request.into_inner().job_id;
         let job = self
             .store
             .job(&id)
             .map_err(internal)?
             .ok_or_else(|| Status::not_found(format!("no job `{id}`")))?;
+        check_may_read(&caller, &job)?;
         Ok(Response::new(self.job_status(&job).map_err(internal)?))
     }
 
     async fn list_jobs(
         &self,
-        _: Request<ListJobsRequest>,
+        request: Request<ListJobsRequest>,
     ) -> Result<Response<ListJobsReply>, Status> {
+        let caller = self.auth.authorize(&request, "ListJobs", READERS)?;
         let jobs = self
             .store
             .jobs()
             .map_err(internal)?
             .iter()
+            .filter(|j| caller.may_read_job(j.submitted_by.as_deref()))
             .map(|j| self.job_status(j))
             .collect::<Result<Vec<_>, _>>()
             .map_err(internal)?;
@@ -374,8 +428,9 @@ impl DeveloperService for Services {
 
     async fn list_clients(
         &self,
-        _: Request<ListClientsRequest>,
+        request: Request<ListClientsRequest>,
     ) -> Result<Response<ListClientsReply>, Status> {
+        self.auth.authorize(&request, "ListClients", READERS)?;
         let connected = self.registry.connected();
         let clients = self
             .store
@@ -396,7 +451,14 @@ impl DeveloperService for Services {
         &self,
         request: Request<GetModelRequest>,
     ) -> Result<Response<Self::GetModelStream>, Status> {
+        let caller = self.auth.authorize(&request, "GetModel", READERS)?;
         let GetModelRequest { job_id, round } = request.into_inner();
+        let job = self
+            .store
+            .job(&job_id)
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("no job `{job_id}`")))?;
+        check_may_read(&caller, &job)?;
         let rounds = self.store.rounds(&job_id).map_err(internal)?;
         let chosen = if round == 0 {
             rounds.last()

@@ -84,6 +84,9 @@ pub struct JobRow {
     pub rounds_completed: u32,
     /// Set once the preparation phase enrolled the job's clients.
     pub enrollment: Option<Enrollment>,
+    /// The developer's certificate name; `None` for jobs submitted to a
+    /// coordinator running `--insecure`.
+    pub submitted_by: Option<String>,
 }
 
 /// The outcome of a job's preparation phase, fixed for the rest of the job.
@@ -160,8 +163,29 @@ CREATE TABLE IF NOT EXISTS events (
     at TEXT NOT NULL,
     message TEXT NOT NULL
 );
-PRAGMA user_version = 1;
 ";
+
+/// Schema changes after the first release, applied in order: entry `i`
+/// takes `user_version` from `i + 1` to `i + 2`. A database created before
+/// versions were tracked reads as version 1.
+const MIGRATIONS: &[&str] = &[
+    // 2: who submitted a job (the certificate name under mutual TLS).
+    "ALTER TABLE jobs ADD COLUMN submitted_by TEXT;",
+];
+
+fn migrate(db: &Connection) -> rusqlite::Result<()> {
+    let version: i64 = db.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate() {
+        let target = i as i64 + 2;
+        if version.max(1) < target {
+            let tx = db.unchecked_transaction()?;
+            tx.execute_batch(sql)?;
+            tx.execute_batch(&format!("PRAGMA user_version = {target};"))?;
+            tx.commit()?;
+        }
+    }
+    Ok(())
+}
 
 pub struct Store {
     db: Mutex<Connection>,
@@ -191,6 +215,7 @@ impl Store {
         )
         .map_err(db_err)?;
         db.execute_batch(SCHEMA).map_err(db_err)?;
+        migrate(&db).map_err(db_err)?;
 
         let (objects, prefix): (Arc<dyn ObjectStore>, ObjectPath) = match object_store_url {
             None => {
@@ -233,8 +258,8 @@ impl Store {
 
     pub fn insert_job(&self, job: &JobRow) -> Result<(), StoreError> {
         self.db().execute(
-            "INSERT INTO jobs (id, name, spec_toml, state, error, created_at, rounds_total)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO jobs (id, name, spec_toml, state, error, created_at, rounds_total, submitted_by)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 job.id,
                 job.name,
@@ -242,7 +267,8 @@ impl Store {
                 job.state.as_str(),
                 job.error,
                 job.created_at,
-                job.rounds_total
+                job.rounds_total,
+                job.submitted_by
             ],
         )?;
         Ok(())
@@ -273,7 +299,8 @@ impl Store {
 
     const JOB_COLUMNS: &str =
         "j.id, j.name, j.spec_toml, j.state, j.error, j.created_at, j.rounds_total,
-         (SELECT COUNT(*) FROM rounds r WHERE r.job_id = j.id AND r.round > 0), j.enrollment_json";
+         (SELECT COUNT(*) FROM rounds r WHERE r.job_id = j.id AND r.round > 0), j.enrollment_json,
+         j.submitted_by";
 
     fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(JobRow, String, Option<String>)> {
         Ok((
@@ -287,6 +314,7 @@ impl Store {
                 rounds_total: row.get(6)?,
                 rounds_completed: row.get(7)?,
                 enrollment: None,
+                submitted_by: row.get(9)?,
             },
             row.get(3)?,
             row.get(8)?,
@@ -495,7 +523,34 @@ mod tests {
             rounds_total: 3,
             rounds_completed: 0,
             enrollment: None,
+            submitted_by: Some("dev".into()),
         }
+    }
+
+    #[test]
+    fn a_database_from_before_submitters_were_recorded_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = Connection::open(dir.path().join("coordinator.sqlite")).unwrap();
+            db.execute_batch(SCHEMA).unwrap();
+            db.execute_batch("PRAGMA user_version = 1;").unwrap();
+            db.execute(
+                "INSERT INTO jobs (id, name, spec_toml, state, created_at, rounds_total)
+                 VALUES ('old', 'n', 'x', 'pending', 'now', 3)",
+                [],
+            )
+            .unwrap();
+        }
+        let store = Store::open(dir.path(), Some("memory:///")).unwrap();
+        assert_eq!(store.job("old").unwrap().unwrap().submitted_by, None);
+        store.insert_job(&job("new")).unwrap();
+        drop(store);
+        // Reopening does not apply the migration twice.
+        let store = Store::open(dir.path(), Some("memory:///")).unwrap();
+        assert_eq!(
+            store.job("new").unwrap().unwrap().submitted_by.as_deref(),
+            Some("dev")
+        );
     }
 
     fn round(job_id: &str, round: u32) -> RoundRow {

@@ -12,6 +12,10 @@ pub mod v1 {
     tonic::include_proto!("cohort.v1");
 }
 
+pub mod transport;
+
+pub use transport::{EndpointError, Security, endpoint};
+
 use thiserror::Error;
 
 /// Bumped on any incompatible change to the messages' meaning.

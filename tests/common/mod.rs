@@ -55,6 +55,7 @@ pub async fn start_coordinator(data_dir: &Path) -> Running {
 pub fn start_client(url: &str, data: &Path, name: &str, stop: &Stop) -> JoinHandle<()> {
     let config = cohort_client::ClientConfig {
         coordinator: url.to_string(),
+        security: cohort_protocol::Security::Insecure,
         data: data.to_path_buf(),
         name: name.to_string(),
         data_dir: None,
@@ -88,7 +89,9 @@ pub async fn wait_for_clients(url: &str, n: usize) {
 }
 
 pub async fn submit_and_wait(url: &str, job_toml: &str) -> JobView {
-    let mut dev = developer::connect(url).await.unwrap();
+    let mut dev = developer::connect(url, &cohort_protocol::Security::Insecure)
+        .await
+        .unwrap();
     let id = developer::submit(&mut dev, job_toml).await.unwrap();
     tokio::time::timeout(
         Duration::from_secs(600),

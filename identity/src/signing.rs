@@ -1,0 +1,161 @@
+//! Message and ledger signatures: ECDSA P-256 with SHA-256 (ring).
+//!
+//! Each member has a signing key separate from its TLS key, so that a
+//! signature stays verifiable (on the ledger, years later) independently of
+//! the TLS stack. Its public half is bound into the member's certificate
+//! (see [`crate::principal`]). Signatures are domain-separated by a context
+//! string, so a signature made for one purpose can never be replayed as
+//! another.
+
+use ring::rand::SystemRandom;
+use ring::signature::{
+    ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair as _,
+    UnparsedPublicKey,
+};
+
+use crate::IdentityError;
+
+/// Length of an uncompressed SEC1 P-256 point.
+const PUBLIC_KEY_BYTES: usize = 65;
+
+fn signed_bytes(context: &str, message: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(16 + context.len() + message.len());
+    bytes.extend_from_slice(b"cohort-signature-v1\0");
+    bytes.extend_from_slice(context.as_bytes());
+    bytes.push(0);
+    bytes.extend_from_slice(message);
+    bytes
+}
+
+pub struct MessageSigningKey {
+    pair: EcdsaKeyPair,
+    pkcs8_pem: String,
+}
+
+impl std::fmt::Debug for MessageSigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessageSigningKey")
+            .field("public", &self.verifying_key().to_hex())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MessageSigningKey {
+    pub fn generate() -> Result<Self, IdentityError> {
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        Self::from_pem(&pair.serialize_pem())
+    }
+
+    /// Reads a PKCS#8 PEM private key.
+    pub fn from_pem(pem: &str) -> Result<Self, IdentityError> {
+        let parsed = rcgen::KeyPair::from_pem(pem)
+            .map_err(|e| IdentityError::Signature(format!("signing key: {e}")))?;
+        let pair = EcdsaKeyPair::from_pkcs8(
+            &ECDSA_P256_SHA256_ASN1_SIGNING,
+            parsed.serialized_der(),
+            &SystemRandom::new(),
+        )
+        .map_err(|e| IdentityError::Signature(format!("signing key is not ECDSA P-256: {e}")))?;
+        Ok(Self {
+            pair,
+            pkcs8_pem: pem.to_string(),
+        })
+    }
+
+    pub fn to_pem(&self) -> &str {
+        &self.pkcs8_pem
+    }
+
+    pub fn verifying_key(&self) -> MessageVerifyingKey {
+        let mut point = [0u8; PUBLIC_KEY_BYTES];
+        point.copy_from_slice(self.pair.public_key().as_ref());
+        MessageVerifyingKey { point }
+    }
+
+    /// ASN.1 DER ECDSA signature over `message` for the purpose `context`.
+    pub fn sign(&self, context: &str, message: &[u8]) -> Result<Vec<u8>, IdentityError> {
+        self.pair
+            .sign(&SystemRandom::new(), &signed_bytes(context, message))
+            .map(|s| s.as_ref().to_vec())
+            .map_err(|e| IdentityError::Signature(format!("signing failed: {e}")))
+    }
+}
+
+/// The public half of a [`MessageSigningKey`]: an uncompressed P-256 point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MessageVerifyingKey {
+    point: [u8; PUBLIC_KEY_BYTES],
+}
+
+impl MessageVerifyingKey {
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, IdentityError> {
+        let point: [u8; PUBLIC_KEY_BYTES] = bytes.try_into().map_err(|_| {
+            IdentityError::Signature(format!(
+                "a P-256 public key has {PUBLIC_KEY_BYTES} bytes, got {}",
+                bytes.len()
+            ))
+        })?;
+        if point[0] != 0x04 {
+            return Err(IdentityError::Signature(
+                "public key is not an uncompressed SEC1 point".into(),
+            ));
+        }
+        Ok(Self { point })
+    }
+
+    pub fn from_hex(hex_text: &str) -> Result<Self, IdentityError> {
+        let bytes = hex::decode(hex_text)
+            .map_err(|e| IdentityError::Signature(format!("public key hex: {e}")))?;
+        Self::from_bytes(&bytes)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.point
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.point)
+    }
+
+    pub fn verify(
+        &self,
+        context: &str,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<(), IdentityError> {
+        UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, &self.point)
+            .verify(&signed_bytes(context, message), signature)
+            .map_err(|_| {
+                IdentityError::Signature(format!(
+                    "signature does not verify for `{context}` under key {}…",
+                    &self.to_hex()[..16]
+                ))
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_verify_and_are_bound_to_context_and_message() {
+        let key = MessageSigningKey::generate().unwrap();
+        let public = key.verifying_key();
+        let sig = key.sign("update", b"digest").unwrap();
+        public.verify("update", b"digest", &sig).unwrap();
+        assert!(public.verify("ledger", b"digest", &sig).is_err());
+        assert!(public.verify("update", b"digesT", &sig).is_err());
+        let reloaded = MessageSigningKey::from_pem(key.to_pem()).unwrap();
+        assert_eq!(reloaded.verifying_key(), public);
+        let other = MessageSigningKey::generate().unwrap().verifying_key();
+        assert!(other.verify("update", b"digest", &sig).is_err());
+    }
+
+    #[test]
+    fn malformed_public_keys_are_rejected() {
+        assert!(MessageVerifyingKey::from_bytes(&[4u8; 64]).is_err());
+        assert!(MessageVerifyingKey::from_bytes(&[2u8; 65]).is_err());
+        assert!(MessageVerifyingKey::from_hex("zz").is_err());
+    }
+}

@@ -1,0 +1,118 @@
+//! A coordinator and hospital clients in this process on loopback, as the
+//! demo and the benchmarks run them: real gRPC over real sockets, with
+//! mutual TLS unless asked otherwise.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Result;
+use cohort_client::ClientConfig;
+use cohort_coordinator::{Coordinator, CoordinatorConfig};
+use cohort_protocol::Security;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::developer::{self, Developer};
+use crate::pki::LocalConsortium;
+
+pub struct LocalHospital {
+    pub name: String,
+    pub data: PathBuf,
+}
+
+pub struct LocalFederation {
+    pub url: String,
+    /// What a developer connects with.
+    pub developer: Security,
+    stop: watch::Sender<bool>,
+    server: JoinHandle<()>,
+    clients: Vec<JoinHandle<()>>,
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+impl LocalFederation {
+    /// Starts a coordinator with its state in `workdir/coordinator` and one
+    /// client per hospital (records in `workdir/clients/NAME`). With `tls`,
+    /// a throwaway consortium is provisioned in `workdir/pki` first.
+    pub async fn start(
+        workdir: &Path,
+        hospitals: &[LocalHospital],
+        tls: bool,
+        poll_timeout: Duration,
+    ) -> Result<Self> {
+        let pki = if tls {
+            let names: Vec<String> = hospitals.iter().map(|h| h.name.clone()).collect();
+            Some(LocalConsortium::provision(
+                &workdir.join("pki"),
+                "local-consortium",
+                &names,
+            )?)
+        } else {
+            None
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let scheme = if tls { "https" } else { "http" };
+        let url = format!("{scheme}://{}", listener.local_addr()?);
+        let mut config = CoordinatorConfig::new(workdir.join("coordinator"));
+        config.poll_timeout = poll_timeout;
+        config.tls = pki.as_ref().map(LocalConsortium::coordinator_tls);
+        let coordinator = Coordinator::open(&config)?;
+        let (stop, stop_rx) = watch::channel(false);
+        let server = tokio::spawn({
+            let signal = stopped(stop_rx.clone());
+            async move {
+                if let Err(e) = coordinator.serve(listener, signal).await {
+                    tracing::error!("coordinator stopped: {e}");
+                }
+            }
+        });
+        let mut clients = Vec::new();
+        for (i, hospital) in hospitals.iter().enumerate() {
+            let security = match &pki {
+                Some(pki) => Security::MutualTls(pki.hospitals[i].clone()),
+                None => Security::Insecure,
+            };
+            let config = ClientConfig {
+                coordinator: url.clone(),
+                security,
+                data: hospital.data.clone(),
+                name: hospital.name.clone(),
+                data_dir: Some(workdir.join("clients").join(&hospital.name)),
+            };
+            let signal = stopped(stop_rx.clone());
+            clients.push(tokio::spawn(async move {
+                if let Err(e) = cohort_client::run(config, signal).await {
+                    tracing::error!("client stopped: {e}");
+                }
+            }));
+        }
+        let developer = match &pki {
+            Some(pki) => Security::MutualTls(pki.developer.clone()),
+            None => Security::Insecure,
+        };
+        Ok(Self {
+            url,
+            developer,
+            stop,
+            server,
+            clients,
+        })
+    }
+
+    pub async fn developer(&self) -> Result<Developer> {
+        developer::connect(&self.url, &self.developer).await
+    }
+
+    /// Stops the clients and the coordinator and waits for them.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for c in self.clients {
+            let _ = c.await;
+        }
+        let _ = self.server.await;
+    }
+}
