@@ -298,6 +298,23 @@ async fn mutual_tls_rejects_impostors_while_correct_clients_keep_training() {
         .await;
     expect_refused_handshake(register(&url, &hospital_c, "hospital-c").await);
     log.wait_for(&["TLS handshake rejected", "Revoked"]).await;
+    // The hospital's own client stops with the reason instead of retrying
+    // forever with a dead kit.
+    let revoked_client = cohort_client::run(
+        cohort_client::ClientConfig {
+            coordinator: url.clone(),
+            security: Security::MutualTls(hospital_c.clone()),
+            data: files[0].clone(),
+            name: "hospital-c".into(),
+            data_dir: None,
+        },
+        std::future::pending(),
+    );
+    let err = tokio::time::timeout(Duration::from_secs(30), revoked_client)
+        .await
+        .expect("a revoked client gives up")
+        .unwrap_err();
+    assert!(err.to_string().contains("revoked"), "{err}");
 
     // Meanwhile the correct hospitals train a whole job, and only the
     // developer who submitted it (and validators) may read it.

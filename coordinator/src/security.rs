@@ -345,3 +345,65 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower_layer::Layer;
+    use tower_service::Service;
+
+    /// A handler that holds every call open until released.
+    #[derive(Clone)]
+    struct Held(Arc<tokio::sync::Semaphore>);
+
+    impl Service<http::Request<()>> for Held {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            let gate = self.0.clone();
+            Box::pin(async move {
+                let _ = gate.acquire().await;
+                Ok(http::Response::new(tonic::body::Body::empty()))
+            })
+        }
+    }
+
+    fn from(ip: [u8; 4]) -> http::Request<()> {
+        let mut request = http::Request::new(());
+        let info = TcpConnectInfo {
+            local_addr: None,
+            remote_addr: Some(SocketAddr::from((ip, 1000))),
+        };
+        request.extensions_mut().insert(info);
+        request
+    }
+
+    #[tokio::test]
+    async fn one_member_cannot_hold_more_than_its_share_of_calls() {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let mut guard = GuardLayer::new(2).layer(Held(gate.clone()));
+        let first = tokio::spawn(guard.call(from([10, 0, 0, 1])));
+        let second = tokio::spawn(guard.call(from([10, 0, 0, 1])));
+        tokio::task::yield_now().await;
+        let refused = guard.call(from([10, 0, 0, 1])).await.unwrap();
+        let status = Status::from_header_map(refused.headers()).unwrap();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        // Another member is unaffected.
+        let other = tokio::spawn(guard.call(from([10, 0, 0, 2])));
+        gate.add_permits(3);
+        for call in [first, second, other] {
+            let response = call.await.unwrap().unwrap();
+            assert!(Status::from_header_map(response.headers()).is_none());
+        }
+        // Finished calls give their slots back.
+        gate.add_permits(1);
+        let again = guard.call(from([10, 0, 0, 1])).await.unwrap();
+        assert!(Status::from_header_map(again.headers()).is_none());
+    }
+}
