@@ -361,6 +361,8 @@ async fn mutual_tls_rejects_impostors_while_correct_clients_keep_training() {
     let mut participants = done.participants.clone();
     participants.sort();
     assert_eq!(participants, ["hospital-a", "hospital-b"]);
+    // Every update carried its hospital's signature, and each one verified.
+    assert!(!log.text().contains("answer rejected"), "{}", log.text());
 
     stop.stop();
     for c in clients {

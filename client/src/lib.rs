@@ -185,7 +185,9 @@ async fn session(
             Err(Received::Broken(reason)) => return SessionEnd::Retry(reason),
             Err(Received::Malformed(reason)) => {
                 let answer = Answer::refused(reason);
-                if let Err(end) = submit(&mut grpc, &session_id, &header, answer).await {
+                if let Err(end) =
+                    submit(&mut grpc, &session_id, &header, &config.security, answer).await
+                {
                     return end;
                 }
                 continue;
@@ -197,7 +199,7 @@ async fn session(
         let answer = tokio::task::spawn_blocking(move || worker.handle(&task_header, parameters))
             .await
             .unwrap_or_else(|e| Answer::refused(format!("task crashed: {e}")));
-        if let Err(end) = submit(&mut grpc, &session_id, &header, answer).await {
+        if let Err(end) = submit(&mut grpc, &session_id, &header, &config.security, answer).await {
             return end;
         }
     }
@@ -281,12 +283,40 @@ async fn receive_parameters(
     Ok(params)
 }
 
+/// Signs a FIT answer with the kit's signing key (mutual TLS only).
+fn sign_update(kit: &cohort_identity::Kit, task: &TaskHeader, answer: &mut Answer) {
+    if task.kind() != cohort_protocol::v1::TaskKind::Fit || !answer.header.error.is_empty() {
+        return;
+    }
+    let header = &mut answer.header;
+    header.update_sha256 = cohort_models::parameters_sha256(&answer.parameters);
+    let statement = cohort_protocol::update_statement(
+        &task.job_id,
+        task.round,
+        &task.task_id,
+        header.num_examples,
+        header.parameter_count,
+        &header.update_sha256,
+    );
+    match kit
+        .signing_key
+        .sign(cohort_protocol::UPDATE_SIGNATURE_CONTEXT, &statement)
+    {
+        Ok(signature) => header.update_signature = signature,
+        Err(e) => warn!("could not sign the update: {e}"),
+    }
+}
+
 async fn submit(
     grpc: &mut HospitalServiceClient<Channel>,
     session_id: &str,
     task: &TaskHeader,
-    answer: Answer,
+    security: &Security,
+    mut answer: Answer,
 ) -> Result<(), SessionEnd> {
+    if let Some(kit) = security.kit() {
+        sign_update(kit, task, &mut answer);
+    }
     let mut header = answer.header;
     header.session_id = session_id.to_string();
     header.task_id = task.task_id.clone();

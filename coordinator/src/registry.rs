@@ -50,6 +50,8 @@ pub type TaskOutcome = Result<TaskAnswer, String>;
 #[derive(Debug)]
 pub struct Pending {
     pub client: String,
+    pub job_id: String,
+    pub round: u32,
     pub kind: TaskKind,
     pub parameter_count: u64,
     pub reply: oneshot::Sender<TaskOutcome>,
@@ -182,6 +184,8 @@ impl Registry {
         let mut inner = self.lock();
         let pending = Pending {
             client: client.to_string(),
+            job_id: task.header.job_id.clone(),
+            round: task.header.round,
             kind: task.header.kind(),
             parameter_count: 0,
             reply,

@@ -26,7 +26,7 @@ use tracing::{info, warn};
 use cohort_identity::Role;
 
 use crate::job::JobSpec;
-use crate::registry::{Registry, TaskAnswer};
+use crate::registry::{Pending, Registry, TaskAnswer};
 use crate::runner::{Runner, card_key, model_key};
 use crate::security::{Authorizer, Caller};
 use crate::store::{JobRow, JobState, Store, StoreError, now};
@@ -201,7 +201,14 @@ impl HospitalService for Services {
         let outcome = if !header.error.is_empty() {
             Err(format!("client refused the task: {}", header.error))
         } else {
-            read_answer(pending.kind, pending.parameter_count, &header, &mut stream).await
+            read_answer(pending.kind, pending.parameter_count, &header, &mut stream)
+                .await
+                .and_then(|answer| {
+                    if let TaskAnswer::Fit { delta, .. } = &answer {
+                        check_update_signature(&caller, &pending, &header, delta)?;
+                    }
+                    Ok(answer)
+                })
         };
         let reply = match &outcome {
             Ok(_) => SubmitResultReply {
@@ -219,6 +226,43 @@ impl HospitalService for Services {
         let _ = pending.reply.send(outcome);
         Ok(Response::new(reply))
     }
+}
+
+/// Under mutual TLS an update counts only if the hospital's signing key
+/// (bound in its certificate) signed exactly the bytes that arrived, for
+/// this job, round and task.
+fn check_update_signature(
+    caller: &Caller,
+    pending: &Pending,
+    header: &ResultHeader,
+    delta: &[f32],
+) -> Result<(), String> {
+    let Caller::Member(principal) = caller else {
+        return Ok(());
+    };
+    let received = cohort_models::parameters_sha256(delta);
+    if header.update_sha256 != received {
+        return Err(format!(
+            "the update's announced SHA-256 `{}` is not that of the bytes received ({received})",
+            header.update_sha256
+        ));
+    }
+    let statement = cohort_protocol::update_statement(
+        &pending.job_id,
+        pending.round,
+        &header.task_id,
+        header.num_examples,
+        header.parameter_count,
+        &received,
+    );
+    principal
+        .signing_key
+        .verify(
+            cohort_protocol::UPDATE_SIGNATURE_CONTEXT,
+            &statement,
+            &header.update_signature,
+        )
+        .map_err(|e| format!("update rejected: {e}"))
 }
 
 /// Parses and checks the body of an answer against what its task asked for.
@@ -494,5 +538,87 @@ impl DeveloperService for Services {
         });
         let stream = futures::stream::iter(std::iter::once(Ok(header)).chain(chunks));
         Ok(Response::new(stream.boxed()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cohort_identity::{CertificateAuthority, IssueRequest};
+
+    fn signed_fit(kit: &cohort_identity::Kit, pending: &Pending, delta: &[f32]) -> ResultHeader {
+        let mut header = ResultHeader {
+            task_id: "task-1".into(),
+            num_examples: 40,
+            parameter_count: delta.len() as u64,
+            update_sha256: cohort_models::parameters_sha256(delta),
+            ..Default::default()
+        };
+        let statement = cohort_protocol::update_statement(
+            &pending.job_id,
+            pending.round,
+            &header.task_id,
+            header.num_examples,
+            header.parameter_count,
+            &header.update_sha256,
+        );
+        header.update_signature = kit
+            .signing_key
+            .sign(cohort_protocol::UPDATE_SIGNATURE_CONTEXT, &statement)
+            .unwrap();
+        header
+    }
+
+    #[test]
+    fn updates_count_only_with_the_senders_signature_over_these_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ca = CertificateAuthority::init("net", &dir.path().join("ca")).unwrap();
+        let mut issue = |name: &str| {
+            ca.issue(
+                &IssueRequest::for_days(Role::Hospital, name, 1),
+                &dir.path().join(name),
+            )
+            .unwrap()
+        };
+        let (a, b) = (issue("a"), issue("b"));
+        let caller = Caller::Member(a.principal.clone());
+        let pending = Pending {
+            client: "a".into(),
+            job_id: "job-1".into(),
+            round: 3,
+            kind: TaskKind::Fit,
+            parameter_count: 3,
+            reply: tokio::sync::oneshot::channel().0,
+        };
+        let delta = [0.5f32, -1.0, 2.0];
+        let header = signed_fit(&a, &pending, &delta);
+        check_update_signature(&caller, &pending, &header, &delta).unwrap();
+
+        // Different bytes than announced.
+        let err = check_update_signature(&caller, &pending, &header, &[0.5, -1.0, 2.5]);
+        assert!(err.unwrap_err().contains("not that of the bytes received"));
+        // Signed by another hospital's key.
+        let forged = signed_fit(&b, &pending, &delta);
+        let err = check_update_signature(&caller, &pending, &forged, &delta);
+        assert!(err.unwrap_err().contains("signature does not verify"));
+        // Replayed into another round, or with another FedAvg weight.
+        let later = Pending {
+            round: 4,
+            reply: tokio::sync::oneshot::channel().0,
+            client: pending.client.clone(),
+            job_id: pending.job_id.clone(),
+            kind: pending.kind,
+            parameter_count: 3,
+        };
+        assert!(check_update_signature(&caller, &later, &header, &delta).is_err());
+        let mut heavier = header.clone();
+        heavier.num_examples = 4000;
+        assert!(check_update_signature(&caller, &pending, &heavier, &delta).is_err());
+        // Unsigned.
+        let mut unsigned = header.clone();
+        unsigned.update_signature.clear();
+        assert!(check_update_signature(&caller, &pending, &unsigned, &delta).is_err());
+        // Plaintext mode has no identities to check.
+        check_update_signature(&Caller::Anonymous, &pending, &unsigned, &delta).unwrap();
     }
 }

@@ -18,6 +18,28 @@ pub use transport::{EndpointError, Security, endpoint};
 
 use thiserror::Error;
 
+/// Signature context of a hospital's FIT answer.
+pub const UPDATE_SIGNATURE_CONTEXT: &str = "cohort/update/v1";
+
+/// The statement a hospital signs for an update: which job, round and task
+/// it answers, its FedAvg weight, and the SHA-256 of its bytes. Both sides
+/// build it from their own view, so a signature made for one task or
+/// update never verifies for another.
+pub fn update_statement(
+    job_id: &str,
+    round: u32,
+    task_id: &str,
+    num_examples: u64,
+    parameter_count: u64,
+    update_sha256: &str,
+) -> Vec<u8> {
+    format!(
+        "job {job_id}\nround {round}\ntask {task_id}\nexamples {num_examples}\n\
+         parameters {parameter_count}\nsha256 {update_sha256}\n"
+    )
+    .into_bytes()
+}
+
 /// Bumped on any incompatible change to the messages' meaning.
 pub const PROTOCOL_VERSION: u32 = 1;
 
