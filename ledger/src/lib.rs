@@ -30,6 +30,24 @@
 //!
 //! Verification needs only hashes, sizes and the proof, never the tree.
 //!
+//! ```
+//! use cohort_ledger::{MerkleLog, hash_leaf, verify_consistency, verify_inclusion};
+//!
+//! let mut log = MerkleLog::new();
+//! for update in [&b"round 1"[..], b"round 2", b"round 3"] {
+//!     log.append(update);
+//! }
+//! let old_root = log.root(2)?;
+//! let root = log.current_root();
+//!
+//! let proof = log.inclusion_proof(1, 3)?;
+//! verify_inclusion(&hash_leaf(b"round 2"), 1, 3, &proof, &root)?;
+//!
+//! let proof = log.consistency_proof(2, 3)?;
+//! verify_consistency(2, 3, &old_root, &root, &proof)?;
+//! # Ok::<(), cohort_ledger::ProofError>(())
+//! ```
+//!
 //! # Checkpoints
 //!
 //! [`checkpoint::Checkpoint`] encodes the body of a C2SP `tlog-checkpoint`

@@ -2,8 +2,8 @@
 //! proof generation and verification.
 //!
 //! Sizes and indices are `u64`, as in RFC 9162. Hashes are fixed 32-byte
-//! SHA-256 values ([`Hash`]); use [`hash_from_slice`] to turn untrusted bytes
-//! (from the wire or from storage) into a [`Hash`] with a length check.
+//! SHA-256 values ([`Hash`](type@Hash)); use [`hash_from_slice`] to turn untrusted bytes
+//! (from the wire or from storage) into a [`Hash`](type@Hash) with a length check.
 
 use sha2::{Digest, Sha256};
 use thiserror::Error;
@@ -11,7 +11,7 @@ use thiserror::Error;
 /// A SHA-256 output: a leaf hash, an interior node hash or a tree root.
 pub type Hash = [u8; 32];
 
-/// Length in bytes of a [`Hash`].
+/// Length in bytes of a [`Hash`](type@Hash).
 pub const HASH_LEN: usize = 32;
 
 /// Domain-separation prefix of a leaf hash (RFC 9162 section 2.1.1).
@@ -110,7 +110,7 @@ pub fn hash_children(left: &Hash, right: &Hash) -> Hash {
     h.finalize().into()
 }
 
-/// Converts untrusted bytes into a [`Hash`], refusing any length but 32.
+/// Converts untrusted bytes into a [`Hash`](type@Hash), refusing any length but 32.
 pub fn hash_from_slice(bytes: &[u8]) -> Result<Hash, ProofError> {
     bytes
         .try_into()
@@ -403,7 +403,7 @@ impl MerkleLog {
         // Every time a level gets an even count, a complete subtree one level
         // up has just been finished.
         let mut level = 0;
-        while self.levels[level].len() % 2 == 0 {
+        while self.levels[level].len().is_multiple_of(2) {
             let n = self.levels[level].len();
             let parent = hash_children(&self.levels[level][n - 2], &self.levels[level][n - 1]);
             if self.levels.len() == level + 1 {
@@ -425,10 +425,10 @@ impl MerkleLog {
         Ok(())
     }
 
-    /// MTH(D[start .. start + n]) for `n >= 1` and a range inside the log.
+    /// `MTH(D[start .. start + n])` for `n >= 1` and a range inside the log.
     fn subtree_root(&self, start: u64, n: u64) -> Hash {
         debug_assert!(n >= 1 && start + n <= self.size());
-        if n.is_power_of_two() && start % n == 0 {
+        if n.is_power_of_two() && start.is_multiple_of(n) {
             let level = n.trailing_zeros() as usize;
             return self.levels[level][(start >> level) as usize];
         }
@@ -455,7 +455,7 @@ impl MerkleLog {
     }
 
     /// The inclusion proof of leaf `index` in the tree of the first `size`
-    /// leaves: PATH(index, D[0:size]) of RFC 9162 section 2.1.3.1, leaf side first.
+    /// leaves: `PATH(index, D[0:size])` of RFC 9162 section 2.1.3.1, leaf side first.
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, ProofError> {
         self.check_size(size)?;
         if index >= size {
@@ -481,7 +481,7 @@ impl MerkleLog {
     }
 
     /// The consistency proof from the tree of the first `old_size` leaves to
-    /// the tree of the first `new_size`: PROOF(old_size, D[0:new_size]) of
+    /// the tree of the first `new_size`: `PROOF(old_size, D[0:new_size])` of
     /// RFC 9162 section 2.1.4.1. Empty when `old_size` is 0 or equals `new_size`.
     pub fn consistency_proof(&self, old_size: u64, new_size: u64) -> Result<Vec<Hash>, ProofError> {
         self.check_size(new_size)?;

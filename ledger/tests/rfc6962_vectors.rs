@@ -444,6 +444,10 @@ fn wrong_length_hashes_are_refused_at_the_boundary() {
             Err(ProofError::BadHashLength { got: bad.len() })
         );
     }
+    assert_eq!(
+        hash_from_slice(b"WrongLeaf").unwrap_err().to_string(),
+        "hash is 9 bytes long, but SHA-256 hashes are 32 bytes"
+    );
 }
 
 /// `corruptConsistencyProof` of verify_test.go, for hashes of fixed length.
