@@ -27,6 +27,10 @@ pub async fn connect(url: &str, security: &Security) -> Result<Developer> {
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
 
+fn hex_string(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn status_error(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}", s.message())
 }
@@ -57,6 +61,20 @@ pub struct RoundView {
     pub model_sha256: String,
     pub slowest_fit_secs: f64,
     pub slowest_evaluate_secs: f64,
+    /// Each aggregated update as the coordinator received it.
+    pub updates: Vec<UpdateView>,
+}
+
+/// An update receipt: which hospital sent what, and its signature (hex; empty
+/// without mutual TLS), verifiable with `cohort_protocol::update_statement`.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpdateView {
+    pub client: String,
+    pub task_id: String,
+    pub num_examples: u64,
+    pub parameter_count: u64,
+    pub update_sha256: String,
+    pub signature: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -89,6 +107,18 @@ impl JobView {
                     model_sha256: r.model_sha256,
                     slowest_fit_secs: r.slowest_fit_secs,
                     slowest_evaluate_secs: r.slowest_evaluate_secs,
+                    updates: r
+                        .updates
+                        .into_iter()
+                        .map(|u| UpdateView {
+                            client: u.client,
+                            task_id: u.task_id,
+                            num_examples: u.num_examples,
+                            parameter_count: u.parameter_count,
+                            update_sha256: u.update_sha256,
+                            signature: hex_string(&u.signature),
+                        })
+                        .collect(),
                 })
             })
             .collect::<Result<_>>()?;

@@ -363,6 +363,36 @@ async fn mutual_tls_rejects_impostors_while_correct_clients_keep_training() {
     assert_eq!(participants, ["hospital-a", "hospital-b"]);
     // Every update carried its hospital's signature, and each one verified.
     assert!(!log.text().contains("answer rejected"), "{}", log.text());
+    // The job keeps a receipt of every aggregated update that anyone holding
+    // the hospitals' certificates can check.
+    for round in &done.rounds {
+        assert_eq!(round.updates.len(), 2, "{round:?}");
+        for receipt in &round.updates {
+            let kit = if receipt.client == "hospital-a" {
+                &hospital_a
+            } else {
+                &hospital_b
+            };
+            let statement = cohort_protocol::update_statement(
+                &job_id,
+                round.round,
+                &receipt.task_id,
+                receipt.num_examples,
+                receipt.parameter_count,
+                &receipt.update_sha256,
+            );
+            let signer = cohort_identity::Principal::from_certificate(&kit.cert_der().unwrap())
+                .unwrap()
+                .signing_key;
+            signer
+                .verify(
+                    cohort_protocol::UPDATE_SIGNATURE_CONTEXT,
+                    &statement,
+                    &receipt.signature,
+                )
+                .unwrap();
+        }
+    }
 
     stop.stop();
     for c in clients {

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use cohort_datasets::{LocalStatistics, ResolvedSchema};
 use cohort_models::Metrics;
 use cohort_protocol::v1::{TaskHeader, TaskKind};
+
+use crate::store::UpdateReceipt;
 use tokio::sync::{Notify, oneshot};
 
 /// A task waiting in a client's queue.
@@ -35,6 +37,8 @@ pub enum TaskAnswer {
         num_examples: u64,
         train_loss: Option<f64>,
         compute_seconds: f64,
+        /// What was received, kept with the round for auditors.
+        receipt: UpdateReceipt,
     },
     Evaluate {
         metrics: Metrics,

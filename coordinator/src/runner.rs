@@ -20,7 +20,7 @@ use tracing::{info, warn};
 
 use crate::job::JobSpec;
 use crate::registry::{Registry, Task, TaskAnswer, TaskOutcome};
-use crate::store::{Enrollment, JobRow, JobState, RoundRow, Store, StoreError, now};
+use crate::store::{Enrollment, JobRow, JobState, RoundRow, Store, StoreError, UpdateReceipt, now};
 use crate::strategy::{ClientUpdate, Strategy};
 
 #[derive(Debug, thiserror::Error)]
@@ -366,8 +366,9 @@ impl Runner {
                             num_examples,
                             train_loss,
                             compute_seconds,
+                            receipt,
                         } if delta.len() == n_params => {
-                            Ok((delta, num_examples, train_loss, compute_seconds))
+                            Ok((delta, num_examples, train_loss, compute_seconds, receipt))
                         }
                         TaskAnswer::Fit { delta, .. } => Err(format!(
                             "update has {} values, the model has {n_params}",
@@ -394,17 +395,25 @@ impl Runner {
                 );
                 continue;
             }
-            let total_examples: u64 = answers.ok.iter().map(|(_, (_, n, _, _))| *n).sum();
-            let train_loss = weighted_loss(answers.ok.iter().map(|(_, (_, n, l, _))| (*n, *l)));
-            let slowest_fit_secs = answers.ok.iter().map(|(_, (.., s))| *s).fold(0.0, f64::max);
+            let total_examples: u64 = answers.ok.iter().map(|(_, (_, n, ..))| *n).sum();
+            let train_loss = weighted_loss(answers.ok.iter().map(|(_, (_, n, l, ..))| (*n, *l)));
+            let slowest_fit_secs = answers
+                .ok
+                .iter()
+                .map(|(_, (_, _, _, s, _))| *s)
+                .fold(0.0, f64::max);
             let participants: Vec<String> = answers.ok.iter().map(|(c, _)| c.clone()).collect();
+            let mut receipts = Vec::with_capacity(answers.ok.len());
             let updates: Vec<ClientUpdate> = answers
                 .ok
                 .into_iter()
-                .map(|(client, (delta, num_examples, _, _))| ClientUpdate {
-                    client,
-                    delta,
-                    num_examples,
+                .map(|(client, (delta, num_examples, _, _, receipt))| {
+                    receipts.push(receipt);
+                    ClientUpdate {
+                        client,
+                        delta,
+                        num_examples,
+                    }
                 })
                 .collect();
             let next = strategy
@@ -462,6 +471,7 @@ impl Runner {
                 RoundRecord {
                     round,
                     participants,
+                    updates: receipts,
                     metrics: metrics.clone(),
                     train_loss,
                     attempts: attempt,
@@ -565,6 +575,7 @@ impl Runner {
             completed_at: now(),
             slowest_fit_secs: record.slowest_fit_secs,
             slowest_evaluate_secs: record.slowest_evaluate_secs,
+            updates: record.updates,
         })?;
         Ok(())
     }
@@ -582,6 +593,7 @@ impl Runner {
 struct RoundRecord {
     round: u32,
     participants: Vec<String>,
+    updates: Vec<UpdateReceipt>,
     metrics: Option<Metrics>,
     train_loss: Option<f64>,
     attempts: u32,
@@ -601,6 +613,7 @@ impl RoundRecord {
             duration_secs: 0.0,
             slowest_fit_secs: 0.0,
             slowest_evaluate_secs: 0.0,
+            updates: Vec::new(),
         }
     }
 }

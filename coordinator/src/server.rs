@@ -29,7 +29,7 @@ use crate::job::JobSpec;
 use crate::registry::{Pending, Registry, TaskAnswer};
 use crate::runner::{Runner, card_key, model_key};
 use crate::security::{Authorizer, Caller};
-use crate::store::{JobRow, JobState, Store, StoreError, now};
+use crate::store::{JobRow, JobState, Store, StoreError, UpdateReceipt, now};
 
 type FrameStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -203,9 +203,10 @@ impl HospitalService for Services {
         } else {
             read_answer(pending.kind, pending.parameter_count, &header, &mut stream)
                 .await
-                .and_then(|answer| {
-                    if let TaskAnswer::Fit { delta, .. } = &answer {
-                        check_update_signature(&caller, &pending, &header, delta)?;
+                .and_then(|mut answer| {
+                    if let TaskAnswer::Fit { receipt, .. } = &mut answer {
+                        receipt.client = client.clone();
+                        check_update_signature(&caller, &pending, &header, &receipt.update_sha256)?;
                     }
                     Ok(answer)
                 })
@@ -235,12 +236,11 @@ fn check_update_signature(
     caller: &Caller,
     pending: &Pending,
     header: &ResultHeader,
-    delta: &[f32],
+    received: &str,
 ) -> Result<(), String> {
     let Caller::Member(principal) = caller else {
         return Ok(());
     };
-    let received = cohort_models::parameters_sha256(delta);
     if header.update_sha256 != received {
         return Err(format!(
             "the update's announced SHA-256 `{}` is not that of the bytes received ({received})",
@@ -253,7 +253,7 @@ fn check_update_signature(
         &header.task_id,
         header.num_examples,
         header.parameter_count,
-        &received,
+        received,
     );
     principal
         .signing_key
@@ -318,11 +318,20 @@ async fn read_answer(
                 ));
             }
             let train_loss = header.train_loss.is_finite().then_some(header.train_loss);
+            let receipt = UpdateReceipt {
+                client: String::new(),
+                task_id: header.task_id.clone(),
+                num_examples: header.num_examples,
+                parameter_count: header.parameter_count,
+                update_sha256: cohort_models::parameters_sha256(&delta),
+                signature: hex::encode(&header.update_signature),
+            };
             Ok(TaskAnswer::Fit {
                 delta,
                 num_examples: header.num_examples,
                 train_loss,
                 compute_seconds: sane_seconds(header.compute_seconds),
+                receipt,
             })
         }
         TaskKind::Evaluate => {
@@ -372,6 +381,18 @@ impl Services {
                 model_sha256: r.model_sha256,
                 slowest_fit_secs: r.slowest_fit_secs,
                 slowest_evaluate_secs: r.slowest_evaluate_secs,
+                updates: r
+                    .updates
+                    .into_iter()
+                    .map(|u| v1::UpdateReceipt {
+                        client: u.client,
+                        task_id: u.task_id,
+                        num_examples: u.num_examples,
+                        parameter_count: u.parameter_count,
+                        update_sha256: u.update_sha256,
+                        signature: hex::decode(&u.signature).unwrap_or_default(),
+                    })
+                    .collect(),
             })
             .collect();
         let events = self
@@ -546,6 +567,10 @@ mod tests {
     use super::*;
     use cohort_identity::{CertificateAuthority, IssueRequest};
 
+    fn sha(values: &[f32]) -> String {
+        cohort_models::parameters_sha256(values)
+    }
+
     fn signed_fit(kit: &cohort_identity::Kit, pending: &Pending, delta: &[f32]) -> ResultHeader {
         let mut header = ResultHeader {
             task_id: "task-1".into(),
@@ -592,14 +617,14 @@ mod tests {
         };
         let delta = [0.5f32, -1.0, 2.0];
         let header = signed_fit(&a, &pending, &delta);
-        check_update_signature(&caller, &pending, &header, &delta).unwrap();
+        check_update_signature(&caller, &pending, &header, &sha(&delta)).unwrap();
 
         // Different bytes than announced.
-        let err = check_update_signature(&caller, &pending, &header, &[0.5, -1.0, 2.5]);
+        let err = check_update_signature(&caller, &pending, &header, &sha(&[0.5, -1.0, 2.5]));
         assert!(err.unwrap_err().contains("not that of the bytes received"));
         // Signed by another hospital's key.
         let forged = signed_fit(&b, &pending, &delta);
-        let err = check_update_signature(&caller, &pending, &forged, &delta);
+        let err = check_update_signature(&caller, &pending, &forged, &sha(&delta));
         assert!(err.unwrap_err().contains("signature does not verify"));
         // Replayed into another round, or with another FedAvg weight.
         let later = Pending {
@@ -610,15 +635,15 @@ mod tests {
             kind: pending.kind,
             parameter_count: 3,
         };
-        assert!(check_update_signature(&caller, &later, &header, &delta).is_err());
+        assert!(check_update_signature(&caller, &later, &header, &sha(&delta)).is_err());
         let mut heavier = header.clone();
         heavier.num_examples = 4000;
-        assert!(check_update_signature(&caller, &pending, &heavier, &delta).is_err());
+        assert!(check_update_signature(&caller, &pending, &heavier, &sha(&delta)).is_err());
         // Unsigned.
         let mut unsigned = header.clone();
         unsigned.update_signature.clear();
-        assert!(check_update_signature(&caller, &pending, &unsigned, &delta).is_err());
+        assert!(check_update_signature(&caller, &pending, &unsigned, &sha(&delta)).is_err());
         // Plaintext mode has no identities to check.
-        check_update_signature(&Caller::Anonymous, &pending, &unsigned, &delta).unwrap();
+        check_update_signature(&Caller::Anonymous, &pending, &unsigned, &sha(&delta)).unwrap();
     }
 }

@@ -111,6 +111,21 @@ pub struct RoundRow {
     /// Compute time the slowest participant reported for fit / evaluation.
     pub slowest_fit_secs: f64,
     pub slowest_evaluate_secs: f64,
+    /// The participants' updates as received (empty for round 0).
+    pub updates: Vec<UpdateReceipt>,
+}
+
+/// One aggregated update as the coordinator received it (see
+/// `cohort_protocol::v1::UpdateReceipt`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateReceipt {
+    pub client: String,
+    pub task_id: String,
+    pub num_examples: u64,
+    pub parameter_count: u64,
+    pub update_sha256: String,
+    /// Hex of the hospital's signature; empty without mutual TLS.
+    pub signature: String,
 }
 
 #[derive(Debug, Clone)]
@@ -171,6 +186,8 @@ CREATE TABLE IF NOT EXISTS events (
 const MIGRATIONS: &[&str] = &[
     // 2: who submitted a job (the certificate name under mutual TLS).
     "ALTER TABLE jobs ADD COLUMN submitted_by TEXT;",
+    // 3: receipts of the updates each round aggregated.
+    "ALTER TABLE rounds ADD COLUMN updates_json TEXT;",
 ];
 
 fn migrate(db: &Connection) -> rusqlite::Result<()> {
@@ -364,11 +381,13 @@ impl Store {
             .map(serde_json::to_string)
             .transpose()
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let updates =
+            serde_json::to_string(&row.updates).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         self.db().execute(
             "INSERT INTO rounds (job_id, round, participants_json, metrics_json, train_loss,
                 attempts, duration_secs, model_key, model_sha256, completed_at,
-                slowest_fit_secs, slowest_evaluate_secs)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                slowest_fit_secs, slowest_evaluate_secs, updates_json)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             params![
                 row.job_id,
                 row.round,
@@ -381,7 +400,8 @@ impl Store {
                 row.model_sha256,
                 row.completed_at,
                 row.slowest_fit_secs,
-                row.slowest_evaluate_secs
+                row.slowest_evaluate_secs,
+                updates
             ],
         )?;
         Ok(())
@@ -393,7 +413,7 @@ impl Store {
         let mut stmt = db.prepare(
             "SELECT job_id, round, participants_json, metrics_json, train_loss, attempts,
                     duration_secs, model_key, model_sha256, completed_at,
-                    slowest_fit_secs, slowest_evaluate_secs
+                    slowest_fit_secs, slowest_evaluate_secs, updates_json
              FROM rounds WHERE job_id = ?1 ORDER BY round",
         )?;
         // A JSON column that does not parse is reported like any other
@@ -428,6 +448,7 @@ impl Store {
                     completed_at: r.get(9)?,
                     slowest_fit_secs: r.get(10)?,
                     slowest_evaluate_secs: r.get(11)?,
+                    updates: json_column(r, 12)?.unwrap_or_default(),
                 })
             })?
             .collect::<Result<Vec<_>, _>>()
@@ -567,6 +588,7 @@ mod tests {
             completed_at: now(),
             slowest_fit_secs: 0.0,
             slowest_evaluate_secs: 0.0,
+            updates: Vec::new(),
         }
     }
 
