@@ -3,6 +3,7 @@
 //! downloaded model, and the all-in-one demo. `main.rs` only parses
 //! arguments and calls into here.
 
+pub mod audit;
 pub mod bench;
 pub mod demo;
 pub mod developer;

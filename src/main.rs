@@ -46,6 +46,12 @@ enum Command {
     /// Prepare data files.
     #[command(subcommand)]
     Data(DataCommand),
+    /// Read a coordinator's ledger: every job's story, signed entry by entry.
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
+    /// Check, without trusting the coordinator, what it recorded.
+    #[command(subcommand)]
+    Verify(VerifyCommand),
     /// Differential-privacy arithmetic, as a hospital's privacy officer runs
     /// it before agreeing to a job.
     #[command(subcommand)]
@@ -92,6 +98,38 @@ struct DemoArgs {
     /// Print one JSON object instead of the report.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Subcommand)]
+enum LedgerCommand {
+    /// List the ledger's entries (all, or one job's).
+    Show {
+        /// Only this job's entries.
+        job: Option<String>,
+        /// The coordinator's data directory (read-only).
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum VerifyCommand {
+    /// Check every entry's signature, the Merkle tree against the signed
+    /// checkpoint, and that the log extends the checkpoint this machine saw
+    /// last time (so a rewritten history is caught).
+    Ledger {
+        /// The coordinator's data directory (read-only).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Where checkpoints seen earlier are remembered
+        /// [default: $XDG_STATE_HOME/cohort/seen-checkpoints.json].
+        #[arg(long)]
+        state: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -509,6 +547,54 @@ async fn main() -> Result<()> {
         Command::Ca(cmd) => {
             init_logging("warn");
             run_ca_command(cmd)?;
+        }
+        Command::Ledger(LedgerCommand::Show {
+            job,
+            data_dir,
+            json,
+        }) => {
+            init_logging("warn");
+            let entries = cohort::audit::ledger_entries(&data_dir, job.as_deref())?;
+            if json {
+                let list: Vec<_> = entries
+                    .iter()
+                    .map(|(index, entry)| serde_json::json!({ "index": index, "entry": entry }))
+                    .collect();
+                print_json(&list)?;
+            } else {
+                for (index, entry) in &entries {
+                    println!(
+                        "{index:>6}  {}  {}",
+                        entry.at,
+                        serde_json::to_string(&entry.record)?
+                    );
+                }
+            }
+        }
+        Command::Verify(VerifyCommand::Ledger {
+            data_dir,
+            state,
+            json,
+        }) => {
+            init_logging("warn");
+            let state = state.unwrap_or_else(cohort::audit::default_state_file);
+            let report = cohort::audit::verify_ledger(&data_dir, &state)
+                .context("ledger verification FAILED")?;
+            if json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "ledger OK: {} entries, root {}, signed by {} (key {}…){}",
+                    report.entries,
+                    report.root,
+                    report.origin,
+                    &report.coordinator_key[..16],
+                    report
+                        .consistent_with
+                        .map(|n| format!(", extends the {n}-entry checkpoint seen before"))
+                        .unwrap_or_default()
+                );
+            }
         }
         Command::Privacy(cmd) => {
             init_logging("warn");

@@ -10,6 +10,7 @@
 //! - [`security`]: mutual TLS, per-RPC authorization by role, limits.
 
 pub mod job;
+pub mod ledger;
 pub mod registry;
 pub mod runner;
 pub mod security;
@@ -99,10 +100,20 @@ impl Coordinator {
             &config.data_dir,
             config.object_store_url.as_deref(),
         )?);
+        let signer = match &config.tls {
+            Some(settings) => ledger::LedgerSigner::Kit(settings.kit.clone()),
+            None => ledger::LedgerSigner::Own(Box::new(
+                cohort_identity::MessageSigningKey::load_or_create(
+                    &config.data_dir.join("ledger-signing-key.pem"),
+                )?,
+            )),
+        };
+        let ledger = Arc::new(ledger::Ledger::open(&store, signer)?);
         let registry = Arc::new(registry::Registry::new(config.poll_timeout));
         let runner = Arc::new(runner::Runner {
             store: store.clone(),
             registry: registry.clone(),
+            ledger: ledger.clone(),
         });
         Ok(Self {
             services: Arc::new(server::Services {
@@ -110,6 +121,7 @@ impl Coordinator {
                 registry,
                 runner,
                 auth,
+                ledger,
             }),
             tls,
             config: config.clone(),

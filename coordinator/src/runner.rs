@@ -20,6 +20,9 @@ use tracing::{info, warn};
 
 use crate::job::JobSpec;
 use crate::registry::{Registry, Task, TaskAnswer, TaskOutcome};
+use cohort_ledger::{Record, UpdateRecord};
+
+use crate::ledger::Ledger;
 use crate::store::{Enrollment, JobRow, JobState, RoundRow, Store, StoreError, UpdateReceipt, now};
 use crate::strategy::{ClientUpdate, Strategy};
 
@@ -38,6 +41,7 @@ pub enum RunError {
 pub struct Runner {
     pub store: Arc<Store>,
     pub registry: Arc<Registry>,
+    pub ledger: Arc<Ledger>,
 }
 
 /// Object-store keys of one stored global model version.
@@ -562,7 +566,7 @@ impl Runner {
                 )
                 .await?;
         }
-        self.store.record_round(&RoundRow {
+        let row = RoundRow {
             job_id: job.id.clone(),
             round: record.round,
             participants: record.participants,
@@ -576,7 +580,29 @@ impl Runner {
             slowest_fit_secs: record.slowest_fit_secs,
             slowest_evaluate_secs: record.slowest_evaluate_secs,
             updates: record.updates,
-        })?;
+        };
+        let entry = Record::RoundCompleted {
+            job_id: row.job_id.clone(),
+            round: row.round,
+            model_sha256: row.model_sha256.clone(),
+            updates: row
+                .updates
+                .iter()
+                .map(|u| UpdateRecord {
+                    client: u.client.clone(),
+                    task_id: u.task_id.clone(),
+                    num_examples: u.num_examples,
+                    parameter_count: u.parameter_count,
+                    update_sha256: u.update_sha256.clone(),
+                    signature: u.signature.clone(),
+                })
+                .collect(),
+            accuracy: row.metrics.as_ref().map(|m| format!("{:.6}", m.accuracy)),
+            auc: row.metrics.as_ref().map(|m| format!("{:.6}", m.auc)),
+        };
+        // The round's row and its ledger entry commit together.
+        self.ledger
+            .append(&self.store, entry, |tx| Store::record_round_in(tx, &row))?;
         Ok(())
     }
 

@@ -24,6 +24,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
 use cohort_identity::Role;
+use sha2::Digest as _;
 
 use crate::job::JobSpec;
 use crate::registry::{Pending, Registry, TaskAnswer};
@@ -38,6 +39,7 @@ pub struct Services {
     pub registry: Arc<Registry>,
     pub runner: Arc<Runner>,
     pub auth: Authorizer,
+    pub ledger: Arc<crate::ledger::Ledger>,
 }
 
 const HOSPITALS: &[Role] = &[Role::Hospital];
@@ -433,19 +435,27 @@ impl DeveloperService for Services {
         let spec =
             JobSpec::from_toml(&text).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let id = format!("job-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        self.store
-            .insert_job(&JobRow {
-                id: id.clone(),
-                name: spec.name.clone(),
-                spec_toml: text,
-                state: JobState::Pending,
-                error: None,
-                created_at: now(),
-                rounds_total: spec.training.rounds,
-                rounds_completed: 0,
-                enrollment: None,
-                submitted_by: caller.name().map(str::to_string),
-            })
+        let row = JobRow {
+            id: id.clone(),
+            name: spec.name.clone(),
+            spec_toml: text,
+            state: JobState::Pending,
+            error: None,
+            created_at: now(),
+            rounds_total: spec.training.rounds,
+            rounds_completed: 0,
+            enrollment: None,
+            submitted_by: caller.name().map(str::to_string),
+        };
+        let entry = cohort_ledger::Record::JobCreated {
+            job_id: id.clone(),
+            name: row.name.clone(),
+            job_sha256: hex::encode(sha2::Sha256::digest(row.spec_toml.as_bytes())),
+            submitted_by: row.submitted_by.clone(),
+        };
+        // The job's row and its ledger entry commit together.
+        self.ledger
+            .append(&self.store, entry, |tx| Store::insert_job_in(tx, &row))
             .map_err(internal)?;
         info!(
             job = id,

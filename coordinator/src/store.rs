@@ -172,6 +172,15 @@ CREATE TABLE IF NOT EXISTS clients (
     last_seen TEXT NOT NULL,
     quality_summary_json TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS ledger (
+    idx INTEGER PRIMARY KEY,
+    entry BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ledger_checkpoint (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    key_name TEXT NOT NULL,
+    note TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
     job_id TEXT NOT NULL REFERENCES jobs(id),
@@ -267,6 +276,24 @@ impl Store {
         &self.db_path
     }
 
+    /// Runs `f` in one SQLite transaction: all of it is committed, or none.
+    pub(crate) fn transaction<R>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let result = f(&tx)?;
+        tx.commit()?;
+        Ok(result)
+    }
+
+    /// The ledger's entries in order, and its latest signed checkpoint with
+    /// the name of the key that signed it.
+    pub fn ledger(&self) -> Result<LedgerContents, StoreError> {
+        read_ledger(&self.db())
+    }
+
     fn db(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite inconsistent
         // (transactions roll back), so a poisoned lock is still usable.
@@ -274,7 +301,12 @@ impl Store {
     }
 
     pub fn insert_job(&self, job: &JobRow) -> Result<(), StoreError> {
-        self.db().execute(
+        Self::insert_job_in(&self.db(), job)
+    }
+
+    /// [`Store::insert_job`] inside a caller's transaction.
+    pub(crate) fn insert_job_in(db: &Connection, job: &JobRow) -> Result<(), StoreError> {
+        db.execute(
             "INSERT INTO jobs (id, name, spec_toml, state, error, created_at, rounds_total, submitted_by)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
@@ -373,6 +405,11 @@ impl Store {
     /// Records a completed round. Fails (and changes nothing) if the round
     /// was already recorded.
     pub fn record_round(&self, row: &RoundRow) -> Result<(), StoreError> {
+        Self::record_round_in(&self.db(), row)
+    }
+
+    /// [`Store::record_round`] inside a caller's transaction.
+    pub(crate) fn record_round_in(db: &Connection, row: &RoundRow) -> Result<(), StoreError> {
         let participants = serde_json::to_string(&row.participants)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let metrics = row
@@ -383,7 +420,7 @@ impl Store {
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let updates =
             serde_json::to_string(&row.updates).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        self.db().execute(
+        db.execute(
             "INSERT INTO rounds (job_id, round, participants_json, metrics_json, train_loss,
                 attempts, duration_secs, model_key, model_sha256, completed_at,
                 slowest_fit_secs, slowest_evaluate_secs, updates_json)
@@ -625,4 +662,51 @@ mod tests {
         let err = Store::open(dir.path(), Some("nope://x")).err().unwrap();
         assert!(err.to_string().contains("nope://x"), "{err}");
     }
+}
+
+/// A ledger as stored: its entries in order (canonical bytes, the Merkle
+/// leaves) and its latest signed checkpoint.
+#[derive(Debug, Clone, Default)]
+pub struct LedgerContents {
+    pub leaves: Vec<Vec<u8>>,
+    /// The signed note and the name of the key that signed it.
+    pub checkpoint: Option<StoredCheckpoint>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoredCheckpoint {
+    pub key_name: String,
+    pub note: String,
+}
+
+fn read_ledger(db: &Connection) -> Result<LedgerContents, StoreError> {
+    let mut stmt = db.prepare("SELECT entry FROM ledger ORDER BY idx")?;
+    let leaves = stmt
+        .query_map([], |r| r.get::<_, Vec<u8>>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let checkpoint = db
+        .query_row(
+            "SELECT key_name, note FROM ledger_checkpoint WHERE id = 1",
+            [],
+            |r| {
+                Ok(StoredCheckpoint {
+                    key_name: r.get(0)?,
+                    note: r.get(1)?,
+                })
+            },
+        )
+        .optional()?;
+    Ok(LedgerContents { leaves, checkpoint })
+}
+
+/// Reads a coordinator's ledger straight from `DATA_DIR/coordinator.sqlite`,
+/// read-only, as a validator does: nothing is created or migrated.
+pub fn read_ledger_at(data_dir: &Path) -> Result<LedgerContents, StoreError> {
+    let db_path = data_dir.join("coordinator.sqlite");
+    let db = Connection::open_with_flags(&db_path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|source| StoreError::Database {
+            path: db_path.clone(),
+            source,
+        })?;
+    read_ledger(&db)
 }

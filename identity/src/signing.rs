@@ -72,6 +72,30 @@ impl MessageSigningKey {
         MessageVerifyingKey { point }
     }
 
+    /// Reads the key at `path`, or creates one there (mode 600) if there is
+    /// none: a coordinator without a startup kit still signs its ledger.
+    pub fn load_or_create(path: &std::path::Path) -> Result<Self, IdentityError> {
+        if path.exists() {
+            crate::kit::check_private_permissions(path)?;
+            let pem = std::fs::read_to_string(path).map_err(IdentityError::io(path))?;
+            return Self::from_pem(&pem);
+        }
+        let key = Self::generate()?;
+        crate::kit::write_private(path, key.to_pem().as_bytes())?;
+        Ok(key)
+    }
+
+    /// ASN.1 DER ECDSA signature over the text of a C2SP signed note
+    /// (signature type 0x02). Unlike [`Self::sign`] there is no Cohort
+    /// prefix: the note format is standard and its text (a checkpoint, whose
+    /// first line names the log) is its own domain separation.
+    pub fn sign_note_text(&self, text: &str) -> Result<Vec<u8>, IdentityError> {
+        self.pair
+            .sign(&SystemRandom::new(), text.as_bytes())
+            .map(|s| s.as_ref().to_vec())
+            .map_err(|e| IdentityError::Signature(format!("signing failed: {e}")))
+    }
+
     /// ASN.1 DER ECDSA signature over `message` for the purpose `context`.
     pub fn sign(&self, context: &str, message: &[u8]) -> Result<Vec<u8>, IdentityError> {
         self.pair
@@ -117,6 +141,25 @@ impl MessageVerifyingKey {
         hex::encode(self.point)
     }
 
+    /// The key as DER SubjectPublicKeyInfo (what C2SP type-0x02 key IDs hash).
+    pub fn spki_der(&self) -> Vec<u8> {
+        // SEQUENCE { SEQUENCE { id-ecPublicKey, prime256v1 }, BIT STRING point }
+        const PREFIX: [u8; 26] = [
+            0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06,
+            0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+        ];
+        let mut der = PREFIX.to_vec();
+        der.extend_from_slice(&self.point);
+        der
+    }
+
+    /// Verifies a signature made by [`MessageSigningKey::sign_note_text`].
+    pub fn verify_note_text(&self, text: &str, signature: &[u8]) -> Result<(), IdentityError> {
+        UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, &self.point)
+            .verify(text.as_bytes(), signature)
+            .map_err(|_| IdentityError::Signature("note signature does not verify".into()))
+    }
+
     pub fn verify(
         &self,
         context: &str,
@@ -150,6 +193,40 @@ mod tests {
         assert_eq!(reloaded.verifying_key(), public);
         let other = MessageSigningKey::generate().unwrap().verifying_key();
         assert!(other.verify("update", b"digest", &sig).is_err());
+    }
+
+    #[test]
+    fn spki_encoding_matches_rcgen_and_note_signatures_verify() {
+        let key = MessageSigningKey::generate().unwrap();
+        let rcgen_key = rcgen::KeyPair::from_pem(key.to_pem()).unwrap();
+        let pem = rcgen_key.public_key_pem();
+        let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let public = key.verifying_key();
+        assert_eq!(
+            hex::encode(public.spki_der()),
+            hex::encode(base64_decode(&b64)),
+        );
+        let sig = key.sign_note_text("origin\n1\nroot\n").unwrap();
+        public.verify_note_text("origin\n1\nroot\n", &sig).unwrap();
+        assert!(public.verify_note_text("origin\n2\nroot\n", &sig).is_err());
+    }
+
+    fn base64_decode(text: &str) -> Vec<u8> {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut bits = 0u32;
+        let mut n = 0;
+        let mut out = Vec::new();
+        for c in text.bytes().filter(|c| *c != b'=') {
+            let v = ALPHABET.iter().position(|a| *a == c).unwrap() as u32;
+            bits = (bits << 6) | v;
+            n += 6;
+            if n >= 8 {
+                n -= 8;
+                out.push((bits >> n) as u8);
+                bits &= (1 << n) - 1;
+            }
+        }
+        out
     }
 
     #[test]

@@ -54,11 +54,17 @@
 //! (origin, size, base64 root). Signing it as a signed note is left to a
 //! separate layer; see the [`checkpoint`] module docs.
 
+pub mod audit;
 pub mod checkpoint;
 pub mod merkle;
+pub mod note;
+pub mod record;
 
+pub use audit::{AuditError, AuditReport, SeenCheckpoint, audit};
 pub use checkpoint::{Checkpoint, CheckpointError};
 pub use merkle::{
     Hash, MerkleLog, ProofError, ProofKind, empty_root, hash_children, hash_leaf,
     verify_consistency, verify_inclusion,
 };
+pub use note::{NoteError, sign_checkpoint, verify_checkpoint};
+pub use record::{Entry, EntryError, Record, UpdateRecord};

@@ -1,0 +1,157 @@
+//! What the ledger records: typed, versioned entries, each signed by the
+//! party that makes it.
+//!
+//! An entry's leaf in the Merkle log is its canonical JSON (fields in the
+//! order declared here, no whitespace). The signature covers the canonical
+//! JSON of `(version, at, record)` under the context `cohort/ledger/v1`, so
+//! it cannot be confused with any other Cohort signature. Records hold no
+//! floating-point numbers, so parsing and re-encoding is exact.
+
+use cohort_identity::{MessageSigningKey, MessageVerifyingKey};
+use serde::{Deserialize, Serialize};
+
+/// Bumped on any incompatible change to the records' meaning.
+pub const ENTRY_VERSION: u32 = 1;
+const SIGNATURE_CONTEXT: &str = "cohort/ledger/v1";
+
+/// One aggregated update as the coordinator received it; the hospital's own
+/// signature over it (see `cohort_protocol::update_statement`) travels along.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRecord {
+    pub client: String,
+    pub task_id: String,
+    pub num_examples: u64,
+    pub parameter_count: u64,
+    pub update_sha256: String,
+    /// Hex; empty when the coordinator runs without mutual TLS.
+    pub signature: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Record {
+    /// The first entry of every log: the key that signs its entries and
+    /// checkpoints.
+    CoordinatorKey { name: String, public_key: String },
+    JobCreated {
+        job_id: String,
+        name: String,
+        /// Hex SHA-256 of the job file exactly as submitted.
+        job_sha256: String,
+        submitted_by: Option<String>,
+    },
+    RoundCompleted {
+        job_id: String,
+        round: u32,
+        /// Hex SHA-256 of the resulting model's parameters.
+        model_sha256: String,
+        updates: Vec<UpdateRecord>,
+        /// Held-out metrics as decimal text (six places): JSON numbers do
+        /// not survive every parser bit for bit, and a signed record must.
+        accuracy: Option<String>,
+        auc: Option<String>,
+    },
+}
+
+impl Record {
+    pub fn job_id(&self) -> Option<&str> {
+        match self {
+            Record::CoordinatorKey { .. } => None,
+            Record::JobCreated { job_id, .. } | Record::RoundCompleted { job_id, .. } => {
+                Some(job_id)
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entry {
+    pub version: u32,
+    /// RFC 3339 time the entry was made.
+    pub at: String,
+    pub record: Record,
+    /// Hex of the signer's uncompressed P-256 public key.
+    pub signer_key: String,
+    /// Hex of the ASN.1 DER ECDSA signature.
+    pub signature: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EntryError {
+    #[error("entry is not valid JSON for a ledger entry: {0}")]
+    Malformed(String),
+    #[error("entry version {0} is not supported (this build reads {ENTRY_VERSION})")]
+    Version(u32),
+    #[error("entry signature does not verify: {0}")]
+    Signature(String),
+}
+
+#[derive(Serialize)]
+struct Signed<'a> {
+    version: u32,
+    at: &'a str,
+    record: &'a Record,
+}
+
+fn signed_bytes(version: u32, at: &str, record: &Record) -> Result<Vec<u8>, EntryError> {
+    serde_json::to_vec(&Signed {
+        version,
+        at,
+        record,
+    })
+    .map_err(|e| EntryError::Malformed(e.to_string()))
+}
+
+impl Entry {
+    pub fn sign(record: Record, at: String, key: &MessageSigningKey) -> Result<Self, EntryError> {
+        let bytes = signed_bytes(ENTRY_VERSION, &at, &record)?;
+        let signature = key
+            .sign(SIGNATURE_CONTEXT, &bytes)
+            .map_err(|e| EntryError::Signature(e.to_string()))?;
+        Ok(Self {
+            version: ENTRY_VERSION,
+            at,
+            record,
+            signer_key: key.verifying_key().to_hex(),
+            signature: hex::encode(signature),
+        })
+    }
+
+    /// Checks the entry's own signature and returns the key that made it.
+    pub fn verify(&self) -> Result<MessageVerifyingKey, EntryError> {
+        if self.version != ENTRY_VERSION {
+            return Err(EntryError::Version(self.version));
+        }
+        let key = MessageVerifyingKey::from_hex(&self.signer_key)
+            .map_err(|e| EntryError::Signature(e.to_string()))?;
+        let signature =
+            hex::decode(&self.signature).map_err(|e| EntryError::Signature(e.to_string()))?;
+        key.verify(
+            SIGNATURE_CONTEXT,
+            &signed_bytes(self.version, &self.at, &self.record)?,
+            &signature,
+        )
+        .map_err(|e| EntryError::Signature(e.to_string()))?;
+        Ok(key)
+    }
+
+    /// The canonical bytes that become the Merkle leaf.
+    pub fn to_leaf(&self) -> Result<Vec<u8>, EntryError> {
+        serde_json::to_vec(self).map_err(|e| EntryError::Malformed(e.to_string()))
+    }
+
+    /// Parses a stored leaf; refuses bytes that are not exactly the
+    /// canonical encoding of what they parse to.
+    pub fn from_leaf(bytes: &[u8]) -> Result<Self, EntryError> {
+        let entry: Entry =
+            serde_json::from_slice(bytes).map_err(|e| EntryError::Malformed(e.to_string()))?;
+        if entry.to_leaf()? != bytes {
+            return Err(EntryError::Malformed(
+                "not in canonical form (re-encoding differs)".into(),
+            ));
+        }
+        Ok(entry)
+    }
+}

@@ -1,0 +1,180 @@
+//! The embedded ledger as a validator meets it: a whole job recorded, then
+//! checked without trusting the coordinator, and every kind of tampering
+//! caught with a message naming it.
+
+use std::path::Path;
+use std::process::Command;
+
+use cohort::demo::{self, DemoOptions};
+use cohort_identity::MessageSigningKey;
+use cohort_ledger::{Checkpoint, Entry, MerkleLog, Record, hash_leaf, sign_checkpoint};
+
+const BIN: &str = env!("CARGO_BIN_EXE_cohort");
+
+fn db(data_dir: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(data_dir.join("coordinator.sqlite")).unwrap()
+}
+
+fn verify(data_dir: &Path, state: &Path) -> Result<String, String> {
+    let out = Command::new(BIN)
+        .args(["verify", "ledger", "--data-dir"])
+        .arg(data_dir)
+        .arg("--state")
+        .arg(state)
+        .arg("--json")
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for f in [
+        "coordinator.sqlite",
+        "coordinator.sqlite-wal",
+        "coordinator.sqlite-shm",
+    ] {
+        if from.join(f).exists() {
+            std::fs::copy(from.join(f), to.join(f)).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_leaves_a_verifiable_ledger_and_tampering_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = demo::run(DemoOptions {
+        workdir: Some(dir.path().to_path_buf()),
+        rounds: Some(4),
+        progress: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let data_dir = dir.path().join("coordinator");
+    let state = dir.path().join("seen.json");
+
+    // The job's whole story, in order, signed by the coordinator.
+    let entries = cohort::audit::ledger_entries(&data_dir, Some(&report.job_id)).unwrap();
+    let kinds: Vec<String> = entries
+        .iter()
+        .map(|(_, e)| match &e.record {
+            Record::JobCreated { .. } => "job".to_string(),
+            Record::RoundCompleted { round, updates, .. } => {
+                format!("round {round} ({} updates)", updates.len())
+            }
+            Record::CoordinatorKey { .. } => "key".to_string(),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "job",
+            "round 0 (0 updates)",
+            "round 1 (3 updates)",
+            "round 2 (3 updates)",
+            "round 3 (3 updates)",
+            "round 4 (3 updates)"
+        ]
+    );
+    for (_, entry) in &entries {
+        if let Record::RoundCompleted { updates, .. } = &entry.record {
+            assert!(updates.iter().all(|u| !u.signature.is_empty()));
+        }
+    }
+    let last_model = match &entries.last().unwrap().1.record {
+        Record::RoundCompleted { model_sha256, .. } => model_sha256.clone(),
+        _ => unreachable!(),
+    };
+    let (card, _) = cohort_models::load_model(&report.model_dir).unwrap();
+    assert_eq!(card.parameters_sha256, last_model);
+
+    let ok = verify(&data_dir, &state).unwrap();
+    assert!(ok.contains("\"entries\": 7"), "{ok}");
+
+    // One flipped byte in one entry.
+    let flipped = dir.path().join("flipped");
+    copy_dir(&data_dir, &flipped);
+    let mut leaf: Vec<u8> = db(&flipped)
+        .query_row("SELECT entry FROM ledger WHERE idx = 3", [], |r| r.get(0))
+        .unwrap();
+    let at = leaf.windows(7).position(|w| w == b"\"round\"").unwrap() + 8;
+    leaf[at] = if leaf[at] == b'1' { b'2' } else { b'1' };
+    db(&flipped)
+        .execute("UPDATE ledger SET entry = ?1 WHERE idx = 3", [&leaf])
+        .unwrap();
+    let err = verify(&flipped, &dir.path().join("s1.json")).unwrap_err();
+    assert!(
+        err.contains("entry 3") && err.contains("signature"),
+        "{err}"
+    );
+
+    // An entry removed.
+    let removed = dir.path().join("removed");
+    copy_dir(&data_dir, &removed);
+    db(&removed)
+        .execute(
+            "DELETE FROM ledger WHERE idx = (SELECT MAX(idx) FROM ledger)",
+            [],
+        )
+        .unwrap();
+    let err = verify(&removed, &dir.path().join("s2.json")).unwrap_err();
+    assert!(err.contains("added or removed"), "{err}");
+
+    // History rewritten by someone holding the coordinator's key: every
+    // entry and the checkpoint re-signed, so only the checkpoint this
+    // validator saw earlier can tell.
+    let rewritten = dir.path().join("rewritten");
+    copy_dir(&data_dir, &rewritten);
+    let key = MessageSigningKey::from_pem(
+        &std::fs::read_to_string(dir.path().join("pki/coordinator/signing-key.pem")).unwrap(),
+    )
+    .unwrap();
+    let conn = db(&rewritten);
+    let leaves: Vec<Vec<u8>> = {
+        let mut stmt = conn
+            .prepare("SELECT entry FROM ledger ORDER BY idx")
+            .unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let mut log = MerkleLog::new();
+    for (i, leaf) in leaves.iter().enumerate() {
+        let mut entry = Entry::from_leaf(leaf).unwrap();
+        if let Record::RoundCompleted { accuracy, .. } = &mut entry.record {
+            *accuracy = Some("1.000000".into());
+        }
+        let forged = Entry::sign(entry.record, entry.at, &key).unwrap();
+        let bytes = forged.to_leaf().unwrap();
+        conn.execute(
+            "UPDATE ledger SET entry = ?1 WHERE idx = ?2",
+            rusqlite::params![bytes, i as i64],
+        )
+        .unwrap();
+        log.append_leaf_hash(hash_leaf(&bytes));
+    }
+    let (name, _): (String, String) = conn
+        .query_row("SELECT key_name, note FROM ledger_checkpoint", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    let note = sign_checkpoint(
+        &Checkpoint::new(name.clone(), log.size(), log.current_root()).unwrap(),
+        &name,
+        &key,
+    )
+    .unwrap();
+    conn.execute("UPDATE ledger_checkpoint SET note = ?1", [note])
+        .unwrap();
+    drop(conn);
+    // A validator that never saw this log cannot tell; one that did can.
+    verify(&rewritten, &dir.path().join("fresh.json")).unwrap();
+    let err = verify(&rewritten, &state).unwrap_err();
+    assert!(err.contains("history rewritten"), "{err}");
+}
