@@ -122,3 +122,84 @@ pub async fn round_overhead(
         overhead_secs,
     })
 }
+
+/// `cohort bench ledger`: the embedded log at a given size.
+#[derive(Debug, Clone, Serialize)]
+pub struct LedgerBench {
+    pub entries: u64,
+    /// In-memory Merkle appends (leaf hashing and subtree caching).
+    pub appends_per_sec: f64,
+    /// Largest inclusion proof at this size, in bytes (32 per hash).
+    pub inclusion_proof_bytes: usize,
+    /// Consistency proof from half the log to all of it, in bytes.
+    pub consistency_proof_bytes: usize,
+    /// Median time to produce and verify one inclusion proof.
+    pub inclusion_proof_micros: f64,
+}
+
+/// Builds a log of `entries` leaves of 512 bytes (about a round entry with
+/// a few receipts) and measures appends, proof sizes and proof time.
+pub fn ledger(entries: u64) -> Result<LedgerBench> {
+    use cohort_ledger::{MerkleLog, hash_leaf, verify_inclusion};
+    use std::time::Instant;
+    if entries < 2 {
+        bail!("a ledger benchmark needs at least 2 entries");
+    }
+    let mut leaf = vec![0u8; 512];
+    let mut log = MerkleLog::new();
+    let started = Instant::now();
+    for i in 0..entries {
+        leaf[..8].copy_from_slice(&i.to_le_bytes());
+        log.append(&leaf);
+    }
+    let appends_per_sec = entries as f64 / started.elapsed().as_secs_f64();
+    let size = log.size();
+    let root = log.current_root();
+    let inclusion_proof_bytes = (0..size.min(64))
+        .map(|i| log.inclusion_proof(i, size).map(|p| p.len() * 32))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .max()
+        .unwrap_or(0);
+    let consistency_proof_bytes = log.consistency_proof(size / 2, size)?.len() * 32;
+    let mut micros = Vec::new();
+    for k in 0..200u64 {
+        let index = (k * 7_919) % size;
+        let started = Instant::now();
+        let proof = log.inclusion_proof(index, size)?;
+        leaf[..8].copy_from_slice(&index.to_le_bytes());
+        verify_inclusion(&hash_leaf(&leaf), index, size, &proof, &root)?;
+        micros.push(started.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(LedgerBench {
+        entries,
+        appends_per_sec,
+        inclusion_proof_bytes,
+        consistency_proof_bytes,
+        inclusion_proof_micros: median(&micros),
+    })
+}
+
+/// Durable appends as the coordinator makes them: sign the entry, extend
+/// the tree, sign the checkpoint, commit to SQLite (`synchronous = FULL`).
+pub fn durable_ledger_appends(count: u64) -> Result<f64> {
+    use std::time::Instant;
+    let dir = tempfile::tempdir()?;
+    let store = cohort_coordinator::store::Store::open(dir.path(), None)?;
+    let key = cohort_identity::MessageSigningKey::generate()?;
+    let ledger = cohort_coordinator::ledger::Ledger::open(
+        &store,
+        cohort_coordinator::ledger::LedgerSigner::Own(Box::new(key)),
+    )?;
+    let started = Instant::now();
+    for i in 0..count {
+        let record = cohort_ledger::Record::JobCreated {
+            job_id: format!("job-{i:012}"),
+            name: "bench".into(),
+            job_sha256: "0".repeat(64),
+            submitted_by: Some("developer".into()),
+        };
+        ledger.append(&store, record, |_| Ok(()))?;
+    }
+    Ok(count as f64 / started.elapsed().as_secs_f64())
+}

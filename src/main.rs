@@ -63,6 +63,19 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// The embedded ledger: in-memory appends per second, proof sizes and
+    /// proof time at several log sizes, and durable (signed, committed)
+    /// appends per second.
+    Ledger {
+        /// Log sizes to build.
+        #[arg(long, value_delimiter = ',', default_value = "1000,100000,1000000")]
+        sizes: Vec<u64>,
+        /// Durable appends to time.
+        #[arg(long, default_value_t = 1000)]
+        durable: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Coordinator per-round overhead: round wall time minus the slowest
     /// client's fit and evaluation time, over loopback gRPC in this process.
     Rounds {
@@ -644,6 +657,42 @@ async fn main() -> Result<()> {
                     m.false_positives,
                     m.true_negatives,
                     m.false_negatives
+                );
+            }
+        }
+        Command::Bench(BenchCommand::Ledger {
+            sizes,
+            durable,
+            json,
+        }) => {
+            init_logging("error");
+            let mut results = Vec::new();
+            for &size in &sizes {
+                eprintln!("building a log of {size} entries ...");
+                results.push(cohort::bench::ledger(size)?);
+            }
+            eprintln!("timing {durable} durable appends ...");
+            let durable_per_sec = cohort::bench::durable_ledger_appends(durable.max(1))?;
+            if json {
+                print_json(&serde_json::json!({
+                    "logs": results, "durable_appends_per_sec": durable_per_sec,
+                }))?;
+            } else {
+                println!(
+                    "entries  appends/s  inclusion proof (B)  consistency proof (B)  proof+verify (us)"
+                );
+                for r in &results {
+                    println!(
+                        "{:>7}  {:>9.0}  {:>19}  {:>21}  {:>17.1}",
+                        r.entries,
+                        r.appends_per_sec,
+                        r.inclusion_proof_bytes,
+                        r.consistency_proof_bytes,
+                        r.inclusion_proof_micros
+                    );
+                }
+                println!(
+                    "durable appends (signed entry + signed checkpoint + SQLite commit): {durable_per_sec:.0}/s"
                 );
             }
         }

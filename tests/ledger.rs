@@ -178,3 +178,14 @@ async fn a_job_leaves_a_verifiable_ledger_and_tampering_is_caught() {
     let err = verify(&rewritten, &state).unwrap_err();
     assert!(err.contains("history rewritten"), "{err}");
 }
+
+#[test]
+fn ledger_benchmark_measures_what_it_claims() {
+    let small = cohort::bench::ledger(100).unwrap();
+    assert_eq!(small.entries, 100);
+    // 100 leaves: a tree of height 7, so at most 7 hashes in a proof.
+    assert!(small.inclusion_proof_bytes <= 7 * 32 && small.inclusion_proof_bytes > 0);
+    assert!(small.appends_per_sec > 0.0);
+    assert!(cohort::bench::durable_ledger_appends(5).unwrap() > 0.0);
+    assert!(cohort::bench::ledger(1).is_err());
+}
