@@ -75,3 +75,90 @@ pub fn ledger_entries(data_dir: &Path, job: Option<&str>) -> Result<Vec<(u64, En
     }
     Ok(out)
 }
+
+/// The key that signs a coordinator's ledger and models, from the first
+/// entry of its ledger.
+pub fn coordinator_key(data_dir: &Path) -> Result<cohort_identity::MessageVerifyingKey> {
+    let leaves = cohort_coordinator::store::read_ledger_at(data_dir)?.leaves;
+    let first = leaves
+        .first()
+        .with_context(|| format!("{} holds no ledger", data_dir.display()))?;
+    match Entry::from_leaf(first)?.record {
+        cohort_ledger::Record::CoordinatorKey { public_key, .. } => {
+            Ok(cohort_identity::MessageVerifyingKey::from_hex(&public_key)?)
+        }
+        _ => bail!("the ledger's first entry does not publish the coordinator's key"),
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelVerification {
+    pub files: Vec<cohort_ledger::model_signing::Resource>,
+    pub signature_sha256: String,
+    /// The ledger entry that records this signature (with `--data-dir`).
+    pub ledger_entry: Option<u64>,
+    pub job_id: Option<String>,
+    pub round: Option<u32>,
+}
+
+/// Checks a downloaded model directory: its files against `model.sig`, the
+/// signature against the coordinator's key (`public_key` PEM, or the key
+/// its ledger publishes) and, given the coordinator's data directory, that
+/// the verified ledger records this very signature.
+pub fn verify_model(
+    dir: &Path,
+    public_key: Option<&Path>,
+    data_dir: Option<&Path>,
+    state: &Path,
+) -> Result<ModelVerification> {
+    use sha2::Digest as _;
+    let key = match (public_key, data_dir) {
+        (Some(pem), _) => cohort_identity::MessageVerifyingKey::from_spki_pem(
+            &std::fs::read_to_string(pem).with_context(|| format!("reading {}", pem.display()))?,
+        )?,
+        (None, Some(data_dir)) => coordinator_key(data_dir)?,
+        (None, None) => bail!("give the coordinator's key (--public-key) or its --data-dir"),
+    };
+    let sig_path = dir.join(cohort_ledger::model_signing::SIGNATURE_FILE);
+    let bundle = std::fs::read_to_string(&sig_path).with_context(|| {
+        format!(
+            "{} (a model downloaded with `cohort model get` has one)",
+            sig_path.display()
+        )
+    })?;
+    let files = cohort_ledger::model_signing::verify_model(dir, &bundle, &key)?;
+    let signature_sha256 = hex_string(&sha2::Sha256::digest(bundle.as_bytes()));
+    let mut found = (None, None, None);
+    if let Some(data_dir) = data_dir {
+        verify_ledger(data_dir, state)?;
+        for (index, entry) in ledger_entries(data_dir, None)? {
+            if let cohort_ledger::Record::RoundCompleted {
+                job_id,
+                round,
+                model_signature_sha256,
+                ..
+            } = entry.record
+                && model_signature_sha256 == signature_sha256
+            {
+                found = (Some(index), Some(job_id), Some(round));
+            }
+        }
+        if found.0.is_none() {
+            bail!(
+                "the ledger in {} records no model with this signature",
+                data_dir.display()
+            );
+        }
+    }
+    Ok(ModelVerification {
+        files,
+        signature_sha256,
+        ledger_entry: found.0,
+        job_id: found.1,
+        round: found.2,
+    })
+}
+
+fn hex_string(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

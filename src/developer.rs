@@ -276,7 +276,24 @@ pub async fn download_model(
             body.len()
         );
     }
-    let params = cohort_models::params_from_safetensors(&card, &body)?;
-    cohort_models::save_model(out, &card, &params)?;
+    // Checked before anything is written: the parameters decode and match
+    // the card.
+    cohort_models::params_from_safetensors(&card, &body)?;
+    // Written byte for byte as received, so the coordinator's signature
+    // (model.sig) covers exactly these files.
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut files = vec![
+        ("model.safetensors", body),
+        ("model.json", header.card_json.into_bytes()),
+    ];
+    if !header.signature_bundle_json.is_empty() {
+        files.push(("model.sig", header.signature_bundle_json.into_bytes()));
+    }
+    for (name, bytes) in files {
+        let path = out.join(name);
+        let tmp = out.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    }
     Ok(card)
 }

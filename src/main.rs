@@ -143,6 +143,24 @@ enum VerifyCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Check a downloaded model: its files against model.sig, the signature
+    /// against the coordinator's key and, with --data-dir, that the verified
+    /// ledger records this signature.
+    Model {
+        /// The model directory (`cohort model get --out DIR`).
+        dir: PathBuf,
+        /// The coordinator's public key, PEM (`cohort coordinator signing-key`).
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+        /// The coordinator's data directory: take the key from its ledger and
+        /// check the ledger records this model.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        state: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -278,14 +296,27 @@ enum CaCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum CoordinatorAction {
+    /// Print the public key (PEM) that signs this coordinator's ledger and
+    /// models, as its ledger publishes it.
+    SigningKey {
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+}
+
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
 struct CoordinatorArgs {
+    #[command(subcommand)]
+    action: Option<CoordinatorAction>,
     /// Address to listen on, e.g. 127.0.0.1:7070 or 0.0.0.0:7070.
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: String,
     /// Directory for the SQLite state file and (by default) stored models.
-    #[arg(long)]
-    data_dir: PathBuf,
+    #[arg(long, required = true)]
+    data_dir: Option<PathBuf>,
     /// Object store for models: file:///path, memory:///, or s3://bucket/prefix
     /// (s3 needs the `s3` build feature) [default: DATA_DIR/objects].
     #[arg(long)]
@@ -496,8 +527,16 @@ async fn main() -> Result<()> {
                 cohort::demo::print_report(&report);
             }
         }
+        Command::Coordinator(CoordinatorArgs {
+            action: Some(CoordinatorAction::SigningKey { data_dir }),
+            ..
+        }) => {
+            init_logging("warn");
+            print!("{}", cohort::audit::coordinator_key(&data_dir)?.spki_pem());
+        }
         Command::Coordinator(a) => {
             init_logging("info");
+            let data_dir = a.data_dir.context("--data-dir is required")?;
             let tls = match resolve_security(a.tls.as_deref(), a.insecure, &[Role::Coordinator])? {
                 Security::Insecure => None,
                 Security::MutualTls(kit) => {
@@ -518,7 +557,7 @@ async fn main() -> Result<()> {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr}"))?;
-            let mut config = cohort_coordinator::CoordinatorConfig::new(a.data_dir);
+            let mut config = cohort_coordinator::CoordinatorConfig::new(data_dir);
             config.object_store_url = a.object_store;
             config.poll_timeout = Duration::from_secs(a.poll_timeout_secs.max(1));
             config.tls = tls;
@@ -606,6 +645,37 @@ async fn main() -> Result<()> {
                         .consistent_with
                         .map(|n| format!(", extends the {n}-entry checkpoint seen before"))
                         .unwrap_or_default()
+                );
+            }
+        }
+        Command::Verify(VerifyCommand::Model {
+            dir,
+            public_key,
+            data_dir,
+            state,
+            json,
+        }) => {
+            init_logging("warn");
+            let state = state.unwrap_or_else(cohort::audit::default_state_file);
+            let report = cohort::audit::verify_model(
+                &dir,
+                public_key.as_deref(),
+                data_dir.as_deref(),
+                &state,
+            )
+            .context("model verification FAILED")?;
+            if json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "model OK: {} files signed by the coordinator{}",
+                    report.files.len(),
+                    match (&report.job_id, report.round, report.ledger_entry) {
+                        (Some(job), Some(round), Some(entry)) => format!(
+                            "; recorded on the ledger as {job} round {round} (entry {entry})"
+                        ),
+                        _ => String::new(),
+                    }
                 );
             }
         }

@@ -96,6 +96,8 @@ async fn a_job_leaves_a_verifiable_ledger_and_tampering_is_caught() {
     let ok = verify(&data_dir, &state).unwrap();
     assert!(ok.contains("\"entries\": 7"), "{ok}");
 
+    check_model_signature(dir.path(), &report.model_dir, &data_dir, &report.job_id);
+
     // One flipped byte in one entry.
     let flipped = dir.path().join("flipped");
     copy_dir(&data_dir, &flipped);
@@ -188,4 +190,124 @@ fn ledger_benchmark_measures_what_it_claims() {
     assert!(small.appends_per_sec > 0.0);
     assert!(cohort::bench::durable_ledger_appends(5).unwrap() > 0.0);
     assert!(cohort::bench::ledger(1).is_err());
+}
+
+fn cohort(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+/// The downloaded model carries the coordinator's OpenSSF model-signing
+/// signature: Cohort verifies it (and finds it on the ledger), and so does
+/// the `model_signing` tool from PyPI when it is installed (CI installs it).
+fn check_model_signature(work: &Path, model: &Path, data_dir: &Path, job_id: &str) {
+    assert!(model.join("model.sig").is_file());
+    let out = cohort(&[
+        "coordinator".as_ref(),
+        "signing-key".as_ref(),
+        "--data-dir".as_ref(),
+        data_dir.as_os_str(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pem = work.join("coordinator.pub.pem");
+    std::fs::write(&pem, &out.stdout).unwrap();
+    let kit_key = MessageSigningKey::from_pem(
+        &std::fs::read_to_string(work.join("pki/coordinator/signing-key.pem")).unwrap(),
+    )
+    .unwrap()
+    .verifying_key();
+    assert_eq!(kit_key.spki_pem().as_bytes(), &out.stdout[..]);
+
+    let state = work.join("model-state.json");
+    let out = cohort(&[
+        "verify".as_ref(),
+        "model".as_ref(),
+        model.as_os_str(),
+        "--data-dir".as_ref(),
+        data_dir.as_os_str(),
+        "--state".as_ref(),
+        state.as_os_str(),
+        "--json".as_ref(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(job_id) && text.contains("\"round\": 4"),
+        "{text}"
+    );
+    let out = cohort(&[
+        "verify".as_ref(),
+        "model".as_ref(),
+        model.as_os_str(),
+        "--public-key".as_ref(),
+        pem.as_os_str(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // One flipped byte in the weights.
+    let tampered = work.join("tampered-model");
+    std::fs::create_dir_all(&tampered).unwrap();
+    for f in ["model.json", "model.safetensors", "model.sig"] {
+        std::fs::copy(model.join(f), tampered.join(f)).unwrap();
+    }
+    let mut weights = std::fs::read(tampered.join("model.safetensors")).unwrap();
+    let last = weights.len() - 1;
+    weights[last] ^= 1;
+    std::fs::write(tampered.join("model.safetensors"), weights).unwrap();
+    let out = cohort(&[
+        "verify".as_ref(),
+        "model".as_ref(),
+        tampered.as_os_str(),
+        "--public-key".as_ref(),
+        pem.as_os_str(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("model.safetensors"),
+        "{err}"
+    );
+
+    // The OpenSSF tool itself.
+    let have_tool = Command::new("python3")
+        .args(["-c", "import model_signing"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_tool {
+        assert!(
+            std::env::var_os("COHORT_REQUIRE_MODEL_SIGNING").is_none(),
+            "model_signing is required here (pip install model-signing pyopenssl)"
+        );
+        eprintln!("model_signing (PyPI) not installed: skipping its cross-check");
+        return;
+    }
+    let openssf = |dir: &Path| {
+        Command::new("python3")
+            .args(["-m", "model_signing", "verify", "key"])
+            .arg(dir)
+            .arg("--signature")
+            .arg(dir.join("model.sig"))
+            .arg("--public_key")
+            .arg(&pem)
+            .output()
+            .unwrap()
+    };
+    let out = openssf(model);
+    assert!(
+        out.status.success(),
+        "model_signing rejected Cohort's signature: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!openssf(&tampered).status.success());
 }

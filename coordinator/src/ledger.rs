@@ -65,6 +65,11 @@ impl Ledger {
         Ok(ledger)
     }
 
+    /// The key that signs entries, checkpoints and models.
+    pub fn signing_key(&self) -> &MessageSigningKey {
+        self.signer.key()
+    }
+
     pub fn key_name(&self) -> &str {
         &self.name
     }

@@ -21,6 +21,7 @@ use tracing::{info, warn};
 use crate::job::JobSpec;
 use crate::registry::{Registry, Task, TaskAnswer, TaskOutcome};
 use cohort_ledger::{Record, UpdateRecord};
+use sha2::Digest as _;
 
 use crate::ledger::Ledger;
 use crate::store::{Enrollment, JobRow, JobState, RoundRow, Store, StoreError, UpdateReceipt, now};
@@ -50,6 +51,9 @@ pub fn model_key(job_id: &str, round: u32) -> String {
 }
 pub fn card_key(job_id: &str, round: u32) -> String {
     format!("jobs/{job_id}/rounds/{round:05}/model.json")
+}
+pub fn signature_key(job_id: &str, round: u32) -> String {
+    format!("jobs/{job_id}/rounds/{round:05}/model.sig")
 }
 fn strategy_state_key(job_id: &str, round: u32) -> String {
     format!("jobs/{job_id}/rounds/{round:05}/server_state.f32")
@@ -552,10 +556,33 @@ impl Runner {
         let bytes = cohort_models::safetensors_bytes(&card, params)
             .map_err(|e| RunError::Failed(format!("encoding the model: {e}")))?;
         let key = model_key(&job.id, record.round);
+        let card_json = json(&card)?.into_bytes();
+        // Signed over exactly the bytes a developer downloads.
+        let resources = [
+            ("model.json", &card_json[..]),
+            ("model.safetensors", &bytes[..]),
+        ]
+        .into_iter()
+        .map(|(name, data)| cohort_ledger::model_signing::Resource {
+            name: name.into(),
+            algorithm: "sha256".into(),
+            digest: hex::encode(sha2::Sha256::digest(data)),
+        })
+        .collect();
+        let bundle = cohort_ledger::model_signing::sign_model(
+            &format!("{}-round-{}", job.id, record.round),
+            resources,
+            self.ledger.signing_key(),
+        )
+        .map_err(|e| RunError::Failed(format!("signing the model: {e}")))?;
+        let signature_sha256 = hex::encode(sha2::Sha256::digest(bundle.as_bytes()));
         // Objects first, then the database row: see the store's docs.
         self.store.put_object(&key, bytes).await?;
         self.store
-            .put_object(&card_key(&job.id, record.round), json(&card)?.into_bytes())
+            .put_object(&card_key(&job.id, record.round), card_json)
+            .await?;
+        self.store
+            .put_object(&signature_key(&job.id, record.round), bundle.into_bytes())
             .await?;
         let state = strategy.state();
         if !state.is_empty() {
@@ -597,6 +624,7 @@ impl Runner {
                     signature: u.signature.clone(),
                 })
                 .collect(),
+            model_signature_sha256: signature_sha256,
             accuracy: row.metrics.as_ref().map(|m| format!("{:.6}", m.accuracy)),
             auc: row.metrics.as_ref().map(|m| format!("{:.6}", m.auc)),
         };

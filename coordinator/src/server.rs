@@ -553,10 +553,18 @@ impl DeveloperService for Services {
             .get_object(&model_key(&job_id, chosen.round))
             .await
             .map_err(internal)?;
+        // Models stored before signing existed have no signature.
+        let signature = self
+            .store
+            .get_object(&crate::runner::signature_key(&job_id, chosen.round))
+            .await
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
         let header = ModelFrame {
             frame: Some(model_frame::Frame::Header(ModelHeader {
                 card_json: String::from_utf8_lossy(&card).into_owned(),
                 safetensors_bytes: body.len() as u64,
+                signature_bundle_json: signature,
             })),
         };
         let chunks = (0..body.len()).step_by(CHUNK_BYTES).map(move |start| {

@@ -15,6 +15,34 @@ use ring::signature::{
 
 use crate::IdentityError;
 
+/// DER of SEQUENCE { SEQUENCE { id-ecPublicKey, prime256v1 }, BIT STRING
+/// header } that precedes the point in a P-256 SubjectPublicKeyInfo.
+const SPKI_PREFIX: [u8; 26] = [
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
+    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+];
+
+fn base64_standard(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 /// Length of an uncompressed SEC1 P-256 point.
 const PUBLIC_KEY_BYTES: usize = 65;
 
@@ -85,13 +113,14 @@ impl MessageSigningKey {
         Ok(key)
     }
 
-    /// ASN.1 DER ECDSA signature over the text of a C2SP signed note
-    /// (signature type 0x02). Unlike [`Self::sign`] there is no Cohort
-    /// prefix: the note format is standard and its text (a checkpoint, whose
-    /// first line names the log) is its own domain separation.
-    pub fn sign_note_text(&self, text: &str) -> Result<Vec<u8>, IdentityError> {
+    /// ASN.1 DER ECDSA-SHA256 signature over `message` exactly, for
+    /// standard formats that carry their own domain separation: C2SP signed
+    /// notes (type 0x02; the checkpoint's first line names the log) and DSSE
+    /// envelopes (the PAE encoding names the payload type). Everything else
+    /// uses [`Self::sign`].
+    pub fn sign_standard(&self, message: &[u8]) -> Result<Vec<u8>, IdentityError> {
         self.pair
-            .sign(&SystemRandom::new(), text.as_bytes())
+            .sign(&SystemRandom::new(), message)
             .map(|s| s.as_ref().to_vec())
             .map_err(|e| IdentityError::Signature(format!("signing failed: {e}")))
     }
@@ -143,21 +172,40 @@ impl MessageVerifyingKey {
 
     /// The key as DER SubjectPublicKeyInfo (what C2SP type-0x02 key IDs hash).
     pub fn spki_der(&self) -> Vec<u8> {
-        // SEQUENCE { SEQUENCE { id-ecPublicKey, prime256v1 }, BIT STRING point }
-        const PREFIX: [u8; 26] = [
-            0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06,
-            0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
-        ];
-        let mut der = PREFIX.to_vec();
+        let mut der = SPKI_PREFIX.to_vec();
         der.extend_from_slice(&self.point);
         der
     }
 
-    /// Verifies a signature made by [`MessageSigningKey::sign_note_text`].
-    pub fn verify_note_text(&self, text: &str, signature: &[u8]) -> Result<(), IdentityError> {
+    /// Verifies a signature made by [`MessageSigningKey::sign_standard`].
+    pub fn verify_standard(&self, message: &[u8], signature: &[u8]) -> Result<(), IdentityError> {
         UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, &self.point)
-            .verify(text.as_bytes(), signature)
-            .map_err(|_| IdentityError::Signature("note signature does not verify".into()))
+            .verify(message, signature)
+            .map_err(|_| IdentityError::Signature("signature does not verify".into()))
+    }
+
+    /// The key as PEM SubjectPublicKeyInfo, 64-character lines, LF endings
+    /// (the form OpenSSL and Python's `cryptography` write).
+    pub fn spki_pem(&self) -> String {
+        let b64 = base64_standard(&self.spki_der());
+        let mut pem = String::from("-----BEGIN PUBLIC KEY-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(line).unwrap_or_default());
+            pem.push('\n');
+        }
+        pem.push_str("-----END PUBLIC KEY-----\n");
+        pem
+    }
+
+    /// Reads a PEM SubjectPublicKeyInfo of a P-256 key.
+    pub fn from_spki_pem(pem: &str) -> Result<Self, IdentityError> {
+        let parsed = rcgen::SubjectPublicKeyInfo::from_pem(pem)
+            .map_err(|e| IdentityError::Signature(format!("public key PEM: {e}")))?;
+        let der = rcgen::PublicKeyData::subject_public_key_info(&parsed);
+        let point = der
+            .strip_prefix(&SPKI_PREFIX[..])
+            .ok_or_else(|| IdentityError::Signature("not an ECDSA P-256 public key".into()))?;
+        Self::from_bytes(point)
     }
 
     pub fn verify(
@@ -206,9 +254,11 @@ mod tests {
             hex::encode(public.spki_der()),
             hex::encode(base64_decode(&b64)),
         );
-        let sig = key.sign_note_text("origin\n1\nroot\n").unwrap();
-        public.verify_note_text("origin\n1\nroot\n", &sig).unwrap();
-        assert!(public.verify_note_text("origin\n2\nroot\n", &sig).is_err());
+        let sig = key.sign_standard(b"origin\n1\nroot\n").unwrap();
+        public.verify_standard(b"origin\n1\nroot\n", &sig).unwrap();
+        assert!(public.verify_standard(b"origin\n2\nroot\n", &sig).is_err());
+        assert_eq!(pem, public.spki_pem());
+        assert_eq!(MessageVerifyingKey::from_spki_pem(&pem).unwrap(), public);
     }
 
     fn base64_decode(text: &str) -> Vec<u8> {

@@ -57,6 +57,7 @@
 pub mod audit;
 pub mod checkpoint;
 pub mod merkle;
+pub mod model_signing;
 pub mod note;
 pub mod record;
 

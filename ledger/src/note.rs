@@ -36,7 +36,7 @@ pub fn sign_checkpoint(
     }
     let body = checkpoint.to_body()?;
     let signature = key
-        .sign_note_text(&body)
+        .sign_standard(body.as_bytes())
         .map_err(|e| NoteError::Format(e.to_string()))?;
     let mut blob = key_id(&key.verifying_key()).to_vec();
     blob.extend_from_slice(&signature);
@@ -73,7 +73,7 @@ pub fn verify_checkpoint(
             continue;
         }
         return key
-            .verify_note_text(&body, &blob[4..])
+            .verify_standard(body.as_bytes(), &blob[4..])
             .map(|()| checkpoint)
             .map_err(|_| NoteError::NotSigned(key_name.to_string()));
     }

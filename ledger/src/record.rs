@@ -46,6 +46,8 @@ pub enum Record {
         round: u32,
         /// Hex SHA-256 of the resulting model's parameters.
         model_sha256: String,
+        /// Hex SHA-256 of the model's signature bundle (`model.sig`).
+        model_signature_sha256: String,
         updates: Vec<UpdateRecord>,
         /// Held-out metrics as decimal text (six places): JSON numbers do
         /// not survive every parser bit for bit, and a signed record must.
