@@ -32,11 +32,55 @@ fn read_state(path: &Path) -> Result<SeenMap> {
 /// checkpoint in `state` so that a later rewrite of history is detected.
 pub fn verify_ledger(data_dir: &Path, state: &Path) -> Result<AuditReport> {
     let contents = cohort_coordinator::store::read_ledger_at(data_dir)?;
-    let Some(checkpoint) = contents.checkpoint else {
+    if contents.checkpoint.is_none() {
         bail!(
             "{} holds no signed checkpoint: not a Cohort coordinator's data directory, or its ledger was removed",
             data_dir.display()
         );
+    }
+    verify_contents(contents, state)
+}
+
+/// Downloads a running coordinator's ledger (checkpoint, then entries).
+pub async fn fetch_ledger(
+    dev: &mut crate::developer::Developer,
+) -> Result<cohort_coordinator::store::LedgerContents> {
+    use cohort_protocol::v1::{GetLedgerRequest, ledger_frame::Frame};
+    let mut stream = dev
+        .get_ledger(GetLedgerRequest {})
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    let mut contents = cohort_coordinator::store::LedgerContents::default();
+    while let Some(frame) = stream
+        .message()
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+    {
+        match frame.frame {
+            Some(Frame::Checkpoint(c)) if contents.checkpoint.is_none() => {
+                contents.checkpoint = Some(cohort_coordinator::store::StoredCheckpoint {
+                    key_name: c.key_name,
+                    note: c.note,
+                });
+            }
+            Some(Frame::Entry(leaf)) if contents.checkpoint.is_some() => contents.leaves.push(leaf),
+            _ => bail!("the coordinator's ledger stream is out of order"),
+        }
+    }
+    if contents.checkpoint.is_none() {
+        bail!("the coordinator sent no checkpoint");
+    }
+    Ok(contents)
+}
+
+/// [`verify_ledger`] on a ledger already read (from disk or the network).
+pub fn verify_contents(
+    contents: cohort_coordinator::store::LedgerContents,
+    state: &Path,
+) -> Result<AuditReport> {
+    let Some(checkpoint) = contents.checkpoint else {
+        bail!("the ledger has no signed checkpoint");
     };
     let mut seen = read_state(state)?;
     let slot = checkpoint.key_name.clone();

@@ -133,9 +133,13 @@ enum VerifyCommand {
     /// checkpoint, and that the log extends the checkpoint this machine saw
     /// last time (so a rewritten history is caught).
     Ledger {
-        /// The coordinator's data directory (read-only).
+        /// The coordinator's data directory (read-only). Without it, the
+        /// ledger is fetched from the running coordinator (--coordinator,
+        /// --tls or --insecure).
         #[arg(long)]
-        data_dir: PathBuf,
+        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        connection: Connection,
         /// Where checkpoints seen earlier are remembered
         /// [default: $XDG_STATE_HOME/cohort/seen-checkpoints.json].
         #[arg(long)]
@@ -625,13 +629,23 @@ async fn main() -> Result<()> {
         }
         Command::Verify(VerifyCommand::Ledger {
             data_dir,
+            connection,
             state,
             json,
         }) => {
             init_logging("warn");
             let state = state.unwrap_or_else(cohort::audit::default_state_file);
-            let report = cohort::audit::verify_ledger(&data_dir, &state)
-                .context("ledger verification FAILED")?;
+            let report = match data_dir {
+                Some(dir) => cohort::audit::verify_ledger(&dir, &state),
+                None => {
+                    let (url, security) =
+                        connection.resolve(&[Role::Validator, Role::Developer, Role::Hospital])?;
+                    let mut dev = developer::connect(&url, &security).await?;
+                    let contents = cohort::audit::fetch_ledger(&mut dev).await?;
+                    cohort::audit::verify_contents(contents, &state)
+                }
+            }
+            .context("ledger verification FAILED")?;
             if json {
                 print_json(&report)?;
             } else {

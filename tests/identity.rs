@@ -394,6 +394,15 @@ async fn mutual_tls_rejects_impostors_while_correct_clients_keep_training() {
         }
     }
 
+    // A validator audits the running coordinator's ledger over mutual TLS.
+    let contents = cohort::audit::fetch_ledger(&mut as_validator)
+        .await
+        .unwrap();
+    let report = cohort::audit::verify_contents(contents, &dir.path().join("seen.json")).unwrap();
+    // Coordinator key, job created, rounds 0..=3.
+    assert_eq!(report.entries, 6);
+    assert_eq!(report.origin, "test-net/coordinator");
+
     stop.stop();
     for c in clients {
         c.await.unwrap();

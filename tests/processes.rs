@@ -305,6 +305,21 @@ fn three_processes_train_on_an_unseen_csv_and_match_centralized_logistic_regress
     );
     assert!(auc > 0.7, "the synthetic label is learnable: {auc}");
     assert_eq!(federated["examples"].as_u64().unwrap(), central.examples);
+
+    // The developer audits the running coordinator's ledger over mutual TLS.
+    let state = dir.path().join("seen.json");
+    let audit = cohort_as(
+        &net,
+        &[
+            "verify",
+            "ledger",
+            "--state",
+            state.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    // Coordinator key, job created, rounds 0..=10.
+    assert_eq!(audit["entries"], 13, "{audit:#}");
 }
 
 #[test]
@@ -343,6 +358,21 @@ fn coordinator_killed_mid_round_resumes_and_records_every_round_once() {
     assert_eq!(recorded, (1..=u64::from(rounds)).collect::<Vec<_>>());
     let log = std::fs::read_to_string(dir.path().join("coord-2.log")).unwrap();
     assert!(log.contains("resuming"), "{log}");
+
+    // The ledger survived the kill too: one entry per recorded round, all
+    // signed, the tree matching its signed checkpoint.
+    let state = dir.path().join("seen.json");
+    let audit = cohort(&[
+        "verify",
+        "ledger",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+        "--json",
+    ]);
+    // Coordinator key, job created, rounds 0..=30.
+    assert_eq!(audit["entries"], 2 + 1 + u64::from(rounds), "{audit:#}");
 }
 
 /// Runs `cohort ARGS` expecting it to fail with `needle` on stderr.

@@ -425,6 +425,35 @@ impl Services {
 #[tonic::async_trait]
 impl DeveloperService for Services {
     type GetModelStream = FrameStream<ModelFrame>;
+    type GetLedgerStream = FrameStream<v1::LedgerFrame>;
+
+    async fn get_ledger(
+        &self,
+        request: Request<v1::GetLedgerRequest>,
+    ) -> Result<Response<Self::GetLedgerStream>, Status> {
+        self.auth.authorize(
+            &request,
+            "GetLedger",
+            &[Role::Hospital, Role::Developer, Role::Validator],
+        )?;
+        let contents = self.store.ledger().map_err(internal)?;
+        let checkpoint = contents
+            .checkpoint
+            .ok_or_else(|| Status::failed_precondition("the ledger has no checkpoint yet"))?;
+        let head = v1::LedgerFrame {
+            frame: Some(v1::ledger_frame::Frame::Checkpoint(v1::LedgerCheckpoint {
+                key_name: checkpoint.key_name,
+                note: checkpoint.note,
+            })),
+        };
+        let entries = contents.leaves.into_iter().map(|leaf| {
+            Ok(v1::LedgerFrame {
+                frame: Some(v1::ledger_frame::Frame::Entry(leaf)),
+            })
+        });
+        let stream = futures::stream::iter(std::iter::once(Ok(head)).chain(entries));
+        Ok(Response::new(stream.boxed()))
+    }
 
     async fn submit_job(
         &self,
