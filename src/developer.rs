@@ -75,6 +75,7 @@ pub struct UpdateView {
     pub parameter_count: u64,
     pub update_sha256: String,
     pub signature: String,
+    pub dataset_sha256: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -117,6 +118,7 @@ impl JobView {
                             parameter_count: u.parameter_count,
                             update_sha256: u.update_sha256,
                             signature: hex_string(&u.signature),
+                            dataset_sha256: u.dataset_sha256,
                         })
                         .collect(),
                 })

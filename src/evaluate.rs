@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use cohort_datasets::{DataSpec, LocalDataset, NumericColumns, Preprocessing};
+use cohort_datasets::{DataSpec, Examples, LocalDataset, NumericColumns, Preprocessing};
 use cohort_models::{Metrics, ModelCard};
 
 /// The job's data spec pinned to the model's resolved feature layout, so a
@@ -19,12 +19,25 @@ pub fn pinned_spec_for(data: &DataSpec, preprocessing: &Preprocessing) -> DataSp
     }
 }
 
-pub fn evaluate_file(model_dir: &Path, data: &Path) -> Result<(ModelCard, Metrics)> {
+/// `data` preprocessed exactly as the model in `model_dir` was trained.
+fn model_examples(model_dir: &Path, data: &Path) -> Result<(ModelCard, Vec<f32>, Examples)> {
     let (card, params) = cohort_models::load_model(model_dir)
         .with_context(|| format!("loading the model in {}", model_dir.display()))?;
     let dataset = LocalDataset::load(data, &pinned_spec_for(&card.data, &card.preprocessing))
         .with_context(|| format!("{} does not fit the model's schema", data.display()))?;
     let examples = dataset.preprocess(&card.preprocessing)?;
+    Ok((card, params, examples))
+}
+
+pub fn evaluate_file(model_dir: &Path, data: &Path) -> Result<(ModelCard, Metrics)> {
+    let (card, params, examples) = model_examples(model_dir, data)?;
     let metrics = cohort_models::evaluate(&card.model, &params, &examples)?;
     Ok((card, metrics))
+}
+
+/// The dataset commitment a hospital's client sent for `data` in the job
+/// that produced the model: compare it with the ledger's round entries.
+pub fn dataset_commitment(model_dir: &Path, data: &Path) -> Result<(String, usize)> {
+    let (_, _, examples) = model_examples(model_dir, data)?;
+    Ok((examples.commitment(), examples.len()))
 }

@@ -465,6 +465,19 @@ enum Scheme {
 
 #[derive(Subcommand)]
 enum DataCommand {
+    /// A hospital's commitment to its data as a job's model saw it: SHA-256
+    /// over the file's rows preprocessed with the model's card. Compare with
+    /// the dataset_sha256 of that hospital's updates on the ledger.
+    Commitment {
+        /// The hospital's data file.
+        #[arg(long)]
+        data: PathBuf,
+        /// A model of the job (`cohort model get --out DIR`).
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Split one CSV into hospital files (and a held-out test file) for
     /// demos and simulations.
     Split {
@@ -813,6 +826,15 @@ async fn main() -> Result<()> {
             }
             if json {
                 print_json(&results)?;
+            }
+        }
+        Command::Data(DataCommand::Commitment { data, model, json }) => {
+            init_logging("warn");
+            let (commitment, rows) = evaluate::dataset_commitment(&model, &data)?;
+            if json {
+                print_json(&serde_json::json!({ "dataset_sha256": commitment, "rows": rows }))?;
+            } else {
+                println!("{commitment}  ({rows} rows)");
             }
         }
         Command::Data(DataCommand::Split {

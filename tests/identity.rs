@@ -380,6 +380,7 @@ async fn mutual_tls_rejects_impostors_while_correct_clients_keep_training() {
                 receipt.num_examples,
                 receipt.parameter_count,
                 &receipt.update_sha256,
+                &receipt.dataset_sha256,
             );
             let signer = cohort_identity::Principal::from_certificate(&kit.cert_der().unwrap())
                 .unwrap()

@@ -98,6 +98,47 @@ async fn a_job_leaves_a_verifiable_ledger_and_tampering_is_caught() {
 
     check_model_signature(dir.path(), &report.model_dir, &data_dir, &report.job_id);
 
+    // Each hospital reproduces the dataset commitment its updates carried.
+    let mut parts: Vec<_> = std::fs::read_dir(dir.path().join("data"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.starts_with("hospital_") && name.ends_with(".csv")
+        })
+        .collect();
+    parts.sort();
+    assert_eq!(parts.len(), 3);
+    let Record::RoundCompleted { updates, .. } = &entries.last().unwrap().1.record else {
+        unreachable!()
+    };
+    for (hospital, part) in ["hospital-a", "hospital-b", "hospital-c"]
+        .iter()
+        .zip(&parts)
+    {
+        let out = cohort(&[
+            "data".as_ref(),
+            "commitment".as_ref(),
+            "--data".as_ref(),
+            part.as_os_str(),
+            "--model".as_ref(),
+            report.model_dir.as_os_str(),
+            "--json".as_ref(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let reproduced: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let recorded = updates.iter().find(|u| u.client == *hospital).unwrap();
+        assert_eq!(
+            reproduced["dataset_sha256"].as_str().unwrap(),
+            recorded.dataset_sha256,
+            "{hospital}"
+        );
+    }
+
     // One flipped byte in one entry.
     let flipped = dir.path().join("flipped");
     copy_dir(&data_dir, &flipped);

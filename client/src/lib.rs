@@ -297,6 +297,7 @@ fn sign_update(kit: &cohort_identity::Kit, task: &TaskHeader, answer: &mut Answe
         header.num_examples,
         header.parameter_count,
         &header.update_sha256,
+        &header.dataset_sha256,
     );
     match kit
         .signing_key

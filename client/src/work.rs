@@ -36,6 +36,8 @@ impl Answer {
 /// The local data prepared for one job: validated, preprocessed, split.
 struct Prepared {
     key: String,
+    /// Commitment to all preprocessed local rows (before the split).
+    commitment: String,
     train: Examples,
     validation: Examples,
 }
@@ -164,10 +166,12 @@ impl Worker {
         let examples = dataset
             .preprocess(&preprocessing)
             .map_err(|e| format!("preprocessing local data: {e}"))?;
+        let commitment = examples.commitment();
         let (train, validation) =
             examples.stratified_split(task.validation_fraction, task.split_seed);
         let prepared = Arc::new(Prepared {
             key,
+            commitment,
             train,
             validation,
         });
@@ -200,6 +204,7 @@ impl Worker {
                 num_examples: outcome.examples as u64,
                 parameter_count: delta.len() as u64,
                 train_loss: outcome.loss,
+                dataset_sha256: data.commitment.clone(),
                 ..Default::default()
             },
             parameters: delta,

@@ -622,6 +622,7 @@ impl Runner {
                     parameter_count: u.parameter_count,
                     update_sha256: u.update_sha256.clone(),
                     signature: u.signature.clone(),
+                    dataset_sha256: u.dataset_sha256.clone(),
                 })
                 .collect(),
             model_signature_sha256: signature_sha256,

@@ -256,6 +256,7 @@ fn check_update_signature(
         header.num_examples,
         header.parameter_count,
         received,
+        &header.dataset_sha256,
     );
     principal
         .signing_key
@@ -327,6 +328,7 @@ async fn read_answer(
                 parameter_count: header.parameter_count,
                 update_sha256: cohort_models::parameters_sha256(&delta),
                 signature: hex::encode(&header.update_signature),
+                dataset_sha256: header.dataset_sha256.clone(),
             };
             Ok(TaskAnswer::Fit {
                 delta,
@@ -393,6 +395,7 @@ impl Services {
                         parameter_count: u.parameter_count,
                         update_sha256: u.update_sha256,
                         signature: hex::decode(&u.signature).unwrap_or_default(),
+                        dataset_sha256: u.dataset_sha256,
                     })
                     .collect(),
             })
@@ -633,6 +636,7 @@ mod tests {
             header.num_examples,
             header.parameter_count,
             &header.update_sha256,
+            &header.dataset_sha256,
         );
         header.update_signature = kit
             .signing_key

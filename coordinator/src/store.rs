@@ -126,6 +126,9 @@ pub struct UpdateReceipt {
     pub update_sha256: String,
     /// Hex of the hospital's signature; empty without mutual TLS.
     pub signature: String,
+    /// The hospital's commitment to its preprocessed rows.
+    #[serde(default)]
+    pub dataset_sha256: String,
 }
 
 #[derive(Debug, Clone)]

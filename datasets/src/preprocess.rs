@@ -234,6 +234,24 @@ pub struct Examples {
 }
 
 impl Examples {
+    /// The dataset commitment: hex SHA-256 over the preprocessed rows in file
+    /// order (a domain tag, the row and feature counts as little-endian
+    /// u64, every feature value, then every label, as little-endian f32).
+    /// A hospital reproduces it from its file and a model card
+    /// (`cohort data commitment`); it reveals nothing about the rows.
+    pub fn commitment(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        hasher.update(b"cohort-dataset-v1\0");
+        hasher.update((self.labels.len() as u64).to_le_bytes());
+        hasher.update((self.n_features as u64).to_le_bytes());
+        for chunk in self.features.chunks(4096).chain(self.labels.chunks(4096)) {
+            let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
+            hasher.update(&bytes);
+        }
+        hex::encode(hasher.finalize())
+    }
+
     /// Checks that `features` holds exactly `labels.len()` rows of `n_features`.
     pub fn new(features: Vec<f32>, labels: Vec<f32>, n_features: usize) -> Result<Self, DataError> {
         if features.len() != labels.len() * n_features {

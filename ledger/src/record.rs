@@ -26,6 +26,9 @@ pub struct UpdateRecord {
     pub update_sha256: String,
     /// Hex; empty when the coordinator runs without mutual TLS.
     pub signature: String,
+    /// The hospital's commitment to the preprocessed rows it trained on
+    /// (`cohort data commitment` reproduces it).
+    pub dataset_sha256: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -22,7 +22,8 @@ use thiserror::Error;
 pub const UPDATE_SIGNATURE_CONTEXT: &str = "cohort/update/v1";
 
 /// The statement a hospital signs for an update: which job, round and task
-/// it answers, its FedAvg weight, and the SHA-256 of its bytes. Both sides
+/// it answers, its FedAvg weight, the SHA-256 of its bytes, and the
+/// commitment to the data it was trained on. Both sides
 /// build it from their own view, so a signature made for one task or
 /// update never verifies for another.
 pub fn update_statement(
@@ -32,10 +33,11 @@ pub fn update_statement(
     num_examples: u64,
     parameter_count: u64,
     update_sha256: &str,
+    dataset_sha256: &str,
 ) -> Vec<u8> {
     format!(
         "job {job_id}\nround {round}\ntask {task_id}\nexamples {num_examples}\n\
-         parameters {parameter_count}\nsha256 {update_sha256}\n"
+         parameters {parameter_count}\nsha256 {update_sha256}\ndataset {dataset_sha256}\n"
     )
     .into_bytes()
 }
