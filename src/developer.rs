@@ -67,16 +67,7 @@ pub struct RoundView {
 
 /// An update receipt: which hospital sent what, and its signature (hex; empty
 /// without mutual TLS), verifiable with `cohort_protocol::update_statement`.
-#[derive(Debug, Clone, Serialize)]
-pub struct UpdateView {
-    pub client: String,
-    pub task_id: String,
-    pub num_examples: u64,
-    pub parameter_count: u64,
-    pub update_sha256: String,
-    pub signature: String,
-    pub dataset_sha256: String,
-}
+pub type UpdateView = cohort_ledger::UpdateRecord;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct EventView {

@@ -20,7 +20,7 @@ use tracing::{info, warn};
 
 use crate::job::JobSpec;
 use crate::registry::{Registry, Task, TaskAnswer, TaskOutcome};
-use cohort_ledger::{Record, UpdateRecord};
+use cohort_ledger::Record;
 use sha2::Digest as _;
 
 use crate::ledger::Ledger;
@@ -612,19 +612,7 @@ impl Runner {
             job_id: row.job_id.clone(),
             round: row.round,
             model_sha256: row.model_sha256.clone(),
-            updates: row
-                .updates
-                .iter()
-                .map(|u| UpdateRecord {
-                    client: u.client.clone(),
-                    task_id: u.task_id.clone(),
-                    num_examples: u.num_examples,
-                    parameter_count: u.parameter_count,
-                    update_sha256: u.update_sha256.clone(),
-                    signature: u.signature.clone(),
-                    dataset_sha256: u.dataset_sha256.clone(),
-                })
-                .collect(),
+            updates: row.updates.clone(),
             model_signature_sha256: signature_sha256,
             accuracy: row.metrics.as_ref().map(|m| format!("{:.6}", m.accuracy)),
             auc: row.metrics.as_ref().map(|m| format!("{:.6}", m.auc)),

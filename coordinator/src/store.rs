@@ -115,21 +115,9 @@ pub struct RoundRow {
     pub updates: Vec<UpdateReceipt>,
 }
 
-/// One aggregated update as the coordinator received it (see
-/// `cohort_protocol::v1::UpdateReceipt`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UpdateReceipt {
-    pub client: String,
-    pub task_id: String,
-    pub num_examples: u64,
-    pub parameter_count: u64,
-    pub update_sha256: String,
-    /// Hex of the hospital's signature; empty without mutual TLS.
-    pub signature: String,
-    /// The hospital's commitment to its preprocessed rows.
-    #[serde(default)]
-    pub dataset_sha256: String,
-}
+/// One aggregated update as the coordinator received it: the same record
+/// the round's ledger entry carries.
+pub use cohort_ledger::UpdateRecord as UpdateReceipt;
 
 #[derive(Debug, Clone)]
 pub struct ClientRow {
