@@ -400,8 +400,8 @@ async fn mutual_tls_rejects_impostors_while_correct_clients_keep_training() {
         .await
         .unwrap();
     let report = cohort::audit::verify_contents(contents, &dir.path().join("seen.json")).unwrap();
-    // Coordinator key, job created, rounds 0..=3.
-    assert_eq!(report.entries, 6);
+    // Coordinator key, job created, enrollment, rounds 0..=3.
+    assert_eq!(report.entries, 7);
     assert_eq!(report.origin, "test-net/coordinator");
 
     stop.stop();

@@ -68,12 +68,16 @@ async fn a_job_leaves_a_verifiable_ledger_and_tampering_is_caught() {
                 format!("round {round} ({} updates)", updates.len())
             }
             Record::CoordinatorKey { .. } => "key".to_string(),
+            Record::ClientsEnrolled { participants, .. } => {
+                format!("enrolled {}", participants.len())
+            }
         })
         .collect();
     assert_eq!(
         kinds,
         [
             "job",
+            "enrolled 3",
             "round 0 (0 updates)",
             "round 1 (3 updates)",
             "round 2 (3 updates)",
@@ -94,7 +98,7 @@ async fn a_job_leaves_a_verifiable_ledger_and_tampering_is_caught() {
     assert_eq!(card.parameters_sha256, last_model);
 
     let ok = verify(&data_dir, &state).unwrap();
-    assert!(ok.contains("\"entries\": 7"), "{ok}");
+    assert!(ok.contains("\"entries\": 8"), "{ok}");
 
     check_model_signature(dir.path(), &report.model_dir, &data_dir, &report.job_id);
 

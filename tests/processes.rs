@@ -318,8 +318,8 @@ fn three_processes_train_on_an_unseen_csv_and_match_centralized_logistic_regress
             "--json",
         ],
     );
-    // Coordinator key, job created, rounds 0..=10.
-    assert_eq!(audit["entries"], 13, "{audit:#}");
+    // Coordinator key, job created, enrollment, rounds 0..=10.
+    assert_eq!(audit["entries"], 14, "{audit:#}");
 }
 
 #[test]
@@ -371,8 +371,8 @@ fn coordinator_killed_mid_round_resumes_and_records_every_round_once() {
         state.to_str().unwrap(),
         "--json",
     ]);
-    // Coordinator key, job created, rounds 0..=30.
-    assert_eq!(audit["entries"], 2 + 1 + u64::from(rounds), "{audit:#}");
+    // Coordinator key, job created, enrollment, rounds 0..=30.
+    assert_eq!(audit["entries"], 3 + 1 + u64::from(rounds), "{audit:#}");
 }
 
 /// Runs `cohort ARGS` expecting it to fail with `needle` on stderr.

@@ -100,7 +100,11 @@ impl Runner {
             Some(e) => e,
             None => {
                 let e = self.prepare(&job, &spec).await?;
-                self.store.set_enrollment(job_id, &e)?;
+                let record = self.enrollment_record(job_id, &e)?;
+                // The enrollment and its ledger entry commit together.
+                self.ledger.append(&self.store, record, |tx| {
+                    Store::set_enrollment_in(tx, job_id, &e)
+                })?;
                 e
             }
         };
@@ -621,6 +625,39 @@ impl Runner {
         self.ledger
             .append(&self.store, entry, |tx| Store::record_round_in(tx, &row))?;
         Ok(())
+    }
+
+    /// What the ledger records of an enrollment: each hospital's reported
+    /// row count and a digest of its quality summary, and a digest of the
+    /// merged preprocessing.
+    fn enrollment_record(&self, job_id: &str, e: &Enrollment) -> Result<Record, RunError> {
+        let clients = self.store.clients()?;
+        let participants = e
+            .participants
+            .iter()
+            .map(|name| {
+                let summary = clients
+                    .iter()
+                    .find(|c| &c.name == name)
+                    .map(|c| c.quality_summary_json.clone())
+                    .unwrap_or_default();
+                let rows = serde_json::from_str::<cohort_datasets::QualitySummary>(&summary)
+                    .map(|q| q.rows)
+                    .unwrap_or_default();
+                cohort_ledger::EnrolledClient {
+                    name: name.clone(),
+                    rows,
+                    quality_summary_sha256: hex::encode(sha2::Sha256::digest(summary.as_bytes())),
+                }
+            })
+            .collect();
+        Ok(Record::ClientsEnrolled {
+            job_id: job_id.to_string(),
+            participants,
+            preprocessing_sha256: hex::encode(sha2::Sha256::digest(
+                json(&e.preprocessing)?.as_bytes(),
+            )),
+        })
     }
 
     /// The stored global model of `round`, checked against its stored card.

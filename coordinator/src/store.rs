@@ -328,9 +328,18 @@ impl Store {
     }
 
     pub fn set_enrollment(&self, id: &str, enrollment: &Enrollment) -> Result<(), StoreError> {
+        Self::set_enrollment_in(&self.db(), id, enrollment)
+    }
+
+    /// [`Store::set_enrollment`] inside a caller's transaction.
+    pub(crate) fn set_enrollment_in(
+        db: &Connection,
+        id: &str,
+        enrollment: &Enrollment,
+    ) -> Result<(), StoreError> {
         let json = serde_json::to_string(enrollment)
             .map_err(|e| StoreError::Corrupt(format!("encoding enrollment: {e}")))?;
-        self.db().execute(
+        db.execute(
             "UPDATE jobs SET enrollment_json = ?2 WHERE id = ?1",
             params![id, json],
         )?;

@@ -44,6 +44,14 @@ pub enum Record {
         job_sha256: String,
         submitted_by: Option<String>,
     },
+    /// The hospitals a job enrolled, and the global preprocessing merged
+    /// from their statistics (the model cards carry it in full).
+    ClientsEnrolled {
+        job_id: String,
+        participants: Vec<EnrolledClient>,
+        /// Hex SHA-256 of the preprocessing JSON.
+        preprocessing_sha256: String,
+    },
     RoundCompleted {
         job_id: String,
         round: u32,
@@ -59,13 +67,24 @@ pub enum Record {
     },
 }
 
+/// One enrolled hospital: its name and what it reported about its data
+/// (counts only; never a row).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrolledClient {
+    pub name: String,
+    pub rows: u64,
+    /// Hex SHA-256 of its data-quality summary JSON as received.
+    pub quality_summary_sha256: String,
+}
+
 impl Record {
     pub fn job_id(&self) -> Option<&str> {
         match self {
             Record::CoordinatorKey { .. } => None,
-            Record::JobCreated { job_id, .. } | Record::RoundCompleted { job_id, .. } => {
-                Some(job_id)
-            }
+            Record::JobCreated { job_id, .. }
+            | Record::ClientsEnrolled { job_id, .. }
+            | Record::RoundCompleted { job_id, .. } => Some(job_id),
         }
     }
 }
