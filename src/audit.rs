@@ -171,7 +171,7 @@ pub fn verify_model(
         )
     })?;
     let files = cohort_ledger::model_signing::verify_model(dir, &bundle, &key)?;
-    let signature_sha256 = hex_string(&sha2::Sha256::digest(bundle.as_bytes()));
+    let signature_sha256 = hex::encode(sha2::Sha256::digest(bundle.as_bytes()));
     let mut found = (None, None, None);
     if let Some(data_dir) = data_dir {
         verify_ledger(data_dir, state)?;
@@ -201,8 +201,4 @@ pub fn verify_model(
         job_id: found.1,
         round: found.2,
     })
-}
-
-fn hex_string(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

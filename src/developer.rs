@@ -27,10 +27,6 @@ pub async fn connect(url: &str, security: &Security) -> Result<Developer> {
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
 
-fn hex_string(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn status_error(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}", s.message())
 }
@@ -108,7 +104,7 @@ impl JobView {
                             num_examples: u.num_examples,
                             parameter_count: u.parameter_count,
                             update_sha256: u.update_sha256,
-                            signature: hex_string(&u.signature),
+                            signature: hex::encode(&u.signature),
                             dataset_sha256: u.dataset_sha256,
                         })
                         .collect(),

@@ -189,37 +189,36 @@ enum PrivacyCommand {
     /// The (ε, δ) guarantee of T steps of the Poisson-subsampled Gaussian
     /// mechanism (DP-SGD, or DP-FedAvg with client sampling).
     Epsilon {
-        /// Probability q that a record (or client) is in a step's batch.
-        #[arg(long)]
-        sampling_rate: f64,
         /// Noise standard deviation over the clipping norm (σ).
         #[arg(long)]
         noise_multiplier: f64,
-        /// Number of steps T.
-        #[arg(long)]
-        steps: u64,
-        #[arg(long)]
-        delta: f64,
-        #[arg(long, value_enum, default_value_t = AccountantArg::Pld)]
-        accountant: AccountantArg,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        mechanism: MechanismArgs,
     },
     /// The smallest noise multiplier that keeps ε at or below a target.
     Noise {
         #[arg(long)]
         target_epsilon: f64,
-        #[arg(long)]
-        sampling_rate: f64,
-        #[arg(long)]
-        steps: u64,
-        #[arg(long)]
-        delta: f64,
-        #[arg(long, value_enum, default_value_t = AccountantArg::Pld)]
-        accountant: AccountantArg,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        mechanism: MechanismArgs,
     },
+}
+
+/// What both privacy commands need to know about the mechanism.
+#[derive(Args)]
+struct MechanismArgs {
+    /// Probability q that a record (or client) is in a step's batch.
+    #[arg(long)]
+    sampling_rate: f64,
+    /// Number of steps T.
+    #[arg(long)]
+    steps: u64,
+    #[arg(long)]
+    delta: f64,
+    #[arg(long, value_enum, default_value_t = AccountantArg::Pld)]
+    accountant: AccountantArg,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -948,12 +947,15 @@ fn run_privacy_command(cmd: PrivacyCommand) -> Result<()> {
     use cohort_privacy::dp;
     match cmd {
         PrivacyCommand::Epsilon {
-            sampling_rate,
             noise_multiplier,
-            steps,
-            delta,
-            accountant,
-            json,
+            mechanism:
+                MechanismArgs {
+                    sampling_rate,
+                    steps,
+                    delta,
+                    accountant,
+                    json,
+                },
         } => {
             let segment = dp::Segment::new(sampling_rate, noise_multiplier, steps)?;
             let report = dp::epsilon(accountant.into(), &[segment], delta)?;
@@ -972,11 +974,14 @@ fn run_privacy_command(cmd: PrivacyCommand) -> Result<()> {
         }
         PrivacyCommand::Noise {
             target_epsilon,
-            sampling_rate,
-            steps,
-            delta,
-            accountant,
-            json,
+            mechanism:
+                MechanismArgs {
+                    sampling_rate,
+                    steps,
+                    delta,
+                    accountant,
+                    json,
+                },
         } => {
             let report = dp::calibrate_noise(
                 accountant.into(),

@@ -38,7 +38,7 @@ pub fn load_kit(dir: &Path, allowed: &[Role]) -> Result<Kit> {
     Ok(kit)
 }
 
-pub fn warn_insecure() {
+fn warn_insecure() {
     eprintln!(
         "warning: --insecure: plaintext gRPC; anyone on the network path can read and alter \
          the traffic, and nobody is authenticated"

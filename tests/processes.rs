@@ -512,3 +512,80 @@ fn bad_input_gets_clear_errors() {
         "no certificate was ever issued",
     );
 }
+
+/// `cohort privacy epsilon --json` as a privacy officer runs it, against the
+/// dp_accounting fixture the privacy crate's tests use (single-segment
+/// cases with q = 0.01).
+#[test]
+fn privacy_cli_agrees_with_the_dp_accounting_fixture() {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("privacy/tests/fixtures/dp_accounting.json"),
+    )
+    .unwrap();
+    let fixture: Value = serde_json::from_str(&text).unwrap();
+    let delta = fixture["delta"].as_f64().unwrap().to_string();
+    let mut checked = 0;
+    for case in fixture["cases"].as_array().unwrap() {
+        let segments = case["segments"].as_array().unwrap();
+        if segments.len() != 1 || segments[0]["sampling_rate"] != 0.01 {
+            continue;
+        }
+        let s = &segments[0];
+        let args = [
+            s["sampling_rate"].to_string(),
+            s["noise_multiplier"].to_string(),
+            s["steps"].to_string(),
+        ];
+        for (accountant, key, tolerance) in
+            [("pld", "pld_epsilon", 0.01), ("rdp", "rdp_epsilon", 0.005)]
+        {
+            let out = cohort(&[
+                "privacy",
+                "epsilon",
+                "--sampling-rate",
+                &args[0],
+                "--noise-multiplier",
+                &args[1],
+                "--steps",
+                &args[2],
+                "--delta",
+                &delta,
+                "--accountant",
+                accountant,
+                "--json",
+            ]);
+            let ours = out["epsilon"].as_f64().unwrap();
+            let reference = case[key].as_f64().unwrap();
+            // Where our RDP is tighter than dp_accounting's (it sums
+            // |binomial| terms for fractional orders), it may only be lower.
+            let relative = (ours - reference) / reference;
+            assert!(
+                relative.abs() <= tolerance || (accountant == "rdp" && relative < 0.0),
+                "{accountant} {args:?}: {ours} vs {reference}"
+            );
+            if accountant == "rdp" {
+                assert!(out["order"].is_number(), "{out}");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 8, "only {checked} fixture points checked");
+    let noise = cohort(&[
+        "privacy",
+        "noise",
+        "--target-epsilon",
+        "3",
+        "--sampling-rate",
+        "0.01",
+        "--steps",
+        "1000",
+        "--delta",
+        "1e-5",
+        "--json",
+    ]);
+    let sigma = noise["noise_multiplier"].as_f64().unwrap();
+    assert!(
+        noise["epsilon"].as_f64().unwrap() <= 3.0 && sigma > 0.5 && sigma < 1.5,
+        "{noise}"
+    );
+}

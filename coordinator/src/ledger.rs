@@ -70,10 +70,6 @@ impl Ledger {
         self.signer.key()
     }
 
-    pub fn key_name(&self) -> &str {
-        &self.name
-    }
-
     /// Appends `record` and the new signed checkpoint in the same
     /// transaction as `with` (the state change the record describes).
     pub fn append<R>(

@@ -7,6 +7,7 @@
 //! string, so a signature made for one purpose can never be replayed as
 //! another.
 
+use base64::Engine as _;
 use ring::rand::SystemRandom;
 use ring::signature::{
     ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair as _,
@@ -21,27 +22,6 @@ const SPKI_PREFIX: [u8; 26] = [
     0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
     0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
 ];
-
-fn base64_standard(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
 
 /// Length of an uncompressed SEC1 P-256 point.
 const PUBLIC_KEY_BYTES: usize = 65;
@@ -187,7 +167,7 @@ impl MessageVerifyingKey {
     /// The key as PEM SubjectPublicKeyInfo, 64-character lines, LF endings
     /// (the form OpenSSL and Python's `cryptography` write).
     pub fn spki_pem(&self) -> String {
-        let b64 = base64_standard(&self.spki_der());
+        let b64 = base64::engine::general_purpose::STANDARD.encode(self.spki_der());
         let mut pem = String::from("-----BEGIN PUBLIC KEY-----\n");
         for line in b64.as_bytes().chunks(64) {
             pem.push_str(std::str::from_utf8(line).unwrap_or_default());
@@ -228,6 +208,7 @@ impl MessageVerifyingKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::STANDARD;
 
     #[test]
     fn signatures_verify_and_are_bound_to_context_and_message() {
@@ -252,31 +233,13 @@ mod tests {
         let public = key.verifying_key();
         assert_eq!(
             hex::encode(public.spki_der()),
-            hex::encode(base64_decode(&b64)),
+            hex::encode(STANDARD.decode(b64).unwrap()),
         );
         let sig = key.sign_standard(b"origin\n1\nroot\n").unwrap();
         public.verify_standard(b"origin\n1\nroot\n", &sig).unwrap();
         assert!(public.verify_standard(b"origin\n2\nroot\n", &sig).is_err());
         assert_eq!(pem, public.spki_pem());
         assert_eq!(MessageVerifyingKey::from_spki_pem(&pem).unwrap(), public);
-    }
-
-    fn base64_decode(text: &str) -> Vec<u8> {
-        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut bits = 0u32;
-        let mut n = 0;
-        let mut out = Vec::new();
-        for c in text.bytes().filter(|c| *c != b'=') {
-            let v = ALPHABET.iter().position(|a| *a == c).unwrap() as u32;
-            bits = (bits << 6) | v;
-            n += 6;
-            if n >= 8 {
-                n -= 8;
-                out.push((bits >> n) as u8);
-                bits &= (1 << n) - 1;
-            }
-        }
-        out
     }
 
     #[test]
