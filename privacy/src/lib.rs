@@ -1,10 +1,20 @@
 //! Privacy tooling for Cohort.
 //!
-//! Currently this crate holds the differential-privacy accountants in [`dp`]:
-//! Rényi-DP and privacy-loss-distribution accounting for the
-//! Poisson-subsampled Gaussian mechanism (DP-SGD and client-sampled
-//! DP-FedAvg), plus noise calibration. Secure aggregation (`secagg`),
-//! homomorphic encryption (`he`) and update quantization (`quantization`)
-//! modules are planned and will live beside it.
+//! * [`dp`]: Rényi-DP and privacy-loss-distribution accounting for the
+//!   Poisson-subsampled Gaussian mechanism (DP-SGD and client-sampled
+//!   DP-FedAvg), plus noise calibration.
+//! * [`quantize`]: clipping, weighting and unbiased stochastic quantization
+//!   of model updates into `Z_{2^bits}` such that a sum of them cannot wrap,
+//!   and decoding of the example-weighted mean. Shared by secure
+//!   aggregation and (later) homomorphic encryption.
+//! * [`secagg`]: the cryptographic core of SecAgg+ secure aggregation
+//!   (pairwise masks from X25519 agreements, Shamir shares for dropout
+//!   recovery): the coordinator learns only the sum of the surviving
+//!   clients' quantized updates. Transport-free: the coordinator and client
+//!   move the byte encodings it defines.
+//!
+//! Homomorphic encryption (`he`) is planned and will live beside them.
 
 pub mod dp;
+pub mod quantize;
+pub mod secagg;
