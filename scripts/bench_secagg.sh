@@ -2,7 +2,11 @@
 # Cohort's SecAgg+ and Flower's SecAgg+, side by side, on one grid.
 #
 # For every configuration (clients x entries x dropout) this runs
-#   Cohort:  cargo run --release -q -- bench secagg --clients C --entries E --dropout D --json
+#   Cohort:  cargo run --profile P -q -- bench secagg --clients C --entries E --dropout D --json
+#            (P = $COHORT_BENCH_PROFILE, default dev: the dev profile compiles
+#            cohort-privacy, where the protocol lives, and every dependency at
+#            opt-level 2, and it is already built by `cargo test`; a release
+#            build would cost a full optimized rebuild)
 #   Flower:  python3 scripts/bench_secagg_flower.py --clients C --entries E --dropout D
 # one after the other, so both see the same machine, keeps every JSON line in
 # the raw file and prints a Markdown table (for docs/BENCHMARKS.md) to stdout.
@@ -30,6 +34,7 @@ set -euo pipefail
 # secaggplus_mod.py, secaggplus_workflow.py) is byte-identical to 1.42.0's.
 FLWR_VERSION="1.41.0"
 VENV="${COHORT_FLOWER_VENV:-$HOME/.cache/cohort/flower-venv}"
+PROFILE="${COHORT_BENCH_PROFILE:-dev}"
 
 CALLER_DIR="$(pwd)"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -86,8 +91,8 @@ fi
 
 # --- Cohort's side: build once, so no build time lands in a measurement ---
 if [[ "$ONLY" != "flower" ]]; then
-    echo "building cohort (release)" >&2
-    cargo build --release -q
+    echo "building cohort (profile $PROFILE)" >&2
+    cargo build --profile "$PROFILE" -q
 fi
 
 FAILED=0
@@ -125,7 +130,7 @@ for c in "${CLIENTS[@]}"; do
             echo "[$n/$total] clients=$c entries=$e dropout=$d" >&2
             if [[ "$ONLY" != "flower" ]]; then
                 run_side cohort "$c" "$e" "$d" \
-                    cargo run --release -q -- bench secagg \
+                    cargo run --profile "$PROFILE" -q -- bench secagg \
                     --clients "$c" --entries "$e" --dropout "$d" --json
             fi
             if [[ "$ONLY" != "cohort" ]]; then

@@ -78,6 +78,7 @@ pub async fn round_overhead(
         .map(|(i, part)| LocalHospital {
             name: format!("bench-{i:03}"),
             data: part.file.clone(),
+            options: Default::default(),
         })
         .collect();
     // Measured over mutual TLS, as a deployment runs.
@@ -202,4 +203,70 @@ pub fn durable_ledger_appends(count: u64) -> Result<f64> {
         ledger.append(&store, record, |_| Ok(()))?;
     }
     Ok(count as f64 / started.elapsed().as_secs_f64())
+}
+
+/// One configuration of `cohort bench secagg`: the whole SecAgg+ protocol
+/// run in this process (every client and the server, one after another on
+/// one thread), so each party's CPU time is its own.
+#[derive(Debug, Clone, Serialize)]
+pub struct SecAggBench {
+    pub implementation: String,
+    pub clients: u32,
+    pub entries: usize,
+    /// Fraction of clients that vanish after sharing their keys, before
+    /// sending their masked update (the costliest case for the server).
+    pub dropout: f64,
+    pub neighbours: u32,
+    pub client_cpu_secs_mean: f64,
+    pub client_cpu_secs_max: f64,
+    pub server_cpu_secs: f64,
+    pub bytes_sent_per_client: f64,
+    pub bytes_received_per_client: f64,
+    /// Whether the server recovered exactly the survivors' sum.
+    pub sum_ok: bool,
+}
+
+pub fn secagg(
+    clients: u32,
+    entries: usize,
+    dropout: f64,
+    neighbours: u32,
+    threshold: f64,
+    bits: u32,
+) -> Result<SecAggBench> {
+    if !(0.0..1.0).contains(&dropout) {
+        bail!("--dropout must be in [0, 1), got {dropout}");
+    }
+    let dropped = (f64::from(clients) * dropout).floor() as u32;
+    // Spread the dropped clients over the id range.
+    let drop_after_sharing = (0..dropped).map(|i| i * clients / dropped.max(1)).collect();
+    let simulation = cohort_privacy::secagg::Simulation {
+        clients,
+        input_len: entries,
+        neighbours,
+        threshold,
+        bits,
+        drop_after_advertise: Vec::new(),
+        drop_after_sharing,
+        drop_after_masking: Vec::new(),
+        seed: 7,
+    };
+    let report = simulation.run();
+    let sum_ok = match &report.sum {
+        Ok(sum) => *sum == report.expected,
+        Err(e) => bail!("{clients} clients, {entries} entries: {e}"),
+    };
+    Ok(SecAggBench {
+        implementation: format!("cohort {}", env!("CARGO_PKG_VERSION")),
+        clients,
+        entries,
+        dropout,
+        neighbours: neighbours.min(clients.saturating_sub(1)),
+        client_cpu_secs_mean: report.client_secs_mean,
+        client_cpu_secs_max: report.client_secs_max,
+        server_cpu_secs: report.server_secs,
+        bytes_sent_per_client: report.bytes_up_per_client_mean,
+        bytes_received_per_client: report.bytes_down_per_client_mean,
+        sum_ok,
+    })
 }

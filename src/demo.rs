@@ -26,6 +26,8 @@ pub struct DemoOptions {
     /// Overrides the job's number of rounds.
     pub rounds: Option<u32>,
     pub progress: bool,
+    /// Run the job under secure aggregation (SecAgg+).
+    pub secure_aggregation: bool,
 }
 
 impl Default for DemoOptions {
@@ -37,6 +39,7 @@ impl Default for DemoOptions {
             seed: 42,
             rounds: None,
             progress: true,
+            secure_aggregation: false,
         }
     }
 }
@@ -62,6 +65,8 @@ pub struct DemoReport {
     pub baseline_loss: f64,
     /// How the coordinator, hospitals and developer talked: "mutual TLS".
     pub transport: String,
+    /// How updates were aggregated: "plain" or "secagg".
+    pub aggregation: String,
     pub workdir: PathBuf,
     pub model_dir: PathBuf,
     pub seconds: f64,
@@ -102,6 +107,9 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
     spec.training.min_clients = opts.hospitals as u32;
     spec.training.clients_per_round = opts.hospitals as u32;
     spec.training.seed = opts.seed;
+    if opts.secure_aggregation {
+        spec.privacy.aggregation = cohort_coordinator::job::Aggregation::Secagg;
+    }
     let job_toml = toml::to_string(&spec)?;
 
     let mut hospitals = Vec::new();
@@ -116,6 +124,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
         locals.push(LocalHospital {
             name,
             data: part.file.clone(),
+            options: Default::default(),
         });
     }
     // A throwaway consortium CA and kits in WORKDIR/pki: the demo speaks
@@ -161,6 +170,11 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
         baseline_auc: baseline.auc,
         baseline_loss: baseline.loss,
         transport: transport.to_string(),
+        aggregation: match spec.privacy.aggregation {
+            cohort_coordinator::job::Aggregation::Plain => "plain",
+            cohort_coordinator::job::Aggregation::Secagg => "secagg",
+        }
+        .to_string(),
         workdir,
         model_dir,
         seconds: started.elapsed().as_secs_f64(),
@@ -231,11 +245,12 @@ fn concat_csv(files: &[&Path], out: &Path) -> Result<()> {
 pub fn print_report(r: &DemoReport) {
     println!();
     println!(
-        "Cohort demo: {} hospitals, {} rounds, job {}, over {}",
+        "Cohort demo: {} hospitals, {} rounds, job {}, over {}, {} aggregation",
         r.hospitals.len(),
         r.rounds,
         r.job_id,
-        r.transport
+        r.transport,
+        r.aggregation
     );
     for h in &r.hospitals {
         println!(

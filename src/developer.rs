@@ -57,8 +57,13 @@ pub struct RoundView {
     pub model_sha256: String,
     pub slowest_fit_secs: f64,
     pub slowest_evaluate_secs: f64,
-    /// Each aggregated update as the coordinator received it.
+    /// Each aggregated update as the coordinator received it (masked under
+    /// secure aggregation).
     pub updates: Vec<UpdateView>,
+    /// Under secure aggregation: SHA-256 of the recovered sum of the
+    /// survivors' encoded updates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aggregate_sha256: Option<String>,
 }
 
 /// An update receipt: which hospital sent what, and its signature (hex; empty
@@ -95,6 +100,8 @@ impl JobView {
                     model_sha256: r.model_sha256,
                     slowest_fit_secs: r.slowest_fit_secs,
                     slowest_evaluate_secs: r.slowest_evaluate_secs,
+                    aggregate_sha256: (!r.aggregate_sha256.is_empty())
+                        .then_some(r.aggregate_sha256),
                     updates: r
                         .updates
                         .into_iter()

@@ -19,6 +19,7 @@ use crate::pki::LocalConsortium;
 pub struct LocalHospital {
     pub name: String,
     pub data: PathBuf,
+    pub options: cohort_client::ClientOptions,
 }
 
 pub struct LocalFederation {
@@ -82,6 +83,7 @@ impl LocalFederation {
                 data: hospital.data.clone(),
                 name: hospital.name.clone(),
                 data_dir: Some(workdir.join("clients").join(&hospital.name)),
+                options: hospital.options.clone(),
             };
             let signal = stopped(stop_rx.clone());
             clients.push(tokio::spawn(async move {

@@ -76,6 +76,32 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Secure aggregation (SecAgg+): client and server CPU time and bytes
+    /// per client for one round, every party run in this process one after
+    /// another. `scripts/bench_secagg.sh` runs it beside Flower's SecAgg+.
+    Secagg {
+        /// Numbers of clients to try.
+        #[arg(long, value_delimiter = ',', default_value = "10,50,100")]
+        clients: Vec<u32>,
+        /// Vector lengths (entries per update) to try.
+        #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
+        entries: Vec<usize>,
+        /// Fractions of clients that vanish after sharing their keys.
+        #[arg(long, value_delimiter = ',', default_value = "0,0.1")]
+        dropout: Vec<f64>,
+        /// Neighbours per client in the masking graph.
+        #[arg(long, default_value_t = 8)]
+        neighbours: u32,
+        /// Fraction of each neighbourhood needed to rebuild a secret.
+        #[arg(long, default_value_t = 0.66)]
+        threshold: f64,
+        /// Sum modulo 2^bits.
+        #[arg(long, default_value_t = 32)]
+        bits: u32,
+        /// One JSON object per line (configuration) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Coordinator per-round overhead: round wall time minus the slowest
     /// client's fit and evaluation time, over loopback gRPC in this process.
     Rounds {
@@ -108,6 +134,10 @@ struct DemoArgs {
     /// Dirichlet concentration of the label skew across hospitals (smaller = more skewed).
     #[arg(long, default_value_t = 5.0)]
     alpha: f64,
+    /// Aggregate under SecAgg+: the coordinator only ever sees the sum of the
+    /// hospitals' masked updates.
+    #[arg(long)]
+    secure_aggregation: bool,
     /// Print one JSON object instead of the report.
     #[arg(long)]
     json: bool,
@@ -360,6 +390,20 @@ struct ClientArgs {
     /// Directory for the client's own records (participation log).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Refuse every job that asks for this hospital's update in the clear:
+    /// send updates only under secure aggregation.
+    #[arg(long)]
+    require_secure_aggregation: bool,
+    /// Keep a copy of each encoded update contributed under secure
+    /// aggregation in DATA_DIR/contributions/ (needs --data-dir). It never
+    /// leaves this machine.
+    #[arg(long, requires = "data_dir")]
+    keep_contributions: bool,
+    /// Drill: stop this client, as if its machine died, when a secure-
+    /// aggregation task of this stage arrives (advertise, share, masked-fit,
+    /// unmask).
+    #[arg(long, value_name = "STAGE")]
+    vanish_at: Option<cohort_client::VanishAt>,
 }
 
 /// How a command reaches the coordinator.
@@ -534,6 +578,7 @@ async fn main() -> Result<()> {
                 seed: a.seed,
                 alpha: a.alpha,
                 progress: !a.json,
+                secure_aggregation: a.secure_aggregation,
                 ..Default::default()
             })
             .await?;
@@ -607,6 +652,11 @@ async fn main() -> Result<()> {
                     data: a.data,
                     name,
                     data_dir: a.data_dir,
+                    options: cohort_client::ClientOptions {
+                        require_secure_aggregation: a.require_secure_aggregation,
+                        keep_contributions: a.keep_contributions,
+                        vanish_at: a.vanish_at,
+                    },
                 },
                 shutdown_signal(),
             )
@@ -790,6 +840,45 @@ async fn main() -> Result<()> {
                 println!(
                     "durable appends (signed entry + signed checkpoint + SQLite commit): {durable_per_sec:.0}/s"
                 );
+            }
+        }
+        Command::Bench(BenchCommand::Secagg {
+            clients,
+            entries,
+            dropout,
+            neighbours,
+            threshold,
+            bits,
+            json,
+        }) => {
+            init_logging("error");
+            if !json {
+                println!(
+                    "clients  entries  dropout  client CPU mean (s)  server CPU (s)  sent/client (B)  received/client (B)  exact"
+                );
+            }
+            for &e in &entries {
+                for &c in &clients {
+                    for &d in &dropout {
+                        eprintln!("secure aggregation: {c} clients, {e} entries, {d} dropout ...");
+                        let r = cohort::bench::secagg(c, e, d, neighbours, threshold, bits)?;
+                        if json {
+                            println!("{}", serde_json::to_string(&r)?);
+                        } else {
+                            println!(
+                                "{:>7}  {:>7}  {:>7}  {:>19.4}  {:>14.4}  {:>15.0}  {:>19.0}  {}",
+                                r.clients,
+                                r.entries,
+                                r.dropout,
+                                r.client_cpu_secs_mean,
+                                r.server_cpu_secs,
+                                r.bytes_sent_per_client,
+                                r.bytes_received_per_client,
+                                r.sum_ok
+                            );
+                        }
+                    }
+                }
             }
         }
         Command::Bench(BenchCommand::Rounds {

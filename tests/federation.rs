@@ -49,6 +49,7 @@ async fn mallory(url: String, data: PathBuf, rejections: Arc<Mutex<Vec<String>>>
         data: data.clone(),
         name: "mallory".into(),
         data_dir: None,
+        options: cohort_client::ClientOptions::default(),
     })
     .unwrap();
     let summary = cohort_datasets::read_table(&data).unwrap().quality();

@@ -182,6 +182,7 @@ async fn mutual_tls_rejects_impostors_while_correct_clients_keep_training() {
             data: file.clone(),
             name: kit.principal.name.clone(),
             data_dir: None,
+            options: cohort_client::ClientOptions::default(),
         };
         let signal = stop.signal();
         clients.push(tokio::spawn(async move {
@@ -307,6 +308,7 @@ async fn mutual_tls_rejects_impostors_while_correct_clients_keep_training() {
             data: files[0].clone(),
             name: "hospital-c".into(),
             data_dir: None,
+            options: cohort_client::ClientOptions::default(),
         },
         std::future::pending(),
     );

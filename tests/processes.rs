@@ -158,12 +158,17 @@ fn start_coordinator(net: &Net, data_dir: &Path, log: &Path) -> Proc {
 }
 
 fn start_clients(net: &Net, files: &[PathBuf], dir: &Path) -> Vec<Proc> {
+    start_clients_with(net, files, dir, &[])
+}
+
+fn start_clients_with(net: &Net, files: &[PathBuf], dir: &Path, flags: &[&str]) -> Vec<Proc> {
     files
         .iter()
         .enumerate()
         .map(|(i, f)| {
             let name = format!("hospital-{i}");
             let mut extra = net.args(&name);
+            extra.extend(flags.iter().map(|f| f.to_string()));
             if matches!(net, Net::Insecure { .. }) {
                 extra.extend(["--name".to_string(), name.clone()]);
             }
@@ -588,4 +593,108 @@ fn privacy_cli_agrees_with_the_dp_accounting_fixture() {
         noise["epsilon"].as_f64().unwrap() <= 3.0 && sigma > 0.5 && sigma < 1.5,
         "{noise}"
     );
+}
+
+/// Every byte the coordinator keeps: its data directory (SQLite database,
+/// WAL, object store) and its log.
+fn coordinator_bytes(data_dir: &Path, log: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    fn walk(dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else {
+                out.push((path.clone(), std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    let mut out = vec![(log.to_path_buf(), std::fs::read(log).unwrap())];
+    walk(data_dir, &mut out);
+    out
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn secure_aggregation_leaves_no_individual_update_with_the_coordinator() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("oncology.csv");
+    synthetic_oncology_csv(&csv, 900, 23);
+    let files = split(&csv, &dir.path().join("parts"), 3, 5);
+    let net = Net::tls(dir.path(), 3);
+    let coord_dir = dir.path().join("coord");
+    let coord_log = dir.path().join("coord.log");
+    let _coordinator = start_coordinator(&net, &coord_dir, &coord_log);
+    let _clients = start_clients_with(
+        &net,
+        &files[..3],
+        dir.path(),
+        &["--keep-contributions", "--require-secure-aggregation"],
+    );
+    let job_toml = oncology_job(3, 3)
+        + "\n[privacy]\naggregation = \"secagg\"\nsecagg = { threshold = 0.66, bits = 32 }\n";
+    let job = submit_job_file(dir.path(), &job_toml, &net);
+    let done = wait_until(&net, &job, Duration::from_secs(300), |s| {
+        s["state"] != "running" && s["state"] != "pending"
+    });
+    assert_eq!(done["state"], "completed", "{done:#}");
+
+    // What each hospital contributed, from its own records.
+    let mut contributions = Vec::new();
+    for i in 0..3 {
+        let kept = dir.path().join(format!("hospital-{i}/contributions"));
+        for entry in std::fs::read_dir(&kept).unwrap() {
+            contributions.push(std::fs::read(entry.unwrap().path()).unwrap());
+        }
+    }
+    assert_eq!(contributions.len(), 9, "3 hospitals x 3 rounds");
+
+    let kept = coordinator_bytes(&coord_dir, &coord_log);
+    // The search reads what it should: the masked updates' digests are in
+    // the database (receipts) and the ledger.
+    let masked_digest = done["rounds"][0]["updates"][0]["update_sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        kept.iter()
+            .any(|(_, bytes)| contains(bytes, masked_digest.as_bytes()))
+    );
+    for contribution in &contributions {
+        let values: Vec<u32> = contribution
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let mut needles: Vec<Vec<u8>> = vec![sha256_hex(contribution).into_bytes()];
+        for start in [0, values.len() / 3, values.len() - 9] {
+            let raw = &contribution[start * 4..start * 4 + 32];
+            // A window of mostly zero bytes would match any page of zeros.
+            if raw.iter().filter(|b| **b == 0).count() > 16 {
+                continue;
+            }
+            needles.push(raw.to_vec());
+            needles.push(hex::encode(raw).into_bytes());
+            let text: Vec<String> = values[start..start + 4]
+                .iter()
+                .map(u32::to_string)
+                .collect();
+            needles.push(text.join(",").into_bytes());
+        }
+        for (path, bytes) in &kept {
+            for needle in &needles {
+                assert!(
+                    !contains(bytes, needle),
+                    "{} holds part of a hospital's encoded update",
+                    path.display()
+                );
+            }
+        }
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(bytes))
 }

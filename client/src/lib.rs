@@ -6,6 +6,7 @@
 //! medians, category counts), parameter updates and evaluation metrics.
 //! Never a row.
 
+mod secagg;
 mod work;
 
 use std::future::Future;
@@ -37,6 +38,63 @@ pub struct ClientConfig {
     pub name: String,
     /// Where the client keeps its own records (participation log).
     pub data_dir: Option<PathBuf>,
+    pub options: ClientOptions,
+}
+
+/// The hospital's policy and record-keeping choices.
+#[derive(Debug, Clone, Default)]
+pub struct ClientOptions {
+    /// Refuse to send an update except under secure aggregation.
+    pub require_secure_aggregation: bool,
+    /// Keep a copy of each encoded update contributed under secure
+    /// aggregation in `data_dir/contributions/` (the hospital's own record;
+    /// it never leaves the hospital).
+    pub keep_contributions: bool,
+    /// Fault injection for drills and tests: stop the client, as if the
+    /// machine died, when a task of this stage arrives.
+    pub vanish_at: Option<VanishAt>,
+}
+
+/// The secure-aggregation stage at which a client told to vanish stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VanishAt {
+    /// Selected, but never advertises keys.
+    Advertise,
+    /// Advertised keys, never shares them.
+    Share,
+    /// Shared keys, never sends its masked update.
+    MaskedFit,
+    /// Sent its masked update, never helps unmask.
+    Unmask,
+}
+
+impl VanishAt {
+    fn matches(self, task: &TaskHeader) -> bool {
+        use cohort_protocol::v1::TaskKind;
+        matches!(
+            (self, task.kind(), task.secagg.is_some()),
+            (VanishAt::Advertise, TaskKind::SecaggAdvertise, _)
+                | (VanishAt::Share, TaskKind::SecaggShare, _)
+                | (VanishAt::MaskedFit, TaskKind::Fit, true)
+                | (VanishAt::Unmask, TaskKind::SecaggUnmask, _)
+        )
+    }
+}
+
+impl std::str::FromStr for VanishAt {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "advertise" => Ok(VanishAt::Advertise),
+            "share" => Ok(VanishAt::Share),
+            "masked-fit" => Ok(VanishAt::MaskedFit),
+            "unmask" => Ok(VanishAt::Unmask),
+            other => Err(format!(
+                "unknown stage `{other}` (expected advertise, share, masked-fit or unmask)"
+            )),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +121,8 @@ enum SessionEnd {
     /// Connection trouble or a coordinator restart: try again later.
     Retry(String),
     Fatal(ClientError),
+    /// Fault injection (`ClientOptions::vanish_at`): stop at once.
+    Vanished,
 }
 
 /// Runs the client until `shutdown` completes or a fatal error occurs.
@@ -91,6 +151,13 @@ pub async fn run(
         loop {
             match session(&endpoint, &config, &summary_json, &worker, &mut backoff).await {
                 SessionEnd::Fatal(e) => return Err(e),
+                SessionEnd::Vanished => {
+                    warn!(
+                        client = config.name,
+                        "vanishing now, as configured (fault injection)"
+                    );
+                    return Ok(());
+                }
                 SessionEnd::Retry(reason) => {
                     warn!(
                         client = config.name,
@@ -180,6 +247,13 @@ async fn session(
             Ok(None) => continue,
             Err(s) => return SessionEnd::Retry(format!("task poll failed: {}", s.message())),
         };
+        if config
+            .options
+            .vanish_at
+            .is_some_and(|stage| stage.matches(&header))
+        {
+            return SessionEnd::Vanished;
+        }
         let parameters = match receive_parameters(&header, &mut stream).await {
             Ok(p) => p,
             Err(Received::Broken(reason)) => return SessionEnd::Retry(reason),
@@ -283,13 +357,19 @@ async fn receive_parameters(
     Ok(params)
 }
 
-/// Signs a FIT answer with the kit's signing key (mutual TLS only).
+/// Signs a FIT answer with the kit's signing key (mutual TLS only): over
+/// the update's bytes, or the masked update's under secure aggregation.
 fn sign_update(kit: &cohort_identity::Kit, task: &TaskHeader, answer: &mut Answer) {
     if task.kind() != cohort_protocol::v1::TaskKind::Fit || !answer.header.error.is_empty() {
         return;
     }
     let header = &mut answer.header;
-    header.update_sha256 = cohort_models::parameters_sha256(&answer.parameters);
+    header.update_sha256 = if task.secagg.is_some() {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(&answer.masked))
+    } else {
+        cohort_models::parameters_sha256(&answer.parameters)
+    };
     let statement = cohort_protocol::update_statement(
         &task.job_id,
         task.round,
@@ -329,16 +409,24 @@ async fn submit(
             header.error
         );
     }
-    let values = Arc::new(answer.parameters);
-    let per_chunk = CHUNK_BYTES / 4;
-    let n_chunks = values.len().div_ceil(per_chunk);
+    // Plain updates are f32 little-endian; a masked update is already bytes.
+    let body = if answer.masked.is_empty() {
+        answer
+            .parameters
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<u8>>()
+    } else {
+        answer.masked
+    };
     let head = ResultFrame {
         frame: Some(result_frame::Frame::Header(header)),
     };
-    // Chunks are encoded lazily so a large update is not held twice.
+    // Chunks are cut lazily so a large update is not held twice.
+    let body = Arc::new(body);
+    let n_chunks = body.len().div_ceil(CHUNK_BYTES);
     let chunks = futures::stream::iter(0..n_chunks).map(move |i| {
-        let slice = &values[i * per_chunk..((i + 1) * per_chunk).min(values.len())];
-        let data = slice.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let data = body[i * CHUNK_BYTES..((i + 1) * CHUNK_BYTES).min(body.len())].to_vec();
         ResultFrame {
             frame: Some(result_frame::Frame::Chunk(cohort_protocol::v1::Chunk {
                 data,

@@ -12,13 +12,16 @@ use cohort_protocol::v1::{ResultHeader, TaskHeader, TaskKind};
 use serde::Serialize;
 use tracing::info;
 
-use crate::{ClientConfig, ClientError};
+use crate::{ClientConfig, ClientError, ClientOptions};
 
 /// What goes back to the coordinator for one task.
 pub struct Answer {
     pub header: ResultHeader,
     /// FIT: the update `local − global`, in the model's flat order.
     pub parameters: Vec<f32>,
+    /// FIT under secure aggregation: the masked update, packed
+    /// (`cohort_privacy::quantize::pack`). `parameters` is then empty.
+    pub masked: Vec<u8>,
 }
 
 impl Answer {
@@ -29,6 +32,7 @@ impl Answer {
                 ..Default::default()
             },
             parameters: Vec::new(),
+            masked: Vec::new(),
         }
     }
 }
@@ -47,6 +51,9 @@ pub struct Worker {
     data: PathBuf,
     log: Option<PathBuf>,
     cache: Mutex<Option<Arc<Prepared>>>,
+    kit: Option<Arc<cohort_identity::Kit>>,
+    options: ClientOptions,
+    secagg: crate::secagg::Sessions,
 }
 
 #[derive(Serialize)]
@@ -76,6 +83,9 @@ impl Worker {
             data: config.data.clone(),
             log,
             cache: Mutex::new(None),
+            kit: config.security.kit_arc(),
+            options: config.options.clone(),
+            secagg: crate::secagg::Sessions::default(),
         })
     }
 
@@ -83,11 +93,23 @@ impl Worker {
     pub fn handle(&self, task: &TaskHeader, parameters: Vec<f32>) -> Answer {
         let kind = task.kind();
         let started = std::time::Instant::now();
-        let answer = match kind {
-            TaskKind::Prepare => self.prepare(task),
-            TaskKind::Fit => self.fit(task, parameters),
-            TaskKind::Evaluate => self.evaluate(task, &parameters),
-            TaskKind::Unspecified => Err("task of unknown kind".to_string()),
+        let answer = match (kind, &task.secagg) {
+            (TaskKind::Prepare, _) => self.prepare(task),
+            (TaskKind::Fit, None) if self.options.require_secure_aggregation => {
+                Err("this hospital only sends updates under secure aggregation \
+                 (--require-secure-aggregation), and the task asks for a plain update"
+                    .to_string())
+            }
+            (TaskKind::Fit, None) => self.fit(task, parameters),
+            (TaskKind::Fit, Some(secagg)) => self.masked_fit(task, secagg, parameters),
+            (TaskKind::SecaggAdvertise, Some(secagg)) => self.advertise(task, secagg),
+            (TaskKind::SecaggShare, Some(secagg)) => self.share_keys(task, secagg),
+            (TaskKind::SecaggUnmask, Some(secagg)) => self.unmask(task, secagg),
+            (TaskKind::SecaggAdvertise | TaskKind::SecaggShare | TaskKind::SecaggUnmask, None) => {
+                Err("secure-aggregation task without its round description".to_string())
+            }
+            (TaskKind::Evaluate, _) => self.evaluate(task, &parameters),
+            (TaskKind::Unspecified, _) => Err("task of unknown kind".to_string()),
         }
         .unwrap_or_else(Answer::refused);
         let mut answer = answer;
@@ -99,6 +121,27 @@ impl Worker {
         };
         self.record(task, kind, outcome, answer.header.num_examples);
         answer
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn kit(&self) -> Option<&cohort_identity::Kit> {
+        self.kit.as_deref()
+    }
+
+    pub(crate) fn options(&self) -> &ClientOptions {
+        &self.options
+    }
+
+    pub(crate) fn sessions(&self) -> &crate::secagg::Sessions {
+        &self.secagg
+    }
+
+    /// Where this hospital keeps its own records, if it has a data dir.
+    pub(crate) fn records_dir(&self) -> Option<&std::path::Path> {
+        self.log.as_deref().and_then(|p| p.parent())
     }
 
     /// The hospital's own record of what it took part in.
@@ -147,6 +190,7 @@ impl Worker {
         Ok(Answer {
             header,
             parameters: Vec::new(),
+            masked: Vec::new(),
         })
     }
 
@@ -179,17 +223,19 @@ impl Worker {
         Ok(prepared)
     }
 
-    fn fit(&self, task: &TaskHeader, global: Vec<f32>) -> Result<Answer, String> {
+    /// Local training from the global parameters: the update `local −
+    /// global` and what the answer reports about it.
+    pub(crate) fn train(&self, task: &TaskHeader, global: &[f32]) -> Result<Trained, String> {
         let model: ModelSpec = parse(&task.model_spec_json, "model spec")?;
         let config: TrainConfig = parse(&task.train_config_json, "training configuration")?;
         let data = self.prepared(task)?;
-        check_model(&model, &data.train, &global)?;
-        let outcome = cohort_models::train(&model, &global, &data.train, &config)
+        check_model(&model, &data.train, global)?;
+        let outcome = cohort_models::train(&model, global, &data.train, &config)
             .map_err(|e| format!("local training failed: {e}"))?;
         let delta: Vec<f32> = outcome
             .parameters
             .iter()
-            .zip(&global)
+            .zip(global)
             .map(|(w, g)| w - g)
             .collect();
         info!(
@@ -199,15 +245,26 @@ impl Worker {
             loss = outcome.loss,
             "local training done"
         );
+        Ok(Trained {
+            delta,
+            examples: outcome.examples as u64,
+            loss: outcome.loss,
+            commitment: data.commitment.clone(),
+        })
+    }
+
+    fn fit(&self, task: &TaskHeader, global: Vec<f32>) -> Result<Answer, String> {
+        let trained = self.train(task, &global)?;
         Ok(Answer {
             header: ResultHeader {
-                num_examples: outcome.examples as u64,
-                parameter_count: delta.len() as u64,
-                train_loss: outcome.loss,
-                dataset_sha256: data.commitment.clone(),
+                num_examples: trained.examples,
+                parameter_count: trained.delta.len() as u64,
+                train_loss: trained.loss,
+                dataset_sha256: trained.commitment,
                 ..Default::default()
             },
-            parameters: delta,
+            parameters: trained.delta,
+            masked: Vec::new(),
         })
     }
 
@@ -231,8 +288,18 @@ impl Worker {
                 ..Default::default()
             },
             parameters: Vec::new(),
+            masked: Vec::new(),
         })
     }
+}
+
+/// The outcome of local training.
+pub(crate) struct Trained {
+    pub delta: Vec<f32>,
+    pub examples: u64,
+    pub loss: f64,
+    /// Commitment to the preprocessed rows (`Examples::commitment`).
+    pub commitment: String,
 }
 
 /// Refuses a model that does not fit the local feature layout, or whose
@@ -245,7 +312,7 @@ fn check_model(model: &ModelSpec, data: &Examples, params: &[f32]) -> Result<(),
         .map_err(|e| format!("malformed parameters: {e}"))
 }
 
-fn parse<T: serde::de::DeserializeOwned>(json: &str, what: &str) -> Result<T, String> {
+pub(crate) fn parse<T: serde::de::DeserializeOwned>(json: &str, what: &str) -> Result<T, String> {
     serde_json::from_str(json).map_err(|e| format!("malformed {what} in task: {e}"))
 }
 

@@ -19,6 +19,82 @@ pub struct JobSpec {
     pub training: TrainingSpec,
     #[serde(default)]
     pub strategy: StrategySpec,
+    #[serde(default)]
+    pub privacy: PrivacySpec,
+}
+
+/// The job's `[privacy]` table: how updates are protected on their way to
+/// the coordinator.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacySpec {
+    #[serde(default)]
+    pub aggregation: Aggregation,
+    #[serde(default)]
+    pub secagg: SecAggSpec,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Aggregation {
+    /// The coordinator sees each hospital's update (signed, checked, kept
+    /// only in memory while the round runs).
+    #[default]
+    Plain,
+    /// SecAgg+: the coordinator only ever learns the sum of the round's
+    /// surviving updates.
+    Secagg,
+}
+
+/// `[privacy] secagg = { threshold, neighbours, bits, clip }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecAggSpec {
+    /// Fraction of the selected hospitals that must survive every stage,
+    /// and of each neighbourhood needed to rebuild a secret. Above 1/2 so
+    /// that no two disjoint groups could each rebuild a secret; 0.66 lets a
+    /// third of a round drop out.
+    #[serde(default = "default_secagg_threshold")]
+    pub threshold: f64,
+    /// Neighbours per hospital in the masking graph (Bell et al. 2020: on
+    /// the order of log n suffices). 8 keeps a client's work flat from 10
+    /// to hundreds of hospitals; rounds with at most 9 hospitals use the
+    /// complete graph.
+    #[serde(default = "default_secagg_neighbours")]
+    pub neighbours: u32,
+    /// Integers are summed mod 2^bits. 32 leaves about 2 x 10^7
+    /// quantization levels per unit of `clip` with 100 hospitals.
+    #[serde(default = "default_secagg_bits")]
+    pub bits: u32,
+    /// L2 norm each update is clipped to before quantization. Large enough
+    /// not to bind for ordinary local training; lower it if updates are
+    /// known to be small, to gain precision.
+    #[serde(default = "default_secagg_clip")]
+    pub clip: f64,
+}
+
+impl Default for SecAggSpec {
+    fn default() -> Self {
+        Self {
+            threshold: default_secagg_threshold(),
+            neighbours: default_secagg_neighbours(),
+            bits: default_secagg_bits(),
+            clip: default_secagg_clip(),
+        }
+    }
+}
+
+fn default_secagg_threshold() -> f64 {
+    0.66
+}
+fn default_secagg_neighbours() -> u32 {
+    8
+}
+fn default_secagg_bits() -> u32 {
+    32
+}
+fn default_secagg_clip() -> f64 {
+    10.0
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -125,6 +201,27 @@ impl JobSpec {
         self.strategy
             .validate()
             .map_err(|(key, message)| invalid(&format!("strategy.{key}"), message))?;
+        if self.privacy.aggregation == Aggregation::Secagg {
+            let n = t.clients_per_round;
+            if n < 2 {
+                return Err(invalid(
+                    "training.clients_per_round",
+                    "secure aggregation needs at least 2 hospitals per round",
+                ));
+            }
+            let secagg = &self.privacy.secagg;
+            cohort_privacy::secagg::Params::from_fractions(
+                n,
+                secagg.neighbours,
+                secagg.threshold,
+                secagg.bits,
+            )
+            .map_err(|e| invalid("privacy.secagg", e.to_string()))?;
+            // Example counts are only known at enrollment; the wrap check
+            // runs again then with the hospitals' real row counts.
+            cohort_privacy::quantize::Quantizer::for_weighted_sum(secagg.clip, secagg.bits, n, 1)
+                .map_err(|e| invalid("privacy.secagg", e.to_string()))?;
+        }
         Ok(())
     }
 
@@ -192,6 +289,43 @@ kind = "fedavg"                     # fedprox: mu; fedadam/fedyogi: server_learn
             }
         );
         assert_eq!(spec.strategy, StrategySpec::FedAvg {});
+        assert_eq!(spec.privacy.aggregation, Aggregation::Plain);
+    }
+
+    #[test]
+    fn secure_aggregation_table_is_read_and_checked() {
+        let with = |table: &str| EXAMPLE.to_string() + "\n[privacy]\n" + table;
+        let spec = JobSpec::from_toml(&with(
+            "aggregation = \"secagg\"\nsecagg = { threshold = 0.8, neighbours = 4, bits = 24 }",
+        ))
+        .unwrap();
+        assert_eq!(spec.privacy.aggregation, Aggregation::Secagg);
+        assert_eq!(spec.privacy.secagg.neighbours, 4);
+        assert_eq!(spec.privacy.secagg.clip, 10.0);
+        let spec = JobSpec::from_toml(&with("aggregation = \"secagg\"")).unwrap();
+        assert_eq!(spec.privacy.secagg, SecAggSpec::default());
+        for (table, named) in [
+            (
+                "aggregation = \"secagg\"\nsecagg = { threshold = 0.4 }",
+                "privacy.secagg",
+            ),
+            (
+                "aggregation = \"secagg\"\nsecagg = { bits = 4 }",
+                "privacy.secagg",
+            ),
+            (
+                "aggregation = \"secagg\"\nsecagg = { clip = -1.0 }",
+                "privacy.secagg",
+            ),
+            (
+                "aggregation = \"secagg\"\nsecagg = { neighbors = 4 }",
+                "neighbors",
+            ),
+            ("aggregation = \"masked\"", "masked"),
+        ] {
+            let msg = JobSpec::from_toml(&with(table)).unwrap_err().to_string();
+            assert!(msg.contains(named), "{table}: {msg}");
+        }
     }
 
     fn error_for(edit: impl Fn(&str) -> String) -> String {

@@ -44,6 +44,36 @@ pub enum TaskAnswer {
         metrics: Metrics,
         compute_seconds: f64,
     },
+    /// Secure aggregation, stage 1: the client's key advertisement, its
+    /// signature and the certificate it was checked against (empty without
+    /// mutual TLS), to be relayed to its neighbours.
+    SecAggAdvertise {
+        advertisement: Vec<u8>,
+        signature: Vec<u8>,
+        certificate_der: Vec<u8>,
+    },
+    /// Stage 2: encrypted shares for the client's neighbours.
+    SecAggShares(Vec<u8>),
+    /// Stage 3: the masked, encoded update (integers mod 2^bits).
+    MaskedFit {
+        masked: Vec<u64>,
+        train_loss: Option<f64>,
+        compute_seconds: f64,
+        receipt: UpdateReceipt,
+    },
+    /// Stage 4: the shares revealed for unmasking.
+    SecAggReveal(Vec<u8>),
+}
+
+/// The body an answer must carry, set when its task is dispatched.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Expect {
+    #[default]
+    Nothing,
+    /// An update of this many f32 values.
+    Update(u64),
+    /// A masked update of this many integers mod 2^bits.
+    Masked { count: u64, bits: u32 },
 }
 
 /// `Err` carries the reason a client refused a task or its answer was
@@ -57,7 +87,7 @@ pub struct Pending {
     pub job_id: String,
     pub round: u32,
     pub kind: TaskKind,
-    pub parameter_count: u64,
+    pub expect: Expect,
     pub reply: oneshot::Sender<TaskOutcome>,
 }
 
@@ -191,7 +221,7 @@ impl Registry {
             job_id: task.header.job_id.clone(),
             round: task.header.round,
             kind: task.header.kind(),
-            parameter_count: 0,
+            expect: Expect::Nothing,
             reply,
         };
         inner.pending.insert(task.header.task_id.clone(), pending);
@@ -210,10 +240,10 @@ impl Registry {
         rx
     }
 
-    /// Sets the length an answer's parameter stream must have (FIT).
-    pub fn expect_parameters(&self, task_id: &str, count: u64) {
+    /// Sets the body an answer must carry (FIT).
+    pub fn expect(&self, task_id: &str, expect: Expect) {
         if let Some(p) = self.lock().pending.get_mut(task_id) {
-            p.parameter_count = count;
+            p.expect = expect;
         }
     }
 

@@ -18,8 +18,10 @@ use rand_chacha::ChaCha8Rng;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use crate::job::JobSpec;
-use crate::registry::{Registry, Task, TaskAnswer, TaskOutcome};
+mod secagg;
+
+use crate::job::{Aggregation, JobSpec};
+use crate::registry::{Expect, Registry, Task, TaskAnswer, TaskOutcome};
 use cohort_ledger::Record;
 use sha2::Digest as _;
 
@@ -178,7 +180,7 @@ impl Runner {
                     &header,
                     None,
                     t.round_timeout_secs,
-                    |a| match a {
+                    |_, a| match a {
                         TaskAnswer::Prepare { statistics, schema } => Ok((statistics, schema)),
                         _ => Err("answered a preparation task with something else".into()),
                     },
@@ -275,28 +277,46 @@ impl Runner {
         header: &TaskHeader,
         parameters: Option<Arc<Vec<f32>>>,
         timeout_secs: u64,
-        accept: impl Fn(TaskAnswer) -> Result<T, String>,
+        accept: impl FnMut(&str, TaskAnswer) -> Result<T, String>,
+    ) -> Answers<T> {
+        let expect = match (header.kind(), &parameters) {
+            (TaskKind::Fit, Some(p)) => Expect::Update(p.len() as u64),
+            _ => Expect::Nothing,
+        };
+        let tasks = clients
+            .iter()
+            .map(|c| (c.clone(), header.clone()))
+            .collect();
+        self.gather_each(tasks, parameters, expect, timeout_secs, accept)
+            .await
+    }
+
+    /// Like [`Runner::gather`], with a task header of its own for each
+    /// client; `accept` sees each answer as it is collected.
+    async fn gather_each<T>(
+        &self,
+        tasks: Vec<(String, TaskHeader)>,
+        parameters: Option<Arc<Vec<f32>>>,
+        expect: Expect,
+        timeout_secs: u64,
+        mut accept: impl FnMut(&str, TaskAnswer) -> Result<T, String>,
     ) -> Answers<T> {
         let mut waiting: Vec<(String, String, oneshot::Receiver<TaskOutcome>)> = Vec::new();
-        for client in clients {
+        for (client, mut header) in tasks {
             let task_id = uuid::Uuid::new_v4().simple().to_string();
-            let mut h = header.clone();
-            h.task_id = task_id.clone();
+            header.task_id = task_id.clone();
             if let Some(p) = &parameters {
-                h.parameter_count = p.len() as u64;
+                header.parameter_count = p.len() as u64;
             }
             let rx = self.registry.dispatch(
-                client,
+                &client,
                 Task {
-                    header: h,
+                    header,
                     parameters: parameters.clone(),
                 },
             );
-            if header.kind() == TaskKind::Fit {
-                self.registry
-                    .expect_parameters(&task_id, parameters.as_ref().map_or(0, |p| p.len() as u64));
-            }
-            waiting.push((client.clone(), task_id, rx));
+            self.registry.expect(&task_id, expect);
+            waiting.push((client, task_id, rx));
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout_secs);
         let mut answers = Answers {
@@ -306,7 +326,7 @@ impl Runner {
         let mut expired = Vec::new();
         for (client, task_id, rx) in waiting {
             match tokio::time::timeout_at(deadline, rx).await {
-                Ok(Ok(Ok(answer))) => match accept(answer) {
+                Ok(Ok(Ok(answer))) => match accept(&client, answer) {
                     Ok(v) => answers.ok.push((client, v)),
                     Err(reason) => answers.failed.push((client, reason)),
                 },
@@ -365,69 +385,36 @@ impl Runner {
                 kind: TaskKind::Fit as i32,
                 ..header.clone()
             };
-            let n_params = global.len();
-            let answers = self
-                .gather(
-                    &selected,
-                    &fit,
-                    Some(global.clone()),
-                    t.round_timeout_secs,
-                    |a| match a {
-                        TaskAnswer::Fit {
-                            delta,
-                            num_examples,
-                            train_loss,
-                            compute_seconds,
-                            receipt,
-                        } if delta.len() == n_params => {
-                            Ok((delta, num_examples, train_loss, compute_seconds, receipt))
-                        }
-                        TaskAnswer::Fit { delta, .. } => Err(format!(
-                            "update has {} values, the model has {n_params}",
-                            delta.len()
-                        )),
-                        _ => Err("answered a fit task with something else".into()),
-                    },
-                )
-                .await;
-            for (client, reason) in &answers.failed {
-                self.note(
-                    &job.id,
-                    format!("round {round}: {client} dropped: {reason}"),
-                );
-            }
-            if answers.ok.len() < t.min_clients as usize {
-                self.note(
-                    &job.id,
-                    format!(
-                        "round {round} attempt {attempt}: {} of the required {} updates; retrying",
-                        answers.ok.len(),
-                        t.min_clients
-                    ),
-                );
+            let fitted = match spec.privacy.aggregation {
+                Aggregation::Plain => {
+                    self.plain_fit(job, spec, &fit, &global, &selected, (round, attempt))
+                        .await
+                }
+                Aggregation::Secagg => {
+                    self.secure_fit(
+                        job,
+                        spec,
+                        enrollment,
+                        &fit,
+                        &global,
+                        &selected,
+                        (round, attempt),
+                    )
+                    .await?
+                }
+            };
+            let Some(Fitted {
+                participants,
+                receipts,
+                updates,
+                total_examples,
+                train_loss,
+                slowest_fit_secs,
+                aggregate_sha256,
+            }) = fitted
+            else {
                 continue;
-            }
-            let total_examples: u64 = answers.ok.iter().map(|(_, (_, n, ..))| *n).sum();
-            let train_loss = weighted_loss(answers.ok.iter().map(|(_, (_, n, l, ..))| (*n, *l)));
-            let slowest_fit_secs = answers
-                .ok
-                .iter()
-                .map(|(_, (_, _, _, s, _))| *s)
-                .fold(0.0, f64::max);
-            let participants: Vec<String> = answers.ok.iter().map(|(c, _)| c.clone()).collect();
-            let mut receipts = Vec::with_capacity(answers.ok.len());
-            let updates: Vec<ClientUpdate> = answers
-                .ok
-                .into_iter()
-                .map(|(client, (delta, num_examples, _, _, receipt))| {
-                    receipts.push(receipt);
-                    ClientUpdate {
-                        client,
-                        delta,
-                        num_examples,
-                    }
-                })
-                .collect();
+            };
             let next = strategy
                 .aggregate(&global, &updates)
                 .map_err(|e| RunError::Failed(format!("round {round}: aggregation failed: {e}")))?;
@@ -450,7 +437,7 @@ impl Runner {
                     &eval,
                     Some(next.clone()),
                     t.round_timeout_secs,
-                    |a| match a {
+                    |_, a| match a {
                         TaskAnswer::Evaluate {
                             metrics,
                             compute_seconds,
@@ -484,6 +471,7 @@ impl Runner {
                     round,
                     participants,
                     updates: receipts,
+                    aggregate_sha256,
                     metrics: metrics.clone(),
                     train_loss,
                     attempts: attempt,
@@ -508,6 +496,92 @@ impl Runner {
             "round {round}: fewer than {} updates after {} attempts",
             t.min_clients, t.max_round_attempts
         )))
+    }
+
+    /// The fit stage in plain mode: every selected hospital sends its
+    /// signed update. `None` when too few answered (the attempt is retried).
+    async fn plain_fit(
+        &self,
+        job: &JobRow,
+        spec: &JobSpec,
+        fit: &TaskHeader,
+        global: &Arc<Vec<f32>>,
+        selected: &[String],
+        (round, attempt): (u32, u32),
+    ) -> Option<Fitted> {
+        let t = &spec.training;
+        let n_params = global.len();
+        let answers = self
+            .gather(
+                selected,
+                fit,
+                Some(global.clone()),
+                t.round_timeout_secs,
+                |_, a| match a {
+                    TaskAnswer::Fit {
+                        delta,
+                        num_examples,
+                        train_loss,
+                        compute_seconds,
+                        receipt,
+                    } if delta.len() == n_params => {
+                        Ok((delta, num_examples, train_loss, compute_seconds, receipt))
+                    }
+                    TaskAnswer::Fit { delta, .. } => Err(format!(
+                        "update has {} values, the model has {n_params}",
+                        delta.len()
+                    )),
+                    _ => Err("answered a fit task with something else".into()),
+                },
+            )
+            .await;
+        for (client, reason) in &answers.failed {
+            self.note(
+                &job.id,
+                format!("round {round}: {client} dropped: {reason}"),
+            );
+        }
+        if answers.ok.len() < t.min_clients as usize {
+            self.note(
+                &job.id,
+                format!(
+                    "round {round} attempt {attempt}: {} of the required {} updates; retrying",
+                    answers.ok.len(),
+                    t.min_clients
+                ),
+            );
+            return None;
+        }
+        let total_examples: u64 = answers.ok.iter().map(|(_, (_, n, ..))| *n).sum();
+        let train_loss = weighted_loss(answers.ok.iter().map(|(_, (_, n, l, ..))| (*n, *l)));
+        let slowest_fit_secs = answers
+            .ok
+            .iter()
+            .map(|(_, (_, _, _, s, _))| *s)
+            .fold(0.0, f64::max);
+        let participants: Vec<String> = answers.ok.iter().map(|(c, _)| c.clone()).collect();
+        let mut receipts = Vec::with_capacity(answers.ok.len());
+        let updates: Vec<ClientUpdate> = answers
+            .ok
+            .into_iter()
+            .map(|(client, (delta, num_examples, _, _, receipt))| {
+                receipts.push(receipt);
+                ClientUpdate {
+                    client,
+                    delta,
+                    num_examples,
+                }
+            })
+            .collect();
+        Some(Fitted {
+            participants,
+            receipts,
+            updates,
+            total_examples,
+            train_loss,
+            slowest_fit_secs,
+            aggregate_sha256: None,
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -611,12 +685,14 @@ impl Runner {
             slowest_fit_secs: record.slowest_fit_secs,
             slowest_evaluate_secs: record.slowest_evaluate_secs,
             updates: record.updates,
+            aggregate_sha256: record.aggregate_sha256,
         };
         let entry = Record::RoundCompleted {
             job_id: row.job_id.clone(),
             round: row.round,
             model_sha256: row.model_sha256.clone(),
             updates: row.updates.clone(),
+            aggregate_sha256: row.aggregate_sha256.clone(),
             model_signature_sha256: signature_sha256,
             accuracy: row.metrics.as_ref().map(|m| format!("{:.6}", m.accuracy)),
             auc: row.metrics.as_ref().map(|m| format!("{:.6}", m.auc)),
@@ -670,10 +746,25 @@ impl Runner {
     }
 }
 
+/// What the fit stage of a round attempt produced for the strategy.
+struct Fitted {
+    participants: Vec<String>,
+    receipts: Vec<UpdateReceipt>,
+    /// One update per hospital in plain mode; under secure aggregation
+    /// the single example-weighted mean of the survivors' updates.
+    updates: Vec<ClientUpdate>,
+    total_examples: u64,
+    train_loss: Option<f64>,
+    slowest_fit_secs: f64,
+    /// Under secure aggregation: SHA-256 of the recovered sum (packed).
+    aggregate_sha256: Option<String>,
+}
+
 struct RoundRecord {
     round: u32,
     participants: Vec<String>,
     updates: Vec<UpdateReceipt>,
+    aggregate_sha256: Option<String>,
     metrics: Option<Metrics>,
     train_loss: Option<f64>,
     attempts: u32,
@@ -694,6 +785,7 @@ impl RoundRecord {
             slowest_fit_secs: 0.0,
             slowest_evaluate_secs: 0.0,
             updates: Vec::new(),
+            aggregate_sha256: None,
         }
     }
 }

@@ -16,7 +16,9 @@ use cohort_protocol::v1::{
     developer_service_server::DeveloperService, hospital_service_server::HospitalService,
     model_frame, result_frame, task_frame,
 };
-use cohort_protocol::{CHUNK_BYTES, PROTOCOL_VERSION, ParameterAssembler, parameter_chunks};
+use cohort_protocol::{
+    ByteAssembler, CHUNK_BYTES, PROTOCOL_VERSION, ParameterAssembler, parameter_chunks,
+};
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -27,7 +29,7 @@ use cohort_identity::Role;
 use sha2::Digest as _;
 
 use crate::job::JobSpec;
-use crate::registry::{Pending, Registry, TaskAnswer};
+use crate::registry::{Expect, Pending, Registry, TaskAnswer};
 use crate::runner::{Runner, card_key, model_key};
 use crate::security::{Authorizer, Caller};
 use crate::store::{JobRow, JobState, Store, StoreError, UpdateReceipt, now};
@@ -203,12 +205,29 @@ impl HospitalService for Services {
         let outcome = if !header.error.is_empty() {
             Err(format!("client refused the task: {}", header.error))
         } else {
-            read_answer(pending.kind, pending.parameter_count, &header, &mut stream)
+            read_answer(pending.kind, pending.expect, &header, &mut stream)
                 .await
                 .and_then(|mut answer| {
-                    if let TaskAnswer::Fit { receipt, .. } = &mut answer {
-                        receipt.client = client.clone();
-                        check_update_signature(&caller, &pending, &header, &receipt.update_sha256)?;
+                    match &mut answer {
+                        TaskAnswer::Fit { receipt, .. } | TaskAnswer::MaskedFit { receipt, .. } => {
+                            receipt.client = client.clone();
+                            check_update_signature(
+                                &caller,
+                                &pending,
+                                &header,
+                                &receipt.update_sha256,
+                            )?;
+                        }
+                        // Relayed to the neighbours, who check the
+                        // signature against it themselves.
+                        TaskAnswer::SecAggAdvertise {
+                            certificate_der, ..
+                        } => {
+                            if let Caller::Member(principal) = &caller {
+                                certificate_der.clone_from(&principal.certificate_der);
+                            }
+                        }
+                        _ => {}
                     }
                     Ok(answer)
                 })
@@ -268,10 +287,44 @@ fn check_update_signature(
         .map_err(|e| format!("update rejected: {e}"))
 }
 
+/// Reads the chunks that follow an answer's header into `push`.
+async fn read_chunks(
+    stream: &mut Streaming<ResultFrame>,
+    mut push: impl FnMut(&[u8]) -> Result<(), String>,
+) -> Result<(), String> {
+    while let Some(frame) = stream
+        .message()
+        .await
+        .map_err(|e| format!("upload interrupted: {e}"))?
+    {
+        match frame.frame {
+            Some(result_frame::Frame::Chunk(Chunk { data })) => {
+                if data.len() > CHUNK_BYTES {
+                    return Err(format!(
+                        "chunk of {} bytes exceeds {CHUNK_BYTES}",
+                        data.len()
+                    ));
+                }
+                push(&data)?;
+            }
+            _ => return Err("unexpected frame after the header".into()),
+        }
+    }
+    Ok(())
+}
+
+/// A secure-aggregation answer carries its payload in the header only.
+fn secagg_payload(header: &ResultHeader) -> Result<Vec<u8>, String> {
+    if header.secagg_payload.is_empty() {
+        return Err("secure-aggregation answer without its payload".into());
+    }
+    Ok(header.secagg_payload.clone())
+}
+
 /// Parses and checks the body of an answer against what its task asked for.
 async fn read_answer(
     kind: TaskKind,
-    expected_parameters: u64,
+    expect: Expect,
     header: &ResultHeader,
     stream: &mut Streaming<ResultFrame>,
 ) -> Result<TaskAnswer, String> {
@@ -283,7 +336,50 @@ async fn read_answer(
                 .map_err(|e| format!("schema_json: {e}"))?;
             Ok(TaskAnswer::Prepare { statistics, schema })
         }
+        TaskKind::Fit if matches!(expect, Expect::Masked { .. }) => {
+            let Expect::Masked { count, bits } = expect else {
+                unreachable!("guarded by the match arm")
+            };
+            if header.parameter_count != count {
+                return Err(format!(
+                    "masked update has {} values, the round expects {count}",
+                    header.parameter_count
+                ));
+            }
+            let width = cohort_privacy::quantize::bytes_per_value(bits);
+            let mut assembler = ByteAssembler::new(count as usize * width);
+            read_chunks(stream, |data| {
+                assembler
+                    .push(data)
+                    .map_err(|e| format!("masked update: {e}"))
+            })
+            .await?;
+            let packed = assembler
+                .finish()
+                .map_err(|e| format!("masked update: {e}"))?;
+            let update_sha256 = hex::encode(sha2::Sha256::digest(&packed));
+            let masked = cohort_privacy::quantize::unpack(&packed, bits, count as usize)
+                .map_err(|e| format!("masked update: {e}"))?;
+            let train_loss = header.train_loss.is_finite().then_some(header.train_loss);
+            Ok(TaskAnswer::MaskedFit {
+                masked,
+                train_loss,
+                compute_seconds: sane_seconds(header.compute_seconds),
+                receipt: UpdateReceipt {
+                    client: String::new(),
+                    task_id: header.task_id.clone(),
+                    num_examples: header.num_examples,
+                    parameter_count: header.parameter_count,
+                    update_sha256,
+                    signature: hex::encode(&header.update_signature),
+                    dataset_sha256: header.dataset_sha256.clone(),
+                },
+            })
+        }
         TaskKind::Fit => {
+            let Expect::Update(expected_parameters) = expect else {
+                return Err("the coordinator expected no update for this task".into());
+            };
             if header.parameter_count != expected_parameters {
                 return Err(format!(
                     "update has {} values, the model has {expected_parameters}",
@@ -295,24 +391,10 @@ async fn read_answer(
             }
             let mut assembler =
                 ParameterAssembler::new(expected_parameters).map_err(|e| e.to_string())?;
-            while let Some(frame) = stream
-                .message()
-                .await
-                .map_err(|e| format!("upload interrupted: {e}"))?
-            {
-                match frame.frame {
-                    Some(result_frame::Frame::Chunk(Chunk { data })) => {
-                        if data.len() > CHUNK_BYTES {
-                            return Err(format!(
-                                "chunk of {} bytes exceeds {CHUNK_BYTES}",
-                                data.len()
-                            ));
-                        }
-                        assembler.push(&data).map_err(|e| format!("update: {e}"))?;
-                    }
-                    _ => return Err("unexpected frame after the header".into()),
-                }
-            }
+            read_chunks(stream, |data| {
+                assembler.push(data).map_err(|e| format!("update: {e}"))
+            })
+            .await?;
             let delta = assembler.finish().map_err(|e| format!("update: {e}"))?;
             if let Some(i) = delta.iter().position(|v| !v.is_finite()) {
                 return Err(format!(
@@ -354,6 +436,13 @@ async fn read_answer(
                 compute_seconds: sane_seconds(header.compute_seconds),
             })
         }
+        TaskKind::SecaggAdvertise => Ok(TaskAnswer::SecAggAdvertise {
+            advertisement: secagg_payload(header)?,
+            signature: header.secagg_signature.clone(),
+            certificate_der: Vec::new(),
+        }),
+        TaskKind::SecaggShare => Ok(TaskAnswer::SecAggShares(secagg_payload(header)?)),
+        TaskKind::SecaggUnmask => Ok(TaskAnswer::SecAggReveal(secagg_payload(header)?)),
         TaskKind::Unspecified => Err("answer to a task of unknown kind".into()),
     }
 }
@@ -385,6 +474,7 @@ impl Services {
                 model_sha256: r.model_sha256,
                 slowest_fit_secs: r.slowest_fit_secs,
                 slowest_evaluate_secs: r.slowest_evaluate_secs,
+                aggregate_sha256: r.aggregate_sha256.unwrap_or_default(),
                 updates: r
                     .updates
                     .into_iter()
@@ -663,7 +753,7 @@ mod tests {
             job_id: "job-1".into(),
             round: 3,
             kind: TaskKind::Fit,
-            parameter_count: 3,
+            expect: Expect::Update(3),
             reply: tokio::sync::oneshot::channel().0,
         };
         let delta = [0.5f32, -1.0, 2.0];
@@ -684,7 +774,7 @@ mod tests {
             client: pending.client.clone(),
             job_id: pending.job_id.clone(),
             kind: pending.kind,
-            parameter_count: 3,
+            expect: pending.expect,
         };
         assert!(check_update_signature(&caller, &later, &header, &sha(&delta)).is_err());
         let mut heavier = header.clone();

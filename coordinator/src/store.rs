@@ -113,6 +113,9 @@ pub struct RoundRow {
     pub slowest_evaluate_secs: f64,
     /// The participants' updates as received (empty for round 0).
     pub updates: Vec<UpdateReceipt>,
+    /// Under secure aggregation: hex SHA-256 of the recovered sum of the
+    /// survivors' encoded updates (the only aggregate the coordinator saw).
+    pub aggregate_sha256: Option<String>,
 }
 
 /// One aggregated update as the coordinator received it: the same record
@@ -188,6 +191,8 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE jobs ADD COLUMN submitted_by TEXT;",
     // 3: receipts of the updates each round aggregated.
     "ALTER TABLE rounds ADD COLUMN updates_json TEXT;",
+    // 4: digest of a securely aggregated round's recovered sum.
+    "ALTER TABLE rounds ADD COLUMN aggregate_sha256 TEXT;",
 ];
 
 fn migrate(db: &Connection) -> rusqlite::Result<()> {
@@ -423,8 +428,8 @@ impl Store {
         db.execute(
             "INSERT INTO rounds (job_id, round, participants_json, metrics_json, train_loss,
                 attempts, duration_secs, model_key, model_sha256, completed_at,
-                slowest_fit_secs, slowest_evaluate_secs, updates_json)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                slowest_fit_secs, slowest_evaluate_secs, updates_json, aggregate_sha256)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             params![
                 row.job_id,
                 row.round,
@@ -438,7 +443,8 @@ impl Store {
                 row.completed_at,
                 row.slowest_fit_secs,
                 row.slowest_evaluate_secs,
-                updates
+                updates,
+                row.aggregate_sha256
             ],
         )?;
         Ok(())
@@ -450,7 +456,7 @@ impl Store {
         let mut stmt = db.prepare(
             "SELECT job_id, round, participants_json, metrics_json, train_loss, attempts,
                     duration_secs, model_key, model_sha256, completed_at,
-                    slowest_fit_secs, slowest_evaluate_secs, updates_json
+                    slowest_fit_secs, slowest_evaluate_secs, updates_json, aggregate_sha256
              FROM rounds WHERE job_id = ?1 ORDER BY round",
         )?;
         // A JSON column that does not parse is reported like any other
@@ -486,6 +492,7 @@ impl Store {
                     slowest_fit_secs: r.get(10)?,
                     slowest_evaluate_secs: r.get(11)?,
                     updates: json_column(r, 12)?.unwrap_or_default(),
+                    aggregate_sha256: r.get(13)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()
@@ -626,6 +633,7 @@ mod tests {
             slowest_fit_secs: 0.0,
             slowest_evaluate_secs: 0.0,
             updates: Vec::new(),
+            aggregate_sha256: None,
         }
     }
 

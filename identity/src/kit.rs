@@ -186,6 +186,27 @@ impl Kit {
         })
     }
 
+    /// Reads another member's certificate, relayed by the coordinator, and
+    /// accepts it only if this kit's consortium CA issued it and it is
+    /// within its validity period. (Revocation is enforced by the
+    /// coordinator, which holds the revocation list.)
+    pub fn verify_member(&self, cert_der: &[u8]) -> Result<Principal, IdentityError> {
+        let bad = |reason: String| IdentityError::Certificate(reason);
+        let ca_der = self.ca_der()?;
+        let (_, ca) = X509Certificate::from_der(&ca_der)
+            .map_err(|e| bad(format!("consortium CA certificate: {e}")))?;
+        let (_, cert) = X509Certificate::from_der(cert_der)
+            .map_err(|e| bad(format!("not a valid X.509 certificate: {e}")))?;
+        cert.verify_signature(Some(ca.public_key()))
+            .map_err(|_| bad("the certificate was not issued by this consortium's CA".into()))?;
+        if !cert.validity().is_valid() {
+            return Err(bad(
+                "the certificate is not within its validity period".into()
+            ));
+        }
+        Principal::from_certificate(cert_der)
+    }
+
     pub fn cert_der(&self) -> Result<CertificateDer<'static>, IdentityError> {
         first_certificate(&self.dir.join(CERT_FILE), &self.cert_pem)
     }

@@ -48,6 +48,9 @@ pub struct Principal {
     pub signing_key: MessageVerifyingKey,
     /// Seconds since the Unix epoch.
     pub not_after: i64,
+    /// The certificate itself (DER), so that what this principal signed can
+    /// be relayed to others together with the proof of who signed it.
+    pub certificate_der: Vec<u8>,
 }
 
 impl Principal {
@@ -91,6 +94,7 @@ impl Principal {
             serial: serial_hex(cert.raw_serial()),
             signing_key,
             not_after: cert.validity().not_after.timestamp(),
+            certificate_der: der.to_vec(),
         })
     }
 }

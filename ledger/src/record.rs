@@ -60,6 +60,11 @@ pub enum Record {
         /// Hex SHA-256 of the model's signature bundle (`model.sig`).
         model_signature_sha256: String,
         updates: Vec<UpdateRecord>,
+        /// Under secure aggregation, where `updates` are masked: hex SHA-256
+        /// of the recovered sum of the survivors' encoded updates
+        /// (`cohort_privacy::quantize::pack`). Absent in plain mode.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        aggregate_sha256: Option<String>,
         /// Held-out metrics as decimal text (six places): JSON numbers do
         /// not survive every parser bit for bit, and a signed record must.
         accuracy: Option<String>,

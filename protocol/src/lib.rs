@@ -24,6 +24,10 @@ use thiserror::Error;
 /// Signature context of a hospital's FIT answer.
 pub const UPDATE_SIGNATURE_CONTEXT: &str = "cohort/update/v1";
 
+/// Signature context of a hospital's secure-aggregation key advertisement
+/// (over `cohort_privacy::secagg::Advertisement::statement`).
+pub const SECAGG_ADVERT_CONTEXT: &str = "cohort/secagg-advert/v1";
+
 /// The statement a hospital signs for an update: which job, round and task
 /// it answers, its FedAvg weight, the SHA-256 of its bytes, and the
 /// commitment to the data it was trained on. Both sides
@@ -45,6 +49,30 @@ pub fn update_statement(
     .into_bytes()
 }
 
+/// The session a secure-aggregation round attempt is bound to: every key
+/// agreement, mask and encrypted share of the attempt is derived from it,
+/// and so is the neighbour graph, so both sides compute it from their own
+/// view and nothing made for one attempt is usable in another.
+pub fn secagg_session(job_id: &str, round: u32, attempt: u32, members: &[String]) -> [u8; 32] {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(b"cohort/secagg/v1\0");
+    for part in [
+        job_id.as_bytes(),
+        &round.to_le_bytes(),
+        &attempt.to_le_bytes(),
+    ] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    h.update((members.len() as u64).to_le_bytes());
+    for m in members {
+        h.update((m.len() as u64).to_le_bytes());
+        h.update(m.as_bytes());
+    }
+    h.finalize().into()
+}
+
 /// Bumped on any incompatible change to the messages' meaning.
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -64,9 +92,9 @@ pub enum ProtocolError {
     TooManyParameters { count: u64 },
     #[error("chunk of {len} bytes is not a whole number of f32 values")]
     RaggedChunk { len: usize },
-    #[error("received more parameters than the {expected} announced")]
+    #[error("received more than the {expected} values (or bytes) announced")]
     Overflow { expected: u64 },
-    #[error("received {received} parameters, {expected} were announced")]
+    #[error("received {received} values (or bytes), {expected} were announced")]
     Incomplete { expected: u64, received: u64 },
     #[error("frame out of order: {0}")]
     OutOfOrder(&'static str),
@@ -129,6 +157,45 @@ impl ParameterAssembler {
             });
         }
         Ok(self.values)
+    }
+}
+
+/// Rebuilds an opaque byte payload (a masked update) from chunks, refusing
+/// more or fewer bytes than announced.
+#[derive(Debug)]
+pub struct ByteAssembler {
+    expected: usize,
+    bytes: Vec<u8>,
+}
+
+impl ByteAssembler {
+    /// `expected` must already be bounded by the caller (it is derived from
+    /// a parameter count checked against [`MAX_PARAMETERS`]).
+    pub fn new(expected: usize) -> Self {
+        Self {
+            expected,
+            bytes: Vec::with_capacity(expected),
+        }
+    }
+
+    pub fn push(&mut self, chunk: &[u8]) -> Result<(), ProtocolError> {
+        if self.bytes.len() + chunk.len() > self.expected {
+            return Err(ProtocolError::Overflow {
+                expected: self.expected as u64,
+            });
+        }
+        self.bytes.extend_from_slice(chunk);
+        Ok(())
+    }
+
+    pub fn finish(self) -> Result<Vec<u8>, ProtocolError> {
+        if self.bytes.len() != self.expected {
+            return Err(ProtocolError::Incomplete {
+                expected: self.expected as u64,
+                received: self.bytes.len() as u64,
+            });
+        }
+        Ok(self.bytes)
     }
 }
 

@@ -32,6 +32,13 @@ impl Security {
             Security::MutualTls(kit) => Some(kit),
         }
     }
+
+    pub fn kit_arc(&self) -> Option<Arc<Kit>> {
+        match self {
+            Security::Insecure => None,
+            Security::MutualTls(kit) => Some(kit.clone()),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

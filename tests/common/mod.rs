@@ -59,6 +59,7 @@ pub fn start_client(url: &str, data: &Path, name: &str, stop: &Stop) -> JoinHand
         data: data.to_path_buf(),
         name: name.to_string(),
         data_dir: None,
+        options: cohort_client::ClientOptions::default(),
     };
     let signal = stop.signal();
     tokio::spawn(async move {

@@ -46,8 +46,8 @@ pub struct SimulationReport {
     pub client_secs_max: f64,
     /// The server's own computation time, all stages and `finish`.
     pub server_secs: f64,
-    /// Wire bytes sent / received per selected client (mean over all
-    /// `clients`, dropped ones included): advertisement, share batches,
+    /// Wire bytes sent / received per client (mean over the clients that
+    /// completed every stage, like the CPU time): advertisement, share batches,
     /// packed masked vector, reveals up; neighbours' advertisements (4-byte
     /// id each), forwarded shares and the survivor list (4 bytes per id)
     /// down.
@@ -258,8 +258,18 @@ impl Simulation {
         report.client_secs_mean = pool.iter().sum::<f64>() / pool.len().max(1) as f64;
         report.client_secs_max = secs.values().copied().fold(0.0, f64::max);
         report.server_secs = server_time.as_secs_f64();
-        report.bytes_up_per_client_mean = up.iter().sum::<usize>() as f64 / n.max(1) as f64;
-        report.bytes_down_per_client_mean = down.iter().sum::<usize>() as f64 / n.max(1) as f64;
+        // Like CPU time, bytes are averaged over the clients that completed
+        // the round (all clients if none did).
+        let counted: Vec<usize> = if (0..n).any(|u| completed[u]) {
+            (0..n).filter(|&u| completed[u]).collect()
+        } else {
+            (0..n).collect()
+        };
+        let mean = |v: &[usize]| {
+            counted.iter().map(|&u| v[u]).sum::<usize>() as f64 / counted.len().max(1) as f64
+        };
+        report.bytes_up_per_client_mean = mean(&up);
+        report.bytes_down_per_client_mean = mean(&down);
         report
     }
 }

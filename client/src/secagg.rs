@@ -1,0 +1,293 @@
+//! The hospital's side of secure aggregation (SecAgg+).
+//!
+//! The coordinator only relays: this side recomputes the session and the
+//! neighbour graph from what it was told, checks every neighbour's key
+//! advertisement against that neighbour's certificate (issued by the
+//! consortium CA), and never sends its update other than masked. The
+//! round's secrets live in memory only, for one round attempt.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Mutex;
+
+use cohort_identity::Role;
+use cohort_privacy::quantize::{Quantizer, pack};
+use cohort_privacy::secagg::{
+    Advertisement, ClientId, ClientRound, Params, decode_shares, encode_reveals, encode_shares,
+    graph_seed, neighbourhoods,
+};
+use cohort_protocol::v1::{ResultHeader, SecAggTask, TaskHeader};
+use tracing::{info, warn};
+
+use crate::work::{Answer, Worker, parse};
+
+/// Round attempts a client keeps secrets for at once; older ones are
+/// forgotten (their attempt was abandoned by the coordinator).
+const MAX_OPEN_SESSIONS: usize = 8;
+
+/// The secrets of the round attempts this client is taking part in.
+#[derive(Default)]
+pub struct Sessions {
+    open: Mutex<VecDeque<([u8; 32], ClientRound)>>,
+}
+
+impl Sessions {
+    fn insert(&self, session: [u8; 32], round: ClientRound) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.retain(|(s, _)| *s != session);
+        if open.len() >= MAX_OPEN_SESSIONS {
+            open.pop_front();
+        }
+        open.push_back((session, round));
+    }
+
+    fn with<T>(
+        &self,
+        session: &[u8; 32],
+        f: impl FnOnce(&mut ClientRound) -> Result<T, String>,
+    ) -> Result<T, String> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let (_, round) = open.iter_mut().find(|(s, _)| s == session).ok_or(
+            "no secure-aggregation keys for this round attempt (the client restarted since it \
+             advertised them, or the attempt is long over)",
+        )?;
+        f(round)
+    }
+
+    fn remove(&self, session: &[u8; 32]) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.retain(|(s, _)| s != session);
+    }
+}
+
+/// What a client derives for itself from a secure-aggregation task.
+struct View {
+    session: [u8; 32],
+    params: Params,
+    me: ClientId,
+    neighbours: Vec<ClientId>,
+}
+
+impl Worker {
+    fn view(&self, task: &TaskHeader, secagg: &SecAggTask) -> Result<View, String> {
+        let members = &secagg.members;
+        let n = members.len();
+        let unique: BTreeSet<&String> = members.iter().collect();
+        if n < 2 || unique.len() != n {
+            return Err(format!(
+                "secure aggregation needs at least 2 distinct members, the task lists {n} ({} distinct)",
+                unique.len()
+            ));
+        }
+        let me = secagg.my_id;
+        if members.get(me as usize).map(String::as_str) != Some(self.name()) {
+            return Err(format!(
+                "the task gives this client id {me}, which is not `{}` in the member list",
+                self.name()
+            ));
+        }
+        let params: Params = parse(&secagg.params_json, "secure-aggregation parameters")?;
+        let session =
+            cohort_protocol::secagg_session(&task.job_id, task.round, secagg.attempt, members);
+        let graph = neighbourhoods(n as u32, secagg.neighbours, &graph_seed(&session));
+        let neighbours = graph.get(me as usize).cloned().unwrap_or_default();
+        // A threshold at or below half a neighbourhood would let two
+        // disjoint groups rebuild both of a client's secrets.
+        if neighbours.is_empty() || 2 * params.share_threshold as usize <= neighbours.len() {
+            return Err(format!(
+                "refusing secure aggregation with a share threshold of {} for {} neighbours: it must exceed half",
+                params.share_threshold,
+                neighbours.len()
+            ));
+        }
+        Ok(View {
+            session,
+            params,
+            me,
+            neighbours,
+        })
+    }
+
+    /// Stage 1: this attempt's key pairs; the public halves go out signed.
+    pub(crate) fn advertise(
+        &self,
+        task: &TaskHeader,
+        secagg: &SecAggTask,
+    ) -> Result<Answer, String> {
+        let view = self.view(task, secagg)?;
+        let (round, advert) = ClientRound::new(
+            &view.session,
+            view.params,
+            view.me,
+            view.neighbours,
+            &mut rand::rng(),
+        )
+        .map_err(|e| e.to_string())?;
+        let signature = match self.kit() {
+            Some(kit) => kit
+                .signing_key
+                .sign(
+                    cohort_protocol::SECAGG_ADVERT_CONTEXT,
+                    &advert.statement(&view.session, view.me),
+                )
+                .map_err(|e| format!("signing the key advertisement: {e}"))?,
+            None => Vec::new(),
+        };
+        self.sessions().insert(view.session, round);
+        Ok(payload_answer(advert.to_bytes(), signature))
+    }
+
+    /// Stage 2: checks the neighbours' signed keys and shares this
+    /// client's secrets with them, encrypted to each.
+    pub(crate) fn share_keys(
+        &self,
+        task: &TaskHeader,
+        secagg: &SecAggTask,
+    ) -> Result<Answer, String> {
+        let view = self.view(task, secagg)?;
+        let mut adverts = BTreeMap::new();
+        for relayed in &secagg.adverts {
+            let ad = Advertisement::from_bytes(&relayed.advertisement)
+                .map_err(|e| format!("neighbour {}'s key advertisement: {e}", relayed.id))?;
+            self.check_advert_signature(&view, secagg, relayed, &ad)?;
+            adverts.insert(relayed.id, ad);
+        }
+        let batch = self.sessions().with(&view.session, |round| {
+            round
+                .share_keys(&adverts, &mut rand::rng())
+                .map_err(|e| e.to_string())
+        })?;
+        Ok(payload_answer(encode_shares(&batch), Vec::new()))
+    }
+
+    /// Under mutual TLS a neighbour's keys count only with its signature,
+    /// made with the signing key its certificate binds, for this session
+    /// and id; the certificate must name the member at that id.
+    fn check_advert_signature(
+        &self,
+        view: &View,
+        secagg: &SecAggTask,
+        relayed: &cohort_protocol::v1::SecAggAdvert,
+        ad: &Advertisement,
+    ) -> Result<(), String> {
+        let Some(kit) = self.kit() else {
+            return Ok(());
+        };
+        let expected = secagg
+            .members
+            .get(relayed.id as usize)
+            .ok_or_else(|| format!("key advertisement from unknown id {}", relayed.id))?;
+        let signer = kit
+            .verify_member(&relayed.certificate_der)
+            .map_err(|e| format!("neighbour `{expected}`'s certificate: {e}"))?;
+        if signer.role != Role::Hospital || &signer.name != expected {
+            return Err(format!(
+                "the key advertisement for `{expected}` comes with the certificate of {signer}"
+            ));
+        }
+        signer
+            .signing_key
+            .verify(
+                cohort_protocol::SECAGG_ADVERT_CONTEXT,
+                &ad.statement(&view.session, relayed.id),
+                &relayed.signature,
+            )
+            .map_err(|e| format!("neighbour `{expected}`'s key advertisement: {e}"))
+    }
+
+    /// Stage 3: trains, encodes the update (the example count rides
+    /// inside) and sends it masked.
+    pub(crate) fn masked_fit(
+        &self,
+        task: &TaskHeader,
+        secagg: &SecAggTask,
+        global: Vec<f32>,
+    ) -> Result<Answer, String> {
+        let view = self.view(task, secagg)?;
+        let quantizer: Quantizer = parse(&secagg.quantizer_json, "quantizer")?;
+        if quantizer.bits() != view.params.bits {
+            return Err(format!(
+                "the quantizer sums mod 2^{}, the masks mod 2^{}",
+                quantizer.bits(),
+                view.params.bits
+            ));
+        }
+        let received = decode_shares(&secagg.shares).map_err(|e| e.to_string())?;
+        let trained = self.train(task, &global)?;
+        let encoded = quantizer
+            .encode_update(&trained.delta, trained.examples, &mut rand::rng())
+            .map_err(|e| e.to_string())?;
+        if encoded.clipped {
+            info!(
+                client = self.name(),
+                job = task.job_id,
+                round = task.round,
+                clip = quantizer.clip(),
+                "update clipped to the job's L2 bound before encoding"
+            );
+        }
+        self.keep_contribution(task, secagg, &encoded.values, view.params.bits);
+        let masked = self.sessions().with(&view.session, |round| {
+            round
+                .mask(&encoded.values, &received)
+                .map_err(|e| e.to_string())
+        })?;
+        Ok(Answer {
+            header: ResultHeader {
+                // The weight travels inside the masked vector.
+                num_examples: 0,
+                parameter_count: masked.len() as u64,
+                train_loss: trained.loss,
+                dataset_sha256: trained.commitment,
+                ..Default::default()
+            },
+            parameters: Vec::new(),
+            masked: pack(&masked, view.params.bits),
+        })
+    }
+
+    /// Stage 4: reveals what the coordinator needs to remove the masks,
+    /// once, then forgets the attempt's secrets.
+    pub(crate) fn unmask(&self, task: &TaskHeader, secagg: &SecAggTask) -> Result<Answer, String> {
+        let view = self.view(task, secagg)?;
+        let survivors: BTreeSet<ClientId> = secagg.survivors.iter().copied().collect();
+        let reveals = self.sessions().with(&view.session, |round| {
+            round.unmask(&survivors).map_err(|e| e.to_string())
+        });
+        self.sessions().remove(&view.session);
+        Ok(payload_answer(encode_reveals(&reveals?), Vec::new()))
+    }
+
+    /// With `--keep-contributions`, the hospital keeps its own copy of the
+    /// encoded update it contributed (before masking), in its data dir: the
+    /// coordinator never sees it, but the hospital can show what it sent.
+    fn keep_contribution(&self, task: &TaskHeader, secagg: &SecAggTask, values: &[u64], bits: u32) {
+        if !self.options().keep_contributions {
+            return;
+        }
+        let Some(dir) = self.records_dir() else {
+            return;
+        };
+        let dir = dir.join("contributions");
+        let path = dir.join(format!(
+            "{}-round{:05}-attempt{}.bits{bits}",
+            task.job_id, task.round, secagg.attempt
+        ));
+        if let Err(e) =
+            std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, pack(values, bits)))
+        {
+            warn!(path = %path.display(), "could not keep the contribution: {e}");
+        }
+    }
+}
+
+fn payload_answer(payload: Vec<u8>, signature: Vec<u8>) -> Answer {
+    Answer {
+        header: ResultHeader {
+            secagg_payload: payload,
+            secagg_signature: signature,
+            ..Default::default()
+        },
+        parameters: Vec::new(),
+        masked: Vec::new(),
+    }
+}

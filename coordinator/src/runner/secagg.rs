@@ -1,0 +1,361 @@
+//! The fit stage of a round under secure aggregation (SecAgg+): four
+//! exchanges with the selected hospitals, after which the coordinator holds
+//! the sum of the surviving hospitals' encoded updates and nothing else.
+//!
+//! 1. ADVERTISE: each hospital makes this attempt's key pairs and signs the
+//!    public halves with its identity key.
+//! 2. SHARE: each gets its neighbours' signed keys (with their certificates,
+//!    so it checks them itself: the coordinator cannot substitute keys) and
+//!    sends each neighbour encrypted Shamir shares of its secrets.
+//! 3. FIT: each trains, encodes its update (clip, weight, quantize; the
+//!    example count rides inside the vector) and masks it. Masked vectors
+//!    are added into a running sum as they arrive and are never stored.
+//! 4. UNMASK: the survivors reveal the shares needed to remove the masks.
+//!
+//! A hospital may vanish at any stage; below the threshold the attempt is
+//! abandoned (nothing has been revealed yet) and the round is retried.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use cohort_privacy::quantize::{Quantizer, pack};
+use cohort_privacy::secagg::{
+    Advertisement, ClientId, Params, ServerRound, decode_reveals, decode_shares, encode_shares,
+    graph_seed, neighbourhoods,
+};
+use cohort_protocol::v1::{SecAggAdvert, SecAggTask, TaskHeader, TaskKind};
+use sha2::Digest as _;
+
+use super::{Fitted, RunError, Runner, json, weighted_loss};
+use crate::job::JobSpec;
+use crate::registry::{Expect, TaskAnswer};
+use crate::store::{Enrollment, JobRow};
+use crate::strategy::ClientUpdate;
+
+/// The aggregate's stand-in name: the strategy sees one update, the mean.
+const AGGREGATE: &str = "secure-aggregate";
+
+impl Runner {
+    /// `None` when the attempt had to be abandoned (too few hospitals at some
+    /// stage, or the sum could not be recovered); the round is then retried.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn secure_fit(
+        &self,
+        job: &JobRow,
+        spec: &JobSpec,
+        enrollment: &Enrollment,
+        fit: &TaskHeader,
+        global: &Arc<Vec<f32>>,
+        selected: &[String],
+        (round, attempt): (u32, u32),
+    ) -> Result<Option<Fitted>, RunError> {
+        let t = &spec.training;
+        let config = &spec.privacy.secagg;
+        let n = selected.len() as u32;
+        let stop = |e: String| RunError::Failed(format!("round {round}: secure aggregation: {e}"));
+        let Ok((params, k)) =
+            Params::from_fractions(n, config.neighbours, config.threshold, config.bits)
+        else {
+            self.note(
+                &job.id,
+                format!(
+                    "round {round} attempt {attempt}: {n} hospitals are too few for secure aggregation; retrying"
+                ),
+            );
+            return Ok(None);
+        };
+        let needed = params.min_survivors.max(t.min_clients) as usize;
+        let max_examples = self.max_rows(selected, enrollment)?;
+        let quantizer = Quantizer::for_weighted_sum(config.clip, config.bits, n, max_examples)
+            .map_err(|e| stop(e.to_string()))?;
+        let session = cohort_protocol::secagg_session(&job.id, round, attempt, selected);
+        let graph = neighbourhoods(n, k, &graph_seed(&session));
+        let input_len = global.len() + 1;
+        let mut server = ServerRound::try_new(&session, params.clone(), graph, input_len)
+            .map_err(|e| stop(e.to_string()))?;
+        let base = SecAggTask {
+            members: selected.to_vec(),
+            attempt,
+            neighbours: k,
+            params_json: json(&params)?,
+            quantizer_json: json(&quantizer)?,
+            ..Default::default()
+        };
+        let id_of = |client: &str| -> ClientId {
+            selected.iter().position(|c| c == client).unwrap_or(0) as ClientId
+        };
+        let task = |kind: TaskKind, id: ClientId, fill: &dyn Fn(&mut SecAggTask)| {
+            let mut secagg = SecAggTask {
+                my_id: id,
+                ..base.clone()
+            };
+            fill(&mut secagg);
+            let mut header = TaskHeader {
+                kind: kind as i32,
+                secagg: Some(secagg),
+                ..fit.clone()
+            };
+            if kind != TaskKind::Fit {
+                // Only the FIT exchange carries the global model.
+                header.parameters_sha256.clear();
+            }
+            header
+        };
+        let stage_short = |stage: &str, have: usize| {
+            format!(
+                "round {round} attempt {attempt}: secure aggregation: {have} of the required {needed} hospitals {stage}; abandoning the attempt before anything is revealed, retrying"
+            )
+        };
+
+        // Stage 1: signed key advertisements.
+        let tasks = selected
+            .iter()
+            .map(|c| {
+                let id = id_of(c);
+                (c.clone(), task(TaskKind::SecaggAdvertise, id, &|_| {}))
+            })
+            .collect();
+        let mut relayed: BTreeMap<ClientId, SecAggAdvert> = BTreeMap::new();
+        let answers = self
+            .gather_each(
+                tasks,
+                None,
+                Expect::Nothing,
+                t.round_timeout_secs,
+                |client, a| {
+                    let TaskAnswer::SecAggAdvertise {
+                        advertisement,
+                        signature,
+                        certificate_der,
+                    } = a
+                    else {
+                        return Err("answered a key advertisement task with something else".into());
+                    };
+                    let id = id_of(client);
+                    let ad =
+                        Advertisement::from_bytes(&advertisement).map_err(|e| e.to_string())?;
+                    if !certificate_der.is_empty() {
+                        let signer = cohort_identity::Principal::from_certificate(&certificate_der)
+                            .map_err(|e| e.to_string())?;
+                        signer
+                            .signing_key
+                            .verify(
+                                cohort_protocol::SECAGG_ADVERT_CONTEXT,
+                                &ad.statement(&session, id),
+                                &signature,
+                            )
+                            .map_err(|e| format!("key advertisement: {e}"))?;
+                    }
+                    server.advertised(id, ad).map_err(|e| e.to_string())?;
+                    relayed.insert(
+                        id,
+                        SecAggAdvert {
+                            id,
+                            advertisement,
+                            signature,
+                            certificate_der,
+                        },
+                    );
+                    Ok(())
+                },
+            )
+            .await;
+        self.note_failures(&job.id, round, "key advertisement", &answers.failed);
+        if answers.ok.len() < needed {
+            self.note(&job.id, stage_short("advertised keys", answers.ok.len()));
+            return Ok(None);
+        }
+
+        // Stage 2: encrypted shares, routed by the coordinator.
+        let tasks = answers
+            .ok
+            .iter()
+            .map(|(c, ())| {
+                let id = id_of(c);
+                let adverts: Vec<SecAggAdvert> = server
+                    .adverts_for(id)
+                    .keys()
+                    .filter_map(|v| relayed.get(v).cloned())
+                    .collect();
+                let header = task(TaskKind::SecaggShare, id, &|s| s.adverts = adverts.clone());
+                (c.clone(), header)
+            })
+            .collect();
+        let answers = self
+            .gather_each(
+                tasks,
+                None,
+                Expect::Nothing,
+                t.round_timeout_secs,
+                |client, a| {
+                    let TaskAnswer::SecAggShares(bytes) = a else {
+                        return Err("answered a key-sharing task with something else".into());
+                    };
+                    let batch = decode_shares(&bytes).map_err(|e| e.to_string())?;
+                    server
+                        .shares_sent(id_of(client), batch)
+                        .map_err(|e| e.to_string())
+                },
+            )
+            .await;
+        self.note_failures(&job.id, round, "key sharing", &answers.failed);
+        if answers.ok.len() < needed {
+            self.note(&job.id, stage_short("shared their keys", answers.ok.len()));
+            return Ok(None);
+        }
+
+        // Stage 3: local training, then the masked, encoded update.
+        let tasks = answers
+            .ok
+            .iter()
+            .map(|(c, ())| {
+                let id = id_of(c);
+                let shares = encode_shares(&server.shares_for(id));
+                (
+                    c.clone(),
+                    task(TaskKind::Fit, id, &|s| s.shares = shares.clone()),
+                )
+            })
+            .collect();
+        let expect = Expect::Masked {
+            count: input_len as u64,
+            bits: params.bits,
+        };
+        let answers = self
+            .gather_each(
+                tasks,
+                Some(global.clone()),
+                expect,
+                t.round_timeout_secs,
+                |client, a| {
+                    let TaskAnswer::MaskedFit {
+                        masked,
+                        train_loss,
+                        compute_seconds,
+                        receipt,
+                    } = a
+                    else {
+                        return Err("answered a masked fit task with something else".into());
+                    };
+                    server
+                        .masked_input(id_of(client), masked)
+                        .map_err(|e| e.to_string())?;
+                    Ok((train_loss, compute_seconds, receipt))
+                },
+            )
+            .await;
+        self.note_failures(&job.id, round, "masked update", &answers.failed);
+        if answers.ok.len() < needed {
+            self.note(
+                &job.id,
+                stage_short("sent a masked update", answers.ok.len()),
+            );
+            return Ok(None);
+        }
+
+        // Stage 4: unmasking.
+        let survivors: Vec<ClientId> = server.survivors().into_iter().collect();
+        let tasks = answers
+            .ok
+            .iter()
+            .map(|(c, _)| {
+                let header = task(TaskKind::SecaggUnmask, id_of(c), &|s| {
+                    s.survivors = survivors.clone()
+                });
+                (c.clone(), header)
+            })
+            .collect();
+        let reveals = self
+            .gather_each(
+                tasks,
+                None,
+                Expect::Nothing,
+                t.round_timeout_secs,
+                |client, a| {
+                    let TaskAnswer::SecAggReveal(bytes) = a else {
+                        return Err("answered an unmasking task with something else".into());
+                    };
+                    let reveals = decode_reveals(&bytes).map_err(|e| e.to_string())?;
+                    server
+                        .reveal(id_of(client), reveals)
+                        .map_err(|e| e.to_string())
+                },
+            )
+            .await;
+        self.note_failures(&job.id, round, "unmasking", &reveals.failed);
+        let sum = match server.finish() {
+            Ok(sum) => sum,
+            Err(e) => {
+                self.note(
+                    &job.id,
+                    format!(
+                        "round {round} attempt {attempt}: secure aggregation could not recover the sum: {e}; retrying"
+                    ),
+                );
+                return Ok(None);
+            }
+        };
+        let aggregate_sha256 = hex::encode(sha2::Sha256::digest(pack(&sum, params.bits)));
+        let (mean, total_examples) = quantizer
+            .decode_weighted_mean(&sum)
+            .map_err(|e| stop(e.to_string()))?;
+        if total_examples == 0 {
+            return Err(stop(
+                "the recovered sum reports no training examples".into(),
+            ));
+        }
+        // Per-hospital losses are not FedAvg-weighted here: the weights stay
+        // inside the masked vectors.
+        let train_loss = weighted_loss(answers.ok.iter().map(|(_, (l, ..))| (1, *l)));
+        let slowest_fit_secs = answers
+            .ok
+            .iter()
+            .map(|(_, (_, s, _))| *s)
+            .fold(0.0, f64::max);
+        let mut participants = Vec::with_capacity(answers.ok.len());
+        let mut receipts = Vec::with_capacity(answers.ok.len());
+        for (client, (_, _, receipt)) in answers.ok {
+            participants.push(client);
+            receipts.push(receipt);
+        }
+        Ok(Some(Fitted {
+            participants,
+            receipts,
+            updates: vec![ClientUpdate {
+                client: AGGREGATE.into(),
+                delta: mean,
+                num_examples: total_examples,
+            }],
+            total_examples,
+            train_loss,
+            slowest_fit_secs,
+            aggregate_sha256: Some(aggregate_sha256),
+        }))
+    }
+
+    /// The largest row count the selected hospitals reported: a bound on
+    /// the example count each encodes into its update.
+    fn max_rows(&self, selected: &[String], enrollment: &Enrollment) -> Result<u64, RunError> {
+        let clients = self.store.clients()?;
+        let rows = clients
+            .iter()
+            .filter(|c| selected.contains(&c.name) && enrollment.participants.contains(&c.name))
+            .filter_map(|c| {
+                serde_json::from_str::<cohort_datasets::QualitySummary>(&c.quality_summary_json)
+                    .ok()
+            })
+            .map(|q| q.rows)
+            .max()
+            .unwrap_or(0);
+        Ok(rows.max(1))
+    }
+
+    fn note_failures(&self, job_id: &str, round: u32, stage: &str, failed: &[(String, String)]) {
+        for (client, reason) in failed {
+            self.note(
+                job_id,
+                format!("round {round} {stage}: {client} dropped: {reason}"),
+            );
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! Secure aggregation end to end: a coordinator and five hospitals in this
+//! process over mutual TLS on loopback. Hospitals keep their own copy of
+//! each encoded update they contributed (`--keep-contributions`), so the
+//! test computes, from the hospitals' side, the sum the coordinator should
+//! have recovered and compares it with the digest the coordinator recorded.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cohort::developer::{self, JobView, RoundView};
+use cohort::local::{LocalFederation, LocalHospital};
+use cohort_client::{ClientOptions, VanishAt};
+use cohort_privacy::quantize::{add_mod, pack, unpack};
+use common::*;
+use sha2::Digest as _;
+
+const BITS: u32 = 32;
+
+/// The oncology job with `[privacy]` appended; stage timeouts short so a
+/// vanished hospital costs seconds.
+fn job(rounds: u32, min_clients: u32, privacy: &str) -> String {
+    oncology_job(rounds, 5)
+        .replace("min_clients = 5", &format!("min_clients = {min_clients}"))
+        .replace("round_timeout_secs = 60", "round_timeout_secs = 4")
+        + privacy
+}
+
+const SECAGG: &str = "\n[privacy]\naggregation = \"secagg\"\nsecagg = { threshold = 0.66 }\n";
+
+/// Five hospitals' shares of a synthetic table; the test split is unused.
+fn hospitals(dir: &Path, vanish: &[(usize, VanishAt)]) -> Vec<LocalHospital> {
+    let csv = dir.join("oncology.csv");
+    synthetic_oncology_csv(&csv, 1500, 31);
+    let files = split(&csv, &dir.join("parts"), 5, 9);
+    files[..5]
+        .iter()
+        .enumerate()
+        .map(|(i, file)| LocalHospital {
+            name: format!("hospital-{i}"),
+            data: file.clone(),
+            options: ClientOptions {
+                require_secure_aggregation: false,
+                keep_contributions: true,
+                vanish_at: vanish.iter().find(|(h, _)| *h == i).map(|(_, s)| *s),
+            },
+        })
+        .collect()
+}
+
+async fn run_job(dir: &Path, hospitals: &[LocalHospital], job_toml: &str) -> JobView {
+    let federation = LocalFederation::start(dir, hospitals, true, Duration::from_secs(1))
+        .await
+        .unwrap();
+    let mut dev = federation.developer().await.unwrap();
+    // Enroll every hospital: preparation starts as soon as min_clients are in.
+    for _ in 0..300 {
+        let clients = dev
+            .list_clients(cohort_protocol::v1::ListClientsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .clients;
+        if clients.iter().filter(|c| c.connected).count() == hospitals.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let id = developer::submit(&mut dev, job_toml).await.unwrap();
+    let view = tokio::time::timeout(
+        Duration::from_secs(600),
+        developer::wait(&mut dev, &id, false),
+    )
+    .await
+    .expect("job did not finish in time")
+    .unwrap();
+    federation.shutdown().await;
+    view
+}
+
+/// The contribution a hospital kept for one round attempt.
+fn contribution(dir: &Path, client: &str, job: &str, round: u32, attempt: u32) -> PathBuf {
+    dir.join("clients")
+        .join(client)
+        .join("contributions")
+        .join(format!("{job}-round{round:05}-attempt{attempt}.bits{BITS}"))
+}
+
+/// SHA-256 of the sum of the round's survivors' encoded updates, computed
+/// from the hospitals' own copies.
+fn survivors_sum_sha256(dir: &Path, job: &str, round: &RoundView) -> String {
+    let mut sum: Option<Vec<u64>> = None;
+    for client in &round.participants {
+        let path = contribution(dir, client, job, round.round, round.attempts);
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let values = unpack(&bytes, BITS, bytes.len() / 4).unwrap();
+        match &mut sum {
+            None => sum = Some(values),
+            Some(acc) => add_mod(acc, &values, BITS),
+        }
+    }
+    hex::encode(sha2::Sha256::digest(pack(&sum.unwrap(), BITS)))
+}
+
+fn assert_exact_sums(dir: &Path, view: &JobView) {
+    assert_eq!(view.state, "completed", "{view:#?}");
+    for round in &view.rounds {
+        assert_eq!(
+            round.aggregate_sha256.as_deref(),
+            Some(survivors_sum_sha256(dir, &view.job_id, round).as_str()),
+            "round {}: the coordinator's sum is not the survivors' sum",
+            round.round
+        );
+    }
+}
+
+fn accuracy(view: &JobView) -> f64 {
+    view.rounds
+        .last()
+        .unwrap()
+        .metrics
+        .as_ref()
+        .unwrap()
+        .accuracy
+}
+
+fn names(round: &RoundView) -> Vec<&str> {
+    round.participants.iter().map(String::as_str).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn secure_aggregation_trains_within_a_point_of_plain_mode() {
+    let plain_dir = tempfile::tempdir().unwrap();
+    let plain = run_job(
+        plain_dir.path(),
+        &hospitals(plain_dir.path(), &[]),
+        &job(5, 5, ""),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let secure = run_job(dir.path(), &hospitals(dir.path(), &[]), &job(5, 5, SECAGG)).await;
+    assert_exact_sums(dir.path(), &secure);
+    assert_eq!(secure.rounds.len(), 5);
+    for round in &secure.rounds {
+        assert_eq!(round.participants.len(), 5);
+        assert_eq!(round.attempts, 1);
+        // Receipts are of masked vectors: signed, and not the plain update.
+        for update in &round.updates {
+            assert!(!update.signature.is_empty());
+            assert_eq!(update.num_examples, 0, "the weight travels masked");
+        }
+    }
+    let (a, b) = (accuracy(&plain), accuracy(&secure));
+    eprintln!("validation accuracy after 5 rounds: plain {a:.4}, secure aggregation {b:.4}");
+    assert!(
+        (a - b).abs() <= 0.01,
+        "plain accuracy {a}, secure aggregation {b}"
+    );
+    assert!(plain.rounds.iter().all(|r| r.aggregate_sha256.is_none()));
+}
+
+/// One hospital vanishes at `stage`; the round still completes, in its
+/// first attempt, with exactly the sum of the survivors' updates.
+async fn one_hospital_vanishes_at(stage: VanishAt) -> (tempfile::TempDir, JobView) {
+    let dir = tempfile::tempdir().unwrap();
+    let view = run_job(
+        dir.path(),
+        &hospitals(dir.path(), &[(2, stage)]),
+        &job(1, 3, SECAGG),
+    )
+    .await;
+    assert_exact_sums(dir.path(), &view);
+    assert_eq!(view.rounds[0].attempts, 1, "{view:#?}");
+    (dir, view)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hospital_vanishing_before_advertising_keys_is_left_out() {
+    let (_dir, view) = one_hospital_vanishes_at(VanishAt::Advertise).await;
+    assert_eq!(
+        names(&view.rounds[0]),
+        ["hospital-0", "hospital-1", "hospital-3", "hospital-4"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hospital_vanishing_after_advertising_keys_is_left_out() {
+    let (_dir, view) = one_hospital_vanishes_at(VanishAt::Share).await;
+    assert_eq!(view.rounds[0].participants.len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hospital_vanishing_after_sharing_keys_has_its_masks_removed() {
+    let (_dir, view) = one_hospital_vanishes_at(VanishAt::MaskedFit).await;
+    assert_eq!(view.rounds[0].participants.len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hospital_vanishing_during_unmasking_still_counts() {
+    let (_dir, view) = one_hospital_vanishes_at(VanishAt::Unmask).await;
+    // It sent its masked update: its contribution is in the sum.
+    assert_eq!(view.rounds[0].participants.len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn too_few_survivors_abort_the_attempt_and_the_round_is_retried() {
+    for stage in [VanishAt::Share, VanishAt::Unmask] {
+        let dir = tempfile::tempdir().unwrap();
+        // Two of five vanish: 0.66 of 5 needs 4.
+        let view = run_job(
+            dir.path(),
+            &hospitals(dir.path(), &[(1, stage), (3, stage)]),
+            &job(1, 3, SECAGG),
+        )
+        .await;
+        assert_exact_sums(dir.path(), &view);
+        let round = &view.rounds[0];
+        assert!(round.attempts >= 2, "{stage:?}: {view:#?}");
+        assert_eq!(
+            names(round),
+            ["hospital-0", "hospital-2", "hospital-4"],
+            "{stage:?}"
+        );
+        let aborted = match stage {
+            VanishAt::Unmask => "could not recover the sum",
+            _ => "abandoning the attempt",
+        };
+        assert!(
+            view.events.iter().any(|e| e.message.contains(aborted)),
+            "{stage:?}: {:#?}",
+            view.events
+        );
+    }
+}
