@@ -35,6 +35,8 @@ set -euo pipefail
 FLWR_VERSION="1.41.0"
 VENV="${COHORT_FLOWER_VENV:-$HOME/.cache/cohort/flower-venv}"
 PROFILE="${COHORT_BENCH_PROFILE:-dev}"
+# A cohort binary built earlier ($COHORT_BIN) is used as is, without cargo.
+COHORT_BIN="${COHORT_BIN:-}"
 
 CALLER_DIR="$(pwd)"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -90,9 +92,14 @@ if [[ "$ONLY" != "cohort" ]]; then
 fi
 
 # --- Cohort's side: build once, so no build time lands in a measurement ---
-if [[ "$ONLY" != "flower" ]]; then
+if [[ "$ONLY" != "flower" && -z "$COHORT_BIN" ]]; then
     echo "building cohort (profile $PROFILE)" >&2
     cargo build --profile "$PROFILE" -q
+fi
+if [[ -n "$COHORT_BIN" ]]; then
+    COHORT_CMD=("$COHORT_BIN")
+else
+    COHORT_CMD=(cargo run --profile "$PROFILE" -q --)
 fi
 
 FAILED=0
@@ -130,7 +137,7 @@ for c in "${CLIENTS[@]}"; do
             echo "[$n/$total] clients=$c entries=$e dropout=$d" >&2
             if [[ "$ONLY" != "flower" ]]; then
                 run_side cohort "$c" "$e" "$d" \
-                    cargo run --profile "$PROFILE" -q -- bench secagg \
+                    "${COHORT_CMD[@]}" bench secagg \
                     --clients "$c" --entries "$e" --dropout "$d" --json
             fi
             if [[ "$ONLY" != "cohort" ]]; then

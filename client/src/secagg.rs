@@ -90,9 +90,10 @@ impl Worker {
             cohort_protocol::secagg_session(&task.job_id, task.round, secagg.attempt, members);
         let graph = neighbourhoods(n as u32, secagg.neighbours, &graph_seed(&session));
         let neighbours = graph.get(me as usize).cloned().unwrap_or_default();
-        // A threshold at or below half a neighbourhood would let two
+        // A threshold at or below half of the share holders would let two
         // disjoint groups rebuild both of a client's secrets.
-        if neighbours.is_empty() || 2 * params.share_threshold as usize <= neighbours.len() {
+        // Shares are held by the neighbours and the client itself.
+        if neighbours.is_empty() || 2 * params.share_threshold as usize <= neighbours.len() + 1 {
             return Err(format!(
                 "refusing secure aggregation with a share threshold of {} for {} neighbours: it must exceed half",
                 params.share_threshold,

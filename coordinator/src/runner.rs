@@ -90,6 +90,14 @@ impl Runner {
         }
     }
 
+    /// Records why each of `failed` was left out of `what` (a step of a
+    /// round).
+    fn note_failures(&self, job_id: &str, what: &str, failed: &[(String, String)]) {
+        for (client, reason) in failed {
+            self.note(job_id, format!("{what}: {client} dropped: {reason}"));
+        }
+    }
+
     async fn drive(&self, job_id: &str) -> Result<(), RunError> {
         let job = self
             .store
@@ -446,12 +454,11 @@ impl Runner {
                     },
                 )
                 .await;
-            for (client, reason) in &evaluations.failed {
-                self.note(
-                    &job.id,
-                    format!("round {round} evaluation: {client} left out: {reason}"),
-                );
-            }
+            self.note_failures(
+                &job.id,
+                &format!("round {round} evaluation"),
+                &evaluations.failed,
+            );
             let slowest_evaluate_secs = evaluations
                 .ok
                 .iter()
@@ -535,12 +542,7 @@ impl Runner {
                 },
             )
             .await;
-        for (client, reason) in &answers.failed {
-            self.note(
-                &job.id,
-                format!("round {round}: {client} dropped: {reason}"),
-            );
-        }
+        self.note_failures(&job.id, &format!("round {round}"), &answers.failed);
         if answers.ok.len() < t.min_clients as usize {
             self.note(
                 &job.id,

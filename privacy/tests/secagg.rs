@@ -42,8 +42,9 @@ fn exact_sum_without_dropouts() {
 
 #[test]
 fn exact_sum_with_dropouts_after_each_stage() {
-    // k = 8 (sparse: not all 9 others), t = 5, min_survivors = 6: any 3
-    // dropouts in a neighbourhood are tolerated.
+    // k = 8 (sparse: not all 9 others); shares held by the 8 neighbours and
+    // the client itself, t = 6, min_survivors = 6: any 3 missing holders are
+    // tolerated.
     let base = sim(10, 8, 0.6, 32);
     let mut s = base.clone();
     s.drop_after_advertise = vec![3];
@@ -61,7 +62,7 @@ fn exact_sum_with_dropouts_after_each_stage() {
     assert_exact(&s);
     let r = s.run();
     let (params, k) = r.params.unwrap();
-    assert_eq!((params.share_threshold, params.min_survivors, k), (5, 6, 8));
+    assert_eq!((params.share_threshold, params.min_survivors, k), (6, 6, 8));
     // Four dropouts in one neighbourhood are one too many.
     let mut s = base.clone();
     s.drop_after_masking = vec![0, 1, 2, 3];
@@ -127,9 +128,9 @@ fn client_ids_beyond_255() {
 
 #[test]
 fn aborts_when_too_few_survive_each_stage() {
-    // Advertised, then vanished: the others receive shares from only 4
-    // neighbours (< t) and refuse to send a masked input.
-    let mut s = sim(8, 7, 0.75, 32); // complete, t = 6, min_survivors = 6
+    // Advertised, then vanished: the others hold shares from only 4
+    // neighbours and themselves (5 < t) and refuse to send a masked input.
+    let mut s = sim(8, 7, 0.75, 32); // complete, t = 6 of 8 holders, min_survivors = 6
     s.drop_after_advertise = vec![0, 1, 2];
     let r = s.run();
     assert!(matches!(
@@ -140,7 +141,7 @@ fn aborts_when_too_few_survive_each_stage() {
         e,
         SecAggError::TooFewNeighbours {
             stage: "sharing",
-            have: 4,
+            have: 5,
             need: 6
         }
     )));
@@ -255,7 +256,7 @@ fn client_refuses_unmask_below_threshold_and_answers_once() {
     // Second unmask after the survivor set changed: refused.
     let c = &mut m.clients[2];
     let reveals = c.unmask(&all).unwrap();
-    assert_eq!(reveals.len(), 5);
+    assert_eq!(reveals.len(), 6, "five neighbours' and its own");
     assert!(
         reveals
             .iter()
@@ -270,7 +271,8 @@ fn client_refuses_unmask_below_threshold_and_answers_once() {
 
 #[test]
 fn client_refuses_when_too_few_neighbours_survive() {
-    // Sparse graph: 10 clients, k = 4, t = 3, min_survivors = 6.
+    // Sparse graph: 10 clients, k = 4 (5 share holders with the client
+    // itself), t = 3, min_survivors = 6.
     let mut m = Manual::new(10, 4, 0.6, b"sparse", 9);
     assert_eq!(m.params.share_threshold, 3);
     m.share();
@@ -288,7 +290,7 @@ fn client_refuses_when_too_few_neighbours_survive() {
         m.clients[me].unmask(&survivors),
         Err(SecAggError::TooFewNeighbours {
             stage: "unmask",
-            have: 1,
+            have: 2,
             need: 3
         })
     ));
@@ -330,14 +332,18 @@ fn server_rejects_bad_reveals() {
             ..
         })
     ));
-    // About itself (it holds no shares of itself).
-    let own = vec![Reveal::SelfMaskSeed {
+    // Its own mask key, though it survived.
+    let own = vec![Reveal::MaskKey {
         of: 0,
         share: fake(0),
     }];
     assert!(matches!(
         m.server.reveal(0, own),
-        Err(SecAggError::NotANeighbour { client: 0, of: 0 })
+        Err(SecAggError::WrongRevealKind {
+            from: 0,
+            about: 0,
+            ..
+        })
     ));
     // A share held by someone else.
     let stolen = vec![Reveal::SelfMaskSeed {
@@ -499,8 +505,8 @@ fn client_rejects_bad_adverts() {
         c.share_keys(&adverts, &mut rng),
         Err(SecAggError::TooFewNeighbours {
             stage: "advertise",
-            have: 1,
-            need: 2
+            have: 2,
+            need: 3
         })
     ));
     // Duplicated key (a neighbour replaying my key, or two sharing one).

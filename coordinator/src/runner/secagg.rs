@@ -117,11 +117,13 @@ impl Runner {
             .collect();
         let mut relayed: BTreeMap<ClientId, SecAggAdvert> = BTreeMap::new();
         let answers = self
-            .gather_each(
+            .exchange(
+                &job.id,
+                format!("round {round} key advertisement"),
+                t.round_timeout_secs,
                 tasks,
                 None,
                 Expect::Nothing,
-                t.round_timeout_secs,
                 |client, a| {
                     let TaskAnswer::SecAggAdvertise {
                         advertisement,
@@ -160,7 +162,6 @@ impl Runner {
                 },
             )
             .await;
-        self.note_failures(&job.id, round, "key advertisement", &answers.failed);
         if answers.ok.len() < needed {
             self.note(&job.id, stage_short("advertised keys", answers.ok.len()));
             return Ok(None);
@@ -182,11 +183,13 @@ impl Runner {
             })
             .collect();
         let answers = self
-            .gather_each(
+            .exchange(
+                &job.id,
+                format!("round {round} key sharing"),
+                t.round_timeout_secs,
                 tasks,
                 None,
                 Expect::Nothing,
-                t.round_timeout_secs,
                 |client, a| {
                     let TaskAnswer::SecAggShares(bytes) = a else {
                         return Err("answered a key-sharing task with something else".into());
@@ -198,7 +201,6 @@ impl Runner {
                 },
             )
             .await;
-        self.note_failures(&job.id, round, "key sharing", &answers.failed);
         if answers.ok.len() < needed {
             self.note(&job.id, stage_short("shared their keys", answers.ok.len()));
             return Ok(None);
@@ -222,11 +224,13 @@ impl Runner {
             bits: params.bits,
         };
         let answers = self
-            .gather_each(
+            .exchange(
+                &job.id,
+                format!("round {round} masked update"),
+                t.round_timeout_secs,
                 tasks,
                 Some(global.clone()),
                 expect,
-                t.round_timeout_secs,
                 |client, a| {
                     let TaskAnswer::MaskedFit {
                         masked,
@@ -244,7 +248,6 @@ impl Runner {
                 },
             )
             .await;
-        self.note_failures(&job.id, round, "masked update", &answers.failed);
         if answers.ok.len() < needed {
             self.note(
                 &job.id,
@@ -265,24 +268,25 @@ impl Runner {
                 (c.clone(), header)
             })
             .collect();
-        let reveals = self
-            .gather_each(
-                tasks,
-                None,
-                Expect::Nothing,
-                t.round_timeout_secs,
-                |client, a| {
-                    let TaskAnswer::SecAggReveal(bytes) = a else {
-                        return Err("answered an unmasking task with something else".into());
-                    };
-                    let reveals = decode_reveals(&bytes).map_err(|e| e.to_string())?;
-                    server
-                        .reveal(id_of(client), reveals)
-                        .map_err(|e| e.to_string())
-                },
-            )
-            .await;
-        self.note_failures(&job.id, round, "unmasking", &reveals.failed);
+        // Whoever did not reveal is noted; finish() says whether enough did.
+        self.exchange(
+            &job.id,
+            format!("round {round} unmasking"),
+            t.round_timeout_secs,
+            tasks,
+            None,
+            Expect::Nothing,
+            |client, a| {
+                let TaskAnswer::SecAggReveal(bytes) = a else {
+                    return Err("answered an unmasking task with something else".into());
+                };
+                let reveals = decode_reveals(&bytes).map_err(|e| e.to_string())?;
+                server
+                    .reveal(id_of(client), reveals)
+                    .map_err(|e| e.to_string())
+            },
+        )
+        .await;
         let sum = match server.finish() {
             Ok(sum) => sum,
             Err(e) => {
@@ -350,12 +354,23 @@ impl Runner {
         Ok(rows.max(1))
     }
 
-    fn note_failures(&self, job_id: &str, round: u32, stage: &str, failed: &[(String, String)]) {
-        for (client, reason) in failed {
-            self.note(
-                job_id,
-                format!("round {round} {stage}: {client} dropped: {reason}"),
-            );
-        }
+    /// One exchange of the protocol: the tasks out, the answers in (each
+    /// through `accept` as it is collected), the hospitals that failed noted.
+    #[allow(clippy::too_many_arguments)]
+    async fn exchange<T>(
+        &self,
+        job_id: &str,
+        stage: String,
+        timeout_secs: u64,
+        tasks: Vec<(String, TaskHeader)>,
+        parameters: Option<Arc<Vec<f32>>>,
+        expect: Expect,
+        accept: impl FnMut(&str, TaskAnswer) -> Result<T, String>,
+    ) -> super::Answers<T> {
+        let answers = self
+            .gather_each(tasks, parameters, expect, timeout_secs, accept)
+            .await;
+        self.note_failures(job_id, &stage, &answers.failed);
+        answers
     }
 }

@@ -54,6 +54,8 @@ pub struct ClientRound {
     adverts: BTreeMap<ClientId, Advertisement>,
     /// P(u): the neighbours whose shares reached me, and those shares.
     held: BTreeMap<ClientId, Held>,
+    /// This client's own share of its secrets.
+    own: Option<Held>,
 }
 
 impl std::fmt::Debug for ClientRound {
@@ -94,10 +96,11 @@ impl ClientRound {
                 "neighbour list of client {me} contains the client itself"
             )));
         }
-        if neighbours.len() < params.t() {
+        // Each client also holds one share of its own secrets.
+        if neighbours.len() + 1 < params.t() {
             return Err(SecAggError::TooFewNeighbours {
                 stage: "setup",
-                have: neighbours.len(),
+                have: neighbours.len() + 1,
                 need: params.t(),
             });
         }
@@ -121,6 +124,7 @@ impl ClientRound {
             stage: Stage::Advertised,
             adverts: BTreeMap::new(),
             held: BTreeMap::new(),
+            own: None,
         };
         Ok((round, advert))
     }
@@ -172,10 +176,10 @@ impl ClientRound {
                 return Err(SecAggError::DuplicateKey { client: v });
             }
         }
-        if adverts.len() < self.params.t() {
+        if adverts.len() + 1 < self.params.t() {
             return Err(SecAggError::TooFewNeighbours {
                 stage: "advertise",
-                have: adverts.len(),
+                have: adverts.len() + 1,
                 need: self.params.t(),
             });
         }
@@ -192,12 +196,20 @@ impl ClientRound {
                 })?;
             keys.push(crypto::share_key(&shared, &self.session, self.me, v));
         }
-        let holders: Vec<ClientId> = adverts.keys().copied().collect();
+        // The neighbours, then this client itself: it keeps one share of its
+        // own secrets (as in Bonawitz et al.), so a survivor's self-mask seed
+        // needs one fewer neighbour to be rebuilt.
+        let mut holders: Vec<ClientId> = adverts.keys().copied().collect();
+        holders.push(self.me);
         let t = self.params.t();
         let seed_shares = shamir::split(&self.self_seed, t, &holders, rng);
         let key_shares = shamir::split(self.mask_sk.bytes(), t, &holders, rng);
-        let mut out = Vec::with_capacity(holders.len());
-        for (i, &v) in holders.iter().enumerate() {
+        self.own = Some(Held {
+            seed: seed_shares[holders.len() - 1].clone(),
+            mask_key: key_shares[holders.len() - 1].clone(),
+        });
+        let mut out = Vec::with_capacity(holders.len() - 1);
+        for (i, &v) in holders[..holders.len() - 1].iter().enumerate() {
             let mut plaintext = Zeroizing::new(Vec::with_capacity(2 * Share::VALUE_BYTES));
             seed_shares[i].write_value(&mut plaintext);
             key_shares[i].write_value(&mut plaintext);
@@ -279,10 +291,10 @@ impl ClientRound {
                 Share::from_value(self.me, &plaintext[Share::VALUE_BYTES..]).ok_or_else(bad)?;
             held.insert(e.from, Held { seed, mask_key });
         }
-        if held.len() < self.params.t() {
+        if held.len() + 1 < self.params.t() {
             return Err(SecAggError::TooFewNeighbours {
                 stage: "sharing",
-                have: held.len(),
+                have: held.len() + 1,
                 need: self.params.t(),
             });
         }
@@ -330,7 +342,8 @@ impl ClientRound {
                 need,
             });
         }
-        let alive = held.keys().filter(|v| survivors.contains(v)).count();
+        // Neighbours that survived, and this client.
+        let alive = held.keys().filter(|v| survivors.contains(v)).count() + 1;
         if alive < self.params.t() {
             return Err(SecAggError::TooFewNeighbours {
                 stage: "unmask",
@@ -338,6 +351,10 @@ impl ClientRound {
                 need: self.params.t(),
             });
         }
+        let own = self.own.take().map(|h| Reveal::SelfMaskSeed {
+            of: self.me,
+            share: h.seed.clone(),
+        });
         Ok(held
             .into_iter()
             .map(|(v, h)| {
@@ -353,6 +370,7 @@ impl ClientRound {
                     }
                 }
             })
+            .chain(own)
             .collect())
     }
 }

@@ -205,13 +205,14 @@ impl Params {
     /// each and share-threshold fraction `threshold`. Returns the degree
     /// actually used ([`effective_degree`]: `k` rounded up to even, or
     /// `n − 1` for the complete graph) along with the parameters
-    /// `t = ⌈threshold · k_used⌉` (at least 2 when `k_used ≥ 2`) and
+    /// `t = ⌈threshold · (k_used + 1)⌉` (a client's secrets are shared among
+    /// its neighbours and itself; at least 2) and
     /// `min_survivors = ⌈threshold · n⌉`.
     ///
     /// `threshold` must exceed 1/2: a client answers one unmask request per
     /// round, revealing either a neighbour's self-mask share or its
-    /// mask-key share. With `t > |N(u)|/2`, two disjoint groups of `u`'s
-    /// neighbours cannot both hold `t` shares, so a coordinator that tells
+    /// mask-key share. With `t > (|N(u)| + 1)/2`, two disjoint groups of the
+    /// holders of `u`'s shares cannot both hold `t` shares, so a coordinator that tells
     /// one group "`u` survived" and the other "`u` dropped" cannot
     /// reconstruct both `b_u` and `s_u^SK` (which together would unmask
     /// `u`'s input). `min_survivors > n/2` gives the same guarantee for the
@@ -250,10 +251,9 @@ impl Params {
             });
         }
         let k = effective_degree(n_selected, neighbours);
-        let mut t = ceil_fraction(threshold, k).clamp(1, k);
-        if k >= 2 {
-            t = t.max(2);
-        }
+        // A client's secrets are shared among its k neighbours and itself.
+        let holders = k + 1;
+        let t = ceil_fraction(threshold, holders).clamp(2, holders);
         let min_survivors = ceil_fraction(threshold, n_selected).clamp(1, n_selected);
         Ok((
             Params {

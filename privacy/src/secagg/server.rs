@@ -272,10 +272,11 @@ impl ServerRound {
             .copied()
             .filter(|v| self.adverts.contains_key(v))
             .collect();
-        if expected.len() < self.params.t() {
+        // The sender keeps one share of its own secrets.
+        if expected.len() + 1 < self.params.t() {
             return Err(SecAggError::TooFewNeighbours {
                 stage: "advertise",
-                have: expected.len(),
+                have: expected.len() + 1,
                 need: self.params.t(),
             });
         }
@@ -397,10 +398,12 @@ impl ServerRound {
     }
 
     /// Whether `holder` received `of`'s shares (so may reveal about `of`).
+    /// Whether `holder` holds a share of `of`'s secrets: every neighbour
+    /// `of` sent shares to, and `of` itself once it sent them.
     fn holds(&self, holder: ClientId, of: ClientId) -> bool {
         self.sent_to
             .get(&of)
-            .is_some_and(|tos| tos.contains(&holder))
+            .is_some_and(|tos| holder == of || tos.contains(&holder))
     }
 
     /// Stage 4: `from`'s reveals. Rejects a client that is not a survivor,
