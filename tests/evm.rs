@@ -504,7 +504,7 @@ async fn a_job_anchored_on_a_local_chain_verifies_and_tampering_is_caught() {
 }
 
 /// Gas and time per anchoring on the local node (docs/BENCHMARKS.md):
-/// `cargo test --release --test evm -- --ignored --nocapture anchoring_costs`.
+/// `cargo test --test evm -- --ignored --nocapture anchoring_costs`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn anchoring_costs() {
