@@ -261,6 +261,47 @@ async fn a_job_anchored_on_a_local_chain_verifies_and_tampering_is_caught() {
         .unwrap(),
     );
 
+    // Not anchored yet: reported as pending, or refused on request.
+    let pending = verify(&data_dir, &work.join("p.json"), &node.url, &contract, &[]).unwrap();
+    assert_eq!(
+        pending["chain"]["pending_entries"].as_u64(),
+        Some(1),
+        "{pending}"
+    );
+    assert_eq!(pending["chain"]["first_pending"]["index"].as_u64(), Some(0));
+    let err = verify(
+        &data_dir,
+        &work.join("p.json"),
+        &node.url,
+        &contract,
+        &["--require-anchored"],
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("1 of the log's 1 entries are not anchored") && err.contains("entry 0"),
+        "{err}"
+    );
+    // No contract there, or a key that does not own it: refused up front.
+    let owner = deployed["owner"].as_str().unwrap();
+    let err = verify(&data_dir, &work.join("p.json"), &node.url, owner, &[]).unwrap_err();
+    assert!(err.contains("no contract at"), "{err}");
+    let err = cohort(&[
+        "coordinator",
+        "--insecure",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--ledger",
+        "evm",
+        "--rpc-url",
+        &node.url,
+        "--contract",
+        &contract,
+        "--evm-key",
+        unfunded.to_str().unwrap(),
+    ])
+    .unwrap_err();
+    assert!(err.contains("only the owner may append"), "{err}");
+
     // The coordinator, anchoring on the chain, and two hospitals.
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
