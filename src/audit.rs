@@ -31,6 +31,11 @@ fn read_state(path: &Path) -> Result<SeenMap> {
 /// Checks the whole ledger in `data_dir` and, when it passes, remembers its
 /// checkpoint in `state` so that a later rewrite of history is detected.
 pub fn verify_ledger(data_dir: &Path, state: &Path) -> Result<AuditReport> {
+    verify_contents(read_ledger(data_dir)?, state)
+}
+
+/// A coordinator's ledger as its data directory holds it.
+pub fn read_ledger(data_dir: &Path) -> Result<cohort_coordinator::store::LedgerContents> {
     let contents = cohort_coordinator::store::read_ledger_at(data_dir)?;
     if contents.checkpoint.is_none() {
         bail!(
@@ -38,7 +43,7 @@ pub fn verify_ledger(data_dir: &Path, state: &Path) -> Result<AuditReport> {
             data_dir.display()
         );
     }
-    verify_contents(contents, state)
+    Ok(contents)
 }
 
 /// Downloads a running coordinator's ledger (checkpoint, then entries).
@@ -79,10 +84,36 @@ pub fn verify_contents(
     contents: cohort_coordinator::store::LedgerContents,
     state: &Path,
 ) -> Result<AuditReport> {
-    let Some(checkpoint) = contents.checkpoint else {
+    let (report, seen, slot) = audit_contents(&contents, state)?;
+    remember(report, seen, slot, state)
+}
+
+/// [`verify_contents`], then, given a chain, the checks of [`check_chain`];
+/// the checkpoint is remembered only when both pass.
+pub async fn verify_contents_on_chain(
+    contents: cohort_coordinator::store::LedgerContents,
+    state: &Path,
+    chain: Option<&ChainOptions>,
+) -> Result<LedgerVerification> {
+    let (report, seen, slot) = audit_contents(&contents, state)?;
+    let chain = match chain {
+        Some(options) => Some(check_chain(&contents.leaves, options).await?),
+        None => None,
+    };
+    Ok(LedgerVerification {
+        report: remember(report, seen, slot, state)?,
+        chain,
+    })
+}
+
+fn audit_contents(
+    contents: &cohort_coordinator::store::LedgerContents,
+    state: &Path,
+) -> Result<(AuditReport, SeenMap, String)> {
+    let Some(checkpoint) = &contents.checkpoint else {
         bail!("the ledger has no signed checkpoint");
     };
-    let mut seen = read_state(state)?;
+    let seen = read_state(state)?;
     let slot = checkpoint.key_name.clone();
     let report = audit(
         &contents.leaves,
@@ -90,6 +121,15 @@ pub fn verify_contents(
         &checkpoint.key_name,
         seen.get(&slot),
     )?;
+    Ok((report, seen, slot))
+}
+
+fn remember(
+    report: AuditReport,
+    mut seen: SeenMap,
+    slot: String,
+    state: &Path,
+) -> Result<AuditReport> {
     seen.insert(
         slot,
         SeenCheckpoint {
@@ -104,6 +144,163 @@ pub fn verify_contents(
     std::fs::write(state, serde_json::to_vec_pretty(&seen)?)
         .with_context(|| format!("writing {}", state.display()))?;
     Ok(report)
+}
+
+/// Where the ledger is anchored: `cohort verify ledger --rpc-url URL
+/// --contract ADDR [--require-anchored]`.
+#[derive(Debug, Clone)]
+pub struct ChainOptions {
+    pub rpc_url: String,
+    pub contract: String,
+    /// Fail when an entry is not anchored yet, rather than report it.
+    pub require_anchored: bool,
+}
+
+/// What `cohort verify ledger` checked: the log, and the chain if given.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LedgerVerification {
+    #[serde(flatten)]
+    pub report: AuditReport,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chain: Option<ChainCheck>,
+}
+
+/// What was compared with the anchor contract, all of it matching.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ChainCheck {
+    /// The node, without path or query.
+    pub node: String,
+    pub chain_id: u64,
+    pub contract: String,
+    /// Leaf hashes the contract holds; each equals the log's at its index.
+    pub anchored_entries: u64,
+    /// Log entries not anchored yet (the coordinator anchors in the
+    /// background, so the newest may lag).
+    pub pending_entries: u64,
+    pub first_pending: Option<EntryRef>,
+    /// The contract's latest checkpoint; its root equals the log's root at
+    /// that tree size.
+    pub checkpoint: Option<AnchoredCheckpoint>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EntryRef {
+    pub index: u64,
+    pub job_id: Option<String>,
+    pub what: String,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AnchoredCheckpoint {
+    pub tree_size: u64,
+    /// Hex.
+    pub root: String,
+}
+
+/// Names an entry for a message: its index, and what it records.
+fn entry_ref(index: u64, leaf: &[u8]) -> EntryRef {
+    use cohort_ledger::Record;
+    let (job_id, what) = match Entry::from_leaf(leaf).map(|e| e.record) {
+        Ok(Record::CoordinatorKey { .. }) => (None, "the coordinator's key".to_string()),
+        Ok(Record::JobCreated { job_id, .. }) => {
+            (Some(job_id.clone()), format!("job {job_id} created"))
+        }
+        Ok(Record::ClientsEnrolled { job_id, .. }) => {
+            (Some(job_id.clone()), format!("job {job_id} enrollment"))
+        }
+        Ok(Record::RoundCompleted { job_id, round, .. }) => {
+            (Some(job_id.clone()), format!("job {job_id} round {round}"))
+        }
+        Err(_) => (None, "an unreadable entry".to_string()),
+    };
+    EntryRef {
+        index,
+        job_id,
+        what,
+    }
+}
+
+/// Checks the ledger against its anchor contract: every anchored leaf hash
+/// equals the log's entry at that index, the contract holds no entry the
+/// log lacks, and the contract's latest checkpoint root is the log's root
+/// at that size. Entries not anchored yet are reported, or refused with
+/// `require_anchored`.
+pub async fn check_chain(leaves: &[Vec<u8>], options: &ChainOptions) -> Result<ChainCheck> {
+    use cohort_ledger::{MerkleLog, hash_leaf};
+    let contract = cohort_ledger_evm::AnchorContract::new(&options.rpc_url, &options.contract)?;
+    let chain_id = contract.check_deployed().await?;
+    let anchored = contract.entry_count().await?;
+    let local = leaves.len() as u64;
+    let hashes: Vec<_> = leaves.iter().map(|leaf| hash_leaf(leaf)).collect();
+    let comparable = anchored.min(local);
+    let theirs = contract.entries(0, comparable).await?;
+    if theirs.len() as u64 != comparable {
+        bail!(
+            "the contract says it holds {anchored} entries but returned {}",
+            theirs.len()
+        );
+    }
+    if let Some(index) = theirs.iter().zip(&hashes).position(|(a, b)| a != b) {
+        let entry = entry_ref(index as u64, &leaves[index]);
+        bail!(
+            "entry {index} ({}) does not match the chain: the contract anchors leaf hash {} at index {index}, but the log's entry hashes to {}: the entry was changed after it was anchored",
+            entry.what,
+            hex::encode(theirs[index]),
+            hex::encode(hashes[index])
+        );
+    }
+    if anchored > local {
+        let extra = contract.entries(local, 1).await?;
+        bail!(
+            "the chain anchors {anchored} entries but the log holds only {local}: entry {local} (leaf hash {}){} is missing from the log",
+            extra.first().map(hex::encode).unwrap_or_default(),
+            if anchored > local + 1 {
+                " and those after it"
+            } else {
+                ""
+            }
+        );
+    }
+    let checkpoint = match contract.latest_checkpoint().await? {
+        Some((size, root)) => {
+            let log = MerkleLog::from_leaf_hashes(hashes.iter().copied());
+            let ours = log
+                .root(size)
+                .with_context(|| format!("the chain's latest checkpoint has tree size {size}"))?;
+            if ours != root {
+                bail!(
+                    "the chain's latest checkpoint (tree size {size}) has root {}, but the log's first {size} entries hash to {}",
+                    hex::encode(root),
+                    hex::encode(ours)
+                );
+            }
+            Some(AnchoredCheckpoint {
+                tree_size: size,
+                root: hex::encode(root),
+            })
+        }
+        None => None,
+    };
+    let pending = local - anchored;
+    let first_pending = (pending > 0).then(|| entry_ref(anchored, &leaves[anchored as usize]));
+    if let Some(first) = &first_pending
+        && options.require_anchored
+    {
+        bail!(
+            "{pending} of the log's {local} entries are not anchored on chain yet, the first being entry {} ({}); without --require-anchored they are reported as pending",
+            first.index,
+            first.what
+        );
+    }
+    Ok(ChainCheck {
+        node: contract.node().to_string(),
+        chain_id,
+        contract: contract.address().to_string(),
+        anchored_entries: anchored,
+        pending_entries: pending,
+        first_pending,
+        checkpoint,
+    })
 }
 
 /// The ledger's entries (index, entry), optionally only those of one job.

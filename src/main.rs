@@ -155,6 +155,46 @@ enum LedgerCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Deploy the contract that anchors a coordinator's ledger on an EVM
+    /// chain; prints its address, for `cohort coordinator --ledger evm
+    /// --contract ADDR`. The key's account pays and becomes the only one
+    /// that may append.
+    Deploy {
+        /// The node's JSON-RPC URL.
+        #[arg(long)]
+        rpc_url: String,
+        /// File holding the deploying account's secp256k1 private key (hex).
+        #[arg(long, value_name = "FILE")]
+        evm_key: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// An anchor contract to check the ledger against.
+#[derive(Args)]
+struct ChainArgs {
+    /// JSON-RPC URL of an EVM node: also check that every entry is anchored
+    /// at its index on the --contract, and the chain's latest checkpoint.
+    #[arg(long, requires = "contract")]
+    rpc_url: Option<String>,
+    /// The anchor contract's address (`cohort ledger deploy`).
+    #[arg(long, requires = "rpc_url")]
+    contract: Option<String>,
+    /// Fail if some entries are not anchored yet (by default they are
+    /// reported as pending: the coordinator anchors in the background).
+    #[arg(long, requires = "contract")]
+    require_anchored: bool,
+}
+
+impl ChainArgs {
+    fn options(self) -> Option<cohort::audit::ChainOptions> {
+        Some(cohort::audit::ChainOptions {
+            rpc_url: self.rpc_url?,
+            contract: self.contract?,
+            require_anchored: self.require_anchored,
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -170,6 +210,8 @@ enum VerifyCommand {
         data_dir: Option<PathBuf>,
         #[command(flatten)]
         connection: Connection,
+        #[command(flatten)]
+        chain: ChainArgs,
         /// Where checkpoints seen earlier are remembered
         /// [default: $XDG_STATE_HOME/cohort/seen-checkpoints.json].
         #[arg(long)]
@@ -374,6 +416,29 @@ struct CoordinatorArgs {
     /// Calls one member may have in flight at once.
     #[arg(long, default_value_t = 16)]
     max_calls_per_member: usize,
+    /// Where the ledger is kept: in the data directory only, or also
+    /// anchored on an EVM chain (each entry's leaf hash and the checkpoint
+    /// root after it; needs --rpc-url, --contract and --evm-key).
+    #[arg(long, value_enum, default_value_t = LedgerArg::Embedded)]
+    ledger: LedgerArg,
+    /// With --ledger evm: the node's JSON-RPC URL.
+    #[arg(long, required_if_eq("ledger", "evm"))]
+    rpc_url: Option<String>,
+    /// With --ledger evm: the anchor contract (`cohort ledger deploy`).
+    #[arg(long, required_if_eq("ledger", "evm"))]
+    contract: Option<String>,
+    /// With --ledger evm: file holding the private key (hex) of the account
+    /// that deployed the contract; it pays for anchoring.
+    #[arg(long, value_name = "FILE", required_if_eq("ledger", "evm"))]
+    evm_key: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LedgerArg {
+    /// The Merkle log in the data directory alone.
+    Embedded,
+    /// The same log, anchored on an EVM chain as well.
+    Evm,
 }
 
 #[derive(Args)]
@@ -562,6 +627,35 @@ fn print_json(value: &impl serde::Serialize) -> Result<()> {
     Ok(())
 }
 
+/// The coordinator's EVM anchor. What cannot fix itself (a wrong contract
+/// or key) stops the start; a node that is down or an account without
+/// funds only warns, and anchoring retries in the background.
+async fn evm_anchor(
+    rpc_url: &str,
+    contract: &str,
+    key: &std::path::Path,
+) -> Result<std::sync::Arc<dyn cohort_ledger::Anchor>> {
+    let key = cohort_ledger_evm::EvmKey::from_file(key)?;
+    let writer = cohort_ledger_evm::AnchorWriter::new(rpc_url, contract, key)?;
+    match writer.check().await {
+        Ok(chain_id) => tracing::info!(
+            contract = %writer.contract().address(),
+            chain_id,
+            account = %writer.account(),
+            "ledger entries will be anchored on an EVM chain"
+        ),
+        Err(e) => match cohort_ledger::AnchorError::from(e) {
+            cohort_ledger::AnchorError::Retry(reason) => {
+                tracing::warn!("{reason}; anchoring will retry in the background")
+            }
+            cohort_ledger::AnchorError::Fatal(reason) => {
+                anyhow::bail!("--ledger evm: {reason}")
+            }
+        },
+    }
+    Ok(std::sync::Arc::new(writer))
+}
+
 async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
@@ -624,6 +718,13 @@ async fn main() -> Result<()> {
             config.tls = tls;
             config.request_timeout = Duration::from_secs(a.request_timeout_secs.max(1));
             config.max_calls_per_member = a.max_calls_per_member;
+            config.anchor = match (a.ledger, a.rpc_url, a.contract, a.evm_key) {
+                (LedgerArg::Evm, Some(rpc_url), Some(contract), Some(key)) => {
+                    Some(evm_anchor(&rpc_url, &contract, &key).await?)
+                }
+                (LedgerArg::Embedded, None, None, None) => None,
+                _ => anyhow::bail!("--rpc-url, --contract and --evm-key go with --ledger evm"),
+            };
             let coordinator = cohort_coordinator::Coordinator::open(&config)?;
             tracing::info!(
                 "coordinator listening on {scheme}://{}",
@@ -692,24 +793,33 @@ async fn main() -> Result<()> {
         Command::Verify(VerifyCommand::Ledger {
             data_dir,
             connection,
+            chain,
             state,
             json,
         }) => {
             init_logging("warn");
             let state = state.unwrap_or_else(cohort::audit::default_state_file);
-            let report = match data_dir {
-                Some(dir) => cohort::audit::verify_ledger(&dir, &state),
-                None => {
-                    let (url, security) =
-                        connection.resolve(&[Role::Validator, Role::Developer, Role::Hospital])?;
-                    let mut dev = developer::connect(&url, &security).await?;
-                    let contents = cohort::audit::fetch_ledger(&mut dev).await?;
-                    cohort::audit::verify_contents(contents, &state)
-                }
+            let chain = chain.options();
+            let verified = async {
+                let contents = match data_dir {
+                    Some(dir) => cohort::audit::read_ledger(&dir)?,
+                    None => {
+                        let (url, security) = connection.resolve(&[
+                            Role::Validator,
+                            Role::Developer,
+                            Role::Hospital,
+                        ])?;
+                        let mut dev = developer::connect(&url, &security).await?;
+                        cohort::audit::fetch_ledger(&mut dev).await?
+                    }
+                };
+                cohort::audit::verify_contents_on_chain(contents, &state, chain.as_ref()).await
             }
+            .await
             .context("ledger verification FAILED")?;
+            let report = &verified.report;
             if json {
-                print_json(&report)?;
+                print_json(&verified)?;
             } else {
                 println!(
                     "ledger OK: {} entries, root {}, signed by {} (key {}…){}",
@@ -722,6 +832,52 @@ async fn main() -> Result<()> {
                         .map(|n| format!(", extends the {n}-entry checkpoint seen before"))
                         .unwrap_or_default()
                 );
+                if let Some(c) = &verified.chain {
+                    println!(
+                        "chain OK: {} entries anchored on contract {} (chain {}) match the log{}{}",
+                        c.anchored_entries,
+                        c.contract,
+                        c.chain_id,
+                        c.checkpoint
+                            .as_ref()
+                            .map(|k| format!(
+                                ", and so does its checkpoint of {} entries",
+                                k.tree_size
+                            ))
+                            .unwrap_or_default(),
+                        c.first_pending
+                            .as_ref()
+                            .map(|p| format!(
+                                "; {} pending, from entry {} ({})",
+                                c.pending_entries, p.index, p.what
+                            ))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+        }
+        Command::Ledger(LedgerCommand::Deploy {
+            rpc_url,
+            evm_key,
+            json,
+        }) => {
+            init_logging("warn");
+            let key = cohort_ledger_evm::EvmKey::from_file(&evm_key)?;
+            let deployment = cohort_ledger_evm::deploy(&rpc_url, &key)
+                .await
+                .context("deploying the ledger anchor contract")?;
+            if json {
+                print_json(&deployment)?;
+            } else {
+                eprintln!(
+                    "deployed on chain {} in block {} (transaction {}, {} gas); only {} may append",
+                    deployment.chain_id,
+                    deployment.block,
+                    deployment.transaction,
+                    deployment.gas_used,
+                    deployment.owner
+                );
+                println!("{}", deployment.address);
             }
         }
         Command::Verify(VerifyCommand::Model {

@@ -51,6 +51,9 @@ pub struct CoordinatorConfig {
     pub max_calls_per_member: usize,
     /// HTTP/2 streams one connection may have open at once.
     pub max_streams_per_connection: u32,
+    /// Where the ledger is anchored besides the data directory (`--ledger
+    /// evm`); `None`: the embedded log alone.
+    pub anchor: Option<Arc<dyn cohort_ledger::Anchor>>,
 }
 
 impl CoordinatorConfig {
@@ -63,6 +66,7 @@ impl CoordinatorConfig {
             request_timeout: Duration::from_secs(300),
             max_calls_per_member: 16,
             max_streams_per_connection: 32,
+            anchor: None,
         }
     }
 }
@@ -131,6 +135,29 @@ impl Coordinator {
     /// Resumes every unfinished job, then serves gRPC on `listener` until
     /// `shutdown` completes.
     pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), CoordinatorError> {
+        let (stop_anchoring, anchoring_stopped) = tokio::sync::watch::channel(false);
+        let anchoring = self.config.anchor.clone().map(|anchor| {
+            ledger::spawn_anchoring(self.services.ledger.clone(), anchor, anchoring_stopped)
+        });
+        let served = self.serve_grpc(listener, shutdown).await;
+        if let Some(mut task) = anchoring {
+            stop_anchoring.send_replace(true);
+            if tokio::time::timeout(Duration::from_secs(10), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+                warn!("ledger anchoring still busy at shutdown; the next start catches up");
+            }
+        }
+        served
+    }
+
+    async fn serve_grpc(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,

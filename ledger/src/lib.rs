@@ -54,6 +54,7 @@
 //! (origin, size, base64 root). Signing it as a signed note is left to a
 //! separate layer; see the [`checkpoint`] module docs.
 
+pub mod anchor;
 pub mod audit;
 pub mod checkpoint;
 pub mod merkle;
@@ -61,6 +62,7 @@ pub mod model_signing;
 pub mod note;
 pub mod record;
 
+pub use anchor::{Anchor, AnchorError, AnchorFuture, AnchorReceipt};
 pub use audit::{AuditError, AuditReport, SeenCheckpoint, audit};
 pub use checkpoint::{Checkpoint, CheckpointError};
 pub use merkle::{

@@ -1,0 +1,600 @@
+//! The EVM ledger backend against a real local node (Hardhat, from
+//! scripts/evm): the anchor contract deployed with `cohort ledger deploy`,
+//! a coordinator started with `--ledger evm` anchoring a real job's
+//! entries, `cohort verify ledger --rpc-url --contract` checking the log
+//! against the chain, and tampering on either side caught.
+//!
+//! Needs node and npm. Without them the tests skip with a message, unless
+//! `COHORT_REQUIRE_EVM` is set (CI sets it), when they fail instead.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cohort_identity::MessageSigningKey;
+use cohort_ledger::{Checkpoint, Entry, MerkleLog, Record, hash_leaf, sign_checkpoint};
+use cohort_ledger_evm::{AnchorContract, AnchorWriter, EvmKey};
+use common::*;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_cohort");
+
+/// Hardhat's first development account: publicly known, funded on the
+/// local node only.
+const DEV_KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+
+/// A child process that is killed when the test ends, pass or fail.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// scripts/evm with its node_modules installed, or `None` (skip) when node
+/// or npm is missing and `COHORT_REQUIRE_EVM` is unset.
+fn evm_tools() -> Option<PathBuf> {
+    static READY: Mutex<Option<Option<PathBuf>>> = Mutex::new(None);
+    let mut ready = READY.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(dir) = &*ready {
+        return dir.clone();
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/evm");
+    let have = |tool: &str| {
+        Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !(have("node") && have("npm")) {
+        assert!(
+            std::env::var_os("COHORT_REQUIRE_EVM").is_none(),
+            "COHORT_REQUIRE_EVM is set but node or npm is missing (the EVM tests need Node.js 20+)"
+        );
+        eprintln!("node or npm not found: skipping the EVM ledger tests");
+        *ready = Some(None);
+        return None;
+    }
+    if !dir.join("node_modules/.bin/hardhat").exists() {
+        eprintln!("installing scripts/evm's node modules (npm ci) ...");
+        let out = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "npm ci in scripts/evm failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    *ready = Some(Some(dir.clone()));
+    Some(dir)
+}
+
+/// A Hardhat node on a free loopback port, stopped when dropped.
+struct Node {
+    url: String,
+    _proc: Proc,
+}
+
+async fn start_node(tools: &Path, log: &Path) -> Node {
+    let port = free_port();
+    let proc = Proc(
+        Command::new(tools.join("node_modules/.bin/hardhat"))
+            .args([
+                "node",
+                "--hostname",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+            ])
+            .current_dir(tools)
+            .env("HARDHAT_DISABLE_TELEMETRY_PROMPT", "true")
+            .stdout(std::fs::File::create(log).unwrap())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(60) {
+        if cohort_ledger_evm::chain_id(&url).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Node { url, _proc: proc }
+}
+
+fn cohort(args: &[&str]) -> Result<String, String> {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+fn verify(
+    data_dir: &Path,
+    state: &Path,
+    node: &str,
+    contract: &str,
+    extra: &[&str],
+) -> Result<Value, String> {
+    let mut args = vec![
+        "verify",
+        "ledger",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+        "--rpc-url",
+        node,
+        "--contract",
+        contract,
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    cohort(&args).map(|out| json(&out))
+}
+
+fn db(data_dir: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(data_dir.join("coordinator.sqlite")).unwrap()
+}
+
+/// A consistent copy of a live coordinator's SQLite file.
+fn snapshot(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    db(from)
+        .execute(
+            "VACUUM INTO ?1",
+            [to.join("coordinator.sqlite").to_str().unwrap()],
+        )
+        .unwrap();
+}
+
+#[test]
+fn committed_contract_artifact_matches_a_fresh_compile() {
+    let Some(tools) = evm_tools() else { return };
+    let out = Command::new("node")
+        .args(["compile.js", "--check"])
+        .current_dir(&tools)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_anchored_on_a_local_chain_verifies_and_tampering_is_caught() {
+    let Some(tools) = evm_tools() else { return };
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    let node = start_node(&tools, &work.join("node.log")).await;
+    assert_eq!(
+        cohort_ledger_evm::chain_id(&node.url).await.ok(),
+        Some(31337),
+        "the Hardhat node did not come up: {}",
+        std::fs::read_to_string(work.join("node.log")).unwrap_or_default()
+    );
+    let key = work.join("evm.key");
+    std::fs::write(&key, DEV_KEY).unwrap();
+
+    // Deploy, and the messages a wrong setup gets.
+    let unfunded = work.join("unfunded.key");
+    std::fs::write(&unfunded, format!("{:064x}", 12345)).unwrap();
+    let err = cohort(&[
+        "ledger",
+        "deploy",
+        "--rpc-url",
+        &node.url,
+        "--evm-key",
+        unfunded.to_str().unwrap(),
+    ])
+    .unwrap_err();
+    assert!(
+        err.contains("holds 0 wei") && err.contains("fund it"),
+        "{err}"
+    );
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let err = cohort(&[
+        "ledger",
+        "deploy",
+        "--rpc-url",
+        &nowhere,
+        "--evm-key",
+        key.to_str().unwrap(),
+    ])
+    .unwrap_err();
+    assert!(err.contains("cannot reach the EVM node"), "{err}");
+    let deployed = json(
+        &cohort(&[
+            "ledger",
+            "deploy",
+            "--rpc-url",
+            &node.url,
+            "--evm-key",
+            key.to_str().unwrap(),
+            "--json",
+        ])
+        .unwrap(),
+    );
+    let contract = deployed["address"].as_str().unwrap().to_string();
+    assert_eq!(
+        deployed["owner"].as_str().unwrap(),
+        EvmKey::from_hex(DEV_KEY).unwrap().address().to_string()
+    );
+
+    // Entries committed while nothing anchored them (a coordinator that
+    // crashed between its SQLite commit and anchoring): opening the data
+    // directory commits the first entry, the coordinator's key.
+    let data_dir = work.join("coordinator");
+    drop(
+        cohort_coordinator::Coordinator::open(&cohort_coordinator::CoordinatorConfig::new(
+            &data_dir,
+        ))
+        .unwrap(),
+    );
+
+    // Not anchored yet: reported as pending, or refused on request.
+    let pending = verify(&data_dir, &work.join("p.json"), &node.url, &contract, &[]).unwrap();
+    assert_eq!(
+        pending["chain"]["pending_entries"].as_u64(),
+        Some(1),
+        "{pending}"
+    );
+    assert_eq!(pending["chain"]["first_pending"]["index"].as_u64(), Some(0));
+    let err = verify(
+        &data_dir,
+        &work.join("p.json"),
+        &node.url,
+        &contract,
+        &["--require-anchored"],
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("1 of the log's 1 entries are not anchored") && err.contains("entry 0"),
+        "{err}"
+    );
+    // No contract there, or a key that does not own it: refused up front.
+    let owner = deployed["owner"].as_str().unwrap();
+    let err = verify(&data_dir, &work.join("p.json"), &node.url, owner, &[]).unwrap_err();
+    assert!(err.contains("no contract at"), "{err}");
+    let err = cohort(&[
+        "coordinator",
+        "--insecure",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--ledger",
+        "evm",
+        "--rpc-url",
+        &node.url,
+        "--contract",
+        &contract,
+        "--evm-key",
+        unfunded.to_str().unwrap(),
+    ])
+    .unwrap_err();
+    assert!(err.contains("only the owner may append"), "{err}");
+
+    // The coordinator, anchoring on the chain, and two hospitals.
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let coordinator_log = work.join("coordinator.log");
+    let coordinator = Proc(
+        Command::new(BIN)
+            .args(["coordinator", "--insecure", "--poll-timeout-secs", "1"])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args([
+                "--ledger",
+                "evm",
+                "--rpc-url",
+                &node.url,
+                "--contract",
+                &contract,
+            ])
+            .arg("--evm-key")
+            .arg(&key)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&coordinator_log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let csv = work.join("all.csv");
+    synthetic_oncology_csv(&csv, 600, 11);
+    let files = split(&csv, &work.join("parts"), 2, 5);
+    let stop = Stop::new();
+    let clients = [
+        start_client(&url, &files[0], "hospital-a", &stop),
+        start_client(&url, &files[1], "hospital-b", &stop),
+    ];
+    wait_for_clients(&url, 2).await;
+    let view = submit_and_wait(&url, &oncology_job(2, 2)).await;
+    let job_id = view.job_id.clone();
+
+    // Every entry anchored (in the background, so wait for the last).
+    let state = work.join("seen.json");
+    let mut verified = Err(String::new());
+    for _ in 0..100 {
+        verified = verify(
+            &data_dir,
+            &state,
+            &node.url,
+            &contract,
+            &["--require-anchored"],
+        );
+        if verified.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let report = verified.unwrap_or_else(|e| {
+        panic!(
+            "{e}\ncoordinator log:\n{}",
+            std::fs::read_to_string(&coordinator_log).unwrap_or_default()
+        )
+    });
+    let entries = report["entries"].as_u64().unwrap();
+    // Key, job, enrollment, rounds 0..=2.
+    assert_eq!(entries, 6, "{report}");
+    let chain = &report["chain"];
+    assert_eq!(
+        chain["anchored_entries"].as_u64(),
+        Some(entries),
+        "{report}"
+    );
+    assert_eq!(chain["pending_entries"].as_u64(), Some(0), "{report}");
+    assert_eq!(
+        chain["checkpoint"]["tree_size"].as_u64(),
+        Some(entries),
+        "{report}"
+    );
+    assert_eq!(chain["checkpoint"]["root"], report["root"], "{report}");
+    assert_eq!(chain["chain_id"].as_u64(), Some(31337));
+    let log = std::fs::read_to_string(&coordinator_log).unwrap();
+    assert!(log.contains("catching up"), "{log}");
+    assert!(log.contains("ledger entries anchored"), "{log}");
+    // The same over the network, as a validator without the data directory.
+    let text = cohort(&[
+        "verify",
+        "ledger",
+        "--coordinator",
+        &url,
+        "--insecure",
+        "--state",
+        work.join("seen-net.json").to_str().unwrap(),
+        "--rpc-url",
+        &node.url,
+        "--contract",
+        &contract,
+    ])
+    .unwrap();
+    assert!(text.contains("chain OK: 6 entries anchored"), "{text}");
+
+    // History rewritten by someone holding the coordinator's key: entries
+    // and checkpoint re-signed, so the log alone verifies for a validator
+    // that never saw it, but not against the chain.
+    let rewritten = work.join("rewritten");
+    snapshot(&data_dir, &rewritten);
+    let signing_key = MessageSigningKey::from_pem(
+        &std::fs::read_to_string(data_dir.join("ledger-signing-key.pem")).unwrap(),
+    )
+    .unwrap();
+    let conn = db(&rewritten);
+    let leaves: Vec<Vec<u8>> = {
+        let mut stmt = conn
+            .prepare("SELECT entry FROM ledger ORDER BY idx")
+            .unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let mut forged = MerkleLog::new();
+    for (i, leaf) in leaves.iter().enumerate() {
+        let mut entry = Entry::from_leaf(leaf).unwrap();
+        let mut bytes = leaf.clone();
+        if let Record::RoundCompleted {
+            round: 1, accuracy, ..
+        } = &mut entry.record
+        {
+            *accuracy = Some("0.999000".into());
+            bytes = Entry::sign(entry.record, entry.at, &signing_key)
+                .unwrap()
+                .to_leaf()
+                .unwrap();
+            conn.execute(
+                "UPDATE ledger SET entry = ?1 WHERE idx = ?2",
+                rusqlite::params![bytes, i as i64],
+            )
+            .unwrap();
+        }
+        forged.append_leaf_hash(hash_leaf(&bytes));
+    }
+    let name: String = conn
+        .query_row("SELECT key_name FROM ledger_checkpoint", [], |r| r.get(0))
+        .unwrap();
+    let note = sign_checkpoint(
+        &Checkpoint::new(name.clone(), forged.size(), forged.current_root()).unwrap(),
+        &name,
+        &signing_key,
+    )
+    .unwrap();
+    conn.execute("UPDATE ledger_checkpoint SET note = ?1", [note])
+        .unwrap();
+    drop(conn);
+    let fresh = |n: &str| work.join(format!("fresh-{n}.json"));
+    cohort(&[
+        "verify",
+        "ledger",
+        "--data-dir",
+        rewritten.to_str().unwrap(),
+        "--state",
+        fresh("a").to_str().unwrap(),
+    ])
+    .expect("without the chain, a re-signed log verifies");
+    let err = verify(&rewritten, &fresh("b"), &node.url, &contract, &[]).unwrap_err();
+    assert!(
+        err.contains("entry 4")
+            && err.contains(&format!("job {job_id} round 1"))
+            && err.contains("does not match the chain"),
+        "{err}"
+    );
+
+    // An entry altered in place: its signature breaks first.
+    let flipped = work.join("flipped");
+    snapshot(&data_dir, &flipped);
+    let mut leaf: Vec<u8> = db(&flipped)
+        .query_row("SELECT entry FROM ledger WHERE idx = 3", [], |r| r.get(0))
+        .unwrap();
+    let at = leaf.windows(7).position(|w| w == b"\"round\"").unwrap() + 8;
+    leaf[at] = if leaf[at] == b'1' { b'2' } else { b'1' };
+    db(&flipped)
+        .execute("UPDATE ledger SET entry = ?1 WHERE idx = 3", [&leaf])
+        .unwrap();
+    let err = verify(&flipped, &fresh("c"), &node.url, &contract, &[]).unwrap_err();
+    assert!(err.contains("entry 3"), "{err}");
+
+    // Someone with the contract owner's key anchors a different digest at
+    // the next index: verification names the entry the log lacks ...
+    let intruder =
+        AnchorWriter::new(&node.url, &contract, EvmKey::from_hex(DEV_KEY).unwrap()).unwrap();
+    intruder
+        .append_entries(entries, &[[0xab; 32]])
+        .await
+        .unwrap();
+    let err = verify(&data_dir, &fresh("d"), &node.url, &contract, &[]).unwrap_err();
+    assert!(
+        err.contains(&format!("entry {entries}")) && err.contains("missing from the log"),
+        "{err}"
+    );
+    // ... and once the coordinator commits its own entry there (a new job),
+    // it refuses to anchor over the conflict, and verification names it.
+    let mut dev = cohort::developer::connect(&url, &cohort_protocol::Security::Insecure)
+        .await
+        .unwrap();
+    let second = cohort::developer::submit(&mut dev, &oncology_job(1, 3))
+        .await
+        .unwrap();
+    let mut stopped = false;
+    for _ in 0..100 {
+        if std::fs::read_to_string(&coordinator_log)
+            .unwrap()
+            .contains("ledger anchoring STOPPED")
+        {
+            stopped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = std::fs::read_to_string(&coordinator_log).unwrap();
+    assert!(stopped, "{log}");
+    assert!(
+        log.contains(&format!(
+            "entry {entries} is anchored with leaf hash {}",
+            "ab".repeat(32)
+        )),
+        "{log}"
+    );
+    let err = verify(&data_dir, &fresh("e"), &node.url, &contract, &[]).unwrap_err();
+    assert!(
+        err.contains(&format!(
+            "entry {entries} (job {second} created) does not match the chain"
+        )),
+        "{err}"
+    );
+    let chain = AnchorContract::new(&node.url, &contract).unwrap();
+    assert_eq!(chain.entry_count().await.unwrap(), entries + 1);
+
+    stop.stop();
+    drop(coordinator);
+    for client in clients {
+        let _ = tokio::time::timeout(Duration::from_secs(5), client).await;
+    }
+    eprintln!(
+        "EVM ledger test took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// Gas and time per anchoring on the local node (docs/BENCHMARKS.md):
+/// `cargo test --test evm -- --ignored --nocapture anchoring_costs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn anchoring_costs() {
+    let Some(tools) = evm_tools() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(&tools, &dir.path().join("node.log")).await;
+    let key = EvmKey::from_hex(DEV_KEY).unwrap();
+    let deployed = cohort_ledger_evm::deploy(&node.url, &key).await.unwrap();
+    println!("deploy: {} gas", deployed.gas_used);
+    let writer =
+        Arc::new(AnchorWriter::new(&node.url, &deployed.address.to_string(), key).unwrap());
+    let mut log = MerkleLog::new();
+    let next = |log: &mut MerkleLog| {
+        let leaf = hash_leaf(format!("entry {}", log.size()).as_bytes());
+        log.append_leaf_hash(leaf);
+        leaf
+    };
+    // One entry and its checkpoint per transaction, as a coordinator does
+    // when commits are far apart.
+    let singles = 50u64;
+    let (mut gas, started) = (0u64, Instant::now());
+    for _ in 0..singles {
+        let first = log.size();
+        let leaf = next(&mut log);
+        gas += writer
+            .anchor(first, &[leaf], log.current_root())
+            .await
+            .unwrap()
+            .gas_used;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "one entry per transaction: {:.0} gas per entry, {:.1} ms per anchoring ({singles} transactions)",
+        gas as f64 / singles as f64,
+        1000.0 * secs / singles as f64
+    );
+    // A backlog of 64 (catching up): one transaction.
+    for batch in [8u64, 64] {
+        let first = log.size();
+        let leaves: Vec<_> = (0..batch).map(|_| next(&mut log)).collect();
+        let started = Instant::now();
+        let receipt = writer
+            .anchor(first, &leaves, log.current_root())
+            .await
+            .unwrap();
+        println!(
+            "{batch} entries per transaction: {:.0} gas per entry, {:.1} ms for the transaction",
+            receipt.gas_used as f64 / batch as f64,
+            1000.0 * started.elapsed().as_secs_f64()
+        );
+    }
+}
