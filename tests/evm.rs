@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cohort_identity::MessageSigningKey;
-use cohort_ledger::{Checkpoint, Entry, MerkleLog, Record, hash_leaf, sign_checkpoint};
+use cohort_ledger::{MerkleLog, Record, hash_leaf};
 use cohort_ledger_evm::{AnchorContract, AnchorWriter, EvmKey};
 use common::*;
 use serde_json::Value;
@@ -407,49 +407,16 @@ async fn a_job_anchored_on_a_local_chain_verifies_and_tampering_is_caught() {
         &std::fs::read_to_string(data_dir.join("ledger-signing-key.pem")).unwrap(),
     )
     .unwrap();
-    let conn = db(&rewritten);
-    let leaves: Vec<Vec<u8>> = {
-        let mut stmt = conn
-            .prepare("SELECT entry FROM ledger ORDER BY idx")
-            .unwrap();
-        stmt.query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
-    };
-    let mut forged = MerkleLog::new();
-    for (i, leaf) in leaves.iter().enumerate() {
-        let mut entry = Entry::from_leaf(leaf).unwrap();
-        let mut bytes = leaf.clone();
+    rewrite_ledger(&rewritten, &signing_key, |record| {
         if let Record::RoundCompleted {
             round: 1, accuracy, ..
-        } = &mut entry.record
+        } = record
         {
             *accuracy = Some("0.999000".into());
-            bytes = Entry::sign(entry.record, entry.at, &signing_key)
-                .unwrap()
-                .to_leaf()
-                .unwrap();
-            conn.execute(
-                "UPDATE ledger SET entry = ?1 WHERE idx = ?2",
-                rusqlite::params![bytes, i as i64],
-            )
-            .unwrap();
+            return true;
         }
-        forged.append_leaf_hash(hash_leaf(&bytes));
-    }
-    let name: String = conn
-        .query_row("SELECT key_name FROM ledger_checkpoint", [], |r| r.get(0))
-        .unwrap();
-    let note = sign_checkpoint(
-        &Checkpoint::new(name.clone(), forged.size(), forged.current_root()).unwrap(),
-        &name,
-        &signing_key,
-    )
-    .unwrap();
-    conn.execute("UPDATE ledger_checkpoint SET note = ?1", [note])
-        .unwrap();
-    drop(conn);
+        false
+    });
     let fresh = |n: &str| work.join(format!("fresh-{n}.json"));
     cohort(&[
         "verify",

@@ -2,12 +2,15 @@
 //! checked without trusting the coordinator, and every kind of tampering
 //! caught with a message naming it.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
 use cohort::demo::{self, DemoOptions};
 use cohort_identity::MessageSigningKey;
-use cohort_ledger::{Checkpoint, Entry, MerkleLog, Record, hash_leaf, sign_checkpoint};
+use cohort_ledger::Record;
+use common::rewrite_ledger;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cohort");
 
@@ -181,45 +184,13 @@ async fn a_job_leaves_a_verifiable_ledger_and_tampering_is_caught() {
         &std::fs::read_to_string(dir.path().join("pki/coordinator/signing-key.pem")).unwrap(),
     )
     .unwrap();
-    let conn = db(&rewritten);
-    let leaves: Vec<Vec<u8>> = {
-        let mut stmt = conn
-            .prepare("SELECT entry FROM ledger ORDER BY idx")
-            .unwrap();
-        stmt.query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
-    };
-    let mut log = MerkleLog::new();
-    for (i, leaf) in leaves.iter().enumerate() {
-        let mut entry = Entry::from_leaf(leaf).unwrap();
-        if let Record::RoundCompleted { accuracy, .. } = &mut entry.record {
+    rewrite_ledger(&rewritten, &key, |record| {
+        if let Record::RoundCompleted { accuracy, .. } = record {
             *accuracy = Some("1.000000".into());
+            return true;
         }
-        let forged = Entry::sign(entry.record, entry.at, &key).unwrap();
-        let bytes = forged.to_leaf().unwrap();
-        conn.execute(
-            "UPDATE ledger SET entry = ?1 WHERE idx = ?2",
-            rusqlite::params![bytes, i as i64],
-        )
-        .unwrap();
-        log.append_leaf_hash(hash_leaf(&bytes));
-    }
-    let (name, _): (String, String) = conn
-        .query_row("SELECT key_name, note FROM ledger_checkpoint", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .unwrap();
-    let note = sign_checkpoint(
-        &Checkpoint::new(name.clone(), log.size(), log.current_root()).unwrap(),
-        &name,
-        &key,
-    )
-    .unwrap();
-    conn.execute("UPDATE ledger_checkpoint SET note = ?1", [note])
-        .unwrap();
-    drop(conn);
+        false
+    });
     // A validator that never saw this log cannot tell; one that did can.
     verify(&rewritten, &dir.path().join("fresh.json")).unwrap();
     let err = verify(&rewritten, &state).unwrap_err();

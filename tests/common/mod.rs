@@ -218,3 +218,53 @@ pub fn split(input: &Path, out: &Path, parts: usize, seed: u64) -> Vec<PathBuf> 
     files.push(report.test.unwrap().file);
     files
 }
+
+/// Rewrites a coordinator's ledger as someone holding its signing key
+/// could: every entry `edit` changes (returns true for) is re-signed, and
+/// the checkpoint is re-signed over the new tree, so the log verifies on
+/// its own and only an earlier checkpoint or an outside anchor can tell.
+pub fn rewrite_ledger(
+    data_dir: &Path,
+    key: &cohort_identity::MessageSigningKey,
+    mut edit: impl FnMut(&mut cohort_ledger::Record) -> bool,
+) {
+    use cohort_ledger::{Checkpoint, Entry, MerkleLog, hash_leaf, sign_checkpoint};
+    let conn = rusqlite::Connection::open(data_dir.join("coordinator.sqlite")).unwrap();
+    let leaves: Vec<Vec<u8>> = {
+        let mut stmt = conn
+            .prepare("SELECT entry FROM ledger ORDER BY idx")
+            .unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let mut log = MerkleLog::new();
+    for (i, leaf) in leaves.iter().enumerate() {
+        let mut entry = Entry::from_leaf(leaf).unwrap();
+        let mut bytes = leaf.clone();
+        if edit(&mut entry.record) {
+            bytes = Entry::sign(entry.record, entry.at, key)
+                .unwrap()
+                .to_leaf()
+                .unwrap();
+            conn.execute(
+                "UPDATE ledger SET entry = ?1 WHERE idx = ?2",
+                rusqlite::params![bytes, i as i64],
+            )
+            .unwrap();
+        }
+        log.append_leaf_hash(hash_leaf(&bytes));
+    }
+    let name: String = conn
+        .query_row("SELECT key_name FROM ledger_checkpoint", [], |r| r.get(0))
+        .unwrap();
+    let note = sign_checkpoint(
+        &Checkpoint::new(name.clone(), log.size(), log.current_root()).unwrap(),
+        &name,
+        key,
+    )
+    .unwrap();
+    conn.execute("UPDATE ledger_checkpoint SET note = ?1", [note])
+        .unwrap();
+}
