@@ -3,7 +3,7 @@
 //! evaluation, as the clients report them), for several numbers of clients
 //! and model sizes. Everything runs in this process over loopback gRPC with mutual TLS.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use cohort_datasets::{PartitionScheme, SplitOptions};
@@ -268,5 +268,147 @@ pub fn secagg(
         bytes_sent_per_client: report.bytes_up_per_client_mean,
         bytes_received_per_client: report.bytes_down_per_client_mean,
         sum_ok,
+    })
+}
+
+/// Settings of `cohort bench dp-sgd`, the same flags as
+/// `scripts/bench_dp_sgd_opacus.py` takes.
+#[derive(Debug, Clone)]
+pub struct DpSgdBenchOptions {
+    pub features: usize,
+    pub hidden: Vec<usize>,
+    pub batch: usize,
+    pub rows: usize,
+    pub steps: u64,
+    pub warmup: u64,
+    pub max_grad_norm: f64,
+    pub noise_multiplier: f64,
+    pub learning_rate: f64,
+    pub seed: u64,
+}
+
+/// DP-SGD training throughput of one MLP: Poisson batches, per-example
+/// clipping, OpenDP noise and the SGD step, all timed.
+#[derive(Debug, Clone, Serialize)]
+pub struct DpSgdBench {
+    pub framework: String,
+    pub version: String,
+    pub features: usize,
+    pub hidden: Vec<usize>,
+    pub parameters: usize,
+    pub batch: usize,
+    pub rows: usize,
+    pub steps: u64,
+    pub samples: u64,
+    pub seconds: f64,
+    pub cpu_seconds: f64,
+    pub samples_per_second: f64,
+    pub max_grad_norm: f64,
+    pub noise_multiplier: f64,
+    /// Mean training loss over the last epoch timed (a sanity check that
+    /// training progresses; it stays on this machine).
+    pub last_loss: f64,
+}
+
+/// Standard-normal features labelled by a random hyperplane plus noise.
+fn synthetic_examples(rows: usize, features: usize, seed: u64) -> cohort_datasets::Examples {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let normal = |rng: &mut rand_chacha::ChaCha8Rng| -> f32 {
+        // Box–Muller: benchmark data, not privacy noise.
+        let u: f64 = rng.random_range(f64::EPSILON..1.0);
+        let v: f64 = rng.random();
+        ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
+    };
+    let w: Vec<f32> = (0..features).map(|_| normal(&mut rng)).collect();
+    let mut data = Vec::with_capacity(rows * features);
+    let mut labels = Vec::with_capacity(rows);
+    for _ in 0..rows {
+        let row: Vec<f32> = (0..features).map(|_| normal(&mut rng)).collect();
+        let score: f32 = row.iter().zip(&w).map(|(x, w)| x * w).sum::<f32>() + normal(&mut rng);
+        labels.push(if score > 0.0 { 1.0 } else { 0.0 });
+        data.extend(row);
+    }
+    cohort_datasets::Examples {
+        features: data,
+        labels,
+        n_features: features,
+    }
+}
+
+fn process_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return f64::NAN;
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+pub fn dp_sgd(o: &DpSgdBenchOptions) -> Result<DpSgdBench> {
+    use cohort_models::{DpSgdConfig, DpSgdPlan, ModelSpec, OptimizerSpec, TrainConfig};
+    if o.hidden.is_empty() || o.hidden.contains(&0) {
+        bail!("--hidden needs at least one non-zero width");
+    }
+    if o.rows == 0 || o.batch == 0 || o.steps == 0 {
+        bail!("--rows, --batch and --steps must be at least 1");
+    }
+    let spec = ModelSpec::Mlp {
+        hidden: o.hidden.clone(),
+    };
+    let data = synthetic_examples(o.rows, o.features, o.seed);
+    let start = cohort_models::init_parameters(&spec, o.features, o.seed);
+    let plan = DpSgdPlan::new(o.rows, o.batch);
+    let config = |epochs: u64| TrainConfig {
+        epochs: epochs.max(1) as usize,
+        batch_size: o.batch,
+        optimizer: OptimizerSpec::Sgd {
+            learning_rate: o.learning_rate,
+            momentum: 0.0,
+        },
+        seed: o.seed,
+        proximal_mu: None,
+        dp: Some(DpSgdConfig {
+            noise_multiplier: o.noise_multiplier,
+            max_grad_norm: o.max_grad_norm,
+        }),
+    };
+    if o.warmup > 0 {
+        // About `warmup` steps on a slice of the rows at the same rate.
+        let rows = (o.warmup as usize * o.batch).min(o.rows);
+        let warm = cohort_datasets::Examples {
+            features: data.features[..rows * o.features].to_vec(),
+            labels: data.labels[..rows].to_vec(),
+            n_features: o.features,
+        };
+        cohort_models::train(&spec, &start, &warm, &config(1))?;
+    }
+    // Whole epochs: at least `steps` steps.
+    let epochs = o.steps.div_ceil(plan.steps_per_epoch);
+    let cpu = process_cpu_seconds();
+    let wall = Instant::now();
+    let outcome = cohort_models::train(&spec, &start, &data, &config(epochs))?;
+    let seconds = wall.elapsed().as_secs_f64();
+    let cpu_seconds = process_cpu_seconds() - cpu;
+    Ok(DpSgdBench {
+        framework: "cohort".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        features: o.features,
+        hidden: o.hidden.clone(),
+        parameters: spec.num_parameters(o.features),
+        batch: o.batch,
+        rows: o.rows,
+        steps: outcome.steps,
+        samples: outcome.samples,
+        seconds,
+        cpu_seconds,
+        samples_per_second: outcome.samples as f64 / seconds,
+        max_grad_norm: o.max_grad_norm,
+        noise_multiplier: o.noise_multiplier,
+        last_loss: outcome.loss,
     })
 }

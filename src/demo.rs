@@ -28,7 +28,13 @@ pub struct DemoOptions {
     pub progress: bool,
     /// Run the job under secure aggregation (SecAgg+).
     pub secure_aggregation: bool,
+    /// Record-level differential privacy (DP-SGD) at this epsilon per
+    /// hospital over the whole job, at delta [`DEMO_DP_DELTA`].
+    pub dp_epsilon: Option<f64>,
 }
+
+/// The demo's delta under DP: well below 1/rows of any hospital's data.
+pub const DEMO_DP_DELTA: f64 = 1e-5;
 
 impl Default for DemoOptions {
     fn default() -> Self {
@@ -40,6 +46,7 @@ impl Default for DemoOptions {
             rounds: None,
             progress: true,
             secure_aggregation: false,
+            dp_epsilon: None,
         }
     }
 }
@@ -67,6 +74,15 @@ pub struct DemoReport {
     pub transport: String,
     /// How updates were aggregated: "plain" or "secagg".
     pub aggregation: String,
+    /// Under DP: the largest epsilon any hospital spent (record level), at
+    /// `delta`, as recorded in the model card.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epsilon: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta: Option<f64>,
+    /// Under DP: "record".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dp_level: Option<String>,
     pub workdir: PathBuf,
     pub model_dir: PathBuf,
     pub seconds: f64,
@@ -109,6 +125,9 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
     spec.training.seed = opts.seed;
     if opts.secure_aggregation {
         spec.privacy.aggregation = cohort_coordinator::job::Aggregation::Secagg;
+    }
+    if let Some(epsilon) = opts.dp_epsilon {
+        apply_dp(&mut spec, epsilon)?;
     }
     let job_toml = toml::to_string(&spec)?;
 
@@ -155,7 +174,8 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
     federation.shutdown().await;
     let (job_id, model_dir) = outcome?;
 
-    let (_, federated) = crate::evaluate::evaluate_file(&model_dir, &test_file)?;
+    let (card, federated) = crate::evaluate::evaluate_file(&model_dir, &test_file)?;
+    let privacy = card.privacy.clone();
     let train_files: Vec<&Path> = split.parts.iter().map(|p| p.file.as_path()).collect();
     let baseline = centralized_baseline(&spec, &train_files, &test_file, &workdir)?;
     Ok(DemoReport {
@@ -175,10 +195,45 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
             cohort_coordinator::job::Aggregation::Secagg => "secagg",
         }
         .to_string(),
+        epsilon: privacy.as_ref().map(|p| p.epsilon),
+        delta: privacy.as_ref().map(|p| p.delta),
+        dp_level: privacy.map(|p| p.level),
         workdir,
         model_dir,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Turns the demo job into a record-level DP job at `epsilon`.
+///
+/// DP-SGD wants a different recipe from plain SGD (Ponomareva et al. 2023,
+/// "How to DP-fy ML"): a model with few parameters (logistic regression,
+/// 31), since the noise grows with their number while the clipped signal
+/// does not; large batches (96 of each hospital's ~115 training rows),
+/// which divide the noise by the expected batch size; few steps (2 a
+/// round, 20 in all), each of which costs privacy; and a large learning
+/// rate to make the most of each. Measured over repeated runs: held-out
+/// accuracy 0.958-0.965 at epsilon 3 and 0.944-0.958 at epsilon 1 (the
+/// non-private baseline of the same model is 0.965); see BENCHMARKS.md.
+fn apply_dp(spec: &mut JobSpec, epsilon: f64) -> Result<()> {
+    spec.model = cohort_models::ModelSpec::Logistic;
+    spec.training.rounds = 10;
+    spec.training.local_epochs = 1;
+    spec.training.batch_size = 96;
+    spec.training.optimizer = cohort_models::OptimizerSpec::Sgd {
+        learning_rate: 1.0,
+        momentum: 0.5,
+    };
+    spec.privacy.dp = Some(cohort_privacy::dp::DpPolicy {
+        level: cohort_privacy::dp::DpLevel::Record,
+        target_epsilon: Some(epsilon),
+        delta: DEMO_DP_DELTA,
+        max_grad_norm: 1.0,
+        noise_multiplier: None,
+        accountant: cohort_privacy::dp::AccountantKind::Pld,
+    });
+    spec.validate()?;
+    Ok(())
 }
 
 /// Trains the job's model on the hospitals' pooled rows with the same
@@ -269,6 +324,13 @@ pub fn print_report(r: &DemoReport) {
         "  centralized baseline  {:.4}     {:.4}    {:.4}",
         r.baseline_accuracy, r.baseline_auc, r.baseline_loss
     );
+    if let (Some(epsilon), Some(delta)) = (r.epsilon, r.delta) {
+        println!(
+            "  differential privacy: {} level, epsilon {epsilon:.3} at delta {delta:e} for every \
+             hospital (the baseline is not private)",
+            r.dp_level.as_deref().unwrap_or("record")
+        );
+    }
     println!();
     println!("Model: {}", r.model_dir.display());
     println!(

@@ -44,6 +44,10 @@ pub struct JobView {
     pub participants: Vec<String>,
     pub rounds: Vec<RoundView>,
     pub events: Vec<EventView>,
+    /// Under differential privacy: the epsilon each hospital reported
+    /// having spent on the job so far (its latest receipt), by name.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub dp_epsilon: std::collections::BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -113,12 +117,22 @@ impl JobView {
                             update_sha256: u.update_sha256,
                             signature: hex::encode(&u.signature),
                             dataset_sha256: u.dataset_sha256,
+                            dp_epsilon: (u.dp_epsilon.is_finite() && u.dp_epsilon > 0.0)
+                                .then_some(u.dp_epsilon),
                         })
                         .collect(),
                 })
             })
-            .collect::<Result<_>>()?;
+            .collect::<Result<Vec<RoundView>>>()?;
+        let mut dp_epsilon = std::collections::BTreeMap::<String, f64>::new();
+        for update in rounds.iter().flat_map(|r| &r.updates) {
+            if let Some(eps) = update.dp_epsilon {
+                let spent = dp_epsilon.entry(update.client.clone()).or_insert(0.0);
+                *spent = spent.max(eps);
+            }
+        }
         Ok(Self {
+            dp_epsilon,
             job_id: s.job_id,
             name: s.name,
             state: s.state,

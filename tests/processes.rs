@@ -165,29 +165,32 @@ fn start_clients_with(net: &Net, files: &[PathBuf], dir: &Path, flags: &[&str]) 
     files
         .iter()
         .enumerate()
-        .map(|(i, f)| {
-            let name = format!("hospital-{i}");
-            let mut extra = net.args(&name);
-            extra.extend(flags.iter().map(|f| f.to_string()));
-            if matches!(net, Net::Insecure { .. }) {
-                extra.extend(["--name".to_string(), name.clone()]);
-            }
-            let args = with(
-                &[
-                    "client",
-                    "--data",
-                    f.to_str().unwrap(),
-                    "--data-dir",
-                    dir.join(&name).to_str().unwrap(),
-                ],
-                &extra,
-            );
-            spawn(
-                &args.iter().map(String::as_str).collect::<Vec<_>>(),
-                &dir.join(format!("{name}.log")),
-            )
-        })
+        .map(|(i, f)| start_client(net, f, dir, i, flags))
         .collect()
+}
+
+/// Starts `hospital-{i}` on `file`, with its data dir and log in `dir`.
+fn start_client(net: &Net, file: &Path, dir: &Path, i: usize, flags: &[&str]) -> Proc {
+    let name = format!("hospital-{i}");
+    let mut extra = net.args(&name);
+    extra.extend(flags.iter().map(|f| f.to_string()));
+    if matches!(net, Net::Insecure { .. }) {
+        extra.extend(["--name".to_string(), name.clone()]);
+    }
+    let args = with(
+        &[
+            "client",
+            "--data",
+            file.to_str().unwrap(),
+            "--data-dir",
+            dir.join(&name).to_str().unwrap(),
+        ],
+        &extra,
+    );
+    spawn(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &dir.join(format!("{name}.log")),
+    )
 }
 
 fn cohort_as(net: &Net, args: &[&str]) -> Value {
@@ -697,4 +700,137 @@ fn secure_aggregation_leaves_no_individual_update_with_the_coordinator() {
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest as _;
     hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Record-level DP across processes: a hospital whose budget is too small
+/// refuses the job (both epsilons in its reason) and the job goes on
+/// without it; a hospital that dies between training and sending has the
+/// round in its spending ledger; the others stay within the target, which
+/// the job status, the ledger and the model card all record.
+#[test]
+fn dp_budgets_are_enforced_and_spending_survives_a_crash_before_sending() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("oncology.csv");
+    synthetic_oncology_csv(&csv, 1200, 29);
+    let files = split(&csv, &dir.path().join("parts"), 4, 7);
+    let net = Net::Insecure { port: free_port() };
+    let coord_dir = dir.path().join("coord");
+    let _coordinator = start_coordinator(&net, &coord_dir, &dir.path().join("coord.log"));
+    let _capped = start_client(
+        &net,
+        &files[0],
+        dir.path(),
+        0,
+        &["--max-epsilon", "0.5", "--delta", "1e-5"],
+    );
+    let mut crashing = start_client(
+        &net,
+        &files[1],
+        dir.path(),
+        1,
+        &["--vanish-at", "before-send"],
+    );
+    let _others = [
+        start_client(&net, &files[2], dir.path(), 2, &[]),
+        start_client(&net, &files[3], dir.path(), 3, &[]),
+    ];
+    // Let all four register before the job asks who is there.
+    std::thread::sleep(Duration::from_secs(2));
+    let job_toml = oncology_job(3, 2)
+        .replace("clients_per_round = 2", "clients_per_round = 4")
+        .replace("round_timeout_secs = 60", "round_timeout_secs = 15")
+        + "\n[privacy.dp]\nlevel = \"record\"\ntarget_epsilon = 2.0\ndelta = 1e-5\nmax_grad_norm = 1.0\n";
+    let job = submit_job_file(dir.path(), &job_toml, &net);
+    let done = wait_until(&net, &job, Duration::from_secs(300), |s| {
+        s["state"] != "running" && s["state"] != "pending"
+    });
+    assert_eq!(done["state"], "completed", "{done:#}");
+
+    // The capped hospital refused at preparation, saying why in numbers.
+    let events = done["events"].to_string();
+    assert!(
+        events.contains("hospital-0") && events.contains("privacy budget exceeded"),
+        "{events}"
+    );
+    assert!(
+        events.contains("needs epsilon") && events.contains("0.5 remaining"),
+        "{events}"
+    );
+    let participants = done["participants"].to_string();
+    assert!(!participants.contains("hospital-0"), "{participants}");
+    let capped = cohort(&[
+        "client",
+        "budget",
+        "--data-dir",
+        dir.path().join("hospital-0").to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(capped["max_epsilon"], 0.5);
+    assert_eq!(capped["spent"], 0.0);
+    assert_eq!(capped["jobs"].as_array().unwrap().len(), 0);
+
+    // The crashed hospital trained round 1 and never sent it; its ledger
+    // has the round anyway.
+    assert!(
+        crashing.0.try_wait().unwrap().is_some(),
+        "hospital-1 should have vanished"
+    );
+    let crashed = cohort(&[
+        "client",
+        "budget",
+        "--data-dir",
+        dir.path().join("hospital-1").to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(crashed["jobs"][0]["job_id"], job.as_str(), "{crashed:#}");
+    assert_eq!(crashed["jobs"][0]["rounds"], serde_json::json!([1]));
+    let spent_by_crashed = crashed["jobs"][0]["epsilon"].as_f64().unwrap();
+    assert!(
+        spent_by_crashed > 0.0 && spent_by_crashed < 2.0,
+        "{crashed:#}"
+    );
+    assert!(crashed["spent"].as_f64().unwrap() > 0.0);
+
+    // The hospitals that finished spent at most the target, and said so.
+    for i in [2, 3] {
+        let name = format!("hospital-{i}");
+        let budget = cohort(&[
+            "client",
+            "budget",
+            "--data-dir",
+            dir.path().join(&name).to_str().unwrap(),
+            "--json",
+        ]);
+        let spent = budget["jobs"][0]["epsilon"].as_f64().unwrap();
+        assert!(spent > 1.0 && spent <= 2.0, "{name}: {budget:#}");
+        assert_eq!(budget["jobs"][0]["rounds"], serde_json::json!([1, 2, 3]));
+        let reported = done["dp_epsilon"][&name].as_f64().unwrap();
+        assert!(
+            (reported - spent).abs() < 1e-9,
+            "{name}: status {reported} vs ledger {spent}"
+        );
+    }
+    // No training loss leaves a hospital under DP.
+    for round in done["rounds"].as_array().unwrap() {
+        assert!(round["train_loss"].is_null(), "{round:#}");
+    }
+
+    let model_dir = dir.path().join("model");
+    cohort_as(
+        &net,
+        &[
+            "model",
+            "get",
+            &job,
+            "--out",
+            model_dir.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    let card: Value =
+        serde_json::from_slice(&std::fs::read(model_dir.join("model.json")).unwrap()).unwrap();
+    assert_eq!(card["privacy"]["level"], "record", "{card:#}");
+    assert_eq!(card["privacy"]["delta"], 1e-5);
+    let eps = card["privacy"]["epsilon"].as_f64().unwrap();
+    assert!(eps > 1.0 && eps <= 2.0, "{card:#}");
 }

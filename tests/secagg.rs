@@ -44,6 +44,7 @@ fn hospitals(dir: &Path, vanish: &[(usize, VanishAt)]) -> Vec<LocalHospital> {
                 require_secure_aggregation: false,
                 keep_contributions: true,
                 vanish_at: vanish.iter().find(|(h, _)| *h == i).map(|(_, s)| *s),
+                ..Default::default()
             },
         })
         .collect()

@@ -6,6 +6,7 @@
 //! medians, category counts), parameter updates and evaluation metrics.
 //! Never a row.
 
+pub mod budget;
 mod secagg;
 mod work;
 
@@ -53,6 +54,9 @@ pub struct ClientOptions {
     /// Fault injection for drills and tests: stop the client, as if the
     /// machine died, when a task of this stage arrives.
     pub vanish_at: Option<VanishAt>,
+    /// The hospital's differential-privacy budget (`--max-epsilon`,
+    /// `--delta`); `None` keeps the cap an earlier run set, if any.
+    pub budget: Option<budget::BudgetLimit>,
 }
 
 /// The secure-aggregation stage at which a client told to vanish stops.
@@ -66,6 +70,9 @@ pub enum VanishAt {
     MaskedFit,
     /// Sent its masked update, never helps unmask.
     Unmask,
+    /// Trained (and recorded its privacy spending), never sends the update:
+    /// a crash between training and sending.
+    BeforeSend,
 }
 
 impl VanishAt {
@@ -90,8 +97,10 @@ impl std::str::FromStr for VanishAt {
             "share" => Ok(VanishAt::Share),
             "masked-fit" => Ok(VanishAt::MaskedFit),
             "unmask" => Ok(VanishAt::Unmask),
+            "before-send" => Ok(VanishAt::BeforeSend),
             other => Err(format!(
-                "unknown stage `{other}` (expected advertise, share, masked-fit or unmask)"
+                "unknown stage `{other}` (expected advertise, share, masked-fit, unmask or \
+                 before-send)"
             )),
         }
     }
@@ -109,6 +118,8 @@ pub enum ClientError {
     },
     #[error("the coordinator refused this client: {0}")]
     Refused(String),
+    #[error(transparent)]
+    Budget(#[from] budget::BudgetError),
     #[error("client data directory {path}: {source}")]
     DataDir {
         path: PathBuf,
@@ -273,6 +284,12 @@ async fn session(
         let answer = tokio::task::spawn_blocking(move || worker.handle(&task_header, parameters))
             .await
             .unwrap_or_else(|e| Answer::refused(format!("task crashed: {e}")));
+        if config.options.vanish_at == Some(VanishAt::BeforeSend)
+            && header.kind() == cohort_protocol::v1::TaskKind::Fit
+            && answer.header.error.is_empty()
+        {
+            return SessionEnd::Vanished;
+        }
         if let Err(end) = submit(&mut grpc, &session_id, &header, &config.security, answer).await {
             return end;
         }

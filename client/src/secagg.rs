@@ -239,6 +239,7 @@ impl Worker {
                 parameter_count: masked.len() as u64,
                 train_loss: trained.loss,
                 dataset_sha256: trained.commitment,
+                dp_epsilon: trained.dp_epsilon.unwrap_or(0.0),
                 ..Default::default()
             },
             parameters: Vec::new(),

@@ -8,10 +8,12 @@ use std::sync::{Arc, Mutex};
 
 use cohort_datasets::{DataSpec, Examples, LocalDataset, Preprocessing};
 use cohort_models::{ModelSpec, TrainConfig};
+use cohort_privacy::dp::{DpLevel, HospitalPlan, JobDp};
 use cohort_protocol::v1::{ResultHeader, TaskHeader, TaskKind};
 use serde::Serialize;
 use tracing::info;
 
+use crate::budget::Budget;
 use crate::{ClientConfig, ClientError, ClientOptions};
 
 /// What goes back to the coordinator for one task.
@@ -54,6 +56,11 @@ pub struct Worker {
     kit: Option<Arc<cohort_identity::Kit>>,
     options: ClientOptions,
     secagg: crate::secagg::Sessions,
+    budget: Budget,
+    /// The last update trained under DP, resent as is when the coordinator
+    /// retries the same round from the same model: sending it again costs
+    /// no privacy, training again would.
+    last_private: Mutex<Option<(String, Trained)>>,
 }
 
 #[derive(Serialize)]
@@ -86,6 +93,8 @@ impl Worker {
             kit: config.security.kit_arc(),
             options: config.options.clone(),
             secagg: crate::secagg::Sessions::default(),
+            budget: Budget::open(config.data_dir.as_deref(), config.options.budget)?,
+            last_private: Mutex::new(None),
         })
     }
 
@@ -175,6 +184,14 @@ impl Worker {
 
     fn prepare(&self, task: &TaskHeader) -> Result<Answer, String> {
         let dataset = self.load(task)?;
+        // Admission: the split is not known yet, so the training rows are
+        // estimated; training checks again with the exact count.
+        if let Some(job) = self.job_dp(task)? {
+            let rows = dataset.n_rows();
+            let held_out = (rows as f64 * task.validation_fraction).round() as usize;
+            let plan = self.dp_plan(task, &job, rows.saturating_sub(held_out))?;
+            self.budget.admit(&task.job_id, &plan)?;
+        }
         let header = ResultHeader {
             statistics_json: to_json(&dataset.statistics())?,
             schema_json: to_json(dataset.schema())?,
@@ -227,11 +244,51 @@ impl Worker {
     /// global` and what the answer reports about it.
     pub(crate) fn train(&self, task: &TaskHeader, global: &[f32]) -> Result<Trained, String> {
         let model: ModelSpec = parse(&task.model_spec_json, "model spec")?;
-        let config: TrainConfig = parse(&task.train_config_json, "training configuration")?;
+        let mut config: TrainConfig = parse(&task.train_config_json, "training configuration")?;
         let data = self.prepared(task)?;
         check_model(&model, &data.train, global)?;
+        let job = self.job_dp(task)?;
+        let retry_key = format!(
+            "{}\u{0}{}\u{0}{}",
+            task.job_id, task.round, task.parameters_sha256
+        );
+        let plan = match &job {
+            Some(job) => {
+                let cached = self.last_private.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some((key, trained)) = cached.as_ref()
+                    && *key == retry_key
+                {
+                    info!(
+                        client = self.name,
+                        job = task.job_id,
+                        round = task.round,
+                        "round retried: resending the update already paid for"
+                    );
+                    return Ok(trained.clone());
+                }
+                drop(cached);
+                let plan = self.dp_plan(task, job, data.train.len())?;
+                self.budget.admit(&task.job_id, &plan)?;
+                config.dp = Some(cohort_models::DpSgdConfig {
+                    noise_multiplier: plan.noise_multiplier,
+                    max_grad_norm: job.policy.max_grad_norm,
+                });
+                Some(plan)
+            }
+            None => None,
+        };
         let outcome = cohort_models::train(&model, global, &data.train, &config)
             .map_err(|e| format!("local training failed: {e}"))?;
+        // Spending reaches the disk before the update can leave.
+        let dp_epsilon = match (&job, &plan) {
+            (Some(job), Some(plan)) => {
+                Some(
+                    self.budget
+                        .spend_round(&task.job_id, job, plan, task.round)?,
+                )
+            }
+            _ => None,
+        };
         let delta: Vec<f32> = outcome
             .parameters
             .iter()
@@ -245,12 +302,66 @@ impl Worker {
             loss = outcome.loss,
             "local training done"
         );
-        Ok(Trained {
+        let trained = Trained {
             delta,
             examples: outcome.examples as u64,
-            loss: outcome.loss,
+            // Under DP the training loss is a statistic of the records that
+            // the noise does not cover: it stays in the hospital.
+            loss: if dp_epsilon.is_some() {
+                f64::NAN
+            } else {
+                outcome.loss
+            },
             commitment: data.commitment.clone(),
-        })
+            dp_epsilon,
+        };
+        if dp_epsilon.is_some() {
+            *self.last_private.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((retry_key, trained.clone()));
+        }
+        Ok(trained)
+    }
+
+    /// The job's DP promise from the task; refuses a job without one when
+    /// the hospital capped its privacy spending.
+    fn job_dp(&self, task: &TaskHeader) -> Result<Option<JobDp>, String> {
+        if task.dp_json.is_empty() {
+            if self.budget.is_capped() {
+                return Err(
+                    "this hospital has a privacy budget (--max-epsilon) and only \
+                     joins jobs with a [privacy.dp] table"
+                        .to_string(),
+                );
+            }
+            return Ok(None);
+        }
+        let job: JobDp = parse(&task.dp_json, "differential-privacy settings")?;
+        job.policy
+            .validate()
+            .map_err(|(key, msg)| format!("malformed DP settings in task: {key}: {msg}"))?;
+        if job.policy.level != DpLevel::Record {
+            return Err(format!(
+                "DP level {:?} is not supported by this client",
+                job.policy.level.as_str()
+            ));
+        }
+        Ok(Some(job))
+    }
+
+    /// This hospital's plan for a DP job: the one it already follows, or a
+    /// new one from its training rows.
+    fn dp_plan(
+        &self,
+        task: &TaskHeader,
+        job: &JobDp,
+        train_rows: usize,
+    ) -> Result<HospitalPlan, String> {
+        if let Some(plan) = self.budget.plan_of(&task.job_id) {
+            return Ok(plan);
+        }
+        let sgd = cohort_models::DpSgdPlan::new(train_rows, job.batch_size as usize);
+        job.plan(sgd.sampling_rate, sgd.steps(job.local_epochs as usize))
+            .map_err(|e| format!("cannot meet the job's DP settings: {e}"))
     }
 
     fn fit(&self, task: &TaskHeader, global: Vec<f32>) -> Result<Answer, String> {
@@ -261,6 +372,7 @@ impl Worker {
                 parameter_count: trained.delta.len() as u64,
                 train_loss: trained.loss,
                 dataset_sha256: trained.commitment,
+                dp_epsilon: trained.dp_epsilon.unwrap_or(0.0),
                 ..Default::default()
             },
             parameters: trained.delta,
@@ -294,12 +406,15 @@ impl Worker {
 }
 
 /// The outcome of local training.
+#[derive(Clone)]
 pub(crate) struct Trained {
     pub delta: Vec<f32>,
     pub examples: u64,
     pub loss: f64,
     /// Commitment to the preprocessed rows (`Examples::commitment`).
     pub commitment: String,
+    /// Under DP: the job's epsilon spent so far, this update included.
+    pub dp_epsilon: Option<f64>,
 }
 
 /// Refuses a model that does not fit the local feature layout, or whose

@@ -32,6 +32,9 @@ pub struct PrivacySpec {
     pub aggregation: Aggregation,
     #[serde(default)]
     pub secagg: SecAggSpec,
+    /// `[privacy.dp]`: differential privacy. Absent: no DP promise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dp: Option<cohort_privacy::dp::DpPolicy>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -201,6 +204,16 @@ impl JobSpec {
         self.strategy
             .validate()
             .map_err(|(key, message)| invalid(&format!("strategy.{key}"), message))?;
+        if let Some(dp) = &self.privacy.dp {
+            dp.validate()
+                .map_err(|(key, message)| invalid(&key, message))?;
+            if dp.level == cohort_privacy::dp::DpLevel::Client {
+                return Err(invalid(
+                    "privacy.dp.level",
+                    "client-level DP is not available yet; use level = \"record\" (DP-SGD)",
+                ));
+            }
+        }
         if self.privacy.aggregation == Aggregation::Secagg {
             let n = t.clients_per_round;
             if n < 2 {
@@ -240,7 +253,22 @@ impl JobSpec {
                 .wrapping_mul(0x9E37_79B9_7F4A_7C15)
                 .wrapping_add(u64::from(round)),
             proximal_mu: self.strategy.proximal_mu(),
+            // Each hospital sets its own DP-SGD noise from `job_dp()`.
+            dp: None,
         }
+    }
+
+    /// What every task of a DP job carries (`TaskHeader.dp_json`).
+    pub fn job_dp(&self) -> Option<cohort_privacy::dp::JobDp> {
+        self.privacy
+            .dp
+            .as_ref()
+            .map(|policy| cohort_privacy::dp::JobDp {
+                policy: policy.clone(),
+                rounds: self.training.rounds,
+                local_epochs: self.training.local_epochs,
+                batch_size: self.training.batch_size,
+            })
     }
 }
 

@@ -173,6 +173,7 @@ impl Runner {
     async fn prepare(&self, job: &JobRow, spec: &JobSpec) -> Result<Enrollment, RunError> {
         let t = &spec.training;
         let data_spec_json = json(&spec.data)?;
+        let dp_json = dp_json(spec)?;
         for attempt in 1..=t.max_round_attempts {
             let candidates = self.wait_for_clients(None, t.min_clients, t).await;
             let header = TaskHeader {
@@ -180,6 +181,7 @@ impl Runner {
                 kind: TaskKind::Prepare as i32,
                 data_spec_json: data_spec_json.clone(),
                 validation_fraction: spec.data.validation_fraction,
+                dp_json: dp_json.clone(),
                 ..Default::default()
             };
             let answers = self
@@ -375,6 +377,7 @@ impl Runner {
             parameters_sha256: cohort_models::parameters_sha256(&global),
             split_seed: t.seed,
             validation_fraction: spec.data.validation_fraction,
+            dp_json: dp_json(spec)?,
             ..Default::default()
         };
         for attempt in 1..=t.max_round_attempts {
@@ -610,10 +613,49 @@ impl Runner {
             round,
             metrics,
             parameters_sha256: String::new(),
+            privacy: None,
         };
         card.bind_parameters(params)
             .map_err(|e| RunError::Failed(format!("round {round}: {e}")))?;
         Ok(card)
+    }
+
+    /// The DP guarantee of the model after a round: each hospital's latest
+    /// reported spending on the job (earlier rounds from the store, this
+    /// round's from `updates`), and their maximum.
+    fn privacy_guarantee(
+        &self,
+        job: &JobRow,
+        spec: &JobSpec,
+        updates: &[UpdateReceipt],
+    ) -> Result<Option<cohort_models::PrivacyGuarantee>, RunError> {
+        let Some(policy) = &spec.privacy.dp else {
+            return Ok(None);
+        };
+        let mut hospitals = std::collections::BTreeMap::<String, f64>::new();
+        let earlier = self.store.rounds(&job.id)?;
+        let all = earlier
+            .iter()
+            .flat_map(|r| r.updates.iter())
+            .chain(updates.iter());
+        for update in all {
+            if let Some(eps) = update.dp_epsilon {
+                let entry = hospitals.entry(update.client.clone()).or_insert(0.0);
+                *entry = entry.max(eps);
+            }
+        }
+        Ok(Some(cohort_models::PrivacyGuarantee {
+            level: policy.level.as_str().to_string(),
+            epsilon: hospitals.values().copied().fold(0.0, f64::max),
+            delta: policy.delta,
+            accountant: match policy.accountant {
+                cohort_privacy::dp::AccountantKind::Pld => "pld",
+                cohort_privacy::dp::AccountantKind::Rdp => "rdp",
+            }
+            .to_string(),
+            target_epsilon: policy.target_epsilon,
+            hospitals,
+        }))
     }
 
     async fn save_round(
@@ -625,7 +667,7 @@ impl Runner {
         strategy: &dyn Strategy,
         record: RoundRecord,
     ) -> Result<(), RunError> {
-        let card = self.card(
+        let mut card = self.card(
             job,
             spec,
             enrollment,
@@ -633,6 +675,7 @@ impl Runner {
             record.metrics.clone(),
             params,
         )?;
+        card.privacy = self.privacy_guarantee(job, spec, &record.updates)?;
         let bytes = cohort_models::safetensors_bytes(&card, params)
             .map_err(|e| RunError::Failed(format!("encoding the model: {e}")))?;
         let key = model_key(&job.id, record.round);
@@ -823,6 +866,14 @@ fn weighted_loss(parts: impl Iterator<Item = (u64, Option<f64>)>) -> Option<f64>
 
 fn json<T: serde::Serialize>(value: &T) -> Result<String, RunError> {
     serde_json::to_string(value).map_err(|e| RunError::Failed(format!("encoding JSON: {e}")))
+}
+
+/// `TaskHeader.dp_json`: the job's DP promise, empty without one.
+fn dp_json(spec: &JobSpec) -> Result<String, RunError> {
+    spec.job_dp()
+        .map(|dp| json(&dp))
+        .transpose()
+        .map(Option::unwrap_or_default)
 }
 
 #[cfg(test)]

@@ -373,6 +373,7 @@ async fn read_answer(
                     update_sha256,
                     signature: hex::encode(&header.update_signature),
                     dataset_sha256: header.dataset_sha256.clone(),
+                    dp_epsilon: reported_epsilon(header),
                 },
             })
         }
@@ -411,6 +412,7 @@ async fn read_answer(
                 update_sha256: cohort_models::parameters_sha256(&delta),
                 signature: hex::encode(&header.update_signature),
                 dataset_sha256: header.dataset_sha256.clone(),
+                dp_epsilon: reported_epsilon(header),
             };
             Ok(TaskAnswer::Fit {
                 delta,
@@ -449,6 +451,12 @@ async fn read_answer(
 
 /// Client-reported timings are informational; keep nonsense out of the
 /// database.
+/// The epsilon a hospital reports having spent on the job, if it reports
+/// one (0, negative or non-finite: none).
+fn reported_epsilon(header: &ResultHeader) -> Option<f64> {
+    (header.dp_epsilon.is_finite() && header.dp_epsilon > 0.0).then_some(header.dp_epsilon)
+}
+
 fn sane_seconds(s: f64) -> f64 {
     if s.is_finite() && s >= 0.0 { s } else { 0.0 }
 }
@@ -486,6 +494,7 @@ impl Services {
                         update_sha256: u.update_sha256,
                         signature: hex::decode(&u.signature).unwrap_or_default(),
                         dataset_sha256: u.dataset_sha256,
+                        dp_epsilon: u.dp_epsilon.unwrap_or(0.0),
                     })
                     .collect(),
             })

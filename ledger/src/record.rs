@@ -16,7 +16,7 @@ const SIGNATURE_CONTEXT: &str = "cohort/ledger/v1";
 
 /// One aggregated update as the coordinator received it; the hospital's own
 /// signature over it (see `cohort_protocol::update_statement`) travels along.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateRecord {
     pub client: String,
@@ -29,6 +29,11 @@ pub struct UpdateRecord {
     /// The hospital's commitment to the preprocessed rows it trained on
     /// (`cohort data commitment` reproduces it).
     pub dataset_sha256: String,
+    /// Under differential privacy: the epsilon this hospital reported
+    /// having spent on the job up to and including this update (at the
+    /// job's delta). Absent in entries written before DP existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dp_epsilon: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -55,6 +55,27 @@ pub struct ModelCard {
     pub metrics: Option<Metrics>,
     /// Hex SHA-256 of the little-endian flat `f32` vector ([`parameters_sha256`]).
     pub parameters_sha256: String,
+    /// The differential-privacy guarantee the parameters were trained under;
+    /// absent when the job made no DP promise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<PrivacyGuarantee>,
+}
+
+/// What a model's training promised each hospital, as recorded in its card.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrivacyGuarantee {
+    /// `"record"` (one patient) or `"client"` (one hospital's dataset).
+    pub level: String,
+    /// The largest epsilon any hospital reported having spent on the job up
+    /// to these parameters: the guarantee that holds for every hospital.
+    pub epsilon: f64,
+    pub delta: f64,
+    /// `"pld"` or `"rdp"`.
+    pub accountant: String,
+    /// The job's per-hospital target, if it set one.
+    pub target_epsilon: Option<f64>,
+    /// Each hospital's reported spending on the job, by name.
+    pub hospitals: std::collections::BTreeMap<String, f64>,
 }
 
 impl ModelCard {

@@ -36,6 +36,7 @@
 //! its configuration.
 
 mod artifact;
+mod dp_sgd;
 mod error;
 mod metrics;
 mod net;
@@ -44,9 +45,10 @@ mod spec;
 mod train;
 
 pub use artifact::{
-    CARD_FILE, MODEL_FORMAT, ModelCard, SAFETENSORS_FILE, load_model, params_from_safetensors,
-    safetensors_bytes, save_model,
+    CARD_FILE, MODEL_FORMAT, ModelCard, PrivacyGuarantee, SAFETENSORS_FILE, load_model,
+    params_from_safetensors, safetensors_bytes, save_model,
 };
+pub use dp_sgd::{DpSgdConfig, DpSgdPlan, clipped_gradient_sum};
 pub use error::ModelError;
 pub use metrics::{Metrics, evaluate, predict_proba, roc_auc};
 pub use params::{

@@ -238,6 +238,10 @@ pub struct TrainConfig {
     /// clients with skewed data from drifting far from the global model. `None` or 0 = plain
     /// FedAvg local training.
     pub proximal_mu: Option<f64>,
+    /// Record-level differential privacy: train with DP-SGD
+    /// ([`crate::DpSgdConfig`]) instead of plain mini-batch SGD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dp: Option<crate::DpSgdConfig>,
 }
 
 impl TrainConfig {
@@ -381,6 +385,7 @@ mod tests {
             },
             seed: 0,
             proximal_mu: Some(0.1),
+            dp: None,
         };
         assert!(cfg.validate().is_ok());
         cfg.proximal_mu = Some(-1.0);

@@ -52,6 +52,7 @@ fn config(epochs: usize, batch_size: usize, optimizer: OptimizerSpec) -> TrainCo
         optimizer,
         seed: 7,
         proximal_mu: None,
+        dp: None,
     }
 }
 
@@ -240,6 +241,7 @@ fn fedprox_with_large_mu_stays_near_start() {
     // lr * mu = 1: every step pulls the parameters all the way back before the data step.
     let prox_cfg = TrainConfig {
         proximal_mu: Some(10.0),
+        dp: None,
         ..config(5, 10, sgd(0.1, 0.0))
     };
     let prox = train(&spec, &start, &data, &prox_cfg).unwrap();
@@ -250,6 +252,7 @@ fn fedprox_with_large_mu_stays_near_start() {
     // Adam with a huge mu oscillates around the start within a few learning rates.
     let adam_cfg = TrainConfig {
         proximal_mu: Some(1e4),
+        dp: None,
         ..config(5, 10, adam(0.01))
     };
     let prox = train(&spec, &start, &data, &adam_cfg).unwrap();
@@ -266,6 +269,7 @@ fn divergence_is_an_error_not_garbage() {
     // lr * mu = 1000 > 2: the proximal step overshoots and explodes geometrically.
     let cfg = TrainConfig {
         proximal_mu: Some(1000.0),
+        dp: None,
         ..config(50, 10, sgd(1.0, 0.0))
     };
     match train(&spec, &start, &data, &cfg) {
@@ -440,6 +444,7 @@ fn card_for(spec: ModelSpec, n_features: usize, params: &[f32]) -> ModelCard {
         round: 4,
         metrics: None,
         parameters_sha256: String::new(),
+        privacy: None,
     };
     card.bind_parameters(params).unwrap();
     card
@@ -623,4 +628,113 @@ fn ten_million_parameter_model_trains_one_epoch() {
         &hash[..8]
     );
     assert!(out.loss.is_finite());
+}
+
+/// One example's loss gradient from burn's autodiff: a backward pass per
+/// example, the slow reference DP-SGD's batched per-sample gradients must
+/// match.
+fn per_example_gradient(spec: &ModelSpec, params: &[f32], data: &Examples, row: usize) -> Vec<f32> {
+    let autodiff = net::cpu().autodiff();
+    let tensors = LayerTensors::from_flat(spec, data.n_features, params, &net::cpu()).unwrap();
+    let model = tensors.to_net(true);
+    let x = net::rows_tensor(data, &[row], &autodiff);
+    let y = net::labels_tensor(data, &[row], &autodiff);
+    let mut grads = net::bce_with_logits(model.forward(x), y).backward();
+    let mut weights = Vec::new();
+    let mut biases = Vec::new();
+    for layer in &model.layers {
+        weights.push(layer.weight.grad_remove(&mut grads).unwrap());
+        biases.push(
+            layer
+                .bias
+                .as_ref()
+                .unwrap()
+                .grad_remove(&mut grads)
+                .unwrap(),
+        );
+    }
+    LayerTensors { weights, biases }.to_flat().unwrap()
+}
+
+#[test]
+fn clipped_gradient_sum_matches_a_per_example_loop() {
+    let data = separable(40, 5, 3);
+    for spec in [ModelSpec::Logistic, ModelSpec::Mlp { hidden: vec![7, 4] }] {
+        // Large weights so that some examples' gradients exceed the bound and
+        // some do not.
+        let params: Vec<f32> = init_parameters(&spec, 5, 11)
+            .into_iter()
+            .map(|w| 3.0 * w)
+            .collect();
+        let rows: Vec<usize> = (0..40).step_by(3).collect();
+        for max_norm in [0.05, 0.5, 1e6] {
+            let mut want = vec![0.0f64; params.len()];
+            let mut clipped = 0;
+            for &r in &rows {
+                let g = per_example_gradient(&spec, &params, &data, r);
+                let norm = g.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
+                let factor = (max_norm / (norm + 1e-6)).min(1.0);
+                clipped += usize::from(factor < 1.0);
+                for (w, v) in want.iter_mut().zip(&g) {
+                    *w += factor * f64::from(*v);
+                }
+            }
+            let (got, loss_sum) =
+                clipped_gradient_sum(&spec, &params, &data, &rows, max_norm).unwrap();
+            assert!(loss_sum > 0.0);
+            let scale = want.iter().map(|v| v.abs()).fold(0.0, f64::max);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (f64::from(*g) - w).abs() <= 1e-4 * scale.max(1e-3),
+                    "{spec:?} clip {max_norm} parameter {i}: {g} vs per-example loop {w}"
+                );
+            }
+            if max_norm == 0.05 {
+                assert!(2 * clipped >= rows.len(), "only {clipped} examples clipped");
+            }
+            if max_norm == 1e6 {
+                assert_eq!(clipped, 0);
+            }
+        }
+    }
+}
+
+#[test]
+fn dp_sgd_learns_with_noise_and_changes_with_it() {
+    let data = separable(2000, 6, 5);
+    let spec = ModelSpec::Mlp { hidden: vec![8] };
+    let start = init_parameters(&spec, 6, 1);
+    let mut cfg = config(3, 64, sgd(0.5, 0.0));
+    cfg.dp = Some(DpSgdConfig {
+        noise_multiplier: 1.0,
+        max_grad_norm: 1.0,
+    });
+    let a = train(&spec, &start, &data, &cfg).unwrap();
+    let b = train(&spec, &start, &data, &cfg).unwrap();
+    // The noise and the Poisson batches come from the operating system, not
+    // from the job's seed: two runs differ.
+    assert_ne!(a.parameters, b.parameters);
+    let metrics = evaluate(&spec, &a.parameters, &data).unwrap();
+    assert!(metrics.accuracy > 0.85, "accuracy {}", metrics.accuracy);
+
+    let bad = TrainConfig {
+        dp: Some(DpSgdConfig {
+            noise_multiplier: 1.0,
+            max_grad_norm: 0.0,
+        }),
+        ..cfg
+    };
+    let err = train(&spec, &start, &data, &bad).unwrap_err().to_string();
+    assert!(err.contains("max_grad_norm"), "{err}");
+}
+
+#[test]
+fn dp_sgd_plan_counts_steps_and_rate() {
+    let plan = DpSgdPlan::new(1000, 64);
+    assert_eq!(plan.steps_per_epoch, 16);
+    assert!((plan.sampling_rate - 0.064).abs() < 1e-12);
+    assert_eq!(plan.steps(3), 48);
+    let tiny = DpSgdPlan::new(10, 64);
+    assert_eq!(tiny.sampling_rate, 1.0);
+    assert_eq!(tiny.steps_per_epoch, 1);
 }

@@ -6,6 +6,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
+use crate::dp_sgd::{self, DpSgdPlan, LayerGradients};
 use crate::net::{self, LayerTensors};
 use crate::{ModelError, ModelSpec, OptimizerSpec, TrainConfig};
 
@@ -20,6 +21,11 @@ pub struct TrainOutcome {
     pub loss: f64,
     /// Number of local examples (the weight of this client in federated averaging).
     pub examples: usize,
+    /// Optimizer steps taken.
+    pub steps: u64,
+    /// Examples visited over all steps (under DP-SGD the Poisson batches
+    /// vary in size; this count stays in the hospital).
+    pub samples: u64,
 }
 
 /// Trains `start` on `data` for `cfg.epochs` epochs and returns the new parameters.
@@ -47,6 +53,9 @@ pub fn train(
     cfg: &TrainConfig,
 ) -> Result<TrainOutcome, ModelError> {
     cfg.validate()?;
+    if let Some(dp) = &cfg.dp {
+        dp.validate()?;
+    }
     let n_features = data.n_features;
     net::check_model_and_data(spec, start, data)?;
 
@@ -63,80 +72,74 @@ pub fn train(
         bias_slots.push(Slot::new(b, mu > 0.0));
     }
 
+    let dp_plan = cfg.dp.map(|_| DpSgdPlan::new(n, cfg.batch_size));
+    let mut sampler = cfg.dp.map(|_| dp_sgd::sampling_rng());
     let mut order: Vec<usize> = (0..n).collect();
     let mut step: i32 = 0;
+    let mut samples: u64 = 0;
     let mut last_loss = f64::NAN;
     for epoch in 0..cfg.epochs {
-        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_add(epoch as u64));
-        order.sort_unstable();
-        order.shuffle(&mut rng);
-
         let mut loss_sum = 0.0f64;
-        for (batch, rows) in order.chunks(cfg.batch_size).enumerate() {
-            step = step.saturating_add(1);
-            let x = net::rows_tensor(data, rows, &autodiff);
-            let y = net::labels_tensor(data, rows, &autodiff);
-
-            // Forward and backward on a graph whose leaves are the current parameters.
-            let model = tensors.to_net(true);
-            let loss = net::bce_with_logits(model.forward(x), y);
-            let mut grads = loss.backward();
-            let loss_value = f64::from(
-                loss.try_into_scalar::<f32>()
-                    .map_err(|e| ModelError::Backend(format!("reading the loss failed: {e:?}")))?,
-            );
-            if !loss_value.is_finite() {
-                return Err(ModelError::Diverged {
-                    epoch,
-                    batch,
-                    loss: loss_value,
-                });
-            }
-            let mut weight_grads = Vec::with_capacity(model.layers.len());
-            let mut bias_grads = Vec::with_capacity(model.layers.len());
-            for layer in &model.layers {
-                weight_grads.push(
-                    layer
-                        .weight
-                        .grad_remove(&mut grads)
-                        .ok_or_else(|| missing_gradient("weight"))?,
-                );
-                let bias = layer
-                    .bias
-                    .as_ref()
-                    .ok_or_else(|| missing_gradient("bias"))?;
-                bias_grads.push(
-                    bias.grad_remove(&mut grads)
-                        .ok_or_else(|| missing_gradient("bias"))?,
+        let mut seen = 0usize;
+        if let (Some(dp), Some(plan), Some(rng)) = (&cfg.dp, &dp_plan, sampler.as_mut()) {
+            for batch in 0..plan.steps_per_epoch {
+                step = step.saturating_add(1);
+                let (grads, drawn, batch_loss) =
+                    dp_sgd::noisy_gradient(spec, &tensors, data, dp, plan, rng)?;
+                if !batch_loss.is_finite() {
+                    return Err(ModelError::Diverged {
+                        epoch,
+                        batch: batch as usize,
+                        loss: batch_loss,
+                    });
+                }
+                loss_sum += batch_loss;
+                seen += drawn;
+                let hyper = Hyper {
+                    optimizer: &cfg.optimizer,
+                    mu,
+                    step,
+                };
+                apply(
+                    &mut tensors,
+                    grads,
+                    &mut weight_slots,
+                    &mut bias_slots,
+                    &hyper,
                 );
             }
-            // Release the graph and the parameter clones it holds before updating, so the
-            // updates can reuse buffers instead of allocating new ones.
-            drop(grads);
-            drop(model);
-
-            let hyper = Hyper {
-                optimizer: &cfg.optimizer,
-                mu,
-                step,
-            };
-            let weights = std::mem::take(&mut tensors.weights);
-            tensors.weights = weights
-                .into_iter()
-                .zip(weight_grads)
-                .zip(&mut weight_slots)
-                .map(|((w, g), slot)| slot.update(w, g, &hyper))
-                .collect();
-            let biases = std::mem::take(&mut tensors.biases);
-            tensors.biases = biases
-                .into_iter()
-                .zip(bias_grads)
-                .zip(&mut bias_slots)
-                .map(|((b, g), slot)| slot.update(b, g, &hyper))
-                .collect();
-            loss_sum += loss_value * rows.len() as f64;
+        } else {
+            let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_add(epoch as u64));
+            order.sort_unstable();
+            order.shuffle(&mut rng);
+            for (batch, rows) in order.chunks(cfg.batch_size).enumerate() {
+                step = step.saturating_add(1);
+                let (grads, loss_value) = batch_gradient(&tensors, data, rows, &autodiff)?;
+                if !loss_value.is_finite() {
+                    return Err(ModelError::Diverged {
+                        epoch,
+                        batch,
+                        loss: loss_value,
+                    });
+                }
+                let hyper = Hyper {
+                    optimizer: &cfg.optimizer,
+                    mu,
+                    step,
+                };
+                apply(
+                    &mut tensors,
+                    grads,
+                    &mut weight_slots,
+                    &mut bias_slots,
+                    &hyper,
+                );
+                loss_sum += loss_value * rows.len() as f64;
+                seen += rows.len();
+            }
         }
-        last_loss = loss_sum / n as f64;
+        last_loss = loss_sum / seen.max(1) as f64;
+        samples += seen as u64;
     }
 
     let parameters = tensors.to_flat()?;
@@ -151,7 +154,72 @@ pub fn train(
         parameters,
         loss: last_loss,
         examples: n,
+        steps: step.max(0) as u64,
+        samples,
     })
+}
+
+/// The mean-loss gradient of one batch, from burn's autodiff, and the loss.
+fn batch_gradient(
+    tensors: &LayerTensors,
+    data: &Examples,
+    rows: &[usize],
+    autodiff: &burn::tensor::Device,
+) -> Result<(LayerGradients, f64), ModelError> {
+    let x = net::rows_tensor(data, rows, autodiff);
+    let y = net::labels_tensor(data, rows, autodiff);
+    // Forward and backward on a graph whose leaves are the current parameters.
+    let model = tensors.to_net(true);
+    let loss = net::bce_with_logits(model.forward(x), y);
+    let mut grads = loss.backward();
+    let loss_value = f64::from(
+        loss.try_into_scalar::<f32>()
+            .map_err(|e| ModelError::Backend(format!("reading the loss failed: {e:?}")))?,
+    );
+    let mut weights = Vec::with_capacity(model.layers.len());
+    let mut biases = Vec::with_capacity(model.layers.len());
+    for layer in &model.layers {
+        weights.push(
+            layer
+                .weight
+                .grad_remove(&mut grads)
+                .ok_or_else(|| missing_gradient("weight"))?,
+        );
+        let bias = layer
+            .bias
+            .as_ref()
+            .ok_or_else(|| missing_gradient("bias"))?;
+        biases.push(
+            bias.grad_remove(&mut grads)
+                .ok_or_else(|| missing_gradient("bias"))?,
+        );
+    }
+    Ok((LayerGradients { weights, biases }, loss_value))
+}
+
+/// One optimizer step on every layer. The graph that produced `grads` is
+/// gone by now, so the updates can reuse buffers instead of allocating.
+fn apply(
+    tensors: &mut LayerTensors,
+    grads: LayerGradients,
+    weight_slots: &mut [Slot<2>],
+    bias_slots: &mut [Slot<1>],
+    hyper: &Hyper<'_>,
+) {
+    let weights = std::mem::take(&mut tensors.weights);
+    tensors.weights = weights
+        .into_iter()
+        .zip(grads.weights)
+        .zip(weight_slots.iter_mut())
+        .map(|((w, g), slot)| slot.update(w, g, hyper))
+        .collect();
+    let biases = std::mem::take(&mut tensors.biases);
+    tensors.biases = biases
+        .into_iter()
+        .zip(grads.biases)
+        .zip(bias_slots.iter_mut())
+        .map(|((b, g), slot)| slot.update(b, g, hyper))
+        .collect();
 }
 
 fn missing_gradient(what: &str) -> ModelError {

@@ -3,6 +3,8 @@
 //! * [`dp`]: Rényi-DP and privacy-loss-distribution accounting for the
 //!   Poisson-subsampled Gaussian mechanism (DP-SGD and client-sampled
 //!   DP-FedAvg), plus noise calibration.
+//! * [`noise`]: Gaussian and discrete Gaussian noise from OpenDP's exact,
+//!   floating-point-safe samplers.
 //! * [`quantize`]: clipping, weighting and unbiased stochastic quantization
 //!   of model updates into `Z_{2^bits}` such that a sum of them cannot wrap,
 //!   and decoding of the example-weighted mean. Shared by secure
@@ -16,5 +18,6 @@
 //! Homomorphic encryption (`he`) is planned and will live beside them.
 
 pub mod dp;
+pub mod noise;
 pub mod quantize;
 pub mod secagg;

@@ -24,10 +24,12 @@
 mod error;
 mod math;
 pub mod pld;
+pub mod policy;
 pub mod rdp;
 
 pub use error::DpError;
 pub use pld::PldAccountant;
+pub use policy::{DpLevel, DpPolicy, HospitalPlan, JobDp};
 pub use rdp::{FractionalOrderMethod, RdpAccountant};
 
 use serde::{Deserialize, Serialize};

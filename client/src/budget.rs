@@ -1,0 +1,449 @@
+//! The hospital's differential-privacy budget: its own durable ledger of
+//! what each job has spent on its dataset.
+//!
+//! The budget (`cohort client --max-epsilon E --delta D`) caps the epsilon,
+//! at the hospital's delta, of everything the hospital has ever released
+//! under DP. Jobs compose: the total is computed by the PLD accountant over
+//! every job's spent rounds at once, which is tighter than adding their
+//! epsilons. A job is admitted only if its worst case (every planned round)
+//! still fits; each round is written to the ledger, and flushed to disk,
+//! *before* its update leaves the hospital, so a crash can over-count a
+//! round but never under-count one.
+//!
+//! The ledger is `DATA_DIR/privacy-budget.json`, replaced atomically
+//! (write, fsync, rename, fsync the directory).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use cohort_privacy::dp::{self, AccountantKind, DpLevel, HospitalPlan, JobDp};
+use serde::{Deserialize, Serialize};
+
+pub const BUDGET_FILE: &str = "privacy-budget.json";
+const FORMAT: u32 = 1;
+
+/// Delta of the ledger when the hospital set no budget.
+pub const DEFAULT_DELTA: f64 = 1e-5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BudgetError {
+    #[error("privacy budget ledger {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("privacy budget ledger {path} is unreadable ({reason}); it was left untouched")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("invalid privacy budget: {0}")]
+    Invalid(String),
+    #[error("privacy accounting: {0}")]
+    Accounting(#[from] dp::DpError),
+}
+
+/// `--max-epsilon E --delta D`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BudgetLimit {
+    pub max_epsilon: f64,
+    pub delta: f64,
+}
+
+impl BudgetLimit {
+    pub fn new(max_epsilon: f64, delta: f64) -> Result<Self, BudgetError> {
+        if !(max_epsilon.is_finite() && max_epsilon >= 0.0) {
+            return Err(BudgetError::Invalid(format!(
+                "--max-epsilon must be finite and >= 0, got {max_epsilon}"
+            )));
+        }
+        if !(delta > 0.0 && delta < 1.0) {
+            return Err(BudgetError::Invalid(format!(
+                "--delta must be in (0, 1), got {delta}"
+            )));
+        }
+        Ok(Self { max_epsilon, delta })
+    }
+}
+
+/// One job's line in the ledger.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSpend {
+    pub job_id: String,
+    pub level: DpLevel,
+    pub accountant: AccountantKind,
+    /// The job's delta (its own epsilon is reported at it).
+    pub job_delta: f64,
+    pub plan: HospitalPlan,
+    /// The rounds this hospital trained for, in order.
+    pub rounds: Vec<u32>,
+}
+
+impl JobSpend {
+    fn spent_segment(&self) -> Result<Option<dp::Segment>, dp::DpError> {
+        self.plan.segment(self.rounds.len() as u32)
+    }
+
+    /// The job's own epsilon so far, at the job's delta by its accountant.
+    pub fn epsilon(&self) -> Result<f64, dp::DpError> {
+        self.plan
+            .epsilon(self.accountant, self.rounds.len() as u32, self.job_delta)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Ledger {
+    format: u32,
+    max_epsilon: Option<f64>,
+    delta: f64,
+    jobs: Vec<JobSpend>,
+}
+
+/// What `cohort client budget --json` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct BudgetReport {
+    /// `None`: the hospital set no cap (spending is still recorded).
+    pub max_epsilon: Option<f64>,
+    pub delta: f64,
+    /// Epsilon at `delta` of everything spent, all jobs composed.
+    pub spent: f64,
+    /// `max_epsilon - spent`, `None` without a cap.
+    pub remaining: Option<f64>,
+    pub jobs: Vec<JobReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobReport {
+    pub job_id: String,
+    /// The job's own epsilon so far, at the job's delta.
+    pub epsilon: f64,
+    pub delta: f64,
+    pub level: DpLevel,
+    pub accountant: AccountantKind,
+    pub rounds: Vec<u32>,
+    pub planned_rounds: u32,
+    pub noise_multiplier: f64,
+    pub sampling_rate: f64,
+    pub steps_per_round: u64,
+}
+
+/// The ledger, in memory and on disk.
+pub struct Budget {
+    path: Option<PathBuf>,
+    ledger: Mutex<Ledger>,
+}
+
+impl Budget {
+    /// Opens `data_dir/privacy-budget.json` (no file: an empty ledger).
+    /// With `limit`, the cap is set (and persisted) to it; without, a cap
+    /// set by an earlier run stays in force. No data dir: an in-memory
+    /// ledger, which cannot hold a cap across restarts and so refuses one.
+    pub fn open(data_dir: Option<&Path>, limit: Option<BudgetLimit>) -> Result<Self, BudgetError> {
+        let path = data_dir.map(|d| d.join(BUDGET_FILE));
+        let mut ledger = match &path {
+            Some(p) if p.exists() => read(p)?,
+            _ => Ledger {
+                format: FORMAT,
+                max_epsilon: None,
+                delta: DEFAULT_DELTA,
+                jobs: Vec::new(),
+            },
+        };
+        if let Some(limit) = limit {
+            if path.is_none() {
+                return Err(BudgetError::Invalid(
+                    "a privacy budget needs --data-dir, where its ledger survives restarts".into(),
+                ));
+            }
+            ledger.max_epsilon = Some(limit.max_epsilon);
+            ledger.delta = limit.delta;
+        }
+        let budget = Self {
+            path,
+            ledger: Mutex::new(ledger),
+        };
+        if limit.is_some() {
+            let ledger = budget.lock();
+            budget.persist(&ledger)?;
+        }
+        Ok(budget)
+    }
+
+    /// Reads a data dir's ledger without running a client.
+    pub fn read_report(data_dir: &Path) -> Result<BudgetReport, BudgetError> {
+        Self::open(Some(data_dir), None)?.report()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the hospital capped its spending.
+    pub fn is_capped(&self) -> bool {
+        self.lock().max_epsilon.is_some()
+    }
+
+    pub fn report(&self) -> Result<BudgetReport, BudgetError> {
+        let ledger = self.lock();
+        let spent = total_epsilon(&ledger, None)?;
+        let jobs = ledger
+            .jobs
+            .iter()
+            .map(|j| {
+                Ok(JobReport {
+                    job_id: j.job_id.clone(),
+                    epsilon: j.epsilon()?,
+                    delta: j.job_delta,
+                    level: j.level,
+                    accountant: j.accountant,
+                    rounds: j.rounds.clone(),
+                    planned_rounds: j.plan.rounds,
+                    noise_multiplier: j.plan.noise_multiplier,
+                    sampling_rate: j.plan.sampling_rate,
+                    steps_per_round: j.plan.steps_per_round,
+                })
+            })
+            .collect::<Result<Vec<_>, BudgetError>>()?;
+        Ok(BudgetReport {
+            max_epsilon: ledger.max_epsilon,
+            delta: ledger.delta,
+            spent,
+            remaining: ledger.max_epsilon.map(|m| (m - spent).max(0.0)),
+            jobs,
+        })
+    }
+
+    /// The plan this hospital already follows for `job_id`, if it trained
+    /// for the job before: the noise is fixed at the first round.
+    pub fn plan_of(&self, job_id: &str) -> Option<HospitalPlan> {
+        self.lock()
+            .jobs
+            .iter()
+            .find(|j| j.job_id == job_id)
+            .map(|j| j.plan)
+    }
+
+    /// Refuses a job whose remaining planned rounds would take the hospital
+    /// past its cap. The message gives both the required and the remaining
+    /// epsilon.
+    pub fn admit(&self, job_id: &str, plan: &HospitalPlan) -> Result<(), String> {
+        let ledger = self.lock();
+        let done = ledger
+            .jobs
+            .iter()
+            .find(|j| j.job_id == job_id)
+            .map_or(0, |j| j.rounds.len() as u32);
+        let rest = plan.rounds.saturating_sub(done);
+        check_fits(&ledger, job_id, plan, rest, "this job")
+    }
+
+    /// Records one round of `job_id` as spent, durably, and returns the
+    /// job's epsilon so far (at the job's delta). Refuses when the round
+    /// would exceed the job's planned rounds (retrying a round must not
+    /// spend beyond what was admitted) or the hospital's cap.
+    pub fn spend_round(
+        &self,
+        job_id: &str,
+        job: &JobDp,
+        plan: &HospitalPlan,
+        round: u32,
+    ) -> Result<f64, String> {
+        let mut ledger = self.lock();
+        if let Some(existing) = ledger.jobs.iter().find(|j| j.job_id == job_id)
+            && existing.rounds.len() as u32 >= existing.plan.rounds
+        {
+            return Err(format!(
+                "privacy plan of job {job_id} used up: this hospital already trained {} of \
+                 {} planned rounds under DP and does not spend more on it",
+                existing.rounds.len(),
+                existing.plan.rounds
+            ));
+        }
+        check_fits(&ledger, job_id, plan, 1, "this round")?;
+        let mut next = ledger.clone();
+        match next.jobs.iter_mut().find(|j| j.job_id == job_id) {
+            Some(j) => j.rounds.push(round),
+            None => next.jobs.push(JobSpend {
+                job_id: job_id.to_string(),
+                level: job.policy.level,
+                accountant: job.policy.accountant,
+                job_delta: job.policy.delta,
+                plan: *plan,
+                rounds: vec![round],
+            }),
+        }
+        self.persist(&next).map_err(|e| {
+            format!("could not record the privacy spending, so the update is withheld: {e}")
+        })?;
+        *ledger = next;
+        ledger
+            .jobs
+            .iter()
+            .find(|j| j.job_id == job_id)
+            .map(|j| j.epsilon().map_err(|e| e.to_string()))
+            .unwrap_or(Ok(0.0))
+    }
+
+    fn persist(&self, ledger: &Ledger) -> Result<(), BudgetError> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let io = |source| BudgetError::Io {
+            path: path.clone(),
+            source,
+        };
+        let json = serde_json::to_vec_pretty(ledger)
+            .map_err(|e| io(std::io::Error::other(e.to_string())))?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let tmp = path.with_extension("json.tmp");
+        {
+            let mut f = std::fs::File::create(&tmp).map_err(io)?;
+            f.write_all(&json).map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, path).map_err(io)?;
+        // The rename itself must reach the disk before the update leaves.
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+        Ok(())
+    }
+}
+
+fn read(path: &Path) -> Result<Ledger, BudgetError> {
+    let bytes = std::fs::read(path).map_err(|source| BudgetError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let ledger: Ledger = serde_json::from_slice(&bytes).map_err(|e| BudgetError::Corrupt {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    if ledger.format != FORMAT {
+        return Err(BudgetError::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!("format {} (this version reads {FORMAT})", ledger.format),
+        });
+    }
+    Ok(ledger)
+}
+
+/// Epsilon at the ledger's delta of all spent rounds, plus `extra` more
+/// rounds of `plan` for job `job_id` if given, composed by PLD.
+fn total_epsilon(
+    ledger: &Ledger,
+    extra: Option<(&str, &HospitalPlan, u32)>,
+) -> Result<f64, BudgetError> {
+    let mut segments = Vec::new();
+    for job in &ledger.jobs {
+        segments.extend(job.spent_segment()?);
+    }
+    if let Some((_, plan, rounds)) = extra {
+        segments.extend(plan.segment(rounds)?);
+    }
+    if segments.is_empty() {
+        return Ok(0.0);
+    }
+    Ok(dp::epsilon(AccountantKind::Pld, &segments, ledger.delta)?.epsilon)
+}
+
+fn check_fits(
+    ledger: &Ledger,
+    job_id: &str,
+    plan: &HospitalPlan,
+    rounds: u32,
+    what: &str,
+) -> Result<(), String> {
+    let Some(max) = ledger.max_epsilon else {
+        return Ok(());
+    };
+    let spent = total_epsilon(ledger, None).map_err(|e| e.to_string())?;
+    let after = total_epsilon(ledger, Some((job_id, plan, rounds))).map_err(|e| e.to_string())?;
+    if after > max {
+        let required = after - spent;
+        let remaining = (max - spent).max(0.0);
+        return Err(format!(
+            "privacy budget exceeded: {what} needs epsilon {required:.4} (delta {:e}) from this \
+             hospital, which has {remaining:.4} of its {max} remaining",
+            ledger.delta
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cohort_privacy::dp::DpPolicy;
+
+    fn job(target: f64, rounds: u32) -> JobDp {
+        JobDp {
+            policy: DpPolicy {
+                level: DpLevel::Record,
+                target_epsilon: Some(target),
+                delta: 1e-5,
+                max_grad_norm: 1.0,
+                noise_multiplier: None,
+                accountant: AccountantKind::Pld,
+            },
+            rounds,
+            local_epochs: 1,
+            batch_size: 32,
+        }
+    }
+
+    #[test]
+    fn spending_is_durable_and_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let limit = BudgetLimit::new(2.5, 1e-5).unwrap();
+        let budget = Budget::open(Some(dir.path()), Some(limit)).unwrap();
+        let j = job(2.0, 4);
+        let plan = j.plan(0.25, 4).unwrap();
+        budget.admit("job-a", &plan).unwrap();
+        let mut last = 0.0;
+        for round in 1..=4 {
+            let eps = budget.spend_round("job-a", &j, &plan, round).unwrap();
+            assert!(eps > last);
+            last = eps;
+        }
+        assert!(last <= 2.0 && last > 1.9, "{last}");
+        // A fifth round is beyond the admitted plan.
+        let err = budget.spend_round("job-a", &j, &plan, 5).unwrap_err();
+        assert!(err.contains("used up"), "{err}");
+
+        // A second job of the same size does not fit in the remaining ~0.5
+        // (composed by PLD the two would be about 2.9, less than 2 + 2).
+        let err = budget.admit("job-b", &plan).unwrap_err();
+        assert!(
+            err.contains("needs epsilon") && err.contains("remaining"),
+            "{err}"
+        );
+
+        // The ledger survives a restart, cap included.
+        drop(budget);
+        let report = Budget::read_report(dir.path()).unwrap();
+        assert_eq!(report.max_epsilon, Some(2.5));
+        assert_eq!(report.jobs.len(), 1);
+        assert_eq!(report.jobs[0].rounds, vec![1, 2, 3, 4]);
+        assert!((report.spent - last).abs() < 1e-9);
+        assert!((report.remaining.unwrap() - (2.5 - last)).abs() < 1e-9);
+        let reopened = Budget::open(Some(dir.path()), None).unwrap();
+        assert!(reopened.is_capped());
+        assert!(reopened.admit("job-b", &plan).is_err());
+    }
+
+    #[test]
+    fn a_corrupt_ledger_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(BUDGET_FILE);
+        std::fs::write(&path, b"{ not json").unwrap();
+        let err = Budget::open(Some(dir.path()), None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("unreadable"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"{ not json");
+        assert!(BudgetLimit::new(-1.0, 1e-5).is_err());
+        assert!(BudgetLimit::new(1.0, 0.0).is_err());
+        assert!(Budget::open(None, Some(BudgetLimit::new(1.0, 1e-5).unwrap())).is_err());
+    }
+}

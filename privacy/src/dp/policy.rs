@@ -1,0 +1,236 @@
+//! A job's differential-privacy promise (`[privacy.dp]` in the job file)
+//! and what one hospital makes of it.
+//!
+//! The coordinator validates the table and sends it, with the job's number
+//! of rounds, to every hospital ([`JobDp`]). Each hospital then works out
+//! its own [`HospitalPlan`]: its sampling rate and steps per round follow
+//! from its own row count, and the noise multiplier is either the job's or
+//! the smallest one that keeps *this hospital* within `target_epsilon` over
+//! the whole job. The coordinator never needs, and never gets, the numbers
+//! that would let it choose a weaker noise for one hospital.
+
+use serde::{Deserialize, Serialize};
+
+use super::{AccountantKind, DpError, Segment, calibrate_noise, epsilon};
+
+/// What a DP guarantee protects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DpLevel {
+    /// One patient record: DP-SGD in every hospital.
+    #[default]
+    Record,
+    /// One hospital's whole dataset: clipped updates, noise on the sum.
+    Client,
+}
+
+impl DpLevel {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DpLevel::Record => "record",
+            DpLevel::Client => "client",
+        }
+    }
+}
+
+fn default_delta() -> f64 {
+    1e-5
+}
+fn default_max_grad_norm() -> f64 {
+    1.0
+}
+
+/// The job file's `[privacy.dp]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DpPolicy {
+    #[serde(default)]
+    pub level: DpLevel,
+    /// Per hospital, over the whole job. Needed unless `noise_multiplier`
+    /// is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_epsilon: Option<f64>,
+    /// 1e-5 by default: below 1/rows for any hospital with fewer than
+    /// 100,000 patients, the usual requirement that δ be much smaller than
+    /// the chance of picking any one record.
+    #[serde(default = "default_delta")]
+    pub delta: f64,
+    /// Per-example gradient clipping bound (record level).
+    #[serde(default = "default_max_grad_norm")]
+    pub max_grad_norm: f64,
+    /// If given, epsilon is computed from it instead of calibrated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise_multiplier: Option<f64>,
+    #[serde(default)]
+    pub accountant: AccountantKind,
+}
+
+impl DpPolicy {
+    /// Checks ranges; errors name the key as it appears in the job file.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |key: &str, msg: String| Err((format!("privacy.dp.{key}"), msg));
+        if !(self.delta > 0.0 && self.delta < 1.0) {
+            return bad("delta", format!("must be in (0, 1), got {}", self.delta));
+        }
+        if !(self.max_grad_norm.is_finite() && self.max_grad_norm > 0.0) {
+            return bad(
+                "max_grad_norm",
+                format!("must be finite and > 0, got {}", self.max_grad_norm),
+            );
+        }
+        match (self.target_epsilon, self.noise_multiplier) {
+            (None, None) => {
+                return bad(
+                    "target_epsilon",
+                    "give target_epsilon (the noise is calibrated to it) or noise_multiplier"
+                        .into(),
+                );
+            }
+            (Some(e), _) if !(e.is_finite() && e > 0.0) => {
+                return bad("target_epsilon", format!("must be finite and > 0, got {e}"));
+            }
+            (_, Some(s)) if !(s.is_finite() && s > 0.0) => {
+                return bad(
+                    "noise_multiplier",
+                    format!("must be finite and > 0, got {s}"),
+                );
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// What a task tells a hospital about the job's DP promise.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobDp {
+    pub policy: DpPolicy,
+    /// Rounds the job plans; the hospital's worst case is taking part in
+    /// every one of them.
+    pub rounds: u32,
+    /// Local epochs per round.
+    pub local_epochs: u32,
+    /// Expected examples per DP-SGD step.
+    pub batch_size: u32,
+}
+
+/// One hospital's share of a job: the mechanism it runs each round.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct HospitalPlan {
+    pub sampling_rate: f64,
+    pub steps_per_round: u64,
+    pub noise_multiplier: f64,
+    pub rounds: u32,
+}
+
+impl HospitalPlan {
+    /// The mechanism of `rounds` rounds as one accountant segment (`None`
+    /// for zero rounds).
+    pub fn segment(&self, rounds: u32) -> Result<Option<Segment>, DpError> {
+        if rounds == 0 {
+            return Ok(None);
+        }
+        Segment::new(
+            self.sampling_rate,
+            self.noise_multiplier,
+            self.steps_per_round.saturating_mul(u64::from(rounds)),
+        )
+        .map(Some)
+    }
+
+    /// ε at `delta` after `rounds` rounds (0 for none).
+    pub fn epsilon(
+        &self,
+        accountant: AccountantKind,
+        rounds: u32,
+        delta: f64,
+    ) -> Result<f64, DpError> {
+        match self.segment(rounds)? {
+            Some(s) => Ok(epsilon(accountant, &[s], delta)?.epsilon),
+            None => Ok(0.0),
+        }
+    }
+}
+
+impl JobDp {
+    /// The plan of a hospital whose DP-SGD samples at rate `sampling_rate`
+    /// and takes `steps_per_round` steps a round: the job's noise
+    /// multiplier, or the smallest one that keeps the whole job within
+    /// `target_epsilon` at the job's delta.
+    pub fn plan(&self, sampling_rate: f64, steps_per_round: u64) -> Result<HospitalPlan, DpError> {
+        let rounds = self.rounds.max(1);
+        let noise_multiplier = match (self.policy.noise_multiplier, self.policy.target_epsilon) {
+            (Some(sigma), _) => sigma,
+            (None, Some(target)) => {
+                calibrate_noise(
+                    self.policy.accountant,
+                    sampling_rate,
+                    steps_per_round.saturating_mul(u64::from(rounds)),
+                    self.policy.delta,
+                    target,
+                )?
+                .noise_multiplier
+            }
+            (None, None) => return Err(DpError::InvalidTargetEpsilon(f64::NAN)),
+        };
+        let plan = HospitalPlan {
+            sampling_rate,
+            steps_per_round,
+            noise_multiplier,
+            rounds,
+        };
+        // Validates q, σ and the step count.
+        plan.segment(rounds)?;
+        Ok(plan)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(target: Option<f64>, sigma: Option<f64>) -> JobDp {
+        JobDp {
+            policy: DpPolicy {
+                level: DpLevel::Record,
+                target_epsilon: target,
+                delta: 1e-5,
+                max_grad_norm: 1.0,
+                noise_multiplier: sigma,
+                accountant: AccountantKind::Pld,
+            },
+            rounds: 10,
+            local_epochs: 1,
+            batch_size: 32,
+        }
+    }
+
+    #[test]
+    fn calibrated_plan_meets_the_target_over_all_rounds() {
+        let plan = job(Some(2.0), None).plan(0.1, 10).unwrap();
+        let eps = plan.epsilon(AccountantKind::Pld, 10, 1e-5).unwrap();
+        assert!(eps <= 2.0 && eps > 1.9, "{eps}");
+        let half = plan.epsilon(AccountantKind::Pld, 5, 1e-5).unwrap();
+        assert!(half < eps);
+        assert_eq!(plan.epsilon(AccountantKind::Pld, 0, 1e-5).unwrap(), 0.0);
+    }
+
+    #[test]
+    fn a_given_noise_multiplier_is_used_as_is() {
+        let plan = job(None, Some(1.3)).plan(0.1, 10).unwrap();
+        assert_eq!(plan.noise_multiplier, 1.3);
+    }
+
+    #[test]
+    fn policy_validation_names_the_key() {
+        let mut p = job(None, None).policy;
+        assert_eq!(p.validate().unwrap_err().0, "privacy.dp.target_epsilon");
+        p.target_epsilon = Some(1.0);
+        p.delta = 1.5;
+        assert_eq!(p.validate().unwrap_err().0, "privacy.dp.delta");
+        p.delta = 1e-5;
+        p.max_grad_norm = -1.0;
+        assert_eq!(p.validate().unwrap_err().0, "privacy.dp.max_grad_norm");
+    }
+}
