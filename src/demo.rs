@@ -229,6 +229,7 @@ fn apply_dp(spec: &mut JobSpec, epsilon: f64) -> Result<()> {
         target_epsilon: Some(epsilon),
         delta: DEMO_DP_DELTA,
         max_grad_norm: 1.0,
+        clipping_norm: 1.0,
         noise_multiplier: None,
         accountant: cohort_privacy::dp::AccountantKind::Pld,
     });

@@ -234,3 +234,97 @@ async fn too_few_survivors_abort_the_attempt_and_the_round_is_retried() {
         );
     }
 }
+
+/// Client-level DP: noise multiplier 2, each hospital's update clipped to
+/// 0.5.
+const CLIENT_DP: &str = "\n[privacy.dp]\nlevel = \"client\"\nnoise_multiplier = 2.0\nclipping_norm = 0.5\ndelta = 1e-5\n";
+
+fn expected_client_level_epsilon(rounds: u64) -> f64 {
+    use cohort_privacy::dp::{self, AccountantKind, Segment};
+    let segment = Segment::new(1.0, 2.0, rounds).unwrap();
+    dp::epsilon(AccountantKind::Pld, &[segment], 1e-5)
+        .unwrap()
+        .epsilon
+}
+
+/// Distributed DP: every hospital adds its share of discrete Gaussian noise
+/// to its encoded update before masking. The coordinator still recovers
+/// exactly the sum of what the hospitals contributed (noise included), each
+/// contribution is far longer than the clipping bound allows a noiseless
+/// one to be, weights are uniform, and every hospital reports the
+/// client-level epsilon of the rounds it took part in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn distributed_dp_noise_is_added_by_the_hospitals_under_secure_aggregation() {
+    let dir = tempfile::tempdir().unwrap();
+    let view = run_job(
+        dir.path(),
+        &hospitals(dir.path(), &[]),
+        &job(3, 5, &(SECAGG.to_string() + CLIENT_DP)),
+    )
+    .await;
+    assert_exact_sums(dir.path(), &view);
+    let quantizer_scale_clip = {
+        // The quantizer's levels per clipping norm, as the coordinator
+        // built it for five hospitals with room for the noise.
+        let (params, _) = cohort_privacy::secagg::Params::from_fractions(5, 8, 0.66, BITS).unwrap();
+        let summands =
+            cohort_privacy::distributed::summands_with_noise(5, 2.0, params.min_survivors).unwrap();
+        let q =
+            cohort_privacy::quantize::Quantizer::for_weighted_sum(0.5, BITS, summands, 1).unwrap();
+        q.scale() * q.clip()
+    };
+    let mut norms = Vec::new();
+    for round in &view.rounds {
+        for client in &round.participants {
+            let path = contribution(
+                dir.path(),
+                client,
+                &view.job_id,
+                round.round,
+                round.attempts,
+            );
+            let bytes = std::fs::read(path).unwrap();
+            let values = unpack(&bytes, BITS, bytes.len() / 4).unwrap();
+            let (&count, coords) = values.split_last().unwrap();
+            assert_eq!(count, 1, "client-level DP weighs hospitals equally");
+            let norm = coords
+                .iter()
+                .map(|&v| (v as u32 as i32 as f64).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            norms.push(norm / quantizer_scale_clip);
+        }
+    }
+    let mean = norms.iter().sum::<f64>() / norms.len() as f64;
+    assert!(mean > 2.0, "contributions look noiseless: {norms:?}");
+    let expected = expected_client_level_epsilon(3);
+    for (name, eps) in &view.dp_epsilon {
+        assert!((eps - expected).abs() < 1e-9, "{name}: {eps} vs {expected}");
+    }
+    assert_eq!(view.dp_epsilon.len(), 5);
+}
+
+/// Client-level DP in plain mode: the coordinator adds the noise (and must
+/// be trusted to); the job completes and each hospital spends exactly the
+/// client-level epsilon of its rounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn client_level_dp_in_plain_mode_spends_the_accounted_epsilon() {
+    let dir = tempfile::tempdir().unwrap();
+    let view = run_job(
+        dir.path(),
+        &hospitals(dir.path(), &[]),
+        &job(2, 5, CLIENT_DP),
+    )
+    .await;
+    assert_eq!(view.state, "completed", "{view:#?}");
+    let expected = expected_client_level_epsilon(2);
+    assert_eq!(view.dp_epsilon.len(), 5, "{view:#?}");
+    for (name, eps) in &view.dp_epsilon {
+        assert!((eps - expected).abs() < 1e-9, "{name}: {eps} vs {expected}");
+    }
+    // Receipts carry each hospital's spending so far, round by round.
+    let first = expected_client_level_epsilon(1);
+    for update in &view.rounds[0].updates {
+        assert!((update.dp_epsilon.unwrap() - first).abs() < 1e-9);
+    }
+}

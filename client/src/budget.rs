@@ -382,6 +382,7 @@ mod tests {
                 target_epsilon: Some(target),
                 delta: 1e-5,
                 max_grad_norm: 1.0,
+                clipping_norm: 1.0,
                 noise_multiplier: None,
                 accountant: AccountantKind::Pld,
             },

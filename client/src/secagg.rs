@@ -214,9 +214,29 @@ impl Worker {
         }
         let received = decode_shares(&secagg.shares).map_err(|e| e.to_string())?;
         let trained = self.train(task, &global)?;
-        let encoded = quantizer
-            .encode_update(&trained.delta, trained.examples, &mut rand::rng())
+        // Client-level DP: uniform weights, and this hospital's share of
+        // the noise is added before masking (distributed DP).
+        let examples = if trained.client_level.is_some() {
+            1
+        } else {
+            trained.examples
+        };
+        let mut encoded = quantizer
+            .encode_update(&trained.delta, examples, &mut rand::rng())
             .map_err(|e| e.to_string())?;
+        if let Some(sigma) = trained.client_level {
+            let noise = cohort_privacy::distributed::DistributedNoise::new(
+                &quantizer,
+                trained.delta.len(),
+                sigma,
+                view.params.min_survivors,
+                secagg.members.len() as u32,
+            )
+            .map_err(|e| format!("distributed DP: {e}"))?;
+            noise
+                .add_to(&mut encoded.values, quantizer.bits())
+                .map_err(|e| format!("distributed DP: {e}"))?;
+        }
         if encoded.clipped {
             info!(
                 client = self.name(),

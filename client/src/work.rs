@@ -269,10 +269,12 @@ impl Worker {
                 drop(cached);
                 let plan = self.dp_plan(task, job, data.train.len())?;
                 self.budget.admit(&task.job_id, &plan)?;
-                config.dp = Some(cohort_models::DpSgdConfig {
-                    noise_multiplier: plan.noise_multiplier,
-                    max_grad_norm: job.policy.max_grad_norm,
-                });
+                if job.policy.level == DpLevel::Record {
+                    config.dp = Some(cohort_models::DpSgdConfig {
+                        noise_multiplier: plan.noise_multiplier,
+                        max_grad_norm: job.policy.max_grad_norm,
+                    });
+                }
                 Some(plan)
             }
             None => None,
@@ -289,12 +291,22 @@ impl Worker {
             }
             _ => None,
         };
-        let delta: Vec<f32> = outcome
+        let mut delta: Vec<f32> = outcome
             .parameters
             .iter()
             .zip(global)
             .map(|(w, g)| w - g)
             .collect();
+        // Client level: what leaves the hospital is bounded by the clipping
+        // norm; the noise is added to the sum (by the coordinator in plain
+        // mode, by every hospital under secure aggregation).
+        let client_level = match (&job, &plan) {
+            (Some(job), Some(plan)) if job.policy.level == DpLevel::Client => {
+                clip_l2(&mut delta, job.policy.clipping_norm);
+                Some(plan.noise_multiplier)
+            }
+            _ => None,
+        };
         info!(
             client = self.name,
             job = task.job_id,
@@ -314,6 +326,7 @@ impl Worker {
             },
             commitment: data.commitment.clone(),
             dp_epsilon,
+            client_level,
         };
         if dp_epsilon.is_some() {
             *self.last_private.lock().unwrap_or_else(|p| p.into_inner()) =
@@ -339,12 +352,6 @@ impl Worker {
         job.policy
             .validate()
             .map_err(|(key, msg)| format!("malformed DP settings in task: {key}: {msg}"))?;
-        if job.policy.level != DpLevel::Record {
-            return Err(format!(
-                "DP level {:?} is not supported by this client",
-                job.policy.level.as_str()
-            ));
-        }
         Ok(Some(job))
     }
 
@@ -358,6 +365,11 @@ impl Worker {
     ) -> Result<HospitalPlan, String> {
         if let Some(plan) = self.budget.plan_of(&task.job_id) {
             return Ok(plan);
+        }
+        if job.policy.level == DpLevel::Client {
+            return job
+                .client_plan()
+                .map_err(|e| format!("cannot meet the job's DP settings: {e}"));
         }
         let sgd = cohort_models::DpSgdPlan::new(train_rows, job.batch_size as usize);
         job.plan(sgd.sampling_rate, sgd.steps(job.local_epochs as usize))
@@ -415,6 +427,22 @@ pub(crate) struct Trained {
     pub commitment: String,
     /// Under DP: the job's epsilon spent so far, this update included.
     pub dp_epsilon: Option<f64>,
+    /// Client-level DP: the noise multiplier of the sum (`delta` is
+    /// clipped; under secure aggregation this hospital adds its share).
+    pub client_level: Option<f64>,
+}
+
+/// Scales `values` down to L2 norm `bound` if it is longer.
+fn clip_l2(values: &mut [f32], bound: f64) {
+    let norm = values
+        .iter()
+        .map(|v| f64::from(*v).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    if norm > bound {
+        let factor = (bound / norm) as f32;
+        values.iter_mut().for_each(|v| *v *= factor);
+    }
 }
 
 /// Refuses a model that does not fit the local feature layout, or whose

@@ -207,11 +207,10 @@ impl JobSpec {
         if let Some(dp) = &self.privacy.dp {
             dp.validate()
                 .map_err(|(key, message)| invalid(&key, message))?;
-            if dp.level == cohort_privacy::dp::DpLevel::Client {
-                return Err(invalid(
-                    "privacy.dp.level",
-                    "client-level DP is not available yet; use level = \"record\" (DP-SGD)",
-                ));
+            if dp.level == cohort_privacy::dp::DpLevel::Client
+                && self.privacy.aggregation == Aggregation::Secagg
+            {
+                self.check_distributed_dp()?;
             }
         }
         if self.privacy.aggregation == Aggregation::Secagg {
@@ -235,6 +234,46 @@ impl JobSpec {
             cohort_privacy::quantize::Quantizer::for_weighted_sum(secagg.clip, secagg.bits, n, 1)
                 .map_err(|e| invalid("privacy.secagg", e.to_string()))?;
         }
+        Ok(())
+    }
+
+    /// Distributed DP must fit in the secure-aggregation modulus: checked
+    /// here for one parameter (the model's width is only known once the
+    /// hospitals have enrolled) and again every round.
+    fn check_distributed_dp(&self) -> Result<(), JobError> {
+        let bad = |e: String| invalid("privacy.dp", e);
+        let job = self.job_dp().ok_or_else(|| bad("missing".into()))?;
+        let sigma = job
+            .client_plan()
+            .map_err(|e| bad(e.to_string()))?
+            .noise_multiplier;
+        let n = self.training.clients_per_round;
+        let secagg = &self.privacy.secagg;
+        let (params, _) = cohort_privacy::secagg::Params::from_fractions(
+            n,
+            secagg.neighbours,
+            secagg.threshold,
+            secagg.bits,
+        )
+        .map_err(|e| invalid("privacy.secagg", e.to_string()))?;
+        let summands =
+            cohort_privacy::distributed::summands_with_noise(n, sigma, params.min_survivors)
+                .map_err(|e| bad(e.to_string()))?;
+        let quantizer = cohort_privacy::quantize::Quantizer::for_weighted_sum(
+            job.policy.clipping_norm,
+            secagg.bits,
+            summands,
+            1,
+        )
+        .map_err(|e| bad(e.to_string()))?;
+        cohort_privacy::distributed::DistributedNoise::new(
+            &quantizer,
+            1,
+            sigma,
+            params.min_survivors,
+            n,
+        )
+        .map_err(|e| bad(e.to_string()))?;
         Ok(())
     }
 

@@ -18,6 +18,7 @@ use rand_chacha::ChaCha8Rng;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
+mod dp;
 mod secagg;
 
 use crate::job::{Aggregation, JobSpec};
@@ -425,6 +426,12 @@ impl Runner {
             }) = fitted
             else {
                 continue;
+            };
+            let updates = match (dp::client_level_noise(spec)?, spec.privacy.aggregation) {
+                (Some((job_dp, sigma)), Aggregation::Plain) => {
+                    vec![dp::noisy_mean(updates, job_dp.policy.clipping_norm, sigma)?]
+                }
+                _ => updates,
             };
             let next = strategy
                 .aggregate(&global, &updates)

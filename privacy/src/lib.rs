@@ -3,6 +3,8 @@
 //! * [`dp`]: Rényi-DP and privacy-loss-distribution accounting for the
 //!   Poisson-subsampled Gaussian mechanism (DP-SGD and client-sampled
 //!   DP-FedAvg), plus noise calibration.
+//! * [`distributed`]: the distributed discrete Gaussian mechanism: each
+//!   hospital's share of the noise under secure aggregation.
 //! * [`noise`]: Gaussian and discrete Gaussian noise from OpenDP's exact,
 //!   floating-point-safe samplers.
 //! * [`quantize`]: clipping, weighting and unbiased stochastic quantization
@@ -17,6 +19,7 @@
 //!
 //! Homomorphic encryption (`he`) is planned and will live beside them.
 
+pub mod distributed;
 pub mod dp;
 pub mod noise;
 pub mod quantize;

@@ -57,25 +57,7 @@ pub fn add_gaussian(values: &[f32], std: f64) -> Result<Vec<f32>, NoiseError> {
     if std == 0.0 || values.is_empty() {
         return Ok(values.to_vec());
     }
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(values.len().div_ceil(256));
-    let chunk = values.len().div_ceil(threads.max(1));
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = values
-            .chunks(chunk)
-            .map(|part| scope.spawn(move || add_gaussian_serial(part, std)))
-            .collect();
-        let mut out = Vec::with_capacity(values.len());
-        for worker in workers {
-            let part = worker
-                .join()
-                .map_err(|_| NoiseError::Sampler("a noise thread panicked".into()))??;
-            out.extend(part);
-        }
-        Ok(out)
-    })
+    in_parallel(values, |part| add_gaussian_serial(part, std))
 }
 
 fn add_gaussian_serial(values: &[f32], std: f64) -> Result<Vec<f32>, NoiseError> {
@@ -113,14 +95,46 @@ pub fn discrete_gaussian(len: usize, sigma: f64) -> Result<Vec<i64>, NoiseError>
     if sigma == 0.0 || len == 0 {
         return Ok(vec![0; len]);
     }
-    let mechanism = make_gaussian::<_, _, ZeroConcentratedDivergence>(
-        VectorDomain::new(AtomDomain::<i64>::default()),
-        L2Distance::<i64>::default(),
-        sigma,
-        None,
-    )
-    .map_err(sampler_error)?;
-    mechanism.invoke(&vec![0i64; len]).map_err(sampler_error)
+    let zeros = vec![0i64; len];
+    in_parallel(&zeros, |part| {
+        let mechanism = make_gaussian::<_, _, ZeroConcentratedDivergence>(
+            VectorDomain::new(AtomDomain::<i64>::default()),
+            L2Distance::<i64>::default(),
+            sigma,
+            None,
+        )
+        .map_err(sampler_error)?;
+        mechanism.invoke(&part.to_vec()).map_err(sampler_error)
+    })
+}
+
+/// Runs `work` on chunks of `input` on every core and concatenates the
+/// results in order.
+fn in_parallel<T: Sync, U: Send>(
+    input: &[T],
+    work: impl Fn(&[T]) -> Result<Vec<U>, NoiseError> + Sync,
+) -> Result<Vec<U>, NoiseError> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(input.len().div_ceil(256))
+        .max(1);
+    let chunk = input.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let work = &work;
+        let workers: Vec<_> = input
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || work(part)))
+            .collect();
+        let mut out = Vec::with_capacity(input.len());
+        for worker in workers {
+            let part = worker
+                .join()
+                .map_err(|_| NoiseError::Sampler("a noise thread panicked".into()))??;
+            out.extend(part);
+        }
+        Ok(out)
+    })
 }
 
 #[cfg(test)]

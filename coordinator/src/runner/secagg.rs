@@ -65,9 +65,40 @@ impl Runner {
             return Ok(None);
         };
         let needed = params.min_survivors.max(t.min_clients) as usize;
-        let max_examples = self.max_rows(selected, enrollment)?;
-        let quantizer = Quantizer::for_weighted_sum(config.clip, config.bits, n, max_examples)
-            .map_err(|e| stop(e.to_string()))?;
+        let quantizer = match super::dp::client_level_noise(spec)? {
+            // Distributed DP: uniform weights (a hospital's influence is
+            // bounded by the clipping norm, whatever its size), and room in
+            // the modulus for every hospital's share of the noise.
+            Some((job_dp, sigma)) => {
+                let summands = cohort_privacy::distributed::summands_with_noise(
+                    n,
+                    sigma,
+                    params.min_survivors,
+                )
+                .map_err(|e| stop(e.to_string()))?;
+                let quantizer = Quantizer::for_weighted_sum(
+                    job_dp.policy.clipping_norm,
+                    config.bits,
+                    summands,
+                    1,
+                )
+                .map_err(|e| stop(e.to_string()))?;
+                cohort_privacy::distributed::DistributedNoise::new(
+                    &quantizer,
+                    global.len(),
+                    sigma,
+                    params.min_survivors,
+                    n,
+                )
+                .map_err(|e| stop(e.to_string()))?;
+                quantizer
+            }
+            None => {
+                let max_examples = self.max_rows(selected, enrollment)?;
+                Quantizer::for_weighted_sum(config.clip, config.bits, n, max_examples)
+                    .map_err(|e| stop(e.to_string()))?
+            }
+        };
         let session = cohort_protocol::secagg_session(&job.id, round, attempt, selected);
         let graph = neighbourhoods(n, k, &graph_seed(&session));
         let input_len = global.len() + 1;

@@ -39,6 +39,9 @@ fn default_delta() -> f64 {
 fn default_max_grad_norm() -> f64 {
     1.0
 }
+fn default_clipping_norm() -> f64 {
+    1.0
+}
 
 /// The job file's `[privacy.dp]` table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,6 +61,9 @@ pub struct DpPolicy {
     /// Per-example gradient clipping bound (record level).
     #[serde(default = "default_max_grad_norm")]
     pub max_grad_norm: f64,
+    /// L2 bound on each hospital's whole update (client level).
+    #[serde(default = "default_clipping_norm")]
+    pub clipping_norm: f64,
     /// If given, epsilon is computed from it instead of calibrated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub noise_multiplier: Option<f64>,
@@ -76,6 +82,12 @@ impl DpPolicy {
             return bad(
                 "max_grad_norm",
                 format!("must be finite and > 0, got {}", self.max_grad_norm),
+            );
+        }
+        if !(self.clipping_norm.is_finite() && self.clipping_norm > 0.0) {
+            return bad(
+                "clipping_norm",
+                format!("must be finite and > 0, got {}", self.clipping_norm),
             );
         }
         match (self.target_epsilon, self.noise_multiplier) {
@@ -154,6 +166,15 @@ impl HospitalPlan {
 }
 
 impl JobDp {
+    /// Client level: each round is one Gaussian mechanism on the sum of
+    /// the hospitals' clipped updates (sensitivity `clipping_norm`). No
+    /// amplification by sampling is claimed: the coordinator picks each
+    /// round's hospitals with a seed in the job file, so a hospital must
+    /// assume it takes part in every round.
+    pub fn client_plan(&self) -> Result<HospitalPlan, DpError> {
+        self.plan(1.0, 1)
+    }
+
     /// The plan of a hospital whose DP-SGD samples at rate `sampling_rate`
     /// and takes `steps_per_round` steps a round: the job's noise
     /// multiplier, or the smallest one that keeps the whole job within
@@ -197,6 +218,7 @@ mod tests {
                 target_epsilon: target,
                 delta: 1e-5,
                 max_grad_norm: 1.0,
+                clipping_norm: 1.0,
                 noise_multiplier: sigma,
                 accountant: AccountantKind::Pld,
             },
