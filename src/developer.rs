@@ -117,8 +117,7 @@ impl JobView {
                             update_sha256: u.update_sha256,
                             signature: hex::encode(&u.signature),
                             dataset_sha256: u.dataset_sha256,
-                            dp_epsilon: (u.dp_epsilon.is_finite() && u.dp_epsilon > 0.0)
-                                .then_some(u.dp_epsilon),
+                            dp_epsilon: UpdateView::epsilon_text(u.dp_epsilon),
                         })
                         .collect(),
                 })
@@ -126,7 +125,7 @@ impl JobView {
             .collect::<Result<Vec<RoundView>>>()?;
         let mut dp_epsilon = std::collections::BTreeMap::<String, f64>::new();
         for update in rounds.iter().flat_map(|r| &r.updates) {
-            if let Some(eps) = update.dp_epsilon {
+            if let Some(eps) = update.epsilon() {
                 let spent = dp_epsilon.entry(update.client.clone()).or_insert(0.0);
                 *spent = spent.max(eps);
             }

@@ -284,6 +284,12 @@ enum AccountantArg {
     Rdp,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum FractionalOrdersArg {
+    Exact,
+    DpAccounting,
+}
+
 impl From<AccountantArg> for cohort_privacy::dp::AccountantKind {
     fn from(a: AccountantArg) -> Self {
         match a {
@@ -301,6 +307,13 @@ enum PrivacyCommand {
         /// Noise standard deviation over the clipping norm (σ).
         #[arg(long)]
         noise_multiplier: f64,
+        /// With --accountant rdp: how fractional orders are bounded. `exact`
+        /// (default) sums the signed series of Mironov et al.; `dp-accounting`
+        /// sums absolute values of the binomial terms as Google's
+        /// dp_accounting 0.6 does, which is looser at large epsilon, to
+        /// reproduce its numbers.
+        #[arg(long, value_enum, default_value_t = FractionalOrdersArg::Exact)]
+        rdp_fractional_orders: FractionalOrdersArg,
         #[command(flatten)]
         mechanism: MechanismArgs,
     },
@@ -1352,6 +1365,7 @@ fn run_privacy_command(cmd: PrivacyCommand) -> Result<()> {
     match cmd {
         PrivacyCommand::Epsilon {
             noise_multiplier,
+            rdp_fractional_orders,
             mechanism:
                 MechanismArgs {
                     sampling_rate,
@@ -1362,7 +1376,26 @@ fn run_privacy_command(cmd: PrivacyCommand) -> Result<()> {
                 },
         } => {
             let segment = dp::Segment::new(sampling_rate, noise_multiplier, steps)?;
-            let report = dp::epsilon(accountant.into(), &[segment], delta)?;
+            let report = match (accountant, rdp_fractional_orders) {
+                (AccountantArg::Rdp, FractionalOrdersArg::DpAccounting) => {
+                    let mut acc = dp::RdpAccountant::with_orders(
+                        dp::rdp::default_orders(),
+                        dp::FractionalOrderMethod::DpAccountingCompat,
+                    )?;
+                    acc.compose(&segment);
+                    let (epsilon, order) = acc.epsilon(delta)?;
+                    dp::EpsilonReport {
+                        epsilon,
+                        delta,
+                        accountant: dp::AccountantKind::Rdp,
+                        order: Some(order),
+                    }
+                }
+                (AccountantArg::Pld, FractionalOrdersArg::DpAccounting) => {
+                    anyhow::bail!("--rdp-fractional-orders applies to --accountant rdp only")
+                }
+                _ => dp::epsilon(accountant.into(), &[segment], delta)?,
+            };
             if json {
                 print_json(&report)?;
             } else {

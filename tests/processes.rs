@@ -573,6 +573,31 @@ fn privacy_cli_agrees_with_the_dp_accounting_fixture() {
             );
             if accountant == "rdp" {
                 assert!(out["order"].is_number(), "{out}");
+                // Reproducing dp_accounting's own fractional-order bound,
+                // every point is within the 0.5%.
+                let compat = cohort(&[
+                    "privacy",
+                    "epsilon",
+                    "--sampling-rate",
+                    &args[0],
+                    "--noise-multiplier",
+                    &args[1],
+                    "--steps",
+                    &args[2],
+                    "--delta",
+                    &delta,
+                    "--accountant",
+                    "rdp",
+                    "--rdp-fractional-orders",
+                    "dp-accounting",
+                    "--json",
+                ]);
+                let compat = compat["epsilon"].as_f64().unwrap();
+                assert!(
+                    ((compat - reference) / reference).abs() <= 0.005,
+                    "dp-accounting mode {args:?}: {compat} vs {reference}"
+                );
+                assert!(compat >= ours * (1.0 - 1e-9));
             }
             checked += 1;
         }
@@ -833,4 +858,34 @@ fn dp_budgets_are_enforced_and_spending_survives_a_crash_before_sending() {
     assert_eq!(card["privacy"]["delta"], 1e-5);
     let eps = card["privacy"]["epsilon"].as_f64().unwrap();
     assert!(eps > 1.0 && eps <= 2.0, "{card:#}");
+
+    // The spending is on the ledger too, and the ledger still verifies
+    // entry by entry (epsilons travel as exact decimals, not floats).
+    let verified = Command::new(BIN)
+        .args([
+            "verify",
+            "ledger",
+            "--coordinator",
+            &net.url(),
+            "--insecure",
+        ])
+        .arg("--state")
+        .arg(dir.path().join("seen.json"))
+        .output()
+        .unwrap();
+    assert!(
+        verified.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    let shown = cohort(&[
+        "ledger",
+        "show",
+        &job,
+        "--data-dir",
+        coord_dir.to_str().unwrap(),
+        "--json",
+    ])
+    .to_string();
+    assert!(shown.contains("dp_epsilon"), "{shown}");
 }

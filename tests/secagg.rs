@@ -325,6 +325,6 @@ async fn client_level_dp_in_plain_mode_spends_the_accounted_epsilon() {
     // Receipts carry each hospital's spending so far, round by round.
     let first = expected_client_level_epsilon(1);
     for update in &view.rounds[0].updates {
-        assert!((update.dp_epsilon.unwrap() - first).abs() < 1e-9);
+        assert!((update.epsilon().unwrap() - first).abs() < 1e-9);
     }
 }

@@ -395,6 +395,60 @@ kind = "fedavg"                     # fedprox: mu; fedadam/fedyogi: server_learn
         }
     }
 
+    #[test]
+    fn dp_table_is_read_and_checked_naming_the_key() {
+        let with = |table: &str| EXAMPLE.to_string() + "\n[privacy.dp]\n" + table;
+        let spec = JobSpec::from_toml(&with(
+            "level = \"record\"\ntarget_epsilon = 3.0\ndelta = 1e-5\nmax_grad_norm = 1.0\naccountant = \"rdp\"",
+        ))
+        .unwrap();
+        let job = spec.job_dp().unwrap();
+        assert_eq!(job.rounds, 20);
+        assert_eq!(job.batch_size, 32);
+        assert_eq!(job.policy.target_epsilon, Some(3.0));
+        assert_eq!(
+            job.policy.accountant,
+            cohort_privacy::dp::AccountantKind::Rdp
+        );
+        // A noise multiplier instead of a target; client level.
+        let spec = JobSpec::from_toml(&with(
+            "level = \"client\"\nnoise_multiplier = 1.1\nclipping_norm = 0.5",
+        ))
+        .unwrap();
+        assert_eq!(
+            spec.privacy.dp.unwrap().level,
+            cohort_privacy::dp::DpLevel::Client
+        );
+        for (table, named) in [
+            ("delta = 1e-5", "privacy.dp.target_epsilon"),
+            ("target_epsilon = 0.0", "privacy.dp.target_epsilon"),
+            ("target_epsilon = 1.0\ndelta = 2.0", "privacy.dp.delta"),
+            (
+                "target_epsilon = 1.0\nmax_grad_norm = 0.0",
+                "privacy.dp.max_grad_norm",
+            ),
+            ("noise_multiplier = -1.0", "privacy.dp.noise_multiplier"),
+            (
+                "target_epsilon = 1.0\nclipping_norm = -2.0",
+                "privacy.dp.clipping_norm",
+            ),
+            ("target_epsilon = 1.0\nlevel = \"patient\"", "patient"),
+            ("target_epsilon = 1.0\naccountant = \"moments\"", "moments"),
+            ("target_epsilon = 1.0\nepsilon = 2.0", "epsilon"),
+        ] {
+            let msg = JobSpec::from_toml(&with(table)).unwrap_err().to_string();
+            assert!(msg.contains(named), "{table}: {msg}");
+        }
+        // Distributed DP that cannot fit in 12 bits is refused up front.
+        let msg = JobSpec::from_toml(
+            &(EXAMPLE.to_string()
+                + "\n[privacy]\naggregation = \"secagg\"\nsecagg = { bits = 12 }\n[privacy.dp]\nlevel = \"client\"\nnoise_multiplier = 5.0"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(msg.contains("privacy.dp"), "{msg}");
+    }
+
     fn error_for(edit: impl Fn(&str) -> String) -> String {
         JobSpec::from_toml(&edit(EXAMPLE)).unwrap_err().to_string()
     }

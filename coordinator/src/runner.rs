@@ -646,7 +646,7 @@ impl Runner {
             .flat_map(|r| r.updates.iter())
             .chain(updates.iter());
         for update in all {
-            if let Some(eps) = update.dp_epsilon {
+            if let Some(eps) = update.epsilon() {
                 let entry = hospitals.entry(update.client.clone()).or_insert(0.0);
                 *entry = entry.max(eps);
             }

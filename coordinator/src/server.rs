@@ -453,8 +453,8 @@ async fn read_answer(
 /// database.
 /// The epsilon a hospital reports having spent on the job, if it reports
 /// one (0, negative or non-finite: none).
-fn reported_epsilon(header: &ResultHeader) -> Option<f64> {
-    (header.dp_epsilon.is_finite() && header.dp_epsilon > 0.0).then_some(header.dp_epsilon)
+fn reported_epsilon(header: &ResultHeader) -> Option<String> {
+    UpdateReceipt::epsilon_text(header.dp_epsilon)
 }
 
 fn sane_seconds(s: f64) -> f64 {
@@ -487,6 +487,7 @@ impl Services {
                     .updates
                     .into_iter()
                     .map(|u| v1::UpdateReceipt {
+                        dp_epsilon: u.epsilon().unwrap_or(0.0),
                         client: u.client,
                         task_id: u.task_id,
                         num_examples: u.num_examples,
@@ -494,7 +495,6 @@ impl Services {
                         update_sha256: u.update_sha256,
                         signature: hex::decode(&u.signature).unwrap_or_default(),
                         dataset_sha256: u.dataset_sha256,
-                        dp_epsilon: u.dp_epsilon.unwrap_or(0.0),
                     })
                     .collect(),
             })

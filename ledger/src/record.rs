@@ -16,7 +16,7 @@ const SIGNATURE_CONTEXT: &str = "cohort/ledger/v1";
 
 /// One aggregated update as the coordinator received it; the hospital's own
 /// signature over it (see `cohort_protocol::update_statement`) travels along.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateRecord {
     pub client: String,
@@ -31,9 +31,28 @@ pub struct UpdateRecord {
     pub dataset_sha256: String,
     /// Under differential privacy: the epsilon this hospital reported
     /// having spent on the job up to and including this update (at the
-    /// job's delta). Absent in entries written before DP existed.
+    /// job's delta), as the shortest decimal that reads back as the same
+    /// f64: records carry no floats, so re-encoding is exact. Absent in
+    /// entries written before DP existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dp_epsilon: Option<f64>,
+    pub dp_epsilon: Option<String>,
+}
+
+impl UpdateRecord {
+    /// [`UpdateRecord::dp_epsilon`] as a number (`None` when absent or not
+    /// a finite number).
+    pub fn epsilon(&self) -> Option<f64> {
+        self.dp_epsilon
+            .as_deref()
+            .and_then(|s| s.parse::<f64>().ok())
+            .filter(|e| e.is_finite())
+    }
+
+    /// The decimal form of a reported epsilon: `None` for 0 (no DP),
+    /// negative or non-finite values.
+    pub fn epsilon_text(epsilon: f64) -> Option<String> {
+        (epsilon.is_finite() && epsilon > 0.0).then(|| epsilon.to_string())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
