@@ -303,6 +303,9 @@ pub struct DpSgdBench {
     pub seconds: f64,
     pub cpu_seconds: f64,
     pub samples_per_second: f64,
+    /// Cores the noise sampler spreads over (the gradient work runs on
+    /// one).
+    pub threads: usize,
     pub max_grad_norm: f64,
     pub noise_multiplier: f64,
     /// Mean training loss over the last epoch timed (a sanity check that
@@ -407,6 +410,7 @@ pub fn dp_sgd(o: &DpSgdBenchOptions) -> Result<DpSgdBench> {
         seconds,
         cpu_seconds,
         samples_per_second: outcome.samples as f64 / seconds,
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         max_grad_norm: o.max_grad_norm,
         noise_multiplier: o.noise_multiplier,
         last_loss: outcome.loss,

@@ -212,8 +212,8 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
 /// does not; large batches (96 of each hospital's ~115 training rows),
 /// which divide the noise by the expected batch size; few steps (2 a
 /// round, 20 in all), each of which costs privacy; and a large learning
-/// rate to make the most of each. Measured over repeated runs: held-out
-/// accuracy 0.958-0.965 at epsilon 3 and 0.944-0.958 at epsilon 1 (the
+/// rate to make the most of each. Measured over five runs each: held-out
+/// accuracy 0.951-0.965 at epsilon 3 and 0.937-0.951 at epsilon 1 (the
 /// non-private baseline of the same model is 0.965); see BENCHMARKS.md.
 fn apply_dp(spec: &mut JobSpec, epsilon: f64) -> Result<()> {
     spec.model = cohort_models::ModelSpec::Logistic;

@@ -229,9 +229,7 @@ pub(crate) fn noisy_gradient(
     rng: &mut StdRng,
 ) -> Result<(LayerGradients, usize, f64), ModelError> {
     let n = data.labels.len();
-    let rows: Vec<usize> = (0..n)
-        .filter(|_| rng.random_bool(plan.sampling_rate))
-        .collect();
+    let rows = poisson_rows(n, plan.sampling_rate, rng);
     let (grads, loss_sum) = clipped_sum(tensors, data, &rows, dp.max_grad_norm)?;
     let flat = flatten(grads)?;
     let noisy = cohort_privacy::noise::add_gaussian(&flat, dp.noise_multiplier * dp.max_grad_norm)
@@ -248,6 +246,36 @@ pub(crate) fn noisy_gradient(
         rows.len(),
         loss_sum,
     ))
+}
+
+/// Poisson sampling of `0..n` at rate `q`: every row independently with
+/// probability `q`, drawn by skipping geometrically distributed gaps, so a
+/// step costs O(q·n) draws rather than one per row.
+pub(crate) fn poisson_rows(n: usize, q: f64, rng: &mut StdRng) -> Vec<usize> {
+    if q >= 1.0 {
+        return (0..n).collect();
+    }
+    if q <= 0.0 {
+        return Vec::new();
+    }
+    let log_miss = (-q).ln_1p();
+    let mut rows = Vec::with_capacity((q * n as f64 * 1.25) as usize + 8);
+    let mut next = 0usize;
+    loop {
+        // Rows skipped before the next one taken: Geometric(q) failures,
+        // floor(ln U / ln(1 − q)) with U uniform in (0, 1].
+        let u: f64 = 1.0 - rng.random::<f64>();
+        let skip = (u.ln() / log_miss).floor();
+        if !skip.is_finite() || skip >= (n - next) as f64 {
+            return rows;
+        }
+        next += skip as usize;
+        rows.push(next);
+        next += 1;
+        if next >= n {
+            return rows;
+        }
+    }
 }
 
 /// The batch sampler's randomness: the operating system's, never a seed the

@@ -738,3 +738,34 @@ fn dp_sgd_plan_counts_steps_and_rate() {
     assert_eq!(tiny.sampling_rate, 1.0);
     assert_eq!(tiny.steps_per_epoch, 1);
 }
+
+#[test]
+fn poisson_batches_take_each_row_with_the_sampling_rate() {
+    let mut rng = crate::dp_sgd::sampling_rng();
+    let (n, q, draws) = (500, 0.1, 2000);
+    let mut hits = vec![0u32; n];
+    let mut total = 0usize;
+    for _ in 0..draws {
+        let rows = crate::dp_sgd::poisson_rows(n, q, &mut rng);
+        assert!(rows.windows(2).all(|w| w[0] < w[1]) && rows.iter().all(|&r| r < n));
+        total += rows.len();
+        for r in rows {
+            hits[r] += 1;
+        }
+    }
+    let mean = total as f64 / draws as f64;
+    // Batch size: mean q·n = 50, standard error sqrt(45 / 2000) = 0.15.
+    assert!((mean - 50.0).abs() < 1.0, "mean batch {mean}");
+    // Each row: mean 200 hits, sd ~13.4; the first and last rows too.
+    for r in [0, 1, n / 2, n - 1] {
+        assert!(
+            (f64::from(hits[r]) - 200.0).abs() < 70.0,
+            "row {r}: {}",
+            hits[r]
+        );
+    }
+    assert_eq!(
+        crate::dp_sgd::poisson_rows(7, 1.0, &mut rng),
+        (0..7).collect::<Vec<_>>()
+    );
+}
