@@ -267,10 +267,8 @@ async fn distributed_dp_noise_is_added_by_the_hospitals_under_secure_aggregation
         // The quantizer's levels per clipping norm, as the coordinator
         // built it for five hospitals with room for the noise.
         let (params, _) = cohort_privacy::secagg::Params::from_fractions(5, 8, 0.66, BITS).unwrap();
-        let summands =
-            cohort_privacy::distributed::summands_with_noise(5, 2.0, params.min_survivors).unwrap();
-        let q =
-            cohort_privacy::quantize::Quantizer::for_weighted_sum(0.5, BITS, summands, 1).unwrap();
+        let q = cohort_privacy::distributed::quantizer(0.5, BITS, 5, 2.0, params.min_survivors, 1)
+            .unwrap();
         q.scale() * q.clip()
     };
     let mut norms = Vec::new();

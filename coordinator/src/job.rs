@@ -256,22 +256,13 @@ impl JobSpec {
             secagg.bits,
         )
         .map_err(|e| invalid("privacy.secagg", e.to_string()))?;
-        let summands =
-            cohort_privacy::distributed::summands_with_noise(n, sigma, params.min_survivors)
-                .map_err(|e| bad(e.to_string()))?;
-        let quantizer = cohort_privacy::quantize::Quantizer::for_weighted_sum(
+        cohort_privacy::distributed::quantizer(
             job.policy.clipping_norm,
             secagg.bits,
-            summands,
-            1,
-        )
-        .map_err(|e| bad(e.to_string()))?;
-        cohort_privacy::distributed::DistributedNoise::new(
-            &quantizer,
-            1,
+            n,
             sigma,
             params.min_survivors,
-            n,
+            1,
         )
         .map_err(|e| bad(e.to_string()))?;
         Ok(())

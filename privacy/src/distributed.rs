@@ -77,6 +77,30 @@ pub fn summands_with_noise(
     Ok(total as u32)
 }
 
+/// The quantizer of a round under distributed DP: updates clipped to
+/// `clip`, weighted equally (client level), and a summand bound with room
+/// for the noise of `members` hospitals; checked with
+/// [`DistributedNoise::new`] for updates of `dimension` coordinates.
+pub fn quantizer(
+    clip: f64,
+    bits: u32,
+    members: u32,
+    noise_multiplier: f64,
+    min_survivors: u32,
+    dimension: usize,
+) -> Result<Quantizer, DistributedError> {
+    let summands = summands_with_noise(members, noise_multiplier, min_survivors)?;
+    let quantizer = Quantizer::for_weighted_sum(clip, bits, summands, 1)?;
+    DistributedNoise::new(
+        &quantizer,
+        dimension,
+        noise_multiplier,
+        min_survivors,
+        members,
+    )?;
+    Ok(quantizer)
+}
+
 /// One hospital's share of the round's noise.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DistributedNoise {

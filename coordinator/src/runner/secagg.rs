@@ -69,30 +69,15 @@ impl Runner {
             // Distributed DP: uniform weights (a hospital's influence is
             // bounded by the clipping norm, whatever its size), and room in
             // the modulus for every hospital's share of the noise.
-            Some((job_dp, sigma)) => {
-                let summands = cohort_privacy::distributed::summands_with_noise(
-                    n,
-                    sigma,
-                    params.min_survivors,
-                )
-                .map_err(|e| stop(e.to_string()))?;
-                let quantizer = Quantizer::for_weighted_sum(
-                    job_dp.policy.clipping_norm,
-                    config.bits,
-                    summands,
-                    1,
-                )
-                .map_err(|e| stop(e.to_string()))?;
-                cohort_privacy::distributed::DistributedNoise::new(
-                    &quantizer,
-                    global.len(),
-                    sigma,
-                    params.min_survivors,
-                    n,
-                )
-                .map_err(|e| stop(e.to_string()))?;
-                quantizer
-            }
+            Some((job_dp, sigma)) => cohort_privacy::distributed::quantizer(
+                job_dp.policy.clipping_norm,
+                config.bits,
+                n,
+                sigma,
+                params.min_survivors,
+                global.len(),
+            )
+            .map_err(|e| stop(e.to_string()))?,
             None => {
                 let max_examples = self.max_rows(selected, enrollment)?;
                 Quantizer::for_weighted_sum(config.clip, config.bits, n, max_examples)
