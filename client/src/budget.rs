@@ -169,6 +169,15 @@ impl Budget {
 
     /// Reads a data dir's ledger without running a client.
     pub fn read_report(data_dir: &Path) -> Result<BudgetReport, BudgetError> {
+        if !data_dir.is_dir() {
+            return Err(BudgetError::Io {
+                path: data_dir.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no such client data directory",
+                ),
+            });
+        }
         Self::open(Some(data_dir), None)?.report()
     }
 
@@ -446,5 +455,13 @@ mod tests {
         assert!(BudgetLimit::new(-1.0, 1e-5).is_err());
         assert!(BudgetLimit::new(1.0, 0.0).is_err());
         assert!(Budget::open(None, Some(BudgetLimit::new(1.0, 1e-5).unwrap())).is_err());
+        let missing = Budget::read_report(&dir.path().join("typo"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            missing.contains("no such client data directory"),
+            "{missing}"
+        );
     }
 }
