@@ -759,8 +759,21 @@ fn dp_budgets_are_enforced_and_spending_survives_a_crash_before_sending() {
         start_client(&net, &files[2], dir.path(), 2, &[]),
         start_client(&net, &files[3], dir.path(), 3, &[]),
     ];
-    // Let all four register before the job asks who is there.
-    std::thread::sleep(Duration::from_secs(2));
+    // All four must have registered before the job asks who is there.
+    for i in 0..4 {
+        let log = dir.path().join(format!("hospital-{i}.log"));
+        let start = Instant::now();
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("registered with the coordinator")
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "hospital-{i} never registered"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     let job_toml = oncology_job(3, 2)
         .replace("clients_per_round = 2", "clients_per_round = 4")
         .replace("round_timeout_secs = 60", "round_timeout_secs = 15")
