@@ -268,6 +268,9 @@ impl Worker {
                 }
                 drop(cached);
                 let plan = self.dp_plan(task, job, data.train.len())?;
+                if job.policy.level == DpLevel::Record {
+                    check_record_plan(&plan, job, &config, data.train.len())?;
+                }
                 self.budget.admit(&task.job_id, &plan)?;
                 if job.policy.level == DpLevel::Record {
                     config.dp = Some(cohort_models::DpSgdConfig {
@@ -432,6 +435,35 @@ pub(crate) struct Trained {
     pub client_level: Option<f64>,
 }
 
+/// DP-SGD must run exactly the mechanism the hospital accounts for: the
+/// task's training configuration has to match the job's DP promise, and
+/// the rows must be those the plan was made for (a data file replaced in
+/// the middle of a job would change the sampling rate).
+fn check_record_plan(
+    plan: &HospitalPlan,
+    job: &JobDp,
+    config: &TrainConfig,
+    train_rows: usize,
+) -> Result<(), String> {
+    if config.epochs != job.local_epochs as usize || config.batch_size != job.batch_size as usize {
+        return Err(format!(
+            "the task trains {} epochs in batches of {}, but the job's DP promise was made for \
+             {} and {}",
+            config.epochs, config.batch_size, job.local_epochs, job.batch_size
+        ));
+    }
+    let live = cohort_models::DpSgdPlan::new(train_rows, config.batch_size);
+    if live.sampling_rate != plan.sampling_rate || live.steps(config.epochs) != plan.steps_per_round
+    {
+        return Err(format!(
+            "the local training rows changed during the job ({train_rows} now): DP-SGD would \
+             sample at rate {} instead of the {} this hospital accounts for",
+            live.sampling_rate, plan.sampling_rate
+        ));
+    }
+    Ok(())
+}
+
 /// Scales `values` down to L2 norm `bound` if it is longer.
 fn clip_l2(values: &mut [f32], bound: f64) {
     let norm = values
@@ -461,4 +493,48 @@ pub(crate) fn parse<T: serde::de::DeserializeOwned>(json: &str, what: &str) -> R
 
 fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<String, String> {
     serde_json::to_string(value).map_err(|e| format!("encoding JSON: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cohort_models::OptimizerSpec;
+    use cohort_privacy::dp::{AccountantKind, DpPolicy};
+
+    #[test]
+    fn dp_sgd_runs_only_the_mechanism_that_was_accounted() {
+        let job = JobDp {
+            policy: DpPolicy {
+                level: DpLevel::Record,
+                target_epsilon: Some(2.0),
+                delta: 1e-5,
+                max_grad_norm: 1.0,
+                clipping_norm: 1.0,
+                noise_multiplier: None,
+                accountant: AccountantKind::Pld,
+            },
+            rounds: 3,
+            local_epochs: 2,
+            batch_size: 32,
+        };
+        let sgd = cohort_models::DpSgdPlan::new(320, 32);
+        let plan = job.plan(sgd.sampling_rate, sgd.steps(2)).unwrap();
+        let mut config = TrainConfig {
+            epochs: 2,
+            batch_size: 32,
+            optimizer: OptimizerSpec::Sgd {
+                learning_rate: 0.1,
+                momentum: 0.0,
+            },
+            seed: 1,
+            proximal_mu: None,
+            dp: None,
+        };
+        check_record_plan(&plan, &job, &config, 320).unwrap();
+        let changed = check_record_plan(&plan, &job, &config, 300).unwrap_err();
+        assert!(changed.contains("rows changed"), "{changed}");
+        config.epochs = 5;
+        let more = check_record_plan(&plan, &job, &config, 320).unwrap_err();
+        assert!(more.contains("5 epochs"), "{more}");
+    }
 }
