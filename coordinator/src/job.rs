@@ -207,10 +207,16 @@ impl JobSpec {
         if let Some(dp) = &self.privacy.dp {
             dp.validate()
                 .map_err(|(key, message)| invalid(&key, message))?;
-            if dp.level == cohort_privacy::dp::DpLevel::Client
-                && self.privacy.aggregation == Aggregation::Secagg
-            {
-                self.check_distributed_dp()?;
+            if dp.level == cohort_privacy::dp::DpLevel::Client {
+                // Client level: one calibration for every hospital, so an
+                // unreachable target fails here rather than in round 1.
+                self.job_dp()
+                    .map(|job| job.client_plan())
+                    .transpose()
+                    .map_err(|e| invalid("privacy.dp.target_epsilon", e.to_string()))?;
+                if self.privacy.aggregation == Aggregation::Secagg {
+                    self.check_distributed_dp()?;
+                }
             }
         }
         if self.privacy.aggregation == Aggregation::Secagg {
@@ -426,6 +432,10 @@ kind = "fedavg"                     # fedprox: mu; fedadam/fedyogi: server_learn
             ("target_epsilon = 1.0\nlevel = \"patient\"", "patient"),
             ("target_epsilon = 1.0\naccountant = \"moments\"", "moments"),
             ("target_epsilon = 1.0\nepsilon = 2.0", "epsilon"),
+            (
+                "level = \"client\"\ntarget_epsilon = 0.001",
+                "privacy.dp.target_epsilon",
+            ),
         ] {
             let msg = JobSpec::from_toml(&with(table)).unwrap_err().to_string();
             assert!(msg.contains(named), "{table}: {msg}");
