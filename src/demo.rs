@@ -230,6 +230,10 @@ fn apply_dp(spec: &mut JobSpec, epsilon: f64) -> Result<()> {
         delta: DEMO_DP_DELTA,
         max_grad_norm: 1.0,
         clipping_norm: 1.0,
+        clipping: cohort_privacy::dp::Clipping::Fixed,
+        target_quantile: 0.5,
+        clip_learning_rate: 0.2,
+        clipped_count_stddev: None,
         noise_multiplier: None,
         accountant: cohort_privacy::dp::AccountantKind::Pld,
     });

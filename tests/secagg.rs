@@ -326,3 +326,29 @@ async fn client_level_dp_in_plain_mode_spends_the_accounted_epsilon() {
         assert!((update.epsilon().unwrap() - first).abs() < 1e-9);
     }
 }
+
+/// Adaptive clipping (Andrew et al. 2021) in plain mode: the bound moves
+/// each round, noted in the job's events, and each hospital still spends
+/// exactly the client-level epsilon of its rounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn adaptive_clipping_moves_the_bound_and_spends_the_same_epsilon() {
+    let dir = tempfile::tempdir().unwrap();
+    let adaptive = CLIENT_DP.to_string() + "clipping = \"adaptive\"\nclipped_count_stddev = 1.5\n";
+    let view = run_job(
+        dir.path(),
+        &hospitals(dir.path(), &[]),
+        &job(2, 5, &adaptive),
+    )
+    .await;
+    assert_eq!(view.state, "completed", "{view:#?}");
+    let moves = view
+        .events
+        .iter()
+        .filter(|e| e.message.contains("adaptive clipping bound"))
+        .count();
+    assert_eq!(moves, 2, "{:#?}", view.events);
+    let expected = expected_client_level_epsilon(2);
+    for (name, eps) in &view.dp_epsilon {
+        assert!((eps - expected).abs() < 1e-9, "{name}: {eps} vs {expected}");
+    }
+}

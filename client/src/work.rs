@@ -305,7 +305,11 @@ impl Worker {
         // mode, by every hospital under secure aggregation).
         let client_level = match (&job, &plan) {
             (Some(job), Some(plan)) if job.policy.level == DpLevel::Client => {
-                clip_l2(&mut delta, job.policy.clipping_norm);
+                // With adaptive clipping only the coordinator knows the
+                // round's bound (plain mode, where it is trusted anyway).
+                if job.policy.clipping == cohort_privacy::dp::Clipping::Fixed {
+                    clip_l2(&mut delta, job.policy.clipping_norm);
+                }
                 Some(plan.noise_multiplier)
             }
             _ => None,
@@ -510,6 +514,10 @@ mod tests {
                 delta: 1e-5,
                 max_grad_norm: 1.0,
                 clipping_norm: 1.0,
+                clipping: cohort_privacy::dp::Clipping::Fixed,
+                target_quantile: 0.5,
+                clip_learning_rate: 0.2,
+                clipped_count_stddev: None,
                 noise_multiplier: None,
                 accountant: AccountantKind::Pld,
             },

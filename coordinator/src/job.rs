@@ -210,10 +210,25 @@ impl JobSpec {
             if dp.level == cohort_privacy::dp::DpLevel::Client {
                 // Client level: one calibration for every hospital, so an
                 // unreachable target fails here rather than in round 1.
-                self.job_dp()
+                let sigma = self
+                    .job_dp()
                     .map(|job| job.client_plan())
                     .transpose()
-                    .map_err(|e| invalid("privacy.dp.target_epsilon", e.to_string()))?;
+                    .map_err(|e| invalid("privacy.dp.target_epsilon", e.to_string()))?
+                    .map(|plan| plan.noise_multiplier);
+                if dp.clipping == cohort_privacy::dp::Clipping::Adaptive {
+                    if self.privacy.aggregation != Aggregation::Plain {
+                        return Err(invalid(
+                            "privacy.dp.clipping",
+                            "adaptive clipping works with aggregation = \"plain\" only: the \
+                             count of unclipped updates would need secure aggregation too",
+                        ));
+                    }
+                    if let Some(sigma) = sigma {
+                        dp.adaptive_noise(sigma, t.clients_per_round)
+                            .map_err(|e| invalid("privacy.dp.clipped_count_stddev", e))?;
+                    }
+                }
                 if self.privacy.aggregation == Aggregation::Secagg {
                     self.check_distributed_dp()?;
                 }
@@ -435,6 +450,18 @@ kind = "fedavg"                     # fedprox: mu; fedadam/fedyogi: server_learn
             (
                 "level = \"client\"\ntarget_epsilon = 0.001",
                 "privacy.dp.target_epsilon",
+            ),
+            (
+                "target_epsilon = 1.0\nclipping = \"adaptive\"",
+                "privacy.dp.clipping",
+            ),
+            (
+                "level = \"client\"\nnoise_multiplier = 1.0\nclipping = \"adaptive\"\nclipped_count_stddev = 0.4",
+                "privacy.dp.clipped_count_stddev",
+            ),
+            (
+                "level = \"client\"\nnoise_multiplier = 1.0\nclipping = \"adaptive\"\ntarget_quantile = 1.5",
+                "privacy.dp.target_quantile",
             ),
         ] {
             let msg = JobSpec::from_toml(&with(table)).unwrap_err().to_string();

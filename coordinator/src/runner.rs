@@ -161,9 +161,18 @@ impl Runner {
             }
         };
 
+        let mut client_dp = dp::PlainClientDp::new(&spec)?;
         for round in first_round..=spec.training.rounds {
             global = self
-                .run_round(&job, &spec, &enrollment, round, global, strategy.as_mut())
+                .run_round(
+                    &job,
+                    &spec,
+                    &enrollment,
+                    round,
+                    global,
+                    strategy.as_mut(),
+                    client_dp.as_mut(),
+                )
                 .await?;
         }
         Ok(())
@@ -364,6 +373,7 @@ impl Runner {
         round: u32,
         global: Vec<f32>,
         strategy: &mut dyn Strategy,
+        mut client_dp: Option<&mut dp::PlainClientDp>,
     ) -> Result<Vec<f32>, RunError> {
         let t = &spec.training;
         let started = Instant::now();
@@ -427,11 +437,20 @@ impl Runner {
             else {
                 continue;
             };
-            let updates = match (dp::client_level_noise(spec)?, spec.privacy.aggregation) {
-                (Some((job_dp, sigma)), Aggregation::Plain) => {
-                    vec![dp::noisy_mean(updates, job_dp.policy.clipping_norm, sigma)?]
+            let updates = match client_dp.as_deref_mut() {
+                Some(dp) => {
+                    let (mean, clip) = dp.aggregate(updates)?;
+                    if let Some((before, after)) = clip {
+                        self.note(
+                            &job.id,
+                            format!(
+                                "round {round}: adaptive clipping bound {before:.4} -> {after:.4}"
+                            ),
+                        );
+                    }
+                    vec![mean]
                 }
-                _ => updates,
+                None => updates,
             };
             let next = strategy
                 .aggregate(&global, &updates)

@@ -7,7 +7,7 @@
 //! Under secure aggregation the hospitals add the noise instead
 //! ([`cohort_privacy::distributed`]) and nothing here runs.
 
-use cohort_privacy::dp::{DpLevel, JobDp};
+use cohort_privacy::dp::{Clipping, DpLevel, JobDp};
 
 use super::RunError;
 use crate::job::JobSpec;
@@ -28,6 +28,86 @@ pub(super) fn client_level_noise(spec: &JobSpec) -> Result<Option<(JobDp, f64)>,
     Ok(Some((job, plan.noise_multiplier)))
 }
 
+/// Client-level DP in plain mode, across a job's rounds: the current
+/// clipping bound and the noise of the sum (and, with adaptive clipping,
+/// of the count of unclipped updates).
+pub(super) struct PlainClientDp {
+    clip: f64,
+    update_noise: f64,
+    adaptive: Option<Adaptive>,
+}
+
+struct Adaptive {
+    count_stddev: f64,
+    target_quantile: f64,
+    learning_rate: f64,
+}
+
+impl PlainClientDp {
+    /// `None` unless the job is client-level DP under plain aggregation.
+    /// A coordinator that restarts starts adaptive clipping over from
+    /// `clipping_norm`, which costs accuracy, not privacy.
+    pub(super) fn new(spec: &JobSpec) -> Result<Option<Self>, RunError> {
+        if spec.privacy.aggregation != crate::job::Aggregation::Plain {
+            return Ok(None);
+        }
+        let Some((job, sigma)) = client_level_noise(spec)? else {
+            return Ok(None);
+        };
+        let policy = &job.policy;
+        let (update_noise, adaptive) = match policy.clipping {
+            Clipping::Fixed => (sigma, None),
+            Clipping::Adaptive => {
+                let (update_noise, count_stddev) = policy
+                    .adaptive_noise(sigma, spec.training.clients_per_round)
+                    .map_err(|e| RunError::Failed(format!("adaptive clipping: {e}")))?;
+                (
+                    update_noise,
+                    Some(Adaptive {
+                        count_stddev,
+                        target_quantile: policy.target_quantile,
+                        learning_rate: policy.clip_learning_rate,
+                    }),
+                )
+            }
+        };
+        Ok(Some(Self {
+            clip: policy.clipping_norm,
+            update_noise,
+            adaptive,
+        }))
+    }
+
+    /// The round's single noisy update and, with adaptive clipping, the
+    /// bound before and after this round.
+    pub(super) fn aggregate(
+        &mut self,
+        updates: Vec<ClientUpdate>,
+    ) -> Result<(ClientUpdate, Option<(f64, f64)>), RunError> {
+        let Some(adaptive) = &self.adaptive else {
+            return Ok((noisy_mean(updates, self.clip, self.update_noise)?, None));
+        };
+        let count = updates.len() as f64;
+        let unclipped = updates.iter().filter(|u| l2(&u.delta) <= self.clip).count();
+        let noisy = cohort_privacy::noise::add_gaussian(&[unclipped as f32], adaptive.count_stddev)
+            .map_err(|e| RunError::Failed(format!("adaptive clipping noise: {e}")))?;
+        let fraction = f64::from(noisy[0]) / count;
+        let mean = noisy_mean(updates, self.clip, self.update_noise)?;
+        let before = self.clip;
+        // Geometric update toward the target quantile (Andrew et al. 2021).
+        self.clip *= (-adaptive.learning_rate * (fraction - adaptive.target_quantile)).exp();
+        Ok((mean, Some((before, self.clip))))
+    }
+}
+
+fn l2(values: &[f32]) -> f64 {
+    values
+        .iter()
+        .map(|v| f64::from(*v).powi(2))
+        .sum::<f64>()
+        .sqrt()
+}
+
 /// Plain aggregation under client-level DP: the updates clipped to
 /// `clip`, summed, noised, and divided by their number, handed on as one
 /// update (uniform weights: a hospital's influence is bounded by `clip`
@@ -44,12 +124,7 @@ pub(super) fn noisy_mean(
     let mut total_examples = 0;
     let count = updates.len();
     for update in &updates {
-        let norm = update
-            .delta
-            .iter()
-            .map(|v| f64::from(*v).powi(2))
-            .sum::<f64>()
-            .sqrt();
+        let norm = l2(&update.delta);
         let factor = if norm > clip { clip / norm } else { 1.0 };
         for (s, v) in sum.iter_mut().zip(&update.delta) {
             *s += factor * f64::from(*v);
@@ -70,6 +145,60 @@ pub(super) fn noisy_mean(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn adaptive_clipping_follows_the_target_quantile() {
+        let updates = |norm: f32| -> Vec<ClientUpdate> {
+            (0..40)
+                .map(|i| ClientUpdate {
+                    client: format!("h{i}"),
+                    delta: vec![norm, 0.0],
+                    num_examples: 1,
+                })
+                .collect()
+        };
+        let mut dp = PlainClientDp {
+            clip: 1.0,
+            update_noise: 1.0,
+            adaptive: Some(Adaptive {
+                count_stddev: 2.0,
+                target_quantile: 0.5,
+                learning_rate: 0.2,
+            }),
+        };
+        // Every update far inside the bound: it shrinks, round after round.
+        for _ in 0..3 {
+            let (_, change) = dp.aggregate(updates(0.01)).unwrap();
+            let (before, after) = change.unwrap();
+            assert!(after < before, "{before} -> {after}");
+        }
+        // Every update outside it: it grows.
+        let (_, change) = dp.aggregate(updates(100.0)).unwrap();
+        let (before, after) = change.unwrap();
+        assert!(after > before, "{before} -> {after}");
+    }
+
+    #[test]
+    fn the_noise_split_keeps_the_accounted_multiplier() {
+        let policy = cohort_privacy::dp::DpPolicy {
+            level: DpLevel::Client,
+            target_epsilon: None,
+            delta: 1e-5,
+            max_grad_norm: 1.0,
+            clipping_norm: 1.0,
+            clipping: Clipping::Adaptive,
+            target_quantile: 0.5,
+            clip_learning_rate: 0.2,
+            clipped_count_stddev: None,
+            noise_multiplier: Some(1.0),
+            accountant: Default::default(),
+        };
+        let (update, count) = policy.adaptive_noise(1.0, 100).unwrap();
+        assert_eq!(count, 5.0);
+        let combined = (update.powi(-2) + (2.0 * count).powi(-2)).powf(-0.5);
+        assert!((combined - 1.0).abs() < 1e-12 && update > 1.0);
+        assert!(policy.adaptive_noise(1.0, 5).is_err());
+    }
 
     #[test]
     fn the_mean_is_of_clipped_updates_plus_calibrated_noise() {

@@ -29,7 +29,7 @@ pub mod rdp;
 
 pub use error::DpError;
 pub use pld::PldAccountant;
-pub use policy::{DpLevel, DpPolicy, HospitalPlan, JobDp};
+pub use policy::{Clipping, DpLevel, DpPolicy, HospitalPlan, JobDp};
 pub use rdp::{FractionalOrderMethod, RdpAccountant};
 
 use serde::{Deserialize, Serialize};

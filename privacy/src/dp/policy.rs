@@ -43,6 +43,25 @@ fn default_clipping_norm() -> f64 {
     1.0
 }
 
+/// How client-level DP bounds each hospital's update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Clipping {
+    /// Always `clipping_norm`.
+    #[default]
+    Fixed,
+    /// Starts at `clipping_norm` and follows the `target_quantile` of the
+    /// update norms, estimated privately each round (Andrew et al. 2021).
+    Adaptive,
+}
+
+fn default_target_quantile() -> f64 {
+    0.5
+}
+fn default_clip_learning_rate() -> f64 {
+    0.2
+}
+
 /// The job file's `[privacy.dp]` table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -61,9 +80,23 @@ pub struct DpPolicy {
     /// Per-example gradient clipping bound (record level).
     #[serde(default = "default_max_grad_norm")]
     pub max_grad_norm: f64,
-    /// L2 bound on each hospital's whole update (client level).
+    /// L2 bound on each hospital's whole update (client level); the
+    /// starting bound with adaptive clipping.
     #[serde(default = "default_clipping_norm")]
     pub clipping_norm: f64,
+    /// Client level: `"fixed"` or `"adaptive"`.
+    #[serde(default)]
+    pub clipping: Clipping,
+    /// Adaptive clipping: the quantile of update norms the bound tracks.
+    #[serde(default = "default_target_quantile")]
+    pub target_quantile: f64,
+    /// Adaptive clipping: geometric step size of the bound's update.
+    #[serde(default = "default_clip_learning_rate")]
+    pub clip_learning_rate: f64,
+    /// Adaptive clipping: standard deviation of the noise on the count of
+    /// unclipped updates [default: hospitals per round / 20].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clipped_count_stddev: Option<f64>,
     /// If given, epsilon is computed from it instead of calibrated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub noise_multiplier: Option<f64>,
@@ -90,6 +123,34 @@ impl DpPolicy {
                 format!("must be finite and > 0, got {}", self.clipping_norm),
             );
         }
+        if self.clipping == Clipping::Adaptive {
+            if self.level != DpLevel::Client {
+                return bad(
+                    "clipping",
+                    "adaptive clipping is for level = \"client\"".into(),
+                );
+            }
+            if !(self.target_quantile > 0.0 && self.target_quantile < 1.0) {
+                return bad(
+                    "target_quantile",
+                    format!("must be in (0, 1), got {}", self.target_quantile),
+                );
+            }
+            if !(self.clip_learning_rate.is_finite() && self.clip_learning_rate > 0.0) {
+                return bad(
+                    "clip_learning_rate",
+                    format!("must be finite and > 0, got {}", self.clip_learning_rate),
+                );
+            }
+            if let Some(s) = self.clipped_count_stddev
+                && !(s.is_finite() && s > 0.0)
+            {
+                return bad(
+                    "clipped_count_stddev",
+                    format!("must be finite and > 0, got {s}"),
+                );
+            }
+        }
         match (self.target_epsilon, self.noise_multiplier) {
             (None, None) => {
                 return bad(
@@ -110,6 +171,34 @@ impl DpPolicy {
             _ => {}
         }
         Ok(())
+    }
+}
+
+impl DpPolicy {
+    /// Adaptive clipping releases two Gaussian mechanisms a round: the
+    /// clipped sum (noise `σ_Δ · C`) and the count of unclipped updates
+    /// (noise `σ_b`, sensitivity 1/2 once centred). Together they are
+    /// exactly one Gaussian mechanism with multiplier `σ` when
+    /// `σ⁻² = σ_Δ⁻² + (2σ_b)⁻²` (Andrew et al. 2021, Thm. 1), so the
+    /// accounting is unchanged. Returns `(σ_Δ, σ_b)`, with `σ_b` defaulting
+    /// to `hospitals / 20`; errors when `σ_b ≤ σ/2` leaves nothing for the
+    /// sum.
+    pub fn adaptive_noise(
+        &self,
+        noise_multiplier: f64,
+        hospitals_per_round: u32,
+    ) -> Result<(f64, f64), String> {
+        let count_stddev = self
+            .clipped_count_stddev
+            .unwrap_or(f64::from(hospitals_per_round) / 20.0);
+        let rest = noise_multiplier.powi(-2) - (2.0 * count_stddev).powi(-2);
+        if !(rest > 0.0) {
+            return Err(format!(
+                "clipped_count_stddev {count_stddev} must exceed half the noise multiplier \
+                 ({noise_multiplier:.4} / 2) so that noise is left for the updates"
+            ));
+        }
+        Ok((rest.powf(-0.5), count_stddev))
     }
 }
 
@@ -219,6 +308,10 @@ mod tests {
                 delta: 1e-5,
                 max_grad_norm: 1.0,
                 clipping_norm: 1.0,
+                clipping: Clipping::Fixed,
+                target_quantile: 0.5,
+                clip_learning_rate: 0.2,
+                clipped_count_stddev: None,
                 noise_multiplier: sigma,
                 accountant: AccountantKind::Pld,
             },
