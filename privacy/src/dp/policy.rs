@@ -192,7 +192,7 @@ impl DpPolicy {
             .clipped_count_stddev
             .unwrap_or(f64::from(hospitals_per_round) / 20.0);
         let rest = noise_multiplier.powi(-2) - (2.0 * count_stddev).powi(-2);
-        if !(rest > 0.0) {
+        if rest.is_nan() || rest <= 0.0 {
             return Err(format!(
                 "clipped_count_stddev {count_stddev} must exceed half the noise multiplier \
                  ({noise_multiplier:.4} / 2) so that noise is left for the updates"
