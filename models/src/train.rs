@@ -81,62 +81,51 @@ pub fn train(
     for epoch in 0..cfg.epochs {
         let mut loss_sum = 0.0f64;
         let mut seen = 0usize;
-        if let (Some(dp), Some(plan), Some(rng)) = (&cfg.dp, &dp_plan, sampler.as_mut()) {
-            for batch in 0..plan.steps_per_epoch {
-                step = step.saturating_add(1);
-                let (grads, drawn, batch_loss) =
-                    dp_sgd::noisy_gradient(spec, &tensors, data, dp, plan, rng)?;
-                if !batch_loss.is_finite() {
-                    return Err(ModelError::Diverged {
-                        epoch,
-                        batch: batch as usize,
-                        loss: batch_loss,
-                    });
-                }
-                loss_sum += batch_loss;
-                seen += drawn;
-                let hyper = Hyper {
-                    optimizer: &cfg.optimizer,
-                    mu,
-                    step,
-                };
-                apply(
-                    &mut tensors,
-                    grads,
-                    &mut weight_slots,
-                    &mut bias_slots,
-                    &hyper,
-                );
+        let batches = match &dp_plan {
+            Some(plan) => plan.steps_per_epoch as usize,
+            None => {
+                let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_add(epoch as u64));
+                order.sort_unstable();
+                order.shuffle(&mut rng);
+                n.div_ceil(cfg.batch_size)
             }
-        } else {
-            let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_add(epoch as u64));
-            order.sort_unstable();
-            order.shuffle(&mut rng);
-            for (batch, rows) in order.chunks(cfg.batch_size).enumerate() {
-                step = step.saturating_add(1);
-                let (grads, loss_value) = batch_gradient(&tensors, data, rows, &autodiff)?;
-                if !loss_value.is_finite() {
-                    return Err(ModelError::Diverged {
-                        epoch,
-                        batch,
-                        loss: loss_value,
-                    });
+        };
+        for batch in 0..batches {
+            step = step.saturating_add(1);
+            // The step's gradient, how many examples it saw, and the sum of
+            // their losses.
+            let (grads, drawn, batch_loss) = match (&cfg.dp, &dp_plan, sampler.as_mut()) {
+                (Some(dp), Some(plan), Some(rng)) => {
+                    dp_sgd::noisy_gradient(spec, &tensors, data, dp, plan, rng)?
                 }
-                let hyper = Hyper {
-                    optimizer: &cfg.optimizer,
-                    mu,
-                    step,
-                };
-                apply(
-                    &mut tensors,
-                    grads,
-                    &mut weight_slots,
-                    &mut bias_slots,
-                    &hyper,
-                );
-                loss_sum += loss_value * rows.len() as f64;
-                seen += rows.len();
+                _ => {
+                    let rows = &order[batch * cfg.batch_size..]
+                        [..cfg.batch_size.min(n - batch * cfg.batch_size)];
+                    let (grads, mean) = batch_gradient(&tensors, data, rows, &autodiff)?;
+                    (grads, rows.len(), mean * rows.len() as f64)
+                }
+            };
+            if !batch_loss.is_finite() {
+                return Err(ModelError::Diverged {
+                    epoch,
+                    batch,
+                    loss: batch_loss / drawn.max(1) as f64,
+                });
             }
+            loss_sum += batch_loss;
+            seen += drawn;
+            let hyper = Hyper {
+                optimizer: &cfg.optimizer,
+                mu,
+                step,
+            };
+            apply(
+                &mut tensors,
+                grads,
+                &mut weight_slots,
+                &mut bias_slots,
+                &hyper,
+            );
         }
         last_loss = loss_sum / seen.max(1) as f64;
         samples += seen as u64;
