@@ -225,17 +225,14 @@ fn apply_dp(spec: &mut JobSpec, epsilon: f64) -> Result<()> {
         momentum: 0.5,
     };
     spec.privacy.dp = Some(cohort_privacy::dp::DpPolicy {
-        level: cohort_privacy::dp::DpLevel::Record,
-        target_epsilon: Some(epsilon),
         delta: DEMO_DP_DELTA,
         max_grad_norm: 1.0,
-        clipping_norm: 1.0,
-        clipping: cohort_privacy::dp::Clipping::Fixed,
-        target_quantile: 0.5,
-        clip_learning_rate: 0.2,
-        clipped_count_stddev: None,
-        noise_multiplier: None,
         accountant: cohort_privacy::dp::AccountantKind::Pld,
+        ..cohort_privacy::dp::DpPolicy::new(
+            cohort_privacy::dp::DpLevel::Record,
+            Some(epsilon),
+            None,
+        )
     });
     spec.validate()?;
     Ok(())

@@ -193,6 +193,22 @@ fn start_client(net: &Net, file: &Path, dir: &Path, i: usize, flags: &[&str]) ->
     )
 }
 
+/// Downloads a job's latest model with `cohort model get` into `out`.
+fn get_model(net: &Net, job: &str, out: &Path) -> PathBuf {
+    cohort_as(
+        net,
+        &[
+            "model",
+            "get",
+            job,
+            "--out",
+            out.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    out.to_path_buf()
+}
+
 fn cohort_as(net: &Net, args: &[&str]) -> Value {
     let args = with(args, &net.args("developer"));
     cohort(&args.iter().map(String::as_str).collect::<Vec<_>>())
@@ -280,18 +296,7 @@ fn three_processes_train_on_an_unseen_csv_and_match_centralized_logistic_regress
     assert_eq!(done["rounds_completed"], 10);
     assert_eq!(done["rounds"].as_array().unwrap().len(), 10);
 
-    let model_dir = dir.path().join("model");
-    cohort_as(
-        &net,
-        &[
-            "model",
-            "get",
-            &job,
-            "--out",
-            model_dir.to_str().unwrap(),
-            "--json",
-        ],
-    );
+    let model_dir = get_model(&net, &job, &dir.path().join("model"));
     let federated = cohort(&[
         "evaluate",
         "--model",
@@ -845,18 +850,7 @@ fn dp_budgets_are_enforced_and_spending_survives_a_crash_before_sending() {
         assert!(round["train_loss"].is_null(), "{round:#}");
     }
 
-    let model_dir = dir.path().join("model");
-    cohort_as(
-        &net,
-        &[
-            "model",
-            "get",
-            &job,
-            "--out",
-            model_dir.to_str().unwrap(),
-            "--json",
-        ],
-    );
+    let model_dir = get_model(&net, &job, &dir.path().join("model"));
     let card: Value =
         serde_json::from_slice(&std::fs::read(model_dir.join("model.json")).unwrap()).unwrap();
     assert_eq!(card["privacy"]["level"], "record", "{card:#}");

@@ -386,19 +386,7 @@ mod tests {
 
     fn job(target: f64, rounds: u32) -> JobDp {
         JobDp {
-            policy: DpPolicy {
-                level: DpLevel::Record,
-                target_epsilon: Some(target),
-                delta: 1e-5,
-                max_grad_norm: 1.0,
-                clipping_norm: 1.0,
-                clipping: cohort_privacy::dp::Clipping::Fixed,
-                target_quantile: 0.5,
-                clip_learning_rate: 0.2,
-                clipped_count_stddev: None,
-                noise_multiplier: None,
-                accountant: AccountantKind::Pld,
-            },
+            policy: DpPolicy::new(DpLevel::Record, Some(target), None),
             rounds,
             local_epochs: 1,
             batch_size: 32,

@@ -503,24 +503,12 @@ fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<String, String> {
 mod tests {
     use super::*;
     use cohort_models::OptimizerSpec;
-    use cohort_privacy::dp::{AccountantKind, DpPolicy};
+    use cohort_privacy::dp::DpPolicy;
 
     #[test]
     fn dp_sgd_runs_only_the_mechanism_that_was_accounted() {
         let job = JobDp {
-            policy: DpPolicy {
-                level: DpLevel::Record,
-                target_epsilon: Some(2.0),
-                delta: 1e-5,
-                max_grad_norm: 1.0,
-                clipping_norm: 1.0,
-                clipping: cohort_privacy::dp::Clipping::Fixed,
-                target_quantile: 0.5,
-                clip_learning_rate: 0.2,
-                clipped_count_stddev: None,
-                noise_multiplier: None,
-                accountant: AccountantKind::Pld,
-            },
+            policy: DpPolicy::new(DpLevel::Record, Some(2.0), None),
             rounds: 3,
             local_epochs: 2,
             batch_size: 32,

@@ -181,17 +181,8 @@ mod tests {
     #[test]
     fn the_noise_split_keeps_the_accounted_multiplier() {
         let policy = cohort_privacy::dp::DpPolicy {
-            level: DpLevel::Client,
-            target_epsilon: None,
-            delta: 1e-5,
-            max_grad_norm: 1.0,
-            clipping_norm: 1.0,
             clipping: Clipping::Adaptive,
-            target_quantile: 0.5,
-            clip_learning_rate: 0.2,
-            clipped_count_stddev: None,
-            noise_multiplier: Some(1.0),
-            accountant: Default::default(),
+            ..cohort_privacy::dp::DpPolicy::new(DpLevel::Client, None, Some(1.0))
         };
         let (update, count) = policy.adaptive_noise(1.0, 100).unwrap();
         assert_eq!(count, 5.0);

@@ -105,6 +105,24 @@ pub struct DpPolicy {
 }
 
 impl DpPolicy {
+    /// A policy with the job file's defaults for every key but the level
+    /// and what fixes the noise: `target_epsilon` or `noise_multiplier`.
+    pub fn new(level: DpLevel, target_epsilon: Option<f64>, noise_multiplier: Option<f64>) -> Self {
+        Self {
+            level,
+            target_epsilon,
+            delta: default_delta(),
+            max_grad_norm: default_max_grad_norm(),
+            clipping_norm: default_clipping_norm(),
+            clipping: Clipping::Fixed,
+            target_quantile: default_target_quantile(),
+            clip_learning_rate: default_clip_learning_rate(),
+            clipped_count_stddev: None,
+            noise_multiplier,
+            accountant: AccountantKind::default(),
+        }
+    }
+
     /// Checks ranges; errors name the key as it appears in the job file.
     pub fn validate(&self) -> Result<(), (String, String)> {
         let bad = |key: &str, msg: String| Err((format!("privacy.dp.{key}"), msg));
@@ -302,19 +320,7 @@ mod tests {
 
     fn job(target: Option<f64>, sigma: Option<f64>) -> JobDp {
         JobDp {
-            policy: DpPolicy {
-                level: DpLevel::Record,
-                target_epsilon: target,
-                delta: 1e-5,
-                max_grad_norm: 1.0,
-                clipping_norm: 1.0,
-                clipping: Clipping::Fixed,
-                target_quantile: 0.5,
-                clip_learning_rate: 0.2,
-                clipped_count_stddev: None,
-                noise_multiplier: sigma,
-                accountant: AccountantKind::Pld,
-            },
+            policy: DpPolicy::new(DpLevel::Record, target, sigma),
             rounds: 10,
             local_epochs: 1,
             batch_size: 32,
