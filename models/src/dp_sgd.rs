@@ -232,7 +232,7 @@ pub(crate) fn noisy_gradient(
     let rows = poisson_rows(n, plan.sampling_rate, rng);
     let (grads, loss_sum) = clipped_sum(tensors, data, &rows, dp.max_grad_norm)?;
     let flat = flatten(grads)?;
-    let noisy = cohort_privacy::noise::add_gaussian(&flat, dp.noise_multiplier * dp.max_grad_norm)
+    let noisy = cohort_privacy::noise::add_gaussian(&flat, dp.noise_multiplier, dp.max_grad_norm)
         .map_err(|e| ModelError::Backend(format!("DP noise: {e}")))?;
     let scale = (1.0 / plan.expected_batch(n)) as f32;
     let normalised: Vec<f32> = noisy.into_iter().map(|v| v * scale).collect();

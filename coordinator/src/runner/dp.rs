@@ -89,8 +89,12 @@ impl PlainClientDp {
         };
         let count = updates.len() as f64;
         let unclipped = updates.iter().filter(|u| l2(&u.delta) <= self.clip).count();
-        let noisy = cohort_privacy::noise::add_gaussian(&[unclipped as f32], adaptive.count_stddev)
-            .map_err(|e| RunError::Failed(format!("adaptive clipping noise: {e}")))?;
+        let noisy = cohort_privacy::noise::add_gaussian(
+            &[unclipped as f32],
+            2.0 * adaptive.count_stddev,
+            COUNT_SENSITIVITY,
+        )
+        .map_err(|e| RunError::Failed(format!("adaptive clipping noise: {e}")))?;
         let fraction = f64::from(noisy[0]) / count;
         let mean = noisy_mean(updates, self.clip, self.update_noise)?;
         let before = self.clip;
@@ -99,6 +103,10 @@ impl PlainClientDp {
         Ok((mean, Some((before, self.clip))))
     }
 }
+
+/// L2 sensitivity of the count of unclipped updates once centred, the
+/// convention of [`cohort_privacy::dp::DpPolicy::adaptive_noise`].
+const COUNT_SENSITIVITY: f64 = 0.5;
 
 fn l2(values: &[f32]) -> f64 {
     values
@@ -133,7 +141,7 @@ pub(super) fn noisy_mean(
     }
     drop(updates);
     let sum: Vec<f32> = sum.into_iter().map(|v| v as f32).collect();
-    let noisy = cohort_privacy::noise::add_gaussian(&sum, noise_multiplier * clip)
+    let noisy = cohort_privacy::noise::add_gaussian(&sum, noise_multiplier, clip)
         .map_err(|e| RunError::Failed(format!("client-level DP noise: {e}")))?;
     Ok(ClientUpdate {
         client: format!("noisy mean of {count} clipped updates"),
