@@ -416,3 +416,155 @@ pub fn dp_sgd(o: &DpSgdBenchOptions) -> Result<DpSgdBench> {
         last_loss: outcome.loss,
     })
 }
+
+/// One configuration of `cohort bench he`: a job's key ceremony and one
+/// round of threshold homomorphic aggregation, every party in this process
+/// one after another on one thread, each step timed on its own. The
+/// measurements mirror `scripts/bench_he_tenseal.py` (TenSEAL CKKS at
+/// NVIDIA FLARE's defaults): encryption includes quantization and
+/// serialization, aggregation includes deserializing every upload.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeBench {
+    pub implementation: String,
+    pub params: usize,
+    pub hospitals: u32,
+    pub threshold: u32,
+    pub bits: u32,
+    pub degree: usize,
+    pub log_modulus: u64,
+    pub ciphertexts_per_client: usize,
+    /// Key ceremony, per hospital: key share, dealing, combining.
+    pub keygen_seconds_per_client: f64,
+    pub encrypt_seconds_per_client: f64,
+    pub upload_bytes_per_client: usize,
+    pub upload_bytes_per_param: f64,
+    /// Deserialize every upload and add them.
+    pub aggregation_seconds: f64,
+    /// The summed ciphertext each decrypting hospital downloads.
+    pub sum_bytes: usize,
+    /// Per decrypting hospital: deserialize the sum, compute its smudged
+    /// share, serialize it.
+    pub decryption_share_seconds: f64,
+    pub decryption_share_bytes: usize,
+    /// Coordinator: deserialize the shares, combine, decode the mean.
+    pub combine_seconds: f64,
+    /// Largest |decoded mean − plaintext mean| over all parameters.
+    pub max_abs_error: f64,
+    /// Whether the decrypted integers equal the plaintext sum exactly.
+    pub sum_ok: bool,
+}
+
+pub fn he(params: usize, hospitals: u32, threshold: f64, bits: u32) -> Result<HeBench> {
+    use cohort_privacy::he;
+    use cohort_privacy::quantize::{Quantizer, add_mod};
+    use rand::{Rng, SeedableRng};
+
+    if !(0.0..=1.0).contains(&threshold) {
+        bail!("--threshold must be a fraction in [0, 1], got {threshold}");
+    }
+    let t = ((f64::from(hospitals) * threshold).ceil() as u32).max(2);
+    let mut rng = rand_chacha::ChaCha20Rng::from_os_rng();
+    let quantizer = Quantizer::for_weighted_sum(1.0, bits, hospitals, 1)?;
+    // The quantizer appends the example count to every update.
+    let hp = he::HeParams::new(hospitals, t, bits, params + 1)?;
+    let seed = [42u8; 32];
+
+    let started = Instant::now();
+    let (secrets, pk_shares): (Vec<_>, Vec<_>) = (1..=hospitals)
+        .map(|i| he::KeyShare::generate(&hp, i, seed, &mut rng))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .unzip();
+    let public = he::public_key(&hp, seed, &pk_shares)?;
+    let dealt: Vec<Vec<he::SecretShare>> = secrets.iter().map(|s| s.deal(&hp, &mut rng)).collect();
+    let mut keys = Vec::new();
+    for j in 1..=hospitals {
+        let mine: Vec<he::SecretShare> = dealt
+            .iter()
+            .map(|d| he::SecretShare::from_bytes(&hp, &d[j as usize - 1].to_bytes()))
+            .collect::<Result<_, _>>()?;
+        keys.push(he::ThresholdKey::combine(&hp, j, &mine)?);
+    }
+    drop(dealt);
+    let keygen = started.elapsed().as_secs_f64() / f64::from(hospitals);
+
+    let mut plain_sum = vec![0u64; params + 1];
+    let mut plain_mean = vec![0f64; params];
+    let mut uploads = Vec::new();
+    let mut encrypt_secs = 0.0;
+    for _ in 0..hospitals {
+        let delta: Vec<f32> = (0..params)
+            .map(|_| rng.random_range(-0.001f32..0.001))
+            .collect();
+        for (m, d) in plain_mean.iter_mut().zip(&delta) {
+            *m += f64::from(*d) / f64::from(hospitals);
+        }
+        let started = Instant::now();
+        let encoded = quantizer.encode_update(&delta, 1, &mut rng)?;
+        let upload = he::encrypt(&hp, &public, &encoded.values, &mut rng)?.to_bytes();
+        encrypt_secs += started.elapsed().as_secs_f64();
+        add_mod(&mut plain_sum, &encoded.values, bits);
+        uploads.push(upload);
+    }
+
+    let started = Instant::now();
+    let mut sum: Option<he::EncryptedUpdate> = None;
+    for upload in &uploads {
+        let received = he::EncryptedUpdate::from_bytes(&hp, upload)?;
+        match &mut sum {
+            None => sum = Some(received),
+            Some(s) => s.add_assign(&received)?,
+        }
+    }
+    let sum = sum.ok_or_else(|| anyhow::anyhow!("no hospitals"))?;
+    let aggregation = started.elapsed().as_secs_f64();
+    let sum_bytes = sum.to_bytes();
+
+    let decryptors: Vec<u32> = (1..=t).collect();
+    let started = Instant::now();
+    let mut share_bytes = Vec::new();
+    for key in &keys[..t as usize] {
+        let downloaded = he::EncryptedUpdate::from_bytes(&hp, &sum_bytes)?;
+        share_bytes.push(
+            key.decryption_share(&hp, &decryptors, &downloaded, &mut rng)?
+                .to_bytes(),
+        );
+    }
+    let share_secs = started.elapsed().as_secs_f64() / f64::from(t);
+
+    let started = Instant::now();
+    let shares = share_bytes
+        .iter()
+        .map(|b| he::DecryptionShare::from_bytes(&hp, b))
+        .collect::<Result<Vec<_>, _>>()?;
+    let decrypted = he::decrypt(&hp, &sum, &shares)?;
+    let (mean, _) = quantizer.decode_weighted_mean(&decrypted)?;
+    let combine = started.elapsed().as_secs_f64();
+
+    let max_abs_error = mean
+        .iter()
+        .zip(&plain_mean)
+        .map(|(a, b)| (f64::from(*a) - b).abs())
+        .fold(0.0, f64::max);
+    Ok(HeBench {
+        implementation: format!("cohort {}", env!("CARGO_PKG_VERSION")),
+        params,
+        hospitals,
+        threshold: t,
+        bits,
+        degree: he::DEGREE,
+        log_modulus: hp.log_modulus(),
+        ciphertexts_per_client: hp.ciphertexts(),
+        keygen_seconds_per_client: keygen,
+        encrypt_seconds_per_client: encrypt_secs / f64::from(hospitals),
+        upload_bytes_per_client: uploads[0].len(),
+        upload_bytes_per_param: uploads[0].len() as f64 / params as f64,
+        aggregation_seconds: aggregation,
+        sum_bytes: sum_bytes.len(),
+        decryption_share_seconds: share_secs,
+        decryption_share_bytes: share_bytes[0].len(),
+        combine_seconds: combine,
+        max_abs_error,
+        sum_ok: decrypted == plain_sum,
+    })
+}

@@ -103,7 +103,7 @@ enum BenchCommand {
         json: bool,
     },
     /// DP-SGD training throughput (samples/s) of an MLP on synthetic data:
-    /// Poisson batches, per-example clipping, OpenDP noise, SGD.
+    /// Poisson batches, per-example clipping, exact lattice noise, SGD.
     /// `scripts/bench_dp_sgd.sh` runs it beside Opacus with the same flags.
     DpSgd {
         #[arg(long, default_value_t = 30)]
@@ -130,6 +130,28 @@ enum BenchCommand {
         learning_rate: f64,
         #[arg(long, default_value_t = 7)]
         seed: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Threshold homomorphic aggregation: per-hospital key ceremony and
+    /// encryption time, upload size, coordinator aggregation time,
+    /// decryption-share time and size, for one round with every party in
+    /// this process. `scripts/bench_he.sh` runs it beside TenSEAL CKKS at
+    /// NVIDIA FLARE's defaults.
+    He {
+        /// Model sizes (parameters per update) to try.
+        #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
+        params: Vec<usize>,
+        /// Hospitals in the job (each encrypts one update).
+        #[arg(long, default_value_t = 10)]
+        hospitals: u32,
+        /// Fraction of hospitals whose shares decrypt (at least 2).
+        #[arg(long, default_value_t = 0.66)]
+        threshold: f64,
+        /// Quantization bits (the plaintext modulus is 2^bits).
+        #[arg(long, default_value_t = 32)]
+        bits: u32,
+        /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -1163,6 +1185,45 @@ async fn main() -> Result<()> {
                             );
                         }
                     }
+                }
+            }
+        }
+        Command::Bench(BenchCommand::He {
+            params,
+            hospitals,
+            threshold,
+            bits,
+            json,
+        }) => {
+            init_logging("error");
+            for &p in &params {
+                eprintln!("homomorphic aggregation: {hospitals} hospitals, {p} parameters ...");
+                let r = cohort::bench::he(p, hospitals, threshold, bits)?;
+                if json {
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    println!(
+                        "{} parameters, {} hospitals (any {} decrypt), 2^{} plaintexts, N={}, log2 Q={}:\n  \
+                         key ceremony {:.3} s/hospital; encrypt {:.3} s/hospital, upload {} B \
+                         ({:.1} B/param); aggregate {:.3} s; decryption share {:.3} s, {} B; \
+                         combine {:.3} s; exact sum: {}, max error {:.2e}",
+                        r.params,
+                        r.hospitals,
+                        r.threshold,
+                        r.bits,
+                        r.degree,
+                        r.log_modulus,
+                        r.keygen_seconds_per_client,
+                        r.encrypt_seconds_per_client,
+                        r.upload_bytes_per_client,
+                        r.upload_bytes_per_param,
+                        r.aggregation_seconds,
+                        r.decryption_share_seconds,
+                        r.decryption_share_bytes,
+                        r.combine_seconds,
+                        r.sum_ok,
+                        r.max_abs_error
+                    );
                 }
             }
         }

@@ -1,0 +1,392 @@
+use fhe_math::rq::{Poly, Representation};
+use num_bigint::BigUint;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+use super::cipher::combine;
+use super::*;
+
+const SEED: [u8; 32] = [7; 32];
+
+struct Job {
+    params: HeParams,
+    public: PublicKey,
+    keys: Vec<ThresholdKey>,
+    secrets: Vec<KeyShare>,
+}
+
+/// The whole ceremony, every message through its byte form.
+fn ceremony(
+    hospitals: u32,
+    threshold: u32,
+    bits: u32,
+    values: usize,
+    rng: &mut ChaCha20Rng,
+) -> Job {
+    let params = HeParams::new(hospitals, threshold, bits, values).unwrap();
+    let (secrets, shares): (Vec<_>, Vec<_>) = (1..=hospitals)
+        .map(|i| KeyShare::generate(&params, i, SEED, rng).unwrap())
+        .unzip();
+    let shares: Vec<PublicKeyShare> = shares
+        .iter()
+        .map(|s| PublicKeyShare::from_bytes(&params, &s.to_bytes()).unwrap())
+        .collect();
+    let public = public_key(&params, SEED, &shares).unwrap();
+    let public = PublicKey::from_bytes(&params, &public.to_bytes()).unwrap();
+    let dealt: Vec<Vec<SecretShare>> = secrets.iter().map(|s| s.deal(&params, rng)).collect();
+    let keys = (1..=hospitals)
+        .map(|j| {
+            let mine: Vec<SecretShare> = dealt
+                .iter()
+                .map(|from| {
+                    let share = &from[j as usize - 1];
+                    SecretShare::from_bytes(&params, &share.to_bytes()).unwrap()
+                })
+                .collect();
+            let key = ThresholdKey::combine(&params, j, &mine).unwrap();
+            ThresholdKey::from_bytes(&params, &key.to_bytes()).unwrap()
+        })
+        .collect();
+    Job {
+        params,
+        public,
+        keys,
+        secrets,
+    }
+}
+
+fn random_update(params: &HeParams, rng: &mut ChaCha20Rng) -> Vec<u64> {
+    let top = 1u64 << params.plaintext_bits();
+    (0..params.values())
+        .map(|_| rng.random_range(0..top))
+        .collect()
+}
+
+fn plain_sum(params: &HeParams, updates: &[Vec<u64>]) -> Vec<u64> {
+    let mask = (1u64 << params.plaintext_bits()) - 1;
+    (0..params.values())
+        .map(|i| updates.iter().fold(0u64, |s, u| s.wrapping_add(u[i])) & mask)
+        .collect()
+}
+
+/// Every hospital encrypts; the coordinator adds the byte-form uploads.
+fn encrypted_sum(job: &Job, updates: &[Vec<u64>], rng: &mut ChaCha20Rng) -> EncryptedUpdate {
+    let mut sum: Option<EncryptedUpdate> = None;
+    for update in updates {
+        let upload = encrypt(&job.params, &job.public, update, rng)
+            .unwrap()
+            .to_bytes();
+        let received = EncryptedUpdate::from_bytes(&job.params, &upload).unwrap();
+        match &mut sum {
+            None => sum = Some(received),
+            Some(s) => s.add_assign(&received).unwrap(),
+        }
+    }
+    sum.unwrap()
+}
+
+fn shares(
+    job: &Job,
+    set: &[u32],
+    sum: &EncryptedUpdate,
+    rng: &mut ChaCha20Rng,
+) -> Vec<DecryptionShare> {
+    set.iter()
+        .map(|&j| {
+            let share = job.keys[j as usize - 1]
+                .decryption_share(&job.params, set, sum, rng)
+                .unwrap();
+            DecryptionShare::from_bytes(&job.params, &share.to_bytes()).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn any_threshold_of_hospitals_decrypt_the_exact_sum() {
+    let mut rng = ChaCha20Rng::seed_from_u64(1);
+    // 10,000 values: two ciphertexts, the second partly padding.
+    let job = ceremony(5, 3, 32, 10_000, &mut rng);
+    let updates: Vec<Vec<u64>> = (0..5)
+        .map(|_| random_update(&job.params, &mut rng))
+        .collect();
+    let sum = encrypted_sum(&job, &updates, &mut rng);
+    let want = plain_sum(&job.params, &updates);
+    // Sums wrap past 2^32 in about half the coordinates; still exact.
+    for set in [
+        vec![1, 2, 3],
+        vec![1, 3, 5],
+        vec![2, 3, 4, 5],
+        vec![1, 2, 3, 4, 5],
+    ] {
+        let got = decrypt(&job.params, &sum, &shares(&job, &set, &sum, &mut rng)).unwrap();
+        assert!(got == want, "decryptors {set:?}: wrong sum");
+    }
+}
+
+#[test]
+fn a_hospital_gone_after_encrypting_does_not_stop_decryption() {
+    let mut rng = ChaCha20Rng::seed_from_u64(2);
+    let job = ceremony(4, 3, 24, 3000, &mut rng);
+    let updates: Vec<Vec<u64>> = (0..4)
+        .map(|_| random_update(&job.params, &mut rng))
+        .collect();
+    let sum = encrypted_sum(&job, &updates, &mut rng);
+    // Hospital 2 sent its ciphertext, then vanished: its update is in the
+    // sum, and the other three decrypt it.
+    let got = decrypt(&job.params, &sum, &shares(&job, &[1, 3, 4], &sum, &mut rng)).unwrap();
+    assert!(got == plain_sum(&job.params, &updates), "wrong sum");
+}
+
+#[test]
+fn fewer_shares_than_the_threshold_decrypt_nothing() {
+    let mut rng = ChaCha20Rng::seed_from_u64(3);
+    let job = ceremony(5, 3, 32, 8192, &mut rng);
+    let updates: Vec<Vec<u64>> = (0..5)
+        .map(|_| random_update(&job.params, &mut rng))
+        .collect();
+    let sum = encrypted_sum(&job, &updates, &mut rng);
+    let want = plain_sum(&job.params, &updates);
+
+    // Asking for shares with a set below the threshold is refused.
+    assert!(matches!(
+        job.keys[0].decryption_share(&job.params, &[1, 2], &sum, &mut rng),
+        Err(HeError::NotEnoughShares { have: 2, need: 3 })
+    ));
+    let all = shares(&job, &[1, 2, 3], &sum, &mut rng);
+    assert!(matches!(
+        decrypt(&job.params, &sum, &all[..2]),
+        Err(HeError::MixedDecryptors)
+    ));
+    assert!(matches!(
+        decrypt(&job.params, &sum, &[]),
+        Err(HeError::NotEnoughShares { have: 0, .. })
+    ));
+    // And what two shares do compute, unchecked, is noise: about 1 in 2^32
+    // coordinates agree with the sum by chance.
+    let guess = combine(&job.params, &sum, &all[..2]).unwrap();
+    let agree = guess.iter().zip(&want).filter(|(a, b)| a == b).count();
+    assert!(agree < 5, "{agree} of {} coordinates decrypted", want.len());
+    // A single hospital's own secret decrypts nothing either.
+    let own = shares(&job, &[1, 2, 3], &sum, &mut rng);
+    let guess = combine(&job.params, &sum, &own[..1]).unwrap();
+    assert!(guess.iter().zip(&want).filter(|(a, b)| a == b).count() < 5);
+}
+
+#[test]
+fn shares_from_different_sets_are_refused() {
+    let mut rng = ChaCha20Rng::seed_from_u64(4);
+    let job = ceremony(4, 2, 16, 100, &mut rng);
+    let updates: Vec<Vec<u64>> = (0..4)
+        .map(|_| random_update(&job.params, &mut rng))
+        .collect();
+    let sum = encrypted_sum(&job, &updates, &mut rng);
+    let a = shares(&job, &[1, 2], &sum, &mut rng);
+    let b = shares(&job, &[3, 4], &sum, &mut rng);
+    let mixed = vec![a[0].clone(), b[0].clone()];
+    assert!(matches!(
+        decrypt(&job.params, &sum, &mixed),
+        Err(HeError::MixedDecryptors)
+    ));
+    assert!(matches!(
+        job.keys[0].decryption_share(&job.params, &[2, 3], &sum, &mut rng),
+        Err(HeError::NotADecryptor(1))
+    ));
+}
+
+/// The error of one coefficient of `x − Σ encode(m)`, centred in
+/// `(−Q/2, Q/2]`, as a magnitude.
+fn max_error(params: &HeParams, x: &Poly, expected: &Poly) -> BigUint {
+    let mut diff = x - expected;
+    diff.change_representation(Representation::PowerBasis);
+    let q = params.ctx.modulus().clone();
+    let half = &q >> 1;
+    Vec::<BigUint>::from(&diff)
+        .into_iter()
+        .map(|c| if c > half { &q - c } else { c })
+        .max()
+        .unwrap()
+}
+
+#[test]
+fn noise_stays_within_the_bounds_the_smudging_is_sized_for() {
+    let mut rng = ChaCha20Rng::seed_from_u64(5);
+    let hospitals = 5;
+    let job = ceremony(hospitals, 3, 32, 8192, &mut rng);
+    let bounds = job.params.bounds().clone();
+    let n = BigUint::from(hospitals);
+
+    // The analysis: smudging is 2^(λ + log2 n) times the sum's bound, and
+    // the sum decrypts with every share's smudging on it.
+    assert_eq!(bounds.smudging, bounds.sum << (STATISTICAL_SECURITY + 13));
+    assert!(
+        BigUint::from(bounds.sum) + &n * BigUint::from(bounds.smudging) < bounds.tolerance,
+        "{bounds:?}"
+    );
+    assert!(job.params.log_modulus() <= u64::from(MAX_LOG_MODULUS));
+
+    // The measurement: the actual error of a sum of encryptions under the
+    // collective key is inside the worst-case bound...
+    let updates: Vec<Vec<u64>> = (0..hospitals)
+        .map(|_| random_update(&job.params, &mut rng))
+        .collect();
+    let sum = encrypted_sum(&job, &updates, &mut rng);
+    let mut secret = Poly::zero(&job.params.ctx, Representation::Ntt);
+    for s in &job.secrets {
+        secret += &s.secret;
+    }
+    let mut encoded = Poly::zero(&job.params.ctx, Representation::PowerBasis);
+    for u in &updates {
+        encoded += &super::cipher::encode(&job.params, u).unwrap();
+    }
+    encoded.change_representation(Representation::Ntt);
+    let part = &sum.parts_for_tests()[0];
+    let plain = &part.0 + &(&part.1 * &secret);
+    let fresh = max_error(&job.params, &plain, &encoded);
+    assert!(
+        fresh <= BigUint::from(bounds.sum),
+        "{fresh} > {}",
+        bounds.sum
+    );
+    assert!(
+        fresh > BigUint::from(1000u32),
+        "suspiciously small error {fresh}"
+    );
+
+    // ...and the smudged decryption's error is dominated by the smudging,
+    // yet still inside what decryption tolerates.
+    let set = [1, 2, 4];
+    let all = shares(&job, &set, &sum, &mut rng);
+    let mut smudged = part.0.clone();
+    for share in &all {
+        smudged += &share.parts_for_tests()[0];
+    }
+    let total = max_error(&job.params, &smudged, &encoded);
+    assert!(total < bounds.tolerance);
+    assert!(
+        total > BigUint::from(bounds.smudging) >> 2u32,
+        "no smudging in the shares"
+    );
+}
+
+#[test]
+fn messages_round_trip_and_malformed_ones_are_refused() {
+    let mut rng = ChaCha20Rng::seed_from_u64(6);
+    let job = ceremony(3, 2, 16, 9000, &mut rng);
+    let update = random_update(&job.params, &mut rng);
+    let upload = encrypt(&job.params, &job.public, &update, &mut rng).unwrap();
+    let bytes = upload.to_bytes();
+    // Two ciphertexts of two polynomials, k primes, 8192 coefficients of
+    // 8 bytes each, plus the framing.
+    let k = job.params.primes().len();
+    assert_eq!(bytes.len(), 4 + 4 + 4 + 4 + 4 * (4 + k * 8192 * 8));
+    assert_eq!(
+        EncryptedUpdate::from_bytes(&job.params, &bytes).unwrap(),
+        upload
+    );
+
+    let refused = |b: &[u8]| {
+        matches!(
+            EncryptedUpdate::from_bytes(&job.params, b),
+            Err(HeError::Malformed(_))
+        )
+    };
+    assert!(refused(&bytes[..bytes.len() - 1]));
+    assert!(refused(&[bytes.as_slice(), &[0]].concat()));
+    let mut magic = bytes.clone();
+    magic[0] = b'X';
+    assert!(refused(&magic));
+    // A coefficient at or above its prime.
+    let mut high = bytes.clone();
+    high[20..28].copy_from_slice(&u64::MAX.to_le_bytes());
+    assert!(refused(&high));
+    // A public-key share where a whole update belongs.
+    let (_, pk_share) = KeyShare::generate(&job.params, 1, SEED, &mut rng).unwrap();
+    assert!(refused(&pk_share.to_bytes()));
+
+    assert!(matches!(
+        encrypt(&job.params, &job.public, &update[1..], &mut rng),
+        Err(HeError::Length {
+            got: 8999,
+            want: 9000
+        })
+    ));
+    let mut too_big = update.clone();
+    too_big[17] = 1 << 16;
+    assert!(matches!(
+        encrypt(&job.params, &job.public, &too_big, &mut rng),
+        Err(HeError::PlaintextRange {
+            index: 17,
+            bits: 16
+        })
+    ));
+}
+
+#[test]
+fn the_ceremony_needs_every_hospital_and_correct_addresses() {
+    let mut rng = ChaCha20Rng::seed_from_u64(7);
+    let params = HeParams::new(3, 2, 16, 10).unwrap();
+    let (secrets, pk): (Vec<_>, Vec<_>) = (1..=3)
+        .map(|i| KeyShare::generate(&params, i, SEED, &mut rng).unwrap())
+        .unzip();
+    assert!(matches!(
+        public_key(&params, SEED, &pk[..2]),
+        Err(HeError::Missing(3))
+    ));
+    let twice = vec![pk[0].clone(), pk[0].clone(), pk[2].clone()];
+    assert!(matches!(
+        public_key(&params, SEED, &twice),
+        Err(HeError::Duplicate(1))
+    ));
+    let dealt: Vec<Vec<SecretShare>> = secrets.iter().map(|s| s.deal(&params, &mut rng)).collect();
+    let for_two: Vec<SecretShare> = dealt
+        .iter()
+        .map(|d| SecretShare::from_bytes(&params, &d[1].to_bytes()).unwrap())
+        .collect();
+    assert!(matches!(
+        ThresholdKey::combine(&params, 1, &for_two),
+        Err(HeError::Misaddressed {
+            recipient: 2,
+            index: 1,
+            ..
+        })
+    ));
+    assert!(matches!(
+        KeyShare::generate(&params, 4, SEED, &mut rng),
+        Err(HeError::UnknownParty {
+            index: 4,
+            hospitals: 3
+        })
+    ));
+}
+
+#[test]
+fn impossible_parameters_are_refused_up_front() {
+    assert!(matches!(
+        HeParams::new(5, 1, 32, 100),
+        Err(HeError::Threshold { .. })
+    ));
+    assert!(matches!(
+        HeParams::new(5, 6, 32, 100),
+        Err(HeError::Threshold { .. })
+    ));
+    assert!(matches!(
+        HeParams::new(5, 3, 61, 100),
+        Err(HeError::PlaintextBits(61))
+    ));
+    assert!(matches!(HeParams::new(5, 3, 32, 0), Err(HeError::Empty)));
+    // A hundred thousand hospitals with 60-bit plaintexts would need a
+    // fourth prime: more than 218 bits of modulus.
+    assert!(matches!(
+        HeParams::new(100_000, 3, 60, 100_000_000),
+        Err(HeError::Insecure { .. })
+    ));
+    // Ten hospitals at 32 bits fit in two primes (124 bits); 60-bit
+    // plaintexts need a third.
+    let p = HeParams::new(10, 7, 32, 1_000_000).unwrap();
+    assert_eq!(p.primes().len(), 2);
+    assert_eq!(p.ciphertexts(), 123);
+    assert_eq!(
+        HeParams::new(10, 7, 60, 1_000_000).unwrap().primes().len(),
+        3
+    );
+}
