@@ -1,5 +1,5 @@
 //! Fixed-point quantization of model updates into `Z_{2^bits}`, shared by
-//! secure aggregation (and, later, homomorphic encryption).
+//! secure aggregation and homomorphic encryption ([`crate::he`]).
 //!
 //! A client clips its update `Δ` to L2 norm `clip`, weights it by
 //! `w = num_examples / max_examples` (so `w ≤ 1`), multiplies by `scale`,

@@ -138,6 +138,15 @@ impl ThresholdKey {
     /// This hospital's decryption share of `sum`, to be combined with those
     /// of the other `decryptors` (at least the threshold, this one among
     /// them).
+    ///
+    /// A hospital must give at most one share per ciphertext. Two shares of
+    /// the same `c1` for different decryptor sets differ by known Lagrange
+    /// factors, and their smudging (2^90 next to a 2^124 modulus) no longer
+    /// hides `S_j·c1` from someone holding both; a round whose decryptor
+    /// set changes must start over with fresh keys. Likewise the caller
+    /// must only decrypt sums: the coordinator chooses `sum`, so the
+    /// scheme trusts it (semi-honestly, as SecAgg+ does) not to submit one
+    /// hospital's ciphertext alone.
     pub fn decryption_share<R: RngCore + CryptoRng>(
         &self,
         params: &HeParams,

@@ -390,3 +390,56 @@ fn impossible_parameters_are_refused_up_front() {
         3
     );
 }
+
+#[test]
+fn client_level_dp_noise_is_added_before_encryption_and_survives_the_sum() {
+    use crate::distributed::{DistributedNoise, quantizer};
+    use crate::quantize::add_mod;
+
+    let mut rng = ChaCha20Rng::seed_from_u64(8);
+    let (hospitals, threshold, dimension, sigma) = (5u32, 3u32, 2000usize, 1.0);
+    // The secure-aggregation encoding with room for every hospital's noise,
+    // as a client-level DP job under `aggregation = "he"` would use it.
+    let q = quantizer(0.5, 32, hospitals, sigma, threshold, dimension).unwrap();
+    let noise = DistributedNoise::new(&q, dimension, sigma, threshold, hospitals).unwrap();
+    let job = ceremony(hospitals, threshold, q.bits(), dimension + 1, &mut rng);
+
+    let mut noisy_sum = vec![0u64; dimension + 1];
+    let mut clean_mean = vec![0f64; dimension];
+    let mut sum: Option<EncryptedUpdate> = None;
+    for _ in 0..hospitals {
+        let delta: Vec<f32> = (0..dimension)
+            .map(|_| rng.random_range(-0.005..0.005))
+            .collect();
+        for (m, d) in clean_mean.iter_mut().zip(&delta) {
+            *m += f64::from(*d) / f64::from(hospitals);
+        }
+        let mut encoded = q.encode_update(&delta, 1, &mut rng).unwrap().values;
+        noise.add_to(&mut encoded, q.bits()).unwrap();
+        add_mod(&mut noisy_sum, &encoded, q.bits());
+        let upload = encrypt(&job.params, &job.public, &encoded, &mut rng).unwrap();
+        match &mut sum {
+            None => sum = Some(upload),
+            Some(s) => s.add_assign(&upload).unwrap(),
+        }
+    }
+    let sum = sum.unwrap();
+    let decrypted = decrypt(&job.params, &sum, &shares(&job, &[2, 3, 5], &sum, &mut rng)).unwrap();
+    // The decrypted integers are exactly the noisy encodings' sum: nobody
+    // after the hospitals could have added or removed noise.
+    assert!(decrypted == noisy_sum, "wrong sum");
+    let (mean, count) = q.decode_weighted_mean(&decrypted).unwrap();
+    assert_eq!(count, u64::from(hospitals));
+    // Noise of standard deviation σ·Δ·√(H/t) in integer units, over the
+    // scale and the hospitals, in model units.
+    let std = sigma * noise.sensitivity * (f64::from(hospitals) / f64::from(threshold)).sqrt()
+        / q.scale()
+        / f64::from(hospitals);
+    let errors: Vec<f64> = mean
+        .iter()
+        .zip(&clean_mean)
+        .map(|(m, c)| f64::from(*m) - c)
+        .collect();
+    let rms = (errors.iter().map(|e| e * e).sum::<f64>() / errors.len() as f64).sqrt();
+    assert!((rms / std - 1.0).abs() < 0.1, "noise rms {rms} vs {std}");
+}
