@@ -139,11 +139,11 @@ impl ThresholdKey {
     /// of the other `decryptors` (at least the threshold, this one among
     /// them).
     ///
-    /// A hospital must give at most one share per ciphertext. Two shares of
-    /// the same `c1` for different decryptor sets differ by known Lagrange
-    /// factors, and their smudging (2^90 next to a 2^124 modulus) no longer
-    /// hides `S_j·c1` from someone holding both; a round whose decryptor
-    /// set changes must start over with fresh keys. Likewise the caller
+    /// A hospital must give at most one share per ciphertext. The
+    /// smudging argument covers one share: two shares of the same `c1` for
+    /// different decryptor sets are `λ·S_j·c1 + E` and `λ'·S_j·c1 + E'`
+    /// with known `λ, λ'`, a pair the analysis says nothing about. A round
+    /// whose decryptor set changes must start over with fresh keys. The caller
     /// must only decrypt sums: the coordinator chooses `sum`, so the
     /// scheme trusts it (semi-honestly, as SecAgg+ does) not to submit one
     /// hospital's ciphertext alone.
