@@ -101,16 +101,24 @@ fn shares(
         .collect()
 }
 
+/// Every hospital encrypts a random update; the encrypted sum and the
+/// plaintext sum mod 2^bits.
+fn round_of_random_updates(job: &Job, rng: &mut ChaCha20Rng) -> (EncryptedUpdate, Vec<u64>) {
+    let updates: Vec<Vec<u64>> = (0..job.params.hospitals())
+        .map(|_| random_update(&job.params, rng))
+        .collect();
+    (
+        encrypted_sum(job, &updates, rng),
+        plain_sum(&job.params, &updates),
+    )
+}
+
 #[test]
 fn any_threshold_of_hospitals_decrypt_the_exact_sum() {
     let mut rng = ChaCha20Rng::seed_from_u64(1);
     // 10,000 values: two ciphertexts, the second partly padding.
     let job = ceremony(5, 3, 32, 10_000, &mut rng);
-    let updates: Vec<Vec<u64>> = (0..5)
-        .map(|_| random_update(&job.params, &mut rng))
-        .collect();
-    let sum = encrypted_sum(&job, &updates, &mut rng);
-    let want = plain_sum(&job.params, &updates);
+    let (sum, want) = round_of_random_updates(&job, &mut rng);
     // Sums wrap past 2^32 in about half the coordinates; still exact.
     for set in [
         vec![1, 2, 3],
@@ -127,25 +135,18 @@ fn any_threshold_of_hospitals_decrypt_the_exact_sum() {
 fn a_hospital_gone_after_encrypting_does_not_stop_decryption() {
     let mut rng = ChaCha20Rng::seed_from_u64(2);
     let job = ceremony(4, 3, 24, 3000, &mut rng);
-    let updates: Vec<Vec<u64>> = (0..4)
-        .map(|_| random_update(&job.params, &mut rng))
-        .collect();
-    let sum = encrypted_sum(&job, &updates, &mut rng);
+    let (sum, want) = round_of_random_updates(&job, &mut rng);
     // Hospital 2 sent its ciphertext, then vanished: its update is in the
     // sum, and the other three decrypt it.
     let got = decrypt(&job.params, &sum, &shares(&job, &[1, 3, 4], &sum, &mut rng)).unwrap();
-    assert!(got == plain_sum(&job.params, &updates), "wrong sum");
+    assert!(got == want, "wrong sum");
 }
 
 #[test]
 fn fewer_shares_than_the_threshold_decrypt_nothing() {
     let mut rng = ChaCha20Rng::seed_from_u64(3);
     let job = ceremony(5, 3, 32, 8192, &mut rng);
-    let updates: Vec<Vec<u64>> = (0..5)
-        .map(|_| random_update(&job.params, &mut rng))
-        .collect();
-    let sum = encrypted_sum(&job, &updates, &mut rng);
-    let want = plain_sum(&job.params, &updates);
+    let (sum, want) = round_of_random_updates(&job, &mut rng);
 
     // Asking for shares with a set below the threshold is refused.
     assert!(matches!(
@@ -176,10 +177,7 @@ fn fewer_shares_than_the_threshold_decrypt_nothing() {
 fn shares_from_different_sets_are_refused() {
     let mut rng = ChaCha20Rng::seed_from_u64(4);
     let job = ceremony(4, 2, 16, 100, &mut rng);
-    let updates: Vec<Vec<u64>> = (0..4)
-        .map(|_| random_update(&job.params, &mut rng))
-        .collect();
-    let sum = encrypted_sum(&job, &updates, &mut rng);
+    let (sum, _) = round_of_random_updates(&job, &mut rng);
     let a = shares(&job, &[1, 2], &sum, &mut rng);
     let b = shares(&job, &[3, 4], &sum, &mut rng);
     let mixed = vec![a[0].clone(), b[0].clone()];
