@@ -28,6 +28,8 @@ pub struct DemoOptions {
     pub progress: bool,
     /// Run the job under secure aggregation (SecAgg+).
     pub secure_aggregation: bool,
+    /// Threshold homomorphic aggregation instead.
+    pub homomorphic_encryption: bool,
     /// Record-level differential privacy (DP-SGD) at this epsilon per
     /// hospital over the whole job, at delta [`DEMO_DP_DELTA`].
     pub dp_epsilon: Option<f64>,
@@ -46,6 +48,7 @@ impl Default for DemoOptions {
             rounds: None,
             progress: true,
             secure_aggregation: false,
+            homomorphic_encryption: false,
             dp_epsilon: None,
         }
     }
@@ -126,6 +129,9 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
     if opts.secure_aggregation {
         spec.privacy.aggregation = cohort_coordinator::job::Aggregation::Secagg;
     }
+    if opts.homomorphic_encryption {
+        spec.privacy.aggregation = cohort_coordinator::job::Aggregation::He;
+    }
     if let Some(epsilon) = opts.dp_epsilon {
         apply_dp(&mut spec, epsilon)?;
     }
@@ -193,6 +199,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
         aggregation: match spec.privacy.aggregation {
             cohort_coordinator::job::Aggregation::Plain => "plain",
             cohort_coordinator::job::Aggregation::Secagg => "secagg",
+            cohort_coordinator::job::Aggregation::He => "he",
         }
         .to_string(),
         epsilon: privacy.as_ref().map(|p| p.epsilon),

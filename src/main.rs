@@ -189,8 +189,12 @@ struct DemoArgs {
     alpha: f64,
     /// Aggregate under SecAgg+: the coordinator only ever sees the sum of the
     /// hospitals' masked updates.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "homomorphic_encryption")]
     secure_aggregation: bool,
+    /// Aggregate under threshold homomorphic encryption: updates are summed
+    /// while encrypted, and any two thirds of the hospitals decrypt the sum.
+    #[arg(long)]
+    homomorphic_encryption: bool,
     /// Train with record-level differential privacy (DP-SGD in every
     /// hospital) at this epsilon per hospital over the whole job (delta
     /// 1e-5). Uses a DP-tuned recipe: logistic regression, batches of 96,
@@ -542,12 +546,14 @@ struct ClientArgs {
     #[arg(long, requires = "max_epsilon")]
     delta: Option<f64>,
     /// Refuse every job that asks for this hospital's update in the clear:
-    /// send updates only under secure aggregation.
+    /// send updates only under secure aggregation or homomorphic encryption.
     #[arg(long)]
     require_secure_aggregation: bool,
-    /// Keep a copy of each encoded update contributed under secure
-    /// aggregation in DATA_DIR/contributions/ (needs --data-dir). It never
-    /// leaves this machine.
+    /// Keep a copy of each encoded update contributed under secure or
+    /// homomorphic aggregation in DATA_DIR/contributions/ and, under
+    /// homomorphic aggregation, each round's secret key material in
+    /// DATA_DIR/key-material/ (needs --data-dir), for the hospital's own
+    /// audit. It never leaves this machine.
     #[arg(long, requires = "data_dir")]
     keep_contributions: bool,
     /// Drill: stop this client, as if its machine died, when a secure-
@@ -805,6 +811,7 @@ async fn main() -> Result<()> {
                 alpha: a.alpha,
                 progress: !a.json,
                 secure_aggregation: a.secure_aggregation,
+                homomorphic_encryption: a.homomorphic_encryption,
                 dp_epsilon: a.dp_epsilon,
                 ..Default::default()
             })

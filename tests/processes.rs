@@ -644,6 +644,55 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 #[test]
 fn secure_aggregation_leaves_no_individual_update_with_the_coordinator() {
+    coordinator_keeps_no_individual_update(
+        "\n[privacy]\naggregation = \"secagg\"\nsecagg = { threshold = 0.66, bits = 32 }\n",
+    );
+}
+
+#[test]
+fn homomorphic_aggregation_leaves_no_update_or_key_with_the_coordinator() {
+    let dir = coordinator_keeps_no_individual_update(
+        "\n[privacy]\naggregation = \"he\"\nhe = { threshold = 0.66, bits = 32 }\n",
+    );
+    // Nor any hospital's secret key material: its own key share and the
+    // Shamir share of the collective secret it held, each round.
+    let kept = coordinator_bytes(&dir.path().join("coord"), &dir.path().join("coord.log"));
+    let mut checked = 0;
+    for i in 0..3 {
+        let keys = dir.path().join(format!("hospital-{i}/key-material"));
+        for entry in std::fs::read_dir(&keys).unwrap() {
+            let frames =
+                cohort_privacy::he::unframe_list(&std::fs::read(entry.unwrap().path()).unwrap(), 2)
+                    .unwrap();
+            assert_eq!(frames.len(), 2, "key share and threshold key");
+            for secret in frames {
+                // Windows of 32 bytes from the polynomial's coefficients
+                // (past the 24-byte header), raw and in hex.
+                for start in [24, secret.len() / 2, secret.len() - 40] {
+                    let window = &secret[start..start + 32];
+                    for (path, bytes) in &kept {
+                        assert!(
+                            !contains(bytes, window)
+                                && !contains(bytes, hex::encode(window).as_bytes()),
+                            "{} holds a hospital's secret key material",
+                            path.display()
+                        );
+                    }
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(
+        checked,
+        3 * 3 * 2 * 3,
+        "3 hospitals x 3 rounds x 2 secrets x 3 windows"
+    );
+}
+
+/// Runs a 3-hospital job with `privacy` and checks that nothing the
+/// coordinator keeps contains any part of a hospital's encoded update.
+fn coordinator_keeps_no_individual_update(privacy: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("oncology.csv");
     synthetic_oncology_csv(&csv, 900, 23);
@@ -658,8 +707,7 @@ fn secure_aggregation_leaves_no_individual_update_with_the_coordinator() {
         dir.path(),
         &["--keep-contributions", "--require-secure-aggregation"],
     );
-    let job_toml = oncology_job(3, 3)
-        + "\n[privacy]\naggregation = \"secagg\"\nsecagg = { threshold = 0.66, bits = 32 }\n";
+    let job_toml = oncology_job(3, 3) + privacy;
     let job = submit_job_file(dir.path(), &job_toml, &net);
     let done = wait_until(&net, &job, Duration::from_secs(300), |s| {
         s["state"] != "running" && s["state"] != "pending"
@@ -717,6 +765,7 @@ fn secure_aggregation_leaves_no_individual_update_with_the_coordinator() {
             }
         }
     }
+    dir
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

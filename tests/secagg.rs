@@ -1,5 +1,6 @@
-//! Secure aggregation end to end: a coordinator and five hospitals in this
-//! process over mutual TLS on loopback. Hospitals keep their own copy of
+//! Secure aggregation and threshold homomorphic aggregation end to end: a
+//! coordinator and five hospitals in this process over mutual TLS on
+//! loopback. Hospitals keep their own copy of
 //! each encoded update they contributed (`--keep-contributions`), so the
 //! test computes, from the hospitals' side, the sum the coordinator should
 //! have recovered and compares it with the digest the coordinator recorded.
@@ -28,6 +29,8 @@ fn job(rounds: u32, min_clients: u32, privacy: &str) -> String {
 }
 
 const SECAGG: &str = "\n[privacy]\naggregation = \"secagg\"\nsecagg = { threshold = 0.66 }\n";
+
+const HE: &str = "\n[privacy]\naggregation = \"he\"\nhe = { threshold = 0.66 }\n";
 
 /// Five hospitals' shares of a synthetic table; the test split is unused.
 fn hospitals(dir: &Path, vanish: &[(usize, VanishAt)]) -> Vec<LocalHospital> {
@@ -255,20 +258,33 @@ fn expected_client_level_epsilon(rounds: u64) -> f64 {
 /// client-level epsilon of the rounds it took part in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn distributed_dp_noise_is_added_by_the_hospitals_under_secure_aggregation() {
+    let (params, _) = cohort_privacy::secagg::Params::from_fractions(5, 8, 0.66, BITS).unwrap();
+    hospitals_add_the_noise(SECAGG, params.min_survivors).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn distributed_dp_noise_is_added_by_the_hospitals_before_encryption() {
+    // Any 4 of the 5 decrypt (0.66 of 5, rounded up).
+    hospitals_add_the_noise(HE, 4).await;
+}
+
+/// Client-level DP under a mode where the coordinator only learns the sum:
+/// every contribution the hospitals kept carries its share of the noise,
+/// sized for `min_survivors`, and the sums are exact.
+async fn hospitals_add_the_noise(privacy: &str, min_survivors: u32) {
     let dir = tempfile::tempdir().unwrap();
     let view = run_job(
         dir.path(),
         &hospitals(dir.path(), &[]),
-        &job(3, 5, &(SECAGG.to_string() + CLIENT_DP)),
+        &job(3, 5, &(privacy.to_string() + CLIENT_DP)),
     )
     .await;
     assert_exact_sums(dir.path(), &view);
     let quantizer_scale_clip = {
         // The quantizer's levels per clipping norm, as the coordinator
         // built it for five hospitals with room for the noise.
-        let (params, _) = cohort_privacy::secagg::Params::from_fractions(5, 8, 0.66, BITS).unwrap();
-        let q = cohort_privacy::distributed::quantizer(0.5, BITS, 5, 2.0, params.min_survivors, 1)
-            .unwrap();
+        let q =
+            cohort_privacy::distributed::quantizer(0.5, BITS, 5, 2.0, min_survivors, 1).unwrap();
         q.scale() * q.clip()
     };
     let mut norms = Vec::new();
@@ -351,4 +367,84 @@ async fn adaptive_clipping_moves_the_bound_and_spends_the_same_epsilon() {
     for (name, eps) in &view.dp_epsilon {
         assert!((eps - expected).abs() < 1e-9, "{name}: {eps} vs {expected}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn homomorphic_aggregation_trains_within_a_point_of_plain_mode() {
+    let plain_dir = tempfile::tempdir().unwrap();
+    let plain = run_job(
+        plain_dir.path(),
+        &hospitals(plain_dir.path(), &[]),
+        &job(5, 5, ""),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let he = run_job(dir.path(), &hospitals(dir.path(), &[]), &job(5, 5, HE)).await;
+    // The decrypted sum is exactly the sum of what the hospitals encoded.
+    assert_exact_sums(dir.path(), &he);
+    assert_eq!(he.rounds.len(), 5);
+    for round in &he.rounds {
+        assert_eq!(round.participants.len(), 5);
+        assert_eq!(round.attempts, 1);
+        for update in &round.updates {
+            assert!(!update.signature.is_empty());
+            assert_eq!(update.num_examples, 0, "the weight travels encrypted");
+        }
+    }
+    // Each round's ceremony is on the record, with its public seed.
+    let ceremonies = he
+        .events
+        .iter()
+        .filter(|e| {
+            e.message
+                .contains("homomorphic key ceremony among 5 hospitals, any 4")
+        })
+        .count();
+    assert_eq!(ceremonies, 5, "{:#?}", he.events);
+    let (a, b) = (accuracy(&plain), accuracy(&he));
+    eprintln!("validation accuracy after 5 rounds: plain {a:.4}, homomorphic {b:.4}");
+    assert!((a - b).abs() <= 0.01, "plain accuracy {a}, homomorphic {b}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hospital_vanishing_after_sending_its_encrypted_update_does_not_stop_the_round() {
+    let dir = tempfile::tempdir().unwrap();
+    let view = run_job(
+        dir.path(),
+        &hospitals(dir.path(), &[(2, VanishAt::Unmask)]),
+        &job(1, 3, HE),
+    )
+    .await;
+    assert_exact_sums(dir.path(), &view);
+    let round = &view.rounds[0];
+    // Decrypted by the other four in the first attempt, its update in it.
+    assert_eq!(round.attempts, 1, "{view:#?}");
+    assert_eq!(round.participants.len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hospital_vanishing_before_sending_its_encrypted_update_is_left_out_on_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let view = run_job(
+        dir.path(),
+        &hospitals(dir.path(), &[(2, VanishAt::MaskedFit)]),
+        &job(1, 3, HE),
+    )
+    .await;
+    assert_exact_sums(dir.path(), &view);
+    let round = &view.rounds[0];
+    // Its key share is in the attempt's collective key but it never dealt
+    // its Shamir shares: the attempt is abandoned and redone without it.
+    assert!(round.attempts >= 2, "{view:#?}");
+    assert_eq!(
+        names(round),
+        ["hospital-0", "hospital-1", "hospital-3", "hospital-4"]
+    );
+    assert!(
+        view.events
+            .iter()
+            .any(|e| e.message.contains("retrying with fresh keys")),
+        "{:#?}",
+        view.events
+    );
 }

@@ -7,6 +7,7 @@
 //! Never a row.
 
 pub mod budget;
+mod he;
 mod secagg;
 mod work;
 
@@ -68,7 +69,8 @@ pub enum VanishAt {
     Share,
     /// Shared keys, never sends its masked update.
     MaskedFit,
-    /// Sent its masked update, never helps unmask.
+    /// Sent its masked (or encrypted) update, never helps unmask (or
+    /// decrypt).
     Unmask,
     /// Trained (and recorded its privacy spending), never sends the update:
     /// a crash between training and sending.
@@ -78,12 +80,20 @@ pub enum VanishAt {
 impl VanishAt {
     fn matches(self, task: &TaskHeader) -> bool {
         use cohort_protocol::v1::TaskKind;
+        let protected = task.secagg.is_some() || task.he.is_some();
         matches!(
-            (self, task.kind(), task.secagg.is_some()),
-            (VanishAt::Advertise, TaskKind::SecaggAdvertise, _)
-                | (VanishAt::Share, TaskKind::SecaggShare, _)
+            (self, task.kind(), protected),
+            (
+                VanishAt::Advertise,
+                TaskKind::SecaggAdvertise | TaskKind::HeKeygen,
+                _
+            ) | (VanishAt::Share, TaskKind::SecaggShare, _)
                 | (VanishAt::MaskedFit, TaskKind::Fit, true)
-                | (VanishAt::Unmask, TaskKind::SecaggUnmask, _)
+                | (
+                    VanishAt::Unmask,
+                    TaskKind::SecaggUnmask | TaskKind::HeDecrypt,
+                    _
+                )
         )
     }
 }
@@ -381,7 +391,7 @@ fn sign_update(kit: &cohort_identity::Kit, task: &TaskHeader, answer: &mut Answe
         return;
     }
     let header = &mut answer.header;
-    header.update_sha256 = if task.secagg.is_some() {
+    header.update_sha256 = if task.secagg.is_some() || task.he.is_some() {
         use sha2::Digest as _;
         hex::encode(sha2::Sha256::digest(&answer.masked))
     } else {

@@ -24,14 +24,22 @@ use crate::work::{Answer, Worker, parse};
 /// forgotten (their attempt was abandoned by the coordinator).
 const MAX_OPEN_SESSIONS: usize = 8;
 
-/// The secrets of the round attempts this client is taking part in.
-#[derive(Default)]
-pub struct Sessions {
-    open: Mutex<VecDeque<([u8; 32], ClientRound)>>,
+/// The secrets of the round attempts this client is taking part in, by
+/// session: SecAgg+ rounds, or homomorphic-aggregation rounds.
+pub struct Sessions<R> {
+    open: Mutex<VecDeque<([u8; 32], R)>>,
 }
 
-impl Sessions {
-    fn insert(&self, session: [u8; 32], round: ClientRound) {
+impl<R> Default for Sessions<R> {
+    fn default() -> Self {
+        Self {
+            open: Mutex::new(VecDeque::new()),
+        }
+    }
+}
+
+impl<R> Sessions<R> {
+    pub(crate) fn insert(&self, session: [u8; 32], round: R) {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         open.retain(|(s, _)| *s != session);
         if open.len() >= MAX_OPEN_SESSIONS {
@@ -40,20 +48,20 @@ impl Sessions {
         open.push_back((session, round));
     }
 
-    fn with<T>(
+    pub(crate) fn with<T>(
         &self,
         session: &[u8; 32],
-        f: impl FnOnce(&mut ClientRound) -> Result<T, String>,
+        f: impl FnOnce(&mut R) -> Result<T, String>,
     ) -> Result<T, String> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let (_, round) = open.iter_mut().find(|(s, _)| s == session).ok_or(
-            "no secure-aggregation keys for this round attempt (the client restarted since it \
-             advertised them, or the attempt is long over)",
+            "no keys for this round attempt (the client restarted since it made them, or the \
+             attempt is long over)",
         )?;
         f(round)
     }
 
-    fn remove(&self, session: &[u8; 32]) {
+    pub(crate) fn remove(&self, session: &[u8; 32]) {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         open.retain(|(s, _)| s != session);
     }
@@ -246,7 +254,7 @@ impl Worker {
                 "update clipped to the job's L2 bound before encoding"
             );
         }
-        self.keep_contribution(task, secagg, &encoded.values, view.params.bits);
+        self.keep_contribution(task, secagg.attempt, &encoded.values, view.params.bits);
         let masked = self.sessions().with(&view.session, |round| {
             round
                 .mask(&encoded.values, &received)
@@ -282,7 +290,13 @@ impl Worker {
     /// With `--keep-contributions`, the hospital keeps its own copy of the
     /// encoded update it contributed (before masking), in its data dir: the
     /// coordinator never sees it, but the hospital can show what it sent.
-    fn keep_contribution(&self, task: &TaskHeader, secagg: &SecAggTask, values: &[u64], bits: u32) {
+    pub(crate) fn keep_contribution(
+        &self,
+        task: &TaskHeader,
+        attempt: u32,
+        values: &[u64],
+        bits: u32,
+    ) {
         if !self.options().keep_contributions {
             return;
         }
@@ -292,7 +306,7 @@ impl Worker {
         let dir = dir.join("contributions");
         let path = dir.join(format!(
             "{}-round{:05}-attempt{}.bits{bits}",
-            task.job_id, task.round, secagg.attempt
+            task.job_id, task.round, attempt
         ));
         if let Err(e) =
             std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, pack(values, bits)))
@@ -302,7 +316,7 @@ impl Worker {
     }
 }
 
-fn payload_answer(payload: Vec<u8>, signature: Vec<u8>) -> Answer {
+pub(crate) fn payload_answer(payload: Vec<u8>, signature: Vec<u8>) -> Answer {
     Answer {
         header: ResultHeader {
             secagg_payload: payload,

@@ -55,7 +55,8 @@ pub struct Worker {
     cache: Mutex<Option<Arc<Prepared>>>,
     kit: Option<Arc<cohort_identity::Kit>>,
     options: ClientOptions,
-    secagg: crate::secagg::Sessions,
+    secagg: crate::secagg::Sessions<cohort_privacy::secagg::ClientRound>,
+    he: crate::secagg::Sessions<cohort_privacy::he::HospitalRound>,
     budget: Budget,
     /// The last update trained under DP, resent as is when the coordinator
     /// retries the same round from the same model: sending it again costs
@@ -93,6 +94,7 @@ impl Worker {
             kit: config.security.kit_arc(),
             options: config.options.clone(),
             secagg: crate::secagg::Sessions::default(),
+            he: crate::secagg::Sessions::default(),
             budget: Budget::open(config.data_dir.as_deref(), config.options.budget)?,
             last_private: Mutex::new(None),
         })
@@ -102,23 +104,31 @@ impl Worker {
     pub fn handle(&self, task: &TaskHeader, parameters: Vec<f32>) -> Answer {
         let kind = task.kind();
         let started = std::time::Instant::now();
-        let answer = match (kind, &task.secagg) {
-            (TaskKind::Prepare, _) => self.prepare(task),
-            (TaskKind::Fit, None) if self.options.require_secure_aggregation => {
+        let answer = match (kind, &task.secagg, &task.he) {
+            (TaskKind::Prepare, ..) => self.prepare(task),
+            (TaskKind::Fit, None, Some(he)) => self.encrypted_fit(task, he, parameters),
+            (TaskKind::HeKeygen, _, Some(he)) => self.he_keygen(task, he),
+            (TaskKind::HeDecrypt, _, Some(he)) => self.he_decrypt(task, he),
+            (TaskKind::HeKeygen | TaskKind::HeDecrypt, _, None) => {
+                Err("homomorphic-aggregation task without its round description".to_string())
+            }
+            (TaskKind::Fit, None, None) if self.options.require_secure_aggregation => {
                 Err("this hospital only sends updates under secure aggregation \
                  (--require-secure-aggregation), and the task asks for a plain update"
                     .to_string())
             }
-            (TaskKind::Fit, None) => self.fit(task, parameters),
-            (TaskKind::Fit, Some(secagg)) => self.masked_fit(task, secagg, parameters),
-            (TaskKind::SecaggAdvertise, Some(secagg)) => self.advertise(task, secagg),
-            (TaskKind::SecaggShare, Some(secagg)) => self.share_keys(task, secagg),
-            (TaskKind::SecaggUnmask, Some(secagg)) => self.unmask(task, secagg),
-            (TaskKind::SecaggAdvertise | TaskKind::SecaggShare | TaskKind::SecaggUnmask, None) => {
-                Err("secure-aggregation task without its round description".to_string())
-            }
-            (TaskKind::Evaluate, _) => self.evaluate(task, &parameters),
-            (TaskKind::Unspecified, _) => Err("task of unknown kind".to_string()),
+            (TaskKind::Fit, None, None) => self.fit(task, parameters),
+            (TaskKind::Fit, Some(secagg), _) => self.masked_fit(task, secagg, parameters),
+            (TaskKind::SecaggAdvertise, Some(secagg), _) => self.advertise(task, secagg),
+            (TaskKind::SecaggShare, Some(secagg), _) => self.share_keys(task, secagg),
+            (TaskKind::SecaggUnmask, Some(secagg), _) => self.unmask(task, secagg),
+            (
+                TaskKind::SecaggAdvertise | TaskKind::SecaggShare | TaskKind::SecaggUnmask,
+                None,
+                _,
+            ) => Err("secure-aggregation task without its round description".to_string()),
+            (TaskKind::Evaluate, ..) => self.evaluate(task, &parameters),
+            (TaskKind::Unspecified, ..) => Err("task of unknown kind".to_string()),
         }
         .unwrap_or_else(Answer::refused);
         let mut answer = answer;
@@ -144,8 +154,14 @@ impl Worker {
         &self.options
     }
 
-    pub(crate) fn sessions(&self) -> &crate::secagg::Sessions {
+    pub(crate) fn sessions(&self) -> &crate::secagg::Sessions<cohort_privacy::secagg::ClientRound> {
         &self.secagg
+    }
+
+    pub(crate) fn he_sessions(
+        &self,
+    ) -> &crate::secagg::Sessions<cohort_privacy::he::HospitalRound> {
+        &self.he
     }
 
     /// Where this hospital keeps its own records, if it has a data dir.

@@ -32,6 +32,8 @@ pub struct PrivacySpec {
     pub aggregation: Aggregation,
     #[serde(default)]
     pub secagg: SecAggSpec,
+    #[serde(default)]
+    pub he: HeSpec,
     /// `[privacy.dp]`: differential privacy. Absent: no DP promise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dp: Option<cohort_privacy::dp::DpPolicy>,
@@ -47,6 +49,44 @@ pub enum Aggregation {
     /// SecAgg+: the coordinator only ever learns the sum of the round's
     /// surviving updates.
     Secagg,
+    /// Threshold homomorphic encryption: updates are summed while
+    /// encrypted under a key no single party holds, and any `threshold` of
+    /// the round's hospitals decrypt the sum.
+    He,
+}
+
+/// `[privacy] he = { threshold, bits, clip }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeSpec {
+    /// Fraction of the round's hospitals whose decryption shares decrypt
+    /// the sum (at least 2 hospitals, so that none decrypts alone). 0.66
+    /// lets a third of the round vanish after sending its update.
+    #[serde(default = "default_secagg_threshold")]
+    pub threshold: f64,
+    /// Plaintexts are integers mod 2^bits, the secure-aggregation encoding.
+    #[serde(default = "default_secagg_bits")]
+    pub bits: u32,
+    /// L2 norm each update is clipped to before quantization.
+    #[serde(default = "default_secagg_clip")]
+    pub clip: f64,
+}
+
+impl Default for HeSpec {
+    fn default() -> Self {
+        Self {
+            threshold: default_secagg_threshold(),
+            bits: default_secagg_bits(),
+            clip: default_secagg_clip(),
+        }
+    }
+}
+
+impl HeSpec {
+    /// Decryptors needed out of `hospitals`: `⌈threshold · n⌉`, at least 2.
+    pub fn decryptors(&self, hospitals: u32) -> u32 {
+        ((f64::from(hospitals) * self.threshold).ceil() as u32).clamp(2, hospitals.max(2))
+    }
 }
 
 /// `[privacy] secagg = { threshold, neighbours, bits, clip }`.
@@ -229,7 +269,7 @@ impl JobSpec {
                             .map_err(|e| invalid("privacy.dp.clipped_count_stddev", e))?;
                     }
                 }
-                if self.privacy.aggregation == Aggregation::Secagg {
+                if self.privacy.aggregation != Aggregation::Plain {
                     self.check_distributed_dp()?;
                 }
             }
@@ -255,7 +295,48 @@ impl JobSpec {
             cohort_privacy::quantize::Quantizer::for_weighted_sum(secagg.clip, secagg.bits, n, 1)
                 .map_err(|e| invalid("privacy.secagg", e.to_string()))?;
         }
+        if self.privacy.aggregation == Aggregation::He {
+            let n = t.clients_per_round;
+            if n < 2 {
+                return Err(invalid(
+                    "training.clients_per_round",
+                    "homomorphic aggregation needs at least 2 hospitals per round, so that none \
+                     decrypts alone",
+                ));
+            }
+            let he = &self.privacy.he;
+            if !(he.threshold > 0.0 && he.threshold <= 1.0) {
+                return Err(invalid(
+                    "privacy.he.threshold",
+                    format!("must be a fraction in (0, 1], got {}", he.threshold),
+                ));
+            }
+            cohort_privacy::he::HeParams::new(n, he.decryptors(n), he.bits, 2)
+                .map_err(|e| invalid("privacy.he", e.to_string()))?;
+            cohort_privacy::quantize::Quantizer::for_weighted_sum(he.clip, he.bits, n, 1)
+                .map_err(|e| invalid("privacy.he", e.to_string()))?;
+        }
         Ok(())
+    }
+
+    /// The bits and fewest survivors of the round's aggregation mode, for
+    /// sizing distributed DP noise.
+    pub fn noise_shape(&self) -> Result<(u32, u32), JobError> {
+        let n = self.training.clients_per_round;
+        match self.privacy.aggregation {
+            Aggregation::He => Ok((self.privacy.he.bits, self.privacy.he.decryptors(n))),
+            _ => {
+                let secagg = &self.privacy.secagg;
+                let (params, _) = cohort_privacy::secagg::Params::from_fractions(
+                    n,
+                    secagg.neighbours,
+                    secagg.threshold,
+                    secagg.bits,
+                )
+                .map_err(|e| invalid("privacy.secagg", e.to_string()))?;
+                Ok((secagg.bits, params.min_survivors))
+            }
+        }
     }
 
     /// Distributed DP must fit in the secure-aggregation modulus: checked
@@ -269,20 +350,13 @@ impl JobSpec {
             .map_err(|e| bad(e.to_string()))?
             .noise_multiplier;
         let n = self.training.clients_per_round;
-        let secagg = &self.privacy.secagg;
-        let (params, _) = cohort_privacy::secagg::Params::from_fractions(
-            n,
-            secagg.neighbours,
-            secagg.threshold,
-            secagg.bits,
-        )
-        .map_err(|e| invalid("privacy.secagg", e.to_string()))?;
+        let (bits, min_survivors) = self.noise_shape()?;
         cohort_privacy::distributed::quantizer(
             job.policy.clipping_norm,
-            secagg.bits,
+            bits,
             n,
             sigma,
-            params.min_survivors,
+            min_survivors,
             1,
         )
         .map_err(|e| bad(e.to_string()))?;
@@ -485,6 +559,30 @@ kind = "fedavg"                     # fedprox: mu; fedadam/fedyogi: server_learn
     fn unknown_key_is_named() {
         let msg = error_for(|s| s.replace("seed = 7", "seed = 7\nsede = 8"));
         assert!(msg.contains("sede"), "{msg}");
+    }
+
+    #[test]
+    fn homomorphic_aggregation_is_checked_at_submit() {
+        let with = |privacy: &str| {
+            let toml = format!("{EXAMPLE}\n[privacy]\n{privacy}\n");
+            JobSpec::from_toml(&toml)
+        };
+        let spec = with("aggregation = \"he\"").unwrap();
+        assert_eq!(spec.privacy.aggregation, Aggregation::He);
+        assert_eq!(spec.privacy.he.decryptors(3), 2);
+        assert_eq!(spec.privacy.he.decryptors(10), 7);
+        let msg = with("aggregation = \"he\"\nhe = { threshold = 1.5 }")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("privacy.he.threshold"), "{msg}");
+        let msg = with("aggregation = \"he\"\nhe = { bits = 61 }")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("privacy.he") && msg.contains("61"), "{msg}");
+        let msg = with("aggregation = \"he\"\nhe = { rounds = 3 }")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("rounds"), "{msg}");
     }
 
     #[test]

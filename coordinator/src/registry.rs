@@ -63,6 +63,26 @@ pub enum TaskAnswer {
     },
     /// Stage 4: the shares revealed for unmasking.
     SecAggReveal(Vec<u8>),
+    /// Homomorphic aggregation, stage 1: the member's advert, its signature
+    /// and the certificate it was checked against (empty without mutual
+    /// TLS), to be relayed to every member.
+    HeAdvert {
+        advert: Vec<u8>,
+        signature: Vec<u8>,
+        certificate_der: Vec<u8>,
+    },
+    /// Stage 2: the encrypted update and the member's sealed Shamir shares
+    /// (`cohort_privacy::he::frame_list`).
+    HeFit {
+        ciphertext: Vec<u8>,
+        sealed: Vec<u8>,
+        train_loss: Option<f64>,
+        compute_seconds: f64,
+        receipt: UpdateReceipt,
+    },
+    /// Stage 3: empty once the member's shares are open, then its
+    /// decryption share.
+    HeDecrypt(Vec<u8>),
 }
 
 /// The body an answer must carry, set when its task is dispatched.
@@ -74,6 +94,8 @@ pub enum Expect {
     Update(u64),
     /// A masked update of this many integers mod 2^bits.
     Masked { count: u64, bits: u32 },
+    /// Exactly this many bytes (an encrypted update or decryption share).
+    Bytes(u64),
 }
 
 /// `Err` carries the reason a client refused a task or its answer was

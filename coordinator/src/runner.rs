@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 mod dp;
+mod he;
 mod secagg;
 
 use crate::job::{Aggregation, JobSpec};
@@ -411,6 +412,18 @@ impl Runner {
                 Aggregation::Plain => {
                     self.plain_fit(job, spec, &fit, &global, &selected, (round, attempt))
                         .await
+                }
+                Aggregation::He => {
+                    self.he_fit(
+                        job,
+                        spec,
+                        enrollment,
+                        &fit,
+                        &global,
+                        &selected,
+                        (round, attempt),
+                    )
+                    .await?
                 }
                 Aggregation::Secagg => {
                     self.secure_fit(

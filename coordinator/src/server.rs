@@ -209,7 +209,9 @@ impl HospitalService for Services {
                 .await
                 .and_then(|mut answer| {
                     match &mut answer {
-                        TaskAnswer::Fit { receipt, .. } | TaskAnswer::MaskedFit { receipt, .. } => {
+                        TaskAnswer::Fit { receipt, .. }
+                        | TaskAnswer::MaskedFit { receipt, .. }
+                        | TaskAnswer::HeFit { receipt, .. } => {
                             receipt.client = client.clone();
                             check_update_signature(
                                 &caller,
@@ -221,6 +223,9 @@ impl HospitalService for Services {
                         // Relayed to the neighbours, who check the
                         // signature against it themselves.
                         TaskAnswer::SecAggAdvertise {
+                            certificate_der, ..
+                        }
+                        | TaskAnswer::HeAdvert {
                             certificate_der, ..
                         } => {
                             if let Caller::Member(principal) = &caller {
@@ -313,6 +318,31 @@ async fn read_chunks(
     Ok(())
 }
 
+/// The `parameter_count` bytes an answer announces, exactly as many as
+/// `expect` asks for, from its chunks.
+async fn read_bytes(
+    stream: &mut Streaming<ResultFrame>,
+    expect: Expect,
+    header: &ResultHeader,
+    what: &str,
+) -> Result<Vec<u8>, String> {
+    let Expect::Bytes(len) = expect else {
+        return Err(format!("the coordinator expected no {what} for this task"));
+    };
+    if header.parameter_count != len {
+        return Err(format!(
+            "{what} of {} bytes, the round expects {len}",
+            header.parameter_count
+        ));
+    }
+    let mut assembler = ByteAssembler::new(len as usize);
+    read_chunks(stream, |data| {
+        assembler.push(data).map_err(|e| format!("{what}: {e}"))
+    })
+    .await?;
+    assembler.finish().map_err(|e| format!("{what}: {e}"))
+}
+
 /// A secure-aggregation answer carries its payload in the header only.
 fn secagg_payload(header: &ResultHeader) -> Result<Vec<u8>, String> {
     if header.secagg_payload.is_empty() {
@@ -375,6 +405,26 @@ async fn read_answer(
                     dataset_sha256: header.dataset_sha256.clone(),
                     dp_epsilon: reported_epsilon(header),
                 },
+            })
+        }
+        TaskKind::Fit if matches!(expect, Expect::Bytes(_)) => {
+            let ciphertext = read_bytes(stream, expect, header, "encrypted update").await?;
+            let train_loss = header.train_loss.is_finite().then_some(header.train_loss);
+            Ok(TaskAnswer::HeFit {
+                receipt: UpdateReceipt {
+                    client: String::new(),
+                    task_id: header.task_id.clone(),
+                    num_examples: header.num_examples,
+                    parameter_count: header.parameter_count,
+                    update_sha256: hex::encode(sha2::Sha256::digest(&ciphertext)),
+                    signature: hex::encode(&header.update_signature),
+                    dataset_sha256: header.dataset_sha256.clone(),
+                    dp_epsilon: reported_epsilon(header),
+                },
+                ciphertext,
+                sealed: secagg_payload(header)?,
+                train_loss,
+                compute_seconds: sane_seconds(header.compute_seconds),
             })
         }
         TaskKind::Fit => {
@@ -445,6 +495,17 @@ async fn read_answer(
         }),
         TaskKind::SecaggShare => Ok(TaskAnswer::SecAggShares(secagg_payload(header)?)),
         TaskKind::SecaggUnmask => Ok(TaskAnswer::SecAggReveal(secagg_payload(header)?)),
+        TaskKind::HeKeygen => Ok(TaskAnswer::HeAdvert {
+            advert: secagg_payload(header)?,
+            signature: header.secagg_signature.clone(),
+            certificate_der: Vec::new(),
+        }),
+        TaskKind::HeDecrypt => match expect {
+            Expect::Bytes(_) => Ok(TaskAnswer::HeDecrypt(
+                read_bytes(stream, expect, header, "decryption share").await?,
+            )),
+            _ => Ok(TaskAnswer::HeDecrypt(Vec::new())),
+        },
         TaskKind::Unspecified => Err("answer to a task of unknown kind".into()),
     }
 }

@@ -28,6 +28,10 @@ pub const UPDATE_SIGNATURE_CONTEXT: &str = "cohort/update/v1";
 /// (over `cohort_privacy::secagg::Advertisement::statement`).
 pub const SECAGG_ADVERT_CONTEXT: &str = "cohort/secagg-advert/v1";
 
+/// Signature context of a hospital's homomorphic-aggregation advert (over
+/// `cohort_privacy::he::Advert::statement`).
+pub const HE_ADVERT_CONTEXT: &str = "cohort/he-advert/v1";
+
 /// The statement a hospital signs for an update: which job, round and task
 /// it answers, its FedAvg weight, the SHA-256 of its bytes, and the
 /// commitment to the data it was trained on. Both sides
@@ -54,9 +58,19 @@ pub fn update_statement(
 /// and so is the neighbour graph, so both sides compute it from their own
 /// view and nothing made for one attempt is usable in another.
 pub fn secagg_session(job_id: &str, round: u32, attempt: u32, members: &[String]) -> [u8; 32] {
+    session(b"cohort/secagg/v1\0", job_id, round, attempt, members)
+}
+
+/// The session a homomorphic-aggregation round attempt is bound to: its
+/// common random polynomial, every signed advert and sealed share.
+pub fn he_session(job_id: &str, round: u32, attempt: u32, members: &[String]) -> [u8; 32] {
+    session(b"cohort/he/v1\0", job_id, round, attempt, members)
+}
+
+fn session(domain: &[u8], job_id: &str, round: u32, attempt: u32, members: &[String]) -> [u8; 32] {
     use sha2::Digest as _;
     let mut h = sha2::Sha256::new();
-    h.update(b"cohort/secagg/v1\0");
+    h.update(domain);
     for part in [
         job_id.as_bytes(),
         &round.to_le_bytes(),

@@ -355,7 +355,11 @@ impl Runner {
 
     /// The largest row count the selected hospitals reported: a bound on
     /// the example count each encodes into its update.
-    fn max_rows(&self, selected: &[String], enrollment: &Enrollment) -> Result<u64, RunError> {
+    pub(super) fn max_rows(
+        &self,
+        selected: &[String],
+        enrollment: &Enrollment,
+    ) -> Result<u64, RunError> {
         let clients = self.store.clients()?;
         let rows = clients
             .iter()
@@ -373,7 +377,7 @@ impl Runner {
     /// One exchange of the protocol: the tasks out, the answers in (each
     /// through `accept` as it is collected), the hospitals that failed noted.
     #[allow(clippy::too_many_arguments)]
-    async fn exchange<T>(
+    pub(super) async fn exchange<T>(
         &self,
         job_id: &str,
         stage: String,

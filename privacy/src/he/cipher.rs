@@ -102,6 +102,11 @@ impl EncryptedUpdate {
         self.parts.len()
     }
 
+    /// Length of [`EncryptedUpdate::to_bytes`] under `params`.
+    pub fn encoded_len(params: &HeParams) -> usize {
+        wire::encoded_len(params, 0, 2 * params.ciphertexts())
+    }
+
     pub fn to_bytes(&self) -> Vec<u8> {
         let polys: Vec<Poly> = self
             .parts
@@ -306,6 +311,11 @@ pub(super) fn combine(
 }
 
 impl DecryptionShare {
+    /// Length of [`DecryptionShare::to_bytes`] for a set of `decryptors`.
+    pub fn encoded_len(params: &HeParams, decryptors: usize) -> usize {
+        wire::encoded_len(params, decryptors, params.ciphertexts())
+    }
+
     pub fn to_bytes(&self) -> Vec<u8> {
         wire::encode(self.index, &self.decryptors, &self.parts)
     }

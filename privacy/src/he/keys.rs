@@ -141,6 +141,11 @@ impl KeyShare {
         self.index
     }
 
+    /// The secret in the clear: for the hospital's own storage only.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        wire::encode(self.index, &[], std::slice::from_ref(&self.secret))
+    }
+
     /// Shamir shares of this hospital's secret for hospitals `1..=H`
     /// (its own included), any `threshold` of which determine it.
     pub fn deal<R: RngCore + CryptoRng>(&self, params: &HeParams, rng: &mut R) -> Vec<SecretShare> {

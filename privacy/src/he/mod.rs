@@ -43,6 +43,7 @@
 mod cipher;
 mod keys;
 mod params;
+mod round;
 mod wire;
 
 #[cfg(test)]
@@ -53,6 +54,8 @@ pub use keys::{KeyShare, PublicKey, PublicKeyShare, SecretShare, ThresholdKey, p
 pub use params::{
     DEGREE, ERROR_BOUND, HeParams, MAX_LOG_MODULUS, NoiseBounds, STATISTICAL_SECURITY,
 };
+pub use round::{Advert, HeConfig, HospitalRound, crp_seed, sealed_share_len};
+pub use wire::{frame_list, unframe_list};
 
 /// What can go wrong setting up, encrypting or decrypting.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +103,8 @@ pub enum HeError {
     NotADecryptor(u32),
     #[error("decryption shares computed for different decryptor sets cannot be combined")]
     MixedDecryptors,
+    #[error("this hospital already gave its decryption share for this round attempt")]
+    AlreadyShared,
     #[error("malformed HE message: {0}")]
     Malformed(String),
     #[error("ring arithmetic failed: {0}")]

@@ -34,6 +34,12 @@ pub(super) fn encode(index: u32, parties: &[u32], polys: &[Poly]) -> Vec<u8> {
     out
 }
 
+/// Length of [`encode`]'s output for `parties` indices and `polys`
+/// polynomials.
+pub(super) fn encoded_len(params: &HeParams, parties: usize, polys: usize) -> usize {
+    4 + 4 + 4 + 4 * parties + 4 + polys * (4 + DEGREE * params.primes().len() * 8)
+}
+
 fn poly_bytes(poly: &Poly) -> Vec<u8> {
     let mut ntt = poly.clone();
     ntt.change_representation(Representation::Ntt);
@@ -130,4 +136,35 @@ impl<'a> Reader<'a> {
         let b = self.take(4)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
+}
+
+/// A list of byte strings as one: `count u32 | count × (len u32 | bytes)`.
+pub fn frame_list(items: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = (items.len() as u32).to_le_bytes().to_vec();
+    for item in items {
+        out.extend_from_slice(&(item.len() as u32).to_le_bytes());
+        out.extend_from_slice(item);
+    }
+    out
+}
+
+/// Inverse of [`frame_list`], at most `max` items.
+pub fn unframe_list(bytes: &[u8], max: usize) -> Result<Vec<Vec<u8>>, HeError> {
+    let mut reader = Reader { bytes, at: 0 };
+    let count = reader.u32()? as usize;
+    if count > max {
+        return Err(HeError::Malformed(format!(
+            "{count} items where at most {max} belong"
+        )));
+    }
+    let items = (0..count)
+        .map(|_| {
+            let len = reader.u32()? as usize;
+            Ok(reader.take(len)?.to_vec())
+        })
+        .collect::<Result<Vec<_>, HeError>>()?;
+    if reader.at != bytes.len() {
+        return Err(HeError::Malformed("trailing bytes after a list".into()));
+    }
+    Ok(items)
 }

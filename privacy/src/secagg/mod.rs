@@ -77,7 +77,7 @@
 //! rates.
 
 mod client;
-mod crypto;
+pub(crate) mod crypto;
 mod server;
 mod shamir;
 mod sim;

@@ -1,0 +1,409 @@
+//! The fit stage of a round under threshold homomorphic aggregation: the
+//! coordinator adds encrypted updates and relays; it never holds a key that
+//! decrypts anything, and only the sum is ever decrypted.
+//!
+//! 1. KEYGEN: every selected hospital makes this attempt's key share and
+//!    envelope key and sends the public halves, signed.
+//! 2. FIT: each gets every member's signed advert (so it computes the
+//!    collective key itself and checks every signature), trains, encodes
+//!    its update (clip, weight, quantize, as under secure aggregation),
+//!    encrypts it and sends it with its Shamir shares sealed to each member.
+//!    Ciphertexts are added as they arrive and never stored.
+//! 3. DECRYPT, twice: every member opens the shares sealed to it; the
+//!    members that answered form the decryptor set, and each sends one
+//!    smudged decryption share of the sum. Any `threshold` of them decrypt.
+//!
+//! Every member's secret is in the collective key, so a hospital that never
+//! sends its update (and its shares) abandons the attempt, and so does a
+//! decryptor that never sends its share (no hospital gives two shares under
+//! one key); the round is retried with fresh keys. A hospital that vanishes
+//! after sending its update costs nothing: it is simply not a decryptor.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use cohort_privacy::he::{self, EncryptedUpdate, HeConfig};
+use cohort_privacy::quantize::{Quantizer, pack};
+use cohort_protocol::v1::{HeAdvert, HeTask, TaskHeader, TaskKind};
+use sha2::Digest as _;
+
+use super::{Fitted, RunError, Runner, json, weighted_loss};
+use crate::job::JobSpec;
+use crate::registry::{Expect, TaskAnswer};
+use crate::store::{Enrollment, JobRow};
+use crate::strategy::ClientUpdate;
+
+/// The aggregate's stand-in name: the strategy sees one update, the mean.
+const AGGREGATE: &str = "homomorphic-aggregate";
+
+/// What one task header may carry besides the sum: the gRPC limit less
+/// room for the rest of the header.
+const MAX_HEADER_PAYLOAD: usize = cohort_protocol::MAX_MESSAGE_BYTES - (512 << 10);
+
+impl Runner {
+    /// `None` when the attempt had to be abandoned; the round is retried.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn he_fit(
+        &self,
+        job: &JobRow,
+        spec: &JobSpec,
+        enrollment: &Enrollment,
+        fit: &TaskHeader,
+        global: &Arc<Vec<f32>>,
+        selected: &[String],
+        (round, attempt): (u32, u32),
+    ) -> Result<Option<Fitted>, RunError> {
+        let t = &spec.training;
+        let config = &spec.privacy.he;
+        let n = selected.len() as u32;
+        let stop =
+            |e: String| RunError::Failed(format!("round {round}: homomorphic aggregation: {e}"));
+        if n < 2 {
+            self.note(
+                &job.id,
+                format!(
+                    "round {round} attempt {attempt}: {n} hospitals are too few for homomorphic aggregation; retrying"
+                ),
+            );
+            return Ok(None);
+        }
+        let threshold = config.decryptors(n);
+        let quantizer = match super::dp::client_level_noise(spec)? {
+            // Distributed DP: each hospital adds its share of the noise
+            // before encrypting, sized for the fewest decryptors.
+            Some((job_dp, sigma)) => cohort_privacy::distributed::quantizer(
+                job_dp.policy.clipping_norm,
+                config.bits,
+                n,
+                sigma,
+                threshold,
+                global.len(),
+            )
+            .map_err(|e| stop(e.to_string()))?,
+            None => {
+                let max_examples = self.max_rows(selected, enrollment)?;
+                Quantizer::for_weighted_sum(config.clip, config.bits, n, max_examples)
+                    .map_err(|e| stop(e.to_string()))?
+            }
+        };
+        let he_config = HeConfig {
+            hospitals: n,
+            threshold,
+            plaintext_bits: quantizer.bits(),
+            values: global.len() + 1,
+        };
+        let params = he_config.params().map_err(|e| stop(e.to_string()))?;
+        let ciphertext_bytes = EncryptedUpdate::encoded_len(&params);
+        if ciphertext_bytes + n as usize * he::sealed_share_len(&params) > MAX_HEADER_PAYLOAD {
+            return Err(stop(format!(
+                "a model of {} parameters with {n} hospitals needs task messages larger than \
+                 {} MiB; homomorphic aggregation does not stream them yet",
+                global.len(),
+                MAX_HEADER_PAYLOAD >> 20
+            )));
+        }
+        let session = cohort_protocol::he_session(&job.id, round, attempt, selected);
+        let base = HeTask {
+            members: selected.to_vec(),
+            attempt,
+            config_json: json(&he_config)?,
+            quantizer_json: json(&quantizer)?,
+            ..Default::default()
+        };
+        let index_of = |client: &str| -> u32 {
+            selected
+                .iter()
+                .position(|c| c == client)
+                .map_or(0, |i| i as u32 + 1)
+        };
+        let task = |kind: TaskKind, index: u32, fill: &dyn Fn(&mut HeTask)| {
+            let mut he = HeTask {
+                my_index: index,
+                ..base.clone()
+            };
+            fill(&mut he);
+            let mut header = TaskHeader {
+                kind: kind as i32,
+                he: Some(he),
+                ..fit.clone()
+            };
+            if kind != TaskKind::Fit {
+                header.parameters_sha256.clear();
+            }
+            header
+        };
+        let abandon = |stage: &str, have: usize, need: usize| {
+            format!(
+                "round {round} attempt {attempt}: homomorphic aggregation: {have} of the required {need} hospitals {stage}; abandoning the attempt (nothing was decrypted), retrying with fresh keys"
+            )
+        };
+
+        // Stage 1: signed adverts.
+        let tasks = selected
+            .iter()
+            .map(|c| (c.clone(), task(TaskKind::HeKeygen, index_of(c), &|_| {})))
+            .collect();
+        let mut adverts: BTreeMap<u32, HeAdvert> = BTreeMap::new();
+        let answers = self
+            .exchange(
+                &job.id,
+                format!("round {round} key generation"),
+                t.round_timeout_secs,
+                tasks,
+                None,
+                Expect::Nothing,
+                |client, a| {
+                    let TaskAnswer::HeAdvert {
+                        advert,
+                        signature,
+                        certificate_der,
+                    } = a
+                    else {
+                        return Err("answered a key generation task with something else".into());
+                    };
+                    let index = index_of(client);
+                    let parsed =
+                        he::Advert::from_bytes(&params, &advert).map_err(|e| e.to_string())?;
+                    if parsed.index() != index {
+                        return Err(format!(
+                            "advert for member {} from member {index}",
+                            parsed.index()
+                        ));
+                    }
+                    if !certificate_der.is_empty() {
+                        let signer = cohort_identity::Principal::from_certificate(&certificate_der)
+                            .map_err(|e| e.to_string())?;
+                        signer
+                            .signing_key
+                            .verify(
+                                cohort_protocol::HE_ADVERT_CONTEXT,
+                                &parsed.statement(&session),
+                                &signature,
+                            )
+                            .map_err(|e| format!("advert: {e}"))?;
+                    }
+                    adverts.insert(
+                        index,
+                        HeAdvert {
+                            index,
+                            advert,
+                            signature,
+                            certificate_der,
+                        },
+                    );
+                    Ok(())
+                },
+            )
+            .await;
+        if answers.ok.len() < selected.len() {
+            self.note(
+                &job.id,
+                abandon("sent their key shares", answers.ok.len(), selected.len()),
+            );
+            return Ok(None);
+        }
+
+        // The ceremony's public record: who holds keys, how many decrypt,
+        // and the seed anyone can rebuild the common polynomial from.
+        let ceremony = format!(
+            "round {round} attempt {attempt}: homomorphic key ceremony among {n} hospitals, any {threshold} of whom decrypt; public seed of the common random polynomial {}",
+            hex::encode(he::crp_seed(&session))
+        );
+        tracing::info!(job = job.id, "{ceremony}");
+        if let Err(e) = self.store.add_event(&job.id, &ceremony) {
+            tracing::warn!(job = job.id, "could not record event: {e}");
+        }
+
+        // Stage 2: training, then the encrypted update and sealed shares.
+        let relayed: Vec<HeAdvert> = adverts.into_values().collect();
+        let tasks = selected
+            .iter()
+            .map(|c| {
+                let header = task(TaskKind::Fit, index_of(c), &|h| h.adverts = relayed.clone());
+                (c.clone(), header)
+            })
+            .collect();
+        let mut sum: Option<EncryptedUpdate> = None;
+        let mut sealed: BTreeMap<u32, Vec<Vec<u8>>> = BTreeMap::new();
+        let answers = self
+            .exchange(
+                &job.id,
+                format!("round {round} encrypted update"),
+                t.round_timeout_secs,
+                tasks,
+                Some(global.clone()),
+                Expect::Bytes(ciphertext_bytes as u64),
+                |client, a| {
+                    let TaskAnswer::HeFit {
+                        ciphertext,
+                        sealed: shares,
+                        train_loss,
+                        compute_seconds,
+                        receipt,
+                    } = a
+                    else {
+                        return Err("answered an encrypted fit task with something else".into());
+                    };
+                    let update = EncryptedUpdate::from_bytes(&params, &ciphertext)
+                        .map_err(|e| e.to_string())?;
+                    let shares =
+                        he::unframe_list(&shares, n as usize).map_err(|e| e.to_string())?;
+                    if shares.len() != n as usize {
+                        return Err(format!("{} sealed shares for {n} members", shares.len()));
+                    }
+                    match &mut sum {
+                        None => sum = Some(update),
+                        Some(s) => s.add_assign(&update).map_err(|e| e.to_string())?,
+                    }
+                    sealed.insert(index_of(client), shares);
+                    Ok((train_loss, compute_seconds, receipt))
+                },
+            )
+            .await;
+        let (Some(sum), true) = (sum, answers.ok.len() == selected.len()) else {
+            self.note(
+                &job.id,
+                abandon("sent an encrypted update", answers.ok.len(), selected.len()),
+            );
+            return Ok(None);
+        };
+        let fitted = answers.ok;
+
+        // Stage 3a: every member opens the shares sealed to it.
+        let shares_for = |recipient: u32| -> Vec<Vec<u8>> {
+            sealed
+                .values()
+                .map(|from_dealer| from_dealer[recipient as usize - 1].clone())
+                .collect()
+        };
+        let tasks = selected
+            .iter()
+            .map(|c| {
+                let index = index_of(c);
+                let shares = shares_for(index);
+                let header = task(TaskKind::HeDecrypt, index, &|h| {
+                    h.sealed_shares = shares.clone()
+                });
+                (c.clone(), header)
+            })
+            .collect();
+        let answers = self
+            .exchange(
+                &job.id,
+                format!("round {round} key opening"),
+                t.round_timeout_secs,
+                tasks,
+                None,
+                Expect::Nothing,
+                |_, a| match a {
+                    TaskAnswer::HeDecrypt(body) if body.is_empty() => Ok(()),
+                    _ => Err("answered a key opening task with something else".into()),
+                },
+            )
+            .await;
+        let mut decryptors: Vec<u32> = answers.ok.iter().map(|(c, ())| index_of(c)).collect();
+        decryptors.sort_unstable();
+        if decryptors.len() < threshold as usize {
+            self.note(
+                &job.id,
+                abandon(
+                    "opened their key shares",
+                    decryptors.len(),
+                    threshold as usize,
+                ),
+            );
+            return Ok(None);
+        }
+
+        // Stage 3b: one decryption share from each decryptor.
+        let sum_bytes = sum.to_bytes();
+        let tasks = answers
+            .ok
+            .iter()
+            .map(|(c, ())| {
+                let header = task(TaskKind::HeDecrypt, index_of(c), &|h| {
+                    h.decryptors = decryptors.clone();
+                    h.sum = sum_bytes.clone();
+                });
+                (c.clone(), header)
+            })
+            .collect();
+        let mut shares = Vec::new();
+        let answers = self
+            .exchange(
+                &job.id,
+                format!("round {round} decryption"),
+                t.round_timeout_secs,
+                tasks,
+                None,
+                Expect::Bytes(he::DecryptionShare::encoded_len(&params, decryptors.len()) as u64),
+                |client, a| {
+                    let TaskAnswer::HeDecrypt(bytes) = a else {
+                        return Err("answered a decryption task with something else".into());
+                    };
+                    let share = he::DecryptionShare::from_bytes(&params, &bytes)
+                        .map_err(|e| e.to_string())?;
+                    if share.index != index_of(client) || share.decryptors != decryptors {
+                        return Err("a decryption share for another member or set".into());
+                    }
+                    shares.push(share);
+                    Ok(())
+                },
+            )
+            .await;
+        if answers.ok.len() < decryptors.len() {
+            self.note(
+                &job.id,
+                abandon(
+                    "sent their decryption share",
+                    answers.ok.len(),
+                    decryptors.len(),
+                ),
+            );
+            return Ok(None);
+        }
+        let decrypted = match he::decrypt(&params, &sum, &shares) {
+            Ok(d) => d,
+            Err(e) => {
+                self.note(
+                    &job.id,
+                    format!(
+                        "round {round} attempt {attempt}: homomorphic aggregation could not decrypt the sum: {e}; retrying"
+                    ),
+                );
+                return Ok(None);
+            }
+        };
+        let aggregate_sha256 =
+            hex::encode(sha2::Sha256::digest(pack(&decrypted, quantizer.bits())));
+        let (mean, total_examples) = quantizer
+            .decode_weighted_mean(&decrypted)
+            .map_err(|e| stop(e.to_string()))?;
+        if total_examples == 0 {
+            return Err(stop(
+                "the decrypted sum reports no training examples".into(),
+            ));
+        }
+        let train_loss = weighted_loss(fitted.iter().map(|(_, (l, ..))| (1, *l)));
+        let slowest_fit_secs = fitted.iter().map(|(_, (_, s, _))| *s).fold(0.0, f64::max);
+        let mut participants = Vec::with_capacity(fitted.len());
+        let mut receipts = Vec::with_capacity(fitted.len());
+        for (client, (_, _, receipt)) in fitted {
+            participants.push(client);
+            receipts.push(receipt);
+        }
+        Ok(Some(Fitted {
+            participants,
+            receipts,
+            updates: vec![ClientUpdate {
+                client: AGGREGATE.into(),
+                delta: mean,
+                num_examples: total_examples,
+            }],
+            total_examples,
+            train_loss,
+            slowest_fit_secs,
+            aggregate_sha256: Some(aggregate_sha256),
+        }))
+    }
+}
