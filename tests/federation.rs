@@ -133,7 +133,13 @@ async fn mallory(url: String, data: PathBuf, rejections: Arc<Mutex<Vec<String>>>
             }
         }
         let params = assembler.finish().unwrap();
-        let mut answer = worker.handle(&header, params);
+        let mut answer = worker.handle(
+            &header,
+            cohort_client::TaskBody {
+                parameters: params,
+                payload: Vec::new(),
+            },
+        );
         if header.kind() == TaskKind::Fit {
             if header.round % 2 == 1 {
                 answer.parameters.pop();

@@ -448,3 +448,21 @@ async fn a_hospital_vanishing_before_sending_its_encrypted_update_is_left_out_on
         view.events
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn homomorphic_aggregation_streams_a_model_larger_than_a_message() {
+    // Two hidden layers of 640 and 512: about 337,000 parameters, 42
+    // ciphertexts, 11 MB for an update and for the sum: more than a gRPC
+    // message holds (8 MiB), so uploads and the sum's download stream.
+    let dir = tempfile::tempdir().unwrap();
+    let job_toml =
+        job(1, 5, HE).replace("kind = \"logistic\"", "kind = \"mlp\"\nhidden = [640, 512]");
+    let view = run_job(dir.path(), &hospitals(dir.path(), &[]), &job_toml).await;
+    assert_exact_sums(dir.path(), &view);
+    assert_eq!(view.rounds[0].participants.len(), 5);
+    assert_eq!(view.rounds[0].attempts, 1, "{view:#?}");
+    // The receipts count the encrypted update's bytes.
+    for update in &view.rounds[0].updates {
+        assert!(update.parameter_count > 8 << 20, "{}", update.parameter_count);
+    }
+}

@@ -217,7 +217,12 @@ impl Worker {
     /// Stage 3: without decryptors, opens the shares sealed to this
     /// hospital; with them, sends its one decryption share of the sum and
     /// forgets the attempt.
-    pub(crate) fn he_decrypt(&self, task: &TaskHeader, he: &HeTask) -> Result<Answer, String> {
+    pub(crate) fn he_decrypt(
+        &self,
+        task: &TaskHeader,
+        he: &HeTask,
+        sum: &[u8],
+    ) -> Result<Answer, String> {
         let view = self.he_view(task, he)?;
         if he.decryptors.is_empty() {
             let secrets = self.he_sessions().with(&view.session, |round| {
@@ -235,7 +240,7 @@ impl Worker {
                 view.index
             ));
         }
-        let sum = EncryptedUpdate::from_bytes(&view.params, &he.sum).map_err(|e| e.to_string())?;
+        let sum = EncryptedUpdate::from_bytes(&view.params, sum).map_err(|e| e.to_string())?;
         let share = self.he_sessions().with(&view.session, |round| {
             round
                 .decryption_share(&he.decryptors, &sum, &mut rand::rng())

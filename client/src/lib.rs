@@ -275,7 +275,7 @@ async fn session(
         {
             return SessionEnd::Vanished;
         }
-        let parameters = match receive_parameters(&header, &mut stream).await {
+        let body = match receive_body(&header, &mut stream).await {
             Ok(p) => p,
             Err(Received::Broken(reason)) => return SessionEnd::Retry(reason),
             Err(Received::Malformed(reason)) => {
@@ -291,7 +291,7 @@ async fn session(
         let worker = worker.clone();
         let task_header = header.clone();
         // Training is CPU-bound: keep it off the async runtime's threads.
-        let answer = tokio::task::spawn_blocking(move || worker.handle(&task_header, parameters))
+        let answer = tokio::task::spawn_blocking(move || worker.handle(&task_header, body))
             .await
             .unwrap_or_else(|e| Answer::refused(format!("task crashed: {e}")));
         if config.options.vanish_at == Some(VanishAt::BeforeSend)
@@ -339,33 +339,50 @@ enum Received {
     Malformed(String),
 }
 
-async fn receive_parameters(
+/// What followed a task's header: the global parameters or opaque bytes.
+pub struct TaskBody {
+    pub parameters: Vec<f32>,
+    pub payload: Vec<u8>,
+}
+
+/// Largest byte body a client accepts (the same bound as for parameters).
+const MAX_PAYLOAD_BYTES: u64 = cohort_protocol::MAX_PARAMETERS * 4;
+
+async fn receive_body(
     header: &TaskHeader,
     stream: &mut tonic::Streaming<cohort_protocol::v1::TaskFrame>,
-) -> Result<Vec<f32>, Received> {
+) -> Result<TaskBody, Received> {
+    if header.payload_bytes > 0 {
+        if header.payload_bytes > MAX_PAYLOAD_BYTES {
+            return Err(Received::Malformed(format!(
+                "a task body of {} bytes exceeds the limit of {MAX_PAYLOAD_BYTES}",
+                header.payload_bytes
+            )));
+        }
+        let mut assembler = cohort_protocol::ByteAssembler::new(header.payload_bytes as usize);
+        let malformed = read_chunks(stream, |data| {
+            assembler.push(data).map_err(|e| e.to_string())
+        })
+        .await?;
+        if let Some(reason) = malformed {
+            return Err(Received::Malformed(format!(
+                "malformed task body: {reason}"
+            )));
+        }
+        let payload = assembler
+            .finish()
+            .map_err(|e| Received::Malformed(format!("malformed task body: {e}")))?;
+        return Ok(TaskBody {
+            parameters: Vec::new(),
+            payload,
+        });
+    }
     let mut assembler = ParameterAssembler::new(header.parameter_count)
         .map_err(|e| Received::Malformed(e.to_string()))?;
-    let mut malformed = None;
-    loop {
-        match stream.message().await {
-            Ok(Some(frame)) => match frame.frame {
-                Some(task_frame::Frame::Chunk(c)) if malformed.is_none() => {
-                    if let Err(e) = assembler.push(&c.data) {
-                        malformed = Some(e.to_string());
-                    }
-                }
-                Some(task_frame::Frame::Chunk(_)) => {}
-                _ => malformed = Some("unexpected frame inside a task".into()),
-            },
-            Ok(None) => break,
-            Err(s) => {
-                return Err(Received::Broken(format!(
-                    "task download failed: {}",
-                    s.message()
-                )));
-            }
-        }
-    }
+    let malformed = read_chunks(stream, |data| {
+        assembler.push(data).map_err(|e| e.to_string())
+    })
+    .await?;
     if let Some(reason) = malformed {
         return Err(Received::Malformed(format!(
             "malformed parameters: {reason}"
@@ -381,7 +398,39 @@ async fn receive_parameters(
             "parameters do not match their announced SHA-256".into(),
         ));
     }
-    Ok(params)
+    Ok(TaskBody {
+        parameters: params,
+        payload: Vec::new(),
+    })
+}
+
+/// Feeds the chunks after a task's header to `push` until the stream ends;
+/// `Ok(Some(reason))` when a chunk was refused (the rest is drained).
+async fn read_chunks(
+    stream: &mut tonic::Streaming<cohort_protocol::v1::TaskFrame>,
+    mut push: impl FnMut(&[u8]) -> Result<(), String>,
+) -> Result<Option<String>, Received> {
+    let mut malformed = None;
+    loop {
+        match stream.message().await {
+            Ok(Some(frame)) => match frame.frame {
+                Some(task_frame::Frame::Chunk(c)) if malformed.is_none() => {
+                    if let Err(e) = push(&c.data) {
+                        malformed = Some(e);
+                    }
+                }
+                Some(task_frame::Frame::Chunk(_)) => {}
+                _ => malformed = Some("unexpected frame inside a task".into()),
+            },
+            Ok(None) => return Ok(malformed),
+            Err(s) => {
+                return Err(Received::Broken(format!(
+                    "task download failed: {}",
+                    s.message()
+                )));
+            }
+        }
+    }
 }
 
 /// Signs a FIT answer with the kit's signing key (mutual TLS only): over

@@ -101,14 +101,18 @@ impl Worker {
     }
 
     /// Answers a task; any problem becomes a refusal with its reason.
-    pub fn handle(&self, task: &TaskHeader, parameters: Vec<f32>) -> Answer {
+    pub fn handle(&self, task: &TaskHeader, body: crate::TaskBody) -> Answer {
+        let crate::TaskBody {
+            parameters,
+            payload,
+        } = body;
         let kind = task.kind();
         let started = std::time::Instant::now();
         let answer = match (kind, &task.secagg, &task.he) {
             (TaskKind::Prepare, ..) => self.prepare(task),
             (TaskKind::Fit, None, Some(he)) => self.encrypted_fit(task, he, parameters),
             (TaskKind::HeKeygen, _, Some(he)) => self.he_keygen(task, he),
-            (TaskKind::HeDecrypt, _, Some(he)) => self.he_decrypt(task, he),
+            (TaskKind::HeDecrypt, _, Some(he)) => self.he_decrypt(task, he, &payload),
             (TaskKind::HeKeygen | TaskKind::HeDecrypt, _, None) => {
                 Err("homomorphic-aggregation task without its round description".to_string())
             }

@@ -21,7 +21,16 @@ use tokio::sync::{Notify, oneshot};
 #[derive(Debug, Clone)]
 pub struct Task {
     pub header: TaskHeader,
-    pub parameters: Option<Arc<Vec<f32>>>,
+    pub body: Option<TaskBody>,
+}
+
+/// What follows a task's header, in chunks.
+#[derive(Debug, Clone)]
+pub enum TaskBody {
+    /// The global parameters (FIT, EVALUATE).
+    Parameters(Arc<Vec<f32>>),
+    /// Opaque bytes (HE_DECRYPT: the summed ciphertext).
+    Bytes(Arc<Vec<u8>>),
 }
 
 /// A client's answer, already checked by the server against what the task
@@ -350,7 +359,7 @@ mod tests {
                 kind: TaskKind::Prepare as i32,
                 ..Default::default()
             },
-            parameters: None,
+            body: None,
         }
     }
 

@@ -23,7 +23,7 @@ mod he;
 mod secagg;
 
 use crate::job::{Aggregation, JobSpec};
-use crate::registry::{Expect, Registry, Task, TaskAnswer, TaskOutcome};
+use crate::registry::{Expect, Registry, Task, TaskAnswer, TaskBody, TaskOutcome};
 use cohort_ledger::Record;
 use sha2::Digest as _;
 
@@ -308,8 +308,14 @@ impl Runner {
             .iter()
             .map(|c| (c.clone(), header.clone()))
             .collect();
-        self.gather_each(tasks, parameters, expect, timeout_secs, accept)
-            .await
+        self.gather_each(
+            tasks,
+            parameters.map(TaskBody::Parameters),
+            expect,
+            timeout_secs,
+            accept,
+        )
+        .await
     }
 
     /// Like [`Runner::gather`], with a task header of its own for each
@@ -317,7 +323,7 @@ impl Runner {
     async fn gather_each<T>(
         &self,
         tasks: Vec<(String, TaskHeader)>,
-        parameters: Option<Arc<Vec<f32>>>,
+        body: Option<TaskBody>,
         expect: Expect,
         timeout_secs: u64,
         mut accept: impl FnMut(&str, TaskAnswer) -> Result<T, String>,
@@ -326,14 +332,16 @@ impl Runner {
         for (client, mut header) in tasks {
             let task_id = uuid::Uuid::new_v4().simple().to_string();
             header.task_id = task_id.clone();
-            if let Some(p) = &parameters {
-                header.parameter_count = p.len() as u64;
+            match &body {
+                Some(TaskBody::Parameters(p)) => header.parameter_count = p.len() as u64,
+                Some(TaskBody::Bytes(b)) => header.payload_bytes = b.len() as u64,
+                None => {}
             }
             let rx = self.registry.dispatch(
                 &client,
                 Task {
                     header,
-                    parameters: parameters.clone(),
+                    body: body.clone(),
                 },
             );
             self.registry.expect(&task_id, expect);

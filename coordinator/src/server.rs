@@ -29,7 +29,7 @@ use cohort_identity::Role;
 use sha2::Digest as _;
 
 use crate::job::JobSpec;
-use crate::registry::{Expect, Pending, Registry, TaskAnswer};
+use crate::registry::{Expect, Pending, Registry, TaskAnswer, TaskBody};
 use crate::runner::{Runner, card_key, model_key};
 use crate::security::{Authorizer, Caller};
 use crate::store::{JobRow, JobState, Store, StoreError, UpdateReceipt, now};
@@ -163,15 +163,17 @@ impl HospitalService for Services {
             if tx.send(Ok(header)).await.is_err() {
                 return;
             }
-            if let Some(params) = task.parameters {
-                for chunk in parameter_chunks(&params) {
-                    let frame = TaskFrame {
-                        frame: Some(task_frame::Frame::Chunk(chunk)),
-                    };
-                    if tx.send(Ok(frame)).await.is_err() {
-                        return;
-                    }
+            match &task.body {
+                Some(TaskBody::Parameters(params)) => {
+                    send_chunks(&tx, parameter_chunks(params)).await;
                 }
+                Some(TaskBody::Bytes(bytes)) => {
+                    let chunks = bytes
+                        .chunks(CHUNK_BYTES)
+                        .map(|c| Chunk { data: c.to_vec() });
+                    send_chunks(&tx, chunks).await;
+                }
+                None => {}
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -252,6 +254,21 @@ impl HospitalService for Services {
         };
         let _ = pending.reply.send(outcome);
         Ok(Response::new(reply))
+    }
+}
+
+/// Streams a task's body; stops quietly when the client hangs up.
+async fn send_chunks(
+    tx: &mpsc::Sender<Result<TaskFrame, Status>>,
+    chunks: impl Iterator<Item = Chunk>,
+) {
+    for chunk in chunks {
+        let frame = TaskFrame {
+            frame: Some(task_frame::Frame::Chunk(chunk)),
+        };
+        if tx.send(Ok(frame)).await.is_err() {
+            return;
+        }
     }
 }
 

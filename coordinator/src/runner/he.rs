@@ -29,14 +29,14 @@ use sha2::Digest as _;
 
 use super::{Fitted, RunError, Runner, json, weighted_loss};
 use crate::job::JobSpec;
-use crate::registry::{Expect, TaskAnswer};
+use crate::registry::{Expect, TaskAnswer, TaskBody};
 use crate::store::{Enrollment, JobRow};
 use crate::strategy::ClientUpdate;
 
 /// The aggregate's stand-in name: the strategy sees one update, the mean.
 const AGGREGATE: &str = "homomorphic-aggregate";
 
-/// What one task header may carry besides the sum: the gRPC limit less
+/// What one message header may carry in key material: the gRPC limit less
 /// room for the rest of the header.
 const MAX_HEADER_PAYLOAD: usize = cohort_protocol::MAX_MESSAGE_BYTES - (512 << 10);
 
@@ -94,11 +94,11 @@ impl Runner {
         };
         let params = he_config.params().map_err(|e| stop(e.to_string()))?;
         let ciphertext_bytes = EncryptedUpdate::encoded_len(&params);
-        if ciphertext_bytes + n as usize * he::sealed_share_len(&params) > MAX_HEADER_PAYLOAD {
+        // Adverts and sealed shares (one polynomial each per member) travel
+        // in message headers; ciphertexts stream.
+        if n as usize * he::sealed_share_len(&params) > MAX_HEADER_PAYLOAD {
             return Err(stop(format!(
-                "a model of {} parameters with {n} hospitals needs task messages larger than \
-                 {} MiB; homomorphic aggregation does not stream them yet",
-                global.len(),
+                "{n} hospitals' key shares do not fit in one {} MiB message",
                 MAX_HEADER_PAYLOAD >> 20
             )));
         }
@@ -231,7 +231,7 @@ impl Runner {
                 format!("round {round} encrypted update"),
                 t.round_timeout_secs,
                 tasks,
-                Some(global.clone()),
+                Some(TaskBody::Parameters(global.clone())),
                 Expect::Bytes(ciphertext_bytes as u64),
                 |client, a| {
                     let TaskAnswer::HeFit {
@@ -315,15 +315,15 @@ impl Runner {
             return Ok(None);
         }
 
-        // Stage 3b: one decryption share from each decryptor.
-        let sum_bytes = sum.to_bytes();
+        // Stage 3b: one decryption share from each decryptor, of the sum
+        // that follows the task's header.
+        let sum_bytes = Arc::new(sum.to_bytes());
         let tasks = answers
             .ok
             .iter()
             .map(|(c, ())| {
                 let header = task(TaskKind::HeDecrypt, index_of(c), &|h| {
                     h.decryptors = decryptors.clone();
-                    h.sum = sum_bytes.clone();
                 });
                 (c.clone(), header)
             })
@@ -335,7 +335,7 @@ impl Runner {
                 format!("round {round} decryption"),
                 t.round_timeout_secs,
                 tasks,
-                None,
+                Some(TaskBody::Bytes(sum_bytes)),
                 Expect::Bytes(he::DecryptionShare::encoded_len(&params, decryptors.len()) as u64),
                 |client, a| {
                     let TaskAnswer::HeDecrypt(bytes) = a else {

@@ -28,7 +28,7 @@ use sha2::Digest as _;
 
 use super::{Fitted, RunError, Runner, json, weighted_loss};
 use crate::job::JobSpec;
-use crate::registry::{Expect, TaskAnswer};
+use crate::registry::{Expect, TaskAnswer, TaskBody};
 use crate::store::{Enrollment, JobRow};
 use crate::strategy::ClientUpdate;
 
@@ -245,7 +245,7 @@ impl Runner {
                 format!("round {round} masked update"),
                 t.round_timeout_secs,
                 tasks,
-                Some(global.clone()),
+                Some(TaskBody::Parameters(global.clone())),
                 expect,
                 |client, a| {
                     let TaskAnswer::MaskedFit {
@@ -383,12 +383,12 @@ impl Runner {
         stage: String,
         timeout_secs: u64,
         tasks: Vec<(String, TaskHeader)>,
-        parameters: Option<Arc<Vec<f32>>>,
+        body: Option<TaskBody>,
         expect: Expect,
         accept: impl FnMut(&str, TaskAnswer) -> Result<T, String>,
     ) -> super::Answers<T> {
         let answers = self
-            .gather_each(tasks, parameters, expect, timeout_secs, accept)
+            .gather_each(tasks, body, expect, timeout_secs, accept)
             .await;
         self.note_failures(job_id, &stage, &answers.failed);
         answers
