@@ -135,6 +135,14 @@ fn names(round: &RoundView) -> Vec<&str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn secure_aggregation_trains_within_a_point_of_plain_mode() {
+    let secure = trains_within_a_point_of_plain_mode(SECAGG).await;
+    assert!(secure.rounds.iter().all(|r| r.aggregate_sha256.is_some()));
+}
+
+/// The same five-hospital job and seed in plain mode and under `privacy`:
+/// exact sums every round, in the first attempt, receipts signed and of
+/// protected vectors, and validation accuracy within one point.
+async fn trains_within_a_point_of_plain_mode(privacy: &str) -> JobView {
     let plain_dir = tempfile::tempdir().unwrap();
     let plain = run_job(
         plain_dir.path(),
@@ -142,26 +150,23 @@ async fn secure_aggregation_trains_within_a_point_of_plain_mode() {
         &job(5, 5, ""),
     )
     .await;
+    assert!(plain.rounds.iter().all(|r| r.aggregate_sha256.is_none()));
     let dir = tempfile::tempdir().unwrap();
-    let secure = run_job(dir.path(), &hospitals(dir.path(), &[]), &job(5, 5, SECAGG)).await;
-    assert_exact_sums(dir.path(), &secure);
-    assert_eq!(secure.rounds.len(), 5);
-    for round in &secure.rounds {
+    let protected = run_job(dir.path(), &hospitals(dir.path(), &[]), &job(5, 5, privacy)).await;
+    assert_exact_sums(dir.path(), &protected);
+    assert_eq!(protected.rounds.len(), 5);
+    for round in &protected.rounds {
         assert_eq!(round.participants.len(), 5);
         assert_eq!(round.attempts, 1);
-        // Receipts are of masked vectors: signed, and not the plain update.
         for update in &round.updates {
             assert!(!update.signature.is_empty());
-            assert_eq!(update.num_examples, 0, "the weight travels masked");
+            assert_eq!(update.num_examples, 0, "the weight travels protected");
         }
     }
-    let (a, b) = (accuracy(&plain), accuracy(&secure));
-    eprintln!("validation accuracy after 5 rounds: plain {a:.4}, secure aggregation {b:.4}");
-    assert!(
-        (a - b).abs() <= 0.01,
-        "plain accuracy {a}, secure aggregation {b}"
-    );
-    assert!(plain.rounds.iter().all(|r| r.aggregate_sha256.is_none()));
+    let (a, b) = (accuracy(&plain), accuracy(&protected));
+    eprintln!("validation accuracy after 5 rounds: plain {a:.4}, protected {b:.4}");
+    assert!((a - b).abs() <= 0.01, "plain accuracy {a}, protected {b}");
+    protected
 }
 
 /// One hospital vanishes at `stage`; the round still completes, in its
@@ -371,26 +376,7 @@ async fn adaptive_clipping_moves_the_bound_and_spends_the_same_epsilon() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn homomorphic_aggregation_trains_within_a_point_of_plain_mode() {
-    let plain_dir = tempfile::tempdir().unwrap();
-    let plain = run_job(
-        plain_dir.path(),
-        &hospitals(plain_dir.path(), &[]),
-        &job(5, 5, ""),
-    )
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let he = run_job(dir.path(), &hospitals(dir.path(), &[]), &job(5, 5, HE)).await;
-    // The decrypted sum is exactly the sum of what the hospitals encoded.
-    assert_exact_sums(dir.path(), &he);
-    assert_eq!(he.rounds.len(), 5);
-    for round in &he.rounds {
-        assert_eq!(round.participants.len(), 5);
-        assert_eq!(round.attempts, 1);
-        for update in &round.updates {
-            assert!(!update.signature.is_empty());
-            assert_eq!(update.num_examples, 0, "the weight travels encrypted");
-        }
-    }
+    let he = trains_within_a_point_of_plain_mode(HE).await;
     // Each round's ceremony is on the record, with its public seed.
     let ceremonies = he
         .events
@@ -401,9 +387,6 @@ async fn homomorphic_aggregation_trains_within_a_point_of_plain_mode() {
         })
         .count();
     assert_eq!(ceremonies, 5, "{:#?}", he.events);
-    let (a, b) = (accuracy(&plain), accuracy(&he));
-    eprintln!("validation accuracy after 5 rounds: plain {a:.4}, homomorphic {b:.4}");
-    assert!((a - b).abs() <= 0.01, "plain accuracy {a}, homomorphic {b}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -463,6 +446,10 @@ async fn homomorphic_aggregation_streams_a_model_larger_than_a_message() {
     assert_eq!(view.rounds[0].attempts, 1, "{view:#?}");
     // The receipts count the encrypted update's bytes.
     for update in &view.rounds[0].updates {
-        assert!(update.parameter_count > 8 << 20, "{}", update.parameter_count);
+        assert!(
+            update.parameter_count > 8 << 20,
+            "{}",
+            update.parameter_count
+        );
     }
 }

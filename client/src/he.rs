@@ -12,7 +12,6 @@ use cohort_identity::Role;
 use cohort_privacy::he::{self, Advert, EncryptedUpdate, HeConfig, HeParams, HospitalRound};
 use cohort_privacy::quantize::Quantizer;
 use cohort_protocol::v1::{HeTask, ResultHeader, TaskHeader};
-use tracing::info;
 
 use crate::secagg::payload_answer;
 use crate::work::{Answer, Worker, parse};
@@ -124,42 +123,19 @@ impl Worker {
             })
             .collect::<Result<Vec<_>, String>>()?;
         let trained = self.train(task, &global)?;
-        let examples = if trained.client_level.is_some() {
-            1
-        } else {
-            trained.examples
-        };
-        let mut encoded = quantizer
-            .encode_update(&trained.delta, examples, &mut rand::rng())
-            .map_err(|e| e.to_string())?;
-        if let Some(sigma) = trained.client_level {
-            // Distributed DP: this hospital's share of the noise, sized for
-            // the fewest decryptors, goes in before encryption.
-            let noise = cohort_privacy::distributed::DistributedNoise::new(
-                &quantizer,
-                trained.delta.len(),
-                sigma,
-                view.params.threshold(),
-                view.params.hospitals(),
-            )
-            .map_err(|e| format!("distributed DP: {e}"))?;
-            noise
-                .add_to(&mut encoded.values, quantizer.bits())
-                .map_err(|e| format!("distributed DP: {e}"))?;
-        }
-        if encoded.clipped {
-            info!(
-                client = self.name(),
-                job = task.job_id,
-                round = task.round,
-                clip = quantizer.clip(),
-                "update clipped to the job's L2 bound before encoding"
-            );
-        }
-        self.keep_contribution(task, he.attempt, &encoded.values, quantizer.bits());
+        // Under client-level DP the noise goes in before encryption, sized
+        // for the fewest decryptors.
+        let encoded = self.encode_for_sum(
+            task,
+            &trained,
+            &quantizer,
+            view.params.threshold(),
+            view.params.hospitals(),
+        )?;
+        self.keep_contribution(task, he.attempt, &encoded, quantizer.bits());
         let (update, sealed) = self.he_sessions().with(&view.session, |round| {
             round
-                .encrypt_and_deal(&adverts, &encoded.values, &mut rand::rng())
+                .encrypt_and_deal(&adverts, &encoded, &mut rand::rng())
                 .map_err(|e| e.to_string())
         })?;
         let ciphertext = update.to_bytes();

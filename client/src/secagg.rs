@@ -222,43 +222,16 @@ impl Worker {
         }
         let received = decode_shares(&secagg.shares).map_err(|e| e.to_string())?;
         let trained = self.train(task, &global)?;
-        // Client-level DP: uniform weights, and this hospital's share of
-        // the noise is added before masking (distributed DP).
-        let examples = if trained.client_level.is_some() {
-            1
-        } else {
-            trained.examples
-        };
-        let mut encoded = quantizer
-            .encode_update(&trained.delta, examples, &mut rand::rng())
-            .map_err(|e| e.to_string())?;
-        if let Some(sigma) = trained.client_level {
-            let noise = cohort_privacy::distributed::DistributedNoise::new(
-                &quantizer,
-                trained.delta.len(),
-                sigma,
-                view.params.min_survivors,
-                secagg.members.len() as u32,
-            )
-            .map_err(|e| format!("distributed DP: {e}"))?;
-            noise
-                .add_to(&mut encoded.values, quantizer.bits())
-                .map_err(|e| format!("distributed DP: {e}"))?;
-        }
-        if encoded.clipped {
-            info!(
-                client = self.name(),
-                job = task.job_id,
-                round = task.round,
-                clip = quantizer.clip(),
-                "update clipped to the job's L2 bound before encoding"
-            );
-        }
-        self.keep_contribution(task, secagg.attempt, &encoded.values, view.params.bits);
+        let encoded = self.encode_for_sum(
+            task,
+            &trained,
+            &quantizer,
+            view.params.min_survivors,
+            secagg.members.len() as u32,
+        )?;
+        self.keep_contribution(task, secagg.attempt, &encoded, view.params.bits);
         let masked = self.sessions().with(&view.session, |round| {
-            round
-                .mask(&encoded.values, &received)
-                .map_err(|e| e.to_string())
+            round.mask(&encoded, &received).map_err(|e| e.to_string())
         })?;
         Ok(Answer {
             header: ResultHeader {
@@ -285,6 +258,52 @@ impl Worker {
         });
         self.sessions().remove(&view.session);
         Ok(payload_answer(encode_reveals(&reveals?), Vec::new()))
+    }
+
+    /// The trained update as a term of a sum that only reaches the
+    /// coordinator whole (secure or homomorphic aggregation): clipped,
+    /// weighted (uniformly under client-level DP) and quantized, with the
+    /// example count inside, and under client-level DP this hospital's
+    /// share of the noise, sized for `min_survivors` of `members`.
+    pub(crate) fn encode_for_sum(
+        &self,
+        task: &TaskHeader,
+        trained: &crate::work::Trained,
+        quantizer: &Quantizer,
+        min_survivors: u32,
+        members: u32,
+    ) -> Result<Vec<u64>, String> {
+        let examples = if trained.client_level.is_some() {
+            1
+        } else {
+            trained.examples
+        };
+        let mut encoded = quantizer
+            .encode_update(&trained.delta, examples, &mut rand::rng())
+            .map_err(|e| e.to_string())?;
+        if let Some(sigma) = trained.client_level {
+            let noise = cohort_privacy::distributed::DistributedNoise::new(
+                quantizer,
+                trained.delta.len(),
+                sigma,
+                min_survivors,
+                members,
+            )
+            .map_err(|e| format!("distributed DP: {e}"))?;
+            noise
+                .add_to(&mut encoded.values, quantizer.bits())
+                .map_err(|e| format!("distributed DP: {e}"))?;
+        }
+        if encoded.clipped {
+            info!(
+                client = self.name(),
+                job = task.job_id,
+                round = task.round,
+                clip = quantizer.clip(),
+                "update clipped to the job's L2 bound before encoding"
+            );
+        }
+        Ok(encoded.values)
     }
 
     /// With `--keep-contributions`, the hospital keeps its own copy of the

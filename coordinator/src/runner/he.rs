@@ -23,15 +23,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use cohort_privacy::he::{self, EncryptedUpdate, HeConfig};
-use cohort_privacy::quantize::{Quantizer, pack};
+use cohort_privacy::quantize::Quantizer;
 use cohort_protocol::v1::{HeAdvert, HeTask, TaskHeader, TaskKind};
-use sha2::Digest as _;
 
-use super::{Fitted, RunError, Runner, json, weighted_loss};
+use super::{Fitted, RunError, Runner, json};
 use crate::job::JobSpec;
 use crate::registry::{Expect, TaskAnswer, TaskBody};
 use crate::store::{Enrollment, JobRow};
-use crate::strategy::ClientUpdate;
 
 /// The aggregate's stand-in name: the strategy sees one update, the mean.
 const AGGREGATE: &str = "homomorphic-aggregate";
@@ -374,36 +372,8 @@ impl Runner {
                 return Ok(None);
             }
         };
-        let aggregate_sha256 =
-            hex::encode(sha2::Sha256::digest(pack(&decrypted, quantizer.bits())));
-        let (mean, total_examples) = quantizer
-            .decode_weighted_mean(&decrypted)
-            .map_err(|e| stop(e.to_string()))?;
-        if total_examples == 0 {
-            return Err(stop(
-                "the decrypted sum reports no training examples".into(),
-            ));
-        }
-        let train_loss = weighted_loss(fitted.iter().map(|(_, (l, ..))| (1, *l)));
-        let slowest_fit_secs = fitted.iter().map(|(_, (_, s, _))| *s).fold(0.0, f64::max);
-        let mut participants = Vec::with_capacity(fitted.len());
-        let mut receipts = Vec::with_capacity(fitted.len());
-        for (client, (_, _, receipt)) in fitted {
-            participants.push(client);
-            receipts.push(receipt);
-        }
-        Ok(Some(Fitted {
-            participants,
-            receipts,
-            updates: vec![ClientUpdate {
-                client: AGGREGATE.into(),
-                delta: mean,
-                num_examples: total_examples,
-            }],
-            total_examples,
-            train_loss,
-            slowest_fit_secs,
-            aggregate_sha256: Some(aggregate_sha256),
-        }))
+        super::secagg::fitted_from_sum(&decrypted, &quantizer, fitted, AGGREGATE)
+            .map(Some)
+            .map_err(stop)
     }
 }
