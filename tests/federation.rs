@@ -133,13 +133,7 @@ async fn mallory(url: String, data: PathBuf, rejections: Arc<Mutex<Vec<String>>>
             }
         }
         let params = assembler.finish().unwrap();
-        let mut answer = worker.handle(
-            &header,
-            cohort_client::TaskBody {
-                parameters: params,
-                payload: Vec::new(),
-            },
-        );
+        let mut answer = worker.handle(&header, cohort_client::TaskBody::Parameters(params));
         if header.kind() == TaskKind::Fit {
             if header.round % 2 == 1 {
                 answer.parameters.pop();

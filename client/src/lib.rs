@@ -339,10 +339,12 @@ enum Received {
     Malformed(String),
 }
 
-/// What followed a task's header: the global parameters or opaque bytes.
-pub struct TaskBody {
-    pub parameters: Vec<f32>,
-    pub payload: Vec<u8>,
+/// What followed a task's header.
+pub enum TaskBody {
+    /// The global parameters (FIT, EVALUATE; empty for other tasks).
+    Parameters(Vec<f32>),
+    /// Opaque bytes (HE_DECRYPT: the summed ciphertext).
+    Bytes(Vec<u8>),
 }
 
 /// Largest byte body a client accepts (the same bound as for parameters).
@@ -360,34 +362,15 @@ async fn receive_body(
             )));
         }
         let mut assembler = cohort_protocol::ByteAssembler::new(header.payload_bytes as usize);
-        let malformed = read_chunks(stream, |data| {
-            assembler.push(data).map_err(|e| e.to_string())
-        })
-        .await?;
-        if let Some(reason) = malformed {
-            return Err(Received::Malformed(format!(
-                "malformed task body: {reason}"
-            )));
-        }
+        read_chunks(stream, "task body", |data| assembler.push(data)).await?;
         let payload = assembler
             .finish()
             .map_err(|e| Received::Malformed(format!("malformed task body: {e}")))?;
-        return Ok(TaskBody {
-            parameters: Vec::new(),
-            payload,
-        });
+        return Ok(TaskBody::Bytes(payload));
     }
     let mut assembler = ParameterAssembler::new(header.parameter_count)
         .map_err(|e| Received::Malformed(e.to_string()))?;
-    let malformed = read_chunks(stream, |data| {
-        assembler.push(data).map_err(|e| e.to_string())
-    })
-    .await?;
-    if let Some(reason) = malformed {
-        return Err(Received::Malformed(format!(
-            "malformed parameters: {reason}"
-        )));
-    }
+    read_chunks(stream, "parameters", |data| assembler.push(data)).await?;
     let params = assembler
         .finish()
         .map_err(|e| Received::Malformed(format!("malformed parameters: {e}")))?;
@@ -398,31 +381,30 @@ async fn receive_body(
             "parameters do not match their announced SHA-256".into(),
         ));
     }
-    Ok(TaskBody {
-        parameters: params,
-        payload: Vec::new(),
-    })
+    Ok(TaskBody::Parameters(params))
 }
 
-/// Feeds the chunks after a task's header to `push` until the stream ends;
-/// `Ok(Some(reason))` when a chunk was refused (the rest is drained).
+/// Feeds the chunks after a task's header to `push` until the stream ends.
+/// A refused chunk makes the body malformed (the rest is drained so the
+/// stream stays usable).
 async fn read_chunks(
     stream: &mut tonic::Streaming<cohort_protocol::v1::TaskFrame>,
-    mut push: impl FnMut(&[u8]) -> Result<(), String>,
-) -> Result<Option<String>, Received> {
-    let mut malformed = None;
+    what: &str,
+    mut push: impl FnMut(&[u8]) -> Result<(), cohort_protocol::ProtocolError>,
+) -> Result<(), Received> {
+    let mut malformed: Option<String> = None;
     loop {
         match stream.message().await {
             Ok(Some(frame)) => match frame.frame {
                 Some(task_frame::Frame::Chunk(c)) if malformed.is_none() => {
                     if let Err(e) = push(&c.data) {
-                        malformed = Some(e);
+                        malformed = Some(e.to_string());
                     }
                 }
                 Some(task_frame::Frame::Chunk(_)) => {}
                 _ => malformed = Some("unexpected frame inside a task".into()),
             },
-            Ok(None) => return Ok(malformed),
+            Ok(None) => break,
             Err(s) => {
                 return Err(Received::Broken(format!(
                     "task download failed: {}",
@@ -430,6 +412,10 @@ async fn read_chunks(
                 )));
             }
         }
+    }
+    match malformed {
+        Some(reason) => Err(Received::Malformed(format!("malformed {what}: {reason}"))),
+        None => Ok(()),
     }
 }
 

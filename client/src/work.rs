@@ -102,10 +102,10 @@ impl Worker {
 
     /// Answers a task; any problem becomes a refusal with its reason.
     pub fn handle(&self, task: &TaskHeader, body: crate::TaskBody) -> Answer {
-        let crate::TaskBody {
-            parameters,
-            payload,
-        } = body;
+        let (parameters, payload) = match body {
+            crate::TaskBody::Parameters(p) => (p, Vec::new()),
+            crate::TaskBody::Bytes(b) => (Vec::new(), b),
+        };
         let kind = task.kind();
         let started = std::time::Instant::now();
         let answer = match (kind, &task.secagg, &task.he) {

@@ -923,6 +923,56 @@ fn dp_json(spec: &JobSpec) -> Result<String, RunError> {
         .map(Option::unwrap_or_default)
 }
 
+/// One contributor to a protected sum: its name, training loss, compute
+/// seconds and the receipt of what it uploaded.
+type Contribution = (String, (Option<f64>, f64, UpdateReceipt));
+
+/// What a fit stage hands on when the coordinator only learned the sum of
+/// the encoded updates (secure or homomorphic aggregation): the decoded
+/// example-weighted mean as the one update the strategy sees, the sum's
+/// digest, and the contributors' receipts and losses.
+fn fitted_from_sum(
+    sum: &[u64],
+    quantizer: &cohort_privacy::quantize::Quantizer,
+    contributors: Vec<Contribution>,
+    aggregate: &str,
+) -> Result<Fitted, String> {
+    let aggregate_sha256 = hex::encode(sha2::Sha256::digest(cohort_privacy::quantize::pack(
+        sum,
+        quantizer.bits(),
+    )));
+    let (mean, total_examples) = quantizer
+        .decode_weighted_mean(sum)
+        .map_err(|e| e.to_string())?;
+    if total_examples == 0 {
+        return Err("the recovered sum reports no training examples".into());
+    }
+    // Per-hospital losses are not FedAvg-weighted here: the weights stay
+    // inside the protected vectors.
+    let train_loss = weighted_loss(contributors.iter().map(|(_, (l, ..))| (1, *l)));
+    let slowest_fit_secs = contributors
+        .iter()
+        .map(|(_, (_, s, _))| *s)
+        .fold(0.0, f64::max);
+    let (participants, receipts) = contributors
+        .into_iter()
+        .map(|(client, (_, _, receipt))| (client, receipt))
+        .unzip();
+    Ok(Fitted {
+        participants,
+        receipts,
+        updates: vec![crate::strategy::ClientUpdate {
+            client: aggregate.into(),
+            delta: mean,
+            num_examples: total_examples,
+        }],
+        total_examples,
+        train_loss,
+        slowest_fit_secs,
+        aggregate_sha256: Some(aggregate_sha256),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

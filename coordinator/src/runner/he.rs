@@ -372,7 +372,7 @@ impl Runner {
                 return Ok(None);
             }
         };
-        super::secagg::fitted_from_sum(&decrypted, &quantizer, fitted, AGGREGATE)
+        super::fitted_from_sum(&decrypted, &quantizer, fitted, AGGREGATE)
             .map(Some)
             .map_err(stop)
     }

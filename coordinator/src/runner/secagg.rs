@@ -18,19 +18,17 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use cohort_privacy::quantize::{Quantizer, pack};
+use cohort_privacy::quantize::Quantizer;
 use cohort_privacy::secagg::{
     Advertisement, ClientId, Params, ServerRound, decode_reveals, decode_shares, encode_shares,
     graph_seed, neighbourhoods,
 };
 use cohort_protocol::v1::{SecAggAdvert, SecAggTask, TaskHeader, TaskKind};
-use sha2::Digest as _;
 
-use super::{Fitted, RunError, Runner, json, weighted_loss};
+use super::{Fitted, RunError, Runner, json};
 use crate::job::JobSpec;
 use crate::registry::{Expect, TaskAnswer, TaskBody};
-use crate::store::{Enrollment, JobRow, UpdateReceipt};
-use crate::strategy::ClientUpdate;
+use crate::store::{Enrollment, JobRow};
 
 /// The aggregate's stand-in name: the strategy sees one update, the mean.
 const AGGREGATE: &str = "secure-aggregate";
@@ -315,7 +313,7 @@ impl Runner {
                 return Ok(None);
             }
         };
-        fitted_from_sum(&sum, &quantizer, answers.ok, AGGREGATE)
+        super::fitted_from_sum(&sum, &quantizer, answers.ok, AGGREGATE)
             .map(Some)
             .map_err(stop)
     }
@@ -360,51 +358,4 @@ impl Runner {
         self.note_failures(job_id, &stage, &answers.failed);
         answers
     }
-}
-
-/// One contributor to a protected sum: its name, training loss, compute
-/// seconds and the receipt of what it uploaded.
-pub(super) type Contribution = (String, (Option<f64>, f64, UpdateReceipt));
-
-/// What a fit stage hands on when the coordinator only learned the sum of
-/// the encoded updates (secure or homomorphic aggregation): the decoded
-/// example-weighted mean as the one update the strategy sees, the sum's
-/// digest, and the contributors' receipts and losses.
-pub(super) fn fitted_from_sum(
-    sum: &[u64],
-    quantizer: &Quantizer,
-    contributors: Vec<Contribution>,
-    aggregate: &str,
-) -> Result<Fitted, String> {
-    let aggregate_sha256 = hex::encode(sha2::Sha256::digest(pack(sum, quantizer.bits())));
-    let (mean, total_examples) = quantizer
-        .decode_weighted_mean(sum)
-        .map_err(|e| e.to_string())?;
-    if total_examples == 0 {
-        return Err("the recovered sum reports no training examples".into());
-    }
-    // Per-hospital losses are not FedAvg-weighted here: the weights stay
-    // inside the protected vectors.
-    let train_loss = weighted_loss(contributors.iter().map(|(_, (l, ..))| (1, *l)));
-    let slowest_fit_secs = contributors
-        .iter()
-        .map(|(_, (_, s, _))| *s)
-        .fold(0.0, f64::max);
-    let (participants, receipts) = contributors
-        .into_iter()
-        .map(|(client, (_, _, receipt))| (client, receipt))
-        .unzip();
-    Ok(Fitted {
-        participants,
-        receipts,
-        updates: vec![ClientUpdate {
-            client: aggregate.into(),
-            delta: mean,
-            num_examples: total_examples,
-        }],
-        total_examples,
-        train_loss,
-        slowest_fit_secs,
-        aggregate_sha256: Some(aggregate_sha256),
-    })
 }

@@ -98,10 +98,6 @@ impl EncryptedUpdate {
         Ok(())
     }
 
-    pub fn ciphertexts(&self) -> usize {
-        self.parts.len()
-    }
-
     /// Length of [`EncryptedUpdate::to_bytes`] under `params`.
     pub fn encoded_len(params: &HeParams) -> usize {
         wire::encoded_len(params, 0, 2 * params.ciphertexts())

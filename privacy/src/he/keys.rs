@@ -208,10 +208,6 @@ impl ThresholdKey {
         }
         Ok(Self { index, share })
     }
-
-    pub fn index(&self) -> u32 {
-        self.index
-    }
 }
 
 /// Every party `1..=H` exactly once.

@@ -10,9 +10,10 @@
 //! modes and its sum decodes the same way. Only additions are ever
 //! evaluated, so there are no relinearisation or Galois keys.
 //!
-//! **Keys** ([`keys`]). A per-job ceremony: the common random polynomial
-//! comes from a public seed; every hospital contributes a public-key share
-//! and Shamir-shares its secret among all hospitals. Any `t` hospitals can
+//! **Keys** ([`keys`]). A ceremony among the hospitals (once per round
+//! attempt in Cohort's rounds, see [`HospitalRound`]): the common random
+//! polynomial comes from a public seed; every hospital contributes a
+//! public-key share and Shamir-shares its secret among all hospitals. Any `t` hospitals can
 //! decrypt a sum; `t − 1` learn nothing about the secret key. `t ≥ 2` is
 //! enforced: with `t = 1` one hospital could decrypt alone.
 //!

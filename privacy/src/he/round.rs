@@ -150,10 +150,6 @@ impl HospitalRound {
         ))
     }
 
-    pub fn params(&self) -> &HeParams {
-        &self.params
-    }
-
     /// The collective key from every member's advert (this one's included,
     /// unchanged), `values` encrypted under it, and this member's Shamir
     /// shares sealed to each member in index order.
