@@ -399,3 +399,133 @@ pub fn verify_model(
         round: found.2,
     })
 }
+
+/// Where `cohort verify ledger` reads the ledger from.
+pub enum LedgerSource {
+    /// The coordinator's data directory, read-only.
+    DataDir(PathBuf),
+    /// A running coordinator, over the network.
+    Coordinator {
+        url: String,
+        security: cohort_protocol::Security,
+    },
+}
+
+/// Reads the ledger from `source` and checks it ([`verify_contents_on_chain`]).
+pub async fn verify_ledger_from(
+    source: &LedgerSource,
+    state: &Path,
+    chain: Option<&ChainOptions>,
+) -> Result<LedgerVerification> {
+    let contents = match source {
+        LedgerSource::DataDir(dir) => read_ledger(dir)?,
+        LedgerSource::Coordinator { url, security } => {
+            let mut dev = crate::developer::connect(url, security).await?;
+            fetch_ledger(&mut dev).await?
+        }
+    };
+    verify_contents_on_chain(contents, state, chain).await
+}
+
+impl LedgerVerification {
+    /// `cohort verify ledger`'s report: the log, then the chain if checked.
+    pub fn summary(&self) -> String {
+        let report = &self.report;
+        let mut out = format!(
+            "ledger OK: {} entries, root {}, signed by {} (key {}…){}\n",
+            report.entries,
+            report.root,
+            report.origin,
+            report
+                .coordinator_key
+                .get(..16)
+                .unwrap_or(&report.coordinator_key),
+            report
+                .consistent_with
+                .map(|n| format!(", extends the {n}-entry checkpoint seen before"))
+                .unwrap_or_default()
+        );
+        if let Some(c) = &self.chain {
+            out.push_str(&format!(
+                "chain OK: {} entries anchored on contract {} (chain {}) match the log{}{}\n",
+                c.anchored_entries,
+                c.contract,
+                c.chain_id,
+                c.checkpoint
+                    .as_ref()
+                    .map(|k| format!(", and so does its checkpoint of {} entries", k.tree_size))
+                    .unwrap_or_default(),
+                c.first_pending
+                    .as_ref()
+                    .map(|p| format!(
+                        "; {} pending, from entry {} ({})",
+                        c.pending_entries, p.index, p.what
+                    ))
+                    .unwrap_or_default()
+            ));
+        }
+        out
+    }
+}
+
+impl ModelVerification {
+    pub fn summary(&self) -> String {
+        format!(
+            "model OK: {} files signed by the coordinator{}",
+            self.files.len(),
+            match (&self.job_id, self.round, self.ledger_entry) {
+                (Some(job), Some(round), Some(entry)) =>
+                    format!("; recorded on the ledger as {job} round {round} (entry {entry})"),
+                _ => String::new(),
+            }
+        )
+    }
+}
+
+/// A ledger entry with its position (`cohort ledger show --json`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct IndexedEntry {
+    pub entry: Entry,
+    pub index: u64,
+}
+
+/// [`ledger_entries`] as [`IndexedEntry`] values.
+pub fn indexed_entries(data_dir: &Path, job: Option<&str>) -> Result<Vec<IndexedEntry>> {
+    Ok(ledger_entries(data_dir, job)?
+        .into_iter()
+        .map(|(index, entry)| IndexedEntry { entry, index })
+        .collect())
+}
+
+/// One line per entry: index, time, record as JSON.
+pub fn render_entries(entries: &[IndexedEntry]) -> Result<String> {
+    let mut out = String::new();
+    for e in entries {
+        out.push_str(&format!(
+            "{:>6}  {}  {}\n",
+            e.index,
+            e.entry.at,
+            serde_json::to_string(&e.entry.record)?
+        ));
+    }
+    Ok(out)
+}
+
+/// Deploys the anchor contract with the account whose key is in `key_file`.
+pub async fn deploy_anchor(
+    rpc_url: &str,
+    key_file: &Path,
+) -> Result<cohort_ledger_evm::Deployment> {
+    let key = cohort_ledger_evm::EvmKey::from_file(key_file)?;
+    cohort_ledger_evm::deploy(rpc_url, &key)
+        .await
+        .context("deploying the ledger anchor contract")
+}
+
+/// What `cohort ledger deploy` tells the operator besides the address.
+pub fn deployment_summary(d: &cohort_ledger_evm::Deployment) -> String {
+    format!(
+        "deployed on chain {} in block {} (transaction {}, {} gas); only {} may append",
+        d.chain_id, d.block, d.transaction, d.gas_used, d.owner
+    )
+}

@@ -568,3 +568,117 @@ pub fn he(params: usize, hospitals: u32, threshold: f64, bits: u32) -> Result<He
         sum_ok: decrypted == plain_sum,
     })
 }
+
+/// `cohort bench ledger`'s table.
+pub fn render_ledger(logs: &[LedgerBench], durable_appends_per_sec: f64) -> String {
+    let mut out = String::from(
+        "entries  appends/s  inclusion proof (B)  consistency proof (B)  proof+verify (us)\n",
+    );
+    for r in logs {
+        out.push_str(&format!(
+            "{:>7}  {:>9.0}  {:>19}  {:>21}  {:>17.1}\n",
+            r.entries,
+            r.appends_per_sec,
+            r.inclusion_proof_bytes,
+            r.consistency_proof_bytes,
+            r.inclusion_proof_micros
+        ));
+    }
+    out.push_str(&format!(
+        "durable appends (signed entry + signed checkpoint + SQLite commit): {durable_appends_per_sec:.0}/s\n"
+    ));
+    out
+}
+
+/// `cohort bench ledger --json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LedgerBenchReport {
+    pub durable_appends_per_sec: f64,
+    pub logs: Vec<LedgerBench>,
+}
+
+pub const SECAGG_HEADER: &str = "clients  entries  dropout  client CPU mean (s)  server CPU (s)  sent/client (B)  received/client (B)  exact";
+
+impl SecAggBench {
+    /// A row under [`SECAGG_HEADER`].
+    pub fn row(&self) -> String {
+        format!(
+            "{:>7}  {:>7}  {:>7}  {:>19.4}  {:>14.4}  {:>15.0}  {:>19.0}  {}",
+            self.clients,
+            self.entries,
+            self.dropout,
+            self.client_cpu_secs_mean,
+            self.server_cpu_secs,
+            self.bytes_sent_per_client,
+            self.bytes_received_per_client,
+            self.sum_ok
+        )
+    }
+}
+
+impl HeBench {
+    pub fn summary(&self) -> String {
+        let r = self;
+        format!(
+            "{} parameters, {} hospitals (any {} decrypt), 2^{} plaintexts, N={}, log2 Q={}:\n  \
+             key ceremony {:.3} s/hospital; encrypt {:.3} s/hospital, upload {} B \
+             ({:.1} B/param); aggregate {:.3} s; decryption share {:.3} s, {} B; \
+             combine {:.3} s; exact sum: {}, max error {:.2e}",
+            r.params,
+            r.hospitals,
+            r.threshold,
+            r.bits,
+            r.degree,
+            r.log_modulus,
+            r.keygen_seconds_per_client,
+            r.encrypt_seconds_per_client,
+            r.upload_bytes_per_client,
+            r.upload_bytes_per_param,
+            r.aggregation_seconds,
+            r.decryption_share_seconds,
+            r.decryption_share_bytes,
+            r.combine_seconds,
+            r.sum_ok,
+            r.max_abs_error
+        )
+    }
+}
+
+impl DpSgdBench {
+    pub fn summary(&self) -> String {
+        format!(
+            "DP-SGD, MLP {:?} ({} parameters), batch {}: {:.0} samples/s \
+             ({} steps, {} samples, {:.2} s wall, {:.2} s CPU)",
+            self.hidden,
+            self.parameters,
+            self.batch,
+            self.samples_per_second,
+            self.steps,
+            self.samples,
+            self.seconds,
+            self.cpu_seconds
+        )
+    }
+}
+
+/// The header of `cohort bench rounds`'s table.
+pub fn rounds_header(rounds: u32) -> String {
+    format!(
+        "clients  parameters  round(s)  slowest fit(s)  slowest eval(s)  overhead(s)  (medians over {rounds} rounds)"
+    )
+}
+
+impl RoundOverhead {
+    /// A row under [`rounds_header`].
+    pub fn row(&self) -> String {
+        format!(
+            "{:>7}  {:>10}  {:>8.3}  {:>14.3}  {:>15.3}  {:>11.3}",
+            self.clients,
+            self.parameters,
+            self.median_round_secs,
+            self.median_slowest_fit_secs,
+            self.median_slowest_evaluate_secs,
+            self.median_overhead_secs
+        )
+    }
+}

@@ -41,3 +41,18 @@ pub fn dataset_commitment(model_dir: &Path, data: &Path) -> Result<(String, usiz
     let (_, _, examples) = model_examples(model_dir, data)?;
     Ok((examples.commitment(), examples.len()))
 }
+
+/// `cohort evaluate`'s one-line summary.
+pub fn render_metrics(m: &Metrics) -> String {
+    format!(
+        "examples {}  accuracy {:.4}  auc {:.4}  loss {:.4}  (tp {} fp {} tn {} fn {})",
+        m.examples,
+        m.accuracy,
+        m.auc,
+        m.loss,
+        m.true_positives,
+        m.false_positives,
+        m.true_negatives,
+        m.false_negatives
+    )
+}

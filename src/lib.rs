@@ -1,15 +1,22 @@
 //! The developer-facing side of Cohort that sits on top of the library
 //! crates: talking to a coordinator as a model developer, evaluating a
 //! downloaded model, and the all-in-one demo. `main.rs` only parses
-//! arguments and calls into here.
+//! arguments and calls into here, one module per command group; the
+//! Python package (`python/`) calls the same functions.
 
 pub mod audit;
 pub mod bench;
+pub mod ca;
+pub mod data;
 pub mod demo;
 pub mod developer;
 pub mod evaluate;
+pub mod jobs;
 pub mod local;
+pub mod models;
 pub mod pki;
+pub mod privacy;
+pub mod serve;
 
 /// The bundled Breast Cancer Wisconsin (Diagnostic) data (CC BY 4.0; see
 /// `data/README.md`), embedded so the demo runs from any directory.

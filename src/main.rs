@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use cohort::pki::{default_url, resolve_security};
-use cohort::{demo, developer, evaluate};
+use cohort::pki::resolve_connection;
+use cohort::{audit, bench, ca, data, demo, developer, evaluate, jobs, models, privacy, serve};
 use cohort_datasets::{PartitionScheme, SplitOptions};
-use cohort_identity::{CertificateAuthority, IssueRequest, Role};
+use cohort_identity::Role;
 use cohort_protocol::Security;
 
 /// Federated learning across hospitals: no patient record leaves its hospital.
@@ -251,8 +251,8 @@ struct ChainArgs {
 }
 
 impl ChainArgs {
-    fn options(self) -> Option<cohort::audit::ChainOptions> {
-        Some(cohort::audit::ChainOptions {
+    fn options(self) -> Option<audit::ChainOptions> {
+        Some(audit::ChainOptions {
             rpc_url: self.rpc_url?,
             contract: self.contract?,
             require_anchored: self.require_anchored,
@@ -316,6 +316,15 @@ enum FractionalOrdersArg {
     DpAccounting,
 }
 
+impl From<FractionalOrdersArg> for privacy::FractionalOrders {
+    fn from(a: FractionalOrdersArg) -> Self {
+        match a {
+            FractionalOrdersArg::Exact => Self::Exact,
+            FractionalOrdersArg::DpAccounting => Self::DpAccounting,
+        }
+    }
+}
+
 impl From<AccountantArg> for cohort_privacy::dp::AccountantKind {
     fn from(a: AccountantArg) -> Self {
         match a {
@@ -367,6 +376,17 @@ struct MechanismArgs {
     accountant: AccountantArg,
     #[arg(long)]
     json: bool,
+}
+
+impl MechanismArgs {
+    fn mechanism(&self) -> privacy::Mechanism {
+        privacy::Mechanism {
+            sampling_rate: self.sampling_rate,
+            steps: self.steps,
+            delta: self.delta,
+            accountant: self.accountant.into(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -595,12 +615,12 @@ struct Connection {
 
 impl Connection {
     fn resolve(&self, allowed: &[Role]) -> Result<(String, Security)> {
-        let security = resolve_security(self.tls.as_deref(), self.insecure, allowed)?;
-        let url = self
-            .coordinator
-            .clone()
-            .unwrap_or_else(|| default_url(&security));
-        Ok((url, security))
+        resolve_connection(
+            self.coordinator.as_deref(),
+            self.tls.as_deref(),
+            self.insecure,
+            allowed,
+        )
     }
 
     /// Connects as a developer or validator.
@@ -728,70 +748,28 @@ fn init_logging(default: &str) {
         .init();
 }
 
-fn print_budget(r: &cohort_client::budget::BudgetReport) {
-    match (r.max_epsilon, r.remaining) {
-        (Some(max), Some(remaining)) => println!(
-            "privacy budget: epsilon {:.4} spent of {max}, {remaining:.4} remaining (delta {:e})",
-            r.spent, r.delta
-        ),
-        _ => println!(
-            "no privacy budget set; epsilon {:.4} spent (delta {:e})",
-            r.spent, r.delta
-        ),
-    }
-    if r.jobs.is_empty() {
-        println!("no job has spent anything yet");
-        return;
-    }
-    println!(
-        "{:<38} {:>9} {:>8} {:>8} {:>7} {:>8}",
-        "job", "epsilon", "delta", "rounds", "sigma", "q"
-    );
-    for j in &r.jobs {
-        println!(
-            "{:<38} {:>9.4} {:>8.0e} {:>8} {:>7.3} {:>8.4}",
-            j.job_id,
-            j.epsilon,
-            j.delta,
-            format!("{}/{}", j.rounds.len(), j.planned_rounds),
-            j.noise_multiplier,
-            j.sampling_rate
-        );
-    }
-}
-
 fn print_json(value: &impl serde::Serialize) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
-/// The coordinator's EVM anchor. What cannot fix itself (a wrong contract
-/// or key) stops the start; a node that is down or an account without
-/// funds only warns, and anchoring retries in the background.
-async fn evm_anchor(
-    rpc_url: &str,
-    contract: &str,
-    key: &std::path::Path,
-) -> Result<std::sync::Arc<dyn cohort_ledger::Anchor>> {
-    let key = cohort_ledger_evm::EvmKey::from_file(key)?;
-    let writer = cohort_ledger_evm::AnchorWriter::new(rpc_url, contract, key)?;
-    match writer.check().await {
-        Ok(chain_id) => tracing::info!(
-            contract = %writer.contract().address(),
-            chain_id,
-            account = %writer.account(),
-            "ledger entries will be anchored on an EVM chain"
-        ),
-        Err(e) => match cohort_ledger::AnchorError::from(e) {
-            cohort_ledger::AnchorError::Retry(reason) => {
-                tracing::warn!("{reason}; anchoring will retry in the background")
-            }
-            cohort_ledger::AnchorError::Fatal(reason) => {
-                anyhow::bail!("--ledger evm: {reason}")
-            }
-        },
+/// `--json` prints the value; otherwise its text rendering.
+fn report<T: serde::Serialize>(
+    json: bool,
+    value: &T,
+    text: impl FnOnce(&T) -> String,
+) -> Result<()> {
+    if json {
+        print_json(value)
+    } else {
+        let text = text(value);
+        if text.is_empty() || text.ends_with('\n') {
+            print!("{text}");
+        } else {
+            println!("{text}");
+        }
+        Ok(())
     }
-    Ok(std::sync::Arc::new(writer))
 }
 
 async fn shutdown_signal() {
@@ -804,7 +782,7 @@ async fn main() -> Result<()> {
     match cli.command {
         Command::Demo(a) => {
             init_logging("warn");
-            let report = demo::run(demo::DemoOptions {
+            let result = demo::run(demo::DemoOptions {
                 workdir: a.workdir,
                 rounds: a.rounds,
                 seed: a.seed,
@@ -817,9 +795,9 @@ async fn main() -> Result<()> {
             })
             .await?;
             if a.json {
-                print_json(&report)?;
+                print_json(&result)?;
             } else {
-                cohort::demo::print_report(&report);
+                demo::print_report(&result);
             }
         }
         Command::Coordinator(CoordinatorArgs {
@@ -827,95 +805,57 @@ async fn main() -> Result<()> {
             ..
         }) => {
             init_logging("warn");
-            print!("{}", cohort::audit::coordinator_key(&data_dir)?.spki_pem());
+            print!("{}", audit::coordinator_key(&data_dir)?.spki_pem());
         }
         Command::Coordinator(a) => {
             init_logging("info");
             let data_dir = a.data_dir.context("--data-dir is required")?;
-            let tls = match resolve_security(a.tls.as_deref(), a.insecure, &[Role::Coordinator])? {
-                Security::Insecure => None,
-                Security::MutualTls(kit) => {
-                    let crl = a
-                        .crl
-                        .or_else(|| Some(kit.dir.join("crl.pem")).filter(|p| p.exists()));
-                    if crl.is_none() {
-                        tracing::warn!("no revocation list (--crl): no certificate can be revoked");
-                    }
-                    Some(cohort_coordinator::TlsSettings { kit, crl })
-                }
+            let ledger = serve::LedgerFlags {
+                evm: a.ledger == LedgerArg::Evm,
+                rpc_url: a.rpc_url,
+                contract: a.contract,
+                evm_key: a.evm_key,
             };
-            let scheme = if tls.is_some() { "https" } else { "http" };
-            let addr = a
-                .listen
-                .trim_start_matches("http://")
-                .trim_start_matches("https://");
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr}"))?;
-            let mut config = cohort_coordinator::CoordinatorConfig::new(data_dir);
-            config.object_store_url = a.object_store;
-            config.poll_timeout = Duration::from_secs(a.poll_timeout_secs.max(1));
-            config.tls = tls;
-            config.request_timeout = Duration::from_secs(a.request_timeout_secs.max(1));
-            config.max_calls_per_member = a.max_calls_per_member;
-            config.anchor = match (a.ledger, a.rpc_url, a.contract, a.evm_key) {
-                (LedgerArg::Evm, Some(rpc_url), Some(contract), Some(key)) => {
-                    Some(evm_anchor(&rpc_url, &contract, &key).await?)
-                }
-                (LedgerArg::Embedded, None, None, None) => None,
-                _ => anyhow::bail!("--rpc-url, --contract and --evm-key go with --ledger evm"),
-            };
-            let coordinator = cohort_coordinator::Coordinator::open(&config)?;
-            tracing::info!(
-                "coordinator listening on {scheme}://{}",
-                listener.local_addr()?
-            );
-            coordinator.serve(listener, shutdown_signal()).await?;
+            serve::run_coordinator(
+                serve::CoordinatorOptions {
+                    listen: a.listen,
+                    data_dir,
+                    object_store: a.object_store,
+                    poll_timeout: Duration::from_secs(a.poll_timeout_secs),
+                    tls: a.tls,
+                    crl: a.crl,
+                    insecure: a.insecure,
+                    request_timeout: Duration::from_secs(a.request_timeout_secs),
+                    max_calls_per_member: a.max_calls_per_member,
+                    ledger,
+                },
+                shutdown_signal(),
+            )
+            .await?;
         }
         Command::Client(ClientArgs {
             command: Some(ClientCommand::Budget { data_dir, json }),
             ..
         }) => {
             init_logging("warn");
-            let report = cohort_client::budget::Budget::read_report(&data_dir)?;
-            if json {
-                print_json(&report)?;
-            } else {
-                print_budget(&report);
-            }
+            let budget = cohort_client::budget::Budget::read_report(&data_dir)?;
+            report(json, &budget, privacy::render_budget)?;
         }
         Command::Client(a) => {
             init_logging("info");
             let data = a.data.context("--data is required")?;
-            let budget = match (a.max_epsilon, a.delta) {
-                (Some(e), Some(d)) => Some(cohort_client::budget::BudgetLimit::new(e, d)?),
-                _ => None,
-            };
-            let (coordinator, security) = a.connection.resolve(&[Role::Hospital])?;
-            let name = match (security.kit(), a.name) {
-                (Some(kit), Some(name)) if name != kit.principal.name => anyhow::bail!(
-                    "--name {name} does not match the certificate, which names hospital `{}`",
-                    kit.principal.name
-                ),
-                (Some(kit), _) => kit.principal.name.clone(),
-                (None, Some(name)) => name,
-                (None, None) => anyhow::bail!(
-                    "--insecure needs --name (with --tls the name comes from the certificate)"
-                ),
-            };
-            cohort_client::run(
-                cohort_client::ClientConfig {
-                    coordinator,
-                    security,
+            serve::run_client(
+                serve::ClientProcessOptions {
+                    coordinator: a.connection.coordinator,
+                    tls: a.connection.tls,
+                    insecure: a.connection.insecure,
                     data,
-                    name,
+                    name: a.name,
                     data_dir: a.data_dir,
-                    options: cohort_client::ClientOptions {
-                        require_secure_aggregation: a.require_secure_aggregation,
-                        keep_contributions: a.keep_contributions,
-                        vanish_at: a.vanish_at,
-                        budget,
-                    },
+                    budget: a.max_epsilon.zip(a.delta),
+                    require_secure_aggregation: a.require_secure_aggregation,
+                    keep_contributions: a.keep_contributions,
+                    vanish_at: a.vanish_at,
                 },
                 shutdown_signal(),
             )
@@ -931,21 +871,11 @@ async fn main() -> Result<()> {
             json,
         }) => {
             init_logging("warn");
-            let entries = cohort::audit::ledger_entries(&data_dir, job.as_deref())?;
+            let entries = audit::indexed_entries(&data_dir, job.as_deref())?;
             if json {
-                let list: Vec<_> = entries
-                    .iter()
-                    .map(|(index, entry)| serde_json::json!({ "index": index, "entry": entry }))
-                    .collect();
-                print_json(&list)?;
+                print_json(&entries)?;
             } else {
-                for (index, entry) in &entries {
-                    println!(
-                        "{index:>6}  {}  {}",
-                        entry.at,
-                        serde_json::to_string(&entry.record)?
-                    );
-                }
+                print!("{}", audit::render_entries(&entries)?);
             }
         }
         Command::Verify(VerifyCommand::Ledger {
@@ -956,63 +886,25 @@ async fn main() -> Result<()> {
             json,
         }) => {
             init_logging("warn");
-            let state = state.unwrap_or_else(cohort::audit::default_state_file);
+            let state = state.unwrap_or_else(audit::default_state_file);
             let chain = chain.options();
             let verified = async {
-                let contents = match data_dir {
-                    Some(dir) => cohort::audit::read_ledger(&dir)?,
+                let source = match data_dir {
+                    Some(dir) => audit::LedgerSource::DataDir(dir),
                     None => {
                         let (url, security) = connection.resolve(&[
                             Role::Validator,
                             Role::Developer,
                             Role::Hospital,
                         ])?;
-                        let mut dev = developer::connect(&url, &security).await?;
-                        cohort::audit::fetch_ledger(&mut dev).await?
+                        audit::LedgerSource::Coordinator { url, security }
                     }
                 };
-                cohort::audit::verify_contents_on_chain(contents, &state, chain.as_ref()).await
+                audit::verify_ledger_from(&source, &state, chain.as_ref()).await
             }
             .await
             .context("ledger verification FAILED")?;
-            let report = &verified.report;
-            if json {
-                print_json(&verified)?;
-            } else {
-                println!(
-                    "ledger OK: {} entries, root {}, signed by {} (key {}…){}",
-                    report.entries,
-                    report.root,
-                    report.origin,
-                    &report.coordinator_key[..16],
-                    report
-                        .consistent_with
-                        .map(|n| format!(", extends the {n}-entry checkpoint seen before"))
-                        .unwrap_or_default()
-                );
-                if let Some(c) = &verified.chain {
-                    println!(
-                        "chain OK: {} entries anchored on contract {} (chain {}) match the log{}{}",
-                        c.anchored_entries,
-                        c.contract,
-                        c.chain_id,
-                        c.checkpoint
-                            .as_ref()
-                            .map(|k| format!(
-                                ", and so does its checkpoint of {} entries",
-                                k.tree_size
-                            ))
-                            .unwrap_or_default(),
-                        c.first_pending
-                            .as_ref()
-                            .map(|p| format!(
-                                "; {} pending, from entry {} ({})",
-                                c.pending_entries, p.index, p.what
-                            ))
-                            .unwrap_or_default()
-                    );
-                }
-            }
+            report(json, &verified, audit::LedgerVerification::summary)?;
         }
         Command::Ledger(LedgerCommand::Deploy {
             rpc_url,
@@ -1020,21 +912,11 @@ async fn main() -> Result<()> {
             json,
         }) => {
             init_logging("warn");
-            let key = cohort_ledger_evm::EvmKey::from_file(&evm_key)?;
-            let deployment = cohort_ledger_evm::deploy(&rpc_url, &key)
-                .await
-                .context("deploying the ledger anchor contract")?;
+            let deployment = audit::deploy_anchor(&rpc_url, &evm_key).await?;
             if json {
                 print_json(&deployment)?;
             } else {
-                eprintln!(
-                    "deployed on chain {} in block {} (transaction {}, {} gas); only {} may append",
-                    deployment.chain_id,
-                    deployment.block,
-                    deployment.transaction,
-                    deployment.gas_used,
-                    deployment.owner
-                );
+                eprintln!("{}", audit::deployment_summary(&deployment));
                 println!("{}", deployment.address);
             }
         }
@@ -1046,28 +928,11 @@ async fn main() -> Result<()> {
             json,
         }) => {
             init_logging("warn");
-            let state = state.unwrap_or_else(cohort::audit::default_state_file);
-            let report = cohort::audit::verify_model(
-                &dir,
-                public_key.as_deref(),
-                data_dir.as_deref(),
-                &state,
-            )
-            .context("model verification FAILED")?;
-            if json {
-                print_json(&report)?;
-            } else {
-                println!(
-                    "model OK: {} files signed by the coordinator{}",
-                    report.files.len(),
-                    match (&report.job_id, report.round, report.ledger_entry) {
-                        (Some(job), Some(round), Some(entry)) => format!(
-                            "; recorded on the ledger as {job} round {round} (entry {entry})"
-                        ),
-                        _ => String::new(),
-                    }
-                );
-            }
+            let state = state.unwrap_or_else(audit::default_state_file);
+            let verified =
+                audit::verify_model(&dir, public_key.as_deref(), data_dir.as_deref(), &state)
+                    .context("model verification FAILED")?;
+            report(json, &verified, audit::ModelVerification::summary)?;
         }
         Command::Privacy(cmd) => {
             init_logging("warn");
@@ -1086,240 +951,19 @@ async fn main() -> Result<()> {
         }) => {
             init_logging("warn");
             let mut dev = url.developer().await?;
-            let card = developer::download_model(&mut dev, &job_id, round, &out).await?;
-            if json {
-                print_json(&serde_json::json!({
-                    "job_id": card.job_id, "round": card.round, "dir": out,
-                    "parameters_sha256": card.parameters_sha256, "metrics": card.metrics,
-                }))?;
-            } else {
-                println!(
-                    "model of {} round {} saved to {}",
-                    card.job_id,
-                    card.round,
-                    out.display()
-                );
-            }
+            let model = models::get(&mut dev, &job_id, round, &out).await?;
+            report(json, &model, models::DownloadedModel::summary)?;
         }
         Command::Evaluate(a) => {
             init_logging("warn");
-            let (_, m) = evaluate::evaluate_file(&a.model, &a.data)?;
-            if a.json {
-                print_json(&m)?;
-            } else {
-                println!(
-                    "examples {}  accuracy {:.4}  auc {:.4}  loss {:.4}  (tp {} fp {} tn {} fn {})",
-                    m.examples,
-                    m.accuracy,
-                    m.auc,
-                    m.loss,
-                    m.true_positives,
-                    m.false_positives,
-                    m.true_negatives,
-                    m.false_negatives
-                );
-            }
+            let (_, metrics) = evaluate::evaluate_file(&a.model, &a.data)?;
+            report(a.json, &metrics, evaluate::render_metrics)?;
         }
-        Command::Bench(BenchCommand::Ledger {
-            sizes,
-            durable,
-            json,
-        }) => {
-            init_logging("error");
-            let mut results = Vec::new();
-            for &size in &sizes {
-                eprintln!("building a log of {size} entries ...");
-                results.push(cohort::bench::ledger(size)?);
-            }
-            eprintln!("timing {durable} durable appends ...");
-            let durable_per_sec = cohort::bench::durable_ledger_appends(durable.max(1))?;
-            if json {
-                print_json(&serde_json::json!({
-                    "logs": results, "durable_appends_per_sec": durable_per_sec,
-                }))?;
-            } else {
-                println!(
-                    "entries  appends/s  inclusion proof (B)  consistency proof (B)  proof+verify (us)"
-                );
-                for r in &results {
-                    println!(
-                        "{:>7}  {:>9.0}  {:>19}  {:>21}  {:>17.1}",
-                        r.entries,
-                        r.appends_per_sec,
-                        r.inclusion_proof_bytes,
-                        r.consistency_proof_bytes,
-                        r.inclusion_proof_micros
-                    );
-                }
-                println!(
-                    "durable appends (signed entry + signed checkpoint + SQLite commit): {durable_per_sec:.0}/s"
-                );
-            }
-        }
-        Command::Bench(BenchCommand::Secagg {
-            clients,
-            entries,
-            dropout,
-            neighbours,
-            threshold,
-            bits,
-            json,
-        }) => {
-            init_logging("error");
-            if !json {
-                println!(
-                    "clients  entries  dropout  client CPU mean (s)  server CPU (s)  sent/client (B)  received/client (B)  exact"
-                );
-            }
-            for &e in &entries {
-                for &c in &clients {
-                    for &d in &dropout {
-                        eprintln!("secure aggregation: {c} clients, {e} entries, {d} dropout ...");
-                        let r = cohort::bench::secagg(c, e, d, neighbours, threshold, bits)?;
-                        if json {
-                            println!("{}", serde_json::to_string(&r)?);
-                        } else {
-                            println!(
-                                "{:>7}  {:>7}  {:>7}  {:>19.4}  {:>14.4}  {:>15.0}  {:>19.0}  {}",
-                                r.clients,
-                                r.entries,
-                                r.dropout,
-                                r.client_cpu_secs_mean,
-                                r.server_cpu_secs,
-                                r.bytes_sent_per_client,
-                                r.bytes_received_per_client,
-                                r.sum_ok
-                            );
-                        }
-                    }
-                }
-            }
-        }
-        Command::Bench(BenchCommand::He {
-            params,
-            hospitals,
-            threshold,
-            bits,
-            json,
-        }) => {
-            init_logging("error");
-            for &p in &params {
-                eprintln!("homomorphic aggregation: {hospitals} hospitals, {p} parameters ...");
-                let r = cohort::bench::he(p, hospitals, threshold, bits)?;
-                if json {
-                    println!("{}", serde_json::to_string(&r)?);
-                } else {
-                    println!(
-                        "{} parameters, {} hospitals (any {} decrypt), 2^{} plaintexts, N={}, log2 Q={}:\n  \
-                         key ceremony {:.3} s/hospital; encrypt {:.3} s/hospital, upload {} B \
-                         ({:.1} B/param); aggregate {:.3} s; decryption share {:.3} s, {} B; \
-                         combine {:.3} s; exact sum: {}, max error {:.2e}",
-                        r.params,
-                        r.hospitals,
-                        r.threshold,
-                        r.bits,
-                        r.degree,
-                        r.log_modulus,
-                        r.keygen_seconds_per_client,
-                        r.encrypt_seconds_per_client,
-                        r.upload_bytes_per_client,
-                        r.upload_bytes_per_param,
-                        r.aggregation_seconds,
-                        r.decryption_share_seconds,
-                        r.decryption_share_bytes,
-                        r.combine_seconds,
-                        r.sum_ok,
-                        r.max_abs_error
-                    );
-                }
-            }
-        }
-        Command::Bench(BenchCommand::DpSgd {
-            features,
-            hidden,
-            batch,
-            rows,
-            steps,
-            warmup,
-            max_grad_norm,
-            noise_multiplier,
-            learning_rate,
-            seed,
-            json,
-        }) => {
-            init_logging("warn");
-            let result = cohort::bench::dp_sgd(&cohort::bench::DpSgdBenchOptions {
-                features,
-                hidden,
-                batch,
-                rows,
-                steps,
-                warmup,
-                max_grad_norm,
-                noise_multiplier,
-                learning_rate,
-                seed,
-            })?;
-            if json {
-                println!("{}", serde_json::to_string(&result)?);
-            } else {
-                println!(
-                    "DP-SGD, MLP {:?} ({} parameters), batch {}: {:.0} samples/s \
-                     ({} steps, {} samples, {:.2} s wall, {:.2} s CPU)",
-                    result.hidden,
-                    result.parameters,
-                    result.batch,
-                    result.samples_per_second,
-                    result.steps,
-                    result.samples,
-                    result.seconds,
-                    result.cpu_seconds
-                );
-            }
-        }
-        Command::Bench(BenchCommand::Rounds {
-            clients,
-            parameters,
-            rounds,
-            json,
-        }) => {
-            init_logging("error");
-            let mut results = Vec::new();
-            if !json {
-                println!(
-                    "clients  parameters  round(s)  slowest fit(s)  slowest eval(s)  overhead(s)  (medians over {rounds} rounds)"
-                );
-            }
-            for &p in &parameters {
-                for &c in &clients {
-                    eprintln!("measuring {c} clients, ~{p} parameters ...");
-                    let r = cohort::bench::round_overhead(c, p, rounds).await?;
-                    if !json {
-                        println!(
-                            "{:>7}  {:>10}  {:>8.3}  {:>14.3}  {:>15.3}  {:>11.3}",
-                            r.clients,
-                            r.parameters,
-                            r.median_round_secs,
-                            r.median_slowest_fit_secs,
-                            r.median_slowest_evaluate_secs,
-                            r.median_overhead_secs
-                        );
-                    }
-                    results.push(r);
-                }
-            }
-            if json {
-                print_json(&results)?;
-            }
-        }
+        Command::Bench(cmd) => run_bench_command(cmd).await?,
         Command::Data(DataCommand::Commitment { data, model, json }) => {
             init_logging("warn");
-            let (commitment, rows) = evaluate::dataset_commitment(&model, &data)?;
-            if json {
-                print_json(&serde_json::json!({ "dataset_sha256": commitment, "rows": rows }))?;
-            } else {
-                println!("{commitment}  ({rows} rows)");
-            }
+            let commitment = data::commitment(&model, &data)?;
+            report(json, &commitment, data::DataCommitment::summary)?;
         }
         Command::Data(DataCommand::Split {
             input,
@@ -1337,7 +981,7 @@ async fn main() -> Result<()> {
                 Scheme::Iid => PartitionScheme::Iid,
                 Scheme::Dirichlet => PartitionScheme::Dirichlet { alpha },
             };
-            let report = cohort_datasets::split_file(
+            let split = data::split(
                 &input,
                 &out,
                 &SplitOptions {
@@ -1348,17 +992,135 @@ async fn main() -> Result<()> {
                     seed,
                 },
             )?;
-            if json {
-                print_json(&report)?;
-            } else {
-                for p in report.parts.iter().chain(report.test.iter()) {
-                    println!(
-                        "{}  {} rows  {:?}",
-                        p.file.display(),
-                        p.rows,
-                        p.label_counts
-                    );
+            report(json, &split, data::render_split)?;
+        }
+    }
+    Ok(())
+}
+
+async fn run_bench_command(cmd: BenchCommand) -> Result<()> {
+    match cmd {
+        BenchCommand::Ledger {
+            sizes,
+            durable,
+            json,
+        } => {
+            init_logging("error");
+            let mut logs = Vec::new();
+            for &size in &sizes {
+                eprintln!("building a log of {size} entries ...");
+                logs.push(bench::ledger(size)?);
+            }
+            eprintln!("timing {durable} durable appends ...");
+            let durable_appends_per_sec = bench::durable_ledger_appends(durable.max(1))?;
+            let result = bench::LedgerBenchReport {
+                durable_appends_per_sec,
+                logs,
+            };
+            report(json, &result, |r| {
+                bench::render_ledger(&r.logs, r.durable_appends_per_sec)
+            })?;
+        }
+        BenchCommand::Secagg {
+            clients,
+            entries,
+            dropout,
+            neighbours,
+            threshold,
+            bits,
+            json,
+        } => {
+            init_logging("error");
+            if !json {
+                println!("{}", bench::SECAGG_HEADER);
+            }
+            for &e in &entries {
+                for &c in &clients {
+                    for &d in &dropout {
+                        eprintln!("secure aggregation: {c} clients, {e} entries, {d} dropout ...");
+                        let r = bench::secagg(c, e, d, neighbours, threshold, bits)?;
+                        if json {
+                            println!("{}", serde_json::to_string(&r)?);
+                        } else {
+                            println!("{}", r.row());
+                        }
+                    }
                 }
+            }
+        }
+        BenchCommand::He {
+            params,
+            hospitals,
+            threshold,
+            bits,
+            json,
+        } => {
+            init_logging("error");
+            for &p in &params {
+                eprintln!("homomorphic aggregation: {hospitals} hospitals, {p} parameters ...");
+                let r = bench::he(p, hospitals, threshold, bits)?;
+                if json {
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    println!("{}", r.summary());
+                }
+            }
+        }
+        BenchCommand::DpSgd {
+            features,
+            hidden,
+            batch,
+            rows,
+            steps,
+            warmup,
+            max_grad_norm,
+            noise_multiplier,
+            learning_rate,
+            seed,
+            json,
+        } => {
+            init_logging("warn");
+            let result = bench::dp_sgd(&bench::DpSgdBenchOptions {
+                features,
+                hidden,
+                batch,
+                rows,
+                steps,
+                warmup,
+                max_grad_norm,
+                noise_multiplier,
+                learning_rate,
+                seed,
+            })?;
+            if json {
+                println!("{}", serde_json::to_string(&result)?);
+            } else {
+                println!("{}", result.summary());
+            }
+        }
+        BenchCommand::Rounds {
+            clients,
+            parameters,
+            rounds,
+            json,
+        } => {
+            init_logging("error");
+            let mut results = Vec::new();
+            if !json {
+                println!("{}", bench::rounds_header(rounds));
+            }
+            for &p in &parameters {
+                for &c in &clients {
+                    eprintln!("measuring {c} clients, ~{p} parameters ...");
+                    let r = bench::round_overhead(c, p, rounds).await?;
+                    if !json {
+                        println!("{}", r.row());
+                    }
+                    results.push(r);
+                }
+            }
+            if json {
+                print_json(&results)?;
             }
         }
     }
@@ -1373,11 +1135,7 @@ async fn run_job_command(cmd: JobCommand) -> Result<()> {
             wait,
             json,
         } => {
-            let text = std::fs::read_to_string(&job)
-                .with_context(|| format!("reading {}", job.display()))?;
-            // A broken job file fails here, before any connection is made.
-            cohort_coordinator::JobSpec::from_toml(&text)
-                .with_context(|| format!("{} was not submitted", job.display()))?;
+            let text = jobs::read_job_file(&job)?;
             let mut dev = url.developer().await?;
             let job_id = developer::submit(&mut dev, &text).await?;
             if !wait {
@@ -1392,11 +1150,7 @@ async fn run_job_command(cmd: JobCommand) -> Result<()> {
                 println!("{job_id}");
             }
             let view = developer::wait(&mut dev, &job_id, !json).await?;
-            if json {
-                print_json(&view)?;
-            } else {
-                print_status(&view);
-            }
+            report(json, &view, jobs::render_status)?;
             if view.state != "completed" {
                 anyhow::bail!("job {job_id} {}", view.state);
             }
@@ -1404,109 +1158,37 @@ async fn run_job_command(cmd: JobCommand) -> Result<()> {
         JobCommand::Status { job_id, url, json } => {
             let mut dev = url.developer().await?;
             let view = developer::status(&mut dev, &job_id).await?;
-            if json {
-                print_json(&view)?;
-            } else {
-                print_status(&view);
-            }
+            report(json, &view, jobs::render_status)?;
         }
         JobCommand::List { url, json } => {
             let mut dev = url.developer().await?;
-            let jobs = developer::list(&mut dev).await?;
-            if json {
-                print_json(&jobs)?;
-            } else {
-                for j in &jobs {
-                    println!(
-                        "{}  {:<20} {:<10} {}/{} rounds",
-                        j.job_id, j.name, j.state, j.rounds_completed, j.rounds_total
-                    );
-                }
-            }
+            let list = developer::list(&mut dev).await?;
+            report(json, &list, |l| jobs::render_list(l))?;
         }
     }
     Ok(())
 }
 
 fn run_privacy_command(cmd: PrivacyCommand) -> Result<()> {
-    use cohort_privacy::dp;
     match cmd {
         PrivacyCommand::Epsilon {
             noise_multiplier,
             rdp_fractional_orders,
-            mechanism:
-                MechanismArgs {
-                    sampling_rate,
-                    steps,
-                    delta,
-                    accountant,
-                    json,
-                },
+            mechanism,
         } => {
-            let segment = dp::Segment::new(sampling_rate, noise_multiplier, steps)?;
-            let report = match (accountant, rdp_fractional_orders) {
-                (AccountantArg::Rdp, FractionalOrdersArg::DpAccounting) => {
-                    let mut acc = dp::RdpAccountant::with_orders(
-                        dp::rdp::default_orders(),
-                        dp::FractionalOrderMethod::DpAccountingCompat,
-                    )?;
-                    acc.compose(&segment);
-                    let (epsilon, order) = acc.epsilon(delta)?;
-                    dp::EpsilonReport {
-                        epsilon,
-                        delta,
-                        accountant: dp::AccountantKind::Rdp,
-                        order: Some(order),
-                    }
-                }
-                (AccountantArg::Pld, FractionalOrdersArg::DpAccounting) => {
-                    anyhow::bail!("--rdp-fractional-orders applies to --accountant rdp only")
-                }
-                _ => dp::epsilon(accountant.into(), &[segment], delta)?,
-            };
-            if json {
-                print_json(&report)?;
-            } else {
-                print!(
-                    "epsilon {:.4} at delta {:e} ({:?} accountant",
-                    report.epsilon, report.delta, report.accountant
-                );
-                match report.order {
-                    Some(order) => println!(", order {order})"),
-                    None => println!(")"),
-                }
-            }
+            let epsilon = privacy::epsilon(
+                &mechanism.mechanism(),
+                noise_multiplier,
+                rdp_fractional_orders.into(),
+            )?;
+            report(mechanism.json, &epsilon, privacy::render_epsilon)?;
         }
         PrivacyCommand::Noise {
             target_epsilon,
-            mechanism:
-                MechanismArgs {
-                    sampling_rate,
-                    steps,
-                    delta,
-                    accountant,
-                    json,
-                },
+            mechanism,
         } => {
-            let report = dp::calibrate_noise(
-                accountant.into(),
-                sampling_rate,
-                steps,
-                delta,
-                target_epsilon,
-            )?;
-            if json {
-                print_json(&report)?;
-            } else {
-                println!(
-                    "noise multiplier {:.4} gives epsilon {:.4} <= {} at delta {:e} ({:?} accountant)",
-                    report.noise_multiplier,
-                    report.epsilon,
-                    report.target_epsilon,
-                    report.delta,
-                    report.accountant
-                );
-            }
+            let noise = privacy::noise(&mechanism.mechanism(), target_epsilon)?;
+            report(mechanism.json, &noise, privacy::render_noise)?;
         }
     }
     Ok(())
@@ -1518,25 +1200,9 @@ fn run_ca_command(cmd: CaCommand) -> Result<()> {
             consortium,
             out,
             json,
-        } => {
-            let ca = CertificateAuthority::init(&consortium, &out)?;
-            if json {
-                print_json(&serde_json::json!({
-                    "consortium": ca.consortium(), "dir": out,
-                    "ca_certificate": out.join("ca.crt"), "crl": ca.crl_path(),
-                }))?;
-            } else {
-                println!(
-                    "consortium `{}` root CA created in {}",
-                    ca.consortium(),
-                    out.display()
-                );
-                println!("  share:      {} and crl.pem", out.join("ca.crt").display());
-                println!("  keep secret: {} (mode 600)", out.join("ca.key").display());
-            }
-        }
+        } => report(json, &ca::init(&consortium, &out)?, ca::CreatedCa::summary),
         CaCommand::Issue {
-            ca,
+            ca: ca_dir,
             role,
             name,
             out,
@@ -1544,105 +1210,25 @@ fn run_ca_command(cmd: CaCommand) -> Result<()> {
             hosts,
             json,
         } => {
-            let mut authority = CertificateAuthority::open(&ca)?;
-            let mut request = IssueRequest::for_days(role.into(), &name, days.max(1));
-            request.hosts = hosts;
-            let kit = authority.issue(&request, &out)?;
-            let p = &kit.principal;
-            if json {
-                print_json(&serde_json::json!({
-                    "role": p.role, "name": p.name, "serial": p.serial, "dir": out,
-                    "not_after": p.not_after, "signing_public_key": p.signing_key.to_hex(),
-                }))?;
-            } else {
-                println!(
-                    "startup kit for {} written to {} (serial {})",
-                    p,
-                    out.display(),
-                    p.serial
-                );
-                println!("  hand the whole directory to its owner over a trusted channel");
-            }
+            let request = ca::KitRequest {
+                role: role.into(),
+                name,
+                days,
+                hosts,
+            };
+            report(
+                json,
+                &ca::issue(&ca_dir, &request, &out)?,
+                ca::IssuedKit::summary,
+            )
         }
-        CaCommand::Revoke { ca, name, json } => {
-            let mut authority = CertificateAuthority::open(&ca)?;
-            let revoked = authority.revoke(&name)?;
-            if json {
-                print_json(&serde_json::json!({
-                    "revoked": revoked, "crl": authority.crl_path(),
-                }))?;
-            } else {
-                for r in &revoked {
-                    println!("revoked {} `{}` (serial {})", r.role, r.name, r.serial);
-                }
-                println!(
-                    "copy {} to the coordinator's --crl path; it is reloaded within seconds",
-                    authority.crl_path().display()
-                );
-            }
+        CaCommand::Revoke {
+            ca: ca_dir,
+            name,
+            json,
+        } => report(json, &ca::revoke(&ca_dir, &name)?, ca::Revocation::summary),
+        CaCommand::List { ca: ca_dir, json } => {
+            report(json, &ca::list(&ca_dir)?, |l| ca::render_list(l))
         }
-        CaCommand::List { ca, json } => {
-            let authority = CertificateAuthority::open(&ca)?;
-            if json {
-                print_json(&authority.issued())?;
-            } else {
-                for r in authority.issued() {
-                    println!(
-                        "{:<12} {:<24} serial {}  until {}  {}",
-                        r.role,
-                        r.name,
-                        r.serial,
-                        r.not_after,
-                        r.revoked_at
-                            .as_ref()
-                            .map(|at| format!("REVOKED {at}"))
-                            .unwrap_or_default()
-                    );
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-fn print_status(v: &developer::JobView) {
-    println!(
-        "job {} ({}): {}, {}/{} rounds",
-        v.job_id, v.name, v.state, v.rounds_completed, v.rounds_total
-    );
-    if let Some(e) = &v.error {
-        println!("error: {e}");
-    }
-    if !v.participants.is_empty() {
-        println!("participants: {}", v.participants.join(", "));
-    }
-    for r in &v.rounds {
-        match &r.metrics {
-            Some(m) => println!(
-                "  round {:>3}: {} clients  loss {:.4}  acc {:.4}  auc {:.4}  {:.2}s",
-                r.round,
-                r.participants.len(),
-                m.loss,
-                m.accuracy,
-                m.auc,
-                r.duration_secs
-            ),
-            None => println!(
-                "  round {:>3}: {} clients  (no evaluation)",
-                r.round,
-                r.participants.len()
-            ),
-        }
-    }
-    if !v.dp_epsilon.is_empty() {
-        let spent: Vec<String> = v
-            .dp_epsilon
-            .iter()
-            .map(|(name, eps)| format!("{name} {eps:.3}"))
-            .collect();
-        println!("privacy spent (epsilon per hospital): {}", spent.join(", "));
-    }
-    for e in &v.events {
-        println!("  note {}: {}", e.at, e.message);
     }
 }

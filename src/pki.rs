@@ -30,6 +30,22 @@ pub fn resolve_security(tls: Option<&Path>, insecure: bool, allowed: &[Role]) ->
     }
 }
 
+/// The coordinator URL and security of a command's `--coordinator`,
+/// `--tls` and `--insecure` flags; the URL defaults to this machine's port
+/// 7070 in the chosen scheme.
+pub fn resolve_connection(
+    coordinator: Option<&str>,
+    tls: Option<&Path>,
+    insecure: bool,
+    allowed: &[Role],
+) -> Result<(String, Security)> {
+    let security = resolve_security(tls, insecure, allowed)?;
+    let url = coordinator
+        .map(str::to_string)
+        .unwrap_or_else(|| default_url(&security));
+    Ok((url, security))
+}
+
 /// Reads a startup kit and checks it is current and of an allowed role.
 pub fn load_kit(dir: &Path, allowed: &[Role]) -> Result<Kit> {
     let kit = Kit::load(dir)?;

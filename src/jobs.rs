@@ -1,0 +1,84 @@
+//! `cohort job`: job files and how a job's state reads on a terminal. The
+//! calls to the coordinator live in [`crate::developer`].
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use crate::developer::JobView;
+
+/// Reads a job file and checks it the way the coordinator will, so a broken
+/// file fails before any connection is made.
+pub fn read_job_file(path: &Path) -> Result<String> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    cohort_coordinator::JobSpec::from_toml(&text)
+        .with_context(|| format!("{} was not submitted", path.display()))?;
+    Ok(text)
+}
+
+/// A job's state, rounds, privacy spending and notes, one line each.
+pub fn render_status(v: &JobView) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "job {} ({}): {}, {}/{} rounds",
+        v.job_id, v.name, v.state, v.rounds_completed, v.rounds_total
+    );
+    if let Some(e) = &v.error {
+        let _ = writeln!(out, "error: {e}");
+    }
+    if !v.participants.is_empty() {
+        let _ = writeln!(out, "participants: {}", v.participants.join(", "));
+    }
+    for r in &v.rounds {
+        let _ = match &r.metrics {
+            Some(m) => writeln!(
+                out,
+                "  round {:>3}: {} clients  loss {:.4}  acc {:.4}  auc {:.4}  {:.2}s",
+                r.round,
+                r.participants.len(),
+                m.loss,
+                m.accuracy,
+                m.auc,
+                r.duration_secs
+            ),
+            None => writeln!(
+                out,
+                "  round {:>3}: {} clients  (no evaluation)",
+                r.round,
+                r.participants.len()
+            ),
+        };
+    }
+    if !v.dp_epsilon.is_empty() {
+        let spent: Vec<String> = v
+            .dp_epsilon
+            .iter()
+            .map(|(name, eps)| format!("{name} {eps:.3}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "privacy spent (epsilon per hospital): {}",
+            spent.join(", ")
+        );
+    }
+    for e in &v.events {
+        let _ = writeln!(out, "  note {}: {}", e.at, e.message);
+    }
+    out
+}
+
+/// One line per job: id, name, state and progress.
+pub fn render_list(jobs: &[JobView]) -> String {
+    let mut out = String::new();
+    for j in jobs {
+        let _ = writeln!(
+            out,
+            "{}  {:<20} {:<10} {}/{} rounds",
+            j.job_id, j.name, j.state, j.rounds_completed, j.rounds_total
+        );
+    }
+    out
+}

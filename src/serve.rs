@@ -1,0 +1,210 @@
+//! `cohort coordinator` and `cohort client`: the two long-running
+//! processes, configured from their flags.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use cohort_identity::Role;
+use cohort_protocol::Security;
+
+use crate::pki::{resolve_connection, resolve_security};
+
+/// Where the coordinator keeps its ledger.
+#[derive(Debug, Clone)]
+pub enum LedgerBackend {
+    /// The Merkle log in the data directory alone.
+    Embedded,
+    /// The same log, each entry also anchored on an EVM chain.
+    Evm {
+        rpc_url: String,
+        contract: String,
+        evm_key: PathBuf,
+    },
+}
+
+/// The `--ledger`, `--rpc-url`, `--contract` and `--evm-key` flags.
+#[derive(Debug, Clone, Default)]
+pub struct LedgerFlags {
+    /// `--ledger evm`.
+    pub evm: bool,
+    pub rpc_url: Option<String>,
+    pub contract: Option<String>,
+    pub evm_key: Option<PathBuf>,
+}
+
+impl LedgerFlags {
+    /// The backend the flags name, refusing EVM settings without `--ledger evm`.
+    pub fn backend(self) -> Result<LedgerBackend> {
+        match (self.evm, self.rpc_url, self.contract, self.evm_key) {
+            (true, Some(rpc_url), Some(contract), Some(evm_key)) => Ok(LedgerBackend::Evm {
+                rpc_url,
+                contract,
+                evm_key,
+            }),
+            (false, None, None, None) => Ok(LedgerBackend::Embedded),
+            _ => bail!("--rpc-url, --contract and --evm-key go with --ledger evm"),
+        }
+    }
+}
+
+/// A coordinator's flags.
+#[derive(Debug, Clone)]
+pub struct CoordinatorOptions {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub object_store: Option<String>,
+    pub poll_timeout: Duration,
+    /// Startup kit directory (mutual TLS); `None` needs `insecure`.
+    pub tls: Option<PathBuf>,
+    pub crl: Option<PathBuf>,
+    pub insecure: bool,
+    pub request_timeout: Duration,
+    pub max_calls_per_member: usize,
+    pub ledger: LedgerFlags,
+}
+
+/// Runs a coordinator until `shutdown` resolves.
+pub async fn run_coordinator(
+    options: CoordinatorOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    let tls = match resolve_security(
+        options.tls.as_deref(),
+        options.insecure,
+        &[Role::Coordinator],
+    )? {
+        Security::Insecure => None,
+        Security::MutualTls(kit) => {
+            let crl = options
+                .crl
+                .or_else(|| Some(kit.dir.join("crl.pem")).filter(|p| p.exists()));
+            if crl.is_none() {
+                tracing::warn!("no revocation list (--crl): no certificate can be revoked");
+            }
+            Some(cohort_coordinator::TlsSettings { kit, crl })
+        }
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let addr = options
+        .listen
+        .trim_start_matches("http://")
+        .trim_start_matches("https://");
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let mut config = cohort_coordinator::CoordinatorConfig::new(options.data_dir);
+    config.object_store_url = options.object_store;
+    config.poll_timeout = options.poll_timeout.max(Duration::from_secs(1));
+    config.tls = tls;
+    config.request_timeout = options.request_timeout.max(Duration::from_secs(1));
+    config.max_calls_per_member = options.max_calls_per_member;
+    config.anchor = match options.ledger.backend()? {
+        LedgerBackend::Evm {
+            rpc_url,
+            contract,
+            evm_key,
+        } => Some(evm_anchor(&rpc_url, &contract, &evm_key).await?),
+        LedgerBackend::Embedded => None,
+    };
+    let coordinator = cohort_coordinator::Coordinator::open(&config)?;
+    tracing::info!(
+        "coordinator listening on {scheme}://{}",
+        listener.local_addr()?
+    );
+    coordinator.serve(listener, shutdown).await?;
+    Ok(())
+}
+
+/// The coordinator's EVM anchor. What cannot fix itself (a wrong contract
+/// or key) stops the start; a node that is down or an account without
+/// funds only warns, and anchoring retries in the background.
+async fn evm_anchor(
+    rpc_url: &str,
+    contract: &str,
+    key: &Path,
+) -> Result<Arc<dyn cohort_ledger::Anchor>> {
+    let key = cohort_ledger_evm::EvmKey::from_file(key)?;
+    let writer = cohort_ledger_evm::AnchorWriter::new(rpc_url, contract, key)?;
+    match writer.check().await {
+        Ok(chain_id) => tracing::info!(
+            contract = %writer.contract().address(),
+            chain_id,
+            account = %writer.account(),
+            "ledger entries will be anchored on an EVM chain"
+        ),
+        Err(e) => match cohort_ledger::AnchorError::from(e) {
+            cohort_ledger::AnchorError::Retry(reason) => {
+                tracing::warn!("{reason}; anchoring will retry in the background")
+            }
+            cohort_ledger::AnchorError::Fatal(reason) => {
+                bail!("--ledger evm: {reason}")
+            }
+        },
+    }
+    Ok(Arc::new(writer))
+}
+
+/// A hospital client's flags.
+#[derive(Debug, Clone)]
+pub struct ClientProcessOptions {
+    pub coordinator: Option<String>,
+    pub tls: Option<PathBuf>,
+    pub insecure: bool,
+    pub data: PathBuf,
+    pub name: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    /// `--max-epsilon` with its `--delta`.
+    pub budget: Option<(f64, f64)>,
+    pub require_secure_aggregation: bool,
+    pub keep_contributions: bool,
+    pub vanish_at: Option<cohort_client::VanishAt>,
+}
+
+/// Runs a hospital client until `shutdown` resolves.
+pub async fn run_client(
+    options: ClientProcessOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let budget = match options.budget {
+        Some((epsilon, delta)) => Some(cohort_client::budget::BudgetLimit::new(epsilon, delta)?),
+        None => None,
+    };
+    let (coordinator, security) = resolve_connection(
+        options.coordinator.as_deref(),
+        options.tls.as_deref(),
+        options.insecure,
+        &[Role::Hospital],
+    )?;
+    let name = match (security.kit(), options.name) {
+        (Some(kit), Some(name)) if name != kit.principal.name => bail!(
+            "--name {name} does not match the certificate, which names hospital `{}`",
+            kit.principal.name
+        ),
+        (Some(kit), _) => kit.principal.name.clone(),
+        (None, Some(name)) => name,
+        (None, None) => {
+            bail!("--insecure needs --name (with --tls the name comes from the certificate)")
+        }
+    };
+    cohort_client::run(
+        cohort_client::ClientConfig {
+            coordinator,
+            security,
+            data: options.data,
+            name,
+            data_dir: options.data_dir,
+            options: cohort_client::ClientOptions {
+                require_secure_aggregation: options.require_secure_aggregation,
+                keep_contributions: options.keep_contributions,
+                vanish_at: options.vanish_at,
+                budget,
+            },
+        },
+        shutdown,
+    )
+    .await?;
+    Ok(())
+}
