@@ -529,3 +529,43 @@ pub fn deployment_summary(d: &cohort_ledger_evm::Deployment) -> String {
         d.chain_id, d.block, d.transaction, d.gas_used, d.owner
     )
 }
+
+/// An entry's inclusion proof (RFC 9162) in the log as its data directory
+/// holds it, in hex: enough to recompute the root by hand.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InclusionProof {
+    pub index: u64,
+    pub tree_size: u64,
+    /// The entry's bytes as the log stores them (UTF-8 JSON).
+    pub leaf: String,
+    /// SHA-256(0x00 || leaf).
+    pub leaf_hash: String,
+    /// Sibling hashes, leaf side first.
+    pub proof: Vec<String>,
+    /// The root the proof leads to: compare with the signed checkpoint's.
+    pub root: String,
+}
+
+pub fn inclusion_proof(data_dir: &Path, index: u64) -> Result<InclusionProof> {
+    let leaves = read_ledger(data_dir)?.leaves;
+    let size = leaves.len() as u64;
+    let leaf = leaves
+        .get(usize::try_from(index).unwrap_or(usize::MAX))
+        .with_context(|| format!("the ledger has {size} entries; there is no entry {index}"))?;
+    let mut log = cohort_ledger::MerkleLog::new();
+    for l in &leaves {
+        log.append(l);
+    }
+    Ok(InclusionProof {
+        index,
+        tree_size: size,
+        leaf: String::from_utf8_lossy(leaf).into_owned(),
+        leaf_hash: hex::encode(cohort_ledger::hash_leaf(leaf)),
+        proof: log
+            .inclusion_proof(index, size)?
+            .iter()
+            .map(hex::encode)
+            .collect(),
+        root: hex::encode(log.root(size)?),
+    })
+}

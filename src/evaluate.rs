@@ -56,3 +56,28 @@ pub fn render_metrics(m: &Metrics) -> String {
         m.false_negatives
     )
 }
+
+/// A model's inputs and outputs on a labelled file: the preprocessed
+/// feature rows the network sees, its probability of the positive class for
+/// each, and the labels. What the PyTorch and ONNX parity checks compare.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Predictions {
+    pub feature_names: Vec<String>,
+    /// One row per example, `feature_names.len()` values each.
+    pub features: Vec<Vec<f32>>,
+    pub probabilities: Vec<f32>,
+    pub labels: Vec<f32>,
+}
+
+pub fn predict_file(model_dir: &Path, data: &Path) -> Result<Predictions> {
+    let (card, params, examples) = model_examples(model_dir, data)?;
+    let probabilities = cohort_models::predict_proba(&card.model, &params, &examples)?;
+    Ok(Predictions {
+        feature_names: card.feature_names,
+        features: (0..examples.len())
+            .map(|i| examples.row(i).to_vec())
+            .collect(),
+        probabilities,
+        labels: examples.labels,
+    })
+}

@@ -82,3 +82,22 @@ pub fn render_list(jobs: &[JobView]) -> String {
     }
     out
 }
+
+/// A job given as JSON (a Python dict) as job-file TOML, checked the way the
+/// coordinator checks it: an unknown or misspelt key is refused by name.
+pub fn job_toml_from_json(json: &str) -> Result<String> {
+    let value: serde_json::Value =
+        serde_json::from_str(json).context("the job is not valid JSON")?;
+    if !value.is_object() {
+        anyhow::bail!("a job is a table of sections (name, data, model, training, ...)");
+    }
+    let text = toml::to_string(&value).context("the job cannot be written as TOML")?;
+    cohort_coordinator::JobSpec::from_toml(&text)?;
+    Ok(text)
+}
+
+/// Checks job-file TOML the way the coordinator will.
+pub fn validate_job_toml(text: &str) -> Result<()> {
+    cohort_coordinator::JobSpec::from_toml(text)?;
+    Ok(())
+}

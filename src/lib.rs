@@ -16,6 +16,7 @@ pub mod local;
 pub mod models;
 pub mod pki;
 pub mod privacy;
+pub mod sandbox;
 pub mod serve;
 
 /// The bundled Breast Cancer Wisconsin (Diagnostic) data (CC BY 4.0; see

@@ -677,6 +677,34 @@ enum ModelCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Write a downloaded model in another format. ONNX: input `features`
+    /// (rows preprocessed as the model card says, in its feature order),
+    /// output `probability`; runs in onnxruntime.
+    Export {
+        /// The model directory (`cohort model get --out DIR`).
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, value_enum)]
+        format: ExportFormatArg,
+        /// The file to write.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ExportFormatArg {
+    Onnx,
+}
+
+impl From<ExportFormatArg> for models::ExportFormat {
+    fn from(f: ExportFormatArg) -> Self {
+        match f {
+            ExportFormatArg::Onnx => Self::Onnx,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -953,6 +981,16 @@ async fn main() -> Result<()> {
             let mut dev = url.developer().await?;
             let model = models::get(&mut dev, &job_id, round, &out).await?;
             report(json, &model, models::DownloadedModel::summary)?;
+        }
+        Command::Model(ModelCommand::Export {
+            model,
+            format,
+            out,
+            json,
+        }) => {
+            init_logging("warn");
+            let exported = models::export(&model, format.into(), &out)?;
+            report(json, &exported, models::ExportedModel::summary)?;
         }
         Command::Evaluate(a) => {
             init_logging("warn");

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use cohort_models::Metrics;
 use serde::Serialize;
 
@@ -43,5 +43,57 @@ pub async fn get(
         metrics: card.metrics,
         parameters_sha256: card.parameters_sha256,
         round: card.round,
+    })
+}
+
+/// The model formats `cohort model export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportFormat {
+    /// ONNX (IR 8, opset 13): preprocessed features in, probability out.
+    Onnx,
+}
+
+/// `cohort model export --json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExportedModel {
+    pub bytes: u64,
+    pub format: ExportFormat,
+    pub input: &'static str,
+    pub output: &'static str,
+    pub path: PathBuf,
+}
+
+impl ExportedModel {
+    pub fn summary(&self) -> String {
+        format!(
+            "{} written ({} bytes; input `{}`: preprocessed features, output `{}`)",
+            self.path.display(),
+            self.bytes,
+            self.input,
+            self.output
+        )
+    }
+}
+
+/// Writes the model in `model_dir` as an ONNX file at `out`.
+pub fn export_onnx(model_dir: &Path, out: &Path) -> Result<()> {
+    export(model_dir, ExportFormat::Onnx, out).map(|_| ())
+}
+
+/// Writes the model in `model_dir` in `format` at `out`.
+pub fn export(model_dir: &Path, format: ExportFormat, out: &Path) -> Result<ExportedModel> {
+    let (card, params) = cohort_models::load_model(model_dir)
+        .with_context(|| format!("loading the model in {}", model_dir.display()))?;
+    let bytes = match format {
+        ExportFormat::Onnx => cohort_models::to_onnx(&card, &params)?,
+    };
+    std::fs::write(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+    Ok(ExportedModel {
+        bytes: bytes.len() as u64,
+        format,
+        input: cohort_models::ONNX_INPUT,
+        output: cohort_models::ONNX_OUTPUT,
+        path: out.to_path_buf(),
     })
 }

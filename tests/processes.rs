@@ -319,6 +319,26 @@ fn three_processes_train_on_an_unseen_csv_and_match_centralized_logistic_regress
     assert!(auc > 0.7, "the synthetic label is learnable: {auc}");
     assert_eq!(federated["examples"].as_u64().unwrap(), central.examples);
 
+    // The same model as ONNX (its numbers are checked against onnxruntime in
+    // python/tests/test_parity.py).
+    let onnx = dir.path().join("model.onnx");
+    let exported = cohort(&[
+        "model",
+        "export",
+        "--model",
+        model_dir.to_str().unwrap(),
+        "--format",
+        "onnx",
+        "--out",
+        onnx.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(exported["input"], "features", "{exported:#}");
+    assert_eq!(
+        exported["bytes"].as_u64().unwrap(),
+        std::fs::metadata(&onnx).unwrap().len()
+    );
+
     // The developer audits the running coordinator's ledger over mutual TLS.
     let state = dir.path().join("seen.json");
     let audit = cohort_as(

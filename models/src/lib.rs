@@ -40,6 +40,7 @@ mod dp_sgd;
 mod error;
 mod metrics;
 mod net;
+mod onnx;
 mod params;
 mod spec;
 mod train;
@@ -51,6 +52,7 @@ pub use artifact::{
 pub use dp_sgd::{DpSgdConfig, DpSgdPlan, clipped_gradient_sum};
 pub use error::ModelError;
 pub use metrics::{Metrics, evaluate, predict_proba, roc_auc};
+pub use onnx::{ONNX_INPUT, ONNX_OUTPUT, to_onnx};
 pub use params::{
     TensorInfo, check_parameters, init_parameters, parameter_layout, parameters_from_bytes,
     parameters_sha256, parameters_to_bytes,

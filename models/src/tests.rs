@@ -412,7 +412,7 @@ fn million_parameter_model_trains_one_epoch_quickly() {
     }
 }
 
-fn card_for(spec: ModelSpec, n_features: usize, params: &[f32]) -> ModelCard {
+pub(crate) fn card_for(spec: ModelSpec, n_features: usize, params: &[f32]) -> ModelCard {
     let data: DataSpec = serde_json::from_value(serde_json::json!({
         "label": "outcome",
         "positive": "1",

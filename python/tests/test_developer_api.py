@@ -1,0 +1,131 @@
+"""The developer API against a real coordinator: submit, follow, metrics,
+models, verification, and the errors a developer meets."""
+
+import os
+import shutil
+import signal
+import threading
+import time
+
+import polars as pl
+import pytest
+
+import cohort
+
+
+def test_submit_wait_and_metrics_as_a_dataframe(coordinator, trained):
+    job, _ = trained
+    assert any(j["job_id"] == job for j in coordinator.jobs())
+    status = coordinator.status(job)
+    assert status["state"] == "completed" and status["rounds_completed"] == 3
+    frame = coordinator.metrics(job)
+    assert isinstance(frame, pl.DataFrame)
+    # One row per round and hospital.
+    assert frame.height == 3 * 3
+    assert sorted(frame["hospital"].unique().to_list()) == ["hospital-a", "hospital-b", "hospital-c"]
+    assert frame["round"].unique().sort().to_list() == [1, 2, 3]
+    assert frame["accuracy"].min() > 0.5 and frame["auc"].max() <= 1.0
+    # No DP in this job: no epsilon.
+    assert frame["epsilon"].null_count() == frame.height
+    pandas = frame.to_pandas()
+    assert len(pandas) == 9 and "loss" in pandas.columns
+
+
+def test_model_is_signed_evaluates_and_is_on_the_ledger(consortium, trained, tmp_path):
+    job, model = trained
+    assert {"model.safetensors", "model.json", "model.sig"} <= set(os.listdir(model))
+    report = cohort.verify_model(model, data_dir=consortium.data_dir, state=tmp_path / "seen.json")
+    assert report["job_id"] == job and report["round"] == 3
+    metrics = cohort.evaluate(model, consortium.test_file)
+    assert metrics["examples"] > 100 and metrics["accuracy"] > 0.85
+
+
+def test_a_tampered_model_fails_verification(consortium, trained, tmp_path):
+    _, model = trained
+    copy = tmp_path / "tampered"
+    shutil.copytree(model, copy)
+    weights = bytearray((copy / "model.safetensors").read_bytes())
+    weights[-1] ^= 0x01
+    (copy / "model.safetensors").write_bytes(bytes(weights))
+    with pytest.raises(cohort.CohortError, match="model.safetensors"):
+        cohort.verify_model(copy, data_dir=consortium.data_dir, state=tmp_path / "seen.json")
+
+
+def test_ledger_verifies_from_disk_and_over_the_network(consortium, coordinator, trained, tmp_path):
+    job, _ = trained
+    local = cohort.verify_ledger(consortium.data_dir, state=tmp_path / "a.json")
+    remote = coordinator.verify_ledger(state=tmp_path / "b.json")
+    assert local["entries"] >= 3 and remote["root"]
+    entries = cohort.ledger_entries(consortium.data_dir, job)
+    assert {e["entry"]["record"]["type"] for e in entries} >= {"job_created", "round_completed"}
+
+
+def test_wrong_url_and_a_coordinator_that_is_down_raise():
+    with pytest.raises(cohort.CohortError, match="cannot reach the coordinator at http://127.0.0.1:9"):
+        cohort.Coordinator("http://127.0.0.1:9")
+    with pytest.raises(cohort.CohortError, match="not-a-url"):
+        cohort.Coordinator("not-a-url")
+
+
+def test_missing_kit_names_the_directory(tmp_path):
+    with pytest.raises(cohort.CohortError, match="nokit"):
+        cohort.Coordinator("https://127.0.0.1:7070", tls=tmp_path / "nokit")
+
+
+def test_a_job_dict_with_a_typo_names_the_key(consortium, coordinator):
+    job = consortium.job()
+    job["training"]["roundz"] = 3
+    with pytest.raises(cohort.CohortError, match="roundz"):
+        coordinator.submit(job)
+    before = len(coordinator.jobs())
+    job = consortium.job(model={"kind": "transformer"})
+    with pytest.raises(cohort.CohortError, match="transformer"):
+        coordinator.submit(job)
+    assert len(coordinator.jobs()) == before
+
+
+def test_unknown_job_gives_the_coordinators_message(coordinator):
+    with pytest.raises(cohort.CohortError, match="no-such-job"):
+        coordinator.status("no-such-job")
+
+
+def test_a_revoked_kit_is_refused_with_the_reason(consortium, tmp_path):
+    kit = tmp_path / "dev-2"
+    cohort.ca_issue(consortium.ca, "developer", "dev-2", kit)
+    c = cohort.Coordinator(consortium.url, tls=kit)
+    c.jobs()
+    revoked = cohort.ca_revoke(consortium.ca, "dev-2")
+    assert [r["name"] for r in revoked["revoked"]] == ["dev-2"]
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            c.jobs()
+        except cohort.CohortError as e:
+            assert "revoked" in str(e), e
+            break
+        assert time.monotonic() < deadline, "the revoked kit still works after 30 s"
+        time.sleep(0.5)
+    with pytest.raises(cohort.CohortError):
+        cohort.Coordinator(consortium.url, tls=kit).jobs()
+
+
+def test_ctrl_c_during_wait_leaves_the_job_running(tmp_path):
+    # Its own consortium, so the long job slows no other test.
+    with cohort.demo(hospitals=2, workdir=tmp_path) as consortium:
+        _interrupt_a_wait(consortium, consortium.coordinator())
+
+
+def _interrupt_a_wait(consortium, coordinator):
+    job = coordinator.submit(consortium.job(rounds=400))
+    timer = threading.Timer(1.5, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        coordinator.wait(job, progress=False)
+    timer.join()
+    status = coordinator.status(job)
+    assert status["state"] in ("pending", "running"), status
+    # It keeps training without anyone waiting.
+    deadline = time.monotonic() + 60
+    while coordinator.status(job)["rounds_completed"] <= status["rounds_completed"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
