@@ -129,3 +129,20 @@ def _interrupt_a_wait(consortium, coordinator):
     while coordinator.status(job)["rounds_completed"] <= status["rounds_completed"]:
         assert time.monotonic() < deadline
         time.sleep(0.5)
+
+
+def test_metrics_carry_each_hospitals_epsilon_under_dp(consortium, coordinator):
+    job = consortium.job(
+        rounds=2,
+        model={"kind": "logistic"},
+        training={"local_epochs": 1, "batch_size": 96},
+        privacy={"dp": {"level": "record", "target_epsilon": 2.0, "accountant": "rdp"}},
+    )
+    job_id = coordinator.submit(job)
+    assert coordinator.wait(job_id, progress=False, timeout=120)["state"] == "completed"
+    frame = coordinator.metrics(job_id)
+    assert frame["epsilon"].null_count() == 0
+    last = frame.filter(pl.col("round") == 2)
+    assert last.height == 3
+    # Each hospital spends up to its target by the last round, never more.
+    assert all(0.0 < eps <= 2.0 + 1e-9 for eps in last["epsilon"].to_list())
