@@ -129,9 +129,11 @@ class Coordinator:
 
     def metrics(self, job: str) -> "polars.DataFrame":  # noqa: F821
         """One row per round and hospital: the round's federated evaluation
-        (loss, accuracy, auc, ...), the round's timing, and the hospital's
-        examples and the ε it had spent by then (DP jobs). ``.to_pandas()``
-        converts it."""
+        (loss, accuracy, auc over every hospital's validation rows), the
+        round's timing, and what the hospital contributed: its training
+        examples and, under DP, the ε it had spent by then. Validation
+        metrics are released only as that aggregate (docs/JOBS.md), so they
+        repeat across a round's rows. ``.to_pandas()`` converts it."""
         return metrics_frame(self.status(job))
 
     def model(self, job: str, out: Optional[PathLike] = None, round: Optional[int] = None) -> Path:
