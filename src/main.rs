@@ -684,6 +684,7 @@ enum ModelCommand {
         /// The model directory (`cohort model get --out DIR`).
         #[arg(long)]
         model: PathBuf,
+        /// The format to write (ONNX: IR version 8, opset 13).
         #[arg(long, value_enum)]
         format: ExportFormatArg,
         /// The file to write.
@@ -696,6 +697,7 @@ enum ModelCommand {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum ExportFormatArg {
+    /// ONNX, for onnxruntime and other runtimes.
     Onnx,
 }
 
