@@ -16,8 +16,8 @@ pub mod local;
 pub mod models;
 pub mod pki;
 pub mod privacy;
-pub mod serve;
 pub mod rewards;
+pub mod serve;
 
 /// The bundled Breast Cancer Wisconsin (Diagnostic) data (CC BY 4.0; see
 /// `data/README.md`), embedded so the demo runs from any directory.

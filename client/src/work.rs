@@ -459,7 +459,7 @@ impl Worker {
             &data.validation
         };
         let count = task.candidate_count as usize;
-        if all.is_empty() || all.len() % count != 0 {
+        if all.is_empty() || !all.len().is_multiple_of(count) {
             return Err(format!(
                 "{} parameters do not split into {count} candidate models",
                 all.len()

@@ -225,15 +225,17 @@ fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Vec<f64> {
         if p == 0.0 {
             continue;
         }
-        for r in col + 1..n {
-            let f = a[r][col] / p;
+        let pivot_row = a[col].clone();
+        let pivot_b = b[col];
+        for (row, rhs) in a.iter_mut().zip(b.iter_mut()).skip(col + 1) {
+            let f = row[col] / p;
             if f == 0.0 {
                 continue;
             }
-            for c in col..n {
-                a[r][c] -= f * a[col][c];
+            for (x, y) in row[col..].iter_mut().zip(&pivot_row[col..]) {
+                *x -= f * y;
             }
-            b[r] -= f * b[col];
+            *rhs -= f * pivot_b;
         }
     }
     let mut x = vec![0.0; n];
