@@ -985,6 +985,12 @@ fn check_rewards(net: &Net, job: &str, rounds: usize, free_rider: &str) -> Vec<(
     }
     let hospitals = shown["hospitals"].as_array().unwrap();
     assert_eq!(hospitals.len(), 4, "{shown:#}");
+    for h in hospitals {
+        eprintln!(
+            "job {job}: {} value {} reward {}",
+            h["name"], h["value"], h["reward"]
+        );
+    }
     let total: u64 = hospitals
         .iter()
         .map(|h| h["reward"].as_u64().unwrap())
