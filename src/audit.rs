@@ -211,6 +211,14 @@ fn entry_ref(index: u64, leaf: &[u8]) -> EntryRef {
         Ok(Record::RoundCompleted { job_id, round, .. }) => {
             (Some(job_id.clone()), format!("job {job_id} round {round}"))
         }
+        Ok(Record::RoundValued { job_id, round, .. }) => (
+            Some(job_id.clone()),
+            format!("job {job_id} round {round} values"),
+        ),
+        Ok(Record::RewardsPaid { job_id, round, .. }) => (
+            Some(job_id.clone()),
+            format!("job {job_id} round {round} rewards"),
+        ),
         Err(_) => (None, "an unreadable entry".to_string()),
     };
     EntryRef {

@@ -12,6 +12,8 @@ use serde::Serialize;
 use crate::developer;
 use crate::local::{LocalFederation, LocalHospital};
 
+pub mod valuation;
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RoundOverhead {
     pub clients: usize,

@@ -17,6 +17,7 @@ pub mod models;
 pub mod pki;
 pub mod privacy;
 pub mod sandbox;
+pub mod rewards;
 pub mod serve;
 
 /// The bundled Breast Cancer Wisconsin (Diagnostic) data (CC BY 4.0; see

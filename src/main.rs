@@ -59,6 +59,51 @@ enum Command {
     /// Measure Cohort itself (results go in docs/BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Contribution values and halving rewards of `[valuation]` jobs, read
+    /// from the coordinator's ledger.
+    #[command(subcommand)]
+    Rewards(RewardsCommand),
+}
+
+#[derive(Subcommand)]
+enum RewardsCommand {
+    /// Each hospital's value and reward (all jobs, or one), and every paid
+    /// round; optionally a per-round plot and rewards priced in a currency.
+    Show {
+        /// Only this job's rounds.
+        job: Option<String>,
+        /// The coordinator's data directory (read-only). Without it, the
+        /// ledger is fetched from the running coordinator.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        connection: Connection,
+        /// Also write values and rewards per round per hospital as SVG.
+        #[arg(long, value_name = "FILE.svg")]
+        plot: Option<PathBuf>,
+        /// Report rewards in a reference currency too: a CSV of
+        /// `height,price` lines (price of one token from that height on).
+        #[arg(long, value_name = "FILE")]
+        price_csv: Option<PathBuf>,
+        /// Base units in one priced token.
+        #[arg(long, default_value_t = 100_000_000)]
+        price_unit: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recompute every payout from the ledger alone: heights, the halving
+    /// schedule, each split from the recorded values, and that no released
+    /// group sum isolated one hospital. Exits non-zero on any mismatch.
+    Verify {
+        /// The coordinator's data directory (read-only). Without it, the
+        /// ledger is fetched from the running coordinator.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -75,6 +120,26 @@ enum BenchCommand {
         durable: u64,
         #[arg(long)]
         json: bool,
+    },
+    /// Contribution valuation: permutation sampling (plain) and partition
+    /// valuation (secagg) against exact Shapley on the same WDBC
+    /// federation (Spearman, mean absolute error, candidates scored), then
+    /// the round wall time a plain job spends with and without
+    /// `[valuation]` at --overhead-hospitals.
+    Valuation {
+        #[arg(long, default_value_t = 8)]
+        hospitals: usize,
+        #[arg(long, default_value_t = 6)]
+        rounds: u32,
+        /// Permutations per round for the sampled method.
+        #[arg(long, default_value_t = 32)]
+        permutations: u32,
+        /// Partition valuation's group size k.
+        #[arg(long, default_value_t = 2)]
+        group_size: u32,
+        /// 0 skips the overhead measurement.
+        #[arg(long, default_value_t = 10)]
+        overhead_hospitals: usize,
     },
     /// Secure aggregation (SecAgg+): client and server CPU time and bytes
     /// per client for one round, every party run in this process one after
@@ -488,6 +553,17 @@ struct CoordinatorArgs {
     /// Directory for the SQLite state file and (by default) stored models.
     #[arg(long, required = true)]
     data_dir: Option<PathBuf>,
+    /// Base units the consortium's first rewarded rounds emit each
+    /// (`[valuation]` jobs); fixed by the first payout. Default: Bitcoin's.
+    #[arg(long, default_value_t = 5_000_000_000)]
+    emission_initial: u64,
+    /// Rewarded rounds (all jobs together) between halvings of the emission.
+    #[arg(long, default_value_t = 210_000)]
+    emission_halving: u64,
+    /// Parts per million of a round's emission paid to the validators that
+    /// attested it (rounds without attestations pay the hospitals all).
+    #[arg(long, default_value_t = 0)]
+    validator_share_ppm: u64,
     /// Object store for models: file:///path, memory:///, or s3://bucket/prefix
     /// (s3 needs the `s3` build feature) [default: DATA_DIR/objects].
     #[arg(long)]
@@ -858,6 +934,11 @@ async fn main() -> Result<()> {
                     request_timeout: Duration::from_secs(a.request_timeout_secs),
                     max_calls_per_member: a.max_calls_per_member,
                     ledger,
+                    rewards: cohort_coordinator::rewards::RewardsConfig::new(
+                        a.emission_initial,
+                        a.emission_halving,
+                        a.validator_share_ppm,
+                    )?,
                 },
                 shutdown_signal(),
             )
@@ -908,6 +989,7 @@ async fn main() -> Result<()> {
                 print!("{}", audit::render_entries(&entries)?);
             }
         }
+        Command::Rewards(command) => run_rewards_command(command).await?,
         Command::Verify(VerifyCommand::Ledger {
             data_dir,
             connection,
@@ -1038,8 +1120,74 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
+async fn run_rewards_command(cmd: RewardsCommand) -> Result<()> {
+    init_logging("warn");
+    let source = |data_dir: Option<PathBuf>, connection: Connection| -> Result<_> {
+        Ok(match data_dir {
+            Some(dir) => audit::LedgerSource::DataDir(dir),
+            None => {
+                let (url, security) =
+                    connection.resolve(&[Role::Validator, Role::Developer, Role::Hospital])?;
+                audit::LedgerSource::Coordinator { url, security }
+            }
+        })
+    };
+    match cmd {
+        RewardsCommand::Show {
+            job,
+            data_dir,
+            connection,
+            plot,
+            price_csv,
+            price_unit,
+            json,
+        } => {
+            let shown = cohort::rewards::show_from(
+                &source(data_dir, connection)?,
+                &cohort::rewards::ShowOptions {
+                    job,
+                    plot,
+                    price_csv,
+                    price_unit,
+                },
+            )
+            .await?;
+            report(json, &shown, cohort::rewards::Shown::summary)?;
+        }
+        RewardsCommand::Verify {
+            data_dir,
+            connection,
+            json,
+        } => {
+            let verified = cohort::rewards::verify_from(&source(data_dir, connection)?)
+                .await
+                .context("rewards verification FAILED")?;
+            report(json, &verified, cohort::rewards::verification_summary)?;
+        }
+    }
+    Ok(())
+}
+
 async fn run_bench_command(cmd: BenchCommand) -> Result<()> {
     match cmd {
+        BenchCommand::Valuation {
+            hospitals,
+            rounds,
+            permutations,
+            group_size,
+            overhead_hospitals,
+        } => {
+            init_logging("warn");
+            let result = bench::valuation::valuation(
+                hospitals,
+                rounds,
+                permutations,
+                group_size,
+                overhead_hospitals,
+            )
+            .await?;
+            print_json(&result)?;
+        }
         BenchCommand::Ledger {
             sizes,
             durable,

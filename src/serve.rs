@@ -64,6 +64,8 @@ pub struct CoordinatorOptions {
     pub request_timeout: Duration,
     pub max_calls_per_member: usize,
     pub ledger: LedgerFlags,
+    /// The emission schedule of `[valuation]` jobs' rewards.
+    pub rewards: cohort_coordinator::rewards::RewardsConfig,
 }
 
 /// Runs a coordinator until `shutdown` resolves.
@@ -101,6 +103,7 @@ pub async fn run_coordinator(
     config.tls = tls;
     config.request_timeout = options.request_timeout.max(Duration::from_secs(1));
     config.max_calls_per_member = options.max_calls_per_member;
+    config.rewards = options.rewards;
     config.anchor = match options.ledger.backend()? {
         LedgerBackend::Evm {
             rpc_url,

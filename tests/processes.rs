@@ -957,3 +957,250 @@ fn dp_budgets_are_enforced_and_spending_survives_a_crash_before_sending() {
     .to_string();
     assert!(shown.contains("dp_epsilon"), "{shown}");
 }
+
+/// Rewrites `file` with its `recurrence` labels shuffled among its rows: a
+/// hospital whose data carries no signal (a free rider that still trains).
+fn shuffle_labels(file: &Path, seed: u64) {
+    use rand::SeedableRng;
+    use rand::seq::SliceRandom;
+    let text = std::fs::read_to_string(file).unwrap();
+    let mut lines = text.lines();
+    let header = lines.next().unwrap().to_string();
+    let label = header.split(',').position(|c| c == "recurrence").unwrap();
+    let mut rows: Vec<Vec<String>> = lines
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect();
+    let mut labels: Vec<String> = rows.iter().map(|r| r[label].clone()).collect();
+    labels.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+    for (row, l) in rows.iter_mut().zip(labels) {
+        row[label] = l;
+    }
+    let mut out = header + "\n";
+    for row in rows {
+        out += &(row.join(",") + "\n");
+    }
+    std::fs::write(file, out).unwrap();
+}
+
+/// Per-job checks of `cohort rewards show JOB --json`: every round pays
+/// out exactly its emission, and the shuffled-label hospital has the
+/// smallest value and at most half the smallest honest reward. Returns
+/// each round's (height, emission).
+fn check_rewards(net: &Net, job: &str, rounds: usize, free_rider: &str) -> Vec<(u64, u64)> {
+    let shown = cohort_as(net, &["rewards", "show", job, "--json"]);
+    let paid = shown["rounds"].as_array().unwrap();
+    assert_eq!(paid.len(), rounds, "{shown:#}");
+    let mut emissions = Vec::new();
+    for r in paid {
+        let emission = r["emission"].as_u64().unwrap();
+        let sum: u64 = r["hospitals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["reward"].as_u64().unwrap())
+            .sum();
+        assert_eq!(sum, emission, "round {r:#}");
+        assert!(r["utility_evaluations"].as_u64().unwrap() >= 4, "{r:#}");
+        emissions.push((r["height"].as_u64().unwrap(), emission));
+    }
+    let hospitals = shown["hospitals"].as_array().unwrap();
+    assert_eq!(hospitals.len(), 4, "{shown:#}");
+    for h in hospitals {
+        eprintln!(
+            "job {job}: {} value {} reward {}",
+            h["name"], h["value"], h["reward"]
+        );
+    }
+    let total: u64 = hospitals
+        .iter()
+        .map(|h| h["reward"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, shown["emitted"].as_u64().unwrap());
+    let rider = hospitals.iter().find(|h| h["name"] == free_rider).unwrap();
+    let honest: Vec<&Value> = hospitals
+        .iter()
+        .filter(|h| h["name"] != free_rider)
+        .collect();
+    let value = |h: &Value| h["value"].as_f64().unwrap();
+    let reward = |h: &Value| h["reward"].as_u64().unwrap();
+    assert!(
+        honest.iter().all(|h| value(h) > value(rider)),
+        "the shuffled-label hospital must have the smallest value: {shown:#}"
+    );
+    let least_honest = honest.iter().map(|h| reward(h)).min().unwrap();
+    assert!(
+        2 * reward(rider) <= least_honest,
+        "the shuffled-label hospital earns at most half the smallest honest reward: {shown:#}"
+    );
+    emissions
+}
+
+#[test]
+fn rewards_follow_value_halve_across_a_restart_and_verify_from_the_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("oncology.csv");
+    synthetic_oncology_csv(&csv, 1600, 31);
+    let files = split(&csv, &dir.path().join("parts"), 4, 7);
+    shuffle_labels(&files[3], 5);
+    let net = Net::Insecure { port: free_port() };
+    let coord_dir = dir.path().join("coord");
+    let schedule = ["--emission-initial", "1000003", "--emission-halving", "6"];
+    let start = |log: &str| {
+        let args = with(
+            &[
+                "coordinator",
+                "--listen",
+                &format!("127.0.0.1:{}", net.port()),
+                "--data-dir",
+                coord_dir.to_str().unwrap(),
+                "--poll-timeout-secs",
+                "1",
+            ],
+            &net.args("coordinator"),
+        );
+        let args = with(
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+            &schedule.map(String::from),
+        );
+        spawn(
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+            &dir.path().join(log),
+        )
+    };
+    let coordinator = start("coord-1.log");
+    let _clients = start_clients(&net, &files[..4], dir.path());
+    let valued = |privacy: &str| {
+        oncology_job(4, 4).replace("local_epochs = 2", "local_epochs = 1")
+            + privacy
+            + "\n[valuation]\ngroup_size = 2\n"
+    };
+    let finish = |job: &str| {
+        let done = wait_until(&net, job, Duration::from_secs(300), |s| {
+            s["state"] != "running" && s["state"] != "pending"
+        });
+        assert_eq!(done["state"], "completed", "{done:#}");
+    };
+
+    // Plain: exact Shapley over the four hospitals' updates.
+    let plain = submit_job_file(dir.path(), &valued(""), &net);
+    finish(&plain);
+    let first = check_rewards(&net, &plain, 4, "hospital-3");
+    assert_eq!(
+        first,
+        [(0, 1000003), (1, 1000003), (2, 1000003), (3, 1000003)]
+    );
+
+    // A restart: the height lives in the coordinator's SQLite.
+    drop(coordinator);
+    let coordinator = start("coord-2.log");
+    let secagg = submit_job_file(
+        dir.path(),
+        &valued("\n[privacy]\naggregation = \"secagg\"\n"),
+        &net,
+    );
+    finish(&secagg);
+    let second = check_rewards(&net, &secagg, 4, "hospital-3");
+    // Heights go on from 4; the emission halves at height 6.
+    assert_eq!(
+        second,
+        [(4, 1000003), (5, 1000003), (6, 500001), (7, 500001)]
+    );
+
+    // Secure aggregation only ever released group sums of two or more.
+    let entries = cohort(&[
+        "ledger",
+        "show",
+        &secagg,
+        "--data-dir",
+        coord_dir.to_str().unwrap(),
+        "--json",
+    ]);
+    let text = entries.to_string();
+    assert!(text.contains("partition-least-squares"), "{text}");
+    assert!(text.contains("group_seed"), "{text}");
+
+    // The SVG plot and the priced report.
+    let svg = dir.path().join("rewards.svg");
+    let prices = dir.path().join("prices.csv");
+    std::fs::write(&prices, "height,price\n0,2.0\n6,3.5\n").unwrap();
+    let priced = cohort_as(
+        &net,
+        &[
+            "rewards",
+            "show",
+            "--plot",
+            svg.to_str().unwrap(),
+            "--price-csv",
+            prices.to_str().unwrap(),
+            "--price-unit",
+            "1000000",
+            "--json",
+        ],
+    );
+    let svg_text = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg_text.starts_with("<svg") && svg_text.contains("hospital-3"));
+    let emitted = priced["currency"]["emitted"].as_f64().unwrap();
+    let expected = 6.0 * 1.000003 * 2.0 + 2.0 * 0.500001 * 3.5;
+    assert!((emitted - expected).abs() < 1e-6, "{priced:#}");
+
+    drop(coordinator);
+    // Every payout recomputed from the ledger alone.
+    let verified = cohort(&[
+        "rewards",
+        "verify",
+        "--data-dir",
+        coord_dir.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(verified["rounds_paid"], 8, "{verified:#}");
+    assert_eq!(verified["partition_rounds_checked"], 4, "{verified:#}");
+    assert_eq!(verified["emitted"], 6 * 1000003 + 2 * 500001);
+
+    // The schedule is the consortium's: a restart with another one is refused.
+    let refused = Command::new(BIN)
+        .args([
+            "coordinator",
+            "--insecure",
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--data-dir",
+            coord_dir.to_str().unwrap(),
+            "--emission-initial",
+            "5",
+        ])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("--emission-initial 1000003"), "{stderr}");
+
+    // A payout edited on the ledger (and re-signed with the coordinator's
+    // own key) no longer verifies.
+    let key = cohort_identity::MessageSigningKey::load_or_create(
+        &coord_dir.join("ledger-signing-key.pem"),
+    )
+    .unwrap();
+    rewrite_ledger(&coord_dir, &key, |record| match record {
+        cohort_ledger::Record::RewardsPaid { hospitals, .. } => {
+            hospitals[0].reward += 1;
+            hospitals[1].reward -= 1;
+            true
+        }
+        _ => false,
+    });
+    let tampered = Command::new(BIN)
+        .args([
+            "rewards",
+            "verify",
+            "--data-dir",
+            coord_dir.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!tampered.status.success());
+    assert!(
+        String::from_utf8_lossy(&tampered.stderr).contains("not the split"),
+        "{}",
+        String::from_utf8_lossy(&tampered.stderr)
+    );
+}

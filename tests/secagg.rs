@@ -453,3 +453,87 @@ async fn homomorphic_aggregation_streams_a_model_larger_than_a_message() {
         );
     }
 }
+
+/// The rewards a valued job paid, read back from the coordinator's ledger
+/// and verified from it alone.
+fn valued_rounds(dir: &Path, view: &JobView) -> cohort_coordinator::rewards::report::RewardsReport {
+    assert_eq!(view.state, "completed", "{view:#?}");
+    let contents = cohort::audit::read_ledger(&dir.join("coordinator")).unwrap();
+    let verified = cohort::rewards::verify(&contents).unwrap();
+    assert_eq!(verified.rounds_paid as usize, view.rounds.len());
+    assert_eq!(
+        verified.partition_rounds_checked as usize,
+        view.rounds.len()
+    );
+    let report = cohort::rewards::show(&contents, Some(&view.job_id)).unwrap();
+    for round in &report.rounds {
+        assert_eq!(round.method, "partition-least-squares");
+        let paid: u64 = round.hospitals.iter().map(|h| h.reward).sum();
+        assert_eq!(paid, round.emission);
+    }
+    report
+}
+
+/// Every group whose sum a round decrypted, from the ledger.
+fn released_groups(dir: &Path, job: &str) -> Vec<(u32, Vec<Vec<String>>)> {
+    cohort::audit::ledger_entries(&dir.join("coordinator"), Some(job))
+        .unwrap()
+        .into_iter()
+        .filter_map(|(_, e)| match e.record {
+            cohort_ledger::Record::RoundValued { round, groups, .. } => Some((round, groups)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn homomorphic_rounds_are_valued_from_group_sums_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let view = run_job(
+        dir.path(),
+        &hospitals(dir.path(), &[]),
+        &(job(2, 4, HE) + "\n[valuation]\ngroup_size = 2\n"),
+    )
+    .await;
+    let report = valued_rounds(dir.path(), &view);
+    for round in &report.rounds {
+        // Five hospitals in two groups (3 + 2): four unions scored.
+        assert_eq!(round.utility_evaluations, 4);
+        assert_eq!(round.hospitals.len(), 5);
+    }
+    for (round, groups) in released_groups(dir.path(), &view.job_id) {
+        let mut sizes: Vec<usize> = groups.iter().map(Vec::len).collect();
+        sizes.sort();
+        assert_eq!(sizes, [2, 3], "round {round}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_group_lost_mid_round_is_regrouped_without_isolating_anyone() {
+    // hospital-2 vanishes before sending its masked update: its group's sum
+    // is never recovered, the other group's is. The retry regroups the four
+    // left so that nothing decrypted in either attempt, together, gives
+    // any one hospital's update.
+    let dir = tempfile::tempdir().unwrap();
+    let view = run_job(
+        dir.path(),
+        &hospitals(dir.path(), &[(2, VanishAt::MaskedFit)]),
+        &(job(1, 4, SECAGG) + "\n[valuation]\ngroup_size = 2\n"),
+    )
+    .await;
+    valued_rounds(dir.path(), &view);
+    // Its group fails once or twice (until its absence is noticed).
+    assert!(view.rounds[0].attempts >= 2, "{view:#?}");
+    let released = released_groups(dir.path(), &view.job_id);
+    let (_, groups) = &released[0];
+    // The groups that succeeded in a failed attempt, then the last one's.
+    assert!(groups.len() >= 2, "{groups:?}");
+    let mut members: Vec<String> = groups.concat();
+    members.sort();
+    members.dedup();
+    assert_eq!(
+        cohort_coordinator::valuation::isolated_member(&members, groups),
+        None
+    );
+    assert!(!members.contains(&"hospital-2".to_string()));
+}

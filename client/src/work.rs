@@ -420,6 +420,9 @@ impl Worker {
     }
 
     fn evaluate(&self, task: &TaskHeader, global: &[f32]) -> Result<Answer, String> {
+        if task.candidate_count > 0 {
+            return self.score_candidates(task, global);
+        }
         let model: ModelSpec = parse(&task.model_spec_json, "model spec")?;
         let data = self.prepared(task)?;
         // With no validation split (validation_fraction = 0) the training
@@ -436,6 +439,43 @@ impl Worker {
             header: ResultHeader {
                 metrics_json: to_json(&metrics)?,
                 num_examples: metrics.examples,
+                ..Default::default()
+            },
+            parameters: Vec::new(),
+            masked: Vec::new(),
+        })
+    }
+}
+
+impl Worker {
+    /// Contribution valuation: the mean validation loss of each of the
+    /// task's candidate models (sent back to back), in one answer.
+    fn score_candidates(&self, task: &TaskHeader, all: &[f32]) -> Result<Answer, String> {
+        let model: ModelSpec = parse(&task.model_spec_json, "model spec")?;
+        let data = self.prepared(task)?;
+        let examples = if data.validation.is_empty() {
+            &data.train
+        } else {
+            &data.validation
+        };
+        let count = task.candidate_count as usize;
+        if all.is_empty() || !all.len().is_multiple_of(count) {
+            return Err(format!(
+                "{} parameters do not split into {count} candidate models",
+                all.len()
+            ));
+        }
+        let mut losses = Vec::with_capacity(count);
+        for candidate in all.chunks(all.len() / count) {
+            check_model(&model, examples, candidate)?;
+            let metrics = cohort_models::evaluate(&model, candidate, examples)
+                .map_err(|e| format!("evaluation failed: {e}"))?;
+            losses.push(metrics.loss);
+        }
+        Ok(Answer {
+            header: ResultHeader {
+                num_examples: examples.len() as u64,
+                candidate_losses: losses,
                 ..Default::default()
             },
             parameters: Vec::new(),

@@ -21,6 +21,9 @@ pub struct JobSpec {
     pub strategy: StrategySpec,
     #[serde(default)]
     pub privacy: PrivacySpec,
+    /// `[valuation]`: value each hospital's contribution and pay rewards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valuation: Option<crate::valuation::ValuationSpec>,
 }
 
 /// The job's `[privacy]` table: how updates are protected on their way to
@@ -316,6 +319,19 @@ impl JobSpec {
             cohort_privacy::quantize::Quantizer::for_weighted_sum(he.clip, he.bits, n, 1)
                 .map_err(|e| invalid("privacy.he", e.to_string()))?;
         }
+        if let Some(valuation) = &self.valuation {
+            let grouped = self.privacy.aggregation != Aggregation::Plain;
+            valuation
+                .validate(t.clients_per_round, t.min_clients, grouped)
+                .map_err(|(key, message)| invalid(&key, message))?;
+            if grouped && self.privacy.dp.is_some() {
+                return Err(invalid(
+                    "valuation",
+                    "partition valuation under secure or homomorphic aggregation does not \
+                     support [privacy.dp] yet: each group would need its own share of the noise",
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -603,5 +619,29 @@ kind = "fedavg"                     # fedprox: mu; fedadam/fedyogi: server_learn
         assert!(msg.contains("clients_per_round"), "{msg}");
         let msg = error_for(|s| s.replace("kind = \"fedavg\"", "kind = \"fedprox\"\nmu = -1.0"));
         assert!(msg.contains("strategy.mu"), "{msg}");
+    }
+
+    #[test]
+    fn valuation_tables_are_checked_at_submit() {
+        let with = |extra: &str| JobSpec::from_toml(&format!("{EXAMPLE}\n{extra}"));
+        let spec = with("[valuation]\nmethod = \"exact\"\n").unwrap();
+        assert_eq!(
+            spec.valuation.map(|v| v.method),
+            Some(crate::valuation::Method::Exact)
+        );
+        let secagg = "[privacy]\naggregation = \"secagg\"\n";
+        let e = with(&format!("{secagg}[valuation]\ngroup_size = 4\n")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("valuation.group_size: 4 is larger than the round"),
+            "{e}"
+        );
+        let e = with(&format!("{secagg}[valuation]\ngroup_size = 1\n")).unwrap_err();
+        assert!(e.to_string().contains("valuation.group_size"), "{e}");
+        let e = with("[valuation]\nshapley = true\n").unwrap_err();
+        assert!(e.to_string().contains("shapley"), "{e}");
+        let e = with("[valuation]\nexact_up_to = 20\n").unwrap_err();
+        assert!(e.to_string().contains("valuation.exact_up_to"), "{e}");
+        assert!(with(&format!("{secagg}[valuation]\ngroup_size = 3\n")).is_ok());
     }
 }

@@ -90,35 +90,44 @@ impl Ledger {
         record: Record,
         with: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
+        self.append_all(store, |_| Ok(vec![record]), with)
+    }
+
+    /// Like [`Ledger::append`] with several records, all or none; `records`
+    /// may read the transaction (after `with` ran) to make them.
+    pub fn append_all<R>(
+        &self,
+        store: &Store,
+        records: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<Vec<Record>, StoreError>,
+        with: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
         let corrupt = |e: String| StoreError::Corrupt(format!("ledger: {e}"));
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-        let entry =
-            Entry::sign(record, now(), self.signer.key()).map_err(|e| corrupt(e.to_string()))?;
-        let leaf = entry.to_leaf().map_err(|e| corrupt(e.to_string()))?;
-        let index = log.append_leaf_hash(hash_leaf(&leaf));
-        // Until the transaction commits, the entry must be undone on failure.
+        let start = log.size();
+        // Until the transaction commits, the entries must be undone on failure.
         let undo = |log: &mut MerkleLog| {
-            *log = MerkleLog::from_leaf_hashes(log.leaf_hashes()[..index as usize].to_vec());
-        };
-        let note = Checkpoint::new(self.name.clone(), log.size(), log.current_root())
-            .map_err(|e| corrupt(e.to_string()))
-            .and_then(|checkpoint| {
-                sign_checkpoint(&checkpoint, &self.name, self.signer.key())
-                    .map_err(|e| corrupt(e.to_string()))
-            });
-        let note = match note {
-            Ok(note) => note,
-            Err(e) => {
-                undo(&mut log);
-                return Err(e);
-            }
+            *log = MerkleLog::from_leaf_hashes(log.leaf_hashes()[..start as usize].to_vec());
         };
         let committed = store.transaction(|tx| {
             let result = with(tx)?;
-            tx.execute(
-                "INSERT INTO ledger (idx, entry) VALUES (?1, ?2)",
-                params![index as i64, leaf],
-            )?;
+            let mut leaves = Vec::new();
+            for record in records(tx)? {
+                let entry = Entry::sign(record, now(), self.signer.key())
+                    .map_err(|e| corrupt(e.to_string()))?;
+                let leaf = entry.to_leaf().map_err(|e| corrupt(e.to_string()))?;
+                let index = log.append_leaf_hash(hash_leaf(&leaf));
+                leaves.push((index, leaf));
+            }
+            let checkpoint = Checkpoint::new(self.name.clone(), log.size(), log.current_root())
+                .map_err(|e| corrupt(e.to_string()))?;
+            let note = sign_checkpoint(&checkpoint, &self.name, self.signer.key())
+                .map_err(|e| corrupt(e.to_string()))?;
+            for (index, leaf) in leaves {
+                tx.execute(
+                    "INSERT INTO ledger (idx, entry) VALUES (?1, ?2)",
+                    params![index as i64, leaf],
+                )?;
+            }
             tx.execute(
                 "INSERT INTO ledger_checkpoint (id, key_name, note) VALUES (1, ?1, ?2)
                  ON CONFLICT(id) DO UPDATE SET key_name = excluded.key_name, note = excluded.note",

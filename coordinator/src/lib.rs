@@ -12,11 +12,13 @@
 pub mod job;
 pub mod ledger;
 pub mod registry;
+pub mod rewards;
 pub mod runner;
 pub mod security;
 pub mod server;
 pub mod store;
 pub mod strategy;
+pub mod valuation;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -54,6 +56,9 @@ pub struct CoordinatorConfig {
     /// Where the ledger is anchored besides the data directory (`--ledger
     /// evm`); `None`: the embedded log alone.
     pub anchor: Option<Arc<dyn cohort_ledger::Anchor>>,
+    /// The emission schedule and validators' share of `[valuation]` jobs'
+    /// rewards.
+    pub rewards: rewards::RewardsConfig,
 }
 
 impl CoordinatorConfig {
@@ -67,6 +72,7 @@ impl CoordinatorConfig {
             max_calls_per_member: 16,
             max_streams_per_connection: 32,
             anchor: None,
+            rewards: rewards::RewardsConfig::default(),
         }
     }
 }
@@ -79,6 +85,10 @@ pub enum CoordinatorError {
     Transport(#[from] tonic::transport::Error),
     #[error(transparent)]
     Identity(#[from] cohort_identity::IdentityError),
+    #[error(
+        "this consortium's emission schedule is {initial} base units halving every {halving} rounds (fixed by its first payout); start the coordinator with --emission-initial {initial} --emission-halving {halving}"
+    )]
+    Schedule { initial: u64, halving: u64 },
 }
 
 pub struct Coordinator {
@@ -104,6 +114,12 @@ impl Coordinator {
             &config.data_dir,
             config.object_store_url.as_deref(),
         )?);
+        if let Some((initial, halving)) = store.emission_schedule()? {
+            let s = config.rewards.schedule;
+            if (s.initial(), s.halving()) != (initial, halving) {
+                return Err(CoordinatorError::Schedule { initial, halving });
+            }
+        }
         let signer = match &config.tls {
             Some(settings) => ledger::LedgerSigner::Kit(settings.kit.clone()),
             None => ledger::LedgerSigner::Own(Box::new(
@@ -118,6 +134,7 @@ impl Coordinator {
             store: store.clone(),
             registry: registry.clone(),
             ledger: ledger.clone(),
+            rewards: config.rewards,
         });
         Ok(Self {
             services: Arc::new(server::Services {

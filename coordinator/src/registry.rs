@@ -53,6 +53,13 @@ pub enum TaskAnswer {
         metrics: Metrics,
         compute_seconds: f64,
     },
+    /// Valuation: each candidate model's mean validation loss, in task
+    /// order, over `num_examples` validation rows.
+    Scores {
+        losses: Vec<f64>,
+        num_examples: u64,
+        compute_seconds: f64,
+    },
     /// Secure aggregation, stage 1: the client's key advertisement, its
     /// signature and the certificate it was checked against (empty without
     /// mutual TLS), to be relayed to its neighbours.

@@ -21,6 +21,9 @@ use tracing::{info, warn};
 mod dp;
 mod he;
 mod secagg;
+mod valuation;
+
+pub use valuation::RoundValuation;
 
 use crate::job::{Aggregation, JobSpec};
 use crate::registry::{Expect, Registry, Task, TaskAnswer, TaskBody, TaskOutcome};
@@ -47,6 +50,8 @@ pub struct Runner {
     pub store: Arc<Store>,
     pub registry: Arc<Registry>,
     pub ledger: Arc<Ledger>,
+    /// The consortium's emission schedule and validators' share.
+    pub rewards: crate::rewards::RewardsConfig,
 }
 
 /// Object-store keys of one stored global model version.
@@ -400,6 +405,8 @@ impl Runner {
             dp_json: dp_json(spec)?,
             ..Default::default()
         };
+        // Group sums decrypted in any attempt of this round (valuation).
+        let mut released: Vec<Vec<String>> = Vec::new();
         for attempt in 1..=t.max_round_attempts {
             let available = self
                 .wait_for_clients(Some(&enrollment.participants), t.min_clients, t)
@@ -416,12 +423,26 @@ impl Runner {
                 kind: TaskKind::Fit as i32,
                 ..header.clone()
             };
-            let fitted = match spec.privacy.aggregation {
-                Aggregation::Plain => {
+            let fitted = match (spec.privacy.aggregation, &spec.valuation) {
+                (Aggregation::He | Aggregation::Secagg, Some(valuation)) => {
+                    self.grouped_fit(
+                        job,
+                        spec,
+                        valuation,
+                        enrollment,
+                        &fit,
+                        &global,
+                        &selected,
+                        (round, attempt),
+                        &mut released,
+                    )
+                    .await?
+                }
+                (Aggregation::Plain, _) => {
                     self.plain_fit(job, spec, &fit, &global, &selected, (round, attempt))
                         .await
                 }
-                Aggregation::He => {
+                (Aggregation::He, None) => {
                     self.he_fit(
                         job,
                         spec,
@@ -433,7 +454,7 @@ impl Runner {
                     )
                     .await?
                 }
-                Aggregation::Secagg => {
+                (Aggregation::Secagg, None) => {
                     self.secure_fit(
                         job,
                         spec,
@@ -454,9 +475,20 @@ impl Runner {
                 train_loss,
                 slowest_fit_secs,
                 aggregate_sha256,
+                groups,
             }) = fitted
             else {
                 continue;
+            };
+            // The players valuation sees: each hospital's update in plain
+            // mode, each group's sum in grouped rounds.
+            let players: Vec<(Vec<String>, ClientUpdate)> = match &spec.valuation {
+                None => Vec::new(),
+                Some(_) if groups.is_empty() => updates
+                    .iter()
+                    .map(|u| (vec![u.client.clone()], u.clone()))
+                    .collect(),
+                Some(_) => groups.into_iter().map(|g| (g.members, g.update)).collect(),
             };
             let updates = match client_dp.as_deref_mut() {
                 Some(dp) => {
@@ -518,6 +550,23 @@ impl Runner {
                 evaluations.ok.into_iter().map(|(_, (m, _))| m).collect();
             let metrics = Metrics::aggregate(&metrics_parts);
             let next = Arc::try_unwrap(next).unwrap_or_else(|shared| (*shared).clone());
+            let valuation = match &spec.valuation {
+                Some(valuation) => Some(
+                    self.value_round(
+                        job,
+                        spec,
+                        valuation,
+                        &header,
+                        &global,
+                        &players,
+                        &participants,
+                        &released,
+                    )
+                    .await?,
+                ),
+                None => None,
+            };
+            drop(players);
             self.save_round(
                 job,
                 spec,
@@ -535,6 +584,7 @@ impl Runner {
                     duration_secs: started.elapsed().as_secs_f64(),
                     slowest_fit_secs,
                     slowest_evaluate_secs,
+                    valuation,
                 },
             )
             .await?;
@@ -633,6 +683,7 @@ impl Runner {
             train_loss,
             slowest_fit_secs,
             aggregate_sha256: None,
+            groups: Vec::new(),
         })
     }
 
@@ -789,9 +840,29 @@ impl Runner {
             accuracy: row.metrics.as_ref().map(|m| format!("{:.6}", m.accuracy)),
             auc: row.metrics.as_ref().map(|m| format!("{:.6}", m.auc)),
         };
-        // The round's row and its ledger entry commit together.
-        self.ledger
-            .append(&self.store, entry, |tx| Store::record_round_in(tx, &row))?;
+        // The round's row, its valuation and payout, and their ledger
+        // entries commit together.
+        let job_id = job.id.clone();
+        let round = row.round;
+        let rewards = self.rewards;
+        let cumulative = match &record.valuation {
+            Some(_) => self.cumulative_values(&job.id)?,
+            None => BTreeMap::new(),
+        };
+        let valuation = record.valuation;
+        self.ledger.append_all(
+            &self.store,
+            |tx| {
+                let mut records = vec![entry];
+                if let Some(valuation) = valuation {
+                    records.extend(crate::rewards::pay_round(
+                        tx, &rewards, &job_id, round, &valuation, cumulative,
+                    )?);
+                }
+                Ok(records)
+            },
+            |tx| Store::record_round_in(tx, &row),
+        )?;
         Ok(())
     }
 
@@ -828,6 +899,20 @@ impl Runner {
         })
     }
 
+    /// Each hospital's job-wide value so far, in recorded units (the sum of
+    /// its recorded round values).
+    fn cumulative_values(&self, job_id: &str) -> Result<BTreeMap<String, i128>, RunError> {
+        let mut sums = BTreeMap::new();
+        for v in self.valuations(job_id)? {
+            for (name, value) in v.values {
+                let units = crate::rewards::parse_value(&crate::rewards::value_text(value))
+                    .map_err(|e| RunError::Failed(e.to_string()))?;
+                *sums.entry(name).or_default() += units;
+            }
+        }
+        Ok(sums)
+    }
+
     /// The stored global model of `round`, checked against its stored card.
     async fn load_parameters(&self, job_id: &str, round: u32) -> Result<Vec<f32>, RunError> {
         let corrupt = |e: String| RunError::Failed(format!("stored model of round {round}: {e}"));
@@ -848,8 +933,12 @@ struct Fitted {
     total_examples: u64,
     train_loss: Option<f64>,
     slowest_fit_secs: f64,
-    /// Under secure aggregation: SHA-256 of the recovered sum (packed).
+    /// Under secure aggregation: SHA-256 of the recovered sum (packed);
+    /// grouped rounds: one per group, comma-separated.
     aggregate_sha256: Option<String>,
+    /// Grouped rounds (valuation under secure or homomorphic aggregation):
+    /// each group's decoded mean; `updates` then holds their combination.
+    groups: Vec<valuation::GroupSum>,
 }
 
 struct RoundRecord {
@@ -863,6 +952,7 @@ struct RoundRecord {
     duration_secs: f64,
     slowest_fit_secs: f64,
     slowest_evaluate_secs: f64,
+    valuation: Option<RoundValuation>,
 }
 
 impl RoundRecord {
@@ -878,6 +968,7 @@ impl RoundRecord {
             slowest_evaluate_secs: 0.0,
             updates: Vec::new(),
             aggregate_sha256: None,
+            valuation: None,
         }
     }
 }
@@ -970,6 +1061,7 @@ fn fitted_from_sum(
         train_loss,
         slowest_fit_secs,
         aggregate_sha256: Some(aggregate_sha256),
+        groups: Vec::new(),
     })
 }
 

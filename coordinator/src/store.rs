@@ -36,6 +36,8 @@ pub enum StoreError {
     },
     #[error("corrupt record in the database: {0}")]
     Corrupt(String),
+    #[error("rewards: {0}")]
+    Rewards(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,6 +176,18 @@ CREATE TABLE IF NOT EXISTS ledger_checkpoint (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     key_name TEXT NOT NULL,
     note TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS emission_schedule (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    initial TEXT NOT NULL,
+    halving TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS round_values (
+    job_id TEXT NOT NULL REFERENCES jobs(id),
+    round INTEGER NOT NULL,
+    height INTEGER NOT NULL UNIQUE,
+    valuation_json TEXT NOT NULL,
+    PRIMARY KEY (job_id, round)
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
@@ -529,6 +543,82 @@ impl Store {
             params![name, at, quality_summary_json],
         )?;
         Ok(())
+    }
+
+    /// The consortium's emission schedule `(initial, halving)`, fixed by
+    /// its first payout; `None` before any.
+    pub fn emission_schedule(&self) -> Result<Option<(u64, u64)>, StoreError> {
+        Self::emission_schedule_in(&self.db())
+    }
+
+    fn emission_schedule_in(db: &Connection) -> Result<Option<(u64, u64)>, StoreError> {
+        let row: Option<(String, String)> = db
+            .query_row(
+                "SELECT initial, halving FROM emission_schedule WHERE id = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        row.map(|(initial, halving)| {
+            let parse = |s: &str| {
+                s.parse::<u64>()
+                    .map_err(|e| StoreError::Corrupt(format!("emission schedule {s:?}: {e}")))
+            };
+            Ok((parse(&initial)?, parse(&halving)?))
+        })
+        .transpose()
+    }
+
+    /// The consortium's next reward height (rounds paid so far, all jobs),
+    /// inside the transaction that pays it; records the schedule with the
+    /// first payout and refuses a different one later.
+    pub(crate) fn next_height_in(db: &Connection, schedule: (u64, u64)) -> Result<u64, StoreError> {
+        match Self::emission_schedule_in(db)? {
+            None => {
+                db.execute(
+                    "INSERT INTO emission_schedule (id, initial, halving) VALUES (1, ?1, ?2)",
+                    params![schedule.0.to_string(), schedule.1.to_string()],
+                )?;
+            }
+            Some(stored) if stored != schedule => {
+                return Err(StoreError::Rewards(format!(
+                    "the consortium's emission schedule is {} base units halving every {} rounds; this coordinator was started with {} / {}",
+                    stored.0, stored.1, schedule.0, schedule.1
+                )));
+            }
+            Some(_) => {}
+        }
+        let paid: i64 = db.query_row("SELECT COUNT(*) FROM round_values", [], |r| r.get(0))?;
+        Ok(paid as u64)
+    }
+
+    /// Records a round's valuation (JSON) at its reward height.
+    pub(crate) fn record_valuation_in(
+        db: &Connection,
+        job_id: &str,
+        round: u32,
+        height: u64,
+        valuation_json: &str,
+    ) -> Result<(), StoreError> {
+        db.execute(
+            "INSERT INTO round_values (job_id, round, height, valuation_json) VALUES (?1, ?2, ?3, ?4)",
+            params![job_id, round, height as i64, valuation_json],
+        )?;
+        Ok(())
+    }
+
+    /// Every valued round of a job: `(round, height, valuation JSON)`.
+    pub fn valuations(&self, job_id: &str) -> Result<Vec<(u32, u64, String)>, StoreError> {
+        let db = self.db();
+        let mut stmt = db.prepare(
+            "SELECT round, height, valuation_json FROM round_values WHERE job_id = ?1 ORDER BY round",
+        )?;
+        let rows = stmt
+            .query_map(params![job_id], |r| {
+                Ok((r.get::<_, u32>(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
     }
 
     pub fn clients(&self) -> Result<Vec<ClientRow>, StoreError> {

@@ -70,4 +70,4 @@ pub use merkle::{
     verify_consistency, verify_inclusion,
 };
 pub use note::{NoteError, sign_checkpoint, verify_checkpoint};
-pub use record::{EnrolledClient, Entry, EntryError, Record, UpdateRecord};
+pub use record::{EnrolledClient, Entry, EntryError, HospitalValue, Payout, Record, UpdateRecord};

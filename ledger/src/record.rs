@@ -94,6 +94,61 @@ pub enum Record {
         accuracy: Option<String>,
         auc: Option<String>,
     },
+    /// Contribution valuation (`[valuation]` jobs): what each hospital's
+    /// part of a round was worth, committed with the round.
+    RoundValued {
+        job_id: String,
+        round: u32,
+        /// `exact-shapley`, `permutation-shapley` or `partition-least-squares`.
+        method: String,
+        /// Candidate models the hospitals scored for this round.
+        utility_evaluations: u64,
+        /// Partition valuation: hex of the public seed that grouped the
+        /// round's hospitals.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group_seed: Option<String>,
+        /// Partition valuation: the groups whose sums were decrypted, the
+        /// only combinations of updates the coordinator ever learned.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        groups: Vec<Vec<String>>,
+        values: Vec<HospitalValue>,
+    },
+    /// One round's emission and who it paid: `emission` base units for the
+    /// consortium's `height`-th rewarded round under the halving schedule
+    /// `initial >> (height / halving)`.
+    RewardsPaid {
+        job_id: String,
+        round: u32,
+        height: u64,
+        initial: u64,
+        halving: u64,
+        emission: u64,
+        /// Parts per million of the emission set aside for validators
+        /// (paid only when the round has validators).
+        validator_ppm: u64,
+        hospitals: Vec<Payout>,
+        validators: Vec<Payout>,
+    },
+}
+
+/// A hospital's value in one round and over the job so far, as decimal
+/// text (nine places).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HospitalValue {
+    pub name: String,
+    pub round_value: String,
+    pub cumulative: String,
+}
+
+/// One party's part of a round's emission, in base units, and the value
+/// (decimal text; empty for validators) it was paid for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Payout {
+    pub name: String,
+    pub value: String,
+    pub reward: u64,
 }
 
 /// One enrolled hospital: its name and what it reported about its data
@@ -113,7 +168,9 @@ impl Record {
             Record::CoordinatorKey { .. } => None,
             Record::JobCreated { job_id, .. }
             | Record::ClientsEnrolled { job_id, .. }
-            | Record::RoundCompleted { job_id, .. } => Some(job_id),
+            | Record::RoundCompleted { job_id, .. }
+            | Record::RoundValued { job_id, .. }
+            | Record::RewardsPaid { job_id, .. } => Some(job_id),
         }
     }
 }

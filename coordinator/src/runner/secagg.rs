@@ -47,6 +47,35 @@ impl Runner {
         selected: &[String],
         (round, attempt): (u32, u32),
     ) -> Result<Option<Fitted>, RunError> {
+        let min_clients = spec.training.min_clients;
+        self.secure_fit_with(
+            job,
+            spec,
+            enrollment,
+            fit,
+            global,
+            selected,
+            (round, attempt),
+            min_clients,
+        )
+        .await
+    }
+
+    /// [`Runner::secure_fit`] needing `min_clients` survivors at every
+    /// stage (a valuation group needs all its members, so that the sum
+    /// recovered is exactly the group's).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn secure_fit_with(
+        &self,
+        job: &JobRow,
+        spec: &JobSpec,
+        enrollment: &Enrollment,
+        fit: &TaskHeader,
+        global: &Arc<Vec<f32>>,
+        selected: &[String],
+        (round, attempt): (u32, u32),
+        min_clients: u32,
+    ) -> Result<Option<Fitted>, RunError> {
         let t = &spec.training;
         let config = &spec.privacy.secagg;
         let n = selected.len() as u32;
@@ -62,7 +91,7 @@ impl Runner {
             );
             return Ok(None);
         };
-        let needed = params.min_survivors.max(t.min_clients) as usize;
+        let needed = params.min_survivors.max(min_clients) as usize;
         let quantizer = match super::dp::client_level_noise(spec)? {
             // Distributed DP: uniform weights (a hospital's influence is
             // bounded by the clipping norm, whatever its size), and room in

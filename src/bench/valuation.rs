@@ -1,0 +1,359 @@
+//! `cohort bench valuation`: sampled and partition valuation against exact
+//! Shapley on the same federation (rank correlation, mean absolute error,
+//! candidate models scored), and what valuation adds to a round's wall
+//! time. Jobs run in this process over loopback gRPC, each hospital
+//! scoring candidates on its own validation split.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use cohort_datasets::{PartitionScheme, SplitOptions};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use serde::Serialize;
+
+use crate::developer;
+use crate::local::{LocalFederation, LocalHospital};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ValuationBench {
+    pub hospitals: usize,
+    pub shuffled_label_hospitals: Vec<String>,
+    pub rounds: u32,
+    /// Mean per-round value of each hospital under exact Shapley.
+    pub exact: BTreeMap<String, f64>,
+    pub exact_evaluations_per_round: f64,
+    pub methods: Vec<MethodAccuracy>,
+    pub overhead: Option<Overhead>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MethodAccuracy {
+    pub method: String,
+    pub aggregation: String,
+    pub values: BTreeMap<String, f64>,
+    pub spearman: f64,
+    pub mean_absolute_error: f64,
+    pub evaluations_per_round: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Overhead {
+    pub hospitals: usize,
+    pub rounds: u32,
+    pub method: String,
+    pub evaluations_per_round: f64,
+    pub median_round_secs_without: f64,
+    pub median_round_secs_with: f64,
+    /// (with − without) / without.
+    pub added_fraction: f64,
+}
+
+/// Splits WDBC into `hospitals` parts (Dirichlet α = 1, so sizes and label
+/// mixes differ) and shuffles the labels of every fourth part.
+fn hospitals(dir: &std::path::Path, n: usize) -> Result<(Vec<LocalHospital>, Vec<String>)> {
+    let split = cohort_datasets::split_bytes(
+        crate::WDBC_CSV,
+        &dir.join("data"),
+        &SplitOptions {
+            parts: n,
+            label: Some("diagnosis".into()),
+            scheme: PartitionScheme::Dirichlet { alpha: 1.0 },
+            test_fraction: 0.0,
+            seed: 11,
+        },
+    )?;
+    let mut shuffled = Vec::new();
+    let mut out = Vec::new();
+    for (i, part) in split.parts.iter().enumerate() {
+        let name = format!("bench-{i:02}");
+        if i % 4 == 3 {
+            shuffle_labels(&part.file, "diagnosis", i as u64)?;
+            shuffled.push(name.clone());
+        }
+        out.push(LocalHospital {
+            name,
+            data: part.file.clone(),
+            options: Default::default(),
+        });
+    }
+    Ok((out, shuffled))
+}
+
+fn shuffle_labels(file: &std::path::Path, label: &str, seed: u64) -> Result<()> {
+    let text = std::fs::read_to_string(file)?;
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or_default().to_string();
+    let Some(column) = header.split(',').position(|c| c == label) else {
+        bail!("{} has no column {label}", file.display());
+    };
+    let mut rows: Vec<Vec<String>> = lines
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect();
+    let mut labels: Vec<String> = rows.iter().map(|r| r[column].clone()).collect();
+    labels.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+    for (row, l) in rows.iter_mut().zip(labels) {
+        row[column] = l;
+    }
+    let mut text = header + "\n";
+    for row in rows {
+        text += &(row.join(",") + "\n");
+    }
+    std::fs::write(file, text)?;
+    Ok(())
+}
+
+fn job(n: usize, rounds: u32, extra: &str) -> String {
+    crate::DEMO_JOB
+        .replace("hidden = [32, 16]", "hidden = [16]")
+        .replace("rounds = 20", &format!("rounds = {rounds}"))
+        .replace("min_clients = 3", &format!("min_clients = {n}"))
+        .replace("clients_per_round = 3", &format!("clients_per_round = {n}"))
+        .replace("local_epochs = 2", "local_epochs = 1")
+        .replace("round_timeout_secs = 120", "round_timeout_secs = 600")
+        + extra
+}
+
+/// Runs a job to completion; returns its id and per-round wall times.
+async fn run(federation: &LocalFederation, job: &str) -> Result<(String, Vec<f64>)> {
+    let mut dev = federation.developer().await?;
+    let id = developer::submit(&mut dev, job).await?;
+    let view = developer::wait(&mut dev, &id, false).await?;
+    if view.state != "completed" {
+        bail!(
+            "benchmark job {}: {}",
+            view.state,
+            view.error.unwrap_or_default()
+        );
+    }
+    Ok((id, view.rounds.iter().map(|r| r.duration_secs).collect()))
+}
+
+/// Per hospital: its mean per-round value (plain methods), or its latest
+/// least-squares value (partition: already a per-round value fitted over
+/// every round); and the mean number of candidates scored per round.
+fn values(
+    data_dir: &std::path::Path,
+    job: &str,
+    latest: bool,
+) -> Result<(BTreeMap<String, f64>, f64)> {
+    let contents = crate::audit::read_ledger(data_dir)?;
+    let report = crate::rewards::show(&contents, Some(job))?;
+    let rounds = report.rounds.len().max(1) as f64;
+    let evaluations = report
+        .rounds
+        .iter()
+        .map(|r| r.utility_evaluations as f64)
+        .sum::<f64>()
+        / rounds;
+    let values = if latest {
+        report
+            .rounds
+            .last()
+            .map(|r| {
+                r.hospitals
+                    .iter()
+                    .map(|h| (h.name.clone(), h.value))
+                    .collect()
+            })
+            .unwrap_or_default()
+    } else {
+        report
+            .hospitals
+            .iter()
+            .map(|h| (h.name.clone(), h.value / rounds))
+            .collect()
+    };
+    Ok((values, evaluations))
+}
+
+/// Spearman's rank correlation (average ranks for ties).
+pub fn spearman(a: &[f64], b: &[f64]) -> f64 {
+    let ranks = |v: &[f64]| -> Vec<f64> {
+        let mut order: Vec<usize> = (0..v.len()).collect();
+        order.sort_by(|&i, &j| v[i].total_cmp(&v[j]));
+        let mut r = vec![0.0; v.len()];
+        let mut i = 0;
+        while i < order.len() {
+            let mut j = i;
+            while j + 1 < order.len() && v[order[j + 1]] == v[order[i]] {
+                j += 1;
+            }
+            let avg = (i + j) as f64 / 2.0 + 1.0;
+            for k in i..=j {
+                r[order[k]] = avg;
+            }
+            i = j + 1;
+        }
+        r
+    };
+    let (ra, rb) = (ranks(a), ranks(b));
+    let n = ra.len() as f64;
+    let (ma, mb) = (ra.iter().sum::<f64>() / n, rb.iter().sum::<f64>() / n);
+    let cov: f64 = ra.iter().zip(&rb).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let va: f64 = ra.iter().map(|x| (x - ma).powi(2)).sum();
+    let vb: f64 = rb.iter().map(|y| (y - mb).powi(2)).sum();
+    if va == 0.0 || vb == 0.0 {
+        return f64::NAN;
+    }
+    cov / (va * vb).sqrt()
+}
+
+fn compare(exact: &BTreeMap<String, f64>, other: &BTreeMap<String, f64>) -> (f64, f64) {
+    let names: Vec<&String> = exact.keys().collect();
+    let a: Vec<f64> = names.iter().map(|n| exact[*n]).collect();
+    let b: Vec<f64> = names
+        .iter()
+        .map(|n| other.get(*n).copied().unwrap_or(0.0))
+        .collect();
+    let mae = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).sum::<f64>() / a.len().max(1) as f64;
+    (spearman(&a, &b), mae)
+}
+
+/// `hospitals` hospitals valued exactly, by permutation sampling and by
+/// partition valuation under secure aggregation (groups of `group_size`);
+/// then, with `overhead_hospitals` > 0, the round wall time of a plain job
+/// with and without `[valuation]` at that many hospitals.
+pub async fn valuation(
+    n: usize,
+    rounds: u32,
+    permutations: u32,
+    group_size: u32,
+    overhead_hospitals: usize,
+) -> Result<ValuationBench> {
+    if !(2..=12).contains(&n) {
+        bail!("--hospitals must be in 2..=12 (exact Shapley is the reference)");
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("cohort-bench-valuation-")
+        .tempdir()?;
+    let (members, shuffled) = hospitals(dir.path(), n)?;
+    let data_dir = dir.path().join("coordinator");
+    let federation =
+        LocalFederation::start(dir.path(), &members, false, Duration::from_secs(2)).await?;
+    let runs = async {
+        let exact_job = job(
+            n,
+            rounds,
+            &format!("\n[valuation]\nmethod = \"exact\"\nexact_up_to = {n}\n"),
+        );
+        let (exact_id, _) = run(&federation, &exact_job).await?;
+        eprintln!("exact Shapley job {exact_id} done");
+        let sampled = job(
+            n,
+            rounds,
+            &format!("\n[valuation]\nmethod = \"permutation\"\npermutations = {permutations}\n"),
+        );
+        let (sampled_id, _) = run(&federation, &sampled).await?;
+        eprintln!("permutation-sampling job {sampled_id} done");
+        let grouped = job(
+            n,
+            rounds,
+            &format!(
+                "\n[privacy]\naggregation = \"secagg\"\n\n[valuation]\ngroup_size = {group_size}\n"
+            ),
+        );
+        let (grouped_id, _) = run(&federation, &grouped).await?;
+        eprintln!("secagg partition-valuation job {grouped_id} done");
+        anyhow::Ok((exact_id, sampled_id, grouped_id))
+    }
+    .await;
+    federation.shutdown().await;
+    let (exact_id, sampled_id, grouped_id) = runs?;
+    let (exact, exact_evaluations) = values(&data_dir, &exact_id, false)?;
+    let mut methods = Vec::new();
+    for (id, method, aggregation, latest) in [
+        (&sampled_id, "permutation-shapley", "plain", false),
+        (&grouped_id, "partition-least-squares", "secagg", true),
+    ] {
+        let (values, evaluations) = values(&data_dir, id, latest)?;
+        let (spearman, mae) = compare(&exact, &values);
+        methods.push(MethodAccuracy {
+            method: method.into(),
+            aggregation: aggregation.into(),
+            values,
+            spearman,
+            mean_absolute_error: mae,
+            evaluations_per_round: evaluations,
+        });
+    }
+    let overhead = if overhead_hospitals > 0 {
+        Some(overhead(overhead_hospitals, rounds).await?)
+    } else {
+        None
+    };
+    Ok(ValuationBench {
+        hospitals: n,
+        shuffled_label_hospitals: shuffled,
+        rounds,
+        exact,
+        exact_evaluations_per_round: exact_evaluations,
+        methods,
+        overhead,
+    })
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
+async fn overhead(n: usize, rounds: u32) -> Result<Overhead> {
+    let dir = tempfile::Builder::new()
+        .prefix("cohort-bench-valuation-")
+        .tempdir()?;
+    let (members, _) = hospitals(dir.path(), n)?;
+    let data_dir = dir.path().join("coordinator");
+    let federation =
+        LocalFederation::start(dir.path(), &members, false, Duration::from_secs(2)).await?;
+    let runs = async {
+        let (_, without) = run(&federation, &job(n, rounds, "")).await?;
+        let (with_id, with) = run(&federation, &job(n, rounds, "\n[valuation]\n")).await?;
+        anyhow::Ok((without, with_id, with))
+    }
+    .await;
+    federation.shutdown().await;
+    let (without, with_id, with) = runs?;
+    let contents = crate::audit::read_ledger(&data_dir)?;
+    let report = crate::rewards::show(&contents, Some(&with_id))?;
+    let evaluations = report
+        .rounds
+        .iter()
+        .map(|r| r.utility_evaluations as f64)
+        .sum::<f64>()
+        / report.rounds.len().max(1) as f64;
+    let method = report
+        .rounds
+        .first()
+        .map(|r| r.method.clone())
+        .unwrap_or_default();
+    let (a, b) = (median(&without), median(&with));
+    Ok(Overhead {
+        hospitals: n,
+        rounds,
+        method,
+        evaluations_per_round: evaluations,
+        median_round_secs_without: a,
+        median_round_secs_with: b,
+        added_fraction: (b - a) / a,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spearman;
+
+    #[test]
+    fn spearman_of_orders_and_ties() {
+        assert!((spearman(&[1.0, 2.0, 3.0], &[10.0, 20.0, 30.0]) - 1.0).abs() < 1e-12);
+        assert!((spearman(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]) + 1.0).abs() < 1e-12);
+        let tied = spearman(&[1.0, 1.0, 2.0, 3.0], &[1.0, 2.0, 3.0, 4.0]);
+        assert!(tied > 0.9 && tied < 1.0, "{tied}");
+    }
+}
