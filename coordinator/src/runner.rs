@@ -21,8 +21,9 @@ use tracing::{info, warn};
 mod dp;
 mod he;
 mod secagg;
+mod splitfed;
 
-use crate::job::{Aggregation, JobSpec};
+use crate::job::{Aggregation, JobSpec, TrainingMode};
 use crate::registry::{Expect, Registry, Task, TaskAnswer, TaskBody, TaskOutcome};
 use cohort_ledger::Record;
 use sha2::Digest as _;
@@ -417,6 +418,18 @@ impl Runner {
                 ..header.clone()
             };
             let fitted = match spec.privacy.aggregation {
+                _ if t.mode == TrainingMode::Splitfed => {
+                    self.splitfed_fit(
+                        job,
+                        spec,
+                        enrollment,
+                        &fit,
+                        &global,
+                        &selected,
+                        (round, attempt),
+                    )
+                    .await?
+                }
                 Aggregation::Plain => {
                     self.plain_fit(job, spec, &fit, &global, &selected, (round, attempt))
                         .await

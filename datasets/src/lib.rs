@@ -10,10 +10,12 @@
 mod dataset;
 mod error;
 mod preprocess;
+pub mod psi;
 mod schema;
 mod spec;
 mod split;
 mod table;
+mod vertical;
 
 pub use dataset::{LocalDataset, LocalStatistics, NumericMoments};
 pub use error::DataError;
@@ -23,6 +25,10 @@ pub use spec::{DataSpec, LabelValue, MAX_VALIDATION_FRACTION, NumericColumns};
 pub use split::{
     MISSING_LABEL_KEY, PartReport, PartitionScheme, SplitOptions, SplitReport, split_bytes,
     split_file,
+};
+pub use vertical::{
+    LabelColumn, SiteReport, SiteTable, VerticalSplitOptions, VerticalSplitReport,
+    split_vertical_bytes, split_vertical_file,
 };
 pub use table::{
     ColumnQuality, MISSING_TOKENS, QualitySummary, RawTable, is_missing_token, read_csv_bytes,
