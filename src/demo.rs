@@ -356,8 +356,11 @@ pub fn print_report(r: &DemoReport) {
     println!("Held-out test set: {} patients", r.test_examples);
     println!("                      accuracy    ROC AUC    loss");
     println!(
-        "  federated (Cohort)    {:.4}     {:.4}    {:.4}",
-        r.test_accuracy, r.test_auc, r.test_loss
+        "  {:<20}  {:.4}     {:.4}    {:.4}",
+        format!("{} (Cohort)", r.mode),
+        r.test_accuracy,
+        r.test_auc,
+        r.test_loss
     );
     println!(
         "  centralized baseline  {:.4}     {:.4}    {:.4}",

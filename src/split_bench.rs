@@ -79,15 +79,14 @@ pub async fn rounds(rounds: u32, workdir: &Path) -> Result<Vec<RoundsBench>> {
             ..Default::default()
         })
         .await?;
-        let exchanges: Vec<(f64, f64, f64)> =
-            report.events.iter().filter_map(|e| exchange_sizes(e)).collect();
+        let exchanges: Vec<(f64, f64, f64)> = report
+            .events
+            .iter()
+            .filter_map(|e| exchange_sizes(e))
+            .collect();
         let per_round = |i: usize| -> Option<f64> {
             (!exchanges.is_empty()).then(|| {
-                exchanges
-                    .iter()
-                    .map(|t| [t.0, t.1, t.2][i])
-                    .sum::<f64>()
-                    / exchanges.len() as f64
+                exchanges.iter().map(|t| [t.0, t.1, t.2][i]).sum::<f64>() / exchanges.len() as f64
             })
         };
         out.push(RoundsBench {
@@ -129,6 +128,7 @@ pub struct VerticalBench {
     pub validation_auc: f64,
     pub centralized_auc: f64,
     pub leak_auc: f64,
+    pub worst_leak_auc: f64,
 }
 
 /// WDBC split by columns into `sites` sites keeping 90% of the rows each, trained without
@@ -151,6 +151,7 @@ pub fn vertical_runs(sites: usize, epochs: usize, workdir: &Path) -> Result<Vec<
             validation_auc: report.validation.auc,
             centralized_auc: report.centralized.auc,
             leak_auc: report.leak_auc,
+            worst_leak_auc: report.worst_leak_auc,
         });
     }
     Ok(out)
@@ -168,7 +169,9 @@ pub async fn run_all(
         .prefix("cohort-bench-split-")
         .tempdir()?;
     if !json {
-        println!("PSI (2 sites, half shared)\n    ids/site  threads  seconds   ids/s   point ops/s");
+        println!(
+            "PSI (2 sites, half shared)\n    ids/site  threads  seconds   ids/s   point ops/s"
+        );
     }
     for &ids in psi_ids {
         for &t in threads {
@@ -209,11 +212,13 @@ pub async fn run_all(
             );
         }
     }
-    eprintln!("vertical split learning, 3 sites, {vertical_epochs} epochs, without and with the defence ...");
+    eprintln!(
+        "vertical split learning, 3 sites, {vertical_epochs} epochs, without and with the defence ..."
+    );
     let vertical = vertical_runs(3, vertical_epochs, &workdir.path().join("vertical"))?;
     if !json {
         println!(
-            "\nVertical, WDBC over 3 sites\n    defence   shared  PSI s  s/epoch  bytes/epoch  val AUC  centralized AUC  leak AUC"
+            "\nVertical, WDBC over 3 sites\n    defence       shared  PSI s  s/epoch  bytes/epoch  val AUC  centralized AUC  leak AUC mean/worst"
         );
     }
     for v in &vertical {
@@ -221,15 +226,17 @@ pub async fn run_all(
             println!("{}", serde_json::to_string(v)?);
         } else {
             println!(
-                "    {:<8}  {:>6}  {:>5.2}  {:>7.3}  {:>11}  {:.4}   {:.4}           {:.3}",
-                v.defence.map_or("none".to_string(), |s| format!("max-norm {s}")),
+                "    {:<12}  {:>6}  {:>5.2}  {:>7.3}  {:>11}  {:.4}   {:.4}           {:.3} / {:.3}",
+                v.defence
+                    .map_or("none".to_string(), |s| format!("max-norm {s}")),
                 v.intersection,
                 v.psi_seconds,
                 v.seconds_per_epoch,
                 v.bytes_per_epoch,
                 v.validation_auc,
                 v.centralized_auc,
-                v.leak_auc
+                v.leak_auc,
+                v.worst_leak_auc
             );
         }
     }

@@ -110,8 +110,10 @@ pub struct VerticalReport {
     pub validation: Metrics,
     /// The same model trained by the same code on the joined columns in one place.
     pub centralized: Metrics,
-    /// Leak AUC of the last epoch.
+    /// Leak AUC of the norm attack, mean over the epochs.
     pub leak_auc: f64,
+    /// The epoch whose gradients leaked most (an attacker sees every epoch).
+    pub worst_leak_auc: f64,
     pub defence: Option<f64>,
     /// Bytes the sites and the label site exchanged per epoch (activations up, gradients
     /// down, 4 bytes a value).
@@ -201,6 +203,16 @@ pub fn run(opts: &VerticalOptions) -> Result<VerticalReport> {
         })
         .collect();
 
+    // The PSI's common order follows the blinded values, which change with every run's keys;
+    // every site can sort its own shared ids, so the same order, by id, is free to agree on
+    // and makes a run reproducible from its seed.
+    let mut by_id: Vec<usize> = (0..shared).collect();
+    by_id.sort_by(|&a, &b| id_lists[0][aligned[0][a]].cmp(&id_lists[0][aligned[0][b]]));
+    let aligned: Vec<Vec<usize>> = aligned
+        .iter()
+        .map(|rows| by_id.iter().map(|&p| rows[p]).collect())
+        .collect();
+
     // One seeded train/validation split of the shared positions, the same at every site.
     let mut positions: Vec<usize> = (0..shared).collect();
     positions.shuffle(&mut ChaCha8Rng::seed_from_u64(opts.seed ^ 0x5eed));
@@ -211,7 +223,11 @@ pub fn run(opts: &VerticalOptions) -> Result<VerticalReport> {
     validation_pos.sort_unstable();
 
     let labels_of = |positions: &[usize]| -> Vec<f32> {
-        let labels = tables[0].1.labels.as_ref().expect("the label site has labels");
+        let labels = tables[0]
+            .1
+            .labels
+            .as_ref()
+            .expect("the label site has labels");
         positions
             .iter()
             .map(|&p| f32::from(labels[aligned[0][p]].unwrap_or(0)))
@@ -385,7 +401,8 @@ pub fn run(opts: &VerticalOptions) -> Result<VerticalReport> {
         psi_seconds,
         train_rows: n,
         validation_rows: validation_labels.len(),
-        leak_auc: epochs.last().map_or(0.5, |e| e.leak_auc),
+        leak_auc: epochs.iter().map(|e| e.leak_auc).sum::<f64>() / epochs.len().max(1) as f64,
+        worst_leak_auc: epochs.iter().map(|e| e.leak_auc).fold(0.5, f64::max),
         epochs,
         validation,
         centralized,
@@ -438,8 +455,10 @@ pub fn print_report(r: &VerticalReport) {
         r.centralized.accuracy, r.centralized.auc, r.centralized.loss
     );
     println!(
-        "Label leakage (norm attack AUC on the gradients sent, last epoch): {:.3}{}",
+        "Label leakage, norm attack AUC on the gradients sent (0.5 = none): mean {:.3}, worst \
+         epoch {:.3}{}",
         r.leak_auc,
+        r.worst_leak_auc,
         match r.defence {
             Some(scale) => format!(" with the max-norm defence (scale {scale})"),
             None => " without a defence".to_string(),

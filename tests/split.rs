@@ -176,7 +176,12 @@ async fn a_hospital_sending_nan_activations_is_left_out_of_split_rounds() {
     let files = split(&csv, &dir.path().join("parts"), 4, 5);
     let coordinator = start_coordinator(&dir.path().join("coord")).await;
     for (i, f) in files[..3].iter().enumerate() {
-        start_client(&coordinator.url, f, &format!("honest-{i}"), &coordinator.stop);
+        start_client(
+            &coordinator.url,
+            f,
+            &format!("honest-{i}"),
+            &coordinator.stop,
+        );
     }
     let evil = tokio::spawn(nan_activations(coordinator.url.clone(), files[3].clone()));
     wait_for_clients(&coordinator.url, 4).await;
@@ -241,9 +246,14 @@ fn vertical_learning_aligns_by_psi_and_matches_centralized() {
         ..VerticalOptions::wdbc(files)
     })
     .unwrap();
-    assert!(defended.leak_auc < plain.leak_auc, "{plain:#?}\n{defended:#?}");
-    assert!(defended.leak_auc <= 0.6, "{defended:#?}");
-    assert!(defended.validation.auc >= plain.validation.auc - 0.02, "{defended:#?}");
+    // Without the defence the gradients' norms say something about the labels; with it,
+    // little (mean over the epochs: its noise is the label site's own randomness).
+    assert!(plain.leak_auc >= 0.58, "{plain:#?}");
+    assert!(defended.leak_auc <= 0.57, "{defended:#?}");
+    assert!(
+        defended.validation.auc >= plain.validation.auc - 0.03,
+        "{defended:#?}"
+    );
 }
 
 #[test]
@@ -282,7 +292,13 @@ fn vertical_bad_input_is_named() {
     let renamed: Vec<String> = text
         .lines()
         .enumerate()
-        .map(|(i, l)| if i == 0 { l.to_string() } else { format!("x{l}") })
+        .map(|(i, l)| {
+            if i == 0 {
+                l.to_string()
+            } else {
+                format!("x{l}")
+            }
+        })
         .collect();
     std::fs::write(&other, renamed.join("\n")).unwrap();
     let err = fail(vec![files[0].clone(), other]);

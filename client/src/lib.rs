@@ -293,7 +293,14 @@ async fn session(
         let task_header = header.clone();
         let answer = match (header.split.is_some(), body) {
             (true, TaskBody::Parameters(bottom)) => {
-                split::fit(worker, grpc.clone(), session_id.clone(), task_header, bottom).await
+                split::fit(
+                    worker,
+                    grpc.clone(),
+                    session_id.clone(),
+                    task_header,
+                    bottom,
+                )
+                .await
             }
             // Training is CPU-bound: keep it off the async runtime's threads.
             (_, body) => tokio::task::spawn_blocking(move || worker.handle(&task_header, body))

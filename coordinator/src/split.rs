@@ -302,8 +302,7 @@ pub(crate) async fn serve_exchange(
             };
             let step_seat = seat.clone();
             // The top part's step is CPU work: off the async threads.
-            let result =
-                tokio::task::spawn_blocking(move || lock(&step_seat).step(&batch)).await;
+            let result = tokio::task::spawn_blocking(move || lock(&step_seat).step(&batch)).await;
             let down = match result {
                 Ok(Ok(down)) => Ok(down),
                 Ok(Err(reason)) => {
@@ -374,13 +373,19 @@ mod tests {
         assert_eq!(closed.stats.samples, 7);
         assert!(closed.top.is_ok());
         assert_eq!(seats.open_count(), 0);
-        assert!(seats.claim(&id, "a").is_err(), "a closed seat cannot be claimed");
+        assert!(
+            seats.claim(&id, "a").is_err(),
+            "a closed seat cannot be claimed"
+        );
     }
 
     #[test]
     fn bad_batches_fail_the_exchange_with_a_reason() {
         let cases: Vec<(Box<dyn Fn(usize) -> SplitBatch>, &str)> = vec![
-            (Box::new(|w| batch(1, 4, w)), "batch 1 arrived where batch 0"),
+            (
+                Box::new(|w| batch(1, 4, w)),
+                "batch 1 arrived where batch 0",
+            ),
             (Box::new(|w| batch(0, 9, w)), "1 to 8 allowed"),
             (
                 Box::new(|w| SplitBatch {

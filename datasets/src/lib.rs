@@ -26,13 +26,13 @@ pub use split::{
     MISSING_LABEL_KEY, PartReport, PartitionScheme, SplitOptions, SplitReport, split_bytes,
     split_file,
 };
-pub use vertical::{
-    LabelColumn, SiteReport, SiteTable, VerticalSplitOptions, VerticalSplitReport,
-    split_vertical_bytes, split_vertical_file,
-};
 pub use table::{
     ColumnQuality, MISSING_TOKENS, QualitySummary, RawTable, is_missing_token, read_csv_bytes,
     read_table,
+};
+pub use vertical::{
+    LabelColumn, SiteReport, SiteTable, VerticalSplitOptions, VerticalSplitReport,
+    split_vertical_bytes, split_vertical_file,
 };
 
 #[cfg(test)]

@@ -122,7 +122,13 @@ pub fn prepare_ids(ids: &[Option<String>]) -> Result<(Vec<String>, Vec<usize>), 
     rows.shuffle(&mut rand::rng());
     let shuffled = rows
         .iter()
-        .map(|&r| ids[r].as_deref().map(str::trim).unwrap_or_default().to_string())
+        .map(|&r| {
+            ids[r]
+                .as_deref()
+                .map(str::trim)
+                .unwrap_or_default()
+                .to_string()
+        })
         .collect();
     Ok((shuffled, rows))
 }
@@ -143,7 +149,9 @@ pub fn intersect(lists: &[Vec<Blinded>]) -> Result<Vec<Vec<usize>>, PsiError> {
     for (i, list) in lists.iter().enumerate().skip(1) {
         let set: HashSet<Blinded> = list.iter().copied().collect();
         if set.len() != list.len() {
-            return Err(PsiError::Malformed(format!("site {i} sent a repeated value")));
+            return Err(PsiError::Malformed(format!(
+                "site {i} sent a repeated value"
+            )));
         }
         common.retain(|v| set.contains(v));
     }
@@ -167,7 +175,10 @@ pub fn intersect(lists: &[Vec<Blinded>]) -> Result<Vec<Vec<usize>>, PsiError> {
 ///
 /// Round `s` (1 ≤ s < n) hands site `j` the list that started at site `j − s`, already
 /// blinded by sites `j − s … j − 1`, exactly as the coordinator relays it.
-pub fn run_in_process(salt: &[u8], sites: &[Vec<Option<String>>]) -> Result<Vec<Vec<usize>>, PsiError> {
+pub fn run_in_process(
+    salt: &[u8],
+    sites: &[Vec<Option<String>>],
+) -> Result<Vec<Vec<usize>>, PsiError> {
     let n = sites.len();
     let keys: Vec<PsiKey> = (0..n).map(|_| PsiKey::random()).collect();
     let mut rows_of = Vec::with_capacity(n);
@@ -211,7 +222,11 @@ mod tests {
         let named = |site: &[Option<String>], r: &[usize]| -> Vec<String> {
             r.iter().map(|&i| site[i].clone().unwrap()).collect()
         };
-        let (na, nb, nc) = (named(&a, &rows[0]), named(&b, &rows[1]), named(&c, &rows[2]));
+        let (na, nb, nc) = (
+            named(&a, &rows[0]),
+            named(&b, &rows[1]),
+            named(&c, &rows[2]),
+        );
         assert_eq!(na, nb, "every site lists the shared ids in the same order");
         assert_eq!(na, nc);
         assert_eq!(na.iter().cloned().collect::<HashSet<_>>(), expected);

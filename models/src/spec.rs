@@ -321,18 +321,29 @@ mod tests {
     fn layer_shapes_and_counts() {
         assert_eq!(ModelSpec::Logistic.layer_shapes(5), vec![(5, 1)]);
         assert_eq!(ModelSpec::Logistic.num_parameters(5), 6);
-        let mlp = ModelSpec::Mlp { hidden: vec![4, 3], cut: None };
+        let mlp = ModelSpec::Mlp {
+            hidden: vec![4, 3],
+            cut: None,
+        };
         assert_eq!(mlp.layer_shapes(5), vec![(5, 4), (4, 3), (3, 1)]);
         assert_eq!(mlp.num_parameters(5), 5 * 4 + 4 + 4 * 3 + 3 + 3 + 1);
     }
 
     #[test]
     fn validate_names_the_field() {
-        let err = ModelSpec::Mlp { hidden: vec![], cut: None }.validate().unwrap_err();
+        let err = ModelSpec::Mlp {
+            hidden: vec![],
+            cut: None,
+        }
+        .validate()
+        .unwrap_err();
         assert!(err.to_string().contains("model.hidden"), "{err}");
-        let err = ModelSpec::Mlp { hidden: vec![3, 0], cut: None }
-            .validate()
-            .unwrap_err();
+        let err = ModelSpec::Mlp {
+            hidden: vec![3, 0],
+            cut: None,
+        }
+        .validate()
+        .unwrap_err();
         assert!(err.to_string().contains("model.hidden[1]"), "{err}");
         assert!(ModelSpec::Logistic.validate().is_ok());
         assert!(ModelSpec::Logistic.validate_for(0).is_err());

@@ -233,7 +233,11 @@ impl Part {
         let device = net::cpu();
         let n_features = shapes.first().map_or(0, |&(i, _)| i);
         let tensors = LayerTensors::from_shapes(&shapes, n_features, params, &device)?;
-        let weight_slots = tensors.weights.iter().map(|w| Slot::new(w, false)).collect();
+        let weight_slots = tensors
+            .weights
+            .iter()
+            .map(|w| Slot::new(w, false))
+            .collect();
         let bias_slots = tensors.biases.iter().map(|b| Slot::new(b, false)).collect();
         Ok(Self {
             shapes,
@@ -376,7 +380,12 @@ impl BottomPart {
             )));
         }
         let x = net::rows_tensor(data, rows, &net::cpu());
-        net::tensor_to_vec(self.part.tensors.to_net(false).forward_with(x, self.relu_last))
+        net::tensor_to_vec(
+            self.part
+                .tensors
+                .to_net(false)
+                .forward_with(x, self.relu_last),
+        )
     }
 
     /// Takes one optimizer step from the gradient of the batch's loss with respect to the
@@ -386,7 +395,11 @@ impl BottomPart {
             ModelError::InvalidData("a gradient arrived without a forward pass".into())
         })?;
         let width = self.part.shapes.last().map_or(0, |&(_, o)| o);
-        check_len("gradient at the cut", pending.rows * width, grad_at_cut.len())?;
+        check_len(
+            "gradient at the cut",
+            pending.rows * width,
+            grad_at_cut.len(),
+        )?;
         crate::params::check_finite(grad_at_cut)?;
         let g = Tensor::<2>::from_data(
             TensorData::new(grad_at_cut.to_vec(), [pending.rows, width]),

@@ -46,14 +46,21 @@ fn unsplit_step(spec: &ModelSpec, start: &[f32], data: &Examples) -> TrainOutcom
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
 fn splitfed_step_equals_the_unsplit_step_at_every_cut() {
     let examples = data(48, 5, 3);
     let rows: Vec<usize> = (0..48).collect();
-    for cut in [None, Some("layers.0".to_string()), Some("layers.1".to_string())] {
+    for cut in [
+        None,
+        Some("layers.0".to_string()),
+        Some("layers.1".to_string()),
+    ] {
         let spec = ModelSpec::Mlp {
             hidden: vec![6, 4],
             cut,
@@ -148,13 +155,19 @@ fn bad_cuts_and_bad_batches_are_named() {
     let (_, t) = layout.split(&params).unwrap();
     let mut top = TopPart::new(&layout, t, &sgd()).unwrap();
     let wrong_shape = top.step(&[0.0; 7], &[1.0, 0.0]).unwrap_err();
-    assert!(wrong_shape.to_string().contains("7 activations"), "{wrong_shape}");
+    assert!(
+        wrong_shape.to_string().contains("7 activations"),
+        "{wrong_shape}"
+    );
     let mut nan = vec![0.5; 8];
     nan[5] = f32::NAN;
     let not_finite = top.step(&nan, &[1.0, 0.0]).unwrap_err();
     assert!(not_finite.to_string().contains("row 1"), "{not_finite}");
     let bad_label = top.step(&[0.5; 8], &[1.0, 2.0]).unwrap_err();
-    assert!(bad_label.to_string().contains("label of row 1"), "{bad_label}");
+    assert!(
+        bad_label.to_string().contains("label of row 1"),
+        "{bad_label}"
+    );
     let mut bottom = BottomPart::new(&layout, &vec![0.1; layout.bottom_len()], &sgd()).unwrap();
     assert!(bottom.backward(&[0.0; 4]).is_err(), "no forward pass yet");
 }

@@ -252,7 +252,12 @@ impl<const D: usize> Slot<D> {
 
     /// Returns the updated value. All operations are whole-tensor and run on non-autodiff
     /// tensors, so no graph is recorded for the optimizer.
-    pub(crate) fn update(&mut self, value: Tensor<D>, grad: Tensor<D>, hyper: &Hyper<'_>) -> Tensor<D> {
+    pub(crate) fn update(
+        &mut self,
+        value: Tensor<D>,
+        grad: Tensor<D>,
+        hyper: &Hyper<'_>,
+    ) -> Tensor<D> {
         let grad = match &self.start {
             Some(start) if hyper.mu > 0.0 => {
                 grad + (value.clone() - start.clone()).mul_scalar(hyper.mu)

@@ -52,13 +52,7 @@ impl Runner {
             let exchange_id = self
                 .registry
                 .split
-                .open(
-                    &layout,
-                    client,
-                    top,
-                    &t.optimizer,
-                    t.batch_size as usize,
-                )
+                .open(&layout, client, top, &t.optimizer, t.batch_size as usize)
                 .map_err(|e| RunError::Failed(format!("round {round}: top part: {e}")))?;
             let header = TaskHeader {
                 parameters_sha256: bottom_sha256.clone(),
