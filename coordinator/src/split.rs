@@ -381,7 +381,8 @@ mod tests {
 
     #[test]
     fn bad_batches_fail_the_exchange_with_a_reason() {
-        let cases: Vec<(Box<dyn Fn(usize) -> SplitBatch>, &str)> = vec![
+        type MakeBatch = Box<dyn Fn(usize) -> SplitBatch>;
+        let cases: Vec<(MakeBatch, &str)> = vec![
             (
                 Box::new(|w| batch(1, 4, w)),
                 "batch 1 arrived where batch 0",
