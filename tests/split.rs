@@ -304,3 +304,53 @@ fn vertical_bad_input_is_named() {
     let err = fail(vec![files[0].clone(), other]);
     assert!(err.contains("no id in common"), "{err}");
 }
+
+/// A hospital that dies after training its bottom part against its seat,
+/// before its update leaves: the round goes on without it (after the round
+/// timeout) and the job completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hospital_vanishing_in_a_split_round_costs_the_round_not_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("all.csv");
+    synthetic_oncology_csv(&csv, 600, 23);
+    let files = split(&csv, &dir.path().join("parts"), 4, 6);
+    let coordinator = start_coordinator(&dir.path().join("coord")).await;
+    for (i, f) in files[..3].iter().enumerate() {
+        start_client(
+            &coordinator.url,
+            f,
+            &format!("steady-{i}"),
+            &coordinator.stop,
+        );
+    }
+    let config = ClientConfig {
+        coordinator: coordinator.url.clone(),
+        security: cohort_protocol::Security::Insecure,
+        data: files[3].clone(),
+        name: "fragile".into(),
+        data_dir: None,
+        options: cohort_client::ClientOptions {
+            vanish_at: Some(cohort_client::VanishAt::BeforeSend),
+            ..Default::default()
+        },
+    };
+    let signal = coordinator.stop.signal();
+    let fragile = tokio::spawn(async move { cohort_client::run(config, signal).await });
+    wait_for_clients(&coordinator.url, 4).await;
+    let job = oncology_job(2, 3)
+        .replace("clients_per_round = 3", "clients_per_round = 4")
+        .replace("round_timeout_secs = 60", "round_timeout_secs = 5")
+        .replace("kind = \"logistic\"", "kind = \"mlp\"\nhidden = [8]")
+        .replace("seed = 3", "seed = 3\nmode = \"splitfed\"");
+    let view = submit_and_wait(&coordinator.url, &job).await;
+    assert_eq!(view.state, "completed", "{view:#?}");
+    assert_eq!(view.rounds.len(), 2);
+    for r in &view.rounds {
+        assert!(!r.participants.contains(&"fragile".to_string()), "{r:?}");
+    }
+    assert!(
+        fragile.await.unwrap().is_ok(),
+        "the fragile client vanished cleanly"
+    );
+    coordinator.stop.stop();
+}
