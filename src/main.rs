@@ -268,7 +268,8 @@ struct VerticalArgs {
     /// Columns no site uses.
     #[arg(long, value_delimiter = ',')]
     drop: Vec<String>,
-    /// Hidden layer widths (none: logistic regression, one linear part per site).
+    /// Hidden layer widths; `0` for logistic regression (one linear part per
+    /// site, summed at the label site).
     #[arg(long, value_delimiter = ',', default_value = "32,16")]
     hidden: Vec<usize>,
     #[arg(long, default_value_t = 20)]
