@@ -923,11 +923,13 @@ async fn main() -> Result<()> {
                 defence: a.label_defence,
                 progress: !a.json,
             };
-            cohort::vertical::run_cli(&options, a.json)?;
+            let result = cohort::vertical::run(&options)?;
+            report(a.json, &result, cohort::vertical::render)?;
         }
         Command::Demo(a) if a.vertical => {
             init_logging("warn");
-            cohort::vertical::demo_cli(a.workdir, a.seed, a.label_defence, a.json)?;
+            let result = cohort::vertical::demo(a.workdir, a.seed, a.label_defence, !a.json)?;
+            report(a.json, &result, cohort::vertical::render)?;
         }
         Command::Demo(a) => {
             init_logging("warn");
@@ -1135,17 +1137,8 @@ async fn main() -> Result<()> {
                 keep,
                 seed,
             };
-            cohort::vertical::split_cli(&input, &out, &options, json)?;
-        }
-        Command::Bench(BenchCommand::Split {
-            psi_ids,
-            threads,
-            rounds,
-            epochs,
-            json,
-        }) => {
-            init_logging("error");
-            cohort::split_bench::run_all(&psi_ids, &threads, rounds, epochs, json).await?;
+            let split = cohort_datasets::split_vertical_file(&input, &out, &options)?;
+            report(json, &split, cohort::vertical::render_split)?;
         }
         Command::Data(DataCommand::Split {
             input,
@@ -1182,6 +1175,16 @@ async fn main() -> Result<()> {
 
 async fn run_bench_command(cmd: BenchCommand) -> Result<()> {
     match cmd {
+        BenchCommand::Split {
+            psi_ids,
+            threads,
+            rounds,
+            epochs,
+            json,
+        } => {
+            init_logging("error");
+            cohort::split_bench::run_all(&psi_ids, &threads, rounds, epochs, json).await?;
+        }
         BenchCommand::Ledger {
             sizes,
             durable,

@@ -126,6 +126,10 @@ pub fn run(opts: &VerticalOptions) -> Result<VerticalReport> {
     if opts.sites.len() < 2 {
         bail!("vertical learning needs at least 2 site files");
     }
+    if opts.epochs == 0 || opts.batch_size == 0 {
+        bail!("epochs and batch size must be at least 1");
+    }
+    opts.optimizer.validate()?;
     if !(0.0..1.0).contains(&opts.validation_fraction) {
         bail!(
             "validation fraction must be in [0, 1), got {}",
@@ -425,11 +429,15 @@ fn strip_unlabelled(lists: &[Vec<Option<String>>]) -> Vec<Vec<Option<String>>> {
         .collect()
 }
 
-pub fn print_report(r: &VerticalReport) {
-    println!();
-    println!("Vertical split learning: {} sites", r.sites.len());
+/// The text form of a [`VerticalReport`].
+pub fn render(r: &VerticalReport) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out);
+    let _ = writeln!(out, "Vertical split learning: {} sites", r.sites.len());
     for s in &r.sites {
-        println!(
+        let _ = writeln!(
+            out,
             "  {:<40} {:>5} patients, {:>2} features{}",
             s.file.display(),
             s.rows,
@@ -437,24 +445,29 @@ pub fn print_report(r: &VerticalReport) {
             if s.label_site { ", labels" } else { "" }
         );
     }
-    println!(
+    let _ = writeln!(
+        out,
         "PSI (ECDH on ristretto255): {} patients at every site, {:.2} s",
         r.intersection, r.psi_seconds
     );
-    println!(
+    let _ = writeln!(
+        out,
         "Held-out shared patients: {}   (trained on {})",
         r.validation_rows, r.train_rows
     );
-    println!("                      accuracy    ROC AUC    loss");
-    println!(
+    let _ = writeln!(out, "                      accuracy    ROC AUC    loss");
+    let _ = writeln!(
+        out,
         "  vertical (Cohort)     {:.4}     {:.4}    {:.4}",
         r.validation.accuracy, r.validation.auc, r.validation.loss
     );
-    println!(
+    let _ = writeln!(
+        out,
         "  centralized baseline  {:.4}     {:.4}    {:.4}",
         r.centralized.accuracy, r.centralized.auc, r.centralized.loss
     );
-    println!(
+    let _ = writeln!(
+        out,
         "Label leakage, norm attack AUC on the gradients sent (0.5 = none): mean {:.3}, worst \
          epoch {:.3}{}",
         r.leak_auc,
@@ -464,10 +477,12 @@ pub fn print_report(r: &VerticalReport) {
             None => " without a defence".to_string(),
         }
     );
-    println!(
+    let _ = writeln!(
+        out,
         "{:.3} s and {} bytes exchanged per epoch",
         r.seconds_per_epoch, r.bytes_per_epoch
     );
+    out
 }
 
 /// Writes the bundled WDBC data split by columns into `sites` files under `dir`, each site
@@ -518,58 +533,20 @@ pub fn demo(
     })
 }
 
-/// `cohort demo --vertical`, printed.
-pub fn demo_cli(
-    workdir: Option<PathBuf>,
-    seed: u64,
-    defence: Option<f64>,
-    json: bool,
-) -> Result<()> {
-    let report = demo(workdir, seed, defence, !json)?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_report(&report);
+/// The text form of a [`cohort_datasets::VerticalSplitReport`].
+pub fn render_split(report: &cohort_datasets::VerticalSplitReport) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for s in &report.sites {
+        let _ = writeln!(
+            out,
+            "{}  {} rows  {} feature columns{}",
+            s.file.display(),
+            s.rows,
+            s.columns.len(),
+            if s.has_label { " + label" } else { "" }
+        );
     }
-    Ok(())
-}
-
-/// `cohort data split-vertical`, printed.
-pub fn split_cli(
-    input: &std::path::Path,
-    out: &std::path::Path,
-    options: &cohort_datasets::VerticalSplitOptions,
-    json: bool,
-) -> Result<()> {
-    let report = cohort_datasets::split_vertical_file(input, out, options)?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        for s in &report.sites {
-            println!(
-                "{}  {} rows  {} feature columns{}",
-                s.file.display(),
-                s.rows,
-                s.columns.len(),
-                if s.has_label { " + label" } else { "" }
-            );
-        }
-        println!("patients at every site: {}", report.common_rows);
-    }
-    Ok(())
-}
-
-/// `cohort vertical`, printed.
-pub fn run_cli(options: &VerticalOptions, json: bool) -> Result<()> {
-    options.optimizer.validate()?;
-    if options.epochs == 0 || options.batch_size == 0 {
-        bail!("--epochs and --batch-size must be at least 1");
-    }
-    let report = run(options)?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_report(&report);
-    }
-    Ok(())
+    let _ = writeln!(out, "patients at every site: {}", report.common_rows);
+    out
 }

@@ -126,13 +126,15 @@ impl Runner {
             );
             return Ok(None);
         }
-        self.note(
-            &job.id,
-            format!(
-                "round {round}: split exchange of {samples} samples, {bytes_in} bytes of \
-                 activations and labels up, {bytes_out} bytes of gradients down"
-            ),
+        // A job event for `job status` and the benchmark, not a warning.
+        let exchanged = format!(
+            "round {round}: split exchange of {samples} samples, {bytes_in} bytes of \
+             activations and labels up, {bytes_out} bytes of gradients down"
         );
+        tracing::info!(job = job.id, "{exchanged}");
+        if let Err(e) = self.store.add_event(&job.id, &exchanged) {
+            tracing::warn!(job = job.id, "could not record event: {e}");
+        }
         let total_examples = ok.iter().map(|(_, _, n, ..)| *n).sum();
         let train_loss = weighted_loss(ok.iter().map(|(_, _, n, l, ..)| (*n, *l)));
         let slowest_fit_secs = ok.iter().map(|(.., s, _)| *s).fold(0.0, f64::max);
