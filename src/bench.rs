@@ -364,6 +364,7 @@ pub fn dp_sgd(o: &DpSgdBenchOptions) -> Result<DpSgdBench> {
     }
     let spec = ModelSpec::Mlp {
         hidden: o.hidden.clone(),
+        cut: None,
     };
     let data = synthetic_examples(o.rows, o.features, o.seed);
     let start = cohort_models::init_parameters(&spec, o.features, o.seed);

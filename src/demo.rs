@@ -33,6 +33,9 @@ pub struct DemoOptions {
     /// Record-level differential privacy (DP-SGD) at this epsilon per
     /// hospital over the whole job, at delta [`DEMO_DP_DELTA`].
     pub dp_epsilon: Option<f64>,
+    /// Split learning (SplitFed): the hospitals train the bottom of the
+    /// network, the coordinator its top (`[training] mode = "splitfed"`).
+    pub splitfed: bool,
 }
 
 /// The demo's delta under DP: well below 1/rows of any hospital's data.
@@ -50,6 +53,7 @@ impl Default for DemoOptions {
             secure_aggregation: false,
             homomorphic_encryption: false,
             dp_epsilon: None,
+            splitfed: false,
         }
     }
 }
@@ -77,6 +81,8 @@ pub struct DemoReport {
     pub transport: String,
     /// How updates were aggregated: "plain" or "secagg".
     pub aggregation: String,
+    /// How rounds trained: "federated" or "splitfed".
+    pub mode: String,
     /// Under DP: the largest epsilon any hospital spent (record level), at
     /// `delta`, as recorded in the model card.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -89,6 +95,10 @@ pub struct DemoReport {
     pub workdir: PathBuf,
     pub model_dir: PathBuf,
     pub seconds: f64,
+    /// Mean wall time of a round as the coordinator recorded it.
+    pub mean_round_secs: f64,
+    /// The job's events (clients left out, retries, split exchange sizes).
+    pub events: Vec<String>,
 }
 
 pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
@@ -135,6 +145,10 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
     if let Some(epsilon) = opts.dp_epsilon {
         apply_dp(&mut spec, epsilon)?;
     }
+    if opts.splitfed {
+        spec.training.mode = cohort_coordinator::job::TrainingMode::Splitfed;
+        spec.validate()?;
+    }
     let job_toml = toml::to_string(&spec)?;
 
     let mut hospitals = Vec::new();
@@ -170,7 +184,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
         }
         let model_dir = workdir.join("model");
         developer::download_model(&mut dev, &job_id, None, &model_dir).await?;
-        Ok((job_id, model_dir))
+        Ok((job_id, model_dir, view))
     }
     .await;
     let transport = match &federation.developer {
@@ -178,7 +192,15 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
         cohort_protocol::Security::Insecure => "plaintext",
     };
     federation.shutdown().await;
-    let (job_id, model_dir) = outcome?;
+    let (job_id, model_dir, view) = outcome?;
+    let recorded: Vec<f64> = view
+        .rounds
+        .iter()
+        .filter(|r| r.round > 0)
+        .map(|r| r.duration_secs)
+        .collect();
+    let mean_round_secs = recorded.iter().sum::<f64>() / recorded.len().max(1) as f64;
+    let events = view.events.into_iter().map(|e| e.message).collect();
 
     let (card, federated) = crate::evaluate::evaluate_file(&model_dir, &test_file)?;
     let privacy = card.privacy.clone();
@@ -202,12 +224,19 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
             cohort_coordinator::job::Aggregation::He => "he",
         }
         .to_string(),
+        mode: match spec.training.mode {
+            cohort_coordinator::job::TrainingMode::Federated => "federated",
+            cohort_coordinator::job::TrainingMode::Splitfed => "splitfed",
+        }
+        .to_string(),
         epsilon: privacy.as_ref().map(|p| p.epsilon),
         delta: privacy.as_ref().map(|p| p.delta),
         dp_level: privacy.map(|p| p.level),
         workdir,
         model_dir,
         seconds: started.elapsed().as_secs_f64(),
+        mean_round_secs,
+        events,
     })
 }
 
@@ -309,9 +338,10 @@ fn concat_csv(files: &[&Path], out: &Path) -> Result<()> {
 pub fn print_report(r: &DemoReport) {
     println!();
     println!(
-        "Cohort demo: {} hospitals, {} rounds, job {}, over {}, {} aggregation",
+        "Cohort demo: {} hospitals, {} rounds ({}), job {}, over {}, {} aggregation",
         r.hospitals.len(),
         r.rounds,
+        r.mode,
         r.job_id,
         r.transport,
         r.aggregation
@@ -326,8 +356,11 @@ pub fn print_report(r: &DemoReport) {
     println!("Held-out test set: {} patients", r.test_examples);
     println!("                      accuracy    ROC AUC    loss");
     println!(
-        "  federated (Cohort)    {:.4}     {:.4}    {:.4}",
-        r.test_accuracy, r.test_auc, r.test_loss
+        "  {:<20}  {:.4}     {:.4}    {:.4}",
+        format!("{} (Cohort)", r.mode),
+        r.test_accuracy,
+        r.test_auc,
+        r.test_loss
     );
     println!(
         "  centralized baseline  {:.4}     {:.4}    {:.4}",

@@ -19,6 +19,8 @@ pub mod privacy;
 pub mod sandbox;
 pub mod rewards;
 pub mod serve;
+pub mod split_bench;
+pub mod vertical;
 
 /// The bundled Breast Cancer Wisconsin (Diagnostic) data (CC BY 4.0; see
 /// `data/README.md`), embedded so the demo runs from any directory.

@@ -9,6 +9,7 @@
 pub mod budget;
 mod he;
 mod secagg;
+mod split;
 mod work;
 
 use std::future::Future;
@@ -290,10 +291,22 @@ async fn session(
         };
         let worker = worker.clone();
         let task_header = header.clone();
-        // Training is CPU-bound: keep it off the async runtime's threads.
-        let answer = tokio::task::spawn_blocking(move || worker.handle(&task_header, body))
-            .await
-            .unwrap_or_else(|e| Answer::refused(format!("task crashed: {e}")));
+        let answer = match (header.split.is_some(), body) {
+            (true, TaskBody::Parameters(bottom)) => {
+                split::fit(
+                    worker,
+                    grpc.clone(),
+                    session_id.clone(),
+                    task_header,
+                    bottom,
+                )
+                .await
+            }
+            // Training is CPU-bound: keep it off the async runtime's threads.
+            (_, body) => tokio::task::spawn_blocking(move || worker.handle(&task_header, body))
+                .await
+                .unwrap_or_else(|e| Answer::refused(format!("task crashed: {e}"))),
+        };
         if config.options.vanish_at == Some(VanishAt::BeforeSend)
             && header.kind() == cohort_protocol::v1::TaskKind::Fit
             && answer.header.error.is_empty()

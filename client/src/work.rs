@@ -40,11 +40,11 @@ impl Answer {
 }
 
 /// The local data prepared for one job: validated, preprocessed, split.
-struct Prepared {
+pub(crate) struct Prepared {
     key: String,
     /// Commitment to all preprocessed local rows (before the split).
-    commitment: String,
-    train: Examples,
+    pub(crate) commitment: String,
+    pub(crate) train: Examples,
     validation: Examples,
 }
 
@@ -137,13 +137,18 @@ impl Worker {
         .unwrap_or_else(Answer::refused);
         let mut answer = answer;
         answer.header.compute_seconds = started.elapsed().as_secs_f64();
+        self.record_answer(task, &answer);
+        answer
+    }
+
+    /// Adds the answer to the hospital's participation log.
+    pub(crate) fn record_answer(&self, task: &TaskHeader, answer: &Answer) {
         let outcome = if answer.header.error.is_empty() {
             "answered"
         } else {
             answer.header.error.as_str()
         };
-        self.record(task, kind, outcome, answer.header.num_examples);
-        answer
+        self.record(task, task.kind(), outcome, answer.header.num_examples);
     }
 
     pub(crate) fn name(&self) -> &str {
@@ -233,7 +238,7 @@ impl Worker {
 
     /// Validated, preprocessed and split data for the task's job, cached
     /// while the job's preprocessing stays the same.
-    fn prepared(&self, task: &TaskHeader) -> Result<Arc<Prepared>, String> {
+    pub(crate) fn prepared(&self, task: &TaskHeader) -> Result<Arc<Prepared>, String> {
         let key = format!(
             "{}\u{0}{}\u{0}{}\u{0}{}",
             task.job_id, task.preprocessing_json, task.split_seed, task.validation_fraction
@@ -364,7 +369,7 @@ impl Worker {
 
     /// The job's DP promise from the task; refuses a job without one when
     /// the hospital capped its privacy spending.
-    fn job_dp(&self, task: &TaskHeader) -> Result<Option<JobDp>, String> {
+    pub(crate) fn job_dp(&self, task: &TaskHeader) -> Result<Option<JobDp>, String> {
         if task.dp_json.is_empty() {
             if self.budget.is_capped() {
                 return Err(

@@ -163,6 +163,23 @@ pub struct TrainingSpec {
     /// job from waiting forever on a consortium that is gone.
     #[serde(default = "default_max_round_attempts")]
     pub max_round_attempts: u32,
+    /// `federated` (the default), or `splitfed`: split learning with the
+    /// network cut at `[model] cut` (see [`crate::split`]).
+    #[serde(default)]
+    pub mode: TrainingMode,
+}
+
+/// How a round trains: whole models at the hospitals, or split at a cut.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainingMode {
+    /// Every hospital trains the whole model (FedAvg and its relatives).
+    #[default]
+    Federated,
+    /// SplitFed v1 (Thapa et al. 2022): hospitals train the bottom part,
+    /// the coordinator a copy of the top part per hospital; both are
+    /// averaged every round.
+    Splitfed,
 }
 
 fn default_local_epochs() -> u32 {
@@ -244,6 +261,9 @@ impl JobSpec {
         t.optimizer
             .validate()
             .map_err(|e| invalid("training.optimizer", e.to_string()))?;
+        if t.mode == TrainingMode::Splitfed {
+            crate::split::check_job(self)?;
+        }
         self.strategy
             .validate()
             .map_err(|(key, message)| invalid(&format!("strategy.{key}"), message))?;
@@ -454,7 +474,8 @@ kind = "fedavg"                     # fedprox: mu; fedadam/fedyogi: server_learn
         assert_eq!(
             spec.model,
             ModelSpec::Mlp {
-                hidden: vec![32, 16]
+                hidden: vec![32, 16],
+                cut: None,
             }
         );
         assert_eq!(spec.strategy, StrategySpec::FedAvg {});

@@ -7,6 +7,7 @@
 //! - [`runner`]: the job/round state machine;
 //! - [`store`]: SQLite + object store persistence;
 //! - [`server`]: the gRPC services;
+//! - [`split`]: split learning (SplitFed) seats and job checks;
 //! - [`security`]: mutual TLS, per-RPC authorization by role, limits.
 
 pub mod job;
@@ -16,6 +17,7 @@ pub mod rewards;
 pub mod runner;
 pub mod security;
 pub mod server;
+pub mod split;
 pub mod store;
 pub mod strategy;
 pub mod valuation;

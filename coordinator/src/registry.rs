@@ -149,6 +149,8 @@ struct Inner {
 pub struct Registry {
     inner: Mutex<Inner>,
     poll_timeout: Duration,
+    /// Split learning: where hospitals' bottom parts meet the top parts.
+    pub split: crate::split::SplitSeats,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -160,6 +162,7 @@ impl Registry {
         Self {
             inner: Mutex::default(),
             poll_timeout,
+            split: crate::split::SplitSeats::default(),
         }
     }
 

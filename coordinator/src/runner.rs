@@ -21,11 +21,12 @@ use tracing::{info, warn};
 mod dp;
 mod he;
 mod secagg;
+mod splitfed;
 mod valuation;
 
 pub use valuation::RoundValuation;
 
-use crate::job::{Aggregation, JobSpec};
+use crate::job::{Aggregation, JobSpec, TrainingMode};
 use crate::registry::{Expect, Registry, Task, TaskAnswer, TaskBody, TaskOutcome};
 use cohort_ledger::Record;
 use sha2::Digest as _;
@@ -424,6 +425,18 @@ impl Runner {
                 ..header.clone()
             };
             let fitted = match (spec.privacy.aggregation, &spec.valuation) {
+                _ if t.mode == TrainingMode::Splitfed => {
+                    self.splitfed_fit(
+                        job,
+                        spec,
+                        enrollment,
+                        &fit,
+                        &global,
+                        &selected,
+                        (round, attempt),
+                    )
+                    .await?
+                }
                 (Aggregation::He | Aggregation::Secagg, Some(valuation)) => {
                     self.grouped_fit(
                         job,

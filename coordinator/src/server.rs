@@ -35,6 +35,7 @@ use crate::security::{Authorizer, Caller};
 use crate::store::{JobRow, JobState, Store, StoreError, UpdateReceipt, now};
 
 type FrameStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+pub(crate) type SplitDownStream = FrameStream<v1::SplitDown>;
 
 pub struct Services {
     pub store: Arc<Store>,
@@ -50,7 +51,7 @@ const READERS: &[Role] = &[Role::Developer, Role::Validator];
 
 /// Under mutual TLS a hospital's name is the one in its certificate; a
 /// message or session claiming another name is refused.
-fn check_claimed_name(caller: &Caller, claimed: &str, what: &str) -> Result<(), Status> {
+pub(crate) fn check_claimed_name(caller: &Caller, claimed: &str, what: &str) -> Result<(), Status> {
     match caller.name() {
         Some(certified) if certified != claimed => Err(Status::permission_denied(format!(
             "the certificate names hospital `{certified}`, but {what} claims `{claimed}`; \
@@ -95,6 +96,15 @@ pub fn check_client_name(name: &str) -> Result<(), String> {
 #[tonic::async_trait]
 impl HospitalService for Services {
     type PullTaskStream = FrameStream<TaskFrame>;
+    type SplitExchangeStream = SplitDownStream;
+
+    async fn split_exchange(
+        &self,
+        request: Request<Streaming<v1::SplitUp>>,
+    ) -> Result<Response<Self::SplitExchangeStream>, Status> {
+        let caller = self.auth.authorize(&request, "SplitExchange", HOSPITALS)?;
+        crate::split::serve_exchange(self.registry.clone(), &caller, request.into_inner()).await
+    }
 
     async fn register(
         &self,

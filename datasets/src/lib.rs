@@ -10,10 +10,12 @@
 mod dataset;
 mod error;
 mod preprocess;
+pub mod psi;
 mod schema;
 mod spec;
 mod split;
 mod table;
+mod vertical;
 
 pub use dataset::{LocalDataset, LocalStatistics, NumericMoments};
 pub use error::DataError;
@@ -27,6 +29,10 @@ pub use split::{
 pub use table::{
     ColumnQuality, MISSING_TOKENS, QualitySummary, RawTable, is_missing_token, read_csv_bytes,
     read_table,
+};
+pub use vertical::{
+    LabelColumn, SiteReport, SiteTable, VerticalSplitOptions, VerticalSplitReport,
+    split_vertical_bytes, split_vertical_file,
 };
 
 #[cfg(test)]

@@ -43,6 +43,7 @@ mod net;
 mod onnx;
 mod params;
 mod spec;
+mod split;
 mod train;
 
 pub use artifact::{
@@ -58,7 +59,13 @@ pub use params::{
     parameters_sha256, parameters_to_bytes,
 };
 pub use spec::{MAX_PARAMETERS, ModelSpec, OptimizerSpec, TrainConfig};
+pub use split::{
+    BottomPart, SplitLayout, TopPart, TopStep, VerticalLayout, equalize_gradient_norms,
+    join_vertical, norm_leak_auc, split_vertical,
+};
 pub use train::{TrainOutcome, train};
 
+#[cfg(test)]
+mod split_tests;
 #[cfg(test)]
 mod tests;

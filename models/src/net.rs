@@ -44,7 +44,18 @@ impl LayerTensors {
         params: &[f32],
         device: &Device,
     ) -> Result<Self, ModelError> {
-        let shapes = spec.layer_shapes(n_features);
+        Self::from_shapes(&spec.layer_shapes(n_features), n_features, params, device)
+    }
+
+    /// Like [`LayerTensors::from_flat`] for an explicit list of `(fan_in, fan_out)` layers
+    /// (a part of a split network).
+    pub(crate) fn from_shapes(
+        shapes: &[(usize, usize)],
+        n_features: usize,
+        params: &[f32],
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        let shapes = shapes.to_vec();
         let mut weights = Vec::with_capacity(shapes.len());
         let mut biases = Vec::with_capacity(shapes.len());
         let mut rest = params;
@@ -138,11 +149,17 @@ pub(crate) fn tensor_to_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, Mo
 impl DenseNet {
     /// Logits `[batch, 1]` for inputs `[batch, n_features]`.
     pub(crate) fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        self.forward_with(x, false)
+    }
+
+    /// ReLU after every layer but the last, and after the last too with `relu_last` (the
+    /// bottom part of a split network ends in a hidden layer).
+    pub(crate) fn forward_with(&self, x: Tensor<2>, relu_last: bool) -> Tensor<2> {
         let last = self.layers.len().saturating_sub(1);
         let mut h = x;
         for (i, layer) in self.layers.iter().enumerate() {
             h = layer.forward(h);
-            if i < last {
+            if i < last || relu_last {
                 h = relu(h);
             }
         }

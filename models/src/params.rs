@@ -176,7 +176,10 @@ mod tests {
 
     #[test]
     fn init_is_deterministic_bounded_and_biases_zero() {
-        let spec = ModelSpec::Mlp { hidden: vec![7, 5] };
+        let spec = ModelSpec::Mlp {
+            hidden: vec![7, 5],
+            cut: None,
+        };
         let a = init_parameters(&spec, 4, 42);
         let b = init_parameters(&spec, 4, 42);
         let c = init_parameters(&spec, 4, 43);
@@ -209,7 +212,10 @@ mod tests {
 
     #[test]
     fn layout_is_contiguous_and_covers_everything() {
-        let spec = ModelSpec::Mlp { hidden: vec![3] };
+        let spec = ModelSpec::Mlp {
+            hidden: vec![3],
+            cut: None,
+        };
         let layout = parameter_layout(&spec, 2);
         let names: Vec<_> = layout.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(

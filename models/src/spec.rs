@@ -27,6 +27,12 @@ pub enum ModelSpec {
     Mlp {
         /// Widths of the hidden layers, input side first. Must be non-empty and non-zero.
         hidden: Vec<usize>,
+        /// Split learning: the layer after which the network is cut into a bottom part (at
+        /// the data) and a top part, named like the parameter layout (`"layers.0"` is the
+        /// first hidden layer, its ReLU included). `None` cuts after the first hidden layer;
+        /// ignored by ordinary federated training.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cut: Option<String>,
     },
 }
 
@@ -39,7 +45,7 @@ impl ModelSpec {
     pub fn validate(&self) -> Result<(), ModelError> {
         match self {
             ModelSpec::Logistic => Ok(()),
-            ModelSpec::Mlp { hidden } => {
+            ModelSpec::Mlp { hidden, .. } => {
                 if hidden.is_empty() {
                     return Err(ModelError::config(
                         "model.hidden",
@@ -52,7 +58,7 @@ impl ModelSpec {
                         "layer width must be at least 1",
                     ));
                 }
-                Ok(())
+                self.bottom_layers().map(|_| ())
             }
         }
     }
@@ -84,12 +90,48 @@ impl ModelSpec {
         Ok(())
     }
 
+    /// Split learning: how many dense layers the bottom part holds (the cut is after the ReLU
+    /// of the last of them). `[model] cut = "layers.K"` gives `K + 1`; without `cut`, 1.
+    ///
+    /// Logistic regression has no hidden layer to cut after, and the output layer cannot be
+    /// the cut (the top part would be empty): both are errors naming `model.cut`.
+    pub fn bottom_layers(&self) -> Result<usize, ModelError> {
+        let ModelSpec::Mlp { hidden, cut } = self else {
+            return Err(ModelError::config(
+                "model.kind",
+                "split learning needs an mlp: logistic regression has no hidden layer to cut after",
+            ));
+        };
+        let Some(cut) = cut else {
+            return Ok(1);
+        };
+        let index = cut
+            .strip_prefix("layers.")
+            .and_then(|k| k.parse::<usize>().ok())
+            .ok_or_else(|| {
+                ModelError::config(
+                    "model.cut",
+                    format!("{cut:?} is not a layer name; use \"layers.K\" for hidden layer K"),
+                )
+            })?;
+        if index >= hidden.len() {
+            return Err(ModelError::config(
+                "model.cut",
+                format!(
+                    "{cut:?} is not a hidden layer: the model has hidden layers layers.0 to layers.{} (the output layer cannot be the cut)",
+                    hidden.len() - 1
+                ),
+            ));
+        }
+        Ok(index + 1)
+    }
+
     /// `(fan_in, fan_out)` of each dense layer, input side first; the last layer has one output
     /// (the logit of the positive class).
     pub fn layer_shapes(&self, n_features: usize) -> Vec<(usize, usize)> {
         match self {
             ModelSpec::Logistic => vec![(n_features, 1)],
-            ModelSpec::Mlp { hidden } => {
+            ModelSpec::Mlp { hidden, .. } => {
                 let mut shapes = Vec::with_capacity(hidden.len() + 1);
                 let mut fan_in = n_features;
                 for &width in hidden {
@@ -279,28 +321,41 @@ mod tests {
     fn layer_shapes_and_counts() {
         assert_eq!(ModelSpec::Logistic.layer_shapes(5), vec![(5, 1)]);
         assert_eq!(ModelSpec::Logistic.num_parameters(5), 6);
-        let mlp = ModelSpec::Mlp { hidden: vec![4, 3] };
+        let mlp = ModelSpec::Mlp {
+            hidden: vec![4, 3],
+            cut: None,
+        };
         assert_eq!(mlp.layer_shapes(5), vec![(5, 4), (4, 3), (3, 1)]);
         assert_eq!(mlp.num_parameters(5), 5 * 4 + 4 + 4 * 3 + 3 + 3 + 1);
     }
 
     #[test]
     fn validate_names_the_field() {
-        let err = ModelSpec::Mlp { hidden: vec![] }.validate().unwrap_err();
+        let err = ModelSpec::Mlp {
+            hidden: vec![],
+            cut: None,
+        }
+        .validate()
+        .unwrap_err();
         assert!(err.to_string().contains("model.hidden"), "{err}");
-        let err = ModelSpec::Mlp { hidden: vec![3, 0] }
-            .validate()
-            .unwrap_err();
+        let err = ModelSpec::Mlp {
+            hidden: vec![3, 0],
+            cut: None,
+        }
+        .validate()
+        .unwrap_err();
         assert!(err.to_string().contains("model.hidden[1]"), "{err}");
         assert!(ModelSpec::Logistic.validate().is_ok());
         assert!(ModelSpec::Logistic.validate_for(0).is_err());
         let huge = ModelSpec::Mlp {
             hidden: vec![usize::MAX / 2, usize::MAX / 2],
+            cut: None,
         };
         assert!(huge.validate_for(10).is_err());
         assert_eq!(huge.num_parameters(10), usize::MAX);
         let big = ModelSpec::Mlp {
             hidden: vec![MAX_PARAMETERS],
+            cut: None,
         };
         assert!(big.validate_for(10).is_err());
     }
@@ -345,7 +400,8 @@ mod tests {
         assert_eq!(
             spec,
             ModelSpec::Mlp {
-                hidden: vec![32, 16]
+                hidden: vec![32, 16],
+                cut: None,
             }
         );
         let spec: ModelSpec = serde_json::from_str(r#"{"kind":"logistic"}"#).unwrap();

@@ -70,7 +70,10 @@ fn sigmoid(z: f64) -> f64 {
 
 #[test]
 fn flat_to_module_to_flat_is_identity() {
-    let spec = ModelSpec::Mlp { hidden: vec![5, 3] };
+    let spec = ModelSpec::Mlp {
+        hidden: vec![5, 3],
+        cut: None,
+    };
     let params = init_parameters(&spec, 4, 1);
     let device = net::cpu();
     let tensors = LayerTensors::from_flat(&spec, 4, &params, &device).unwrap();
@@ -102,7 +105,10 @@ fn logistic_forward_matches_documented_layout() {
 #[test]
 fn mlp_forward_matches_documented_layout() {
     // 2 inputs -> 2 hidden (ReLU) -> 1 output. Weight from input r to hidden c at r * 2 + c.
-    let spec = ModelSpec::Mlp { hidden: vec![2] };
+    let spec = ModelSpec::Mlp {
+        hidden: vec![2],
+        cut: None,
+    };
     #[rustfmt::skip]
     let params = [
         1.0f32, -1.0,   // input 0 -> hidden 0, hidden 1
@@ -209,6 +215,7 @@ fn mlp_with_adam_learns_too() {
     let data = separable(300, 4, 5);
     let spec = ModelSpec::Mlp {
         hidden: vec![16, 8],
+        cut: None,
     };
     let start = init_parameters(&spec, 4, 2);
     let out = train(&spec, &start, &data, &config(20, 32, adam(0.01))).unwrap();
@@ -219,7 +226,10 @@ fn mlp_with_adam_learns_too() {
 #[test]
 fn training_is_deterministic() {
     let data = separable(100, 3, 1);
-    let spec = ModelSpec::Mlp { hidden: vec![4] };
+    let spec = ModelSpec::Mlp {
+        hidden: vec![4],
+        cut: None,
+    };
     let start = init_parameters(&spec, 3, 0);
     let cfg = config(3, 8, adam(0.05));
     let a = train(&spec, &start, &data, &cfg).unwrap();
@@ -303,7 +313,10 @@ fn bad_inputs_are_errors() {
             n_features: 2
         })
     ));
-    let mlp = ModelSpec::Mlp { hidden: vec![4] };
+    let mlp = ModelSpec::Mlp {
+        hidden: vec![4],
+        cut: None,
+    };
     assert!(matches!(
         evaluate(&mlp, &init_parameters(&mlp, 3, 0), &narrow),
         Err(ModelError::ParameterCount { n_features: 2, .. })
@@ -346,7 +359,10 @@ fn bad_inputs_are_errors() {
         train(&spec, &good, &data, &bad_cfg),
         Err(ModelError::InvalidConfig { .. })
     ));
-    let bad_spec = ModelSpec::Mlp { hidden: vec![] };
+    let bad_spec = ModelSpec::Mlp {
+        hidden: vec![],
+        cut: None,
+    };
     assert!(train(&bad_spec, &good, &data, &cfg).is_err());
 }
 
@@ -386,6 +402,7 @@ fn evaluate_counts_and_loss() {
 fn million_parameter_model_trains_one_epoch_quickly() {
     let spec = ModelSpec::Mlp {
         hidden: vec![32_000],
+        cut: None,
     };
     let n_features = 30;
     assert!(spec.num_parameters(n_features) > 1_000_000);
@@ -452,7 +469,10 @@ pub(crate) fn card_for(spec: ModelSpec, n_features: usize, params: &[f32]) -> Mo
 
 #[test]
 fn save_load_round_trip_and_python_view() {
-    let spec = ModelSpec::Mlp { hidden: vec![3, 2] };
+    let spec = ModelSpec::Mlp {
+        hidden: vec![3, 2],
+        cut: None,
+    };
     let params = init_parameters(&spec, 4, 5);
     let card = card_for(spec.clone(), 4, &params);
     assert_eq!(card.format, MODEL_FORMAT);
@@ -558,7 +578,10 @@ fn load_rejects_tampering() {
 
     // Card edited to another architecture.
     let mut other = card.clone();
-    other.model = ModelSpec::Mlp { hidden: vec![1] };
+    other.model = ModelSpec::Mlp {
+        hidden: vec![1],
+        cut: None,
+    };
     std::fs::write(
         dir.path().join(CARD_FILE),
         serde_json::to_vec(&other).unwrap(),
@@ -607,6 +630,7 @@ fn save_refuses_a_card_that_does_not_describe_the_parameters() {
 fn ten_million_parameter_model_trains_one_epoch() {
     let spec = ModelSpec::Mlp {
         hidden: vec![312_500],
+        cut: None,
     };
     let n_features = 30;
     let data = separable(50, n_features, 6);
@@ -659,7 +683,13 @@ fn per_example_gradient(spec: &ModelSpec, params: &[f32], data: &Examples, row: 
 #[test]
 fn clipped_gradient_sum_matches_a_per_example_loop() {
     let data = separable(40, 5, 3);
-    for spec in [ModelSpec::Logistic, ModelSpec::Mlp { hidden: vec![7, 4] }] {
+    for spec in [
+        ModelSpec::Logistic,
+        ModelSpec::Mlp {
+            hidden: vec![7, 4],
+            cut: None,
+        },
+    ] {
         // Large weights so that some examples' gradients exceed the bound and
         // some do not.
         let params: Vec<f32> = init_parameters(&spec, 5, 11)
@@ -702,7 +732,10 @@ fn clipped_gradient_sum_matches_a_per_example_loop() {
 #[test]
 fn dp_sgd_learns_with_noise_and_changes_with_it() {
     let data = separable(2000, 6, 5);
-    let spec = ModelSpec::Mlp { hidden: vec![8] };
+    let spec = ModelSpec::Mlp {
+        hidden: vec![8],
+        cut: None,
+    };
     let start = init_parameters(&spec, 6, 1);
     let mut cfg = config(3, 64, sgd(0.5, 0.0));
     cfg.dp = Some(DpSgdConfig {

@@ -165,13 +165,21 @@ fn batch_gradient(
         loss.try_into_scalar::<f32>()
             .map_err(|e| ModelError::Backend(format!("reading the loss failed: {e:?}")))?,
     );
+    Ok((layer_gradients(&model, &mut grads)?, loss_value))
+}
+
+/// Takes every layer's weight and bias gradient off `grads`.
+pub(crate) fn layer_gradients(
+    model: &net::DenseNet,
+    grads: &mut burn::tensor::Gradients,
+) -> Result<LayerGradients, ModelError> {
     let mut weights = Vec::with_capacity(model.layers.len());
     let mut biases = Vec::with_capacity(model.layers.len());
     for layer in &model.layers {
         weights.push(
             layer
                 .weight
-                .grad_remove(&mut grads)
+                .grad_remove(grads)
                 .ok_or_else(|| missing_gradient("weight"))?,
         );
         let bias = layer
@@ -179,16 +187,16 @@ fn batch_gradient(
             .as_ref()
             .ok_or_else(|| missing_gradient("bias"))?;
         biases.push(
-            bias.grad_remove(&mut grads)
+            bias.grad_remove(grads)
                 .ok_or_else(|| missing_gradient("bias"))?,
         );
     }
-    Ok((LayerGradients { weights, biases }, loss_value))
+    Ok(LayerGradients { weights, biases })
 }
 
 /// One optimizer step on every layer. The graph that produced `grads` is
 /// gone by now, so the updates can reuse buffers instead of allocating.
-fn apply(
+pub(crate) fn apply(
     tensors: &mut LayerTensors,
     grads: LayerGradients,
     weight_slots: &mut [Slot<2>],
@@ -211,20 +219,20 @@ fn apply(
         .collect();
 }
 
-fn missing_gradient(what: &str) -> ModelError {
+pub(crate) fn missing_gradient(what: &str) -> ModelError {
     ModelError::Backend(format!("autodiff produced no gradient for a layer {what}"))
 }
 
 /// Hyper-parameters of one optimizer step.
-struct Hyper<'a> {
-    optimizer: &'a OptimizerSpec,
-    mu: f64,
+pub(crate) struct Hyper<'a> {
+    pub(crate) optimizer: &'a OptimizerSpec,
+    pub(crate) mu: f64,
     /// 1-based step counter (Adam bias correction).
-    step: i32,
+    pub(crate) step: i32,
 }
 
 /// Optimizer state of one parameter tensor.
-struct Slot<const D: usize> {
+pub(crate) struct Slot<const D: usize> {
     /// The round's starting value, kept only for FedProx.
     start: Option<Tensor<D>>,
     /// Momentum buffer (SGD) or first moment (Adam).
@@ -234,7 +242,7 @@ struct Slot<const D: usize> {
 }
 
 impl<const D: usize> Slot<D> {
-    fn new(value: &Tensor<D>, keep_start: bool) -> Self {
+    pub(crate) fn new(value: &Tensor<D>, keep_start: bool) -> Self {
         Self {
             start: keep_start.then(|| value.clone()),
             first: None,
@@ -244,7 +252,12 @@ impl<const D: usize> Slot<D> {
 
     /// Returns the updated value. All operations are whole-tensor and run on non-autodiff
     /// tensors, so no graph is recorded for the optimizer.
-    fn update(&mut self, value: Tensor<D>, grad: Tensor<D>, hyper: &Hyper<'_>) -> Tensor<D> {
+    pub(crate) fn update(
+        &mut self,
+        value: Tensor<D>,
+        grad: Tensor<D>,
+        hyper: &Hyper<'_>,
+    ) -> Tensor<D> {
         let grad = match &self.start {
             Some(start) if hyper.mu > 0.0 => {
                 grad + (value.clone() - start.clone()).mul_scalar(hyper.mu)

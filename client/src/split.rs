@@ -1,0 +1,201 @@
+//! The hospital's side of SplitFed: its bottom part trains batch by batch
+//! against the coordinator's top part over `SplitExchange`.
+//!
+//! What leaves the hospital per batch: the activations at the cut and the
+//! batch's labels (SplitFed v1 sends labels; the top part needs them), and,
+//! at the end of the round, the bottom part's update, signed like any
+//! update. Never a row of features.
+
+use std::sync::Arc;
+
+use cohort_models::{BottomPart, ModelSpec, SplitLayout, TrainConfig};
+use cohort_protocol::v1::hospital_service_client::HospitalServiceClient;
+use cohort_protocol::v1::{
+    ResultHeader, SplitBatch, SplitDown, SplitOpen, SplitTask, SplitUp, TaskHeader, split_up,
+};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use tokio::runtime::Handle;
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+use tracing::info;
+
+use crate::work::{Answer, Worker, parse};
+
+/// Answers a FIT task that carries `split`: trains the bottom part from
+/// `bottom` against the coordinator's seat and returns its update.
+pub(crate) async fn fit(
+    worker: Arc<Worker>,
+    grpc: HospitalServiceClient<Channel>,
+    session_id: String,
+    task: TaskHeader,
+    bottom: Vec<f32>,
+) -> Answer {
+    let handle = Handle::current();
+    let started = std::time::Instant::now();
+    let answer = tokio::task::spawn_blocking(move || {
+        let result = match &task.split {
+            Some(split) => train(&worker, &handle, grpc, &session_id, &task, split, &bottom),
+            None => Err("split fit task without its split description".to_string()),
+        };
+        let answer = result.unwrap_or_else(Answer::refused);
+        worker.record_answer(&task, &answer);
+        answer
+    })
+    .await
+    .unwrap_or_else(|e| Answer::refused(format!("split training crashed: {e}")));
+    let mut answer = answer;
+    answer.header.compute_seconds = started.elapsed().as_secs_f64();
+    answer
+}
+
+/// The blocking side of one exchange: batches go up, gradients come down.
+struct Exchange<'a> {
+    handle: &'a Handle,
+    up: mpsc::Sender<SplitUp>,
+    down: tonic::Streaming<SplitDown>,
+}
+
+impl<'a> Exchange<'a> {
+    fn open(
+        handle: &'a Handle,
+        mut grpc: HospitalServiceClient<Channel>,
+        session_id: &str,
+        exchange_id: &str,
+    ) -> Result<Self, String> {
+        let (up, rx) = mpsc::channel(2);
+        up.blocking_send(SplitUp {
+            frame: Some(split_up::Frame::Open(SplitOpen {
+                session_id: session_id.to_string(),
+                exchange_id: exchange_id.to_string(),
+            })),
+        })
+        .map_err(|_| "split exchange closed before it opened".to_string())?;
+        let down = handle
+            .block_on(grpc.split_exchange(tokio_stream::wrappers::ReceiverStream::new(rx)))
+            .map_err(|s| format!("opening the split exchange failed: {}", s.message()))?
+            .into_inner();
+        Ok(Self { handle, up, down })
+    }
+
+    /// Sends one batch and waits for its gradient.
+    fn round_trip(
+        &mut self,
+        index: u32,
+        activations: &[f32],
+        labels: &[f32],
+        cut_width: usize,
+    ) -> Result<(Vec<f32>, f64), String> {
+        let batch = SplitBatch {
+            index,
+            rows: labels.len() as u32,
+            activations: cohort_models::parameters_to_bytes(activations),
+            labels: cohort_models::parameters_to_bytes(labels),
+        };
+        self.up
+            .blocking_send(SplitUp {
+                frame: Some(split_up::Frame::Batch(batch)),
+            })
+            .map_err(|_| "the coordinator closed the split exchange".to_string())?;
+        let down = self
+            .handle
+            .block_on(self.down.message())
+            .map_err(|s| format!("split exchange: {}", s.message()))?
+            .ok_or_else(|| "the coordinator ended the split exchange early".to_string())?;
+        if down.index != index {
+            return Err(format!(
+                "gradient of batch {} arrived for batch {index}",
+                down.index
+            ));
+        }
+        let gradients = cohort_models::parameters_from_bytes(&down.gradients)
+            .map_err(|e| format!("gradient of batch {index}: {e}"))?;
+        if gradients.len() != labels.len() * cut_width {
+            return Err(format!(
+                "gradient of batch {index} has {} values, {} expected",
+                gradients.len(),
+                labels.len() * cut_width
+            ));
+        }
+        Ok((gradients, down.loss))
+    }
+}
+
+fn train(
+    worker: &Worker,
+    handle: &Handle,
+    grpc: HospitalServiceClient<Channel>,
+    session_id: &str,
+    task: &TaskHeader,
+    split: &SplitTask,
+    bottom: &[f32],
+) -> Result<Answer, String> {
+    if worker.options().require_secure_aggregation {
+        return Err("this hospital only sends updates under secure aggregation \
+                    (--require-secure-aggregation); split learning sends activations"
+            .to_string());
+    }
+    if worker.job_dp(task)?.is_some() {
+        return Err("split learning has no differential-privacy accounting".to_string());
+    }
+    let model: ModelSpec = parse(&task.model_spec_json, "model spec")?;
+    let config: TrainConfig = parse(&task.train_config_json, "training configuration")?;
+    config.validate().map_err(|e| e.to_string())?;
+    let data = worker.prepared(task)?;
+    let train = &data.train;
+    let layout = SplitLayout::new(&model, train.n_features).map_err(|e| e.to_string())?;
+    if split.cut_width as usize != layout.cut_width() {
+        return Err(format!(
+            "the task's cut is {} wide, the model's {}",
+            split.cut_width,
+            layout.cut_width()
+        ));
+    }
+    let mut part =
+        BottomPart::new(&layout, bottom, &config.optimizer).map_err(|e| e.to_string())?;
+    let mut exchange = Exchange::open(handle, grpc, session_id, &split.exchange_id)?;
+    let n = train.len();
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut index = 0u32;
+    let mut last_loss = f64::NAN;
+    for epoch in 0..config.epochs {
+        // The same shuffle as whole-model training, so a round replays.
+        let mut rng = ChaCha8Rng::seed_from_u64(config.seed.wrapping_add(epoch as u64));
+        order.sort_unstable();
+        order.shuffle(&mut rng);
+        let mut loss_sum = 0.0;
+        for rows in order.chunks(config.batch_size) {
+            let activations = part.forward(train, rows).map_err(|e| e.to_string())?;
+            let labels: Vec<f32> = rows.iter().map(|&r| train.labels[r]).collect();
+            let (gradients, loss) =
+                exchange.round_trip(index, &activations, &labels, layout.cut_width())?;
+            part.backward(&gradients).map_err(|e| e.to_string())?;
+            loss_sum += loss * rows.len() as f64;
+            index += 1;
+        }
+        last_loss = loss_sum / n.max(1) as f64;
+    }
+    drop(exchange);
+    let after = part.parameters().map_err(|e| e.to_string())?;
+    let delta: Vec<f32> = after.iter().zip(bottom).map(|(a, b)| a - b).collect();
+    info!(
+        client = worker.name(),
+        job = task.job_id,
+        round = task.round,
+        batches = index,
+        loss = last_loss,
+        "split training done"
+    );
+    Ok(Answer {
+        header: ResultHeader {
+            num_examples: n as u64,
+            parameter_count: delta.len() as u64,
+            train_loss: last_loss,
+            dataset_sha256: data.commitment.clone(),
+            ..Default::default()
+        },
+        parameters: delta,
+        masked: Vec::new(),
+    })
+}

@@ -1,0 +1,442 @@
+//! Split learning at the coordinator: the job checks of `[training] mode =
+//! "splitfed"` and the seats where hospitals' bottom parts meet the
+//! coordinator's copies of the top part.
+//!
+//! A round of SplitFed v1 (Thapa et al. 2022) opens one seat per selected
+//! hospital, holding a fresh copy of the global top part. The hospital's
+//! FIT task names its seat; while it trains, the hospital streams each
+//! batch's cut-layer activations and labels over `SplitExchange`, and the
+//! seat takes one step of its top part and streams the gradient at the cut
+//! back. When the hospital's bottom-part update arrives, the runner closes
+//! the seat and joins the two parts into one full-length update, so every
+//! strategy averages split rounds like any other.
+//!
+//! Batches are checked before they touch the top part (shape, finite values,
+//! labels 0 or 1, order, size); a bad batch ends that hospital's exchange and
+//! leaves it out of the round, nothing else.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use cohort_models::{SplitLayout, TopPart, TopStep};
+use cohort_protocol::v1::{SplitBatch, SplitDown, SplitUp, split_up};
+
+use crate::job::{Aggregation, JobError, JobSpec};
+
+/// Largest batch of activations one `SplitBatch` may carry, so a batch
+/// always fits a gRPC message with room to spare.
+pub const MAX_BATCH_BYTES: usize = cohort_protocol::CHUNK_BYTES;
+
+/// Checks what SplitFed needs of a job file, naming the key at fault.
+pub fn check_job(spec: &JobSpec) -> Result<(), JobError> {
+    let invalid = |key: &str, message: String| JobError::Invalid {
+        key: key.to_string(),
+        message,
+    };
+    let bottom_layers = spec
+        .model
+        .bottom_layers()
+        .map_err(|e| invalid("model", e.to_string()))?;
+    let cut_width = spec
+        .model
+        .layer_shapes(1)
+        .get(bottom_layers - 1)
+        .map_or(1, |&(_, width)| width);
+    let batch_bytes = (spec.training.batch_size as usize).saturating_mul(cut_width * 4);
+    if batch_bytes > MAX_BATCH_BYTES {
+        return Err(invalid(
+            "training.batch_size",
+            format!(
+                "a batch of {} rows × {cut_width} activations is {batch_bytes} bytes, over the \
+                 {MAX_BATCH_BYTES} a split batch may carry",
+                spec.training.batch_size
+            ),
+        ));
+    }
+    if spec.privacy.aggregation != Aggregation::Plain {
+        return Err(invalid(
+            "privacy.aggregation",
+            "splitfed averages bottom parts in plain mode only so far: the coordinator \
+             already sees every hospital's top part, which secure aggregation cannot hide"
+                .into(),
+        ));
+    }
+    if spec.privacy.dp.is_some() {
+        return Err(invalid(
+            "privacy.dp",
+            "splitfed has no differential-privacy accounting yet (the activations sent \
+             every batch would need it too)"
+                .into(),
+        ));
+    }
+    if spec.strategy.proximal_mu().is_some_and(|mu| mu > 0.0) {
+        return Err(invalid(
+            "strategy",
+            "fedprox's proximal term is not applied to split parts; use fedavg, fedadam or \
+             fedyogi"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// What a seat counted while its hospital trained.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SeatStats {
+    pub batches: u64,
+    pub samples: u64,
+    /// Activations and labels received.
+    pub bytes_in: u64,
+    /// Gradients sent back.
+    pub bytes_out: u64,
+    pub loss_sum: f64,
+}
+
+/// One hospital's copy of the top part for one round attempt.
+pub struct Seat {
+    client: String,
+    top: TopPart,
+    max_rows: usize,
+    next_index: u32,
+    /// Set while a `SplitExchange` stream holds the seat.
+    streaming: bool,
+    /// Why the exchange was cut off, if it was.
+    failure: Option<String>,
+    pub stats: SeatStats,
+}
+
+impl Seat {
+    /// One batch: checked, one step of the top part, the gradient back.
+    pub fn step(&mut self, batch: &SplitBatch) -> Result<SplitDown, String> {
+        let result = self.try_step(batch);
+        if let Err(reason) = &result {
+            self.failure = Some(reason.clone());
+        }
+        result
+    }
+
+    fn try_step(&mut self, batch: &SplitBatch) -> Result<SplitDown, String> {
+        if let Some(reason) = &self.failure {
+            return Err(format!("the exchange already failed: {reason}"));
+        }
+        if batch.index != self.next_index {
+            return Err(format!(
+                "batch {} arrived where batch {} was due",
+                batch.index, self.next_index
+            ));
+        }
+        let rows = batch.rows as usize;
+        if rows == 0 || rows > self.max_rows {
+            return Err(format!(
+                "batch {} has {rows} rows; 1 to {} allowed",
+                batch.index, self.max_rows
+            ));
+        }
+        let activations = cohort_models::parameters_from_bytes(&batch.activations)
+            .map_err(|e| format!("batch {} activations: {e}", batch.index))?;
+        let labels = cohort_models::parameters_from_bytes(&batch.labels)
+            .map_err(|e| format!("batch {} labels: {e}", batch.index))?;
+        if labels.len() != rows {
+            return Err(format!(
+                "batch {} announces {rows} rows and carries {} labels",
+                batch.index,
+                labels.len()
+            ));
+        }
+        let TopStep { loss, grad_at_cut } = self
+            .top
+            .step(&activations, &labels)
+            .map_err(|e| format!("batch {}: {e}", batch.index))?;
+        let gradients = cohort_models::parameters_to_bytes(&grad_at_cut);
+        self.next_index += 1;
+        self.stats.batches += 1;
+        self.stats.samples += rows as u64;
+        self.stats.bytes_in += (batch.activations.len() + batch.labels.len()) as u64;
+        self.stats.bytes_out += gradients.len() as u64;
+        self.stats.loss_sum += loss * rows as f64;
+        Ok(SplitDown {
+            index: batch.index,
+            gradients,
+            loss,
+        })
+    }
+}
+
+/// A seat as the runner gets it back when the round attempt is over.
+pub struct ClosedSeat {
+    pub client: String,
+    /// The top part after the hospital's batches.
+    pub top: Result<Vec<f32>, String>,
+    pub stats: SeatStats,
+}
+
+/// The open seats of every running split round, by exchange id.
+#[derive(Default)]
+pub struct SplitSeats {
+    seats: Mutex<HashMap<String, Arc<Mutex<Seat>>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl SplitSeats {
+    /// Opens a seat for `client` with a copy of the global top part.
+    pub fn open(
+        &self,
+        layout: &SplitLayout,
+        client: &str,
+        top: &[f32],
+        optimizer: &cohort_models::OptimizerSpec,
+        batch_size: usize,
+    ) -> Result<String, String> {
+        let top = TopPart::new(layout, top, optimizer).map_err(|e| e.to_string())?;
+        let exchange_id = uuid::Uuid::new_v4().simple().to_string();
+        let seat = Seat {
+            client: client.to_string(),
+            top,
+            max_rows: batch_size,
+            next_index: 0,
+            streaming: false,
+            failure: None,
+            stats: SeatStats::default(),
+        };
+        lock(&self.seats).insert(exchange_id.clone(), Arc::new(Mutex::new(seat)));
+        Ok(exchange_id)
+    }
+
+    /// The seat `exchange_id`, for a stream of `client`'s; one stream at a
+    /// time, and only the hospital the seat was opened for.
+    pub fn claim(&self, exchange_id: &str, client: &str) -> Result<Arc<Mutex<Seat>>, String> {
+        let seat = lock(&self.seats)
+            .get(exchange_id)
+            .cloned()
+            .ok_or_else(|| format!("no open split exchange {exchange_id}"))?;
+        {
+            let mut s = lock(&seat);
+            if s.client != client {
+                return Err(format!("split exchange {exchange_id} is not {client}'s"));
+            }
+            if s.streaming {
+                return Err(format!("split exchange {exchange_id} is already streaming"));
+            }
+            s.streaming = true;
+        }
+        Ok(seat)
+    }
+
+    /// Lets another stream claim the seat (the hospital may reconnect).
+    pub fn release(&self, seat: &Mutex<Seat>) {
+        lock(seat).streaming = false;
+    }
+
+    /// Removes the seat; its top part is what the hospital's batches made
+    /// of it, or the reason the exchange failed.
+    pub fn close(&self, exchange_id: &str) -> Option<ClosedSeat> {
+        let seat = lock(&self.seats).remove(exchange_id)?;
+        let seat = lock(&seat);
+        let top = match &seat.failure {
+            Some(reason) => Err(reason.clone()),
+            None => seat.top.parameters().map_err(|e| e.to_string()),
+        };
+        Some(ClosedSeat {
+            client: seat.client.clone(),
+            top,
+            stats: seat.stats.clone(),
+        })
+    }
+
+    /// Number of open seats (for tests and status lines).
+    pub fn open_count(&self) -> usize {
+        lock(&self.seats).len()
+    }
+}
+
+/// Serves one `SplitExchange` stream: the opening frame names the seat,
+/// then every batch gets its gradient back in order. A bad batch ends the
+/// stream with the reason (and leaves the hospital out of the round).
+pub(crate) async fn serve_exchange(
+    registry: Arc<crate::registry::Registry>,
+    caller: &crate::security::Caller,
+    mut stream: tonic::Streaming<SplitUp>,
+) -> Result<tonic::Response<crate::server::SplitDownStream>, tonic::Status> {
+    use tonic::Status;
+    let open = match stream.message().await? {
+        Some(SplitUp {
+            frame: Some(split_up::Frame::Open(open)),
+        }) => open,
+        _ => {
+            return Err(Status::invalid_argument(
+                "the first frame of a split exchange must open it",
+            ));
+        }
+    };
+    let client = registry
+        .client_for_session(&open.session_id)
+        .map_err(|e| Status::unauthenticated(e.to_string()))?;
+    crate::server::check_claimed_name(caller, &client, "the session")?;
+    let seat = registry
+        .split
+        .claim(&open.exchange_id, &client)
+        .map_err(Status::failed_precondition)?;
+    // Two gradients in flight: a hospital that stops reading stalls only
+    // its own exchange.
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tokio::spawn(async move {
+        loop {
+            let batch = match stream.message().await {
+                Ok(Some(SplitUp {
+                    frame: Some(split_up::Frame::Batch(batch)),
+                })) => batch,
+                Ok(None) => break,
+                Ok(Some(_)) => {
+                    let reason = "a split exchange was opened twice".to_string();
+                    lock(&seat).failure = Some(reason.clone());
+                    let _ = tx.send(Err(Status::invalid_argument(reason))).await;
+                    break;
+                }
+                Err(status) => {
+                    tracing::warn!(client, "split exchange broke: {}", status.message());
+                    break;
+                }
+            };
+            let step_seat = seat.clone();
+            // The top part's step is CPU work: off the async threads.
+            let result = tokio::task::spawn_blocking(move || lock(&step_seat).step(&batch)).await;
+            let down = match result {
+                Ok(Ok(down)) => Ok(down),
+                Ok(Err(reason)) => {
+                    tracing::warn!(client, "split batch rejected: {reason}");
+                    Err(Status::invalid_argument(reason))
+                }
+                Err(e) => Err(Status::internal(format!("top part step crashed: {e}"))),
+            };
+            let stop = down.is_err();
+            if tx.send(down).await.is_err() || stop {
+                break;
+            }
+        }
+        registry.split.release(&seat);
+    });
+    Ok(tonic::Response::new(Box::pin(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cohort_models::{ModelSpec, OptimizerSpec};
+
+    fn seats() -> (SplitSeats, String, usize) {
+        let spec = ModelSpec::Mlp {
+            hidden: vec![4, 2],
+            cut: None,
+        };
+        let layout = SplitLayout::new(&spec, 3).unwrap();
+        let params = cohort_models::init_parameters(&spec, 3, 1);
+        let (_, top) = layout.split(&params).unwrap();
+        let seats = SplitSeats::default();
+        let sgd = OptimizerSpec::Sgd {
+            learning_rate: 0.1,
+            momentum: 0.0,
+        };
+        let id = seats.open(&layout, "a", top, &sgd, 8).unwrap();
+        (seats, id, layout.cut_width())
+    }
+
+    fn batch(index: u32, rows: usize, width: usize) -> SplitBatch {
+        SplitBatch {
+            index,
+            rows: rows as u32,
+            activations: cohort_models::parameters_to_bytes(&vec![0.25; rows * width]),
+            labels: cohort_models::parameters_to_bytes(
+                &(0..rows).map(|r| (r % 2) as f32).collect::<Vec<_>>(),
+            ),
+        }
+    }
+
+    #[test]
+    fn a_seat_serves_its_hospital_batches_in_order() {
+        let (seats, id, width) = seats();
+        let refusal = |r: Result<Arc<Mutex<Seat>>, String>| r.err().unwrap_or_default();
+        assert!(refusal(seats.claim(&id, "b")).contains("not b's"));
+        let seat = seats.claim(&id, "a").unwrap();
+        assert!(refusal(seats.claim(&id, "a")).contains("already streaming"));
+        let down = lock(&seat).step(&batch(0, 4, width)).unwrap();
+        assert_eq!(down.gradients.len(), 4 * width * 4);
+        assert!(down.loss.is_finite());
+        lock(&seat).step(&batch(1, 3, width)).unwrap();
+        seats.release(&seat);
+        let closed = seats.close(&id).unwrap();
+        assert_eq!(closed.stats.batches, 2);
+        assert_eq!(closed.stats.samples, 7);
+        assert!(closed.top.is_ok());
+        assert_eq!(seats.open_count(), 0);
+        assert!(
+            seats.claim(&id, "a").is_err(),
+            "a closed seat cannot be claimed"
+        );
+    }
+
+    #[test]
+    fn bad_batches_fail_the_exchange_with_a_reason() {
+        type MakeBatch = Box<dyn Fn(usize) -> SplitBatch>;
+        let cases: Vec<(MakeBatch, &str)> = vec![
+            (
+                Box::new(|w| batch(1, 4, w)),
+                "batch 1 arrived where batch 0",
+            ),
+            (Box::new(|w| batch(0, 9, w)), "1 to 8 allowed"),
+            (
+                Box::new(|w| SplitBatch {
+                    rows: 3,
+                    ..batch(0, 4, w)
+                }),
+                "announces 3 rows",
+            ),
+            (
+                Box::new(|w| SplitBatch {
+                    activations: cohort_models::parameters_to_bytes(&vec![0.0; 4 * w + 1]),
+                    ..batch(0, 4, w)
+                }),
+                "activations for 4 rows",
+            ),
+            (
+                Box::new(|w| {
+                    let mut values = vec![0.0; 4 * w];
+                    values[w] = f32::INFINITY;
+                    SplitBatch {
+                        activations: cohort_models::parameters_to_bytes(&values),
+                        ..batch(0, 4, w)
+                    }
+                }),
+                "row 1 is not finite",
+            ),
+            (
+                Box::new(|w| SplitBatch {
+                    labels: cohort_models::parameters_to_bytes(&[0.0, 1.0, 0.5, 1.0]),
+                    ..batch(0, 4, w)
+                }),
+                "label of row 2",
+            ),
+            (
+                Box::new(|w| SplitBatch {
+                    activations: vec![0; 7],
+                    ..batch(0, 4, w)
+                }),
+                "multiple of 4",
+            ),
+        ];
+        for (make, expected) in cases {
+            let (seats, id, width) = seats();
+            let seat = seats.claim(&id, "a").unwrap();
+            let err = lock(&seat).step(&make(width)).unwrap_err();
+            assert!(err.contains(expected), "{err} (expected {expected})");
+            // The seat stays failed: the hospital is left out of the round.
+            assert!(lock(&seat).step(&batch(0, 4, width)).is_err());
+            let closed = seats.close(&id).unwrap();
+            assert!(closed.top.unwrap_err().contains(expected));
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! Split learning end to end: SplitFed rounds over real gRPC on loopback (the demo with
+//! mutual TLS, and a hospital that sends bad activations), and vertical split learning on
+//! WDBC split by columns, with its alignment by private set intersection and its label
+//! leakage.
+
+mod common;
+
+use std::path::PathBuf;
+
+use cohort::demo::{self, DemoOptions};
+use cohort::vertical::{self, VerticalOptions};
+use cohort_client::{ClientConfig, Worker};
+use cohort_protocol::v1::hospital_service_client::HospitalServiceClient;
+use cohort_protocol::v1::{
+    PullTaskRequest, RegisterRequest, ResultFrame, SplitBatch, SplitOpen, SplitUp, TaskKind,
+    result_frame, split_up, task_frame,
+};
+use cohort_protocol::{MAX_MESSAGE_BYTES, PROTOCOL_VERSION, ParameterAssembler, parameter_chunks};
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn splitfed_demo_trains_wdbc_like_fedavg() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = demo::run(DemoOptions {
+        workdir: Some(dir.path().to_path_buf()),
+        progress: false,
+        splitfed: true,
+        rounds: Some(10),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(report.mode, "splitfed");
+    assert_eq!(report.transport, "mutual TLS");
+    assert!(report.test_accuracy >= 0.93, "{report:#?}");
+    assert!(
+        (report.test_accuracy - report.baseline_accuracy).abs() <= 0.03,
+        "{report:#?}"
+    );
+    let exchanges: Vec<&String> = report
+        .events
+        .iter()
+        .filter(|e| e.contains("split exchange of"))
+        .collect();
+    assert_eq!(exchanges.len(), 10, "{:#?}", report.events);
+    // The stored model is one ordinary model: bottom and top joined.
+    let (card, params) = cohort_models::load_model(&report.model_dir).unwrap();
+    assert_eq!(params.len(), card.model.num_parameters(30));
+    assert_eq!(card.round, 10);
+}
+
+#[test]
+fn splitfed_job_files_are_checked_at_submit() {
+    let base = cohort::DEMO_JOB.replace("[training]", "[training]\nmode = \"splitfed\"");
+    assert!(cohort_coordinator::JobSpec::from_toml(&base).is_ok());
+    let logistic = base.replace("kind = \"mlp\"", "kind = \"logistic\"");
+    let logistic = logistic.replace("hidden = [32, 16]", "");
+    let err = cohort_coordinator::JobSpec::from_toml(&logistic).unwrap_err();
+    assert!(err.to_string().contains("model.kind"), "{err}");
+    let bad_cut = base.replace("hidden = [32, 16]", "hidden = [32, 16]\ncut = \"layers.2\"");
+    let err = cohort_coordinator::JobSpec::from_toml(&bad_cut).unwrap_err();
+    assert!(err.to_string().contains("model.cut"), "{err}");
+    let secagg = format!("{base}\n[privacy]\naggregation = \"secagg\"\n");
+    let err = cohort_coordinator::JobSpec::from_toml(&secagg).unwrap_err();
+    assert!(err.to_string().contains("privacy.aggregation"), "{err}");
+    let huge_batch = base.replace("batch_size = 32", "batch_size = 100000");
+    let err = cohort_coordinator::JobSpec::from_toml(&huge_batch).unwrap_err();
+    assert!(err.to_string().contains("training.batch_size"), "{err}");
+}
+
+/// A hospital that prepares and evaluates honestly but, in a split round,
+/// sends activations with a NaN, then an update as if it had trained.
+async fn nan_activations(url: String, data: PathBuf) {
+    let worker = Worker::new(&ClientConfig {
+        coordinator: url.clone(),
+        security: cohort_protocol::Security::Insecure,
+        data: data.clone(),
+        name: "mallory".into(),
+        data_dir: None,
+        options: cohort_client::ClientOptions::default(),
+    })
+    .unwrap();
+    let summary = cohort_datasets::read_table(&data).unwrap().quality();
+    let mut grpc = HospitalServiceClient::connect(url)
+        .await
+        .unwrap()
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let session = grpc
+        .register(RegisterRequest {
+            protocol_version: PROTOCOL_VERSION,
+            client_name: "mallory".into(),
+            quality_summary_json: serde_json::to_string(&summary).unwrap(),
+            client_version: "evil".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session_id;
+    loop {
+        let Ok(stream) = grpc
+            .pull_task(PullTaskRequest {
+                session_id: session.clone(),
+            })
+            .await
+        else {
+            return;
+        };
+        let mut stream = stream.into_inner();
+        let header = match stream.message().await {
+            Ok(Some(f)) => match f.frame {
+                Some(task_frame::Frame::Header(h)) => h,
+                _ => continue,
+            },
+            _ => return,
+        };
+        let mut assembler = ParameterAssembler::new(header.parameter_count).unwrap();
+        while let Ok(Some(f)) = stream.message().await {
+            if let Some(task_frame::Frame::Chunk(c)) = f.frame {
+                assembler.push(&c.data).unwrap();
+            }
+        }
+        let params = assembler.finish().unwrap();
+        let mut answer = match (&header.split, header.kind()) {
+            (Some(split), TaskKind::Fit) => {
+                let width = split.cut_width as usize;
+                let mut activations = vec![0.5f32; 4 * width];
+                activations[width + 1] = f32::NAN;
+                let frames = vec![
+                    SplitUp {
+                        frame: Some(split_up::Frame::Open(SplitOpen {
+                            session_id: session.clone(),
+                            exchange_id: split.exchange_id.clone(),
+                        })),
+                    },
+                    SplitUp {
+                        frame: Some(split_up::Frame::Batch(SplitBatch {
+                            index: 0,
+                            rows: 4,
+                            activations: cohort_models::parameters_to_bytes(&activations),
+                            labels: cohort_models::parameters_to_bytes(&[0.0, 1.0, 0.0, 1.0]),
+                        })),
+                    },
+                ];
+                let reply = grpc.split_exchange(futures::stream::iter(frames)).await;
+                if let Ok(reply) = reply {
+                    let mut down = reply.into_inner();
+                    let answer = down.message().await;
+                    assert!(answer.is_err(), "a NaN batch got a gradient: {answer:?}");
+                }
+                let mut answer = cohort_client::Answer::refused("");
+                answer.header.error.clear();
+                answer.header.num_examples = 100;
+                answer.parameters = vec![0.0; params.len()];
+                answer.header.parameter_count = params.len() as u64;
+                answer
+            }
+            _ => worker.handle(&header, cohort_client::TaskBody::Parameters(params)),
+        };
+        answer.header.session_id = session.clone();
+        answer.header.task_id = header.task_id.clone();
+        let mut frames = vec![ResultFrame {
+            frame: Some(result_frame::Frame::Header(answer.header)),
+        }];
+        frames.extend(parameter_chunks(&answer.parameters).map(|c| ResultFrame {
+            frame: Some(result_frame::Frame::Chunk(c)),
+        }));
+        let _ = grpc.submit_result(futures::stream::iter(frames)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hospital_sending_nan_activations_is_left_out_of_split_rounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("all.csv");
+    synthetic_oncology_csv(&csv, 600, 21);
+    let files = split(&csv, &dir.path().join("parts"), 4, 5);
+    let coordinator = start_coordinator(&dir.path().join("coord")).await;
+    for (i, f) in files[..3].iter().enumerate() {
+        start_client(
+            &coordinator.url,
+            f,
+            &format!("honest-{i}"),
+            &coordinator.stop,
+        );
+    }
+    let evil = tokio::spawn(nan_activations(coordinator.url.clone(), files[3].clone()));
+    wait_for_clients(&coordinator.url, 4).await;
+    let job = oncology_job(2, 3)
+        .replace("clients_per_round = 3", "clients_per_round = 4")
+        .replace("kind = \"logistic\"", "kind = \"mlp\"\nhidden = [8]")
+        .replace("seed = 3", "seed = 3\nmode = \"splitfed\"");
+    let view = submit_and_wait(&coordinator.url, &job).await;
+    assert_eq!(view.state, "completed", "{view:#?}");
+    for r in &view.rounds {
+        assert!(!r.participants.contains(&"mallory".to_string()), "{r:?}");
+        assert_eq!(r.participants.len(), 3);
+    }
+    let notes: Vec<&str> = view.events.iter().map(|e| e.message.as_str()).collect();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("mallory") && n.contains("not finite")),
+        "{notes:#?}"
+    );
+    coordinator.stop.stop();
+    evil.abort();
+}
+
+fn wdbc_sites(dir: &std::path::Path, keep: f64) -> Vec<PathBuf> {
+    vertical::write_wdbc_sites(dir, 3, keep, 11).unwrap()
+}
+
+#[test]
+fn vertical_learning_aligns_by_psi_and_matches_centralized() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = cohort_datasets::split_vertical_bytes(
+        cohort::WDBC_CSV,
+        dir.path(),
+        &cohort_datasets::VerticalSplitOptions {
+            sites: 3,
+            id: "patient_id".into(),
+            label: "diagnosis".into(),
+            drop: Vec::new(),
+            keep: 0.85,
+            seed: 11,
+        },
+    )
+    .unwrap();
+    let files: Vec<PathBuf> = report.sites.iter().map(|s| s.file.clone()).collect();
+    let sizes: Vec<usize> = report.sites.iter().map(|s| s.rows).collect();
+    assert!(sizes.iter().all(|&n| n < 569 && n > report.common_rows));
+    let plain = vertical::run(&VerticalOptions {
+        epochs: 10,
+        ..VerticalOptions::wdbc(files.clone())
+    })
+    .unwrap();
+    assert_eq!(plain.intersection, report.common_rows);
+    assert!(plain.validation.auc >= 0.97, "{plain:#?}");
+    assert!(
+        (plain.validation.auc - plain.centralized.auc).abs() <= 0.01,
+        "{plain:#?}"
+    );
+    let defended = vertical::run(&VerticalOptions {
+        epochs: 10,
+        defence: Some(1.0),
+        ..VerticalOptions::wdbc(files)
+    })
+    .unwrap();
+    // Without the defence the gradients' norms say something about the labels; with it,
+    // little (mean over the epochs: its noise is the label site's own randomness).
+    assert!(plain.leak_auc >= 0.58, "{plain:#?}");
+    assert!(defended.leak_auc <= 0.57, "{defended:#?}");
+    assert!(
+        defended.validation.auc >= plain.validation.auc - 0.03,
+        "{defended:#?}"
+    );
+}
+
+#[test]
+fn vertical_bad_input_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = wdbc_sites(dir.path(), 0.9);
+    let fail = |files: Vec<PathBuf>| {
+        vertical::run(&VerticalOptions {
+            epochs: 1,
+            ..VerticalOptions::wdbc(files)
+        })
+        .map(|_| ())
+        .map_err(|e| format!("{e:#}"))
+        .unwrap_err()
+    };
+    // A site without the id column.
+    let no_id = dir.path().join("no_id.csv");
+    let text = std::fs::read_to_string(&files[1]).unwrap();
+    std::fs::write(&no_id, text.replacen("patient_id", "mrn", 1)).unwrap();
+    let err = fail(vec![files[0].clone(), no_id]);
+    assert!(err.contains("patient_id"), "{err}");
+    // No site with the labels, or two.
+    let err = fail(vec![files[1].clone(), files[2].clone()]);
+    assert!(err.contains("no site file has the label column"), "{err}");
+    let err = fail(vec![files[0].clone(), files[0].clone()]);
+    assert!(err.contains("exactly one site"), "{err}");
+    // A duplicate id at one site.
+    let dup = dir.path().join("dup.csv");
+    let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    lines.push(lines[1].clone());
+    std::fs::write(&dup, lines.join("\n")).unwrap();
+    let err = fail(vec![files[0].clone(), dup]);
+    assert!(err.contains("more than once"), "{err}");
+    // Disjoint patients.
+    let other = dir.path().join("other.csv");
+    let renamed: Vec<String> = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            if i == 0 {
+                l.to_string()
+            } else {
+                format!("x{l}")
+            }
+        })
+        .collect();
+    std::fs::write(&other, renamed.join("\n")).unwrap();
+    let err = fail(vec![files[0].clone(), other]);
+    assert!(err.contains("no id in common"), "{err}");
+}
+
+/// A hospital that dies after training its bottom part against its seat,
+/// before its update leaves: the round goes on without it (after the round
+/// timeout) and the job completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hospital_vanishing_in_a_split_round_costs_the_round_not_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("all.csv");
+    synthetic_oncology_csv(&csv, 600, 23);
+    let files = split(&csv, &dir.path().join("parts"), 4, 6);
+    let coordinator = start_coordinator(&dir.path().join("coord")).await;
+    for (i, f) in files[..3].iter().enumerate() {
+        start_client(
+            &coordinator.url,
+            f,
+            &format!("steady-{i}"),
+            &coordinator.stop,
+        );
+    }
+    let config = ClientConfig {
+        coordinator: coordinator.url.clone(),
+        security: cohort_protocol::Security::Insecure,
+        data: files[3].clone(),
+        name: "fragile".into(),
+        data_dir: None,
+        options: cohort_client::ClientOptions {
+            vanish_at: Some(cohort_client::VanishAt::BeforeSend),
+            ..Default::default()
+        },
+    };
+    let signal = coordinator.stop.signal();
+    let fragile = tokio::spawn(async move { cohort_client::run(config, signal).await });
+    wait_for_clients(&coordinator.url, 4).await;
+    let job = oncology_job(2, 3)
+        .replace("clients_per_round = 3", "clients_per_round = 4")
+        .replace("round_timeout_secs = 60", "round_timeout_secs = 5")
+        .replace("kind = \"logistic\"", "kind = \"mlp\"\nhidden = [8]")
+        .replace("seed = 3", "seed = 3\nmode = \"splitfed\"");
+    let view = submit_and_wait(&coordinator.url, &job).await;
+    assert_eq!(view.state, "completed", "{view:#?}");
+    assert_eq!(view.rounds.len(), 2);
+    for r in &view.rounds {
+        assert!(!r.participants.contains(&"fragile".to_string()), "{r:?}");
+    }
+    assert!(
+        fragile.await.unwrap().is_ok(),
+        "the fragile client vanished cleanly"
+    );
+    coordinator.stop.stop();
+}
