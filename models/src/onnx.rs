@@ -176,7 +176,7 @@ pub fn to_onnx(card: &ModelCard, params: &[f32]) -> Result<Vec<u8>, ModelError> 
     }
     let layers = match &card.model {
         ModelSpec::Logistic => 1,
-        ModelSpec::Mlp { hidden } => hidden.len() + 1,
+        ModelSpec::Mlp { hidden, .. } => hidden.len() + 1,
     };
     let mut nodes = Vec::new();
     let mut current = ONNX_INPUT.to_string();
@@ -236,7 +236,10 @@ mod tests {
 
     #[test]
     fn graph_is_one_gemm_per_layer_with_relus_between_and_a_sigmoid() {
-        let spec = ModelSpec::Mlp { hidden: vec![4, 3] };
+        let spec = ModelSpec::Mlp {
+            hidden: vec![4, 3],
+            cut: None,
+        };
         let params = init_parameters(&spec, 5, 1);
         let bytes = to_onnx(&card_for(spec, 5, &params), &params).unwrap();
         let model = ModelProto::decode(bytes.as_slice()).unwrap();

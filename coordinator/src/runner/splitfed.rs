@@ -159,6 +159,7 @@ impl Runner {
             train_loss,
             slowest_fit_secs,
             aggregate_sha256: None,
+            groups: Vec::new(),
         }))
     }
 }
