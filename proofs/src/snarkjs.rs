@@ -1,0 +1,1 @@
+//! snarkjs's Groth16 JSON layout (curve `bn128`).
