@@ -5,11 +5,13 @@
 
 pub mod audit;
 pub mod bench;
+pub mod bench_proofs;
 pub mod demo;
 pub mod developer;
 pub mod evaluate;
 pub mod local;
 pub mod pki;
+pub mod validator;
 
 /// The bundled Breast Cancer Wisconsin (Diagnostic) data (CC BY 4.0; see
 /// `data/README.md`), embedded so the demo runs from any directory.

@@ -59,10 +59,60 @@ enum Command {
     /// Measure Cohort itself (results go in docs/BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Run a validator: re-check the update proofs of every finished round
+    /// from the coordinator's ledger with this machine's own code and keys,
+    /// and append a signed attestation (job, round, client, statement,
+    /// verdict) to the ledger. Needs a validator kit
+    /// (`cohort ca issue --role validator --name NAME`).
+    Validator(ValidatorArgs),
+    /// Export update proofs for other verifiers.
+    #[command(subcommand)]
+    Proof(ProofCommand),
+}
+
+#[derive(clap::Args)]
+struct ValidatorArgs {
+    #[command(flatten)]
+    connection: Connection,
+    /// Seconds between passes over the ledger.
+    #[arg(long, default_value_t = 5)]
+    interval_secs: u64,
+    /// One pass, then exit (fails if the pass fails).
+    #[arg(long)]
+    once: bool,
+}
+
+#[derive(Subcommand)]
+enum ProofCommand {
+    /// Write one hospital's update proof of a round in another verifier's
+    /// format: `--format snarkjs` writes verification_key.json, proof.json
+    /// and public.json for `snarkjs groth16 verify` (curve bn128).
+    Export {
+        job: String,
+        round: u32,
+        client: String,
+        #[arg(long, default_value = "snarkjs")]
+        format: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        connection: Connection,
+    },
 }
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Update proofs (statement 1, Groth16 on BN254) at 16-bit entries:
+    /// constraints, setup time, proving-key size, prove time, proof size,
+    /// hash and verify time, peak memory. Build with --release.
+    Proofs {
+        /// Parameter counts, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+        sizes: Vec<usize>,
+        /// One JSON object per size.
+        #[arg(long)]
+        json: bool,
+    },
     /// The embedded ledger: in-memory appends per second, proof sizes and
     /// proof time at several log sizes, and durable (signed, committed)
     /// appends per second.
@@ -279,6 +329,20 @@ enum VerifyCommand {
         /// [default: $XDG_STATE_HOME/cohort/seen-checkpoints.json].
         #[arg(long)]
         state: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-check a round's update proofs (with the verifying key on the
+    /// ledger) and its validators' attestations (certificate, role,
+    /// signature, and verdicts that agree with this machine's), from the
+    /// coordinator's verified ledger.
+    Round {
+        job: String,
+        round: u32,
+        #[command(flatten)]
+        connection: Connection,
+        /// Print {"proofs": [{client, valid}], "attestations":
+        /// [{validator, valid}], "excluded": [names]}.
         #[arg(long)]
         json: bool,
     },
@@ -562,6 +626,14 @@ struct ClientArgs {
     /// (before-send).
     #[arg(long, value_name = "STAGE")]
     vanish_at: Option<cohort_client::VanishAt>,
+    /// Drill (a testing aid, never for production): misbehave in every FIT
+    /// task, to check that the coordinator and validators catch it.
+    /// boost:F sends the update times F with the honest update's proof;
+    /// overbound:F multiplies by F and tries to prove that (the prover
+    /// refuses, so no proof goes along); forge sends random proof bytes;
+    /// freeride sends an all-zero update.
+    #[arg(long, value_name = "MODE")]
+    misbehave: Option<cohort_client::misbehave::Misbehave>,
 }
 
 #[derive(Subcommand)]
@@ -915,6 +987,7 @@ async fn main() -> Result<()> {
                         keep_contributions: a.keep_contributions,
                         vanish_at: a.vanish_at,
                         budget,
+                        misbehave: a.misbehave,
                     },
                 },
                 shutdown_signal(),
@@ -1037,6 +1110,38 @@ async fn main() -> Result<()> {
                 );
                 println!("{}", deployment.address);
             }
+        }
+        Command::Verify(VerifyCommand::Round {
+            job,
+            round,
+            connection,
+            json,
+        }) => {
+            init_logging("warn");
+            let (url, security) =
+                connection.resolve(&[Role::Validator, Role::Developer, Role::Hospital])?;
+            let check = cohort::validator::verify_round(&url, &security, &job, round).await?;
+            cohort::validator::print_round(&check, json)?;
+        }
+        Command::Validator(a) => {
+            init_logging("info");
+            let (url, security) = a.connection.resolve(&[Role::Validator])?;
+            let interval = std::time::Duration::from_secs(a.interval_secs.max(1));
+            cohort::validator::run(&url, &security, interval, a.once).await?;
+        }
+        Command::Proof(ProofCommand::Export {
+            job,
+            round,
+            client,
+            format,
+            out,
+            connection,
+        }) => {
+            init_logging("warn");
+            let (url, security) =
+                connection.resolve(&[Role::Validator, Role::Developer, Role::Hospital])?;
+            cohort::validator::export(&url, &security, (&job, round, &client), &format, &out)
+                .await?;
         }
         Command::Verify(VerifyCommand::Model {
             dir,
@@ -1233,6 +1338,10 @@ async fn main() -> Result<()> {
                     );
                 }
             }
+        }
+        Command::Bench(BenchCommand::Proofs { sizes, json }) => {
+            init_logging("warn");
+            cohort::bench_proofs::run(sizes, json)?;
         }
         Command::Bench(BenchCommand::DpSgd {
             features,

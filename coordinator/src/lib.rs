@@ -9,6 +9,7 @@
 //! - [`server`]: the gRPC services;
 //! - [`security`]: mutual TLS, per-RPC authorization by role, limits.
 
+pub mod attest;
 pub mod job;
 pub mod ledger;
 pub mod registry;

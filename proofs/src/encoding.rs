@@ -68,7 +68,9 @@ impl FixedPoint {
         let mut norm_sq = 0.0f64;
         for (i, &d) in delta.iter().enumerate() {
             if !d.is_finite() {
-                return Err(ProofError::Encoding(format!("entry {i} is not finite ({d})")));
+                return Err(ProofError::Encoding(format!(
+                    "entry {i} is not finite ({d})"
+                )));
             }
             norm_sq += (f64::from(d) * scale).powi(2);
         }
@@ -88,7 +90,10 @@ impl FixedPoint {
     /// The update as the `f32` values that travel (exact: |u| < 2^24).
     pub fn to_f32(&self, entries: &[i32]) -> Vec<f32> {
         let unit = 2f64.powi(-self.scale_log2);
-        entries.iter().map(|&u| (f64::from(u) * unit) as f32).collect()
+        entries
+            .iter()
+            .map(|&u| (f64::from(u) * unit) as f32)
+            .collect()
     }
 
     /// Reads `u` back from a received update; refuses values that are not

@@ -98,3 +98,14 @@ pub fn to_hex(x: &Fr) -> String {
 pub fn to_decimal(x: &Fr) -> String {
     x.into_bigint().to_string()
 }
+
+/// Inverse of [`to_hex`]; `None` unless it is 32 bytes of a canonical
+/// field element.
+pub fn from_hex(text: &str) -> Option<Fr> {
+    let bytes = hex::decode(text).ok()?;
+    if bytes.len() != 32 {
+        return None;
+    }
+    let x = Fr::from_le_bytes_mod_order(&bytes);
+    (to_hex(&x) == text.to_ascii_lowercase()).then_some(x)
+}

@@ -41,7 +41,10 @@ pub fn setup_update_norm(len: usize) -> Result<(ProvingKey, VerifyingKey), Proof
         entries: None,
     };
     let (pk, vk) = Groth16::<Bn254>::circuit_specific_setup(circuit, &mut crate::ark_rng())?;
-    Ok((ProvingKey { len, inner: pk }, VerifyingKey { len, inner: vk }))
+    Ok((
+        ProvingKey { len, inner: pk },
+        VerifyingKey { len, inner: vk },
+    ))
 }
 
 fn encode(len: usize, value: &impl CanonicalSerialize, compress: Compress) -> Vec<u8> {

@@ -16,6 +16,7 @@
 //! (snarkjs, the EVM's pairing precompiles) check the same proofs
 //! ([`snarkjs`] writes them in snarkjs's layout).
 
+pub mod bench;
 pub mod circuits;
 pub mod encoding;
 pub mod gadgets;
@@ -24,18 +25,17 @@ pub mod keys;
 pub mod snarkjs;
 mod statement;
 
-pub use encoding::{FixedPoint, ENTRY_BITS};
+pub use encoding::{ENTRY_BITS, FixedPoint};
 pub use keys::{ProvingKey, VerifyingKey};
 pub use statement::{
-    Context, UpdateProof, UpdateProofTask, prove_update, verify_update, STATEMENT_UPDATE_NORM,
+    Context, PROOF_BYTES, STATEMENT_UPDATE_NORM, UpdateProof, UpdateProofTask, parse_proof,
+    prove_update, verify_recorded, verify_update,
 };
 
 /// Everything proving and verifying can reject. Messages name the problem.
 #[derive(Debug, thiserror::Error)]
 pub enum ProofError {
-    #[error(
-        "the update is not well formed: {0}; the prover refuses to prove a false statement"
-    )]
+    #[error("the update is not well formed: {0}; the prover refuses to prove a false statement")]
     Refused(String),
     #[error("the update has {got} entries, the circuit's keys are for {expected}")]
     WrongLength { expected: usize, got: usize },

@@ -145,3 +145,18 @@ pub fn verify_update(
         Err(e) => Err(ProofError::Synthesis(e.to_string())),
     }
 }
+
+/// [`verify_update`] for a proof as the ledger records it (hex fields).
+pub fn verify_recorded(
+    vk: &VerifyingKey,
+    context: &Context,
+    bound: u64,
+    update_hash_hex: &str,
+    proof_hex: &str,
+) -> Result<(), ProofError> {
+    let update_hash = hash::from_hex(update_hash_hex)
+        .ok_or_else(|| ProofError::MalformedProof("update hash is not a field element".into()))?;
+    let proof =
+        hex::decode(proof_hex).map_err(|e| ProofError::MalformedProof(format!("hex: {e}")))?;
+    verify_update(vk, context, bound, update_hash, &proof)
+}

@@ -36,28 +36,49 @@ fn honest_proofs_verify_and_every_substitution_is_rejected() {
     // Another round, hospital or job.
     let mut other = ctx.clone();
     other.round += 1;
-    assert!(matches!(invalid(&other, grid.bound, proof.update_hash, &proof.proof), Err(ProofError::Invalid)));
+    assert!(matches!(
+        invalid(&other, grid.bound, proof.update_hash, &proof.proof),
+        Err(ProofError::Invalid)
+    ));
     let mut other = ctx.clone();
     other.client = "hospital-b".into();
-    assert!(matches!(invalid(&other, grid.bound, proof.update_hash, &proof.proof), Err(ProofError::Invalid)));
+    assert!(matches!(
+        invalid(&other, grid.bound, proof.update_hash, &proof.proof),
+        Err(ProofError::Invalid)
+    ));
     let mut other = ctx.clone();
     other.job_id = "job-2".into();
-    assert!(matches!(invalid(&other, grid.bound, proof.update_hash, &proof.proof), Err(ProofError::Invalid)));
+    assert!(matches!(
+        invalid(&other, grid.bound, proof.update_hash, &proof.proof),
+        Err(ProofError::Invalid)
+    ));
     // A looser bound.
-    assert!(matches!(invalid(&ctx, grid.bound + 1, proof.update_hash, &proof.proof), Err(ProofError::Invalid)));
+    assert!(matches!(
+        invalid(&ctx, grid.bound + 1, proof.update_hash, &proof.proof),
+        Err(ProofError::Invalid)
+    ));
     // Another update: the submitted vector differs from the proved one.
     let mut boosted = u.clone();
     boosted[0] += 1;
     let h = hash::update_hash(&boosted);
-    assert!(matches!(invalid(&ctx, grid.bound, h, &proof.proof), Err(ProofError::Invalid)));
+    assert!(matches!(
+        invalid(&ctx, grid.bound, h, &proof.proof),
+        Err(ProofError::Invalid)
+    ));
     // Truncated, random and bit-flipped bytes never panic.
-    assert!(matches!(invalid(&ctx, grid.bound, proof.update_hash, &proof.proof[..100]), Err(ProofError::MalformedProof(_))));
+    assert!(matches!(
+        invalid(&ctx, grid.bound, proof.update_hash, &proof.proof[..100]),
+        Err(ProofError::MalformedProof(_))
+    ));
     let random: Vec<u8> = (0..128u32).map(|i| (i * 37 % 251) as u8).collect();
     assert!(invalid(&ctx, grid.bound, proof.update_hash, &random).is_err());
     for byte in [0, 40, 70, 127] {
         let mut flipped = proof.proof.clone();
         flipped[byte] ^= 0x04;
-        assert!(invalid(&ctx, grid.bound, proof.update_hash, &flipped).is_err(), "flip at {byte}");
+        assert!(
+            invalid(&ctx, grid.bound, proof.update_hash, &flipped).is_err(),
+            "flip at {byte}"
+        );
     }
     // Keys from outside are checked too.
     assert!(cohort_proofs::VerifyingKey::from_bytes(&[1, 2, 3]).is_err());

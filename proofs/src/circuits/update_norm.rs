@@ -50,7 +50,13 @@ mod tests {
         let cs = ConstraintSystem::<Fr>::new_ref();
         let circuit = UpdateNormCircuit {
             len: entries.len(),
-            public: [Fr::from(1u64), Fr::from(2u64), Fr::from(3u64), Fr::from(bound), hash],
+            public: [
+                Fr::from(1u64),
+                Fr::from(2u64),
+                Fr::from(3u64),
+                Fr::from(bound),
+                hash,
+            ],
             entries: Some(entries),
         };
         circuit.generate_constraints(cs.clone()).unwrap();
@@ -65,8 +71,14 @@ mod tests {
         let h = crate::hash::update_hash(&u);
         assert!(b < 1 << 16);
         assert!(satisfied(&u, b, h));
-        assert!(!satisfied(&u, b - 1, h), "a norm above the bound must not satisfy");
-        assert!(!satisfied(&u, b, h + Fr::from(1u64)), "another hash must not satisfy");
+        assert!(
+            !satisfied(&u, b - 1, h),
+            "a norm above the bound must not satisfy"
+        );
+        assert!(
+            !satisfied(&u, b, h + Fr::from(1u64)),
+            "another hash must not satisfy"
+        );
         let small = [3, -4];
         assert!(satisfied(&small, 5, crate::hash::update_hash(&small)));
         assert!(!satisfied(&small, 4, crate::hash::update_hash(&small)));
