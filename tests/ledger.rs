@@ -74,6 +74,8 @@ async fn a_job_leaves_a_verifiable_ledger_and_tampering_is_caught() {
             Record::ClientsEnrolled { participants, .. } => {
                 format!("enrolled {}", participants.len())
             }
+            Record::ProofSetup { .. } => "proof key".to_string(),
+            Record::Attestation { validator, .. } => format!("attested by {validator}"),
         })
         .collect();
     assert_eq!(
