@@ -219,6 +219,19 @@ fn entry_ref(index: u64, leaf: &[u8]) -> EntryRef {
             Some(job_id.clone()),
             format!("job {job_id} round {round} rewards"),
         ),
+        Ok(Record::ProofSetup { job_id, .. }) => (
+            Some(job_id.clone()),
+            format!("job {job_id} update-proof key"),
+        ),
+        Ok(Record::Attestation {
+            job_id,
+            round,
+            validator,
+            ..
+        }) => (
+            Some(job_id.clone()),
+            format!("job {job_id} round {round} attestation by {validator}"),
+        ),
         Err(_) => (None, "an unreadable entry".to_string()),
     };
     EntryRef {

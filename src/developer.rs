@@ -68,6 +68,9 @@ pub struct RoundView {
     /// survivors' encoded updates.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aggregate_sha256: Option<String>,
+    /// Updates left out of the round (e.g. without a valid proof), and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub excluded: Vec<cohort_ledger::Exclusion>,
 }
 
 /// An update receipt: which hospital sent what, and its signature (hex; empty
@@ -106,6 +109,14 @@ impl JobView {
                     slowest_evaluate_secs: r.slowest_evaluate_secs,
                     aggregate_sha256: (!r.aggregate_sha256.is_empty())
                         .then_some(r.aggregate_sha256),
+                    excluded: r
+                        .excluded
+                        .into_iter()
+                        .map(|e| cohort_ledger::Exclusion {
+                            client: e.client,
+                            reason: e.reason,
+                        })
+                        .collect(),
                     updates: r
                         .updates
                         .into_iter()
@@ -118,6 +129,7 @@ impl JobView {
                             signature: hex::encode(&u.signature),
                             dataset_sha256: u.dataset_sha256,
                             dp_epsilon: UpdateView::epsilon_text(u.dp_epsilon),
+                            proof: serde_json::from_str(&u.proof_json).ok(),
                         })
                         .collect(),
                 })

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod bench;
 pub mod ca;
 pub mod data;
+pub mod bench_proofs;
 pub mod demo;
 pub mod developer;
 pub mod evaluate;
@@ -21,6 +22,7 @@ pub mod sandbox;
 pub mod serve;
 pub mod split_bench;
 pub mod vertical;
+pub mod validator;
 
 /// The bundled Breast Cancer Wisconsin (Diagnostic) data (CC BY 4.0; see
 /// `data/README.md`), embedded so the demo runs from any directory.

@@ -70,6 +70,45 @@ enum Command {
     /// from the coordinator's ledger.
     #[command(subcommand)]
     Rewards(RewardsCommand),
+    /// Run a validator: re-check the update proofs of every finished round
+    /// from the coordinator's ledger with this machine's own code and keys,
+    /// and append a signed attestation (job, round, client, statement,
+    /// verdict) to the ledger. Needs a validator kit
+    /// (`cohort ca issue --role validator --name NAME`).
+    Validator(ValidatorArgs),
+    /// Export update proofs for other verifiers.
+    #[command(subcommand)]
+    Proof(ProofCommand),
+}
+
+#[derive(clap::Args)]
+struct ValidatorArgs {
+    #[command(flatten)]
+    connection: Connection,
+    /// Seconds between passes over the ledger.
+    #[arg(long, default_value_t = 5)]
+    interval_secs: u64,
+    /// One pass, then exit (fails if the pass fails).
+    #[arg(long)]
+    once: bool,
+}
+
+#[derive(Subcommand)]
+enum ProofCommand {
+    /// Write one hospital's update proof of a round in another verifier's
+    /// format: `--format snarkjs` writes verification_key.json, proof.json
+    /// and public.json for `snarkjs groth16 verify` (curve bn128).
+    Export {
+        job: String,
+        round: u32,
+        client: String,
+        #[arg(long, default_value = "snarkjs")]
+        format: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        connection: Connection,
+    },
 }
 
 #[derive(Subcommand)]
@@ -115,6 +154,17 @@ enum RewardsCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Update proofs (statement 1, Groth16 on BN254) at 16-bit entries:
+    /// constraints, setup time, proving-key size, prove time, proof size,
+    /// hash and verify time, peak memory. Build with --release.
+    Proofs {
+        /// Parameter counts, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+        sizes: Vec<usize>,
+        /// One JSON object per size.
+        #[arg(long)]
+        json: bool,
+    },
     /// Split learning: PSI throughput (two sites, half the ids shared) at
     /// several sizes and thread counts; SplitFed against FedAvg on the
     /// bundled data (3 hospitals, real gRPC, mutual TLS): accuracy, round
@@ -413,6 +463,20 @@ impl ChainArgs {
 
 #[derive(Subcommand)]
 enum VerifyCommand {
+    /// Re-check a round's update proofs (with the verifying key on the
+    /// ledger) and its validators' attestations (certificate, role,
+    /// signature, and verdicts that agree with this machine's), from the
+    /// coordinator's verified ledger.
+    Round {
+        job: String,
+        round: u32,
+        #[command(flatten)]
+        connection: Connection,
+        /// Print {"proofs": [{client, valid}], "attestations":
+        /// [{validator, valid}], "excluded": [names]}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check every entry's signature, the Merkle tree against the signed
     /// checkpoint, and that the log extends the checkpoint this machine saw
     /// last time (so a rewritten history is caught).
@@ -744,6 +808,14 @@ struct ClientArgs {
     /// (before-send).
     #[arg(long, value_name = "STAGE")]
     vanish_at: Option<cohort_client::VanishAt>,
+    /// Drill (a testing aid, never for production): misbehave in every FIT
+    /// task, to check that the coordinator and validators catch it.
+    /// boost:F sends the update times F with the honest update's proof;
+    /// overbound:F multiplies by F and tries to prove that (the prover
+    /// refuses, so no proof goes along); forge sends random proof bytes;
+    /// freeride sends an all-zero update.
+    #[arg(long, value_name = "MODE")]
+    misbehave: Option<cohort_client::misbehave::Misbehave>,
 }
 
 #[derive(Subcommand)]
@@ -1119,6 +1191,7 @@ async fn main() -> Result<()> {
                     require_secure_aggregation: a.require_secure_aggregation,
                     keep_contributions: a.keep_contributions,
                     vanish_at: a.vanish_at,
+                    misbehave: a.misbehave,
                 },
                 shutdown_signal(),
             )
@@ -1183,6 +1256,38 @@ async fn main() -> Result<()> {
                 eprintln!("{}", audit::deployment_summary(&deployment));
                 println!("{}", deployment.address);
             }
+        }
+        Command::Verify(VerifyCommand::Round {
+            job,
+            round,
+            connection,
+            json,
+        }) => {
+            init_logging("warn");
+            let (url, security) =
+                connection.resolve(&[Role::Validator, Role::Developer, Role::Hospital])?;
+            let check = cohort::validator::verify_round(&url, &security, &job, round).await?;
+            cohort::validator::print_round(&check, json)?;
+        }
+        Command::Validator(a) => {
+            init_logging("info");
+            let (url, security) = a.connection.resolve(&[Role::Validator])?;
+            let interval = std::time::Duration::from_secs(a.interval_secs.max(1));
+            cohort::validator::run(&url, &security, interval, a.once).await?;
+        }
+        Command::Proof(ProofCommand::Export {
+            job,
+            round,
+            client,
+            format,
+            out,
+            connection,
+        }) => {
+            init_logging("warn");
+            let (url, security) =
+                connection.resolve(&[Role::Validator, Role::Developer, Role::Hospital])?;
+            cohort::validator::export(&url, &security, (&job, round, &client), &format, &out)
+                .await?;
         }
         Command::Verify(VerifyCommand::Model {
             dir,
@@ -1345,6 +1450,10 @@ async fn run_rewards_command(cmd: RewardsCommand) -> Result<()> {
 
 async fn run_bench_command(cmd: BenchCommand) -> Result<()> {
     match cmd {
+        BenchCommand::Proofs { sizes, json } => {
+            init_logging("warn");
+            cohort::bench_proofs::run(sizes, json)?;
+        }
         BenchCommand::Valuation {
             hospitals,
             rounds,

@@ -164,6 +164,8 @@ pub struct ClientProcessOptions {
     pub require_secure_aggregation: bool,
     pub keep_contributions: bool,
     pub vanish_at: Option<cohort_client::VanishAt>,
+    /// `--misbehave`: a drill mode (testing aid).
+    pub misbehave: Option<cohort_client::misbehave::Misbehave>,
 }
 
 /// Runs a hospital client until `shutdown` resolves.
@@ -204,6 +206,7 @@ pub async fn run_client(
                 keep_contributions: options.keep_contributions,
                 vanish_at: options.vanish_at,
                 budget,
+                misbehave: options.misbehave,
             },
         },
         shutdown,

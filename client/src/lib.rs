@@ -8,6 +8,8 @@
 
 pub mod budget;
 mod he;
+pub mod misbehave;
+mod proofs;
 mod secagg;
 mod split;
 mod work;
@@ -59,6 +61,9 @@ pub struct ClientOptions {
     /// The hospital's differential-privacy budget (`--max-epsilon`,
     /// `--delta`); `None` keeps the cap an earlier run set, if any.
     pub budget: Option<budget::BudgetLimit>,
+    /// Drill mode (`--misbehave`, a testing aid): send a tampered update
+    /// or proof in FIT tasks.
+    pub misbehave: Option<misbehave::Misbehave>,
 }
 
 /// The secure-aggregation stage at which a client told to vanish stops.
@@ -289,6 +294,17 @@ async fn session(
                 continue;
             }
         };
+        if let Err(reason) =
+            proofs::ensure_proving_key(&mut grpc, &session_id, &header, worker.proving_keys()).await
+        {
+            let answer = Answer::refused(reason);
+            if let Err(end) =
+                submit(&mut grpc, &session_id, &header, &config.security, answer).await
+            {
+                return end;
+            }
+            continue;
+        }
         let worker = worker.clone();
         let task_header = header.clone();
         let answer = match (header.split.is_some(), body) {

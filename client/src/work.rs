@@ -62,6 +62,8 @@ pub struct Worker {
     /// retries the same round from the same model: sending it again costs
     /// no privacy, training again would.
     last_private: Mutex<Option<(String, Trained)>>,
+    /// Update proofs: the proving key of the current job.
+    proving_keys: crate::proofs::KeyCache,
 }
 
 #[derive(Serialize)]
@@ -97,6 +99,7 @@ impl Worker {
             he: crate::secagg::Sessions::default(),
             budget: Budget::open(config.data_dir.as_deref(), config.options.budget)?,
             last_private: Mutex::new(None),
+            proving_keys: crate::proofs::KeyCache::default(),
         })
     }
 
@@ -121,7 +124,7 @@ impl Worker {
                  (--require-secure-aggregation), and the task asks for a plain update"
                     .to_string())
             }
-            (TaskKind::Fit, None, None) => self.fit(task, parameters),
+            (TaskKind::Fit, None, None) => self.plain_fit(task, parameters),
             (TaskKind::Fit, Some(secagg), _) => self.masked_fit(task, secagg, parameters),
             (TaskKind::SecaggAdvertise, Some(secagg), _) => self.advertise(task, secagg),
             (TaskKind::SecaggShare, Some(secagg), _) => self.share_keys(task, secagg),
@@ -161,6 +164,25 @@ impl Worker {
 
     pub(crate) fn options(&self) -> &ClientOptions {
         &self.options
+    }
+
+    pub(crate) fn proving_keys(&self) -> &crate::proofs::KeyCache {
+        &self.proving_keys
+    }
+
+    /// A plain FIT: with a proof when the job asks for one; under
+    /// `--misbehave` the drill's update.
+    fn plain_fit(&self, task: &TaskHeader, global: Vec<f32>) -> Result<Answer, String> {
+        if !task.proofs_json.is_empty() {
+            let wanted: cohort_proofs::UpdateProofTask =
+                parse(&task.proofs_json, "update-proof settings")?;
+            return self.proved_fit(task, global, &wanted);
+        }
+        let mut answer = self.fit(task, global)?;
+        if let Some(m) = self.options.misbehave {
+            m.tamper(&mut answer.parameters);
+        }
+        Ok(answer)
     }
 
     pub(crate) fn sessions(&self) -> &crate::secagg::Sessions<cohort_privacy::secagg::ClientRound> {
@@ -325,6 +347,11 @@ impl Worker {
             .zip(global)
             .map(|(w, g)| w - g)
             .collect();
+        // Drill: a free rider trains (and reports its examples) but sends
+        // nothing of it, in every aggregation mode.
+        if self.options.misbehave == Some(crate::misbehave::Misbehave::Freeride) {
+            delta.iter_mut().for_each(|v| *v = 0.0);
+        }
         // Client level: what leaves the hospital is bounded by the clipping
         // norm; the noise is added to the sum (by the coordinator in plain
         // mode, by every hospital under secure aggregation).
@@ -408,7 +435,7 @@ impl Worker {
             .map_err(|e| format!("cannot meet the job's DP settings: {e}"))
     }
 
-    fn fit(&self, task: &TaskHeader, global: Vec<f32>) -> Result<Answer, String> {
+    pub(crate) fn fit(&self, task: &TaskHeader, global: Vec<f32>) -> Result<Answer, String> {
         let trained = self.train(task, &global)?;
         Ok(Answer {
             header: ResultHeader {

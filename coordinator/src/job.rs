@@ -24,6 +24,42 @@ pub struct JobSpec {
     /// `[valuation]`: value each hospital's contribution and pay rewards.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub valuation: Option<crate::valuation::ValuationSpec>,
+    #[serde(default, skip_serializing_if = "ProofsSpec::is_off")]
+    pub proofs: ProofsSpec,
+}
+
+/// The job's `[proofs]` table (issue 16): zero-knowledge proofs that
+/// every aggregated update is well formed, and how many validators must
+/// attest each round.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProofsSpec {
+    #[serde(default)]
+    pub update: UpdateProofs,
+    /// L2 bound on each update (plain mode). Defaults to the client-level
+    /// DP clipping norm when the job has one, else 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip: Option<f64>,
+    /// Validator attestations required per round before its model is
+    /// published (downloadable); 0 publishes at once.
+    #[serde(default)]
+    pub min_validators: u32,
+}
+
+impl ProofsSpec {
+    pub fn is_off(&self) -> bool {
+        *self == ProofsSpec::default()
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpdateProofs {
+    #[default]
+    Off,
+    /// Statement 1: 16-bit entries and `‖u‖₂ ≤ B` for the exact update
+    /// aggregated (`cohort_proofs::circuits::update_norm`).
+    Norm,
 }
 
 /// The job's `[privacy]` table: how updates are protected on their way to
@@ -352,7 +388,53 @@ impl JobSpec {
                 ));
             }
         }
+        self.validate_proofs()?;
         Ok(())
+    }
+
+    fn validate_proofs(&self) -> Result<(), JobError> {
+        let proofs = &self.proofs;
+        if proofs.update == UpdateProofs::Off {
+            if proofs.clip.is_some() {
+                return Err(invalid(
+                    "proofs.clip",
+                    "only applies with proofs.update = \"norm\"",
+                ));
+            }
+            return Ok(());
+        }
+        if self.privacy.aggregation != Aggregation::Plain {
+            return Err(invalid(
+                "proofs.update",
+                "update proofs are implemented for aggregation = \"plain\" only so far; \
+                 secure and homomorphic aggregation would need proofs bound to the masked or \
+                 encrypted input",
+            ));
+        }
+        if self.privacy.dp.as_ref().is_some_and(|dp| {
+            dp.level == cohort_privacy::dp::DpLevel::Client
+                && dp.clipping == cohort_privacy::dp::Clipping::Adaptive
+        }) {
+            return Err(invalid(
+                "proofs.update",
+                "adaptive clipping changes the bound every round; proofs need a fixed one",
+            ));
+        }
+        let grid = self
+            .update_grid()
+            .map_err(|e| invalid("proofs.clip", e.to_string()))?;
+        if grid.bound < 256 {
+            return Err(invalid("proofs.clip", "leaves fewer than 256 levels"));
+        }
+        Ok(())
+    }
+
+    /// The L2 bound updates are proved under, on the 16-bit grid.
+    pub fn update_grid(&self) -> Result<cohort_proofs::FixedPoint, cohort_proofs::ProofError> {
+        let dp_clip = self.privacy.dp.as_ref().and_then(|dp| {
+            (dp.level == cohort_privacy::dp::DpLevel::Client).then_some(dp.clipping_norm)
+        });
+        cohort_proofs::FixedPoint::for_clip(self.proofs.clip.or(dp_clip).unwrap_or(10.0))
     }
 
     /// The bits and fewest survivors of the round's aggregation mode, for

@@ -10,6 +10,7 @@
 //! - [`split`]: split learning (SplitFed) seats and job checks;
 //! - [`security`]: mutual TLS, per-RPC authorization by role, limits.
 
+pub mod attest;
 pub mod job;
 pub mod ledger;
 pub mod registry;

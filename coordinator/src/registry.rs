@@ -48,6 +48,9 @@ pub enum TaskAnswer {
         compute_seconds: f64,
         /// What was received, kept with the round for auditors.
         receipt: UpdateReceipt,
+        /// Update proofs: the hospital's proof that `delta` is well formed
+        /// (empty when it sent none).
+        proof: Vec<u8>,
     },
     Evaluate {
         metrics: Metrics,

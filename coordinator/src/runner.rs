@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 mod dp;
 mod he;
+pub mod proofs;
 mod secagg;
 mod splitfed;
 mod valuation;
@@ -129,6 +130,7 @@ impl Runner {
         let n_features = enrollment.preprocessing.n_features();
         let n_params = spec.model.num_parameters(n_features);
         let mut strategy = spec.strategy.build(n_params);
+        let proof_keys = self.update_proof_keys(&job, &spec, n_params).await?;
 
         let recorded = self.store.rounds(job_id)?;
         let (mut global, first_round) = match recorded.last() {
@@ -179,6 +181,7 @@ impl Runner {
                     global,
                     strategy.as_mut(),
                     client_dp.as_mut(),
+                    proof_keys.as_ref(),
                 )
                 .await?;
         }
@@ -389,6 +392,7 @@ impl Runner {
         global: Vec<f32>,
         strategy: &mut dyn Strategy,
         mut client_dp: Option<&mut dp::PlainClientDp>,
+        proof_keys: Option<&proofs::UpdateProofKeys>,
     ) -> Result<Vec<f32>, RunError> {
         let t = &spec.training;
         let started = Instant::now();
@@ -404,6 +408,10 @@ impl Runner {
             split_seed: t.seed,
             validation_fraction: spec.data.validation_fraction,
             dp_json: dp_json(spec)?,
+            proofs_json: proof_keys
+                .map(|k| json(&k.task))
+                .transpose()?
+                .unwrap_or_default(),
             ..Default::default()
         };
         // Group sums decrypted in any attempt of this round (valuation).
@@ -452,8 +460,16 @@ impl Runner {
                     .await?
                 }
                 (Aggregation::Plain, _) => {
-                    self.plain_fit(job, spec, &fit, &global, &selected, (round, attempt))
-                        .await
+                    self.plain_fit(
+                        job,
+                        spec,
+                        &fit,
+                        &global,
+                        &selected,
+                        (round, attempt),
+                        proof_keys,
+                    )
+                    .await
                 }
                 (Aggregation::He, None) => {
                     self.he_fit(
@@ -489,6 +505,7 @@ impl Runner {
                 slowest_fit_secs,
                 aggregate_sha256,
                 groups,
+                excluded,
             }) = fitted
             else {
                 continue;
@@ -591,6 +608,7 @@ impl Runner {
                     participants,
                     updates: receipts,
                     aggregate_sha256,
+                    excluded,
                     metrics: metrics.clone(),
                     train_loss,
                     attempts: attempt,
@@ -619,7 +637,9 @@ impl Runner {
     }
 
     /// The fit stage in plain mode: every selected hospital sends its
-    /// signed update. `None` when too few answered (the attempt is retried).
+    /// signed update (with a proof that it is well formed when the job
+    /// asks for one). `None` when too few answered (the attempt is retried).
+    #[allow(clippy::too_many_arguments)]
     async fn plain_fit(
         &self,
         job: &JobRow,
@@ -628,23 +648,43 @@ impl Runner {
         global: &Arc<Vec<f32>>,
         selected: &[String],
         (round, attempt): (u32, u32),
+        proof_keys: Option<&proofs::UpdateProofKeys>,
     ) -> Option<Fitted> {
         let t = &spec.training;
         let n_params = global.len();
+        let mut excluded = Vec::new();
         let answers = self
             .gather(
                 selected,
                 fit,
                 Some(global.clone()),
                 t.round_timeout_secs,
-                |_, a| match a {
+                |client, a| match a {
                     TaskAnswer::Fit {
                         delta,
                         num_examples,
                         train_loss,
                         compute_seconds,
-                        receipt,
+                        mut receipt,
+                        proof,
                     } if delta.len() == n_params => {
+                        if let Some(keys) = proof_keys {
+                            let context = cohort_proofs::Context {
+                                job_id: job.id.clone(),
+                                round,
+                                client: client.to_string(),
+                            };
+                            match keys.check(&context, &delta, &proof) {
+                                Ok(record) => receipt.proof = Some(record),
+                                Err(reason) => {
+                                    excluded.push(cohort_ledger::Exclusion {
+                                        client: client.to_string(),
+                                        reason: reason.clone(),
+                                    });
+                                    return Err(reason);
+                                }
+                            }
+                        }
                         Ok((delta, num_examples, train_loss, compute_seconds, receipt))
                     }
                     TaskAnswer::Fit { delta, .. } => Err(format!(
@@ -697,6 +737,7 @@ impl Runner {
             slowest_fit_secs,
             aggregate_sha256: None,
             groups: Vec::new(),
+            excluded,
         })
     }
 
@@ -842,6 +883,7 @@ impl Runner {
             slowest_evaluate_secs: record.slowest_evaluate_secs,
             updates: record.updates,
             aggregate_sha256: record.aggregate_sha256,
+            excluded: record.excluded,
         };
         let entry = Record::RoundCompleted {
             job_id: row.job_id.clone(),
@@ -852,6 +894,7 @@ impl Runner {
             model_signature_sha256: signature_sha256,
             accuracy: row.metrics.as_ref().map(|m| format!("{:.6}", m.accuracy)),
             auc: row.metrics.as_ref().map(|m| format!("{:.6}", m.auc)),
+            excluded: row.excluded.clone(),
         };
         // The round's row, its valuation and payout, and their ledger
         // entries commit together.
@@ -952,6 +995,8 @@ struct Fitted {
     /// Grouped rounds (valuation under secure or homomorphic aggregation):
     /// each group's decoded mean; `updates` then holds their combination.
     groups: Vec<valuation::GroupSum>,
+    /// Updates left out of the round (no valid proof), with the reason.
+    excluded: Vec<cohort_ledger::Exclusion>,
 }
 
 struct RoundRecord {
@@ -959,6 +1004,7 @@ struct RoundRecord {
     participants: Vec<String>,
     updates: Vec<UpdateReceipt>,
     aggregate_sha256: Option<String>,
+    excluded: Vec<cohort_ledger::Exclusion>,
     metrics: Option<Metrics>,
     train_loss: Option<f64>,
     attempts: u32,
@@ -982,6 +1028,7 @@ impl RoundRecord {
             updates: Vec::new(),
             aggregate_sha256: None,
             valuation: None,
+            excluded: Vec::new(),
         }
     }
 }
@@ -1075,6 +1122,7 @@ fn fitted_from_sum(
         slowest_fit_secs,
         aggregate_sha256: Some(aggregate_sha256),
         groups: Vec::new(),
+        excluded: Vec::new(),
     })
 }
 

@@ -72,6 +72,32 @@ fn check_may_read(caller: &Caller, job: &JobRow) -> Result<(), Status> {
     }
 }
 
+/// A job with `[proofs] min_validators = k` publishes a round's model only
+/// once k validators attested all of its proofs valid.
+fn check_attested(store: &Store, job: &JobRow, round: u32) -> Result<(), Status> {
+    let required = JobSpec::from_toml(&job.spec_toml)
+        .map(|s| s.proofs.min_validators)
+        .unwrap_or(0);
+    if required == 0 || round == 0 {
+        return Ok(());
+    }
+    let approving = crate::attest::approving_validators(store, &job.id, round).map_err(internal)?;
+    if (approving.len() as u32) < required {
+        return Err(Status::failed_precondition(format!(
+            "round {round} of job `{}` is not published yet: {} of the {required} validator \
+             attestations the job requires ({})",
+            job.id,
+            approving.len(),
+            if approving.is_empty() {
+                "none yet".to_string()
+            } else {
+                approving.join(", ")
+            }
+        )));
+    }
+    Ok(())
+}
+
 fn internal(e: StoreError) -> Status {
     warn!("storage error: {e}");
     Status::internal(format!("coordinator storage error: {e}"))
@@ -104,6 +130,36 @@ impl HospitalService for Services {
     ) -> Result<Response<Self::SplitExchangeStream>, Status> {
         let caller = self.auth.authorize(&request, "SplitExchange", HOSPITALS)?;
         crate::split::serve_exchange(self.registry.clone(), &caller, request.into_inner()).await
+    }
+
+    type GetProvingKeyStream = FrameStream<Chunk>;
+
+    /// Update proofs: the job's proving key, to hospitals with a session.
+    async fn get_proving_key(
+        &self,
+        request: Request<v1::GetProvingKeyRequest>,
+    ) -> Result<Response<Self::GetProvingKeyStream>, Status> {
+        let caller = self.auth.authorize(&request, "GetProvingKey", HOSPITALS)?;
+        let r = request.into_inner();
+        let client = self
+            .registry
+            .client_for_session(&r.session_id)
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        check_claimed_name(&caller, &client, "the session")?;
+        let key = crate::runner::proofs::proving_key_key(&r.job_id);
+        if self.store.job(&r.job_id).map_err(internal)?.is_none() {
+            return Err(Status::not_found(format!("job `{}` not found", r.job_id)));
+        }
+        let bytes = self
+            .store
+            .get_object(&key)
+            .await
+            .map_err(|_| Status::not_found(format!("job `{}` has no proving key", r.job_id)))?;
+        let chunks: Vec<Result<Chunk, Status>> = bytes
+            .chunks(CHUNK_BYTES)
+            .map(|c| Ok(Chunk { data: c.to_vec() }))
+            .collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
     }
 
     async fn register(
@@ -431,6 +487,7 @@ async fn read_answer(
                     signature: hex::encode(&header.update_signature),
                     dataset_sha256: header.dataset_sha256.clone(),
                     dp_epsilon: reported_epsilon(header),
+                    proof: None,
                 },
             })
         }
@@ -447,6 +504,7 @@ async fn read_answer(
                     signature: hex::encode(&header.update_signature),
                     dataset_sha256: header.dataset_sha256.clone(),
                     dp_epsilon: reported_epsilon(header),
+                    proof: None,
                 },
                 ciphertext,
                 sealed: secagg_payload(header)?,
@@ -490,6 +548,7 @@ async fn read_answer(
                 signature: hex::encode(&header.update_signature),
                 dataset_sha256: header.dataset_sha256.clone(),
                 dp_epsilon: reported_epsilon(header),
+                proof: None,
             };
             Ok(TaskAnswer::Fit {
                 delta,
@@ -497,6 +556,7 @@ async fn read_answer(
                 train_loss,
                 compute_seconds: sane_seconds(header.compute_seconds),
                 receipt,
+                proof: header.update_proof.clone(),
             })
         }
         TaskKind::Evaluate if !header.candidate_losses.is_empty() => {
@@ -587,11 +647,24 @@ impl Services {
                 slowest_fit_secs: r.slowest_fit_secs,
                 slowest_evaluate_secs: r.slowest_evaluate_secs,
                 aggregate_sha256: r.aggregate_sha256.unwrap_or_default(),
+                excluded: r
+                    .excluded
+                    .into_iter()
+                    .map(|e| v1::Exclusion {
+                        client: e.client,
+                        reason: e.reason,
+                    })
+                    .collect(),
                 updates: r
                     .updates
                     .into_iter()
                     .map(|u| v1::UpdateReceipt {
                         dp_epsilon: u.epsilon().unwrap_or(0.0),
+                        proof_json: u
+                            .proof
+                            .as_ref()
+                            .and_then(|p| serde_json::to_string(p).ok())
+                            .unwrap_or_default(),
                         client: u.client,
                         task_id: u.task_id,
                         num_examples: u.num_examples,
@@ -659,6 +732,46 @@ impl DeveloperService for Services {
         });
         let stream = futures::stream::iter(std::iter::once(Ok(head)).chain(entries));
         Ok(Response::new(stream.boxed()))
+    }
+
+    async fn submit_attestation(
+        &self,
+        request: Request<v1::SubmitAttestationRequest>,
+    ) -> Result<Response<v1::SubmitAttestationReply>, Status> {
+        let caller = self
+            .auth
+            .authorize(&request, "SubmitAttestation", &[Role::Validator])?;
+        let r = request.into_inner();
+        let principal = match &caller {
+            Caller::Member(p) => Some(p),
+            Caller::Anonymous => None,
+        };
+        let index = crate::attest::accept(
+            &self.store,
+            &self.ledger,
+            principal,
+            &r.job_id,
+            r.round,
+            &r.verdicts_json,
+            &r.signature,
+        )
+        .map_err(|e| match e {
+            crate::attest::AttestError::Store(e) => internal(e),
+            crate::attest::AttestError::NoSuchRound { .. } => Status::not_found(e.to_string()),
+            crate::attest::AttestError::NotValidator(_) | crate::attest::AttestError::Anonymous => {
+                Status::permission_denied(e.to_string())
+            }
+            _ => Status::invalid_argument(e.to_string()),
+        })?;
+        info!(
+            job = r.job_id,
+            round = r.round,
+            index,
+            "validator attestation recorded"
+        );
+        Ok(Response::new(v1::SubmitAttestationReply {
+            ledger_index: index,
+        }))
     }
 
     async fn submit_job(
@@ -778,6 +891,7 @@ impl DeveloperService for Services {
         .ok_or_else(|| {
             Status::not_found(format!("job `{job_id}` has no stored model for that round"))
         })?;
+        check_attested(&self.store, &job, chosen.round)?;
         let card = self
             .store
             .get_object(&card_key(&job_id, chosen.round))

@@ -118,6 +118,8 @@ pub struct RoundRow {
     /// Under secure aggregation: hex SHA-256 of the recovered sum of the
     /// survivors' encoded updates (the only aggregate the coordinator saw).
     pub aggregate_sha256: Option<String>,
+    /// Updates left out of the round (e.g. without a valid proof), and why.
+    pub excluded: Vec<cohort_ledger::Exclusion>,
 }
 
 /// One aggregated update as the coordinator received it: the same record
@@ -207,6 +209,8 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE rounds ADD COLUMN updates_json TEXT;",
     // 4: digest of a securely aggregated round's recovered sum.
     "ALTER TABLE rounds ADD COLUMN aggregate_sha256 TEXT;",
+    // 5 (update proofs, issue 16): updates a round left out, and why.
+    "ALTER TABLE rounds ADD COLUMN excluded_json TEXT;",
 ];
 
 fn migrate(db: &Connection) -> rusqlite::Result<()> {
@@ -439,11 +443,14 @@ impl Store {
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let updates =
             serde_json::to_string(&row.updates).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let excluded =
+            serde_json::to_string(&row.excluded).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         db.execute(
             "INSERT INTO rounds (job_id, round, participants_json, metrics_json, train_loss,
                 attempts, duration_secs, model_key, model_sha256, completed_at,
-                slowest_fit_secs, slowest_evaluate_secs, updates_json, aggregate_sha256)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                slowest_fit_secs, slowest_evaluate_secs, updates_json, aggregate_sha256,
+                excluded_json)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             params![
                 row.job_id,
                 row.round,
@@ -458,7 +465,8 @@ impl Store {
                 row.slowest_fit_secs,
                 row.slowest_evaluate_secs,
                 updates,
-                row.aggregate_sha256
+                row.aggregate_sha256,
+                excluded
             ],
         )?;
         Ok(())
@@ -470,7 +478,8 @@ impl Store {
         let mut stmt = db.prepare(
             "SELECT job_id, round, participants_json, metrics_json, train_loss, attempts,
                     duration_secs, model_key, model_sha256, completed_at,
-                    slowest_fit_secs, slowest_evaluate_secs, updates_json, aggregate_sha256
+                    slowest_fit_secs, slowest_evaluate_secs, updates_json, aggregate_sha256,
+                    excluded_json
              FROM rounds WHERE job_id = ?1 ORDER BY round",
         )?;
         // A JSON column that does not parse is reported like any other
@@ -507,6 +516,7 @@ impl Store {
                     slowest_evaluate_secs: r.get(11)?,
                     updates: json_column(r, 12)?.unwrap_or_default(),
                     aggregate_sha256: r.get(13)?,
+                    excluded: json_column(r, 14)?.unwrap_or_default(),
                 })
             })?
             .collect::<Result<Vec<_>, _>>()
@@ -724,6 +734,7 @@ mod tests {
             slowest_evaluate_secs: 0.0,
             updates: Vec::new(),
             aggregate_sha256: None,
+            excluded: Vec::new(),
         }
     }
 

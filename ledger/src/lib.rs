@@ -70,4 +70,7 @@ pub use merkle::{
     verify_consistency, verify_inclusion,
 };
 pub use note::{NoteError, sign_checkpoint, verify_checkpoint};
-pub use record::{EnrolledClient, Entry, EntryError, HospitalValue, Payout, Record, UpdateRecord};
+pub use record::{
+    ATTESTATION_CONTEXT, EnrolledClient, Entry, EntryError, Exclusion, HospitalValue, Payout,
+    ProofRecord, Record, UpdateRecord, Verdict, attestation_statement,
+};

@@ -36,6 +36,45 @@ pub struct UpdateRecord {
     /// entries written before DP existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dp_epsilon: Option<String>,
+    /// Under `[proofs] update = "norm"`: the statement the hospital proved
+    /// about this update, as the coordinator checked it. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<ProofRecord>,
+}
+
+/// A zero-knowledge proof about one update (`cohort_proofs`): with the
+/// job's verifying key (in its `proof_setup` entry) anyone re-checks it.
+/// The proof's bytes are not its identity (Groth16 proofs are malleable);
+/// the statement (job, round, client, bound, update hash) is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProofRecord {
+    /// e.g. `update-norm/v1`.
+    pub statement: String,
+    /// The L2 bound `B` on the integer update.
+    pub bound: u64,
+    /// Hex of the Poseidon hash of the update the coordinator received
+    /// (32 bytes, little-endian field element).
+    pub update_hash: String,
+    /// Hex of the compressed Groth16 proof.
+    pub proof: String,
+}
+
+/// An update the coordinator left out of a round, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Exclusion {
+    pub client: String,
+    pub reason: String,
+}
+
+/// A validator's verdict on one proof of one round.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Verdict {
+    pub client: String,
+    pub statement: String,
+    pub valid: bool,
 }
 
 impl UpdateRecord {
@@ -93,6 +132,10 @@ pub enum Record {
         /// not survive every parser bit for bit, and a signed record must.
         accuracy: Option<String>,
         auc: Option<String>,
+        /// Updates left out of the round (e.g. without a valid proof), with
+        /// the reason. Absent when none was.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        excluded: Vec<Exclusion>,
     },
     /// Contribution valuation (`[valuation]` jobs): what each hospital's
     /// part of a round was worth, committed with the round.
@@ -129,6 +172,31 @@ pub enum Record {
         hospitals: Vec<Payout>,
         validators: Vec<Payout>,
     },
+    /// Update proofs (issue 16): the verifying key of a job's statement.
+    /// Anyone holding the ledger re-checks every proof of the job with it.
+    ProofSetup {
+        job_id: String,
+        statement: String,
+        parameter_count: u64,
+        /// Hex of the verifying key's bytes (`cohort_proofs::VerifyingKey`).
+        verifying_key: String,
+        /// Hex SHA-256 of those bytes.
+        verifying_key_sha256: String,
+    },
+    /// A validator's attestation of one round: every proof it checked, with
+    /// its verdict. Signed by the validator (`validator_signature` over
+    /// `cohort_ledger::attestation_statement`, with the key bound in its
+    /// certificate) and, as every entry, by the coordinator that appended it.
+    Attestation {
+        job_id: String,
+        round: u32,
+        validator: String,
+        verdicts: Vec<Verdict>,
+        /// Hex of the validator's DER certificate.
+        validator_certificate: String,
+        /// Hex of the validator's ECDSA P-256 signature (DER).
+        validator_signature: String,
+    },
 }
 
 /// A hospital's value in one round and over the job so far, as decimal
@@ -151,6 +219,20 @@ pub struct Payout {
     pub reward: u64,
 }
 
+/// Signature context of a validator's attestation.
+pub const ATTESTATION_CONTEXT: &str = "cohort/attestation/v1";
+
+/// The bytes a validator signs: canonical JSON of the job, round,
+/// validator name and verdicts.
+pub fn attestation_statement(
+    job_id: &str,
+    round: u32,
+    validator: &str,
+    verdicts: &[Verdict],
+) -> Vec<u8> {
+    serde_json::to_vec(&(job_id, round, validator, verdicts)).unwrap_or_default()
+}
+
 /// One enrolled hospital: its name and what it reported about its data
 /// (counts only; never a row).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,7 +252,9 @@ impl Record {
             | Record::ClientsEnrolled { job_id, .. }
             | Record::RoundCompleted { job_id, .. }
             | Record::RoundValued { job_id, .. }
-            | Record::RewardsPaid { job_id, .. } => Some(job_id),
+            | Record::RewardsPaid { job_id, .. }
+            | Record::ProofSetup { job_id, .. }
+            | Record::Attestation { job_id, .. } => Some(job_id),
         }
     }
 }

@@ -1,0 +1,144 @@
+//! Update proofs (issue 16) on the coordinator's side: the job's keys,
+//! made once and kept with the job, and the check of each proof against
+//! the update that actually arrived.
+
+use std::sync::Arc;
+
+use cohort_ledger::{ProofRecord, Record};
+use cohort_proofs::{
+    Context, FixedPoint, STATEMENT_UPDATE_NORM, UpdateProofTask, VerifyingKey, hash,
+};
+
+use super::{RunError, Runner};
+use crate::job::{JobSpec, UpdateProofs};
+use crate::store::JobRow;
+
+/// Object-store key of a job's proving key (served by
+/// `HospitalService.GetProvingKey`).
+pub fn proving_key_key(job_id: &str) -> String {
+    format!(
+        "jobs/{job_id}/proofs/{}.pk",
+        STATEMENT_UPDATE_NORM.replace('/', "-")
+    )
+}
+
+fn verifying_key_key(job_id: &str) -> String {
+    format!(
+        "jobs/{job_id}/proofs/{}.vk",
+        STATEMENT_UPDATE_NORM.replace('/', "-")
+    )
+}
+
+/// What a round needs to ask for and check update proofs.
+pub struct UpdateProofKeys {
+    pub task: UpdateProofTask,
+    pub vk: Arc<VerifyingKey>,
+}
+
+impl UpdateProofKeys {
+    pub fn grid(&self) -> &FixedPoint {
+        &self.task.grid
+    }
+
+    /// Checks that `proof` proves the update that arrived (`delta`) well
+    /// formed for this job, round and hospital; returns what the round's
+    /// record keeps of it. The reason names what is wrong otherwise.
+    pub fn check(
+        &self,
+        context: &Context,
+        delta: &[f32],
+        proof: &[u8],
+    ) -> Result<ProofRecord, String> {
+        if proof.is_empty() {
+            return Err("no proof of a well-formed update attached".into());
+        }
+        let grid = self.grid();
+        let entries = grid
+            .from_f32(delta)
+            .map_err(|e| format!("update proof rejected: {e}"))?;
+        let update_hash = hash::update_hash(&entries);
+        cohort_proofs::verify_update(&self.vk, context, grid.bound, update_hash, proof)
+            .map_err(|e| format!("update proof rejected: {e}"))?;
+        Ok(ProofRecord {
+            statement: STATEMENT_UPDATE_NORM.into(),
+            bound: grid.bound,
+            update_hash: hash::to_hex(&update_hash),
+            proof: hex::encode(proof),
+        })
+    }
+}
+
+impl Runner {
+    /// The job's update-proof keys: loaded from the store, or made now for
+    /// `n_params` entries, stored, and the verifying key recorded on the
+    /// ledger. `None` when the job asks for no proofs.
+    pub(super) async fn update_proof_keys(
+        &self,
+        job: &JobRow,
+        spec: &JobSpec,
+        n_params: usize,
+    ) -> Result<Option<UpdateProofKeys>, RunError> {
+        if spec.proofs.update == UpdateProofs::Off {
+            return Ok(None);
+        }
+        let failed = |e: String| RunError::Failed(format!("update proofs: {e}"));
+        let grid = spec.update_grid().map_err(|e| failed(e.to_string()))?;
+        let stored = match (
+            self.store.get_object(&proving_key_key(&job.id)).await,
+            self.store.get_object(&verifying_key_key(&job.id)).await,
+        ) {
+            (Ok(pk), Ok(vk)) => Some((pk.to_vec(), vk.to_vec())),
+            _ => None,
+        };
+        let (pk_bytes, vk) = match stored {
+            Some((pk, vk)) => {
+                let vk = VerifyingKey::from_bytes(&vk)
+                    .map_err(|e| failed(format!("stored verifying key: {e}")))?;
+                (pk, vk)
+            }
+            None => {
+                tracing::info!(job = job.id, n_params, "making the job's update-proof keys");
+                let (pk, vk) = tokio::task::spawn_blocking(move || {
+                    cohort_proofs::keys::setup_update_norm(n_params)
+                })
+                .await
+                .map_err(|e| failed(e.to_string()))?
+                .map_err(|e| failed(e.to_string()))?;
+                let pk = pk.to_bytes();
+                // The verifying key's object is written last: a crash
+                // before it makes the next start set up again.
+                self.store
+                    .put_object(&proving_key_key(&job.id), pk.clone())
+                    .await?;
+                let record = Record::ProofSetup {
+                    job_id: job.id.clone(),
+                    statement: STATEMENT_UPDATE_NORM.into(),
+                    parameter_count: n_params as u64,
+                    verifying_key: hex::encode(vk.to_bytes()),
+                    verifying_key_sha256: vk.sha256(),
+                };
+                self.ledger.append(&self.store, record, |_| Ok(()))?;
+                self.store
+                    .put_object(&verifying_key_key(&job.id), vk.to_bytes())
+                    .await?;
+                (pk, vk)
+            }
+        };
+        if vk.len() != n_params {
+            return Err(failed(format!(
+                "the stored keys are for {} parameters, the model has {n_params}",
+                vk.len()
+            )));
+        }
+        Ok(Some(UpdateProofKeys {
+            task: UpdateProofTask {
+                statement: STATEMENT_UPDATE_NORM.into(),
+                grid,
+                parameter_count: n_params as u64,
+                proving_key_sha256: cohort_proofs::keys::digest(&pk_bytes),
+                verifying_key_sha256: vk.sha256(),
+            },
+            vk: Arc::new(vk),
+        }))
+    }
+}

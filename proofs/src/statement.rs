@@ -1,0 +1,162 @@
+//! Proving and checking statement 1 for one hospital's update in one round.
+
+use ark_bn254::{Bn254, Fr};
+use ark_groth16::Groth16;
+use ark_serialize::{CanonicalDeserialize, CanonicalSerialize};
+use serde::{Deserialize, Serialize};
+
+use crate::circuits::update_norm::UpdateNormCircuit;
+use crate::encoding::{ENTRY_BITS, FixedPoint, norm_sq};
+use crate::keys::{ProvingKey, VerifyingKey};
+use crate::{ProofError, hash};
+
+/// The statement's name in tasks, receipts and attestations.
+pub const STATEMENT_UPDATE_NORM: &str = "update-norm/v1";
+
+/// Compressed Groth16 proof on BN254: A (G1), B (G2), C (G1).
+pub const PROOF_BYTES: usize = 128;
+
+/// Who proves what, where: the public context of a proof.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Context {
+    pub job_id: String,
+    pub round: u32,
+    pub client: String,
+}
+
+impl Context {
+    /// The public inputs: job tag, round, client tag, bound, update hash.
+    pub fn public_inputs(&self, bound: u64, update_hash: Fr) -> [Fr; 5] {
+        [
+            hash::tag("cohort/proofs/job", &self.job_id),
+            Fr::from(u64::from(self.round)),
+            hash::tag("cohort/proofs/client", &self.client),
+            Fr::from(bound),
+            update_hash,
+        ]
+    }
+}
+
+/// What a FIT task asks of a hospital when the job requires update proofs
+/// (`TaskHeader.proofs_json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateProofTask {
+    pub statement: String,
+    pub grid: FixedPoint,
+    pub parameter_count: u64,
+    /// Hex SHA-256 of the proving key's bytes (fetched with
+    /// `HospitalService.GetProvingKey`).
+    pub proving_key_sha256: String,
+    /// Hex SHA-256 of the verifying key's bytes (on the ledger).
+    pub verifying_key_sha256: String,
+}
+
+/// A proof and the statement it claims.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpdateProof {
+    pub bound: u64,
+    pub update_hash: Fr,
+    pub proof: Vec<u8>,
+}
+
+/// Proves that `entries` is a well-formed update under `grid`'s bound.
+/// Refuses (without proving) a vector outside the bound or the entry
+/// range: Groth16 would otherwise emit a proof that merely fails to verify.
+pub fn prove_update(
+    pk: &ProvingKey,
+    context: &Context,
+    grid: &FixedPoint,
+    entries: &[i32],
+) -> Result<UpdateProof, ProofError> {
+    if entries.len() != pk.len {
+        return Err(ProofError::WrongLength {
+            expected: pk.len,
+            got: entries.len(),
+        });
+    }
+    let limit = 1i32 << (ENTRY_BITS - 1);
+    if let Some((i, u)) = entries
+        .iter()
+        .enumerate()
+        .find(|(_, u)| **u < -limit || **u >= limit)
+    {
+        return Err(ProofError::Refused(format!(
+            "entry {i} is {u}, outside the 16-bit range"
+        )));
+    }
+    let norm = norm_sq(entries);
+    if norm > u128::from(grid.bound).pow(2) {
+        return Err(ProofError::Refused(format!(
+            "‖u‖² = {norm} exceeds B² = {}",
+            u128::from(grid.bound).pow(2)
+        )));
+    }
+    let update_hash = hash::update_hash(entries);
+    let circuit = UpdateNormCircuit {
+        len: pk.len,
+        public: context.public_inputs(grid.bound, update_hash),
+        entries: Some(entries),
+    };
+    let proof = Groth16::<Bn254>::create_random_proof_with_reduction(
+        circuit,
+        &pk.inner,
+        &mut crate::ark_rng(),
+    )?;
+    let mut bytes = Vec::with_capacity(PROOF_BYTES);
+    proof
+        .serialize_compressed(&mut bytes)
+        .expect("serializing into a Vec cannot fail");
+    Ok(UpdateProof {
+        bound: grid.bound,
+        update_hash,
+        proof: bytes,
+    })
+}
+
+/// Parses untrusted proof bytes (points checked on the curve and in the
+/// subgroup).
+pub fn parse_proof(bytes: &[u8]) -> Result<ark_groth16::Proof<Bn254>, ProofError> {
+    if bytes.len() != PROOF_BYTES {
+        return Err(ProofError::MalformedProof(format!(
+            "{} bytes, a proof has {PROOF_BYTES}",
+            bytes.len()
+        )));
+    }
+    ark_groth16::Proof::<Bn254>::deserialize_compressed(bytes)
+        .map_err(|e| ProofError::MalformedProof(e.to_string()))
+}
+
+/// Checks a proof for `entries`-hash `update_hash` in `context` under
+/// `bound`.
+pub fn verify_update(
+    vk: &VerifyingKey,
+    context: &Context,
+    bound: u64,
+    update_hash: Fr,
+    proof: &[u8],
+) -> Result<(), ProofError> {
+    let proof = parse_proof(proof)?;
+    let pvk = ark_groth16::prepare_verifying_key(&vk.inner);
+    let inputs = context.public_inputs(bound, update_hash);
+    match Groth16::<Bn254>::verify_proof(&pvk, &proof, &inputs) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(ProofError::Invalid),
+        Err(e) => Err(ProofError::Synthesis(e.to_string())),
+    }
+}
+
+/// [`verify_update`] for a proof as the ledger records it (hex fields).
+pub fn verify_recorded(
+    vk: &VerifyingKey,
+    context: &Context,
+    bound: u64,
+    update_hash_hex: &str,
+    proof_hex: &str,
+) -> Result<(), ProofError> {
+    let update_hash = hash::from_hex(update_hash_hex)
+        .ok_or_else(|| ProofError::MalformedProof("update hash is not a field element".into()))?;
+    let proof =
+        hex::decode(proof_hex).map_err(|e| ProofError::MalformedProof(format!("hex: {e}")))?;
+    verify_update(vk, context, bound, update_hash, &proof)
+}

@@ -1,0 +1,448 @@
+//! Validators and round verification (issue 16): re-checking a round's
+//! update proofs from the ledger alone, signing attestations
+//! (`cohort validator`), and checking proofs and attestations together
+//! (`cohort verify round`).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use cohort_identity::{Kit, Role};
+use cohort_ledger::{ATTESTATION_CONTEXT, Entry, Record, Verdict, attestation_statement};
+use cohort_proofs::{Context, VerifyingKey};
+use cohort_protocol::Security;
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::developer::{self, Developer};
+
+/// `cohort verify round --json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoundCheck {
+    pub job_id: String,
+    pub round: u32,
+    pub proofs: Vec<ProofCheck>,
+    pub attestations: Vec<AttestationCheck>,
+    /// Hospitals whose update the round left out.
+    pub excluded: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProofCheck {
+    pub client: String,
+    pub valid: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AttestationCheck {
+    pub validator: String,
+    pub valid: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Entries of a ledger whose every signature and Merkle root checked out.
+pub fn checked_entries(contents: &cohort_coordinator::store::LedgerContents) -> Result<Vec<Entry>> {
+    let checkpoint = contents
+        .checkpoint
+        .as_ref()
+        .ok_or_else(|| anyhow!("the ledger has no signed checkpoint"))?;
+    cohort_ledger::audit(
+        &contents.leaves,
+        &checkpoint.note,
+        &checkpoint.key_name,
+        None,
+    )
+    .context("the ledger does not verify")?;
+    contents
+        .leaves
+        .iter()
+        .map(|leaf| Entry::from_leaf(leaf).map_err(|e| anyhow!("ledger entry: {e}")))
+        .collect()
+}
+
+/// The job's verifying key from its latest `proof_setup` entry, checked
+/// against the digest recorded beside it.
+fn verifying_key(entries: &[Entry], job_id: &str) -> Result<Option<VerifyingKey>> {
+    let Some((hex_key, digest)) = entries.iter().rev().find_map(|e| match &e.record {
+        Record::ProofSetup {
+            job_id: j,
+            verifying_key,
+            verifying_key_sha256,
+            ..
+        } if j == job_id => Some((verifying_key, verifying_key_sha256)),
+        _ => None,
+    }) else {
+        return Ok(None);
+    };
+    let bytes = hex::decode(hex_key).context("the recorded verifying key is not hex")?;
+    if cohort_proofs::keys::digest(&bytes) != *digest {
+        bail!("the recorded verifying key does not match its recorded SHA-256");
+    }
+    Ok(Some(
+        VerifyingKey::from_bytes(&bytes).context("the recorded verifying key")?,
+    ))
+}
+
+/// Re-checks every proof of `(job_id, round)` with this code and the
+/// ledger's verifying key: one verdict per aggregated update.
+pub fn verdicts(
+    entries: &[Entry],
+    job_id: &str,
+    round: u32,
+) -> Result<(Vec<Verdict>, Vec<String>, Vec<Option<String>>)> {
+    let (updates, excluded) = entries
+        .iter()
+        .find_map(|e| match &e.record {
+            Record::RoundCompleted {
+                job_id: j,
+                round: r,
+                updates,
+                excluded,
+                ..
+            } if j == job_id && *r == round => Some((updates, excluded)),
+            _ => None,
+        })
+        .ok_or_else(|| anyhow!("the ledger records no round {round} of job `{job_id}`"))?;
+    let vk = verifying_key(entries, job_id)?;
+    let mut verdicts = Vec::new();
+    let mut reasons = Vec::new();
+    for update in updates {
+        let context = Context {
+            job_id: job_id.to_string(),
+            round,
+            client: update.client.clone(),
+        };
+        let outcome = match (&vk, &update.proof) {
+            (_, None) => Err("aggregated without a proof".to_string()),
+            (None, Some(_)) => Err("the job has no verifying key on the ledger".to_string()),
+            (Some(vk), Some(p)) => {
+                cohort_proofs::verify_recorded(vk, &context, p.bound, &p.update_hash, &p.proof)
+                    .map_err(|e| e.to_string())
+            }
+        };
+        verdicts.push(Verdict {
+            client: update.client.clone(),
+            statement: update
+                .proof
+                .as_ref()
+                .map(|p| p.statement.clone())
+                .unwrap_or_else(|| cohort_proofs::STATEMENT_UPDATE_NORM.to_string()),
+            valid: outcome.is_ok(),
+        });
+        reasons.push(outcome.err());
+    }
+    let excluded = excluded.iter().map(|e| e.client.clone()).collect();
+    Ok((verdicts, excluded, reasons))
+}
+
+/// Proofs and attestations of one round, from a checked ledger. An
+/// attestation counts as valid when its certificate is a validator's from
+/// this consortium (with `kit`), its signature verifies, and its verdicts
+/// agree with this machine's own.
+pub fn check_round(
+    entries: &[Entry],
+    job_id: &str,
+    round: u32,
+    kit: Option<&Kit>,
+) -> Result<RoundCheck> {
+    let (verdicts, excluded, reasons) = verdicts(entries, job_id, round)?;
+    let proofs = verdicts
+        .iter()
+        .zip(reasons)
+        .map(|(v, reason)| ProofCheck {
+            client: v.client.clone(),
+            valid: v.valid,
+            reason,
+        })
+        .collect();
+    let attestations = entries
+        .iter()
+        .filter_map(|e| match &e.record {
+            Record::Attestation {
+                job_id: j,
+                round: r,
+                validator,
+                verdicts: claimed,
+                validator_certificate,
+                validator_signature,
+            } if j == job_id && *r == round => {
+                let outcome = check_attestation(
+                    kit,
+                    (job_id, round, validator, claimed),
+                    validator_certificate,
+                    validator_signature,
+                    &verdicts,
+                );
+                Some(AttestationCheck {
+                    validator: validator.clone(),
+                    valid: outcome.is_ok(),
+                    reason: outcome.err(),
+                })
+            }
+            _ => None,
+        })
+        .collect();
+    Ok(RoundCheck {
+        job_id: job_id.to_string(),
+        round,
+        proofs,
+        attestations,
+        excluded,
+    })
+}
+
+fn check_attestation(
+    kit: Option<&Kit>,
+    (job_id, round, validator, claimed): (&str, u32, &str, &[Verdict]),
+    certificate_hex: &str,
+    signature_hex: &str,
+    ours: &[Verdict],
+) -> Result<(), String> {
+    let der = hex::decode(certificate_hex).map_err(|e| format!("certificate: {e}"))?;
+    let principal = match kit {
+        Some(kit) => kit.verify_member(&der),
+        None => cohort_identity::Principal::from_certificate(&der),
+    }
+    .map_err(|e| format!("certificate: {e}"))?;
+    if principal.role != Role::Validator || principal.name != validator {
+        return Err(format!(
+            "the certificate names {} `{}`, not validator `{validator}`",
+            principal.role, principal.name
+        ));
+    }
+    let signature = hex::decode(signature_hex).map_err(|e| format!("signature: {e}"))?;
+    principal
+        .signing_key
+        .verify(
+            ATTESTATION_CONTEXT,
+            &attestation_statement(job_id, round, validator, claimed),
+            &signature,
+        )
+        .map_err(|e| e.to_string())?;
+    if claimed != ours {
+        return Err("its verdicts disagree with this machine's check of the proofs".into());
+    }
+    Ok(())
+}
+
+/// `cohort verify round`: fetches and checks the ledger, then the round.
+pub async fn verify_round(
+    url: &str,
+    security: &Security,
+    job_id: &str,
+    round: u32,
+) -> Result<RoundCheck> {
+    let mut dev = developer::connect(url, security).await?;
+    let contents = crate::audit::fetch_ledger(&mut dev).await?;
+    let entries = checked_entries(&contents)?;
+    check_round(&entries, job_id, round, security.kit())
+}
+
+/// One pass of a validator: attests every recorded round with proofs that
+/// it has not attested yet; returns how many it attested.
+pub async fn attest_pending(dev: &mut Developer, kit: &Kit) -> Result<usize> {
+    let contents = crate::audit::fetch_ledger(dev).await?;
+    let entries = checked_entries(&contents)?;
+    let me = &kit.principal.name;
+    let done: BTreeSet<(String, u32)> = entries
+        .iter()
+        .filter_map(|e| match &e.record {
+            Record::Attestation {
+                job_id,
+                round,
+                validator,
+                ..
+            } if validator == me => Some((job_id.clone(), *round)),
+            _ => None,
+        })
+        .collect();
+    let pending: Vec<(String, u32)> = entries
+        .iter()
+        .filter_map(|e| match &e.record {
+            Record::RoundCompleted {
+                job_id,
+                round,
+                updates,
+                ..
+            } if *round > 0
+                && updates.iter().any(|u| u.proof.is_some())
+                && !done.contains(&(job_id.clone(), *round)) =>
+            {
+                Some((job_id.clone(), *round))
+            }
+            _ => None,
+        })
+        .collect();
+    let mut attested = 0;
+    for (job_id, round) in pending {
+        let (verdicts, _, reasons) = verdicts(&entries, &job_id, round)?;
+        for (v, reason) in verdicts.iter().zip(&reasons) {
+            if let Some(reason) = reason {
+                warn!(
+                    job = job_id,
+                    round,
+                    client = v.client,
+                    "proof INVALID: {reason}"
+                );
+            }
+        }
+        let statement = attestation_statement(&job_id, round, me, &verdicts);
+        let signature = kit
+            .signing_key
+            .sign(ATTESTATION_CONTEXT, &statement)
+            .map_err(|e| anyhow!("signing the attestation: {e}"))?;
+        let reply = dev
+            .submit_attestation(cohort_protocol::v1::SubmitAttestationRequest {
+                job_id: job_id.clone(),
+                round,
+                verdicts_json: serde_json::to_string(&verdicts)?,
+                signature,
+            })
+            .await
+            .map_err(|s| anyhow!("the coordinator refused the attestation: {}", s.message()))?
+            .into_inner();
+        info!(
+            job = job_id,
+            round,
+            proofs = verdicts.len(),
+            valid = verdicts.iter().filter(|v| v.valid).count(),
+            ledger_index = reply.ledger_index,
+            "round attested"
+        );
+        attested += 1;
+    }
+    Ok(attested)
+}
+
+/// `cohort validator`: attests finished rounds as they are recorded, every
+/// `interval`, until stopped (or after one pass with `once`).
+pub async fn run(url: &str, security: &Security, interval: Duration, once: bool) -> Result<()> {
+    let kit = security
+        .kit()
+        .ok_or_else(|| anyhow!("a validator is known by its certificate: pass --tls KIT"))?;
+    if kit.principal.role != Role::Validator {
+        bail!(
+            "the kit in {} is a {}'s; `cohort validator` needs a validator kit \
+             (`cohort ca issue --role validator --name NAME`)",
+            kit.dir.display(),
+            kit.principal.role
+        );
+    }
+    loop {
+        let pass = async {
+            let mut dev = developer::connect(url, security).await?;
+            attest_pending(&mut dev, kit).await
+        }
+        .await;
+        match pass {
+            Ok(n) if n > 0 => info!(rounds = n, "attestations appended to the ledger"),
+            Ok(_) => {}
+            Err(e) if once => return Err(e),
+            Err(e) => warn!("validation pass failed: {e:#}; retrying"),
+        }
+        if once {
+            return Ok(());
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// Prints a [`RoundCheck`]: the JSON that scripts read, or one line per
+/// proof and attestation. Fails (after printing) when anything is invalid.
+pub fn print_round(check: &RoundCheck, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(check)?);
+    } else {
+        println!("job {} round {}", check.job_id, check.round);
+        for p in &check.proofs {
+            let verdict = if p.valid { "valid" } else { "INVALID" };
+            println!(
+                "  proof of {:<24} {verdict} {}",
+                p.client,
+                p.reason.as_deref().unwrap_or("")
+            );
+        }
+        for a in &check.attestations {
+            let verdict = if a.valid { "valid" } else { "INVALID" };
+            println!(
+                "  attestation by {:<18} {verdict} {}",
+                a.validator,
+                a.reason.as_deref().unwrap_or("")
+            );
+        }
+        for e in &check.excluded {
+            println!("  excluded: {e}");
+        }
+    }
+    let bad = check.proofs.iter().filter(|p| !p.valid).count()
+        + check.attestations.iter().filter(|a| !a.valid).count();
+    if bad > 0 {
+        bail!(
+            "{bad} proofs or attestations of round {} did not verify",
+            check.round
+        );
+    }
+    Ok(())
+}
+
+/// `cohort proof export`: one hospital's proof of a round, from the
+/// checked ledger, in `format` (only `snarkjs`).
+pub async fn export(
+    url: &str,
+    security: &Security,
+    (job_id, round, client): (&str, u32, &str),
+    format: &str,
+    out: &std::path::Path,
+) -> Result<()> {
+    if format != "snarkjs" {
+        bail!("unknown proof format `{format}` (expected snarkjs)");
+    }
+    let mut dev = developer::connect(url, security).await?;
+    let contents = crate::audit::fetch_ledger(&mut dev).await?;
+    let entries = checked_entries(&contents)?;
+    let record = entries
+        .iter()
+        .find_map(|e| match &e.record {
+            Record::RoundCompleted {
+                job_id: j,
+                round: r,
+                updates,
+                ..
+            } if j == job_id && *r == round => Some(updates),
+            _ => None,
+        })
+        .ok_or_else(|| anyhow!("the ledger records no round {round} of job `{job_id}`"))?
+        .iter()
+        .find(|u| u.client == client)
+        .ok_or_else(|| {
+            anyhow!("round {round} of job `{job_id}` aggregated no update of `{client}`")
+        })?
+        .proof
+        .clone()
+        .ok_or_else(|| anyhow!("`{client}`'s update in round {round} carries no proof"))?;
+    let vk = verifying_key(&entries, job_id)?
+        .ok_or_else(|| anyhow!("job `{job_id}` has no verifying key on the ledger"))?;
+    let context = Context {
+        job_id: job_id.to_string(),
+        round,
+        client: client.to_string(),
+    };
+    let files = cohort_proofs::snarkjs::export(
+        &vk,
+        &context,
+        record.bound,
+        &record.update_hash,
+        &record.proof,
+    )
+    .map_err(|e| anyhow!("{e}"))?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    for (name, text) in files {
+        let path = out.join(name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        println!("{}", path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,356 @@
+//! Update proofs end to end (`[proofs] update = "norm"`): a coordinator and
+//! hospitals in this process over mutual TLS on loopback. Misbehaving
+//! drill clients (`--misbehave`) are excluded with the reason on record,
+//! and the job completes with the honest ones. A validator process (the
+//! `cohort` binary) attests the rounds, `cohort verify round` re-checks
+//! them, and snarkjs (scripts/snarkjs, pinned) verifies an exported proof
+//! and rejects a tampered one.
+//!
+//! snarkjs needs node and npm: without them that part skips with a
+//! message, unless `COHORT_REQUIRE_SNARKJS` is set (CI sets it).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use cohort::developer::{self, JobView};
+use cohort::local::{LocalFederation, LocalHospital};
+use cohort_client::ClientOptions;
+use cohort_client::misbehave::Misbehave;
+use common::*;
+
+const PROOFS: &str = "\n[proofs]\nupdate = \"norm\"\nclip = 4.0\n";
+
+fn hospitals(dir: &Path, misbehave: &[Option<Misbehave>]) -> Vec<LocalHospital> {
+    let csv = dir.join("oncology.csv");
+    synthetic_oncology_csv(&csv, 900, 17);
+    let files = split(&csv, &dir.join("parts"), misbehave.len(), 5);
+    misbehave
+        .iter()
+        .enumerate()
+        .map(|(i, m)| LocalHospital {
+            name: format!("hospital-{i}"),
+            data: files[i].clone(),
+            options: ClientOptions {
+                misbehave: *m,
+                ..Default::default()
+            },
+        })
+        .collect()
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_cohort");
+
+async fn run_job(dir: &Path, hospitals: &[LocalHospital], job_toml: &str) -> JobView {
+    let federation = LocalFederation::start(dir, hospitals, true, Duration::from_secs(1))
+        .await
+        .unwrap();
+    let view = run_on(&federation, hospitals.len(), job_toml).await;
+    federation.shutdown().await;
+    view
+}
+
+async fn run_on(federation: &LocalFederation, hospitals: usize, job_toml: &str) -> JobView {
+    let mut dev = federation.developer().await.unwrap();
+    for _ in 0..300 {
+        let clients = dev
+            .list_clients(cohort_protocol::v1::ListClientsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .clients;
+        if clients.iter().filter(|c| c.connected).count() == hospitals {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let id = developer::submit(&mut dev, job_toml).await.unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(300),
+        developer::wait(&mut dev, &id, false),
+    )
+    .await
+    .expect("job did not finish in time")
+    .unwrap()
+}
+
+fn job(n: u32, min_clients: u32) -> String {
+    oncology_job(2, n)
+        .replace(
+            &format!("min_clients = {n}"),
+            &format!("min_clients = {min_clients}"),
+        )
+        .replace("round_timeout_secs = 60", "round_timeout_secs = 20")
+        + PROOFS
+}
+
+/// Every accepted update carries a checked proof; `excluded` names exactly
+/// `cheaters` with a reason containing `why`.
+fn assert_excluded(view: &JobView, cheaters: &[(&str, &str)]) {
+    assert_eq!(view.state, "completed", "{view:#?}");
+    assert_eq!(view.rounds.len(), 2);
+    for round in &view.rounds {
+        for update in &round.updates {
+            let proof = update.proof.as_ref().unwrap_or_else(|| {
+                panic!(
+                    "round {}: {} aggregated without a proof",
+                    round.round, update.client
+                )
+            });
+            assert_eq!(proof.statement, "update-norm/v1");
+            assert_eq!(proof.proof.len(), 256);
+        }
+        let mut excluded: Vec<&str> = round.excluded.iter().map(|e| e.client.as_str()).collect();
+        excluded.sort();
+        let mut expected: Vec<&str> = cheaters.iter().map(|(c, _)| *c).collect();
+        expected.sort();
+        assert_eq!(
+            excluded, expected,
+            "round {}: {:#?}",
+            round.round, round.excluded
+        );
+        for (client, why) in cheaters {
+            assert!(!round.participants.iter().any(|p| p == client));
+            let reason = &round
+                .excluded
+                .iter()
+                .find(|e| e.client == *client)
+                .unwrap()
+                .reason;
+            assert!(reason.contains(why), "{client}: {reason}");
+        }
+    }
+}
+
+/// Runs the `cohort` binary; returns (success, stdout, stderr).
+fn cohort(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_boosted_update_is_excluded_and_validators_attest_the_rounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let hospitals = hospitals(dir.path(), &[None, None, Some(Misbehave::Boost(10.0))]);
+    let federation = LocalFederation::start(dir.path(), &hospitals, true, Duration::from_secs(1))
+        .await
+        .unwrap();
+    let job_toml = job(3, 2) + "min_validators = 1\n";
+    let view = run_on(&federation, 3, &job_toml).await;
+    // The honest update's proof does not match the boosted update.
+    assert_excluded(&view, &[("hospital-2", "update proof rejected")]);
+    assert!(view.rounds.iter().all(|r| r.participants.len() == 2));
+
+    // Not published before a validator attested the round.
+    let mut dev = federation.developer().await.unwrap();
+    let out = dir.path().join("model");
+    let early = developer::download_model(&mut dev, &view.job_id, None, &out)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(early.contains("not published yet"), "{early}");
+
+    // A validator process: its own kit, from the consortium CA.
+    let pki = dir.path().join("pki");
+    let mut ca = cohort_identity::CertificateAuthority::open(&pki.join("ca")).unwrap();
+    let issue = |ca: &mut cohort_identity::CertificateAuthority, role, name: &str| {
+        ca.issue(
+            &cohort_identity::IssueRequest::for_days(role, name, 30),
+            &pki.join(name),
+        )
+        .unwrap();
+        pki.join(name).to_string_lossy().into_owned()
+    };
+    let validator = issue(&mut ca, cohort_identity::Role::Validator, "validator-1");
+    let url = federation.url.clone();
+    let (ok, _, err) = cohort(&[
+        "validator",
+        "--tls",
+        &validator,
+        "--coordinator",
+        &url,
+        "--once",
+    ]);
+    assert!(ok, "{err}");
+    // A second pass attests nothing new.
+    let (ok, _, err) = cohort(&[
+        "validator",
+        "--tls",
+        &validator,
+        "--coordinator",
+        &url,
+        "--once",
+    ]);
+    assert!(ok, "{err}");
+    // A hospital's kit is not a validator's.
+    let hospital_kit = pki.join("hospital-0").to_string_lossy().into_owned();
+    let (ok, _, err) = cohort(&[
+        "validator",
+        "--tls",
+        &hospital_kit,
+        "--coordinator",
+        &url,
+        "--once",
+    ]);
+    assert!(!ok && err.contains("validator"), "{err}");
+
+    developer::download_model(&mut dev, &view.job_id, None, &out)
+        .await
+        .expect("published once attested");
+
+    // Anyone re-checks the proofs and the attestations.
+    for round in ["1", "2"] {
+        let (ok, stdout, err) = cohort(&[
+            "verify",
+            "round",
+            &view.job_id,
+            round,
+            "--tls",
+            &validator,
+            "--coordinator",
+            &url,
+            "--json",
+        ]);
+        assert!(ok, "{err}\n{stdout}");
+        let check: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        let proofs = check["proofs"].as_array().unwrap();
+        assert_eq!(proofs.len(), 2);
+        assert!(proofs.iter().all(|p| p["valid"] == true), "{stdout}");
+        let attestations = check["attestations"].as_array().unwrap();
+        assert_eq!(attestations.len(), 1, "{stdout}");
+        assert_eq!(attestations[0]["validator"], "validator-1");
+        assert_eq!(attestations[0]["valid"], true);
+        assert_eq!(check["excluded"], serde_json::json!(["hospital-2"]));
+    }
+
+    // snarkjs, which nobody here wrote, accepts an exported proof and
+    // rejects it with a tampered public input or proof.
+    let export = dir.path().join("export");
+    let export_text = export.to_string_lossy().into_owned();
+    let (ok, _, err) = cohort(&[
+        "proof",
+        "export",
+        &view.job_id,
+        "1",
+        "hospital-0",
+        "--format",
+        "snarkjs",
+        "--out",
+        &export_text,
+        "--tls",
+        &validator,
+        "--coordinator",
+        &url,
+    ]);
+    assert!(ok, "{err}");
+    federation.shutdown().await;
+    if let Some(snarkjs) = snarkjs() {
+        assert!(
+            snarkjs_verifies(&snarkjs, &export),
+            "snarkjs rejected a real proof"
+        );
+        let public = export.join("public.json");
+        let text = std::fs::read_to_string(&public).unwrap();
+        let mut signals: Vec<String> = serde_json::from_str(&text).unwrap();
+        signals[1] = "2".into(); // round 1 → 2: a replay in another round
+        std::fs::write(&public, serde_json::to_string(&signals).unwrap()).unwrap();
+        assert!(
+            !snarkjs_verifies(&snarkjs, &export),
+            "snarkjs accepted a replayed proof"
+        );
+        std::fs::write(&public, text).unwrap();
+        let proof_file = export.join("proof.json");
+        let mut proof: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&proof_file).unwrap()).unwrap();
+        proof["pi_a"] = proof["pi_c"].clone();
+        std::fs::write(&proof_file, proof.to_string()).unwrap();
+        assert!(
+            !snarkjs_verifies(&snarkjs, &export),
+            "snarkjs accepted a tampered proof"
+        );
+    }
+}
+
+/// scripts/snarkjs's pinned snarkjs, installed on first use, or `None`
+/// (skip) when node or npm is missing and `COHORT_REQUIRE_SNARKJS` is unset.
+fn snarkjs() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/snarkjs");
+    let have = |tool: &str| {
+        Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !(have("node") && have("npm")) {
+        assert!(
+            std::env::var_os("COHORT_REQUIRE_SNARKJS").is_none(),
+            "COHORT_REQUIRE_SNARKJS is set but node or npm is missing"
+        );
+        eprintln!("node or npm not found: skipping the snarkjs check");
+        return None;
+    }
+    let bin = dir.join("node_modules/.bin/snarkjs");
+    if !bin.exists() {
+        let out = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "npm ci in scripts/snarkjs failed: {out:?}"
+        );
+    }
+    Some(bin)
+}
+
+fn snarkjs_verifies(snarkjs: &Path, dir: &Path) -> bool {
+    let out = Command::new(snarkjs)
+        .args(["groth16", "verify"])
+        .args(["verification_key.json", "public.json", "proof.json"].map(|f| dir.join(f)))
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let ok = text.contains("OK!");
+    assert!(
+        ok || text.contains("Invalid proof"),
+        "unexpected snarkjs output: {text}"
+    );
+    ok && out.status.success()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forged_and_overbound_proofs_are_excluded_and_a_free_rider_proves_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let hospitals = hospitals(
+        dir.path(),
+        &[
+            None,
+            None,
+            Some(Misbehave::Forge),
+            Some(Misbehave::Overbound(1000.0)),
+            Some(Misbehave::Freeride),
+        ],
+    );
+    let view = run_job(dir.path(), &hospitals, &job(5, 2)).await;
+    assert_excluded(
+        &view,
+        &[
+            ("hospital-2", "update proof rejected"),
+            // The prover refused; the drill sent its update without one.
+            ("hospital-3", "no proof"),
+        ],
+    );
+    // A zero update is well formed: its proof is valid (finding free
+    // riders is the valuation's job, not this statement's).
+    for round in &view.rounds {
+        assert!(round.participants.iter().any(|p| p == "hospital-4"));
+    }
+}
