@@ -1,7 +1,9 @@
 //! `cohort client --misbehave MODE`: a testing aid for tests and for
 //! consortia drilling their coordinator and validators. A hospital never
 //! runs this in production; every mode makes the client send something an
-//! honest client would not.
+//! honest client would not. `boost`, `overbound` and `forge` act on plain
+//! updates (with or without proofs); under secure or homomorphic
+//! aggregation only `freeride` changes what is sent.
 
 /// How a drill client misbehaves in FIT tasks.
 #[derive(Debug, Clone, Copy, PartialEq)]
