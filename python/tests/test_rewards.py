@@ -60,7 +60,7 @@ def test_rewards_add_up_to_each_rounds_halving_emission(valued, tmp_path):
     assert [r["height"] for r in rounds] == list(range(ROUNDS))
     assert [r["emission"] for r in rounds] == [INITIAL >> (h // HALVING) for h in range(ROUNDS)]
     for r in rounds:
-        assert r["method"] == "exact" and r["utility_evaluations"] == 2**3
+        assert r["method"] == "exact-shapley" and r["utility_evaluations"] == 2**3
         assert sorted(h["name"] for h in r["hospitals"]) == sorted(demo.hospitals)
         # Exactly the round's emission, in whole base units.
         assert sum(h["reward"] for h in r["hospitals"]) == r["emission"]
