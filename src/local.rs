@@ -45,6 +45,19 @@ impl LocalFederation {
         tls: bool,
         poll_timeout: Duration,
     ) -> Result<Self> {
+        Self::start_with_rewards(workdir, hospitals, tls, poll_timeout, Default::default()).await
+    }
+
+    /// [`LocalFederation::start`] with the coordinator paying `[valuation]`
+    /// jobs on `rewards`' schedule (a short halving interval shows halvings
+    /// within one demo job).
+    pub async fn start_with_rewards(
+        workdir: &Path,
+        hospitals: &[LocalHospital],
+        tls: bool,
+        poll_timeout: Duration,
+        rewards: cohort_coordinator::rewards::RewardsConfig,
+    ) -> Result<Self> {
         let pki = if tls {
             let names: Vec<String> = hospitals.iter().map(|h| h.name.clone()).collect();
             Some(LocalConsortium::provision(
@@ -61,6 +74,7 @@ impl LocalFederation {
         let mut config = CoordinatorConfig::new(workdir.join("coordinator"));
         config.poll_timeout = poll_timeout;
         config.tls = pki.as_ref().map(LocalConsortium::coordinator_tls);
+        config.rewards = rewards;
         let coordinator = Coordinator::open(&config)?;
         let (stop, stop_rx) = watch::channel(false);
         let server = tokio::spawn({

@@ -28,6 +28,8 @@ pub struct SandboxOptions {
     pub tls: bool,
     /// Options every hospital's client runs with (budget, policy).
     pub client: cohort_client::ClientOptions,
+    /// The coordinator's emission schedule for `[valuation]` jobs.
+    pub rewards: cohort_coordinator::rewards::RewardsConfig,
 }
 
 impl Default for SandboxOptions {
@@ -39,6 +41,7 @@ impl Default for SandboxOptions {
             seed: 42,
             tls: true,
             client: Default::default(),
+            rewards: Default::default(),
         }
     }
 }
@@ -110,8 +113,14 @@ impl Sandbox {
         let mut spec = JobSpec::from_toml(crate::DEMO_JOB)?;
         spec.training.min_clients = opts.hospitals as u32;
         spec.training.clients_per_round = opts.hospitals as u32;
-        let federation =
-            LocalFederation::start(&workdir, &locals, opts.tls, Duration::from_secs(2)).await?;
+        let federation = LocalFederation::start_with_rewards(
+            &workdir,
+            &locals,
+            opts.tls,
+            Duration::from_secs(2),
+            opts.rewards,
+        )
+        .await?;
         let pki = workdir.join("pki");
         Ok(Self {
             info: SandboxInfo {

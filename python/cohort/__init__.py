@@ -37,6 +37,8 @@ __all__ = [
     "verify_model",
     "verify_ledger",
     "ledger_entries",
+    "rewards_frame",
+    "plot_rewards",
     "inclusion_proof",
     "export_onnx",
     "demo_job",
@@ -127,14 +129,34 @@ class Coordinator:
                 raise TimeoutError(f"job {job} is still {view['state']} after {timeout} s; it keeps running")
             time.sleep(poll)
 
-    def metrics(self, job: str) -> "polars.DataFrame":  # noqa: F821
+    def metrics(self, job: str, rewards: bool = False) -> "polars.DataFrame":  # noqa: F821
         """One row per round and hospital: the round's federated evaluation
         (loss, accuracy, auc over every hospital's validation rows), the
         round's timing, and what the hospital contributed: its training
         examples and, under DP, the ε it had spent by then. Validation
         metrics are released only as that aggregate (docs/JOBS.md), so they
-        repeat across a round's rows. ``.to_pandas()`` converts it."""
-        return metrics_frame(self.status(job))
+        repeat across a round's rows. ``.to_pandas()`` converts it.
+
+        With ``rewards`` (a job with ``[valuation]``), adds each hospital's
+        ``value`` and ``reward`` in that round, read from the verified ledger
+        (:meth:`rewards`); rounds not yet paid have nulls there."""
+        frame = metrics_frame(self.status(job))
+        if not rewards:
+            return frame
+        paid = rewards_frame(self.rewards(job)).select("round", "hospital", "value", "reward")
+        return frame.join(paid, on=["round", "hospital"], how="left")
+
+    def rewards(self, job: Optional[str] = None, plot: Optional[PathLike] = None) -> Dict[str, Any]:
+        """Contribution values and halving rewards of ``[valuation]`` jobs
+        (all, or ``job``'s), read from the coordinator's ledger after its
+        signatures and Merkle root check out, exactly as ``cohort rewards
+        show --json`` prints them: ``emitted`` (base units), per-hospital
+        totals in ``hospitals``, and ``rounds`` (height, emission, method,
+        each hospital's value, cumulative value and reward). ``plot`` also
+        writes the per-round values and rewards as SVG. A job without paid
+        rounds raises :class:`CohortError`. :func:`rewards_frame` makes it a
+        DataFrame."""
+        return json.loads(self._native.rewards(job, _path(plot)))
 
     def model(self, job: str, out: Optional[PathLike] = None, round: Optional[int] = None) -> Path:
         """Downloads the job's model (latest round, or ``round``) with its
@@ -209,6 +231,74 @@ def metrics_frame(view: Mapping[str, Any]) -> "polars.DataFrame":  # noqa: F821
         "slowest_fit_secs": pl.Float64,
     }
     return pl.DataFrame(rows, schema=schema, orient="row") if rows else pl.DataFrame(schema=schema)
+
+
+def rewards_frame(report: Mapping[str, Any]) -> "polars.DataFrame":  # noqa: F821
+    """One row per paid round and hospital from :meth:`Coordinator.rewards`:
+    ``job_id``, ``round``, ``height`` (the consortium's rewarded-round
+    counter the halving schedule runs on), ``emission``, ``method``,
+    ``hospital``, ``value``, ``cumulative_value``, ``reward`` (base units)."""
+    import polars as pl
+
+    rows = [
+        {
+            "job_id": r["job_id"],
+            "round": r["round"],
+            "height": r["height"],
+            "emission": r["emission"],
+            "method": r["method"],
+            "hospital": h["name"],
+            "value": h["value"],
+            "cumulative_value": h["cumulative_value"],
+            "reward": h["reward"],
+        }
+        for r in report.get("rounds") or []
+        for h in r["hospitals"]
+    ]
+    schema = {
+        "job_id": pl.Utf8,
+        "round": pl.UInt32,
+        "height": pl.UInt64,
+        "emission": pl.UInt64,
+        "method": pl.Utf8,
+        "hospital": pl.Utf8,
+        "value": pl.Float64,
+        "cumulative_value": pl.Float64,
+        "reward": pl.UInt64,
+    }
+    return pl.DataFrame(rows, schema=schema, orient="row") if rows else pl.DataFrame(schema=schema)
+
+
+def plot_rewards(report: Mapping[str, Any], axes: Any = None) -> Any:
+    """Matplotlib figure of :meth:`Coordinator.rewards`: each hospital's
+    value per round, reward per round and cumulative reward, one line per
+    hospital (rounds in payout order). Draws into ``axes`` (three Axes) when
+    given; returns the figure."""
+    import matplotlib.pyplot as plt
+
+    import polars as pl
+
+    frame = rewards_frame(report)
+    order = frame.select("job_id", "round").unique(maintain_order=True).with_row_index("paid")
+    frame = frame.join(order, on=["job_id", "round"]).sort("paid").with_columns(
+        pl.col("reward").cum_sum().over("hospital").alias("cumulative_reward")
+    )
+    if axes is None:
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    else:
+        fig = axes[0].figure
+    for name in sorted(frame["hospital"].unique().to_list()):
+        rows = frame.filter(pl.col("hospital") == name)
+        x = (rows["paid"] + 1).to_list()
+        for ax, column in zip(axes, ("value", "reward", "cumulative_reward")):
+            ax.plot(x, rows[column].to_list(), marker="o", label=name)
+    for ax, title in zip(axes, ("value per round", "reward per round (base units)", "cumulative reward (base units)")):
+        ax.set_title(title)
+        ax.set_xlabel("paid round")
+    axes[0].axhline(0.0, color="grey", linewidth=0.8, linestyle="--")
+    axes[0].legend()
+    fig.tight_layout()
+    return fig
 
 
 def evaluate(model: PathLike, data: PathLike) -> Dict[str, Any]:
@@ -316,8 +406,12 @@ class Demo:
         workdir: Optional[PathLike] = None,
         max_epsilon: Optional[float] = None,
         delta: float = 1e-5,
+        emission_initial: Optional[int] = None,
+        emission_halving: Optional[int] = None,
     ) -> None:
-        self._native = _native.Sandbox(hospitals, seed, alpha, tls, _path(workdir), max_epsilon, delta)
+        self._native = _native.Sandbox(
+            hospitals, seed, alpha, tls, _path(workdir), max_epsilon, delta, emission_initial, emission_halving
+        )
         info = json.loads(self._native.info)
         self.url: str = info["url"]
         self.workdir = Path(info["workdir"])
@@ -377,8 +471,24 @@ def demo(
     workdir: Optional[PathLike] = None,
     max_epsilon: Optional[float] = None,
     delta: float = 1e-5,
+    emission_initial: Optional[int] = None,
+    emission_halving: Optional[int] = None,
 ) -> Demo:
     """Starts a throwaway local consortium (see :class:`Demo`). With
     ``max_epsilon``, every hospital's client enforces that total
-    differential-privacy budget (at ``delta``) across jobs."""
-    return Demo(hospitals=hospitals, seed=seed, alpha=alpha, tls=tls, workdir=workdir, max_epsilon=max_epsilon, delta=delta)
+    differential-privacy budget (at ``delta``) across jobs.
+    ``emission_initial`` base units per rewarded round, halving every
+    ``emission_halving`` rewarded rounds, is the coordinator's reward
+    schedule for ``[valuation]`` jobs (default: Bitcoin's, 5·10^9 halving
+    every 210,000, like ``cohort coordinator``)."""
+    return Demo(
+        hospitals=hospitals,
+        seed=seed,
+        alpha=alpha,
+        tls=tls,
+        workdir=workdir,
+        max_epsilon=max_epsilon,
+        delta=delta,
+        emission_initial=emission_initial,
+        emission_halving=emission_halving,
+    )

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use cohort::{audit, developer, jobs, models, pki, sandbox};
+use cohort::{audit, developer, jobs, models, pki, rewards, sandbox};
 use cohort_identity::Role;
 use cohort_protocol::Security;
 use pyo3::exceptions::PyException;
@@ -204,6 +204,33 @@ impl Coordinator {
         })?;
         to_json(&verified)
     }
+
+    /// Contribution values and rewards from the coordinator's verified
+    /// ledger (`cohort rewards show --json`), optionally one job's and
+    /// with the per-round SVG plot written to `plot`, as JSON.
+    #[pyo3(signature = (job_id=None, plot=None))]
+    fn rewards(
+        &self,
+        py: Python<'_>,
+        job_id: Option<String>,
+        plot: Option<PathBuf>,
+    ) -> PyResult<String> {
+        let source = audit::LedgerSource::Coordinator {
+            url: self.url.clone(),
+            security: self.security.clone(),
+        };
+        let options = rewards::ShowOptions {
+            job: job_id,
+            plot,
+            price_csv: None,
+            price_unit: 1,
+        };
+        let shown = block_on(
+            py,
+            async move { rewards::show_from(&source, &options).await },
+        )?;
+        to_json(&shown)
+    }
 }
 
 /// A throwaway consortium running in this process (`cohort.demo()`).
@@ -216,7 +243,7 @@ struct Sandbox {
 #[pymethods]
 impl Sandbox {
     #[new]
-    #[pyo3(signature = (hospitals=3, seed=42, alpha=5.0, tls=true, workdir=None, max_epsilon=None, delta=1e-5))]
+    #[pyo3(signature = (hospitals=3, seed=42, alpha=5.0, tls=true, workdir=None, max_epsilon=None, delta=1e-5, emission_initial=None, emission_halving=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -227,7 +254,16 @@ impl Sandbox {
         workdir: Option<PathBuf>,
         max_epsilon: Option<f64>,
         delta: f64,
+        emission_initial: Option<u64>,
+        emission_halving: Option<u64>,
     ) -> PyResult<Self> {
+        let bitcoin = cohort_coordinator::rewards::EmissionSchedule::BITCOIN;
+        let rewards = cohort_coordinator::rewards::RewardsConfig::new(
+            emission_initial.unwrap_or(bitcoin.initial()),
+            emission_halving.unwrap_or(bitcoin.halving()),
+            0,
+        )
+        .map_err(|e| CohortError::new_err(e.to_string()))?;
         let budget = match max_epsilon {
             Some(epsilon) => Some(
                 cohort_client::budget::BudgetLimit::new(epsilon, delta)
@@ -245,6 +281,7 @@ impl Sandbox {
                 budget,
                 ..Default::default()
             },
+            rewards,
         };
         let started = block_on(py, async move { sandbox::Sandbox::start(options).await })?;
         Ok(Self {
