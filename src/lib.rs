@@ -6,9 +6,9 @@
 
 pub mod audit;
 pub mod bench;
+pub mod bench_proofs;
 pub mod ca;
 pub mod data;
-pub mod bench_proofs;
 pub mod demo;
 pub mod developer;
 pub mod evaluate;
@@ -21,8 +21,8 @@ pub mod rewards;
 pub mod sandbox;
 pub mod serve;
 pub mod split_bench;
-pub mod vertical;
 pub mod validator;
+pub mod vertical;
 
 /// The bundled Breast Cancer Wisconsin (Diagnostic) data (CC BY 4.0; see
 /// `data/README.md`), embedded so the demo runs from any directory.

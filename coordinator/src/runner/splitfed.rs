@@ -78,6 +78,7 @@ impl Runner {
                         train_loss,
                         compute_seconds,
                         receipt,
+                        ..
                     } => Ok((delta, num_examples, train_loss, compute_seconds, receipt)),
                     _ => Err("answered a split fit task with something else".into()),
                 },
@@ -160,6 +161,7 @@ impl Runner {
             slowest_fit_secs,
             aggregate_sha256: None,
             groups: Vec::new(),
+            excluded: Vec::new(),
         }))
     }
 }

@@ -386,5 +386,6 @@ fn combine(sums: Vec<(Vec<String>, Fitted)>) -> Fitted {
         // One digest per group, in group order.
         aggregate_sha256: Some(digests.join(",")),
         groups,
+        excluded: Vec::new(),
     }
 }
