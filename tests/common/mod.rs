@@ -68,12 +68,21 @@ pub fn start_client(url: &str, data: &Path, name: &str, stop: &Stop) -> JoinHand
 }
 
 /// Waits until `n` clients are connected, so a job's preparation sees them all.
+/// A coordinator started as a separate process may not listen yet (its
+/// startup can include an EVM node round trip), so connecting is retried too.
 pub async fn wait_for_clients(url: &str, n: usize) {
-    let mut dev = cohort_protocol::v1::developer_service_client::DeveloperServiceClient::connect(
-        url.to_string(),
-    )
-    .await
-    .unwrap();
+    use cohort_protocol::v1::developer_service_client::DeveloperServiceClient;
+    let mut connected = None;
+    for _ in 0..300 {
+        match DeveloperServiceClient::connect(url.to_string()).await {
+            Ok(dev) => {
+                connected = Some(dev);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let mut dev = connected.unwrap_or_else(|| panic!("the coordinator at {url} never listened"));
     for _ in 0..300 {
         let clients = dev
             .list_clients(cohort_protocol::v1::ListClientsRequest {})
