@@ -86,13 +86,19 @@ fn verifying_key(entries: &[Entry], job_id: &str) -> Result<Option<VerifyingKey>
     ))
 }
 
+/// This machine's verdicts on one round's proofs.
+pub struct RoundVerdicts {
+    /// One per aggregated update.
+    pub verdicts: Vec<Verdict>,
+    /// The clients the coordinator recorded as excluded.
+    pub excluded: Vec<String>,
+    /// Why each verdict is invalid (`None` for a valid one), in verdict order.
+    pub reasons: Vec<Option<String>>,
+}
+
 /// Re-checks every proof of `(job_id, round)` with this code and the
 /// ledger's verifying key: one verdict per aggregated update.
-pub fn verdicts(
-    entries: &[Entry],
-    job_id: &str,
-    round: u32,
-) -> Result<(Vec<Verdict>, Vec<String>, Vec<Option<String>>)> {
+pub fn verdicts(entries: &[Entry], job_id: &str, round: u32) -> Result<RoundVerdicts> {
     let (updates, excluded) = entries
         .iter()
         .find_map(|e| match &e.record {
@@ -135,7 +141,11 @@ pub fn verdicts(
         reasons.push(outcome.err());
     }
     let excluded = excluded.iter().map(|e| e.client.clone()).collect();
-    Ok((verdicts, excluded, reasons))
+    Ok(RoundVerdicts {
+        verdicts,
+        excluded,
+        reasons,
+    })
 }
 
 /// Proofs and attestations of one round, from a checked ledger. An
@@ -148,7 +158,11 @@ pub fn check_round(
     round: u32,
     kit: Option<&Kit>,
 ) -> Result<RoundCheck> {
-    let (verdicts, excluded, reasons) = verdicts(entries, job_id, round)?;
+    let RoundVerdicts {
+        verdicts,
+        excluded,
+        reasons,
+    } = verdicts(entries, job_id, round)?;
     let proofs = verdicts
         .iter()
         .zip(reasons)
@@ -278,7 +292,9 @@ pub async fn attest_pending(dev: &mut Developer, kit: &Kit) -> Result<usize> {
         .collect();
     let mut attested = 0;
     for (job_id, round) in pending {
-        let (verdicts, _, reasons) = verdicts(&entries, &job_id, round)?;
+        let RoundVerdicts {
+            verdicts, reasons, ..
+        } = verdicts(&entries, &job_id, round)?;
         for (v, reason) in verdicts.iter().zip(&reasons) {
             if let Some(reason) = reason {
                 warn!(
