@@ -7,12 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use cohort::demo::{self, DemoOptions};
-use cohort_client::{ClientConfig, Worker};
-use cohort_protocol::v1::hospital_service_client::HospitalServiceClient;
-use cohort_protocol::v1::{
-    PullTaskRequest, RegisterRequest, ResultFrame, TaskKind, result_frame, task_frame,
-};
-use cohort_protocol::{MAX_MESSAGE_BYTES, PROTOCOL_VERSION, ParameterAssembler, parameter_chunks};
+use cohort_protocol::v1::TaskKind;
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -84,56 +79,11 @@ async fn demo_with_differential_privacy_meets_its_accuracy_bar() {
 /// A hospital that answers preparation and evaluation honestly but sends
 /// corrupted updates: wrong length in odd rounds, NaN in even rounds.
 async fn mallory(url: String, data: PathBuf, rejections: Arc<Mutex<Vec<String>>>) {
-    let worker = Worker::new(&ClientConfig {
-        coordinator: url.clone(),
-        security: cohort_protocol::Security::Insecure,
-        data: data.clone(),
-        name: "mallory".into(),
-        data_dir: None,
-        options: cohort_client::ClientOptions::default(),
-    })
-    .unwrap();
-    let summary = cohort_datasets::read_table(&data).unwrap().quality();
-    let mut grpc = HospitalServiceClient::connect(url)
-        .await
-        .unwrap()
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let session = grpc
-        .register(RegisterRequest {
-            protocol_version: PROTOCOL_VERSION,
-            client_name: "mallory".into(),
-            quality_summary_json: serde_json::to_string(&summary).unwrap(),
-            client_version: "evil".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .session_id;
-    loop {
-        let Ok(stream) = grpc
-            .pull_task(PullTaskRequest {
-                session_id: session.clone(),
-            })
-            .await
-        else {
-            return;
-        };
-        let mut stream = stream.into_inner();
-        let header = match stream.message().await {
-            Ok(Some(f)) => match f.frame {
-                Some(task_frame::Frame::Header(h)) => h,
-                _ => continue,
-            },
-            _ => return,
-        };
-        let mut assembler = ParameterAssembler::new(header.parameter_count).unwrap();
-        while let Ok(Some(f)) = stream.message().await {
-            if let Some(task_frame::Frame::Chunk(c)) = f.frame {
-                assembler.push(&c.data).unwrap();
-            }
-        }
-        let params = assembler.finish().unwrap();
-        let mut answer = worker.handle(&header, cohort_client::TaskBody::Parameters(params));
+    let mut mallory = RogueHospital::register(&url, &data, "mallory").await;
+    while let Some((header, params)) = mallory.next_task().await {
+        let mut answer = mallory
+            .worker
+            .handle(&header, cohort_client::TaskBody::Parameters(params));
         if header.kind() == TaskKind::Fit {
             if header.round % 2 == 1 {
                 answer.parameters.pop();
@@ -142,19 +92,10 @@ async fn mallory(url: String, data: PathBuf, rejections: Arc<Mutex<Vec<String>>>
             }
             answer.header.parameter_count = answer.parameters.len() as u64;
         }
-        answer.header.session_id = session.clone();
-        answer.header.task_id = header.task_id.clone();
-        let mut frames = vec![ResultFrame {
-            frame: Some(result_frame::Frame::Header(answer.header)),
-        }];
-        frames.extend(parameter_chunks(&answer.parameters).map(|c| ResultFrame {
-            frame: Some(result_frame::Frame::Chunk(c)),
-        }));
-        if let Ok(reply) = grpc.submit_result(futures::stream::iter(frames)).await {
-            let reply = reply.into_inner();
-            if !reply.accepted {
-                rejections.lock().unwrap().push(reply.reason);
-            }
+        if let Some(reply) = mallory.submit(&header, answer).await
+            && !reply.accepted
+        {
+            rejections.lock().unwrap().push(reply.reason);
         }
     }
 }

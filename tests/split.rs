@@ -9,13 +9,8 @@ use std::path::PathBuf;
 
 use cohort::demo::{self, DemoOptions};
 use cohort::vertical::{self, VerticalOptions};
-use cohort_client::{ClientConfig, Worker};
-use cohort_protocol::v1::hospital_service_client::HospitalServiceClient;
-use cohort_protocol::v1::{
-    PullTaskRequest, RegisterRequest, ResultFrame, SplitBatch, SplitOpen, SplitUp, TaskKind,
-    result_frame, split_up, task_frame,
-};
-use cohort_protocol::{MAX_MESSAGE_BYTES, PROTOCOL_VERSION, ParameterAssembler, parameter_chunks};
+use cohort_client::ClientConfig;
+use cohort_protocol::v1::{SplitBatch, SplitOpen, SplitUp, TaskKind, split_up};
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -71,56 +66,9 @@ fn splitfed_job_files_are_checked_at_submit() {
 /// A hospital that prepares and evaluates honestly but, in a split round,
 /// sends activations with a NaN, then an update as if it had trained.
 async fn nan_activations(url: String, data: PathBuf) {
-    let worker = Worker::new(&ClientConfig {
-        coordinator: url.clone(),
-        security: cohort_protocol::Security::Insecure,
-        data: data.clone(),
-        name: "mallory".into(),
-        data_dir: None,
-        options: cohort_client::ClientOptions::default(),
-    })
-    .unwrap();
-    let summary = cohort_datasets::read_table(&data).unwrap().quality();
-    let mut grpc = HospitalServiceClient::connect(url)
-        .await
-        .unwrap()
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let session = grpc
-        .register(RegisterRequest {
-            protocol_version: PROTOCOL_VERSION,
-            client_name: "mallory".into(),
-            quality_summary_json: serde_json::to_string(&summary).unwrap(),
-            client_version: "evil".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .session_id;
-    loop {
-        let Ok(stream) = grpc
-            .pull_task(PullTaskRequest {
-                session_id: session.clone(),
-            })
-            .await
-        else {
-            return;
-        };
-        let mut stream = stream.into_inner();
-        let header = match stream.message().await {
-            Ok(Some(f)) => match f.frame {
-                Some(task_frame::Frame::Header(h)) => h,
-                _ => continue,
-            },
-            _ => return,
-        };
-        let mut assembler = ParameterAssembler::new(header.parameter_count).unwrap();
-        while let Ok(Some(f)) = stream.message().await {
-            if let Some(task_frame::Frame::Chunk(c)) = f.frame {
-                assembler.push(&c.data).unwrap();
-            }
-        }
-        let params = assembler.finish().unwrap();
-        let mut answer = match (&header.split, header.kind()) {
+    let mut mallory = RogueHospital::register(&url, &data, "mallory").await;
+    while let Some((header, params)) = mallory.next_task().await {
+        let answer = match (&header.split, header.kind()) {
             (Some(split), TaskKind::Fit) => {
                 let width = split.cut_width as usize;
                 let mut activations = vec![0.5f32; 4 * width];
@@ -128,7 +76,7 @@ async fn nan_activations(url: String, data: PathBuf) {
                 let frames = vec![
                     SplitUp {
                         frame: Some(split_up::Frame::Open(SplitOpen {
-                            session_id: session.clone(),
+                            session_id: mallory.session.clone(),
                             exchange_id: split.exchange_id.clone(),
                         })),
                     },
@@ -141,7 +89,10 @@ async fn nan_activations(url: String, data: PathBuf) {
                         })),
                     },
                 ];
-                let reply = grpc.split_exchange(futures::stream::iter(frames)).await;
+                let reply = mallory
+                    .grpc
+                    .split_exchange(futures::stream::iter(frames))
+                    .await;
                 if let Ok(reply) = reply {
                     let mut down = reply.into_inner();
                     let answer = down.message().await;
@@ -154,17 +105,11 @@ async fn nan_activations(url: String, data: PathBuf) {
                 answer.header.parameter_count = params.len() as u64;
                 answer
             }
-            _ => worker.handle(&header, cohort_client::TaskBody::Parameters(params)),
+            _ => mallory
+                .worker
+                .handle(&header, cohort_client::TaskBody::Parameters(params)),
         };
-        answer.header.session_id = session.clone();
-        answer.header.task_id = header.task_id.clone();
-        let mut frames = vec![ResultFrame {
-            frame: Some(result_frame::Frame::Header(answer.header)),
-        }];
-        frames.extend(parameter_chunks(&answer.parameters).map(|c| ResultFrame {
-            frame: Some(result_frame::Frame::Chunk(c)),
-        }));
-        let _ = grpc.submit_result(futures::stream::iter(frames)).await;
+        mallory.submit(&header, answer).await;
     }
 }
 

@@ -277,3 +277,105 @@ pub fn rewrite_ledger(
     conn.execute("UPDATE ledger_checkpoint SET note = ?1", [note])
         .unwrap();
 }
+
+/// A hand-written hospital for adversarial tests: it registers and pulls
+/// tasks like `cohort client`, answers through the real `Worker`, and lets
+/// the test tamper with an answer (or the protocol) before it is sent.
+pub struct RogueHospital {
+    pub worker: cohort_client::Worker,
+    pub grpc: cohort_protocol::v1::hospital_service_client::HospitalServiceClient<
+        tonic::transport::Channel,
+    >,
+    pub session: String,
+}
+
+impl RogueHospital {
+    pub async fn register(url: &str, data: &Path, name: &str) -> Self {
+        use cohort_protocol::v1::RegisterRequest;
+        let worker = cohort_client::Worker::new(&cohort_client::ClientConfig {
+            coordinator: url.to_string(),
+            security: cohort_protocol::Security::Insecure,
+            data: data.to_path_buf(),
+            name: name.to_string(),
+            data_dir: None,
+            options: cohort_client::ClientOptions::default(),
+        })
+        .unwrap();
+        let summary = cohort_datasets::read_table(data).unwrap().quality();
+        let mut grpc =
+            cohort_protocol::v1::hospital_service_client::HospitalServiceClient::connect(
+                url.to_string(),
+            )
+            .await
+            .unwrap()
+            .max_decoding_message_size(cohort_protocol::MAX_MESSAGE_BYTES);
+        let session = grpc
+            .register(RegisterRequest {
+                protocol_version: cohort_protocol::PROTOCOL_VERSION,
+                client_name: name.to_string(),
+                quality_summary_json: serde_json::to_string(&summary).unwrap(),
+                client_version: "evil".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .session_id;
+        Self {
+            worker,
+            grpc,
+            session,
+        }
+    }
+
+    /// The next task's header and parameters; `None` once the coordinator
+    /// is gone.
+    pub async fn next_task(&mut self) -> Option<(cohort_protocol::v1::TaskHeader, Vec<f32>)> {
+        use cohort_protocol::v1::{PullTaskRequest, task_frame};
+        loop {
+            let stream = self
+                .grpc
+                .pull_task(PullTaskRequest {
+                    session_id: self.session.clone(),
+                })
+                .await
+                .ok()?;
+            let mut stream = stream.into_inner();
+            let header = match stream.message().await {
+                Ok(Some(f)) => match f.frame {
+                    Some(task_frame::Frame::Header(h)) => h,
+                    _ => continue,
+                },
+                _ => return None,
+            };
+            let mut assembler =
+                cohort_protocol::ParameterAssembler::new(header.parameter_count).unwrap();
+            while let Ok(Some(f)) = stream.message().await {
+                if let Some(task_frame::Frame::Chunk(c)) = f.frame {
+                    assembler.push(&c.data).unwrap();
+                }
+            }
+            return Some((header, assembler.finish().unwrap()));
+        }
+    }
+
+    /// Sends `answer` to `header`'s task; the coordinator's reply, if any.
+    pub async fn submit(
+        &mut self,
+        header: &cohort_protocol::v1::TaskHeader,
+        mut answer: cohort_client::Answer,
+    ) -> Option<cohort_protocol::v1::SubmitResultReply> {
+        use cohort_protocol::v1::{ResultFrame, result_frame};
+        answer.header.session_id = self.session.clone();
+        answer.header.task_id = header.task_id.clone();
+        let mut frames = vec![ResultFrame {
+            frame: Some(result_frame::Frame::Header(answer.header)),
+        }];
+        frames.extend(
+            cohort_protocol::parameter_chunks(&answer.parameters).map(|c| ResultFrame {
+                frame: Some(result_frame::Frame::Chunk(c)),
+            }),
+        );
+        let reply = self.grpc.submit_result(futures::stream::iter(frames)).await;
+        reply.ok().map(|r| r.into_inner())
+    }
+}
