@@ -217,6 +217,11 @@ enum BenchCommand {
         /// Partition valuation's group size k.
         #[arg(long, default_value_t = 2)]
         group_size: u32,
+        /// Secure-aggregation jobs to run for partition valuation: each job
+        /// id seeds a different grouping, so its accuracy is reported as
+        /// the mean and minimum over this many.
+        #[arg(long, default_value_t = 5)]
+        groupings: u32,
         /// 0 skips the overhead measurement.
         #[arg(long, default_value_t = 10)]
         overhead_hospitals: usize,
@@ -1459,6 +1464,7 @@ async fn run_bench_command(cmd: BenchCommand) -> Result<()> {
             rounds,
             permutations,
             group_size,
+            groupings,
             overhead_hospitals,
         } => {
             init_logging("warn");
@@ -1466,7 +1472,7 @@ async fn run_bench_command(cmd: BenchCommand) -> Result<()> {
                 hospitals,
                 rounds,
                 permutations,
-                group_size,
+                (group_size, groupings),
                 overhead_hospitals,
             )
             .await?;

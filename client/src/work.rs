@@ -451,10 +451,9 @@ impl Worker {
         })
     }
 
-    fn evaluate(&self, task: &TaskHeader, global: &[f32]) -> Result<Answer, String> {
-        if task.candidate_count > 0 {
-            return self.score_candidates(task, global);
-        }
+    /// The round's model on the validation split; in a valued round also
+    /// every candidate model's loss (see [`Worker::score_coalitions`]).
+    fn evaluate(&self, task: &TaskHeader, body: &[f32]) -> Result<Answer, String> {
         let model: ModelSpec = parse(&task.model_spec_json, "model spec")?;
         let data = self.prepared(task)?;
         // With no validation split (validation_fraction = 0) the training
@@ -464,6 +463,22 @@ impl Worker {
         } else {
             &data.validation
         };
+        let (global, candidate_losses) = if task.valuation_coalitions.is_empty() {
+            (body, Vec::new())
+        } else {
+            let players = task.valuation_player_examples.len();
+            let per_model = body.len() / (players + 2);
+            if players == 0 || players > 64 || per_model * (players + 2) != body.len() {
+                return Err(format!(
+                    "a valuation task of {players} players cannot carry {} parameters \
+                     (the model, the starting model and one update per player)",
+                    body.len()
+                ));
+            }
+            let (global, rest) = body.split_at(per_model);
+            let losses = self.score_coalitions(task, &model, examples, rest, per_model)?;
+            (global, losses)
+        };
         check_model(&model, examples, global)?;
         let metrics = cohort_models::evaluate(&model, global, examples)
             .map_err(|e| format!("evaluation failed: {e}"))?;
@@ -471,6 +486,7 @@ impl Worker {
             header: ResultHeader {
                 metrics_json: to_json(&metrics)?,
                 num_examples: metrics.examples,
+                candidate_losses,
                 ..Default::default()
             },
             parameters: Vec::new(),
@@ -480,39 +496,45 @@ impl Worker {
 }
 
 impl Worker {
-    /// Contribution valuation: the mean validation loss of each of the
-    /// task's candidate models (sent back to back), in one answer.
-    fn score_candidates(&self, task: &TaskHeader, all: &[f32]) -> Result<Answer, String> {
-        let model: ModelSpec = parse(&task.model_spec_json, "model spec")?;
-        let data = self.prepared(task)?;
-        let examples = if data.validation.is_empty() {
-            &data.train
-        } else {
-            &data.validation
-        };
-        let count = task.candidate_count as usize;
-        if all.is_empty() || !all.len().is_multiple_of(count) {
+    /// Contribution valuation: the mean validation loss of each candidate
+    /// model the task's coalitions name, built here from the round's
+    /// starting model and the players' updates (`start_and_updates`).
+    fn score_coalitions(
+        &self,
+        task: &TaskHeader,
+        model: &ModelSpec,
+        examples: &Examples,
+        start_and_updates: &[f32],
+        per_model: usize,
+    ) -> Result<Vec<f64>, String> {
+        let (start, updates) = start_and_updates.split_at(per_model);
+        check_model(model, examples, start)?;
+        let players: Vec<(&[f32], u64)> = updates
+            .chunks(per_model)
+            .zip(&task.valuation_player_examples)
+            .map(|(u, &n)| (u, n))
+            .collect();
+        let coalitions = &task.valuation_coalitions;
+        let everyone = u64::MAX >> (64 - players.len());
+        if let Some(c) = coalitions.iter().find(|&&c| c & !everyone != 0) {
             return Err(format!(
-                "{} parameters do not split into {count} candidate models",
-                all.len()
+                "coalition {c:#x} names a player beyond the task's {}",
+                players.len()
             ));
         }
-        let mut losses = Vec::with_capacity(count);
-        for candidate in all.chunks(all.len() / count) {
-            check_model(&model, examples, candidate)?;
-            let metrics = cohort_models::evaluate(&model, candidate, examples)
-                .map_err(|e| format!("evaluation failed: {e}"))?;
-            losses.push(metrics.loss);
+        if coalitions.len().saturating_mul(per_model) > cohort_models::MAX_CANDIDATE_VALUES {
+            return Err(format!(
+                "{} candidate models of {per_model} parameters exceed what a hospital scores \
+                 in one task",
+                coalitions.len()
+            ));
         }
-        Ok(Answer {
-            header: ResultHeader {
-                num_examples: examples.len() as u64,
-                candidate_losses: losses,
-                ..Default::default()
-            },
-            parameters: Vec::new(),
-            masked: Vec::new(),
-        })
+        let mut all = Vec::with_capacity(coalitions.len() * per_model);
+        for &c in coalitions {
+            all.extend(cohort_models::coalition_model(start, &players, c));
+        }
+        cohort_models::candidate_losses(model, &all, coalitions.len(), examples)
+            .map_err(|e| format!("scoring candidate models failed: {e}"))
     }
 }
 

@@ -54,13 +54,9 @@ pub enum TaskAnswer {
     },
     Evaluate {
         metrics: Metrics,
-        compute_seconds: f64,
-    },
-    /// Valuation: each candidate model's mean validation loss, in task
-    /// order, over `num_examples` validation rows.
-    Scores {
-        losses: Vec<f64>,
-        num_examples: u64,
+        /// A valued round: each candidate model's mean validation loss, in
+        /// coalition order, over `metrics.examples` validation rows.
+        candidate_losses: Vec<f64>,
         compute_seconds: f64,
     },
     /// Secure aggregation, stage 1: the client's key advertisement, its

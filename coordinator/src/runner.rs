@@ -546,22 +546,53 @@ impl Runner {
             }
             let next = Arc::new(next);
 
+            // A valued round scores its candidate models in the same task as
+            // the new model: the hospitals build them from the starting
+            // model and the players' updates.
+            let plan = spec
+                .valuation
+                .as_ref()
+                .map(|v| self.plan_valuation(job, spec, v, round, &global, &players))
+                .transpose()?;
+            let (body, coalitions) = match &plan {
+                Some(plan) => (
+                    Arc::new(plan.task_body(&next, &global, &players)),
+                    plan.coalitions.clone(),
+                ),
+                None => (next.clone(), Vec::new()),
+            };
             let eval = TaskHeader {
                 kind: TaskKind::Evaluate as i32,
-                parameters_sha256: cohort_models::parameters_sha256(&next),
+                parameters_sha256: cohort_models::parameters_sha256(&body),
+                valuation_player_examples: if coalitions.is_empty() {
+                    Vec::new()
+                } else {
+                    players.iter().map(|(_, u)| u.num_examples).collect()
+                },
+                valuation_coalitions: coalitions,
                 ..header.clone()
             };
+            let candidates = eval.valuation_coalitions.len();
             let evaluations = self
                 .gather(
                     &participants,
                     &eval,
-                    Some(next.clone()),
+                    Some(body),
                     t.round_timeout_secs,
                     |_, a| match a {
                         TaskAnswer::Evaluate {
                             metrics,
+                            candidate_losses,
                             compute_seconds,
-                        } => Ok((metrics, compute_seconds)),
+                        } if candidate_losses.len() == candidates => {
+                            Ok((metrics, candidate_losses, compute_seconds))
+                        }
+                        TaskAnswer::Evaluate {
+                            candidate_losses, ..
+                        } => Err(format!(
+                            "scored {} candidate models, {candidates} were sent",
+                            candidate_losses.len()
+                        )),
                         _ => Err("answered an evaluation task with something else".into()),
                     },
                 )
@@ -574,26 +605,20 @@ impl Runner {
             let slowest_evaluate_secs = evaluations
                 .ok
                 .iter()
-                .map(|(_, (_, s))| *s)
+                .map(|(_, (_, _, s))| *s)
                 .fold(0.0, f64::max);
-            let metrics_parts: Vec<Metrics> =
-                evaluations.ok.into_iter().map(|(_, (m, _))| m).collect();
+            let (metrics_parts, scored): (Vec<Metrics>, Vec<(u64, Vec<f64>)>) = evaluations
+                .ok
+                .into_iter()
+                .map(|(_, (m, losses, _))| {
+                    let examples = m.examples;
+                    (m, (examples, losses))
+                })
+                .unzip();
             let metrics = Metrics::aggregate(&metrics_parts);
             let next = Arc::try_unwrap(next).unwrap_or_else(|shared| (*shared).clone());
-            let valuation = match &spec.valuation {
-                Some(valuation) => Some(
-                    self.value_round(
-                        job,
-                        spec,
-                        valuation,
-                        &header,
-                        &global,
-                        &players,
-                        &participants,
-                        &released,
-                    )
-                    .await?,
-                ),
+            let valuation = match plan {
+                Some(plan) => Some(self.finish_valuation(job, plan, &players, &scored, &released)?),
                 None => None,
             };
             drop(players);

@@ -559,22 +559,6 @@ async fn read_answer(
                 proof: header.update_proof.clone(),
             })
         }
-        TaskKind::Evaluate if !header.candidate_losses.is_empty() => {
-            if let Some(l) = header
-                .candidate_losses
-                .iter()
-                .find(|l| !l.is_finite() || **l < 0.0)
-            {
-                return Err(format!(
-                    "candidate loss {l} is not a finite non-negative number"
-                ));
-            }
-            Ok(TaskAnswer::Scores {
-                losses: header.candidate_losses.clone(),
-                num_examples: header.num_examples,
-                compute_seconds: sane_seconds(header.compute_seconds),
-            })
-        }
         TaskKind::Evaluate => {
             let metrics: Metrics = serde_json::from_str(&header.metrics_json)
                 .map_err(|e| format!("metrics_json: {e}"))?;
@@ -586,8 +570,18 @@ async fn read_answer(
             if !sane {
                 return Err("evaluation metrics out of range".into());
             }
+            if let Some(l) = header
+                .candidate_losses
+                .iter()
+                .find(|l| !l.is_finite() || **l < 0.0)
+            {
+                return Err(format!(
+                    "candidate loss {l} is not a finite non-negative number"
+                ));
+            }
             Ok(TaskAnswer::Evaluate {
                 metrics,
+                candidate_losses: header.candidate_losses.clone(),
                 compute_seconds: sane_seconds(header.compute_seconds),
             })
         }

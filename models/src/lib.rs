@@ -52,7 +52,10 @@ pub use artifact::{
 };
 pub use dp_sgd::{DpSgdConfig, DpSgdPlan, clipped_gradient_sum};
 pub use error::ModelError;
-pub use metrics::{Metrics, evaluate, predict_proba, roc_auc};
+pub use metrics::{
+    MAX_CANDIDATE_VALUES, Metrics, candidate_losses, coalition_model, evaluate, predict_proba,
+    roc_auc,
+};
 pub use onnx::{ONNX_INPUT, ONNX_OUTPUT, to_onnx};
 pub use params::{
     TensorInfo, check_parameters, init_parameters, parameter_layout, parameters_from_bytes,

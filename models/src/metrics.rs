@@ -116,6 +116,71 @@ pub fn evaluate(spec: &ModelSpec, params: &[f32], data: &Examples) -> Result<Met
     })
 }
 
+/// The most parameter values the candidate models of one valuation task may
+/// hold together (256 MiB of f32); the coordinator refuses a round that
+/// would need more, and a hospital refuses a task that asks for more.
+pub const MAX_CANDIDATE_VALUES: usize = 64 << 20;
+
+/// The candidate model of a coalition of valuation players: the round's
+/// starting model plus the example-weighted mean of the updates of the
+/// players whose bit is set in `coalition` (the start itself for the
+/// empty coalition). `players` are `(update, examples)`, bit `i` for
+/// player `i`. The coordinator and every hospital that scores candidates
+/// build them with this one function, so they score the same models.
+pub fn coalition_model(start: &[f32], players: &[(&[f32], u64)], coalition: u64) -> Vec<f32> {
+    let mut model = start.to_vec();
+    let chosen: Vec<usize> = (0..players.len().min(64))
+        .filter(|i| coalition & (1 << i) != 0)
+        .collect();
+    let total: u64 = chosen.iter().map(|&i| players[i].1).sum();
+    if total == 0 {
+        return model;
+    }
+    let mut sum = vec![0f64; start.len()];
+    for &i in &chosen {
+        let (delta, n) = players[i];
+        let w = n as f64 / total as f64;
+        for (s, d) in sum.iter_mut().zip(delta) {
+            *s += w * f64::from(*d);
+        }
+    }
+    for (m, s) in model.iter_mut().zip(sum) {
+        *m += s as f32;
+    }
+    model
+}
+
+/// Mean BCE loss of each of `count` candidate models (flat vectors back to back in `all`) on
+/// `data`, in candidate order: the `loss` that [`evaluate`] reports for each, computed in
+/// batched forward passes (contribution valuation scores hundreds of candidates a round).
+pub fn candidate_losses(
+    spec: &ModelSpec,
+    all: &[f32],
+    count: usize,
+    data: &Examples,
+) -> Result<Vec<f64>, ModelError> {
+    let logits = net::predict_logits_many(spec, all, count, data)?;
+    let rows = data.labels.len();
+    logits
+        .chunks(rows)
+        .enumerate()
+        .map(|(candidate, logits)| {
+            let total: f64 = logits
+                .iter()
+                .zip(&data.labels)
+                .map(|(&z, &y)| net::bce_scalar(f64::from(z), f64::from(y)))
+                .sum();
+            if total.is_finite() {
+                Ok(total / rows as f64)
+            } else {
+                Err(ModelError::Backend(format!(
+                    "candidate model {candidate} produced a non-finite loss"
+                )))
+            }
+        })
+        .collect()
+}
+
 /// ROC AUC via the Mann–Whitney U statistic, with average ranks for tied scores (a tie between
 /// a positive and a negative counts one half).
 ///

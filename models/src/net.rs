@@ -290,3 +290,60 @@ pub(crate) fn predict_logits(
     }
     Ok(logits)
 }
+
+/// Logits of `count` candidate models (flat vectors back to back in `all`) on every example,
+/// candidate after candidate: `[count × rows]`.
+///
+/// Contribution valuation scores hundreds of candidates on one small validation split; one
+/// forward pass each spends most of its time building tensors. Here candidates go through
+/// the network together, as a batched matrix product per layer (`[c, rows, fan_in] @
+/// [c, fan_in, fan_out]`), in chunks that keep the widest activation under a fixed size.
+pub(crate) fn predict_logits_many(
+    spec: &ModelSpec,
+    all: &[f32],
+    count: usize,
+    data: &Examples,
+) -> Result<Vec<f32>, ModelError> {
+    if count == 0 || !all.len().is_multiple_of(count) {
+        return Err(ModelError::InvalidData(format!(
+            "{} parameters do not split into {count} candidate models",
+            all.len()
+        )));
+    }
+    let per_model = all.len() / count;
+    check_model_and_data(spec, &all[..per_model], data)?;
+    const CHUNK_FLOATS: usize = 1 << 22;
+    let shapes = spec.layer_shapes(data.n_features);
+    let rows = data.labels.len();
+    let widest = shapes.iter().map(|&(i, o)| i.max(o)).max().unwrap_or(1);
+    let per_chunk = (CHUNK_FLOATS / rows.saturating_mul(widest).max(1)).max(1);
+
+    let device = cpu();
+    let all_rows: Vec<usize> = (0..rows).collect();
+    let x = rows_tensor(data, &all_rows, &device).unsqueeze_dim::<3>(0);
+    let mut logits = Vec::with_capacity(count * rows);
+    for chunk in all.chunks(per_chunk * per_model) {
+        let c = chunk.len() / per_model;
+        let mut h = x.clone().expand([c, rows, data.n_features]);
+        let mut offset = 0;
+        let last = shapes.len().saturating_sub(1);
+        for (layer, &(fan_in, fan_out)) in shapes.iter().enumerate() {
+            let mut w = Vec::with_capacity(c * fan_in * fan_out);
+            let mut b = Vec::with_capacity(c * fan_out);
+            for model in chunk.chunks(per_model) {
+                let (weights, rest) = model[offset..].split_at(fan_in * fan_out);
+                w.extend_from_slice(weights);
+                b.extend_from_slice(&rest[..fan_out]);
+            }
+            offset += fan_in * fan_out + fan_out;
+            let w = Tensor::<3>::from_data(TensorData::new(w, [c, fan_in, fan_out]), &device);
+            let b = Tensor::<3>::from_data(TensorData::new(b, [c, 1, fan_out]), &device);
+            h = h.matmul(w) + b.expand([c, rows, fan_out]);
+            if layer < last {
+                h = relu(h);
+            }
+        }
+        logits.extend(tensor_to_vec(h)?);
+    }
+    Ok(logits)
+}

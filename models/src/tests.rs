@@ -802,3 +802,36 @@ fn poisson_batches_take_each_row_with_the_sampling_rate() {
         (0..7).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn batched_candidate_losses_equal_one_evaluation_each() {
+    let data = separable(57, 6, 3);
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    for spec in [
+        ModelSpec::Logistic,
+        ModelSpec::Mlp {
+            hidden: vec![8, 5],
+            cut: None,
+        },
+    ] {
+        let n = spec.num_parameters(data.n_features);
+        let count = 37;
+        let all: Vec<f32> = (0..n * count)
+            .map(|_| rng.random_range(-1.5..1.5))
+            .collect();
+        let batched = candidate_losses(&spec, &all, count, &data).expect("batched losses");
+        assert_eq!(batched.len(), count);
+        for (candidate, loss) in all.chunks(n).zip(&batched) {
+            let one = evaluate(&spec, candidate, &data).expect("evaluate").loss;
+            assert!((one - loss).abs() < 1e-5, "{spec:?}: {one} vs {loss}");
+        }
+    }
+    let err = candidate_losses(&ModelSpec::Logistic, &[0.0; 15], 2, &data).unwrap_err();
+    assert!(err.to_string().contains("do not split into 2"), "{err}");
+    let err = candidate_losses(&ModelSpec::Logistic, &[0.0; 16], 2, &data).unwrap_err();
+    assert!(err.to_string().contains("parameter"), "{err}");
+    let mut nan = vec![0.0f32; 14];
+    nan[9] = f32::NAN;
+    let err = candidate_losses(&ModelSpec::Logistic, &nan, 2, &data).unwrap_err();
+    assert!(err.to_string().contains("candidate model 1"), "{err}");
+}

@@ -33,9 +33,14 @@ pub struct MethodAccuracy {
     pub method: String,
     pub aggregation: String,
     pub values: BTreeMap<String, f64>,
+    /// Partition valuation: the mean over its groupings.
     pub spearman: f64,
     pub mean_absolute_error: f64,
     pub evaluations_per_round: f64,
+    /// Partition valuation: Spearman of each grouping's job (the first
+    /// one's values are `values`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub spearman_per_grouping: Vec<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -131,8 +136,9 @@ async fn run(federation: &LocalFederation, job: &str) -> Result<(String, Vec<f64
 }
 
 /// Per hospital: its mean per-round value (plain methods), or its latest
-/// least-squares value (partition: already a per-round value fitted over
-/// every round); and the mean number of candidates scored per round.
+/// least-squares share (partition: fitted over every round) times the
+/// job's mean total utility per round; and the mean number of candidates
+/// scored per round.
 fn values(
     data_dir: &std::path::Path,
     job: &str,
@@ -148,13 +154,30 @@ fn values(
         .sum::<f64>()
         / rounds;
     let values = if latest {
+        // The last round's values are shares of that round's total; scaled
+        // to the job's mean total they estimate each hospital's mean
+        // value per round, the quantity exact Shapley's are compared by.
+        let totals: Vec<f64> = report
+            .rounds
+            .iter()
+            .map(|r| r.hospitals.iter().map(|h| h.value).sum())
+            .collect();
+        let mean_total = totals.iter().sum::<f64>() / rounds;
+        let last_total = totals.last().copied().unwrap_or(0.0);
         report
             .rounds
             .last()
             .map(|r| {
                 r.hospitals
                     .iter()
-                    .map(|h| (h.name.clone(), h.value))
+                    .map(|h| {
+                        let scaled = if last_total.abs() > 1e-12 {
+                            h.value / last_total * mean_total
+                        } else {
+                            h.value
+                        };
+                        (h.name.clone(), scaled)
+                    })
                     .collect()
             })
             .unwrap_or_default()
@@ -219,9 +242,12 @@ pub async fn valuation(
     n: usize,
     rounds: u32,
     permutations: u32,
-    group_size: u32,
+    (group_size, groupings): (u32, u32),
     overhead_hospitals: usize,
 ) -> Result<ValuationBench> {
+    if groupings == 0 {
+        bail!("--groupings must be at least 1");
+    }
     if !(2..=12).contains(&n) {
         bail!("--hospitals must be in 2..=12 (exact Shapley is the reference)");
     }
@@ -254,30 +280,52 @@ pub async fn valuation(
                 "\n[privacy]\naggregation = \"secagg\"\n\n[valuation]\ngroup_size = {group_size}\n"
             ),
         );
-        let (grouped_id, _) = run(&federation, &grouped).await?;
-        eprintln!("secagg partition-valuation job {grouped_id} done");
-        anyhow::Ok((exact_id, sampled_id, grouped_id))
+        let mut grouped_ids = Vec::new();
+        for g in 1..=groupings {
+            let (grouped_id, _) = run(&federation, &grouped).await?;
+            eprintln!("secagg partition-valuation job {grouped_id} done ({g}/{groupings})");
+            grouped_ids.push(grouped_id);
+        }
+        anyhow::Ok((exact_id, sampled_id, grouped_ids))
     }
     .await;
     federation.shutdown().await;
-    let (exact_id, sampled_id, grouped_id) = runs?;
+    let (exact_id, sampled_id, grouped_ids) = runs?;
     let (exact, exact_evaluations) = values(&data_dir, &exact_id, false)?;
-    let mut methods = Vec::new();
-    for (id, method, aggregation, latest) in [
-        (&sampled_id, "permutation-shapley", "plain", false),
-        (&grouped_id, "partition-least-squares", "secagg", true),
-    ] {
-        let (values, evaluations) = values(&data_dir, id, latest)?;
+    let (values_sampled, evaluations) = values(&data_dir, &sampled_id, false)?;
+    let (spearman, mae) = compare(&exact, &values_sampled);
+    let mut methods = vec![MethodAccuracy {
+        method: "permutation-shapley".into(),
+        aggregation: "plain".into(),
+        values: values_sampled,
+        spearman,
+        mean_absolute_error: mae,
+        evaluations_per_round: evaluations,
+        spearman_per_grouping: Vec::new(),
+    }];
+    let mut per_grouping = Vec::new();
+    for id in &grouped_ids {
+        let (values, evaluations) = values(&data_dir, id, true)?;
         let (spearman, mae) = compare(&exact, &values);
-        methods.push(MethodAccuracy {
-            method: method.into(),
-            aggregation: aggregation.into(),
-            values,
-            spearman,
-            mean_absolute_error: mae,
-            evaluations_per_round: evaluations,
-        });
+        per_grouping.push((values, spearman, mae, evaluations));
     }
+    let count = per_grouping.len() as f64;
+    let mean = |f: &dyn Fn(&(BTreeMap<String, f64>, f64, f64, f64)) -> f64| {
+        per_grouping.iter().map(f).sum::<f64>() / count
+    };
+    methods.push(MethodAccuracy {
+        method: "partition-least-squares".into(),
+        aggregation: "secagg".into(),
+        spearman: mean(&|r| r.1),
+        mean_absolute_error: mean(&|r| r.2),
+        evaluations_per_round: mean(&|r| r.3),
+        spearman_per_grouping: per_grouping.iter().map(|r| r.1).collect(),
+        values: per_grouping
+            .into_iter()
+            .next()
+            .map(|r| r.0)
+            .unwrap_or_default(),
+    });
     let overhead = if overhead_hospitals > 0 {
         Some(overhead(overhead_hospitals, rounds).await?)
     } else {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use cohort_protocol::v1::{TaskHeader, TaskKind};
+use cohort_protocol::v1::TaskHeader;
 use serde::{Deserialize, Serialize};
 
 use super::{Fitted, RunError, Runner};
@@ -15,10 +15,6 @@ use crate::store::{Enrollment, JobRow};
 use crate::strategy::ClientUpdate;
 use crate::valuation::partition::{self, GroupValue};
 use crate::valuation::{self, Coalition, ValuationSpec};
-
-/// The most f32 values one scoring task may carry (all candidates of a
-/// round together): 256 MiB.
-const MAX_CANDIDATE_VALUES: usize = 64 << 20;
 
 /// What a round's valuation produced, as the store keeps it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -41,8 +37,41 @@ pub struct RoundValuation {
     pub total_utility: f64,
     /// Each of the round's hospitals: its value this round.
     pub values: BTreeMap<String, f64>,
-    /// Wall-clock seconds valuation added to the round.
+    /// Seconds the coordinator spent choosing coalitions and computing
+    /// values (the hospitals score the candidates inside the round's
+    /// evaluation task).
     pub seconds: f64,
+}
+
+/// A round's valuation between the aggregate and the hospitals' scores.
+pub(super) struct ValuationPlan {
+    round: u32,
+    grouped: bool,
+    method: Box<dyn valuation::Valuation>,
+    /// What the hospitals score, the empty coalition (the starting model)
+    /// first.
+    pub coalitions: Vec<Coalition>,
+    /// Coordinator time spent choosing the coalitions.
+    planning: std::time::Duration,
+}
+
+impl ValuationPlan {
+    /// The EVALUATE task's parameters: the model to evaluate, the round's
+    /// starting model, then each player's update.
+    pub fn task_body(
+        &self,
+        next: &[f32],
+        start: &[f32],
+        players: &[(Vec<String>, ClientUpdate)],
+    ) -> Vec<f32> {
+        let mut body = Vec::with_capacity(next.len() * (players.len() + 2));
+        body.extend_from_slice(next);
+        body.extend_from_slice(start);
+        for (_, update) in players {
+            body.extend_from_slice(&update.delta);
+        }
+        body
+    }
 }
 
 /// One group's protected sum, decoded.
@@ -160,24 +189,19 @@ impl Runner {
             .collect()
     }
 
-    /// Values the round: the method's coalitions of `players` become
-    /// candidate models, `evaluators` score them all in one task each, and
-    /// the utilities give each player's value; grouped rounds then fit
-    /// per-hospital values across rounds.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) async fn value_round(
+    /// What the round's valuation needs scored: the method's coalitions of
+    /// `players`, which the round's EVALUATE task carries (see
+    /// [`ValuationPlan::task_body`]).
+    pub(super) fn plan_valuation(
         &self,
         job: &JobRow,
         spec: &JobSpec,
         valuation: &ValuationSpec,
-        header: &TaskHeader,
+        round: u32,
         global: &[f32],
         players: &[(Vec<String>, ClientUpdate)],
-        evaluators: &[String],
-        released: &[Vec<String>],
-    ) -> Result<RoundValuation, RunError> {
+    ) -> Result<ValuationPlan, RunError> {
         let started = Instant::now();
-        let round = header.round;
         let grouped = spec.privacy.aggregation != Aggregation::Plain;
         let method_seed = u64::from_le_bytes(
             partition::group_seed(&job.id, round)[..8]
@@ -190,61 +214,48 @@ impl Runner {
             valuation.plain_method(players.len(), method_seed)
         };
         let coalitions = method.coalitions(players.len());
-        let deltas: Vec<(&[f32], u64)> = players
-            .iter()
-            .map(|(_, u)| (&u.delta[..], u.num_examples))
-            .collect();
-        if coalitions.len().saturating_mul(global.len()) > MAX_CANDIDATE_VALUES {
+        if coalitions.len().saturating_mul(global.len()) > cohort_models::MAX_CANDIDATE_VALUES {
             return Err(RunError::Failed(format!(
-                "round {round}: valuation would send {} candidate models of {} values; lower valuation.exact_up_to or valuation.permutations",
+                "round {round}: valuation would score {} candidate models of {} values; lower valuation.exact_up_to or valuation.permutations",
                 coalitions.len(),
                 global.len()
             )));
         }
-        let mut body = Vec::with_capacity(coalitions.len() * global.len());
-        for &c in &coalitions {
-            body.extend(valuation::candidate(global, &deltas, c));
-        }
-        let body = Arc::new(body);
-        let task = TaskHeader {
-            kind: TaskKind::Evaluate as i32,
-            candidate_count: coalitions.len() as u32,
-            parameters_sha256: cohort_models::parameters_sha256(&body),
-            ..header.clone()
-        };
+        Ok(ValuationPlan {
+            round,
+            grouped,
+            method,
+            coalitions,
+            planning: started.elapsed(),
+        })
+    }
+
+    /// The round's values from the hospitals' candidate losses (`scored`:
+    /// each hospital's validation rows and losses, in coalition order);
+    /// grouped rounds then fit per-hospital values across rounds.
+    pub(super) fn finish_valuation(
+        &self,
+        job: &JobRow,
+        plan: ValuationPlan,
+        players: &[(Vec<String>, ClientUpdate)],
+        scored: &[(u64, Vec<f64>)],
+        released: &[Vec<String>],
+    ) -> Result<RoundValuation, RunError> {
+        let ValuationPlan {
+            round,
+            grouped,
+            method,
+            coalitions,
+            planning,
+        } = plan;
+        let finishing = Instant::now();
         let count = coalitions.len();
-        let answers = self
-            .gather(
-                evaluators,
-                &task,
-                Some(body),
-                spec.training.round_timeout_secs,
-                |_, a| match a {
-                    crate::registry::TaskAnswer::Scores {
-                        losses,
-                        num_examples,
-                        ..
-                    } if losses.len() == count => Ok((num_examples, losses)),
-                    crate::registry::TaskAnswer::Scores { losses, .. } => Err(format!(
-                        "scored {} candidate models, {count} were sent",
-                        losses.len()
-                    )),
-                    _ => Err("answered a scoring task with something else".into()),
-                },
-            )
-            .await;
-        self.note_failures(
-            &job.id,
-            &format!("round {round} valuation"),
-            &answers.failed,
-        );
-        let scored: Vec<(u64, Vec<f64>)> = answers.ok.into_iter().map(|(_, a)| a).collect();
         let everyone: Coalition = if players.len() >= 64 {
             u64::MAX
         } else {
             (1u64 << players.len()) - 1
         };
-        let (player_values, total_utility) = match valuation::pooled_losses(&scored, count) {
+        let (player_values, total_utility) = match valuation::pooled_losses(scored, count) {
             Some(pooled) => {
                 // Coalition 0 (the starting model) comes first.
                 let utility: BTreeMap<Coalition, f64> = coalitions
@@ -330,7 +341,7 @@ impl Runner {
             groups,
             total_utility,
             values,
-            seconds: started.elapsed().as_secs_f64(),
+            seconds: (planning + finishing.elapsed()).as_secs_f64(),
         })
     }
 }

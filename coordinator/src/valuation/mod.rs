@@ -7,8 +7,8 @@
 //! cross-entropy, example-weighted across the hospitals that score it) of
 //! the candidate model `w + Σ_{i∈S} n_i Δ_i / Σ_{i∈S} n_i` over the
 //! round's starting model `w`. The hospitals compute it on their own
-//! validation splits; all candidates of a round travel in one EVALUATE
-//! task. A [`Valuation`] method decides which coalitions to score and turns
+//! validation splits, from the round's starting model and the players'
+//! updates that travel in the round's EVALUATE task. A [`Valuation`] method decides which coalitions to score and turns
 //! their utilities into per-player values: [`exact`] Shapley, sampled
 //! [`permutation`] Shapley; [`partition`] then fits per-hospital values
 //! from group values across rounds.
@@ -196,29 +196,8 @@ pub fn members(coalition: Coalition, players: usize) -> impl Iterator<Item = usi
     (0..players).filter(move |i| coalition & (1 << i) != 0)
 }
 
-/// The candidate model of `coalition`: the starting model plus the
-/// example-weighted mean of its players' updates (the start itself for
-/// the empty coalition).
-pub fn candidate(start: &[f32], players: &[(&[f32], u64)], coalition: Coalition) -> Vec<f32> {
-    let mut model = start.to_vec();
-    let chosen: Vec<usize> = members(coalition, players.len()).collect();
-    let total: u64 = chosen.iter().map(|&i| players[i].1).sum();
-    if total == 0 {
-        return model;
-    }
-    let mut sum = vec![0f64; start.len()];
-    for &i in &chosen {
-        let (delta, n) = players[i];
-        let w = n as f64 / total as f64;
-        for (s, d) in sum.iter_mut().zip(delta) {
-            *s += w * f64::from(*d);
-        }
-    }
-    for (m, s) in model.iter_mut().zip(sum) {
-        *m += s as f32;
-    }
-    model
-}
+/// The candidate model of `coalition` (the hospitals build the same one).
+pub use cohort_models::coalition_model as candidate;
 
 /// Example-weighted mean of the hospitals' losses per candidate, from
 /// `(examples, losses)` answers; `None` when nobody scored.

@@ -3,10 +3,11 @@
 //! public seed, into groups of at least k; each group is aggregated on its
 //! own; the groups are the players whose unions are scored. Per-hospital
 //! values come from least squares across rounds. Utilities shrink as the
-//! model converges, so what is fitted is each hospital's *share*: every
-//! group value is an observation `Σ_{i∈g} s_i ≈ φ_g / U(N)` (its round's
-//! total utility), re-grouping every round makes the system determined,
-//! and a hospital's value in a round is its share times that round's total.
+//! model converges, so what is paid is each hospital's *share*: every
+//! group value is an observation `Σ_{i∈g} v_i ≈ φ_g` of the hospitals'
+//! mean values per round, re-grouping every round makes the system
+//! determined, a share is `v_i / Σ_j v_j`, and a hospital's value in a
+//! round is its share times that round's total.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -153,25 +154,34 @@ fn deal(members: &[String], k: usize, rng: &mut ChaCha8Rng) -> Vec<Vec<String>> 
     split
 }
 
-/// Below this total utility a round says nothing about shares (its
-/// aggregate barely changed the model, or made it worse).
+/// Below this mean utility per round the rounds say nothing about shares
+/// (the aggregates barely changed the model, or made it worse).
 const MIN_TOTAL: f64 = 1e-9;
 
 /// Each hospital's share of a round's total utility, fitted over `rounds`
-/// (each: its total utility and its groups' values). Rounds whose total is
-/// not positive are left out; `None` when none is left.
+/// (each: its total utility and its groups' values); `None` while the
+/// rounds so far have, on average, not improved the model.
+///
+/// The fit is in utility units: every group value is an observation
+/// `Σ_{i∈g} v_i ≈ φ_g`, so `v_i` estimates the hospital's mean value per
+/// round (what exact Shapley's per-round values average to), and a share
+/// is `v_i / Σ_j v_j`. Dividing each round by its own total instead (equal
+/// say for every round) magnifies the evaluation noise of late rounds,
+/// whose totals are small: on the 8-hospital WDBC benchmark, over 14
+/// groupings, that fit's Spearman correlation with exact Shapley averaged
+/// 0.84 (minimum 0.67), this one's 0.94 (minimum 0.86). The price: with
+/// steeply shrinking utilities the first rounds weigh most.
 pub fn fit_shares(rounds: &[(f64, Vec<GroupValue>)]) -> Option<BTreeMap<String, f64>> {
     let observations: Vec<GroupValue> = rounds
         .iter()
-        .filter(|(total, _)| *total > MIN_TOTAL)
-        .flat_map(|(total, groups)| {
-            groups.iter().map(move |g| GroupValue {
-                members: g.members.clone(),
-                value: g.value / total,
-            })
-        })
+        .flat_map(|(_, groups)| groups.iter().cloned())
         .collect();
-    (!observations.is_empty()).then(|| fit(&observations))
+    if observations.is_empty() {
+        return None;
+    }
+    let values = fit(&observations);
+    let total: f64 = values.values().sum();
+    (total > MIN_TOTAL).then(|| values.into_iter().map(|(m, v)| (m, v / total)).collect())
 }
 
 /// Least-squares per-hospital values from group observations: minimises
@@ -348,31 +358,55 @@ mod tests {
     #[test]
     fn shares_survive_shrinking_utilities() {
         // Four hospitals, the last contributing nothing; each round's
-        // utility is a tenth of the one before (the model converges).
+        // utility is half the one before (the model converges), or
+        // the same every round.
         let truth = [1.0, 1.0, 1.0, 0.0];
         let clients = names(4);
-        let mut history: Vec<Vec<String>> = Vec::new();
-        let mut rounds = Vec::new();
-        for round in 1..=3u32 {
-            let scale = 0.1f64.powi(round as i32);
-            let split = partition(&clients, 2, &group_seed("job", round), &history, &[]).unwrap();
-            let groups: Vec<GroupValue> = split
-                .iter()
-                .map(|g| GroupValue {
-                    members: g.clone(),
-                    value: scale
-                        * g.iter()
-                            .map(|m| truth[clients.iter().position(|c| c == m).unwrap()])
-                            .sum::<f64>(),
-                })
-                .collect();
-            rounds.push((3.0 * scale, groups));
-            history.extend(split);
+        for shrinking in [false, true] {
+            let mut history: Vec<Vec<String>> = Vec::new();
+            let mut rounds = Vec::new();
+            for round in 1..=3u32 {
+                let scale = if shrinking {
+                    0.5f64.powi(round as i32)
+                } else {
+                    0.2
+                };
+                let split =
+                    partition(&clients, 2, &group_seed("job", round), &history, &[]).unwrap();
+                let groups: Vec<GroupValue> = split
+                    .iter()
+                    .map(|g| GroupValue {
+                        members: g.clone(),
+                        value: scale
+                            * g.iter()
+                                .map(|m| truth[clients.iter().position(|c| c == m).unwrap()])
+                                .sum::<f64>(),
+                    })
+                    .collect();
+                rounds.push((3.0 * scale, groups));
+                history.extend(split);
+            }
+            let shares = fit_shares(&rounds).unwrap();
+            // Constant utilities: exact. Shrinking ones: the fit averages
+            // values over rounds, so the first round weighs most and the
+            // honest shares are only approximately equal, but the free
+            // rider's stays at 0.
+            for (i, name) in clients.iter().enumerate() {
+                let share = shares[name];
+                let right = if !shrinking {
+                    (share - truth[i] / 3.0).abs() < 1e-6
+                } else if truth[i] == 0.0 {
+                    share.abs() < 1e-6
+                } else {
+                    (0.15..0.5).contains(&share)
+                };
+                assert!(right, "shrinking {shrinking}: {shares:?}");
+            }
         }
-        let shares = fit_shares(&rounds).unwrap();
-        for (i, name) in clients.iter().enumerate() {
-            assert!((shares[name] - truth[i] / 3.0).abs() < 1e-6, "{shares:?}");
-        }
-        assert_eq!(fit_shares(&[(0.0, rounds[0].1.clone())]), None);
+        let nothing = GroupValue {
+            members: clients.clone(),
+            value: 0.0,
+        };
+        assert_eq!(fit_shares(&[(0.0, vec![nothing])]), None);
     }
 }
