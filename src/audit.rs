@@ -219,6 +219,10 @@ fn entry_ref(index: u64, leaf: &[u8]) -> EntryRef {
             Some(job_id.clone()),
             format!("job {job_id} round {round} rewards"),
         ),
+        Ok(Record::ValidatorsPaid { job_id, round, .. }) => (
+            Some(job_id.clone()),
+            format!("job {job_id} round {round} validator rewards"),
+        ),
         Ok(Record::ProofSetup { job_id, .. }) => (
             Some(job_id.clone()),
             format!("job {job_id} update-proof key"),

@@ -76,6 +76,7 @@ async fn a_job_leaves_a_verifiable_ledger_and_tampering_is_caught() {
             }
             Record::RoundValued { round, .. } => format!("values {round}"),
             Record::RewardsPaid { round, .. } => format!("rewards {round}"),
+            Record::ValidatorsPaid { round, .. } => format!("validators paid {round}"),
             Record::ProofSetup { .. } => "proof key".to_string(),
             Record::Attestation { validator, .. } => format!("attested by {validator}"),
         })

@@ -138,10 +138,18 @@ fn cohort(args: &[&str]) -> (bool, String, String) {
 async fn a_boosted_update_is_excluded_and_validators_attest_the_rounds() {
     let dir = tempfile::tempdir().unwrap();
     let hospitals = hospitals(dir.path(), &[None, None, Some(Misbehave::Boost(10.0))]);
-    let federation = LocalFederation::start(dir.path(), &hospitals, true, Duration::from_secs(1))
-        .await
-        .unwrap();
-    let job_toml = job(3, 2) + "min_validators = 1\n";
+    // 10% of each round's emission is held for the validators that attest it.
+    let rewards = cohort_coordinator::rewards::RewardsConfig::new(1_000_000, 100, 100_000).unwrap();
+    let federation = LocalFederation::start_with_rewards(
+        dir.path(),
+        &hospitals,
+        true,
+        Duration::from_secs(1),
+        rewards,
+    )
+    .await
+    .unwrap();
+    let job_toml = job(3, 2) + "min_validators = 1\n\n[valuation]\n";
     let view = run_on(&federation, 3, &job_toml).await;
     // The honest update's proof does not match the boosted update.
     assert_excluded(&view, &[("hospital-2", "update proof rejected")]);
@@ -203,6 +211,40 @@ async fn a_boosted_update_is_excluded_and_validators_attest_the_rounds() {
     developer::download_model(&mut dev, &view.job_id, None, &out)
         .await
         .expect("published once attested");
+
+    // The validator that attested each round was paid that round's pool;
+    // the hospitals shared the rest, and the ledger alone shows it.
+    let data_dir = dir.path().join("coordinator");
+    let data_text = data_dir.to_string_lossy().into_owned();
+    let (ok, stdout, err) = cohort(&[
+        "rewards",
+        "show",
+        &view.job_id,
+        "--data-dir",
+        &data_text,
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    for round in report["rounds"].as_array().unwrap() {
+        let emission = round["emission"].as_u64().unwrap();
+        let pool = round["validator_pool"].as_u64().unwrap();
+        assert_eq!(pool, emission / 10, "{round}");
+        assert_eq!(round["validators"][0]["name"], "validator-1", "{round}");
+        assert_eq!(round["validators"][0]["reward"].as_u64(), Some(pool));
+        let hospitals: u64 = round["hospitals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["reward"].as_u64().unwrap())
+            .sum();
+        assert_eq!(hospitals + pool, emission, "{round}");
+    }
+    assert_eq!(report["validators"][0]["name"], "validator-1");
+    let (ok, stdout, err) = cohort(&["rewards", "verify", "--data-dir", &data_text, "--json"]);
+    assert!(ok, "{err}");
+    let verified: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(verified["validator_payouts_checked"], 2, "{stdout}");
 
     // Anyone re-checks the proofs and the attestations.
     for round in ["1", "2"] {

@@ -124,6 +124,26 @@ pub fn accept(
         validator_certificate: hex::encode(&principal.certificate_der),
         validator_signature: hex::encode(signature),
     };
-    ledger.append(store, record, |_| Ok(()))?;
-    Ok(ledger.size() - 1)
+    // The round's validator pool is paid in the same transaction as the
+    // attestation that completes its quorum, decided under the ledger's
+    // lock so that two validators attesting at once cannot both settle it.
+    let quorum = store
+        .job(job_id)?
+        .and_then(|job| crate::job::JobSpec::from_toml(&job.spec_toml).ok())
+        .map_or(1, |spec| spec.proofs.min_validators.max(1));
+    let index = ledger.append_all(
+        store,
+        |tx| {
+            let earlier: Vec<Entry> = crate::store::read_ledger(tx)?
+                .leaves
+                .iter()
+                .filter_map(|leaf| Entry::from_leaf(leaf).ok())
+                .collect();
+            let paid = crate::rewards::settle_validators(&earlier, &record, quorum);
+            Ok(std::iter::once(record).chain(paid).collect())
+        },
+        // The attestation's index: the entries before it.
+        |tx| Ok(tx.query_row("SELECT COUNT(*) FROM ledger", [], |r| r.get::<_, i64>(0))? as u64),
+    )?;
+    Ok(index)
 }

@@ -7,7 +7,7 @@
 //! enter only as decimal text with [`VALUE_DECIMALS`] places, the form in
 //! which the ledger records them.
 
-use cohort_ledger::Payout;
+use cohort_ledger::{Payout, Record};
 use serde::{Deserialize, Serialize};
 
 pub mod report;
@@ -261,6 +261,7 @@ pub(crate) fn pay_round(
     round: u32,
     valuation: &crate::runner::RoundValuation,
     mut cumulative: std::collections::BTreeMap<String, i128>,
+    attested: bool,
 ) -> Result<Vec<cohort_ledger::Record>, crate::store::StoreError> {
     use crate::store::{Store, StoreError};
     let schedule = config.schedule;
@@ -282,8 +283,10 @@ pub(crate) fn pay_round(
         recorded.push((name.clone(), text));
     }
     let emission = schedule.emission(height);
-    let (hospitals, validators) = split(emission, &recorded, &[], config.validator_ppm)
+    let pool = validator_pool(emission, config.validator_ppm, attested)
         .map_err(|e| StoreError::Rewards(e.to_string()))?;
+    let hospitals =
+        split(emission - pool, &recorded).map_err(|e| StoreError::Rewards(e.to_string()))?;
     Ok(vec![
         cohort_ledger::Record::RoundValued {
             job_id: job_id.to_string(),
@@ -303,7 +306,8 @@ pub(crate) fn pay_round(
             emission,
             validator_ppm: config.validator_ppm,
             hospitals,
-            validators,
+            validators: Vec::new(),
+            validator_pool: pool,
         },
     ])
 }
@@ -316,18 +320,28 @@ pub fn units_text(units: i128) -> String {
     format!("{sign}{}.{:09}", abs / scale, abs % scale)
 }
 
-/// A round's emission split: `validator_ppm` of it equally among
-/// `validators` (nothing set aside when there are none), the rest among
-/// `hospitals` in proportion to their non-negative recorded values.
-pub fn split(
+/// The part of a round's emission held for its validators: `validator_ppm`
+/// parts per million of it in a round with update proofs (`attested`),
+/// nothing otherwise.
+pub fn validator_pool(
     emission: u64,
-    hospitals: &[(String, String)],
-    validators: &[String],
     validator_ppm: u64,
-) -> Result<(Vec<Payout>, Vec<Payout>), RewardError> {
+    attested: bool,
+) -> Result<u64, RewardError> {
     if validator_ppm > PPM {
         return Err(RewardError::ValidatorShare(validator_ppm));
     }
+    Ok(if attested {
+        (u128::from(emission) * u128::from(validator_ppm) / u128::from(PPM)) as u64
+    } else {
+        0
+    })
+}
+
+/// The hospitals' part of a round's emission (`amount`: the emission less
+/// the validator pool) split in proportion to their non-negative recorded
+/// values, by largest remainder, so the parts add up to `amount` exactly.
+pub fn split(amount: u64, hospitals: &[(String, String)]) -> Result<Vec<Payout>, RewardError> {
     if hospitals.is_empty() {
         return Err(RewardError::NoHospitals);
     }
@@ -337,36 +351,110 @@ pub fn split(
             return Err(RewardError::Duplicate(name.clone()));
         }
     }
-    let to_validators = if validators.is_empty() {
-        0
-    } else {
-        (u128::from(emission) * u128::from(validator_ppm) / u128::from(PPM)) as u64
-    };
     let weights = hospitals
         .iter()
         .map(|(_, value)| parse_value(value).map(|v| v.max(0) as u128))
         .collect::<Result<Vec<_>, _>>()?;
-    let hospital_parts = largest_remainder(emission - to_validators, &weights);
-    let validator_parts = largest_remainder(to_validators, &vec![1; validators.len()]);
-    let hospitals = hospitals
+    Ok(hospitals
         .iter()
-        .zip(hospital_parts)
+        .zip(largest_remainder(amount, &weights))
         .map(|((name, value), reward)| Payout {
             name: name.clone(),
             value: value.clone(),
             reward,
         })
-        .collect();
-    let validators = validators
+        .collect())
+}
+
+/// The `validators_paid` record that `attestation` (about to be appended
+/// after `earlier`) triggers, if any: when the round holds a validator pool
+/// not yet paid and this attestation makes `quorum` distinct validators,
+/// the first `quorum` share the pool in proportion to the proofs each
+/// attested valid among the round's accepted updates (equally when none
+/// did). `cohort rewards verify` recomputes every such record with this
+/// same function.
+pub fn settle_validators(
+    earlier: &[cohort_ledger::Entry],
+    attestation: &Record,
+    quorum: u32,
+) -> Option<Record> {
+    let Record::Attestation { job_id, round, .. } = attestation else {
+        return None;
+    };
+    let this_round = |j: &String, r: &u32| j == job_id && r == round;
+    let mut pool = None;
+    let mut accepted: Vec<&str> = Vec::new();
+    let mut attesters: Vec<(&str, u64)> = Vec::new();
+    let records = earlier.iter().map(|e| &e.record).chain([attestation]);
+    for record in records {
+        match record {
+            Record::RewardsPaid {
+                job_id: j,
+                round: r,
+                validator_pool,
+                ..
+            } if this_round(j, r) && *validator_pool > 0 => pool = Some(*validator_pool),
+            Record::ValidatorsPaid {
+                job_id: j,
+                round: r,
+                ..
+            } if this_round(j, r) => return None,
+            Record::RoundCompleted {
+                job_id: j,
+                round: r,
+                updates,
+                ..
+            } if this_round(j, r) => {
+                accepted = updates
+                    .iter()
+                    .filter(|u| u.proof.is_some())
+                    .map(|u| u.client.as_str())
+                    .collect();
+            }
+            Record::Attestation {
+                job_id: j,
+                round: r,
+                validator,
+                verdicts,
+                ..
+            } if this_round(j, r) && !attesters.iter().any(|(v, _)| v == validator) => {
+                let verified = verdicts
+                    .iter()
+                    .filter(|v| v.valid && accepted.contains(&v.client.as_str()))
+                    .map(|v| v.client.as_str())
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len() as u64;
+                attesters.push((validator, verified));
+            }
+            _ => {}
+        }
+    }
+    let pool = pool?;
+    let quorum = quorum.max(1) as usize;
+    if attesters.len() != quorum {
+        return None;
+    }
+    let weights: Vec<u128> = if attesters.iter().all(|(_, n)| *n == 0) {
+        vec![1; quorum]
+    } else {
+        attesters.iter().map(|(_, n)| u128::from(*n)).collect()
+    };
+    let validators = attesters
         .iter()
-        .zip(validator_parts)
-        .map(|(name, reward)| Payout {
-            name: name.clone(),
-            value: String::new(),
+        .zip(largest_remainder(pool, &weights))
+        .map(|((name, proofs), reward)| Payout {
+            name: name.to_string(),
+            value: proofs.to_string(),
             reward,
         })
         .collect();
-    Ok((hospitals, validators))
+    Some(Record::ValidatorsPaid {
+        job_id: job_id.clone(),
+        round: *round,
+        quorum: quorum as u32,
+        pool,
+        validators,
+    })
 }
 
 #[cfg(test)]
@@ -517,31 +605,129 @@ mod tests {
     }
 
     #[test]
-    fn split_pays_non_negative_values_and_validators() {
+    fn split_pays_non_negative_values_and_holds_the_validator_pool() {
         let hospitals = vec![
             ("a".to_string(), "0.3".to_string()),
             ("b".to_string(), "0.1".to_string()),
             ("c".to_string(), "-0.2".to_string()),
         ];
-        let (h, v) = split(1000, &hospitals, &[], 100_000).unwrap();
+        let h = split(1000, &hospitals).unwrap();
         assert_eq!(
             h.iter().map(|s| s.reward).collect::<Vec<_>>(),
             [750, 250, 0]
         );
-        assert!(v.is_empty());
-        let validators = vec!["v1".to_string(), "v2".to_string(), "v3".to_string()];
-        let (h, v) = split(1000, &hospitals, &validators, 100_000).unwrap();
-        assert_eq!(v.iter().map(|s| s.reward).collect::<Vec<_>>(), [34, 33, 33]);
-        assert_eq!(h.iter().map(|s| s.reward).sum::<u64>(), 900);
+        assert_eq!(validator_pool(1000, 100_000, false), Ok(0));
+        assert_eq!(validator_pool(1000, 100_000, true), Ok(100));
+        assert_eq!(validator_pool(u64::MAX, PPM, true), Ok(u64::MAX));
         assert_eq!(
-            split(1, &hospitals, &[], PPM + 1),
+            validator_pool(1, PPM + 1, true),
             Err(RewardError::ValidatorShare(PPM + 1))
         );
-        assert_eq!(split(1, &[], &[], 0), Err(RewardError::NoHospitals));
+        assert_eq!(split(1, &[]), Err(RewardError::NoHospitals));
         let twice = vec![hospitals[0].clone(), hospitals[0].clone()];
-        assert!(matches!(
-            split(1, &twice, &[], 0),
-            Err(RewardError::Duplicate(_))
-        ));
+        assert!(matches!(split(1, &twice), Err(RewardError::Duplicate(_))));
+    }
+
+    fn entry(record: Record) -> cohort_ledger::Entry {
+        cohort_ledger::Entry {
+            version: 1,
+            at: String::new(),
+            record,
+            signer_key: String::new(),
+            signature: String::new(),
+        }
+    }
+
+    fn attestation(validator: &str, valid: &[(&str, bool)]) -> Record {
+        Record::Attestation {
+            job_id: "job".into(),
+            round: 1,
+            validator: validator.into(),
+            verdicts: valid
+                .iter()
+                .map(|(client, valid)| cohort_ledger::Verdict {
+                    client: client.to_string(),
+                    statement: "update-norm".into(),
+                    valid: *valid,
+                })
+                .collect(),
+            validator_certificate: String::new(),
+            validator_signature: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_quorum_of_validators_shares_the_pool_by_proofs_verified() {
+        let proof = cohort_ledger::ProofRecord {
+            statement: "update-norm".into(),
+            bound: 1,
+            update_hash: String::new(),
+            proof: String::new(),
+        };
+        let update =
+            |client: &str, proof: Option<cohort_ledger::ProofRecord>| cohort_ledger::UpdateRecord {
+                client: client.into(),
+                task_id: String::new(),
+                num_examples: 1,
+                parameter_count: 1,
+                update_sha256: String::new(),
+                signature: String::new(),
+                dataset_sha256: String::new(),
+                dp_epsilon: None,
+                proof,
+            };
+        let mut ledger = vec![
+            entry(Record::RoundCompleted {
+                job_id: "job".into(),
+                round: 1,
+                model_sha256: String::new(),
+                model_signature_sha256: String::new(),
+                updates: vec![
+                    update("h1", Some(proof.clone())),
+                    update("h2", Some(proof.clone())),
+                    update("h3", None),
+                ],
+                aggregate_sha256: None,
+                accuracy: None,
+                auc: None,
+                excluded: Vec::new(),
+            }),
+            entry(Record::RewardsPaid {
+                job_id: "job".into(),
+                round: 1,
+                height: 0,
+                initial: 1000,
+                halving: 10,
+                emission: 1000,
+                validator_ppm: 100_000,
+                hospitals: Vec::new(),
+                validators: Vec::new(),
+                validator_pool: 100,
+            }),
+        ];
+        // v1 verified both accepted proofs; v2 one of them (and claims a
+        // proof the round never accepted, which earns nothing).
+        let v1 = attestation("v1", &[("h1", true), ("h2", true)]);
+        let v2 = attestation("v2", &[("h1", true), ("h2", false), ("h3", true)]);
+        assert_eq!(settle_validators(&ledger, &v1, 2), None);
+        ledger.push(entry(v1.clone()));
+        // The same validator again does not make a quorum.
+        assert_eq!(settle_validators(&ledger, &v1, 2), None);
+        let Some(Record::ValidatorsPaid {
+            pool, validators, ..
+        }) = settle_validators(&ledger, &v2, 2)
+        else {
+            panic!("the second validator completes the quorum");
+        };
+        assert_eq!(pool, 100);
+        let paid: Vec<(&str, &str, u64)> = validators
+            .iter()
+            .map(|p| (p.name.as_str(), p.value.as_str(), p.reward))
+            .collect();
+        assert_eq!(paid, [("v1", "2", 67), ("v2", "1", 33)]);
+        // Once paid, later attestations are not.
+        ledger.push(entry(v2.clone()));
+        ledger.push(entry(settle_validators(&ledger[..3], &v2, 2).unwrap()));
+        assert_eq!(settle_validators(&ledger, &attestation("v3", &[]), 3), None);
     }
 }

@@ -931,13 +931,14 @@ impl Runner {
             None => BTreeMap::new(),
         };
         let valuation = record.valuation;
+        let attested = spec.proofs.update != crate::job::UpdateProofs::Off;
         self.ledger.append_all(
             &self.store,
             |tx| {
                 let mut records = vec![entry];
                 if let Some(valuation) = valuation {
                     records.extend(crate::rewards::pay_round(
-                        tx, &rewards, &job_id, round, &valuation, cumulative,
+                        tx, &rewards, &job_id, round, &valuation, cumulative, attested,
                     )?);
                 }
                 Ok(records)

@@ -788,7 +788,7 @@ pub struct StoredCheckpoint {
     pub note: String,
 }
 
-fn read_ledger(db: &Connection) -> Result<LedgerContents, StoreError> {
+pub(crate) fn read_ledger(db: &Connection) -> Result<LedgerContents, StoreError> {
     let mut stmt = db.prepare("SELECT entry FROM ledger ORDER BY idx")?;
     let leaves = stmt
         .query_map([], |r| r.get::<_, Vec<u8>>(0))?

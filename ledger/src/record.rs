@@ -170,6 +170,27 @@ pub enum Record {
         /// (paid only when the round has validators).
         validator_ppm: u64,
         hospitals: Vec<Payout>,
+        /// Always empty since validators attest after the round is
+        /// recorded: they are paid from `validator_pool` by a later
+        /// `validators_paid` entry.
+        validators: Vec<Payout>,
+        /// Base units of this round's emission held for the validators
+        /// that attest it (rounds with update proofs; 0 otherwise):
+        /// `emission × validator_ppm / 10^6`, the hospitals share the rest.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        validator_pool: u64,
+    },
+    /// A round's validator pool paid out, appended with the attestation
+    /// that made `quorum` validators attest the round (the job's
+    /// `min_validators`, at least 1): those first `quorum` validators share
+    /// the pool in proportion to the proofs each verified valid (`value`:
+    /// their count) among the round's accepted updates, by largest
+    /// remainder.
+    ValidatorsPaid {
+        job_id: String,
+        round: u32,
+        quorum: u32,
+        pool: u64,
         validators: Vec<Payout>,
     },
     /// Update proofs (issue 16): the verifying key of a job's statement.
@@ -222,6 +243,10 @@ pub struct Payout {
 /// Signature context of a validator's attestation.
 pub const ATTESTATION_CONTEXT: &str = "cohort/attestation/v1";
 
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
 /// The bytes a validator signs: canonical JSON of the job, round,
 /// validator name and verdicts.
 pub fn attestation_statement(
@@ -253,6 +278,7 @@ impl Record {
             | Record::RoundCompleted { job_id, .. }
             | Record::RoundValued { job_id, .. }
             | Record::RewardsPaid { job_id, .. }
+            | Record::ValidatorsPaid { job_id, .. }
             | Record::ProofSetup { job_id, .. }
             | Record::Attestation { job_id, .. } => Some(job_id),
         }

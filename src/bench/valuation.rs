@@ -43,6 +43,14 @@ pub struct MethodAccuracy {
     pub spearman_per_grouping: Vec<f64>,
 }
 
+/// One partition-valuation job's accuracy against exact Shapley.
+struct GroupingAccuracy {
+    values: BTreeMap<String, f64>,
+    spearman: f64,
+    mae: f64,
+    evaluations: f64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Overhead {
     pub hospitals: usize,
@@ -307,23 +315,26 @@ pub async fn valuation(
     for id in &grouped_ids {
         let (values, evaluations) = values(&data_dir, id, true)?;
         let (spearman, mae) = compare(&exact, &values);
-        per_grouping.push((values, spearman, mae, evaluations));
+        per_grouping.push(GroupingAccuracy {
+            values,
+            spearman,
+            mae,
+            evaluations,
+        });
     }
     let count = per_grouping.len() as f64;
-    let mean = |f: &dyn Fn(&(BTreeMap<String, f64>, f64, f64, f64)) -> f64| {
-        per_grouping.iter().map(f).sum::<f64>() / count
-    };
+    let mean = |f: fn(&GroupingAccuracy) -> f64| per_grouping.iter().map(f).sum::<f64>() / count;
     methods.push(MethodAccuracy {
         method: "partition-least-squares".into(),
         aggregation: "secagg".into(),
-        spearman: mean(&|r| r.1),
-        mean_absolute_error: mean(&|r| r.2),
-        evaluations_per_round: mean(&|r| r.3),
-        spearman_per_grouping: per_grouping.iter().map(|r| r.1).collect(),
+        spearman: mean(|g| g.spearman),
+        mean_absolute_error: mean(|g| g.mae),
+        evaluations_per_round: mean(|g| g.evaluations),
+        spearman_per_grouping: per_grouping.iter().map(|g| g.spearman).collect(),
         values: per_grouping
             .into_iter()
             .next()
-            .map(|r| r.0)
+            .map(|g| g.values)
             .unwrap_or_default(),
     });
     let overhead = if overhead_hospitals > 0 {

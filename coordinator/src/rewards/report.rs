@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use cohort_ledger::{Entry, HospitalValue, Payout, Record};
 use serde::Serialize;
 
-use super::{EmissionSchedule, VALUE_SCALE, parse_value, split};
+use super::{EmissionSchedule, VALUE_SCALE, parse_value, settle_validators, split, validator_pool};
 
 /// `cohort rewards show --json`.
 #[derive(Debug, Clone, Serialize)]
@@ -42,6 +42,9 @@ pub struct RoundRewards {
     pub method: String,
     pub utility_evaluations: u64,
     pub hospitals: Vec<RoundHospital>,
+    /// Base units held for the round's validators (update-proof rounds).
+    pub validator_pool: u64,
+    /// Who was paid from the pool, once the round's quorum attested it.
     pub validators: Vec<ValidatorTotal>,
 }
 
@@ -83,7 +86,7 @@ pub fn report(entries: &[Entry], job: Option<&str>) -> RewardsReport {
                 height,
                 emission,
                 hospitals,
-                validators,
+                validator_pool,
                 ..
             } if job.is_none_or(|j| j == job_id.as_str()) => {
                 let (method, evaluations, values) = valued
@@ -112,14 +115,28 @@ pub fn report(entries: &[Entry], job: Option<&str>) -> RewardsReport {
                             reward: p.reward,
                         })
                         .collect(),
-                    validators: validators
+                    validator_pool: *validator_pool,
+                    validators: Vec::new(),
+                });
+            }
+            Record::ValidatorsPaid {
+                job_id,
+                round,
+                validators,
+                ..
+            } => {
+                if let Some(r) = rounds
+                    .iter_mut()
+                    .find(|r| &r.job_id == job_id && r.round == *round)
+                {
+                    r.validators = validators
                         .iter()
                         .map(|p| ValidatorTotal {
                             name: p.name.clone(),
                             reward: u128::from(p.reward),
                         })
-                        .collect(),
-                });
+                        .collect();
+                }
             }
             _ => {}
         }
@@ -165,6 +182,9 @@ pub struct Verification {
     pub schedule: Option<(u64, u64)>,
     /// Partition-valued rounds whose decrypted groups were rank-checked.
     pub partition_rounds_checked: u64,
+    /// Rounds whose validator pool was paid, each recomputed from the
+    /// attestations before it.
+    pub validator_payouts_checked: u64,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -177,15 +197,18 @@ pub enum VerifyError {
 /// from 0 across all jobs, the schedule never changes, each emission is
 /// the schedule's at its height, each split is the largest-remainder split
 /// of the round's recorded values and adds up to the emission, cumulative
-/// values add up, and no partition-valued round released a combination of
-/// updates that isolates one hospital.
+/// values add up, no partition-valued round released a combination of
+/// updates that isolates one hospital, and every validator payout is the
+/// one the attestations before it call for.
 pub fn verify(entries: &[Entry]) -> Result<Verification, VerifyError> {
     let mut out = Verification {
         rounds_paid: 0,
         emitted: 0,
         schedule: None,
         partition_rounds_checked: 0,
+        validator_payouts_checked: 0,
     };
+    let mut attested_jobs: BTreeSet<String> = BTreeSet::new();
     let mut valued: BTreeMap<(String, u32), Vec<HospitalValue>> = BTreeMap::new();
     let mut cumulative: BTreeMap<(String, String), i128> = BTreeMap::new();
     let mut completed: BTreeSet<(String, u32)> = BTreeSet::new();
@@ -195,6 +218,39 @@ pub fn verify(entries: &[Entry]) -> Result<Verification, VerifyError> {
         match &entry.record {
             Record::RoundCompleted { job_id, round, .. } => {
                 completed.insert((job_id.clone(), *round));
+            }
+            Record::ProofSetup { job_id, .. } => {
+                attested_jobs.insert(job_id.clone());
+            }
+            Record::ValidatorsPaid {
+                job_id,
+                round,
+                quorum,
+                pool,
+                validators,
+            } => {
+                let before = &entries[..index.saturating_sub(1)];
+                let expected = index
+                    .checked_sub(1)
+                    .and_then(|i| settle_validators(before, &entries[i].record, *quorum));
+                if expected.as_ref() != Some(&entry.record) {
+                    return Err(fail(format!(
+                        "job {job_id} round {round}: the validator payout is not the split of \
+                         the pool among the first {quorum} attestations before it ({})",
+                        match expected {
+                            Some(Record::ValidatorsPaid { validators, .. }) =>
+                                describe(&validators),
+                            _ => "none is due".to_string(),
+                        }
+                    )));
+                }
+                let total: u128 = validators.iter().map(|p| u128::from(p.reward)).sum();
+                if total != u128::from(*pool) {
+                    return Err(fail(format!(
+                        "validator payouts add up to {total}, the pool is {pool}"
+                    )));
+                }
+                out.validator_payouts_checked += 1;
             }
             Record::RoundValued {
                 job_id,
@@ -251,6 +307,7 @@ pub fn verify(entries: &[Entry]) -> Result<Verification, VerifyError> {
                 validator_ppm,
                 hospitals,
                 validators,
+                validator_pool: recorded_pool,
             } => {
                 let schedule =
                     EmissionSchedule::new(*initial, *halving).map_err(|e| fail(e.to_string()))?;
@@ -288,23 +345,31 @@ pub fn verify(entries: &[Entry]) -> Result<Verification, VerifyError> {
                     .iter()
                     .map(|v| (v.name.clone(), v.round_value.clone()))
                     .collect();
-                let names: Vec<String> = validators.iter().map(|v| v.name.clone()).collect();
-                let (expect_h, expect_v) = split(*emission, &recorded, &names, *validator_ppm)
-                    .map_err(|e| fail(e.to_string()))?;
-                if &expect_h != hospitals || &expect_v != validators {
+                let pool = validator_pool(
+                    *emission,
+                    *validator_ppm,
+                    attested_jobs.contains(job_id.as_str()),
+                )
+                .map_err(|e| fail(e.to_string()))?;
+                if *recorded_pool != pool || !validators.is_empty() {
                     return Err(fail(format!(
-                        "job {job_id} round {round}: the payouts are not the split of its recorded values ({})",
-                        describe(&expect_h)
+                        "job {job_id} round {round}: {recorded_pool} held for validators; the \
+                         schedule's share gives {pool}"
                     )));
                 }
-                let total: u128 = hospitals
-                    .iter()
-                    .chain(validators)
-                    .map(|p| u128::from(p.reward))
-                    .sum();
+                let expected =
+                    split(*emission - pool, &recorded).map_err(|e| fail(e.to_string()))?;
+                if &expected != hospitals {
+                    return Err(fail(format!(
+                        "job {job_id} round {round}: the payouts are not the split of its recorded values ({})",
+                        describe(&expected)
+                    )));
+                }
+                let total: u128 =
+                    hospitals.iter().map(|p| u128::from(p.reward)).sum::<u128>() + u128::from(pool);
                 if total != u128::from(*emission) {
                     return Err(fail(format!(
-                        "payouts add up to {total}, the emission is {emission}"
+                        "payouts and the validator pool add up to {total}, the emission is {emission}"
                     )));
                 }
                 out.rounds_paid += 1;
