@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use cohort::pki::resolve_connection;
+use cohort::rewards::token;
 use cohort::{audit, bench, ca, data, demo, developer, evaluate, jobs, models, privacy, serve};
 use cohort_datasets::{PartitionScheme, SplitOptions};
 use cohort_identity::Role;
@@ -150,6 +151,71 @@ enum RewardsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Deploy the ERC-20 rewards token on an EVM chain, with the
+    /// coordinator's halving schedule (the token refuses any height's
+    /// distributions beyond it); prints its address.
+    Deploy {
+        /// JSON-RPC URL of the EVM node.
+        #[arg(long)]
+        rpc_url: String,
+        /// File holding the private key (hex) of the account that deploys
+        /// and later publishes distributions.
+        #[arg(long, value_name = "FILE")]
+        evm_key: PathBuf,
+        /// The coordinator's --emission-initial.
+        #[arg(long, default_value_t = 5_000_000_000)]
+        emission_initial: u64,
+        /// The coordinator's --emission-halving.
+        #[arg(long, default_value_t = 210_000)]
+        emission_halving: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publish the ledger's payouts to the token, each payout entry as one
+    /// Merkle-rooted distribution (after `rewards verify` passes); those
+    /// already published must match. Run it again after new rounds.
+    Publish {
+        #[command(flatten)]
+        token: TokenArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mint a hospital's or validator's published rewards to its address,
+    /// with Merkle proofs built from the ledger (any funded key pays the
+    /// gas; the tokens go to NAME's address).
+    Claim {
+        /// The hospital or validator, as the ledger names it.
+        name: String,
+        #[command(flatten)]
+        token: TokenArgs,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Where the ledger and the rewards token are, and who pays.
+#[derive(Args)]
+struct TokenArgs {
+    /// The coordinator's data directory (read-only). Without it, the
+    /// ledger is fetched from the running coordinator.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    connection: Connection,
+    /// JSON-RPC URL of the EVM node.
+    #[arg(long)]
+    rpc_url: String,
+    /// The token's address (`cohort rewards deploy`).
+    #[arg(long)]
+    contract: String,
+    /// File holding the private key (hex) of the account that sends the
+    /// transactions (publish: the deployer).
+    #[arg(long, value_name = "FILE")]
+    evm_key: PathBuf,
+    /// CSV of `name,address`: the EVM account of each hospital and
+    /// validator. Payees without one are left out of the distributions.
+    #[arg(long, value_name = "FILE")]
+    addresses: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -1448,6 +1514,70 @@ async fn run_rewards_command(cmd: RewardsCommand) -> Result<()> {
                 .await
                 .context("rewards verification FAILED")?;
             report(json, &verified, cohort::rewards::verification_summary)?;
+        }
+        RewardsCommand::Deploy {
+            rpc_url,
+            evm_key,
+            emission_initial,
+            emission_halving,
+            json,
+        } => {
+            let deployment =
+                token::deploy(&rpc_url, &evm_key, emission_initial, emission_halving).await?;
+            if json {
+                print_json(&deployment)?;
+            } else {
+                eprintln!("{}", audit::deployment_summary(&deployment));
+                println!("{}", deployment.address);
+            }
+        }
+        RewardsCommand::Publish { token: t, json } => {
+            let addresses = token::PayoutAddresses::read(&t.addresses)?;
+            let published = token::publish(
+                &source(t.data_dir, t.connection)?,
+                &t.rpc_url,
+                &t.contract,
+                &t.evm_key,
+                &addresses,
+            )
+            .await?;
+            report(json, &published, |p| {
+                format!(
+                    "{} distributions on {} ({} published now)",
+                    p.distributions.len(),
+                    p.contract,
+                    p.distributions
+                        .iter()
+                        .filter(|d| d.gas_used.is_some())
+                        .count()
+                )
+            })?;
+        }
+        RewardsCommand::Claim {
+            name,
+            token: t,
+            json,
+        } => {
+            let addresses = token::PayoutAddresses::read(&t.addresses)?;
+            let claimed = token::claim(
+                &source(t.data_dir, t.connection)?,
+                &t.rpc_url,
+                &t.contract,
+                &t.evm_key,
+                &addresses,
+                &name,
+            )
+            .await?;
+            report(json, &claimed, |c| {
+                format!(
+                    "{} claimed {} base units in {} distributions to {}; balance {}",
+                    c.name,
+                    c.claims.iter().map(|r| r.amount).sum::<u64>(),
+                    c.claims.len(),
+                    c.account,
+                    c.balance
+                )
+            })?;
         }
     }
     Ok(())

@@ -1,6 +1,9 @@
 //! `cohort rewards show|verify`: contribution values and halving rewards
 //! read from a coordinator's ledger (its data directory or the network),
-//! after checking the ledger's signatures and Merkle root.
+//! after checking the ledger's signatures and Merkle root; [`token`]: the
+//! same payouts as an ERC-20 token on an EVM chain.
+
+pub mod token;
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -12,7 +15,7 @@ use cohort_ledger::Entry;
 use serde::Serialize;
 
 /// The ledger's entries after its signatures and root check out.
-fn verified_entries(contents: &LedgerContents) -> Result<Vec<Entry>> {
+pub(crate) fn verified_entries(contents: &LedgerContents) -> Result<Vec<Entry>> {
     let Some(checkpoint) = &contents.checkpoint else {
         bail!("the ledger has no signed checkpoint");
     };

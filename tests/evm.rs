@@ -565,3 +565,203 @@ async fn anchoring_costs() {
         );
     }
 }
+
+/// Hardhat's second and third development accounts (public keys only
+/// matter here: they receive tokens).
+const HOSPITAL_0: &str = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8";
+const HOSPITAL_1: &str = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC";
+
+/// The ledger's payouts as an ERC-20 token: a valued job's rounds
+/// published as distributions, a hospital claiming exactly what the ledger
+/// paid it (once), a publisher going beyond the halving schedule refused on
+/// chain, and the gas of each step printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rewards_token_pays_the_ledger_and_caps_each_height() {
+    use cohort::local::{LocalFederation, LocalHospital};
+    let Some(tools) = evm_tools() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(&tools, &dir.path().join("node.log")).await;
+    let csv = dir.path().join("oncology.csv");
+    synthetic_oncology_csv(&csv, 600, 23);
+    let files = split(&csv, &dir.path().join("parts"), 3, 4);
+    let hospitals: Vec<LocalHospital> = files[..3]
+        .iter()
+        .enumerate()
+        .map(|(i, file)| LocalHospital {
+            name: format!("hospital-{i}"),
+            data: file.clone(),
+            options: Default::default(),
+        })
+        .collect();
+    // 1,000,000 base units halving every 2 rounds: 3 rounds cross a halving.
+    let schedule = cohort_coordinator::rewards::RewardsConfig::new(1_000_000, 2, 0).unwrap();
+    let federation = LocalFederation::start_with_rewards(
+        dir.path(),
+        &hospitals,
+        false,
+        Duration::from_secs(1),
+        schedule,
+    )
+    .await
+    .unwrap();
+    let mut dev = federation.developer().await.unwrap();
+    let id = cohort::developer::submit(&mut dev, &(oncology_job(3, 3) + "\n[valuation]\n"))
+        .await
+        .unwrap();
+    let view = cohort::developer::wait(&mut dev, &id, false).await.unwrap();
+    federation.shutdown().await;
+    assert_eq!(view.state, "completed", "{view:#?}");
+
+    let key_file = dir.path().join("operator.key");
+    std::fs::write(&key_file, DEV_KEY).unwrap();
+    let key_text = key_file.to_string_lossy().into_owned();
+    let data_dir = dir.path().join("coordinator");
+    let data_text = data_dir.to_string_lossy().into_owned();
+    let addresses = dir.path().join("addresses.csv");
+    // hospital-2 has no address: its part stays unminted.
+    std::fs::write(
+        &addresses,
+        format!("name,address\nhospital-0,{HOSPITAL_0}\nhospital-1,{HOSPITAL_1}\n"),
+    )
+    .unwrap();
+    let addresses_text = addresses.to_string_lossy().into_owned();
+
+    // A token with another schedule than the ledger's is refused.
+    let wrong = cohort(&[
+        "rewards",
+        "deploy",
+        "--rpc-url",
+        &node.url,
+        "--evm-key",
+        &key_text,
+        "--emission-initial",
+        "1000000",
+        "--emission-halving",
+        "3",
+    ])
+    .unwrap();
+    let token_args = |contract: &str| {
+        vec![
+            "--data-dir".to_string(),
+            data_text.clone(),
+            "--rpc-url".into(),
+            node.url.clone(),
+            "--contract".into(),
+            contract.to_string(),
+            "--evm-key".into(),
+            key_text.clone(),
+            "--addresses".into(),
+            addresses_text.clone(),
+        ]
+    };
+    let run = |head: &[&str], contract: &str| {
+        let mut args: Vec<String> = head.iter().map(|s| s.to_string()).collect();
+        args.extend(token_args(contract));
+        args.push("--json".into());
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        cohort(&refs)
+    };
+    let err = run(&["rewards", "publish"], wrong.trim()).unwrap_err();
+    assert!(
+        err.contains("halving every 3") && err.contains("halving every 2"),
+        "{err}"
+    );
+
+    let deployed = json(
+        &cohort(&[
+            "rewards",
+            "deploy",
+            "--rpc-url",
+            &node.url,
+            "--evm-key",
+            &key_text,
+            "--emission-initial",
+            "1000000",
+            "--emission-halving",
+            "2",
+            "--json",
+        ])
+        .unwrap(),
+    );
+    let contract = deployed["address"].as_str().unwrap().to_string();
+    println!("rewards token deploy: {} gas", deployed["gas_used"]);
+    let published = json(&run(&["rewards", "publish"], &contract).unwrap());
+    let rows = published["distributions"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{published}");
+    for row in rows {
+        // hospital-2 has no address (its part, when above 0, is unminted).
+        let unmapped = row["unmapped"].as_array().unwrap();
+        assert!(unmapped.iter().all(|u| u == "hospital-2"), "{row}");
+        println!(
+            "publish distribution {} ({} payees): {} gas",
+            row["distribution"], row["payees"], row["gas_used"]
+        );
+    }
+    // Publishing again sends nothing and checks what is there.
+    let again = json(&run(&["rewards", "publish"], &contract).unwrap());
+    assert!(
+        again["distributions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["gas_used"].is_null()),
+        "{again}"
+    );
+
+    // hospital-0 claims exactly what the ledger paid it, once.
+    let shown =
+        json(&cohort(&["rewards", "show", &id, "--data-dir", &data_text, "--json"]).unwrap());
+    let paid = shown["hospitals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == "hospital-0")
+        .unwrap()["reward"]
+        .as_u64()
+        .unwrap();
+    assert!(paid > 0, "{shown}");
+    let claimed = json(&run(&["rewards", "claim", "hospital-0"], &contract).unwrap());
+    assert_eq!(claimed["balance"], paid.to_string(), "{claimed}");
+    for row in claimed["claims"].as_array().unwrap() {
+        println!(
+            "claim from distribution {}: {} gas",
+            row["distribution"], row["gas_used"]
+        );
+    }
+    let twice = json(&run(&["rewards", "claim", "hospital-0"], &contract).unwrap());
+    assert_eq!(twice["claims"], serde_json::json!([]), "{twice}");
+    assert_eq!(twice["already_claimed"], 3, "{twice}");
+    let err = run(&["rewards", "claim", "hospital-2"], &contract).unwrap_err();
+    assert!(err.contains("no address"), "{err}");
+
+    // The operator's key cannot mint beyond the schedule: height 2 (after
+    // the halving) has 500,000 base units, of which the ledger's
+    // distribution already took some.
+    let token = cohort_ledger_evm::RewardsContract::new(&node.url, &contract).unwrap();
+    let key = EvmKey::from_hex(DEV_KEY).unwrap();
+    let err = token
+        .publish(
+            &key,
+            3,
+            2,
+            cohort_ledger_evm::B256::repeat_byte(7),
+            cohort_ledger_evm::U256::from(500_000u64),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("OverEmission"), "{err}");
+    // Nor claim a leaf that is not in the tree.
+    let err = token
+        .claim(
+            &key,
+            0,
+            HOSPITAL_1.parse().unwrap(),
+            cohort_ledger_evm::U256::from(1_000_000u64),
+            Vec::new(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("InvalidProof"), "{err}");
+}

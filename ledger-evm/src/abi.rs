@@ -97,6 +97,9 @@ pub fn describe_revert(data: &[u8]) -> String {
             ),
         };
     }
+    if let Some(text) = crate::rewards::describe_rewards_revert(data) {
+        return text;
+    }
     if data.len() >= 4 {
         let (selector, rest) = data.split_at(4);
         // Error(string) and Panic(uint256), which Solidity itself raises.

@@ -378,7 +378,7 @@ fn refused(what: &str, node: NodeError) -> EvmError {
 
 /// Signs and sends one transaction from `key` (EIP-1559 where the chain has
 /// a base fee, else legacy with EIP-155), then waits for its receipt.
-async fn transact(
+pub(crate) async fn transact(
     rpc: &Rpc,
     key: &EvmKey,
     to: Option<Address>,

@@ -11,7 +11,10 @@
 //! - [`AnchorWriter`]: the coordinator's [`cohort_ledger::Anchor`] (it
 //!   appends entries and checkpoints);
 //! - [`AnchorContract`]: what a validator reads (`cohort verify ledger
-//!   --rpc-url URL --contract ADDR`).
+//!   --rpc-url URL --contract ADDR`);
+//! - [`rewards`]: the ERC-20 rewards token whose halving-capped
+//!   distributions pay the ledger's payouts (`cohort rewards deploy |
+//!   publish | claim`).
 //!
 //! alloy provides the ABI (`sol!`) and the transaction types; JSON-RPC goes
 //! over plain HTTP (or HTTPS with the system's roots) through reqwest, and
@@ -21,11 +24,13 @@
 pub mod abi;
 mod contract;
 mod key;
+pub mod rewards;
 mod rpc;
 
 pub use alloy_primitives::{Address, B256, U256};
 pub use contract::{AnchorContract, AnchorWriter, deploy, parse_address};
 pub use key::EvmKey;
+pub use rewards::{PayoutTree, RewardsContract, deploy_rewards, payout_leaf};
 pub use rpc::Receipt;
 
 /// A contract just deployed.

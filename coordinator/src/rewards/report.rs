@@ -394,3 +394,57 @@ fn describe(payouts: &[Payout]) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+/// One payout entry of the ledger as the EVM rewards token distributes it:
+/// `rewards_paid`'s hospital parts, or `validators_paid`'s validator parts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Distribution {
+    pub job_id: String,
+    pub round: u32,
+    /// The consortium height whose emission it is part of.
+    pub height: u64,
+    pub payouts: Vec<Payout>,
+}
+
+/// Every payout entry of the ledger, in ledger order: distribution `i` on
+/// chain is the `i`-th of these.
+pub fn distributions(entries: &[Entry]) -> Vec<Distribution> {
+    let mut heights: BTreeMap<(&str, u32), u64> = BTreeMap::new();
+    let mut out = Vec::new();
+    for entry in entries {
+        match &entry.record {
+            Record::RewardsPaid {
+                job_id,
+                round,
+                height,
+                hospitals,
+                ..
+            } => {
+                heights.insert((job_id, *round), *height);
+                out.push(Distribution {
+                    job_id: job_id.clone(),
+                    round: *round,
+                    height: *height,
+                    payouts: hospitals.clone(),
+                });
+            }
+            Record::ValidatorsPaid {
+                job_id,
+                round,
+                validators,
+                ..
+            } => {
+                if let Some(height) = heights.get(&(job_id.as_str(), *round)) {
+                    out.push(Distribution {
+                        job_id: job_id.clone(),
+                        round: *round,
+                        height: *height,
+                        payouts: validators.clone(),
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
