@@ -469,7 +469,7 @@ mod tests {
 
     #[test]
     fn every_leaf_proves_into_the_root_and_nothing_else_does() {
-        let accounts: Vec<Address> = (1u8..=5).map(|i| Address::repeat_byte(i)).collect();
+        let accounts: Vec<Address> = (1u8..=5).map(Address::repeat_byte).collect();
         for n in 0..=accounts.len() {
             let leaves: Vec<B256> = accounts[..n]
                 .iter()
