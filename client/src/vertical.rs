@@ -19,9 +19,7 @@ use cohort_datasets::psi::{self, PsiKey};
 use cohort_datasets::{
     DataSpec, Examples, LabelColumn, SiteTable, VerticalAlignment, VerticalSiteInfo,
 };
-use cohort_models::{
-    BottomPart, LabelSiteReport, ModelSpec, TopPart, TrainConfig, VerticalLayout,
-};
+use cohort_models::{BottomPart, LabelSiteReport, ModelSpec, TopPart, TrainConfig, VerticalLayout};
 use cohort_protocol::v1::hospital_service_client::HospitalServiceClient;
 use cohort_protocol::v1::{
     ResultHeader, SplitOpen, TaskHeader, VerticalBatch, VerticalDown, VerticalStep, VerticalTask,
@@ -81,7 +79,9 @@ pub(crate) async fn answer(
                 VerticalStep::Enroll => enroll(&worker, &task),
                 VerticalStep::Blind => blind(&worker, &task, body),
                 VerticalStep::Align => align(&worker, &task, body),
-                VerticalStep::Train => train(&worker, &handle, grpc, &session_id, &task, vertical, body),
+                VerticalStep::Train => {
+                    train(&worker, &handle, grpc, &session_id, &task, vertical, body)
+                }
                 VerticalStep::Unspecified => Err("vertical task of unknown step".to_string()),
             },
             None => Err("vertical task without its step".to_string()),
@@ -235,7 +235,12 @@ fn align(worker: &Worker, task: &TaskHeader, body: TaskBody) -> Result<Answer, S
     // The intersection's order follows blinded values that change with every
     // run's keys; every site can sort its shared ids, which makes the same
     // order, reproducible from the seed.
-    let id_of = |r: usize| site.table.ids[r].as_deref().map(str::trim).unwrap_or_default();
+    let id_of = |r: usize| {
+        site.table.ids[r]
+            .as_deref()
+            .map(str::trim)
+            .unwrap_or_default()
+    };
     rows.sort_by(|&a, &b| id_of(a).cmp(id_of(b)));
     let (train_pos, validation_pos) =
         cohort_datasets::vertical_holdout(rows.len(), task.validation_fraction, task.split_seed);
@@ -265,7 +270,11 @@ fn align(worker: &Worker, task: &TaskHeader, body: TaskBody) -> Result<Answer, S
         transforms: site.table.column_transforms(&train_rows),
     };
     site.aligned = Some(Arc::new(aligned));
-    Ok(bytes_answer(to_json(&report)?, Vec::new(), rows.len() as u64))
+    Ok(bytes_answer(
+        to_json(&report)?,
+        Vec::new(),
+        rows.len() as u64,
+    ))
 }
 
 /// The blocking side of one exchange.
@@ -303,7 +312,12 @@ impl<'a> Exchange<'a> {
             .map_err(|_| "the coordinator closed the vertical exchange".to_string())
     }
 
-    fn receive(&mut self, index: usize, rows: usize, width: usize) -> Result<(Vec<f32>, bool), String> {
+    fn receive(
+        &mut self,
+        index: usize,
+        rows: usize,
+        width: usize,
+    ) -> Result<(Vec<f32>, bool), String> {
         let down = self
             .handle
             .block_on(self.down.message())
@@ -380,7 +394,12 @@ fn train(
         ));
     }
     let own = layout.site_len(n_features);
-    let expected = own + if vertical.label_site { layout.top_len() } else { 0 };
+    let expected = own
+        + if vertical.label_site {
+            layout.top_len()
+        } else {
+            0
+        };
     if part.len() != expected {
         return Err(format!(
             "the part has {} values, {expected} expected",
@@ -388,10 +407,19 @@ fn train(
         ));
     }
     let label_site = vertical.label_site;
-    let mut bottom = BottomPart::vertical(&layout, n_features, &part[..own], &config.optimizer, label_site)
-        .map_err(|e| e.to_string())?;
+    let mut bottom = BottomPart::vertical(
+        &layout,
+        n_features,
+        &part[..own],
+        &config.optimizer,
+        label_site,
+    )
+    .map_err(|e| e.to_string())?;
     let mut top = if label_site {
-        Some(TopPart::vertical(&layout, &part[own..], &config.optimizer).map_err(|e| e.to_string())?)
+        Some(
+            TopPart::vertical(&layout, &part[own..], &config.optimizer)
+                .map_err(|e| e.to_string())?,
+        )
     } else {
         None
     };
@@ -404,11 +432,14 @@ fn train(
     let mut order: Vec<usize> = (0..n).collect();
     let mut index = 0usize;
     let (mut last_loss, mut sent, mut sent_labels) = (f64::NAN, Vec::new(), Vec::new());
+    let mut leaks = Vec::with_capacity(config.epochs);
     let poison = worker.options().misbehave == Some(Misbehave::NanActivations);
     for epoch in 0..config.epochs {
         // The same shuffle at every site: the batches' rows line up.
         order.sort_unstable();
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(config.seed.wrapping_add(epoch as u64)));
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(
+            config.seed.wrapping_add(epoch as u64),
+        ));
         let mut loss_sum = 0.0;
         sent.clear();
         sent_labels.clear();
@@ -432,7 +463,9 @@ fn train(
                 Some(top) => {
                     let (sum, is_activations) = exchange.receive(index, rows.len(), width)?;
                     if !is_activations || sum.len() != activations.len() {
-                        return Err(format!("batch {index}: no activations from the other sites"));
+                        return Err(format!(
+                            "batch {index}: no activations from the other sites"
+                        ));
                     }
                     for (a, s) in activations.iter_mut().zip(&sum) {
                         *a += s;
@@ -441,7 +474,12 @@ fn train(
                     let step = top.step(&activations, &labels).map_err(|e| e.to_string())?;
                     let mut gradient = step.grad_at_cut;
                     if let Some(scale) = defence {
-                        cohort_models::equalize_gradient_norms(&mut gradient, width, scale, &mut noise);
+                        cohort_models::equalize_gradient_norms(
+                            &mut gradient,
+                            width,
+                            scale,
+                            &mut noise,
+                        );
                     }
                     exchange.send(vertical_up::Frame::Gradients(batch_frame(
                         index,
@@ -459,12 +497,17 @@ fn train(
             index += 1;
         }
         last_loss = loss_sum / n.max(1) as f64;
+        if label_site {
+            leaks.push(cohort_models::norm_leak_auc(&sent, width, &sent_labels));
+        }
     }
     // The held-out shared rows, evaluated with the round's parts.
     let validation_rows: Vec<usize> = (0..validation.len()).collect();
     let mut logits = Vec::with_capacity(validation.len());
     for rows in validation_rows.chunks(config.batch_size) {
-        let mut activations = bottom.predict(validation, rows).map_err(|e| e.to_string())?;
+        let mut activations = bottom
+            .predict(validation, rows)
+            .map_err(|e| e.to_string())?;
         match &top {
             None => {
                 exchange.send(vertical_up::Frame::Activations(batch_frame(
@@ -478,7 +521,9 @@ fn train(
             Some(top) => {
                 let (sum, _) = exchange.receive(index, rows.len(), width)?;
                 if sum.len() != activations.len() {
-                    return Err(format!("batch {index}: no activations from the other sites"));
+                    return Err(format!(
+                        "batch {index}: no activations from the other sites"
+                    ));
                 }
                 for (a, s) in activations.iter_mut().zip(&sum) {
                     *a += s;
@@ -512,7 +557,8 @@ fn train(
             to_json(&LabelSiteReport {
                 validation: evaluated,
                 train_loss: last_loss,
-                leak_auc: cohort_models::norm_leak_auc(&sent, width, &sent_labels),
+                leak_auc: leaks.iter().sum::<f64>() / leaks.len().max(1) as f64,
+                worst_leak_auc: leaks.iter().copied().fold(0.5, f64::max),
                 defence,
             })?
         }

@@ -139,7 +139,9 @@ impl HospitalService for Services {
         &self,
         request: Request<Streaming<v1::VerticalUp>>,
     ) -> Result<Response<Self::VerticalExchangeStream>, Status> {
-        let caller = self.auth.authorize(&request, "VerticalExchange", HOSPITALS)?;
+        let caller = self
+            .auth
+            .authorize(&request, "VerticalExchange", HOSPITALS)?;
         crate::vertical::serve_exchange(self.registry.clone(), &caller, request.into_inner()).await
     }
 

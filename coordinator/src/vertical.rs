@@ -180,8 +180,7 @@ pub(crate) async fn read_answer(
         report_json: header.statistics_json.clone(),
         payload,
         num_examples: header.num_examples,
-        compute_seconds: if header.compute_seconds.is_finite() && header.compute_seconds >= 0.0
-        {
+        compute_seconds: if header.compute_seconds.is_finite() && header.compute_seconds >= 0.0 {
             header.compute_seconds
         } else {
             0.0
@@ -356,9 +355,9 @@ pub async fn relay(
     if let Err(failure) = &result {
         for link in links.values() {
             // A site that stopped reading does not hold the others up.
-            let _ = link
-                .down
-                .try_send(Err(Status::aborted(format!("vertical exchange stopped: {failure}"))));
+            let _ = link.down.try_send(Err(Status::aborted(format!(
+                "vertical exchange stopped: {failure}"
+            ))));
         }
     }
     result
@@ -556,7 +555,13 @@ mod tests {
         };
         up("a", vertical_up::Frame::Activations(batch(0, &[1.0, 2.0]))).await;
         up("b", vertical_up::Frame::Activations(batch(0, &[0.5, 0.5]))).await;
-        let got = ends.get_mut("label").unwrap().recv().await.unwrap().unwrap();
+        let got = ends
+            .get_mut("label")
+            .unwrap()
+            .recv()
+            .await
+            .unwrap()
+            .unwrap();
         let Some(vertical_down::Frame::Activations(sum)) = got.frame else {
             panic!("{got:?}")
         };
@@ -564,14 +569,25 @@ mod tests {
             cohort_models::parameters_from_bytes(&sum.values).unwrap(),
             vec![1.5, 2.5]
         );
-        up("label", vertical_up::Frame::Gradients(batch(0, &[0.1, -0.1]))).await;
+        up(
+            "label",
+            vertical_up::Frame::Gradients(batch(0, &[0.1, -0.1])),
+        )
+        .await;
         for s in ["a", "b"] {
             let got = ends.get_mut(s).unwrap().recv().await.unwrap().unwrap();
-            assert!(matches!(got.frame, Some(vertical_down::Frame::Gradients(_))));
+            assert!(matches!(
+                got.frame,
+                Some(vertical_down::Frame::Gradients(_))
+            ));
         }
         up("a", vertical_up::Frame::Activations(batch(1, &[1.0, 2.0]))).await;
         // A NaN from site b stops the exchange, naming b, for everyone.
-        up("b", vertical_up::Frame::Activations(batch(1, &[f32::NAN, 0.0]))).await;
+        up(
+            "b",
+            vertical_up::Frame::Activations(batch(1, &[f32::NAN, 0.0])),
+        )
+        .await;
         let failure = handle.await.unwrap().unwrap_err();
         assert_eq!(failure.site, "b");
         assert!(failure.reason.contains("not finite"), "{failure}");

@@ -31,9 +31,8 @@ pub use table::{
     read_table,
 };
 pub use vertical::{
-    LabelColumn, SiteReport, SiteTable, VerticalAlignment, VerticalSiteInfo,
-    VerticalSplitOptions, VerticalSplitReport, split_vertical_bytes, split_vertical_file,
-    vertical_holdout,
+    LabelColumn, SiteReport, SiteTable, VerticalAlignment, VerticalSiteInfo, VerticalSplitOptions,
+    VerticalSplitReport, split_vertical_bytes, split_vertical_file, vertical_holdout,
 };
 
 #[cfg(test)]

@@ -330,7 +330,11 @@ pub struct VerticalAlignment {
 
 /// The seeded train/validation split of `shared` aligned positions, the same at every site:
 /// (training positions, validation positions), each ascending. At least one row trains.
-pub fn vertical_holdout(shared: usize, validation_fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+pub fn vertical_holdout(
+    shared: usize,
+    validation_fraction: f64,
+    seed: u64,
+) -> (Vec<usize>, Vec<usize>) {
     let mut positions: Vec<usize> = (0..shared).collect();
     positions.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ 0x5eed));
     let n_validation = ((shared as f64) * validation_fraction).round() as usize;

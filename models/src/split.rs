@@ -625,8 +625,11 @@ pub struct LabelSiteReport {
     pub validation: crate::Metrics,
     /// Mean training loss over the round's last epoch.
     pub train_loss: f64,
-    /// [`norm_leak_auc`] of the gradients sent in the round's last epoch.
+    /// [`norm_leak_auc`] of the gradients sent, mean over the round's epochs.
     pub leak_auc: f64,
+    /// The epoch of the round whose gradients leaked most (an attacker sees
+    /// every epoch).
+    pub worst_leak_auc: f64,
     /// The max-norm defence's noise scale, if it was on.
     pub defence: Option<f64>,
 }

@@ -126,7 +126,11 @@ impl Runner {
         (ok, failed)
     }
 
-    pub(super) async fn drive_vertical(&self, job: &JobRow, spec: &JobSpec) -> Result<(), RunError> {
+    pub(super) async fn drive_vertical(
+        &self,
+        job: &JobRow,
+        spec: &JobSpec,
+    ) -> Result<(), RunError> {
         let t = &spec.training;
         let layout = VerticalLayout::new(&spec.model).map_err(|e| failed(e.to_string()))?;
         let base = TaskHeader {
@@ -246,9 +250,9 @@ impl Runner {
             let by_holder: HashMap<String, Reply> = blinded.into_iter().collect();
             for (origin, list) in lists.iter_mut().enumerate() {
                 let holder = &names[(origin + round) % n];
-                let reply = by_holder
-                    .get(holder)
-                    .ok_or_else(|| failed(format!("private set intersection: no answer from {holder}")))?;
+                let reply = by_holder.get(holder).ok_or_else(|| {
+                    failed(format!("private set intersection: no answer from {holder}"))
+                })?;
                 let next = blinded_list(&reply.payload, holder)?;
                 if next.len() != list.len() {
                     return Err(failed(format!(
@@ -260,8 +264,8 @@ impl Runner {
                 *list = next;
             }
         }
-        let positions = psi::intersect(&lists)
-            .map_err(|e| failed(format!("private set intersection: {e}")))?;
+        let positions =
+            psi::intersect(&lists).map_err(|e| failed(format!("private set intersection: {e}")))?;
         let shared = positions[0].len();
         let psi_seconds = psi_started.elapsed().as_secs_f64();
         self.note_event(
@@ -361,7 +365,10 @@ impl Runner {
         let strategy = spec.strategy.build(n_params);
         let recorded = self.store.rounds(&job.id)?;
         let (mut global, first_round) = match recorded.last() {
-            Some(last) => (self.load_parameters(&job.id, last.round).await?, last.round + 1),
+            Some(last) => (
+                self.load_parameters(&job.id, last.round).await?,
+                last.round + 1,
+            ),
             None => {
                 let params =
                     cohort_models::init_parameters(&spec.model, n_features, spec.training.seed);
@@ -506,7 +513,11 @@ impl Runner {
                     }),
                     ..Default::default()
                 };
-                (name.clone(), header, Some(TaskBody::Parameters(Arc::new(part))))
+                (
+                    name.clone(),
+                    header,
+                    Some(TaskBody::Parameters(Arc::new(part))),
+                )
             })
             .collect();
         // The exchange and the training may take a while: the round's
@@ -584,12 +595,13 @@ impl Runner {
         let summary = format!(
             "round {round}: vertical exchange of {} batches, {} bytes of activations up, {} \
              bytes of gradients down; validation AUC {:.4}; label leakage (norm-attack AUC on \
-             the gradients sent, 0.5 = none) {:.3}, {}",
+             the gradients sent, 0.5 = none) {:.3} mean, {:.3} worst epoch, {}",
             stats.batches,
             stats.activation_bytes,
             stats.gradient_bytes * (sites.names.len() as u64 - 1),
             report.validation.auc,
             report.leak_auc,
+            report.worst_leak_auc,
             match report.defence {
                 Some(scale) => format!("max-norm defence on (scale {scale})"),
                 None => "no defence".to_string(),
