@@ -306,6 +306,21 @@ impl<'a> Exchange<'a> {
         Ok(Self { handle, up, down })
     }
 
+    /// Ends this side and waits for the coordinator to end its own, so that
+    /// the last frame is delivered before the stream goes (dropping the
+    /// response early could reset the stream with the frame still queued).
+    fn finish(self) -> Result<(), String> {
+        let Self { handle, up, mut down } = self;
+        drop(up);
+        loop {
+            match handle.block_on(down.message()) {
+                Ok(Some(_)) => return Err("the coordinator sent more than the schedule".into()),
+                Ok(None) => return Ok(()),
+                Err(s) => return Err(format!("vertical exchange: {}", s.message())),
+            }
+        }
+    }
+
     fn send(&self, frame: vertical_up::Frame) -> Result<(), String> {
         self.up
             .blocking_send(VerticalUp { frame: Some(frame) })
@@ -539,7 +554,7 @@ fn train(
         }
         index += 1;
     }
-    drop(exchange);
+    exchange.finish()?;
     let mut values = bottom.parameters().map_err(|e| e.to_string())?;
     let report = match &top {
         Some(top) => {
