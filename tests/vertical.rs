@@ -221,7 +221,7 @@ async fn vertical_bad_input_fails_the_job_with_the_reason() {
     let views = run_job(
         &dir.path().join("disjoint"),
         &honest(&[files[0].clone(), files[1].clone(), other]),
-        &[quick.clone()],
+        std::slice::from_ref(&quick),
     )
     .await;
     failed_with(&views[0], &["private set intersection", "no id in common"]);
@@ -244,7 +244,7 @@ async fn vertical_bad_input_fails_the_job_with_the_reason() {
     let views = run_job(
         &dir.path().join("dup"),
         &honest(&[files[0].clone(), dup, files[2].clone()]),
-        &[quick.clone()],
+        std::slice::from_ref(&quick),
     )
     .await;
     failed_with(
@@ -271,7 +271,7 @@ async fn vertical_bad_input_fails_the_job_with_the_reason() {
     let views = run_job(
         &dir.path().join("no-id"),
         &honest(&[files[0].clone(), files[1].clone(), no_id]),
-        &[quick.clone()],
+        std::slice::from_ref(&quick),
     )
     .await;
     failed_with(&views[0], &["site-3", "patient_id"]);
@@ -280,7 +280,12 @@ async fn vertical_bad_input_fails_the_job_with_the_reason() {
     // stops at its first batch, naming it; the job fails, round 0 stays.
     let mut sites = honest(&files);
     sites[2].1.misbehave = Some(cohort_client::misbehave::Misbehave::NanActivations);
-    let views = run_job(&dir.path().join("nan"), &sites, &[quick.clone()]).await;
+    let views = run_job(
+        &dir.path().join("nan"),
+        &sites,
+        std::slice::from_ref(&quick),
+    )
+    .await;
     failed_with(&views[0], &["round 1", "2 attempts"]);
     let notes: Vec<&str> = views[0].events.iter().map(|e| e.message.as_str()).collect();
     assert!(

@@ -183,7 +183,7 @@ fn payload(body: TaskBody, what: &str) -> Result<Vec<u8>, String> {
 
 fn blind(worker: &Worker, task: &TaskHeader, body: TaskBody) -> Result<Answer, String> {
     let bytes = payload(body, "a list to blind")?;
-    if bytes.len() % 32 != 0 {
+    if !bytes.len().is_multiple_of(32) {
         return Err(format!(
             "a list to blind of {} bytes is not whole 32-byte points",
             bytes.len()
@@ -212,7 +212,7 @@ fn blind(worker: &Worker, task: &TaskHeader, body: TaskBody) -> Result<Answer, S
 
 fn align(worker: &Worker, task: &TaskHeader, body: TaskBody) -> Result<Answer, String> {
     let bytes = payload(body, "the shared positions")?;
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return Err("the shared positions are not whole u32 values".into());
     }
     let mut guard = worker.vertical_site().lock();
@@ -310,14 +310,16 @@ impl<'a> Exchange<'a> {
     /// the last frame is delivered before the stream goes (dropping the
     /// response early could reset the stream with the frame still queued).
     fn finish(self) -> Result<(), String> {
-        let Self { handle, up, mut down } = self;
+        let Self {
+            handle,
+            up,
+            mut down,
+        } = self;
         drop(up);
-        loop {
-            match handle.block_on(down.message()) {
-                Ok(Some(_)) => return Err("the coordinator sent more than the schedule".into()),
-                Ok(None) => return Ok(()),
-                Err(s) => return Err(format!("vertical exchange: {}", s.message())),
-            }
+        match handle.block_on(down.message()) {
+            Ok(Some(_)) => Err("the coordinator sent more than the schedule".into()),
+            Ok(None) => Ok(()),
+            Err(s) => Err(format!("vertical exchange: {}", s.message())),
         }
     }
 

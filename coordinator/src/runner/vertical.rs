@@ -57,7 +57,7 @@ fn failed(message: impl Into<String>) -> RunError {
 }
 
 fn blinded_list(payload: &[u8], site: &str) -> Result<Vec<psi::Blinded>, RunError> {
-    if payload.len() % 32 != 0 {
+    if !payload.len().is_multiple_of(32) {
         return Err(failed(format!(
             "{site} sent a blinded list of {} bytes, not whole 32-byte points",
             payload.len()
