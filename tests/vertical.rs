@@ -345,3 +345,69 @@ fn vertical_job_files_are_checked_at_submit() {
         assert!(err.contains(key), "{err} (expected {key})");
     }
 }
+
+/// The label site goes away in the middle of a job: the round it was in
+/// fails (the relay names it), the retries fail, the job fails with the
+/// reason, and every round recorded before stays downloadable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_label_site_that_disappears_fails_the_job_and_keeps_its_rounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = vertical::write_wdbc_sites(&dir.path().join("sites"), 3, 0.9, 3).unwrap();
+    let coordinator = start_coordinator(&dir.path().join("coord")).await;
+    let label_site = start_client(&coordinator.url, &files[0], "site-1", &coordinator.stop);
+    for (i, f) in files.iter().enumerate().skip(1) {
+        start_client(
+            &coordinator.url,
+            f,
+            &format!("site-{}", i + 1),
+            &coordinator.stop,
+        );
+    }
+    wait_for_clients(&coordinator.url, 3).await;
+    let job = job(false)
+        .replace("rounds = 2", "rounds = 200")
+        .replace("local_epochs = 10", "local_epochs = 1")
+        .replace("round_timeout_secs = 60", "round_timeout_secs = 3")
+        .replace("max_round_attempts = 3", "max_round_attempts = 2");
+    let mut dev = developer::connect(&coordinator.url, &cohort_protocol::Security::Insecure)
+        .await
+        .unwrap();
+    let id = developer::submit(&mut dev, &job).await.unwrap();
+    loop {
+        let view = developer::status(&mut dev, &id).await.unwrap();
+        assert!(!view.is_finished(), "{view:#?}");
+        if view.rounds_completed >= 1 {
+            label_site.abort();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let view = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        developer::wait(&mut dev, &id, false),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(view.state, "failed", "{view:#?}");
+    let error = view.error.clone().unwrap_or_default();
+    assert!(
+        error.contains("no vertical exchange completed in 2 attempts"),
+        "{error}"
+    );
+    let last = view.rounds.iter().map(|r| r.round).max().unwrap();
+    assert!((1..200).contains(&last), "{view:#?}");
+    assert!(
+        view.events
+            .iter()
+            .any(|e| e.message.contains(&format!("round {}", last + 1))
+                && e.message.contains("site-1")),
+        "{:#?}",
+        view.events
+    );
+    let card = developer::download_model(&mut dev, &id, None, &dir.path().join("model"))
+        .await
+        .unwrap();
+    assert_eq!(card.round, last);
+    coordinator.stop.stop();
+}

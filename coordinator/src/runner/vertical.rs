@@ -75,12 +75,17 @@ fn blinded_list(payload: &[u8], site: &str) -> Result<Vec<psi::Blinded>, RunErro
 
 impl Runner {
     /// Sends each site its own task and body; the answers that arrive in
-    /// time, and why the others did not.
+    /// time, and why the others did not. Once `stop` completes (the round's
+    /// exchange failed, or ended a while ago), answers still missing are not
+    /// waited for; `stop` says why.
     async fn vertical_gather(
         &self,
         tasks: Vec<(String, TaskHeader, Option<TaskBody>)>,
         timeout_secs: u64,
+        stop: impl std::future::Future<Output = String>,
     ) -> (Vec<(String, Reply)>, Vec<(String, String)>) {
+        let mut stop = std::pin::pin!(stop);
+        let mut stopped: Option<String> = None;
         let mut waiting: Vec<(String, String, oneshot::Receiver<TaskOutcome>)> = Vec::new();
         for (client, mut header, body) in tasks {
             let task_id = uuid::Uuid::new_v4().simple().to_string();
@@ -98,7 +103,21 @@ impl Runner {
         let (mut ok, mut failed) = (Vec::new(), Vec::new());
         let mut expired = Vec::new();
         for (client, task_id, rx) in waiting {
-            match tokio::time::timeout_at(deadline, rx).await {
+            let received = if stopped.is_some() {
+                // Whatever already arrived still counts.
+                tokio::time::timeout(Duration::ZERO, rx).await
+            } else {
+                tokio::select! {
+                    r = tokio::time::timeout_at(deadline, rx) => r,
+                    why = &mut stop => {
+                        failed.push((client, why.clone()));
+                        expired.push(task_id);
+                        stopped = Some(why);
+                        continue;
+                    }
+                }
+            };
+            match received {
                 Ok(Ok(Ok(TaskAnswer::Vertical {
                     report_json,
                     payload,
@@ -116,6 +135,10 @@ impl Runner {
                 Ok(Ok(Ok(_))) => failed.push((client, "answered with something else".into())),
                 Ok(Ok(Err(reason))) => failed.push((client, reason)),
                 Ok(Err(_)) => failed.push((client, "task was dropped".into())),
+                Err(_) if stopped.is_some() => {
+                    failed.push((client, stopped.clone().unwrap_or_default()));
+                    expired.push(task_id);
+                }
                 Err(_) => {
                     failed.push((client, format!("no answer within {timeout_secs} s")));
                     expired.push(task_id);
@@ -155,7 +178,9 @@ impl Runner {
             .iter()
             .map(|c| (c.clone(), step(VerticalStep::Enroll), None))
             .collect();
-        let (enrolled, refused) = self.vertical_gather(tasks, t.round_timeout_secs).await;
+        let (enrolled, refused) = self
+            .vertical_gather(tasks, t.round_timeout_secs, std::future::pending())
+            .await;
         self.note_failures(&job.id, "vertical enrollment", &refused);
         let mut sites: Vec<(String, VerticalSiteInfo, Vec<psi::Blinded>)> = Vec::new();
         for (client, reply) in enrolled {
@@ -241,7 +266,9 @@ impl Runner {
                     )
                 })
                 .collect();
-            let (blinded, refused) = self.vertical_gather(tasks, t.round_timeout_secs).await;
+            let (blinded, refused) = self
+                .vertical_gather(tasks, t.round_timeout_secs, std::future::pending())
+                .await;
             if let Some((client, reason)) = refused.first() {
                 return Err(failed(format!(
                     "private set intersection: {client} did not blind: {reason}"
@@ -290,7 +317,9 @@ impl Runner {
                 )
             })
             .collect();
-        let (aligned, refused) = self.vertical_gather(tasks, t.round_timeout_secs).await;
+        let (aligned, refused) = self
+            .vertical_gather(tasks, t.round_timeout_secs, std::future::pending())
+            .await;
         if let Some((client, reason)) = refused.first() {
             return Err(failed(format!("alignment: {client} refused: {reason}")));
         }
@@ -483,7 +512,25 @@ impl Runner {
             schedule: schedule.to_vec(),
             frame_timeout: Duration::from_secs(t.round_timeout_secs),
         };
-        let relay = tokio::spawn(relay(plan, links));
+        // Tells the gathering below to stop waiting once the exchange failed.
+        let (failed_tx, mut failed_rx) = tokio::sync::watch::channel(false);
+        let relay = tokio::spawn(async move {
+            let result = relay(plan, links).await;
+            if result.is_err() {
+                let _ = failed_tx.send(true);
+            }
+            result
+        });
+        let answer_secs = t.round_timeout_secs;
+        let stop = async move {
+            if failed_rx.wait_for(|failed| *failed).await.is_ok() {
+                return "its round's exchange stopped".to_string();
+            }
+            // The exchange is over: a site that does not send its part soon
+            // after has gone.
+            tokio::time::sleep(Duration::from_secs(answer_secs)).await;
+            format!("no part within {answer_secs} s of the exchange's end")
+        };
         let train_config_json = json(&spec.train_config(round))?;
         let model_spec_json = json(&spec.model)?;
         let tasks = sites
@@ -523,7 +570,7 @@ impl Runner {
         // The exchange and the training may take a while: the round's
         // timeout bounds each frame of the relay, this bounds the whole.
         let whole = t.round_timeout_secs.saturating_mul(2).saturating_add(60);
-        let (answers, refused) = self.vertical_gather(tasks, whole).await;
+        let (answers, refused) = self.vertical_gather(tasks, whole, stop).await;
         let relayed = relay.await;
         self.registry.vertical.close(&exchange_id);
         let stats = match relayed {
