@@ -12,7 +12,8 @@
 //! ([`cohort_models::equalize_gradient_norms`]).
 //!
 //! The sites are parts of this process, not peers on a network: this shows the algorithm,
-//! the alignment and the leakage on real files; the coordinator does not run vertical jobs.
+//! the alignment and the leakage on real files. The coordinator runs the same algorithm
+//! between real sites over gRPC (`[training] mode = "vertical"`, coordinator/src/vertical.rs).
 
 use std::path::PathBuf;
 use std::time::Instant;
