@@ -219,13 +219,8 @@ pub fn run(opts: &VerticalOptions) -> Result<VerticalReport> {
         .collect();
 
     // One seeded train/validation split of the shared positions, the same at every site.
-    let mut positions: Vec<usize> = (0..shared).collect();
-    positions.shuffle(&mut ChaCha8Rng::seed_from_u64(opts.seed ^ 0x5eed));
-    let n_validation = ((shared as f64) * opts.validation_fraction).round() as usize;
-    let (validation_pos, train_pos) = positions.split_at(n_validation.min(shared - 1));
-    let (mut train_pos, mut validation_pos) = (train_pos.to_vec(), validation_pos.to_vec());
-    train_pos.sort_unstable();
-    validation_pos.sort_unstable();
+    let (train_pos, validation_pos) =
+        cohort_datasets::vertical_holdout(shared, opts.validation_fraction, opts.seed);
 
     let labels_of = |positions: &[usize]| -> Vec<f32> {
         let labels = tables[0]
