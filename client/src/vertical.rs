@@ -86,7 +86,10 @@ pub(crate) async fn answer(
             },
             None => Err("vertical task without its step".to_string()),
         };
-        let answer = result.unwrap_or_else(Answer::refused);
+        let mut answer = result.unwrap_or_else(Answer::refused);
+        if let Some(kit) = worker.kit() {
+            sign(kit, &task, &mut answer);
+        }
         worker.record_answer(&task, &answer);
         answer
     })
@@ -95,6 +98,34 @@ pub(crate) async fn answer(
     let mut answer = answer;
     answer.header.compute_seconds = started.elapsed().as_secs_f64();
     answer
+}
+
+/// Signs what the site sends (blinded ids, its trained part) like an
+/// update, with the kit's signing key: the coordinator checks it, and a
+/// part's receipt on the ledger carries it.
+fn sign(kit: &cohort_identity::Kit, task: &TaskHeader, answer: &mut Answer) {
+    use sha2::Digest as _;
+    if !answer.header.error.is_empty() || answer.masked.is_empty() {
+        return;
+    }
+    let header = &mut answer.header;
+    header.update_sha256 = hex::encode(sha2::Sha256::digest(&answer.masked));
+    let statement = cohort_protocol::update_statement(
+        &task.job_id,
+        task.round,
+        &task.task_id,
+        header.num_examples,
+        header.parameter_count,
+        &header.update_sha256,
+        &header.dataset_sha256,
+    );
+    match kit
+        .signing_key
+        .sign(cohort_protocol::UPDATE_SIGNATURE_CONTEXT, &statement)
+    {
+        Ok(signature) => header.update_signature = signature,
+        Err(e) => tracing::warn!("could not sign the vertical answer: {e}"),
+    }
 }
 
 /// An answer of a JSON report and bytes (sent as chunks).

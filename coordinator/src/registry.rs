@@ -107,6 +107,10 @@ pub enum TaskAnswer {
     Vertical {
         report_json: String,
         payload: Vec<u8>,
+        /// Hex SHA-256 of `payload`, and the site's signature over it
+        /// (`cohort_protocol::update_statement`; empty without mutual TLS).
+        payload_sha256: String,
+        signature: Vec<u8>,
         num_examples: u64,
         compute_seconds: f64,
     },

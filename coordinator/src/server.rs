@@ -301,6 +301,15 @@ impl HospitalService for Services {
                                 &receipt.update_sha256,
                             )?;
                         }
+                        // Vertical split learning: a site signs what it
+                        // sends (blinded ids, its trained part) like an update.
+                        TaskAnswer::Vertical {
+                            payload_sha256,
+                            payload,
+                            ..
+                        } if !payload.is_empty() => {
+                            check_update_signature(&caller, &pending, &header, payload_sha256)?;
+                        }
                         // Relayed to the neighbours, who check the
                         // signature against it themselves.
                         TaskAnswer::SecAggAdvertise {

@@ -176,8 +176,11 @@ pub(crate) async fn read_answer(
     let payload = assembler
         .finish()
         .map_err(|e| format!("vertical answer: {e}"))?;
+    use sha2::Digest as _;
     Ok(TaskAnswer::Vertical {
         report_json: header.statistics_json.clone(),
+        payload_sha256: hex::encode(sha2::Sha256::digest(&payload)),
+        signature: header.update_signature.clone(),
         payload,
         num_examples: header.num_examples,
         compute_seconds: if header.compute_seconds.is_finite() && header.compute_seconds >= 0.0 {

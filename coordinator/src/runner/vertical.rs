@@ -41,6 +41,9 @@ use crate::vertical::{RelayPlan, relay};
 struct Reply {
     report_json: String,
     payload: Vec<u8>,
+    payload_sha256: String,
+    signature: Vec<u8>,
+    task_id: String,
     num_examples: u64,
     compute_seconds: f64,
 }
@@ -121,6 +124,8 @@ impl Runner {
                 Ok(Ok(Ok(TaskAnswer::Vertical {
                     report_json,
                     payload,
+                    payload_sha256,
+                    signature,
                     num_examples,
                     compute_seconds,
                 }))) => ok.push((
@@ -128,6 +133,9 @@ impl Runner {
                     Reply {
                         report_json,
                         payload,
+                        payload_sha256,
+                        signature,
+                        task_id: task_id.clone(),
                         num_examples,
                         compute_seconds,
                     },
@@ -615,13 +623,15 @@ impl Runner {
                 report = Some(r);
             }
             slowest_secs = slowest_secs.max(reply.compute_seconds);
+            // What the site sent and signed: its whole answer (the label
+            // site's block and top together).
             receipts.push(UpdateReceipt {
                 client: name.clone(),
-                task_id: String::new(),
+                task_id: reply.task_id.clone(),
                 num_examples: reply.num_examples,
-                parameter_count: values.len() as u64,
-                update_sha256: cohort_models::parameters_sha256(&values),
-                signature: String::new(),
+                parameter_count: reply.payload.len() as u64,
+                update_sha256: reply.payload_sha256.clone(),
+                signature: hex::encode(&reply.signature),
                 dataset_sha256: String::new(),
                 dp_epsilon: None,
                 proof: None,
