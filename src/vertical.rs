@@ -1,5 +1,5 @@
 //! Vertical split learning between sites that hold different columns about overlapping
-//! patients, run as a simulation in one process (`cohort demo --vertical`, `cohort bench
+//! patients, run as a simulation in one process (`cohort vertical`, `cohort bench
 //! split`): the sites' ids are aligned by ECDH private set intersection
 //! ([`cohort_datasets::psi`]), every site trains its block of the first layer, and the label
 //! site, the one whose file has the label column, holds the labels and the rest of the
@@ -503,30 +503,6 @@ pub fn write_wdbc_sites(
         },
     )?;
     Ok(report.sites.into_iter().map(|s| s.file).collect())
-}
-
-/// `cohort demo --vertical`: WDBC over three sites (one with the diagnosis), 90% of the
-/// patients at each, aligned by PSI and trained; `defence` turns on the max-norm defence.
-pub fn demo(
-    workdir: Option<PathBuf>,
-    seed: u64,
-    defence: Option<f64>,
-    progress: bool,
-) -> Result<VerticalReport> {
-    let workdir = match workdir {
-        Some(dir) => dir,
-        None => tempfile::Builder::new()
-            .prefix("cohort-vertical-")
-            .tempdir()?
-            .keep(),
-    };
-    let files = write_wdbc_sites(&workdir.join("data"), 3, 0.9, seed)?;
-    run(&VerticalOptions {
-        seed,
-        defence,
-        progress,
-        ..VerticalOptions::wdbc(files)
-    })
 }
 
 /// The text form of a [`cohort_datasets::VerticalSplitReport`].

@@ -411,3 +411,21 @@ async fn a_label_site_that_disappears_fails_the_job_and_keeps_its_rounds() {
     assert_eq!(card.round, last);
     coordinator.stop.stop();
 }
+
+/// `cohort demo --vertical`: the same job over mutual TLS, from a throwaway
+/// consortium's kits, beside the centralized model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_vertical_demo_runs_over_mutual_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = cohort::vertical_job::demo(Some(dir.path().to_path_buf()), 42, None, false)
+        .await
+        .unwrap();
+    assert_eq!(report.transport, "mutual TLS");
+    assert_eq!(report.sites, ["site-1", "site-2", "site-3"]);
+    assert!(
+        (report.validation.auc - report.centralized.auc).abs() <= 0.01,
+        "{report:#?}"
+    );
+    let (card, params) = cohort_models::load_model(&report.model_dir).unwrap();
+    assert_eq!(params.len(), card.model.num_parameters(30));
+}
