@@ -429,3 +429,57 @@ async fn the_vertical_demo_runs_over_mutual_tls() {
     let (card, params) = cohort_models::load_model(&report.model_dir).unwrap();
     assert_eq!(params.len(), card.model.num_parameters(30));
 }
+
+/// A feature site that goes away mid-job and comes back (a new process: its
+/// key and alignment are gone): the round attempt it was in fails, the
+/// sites are aligned again before the retry, and the job completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_site_that_restarts_costs_a_round_attempt_not_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = vertical::write_wdbc_sites(&dir.path().join("sites"), 3, 0.9, 4).unwrap();
+    let coordinator = start_coordinator(&dir.path().join("coord")).await;
+    start_client(&coordinator.url, &files[0], "site-1", &coordinator.stop);
+    start_client(&coordinator.url, &files[1], "site-2", &coordinator.stop);
+    let fragile = start_client(&coordinator.url, &files[2], "site-3", &coordinator.stop);
+    wait_for_clients(&coordinator.url, 3).await;
+    let job = job(false)
+        .replace("rounds = 2", "rounds = 30")
+        .replace("local_epochs = 10", "local_epochs = 1")
+        .replace("round_timeout_secs = 60", "round_timeout_secs = 3");
+    let mut dev = developer::connect(&coordinator.url, &cohort_protocol::Security::Insecure)
+        .await
+        .unwrap();
+    let id = developer::submit(&mut dev, &job).await.unwrap();
+    loop {
+        let view = developer::status(&mut dev, &id).await.unwrap();
+        assert!(!view.is_finished(), "{view:#?}");
+        if view.rounds_completed >= 1 {
+            fragile.abort();
+            start_client(&coordinator.url, &files[2], "site-3", &coordinator.stop);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let view = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        developer::wait(&mut dev, &id, false),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(view.state, "completed", "{view:#?}");
+    assert_eq!(view.rounds_completed, 30);
+    let retried: Vec<_> = view.rounds.iter().filter(|r| r.attempts > 1).collect();
+    assert_eq!(retried.len(), 1, "{view:#?}");
+    let shared = view
+        .events
+        .iter()
+        .filter(|e| e.message.starts_with("private set intersection"))
+        .count();
+    assert_eq!(
+        shared, 2,
+        "aligned once, then again for the retry: {:#?}",
+        view.events
+    );
+    coordinator.stop.stop();
+}

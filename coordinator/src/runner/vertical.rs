@@ -162,8 +162,35 @@ impl Runner {
         job: &JobRow,
         spec: &JobSpec,
     ) -> Result<(), RunError> {
-        let t = &spec.training;
         let layout = VerticalLayout::new(&spec.model).map_err(|e| failed(e.to_string()))?;
+        let aligned = self.align_sites(job, spec).await?;
+        let enrollment = Enrollment {
+            participants: aligned.sites.names.clone(),
+            preprocessing: aligned.preprocessing.clone(),
+        };
+        match &job.enrollment {
+            Some(earlier) if earlier.participants != enrollment.participants => {
+                return Err(failed(format!(
+                    "the vertical job enrolled {:?}; now {:?} are here",
+                    earlier.participants, enrollment.participants
+                )));
+            }
+            Some(_) => {}
+            None => {
+                let record = self.enrollment_record(&job.id, &enrollment)?;
+                self.ledger.append(&self.store, record, |tx| {
+                    Store::set_enrollment_in(tx, &job.id, &enrollment)
+                })?;
+            }
+        }
+        self.vertical_rounds(job, spec, &layout, aligned, &enrollment)
+            .await
+    }
+
+    /// Enrollment, the private set intersection and the sites' alignment
+    /// (steps 1 and 2 of the module documentation).
+    async fn align_sites(&self, job: &JobRow, spec: &JobSpec) -> Result<Alignment, RunError> {
+        let t = &spec.training;
         let base = TaskHeader {
             job_id: job.id.clone(),
             kind: TaskKind::Vertical as i32,
@@ -364,7 +391,6 @@ impl Runner {
             transforms.extend(a.transforms);
         }
         let (_, train_rows, validation_rows) = split.unwrap_or_default();
-        let sites = Sites { names, widths };
         let preprocessing = Preprocessing {
             schema: ResolvedSchema {
                 label: spec.data.label.clone(),
@@ -376,26 +402,31 @@ impl Runner {
             numeric: transforms,
             categorical: Vec::new(),
         };
-        let enrollment = Enrollment {
-            participants: sites.names.clone(),
+        Ok(Alignment {
+            sites: Sites { names, widths },
+            train_rows,
+            validation_rows,
             preprocessing,
-        };
-        match &job.enrollment {
-            Some(earlier) if earlier.participants != enrollment.participants => {
-                return Err(failed(format!(
-                    "the vertical job enrolled {:?}; now {:?} are here",
-                    earlier.participants, enrollment.participants
-                )));
-            }
-            Some(_) => {}
-            None => {
-                let record = self.enrollment_record(&job.id, &enrollment)?;
-                self.ledger.append(&self.store, record, |tx| {
-                    Store::set_enrollment_in(tx, &job.id, &enrollment)
-                })?;
-            }
-        }
+        })
+    }
 
+    /// The rounds of a vertical job (step 3).
+    #[allow(clippy::too_many_arguments)]
+    async fn vertical_rounds(
+        &self,
+        job: &JobRow,
+        spec: &JobSpec,
+        layout: &VerticalLayout,
+        aligned: Alignment,
+        enrollment: &Enrollment,
+    ) -> Result<(), RunError> {
+        let t = &spec.training;
+        let Alignment {
+            sites,
+            train_rows,
+            validation_rows,
+            ..
+        } = aligned;
         // 3. Rounds.
         let n_features: usize = sites.widths.iter().sum();
         let n_params = spec.model.num_parameters(n_features);
@@ -412,7 +443,7 @@ impl Runner {
                 self.save_round(
                     job,
                     spec,
-                    &enrollment,
+                    enrollment,
                     &params,
                     strategy.as_ref(),
                     RoundRecord::initial(),
@@ -431,6 +462,34 @@ impl Runner {
             let started = Instant::now();
             let mut outcome = None;
             for attempt in 1..=t.max_round_attempts {
+                if attempt > 1 {
+                    // A site that dropped and came back lost its alignment:
+                    // align everyone again (the same rows, in the same order,
+                    // when the sites and their files are the same).
+                    match self.align_sites(job, spec).await {
+                        Ok(again) if again.same_as(&sites, train_rows, validation_rows) => {}
+                        Ok(again) => {
+                            return Err(failed(format!(
+                                "round {round}: aligned again, the sites changed: {:?} with \
+                                 {:?} columns and {} + {} shared rows, before {:?} with {:?} \
+                                 and {train_rows} + {validation_rows}",
+                                again.sites.names,
+                                again.sites.widths,
+                                again.train_rows,
+                                again.validation_rows,
+                                sites.names,
+                                sites.widths
+                            )));
+                        }
+                        Err(e) => {
+                            self.note(
+                                &job.id,
+                                format!("round {round} attempt {attempt}: {e}; retrying"),
+                            );
+                            continue;
+                        }
+                    }
+                }
                 match self
                     .vertical_round(job, spec, &layout, &sites, &global, &schedule, round)
                     .await?
@@ -455,7 +514,7 @@ impl Runner {
             self.save_round(
                 job,
                 spec,
-                &enrollment,
+                enrollment,
                 &done.model,
                 strategy.as_ref(),
                 RoundRecord {
@@ -679,6 +738,23 @@ impl Runner {
         if let Err(e) = self.store.add_event(job_id, &message) {
             tracing::warn!(job = job_id, "could not record event: {e}");
         }
+    }
+}
+
+/// The sites of a vertical job, aligned.
+struct Alignment {
+    sites: Sites,
+    train_rows: usize,
+    validation_rows: usize,
+    preprocessing: Preprocessing,
+}
+
+impl Alignment {
+    fn same_as(&self, sites: &Sites, train_rows: usize, validation_rows: usize) -> bool {
+        self.sites.names == sites.names
+            && self.sites.widths == sites.widths
+            && self.train_rows == train_rows
+            && self.validation_rows == validation_rows
     }
 }
 
