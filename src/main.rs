@@ -816,7 +816,8 @@ struct ClientArgs {
     /// boost:F sends the update times F with the honest update's proof;
     /// overbound:F multiplies by F and tries to prove that (the prover
     /// refuses, so no proof goes along); forge sends random proof bytes;
-    /// freeride sends an all-zero update.
+    /// freeride sends an all-zero update; nan-activations (a feature site of
+    /// a vertical job) sends NaN activations in every batch.
     #[arg(long, value_name = "MODE")]
     misbehave: Option<cohort_client::misbehave::Misbehave>,
 }
