@@ -337,6 +337,10 @@ fn vertical_job_files_are_checked_at_submit() {
         ),
         (JOB.replace("mode = \"vertical\"", ""), "data.id"),
         (
+            JOB.replace("validation_fraction = 0.25", "validation_fraction = 0.0"),
+            "data.validation_fraction",
+        ),
+        (
             JOB.replace(
                 "validation_fraction = 0.25",
                 "validation_fraction = 0.25\nnumeric = [\"radius_mean\"]",

@@ -79,6 +79,13 @@ pub fn check_job(spec: &JobSpec) -> Result<(), JobError> {
              the label and data.drop; data.numeric and data.categorical are not supported",
         ));
     }
+    if spec.data.validation_fraction <= 0.0 {
+        return Err(invalid(
+            "data.validation_fraction",
+            "the label site reports each round's AUC on held-out shared patients; hold some out \
+             (e.g. 0.2)",
+        ));
+    }
     if let cohort_models::ModelSpec::Mlp { cut: Some(_), .. } = &spec.model {
         return Err(invalid(
             "model.cut",

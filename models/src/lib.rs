@@ -52,13 +52,15 @@ pub use artifact::{
 };
 pub use dp_sgd::{DpSgdConfig, DpSgdPlan, clipped_gradient_sum};
 pub use error::ModelError;
-pub use metrics::{Metrics, evaluate, metrics_from_logits, predict_proba, roc_auc};
+pub use metrics::{Metrics, evaluate, predict_proba, roc_auc};
 pub use onnx::{ONNX_INPUT, ONNX_OUTPUT, to_onnx};
 pub use params::{
     TensorInfo, check_parameters, init_parameters, parameter_layout, parameters_from_bytes,
     parameters_sha256, parameters_to_bytes,
 };
 pub use spec::{MAX_PARAMETERS, ModelSpec, OptimizerSpec, TrainConfig};
+// Vertical split learning (issue 18): the label site's metrics from its logits.
+pub use metrics::metrics_from_logits;
 pub use split::{
     BottomPart, LabelSiteReport, SplitLayout, TopPart, TopStep, VerticalBatch, VerticalLayout,
     equalize_gradient_norms, join_vertical, norm_leak_auc, split_vertical, vertical_schedule,
