@@ -411,7 +411,6 @@ impl Runner {
     }
 
     /// The rounds of a vertical job (step 3).
-    #[allow(clippy::too_many_arguments)]
     async fn vertical_rounds(
         &self,
         job: &JobRow,
@@ -491,7 +490,7 @@ impl Runner {
                     }
                 }
                 match self
-                    .vertical_round(job, spec, &layout, &sites, &global, &schedule, round)
+                    .vertical_round(job, spec, layout, &sites, &global, &schedule, round)
                     .await?
                 {
                     Ok(done) => {
