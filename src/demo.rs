@@ -227,6 +227,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
         mode: match spec.training.mode {
             cohort_coordinator::job::TrainingMode::Federated => "federated",
             cohort_coordinator::job::TrainingMode::Splitfed => "splitfed",
+            cohort_coordinator::job::TrainingMode::Vertical => "vertical",
         }
         .to_string(),
         epsilon: privacy.as_ref().map(|p| p.epsilon),

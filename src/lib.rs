@@ -23,6 +23,7 @@ pub mod serve;
 pub mod split_bench;
 pub mod validator;
 pub mod vertical;
+pub mod vertical_job;
 
 /// The bundled Breast Cancer Wisconsin (Diagnostic) data (CC BY 4.0; see
 /// `data/README.md`), embedded so the demo runs from any directory.

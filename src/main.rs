@@ -422,9 +422,12 @@ struct DemoArgs {
     /// the coordinator, which trains the top; both are averaged each round.
     #[arg(long, conflicts_with_all = ["secure_aggregation", "homomorphic_encryption", "dp_epsilon"])]
     splitfed: bool,
-    /// Vertical split learning instead, simulated in this process: WDBC's
-    /// columns dealt to three sites (one holds the diagnosis), aligned by
-    /// private set intersection on patient ids, one bottom part per site.
+    /// Vertical split learning instead, run by a coordinator over mutual
+    /// TLS: WDBC's columns dealt to three site clients (one holds the
+    /// diagnosis), aligned by private set intersection on patient ids
+    /// relayed by the coordinator, then the job examples/wdbc-vertical.toml;
+    /// beside it, the centralized model (`cohort vertical` runs the same
+    /// algorithm in one process).
     #[arg(long, conflicts_with_all = ["splitfed", "secure_aggregation", "homomorphic_encryption", "dp_epsilon", "rounds", "alpha"])]
     vertical: bool,
     /// With --vertical: the max-norm defence against label leakage through
@@ -884,7 +887,8 @@ struct ClientArgs {
     /// boost:F sends the update times F with the honest update's proof;
     /// overbound:F multiplies by F and tries to prove that (the prover
     /// refuses, so no proof goes along); forge sends random proof bytes;
-    /// freeride sends an all-zero update.
+    /// freeride sends an all-zero update; nan-activations (a feature site of
+    /// a vertical job) sends NaN activations in every batch.
     #[arg(long, value_name = "MODE")]
     misbehave: Option<cohort_client::misbehave::Misbehave>,
 }
@@ -1177,8 +1181,9 @@ async fn main() -> Result<()> {
         }
         Command::Demo(a) if a.vertical => {
             init_logging("warn");
-            let result = cohort::vertical::demo(a.workdir, a.seed, a.label_defence, !a.json)?;
-            report(a.json, &result, cohort::vertical::render)?;
+            let result =
+                cohort::vertical_job::demo(a.workdir, a.seed, a.label_defence, !a.json).await?;
+            report(a.json, &result, cohort::vertical_job::render)?;
         }
         Command::Demo(a) => {
             init_logging("warn");

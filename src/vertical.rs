@@ -1,5 +1,5 @@
 //! Vertical split learning between sites that hold different columns about overlapping
-//! patients, run as a simulation in one process (`cohort demo --vertical`, `cohort bench
+//! patients, run as a simulation in one process (`cohort vertical`, `cohort bench
 //! split`): the sites' ids are aligned by ECDH private set intersection
 //! ([`cohort_datasets::psi`]), every site trains its block of the first layer, and the label
 //! site, the one whose file has the label column, holds the labels and the rest of the
@@ -12,7 +12,8 @@
 //! ([`cohort_models::equalize_gradient_norms`]).
 //!
 //! The sites are parts of this process, not peers on a network: this shows the algorithm,
-//! the alignment and the leakage on real files; the coordinator does not run vertical jobs.
+//! the alignment and the leakage on real files. The coordinator runs the same algorithm
+//! between real sites over gRPC (`[training] mode = "vertical"`, coordinator/src/vertical.rs).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -218,13 +219,8 @@ pub fn run(opts: &VerticalOptions) -> Result<VerticalReport> {
         .collect();
 
     // One seeded train/validation split of the shared positions, the same at every site.
-    let mut positions: Vec<usize> = (0..shared).collect();
-    positions.shuffle(&mut ChaCha8Rng::seed_from_u64(opts.seed ^ 0x5eed));
-    let n_validation = ((shared as f64) * opts.validation_fraction).round() as usize;
-    let (validation_pos, train_pos) = positions.split_at(n_validation.min(shared - 1));
-    let (mut train_pos, mut validation_pos) = (train_pos.to_vec(), validation_pos.to_vec());
-    train_pos.sort_unstable();
-    validation_pos.sort_unstable();
+    let (train_pos, validation_pos) =
+        cohort_datasets::vertical_holdout(shared, opts.validation_fraction, opts.seed);
 
     let labels_of = |positions: &[usize]| -> Vec<f32> {
         let labels = tables[0]
@@ -507,30 +503,6 @@ pub fn write_wdbc_sites(
         },
     )?;
     Ok(report.sites.into_iter().map(|s| s.file).collect())
-}
-
-/// `cohort demo --vertical`: WDBC over three sites (one with the diagnosis), 90% of the
-/// patients at each, aligned by PSI and trained; `defence` turns on the max-norm defence.
-pub fn demo(
-    workdir: Option<PathBuf>,
-    seed: u64,
-    defence: Option<f64>,
-    progress: bool,
-) -> Result<VerticalReport> {
-    let workdir = match workdir {
-        Some(dir) => dir,
-        None => tempfile::Builder::new()
-            .prefix("cohort-vertical-")
-            .tempdir()?
-            .keep(),
-    };
-    let files = write_wdbc_sites(&workdir.join("data"), 3, 0.9, seed)?;
-    run(&VerticalOptions {
-        seed,
-        defence,
-        progress,
-        ..VerticalOptions::wdbc(files)
-    })
 }
 
 /// The text form of a [`cohort_datasets::VerticalSplitReport`].

@@ -12,6 +12,7 @@ pub mod misbehave;
 mod proofs;
 mod secagg;
 mod split;
+mod vertical;
 mod work;
 
 use std::future::Future;
@@ -308,6 +309,9 @@ async fn session(
         let worker = worker.clone();
         let task_header = header.clone();
         let answer = match (header.split.is_some(), body) {
+            (_, body) if header.vertical.is_some() => {
+                vertical::answer(worker, grpc.clone(), session_id.clone(), task_header, body).await
+            }
             (true, TaskBody::Parameters(bottom)) => {
                 split::fit(
                     worker,

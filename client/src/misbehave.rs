@@ -20,6 +20,9 @@ pub enum Misbehave {
     /// Sends an all-zero update (a free rider: its claimed examples count,
     /// its work does not).
     Freeride,
+    /// Vertical split learning (issue 18), at a feature site: sends
+    /// activations with a NaN in every batch.
+    NanActivations,
 }
 
 impl std::str::FromStr for Misbehave {
@@ -37,8 +40,9 @@ impl std::str::FromStr for Misbehave {
             Some(("overbound", f)) => Ok(Misbehave::Overbound(factor(f, "overbound")?)),
             None if s == "forge" => Ok(Misbehave::Forge),
             None if s == "freeride" => Ok(Misbehave::Freeride),
+            None if s == "nan-activations" => Ok(Misbehave::NanActivations),
             _ => Err(format!(
-                "unknown misbehaviour `{s}` (expected boost:F, overbound:F, forge or freeride)"
+                "unknown misbehaviour `{s}` (expected boost:F, overbound:F, forge, freeride or nan-activations)"
             )),
         }
     }
@@ -53,7 +57,7 @@ impl Misbehave {
                 delta.iter_mut().for_each(|v| *v *= f);
             }
             Misbehave::Freeride => delta.iter_mut().for_each(|v| *v = 0.0),
-            Misbehave::Forge => {}
+            Misbehave::Forge | Misbehave::NanActivations => {}
         }
     }
 

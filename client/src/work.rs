@@ -64,6 +64,8 @@ pub struct Worker {
     last_private: Mutex<Option<(String, Trained)>>,
     /// Update proofs: the proving key of the current job.
     proving_keys: crate::proofs::KeyCache,
+    /// Vertical split learning: this site's key and alignment.
+    vertical: crate::vertical::SiteState,
 }
 
 #[derive(Serialize)]
@@ -100,6 +102,7 @@ impl Worker {
             budget: Budget::open(config.data_dir.as_deref(), config.options.budget)?,
             last_private: Mutex::new(None),
             proving_keys: crate::proofs::KeyCache::default(),
+            vertical: crate::vertical::SiteState::default(),
         })
     }
 
@@ -135,6 +138,9 @@ impl Worker {
                 _,
             ) => Err("secure-aggregation task without its round description".to_string()),
             (TaskKind::Evaluate, ..) => self.evaluate(task, &parameters),
+            (TaskKind::Vertical, ..) => {
+                Err("a vertical task needs the session's connection".to_string())
+            }
             (TaskKind::Unspecified, ..) => Err("task of unknown kind".to_string()),
         }
         .unwrap_or_else(Answer::refused);
@@ -168,6 +174,14 @@ impl Worker {
 
     pub(crate) fn proving_keys(&self) -> &crate::proofs::KeyCache {
         &self.proving_keys
+    }
+
+    pub(crate) fn vertical_site(&self) -> &crate::vertical::SiteState {
+        &self.vertical
+    }
+
+    pub(crate) fn data_path(&self) -> &std::path::Path {
+        &self.data
     }
 
     /// A plain FIT: with a proof when the job asks for one; under

@@ -26,6 +26,10 @@ pub struct JobSpec {
     pub valuation: Option<crate::valuation::ValuationSpec>,
     #[serde(default, skip_serializing_if = "ProofsSpec::is_off")]
     pub proofs: ProofsSpec,
+    /// Vertical split learning (issue 18): `[vertical]`, read when
+    /// `[training] mode = "vertical"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vertical: Option<crate::vertical::VerticalSpec>,
 }
 
 /// The job's `[proofs]` table (issue 16): zero-knowledge proofs that
@@ -216,6 +220,11 @@ pub enum TrainingMode {
     /// the coordinator a copy of the top part per hospital; both are
     /// averaged every round.
     Splitfed,
+    /// Vertical split learning (issue 18): sites hold different columns of
+    /// the same patients, aligned by private set intersection on `[data]
+    /// id`; the site with the label column holds the labels and the top
+    /// of the network (see [`crate::vertical`]).
+    Vertical,
 }
 
 fn default_local_epochs() -> u32 {
@@ -297,8 +306,24 @@ impl JobSpec {
         t.optimizer
             .validate()
             .map_err(|e| invalid("training.optimizer", e.to_string()))?;
-        if t.mode == TrainingMode::Splitfed {
-            crate::split::check_job(self)?;
+        match t.mode {
+            TrainingMode::Splitfed => crate::split::check_job(self)?,
+            TrainingMode::Vertical => crate::vertical::check_job(self)?,
+            TrainingMode::Federated => {}
+        }
+        if t.mode != TrainingMode::Vertical {
+            if self.data.id.is_some() {
+                return Err(invalid(
+                    "data.id",
+                    "an id column aligns sites in vertical jobs only ([training] mode =                      \"vertical\"); list it in data.drop instead",
+                ));
+            }
+            if self.vertical.is_some() {
+                return Err(invalid(
+                    "vertical",
+                    "[vertical] applies to [training] mode = \"vertical\" only",
+                ));
+            }
         }
         self.strategy
             .validate()

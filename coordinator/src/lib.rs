@@ -22,6 +22,7 @@ pub mod split;
 pub mod store;
 pub mod strategy;
 pub mod valuation;
+pub mod vertical;
 
 use std::future::Future;
 use std::path::PathBuf;

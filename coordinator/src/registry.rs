@@ -98,6 +98,18 @@ pub enum TaskAnswer {
     /// Stage 3: empty once the member's shares are open, then its
     /// decryption share.
     HeDecrypt(Vec<u8>),
+    /// Vertical split learning (issue 18): a step's JSON report and its
+    /// bytes (blinded ids, or a trained part's f32 values).
+    Vertical {
+        report_json: String,
+        payload: Vec<u8>,
+        /// Hex SHA-256 of `payload`, and the site's signature over it
+        /// (`cohort_protocol::update_statement`; empty without mutual TLS).
+        payload_sha256: String,
+        signature: Vec<u8>,
+        num_examples: u64,
+        compute_seconds: f64,
+    },
 }
 
 /// The body an answer must carry, set when its task is dispatched.
@@ -150,6 +162,8 @@ pub struct Registry {
     poll_timeout: Duration,
     /// Split learning: where hospitals' bottom parts meet the top parts.
     pub split: crate::split::SplitSeats,
+    /// Vertical split learning: the relays of running rounds.
+    pub vertical: crate::vertical::VerticalRelays,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -162,6 +176,7 @@ impl Registry {
             inner: Mutex::default(),
             poll_timeout,
             split: crate::split::SplitSeats::default(),
+            vertical: crate::vertical::VerticalRelays::default(),
         }
     }
 

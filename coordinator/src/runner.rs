@@ -24,6 +24,7 @@ pub mod proofs;
 mod secagg;
 mod splitfed;
 mod valuation;
+mod vertical;
 
 pub use valuation::RoundValuation;
 
@@ -114,6 +115,9 @@ impl Runner {
             .ok_or_else(|| RunError::NotFound(job_id.to_string()))?;
         let spec = JobSpec::from_toml(&job.spec_toml).map_err(|e| RunError::Spec(e.to_string()))?;
         self.store.set_job_state(job_id, JobState::Running, None)?;
+        if spec.training.mode == TrainingMode::Vertical {
+            return self.drive_vertical(&job, &spec).await;
+        }
 
         let enrollment = match job.enrollment.clone() {
             Some(e) => e,

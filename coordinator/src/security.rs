@@ -13,7 +13,7 @@
 //!
 //! | RPC | hospital | developer | validator |
 //! | --- | --- | --- | --- |
-//! | Register, PullTask, SubmitResult, SplitExchange | yes | | |
+//! | Register, PullTask, SubmitResult, SplitExchange, VerticalExchange | yes | | |
 //! | SubmitJob | | yes | |
 //! | GetJob, ListJobs, GetModel | | own jobs | all jobs |
 //! | ListClients | | yes | yes |

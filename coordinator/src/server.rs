@@ -36,6 +36,7 @@ use crate::store::{JobRow, JobState, Store, StoreError, UpdateReceipt, now};
 
 type FrameStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 pub(crate) type SplitDownStream = FrameStream<v1::SplitDown>;
+pub(crate) type VerticalDownStream = FrameStream<v1::VerticalDown>;
 
 pub struct Services {
     pub store: Arc<Store>,
@@ -130,6 +131,18 @@ impl HospitalService for Services {
     ) -> Result<Response<Self::SplitExchangeStream>, Status> {
         let caller = self.auth.authorize(&request, "SplitExchange", HOSPITALS)?;
         crate::split::serve_exchange(self.registry.clone(), &caller, request.into_inner()).await
+    }
+
+    type VerticalExchangeStream = VerticalDownStream;
+
+    async fn vertical_exchange(
+        &self,
+        request: Request<Streaming<v1::VerticalUp>>,
+    ) -> Result<Response<Self::VerticalExchangeStream>, Status> {
+        let caller = self
+            .auth
+            .authorize(&request, "VerticalExchange", HOSPITALS)?;
+        crate::vertical::serve_exchange(self.registry.clone(), &caller, request.into_inner()).await
     }
 
     type GetProvingKeyStream = FrameStream<Chunk>;
@@ -288,6 +301,15 @@ impl HospitalService for Services {
                                 &receipt.update_sha256,
                             )?;
                         }
+                        // Vertical split learning: a site signs what it
+                        // sends (blinded ids, its trained part) like an update.
+                        TaskAnswer::Vertical {
+                            payload_sha256,
+                            payload,
+                            ..
+                        } if !payload.is_empty() => {
+                            check_update_signature(&caller, &pending, &header, payload_sha256)?;
+                        }
                         // Relayed to the neighbours, who check the
                         // signature against it themselves.
                         TaskAnswer::SecAggAdvertise {
@@ -376,7 +398,7 @@ fn check_update_signature(
 }
 
 /// Reads the chunks that follow an answer's header into `push`.
-async fn read_chunks(
+pub(crate) async fn read_chunks(
     stream: &mut Streaming<ResultFrame>,
     mut push: impl FnMut(&[u8]) -> Result<(), String>,
 ) -> Result<(), String> {
@@ -603,6 +625,7 @@ async fn read_answer(
             )),
             _ => Ok(TaskAnswer::HeDecrypt(Vec::new())),
         },
+        TaskKind::Vertical => crate::vertical::read_answer(header, stream).await,
         TaskKind::Unspecified => Err("answer to a task of unknown kind".into()),
     }
 }

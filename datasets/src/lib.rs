@@ -31,8 +31,8 @@ pub use table::{
     read_table,
 };
 pub use vertical::{
-    LabelColumn, SiteReport, SiteTable, VerticalSplitOptions, VerticalSplitReport,
-    split_vertical_bytes, split_vertical_file,
+    LabelColumn, SiteReport, SiteTable, VerticalAlignment, VerticalSiteInfo, VerticalSplitOptions,
+    VerticalSplitReport, split_vertical_bytes, split_vertical_file, vertical_holdout,
 };
 
 #[cfg(test)]

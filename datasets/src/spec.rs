@@ -48,6 +48,10 @@ pub struct DataSpec {
     /// Fraction of each client's rows held out for local validation.
     #[serde(default = "default_validation_fraction")]
     pub validation_fraction: f64,
+    /// Vertical split learning (issue 18): the patient-id column every site has, by which
+    /// sites' rows are aligned (private set intersection); never a feature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
 
 /// A label value as written in the job file.
@@ -194,6 +198,7 @@ impl DataSpec {
             numeric: NumericColumns::All,
             categorical: BTreeMap::new(),
             validation_fraction: default_validation_fraction(),
+            id: None,
         }
     }
 
@@ -220,6 +225,17 @@ impl DataSpec {
         }
 
         check_names("data.drop", &self.drop)?;
+        if let Some(id) = &self.id {
+            if id.trim().is_empty() {
+                return Err(DataError::spec("data.id", "must not be empty"));
+            }
+            if id == label {
+                return Err(DataError::spec(
+                    "data.id",
+                    format!("`{id}` is the label column"),
+                ));
+            }
+        }
         if self.drop.iter().any(|c| c == &self.label) {
             return Err(DataError::spec(
                 "data.drop",

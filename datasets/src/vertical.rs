@@ -264,24 +264,35 @@ impl SiteTable {
     /// deviation of each column over `fit_rows`, missing cells at the mean (0 after
     /// standardization). Row-major.
     pub fn standardized(&self, rows: &[usize], fit_rows: &[usize]) -> Vec<f32> {
-        let stats: Vec<(f64, f64)> = self
-            .values
+        let stats = self.column_transforms(fit_rows);
+        let mut out = Vec::with_capacity(rows.len() * self.values.len());
+        for &r in rows {
+            for (col, t) in self.values.iter().zip(&stats) {
+                out.push(col[r].map_or(0.0, |v| ((v - t.mean) / t.std) as f32));
+            }
+        }
+        out
+    }
+
+    /// Each column's standardization over `fit_rows` as the preprocessing of a model card
+    /// (missing cells filled with the mean): aggregate statistics, never a row.
+    pub fn column_transforms(&self, fit_rows: &[usize]) -> Vec<crate::NumericTransform> {
+        self.values
             .iter()
-            .map(|col| {
+            .zip(&self.columns)
+            .map(|(col, name)| {
                 let present: Vec<f64> = fit_rows.iter().filter_map(|&r| col[r]).collect();
                 let n = present.len().max(1) as f64;
                 let mean = present.iter().sum::<f64>() / n;
                 let var = present.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
-                (mean, if var > 0.0 { var.sqrt() } else { 1.0 })
+                crate::NumericTransform {
+                    name: name.clone(),
+                    fill: mean,
+                    mean,
+                    std: if var > 0.0 { var.sqrt() } else { 1.0 },
+                }
             })
-            .collect();
-        let mut out = Vec::with_capacity(rows.len() * self.values.len());
-        for &r in rows {
-            for (col, &(mean, sd)) in self.values.iter().zip(&stats) {
-                out.push(col[r].map_or(0.0, |v| ((v - mean) / sd) as f32));
-            }
-        }
-        out
+            .collect()
     }
 
     /// Per-class row counts at the label site (for reports).
@@ -292,4 +303,44 @@ impl SiteTable {
         }
         counts
     }
+}
+
+/// What a site of a vertical job reports when it enrolls (`VERTICAL_STEP_ENROLL`): counts
+/// and column names, never a row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerticalSiteInfo {
+    /// The file has the job's label column: this site holds the labels.
+    pub label_site: bool,
+    /// Its feature columns, file order.
+    pub columns: Vec<String>,
+    /// Ids it put into the intersection (at the label site: rows with a label).
+    pub ids: usize,
+}
+
+/// What a site reports once aligned (`VERTICAL_STEP_ALIGN`): the shared rows it will train
+/// and validate on, and its columns' standardization over its training rows (so the joined
+/// model's card can preprocess a joined file like the sites did).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerticalAlignment {
+    pub shared: usize,
+    pub train: usize,
+    pub validation: usize,
+    pub transforms: Vec<crate::NumericTransform>,
+}
+
+/// The seeded train/validation split of `shared` aligned positions, the same at every site:
+/// (training positions, validation positions), each ascending. At least one row trains.
+pub fn vertical_holdout(
+    shared: usize,
+    validation_fraction: f64,
+    seed: u64,
+) -> (Vec<usize>, Vec<usize>) {
+    let mut positions: Vec<usize> = (0..shared).collect();
+    positions.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ 0x5eed));
+    let n_validation = ((shared as f64) * validation_fraction).round() as usize;
+    let (validation, train) = positions.split_at(n_validation.min(shared.saturating_sub(1)));
+    let (mut train, mut validation) = (train.to_vec(), validation.to_vec());
+    train.sort_unstable();
+    validation.sort_unstable();
+    (train, validation)
 }

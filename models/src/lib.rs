@@ -62,9 +62,11 @@ pub use params::{
     parameters_sha256, parameters_to_bytes,
 };
 pub use spec::{MAX_PARAMETERS, ModelSpec, OptimizerSpec, TrainConfig};
+// Vertical split learning (issue 18): the label site's metrics from its logits.
+pub use metrics::metrics_from_logits;
 pub use split::{
-    BottomPart, SplitLayout, TopPart, TopStep, VerticalLayout, equalize_gradient_norms,
-    join_vertical, norm_leak_auc, split_vertical,
+    BottomPart, LabelSiteReport, SplitLayout, TopPart, TopStep, VerticalBatch, VerticalLayout,
+    equalize_gradient_norms, join_vertical, norm_leak_auc, split_vertical, vertical_schedule,
 };
 pub use train::{TrainOutcome, train};
 

@@ -86,9 +86,15 @@ fn sigmoid(z: f32) -> f32 {
 /// saturate to exactly 0 or 1 in f32 and so produce fewer artificial ties.
 pub fn evaluate(spec: &ModelSpec, params: &[f32], data: &Examples) -> Result<Metrics, ModelError> {
     let logits = net::predict_logits(spec, params, data)?;
+    metrics_from_logits(&logits, &data.labels)
+}
+
+/// Metrics of logits against labels (0/1): what [`evaluate`] reports, for a model whose
+/// logits were computed elsewhere (the label site of vertical split learning).
+pub fn metrics_from_logits(logits: &[f32], labels: &[f32]) -> Result<Metrics, ModelError> {
     let mut loss = 0.0f64;
     let (mut tp, mut fp, mut tn, mut fneg) = (0u64, 0u64, 0u64, 0u64);
-    for (&z, &y) in logits.iter().zip(&data.labels) {
+    for (&z, &y) in logits.iter().zip(labels) {
         loss += net::bce_scalar(f64::from(z), f64::from(y));
         // p >= 0.5 exactly when the logit is >= 0.
         match (z >= 0.0, y > 0.5) {
@@ -98,7 +104,7 @@ pub fn evaluate(spec: &ModelSpec, params: &[f32], data: &Examples) -> Result<Met
             (false, true) => fneg += 1,
         }
     }
-    let n = logits.len();
+    let n = logits.len().min(labels.len());
     if !loss.is_finite() {
         return Err(ModelError::Backend(
             "evaluation produced a non-finite loss".into(),
@@ -107,7 +113,7 @@ pub fn evaluate(spec: &ModelSpec, params: &[f32], data: &Examples) -> Result<Met
     Ok(Metrics {
         loss: loss / n as f64,
         accuracy: (tp + tn) as f64 / n as f64,
-        auc: roc_auc(&logits, &data.labels),
+        auc: roc_auc(logits, labels),
         true_positives: tp,
         false_positives: fp,
         true_negatives: tn,

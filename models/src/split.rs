@@ -616,3 +616,52 @@ fn standard_normal(rng: &mut impl Rng) -> f64 {
     let u2: f64 = rng.random();
     (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
 }
+
+/// What the label site of a vertical job reports after a round (`VERTICAL_STEP_TRAIN`):
+/// the joined model's metrics on the held-out shared rows and how much the gradients it sent
+/// leaked its labels. Aggregates only; the labels stay at the label site.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabelSiteReport {
+    pub validation: crate::Metrics,
+    /// Mean training loss over the round's last epoch.
+    pub train_loss: f64,
+    /// [`norm_leak_auc`] of the gradients sent, mean over the round's epochs.
+    pub leak_auc: f64,
+    /// The epoch of the round whose gradients leaked most (an attacker sees
+    /// every epoch).
+    pub worst_leak_auc: f64,
+    /// The max-norm defence's noise scale, if it was on.
+    pub defence: Option<f64>,
+}
+
+/// One batch of a vertical exchange: how many rows, and whether it trains (or only
+/// evaluates, with no gradient back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerticalBatch {
+    pub rows: usize,
+    pub train: bool,
+}
+
+/// The batches of one vertical round, the same at every site and at the coordinator's relay:
+/// `epochs` passes over `train_rows` in batches of `batch_size`, then the `validation_rows`
+/// in batches of `batch_size`.
+pub fn vertical_schedule(
+    train_rows: usize,
+    validation_rows: usize,
+    epochs: usize,
+    batch_size: usize,
+) -> Vec<VerticalBatch> {
+    let batch_size = batch_size.max(1);
+    let chunks = |n: usize, train: bool| {
+        (0..n.div_ceil(batch_size)).map(move |i| VerticalBatch {
+            rows: batch_size.min(n - i * batch_size),
+            train,
+        })
+    };
+    let mut out: Vec<VerticalBatch> = Vec::new();
+    for _ in 0..epochs {
+        out.extend(chunks(train_rows, true));
+    }
+    out.extend(chunks(validation_rows, false));
+    out
+}
