@@ -514,14 +514,18 @@ impl Runner {
             else {
                 continue;
             };
+            let commitments: BTreeMap<String, String> = receipts
+                .iter()
+                .map(|r| (r.client.clone(), r.dataset_sha256.clone()))
+                .collect();
             // The players valuation sees: each hospital's update in plain
-            // mode, each group's sum in grouped rounds.
+            // mode (hospitals with identical data as one), each group's sum
+            // in grouped rounds.
             let players: Vec<(Vec<String>, ClientUpdate)> = match &spec.valuation {
                 None => Vec::new(),
-                Some(_) if groups.is_empty() => updates
-                    .iter()
-                    .map(|u| (vec![u.client.clone()], u.clone()))
-                    .collect(),
+                Some(_) if groups.is_empty() => {
+                    crate::valuation::plain_players(&updates, &commitments)
+                }
                 Some(_) => groups.into_iter().map(|g| (g.members, g.update)).collect(),
             };
             let updates = match client_dp.as_deref_mut() {
@@ -611,14 +615,16 @@ impl Runner {
                 .iter()
                 .map(|(_, (_, _, s))| *s)
                 .fold(0.0, f64::max);
-            let (metrics_parts, scored): (Vec<Metrics>, Vec<(u64, Vec<f64>)>) = evaluations
-                .ok
-                .into_iter()
-                .map(|(_, (m, losses, _))| {
-                    let examples = m.examples;
-                    (m, (examples, losses))
-                })
-                .unzip();
+            let (metrics_parts, scored): (Vec<Metrics>, Vec<(String, (u64, Vec<f64>))>) =
+                evaluations
+                    .ok
+                    .into_iter()
+                    .map(|(client, (m, losses, _))| {
+                        let examples = m.examples;
+                        (m, (client, (examples, losses)))
+                    })
+                    .unzip();
+            let scored = crate::valuation::distinct_scorers(scored, &commitments);
             let metrics = Metrics::aggregate(&metrics_parts);
             let next = Arc::try_unwrap(next).unwrap_or_else(|shared| (*shared).clone());
             let valuation = match plan {

@@ -317,10 +317,15 @@ impl Runner {
             let seed = hex::encode(partition::group_seed(&job.id, round));
             (values, groups, Some(seed))
         } else {
+            // Hospitals with identical data are one player: they share its
+            // value.
             let values: BTreeMap<String, f64> = players
                 .iter()
                 .zip(&player_values)
-                .flat_map(|((members, _), &v)| members.iter().map(move |m| (m.clone(), v)))
+                .flat_map(|((members, _), &v)| {
+                    let each = v / members.len().max(1) as f64;
+                    members.iter().map(move |m| (m.clone(), each))
+                })
                 .collect();
             (values, Vec::new(), None)
         };

@@ -199,6 +199,67 @@ pub fn members(coalition: Coalition, players: usize) -> impl Iterator<Item = usi
 /// The candidate model of `coalition` (the hospitals build the same one).
 pub use cohort_models::coalition_model as candidate;
 
+/// Plain-mode players: one per hospital, except that hospitals that sent
+/// the same update from the same data (equal dataset commitments in their
+/// receipts, `commitments`, and updates equal to a relative 10^-4) are one
+/// player, counted with one copy's examples, whose value they share
+/// equally. Shapley values reward replication: a hospital joining with a
+/// copy of another's data would otherwise earn the pair nearly twice what
+/// the original earns alone. Both conditions are needed: the commitment is
+/// the hospital's own report (and public on the ledger), so a free rider
+/// claiming another's commitment is not merged unless it also sends that
+/// hospital's update, which it cannot know before the round's evaluation.
+pub fn plain_players(
+    updates: &[crate::strategy::ClientUpdate],
+    commitments: &std::collections::BTreeMap<String, String>,
+) -> Vec<(Vec<String>, crate::strategy::ClientUpdate)> {
+    let commitment = |u: &crate::strategy::ClientUpdate| {
+        commitments
+            .get(&u.client)
+            .map(String::as_str)
+            .filter(|c| !c.is_empty())
+    };
+    let same = |a: &crate::strategy::ClientUpdate, b: &crate::strategy::ClientUpdate| {
+        let (mut diff, mut norm) = (0f64, 0f64);
+        for (x, y) in a.delta.iter().zip(&b.delta) {
+            diff += (f64::from(*x) - f64::from(*y)).powi(2);
+            norm += f64::from(*x).powi(2);
+        }
+        commitment(a).is_some()
+            && commitment(a) == commitment(b)
+            && a.delta.len() == b.delta.len()
+            && diff <= 1e-8 * norm
+    };
+    let mut players: Vec<(Vec<String>, crate::strategy::ClientUpdate)> = Vec::new();
+    for u in updates {
+        match players.iter_mut().find(|(_, first)| same(first, u)) {
+            Some((members, _)) => members.push(u.client.clone()),
+            None => players.push((vec![u.client.clone()], u.clone())),
+        }
+    }
+    players
+}
+
+/// Keeps one of the scorers that evaluated on the same data (equal dataset
+/// commitments): a copied validation split would count twice in the pooled
+/// utility. `scored` is `(hospital, (examples, losses))`.
+pub fn distinct_scorers(
+    scored: Vec<(String, (u64, Vec<f64>))>,
+    commitments: &std::collections::BTreeMap<String, String>,
+) -> Vec<(u64, Vec<f64>)> {
+    let mut seen = std::collections::BTreeSet::new();
+    scored
+        .into_iter()
+        .filter(
+            |(name, _)| match commitments.get(name).filter(|c| !c.is_empty()) {
+                Some(c) => seen.insert(c.clone()),
+                None => true,
+            },
+        )
+        .map(|(_, s)| s)
+        .collect()
+}
+
 /// Example-weighted mean of the hospitals' losses per candidate, from
 /// `(examples, losses)` answers; `None` when nobody scored.
 pub fn pooled_losses(answers: &[(u64, Vec<f64>)], candidates: usize) -> Option<Vec<f64>> {
@@ -281,6 +342,59 @@ fn gcd(a: i128, b: i128) -> i128 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hospitals_with_identical_data_are_one_player() {
+        let update = |client: &str, delta: Vec<f32>, n: u64| crate::strategy::ClientUpdate {
+            client: client.into(),
+            delta,
+            num_examples: n,
+        };
+        let updates = vec![
+            update("a", vec![1.0, 1.0], 10),
+            update("b", vec![4.0, 0.0], 30),
+            update("twin-of-a", vec![1.0, 1.0], 10),
+            // Claims a's data but sends another update: not merged.
+            update("thief", vec![0.0, 0.0], 10),
+            update("unknown", vec![0.0, 0.0], 5),
+            update("also-unknown", vec![0.0, 0.0], 5),
+        ];
+        let commitments: std::collections::BTreeMap<String, String> = [
+            ("a", "c1"),
+            ("b", "c2"),
+            ("twin-of-a", "c1"),
+            ("thief", "c1"),
+            ("unknown", ""),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let players = plain_players(&updates, &commitments);
+        let names: Vec<&Vec<String>> = players.iter().map(|(m, _)| m).collect();
+        assert_eq!(
+            names,
+            [
+                &vec!["a".to_string(), "twin-of-a".into()],
+                &vec!["b".to_string()],
+                &vec!["thief".to_string()],
+                &vec!["unknown".to_string()],
+                &vec!["also-unknown".to_string()],
+            ]
+        );
+        assert_eq!(players[0].1.delta, [1.0, 1.0]);
+        assert_eq!(players[0].1.num_examples, 10);
+        let scored = vec![
+            ("a".to_string(), (10, vec![0.5])),
+            ("twin-of-a".to_string(), (10, vec![0.5])),
+            ("b".to_string(), (30, vec![0.7])),
+            ("unknown".to_string(), (5, vec![0.9])),
+        ];
+        let kept = distinct_scorers(scored, &commitments);
+        assert_eq!(
+            kept.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+            [10, 30, 5]
+        );
+    }
 
     fn names(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("h{i}")).collect()
