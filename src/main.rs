@@ -110,6 +110,29 @@ enum ProofCommand {
         #[command(flatten)]
         connection: Connection,
     },
+    /// Check every accepted update proof of a round with the job's Solidity
+    /// verifier on an EVM chain (contracts/CohortUpdateVerifier.sol, the
+    /// BN254 precompiles): deploys it from the ledger's verifying key
+    /// unless --contract names one, and prints each verdict with its gas.
+    /// Exits non-zero if any proof is rejected.
+    Onchain {
+        job: String,
+        round: u32,
+        /// JSON-RPC URL of the EVM node.
+        #[arg(long)]
+        rpc_url: String,
+        /// File holding the private key (hex) of the account that deploys
+        /// the verifier.
+        #[arg(long, value_name = "FILE")]
+        evm_key: PathBuf,
+        /// A verifier this command deployed for the job before.
+        #[arg(long)]
+        contract: Option<String>,
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -1364,6 +1387,47 @@ async fn main() -> Result<()> {
                 connection.resolve(&[Role::Validator, Role::Developer, Role::Hospital])?;
             cohort::validator::export(&url, &security, (&job, round, &client), &format, &out)
                 .await?;
+        }
+        Command::Proof(ProofCommand::Onchain {
+            job,
+            round,
+            rpc_url,
+            evm_key,
+            contract,
+            connection,
+            json,
+        }) => {
+            init_logging("warn");
+            let (url, security) =
+                connection.resolve(&[Role::Validator, Role::Developer, Role::Hospital])?;
+            let check = cohort::validator::onchain(
+                &url,
+                &security,
+                (&job, round),
+                &rpc_url,
+                &evm_key,
+                contract.as_deref(),
+            )
+            .await?;
+            let rejected = check.proofs.iter().filter(|p| !p.valid).count();
+            report(json, &check, |c| {
+                c.proofs
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "{}: {} ({} gas)",
+                            p.client,
+                            if p.valid { "valid" } else { "REJECTED" },
+                            p.gas
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+                    + &format!("\nverifier {}", c.contract)
+            })?;
+            if rejected > 0 {
+                anyhow::bail!("{rejected} proofs of round {round} were rejected on chain");
+            }
         }
         Command::Verify(VerifyCommand::Model {
             dir,

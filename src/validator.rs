@@ -462,3 +462,141 @@ pub async fn export(
     }
     Ok(())
 }
+
+/// One proof checked by the on-chain verifier.
+#[derive(Debug, Clone, Serialize)]
+pub struct OnchainVerdict {
+    pub client: String,
+    pub valid: bool,
+    /// Gas of a transaction calling `verifyProof` with it.
+    pub gas: u64,
+}
+
+/// What `cohort proof onchain` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct OnchainCheck {
+    pub job_id: String,
+    pub round: u32,
+    pub contract: String,
+    /// Gas of the verifier's deployment, when this run deployed it.
+    pub deploy_gas: Option<u64>,
+    pub proofs: Vec<OnchainVerdict>,
+}
+
+fn words<const N: usize>(texts: &[String; N]) -> Result<[cohort_ledger_evm::U256; N]> {
+    let mut out = [cohort_ledger_evm::U256::ZERO; N];
+    for (o, t) in out.iter_mut().zip(texts) {
+        *o = cohort_ledger_evm::verifier::word(t)?;
+    }
+    Ok(out)
+}
+
+/// The job's verifying key as the on-chain verifier takes it.
+pub fn verifier_key_words(vk: &VerifyingKey) -> Result<cohort_ledger_evm::VerifierKeyWords> {
+    let vk = cohort_proofs::snarkjs::evm_verifying_key(vk).map_err(|e| anyhow!("{e}"))?;
+    Ok(cohort_ledger_evm::VerifierKeyWords {
+        alpha: words(&vk.alpha)?,
+        beta: words(&vk.beta)?,
+        gamma: words(&vk.gamma)?,
+        delta: words(&vk.delta)?,
+        ic: vk.ic.iter().map(words).collect::<Result<_>>()?,
+    })
+}
+
+/// A recorded proof as `verifyProof` takes it.
+pub fn proof_words(
+    context: &Context,
+    record: &cohort_ledger::ProofRecord,
+) -> Result<cohort_ledger_evm::ProofWords> {
+    let p = cohort_proofs::snarkjs::evm_proof(
+        context,
+        record.bound,
+        &record.update_hash,
+        &record.proof,
+    )
+    .map_err(|e| anyhow!("{e}"))?;
+    Ok(cohort_ledger_evm::ProofWords {
+        a: words(&p.a)?,
+        b: words(&p.b)?,
+        c: words(&p.c)?,
+        inputs: p
+            .inputs
+            .iter()
+            .map(|t| Ok(cohort_ledger_evm::verifier::word(t)?))
+            .collect::<Result<_>>()?,
+    })
+}
+
+/// `cohort proof onchain`: every accepted proof of a round checked by the
+/// job's Solidity verifier on an EVM chain (deployed from the ledger's
+/// verifying key unless `contract` names one), with the gas of each call.
+pub async fn onchain(
+    url: &str,
+    security: &Security,
+    (job_id, round): (&str, u32),
+    rpc_url: &str,
+    key_file: &std::path::Path,
+    contract: Option<&str>,
+) -> Result<OnchainCheck> {
+    let mut dev = developer::connect(url, security).await?;
+    let contents = crate::audit::fetch_ledger(&mut dev).await?;
+    let entries = checked_entries(&contents)?;
+    let vk = verifying_key(&entries, job_id)?
+        .ok_or_else(|| anyhow!("job `{job_id}` has no verifying key on the ledger"))?;
+    let updates = entries
+        .iter()
+        .find_map(|e| match &e.record {
+            Record::RoundCompleted {
+                job_id: j,
+                round: r,
+                updates,
+                ..
+            } if j == job_id && *r == round => Some(updates.clone()),
+            _ => None,
+        })
+        .ok_or_else(|| anyhow!("the ledger records no round {round} of job `{job_id}`"))?;
+    let (address, deploy_gas) = match contract {
+        Some(address) => (address.to_string(), None),
+        None => {
+            let key = cohort_ledger_evm::EvmKey::from_file(key_file)?;
+            let deployed =
+                cohort_ledger_evm::deploy_update_verifier(rpc_url, &key, &verifier_key_words(&vk)?)
+                    .await
+                    .context("deploying the job's update-proof verifier")?;
+            eprintln!(
+                "deployed job {job_id}'s update-proof verifier at {} ({} gas)",
+                deployed.address, deployed.gas_used
+            );
+            (deployed.address.to_string(), Some(deployed.gas_used))
+        }
+    };
+    let verifier = cohort_ledger_evm::UpdateVerifierContract::new(rpc_url, &address)?;
+    verifier.check_deployed().await?;
+    let mut proofs = Vec::new();
+    for update in &updates {
+        let Some(record) = &update.proof else {
+            continue;
+        };
+        let context = Context {
+            job_id: job_id.to_string(),
+            round,
+            client: update.client.clone(),
+        };
+        let (valid, gas) = verifier.verify(&proof_words(&context, record)?).await?;
+        proofs.push(OnchainVerdict {
+            client: update.client.clone(),
+            valid,
+            gas,
+        });
+    }
+    if proofs.is_empty() {
+        bail!("round {round} of job `{job_id}` has no update proofs");
+    }
+    Ok(OnchainCheck {
+        job_id: job_id.to_string(),
+        round,
+        contract: address,
+        deploy_gas,
+        proofs,
+    })
+}

@@ -765,3 +765,112 @@ async fn rewards_token_pays_the_ledger_and_caps_each_height() {
         .to_string();
     assert!(err.contains("InvalidProof"), "{err}");
 }
+
+/// A proofs job's update proofs checked on chain by the job's Solidity
+/// verifier (deployed from the ledger's verifying key): every accepted
+/// proof valid, the same proof with a changed public input (another round)
+/// or a changed point rejected, and the gas of a check printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn update_proofs_verify_on_chain() {
+    use cohort::local::{LocalFederation, LocalHospital};
+    let Some(tools) = evm_tools() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(&tools, &dir.path().join("node.log")).await;
+    let csv = dir.path().join("oncology.csv");
+    synthetic_oncology_csv(&csv, 600, 29);
+    let files = split(&csv, &dir.path().join("parts"), 3, 6);
+    let hospitals: Vec<LocalHospital> = files[..3]
+        .iter()
+        .enumerate()
+        .map(|(i, file)| LocalHospital {
+            name: format!("hospital-{i}"),
+            data: file.clone(),
+            options: Default::default(),
+        })
+        .collect();
+    let federation = LocalFederation::start(dir.path(), &hospitals, true, Duration::from_secs(1))
+        .await
+        .unwrap();
+    let mut dev = federation.developer().await.unwrap();
+    let job = oncology_job(1, 3) + "\n[proofs]\nupdate = \"norm\"\nclip = 4.0\n";
+    let id = cohort::developer::submit(&mut dev, &job).await.unwrap();
+    let view = cohort::developer::wait(&mut dev, &id, false).await.unwrap();
+    assert_eq!(view.state, "completed", "{view:#?}");
+    let key_file = dir.path().join("operator.key");
+    std::fs::write(&key_file, DEV_KEY).unwrap();
+    let check = cohort::validator::onchain(
+        &federation.url,
+        &federation.developer,
+        (&id, 1),
+        &node.url,
+        &key_file,
+        None,
+    )
+    .await
+    .unwrap();
+    println!(
+        "update verifier deploy: {} gas",
+        check.deploy_gas.unwrap_or_default()
+    );
+    assert_eq!(check.proofs.len(), 3, "{check:?}");
+    for p in &check.proofs {
+        assert!(p.valid, "{check:?}");
+        println!("verifyProof for {}: {} gas", p.client, p.gas);
+    }
+    // Checking again against the deployed verifier needs no key.
+    let again = cohort::validator::onchain(
+        &federation.url,
+        &federation.developer,
+        (&id, 1),
+        &node.url,
+        Path::new("/nonexistent"),
+        Some(&check.contract),
+    )
+    .await
+    .unwrap();
+    assert!(again.proofs.iter().all(|p| p.valid));
+
+    // Tampered: the proof replayed for round 2, or with a changed point.
+    let contents = cohort::audit::fetch_ledger(&mut dev).await.unwrap();
+    federation.shutdown().await;
+    let entries = cohort::validator::checked_entries(&contents).unwrap();
+    let record = entries
+        .iter()
+        .find_map(|e| match &e.record {
+            Record::RoundCompleted {
+                job_id,
+                round: 1,
+                updates,
+                ..
+            } if job_id == &id => updates[0]
+                .proof
+                .clone()
+                .map(|p| (updates[0].client.clone(), p)),
+            _ => None,
+        })
+        .unwrap();
+    let verifier =
+        cohort_ledger_evm::UpdateVerifierContract::new(&node.url, &check.contract).unwrap();
+    let context = |round| cohort_proofs::Context {
+        job_id: id.clone(),
+        round,
+        client: record.0.clone(),
+    };
+    let honest = cohort::validator::proof_words(&context(1), &record.1).unwrap();
+    assert!(verifier.verify(&honest).await.unwrap().0);
+    let replayed = cohort::validator::proof_words(&context(2), &record.1).unwrap();
+    assert!(!verifier.verify(&replayed).await.unwrap().0);
+    let mut bent = honest.clone();
+    bent.c = honest.a;
+    assert!(!verifier.verify(&bent).await.unwrap().0);
+    let mut outside = honest.clone();
+    outside.inputs[0] = cohort_ledger_evm::U256::MAX;
+    assert!(!verifier.verify(&outside).await.unwrap().0);
+    let mut short = honest;
+    short.inputs.pop();
+    let err = verifier.verify(&short).await.unwrap_err().to_string();
+    assert!(
+        err.contains("WrongInputCount") || err.contains("revert"),
+        "{err}"
+    );
+}

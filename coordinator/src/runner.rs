@@ -615,7 +615,7 @@ impl Runner {
                 .iter()
                 .map(|(_, (_, _, s))| *s)
                 .fold(0.0, f64::max);
-            let (metrics_parts, scored): (Vec<Metrics>, Vec<(String, (u64, Vec<f64>))>) =
+            let (metrics_parts, scored): (Vec<Metrics>, Vec<(String, crate::valuation::Scores)>) =
                 evaluations
                     .ok
                     .into_iter()

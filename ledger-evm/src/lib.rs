@@ -14,7 +14,9 @@
 //!   --rpc-url URL --contract ADDR`);
 //! - [`rewards`]: the ERC-20 rewards token whose halving-capped
 //!   distributions pay the ledger's payouts (`cohort rewards deploy |
-//!   publish | claim`).
+//!   publish | claim`);
+//! - [`verifier`]: a job's Groth16 update-proof verifier on chain (`cohort
+//!   proof onchain`).
 //!
 //! alloy provides the ABI (`sol!`) and the transaction types; JSON-RPC goes
 //! over plain HTTP (or HTTPS with the system's roots) through reqwest, and
@@ -26,12 +28,14 @@ mod contract;
 mod key;
 pub mod rewards;
 mod rpc;
+pub mod verifier;
 
 pub use alloy_primitives::{Address, B256, U256};
 pub use contract::{AnchorContract, AnchorWriter, deploy, parse_address};
 pub use key::EvmKey;
 pub use rewards::{PayoutTree, RewardsContract, deploy_rewards, payout_leaf};
 pub use rpc::Receipt;
+pub use verifier::{ProofWords, UpdateVerifierContract, VerifierKeyWords, deploy_update_verifier};
 
 /// A contract just deployed.
 #[derive(Debug, Clone, serde::Serialize)]

@@ -84,3 +84,82 @@ pub fn export(
         ("public.json", pretty(&Value::Array(public))),
     ])
 }
+
+/// A verifying key as EVM words (decimal strings of 256-bit integers): G1
+/// points `[x, y]`, G2 points `[x.c1, x.c0, y.c1, y.c0]` (the order of the
+/// EIP-197 pairing precompile).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct EvmVerifyingKey {
+    pub alpha: [String; 2],
+    pub beta: [String; 4],
+    pub gamma: [String; 4],
+    pub delta: [String; 4],
+    pub ic: Vec<[String; 2]>,
+}
+
+/// One recorded proof as EVM words, with its public inputs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct EvmProof {
+    pub a: [String; 2],
+    pub b: [String; 4],
+    pub c: [String; 2],
+    pub inputs: Vec<String>,
+}
+
+fn word(x: &impl PrimeField) -> String {
+    x.into_bigint().to_string()
+}
+
+fn g1_words(p: &G1Affine) -> Result<[String; 2], ProofError> {
+    let (x, y) = p
+        .xy()
+        .ok_or_else(|| ProofError::MalformedProof("a G1 point is at infinity".into()))?;
+    Ok([word(&x), word(&y)])
+}
+
+fn g2_words(p: &G2Affine) -> Result<[String; 4], ProofError> {
+    let (x, y) = p
+        .xy()
+        .ok_or_else(|| ProofError::MalformedProof("a G2 point is at infinity".into()))?;
+    Ok([word(&x.c1), word(&x.c0), word(&y.c1), word(&y.c0)])
+}
+
+/// The job's verifying key for `contracts/CohortUpdateVerifier.sol`.
+pub fn evm_verifying_key(vk: &VerifyingKey) -> Result<EvmVerifyingKey, ProofError> {
+    let vk = &vk.inner;
+    Ok(EvmVerifyingKey {
+        alpha: g1_words(&vk.alpha_g1)?,
+        beta: g2_words(&vk.beta_g2)?,
+        gamma: g2_words(&vk.gamma_g2)?,
+        delta: g2_words(&vk.delta_g2)?,
+        ic: vk
+            .gamma_abc_g1
+            .iter()
+            .map(g1_words)
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+/// One recorded proof (as the ledger keeps it) for `verifyProof`.
+pub fn evm_proof(
+    context: &Context,
+    bound: u64,
+    update_hash_hex: &str,
+    proof_hex: &str,
+) -> Result<EvmProof, ProofError> {
+    let update_hash = hash::from_hex(update_hash_hex)
+        .ok_or_else(|| ProofError::MalformedProof("update hash is not a field element".into()))?;
+    let proof_bytes =
+        hex::decode(proof_hex).map_err(|e| ProofError::MalformedProof(format!("hex: {e}")))?;
+    let proof = parse_proof(&proof_bytes)?;
+    Ok(EvmProof {
+        a: g1_words(&proof.a)?,
+        b: g2_words(&proof.b)?,
+        c: g1_words(&proof.c)?,
+        inputs: context
+            .public_inputs(bound, update_hash)
+            .iter()
+            .map(hash::to_decimal)
+            .collect(),
+    })
+}

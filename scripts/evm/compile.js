@@ -1,6 +1,6 @@
 #!/usr/bin/env node
-// Compiles Cohort's contracts (ledger-evm/contracts/CohortLedgerAnchor.sol
-// and CohortRewards.sol) with the pinned solc-js and writes the ABI and
+// Compiles Cohort's contracts (ledger-evm/contracts/CohortLedgerAnchor.sol,
+// CohortRewards.sol and CohortUpdateVerifier.sol) with the pinned solc-js and writes the ABI and
 // bytecode the Rust crate embeds (ledger-evm/contracts/NAME.json), so that
 // building Cohort never needs node.
 //
@@ -74,6 +74,6 @@ function compile(NAME) {
   }
 }
 
-for (const name of ["CohortLedgerAnchor", "CohortRewards"]) {
+for (const name of ["CohortLedgerAnchor", "CohortRewards", "CohortUpdateVerifier"]) {
   compile(name);
 }

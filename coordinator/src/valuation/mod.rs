@@ -240,13 +240,17 @@ pub fn plain_players(
     players
 }
 
+/// A hospital's candidate scores: its validation rows and each candidate's
+/// mean loss.
+pub type Scores = (u64, Vec<f64>);
+
 /// Keeps one of the scorers that evaluated on the same data (equal dataset
 /// commitments): a copied validation split would count twice in the pooled
-/// utility. `scored` is `(hospital, (examples, losses))`.
+/// utility.
 pub fn distinct_scorers(
-    scored: Vec<(String, (u64, Vec<f64>))>,
+    scored: Vec<(String, Scores)>,
     commitments: &std::collections::BTreeMap<String, String>,
-) -> Vec<(u64, Vec<f64>)> {
+) -> Vec<Scores> {
     let mut seen = std::collections::BTreeSet::new();
     scored
         .into_iter()
