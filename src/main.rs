@@ -92,6 +92,15 @@ struct ValidatorArgs {
     /// One pass, then exit (fails if the pass fails).
     #[arg(long)]
     once: bool,
+    /// Also check every proof with the job's Solidity verifier on this EVM
+    /// node (deployed once per job from the ledger's verifying key); a
+    /// proof either check rejects is attested invalid.
+    #[arg(long, requires = "evm_key")]
+    rpc_url: Option<String>,
+    /// With --rpc-url: file holding the private key (hex) of the account
+    /// that deploys the verifiers.
+    #[arg(long, value_name = "FILE", requires = "rpc_url")]
+    evm_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -1372,7 +1381,14 @@ async fn main() -> Result<()> {
             init_logging("info");
             let (url, security) = a.connection.resolve(&[Role::Validator])?;
             let interval = std::time::Duration::from_secs(a.interval_secs.max(1));
-            cohort::validator::run(&url, &security, interval, a.once).await?;
+            let onchain = match (a.rpc_url, a.evm_key) {
+                (Some(rpc_url), Some(key)) => Some(cohort::validator::OnchainVerifiers::new(
+                    rpc_url,
+                    cohort_ledger_evm::EvmKey::from_file(&key)?,
+                )),
+                _ => None,
+            };
+            cohort::validator::run(&url, &security, interval, a.once, onchain).await?;
         }
         Command::Proof(ProofCommand::Export {
             job,

@@ -257,7 +257,11 @@ pub async fn verify_round(
 
 /// One pass of a validator: attests every recorded round with proofs that
 /// it has not attested yet; returns how many it attested.
-pub async fn attest_pending(dev: &mut Developer, kit: &Kit) -> Result<usize> {
+pub async fn attest_pending(
+    dev: &mut Developer,
+    kit: &Kit,
+    mut onchain: Option<&mut OnchainVerifiers>,
+) -> Result<usize> {
     let contents = crate::audit::fetch_ledger(dev).await?;
     let entries = checked_entries(&contents)?;
     let me = &kit.principal.name;
@@ -293,8 +297,15 @@ pub async fn attest_pending(dev: &mut Developer, kit: &Kit) -> Result<usize> {
     let mut attested = 0;
     for (job_id, round) in pending {
         let RoundVerdicts {
-            verdicts, reasons, ..
+            mut verdicts,
+            mut reasons,
+            ..
         } = verdicts(&entries, &job_id, round)?;
+        if let Some(chain) = onchain.as_deref_mut() {
+            chain
+                .check(&entries, (&job_id, round), &mut verdicts, &mut reasons)
+                .await?;
+        }
         for (v, reason) in verdicts.iter().zip(&reasons) {
             if let Some(reason) = reason {
                 warn!(
@@ -335,7 +346,13 @@ pub async fn attest_pending(dev: &mut Developer, kit: &Kit) -> Result<usize> {
 
 /// `cohort validator`: attests finished rounds as they are recorded, every
 /// `interval`, until stopped (or after one pass with `once`).
-pub async fn run(url: &str, security: &Security, interval: Duration, once: bool) -> Result<()> {
+pub async fn run(
+    url: &str,
+    security: &Security,
+    interval: Duration,
+    once: bool,
+    mut onchain: Option<OnchainVerifiers>,
+) -> Result<()> {
     let kit = security
         .kit()
         .ok_or_else(|| anyhow!("a validator is known by its certificate: pass --tls KIT"))?;
@@ -350,7 +367,7 @@ pub async fn run(url: &str, security: &Security, interval: Duration, once: bool)
     loop {
         let pass = async {
             let mut dev = developer::connect(url, security).await?;
-            attest_pending(&mut dev, kit).await
+            attest_pending(&mut dev, kit, onchain.as_mut()).await
         }
         .await;
         match pass {
@@ -599,4 +616,101 @@ pub async fn onchain(
         deploy_gas,
         proofs,
     })
+}
+
+/// A validator's on-chain checks: each job's Solidity verifier, deployed
+/// from the ledger's verifying key the first time one of its rounds is
+/// attested.
+pub struct OnchainVerifiers {
+    rpc_url: String,
+    key: cohort_ledger_evm::EvmKey,
+    deployed: std::collections::BTreeMap<String, String>,
+}
+
+impl OnchainVerifiers {
+    pub fn new(rpc_url: String, key: cohort_ledger_evm::EvmKey) -> Self {
+        Self {
+            rpc_url,
+            key,
+            deployed: Default::default(),
+        }
+    }
+
+    /// Checks each proof of the round on chain too: a proof the chain
+    /// rejects is invalid (with the reason) whatever the local check said.
+    async fn check(
+        &mut self,
+        entries: &[Entry],
+        (job_id, round): (&str, u32),
+        verdicts: &mut [Verdict],
+        reasons: &mut [Option<String>],
+    ) -> Result<()> {
+        let Some(vk) = verifying_key(entries, job_id)? else {
+            return Ok(());
+        };
+        let address = match self.deployed.get(job_id) {
+            Some(address) => address.clone(),
+            None => {
+                let deployed = cohort_ledger_evm::deploy_update_verifier(
+                    &self.rpc_url,
+                    &self.key,
+                    &verifier_key_words(&vk)?,
+                )
+                .await
+                .with_context(|| format!("deploying job {job_id}'s update-proof verifier"))?;
+                info!(
+                    job = job_id,
+                    contract = %deployed.address,
+                    gas = deployed.gas_used,
+                    "update-proof verifier deployed"
+                );
+                let address = deployed.address.to_string();
+                self.deployed.insert(job_id.to_string(), address.clone());
+                address
+            }
+        };
+        let verifier = cohort_ledger_evm::UpdateVerifierContract::new(&self.rpc_url, &address)?;
+        let updates = entries
+            .iter()
+            .find_map(|e| match &e.record {
+                Record::RoundCompleted {
+                    job_id: j,
+                    round: r,
+                    updates,
+                    ..
+                } if j == job_id && *r == round => Some(updates),
+                _ => None,
+            })
+            .ok_or_else(|| anyhow!("the ledger records no round {round} of job `{job_id}`"))?;
+        for ((verdict, reason), update) in verdicts.iter_mut().zip(reasons).zip(updates) {
+            let Some(record) = &update.proof else {
+                continue;
+            };
+            let context = Context {
+                job_id: job_id.to_string(),
+                round,
+                client: update.client.clone(),
+            };
+            let (valid, gas) = verifier.verify(&proof_words(&context, record)?).await?;
+            info!(
+                job = job_id,
+                round,
+                client = update.client,
+                valid,
+                gas,
+                "checked on chain"
+            );
+            if !valid && verdict.valid {
+                warn!(
+                    job = job_id,
+                    round,
+                    client = update.client,
+                    "the on-chain verifier rejects a proof this machine accepts"
+                );
+                verdict.valid = false;
+                *reason = Some("rejected by the on-chain verifier".into());
+            }
+        }
+        Ok(())
+    }
 }

@@ -830,10 +830,43 @@ async fn update_proofs_verify_on_chain() {
     .unwrap();
     assert!(again.proofs.iter().all(|p| p.valid));
 
+    // A validator that also checks on chain attests the round valid.
+    let pki = dir.path().join("pki");
+    let mut ca = cohort_identity::CertificateAuthority::open(&pki.join("ca")).unwrap();
+    ca.issue(
+        &cohort_identity::IssueRequest::for_days(
+            cohort_identity::Role::Validator,
+            "validator-1",
+            30,
+        ),
+        &pki.join("validator-1"),
+    )
+    .unwrap();
+    let kit = pki.join("validator-1").to_string_lossy().into_owned();
+    let key_text = key_file.to_string_lossy().into_owned();
+    cohort(&[
+        "validator",
+        "--tls",
+        &kit,
+        "--coordinator",
+        &federation.url,
+        "--once",
+        "--rpc-url",
+        &node.url,
+        "--evm-key",
+        &key_text,
+    ])
+    .unwrap();
+
     // Tampered: the proof replayed for round 2, or with a changed point.
     let contents = cohort::audit::fetch_ledger(&mut dev).await.unwrap();
     federation.shutdown().await;
     let entries = cohort::validator::checked_entries(&contents).unwrap();
+    let attested = entries.iter().any(|e| {
+        matches!(&e.record, Record::Attestation { job_id, verdicts, .. }
+            if job_id == &id && verdicts.len() == 3 && verdicts.iter().all(|v| v.valid))
+    });
+    assert!(attested, "no valid attestation of the round");
     let record = entries
         .iter()
         .find_map(|e| match &e.record {
