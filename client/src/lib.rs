@@ -506,11 +506,7 @@ async fn submit(
     }
     // Plain updates are f32 little-endian; a masked update is already bytes.
     let body = if answer.masked.is_empty() {
-        answer
-            .parameters
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect::<Vec<u8>>()
+        cohort_models::parameters_to_bytes(&answer.parameters)
     } else {
         answer.masked
     };

@@ -171,7 +171,7 @@ pub fn to_onnx(card: &ModelCard, params: &[f32]) -> Result<Vec<u8>, ModelError> 
             dims: info.shape.iter().map(|&d| d as i64).collect(),
             data_type: FLOAT,
             name: info.name.clone(),
-            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            raw_data: crate::parameters_to_bytes(values),
         });
     }
     let layers = match &card.model {
