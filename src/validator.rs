@@ -96,10 +96,17 @@ pub struct RoundVerdicts {
     pub reasons: Vec<Option<String>>,
 }
 
-/// Re-checks every proof of `(job_id, round)` with this code and the
-/// ledger's verifying key: one verdict per aggregated update.
-pub fn verdicts(entries: &[Entry], job_id: &str, round: u32) -> Result<RoundVerdicts> {
-    let (updates, excluded) = entries
+/// The recorded round `(job_id, round)`: its aggregated updates and who
+/// was excluded.
+fn recorded_round<'a>(
+    entries: &'a [Entry],
+    job_id: &str,
+    round: u32,
+) -> Result<(
+    &'a [cohort_ledger::UpdateRecord],
+    &'a [cohort_ledger::Exclusion],
+)> {
+    entries
         .iter()
         .find_map(|e| match &e.record {
             Record::RoundCompleted {
@@ -108,10 +115,16 @@ pub fn verdicts(entries: &[Entry], job_id: &str, round: u32) -> Result<RoundVerd
                 updates,
                 excluded,
                 ..
-            } if j == job_id && *r == round => Some((updates, excluded)),
+            } if j == job_id && *r == round => Some((&updates[..], &excluded[..])),
             _ => None,
         })
-        .ok_or_else(|| anyhow!("the ledger records no round {round} of job `{job_id}`"))?;
+        .ok_or_else(|| anyhow!("the ledger records no round {round} of job `{job_id}`"))
+}
+
+/// Re-checks every proof of `(job_id, round)` with this code and the
+/// ledger's verifying key: one verdict per aggregated update.
+pub fn verdicts(entries: &[Entry], job_id: &str, round: u32) -> Result<RoundVerdicts> {
+    let (updates, excluded) = recorded_round(entries, job_id, round)?;
     let vk = verifying_key(entries, job_id)?;
     let mut verdicts = Vec::new();
     let mut reasons = Vec::new();
@@ -436,18 +449,8 @@ pub async fn export(
     let mut dev = developer::connect(url, security).await?;
     let contents = crate::audit::fetch_ledger(&mut dev).await?;
     let entries = checked_entries(&contents)?;
-    let record = entries
-        .iter()
-        .find_map(|e| match &e.record {
-            Record::RoundCompleted {
-                job_id: j,
-                round: r,
-                updates,
-                ..
-            } if j == job_id && *r == round => Some(updates),
-            _ => None,
-        })
-        .ok_or_else(|| anyhow!("the ledger records no round {round} of job `{job_id}`"))?
+    let record = recorded_round(&entries, job_id, round)?
+        .0
         .iter()
         .find(|u| u.client == client)
         .ok_or_else(|| {
@@ -560,18 +563,7 @@ pub async fn onchain(
     let entries = checked_entries(&contents)?;
     let vk = verifying_key(&entries, job_id)?
         .ok_or_else(|| anyhow!("job `{job_id}` has no verifying key on the ledger"))?;
-    let updates = entries
-        .iter()
-        .find_map(|e| match &e.record {
-            Record::RoundCompleted {
-                job_id: j,
-                round: r,
-                updates,
-                ..
-            } if j == job_id && *r == round => Some(updates.clone()),
-            _ => None,
-        })
-        .ok_or_else(|| anyhow!("the ledger records no round {round} of job `{job_id}`"))?;
+    let (updates, _) = recorded_round(&entries, job_id, round)?;
     let (address, deploy_gas) = match contract {
         Some(address) => (address.to_string(), None),
         None => {
@@ -590,7 +582,7 @@ pub async fn onchain(
     let verifier = cohort_ledger_evm::UpdateVerifierContract::new(rpc_url, &address)?;
     verifier.check_deployed().await?;
     let mut proofs = Vec::new();
-    for update in &updates {
+    for update in updates {
         let Some(record) = &update.proof else {
             continue;
         };
@@ -670,18 +662,7 @@ impl OnchainVerifiers {
             }
         };
         let verifier = cohort_ledger_evm::UpdateVerifierContract::new(&self.rpc_url, &address)?;
-        let updates = entries
-            .iter()
-            .find_map(|e| match &e.record {
-                Record::RoundCompleted {
-                    job_id: j,
-                    round: r,
-                    updates,
-                    ..
-                } if j == job_id && *r == round => Some(updates),
-                _ => None,
-            })
-            .ok_or_else(|| anyhow!("the ledger records no round {round} of job `{job_id}`"))?;
+        let (updates, _) = recorded_round(entries, job_id, round)?;
         for ((verdict, reason), update) in verdicts.iter_mut().zip(reasons).zip(updates) {
             let Some(record) = &update.proof else {
                 continue;

@@ -566,6 +566,22 @@ async fn anchoring_costs() {
     }
 }
 
+/// Three honest hospitals on a synthetic oncology file split IID.
+fn three_hospitals(dir: &Path, seed: u64) -> Vec<cohort::local::LocalHospital> {
+    let csv = dir.join("oncology.csv");
+    synthetic_oncology_csv(&csv, 600, seed);
+    let files = split(&csv, &dir.join("parts"), 3, seed + 1);
+    files[..3]
+        .iter()
+        .enumerate()
+        .map(|(i, file)| cohort::local::LocalHospital {
+            name: format!("hospital-{i}"),
+            data: file.clone(),
+            options: Default::default(),
+        })
+        .collect()
+}
+
 /// Hardhat's second and third development accounts (public keys only
 /// matter here: they receive tokens).
 const HOSPITAL_0: &str = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8";
@@ -577,22 +593,11 @@ const HOSPITAL_1: &str = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC";
 /// chain, and the gas of each step printed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rewards_token_pays_the_ledger_and_caps_each_height() {
-    use cohort::local::{LocalFederation, LocalHospital};
+    use cohort::local::LocalFederation;
     let Some(tools) = evm_tools() else { return };
     let dir = tempfile::tempdir().unwrap();
     let node = start_node(&tools, &dir.path().join("node.log")).await;
-    let csv = dir.path().join("oncology.csv");
-    synthetic_oncology_csv(&csv, 600, 23);
-    let files = split(&csv, &dir.path().join("parts"), 3, 4);
-    let hospitals: Vec<LocalHospital> = files[..3]
-        .iter()
-        .enumerate()
-        .map(|(i, file)| LocalHospital {
-            name: format!("hospital-{i}"),
-            data: file.clone(),
-            options: Default::default(),
-        })
-        .collect();
+    let hospitals = three_hospitals(dir.path(), 23);
     // 1,000,000 base units halving every 2 rounds: 3 rounds cross a halving.
     let schedule = cohort_coordinator::rewards::RewardsConfig::new(1_000_000, 2, 0).unwrap();
     let federation = LocalFederation::start_with_rewards(
@@ -772,22 +777,11 @@ async fn rewards_token_pays_the_ledger_and_caps_each_height() {
 /// or a changed point rejected, and the gas of a check printed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn update_proofs_verify_on_chain() {
-    use cohort::local::{LocalFederation, LocalHospital};
+    use cohort::local::LocalFederation;
     let Some(tools) = evm_tools() else { return };
     let dir = tempfile::tempdir().unwrap();
     let node = start_node(&tools, &dir.path().join("node.log")).await;
-    let csv = dir.path().join("oncology.csv");
-    synthetic_oncology_csv(&csv, 600, 29);
-    let files = split(&csv, &dir.path().join("parts"), 3, 6);
-    let hospitals: Vec<LocalHospital> = files[..3]
-        .iter()
-        .enumerate()
-        .map(|(i, file)| LocalHospital {
-            name: format!("hospital-{i}"),
-            data: file.clone(),
-            options: Default::default(),
-        })
-        .collect();
+    let hospitals = three_hospitals(dir.path(), 29);
     let federation = LocalFederation::start(dir.path(), &hospitals, true, Duration::from_secs(1))
         .await
         .unwrap();

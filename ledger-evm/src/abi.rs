@@ -137,42 +137,11 @@ mod tests {
     use super::ICohortLedgerAnchor as C;
     use super::*;
 
-    fn signature(item: &serde_json::Value) -> String {
-        let types: Vec<&str> = item["inputs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i["type"].as_str().unwrap())
-            .collect();
-        format!("{}({})", item["name"].as_str().unwrap(), types.join(","))
-    }
-
     /// The hand-written `sol!` interface and the compiled ABI agree on every
     /// selector, both ways.
     #[test]
     fn interface_matches_the_compiled_abi() {
-        let artifact: serde_json::Value = serde_json::from_str(ARTIFACT_JSON).unwrap();
-        let mut functions = BTreeSet::new();
-        let mut errors = BTreeSet::new();
-        let mut events = BTreeSet::new();
-        for item in artifact["abi"].as_array().unwrap() {
-            if item["type"] == "constructor" {
-                continue;
-            }
-            let hash = alloy_primitives::keccak256(signature(item).as_bytes());
-            match item["type"].as_str().unwrap() {
-                "function" => {
-                    functions.insert(hash[..4].to_vec());
-                }
-                "error" => {
-                    errors.insert(hash[..4].to_vec());
-                }
-                "event" => {
-                    events.insert(hash.to_vec());
-                }
-                _ => {}
-            }
-        }
+        let [functions, errors, events] = crate::compiled_selectors(ARTIFACT_JSON);
         let ours: BTreeSet<Vec<u8>> = C::ICohortLedgerAnchorCalls::SELECTORS
             .iter()
             .map(|s| s.to_vec())

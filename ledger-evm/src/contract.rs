@@ -330,21 +330,24 @@ impl Anchor for AnchorWriter {
 /// Deploys the anchor contract from `key`'s account, which becomes its
 /// owner.
 pub async fn deploy(rpc_url: &str, key: &EvmKey) -> Result<Deployment, EvmError> {
-    let rpc = Rpc::new(rpc_url)?;
-    let chain_id = rpc.chain_id().await?;
     let code = abi::init_code().map_err(|reason| EvmError::BadAnswer {
         method: "deploy",
         reason,
     })?;
-    let receipt = transact(
-        &rpc,
-        key,
-        None,
-        code,
-        "deploying the anchor contract",
-        Duration::from_secs(120),
-    )
-    .await?;
+    deploy_code(rpc_url, key, code, "deploying the anchor contract").await
+}
+
+/// Sends `code` (init code with its constructor arguments) as a contract
+/// creation from `key`'s account and waits for the contract's address.
+pub(crate) async fn deploy_code(
+    rpc_url: &str,
+    key: &EvmKey,
+    code: Vec<u8>,
+    what: &str,
+) -> Result<Deployment, EvmError> {
+    let rpc = Rpc::new(rpc_url)?;
+    let chain_id = rpc.chain_id().await?;
+    let receipt = transact(&rpc, key, None, code, what, Duration::from_secs(120)).await?;
     let address = receipt
         .contract_address
         .ok_or_else(|| EvmError::BadAnswer {

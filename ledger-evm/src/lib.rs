@@ -134,3 +134,32 @@ fn funds_detail(needed: &Option<U256>, what: &str) -> String {
 pub async fn chain_id(rpc_url: &str) -> Result<u64, EvmError> {
     rpc::Rpc::new(rpc_url)?.chain_id().await
 }
+
+/// The 4-byte selectors of a compiled artifact's functions and errors, and
+/// its events' topic hashes: what each hand-written `sol!` interface is
+/// checked against.
+#[cfg(test)]
+pub(crate) fn compiled_selectors(artifact_json: &str) -> [std::collections::BTreeSet<Vec<u8>>; 3] {
+    let artifact: serde_json::Value = serde_json::from_str(artifact_json).unwrap();
+    let mut out: [std::collections::BTreeSet<Vec<u8>>; 3] = Default::default();
+    for item in artifact["abi"].as_array().unwrap() {
+        if item["type"] == "constructor" {
+            continue;
+        }
+        let types: Vec<&str> = item["inputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["type"].as_str().unwrap())
+            .collect();
+        let signature = format!("{}({})", item["name"].as_str().unwrap(), types.join(","));
+        let hash = alloy_primitives::keccak256(signature.as_bytes());
+        match item["type"].as_str().unwrap() {
+            "function" => out[0].insert(hash[..4].to_vec()),
+            "error" => out[1].insert(hash[..4].to_vec()),
+            "event" => out[2].insert(hash.to_vec()),
+            _ => false,
+        };
+    }
+    out
+}

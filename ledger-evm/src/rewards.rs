@@ -15,7 +15,7 @@ use std::time::Duration;
 use alloy_primitives::{Address, B256, U256, keccak256};
 use alloy_sol_types::{SolCall, SolConstructor as _, SolInterface as _};
 
-use crate::contract::transact;
+use crate::contract::{deploy_code, transact};
 use crate::key::EvmKey;
 use crate::rpc::{Receipt, Rpc};
 use crate::{Deployment, EvmError};
@@ -371,35 +371,11 @@ pub async fn deploy_rewards(
     initial: u64,
     halving: u64,
 ) -> Result<Deployment, EvmError> {
-    let rpc = Rpc::new(rpc_url)?;
-    let chain_id = rpc.chain_id().await?;
     let code = rewards_init_code(initial, halving).map_err(|reason| EvmError::BadAnswer {
         method: "deploy",
         reason,
     })?;
-    let receipt = transact(
-        &rpc,
-        key,
-        None,
-        code,
-        "deploying the rewards token",
-        Duration::from_secs(120),
-    )
-    .await?;
-    let address = receipt
-        .contract_address
-        .ok_or_else(|| EvmError::BadAnswer {
-            method: "eth_getTransactionReceipt",
-            reason: "the deployment's receipt names no contract address".into(),
-        })?;
-    Ok(Deployment {
-        address,
-        chain_id,
-        owner: key.address(),
-        transaction: receipt.transaction,
-        block: receipt.block,
-        gas_used: receipt.gas_used,
-    })
+    deploy_code(rpc_url, key, code, "deploying the rewards token").await
 }
 
 #[cfg(test)]
@@ -410,41 +386,11 @@ mod tests {
 
     use super::*;
 
-    fn signature(item: &serde_json::Value) -> String {
-        let types: Vec<&str> = item["inputs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i["type"].as_str().unwrap())
-            .collect();
-        format!("{}({})", item["name"].as_str().unwrap(), types.join(","))
-    }
-
     /// The hand-written interface and the compiled ABI agree on every
     /// selector, both ways.
     #[test]
     fn interface_matches_the_compiled_abi() {
-        let artifact: serde_json::Value = serde_json::from_str(REWARDS_ARTIFACT_JSON).unwrap();
-        let (mut functions, mut errors, mut events) =
-            (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
-        for item in artifact["abi"].as_array().unwrap() {
-            if item["type"] == "constructor" {
-                continue;
-            }
-            let hash = keccak256(signature(item).as_bytes());
-            match item["type"].as_str().unwrap() {
-                "function" => {
-                    functions.insert(hash[..4].to_vec());
-                }
-                "error" => {
-                    errors.insert(hash[..4].to_vec());
-                }
-                "event" => {
-                    events.insert(hash.to_vec());
-                }
-                _ => {}
-            }
-        }
+        let [functions, errors, events] = crate::compiled_selectors(REWARDS_ARTIFACT_JSON);
         let ours: BTreeSet<Vec<u8>> = R::ICohortRewardsCalls::SELECTORS
             .iter()
             .map(|s| s.to_vec())

@@ -2,12 +2,10 @@
 //! deployment per job, holding the job's Groth16 verifying key, that checks
 //! a hospital's update proof on chain through the BN254 precompiles.
 
-use std::time::Duration;
-
 use alloy_primitives::{Address, B256, U256, keccak256};
 use alloy_sol_types::{SolCall, SolConstructor as _};
 
-use crate::contract::transact;
+use crate::contract::deploy_code;
 use crate::key::EvmKey;
 use crate::rpc::Rpc;
 use crate::{Deployment, EvmError};
@@ -99,35 +97,11 @@ pub async fn deploy_update_verifier(
     key: &EvmKey,
     vk: &VerifierKeyWords,
 ) -> Result<Deployment, EvmError> {
-    let rpc = Rpc::new(rpc_url)?;
-    let chain_id = rpc.chain_id().await?;
     let code = verifier_init_code(vk).map_err(|reason| EvmError::BadAnswer {
         method: "deploy",
         reason,
     })?;
-    let receipt = transact(
-        &rpc,
-        key,
-        None,
-        code,
-        "deploying the update-proof verifier",
-        Duration::from_secs(120),
-    )
-    .await?;
-    let address = receipt
-        .contract_address
-        .ok_or_else(|| EvmError::BadAnswer {
-            method: "eth_getTransactionReceipt",
-            reason: "the deployment's receipt names no contract address".into(),
-        })?;
-    Ok(Deployment {
-        address,
-        chain_id,
-        owner: key.address(),
-        transaction: receipt.transaction,
-        block: receipt.block,
-        gas_used: receipt.gas_used,
-    })
+    deploy_code(rpc_url, key, code, "deploying the update-proof verifier").await
 }
 
 /// A deployed update-proof verifier.
@@ -228,26 +202,7 @@ mod tests {
 
     #[test]
     fn interface_matches_the_compiled_abi() {
-        let artifact: serde_json::Value = serde_json::from_str(VERIFIER_ARTIFACT_JSON).unwrap();
-        let (mut functions, mut errors) = (BTreeSet::new(), BTreeSet::new());
-        for item in artifact["abi"].as_array().unwrap() {
-            if item["type"] == "constructor" {
-                continue;
-            }
-            let types: Vec<&str> = item["inputs"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|i| i["type"].as_str().unwrap())
-                .collect();
-            let signature = format!("{}({})", item["name"].as_str().unwrap(), types.join(","));
-            let hash = keccak256(signature.as_bytes());
-            match item["type"].as_str().unwrap() {
-                "function" => functions.insert(hash[..4].to_vec()),
-                "error" => errors.insert(hash[..4].to_vec()),
-                _ => false,
-            };
-        }
+        let [functions, errors, _] = crate::compiled_selectors(VERIFIER_ARTIFACT_JSON);
         let ours: BTreeSet<Vec<u8>> = V::ICohortUpdateVerifierCalls::SELECTORS
             .iter()
             .map(|s| s.to_vec())
