@@ -412,6 +412,20 @@ impl JobSpec {
                      support [privacy.dp] yet: each group would need its own share of the noise",
                 ));
             }
+            if self
+                .privacy
+                .dp
+                .as_ref()
+                .is_some_and(|dp| dp.level == cohort_privacy::dp::DpLevel::Client)
+            {
+                return Err(invalid(
+                    "valuation",
+                    "valuation shows every scoring hospital the players' updates, and under \
+                     client-level DP a hospital's clipped update is protected only by the \
+                     noise added to the sum: use record-level DP (each update is then private \
+                     on its own) or leave [valuation] out",
+                ));
+            }
         }
         self.validate_proofs()?;
         Ok(())
@@ -777,5 +791,9 @@ kind = "fedavg"                     # fedprox: mu; fedadam/fedyogi: server_learn
         let e = with("[valuation]\nexact_up_to = 20\n").unwrap_err();
         assert!(e.to_string().contains("valuation.exact_up_to"), "{e}");
         assert!(with(&format!("{secagg}[valuation]\ngroup_size = 3\n")).is_ok());
+        let client_dp =
+            "[privacy.dp]\nlevel = \"client\"\nnoise_multiplier = 1.1\nclipping_norm = 0.5\n";
+        let e = with(&format!("{client_dp}\n[valuation]\n")).unwrap_err();
+        assert!(e.to_string().contains("client-level DP"), "{e}");
     }
 }
