@@ -490,3 +490,59 @@ async fn malformed_grpc_after_a_valid_tls_handshake_leaves_the_coordinator_servi
         .await;
     federation.shut_down().await;
 }
+
+#[test]
+fn the_coordinator_documents_its_limits_and_refuses_unsafe_ones() {
+    let cohort = env!("CARGO_BIN_EXE_cohort");
+    let help = std::process::Command::new(cohort)
+        .args(["coordinator", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--max-message-bytes",
+        "--max-connections",
+        "--max-streams-per-connection",
+        "--max-calls-per-member",
+        "--request-timeout-secs",
+        "--handshake-timeout-secs",
+        "--keepalive-interval-secs",
+        "--keepalive-timeout-secs",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for (flag, value, complaint) in [
+        (
+            "--max-message-bytes",
+            "1000",
+            "--max-message-bytes 1000 is below",
+        ),
+        (
+            "--max-connections",
+            "0",
+            "--max-connections must be at least 1",
+        ),
+        (
+            "--keepalive-timeout-secs",
+            "0",
+            "--keepalive-timeout-secs must be at least 1 second",
+        ),
+    ] {
+        let out = std::process::Command::new(cohort)
+            .args([
+                "coordinator",
+                "--insecure",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(dir.path())
+            .args([flag, value])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flag} {value} was accepted");
+        assert!(stderr.contains(complaint), "{flag} {value}: {stderr}");
+    }
+}
