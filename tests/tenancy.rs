@@ -208,7 +208,7 @@ async fn tenants_read_only_their_own_jobs_models_metrics_and_budgets() {
         .into_iter()
         .map(|j| j.job_id)
         .collect();
-    assert_eq!(ids, [job_id.clone()]);
+    assert_eq!(ids, std::slice::from_ref(&job_id));
 
     // A hospital reads no job status (where the others' spend is) and no
     // model, not even of a job it trained.
