@@ -27,6 +27,8 @@ use tokio::net::TcpStream;
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Short enough to keep the test quick, long enough for a loaded CI machine.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+const MAX_STREAMS: u32 = 8;
 /// How long the coordinator may take to answer a developer after an abuse.
 const RESPONSIVE: Duration = Duration::from_secs(5);
 
@@ -65,6 +67,8 @@ async fn federation(dir: &Path, tls: bool) -> Federation {
     let mut config = CoordinatorConfig::new(dir.join("coord"));
     config.poll_timeout = Duration::from_secs(1);
     config.wire = test_limits();
+    config.request_timeout = REQUEST_TIMEOUT;
+    config.max_streams_per_connection = MAX_STREAMS;
     config.tls = pki.as_ref().map(LocalConsortium::coordinator_tls);
     let coordinator = Coordinator::open(&config).unwrap();
     let stop = Stop::new();
@@ -217,6 +221,7 @@ const GOAWAY: u8 = 0x7;
 /// HTTP/2 error codes (RFC 9113 section 7).
 const FRAME_SIZE_ERROR: u32 = 0x6;
 const PROTOCOL_ERROR: u32 = 0x1;
+const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
 
 fn frame(kind: u8, flags: u8, stream: u32, declared_len: u32, payload: &[u8]) -> Vec<u8> {
     let mut out = declared_len.to_be_bytes()[1..].to_vec();
@@ -234,6 +239,26 @@ async fn raw_grpc<T>(io: T, authority: &str, scheme: &str, body: Vec<u8>) -> (i3
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    raw_call(io, authority, scheme, LIST_JOBS, body, true, RESPONSIVE).await
+}
+
+const LIST_JOBS: &str = "/cohort.v1.DeveloperService/ListJobs";
+const SUBMIT_RESULT: &str = "/cohort.v1.HospitalService/SubmitResult";
+
+/// Like [`raw_grpc`] on any `path`; with `end_stream` false the request
+/// body stays open after `body`, as from a peer that stalled mid-upload.
+async fn raw_call<T>(
+    io: T,
+    authority: &str,
+    scheme: &str,
+    path: &str,
+    body: Vec<u8>,
+    end_stream: bool,
+    within: Duration,
+) -> (i32, String)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (client, connection) = h2::client::handshake(io).await.unwrap();
     tokio::spawn(async move {
         let _ = connection.await;
@@ -241,16 +266,14 @@ where
     let mut client = client.ready().await.unwrap();
     let request = http::Request::builder()
         .method("POST")
-        .uri(format!(
-            "{scheme}://{authority}/cohort.v1.DeveloperService/ListJobs"
-        ))
+        .uri(format!("{scheme}://{authority}{path}"))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .body(())
         .unwrap();
     let (response, mut send) = client.send_request(request, false).unwrap();
-    send.send_data(Bytes::from(body), true).unwrap();
-    let response = tokio::time::timeout(RESPONSIVE, response)
+    send.send_data(Bytes::from(body), end_stream).unwrap();
+    let response = tokio::time::timeout(within, response)
         .await
         .expect("no response to a malformed gRPC message")
         .unwrap();
@@ -273,6 +296,7 @@ where
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
+    drop(send);
     (code, message)
 }
 
@@ -431,6 +455,58 @@ async fn hostile_bytes_leave_a_plaintext_coordinator_serving() {
         TcpStream::connect(addr).await.unwrap()
     })
     .await;
+
+    // The server's SETTINGS advertise --max-streams-per-connection.
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(PREFACE).await.unwrap();
+    tcp.write_all(&frame(0x4, 0, 0, 0, &[])).await.unwrap();
+    let mut head = [0u8; 9];
+    tcp.read_exact(&mut head).await.unwrap();
+    assert_eq!(head[3], 0x4, "the server speaks first with SETTINGS");
+    let mut settings = vec![0u8; u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize];
+    tcp.read_exact(&mut settings).await.unwrap();
+    let max_streams = settings
+        .chunks_exact(6)
+        .find(|s| u16::from_be_bytes([s[0], s[1]]) == SETTINGS_MAX_CONCURRENT_STREAMS)
+        .map(|s| u32::from_be_bytes([s[2], s[3], s[4], s[5]]));
+    assert_eq!(max_streams, Some(MAX_STREAMS));
+    drop(tcp);
+
+    // An upload that stalls after its first bytes is cut at the request
+    // timeout, and the coordinator serves meanwhile.
+    let mut stalled_body = vec![0u8];
+    stalled_body.extend_from_slice(&100u32.to_be_bytes());
+    stalled_body.extend_from_slice(&[0u8; 10]);
+    let started = Instant::now();
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let stalled = tokio::spawn(async move {
+        let authority = addr.to_string();
+        let within = REQUEST_TIMEOUT + RESPONSIVE;
+        raw_call(
+            stream,
+            &authority,
+            "http",
+            SUBMIT_RESULT,
+            stalled_body,
+            false,
+            within,
+        )
+        .await
+    });
+    federation
+        .assert_responsive("an upload stalled (while it hangs)")
+        .await;
+    let (code, message) = stalled.await.unwrap();
+    eprintln!(
+        "stalled upload: grpc-status {code} {message:?} after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        tonic::Code::from_i32(code),
+        tonic::Code::Cancelled,
+        "{message}"
+    );
+    assert!(started.elapsed() >= REQUEST_TIMEOUT - Duration::from_millis(200));
 
     // (e) A flood of idle connections. Those over --max-connections are
     // closed at once; the rest when the handshake timeout passes.
