@@ -37,6 +37,8 @@ fn test_limits() -> WireLimits {
         max_message_bytes: cohort_coordinator::limits::MIN_MESSAGE_BYTES,
         max_connections: 200,
         handshake_timeout: HANDSHAKE_TIMEOUT,
+        keepalive_interval: Duration::from_secs(1),
+        keepalive_timeout: Duration::from_secs(1),
         ..WireLimits::default()
     }
 }
@@ -218,6 +220,7 @@ fn goaway_code(mut bytes: &[u8]) -> Option<u32> {
 }
 
 const GOAWAY: u8 = 0x7;
+const PING: u8 = 0x6;
 /// HTTP/2 error codes (RFC 9113 section 7).
 const FRAME_SIZE_ERROR: u32 = 0x6;
 const PROTOCOL_ERROR: u32 = 0x1;
@@ -471,6 +474,26 @@ async fn hostile_bytes_leave_a_plaintext_coordinator_serving() {
         .map(|s| u32::from_be_bytes([s[2], s[3], s[4], s[5]]));
     assert_eq!(max_streams, Some(MAX_STREAMS));
     drop(tcp);
+
+    // A peer that completes the preface, then goes silent (half-open): the
+    // coordinator's keepalive ping goes unanswered and the connection is
+    // closed, long before any handshake timeout would matter.
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    silent.write_all(PREFACE).await.unwrap();
+    silent.write_all(&frame(0x4, 0, 0, 0, &[])).await.unwrap();
+    let started = Instant::now();
+    let answer = read_until_closed(&mut silent, Duration::from_secs(2) + RESPONSIVE).await;
+    eprintln!(
+        "silent after the preface: closed after {:?}, frames {:?}",
+        started.elapsed(),
+        frame_types(&answer)
+    );
+    assert!(
+        frame_types(&answer).contains(&PING),
+        "{:?}",
+        frame_types(&answer)
+    );
+    federation.assert_responsive("a half-open connection").await;
 
     // An upload that stalls after its first bytes is cut at the request
     // timeout, and the coordinator serves meanwhile.
