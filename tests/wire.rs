@@ -39,7 +39,6 @@ fn test_limits() -> WireLimits {
         handshake_timeout: HANDSHAKE_TIMEOUT,
         keepalive_interval: Duration::from_secs(1),
         keepalive_timeout: Duration::from_secs(1),
-        ..WireLimits::default()
     }
 }
 
