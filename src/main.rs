@@ -844,6 +844,30 @@ struct CoordinatorArgs {
     /// Calls one member may have in flight at once.
     #[arg(long, default_value_t = 16)]
     max_calls_per_member: usize,
+    /// HTTP/2 streams (calls) one connection may have open at once.
+    #[arg(long, default_value_t = 32)]
+    max_streams_per_connection: u32,
+    /// Largest gRPC message accepted, in bytes (1,114,112 to 8,388,608;
+    /// models travel in 1 MiB chunks). Larger messages are refused with
+    /// OutOfRange before they are buffered.
+    #[arg(long, default_value_t = cohort_protocol::MAX_MESSAGE_BYTES)]
+    max_message_bytes: usize,
+    /// Connections open at once, TLS handshakes in progress included; more
+    /// are closed as soon as they are accepted (keep below `ulimit -n`).
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// Seconds a new connection has to finish the TLS handshake, and then
+    /// to send the HTTP/2 preface; slower peers are dropped.
+    #[arg(long, default_value_t = 10)]
+    handshake_timeout_secs: u64,
+    /// Seconds of silence on a connection before the coordinator pings it
+    /// (HTTP/2 keepalive).
+    #[arg(long, default_value_t = 30)]
+    keepalive_interval_secs: u64,
+    /// Seconds a peer has to answer that ping before its connection is
+    /// closed (drops half-open connections).
+    #[arg(long, default_value_t = 20)]
+    keepalive_timeout_secs: u64,
     /// Where the ledger is kept: in the data directory only, or also
     /// anchored on an EVM chain (each entry's leaf hash and the checkpoint
     /// root after it; needs --rpc-url, --contract and --evm-key).
@@ -1265,6 +1289,14 @@ async fn main() -> Result<()> {
                     insecure: a.insecure,
                     request_timeout: Duration::from_secs(a.request_timeout_secs),
                     max_calls_per_member: a.max_calls_per_member,
+                    max_streams_per_connection: a.max_streams_per_connection,
+                    wire: cohort_coordinator::WireLimits {
+                        max_message_bytes: a.max_message_bytes,
+                        max_connections: a.max_connections,
+                        handshake_timeout: Duration::from_secs(a.handshake_timeout_secs),
+                        keepalive_interval: Duration::from_secs(a.keepalive_interval_secs),
+                        keepalive_timeout: Duration::from_secs(a.keepalive_timeout_secs),
+                    },
                     ledger,
                     rewards: cohort_coordinator::rewards::RewardsConfig::new(
                         a.emission_initial,

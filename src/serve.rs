@@ -63,6 +63,10 @@ pub struct CoordinatorOptions {
     pub insecure: bool,
     pub request_timeout: Duration,
     pub max_calls_per_member: usize,
+    pub max_streams_per_connection: u32,
+    /// `--max-message-bytes`, `--max-connections`, handshake and keepalive
+    /// timeouts.
+    pub wire: cohort_coordinator::WireLimits,
     pub ledger: LedgerFlags,
     /// The emission schedule of `[valuation]` jobs' rewards.
     pub rewards: cohort_coordinator::rewards::RewardsConfig,
@@ -103,6 +107,9 @@ pub async fn run_coordinator(
     config.tls = tls;
     config.request_timeout = options.request_timeout.max(Duration::from_secs(1));
     config.max_calls_per_member = options.max_calls_per_member;
+    config.max_streams_per_connection = options.max_streams_per_connection;
+    config.wire = options.wire;
+    config.wire.check()?;
     config.rewards = options.rewards;
     config.anchor = match options.ledger.backend()? {
         LedgerBackend::Evm {

@@ -9,10 +9,13 @@
 //! - [`server`]: the gRPC services;
 //! - [`split`]: split learning (SplitFed) seats and job checks;
 //! - [`security`]: mutual TLS, per-RPC authorization by role, limits.
+//! - [`limits`]: wire limits (connections, message size, handshake and
+//!   keepalive timeouts).
 
 pub mod attest;
 pub mod job;
 pub mod ledger;
+pub mod limits;
 pub mod registry;
 pub mod rewards;
 pub mod runner;
@@ -32,8 +35,8 @@ use std::time::Duration;
 use cohort_protocol::MAX_MESSAGE_BYTES;
 use cohort_protocol::v1::developer_service_server::DeveloperServiceServer;
 use cohort_protocol::v1::hospital_service_server::HospitalServiceServer;
+pub use limits::{LimitsError, WireLimits};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{info, warn};
 
 pub use security::TlsSettings;
@@ -63,6 +66,8 @@ pub struct CoordinatorConfig {
     /// The emission schedule and validators' share of `[valuation]` jobs'
     /// rewards.
     pub rewards: rewards::RewardsConfig,
+    /// Connections, message size, handshake and keepalive timeouts.
+    pub wire: WireLimits,
 }
 
 impl CoordinatorConfig {
@@ -77,6 +82,7 @@ impl CoordinatorConfig {
             max_streams_per_connection: 32,
             anchor: None,
             rewards: rewards::RewardsConfig::default(),
+            wire: WireLimits::default(),
         }
     }
 }
@@ -93,6 +99,8 @@ pub enum CoordinatorError {
         "this consortium's emission schedule is {initial} base units halving every {halving} rounds (fixed by its first payout); start the coordinator with --emission-initial {initial} --emission-halving {halving}"
     )]
     Schedule { initial: u64, halving: u64 },
+    #[error(transparent)]
+    Limits(#[from] LimitsError),
 }
 
 pub struct Coordinator {
@@ -103,6 +111,7 @@ pub struct Coordinator {
 
 impl Coordinator {
     pub fn open(config: &CoordinatorConfig) -> Result<Self, CoordinatorError> {
+        config.wire.check()?;
         let tls = match &config.tls {
             Some(settings) => Some(cohort_identity::tls::ServerTls::new(
                 &settings.kit,
@@ -195,16 +204,16 @@ impl Coordinator {
             }
         }
         let hospitals = HospitalServiceServer::from_arc(self.services.clone())
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(self.config.wire.max_message_bytes)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let developers = DeveloperServiceServer::from_arc(self.services.clone())
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(self.config.wire.max_message_bytes)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let router = tonic::transport::Server::builder()
             .timeout(self.config.request_timeout)
             .max_concurrent_streams(self.config.max_streams_per_connection)
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .http2_keepalive_interval(Some(self.config.wire.keepalive_interval))
+            .http2_keepalive_timeout(Some(self.config.wire.keepalive_timeout))
             .layer(GuardLayer::new(self.config.max_calls_per_member))
             .add_service(hospitals)
             .add_service(developers);
@@ -222,7 +231,7 @@ impl Coordinator {
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
                 let served = router
                     .serve_with_incoming_shutdown(
-                        security::tls_incoming(listener, acceptor),
+                        security::tls_incoming(listener, acceptor, self.config.wire),
                         shutdown,
                     )
                     .await;
@@ -234,7 +243,10 @@ impl Coordinator {
                     "serving plaintext gRPC (--insecure): traffic can be read and altered, and callers are not authenticated"
                 );
                 router
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                    .serve_with_incoming_shutdown(
+                        limits::accept_plain(listener, self.config.wire),
+                        shutdown,
+                    )
                     .await?;
             }
         }

@@ -38,6 +38,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Request, Status};
 use tracing::{info, warn};
 
+use crate::limits::{ConnectionSlots, Limited, WireLimits};
 use crate::registry::Registry;
 
 /// What the coordinator needs to serve mutual TLS.
@@ -51,8 +52,6 @@ pub struct TlsSettings {
 
 /// How often the revocation list file is checked for changes.
 pub const CRL_POLL: Duration = Duration::from_secs(2);
-/// A peer that has not finished its TLS handshake by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The authenticated caller of an RPC.
 #[derive(Debug, Clone)]
@@ -145,10 +144,14 @@ impl Authorizer {
 
 /// Accepts TCP connections and completes the TLS handshake off the accept
 /// loop, so one slow or hostile peer cannot stall the others.
+/// Connections over `limits.max_connections` are closed unread, and a peer
+/// gets `limits.handshake_timeout` for the TLS handshake.
 pub fn tls_incoming(
     listener: TcpListener,
     acceptor: TlsAcceptor,
-) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+    limits: WireLimits,
+) -> ReceiverStream<Result<Limited<TlsStream<TcpStream>>, std::io::Error>> {
+    let slots = ConnectionSlots::new(limits.max_connections);
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         loop {
@@ -164,12 +167,17 @@ pub fn tls_incoming(
                     continue;
                 }
             };
+            let Some(slot) = slots.admit(peer) else {
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
+                        let stream =
+                            Limited::new(stream, slot, Some(peer), limits.handshake_timeout);
                         let _ = tx.send(Ok(stream)).await;
                     }
                     Ok(Err(e)) => warn!(peer = %peer, "TLS handshake rejected: {e}"),

@@ -1,0 +1,321 @@
+//! Limits on what a peer can make the coordinator hold before it has
+//! proved to be a useful client: connections, bytes per message, time to
+//! finish the TLS handshake and the HTTP/2 preface, and silence on an open
+//! connection.
+//!
+//! - [`WireLimits`]: the settings (`cohort coordinator --max-connections`,
+//!   `--max-message-bytes`, `--handshake-timeout-secs`,
+//!   `--keepalive-interval-secs`, `--keepalive-timeout-secs`), checked by
+//!   [`WireLimits::check`].
+//! - [`accept_plain`] / [`crate::security::tls_incoming`] hand tonic only
+//!   connections that hold a slot of the connection cap; a connection over
+//!   the cap is closed at once, so a flood of idle sockets cannot queue up
+//!   in front of real clients.
+//! - [`Limited`] wraps each connection: it gives its slot back when it
+//!   closes, and ends a connection that has not sent the HTTP/2 preface and
+//!   first frame within the handshake timeout (hyper itself waits forever).
+//!   After that, HTTP/2 keepalive pings end half-open connections.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use cohort_protocol::{CHUNK_BYTES, MAX_MESSAGE_BYTES};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::time::Sleep;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
+use tracing::warn;
+
+/// The client connection preface (24 bytes) and the header of the SETTINGS
+/// frame that must follow it (9 bytes): a peer that has sent these speaks
+/// HTTP/2, and from then on keepalive pings decide whether it is alive.
+const PREFACE_AND_SETTINGS_HEADER: usize = 24 + 9;
+
+/// A decode limit below this would refuse the coordinator's own upload
+/// chunks.
+pub const MIN_MESSAGE_BYTES: usize = CHUNK_BYTES + (64 << 10);
+
+/// Wire-level limits of one coordinator. The defaults suit a consortium of
+/// a few hundred hospitals and developers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WireLimits {
+    /// Largest gRPC message the coordinator decodes; larger ones are
+    /// refused with `OutOfRange` before they are buffered whole.
+    pub max_message_bytes: usize,
+    /// Connections open at once (TLS handshakes in progress included);
+    /// more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// Time a new connection has to finish the TLS handshake, and then
+    /// again to send the HTTP/2 preface and its first frame.
+    pub handshake_timeout: Duration,
+    /// Silence on a connection after which the coordinator sends an HTTP/2
+    /// ping.
+    pub keepalive_interval: Duration,
+    /// Time the peer has to answer that ping before the connection is
+    /// closed.
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for WireLimits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: MAX_MESSAGE_BYTES,
+            max_connections: 1024,
+            handshake_timeout: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LimitsError {
+    #[error(
+        "--max-message-bytes {0} is below {MIN_MESSAGE_BYTES}: clients upload models in {CHUNK_BYTES}-byte chunks"
+    )]
+    MessageTooSmall(usize),
+    #[error("--max-message-bytes {0} is above {MAX_MESSAGE_BYTES}, the most a Cohort peer sends")]
+    MessageTooLarge(usize),
+    #[error("--max-connections must be at least 1")]
+    NoConnections,
+    #[error("--{0} must be at least 1 second")]
+    TooShort(&'static str),
+}
+
+impl WireLimits {
+    pub fn check(&self) -> Result<(), LimitsError> {
+        if self.max_message_bytes < MIN_MESSAGE_BYTES {
+            return Err(LimitsError::MessageTooSmall(self.max_message_bytes));
+        }
+        if self.max_message_bytes > MAX_MESSAGE_BYTES {
+            return Err(LimitsError::MessageTooLarge(self.max_message_bytes));
+        }
+        if self.max_connections == 0 {
+            return Err(LimitsError::NoConnections);
+        }
+        for (value, flag) in [
+            (self.handshake_timeout, "handshake-timeout-secs"),
+            (self.keepalive_interval, "keepalive-interval-secs"),
+            (self.keepalive_timeout, "keepalive-timeout-secs"),
+        ] {
+            if value < Duration::from_secs(1) {
+                return Err(LimitsError::TooShort(flag));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The connection cap, shared by the accept loop and every connection.
+#[derive(Clone)]
+pub(crate) struct ConnectionSlots {
+    slots: Arc<Semaphore>,
+    limit: usize,
+    refused: Arc<AtomicU64>,
+}
+
+impl ConnectionSlots {
+    pub(crate) fn new(limit: usize) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(limit)),
+            limit,
+            refused: Arc::default(),
+        }
+    }
+
+    /// A slot for a connection from `peer`, or `None` (logged) when all are
+    /// taken.
+    pub(crate) fn admit(&self, peer: SocketAddr) -> Option<OwnedSemaphorePermit> {
+        match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+                // One line per power of two keeps a flood from flooding the log.
+                if refused.is_power_of_two() {
+                    warn!(
+                        peer = %peer,
+                        refused,
+                        "connection closed: all {} connection slots are taken (--max-connections)",
+                        self.limit
+                    );
+                }
+                None
+            }
+        }
+    }
+}
+
+/// A connection holding one slot of the connection cap, which must send
+/// the HTTP/2 preface within a deadline.
+pub struct Limited<T> {
+    inner: T,
+    _slot: OwnedSemaphorePermit,
+    peer: Option<SocketAddr>,
+    /// Until the preface has arrived.
+    preface_deadline: Option<Pin<Box<Sleep>>>,
+    received: usize,
+}
+
+impl<T> Limited<T> {
+    pub(crate) fn new(
+        inner: T,
+        slot: OwnedSemaphorePermit,
+        peer: Option<SocketAddr>,
+        preface_timeout: Duration,
+    ) -> Self {
+        Self {
+            inner,
+            _slot: slot,
+            peer,
+            preface_deadline: Some(Box::pin(tokio::time::sleep(preface_timeout))),
+            received: 0,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Limited<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(deadline) = &mut this.preface_deadline
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            this.preface_deadline = None;
+            let peer = this
+                .peer
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "?".into());
+            warn!(
+                peer,
+                received = this.received,
+                "connection closed: no HTTP/2 preface within the handshake timeout"
+            );
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no HTTP/2 preface within the handshake timeout",
+            )));
+        }
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = &read {
+            this.received += buf.filled().len() - before;
+            if this.received >= PREFACE_AND_SETTINGS_HEADER {
+                this.preface_deadline = None;
+            }
+        }
+        read
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Limited<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+impl<T: Connected> Connected for Limited<T> {
+    type ConnectInfo = T::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+/// Accepts plaintext TCP connections within the connection cap.
+pub(crate) fn accept_plain(
+    listener: TcpListener,
+    limits: WireLimits,
+) -> ReceiverStream<Result<Limited<TcpStream>, io::Error>> {
+    let slots = ConnectionSlots::new(limits.max_connections);
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = tx.closed() => return,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    warn!("accepting a connection failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Some(slot) = slots.admit(peer) else {
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let stream = Limited::new(tcp, slot, Some(peer), limits.handshake_timeout);
+            if tx.send(Ok(stream)).await.is_err() {
+                return;
+            }
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_pass_and_unsafe_values_are_refused() {
+        let ok = WireLimits::default();
+        assert_eq!(ok.check(), Ok(()));
+        let tiny = WireLimits {
+            max_message_bytes: 1000,
+            ..ok
+        };
+        assert_eq!(tiny.check(), Err(LimitsError::MessageTooSmall(1000)));
+        assert!(tiny.check().unwrap_err().to_string().contains("chunks"));
+        let none = WireLimits {
+            max_connections: 0,
+            ..ok
+        };
+        assert_eq!(none.check(), Err(LimitsError::NoConnections));
+        let zero = WireLimits {
+            keepalive_timeout: Duration::ZERO,
+            ..ok
+        };
+        assert_eq!(
+            zero.check(),
+            Err(LimitsError::TooShort("keepalive-timeout-secs"))
+        );
+    }
+}
