@@ -1069,8 +1069,8 @@ fn rewards_follow_value_halve_across_a_restart_and_verify_from_the_ledger() {
     };
     let coordinator = start("coord-1.log");
     let _clients = start_clients(&net, &files[..4], dir.path());
-    let valued = |privacy: &str| {
-        oncology_job(4, 4).replace("local_epochs = 2", "local_epochs = 1")
+    let valued = |rounds: u32, privacy: &str| {
+        oncology_job(rounds, 4).replace("local_epochs = 2", "local_epochs = 1")
             + privacy
             + "\n[valuation]\ngroup_size = 2\n"
     };
@@ -1082,7 +1082,7 @@ fn rewards_follow_value_halve_across_a_restart_and_verify_from_the_ledger() {
     };
 
     // Plain: exact Shapley over the four hospitals' updates.
-    let plain = submit_job_file(dir.path(), &valued(""), &net);
+    let plain = submit_job_file(dir.path(), &valued(4, ""), &net);
     finish(&plain);
     let first = check_rewards(&net, &plain, 4, "hospital-3");
     assert_eq!(
@@ -1095,15 +1095,24 @@ fn rewards_follow_value_halve_across_a_restart_and_verify_from_the_ledger() {
     let coordinator = start("coord-2.log");
     let secagg = submit_job_file(
         dir.path(),
-        &valued("\n[privacy]\naggregation = \"secagg\"\n"),
+        // Partition valuation separates the members of a pair only as
+        // groups change: six rounds show each of the three pairings twice.
+        &valued(6, "\n[privacy]\naggregation = \"secagg\"\n"),
         &net,
     );
     finish(&secagg);
-    let second = check_rewards(&net, &secagg, 4, "hospital-3");
+    let second = check_rewards(&net, &secagg, 6, "hospital-3");
     // Heights go on from 4; the emission halves at height 6.
     assert_eq!(
         second,
-        [(4, 1000003), (5, 1000003), (6, 500001), (7, 500001)]
+        [
+            (4, 1000003),
+            (5, 1000003),
+            (6, 500001),
+            (7, 500001),
+            (8, 500001),
+            (9, 500001)
+        ]
     );
 
     // Secure aggregation only ever released group sums of two or more.
@@ -1140,7 +1149,7 @@ fn rewards_follow_value_halve_across_a_restart_and_verify_from_the_ledger() {
     let svg_text = std::fs::read_to_string(&svg).unwrap();
     assert!(svg_text.starts_with("<svg") && svg_text.contains("hospital-3"));
     let emitted = priced["currency"]["emitted"].as_f64().unwrap();
-    let expected = 6.0 * 1.000003 * 2.0 + 2.0 * 0.500001 * 3.5;
+    let expected = 6.0 * 1.000003 * 2.0 + 4.0 * 0.500001 * 3.5;
     assert!((emitted - expected).abs() < 1e-6, "{priced:#}");
 
     drop(coordinator);
@@ -1152,9 +1161,9 @@ fn rewards_follow_value_halve_across_a_restart_and_verify_from_the_ledger() {
         coord_dir.to_str().unwrap(),
         "--json",
     ]);
-    assert_eq!(verified["rounds_paid"], 8, "{verified:#}");
-    assert_eq!(verified["partition_rounds_checked"], 4, "{verified:#}");
-    assert_eq!(verified["emitted"], 6 * 1000003 + 2 * 500001);
+    assert_eq!(verified["rounds_paid"], 10, "{verified:#}");
+    assert_eq!(verified["partition_rounds_checked"], 6, "{verified:#}");
+    assert_eq!(verified["emitted"], 6 * 1000003 + 4 * 500001);
 
     // The schedule is the consortium's: a restart with another one is refused.
     let refused = Command::new(BIN)
