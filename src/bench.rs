@@ -26,6 +26,37 @@ pub struct RoundOverhead {
     pub median_slowest_fit_secs: f64,
     pub median_slowest_evaluate_secs: f64,
     pub median_overhead_secs: f64,
+    /// The median round and overhead again, under the names scripts use.
+    pub round_s: f64,
+    pub overhead_s: f64,
+    /// Peak resident memory of this process during the configuration
+    /// (MiB): the coordinator *and* its in-process hospitals.
+    pub peak_rss_mb: f64,
+    /// Parameter bytes each hospital moves per round, computed from the
+    /// protocol: the model down for FIT, the update up, the new model down
+    /// for EVALUATE (4 bytes each); headers and TLS framing not counted.
+    pub bytes_per_client: u64,
+}
+
+/// Peak resident memory of this process (MiB): `VmHWM`, which
+/// [`reset_peak_rss`] sets back to the current size, so that one
+/// configuration of a benchmark is measured on its own.
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+/// Starts a new peak for [`peak_rss_mib`] (Linux: writing 5 to
+/// /proc/self/clear_refs); a no-op where that is not available.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -49,6 +80,7 @@ pub async fn round_overhead(
     parameters: usize,
     rounds: u32,
 ) -> Result<RoundOverhead> {
+    reset_peak_rss();
     let dir = tempfile::Builder::new().prefix("cohort-bench-").tempdir()?;
     let split = cohort_datasets::split_bytes(
         crate::WDBC_CSV,
@@ -113,14 +145,19 @@ pub async fn round_overhead(
         .iter()
         .map(|r| r.duration_secs - r.slowest_fit_secs - r.slowest_evaluate_secs)
         .collect();
+    let parameters = 32 * hidden + 1;
     Ok(RoundOverhead {
         clients,
-        parameters: 32 * hidden + 1,
+        parameters,
         rounds: view.rounds.len(),
         median_round_secs: median(&round_secs),
         median_slowest_fit_secs: median(&fit),
         median_slowest_evaluate_secs: median(&eval),
         median_overhead_secs: median(&overhead_secs),
+        round_s: median(&round_secs),
+        overhead_s: median(&overhead_secs),
+        peak_rss_mb: peak_rss_mib(),
+        bytes_per_client: 3 * 4 * parameters as u64,
         round_secs,
         overhead_secs,
     })

@@ -1,7 +1,6 @@
 //! `cohort bench proofs`: statement 1 (well-formed update) at several
 //! sizes: constraints, setup, prove and verify time, key and proof size,
-//! and the process's peak memory so far (sizes run smallest first, so the
-//! peak after a size is that size's peak).
+//! and the process's peak memory during each size.
 
 use anyhow::{Result, anyhow};
 use serde::Serialize;
@@ -10,20 +9,8 @@ use serde::Serialize;
 pub struct ProofBenchRow {
     #[serde(flatten)]
     pub numbers: cohort_proofs::bench::UpdateNormBench,
-    /// Peak resident memory of the process after this size (MiB).
+    /// Peak resident memory of the process during this size (MiB).
     pub peak_rss_mib: f64,
-}
-
-fn peak_rss_mib() -> f64 {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage writes a whole rusage into the pointer it is given.
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) };
-    if rc != 0 {
-        return f64::NAN;
-    }
-    // SAFETY: initialised by the successful call above.
-    let usage = unsafe { usage.assume_init() };
-    usage.ru_maxrss as f64 / 1024.0
 }
 
 /// Runs every size (ascending), printing a line (or a JSON object) as each
@@ -47,10 +34,11 @@ pub fn run(mut sizes: Vec<usize>, json: bool) -> Result<Vec<ProofBenchRow>> {
     }
     for n in sizes {
         eprintln!("statement 1 at {n} parameters: setup, prove, verify ...");
+        crate::bench::reset_peak_rss();
         let numbers = cohort_proofs::bench::update_norm(n).map_err(|e| anyhow!("{n}: {e}"))?;
         let row = ProofBenchRow {
             numbers,
-            peak_rss_mib: peak_rss_mib(),
+            peak_rss_mib: crate::bench::peak_rss_mib(),
         };
         let b = &row.numbers;
         if json {

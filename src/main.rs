@@ -410,7 +410,12 @@ enum BenchCommand {
         #[arg(long, value_delimiter = ',', default_value = "3,10,50")]
         clients: Vec<usize>,
         /// Approximate model sizes (parameters) to try.
-        #[arg(long, value_delimiter = ',', default_value = "10000,1000000")]
+        #[arg(
+            long,
+            alias = "params",
+            value_delimiter = ',',
+            default_value = "10000,1000000"
+        )]
         parameters: Vec<usize>,
         /// Rounds per configuration.
         #[arg(long, default_value_t = 5)]
@@ -1840,7 +1845,6 @@ async fn run_bench_command(cmd: BenchCommand) -> Result<()> {
             json,
         } => {
             init_logging("error");
-            let mut results = Vec::new();
             if !json {
                 println!("{}", bench::rounds_header(rounds));
             }
@@ -1848,14 +1852,13 @@ async fn run_bench_command(cmd: BenchCommand) -> Result<()> {
                 for &c in &clients {
                     eprintln!("measuring {c} clients, ~{p} parameters ...");
                     let r = bench::round_overhead(c, p, rounds).await?;
-                    if !json {
+                    // One JSON object per configuration, as each finishes.
+                    if json {
+                        println!("{}", serde_json::to_string(&r)?);
+                    } else {
                         println!("{}", r.row());
                     }
-                    results.push(r);
                 }
-            }
-            if json {
-                print_json(&results)?;
             }
         }
     }
