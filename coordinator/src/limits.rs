@@ -256,11 +256,29 @@ impl<T: Connected> Connected for Limited<T> {
     }
 }
 
-/// Accepts plaintext TCP connections within the connection cap.
-pub(crate) fn accept_plain(
+/// The connections a server reads: each admitted within the cap.
+pub type Incoming<S> = ReceiverStream<Result<Limited<S>, io::Error>>;
+
+/// Accepts TCP connections within the connection cap (one over it is closed
+/// unread) and hands each admitted one, with its slot, to `admitted`, which
+/// sends it on (or drops it) and answers `false` once nobody reads any more.
+pub(crate) fn accept_within<S, F, Fut>(
     listener: TcpListener,
     limits: WireLimits,
-) -> ReceiverStream<Result<Limited<TcpStream>, io::Error>> {
+    admitted: F,
+) -> Incoming<S>
+where
+    S: Send + 'static,
+    F: Fn(
+            TcpStream,
+            SocketAddr,
+            OwnedSemaphorePermit,
+            mpsc::Sender<Result<Limited<S>, io::Error>>,
+        ) -> Fut
+        + Send
+        + 'static,
+    Fut: Future<Output = bool> + Send,
+{
     let slots = ConnectionSlots::new(limits.max_connections);
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
@@ -281,13 +299,20 @@ pub(crate) fn accept_plain(
                 continue;
             };
             let _ = tcp.set_nodelay(true);
-            let stream = Limited::new(tcp, slot, Some(peer), limits.handshake_timeout);
-            if tx.send(Ok(stream)).await.is_err() {
+            if !admitted(tcp, peer, slot, tx.clone()).await {
                 return;
             }
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// Accepts plaintext TCP connections within the connection cap.
+pub(crate) fn accept_plain(listener: TcpListener, limits: WireLimits) -> Incoming<TcpStream> {
+    accept_within(listener, limits, move |tcp, peer, slot, tx| async move {
+        let stream = Limited::new(tcp, slot, Some(peer), limits.handshake_timeout);
+        tx.send(Ok(stream)).await.is_ok()
+    })
 }
 
 #[cfg(test)]

@@ -30,15 +30,13 @@ use std::time::Duration;
 use cohort_identity::tls::RevocationWatch;
 use cohort_identity::{Kit, Principal, Role};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Request, Status};
 use tracing::{info, warn};
 
-use crate::limits::{ConnectionSlots, Limited, WireLimits};
+use crate::limits::{Incoming, Limited, WireLimits, accept_within};
 use crate::registry::Registry;
 
 /// What the coordinator needs to serve mutual TLS.
@@ -150,29 +148,10 @@ pub fn tls_incoming(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     limits: WireLimits,
-) -> ReceiverStream<Result<Limited<TlsStream<TcpStream>>, std::io::Error>> {
-    let slots = ConnectionSlots::new(limits.max_connections);
-    let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
-                () = tx.closed() => return,
-            };
-            let (tcp, peer) = match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    warn!("accepting a connection failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let Some(slot) = slots.admit(peer) else {
-                continue;
-            };
-            let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
-            let tx = tx.clone();
+) -> Incoming<TlsStream<TcpStream>> {
+    accept_within(listener, limits, move |tcp, peer, slot, tx| {
+        let acceptor = acceptor.clone();
+        async move {
             tokio::spawn(async move {
                 match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
@@ -184,9 +163,9 @@ pub fn tls_incoming(
                     Err(_) => warn!(peer = %peer, "TLS handshake timed out"),
                 }
             });
+            true
         }
-    });
-    ReceiverStream::new(rx)
+    })
 }
 
 /// Re-reads the revocation list whenever its file changes, and ends the
