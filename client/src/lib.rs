@@ -7,6 +7,7 @@
 //! Never a row.
 
 pub mod budget;
+mod exchange;
 mod he;
 pub mod misbehave;
 mod proofs;

@@ -17,10 +17,10 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use tokio::runtime::Handle;
-use tokio::sync::mpsc;
 use tonic::transport::Channel;
 use tracing::info;
 
+use crate::exchange::BlockingExchange;
 use crate::work::{Answer, Worker, parse};
 
 /// Answers a FIT task that carries `split`: trains the bottom part from
@@ -51,11 +51,7 @@ pub(crate) async fn fit(
 }
 
 /// The blocking side of one exchange: batches go up, gradients come down.
-struct Exchange<'a> {
-    handle: &'a Handle,
-    up: mpsc::Sender<SplitUp>,
-    down: tonic::Streaming<SplitDown>,
-}
+struct Exchange<'a>(BlockingExchange<'a, SplitUp, SplitDown>);
 
 impl<'a> Exchange<'a> {
     fn open(
@@ -64,19 +60,16 @@ impl<'a> Exchange<'a> {
         session_id: &str,
         exchange_id: &str,
     ) -> Result<Self, String> {
-        let (up, rx) = mpsc::channel(2);
-        up.blocking_send(SplitUp {
+        let open = SplitUp {
             frame: Some(split_up::Frame::Open(SplitOpen {
                 session_id: session_id.to_string(),
                 exchange_id: exchange_id.to_string(),
             })),
+        };
+        BlockingExchange::open(handle, "split exchange", 2, open, |up| {
+            grpc.split_exchange(up)
         })
-        .map_err(|_| "split exchange closed before it opened".to_string())?;
-        let down = handle
-            .block_on(grpc.split_exchange(tokio_stream::wrappers::ReceiverStream::new(rx)))
-            .map_err(|s| format!("opening the split exchange failed: {}", s.message()))?
-            .into_inner();
-        Ok(Self { handle, up, down })
+        .map(Self)
     }
 
     /// Sends one batch and waits for its gradient.
@@ -93,16 +86,10 @@ impl<'a> Exchange<'a> {
             activations: cohort_models::parameters_to_bytes(activations),
             labels: cohort_models::parameters_to_bytes(labels),
         };
-        self.up
-            .blocking_send(SplitUp {
-                frame: Some(split_up::Frame::Batch(batch)),
-            })
-            .map_err(|_| "the coordinator closed the split exchange".to_string())?;
-        let down = self
-            .handle
-            .block_on(self.down.message())
-            .map_err(|s| format!("split exchange: {}", s.message()))?
-            .ok_or_else(|| "the coordinator ended the split exchange early".to_string())?;
+        self.0.send(SplitUp {
+            frame: Some(split_up::Frame::Batch(batch)),
+        })?;
+        let down = self.0.receive()?;
         if down.index != index {
             return Err(format!(
                 "gradient of batch {} arrived for batch {index}",

@@ -29,11 +29,11 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use tokio::runtime::Handle;
-use tokio::sync::mpsc;
 use tonic::transport::Channel;
 use tracing::info;
 
 use crate::TaskBody;
+use crate::exchange::BlockingExchange;
 use crate::misbehave::Misbehave;
 use crate::work::{Answer, Worker, parse};
 
@@ -309,11 +309,7 @@ fn align(worker: &Worker, task: &TaskHeader, body: TaskBody) -> Result<Answer, S
 }
 
 /// The blocking side of one exchange.
-struct Exchange<'a> {
-    handle: &'a Handle,
-    up: mpsc::Sender<VerticalUp>,
-    down: tonic::Streaming<VerticalDown>,
-}
+struct Exchange<'a>(BlockingExchange<'a, VerticalUp, VerticalDown>);
 
 impl<'a> Exchange<'a> {
     fn open(
@@ -322,42 +318,24 @@ impl<'a> Exchange<'a> {
         session_id: &str,
         exchange_id: &str,
     ) -> Result<Self, String> {
-        let (up, rx) = mpsc::channel(4);
-        up.blocking_send(VerticalUp {
+        let open = VerticalUp {
             frame: Some(vertical_up::Frame::Open(SplitOpen {
                 session_id: session_id.to_string(),
                 exchange_id: exchange_id.to_string(),
             })),
+        };
+        BlockingExchange::open(handle, "vertical exchange", 4, open, |up| {
+            grpc.vertical_exchange(up)
         })
-        .map_err(|_| "vertical exchange closed before it opened".to_string())?;
-        let down = handle
-            .block_on(grpc.vertical_exchange(tokio_stream::wrappers::ReceiverStream::new(rx)))
-            .map_err(|s| format!("opening the vertical exchange failed: {}", s.message()))?
-            .into_inner();
-        Ok(Self { handle, up, down })
+        .map(Self)
     }
 
-    /// Ends this side and waits for the coordinator to end its own, so that
-    /// the last frame is delivered before the stream goes (dropping the
-    /// response early could reset the stream with the frame still queued).
     fn finish(self) -> Result<(), String> {
-        let Self {
-            handle,
-            up,
-            mut down,
-        } = self;
-        drop(up);
-        match handle.block_on(down.message()) {
-            Ok(Some(_)) => Err("the coordinator sent more than the schedule".into()),
-            Ok(None) => Ok(()),
-            Err(s) => Err(format!("vertical exchange: {}", s.message())),
-        }
+        self.0.finish()
     }
 
     fn send(&self, frame: vertical_up::Frame) -> Result<(), String> {
-        self.up
-            .blocking_send(VerticalUp { frame: Some(frame) })
-            .map_err(|_| "the coordinator closed the vertical exchange".to_string())
+        self.0.send(VerticalUp { frame: Some(frame) })
     }
 
     fn receive(
@@ -366,11 +344,7 @@ impl<'a> Exchange<'a> {
         rows: usize,
         width: usize,
     ) -> Result<(Vec<f32>, bool), String> {
-        let down = self
-            .handle
-            .block_on(self.down.message())
-            .map_err(|s| format!("vertical exchange: {}", s.message()))?
-            .ok_or_else(|| "the coordinator ended the vertical exchange early".to_string())?;
+        let down = self.0.receive()?;
         let (batch, activations) = match down.frame {
             Some(vertical_down::Frame::Activations(b)) => (b, true),
             Some(vertical_down::Frame::Gradients(b)) => (b, false),
