@@ -529,13 +529,6 @@ impl Worker {
             .map(|(u, &n)| (u, n))
             .collect();
         let coalitions = &task.valuation_coalitions;
-        let everyone = u64::MAX >> (64 - players.len());
-        if let Some(c) = coalitions.iter().find(|&&c| c & !everyone != 0) {
-            return Err(format!(
-                "coalition {c:#x} names a player beyond the task's {}",
-                players.len()
-            ));
-        }
         if coalitions.len().saturating_mul(per_model) > cohort_models::MAX_CANDIDATE_VALUES {
             return Err(format!(
                 "{} candidate models of {per_model} parameters exceed what a hospital scores \
@@ -543,11 +536,7 @@ impl Worker {
                 coalitions.len()
             ));
         }
-        let mut all = Vec::with_capacity(coalitions.len() * per_model);
-        for &c in coalitions {
-            all.extend(cohort_models::coalition_model(start, &players, c));
-        }
-        cohort_models::candidate_losses(model, &all, coalitions.len(), examples)
+        cohort_models::coalition_losses(model, start, &players, coalitions, examples)
             .map_err(|e| format!("scoring candidate models failed: {e}"))
     }
 }

@@ -36,6 +36,7 @@
 //! its configuration.
 
 mod artifact;
+mod candidates;
 mod dp_sgd;
 mod error;
 mod metrics;
@@ -50,12 +51,10 @@ pub use artifact::{
     CARD_FILE, MODEL_FORMAT, ModelCard, PrivacyGuarantee, SAFETENSORS_FILE, load_model,
     params_from_safetensors, safetensors_bytes, save_model,
 };
+pub use candidates::{MAX_CANDIDATE_VALUES, coalition_losses, coalition_model};
 pub use dp_sgd::{DpSgdConfig, DpSgdPlan, clipped_gradient_sum};
 pub use error::ModelError;
-pub use metrics::{
-    MAX_CANDIDATE_VALUES, Metrics, candidate_losses, coalition_model, evaluate, predict_proba,
-    roc_auc,
-};
+pub use metrics::{Metrics, evaluate, predict_proba, roc_auc};
 pub use onnx::{ONNX_INPUT, ONNX_OUTPUT, to_onnx};
 pub use params::{
     TensorInfo, check_parameters, init_parameters, parameter_layout, parameters_from_bytes,

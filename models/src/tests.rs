@@ -804,7 +804,7 @@ fn poisson_batches_take_each_row_with_the_sampling_rate() {
 }
 
 #[test]
-fn batched_candidate_losses_equal_one_evaluation_each() {
+fn coalition_losses_equal_one_evaluation_of_each_coalition_model() {
     let data = separable(57, 6, 3);
     let mut rng = ChaCha8Rng::seed_from_u64(9);
     for spec in [
@@ -815,23 +815,97 @@ fn batched_candidate_losses_equal_one_evaluation_each() {
         },
     ] {
         let n = spec.num_parameters(data.n_features);
-        let count = 37;
-        let all: Vec<f32> = (0..n * count)
-            .map(|_| rng.random_range(-1.5..1.5))
+        let start: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let updates: Vec<Vec<f32>> = (0..5)
+            .map(|_| (0..n).map(|_| rng.random_range(-0.8..0.8)).collect())
             .collect();
-        let batched = candidate_losses(&spec, &all, count, &data).expect("batched losses");
-        assert_eq!(batched.len(), count);
-        for (candidate, loss) in all.chunks(n).zip(&batched) {
-            let one = evaluate(&spec, candidate, &data).expect("evaluate").loss;
-            assert!((one - loss).abs() < 1e-5, "{spec:?}: {one} vs {loss}");
+        // Player 3 holds no examples: it weighs nothing in any coalition.
+        let examples = [40u64, 7, 19, 0, 25];
+        let players: Vec<(&[f32], u64)> = updates
+            .iter()
+            .zip(examples)
+            .map(|(u, e)| (u.as_slice(), e))
+            .collect();
+        let coalitions: Vec<u64> = (0..32).collect();
+        let losses = coalition_losses(&spec, &start, &players, &coalitions, &data)
+            .expect("coalition losses");
+        assert_eq!(losses.len(), coalitions.len());
+        for (&c, loss) in coalitions.iter().zip(&losses) {
+            let model = coalition_model(&start, &players, c);
+            let one = evaluate(&spec, &model, &data).expect("evaluate").loss;
+            assert!(
+                (one - loss).abs() < 1e-4,
+                "{spec:?} coalition {c:#b}: {one} vs {loss}"
+            );
         }
+        assert_eq!(coalition_model(&start, &players, 0), start);
+        assert_eq!(coalition_model(&start, &players, 0b1000), start);
     }
-    let err = candidate_losses(&ModelSpec::Logistic, &[0.0; 15], 2, &data).unwrap_err();
-    assert!(err.to_string().contains("do not split into 2"), "{err}");
-    let err = candidate_losses(&ModelSpec::Logistic, &[0.0; 16], 2, &data).unwrap_err();
+    let start = [0.0f32; 7];
+    let update = [0.0f32; 7];
+    let err = coalition_losses(&ModelSpec::Logistic, &start[..6], &[], &[0], &data).unwrap_err();
     assert!(err.to_string().contains("parameter"), "{err}");
-    let mut nan = vec![0.0f32; 14];
-    nan[9] = f32::NAN;
-    let err = candidate_losses(&ModelSpec::Logistic, &nan, 2, &data).unwrap_err();
-    assert!(err.to_string().contains("candidate model 1"), "{err}");
+    let err = coalition_losses(
+        &ModelSpec::Logistic,
+        &start,
+        &[(&update[..6], 1)],
+        &[1],
+        &data,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("player 0's update has 6 values"),
+        "{err}"
+    );
+    let err = coalition_losses(
+        &ModelSpec::Logistic,
+        &start,
+        &[(&update, 1)],
+        &[0b10],
+        &data,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("beyond the first 1"), "{err}");
+    let mut nan = [0.0f32; 7];
+    nan[2] = f32::NAN;
+    let err =
+        coalition_losses(&ModelSpec::Logistic, &start, &[(&nan, 1)], &[0, 1], &data).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("player 0's update has a non-finite value at index 2"),
+        "{err}"
+    );
+    let huge = [3e38f32; 7];
+    let err =
+        coalition_losses(&ModelSpec::Logistic, &huge, &[(&update, 1)], &[0], &data).unwrap_err();
+    assert!(err.to_string().contains("candidate model 0"), "{err}");
+}
+
+/// Timing of contribution scoring at the valuation benchmark's size (10
+/// players, about 216 coalitions, 11 validation rows, 30 → 16 → 1):
+/// `cargo test -p cohort-models --lib coalition_scoring_time -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn coalition_scoring_time() {
+    let data = separable(11, 30, 3);
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let spec = ModelSpec::Mlp {
+        hidden: vec![16],
+        cut: None,
+    };
+    let n = spec.num_parameters(data.n_features);
+    let start: Vec<f32> = (0..n).map(|_| rng.random_range(-0.3..0.3)).collect();
+    let updates: Vec<Vec<f32>> = (0..10)
+        .map(|_| (0..n).map(|_| rng.random_range(-0.1..0.1)).collect())
+        .collect();
+    let players: Vec<(&[f32], u64)> = updates.iter().map(|u| (u.as_slice(), 45)).collect();
+    let coalitions: Vec<u64> = (0..216u64).map(|c| (c * 4 + 1) % 1024).collect();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let reps = 200;
+        for _ in 0..reps {
+            coalition_losses(&spec, &start, &players, &coalitions, &data).expect("losses");
+        }
+        eprintln!("{:.1} us per scoring", t.elapsed().as_secs_f64() * 1e6 / reps as f64);
+    }
 }

@@ -58,6 +58,10 @@ pub struct Overhead {
     pub method: String,
     pub evaluations_per_round: f64,
     pub median_round_secs_without: f64,
+    /// The slowest hospital's evaluation task per round (with valuation it
+    /// scores the candidate models too), median over the rounds.
+    pub median_evaluate_secs_without: f64,
+    pub median_evaluate_secs_with: f64,
     pub median_round_secs_with: f64,
     /// (with − without) / without.
     pub added_fraction: f64,
@@ -129,7 +133,8 @@ fn job(n: usize, rounds: u32, extra: &str) -> String {
 }
 
 /// Runs a job to completion; returns its id and per-round wall times.
-async fn run(federation: &LocalFederation, job: &str) -> Result<(String, Vec<f64>)> {
+/// The job's id and, per round, its wall time and its slowest evaluation.
+async fn run(federation: &LocalFederation, job: &str) -> Result<(String, Vec<(f64, f64)>)> {
     let mut dev = federation.developer().await?;
     let id = developer::submit(&mut dev, job).await?;
     let view = developer::wait(&mut dev, &id, false).await?;
@@ -140,7 +145,13 @@ async fn run(federation: &LocalFederation, job: &str) -> Result<(String, Vec<f64
             view.error.unwrap_or_default()
         );
     }
-    Ok((id, view.rounds.iter().map(|r| r.duration_secs).collect()))
+    Ok((
+        id,
+        view.rounds
+            .iter()
+            .map(|r| (r.duration_secs, r.slowest_evaluate_secs))
+            .collect(),
+    ))
 }
 
 /// Per hospital: its mean per-round value (plain methods), or its latest
@@ -392,7 +403,10 @@ async fn overhead(n: usize, rounds: u32) -> Result<Overhead> {
         .first()
         .map(|r| r.method.clone())
         .unwrap_or_default();
-    let (a, b) = (median(&without), median(&with));
+    let column = |rounds: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| {
+        median(&rounds.iter().map(f).collect::<Vec<_>>())
+    };
+    let (a, b) = (column(&without, |r| r.0), column(&with, |r| r.0));
     Ok(Overhead {
         hospitals: n,
         rounds,
@@ -400,6 +414,8 @@ async fn overhead(n: usize, rounds: u32) -> Result<Overhead> {
         evaluations_per_round: evaluations,
         median_round_secs_without: a,
         median_round_secs_with: b,
+        median_evaluate_secs_without: column(&without, |r| r.1),
+        median_evaluate_secs_with: column(&with, |r| r.1),
         added_fraction: (b - a) / a,
     })
 }

@@ -1,0 +1,268 @@
+//! The candidate models of contribution valuation: a round's starting model
+//! plus the example-weighted mean of a coalition's updates, and their
+//! validation losses.
+//!
+//! Permutation Shapley over 10 hospitals scores about 200 coalitions a
+//! round, which would cost far more than the round's training if every
+//! candidate were built and run through the network on its own. Every
+//! candidate is a linear combination of the same `n + 1` vectors (the start
+//! and the `n` updates) with coefficients that depend only on the coalition,
+//! and the first layer is linear in its weights; so [`coalition_losses`]
+//! runs the first layer once per basis vector and mixes those activations
+//! (and the parameters of the later layers) with one matrix product per
+//! chunk of candidates.
+
+use burn::tensor::activation::relu;
+use burn::tensor::{Tensor, TensorData};
+use cohort_datasets::Examples;
+
+use crate::ModelError;
+use crate::ModelSpec;
+use crate::net::{self, cpu, rows_tensor, tensor_to_vec};
+
+/// The most parameter values the candidate models of one valuation task may
+/// hold together (256 MiB of f32); the coordinator refuses a round that
+/// would need more, and a hospital refuses a task that asks for more.
+pub const MAX_CANDIDATE_VALUES: usize = 64 << 20;
+
+/// The candidate model of a coalition of valuation players: the round's
+/// starting model plus the example-weighted mean of the updates of the
+/// players whose bit is set in `coalition` (the start itself for the
+/// empty coalition). `players` are `(update, examples)`, bit `i` for
+/// player `i`. [`coalition_losses`] scores exactly these models.
+pub fn coalition_model(start: &[f32], players: &[(&[f32], u64)], coalition: u64) -> Vec<f32> {
+    let weights = coalition_weights(players, coalition);
+    let mut sum = vec![0f64; start.len()];
+    for ((delta, _), w) in players.iter().zip(&weights) {
+        if *w != 0.0 {
+            for (s, d) in sum.iter_mut().zip(*delta) {
+                *s += w * f64::from(*d);
+            }
+        }
+    }
+    start.iter().zip(sum).map(|(m, s)| m + s as f32).collect()
+}
+
+/// Each player's weight in a coalition's model: its share of the
+/// coalition's examples, 0 outside it (all 0 when the coalition holds no
+/// examples).
+fn coalition_weights(players: &[(&[f32], u64)], coalition: u64) -> Vec<f64> {
+    let member = |i: usize| i < 64 && coalition & (1 << i) != 0;
+    let total: u64 = (0..players.len())
+        .filter(|&i| member(i))
+        .map(|i| players[i].1)
+        .sum();
+    (0..players.len())
+        .map(|i| {
+            if member(i) && total > 0 {
+                players[i].1 as f64 / total as f64
+            } else {
+                0.0
+            }
+        })
+        .collect()
+}
+
+/// Mean BCE loss on `data` of each coalition's candidate model
+/// ([`coalition_model`]), in `coalitions` order: the `loss` that
+/// [`crate::evaluate`] reports for each, up to f32 rounding.
+///
+/// The first layer runs once for the start and once per update; a chunk of
+/// candidates then gets its first-layer activations, and its parameters of
+/// the later layers, as one product of its `[chunk, n + 1]` coefficient
+/// matrix with those, and runs the later layers as batched products.
+pub fn coalition_losses(
+    spec: &ModelSpec,
+    start: &[f32],
+    players: &[(&[f32], u64)],
+    coalitions: &[u64],
+    data: &Examples,
+) -> Result<Vec<f64>, ModelError> {
+    net::check_model_and_data(spec, start, data)?;
+    if players.len() > 64 {
+        return Err(ModelError::InvalidData(format!(
+            "{} valuation players; a coalition names at most 64",
+            players.len()
+        )));
+    }
+    if let Some(i) = players.iter().position(|(u, _)| u.len() != start.len()) {
+        return Err(ModelError::InvalidData(format!(
+            "player {i}'s update has {} values, the model {}",
+            players[i].0.len(),
+            start.len()
+        )));
+    }
+    // A product with a zero weight still spreads a NaN, so one non-finite
+    // value would spoil every candidate, not only its player's coalitions.
+    for (i, (update, _)) in players.iter().enumerate() {
+        if let Some(j) = update.iter().position(|v| !v.is_finite()) {
+            return Err(ModelError::InvalidData(format!(
+                "player {i}'s update has a non-finite value at index {j}"
+            )));
+        }
+    }
+    let everyone = if players.is_empty() {
+        0
+    } else {
+        u64::MAX >> (64 - players.len())
+    };
+    if let Some(c) = coalitions.iter().find(|&&c| c & !everyone != 0) {
+        return Err(ModelError::InvalidData(format!(
+            "coalition {c:#x} names a player beyond the first {}",
+            players.len()
+        )));
+    }
+    if coalitions.is_empty() {
+        return Ok(Vec::new());
+    }
+
+    let device = cpu();
+    let shapes = spec.layer_shapes(data.n_features);
+    let (fan_in, width) = shapes[0];
+    let first_len = fan_in * width + width;
+    let basis = players.len() + 1;
+    let vectors: Vec<&[f32]> = std::iter::once(start)
+        .chain(players.iter().map(|(u, _)| *u))
+        .collect();
+    // Each candidate as (basis vector, weight) pairs, the start first: a
+    // coalition names a few of the players, so mixing only its members is
+    // cheaper than a dense product with every player's column.
+    let mixes: Vec<Vec<(usize, f32)>> = coalitions
+        .iter()
+        .map(|&coalition| {
+            std::iter::once((0, 1.0))
+                .chain(
+                    coalition_weights(players, coalition)
+                        .into_iter()
+                        .enumerate()
+                        .filter(|(_, w)| *w != 0.0)
+                        .map(|(i, w)| (i + 1, w as f32)),
+                )
+                .collect()
+        })
+        .collect();
+    let mut w = Vec::with_capacity(basis * fan_in * width);
+    let mut b = Vec::with_capacity(basis * width);
+    for v in &vectors {
+        w.extend_from_slice(&v[..fan_in * width]);
+        b.extend_from_slice(&v[fan_in * width..first_len]);
+    }
+    let w = Tensor::<3>::from_data(TensorData::new(w, [basis, fan_in, width]), &device);
+    let b = Tensor::<3>::from_data(TensorData::new(b, [basis, 1, width]), &device);
+
+    // Chunks of rows and of candidates keep every activation and parameter
+    // block under a fixed size, whatever the validation split and model.
+    const CHUNK_FLOATS: usize = 1 << 22;
+    let widest = shapes.iter().map(|&(i, o)| i.max(o)).max().unwrap_or(1);
+    let rest_len = start.len() - first_len;
+    let rows_per_chunk = (CHUNK_FLOATS / (basis * widest).max(1)).max(1);
+    let mut totals = vec![0f64; coalitions.len()];
+    let all_rows: Vec<usize> = (0..data.labels.len()).collect();
+    for row_chunk in all_rows.chunks(rows_per_chunk) {
+        let rows = row_chunk.len();
+        let labels: Vec<f32> = row_chunk.iter().map(|&r| data.labels[r]).collect();
+        let x = rows_tensor(data, row_chunk, &device)
+            .unsqueeze_dim::<3>(0)
+            .expand([basis, rows, fan_in]);
+        // The first layer of every basis vector on these rows.
+        let first = tensor_to_vec(x.matmul(w.clone()) + b.clone().expand([basis, rows, width]))?;
+        let first_of = |i: usize| &first[i * rows * width..(i + 1) * rows * width];
+        let per_chunk = (CHUNK_FLOATS / (rows * widest).max(rest_len).max(1)).max(1);
+        for (chunk_index, chunk) in mixes.chunks(per_chunk).enumerate() {
+            let c = chunk.len();
+            let mut h = vec![0f32; c * rows * width];
+            let mut params = vec![0f32; c * rest_len];
+            for (k, mix) in chunk.iter().enumerate() {
+                let h = &mut h[k * rows * width..(k + 1) * rows * width];
+                let params = &mut params[k * rest_len..(k + 1) * rest_len];
+                for &(i, weight) in mix {
+                    axpy(weight, first_of(i), h);
+                    axpy(weight, &vectors[i][first_len..], params);
+                }
+            }
+            let logits = later_layers(&shapes, h, &params, (c, rows), &device)?;
+            let first_candidate = chunk_index * per_chunk;
+            for (total, logits) in totals[first_candidate..]
+                .iter_mut()
+                .zip(logits.chunks(rows))
+            {
+                *total += logits
+                    .iter()
+                    .zip(&labels)
+                    .map(|(&z, &y)| net::bce_scalar(f64::from(z), f64::from(y)))
+                    .sum::<f64>();
+            }
+        }
+    }
+    let rows = data.labels.len() as f64;
+    totals
+        .into_iter()
+        .enumerate()
+        .map(|(candidate, total)| {
+            if total.is_finite() {
+                Ok(total / rows)
+            } else {
+                Err(ModelError::Backend(format!(
+                    "candidate model {candidate} produced a non-finite loss"
+                )))
+            }
+        })
+        .collect()
+}
+
+/// `y += a * x`.
+fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    for (y, x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
+}
+
+/// The logits `[c × rows]` of `c` candidates from their first layer's
+/// output `h` (`[c, rows, width]`, before the activation) and their
+/// parameters of the later layers (`params`, `[c, rest]`). Hidden layers
+/// run as batched products; the single-logit output layer, where a
+/// batched product of `c` tiny matrices would cost more in calls than in
+/// arithmetic, as dot products.
+fn later_layers(
+    shapes: &[(usize, usize)],
+    mut h: Vec<f32>,
+    params: &[f32],
+    (c, rows): (usize, usize),
+    device: &burn::tensor::Device,
+) -> Result<Vec<f32>, ModelError> {
+    let Some((&(last_in, _), hidden)) = shapes[1..].split_last() else {
+        return Ok(h);
+    };
+    let rest = params.len() / c.max(1);
+    let mut width = shapes[0].1;
+    let mut offset = 0;
+    if !hidden.is_empty() {
+        let mut t = Tensor::<3>::from_data(TensorData::new(h, [c, rows, width]), device);
+        for &(fan_in, fan_out) in hidden {
+            let mut w = Vec::with_capacity(c * fan_in * fan_out);
+            let mut b = Vec::with_capacity(c * fan_out);
+            for p in params.chunks(rest) {
+                w.extend_from_slice(&p[offset..offset + fan_in * fan_out]);
+                b.extend_from_slice(
+                    &p[offset + fan_in * fan_out..offset + fan_in * fan_out + fan_out],
+                );
+            }
+            offset += fan_in * fan_out + fan_out;
+            let w = Tensor::<3>::from_data(TensorData::new(w, [c, fan_in, fan_out]), device);
+            let b = Tensor::<3>::from_data(TensorData::new(b, [c, 1, fan_out]), device);
+            t = relu(t).matmul(w) + b.expand([c, rows, fan_out]);
+            width = fan_out;
+        }
+        h = tensor_to_vec(t)?;
+    }
+    debug_assert_eq!(width, last_in);
+    let mut logits = Vec::with_capacity(c * rows);
+    for (h, p) in h.chunks(rows * width).zip(params.chunks(rest)) {
+        let (w, b) = (&p[offset..offset + width], p[offset + width]);
+        for row in h.chunks(width) {
+            let z: f32 = row.iter().zip(w).map(|(&a, &w)| a.max(0.0) * w).sum();
+            logits.push(z + b);
+        }
+    }
+    Ok(logits)
+}
