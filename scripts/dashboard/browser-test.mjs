@@ -1,0 +1,121 @@
+// Browser tests of the Cohort dashboard: Debian's Chromium driven by
+// playwright-core against a dashboard whose coordinator ran a real job.
+//
+//   node browser-test.mjs URL TOKEN SCREENSHOT_DIR
+//
+// URL is the dashboard's root (http://HOST:PORT/), TOKEN an operator token.
+// Exits non-zero on the first failed check, or when Chromium cannot start
+// (CHROMIUM overrides /usr/bin/chromium). tests/dashboard_browser.rs runs it.
+import { chromium } from 'playwright-core';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+
+const [url, token, shots] = process.argv.slice(2);
+if (!url || !token || !shots) {
+  console.error('usage: node browser-test.mjs URL TOKEN SCREENSHOT_DIR');
+  process.exit(2);
+}
+mkdirSync(shots, { recursive: true });
+
+function check(condition, what) {
+  if (!condition) throw new Error('FAILED: ' + what);
+  console.log('ok - ' + what);
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  args: ['--no-sandbox', '--disable-background-networking'],
+});
+try {
+  // A request without a token is refused, and says nothing more.
+  const anonymous = await browser.newContext();
+  const refusedApi = await anonymous.request.get(url + 'api/jobs');
+  check(refusedApi.status() === 401, 'GET /api/jobs without a token is refused with 401');
+  check((await refusedApi.text()).trim() === 'unauthorized', 'the refusal leaks no detail');
+  const anonPage = await anonymous.newPage();
+  const refusedPage = await anonPage.goto(url);
+  check(refusedPage.status() === 401, 'the dashboard page without a token is refused with 401');
+  const forged = await anonymous.request.get(url + 'api/jobs', { headers: { Authorization: 'Bearer ' + token.slice(0, -4) + 'AAAA' } });
+  check(forged.status() === 401, 'a token with an altered signature is refused with 401');
+  await anonymous.close();
+
+  // ?token= once: an HttpOnly cookie, then the jobs list.
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const page = await context.newPage();
+  const errors = [];
+  page.on('pageerror', e => errors.push(e.message));
+  page.on('console', m => { if (m.type() === 'error') errors.push(m.text()); });
+  await page.goto(url + '?token=' + encodeURIComponent(token));
+  check(!page.url().includes('token='), 'the token leaves the address bar after the first visit');
+  const cookies = await context.cookies();
+  const cookie = cookies.find(c => c.name === 'cohort_dashboard');
+  check(cookie && cookie.httpOnly, 'the token is kept in an HttpOnly cookie');
+
+  const jobs = await (await context.request.get(url + 'api/jobs')).json();
+  check(jobs.length >= 1, `the API lists the job (${jobs.length})`);
+  const job = jobs[0];
+  await page.waitForSelector(`#jobs tr[data-job-id="${job.job_id}"]`);
+  const listed = await page.locator('#jobs tbody tr').count();
+  check(listed === jobs.length, `the jobs list shows every job the API lists (${listed})`);
+  check((await page.locator(`#jobs tr[data-job-id="${job.job_id}"]`).innerText()).includes(job.state), 'the job row shows its state');
+  await page.screenshot({ path: join(shots, 'jobs.png'), fullPage: true });
+
+  // The job page: one point per completed round, the API's numbers.
+  const detail = await (await context.request.get(url + 'api/jobs/' + job.job_id)).json();
+  const rounds = detail.status.rounds.filter(r => r.round > 0 && r.metrics);
+  check(rounds.length === detail.status.rounds_completed && rounds.length > 0,
+    `the API has metrics for each of the ${detail.status.rounds_completed} completed rounds`);
+  await page.click(`#jobs tr[data-job-id="${job.job_id}"] a`);
+  const points = page.locator('#chart-loss circle[data-series="validation_loss"]');
+  await points.first().waitFor();
+  const plotted = await points.evaluateAll(cs => cs.map(c => [Number(c.dataset.round), Number(c.dataset.value)]));
+  check(plotted.length === detail.status.rounds_completed,
+    `the loss curve has one point per completed round (${plotted.length})`);
+  plotted.forEach(([round, value], i) => {
+    check(round === rounds[i].round && Math.abs(value - rounds[i].metrics.loss) < 1e-12,
+      `point ${i + 1} is round ${rounds[i].round}'s validation loss ${rounds[i].metrics.loss}`);
+  });
+  const auc = await page.locator('#chart-quality circle[data-series="validation_auc"]').count();
+  check(auc === rounds.length, 'the AUC curve has one point per completed round');
+  check(await page.locator('#rounds tbody tr').count() === detail.status.rounds.filter(r => r.round > 0).length,
+    'the rounds table has a row per completed round');
+  check(await page.locator('#model-signature').innerText() === detail.model.signature.status,
+    `the model's signature status is shown (${detail.model.signature.status})`);
+  check(detail.model.signature.status === 'verified', "the model's signature verifies");
+  await page.screenshot({ path: join(shots, 'job.png'), fullPage: true });
+
+  // Readable on a phone: nothing wider than the screen but the scrollable tables.
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.waitForTimeout(200);
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  check(overflow <= 1, `the job page fits a phone's width (overflow ${overflow}px)`);
+  await page.screenshot({ path: join(shots, 'job-phone.png'), fullPage: true });
+  await page.setViewportSize({ width: 1280, height: 900 });
+
+  // The ledger explorer: a real entry's inclusion proof checks out in the
+  // browser; the same entry, altered, does not.
+  const entry = detail.model.signature.ledger_entry;
+  check(Number.isInteger(entry), `the model's ledger entry is known (${entry})`);
+  await page.goto(url + '#/ledger/' + entry);
+  await page.waitForSelector('#proof-result.ok, #proof-result.bad');
+  check(await page.locator('#proof-result.ok').count() === 1,
+    `entry ${entry}'s inclusion proof verifies in the browser: ${await page.locator('#proof-result').innerText()}`);
+  check(await page.locator('#ledger-verified.ok').count() === 1, "the coordinator's ledger check passes");
+  await page.screenshot({ path: join(shots, 'ledger-proof-ok.png'), fullPage: true });
+
+  const leaf = await page.locator('#proof-leaf').inputValue();
+  const tampered = leaf.replace(/"round":(\d+)/, (_, r) => `"round":${Number(r) + 1}`);
+  check(tampered !== leaf, 'the entry was altered');
+  await page.fill('#proof-leaf', tampered);
+  await page.click('#proof-verify');
+  await page.waitForSelector('#proof-result.bad');
+  check(await page.locator('#proof-result').getAttribute('data-verdict') === 'not-included',
+    `the altered entry fails the check: ${await page.locator('#proof-result').innerText()}`);
+  await page.screenshot({ path: join(shots, 'ledger-proof-tampered.png'), fullPage: true });
+
+  check(errors.length === 0, 'no script errors or CSP violations: ' + errors.join(' | '));
+  console.log('screenshots in ' + shots);
+} finally {
+  await browser.close();
+}
