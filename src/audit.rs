@@ -331,7 +331,10 @@ pub async fn check_chain(leaves: &[Vec<u8>], options: &ChainOptions) -> Result<C
 /// The ledger's entries (index, entry), optionally only those of one job.
 /// Entries are parsed, not verified: run `verify_ledger` for that.
 pub fn ledger_entries(data_dir: &Path, job: Option<&str>) -> Result<Vec<(u64, Entry)>> {
-    entries_in(&cohort_coordinator::store::read_ledger_at(data_dir)?.leaves, job)
+    entries_in(
+        &cohort_coordinator::store::read_ledger_at(data_dir)?.leaves,
+        job,
+    )
 }
 
 /// [`ledger_entries`] of a ledger already read.

@@ -275,7 +275,8 @@ async fn start_dashboard(
     federation: &LocalFederation,
     to_stdout: bool,
 ) -> Result<crate::dashboard::RunningDashboard> {
-    let dashboard = crate::dashboard::Dashboard::open(federation.view.clone(), &federation.data_dir)?;
+    let dashboard =
+        crate::dashboard::Dashboard::open(federation.view.clone(), &federation.data_dir)?;
     let running = crate::dashboard::start(addr, dashboard).await?;
     let token = crate::dashboard::token::issue_for(
         &federation.data_dir,

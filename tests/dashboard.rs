@@ -54,7 +54,14 @@ async fn get(base: &str, path: &str, headers: &[(&str, String)]) -> Reply {
     let text = String::from_utf8(raw).unwrap();
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
     let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let headers = lines
         .filter_map(|l| l.split_once(": "))
         .map(|(n, v)| (n.to_string(), v.to_string()))
@@ -119,8 +126,13 @@ async fn dashboard_api_shows_each_role_its_part_of_a_real_job_and_refuses_the_re
     let other_dir = tempfile::tempdir().unwrap();
     std::fs::write(other_dir.path().join("coordinator.sqlite"), b"").unwrap();
     let foreign = token_for(other_dir.path(), DashboardRole::Operator, "mallory");
-    let short_lived =
-        token::issue_for(&data_dir, DashboardRole::Operator, "ops", Duration::from_secs(1)).unwrap();
+    let short_lived = token::issue_for(
+        &data_dir,
+        DashboardRole::Operator,
+        "ops",
+        Duration::from_secs(1),
+    )
+    .unwrap();
     let operator = token_for(&data_dir, DashboardRole::Operator, "ops");
     let (claims, signature) = operator.rsplit_once('.').unwrap();
     let altered = format!("{claims}.{}", signature.chars().rev().collect::<String>());
@@ -134,7 +146,13 @@ async fn dashboard_api_shows_each_role_its_part_of_a_real_job_and_refuses_the_re
         vec![("Cookie", format!("cohort_dashboard={foreign}"))],
     ];
     for headers in &refused_with {
-        for path in ["/", "/api/jobs", &format!("/api/jobs/{id}"), "/api/ledger", "/nowhere"] {
+        for path in [
+            "/",
+            "/api/jobs",
+            &format!("/api/jobs/{id}"),
+            "/api/ledger",
+            "/nowhere",
+        ] {
             let reply = get(&url, path, headers).await;
             assert_eq!(reply.status, 401, "{path} with {headers:?}");
             assert_eq!(reply.body, "unauthorized\n", "nothing leaked");
@@ -170,7 +188,10 @@ async fn dashboard_api_shows_each_role_its_part_of_a_real_job_and_refuses_the_re
 
     let detail = get(&url, &format!("/api/jobs/{id}"), &auth).await.json();
     let cli = serde_json::to_value(developer::status(&mut dev, &id).await.unwrap()).unwrap();
-    assert_eq!(detail["status"], cli, "the job page shows what `cohort job status --json` prints");
+    assert_eq!(
+        detail["status"], cli,
+        "the job page shows what `cohort job status --json` prints"
+    );
     let budgets = detail["privacy"]["hospitals"].as_array().unwrap();
     assert_eq!(budgets.len(), 2);
     for b in budgets {
@@ -190,7 +211,11 @@ async fn dashboard_api_shows_each_role_its_part_of_a_real_job_and_refuses_the_re
     // --- The ledger, and inclusion proofs that check out against its
     // signed checkpoint. ---
     let ledger = get(&url, "/api/ledger", &auth).await.json();
-    assert!(ledger["verified"].is_object(), "{}", ledger["verification_error"]);
+    assert!(
+        ledger["verified"].is_object(),
+        "{}",
+        ledger["verification_error"]
+    );
     let entries = ledger["entries"].as_array().unwrap();
     let note = ledger["checkpoint"]["note"].as_str().unwrap();
     let body_end = note.find("\n\n").unwrap() + 1;
@@ -210,7 +235,8 @@ async fn dashboard_api_shows_each_role_its_part_of_a_real_job_and_refuses_the_re
             .unwrap()
             .iter()
             .map(|h| {
-                cohort_ledger::merkle::hash_from_slice(&hex::decode(h.as_str().unwrap()).unwrap()).unwrap()
+                cohort_ledger::merkle::hash_from_slice(&hex::decode(h.as_str().unwrap()).unwrap())
+                    .unwrap()
             })
             .collect();
         cohort_ledger::verify_inclusion(
@@ -238,24 +264,66 @@ async fn dashboard_api_shows_each_role_its_part_of_a_real_job_and_refuses_the_re
     assert_eq!(beyond.status, 404);
     assert!(beyond.body.contains("there is no entry"), "{}", beyond.body);
     assert_eq!(get(&url, "/api/ledger/x/proof", &auth).await.status, 404);
-    assert_eq!(get(&url, "/api/jobs/job-nonexistent", &auth).await.status, 404);
+    assert_eq!(
+        get(&url, "/api/jobs/job-nonexistent", &auth).await.status,
+        404
+    );
 
     // --- A developer sees the jobs it submitted, no one else's. ---
     let own = bearer(&token_for(&data_dir, DashboardRole::Developer, "developer"));
-    assert_eq!(get(&url, "/api/jobs", &own).await.json()[0]["job_id"], id.as_str());
+    assert_eq!(
+        get(&url, "/api/jobs", &own).await.json()[0]["job_id"],
+        id.as_str()
+    );
     assert_eq!(
         get(&url, &format!("/api/jobs/{id}"), &own).await.json()["status"],
         cli
     );
-    let stranger = bearer(&token_for(&data_dir, DashboardRole::Developer, "someone-else"));
-    assert_eq!(get(&url, "/api/jobs", &stranger).await.json(), Value::Array(vec![]));
+    let stranger = bearer(&token_for(
+        &data_dir,
+        DashboardRole::Developer,
+        "someone-else",
+    ));
+    assert_eq!(
+        get(&url, "/api/jobs", &stranger).await.json(),
+        Value::Array(vec![])
+    );
     let hidden = get(&url, &format!("/api/jobs/{id}"), &stranger).await;
-    assert_eq!(hidden.status, 404, "another developer's job does not exist for it");
+    assert_eq!(
+        hidden.status, 404,
+        "another developer's job does not exist for it"
+    );
+    // Its ledger explorer holds the coordinator's key entry and no job's.
+    let its_ledger = get(&url, "/api/ledger", &stranger).await.json();
+    let its_entries = its_ledger["entries"].as_array().unwrap();
+    assert_eq!(its_entries.len(), 1);
+    assert_eq!(its_entries[0]["entry"]["record"]["type"], "coordinator_key");
+    assert_eq!(
+        get(&url, "/api/ledger/0/proof", &stranger).await.status,
+        200
+    );
+    let refused = get(
+        &url,
+        &format!("/api/ledger/{signed_entry}/proof"),
+        &stranger,
+    )
+    .await;
+    assert_eq!(refused.status, 404);
+    let own_ledger = get(&url, "/api/ledger", &own).await.json();
+    assert_eq!(
+        own_ledger["entries"].as_array().unwrap().len(),
+        entries.len()
+    );
 
     // --- A hospital sees its jobs with only its own budget and rewards. ---
     let hospital = bearer(&token_for(&data_dir, DashboardRole::Hospital, "hospital-a"));
-    assert_eq!(get(&url, "/api/jobs", &hospital).await.json()[0]["job_id"], id.as_str());
-    let mine = get(&url, &format!("/api/jobs/{id}"), &hospital).await.json();
+    assert_eq!(
+        get(&url, "/api/jobs", &hospital).await.json()[0]["job_id"],
+        id.as_str()
+    );
+    let mine = get(&url, &format!("/api/jobs/{id}"), &hospital)
+        .await
+        .json();
     let names = |v: &Value| -> Vec<String> {
         v.as_array()
             .unwrap()
@@ -280,8 +348,16 @@ async fn dashboard_api_shows_each_role_its_part_of_a_real_job_and_refuses_the_re
         .collect();
     assert_eq!(epsilons, ["hospital-a"]);
     let outsider = bearer(&token_for(&data_dir, DashboardRole::Hospital, "hospital-z"));
-    assert_eq!(get(&url, "/api/jobs", &outsider).await.json(), Value::Array(vec![]));
-    assert_eq!(get(&url, &format!("/api/jobs/{id}"), &outsider).await.status, 404);
+    assert_eq!(
+        get(&url, "/api/jobs", &outsider).await.json(),
+        Value::Array(vec![])
+    );
+    assert_eq!(
+        get(&url, &format!("/api/jobs/{id}"), &outsider)
+            .await
+            .status,
+        404
+    );
 
     // --- ?token= once: an HttpOnly cookie and a redirect without it. ---
     let login = get(&url, &format!("/?token={operator}&x=1"), &[]).await;
@@ -305,8 +381,14 @@ fn dashboard_token_command_refuses_bad_input_and_prints_a_token_that_verifies() 
     let dir = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| std::process::Command::new(bin).args(args).output().unwrap();
     let missing = run(&[
-        "dashboard", "token", "--data-dir", dir.path().to_str().unwrap(), "--role", "operator",
-        "--name", "ops",
+        "dashboard",
+        "token",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--role",
+        "operator",
+        "--name",
+        "ops",
     ]);
     assert!(!missing.status.success());
     assert!(
@@ -323,7 +405,10 @@ fn dashboard_token_command_refuses_bad_input_and_prints_a_token_that_verifies() 
     for (args, complaint) in [
         (vec!["--role", "admin", "--name", "ops"], "admin"),
         (vec!["--role", "hospital", "--name", "a b"], "name"),
-        (vec!["--role", "hospital", "--name", "a", "--ttl-secs", "0"], "--ttl-secs"),
+        (
+            vec!["--role", "hospital", "--name", "a", "--ttl-secs", "0"],
+            "--ttl-secs",
+        ),
     ] {
         let out = run(&[&["dashboard", "token", "--data-dir", data_dir][..], &args].concat());
         assert!(!out.status.success());
@@ -331,10 +416,22 @@ fn dashboard_token_command_refuses_bad_input_and_prints_a_token_that_verifies() 
         assert!(stderr.contains(complaint), "{stderr}");
     }
     let out = run(&[
-        "dashboard", "token", "--data-dir", data_dir, "--role", "hospital", "--name",
-        "hospital-a", "--ttl-secs", "60",
+        "dashboard",
+        "token",
+        "--data-dir",
+        data_dir,
+        "--role",
+        "hospital",
+        "--name",
+        "hospital-a",
+        "--ttl-secs",
+        "60",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let printed = String::from_utf8(out.stdout).unwrap();
     let key = token::signing_key(dir.path()).unwrap();
     let claims = token::TokenVerifier::new(key.verifying_key())

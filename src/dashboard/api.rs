@@ -4,7 +4,7 @@
 //! `cohort verify ledger/model` read it, and rewards as `cohort rewards
 //! show` reports them, cut down to what the token's holder may see.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -16,7 +16,7 @@ use cohort_ledger::AuditReport;
 use serde::Serialize;
 
 use super::token::{Claims, DashboardRole};
-use crate::audit::{IndexedEntry, InclusionProof};
+use crate::audit::{InclusionProof, IndexedEntry};
 use crate::developer::JobView;
 
 /// One line of the jobs list.
@@ -332,13 +332,43 @@ fn checkpoint_view(ledger: &LedgerContents) -> Result<CheckpointView> {
     })
 }
 
-/// `GET /api/ledger`: the entries, the checkpoint, and `cohort verify
-/// ledger`'s verdict (remembering checkpoints in `state`, so that a
-/// rewritten history shows here as it would to an auditor).
-pub fn ledger(ledger: LedgerContents, state: &Path) -> Result<LedgerView> {
+/// Which ledger entries the caller may read: an operator all; others the
+/// entries of the jobs they may see, and those of no job (the
+/// coordinator's key). Entries are signed whole, so a visible entry is
+/// shown whole (a round's entry lists every participant's update receipt).
+pub struct LedgerScope(Option<BTreeSet<String>>);
+
+impl LedgerScope {
+    pub fn of(view: &CoordinatorView, claims: &Claims) -> Result<Self> {
+        if claims.role == DashboardRole::Operator {
+            return Ok(Self(None));
+        }
+        Ok(Self(Some(
+            view.jobs()?
+                .into_iter()
+                .filter(|row| may_see(claims, row))
+                .map(|row| row.id)
+                .collect(),
+        )))
+    }
+
+    pub fn allows(&self, entry: &cohort_ledger::Entry) -> bool {
+        match (&self.0, entry.record.job_id()) {
+            (None, _) | (_, None) => true,
+            (Some(jobs), Some(job)) => jobs.contains(job),
+        }
+    }
+}
+
+/// `GET /api/ledger`: the entries in `scope`, the checkpoint, and `cohort
+/// verify ledger`'s verdict on the whole log (remembering checkpoints in
+/// `state`, so that a rewritten history shows here as it would to an
+/// auditor).
+pub fn ledger(ledger: LedgerContents, state: &Path, scope: &LedgerScope) -> Result<LedgerView> {
     let checkpoint = checkpoint_view(&ledger)?;
     let entries = crate::audit::entries_in(&ledger.leaves, None)?
         .into_iter()
+        .filter(|(_, entry)| scope.allows(entry))
         .map(|(index, entry)| IndexedEntry { entry, index })
         .collect();
     let (verified, verification_error) = match crate::audit::verify_contents(ledger, state) {

@@ -184,7 +184,11 @@ fn presented_token(headers: &HeaderMap) -> Option<String> {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|c| c.trim().strip_prefix(&format!("{COOKIE}=")).map(str::to_string))
+        .find_map(|c| {
+            c.trim()
+                .strip_prefix(&format!("{COOKIE}="))
+                .map(str::to_string)
+        })
 }
 
 /// `?token=` (once, from a printed link) becomes an HttpOnly cookie and a
@@ -248,7 +252,10 @@ async fn security_headers(request: Request, next: Next) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     response
 }
 
@@ -375,15 +382,25 @@ async fn signature_status(
     Ok(status)
 }
 
-async fn ledger(State(d): State<Arc<Dashboard>>) -> Result<Response, ApiError> {
+async fn ledger(
+    State(d): State<Arc<Dashboard>>,
+    Extension(claims): Extension<Claims>,
+) -> Result<Response, ApiError> {
     let _one_at_a_time = d.ledger_check.lock().await;
     let view = d.view.clone();
     let state = d.data_dir.join(SEEN_CHECKPOINTS_FILE);
-    json(&blocking(move || api::ledger(view.ledger()?, &state)).await?)
+    json(
+        &blocking(move || {
+            let scope = api::LedgerScope::of(&view, &claims)?;
+            api::ledger(view.ledger()?, &state, &scope)
+        })
+        .await?,
+    )
 }
 
 async fn proof(
     State(d): State<Arc<Dashboard>>,
+    Extension(claims): Extension<Claims>,
     UrlPath(index): UrlPath<String>,
 ) -> Result<Response, ApiError> {
     let Ok(index) = index.parse::<u64>() else {
@@ -392,11 +409,28 @@ async fn proof(
         )));
     };
     let view = d.view.clone();
-    let ledger = blocking(move || Ok(view.ledger()?)).await?;
-    if index >= ledger.leaves.len() as u64 {
+    let (ledger, scope) = blocking(move || {
+        let scope = api::LedgerScope::of(&view, &claims)?;
+        Ok((view.ledger()?, scope))
+    })
+    .await?;
+    let visible = match ledger
+        .leaves
+        .get(usize::try_from(index).unwrap_or(usize::MAX))
+    {
+        Some(leaf) => {
+            scope.allows(&cohort_ledger::Entry::from_leaf(leaf).context("a stored ledger entry")?)
+        }
+        None => {
+            return Err(ApiError::NotFound(format!(
+                "the ledger has {} entries; there is no entry {index}",
+                ledger.leaves.len()
+            )));
+        }
+    };
+    if !visible {
         return Err(ApiError::NotFound(format!(
-            "the ledger has {} entries; there is no entry {index}",
-            ledger.leaves.len()
+            "no ledger entry {index} you may read"
         )));
     }
     json(&api::proof(&ledger, index)?)

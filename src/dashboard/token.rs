@@ -215,7 +215,10 @@ mod tests {
         let (_, forged_sig) = forged.rsplit_once('.').unwrap();
         let (real_body, _) = token.rsplit_once('.').unwrap();
         let spliced = format!("{real_body}.{forged_sig}");
-        assert!(matches!(verifier.verify(&spliced), Err(TokenError::Invalid)));
+        assert!(matches!(
+            verifier.verify(&spliced),
+            Err(TokenError::Invalid)
+        ));
         for junk in ["", "v1.", "v1..", "Bearer x", "v2.abc.def"] {
             assert!(matches!(verifier.verify(junk), Err(TokenError::Invalid)));
         }
