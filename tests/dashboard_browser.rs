@@ -7,9 +7,16 @@
 //! request without a token (401). Screenshots go to
 //! `<target dir>/dashboard-screenshots`.
 //!
+//! A second test runs `cohort coordinator --dashboard` as a process, opens
+//! a submitted job's page before any hospital connects, then starts two
+//! `cohort client` processes: the page must follow the job to its end
+//! without a reload.
+//!
 //! Needs node, /usr/bin/chromium (or `CHROMIUM`) and `npm ci` in
 //! scripts/dashboard. Without them the test skips with a message, unless
 //! `COHORT_REQUIRE_BROWSER` is set (CI sets it), when it fails instead.
+
+mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -149,4 +156,144 @@ fn demo_dashboard_passes_the_browser_checks() {
         assert!(Instant::now() < deadline, "Ctrl-C did not end the demo");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `cohort ARGS` in the background, stderr to `log`; killed on drop.
+fn spawn(args: &[&str], log: &Path) -> Demo {
+    Demo(
+        Command::new(BIN)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn cohort(args: &[&str]) -> String {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "cohort {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn coordinator_dashboard_follows_a_running_job_without_reload() {
+    let Some(tools) = browser_tools() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("oncology.csv");
+    common::synthetic_oncology_csv(&csv, 400, 31);
+    let files = common::split(&csv, &dir.path().join("split"), 2, 31);
+    let data_dir = dir.path().join("coordinator");
+    let port = free_port();
+    let grpc = format!("http://127.0.0.1:{port}");
+    let log = dir.path().join("coordinator.log");
+    let _coordinator = spawn(
+        &[
+            "coordinator",
+            "--insecure",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--poll-timeout-secs",
+            "1",
+            "--dashboard",
+            "127.0.0.1:0",
+        ],
+        &log,
+    );
+    // The coordinator logs where its dashboard listens.
+    let started = Instant::now();
+    let url = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(at) = text.find("dashboard on http://") {
+            let rest = &text[at + "dashboard on ".len()..];
+            let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+            break rest[..end].to_string();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no dashboard address in the coordinator's log: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let token = cohort(&[
+        "dashboard",
+        "token",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--role",
+        "operator",
+        "--name",
+        "ci",
+    ]);
+    let job_file = dir.path().join("job.toml");
+    std::fs::write(&job_file, common::oncology_job(6, 2)).unwrap();
+    let job = cohort(&[
+        "job",
+        "submit",
+        job_file.to_str().unwrap(),
+        "--coordinator",
+        &grpc,
+        "--insecure",
+    ]);
+
+    let shots = screenshot_dir();
+    let mut node = Command::new("node")
+        .args(["browser-test.mjs", "--live", &job, &url, &token])
+        .arg(&shots)
+        .current_dir(&tools)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut clients = Vec::new();
+    for line in BufReader::new(node.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        println!("{line}");
+        if line == "live: page open" {
+            for (i, file) in files.iter().take(2).enumerate() {
+                let name = format!("hospital-{i}");
+                clients.push(spawn(
+                    &[
+                        "client",
+                        "--insecure",
+                        "--coordinator",
+                        &grpc,
+                        "--name",
+                        &name,
+                        "--data",
+                        file.to_str().unwrap(),
+                        "--data-dir",
+                        dir.path().join(&name).to_str().unwrap(),
+                    ],
+                    &dir.path().join(format!("{name}.log")),
+                ));
+            }
+        }
+    }
+    let status = node.wait().unwrap();
+    assert!(
+        status.success(),
+        "the live-update browser checks failed; coordinator log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_eq!(
+        clients.len(),
+        2,
+        "the page opened and the hospitals started"
+    );
 }

@@ -10,9 +10,14 @@ import { chromium } from 'playwright-core';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 
-const [url, token, shots] = process.argv.slice(2);
+// --live JOB_ID: instead, open JOB_ID's page while the job waits for its
+// hospitals, print "live: page open" (the caller then starts them) and
+// check that the page follows the job to its end without a reload.
+const args = process.argv.slice(2);
+const liveJob = args[0] === '--live' ? args.splice(0, 2)[1] : null;
+const [url, token, shots] = args;
 if (!url || !token || !shots) {
-  console.error('usage: node browser-test.mjs URL TOKEN SCREENSHOT_DIR');
+  console.error('usage: node browser-test.mjs [--live JOB_ID] URL TOKEN SCREENSHOT_DIR');
   process.exit(2);
 }
 mkdirSync(shots, { recursive: true });
@@ -27,7 +32,47 @@ const browser = await chromium.launch({
   headless: true,
   args: ['--no-sandbox', '--disable-background-networking'],
 });
-try {
+async function live(jobId) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const page = await context.newPage();
+  const errors = [];
+  page.on('pageerror', e => errors.push(e.message));
+  page.on('console', m => { if (m.type() === 'error') errors.push(m.text()); });
+  await page.goto(url + '?token=' + encodeURIComponent(token));
+  await page.goto(url + '#/jobs/' + jobId);
+  await page.waitForSelector('#job-summary');
+  const before = await (await context.request.get(url + 'api/jobs/' + jobId)).json();
+  check(before.status.rounds_completed === 0, `the job has not started (${before.status.state})`);
+  check(await page.locator('#live').count() === 1, 'the page of a job that has not finished says it is live');
+  await page.evaluate(() => { window.loadedOnce = true; });
+  console.log('live: page open');
+  // Every round count the page shows on its way, without reloading.
+  const seen = new Set();
+  const deadline = Date.now() + 240_000;
+  for (;;) {
+    const shown = await page.evaluate(() => ({
+      reloaded: window.loadedOnce !== true,
+      rounds: document.querySelector('#job-summary')?.dataset.roundsCompleted,
+      state: document.querySelector('h1 .badge')?.textContent,
+    }));
+    if (shown.reloaded) throw new Error('FAILED: the page reloaded');
+    if (shown.rounds !== undefined) seen.add(Number(shown.rounds));
+    if (shown.state === 'completed' || shown.state === 'failed') break;
+    if (Date.now() > deadline) throw new Error('FAILED: the page did not show the job finishing within 4 minutes');
+    await page.waitForTimeout(250);
+  }
+  const after = await (await context.request.get(url + 'api/jobs/' + jobId)).json();
+  check(after.status.state === 'completed', 'the job completed');
+  check(seen.has(0) && seen.has(after.status.rounds_completed),
+    `the page went from 0 to ${after.status.rounds_completed} completed rounds by itself (saw ${[...seen].sort((a, b) => a - b).join(', ')})`);
+  const points = await page.locator('#chart-loss circle[data-series="validation_loss"]').count();
+  check(points === after.status.rounds_completed, `the live page's curve has one point per round (${points})`);
+  check(await page.locator('#live').count() === 0, 'the finished job is no longer marked live');
+  await page.screenshot({ path: join(shots, 'job-live-finished.png'), fullPage: true });
+  check(errors.length === 0, 'no script errors or CSP violations: ' + errors.join(' | '));
+}
+
+async function full() {
   // A request without a token is refused, and says nothing more.
   const anonymous = await browser.newContext();
   const refusedApi = await anonymous.request.get(url + 'api/jobs');
@@ -115,6 +160,11 @@ try {
   await page.screenshot({ path: join(shots, 'ledger-proof-tampered.png'), fullPage: true });
 
   check(errors.length === 0, 'no script errors or CSP violations: ' + errors.join(' | '));
+}
+
+try {
+  if (liveJob) await live(liveJob);
+  else await full();
   console.log('screenshots in ' + shots);
 } finally {
   await browser.close();
