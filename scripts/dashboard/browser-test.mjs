@@ -32,13 +32,20 @@ const browser = await chromium.launch({
   headless: true,
   args: ['--no-sandbox', '--disable-background-networking'],
 });
-async function live(jobId) {
+// A laptop-sized page signed in once with ?token=, collecting script
+// errors and CSP violations (they show as console errors).
+async function signIn() {
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   const page = await context.newPage();
   const errors = [];
   page.on('pageerror', e => errors.push(e.message));
   page.on('console', m => { if (m.type() === 'error') errors.push(m.text()); });
   await page.goto(url + '?token=' + encodeURIComponent(token));
+  return { context, page, errors };
+}
+
+async function live(jobId) {
+  const { context, page, errors } = await signIn();
   await page.goto(url + '#/jobs/' + jobId);
   await page.waitForSelector('#job-summary');
   const before = await (await context.request.get(url + 'api/jobs/' + jobId)).json();
@@ -86,12 +93,7 @@ async function full() {
   await anonymous.close();
 
   // ?token= once: an HttpOnly cookie, then the jobs list.
-  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
-  const page = await context.newPage();
-  const errors = [];
-  page.on('pageerror', e => errors.push(e.message));
-  page.on('console', m => { if (m.type() === 'error') errors.push(m.text()); });
-  await page.goto(url + '?token=' + encodeURIComponent(token));
+  const { context, page, errors } = await signIn();
   check(!page.url().includes('token='), 'the token leaves the address bar after the first visit');
   const cookies = await context.cookies();
   const cookie = cookies.find(c => c.name === 'cohort_dashboard');

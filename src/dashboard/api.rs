@@ -147,7 +147,7 @@ pub fn may_see(claims: &Claims, row: &JobRow) -> bool {
     match claims.role {
         DashboardRole::Operator => true,
         DashboardRole::Developer => row.submitted_by.as_deref() == Some(claims.name.as_str()),
-        DashboardRole::Hospital => participants(row).iter().any(|p| *p == claims.name),
+        DashboardRole::Hospital => participants(row).contains(&claims.name),
     }
 }
 

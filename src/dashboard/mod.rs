@@ -206,7 +206,7 @@ async fn authenticate(
         };
         let max_age = claims
             .expires_at
-            .saturating_sub(claims.issued_at.max(unix_now()));
+            .saturating_sub(claims.issued_at.max(token::unix_now()));
         let cookie =
             format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}");
         let (Ok(cookie), Ok(location)) = (
@@ -228,13 +228,6 @@ async fn authenticate(
         }
         None => unauthorized(),
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Only this origin's own scripts, styles and API: nothing from a CDN
