@@ -370,6 +370,13 @@ async fn dashboard_api_shows_each_role_its_part_of_a_real_job_and_refuses_the_re
         get(&url, "/api/jobs", &[("Cookie", pair)]).await.json()[0]["job_id"],
         id.as_str()
     );
+    let elsewhere = get(&url, &format!("//example.org/?token={operator}"), &[]).await;
+    assert_eq!(elsewhere.status, 303);
+    assert_eq!(
+        elsewhere.header("location"),
+        Some("/example.org/"),
+        "never off-site"
+    );
 
     running.stop().await;
     federation.shutdown().await;
@@ -415,6 +422,25 @@ fn dashboard_token_command_refuses_bad_input_and_prints_a_token_that_verifies() 
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(complaint), "{stderr}");
     }
+    // A coordinator whose --dashboard address cannot be bound says so and
+    // stops.
+    let coordinator_dir = dir.path().join("coordinator");
+    let coordinator = run(&[
+        "coordinator",
+        "--insecure",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        coordinator_dir.to_str().unwrap(),
+        "--dashboard",
+        "not-an-address",
+    ]);
+    assert!(!coordinator.status.success());
+    let stderr = String::from_utf8_lossy(&coordinator.stderr);
+    assert!(
+        stderr.contains("--dashboard: cannot listen on not-an-address"),
+        "{stderr}"
+    );
     let out = run(&[
         "dashboard",
         "token",

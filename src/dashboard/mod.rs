@@ -168,7 +168,9 @@ fn query_token(uri: &Uri) -> Option<(String, String)> {
     } else {
         format!("?{}", rest.join("&"))
     };
-    token.map(|t| (t, format!("{}{rest}", uri.path())))
+    // One leading slash: `//host` would send the browser to another site.
+    let path = format!("/{}", uri.path().trim_start_matches('/'));
+    token.map(|t| (t, format!("{path}{rest}")))
 }
 
 fn presented_token(headers: &HeaderMap) -> Option<String> {
