@@ -286,7 +286,7 @@ async fn start_dashboard(
     )?;
     let text = format!(
         "Dashboard: {url}?token={token}\nDashboard token (operator, 24 h): {token}\n\
-         (or: cohort dashboard token --data-dir {} --role operator --name NAME)",
+         More tokens: cohort dashboard token --data-dir {} --role developer|hospital|operator --name NAME",
         federation.data_dir.display(),
         url = running.url,
     );
