@@ -99,6 +99,7 @@ enum DashboardCommand {
         /// The coordinator's data directory.
         #[arg(long)]
         data_dir: PathBuf,
+        /// What the holder may see (see above).
         #[arg(long, value_parser = ["developer", "hospital", "operator"])]
         role: String,
         /// The developer's or hospital's name; for an operator, who holds it.
