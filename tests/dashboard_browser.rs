@@ -242,7 +242,11 @@ fn coordinator_dashboard_follows_a_running_job_without_reload() {
         "ci",
     ]);
     let job_file = dir.path().join("job.toml");
-    std::fs::write(&job_file, common::oncology_job(6, 2)).unwrap();
+    // Record-level DP and valuation, so the page has budgets and rewards.
+    let job_toml = common::oncology_job(6, 2)
+        + "\n[privacy.dp]\nlevel = \"record\"\ntarget_epsilon = 4.0\ndelta = 1e-5\nmax_grad_norm = 1.0\n"
+        + "\n[valuation]\nmethod = \"exact\"\n";
+    std::fs::write(&job_file, job_toml).unwrap();
     let job = cohort(&[
         "job",
         "submit",

@@ -75,6 +75,17 @@ async function live(jobId) {
   const points = await page.locator('#chart-loss circle[data-series="validation_loss"]').count();
   check(points === after.status.rounds_completed, `the live page's curve has one point per round (${points})`);
   check(await page.locator('#live').count() === 0, 'the finished job is no longer marked live');
+  // Its privacy budgets and rewards, as the API has them.
+  for (const h of after.privacy.hospitals) {
+    const shown = await page.locator(`#budgets tr[data-hospital="${h.name}"] td`).nth(1).innerText();
+    check(h.epsilon_spent > 0 && shown === h.epsilon_spent.toFixed(3),
+      `${h.name}'s ε spent is shown (${shown} of ${after.privacy.target_epsilon})`);
+  }
+  const paid = after.rewards.rounds.reduce((n, r) => n + r.hospitals.length, 0);
+  check(paid > 0 && await page.locator('#rewards tbody tr').count() === paid,
+    `values and rewards per hospital per round are shown (${paid} rows)`);
+  check(await page.locator('#reward-totals tbody tr').count() === after.rewards.hospitals.length,
+    'reward totals per hospital are shown');
   await page.screenshot({ path: join(shots, 'job-live-finished.png'), fullPage: true });
   check(errors.length === 0, 'no script errors or CSP violations: ' + errors.join(' | '));
 }
