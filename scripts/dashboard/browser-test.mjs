@@ -30,7 +30,8 @@ function check(condition, what) {
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
   headless: true,
-  args: ['--no-sandbox', '--disable-background-networking'],
+  // /dev/shm is small in containers; Chromium then uses /tmp instead.
+  args: ['--no-sandbox', '--disable-background-networking', '--disable-dev-shm-usage'],
 });
 // A laptop-sized page signed in once with ?token=, collecting script
 // errors and CSP violations (they show as console errors).
