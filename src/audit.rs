@@ -331,7 +331,14 @@ pub async fn check_chain(leaves: &[Vec<u8>], options: &ChainOptions) -> Result<C
 /// The ledger's entries (index, entry), optionally only those of one job.
 /// Entries are parsed, not verified: run `verify_ledger` for that.
 pub fn ledger_entries(data_dir: &Path, job: Option<&str>) -> Result<Vec<(u64, Entry)>> {
-    let leaves = cohort_coordinator::store::read_ledger_at(data_dir)?.leaves;
+    entries_in(
+        &cohort_coordinator::store::read_ledger_at(data_dir)?.leaves,
+        job,
+    )
+}
+
+/// [`ledger_entries`] of a ledger already read.
+pub fn entries_in(leaves: &[Vec<u8>], job: Option<&str>) -> Result<Vec<(u64, Entry)>> {
     let mut out = Vec::new();
     for (index, leaf) in leaves.iter().enumerate() {
         let entry = Entry::from_leaf(leaf).with_context(|| format!("ledger entry {index}"))?;
@@ -572,13 +579,18 @@ pub struct InclusionProof {
 }
 
 pub fn inclusion_proof(data_dir: &Path, index: u64) -> Result<InclusionProof> {
-    let leaves = read_ledger(data_dir)?.leaves;
+    inclusion_proof_in(&read_ledger(data_dir)?.leaves, index)
+}
+
+/// [`inclusion_proof`] in a ledger already read (the dashboard proves
+/// against the checkpoint it read in the same transaction).
+pub fn inclusion_proof_in(leaves: &[Vec<u8>], index: u64) -> Result<InclusionProof> {
     let size = leaves.len() as u64;
     let leaf = leaves
         .get(usize::try_from(index).unwrap_or(usize::MAX))
         .with_context(|| format!("the ledger has {size} entries; there is no entry {index}"))?;
     let mut log = cohort_ledger::MerkleLog::new();
-    for l in &leaves {
+    for l in leaves {
         log.append(l);
     }
     Ok(InclusionProof {

@@ -36,6 +36,9 @@ pub struct DemoOptions {
     /// Split learning (SplitFed): the hospitals train the bottom of the
     /// network, the coordinator its top (`[training] mode = "splitfed"`).
     pub splitfed: bool,
+    /// `--dashboard ADDR`: serve the coordinator's web dashboard there from
+    /// the start (see [`run_with_dashboard`]).
+    pub dashboard: Option<String>,
 }
 
 /// The demo's delta under DP: well below 1/rows of any hospital's data.
@@ -54,6 +57,7 @@ impl Default for DemoOptions {
             homomorphic_encryption: false,
             dp_epsilon: None,
             splitfed: false,
+            dashboard: None,
         }
     }
 }
@@ -102,6 +106,23 @@ pub struct DemoReport {
 }
 
 pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
+    let (report, dashboard) = run_with_dashboard(opts).await?;
+    if let Some(dashboard) = dashboard {
+        dashboard.stop().await;
+    }
+    Ok(report)
+}
+
+/// How long the demo's dashboard token lasts.
+pub const DEMO_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// [`run`], and with `opts.dashboard` the coordinator's dashboard, serving
+/// from before the job starts (its page follows the job live) and still
+/// serving when this returns; its address and an operator token are
+/// printed as soon as it listens.
+pub async fn run_with_dashboard(
+    opts: DemoOptions,
+) -> Result<(DemoReport, Option<crate::dashboard::RunningDashboard>)> {
     let started = Instant::now();
     let workdir = match &opts.workdir {
         Some(dir) => dir.clone(),
@@ -170,6 +191,10 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
     // mutual TLS like a real deployment.
     let federation =
         LocalFederation::start(&workdir, &locals, true, Duration::from_secs(2)).await?;
+    let dashboard = match &opts.dashboard {
+        Some(addr) => Some(start_dashboard(addr, &federation, opts.progress).await?),
+        None => None,
+    };
 
     let outcome = async {
         let mut dev = federation.developer().await?;
@@ -206,7 +231,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
     let privacy = card.privacy.clone();
     let train_files: Vec<&Path> = split.parts.iter().map(|p| p.file.as_path()).collect();
     let baseline = centralized_baseline(&spec, &train_files, &test_file, &workdir)?;
-    Ok(DemoReport {
+    let report = DemoReport {
         job_id,
         rounds: spec.training.rounds,
         hospitals,
@@ -238,7 +263,52 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
         seconds: started.elapsed().as_secs_f64(),
         mean_round_secs,
         events,
-    })
+    };
+    Ok((report, dashboard))
+}
+
+/// Serves the demo coordinator's dashboard on `addr` and prints its
+/// address with an operator token (on stdout, or stderr when stdout
+/// carries the JSON report).
+async fn start_dashboard(
+    addr: &str,
+    federation: &LocalFederation,
+    to_stdout: bool,
+) -> Result<crate::dashboard::RunningDashboard> {
+    let dashboard =
+        crate::dashboard::Dashboard::open(federation.view.clone(), &federation.data_dir)?;
+    let running = crate::dashboard::start(addr, dashboard).await?;
+    let token = crate::dashboard::token::issue_for(
+        &federation.data_dir,
+        crate::dashboard::token::DashboardRole::Operator,
+        "demo-operator",
+        DEMO_TOKEN_TTL,
+    )?;
+    let text = format!(
+        "Dashboard: {url}?token={token}\nDashboard token (operator, 24 h): {token}\n\
+         More tokens: cohort dashboard token --data-dir {} --role developer|hospital|operator --name NAME",
+        federation.data_dir.display(),
+        url = running.url,
+    );
+    if to_stdout {
+        println!("{text}");
+    } else {
+        eprintln!("{text}");
+    }
+    Ok(running)
+}
+
+/// After the report: keeps the dashboard serving until `shutdown` (Ctrl-C).
+pub async fn serve_dashboard_until(
+    dashboard: crate::dashboard::RunningDashboard,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    eprintln!(
+        "The dashboard keeps serving at {} (token above); Ctrl-C ends it.",
+        dashboard.url
+    );
+    shutdown.await;
+    dashboard.stop().await;
 }
 
 /// Turns the demo job into a record-level DP job at `epsilon`.

@@ -84,7 +84,9 @@ pub struct EventView {
 }
 
 impl JobView {
-    fn from_wire(s: v1::JobStatus) -> Result<Self> {
+    /// The developer API's `JobStatus` as the CLI, the Python package and
+    /// the dashboard show it.
+    pub fn from_wire(s: v1::JobStatus) -> Result<Self> {
         let rounds = s
             .rounds
             .into_iter()

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod bench;
 pub mod bench_proofs;
 pub mod ca;
+pub mod dashboard;
 pub mod data;
 pub mod demo;
 pub mod developer;

@@ -26,6 +26,10 @@ pub struct LocalFederation {
     pub url: String,
     /// What a developer connects with.
     pub developer: Security,
+    /// The coordinator's state, read-only (the dashboard's source).
+    pub view: cohort_coordinator::view::CoordinatorView,
+    /// The coordinator's data directory.
+    pub data_dir: PathBuf,
     stop: watch::Sender<bool>,
     server: JoinHandle<()>,
     clients: Vec<JoinHandle<()>>,
@@ -71,11 +75,13 @@ impl LocalFederation {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let scheme = if tls { "https" } else { "http" };
         let url = format!("{scheme}://{}", listener.local_addr()?);
-        let mut config = CoordinatorConfig::new(workdir.join("coordinator"));
+        let data_dir = workdir.join("coordinator");
+        let mut config = CoordinatorConfig::new(&data_dir);
         config.poll_timeout = poll_timeout;
         config.tls = pki.as_ref().map(LocalConsortium::coordinator_tls);
         config.rewards = rewards;
         let coordinator = Coordinator::open(&config)?;
+        let view = coordinator.view();
         let (stop, stop_rx) = watch::channel(false);
         let server = tokio::spawn({
             let signal = stopped(stop_rx.clone());
@@ -113,6 +119,8 @@ impl LocalFederation {
         Ok(Self {
             url,
             developer,
+            view,
+            data_dir,
             stop,
             server,
             clients,

@@ -80,6 +80,35 @@ enum Command {
     /// Export update proofs for other verifiers.
     #[command(subcommand)]
     Proof(ProofCommand),
+    /// The web dashboard (`cohort coordinator --dashboard ADDR`): access tokens.
+    #[command(subcommand)]
+    Dashboard(DashboardCommand),
+}
+
+/// Issue 20: the web dashboard's access tokens.
+#[derive(Subcommand)]
+enum DashboardCommand {
+    /// Print a dashboard access token signed with the coordinator's
+    /// dashboard key (DATA_DIR/dashboard-token-key.pem, created on first
+    /// use). Send it as `Authorization: Bearer TOKEN`, or open
+    /// http://ADDR/?token=TOKEN once: the dashboard keeps it in an HttpOnly
+    /// cookie. A developer sees the jobs it submitted (NAME as in its
+    /// certificate), a hospital the jobs it took part in with only its own
+    /// privacy budget and rewards, an operator everything.
+    Token {
+        /// The coordinator's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// What the holder may see (see above).
+        #[arg(long, value_parser = ["developer", "hospital", "operator"])]
+        role: String,
+        /// The developer's or hospital's name; for an operator, who holds it.
+        #[arg(long)]
+        name: String,
+        /// Lifetime in seconds (at most a year).
+        #[arg(long, default_value_t = 86_400)]
+        ttl_secs: u64,
+    },
 }
 
 #[derive(clap::Args)]
@@ -472,6 +501,11 @@ struct DemoArgs {
     /// the paper's heuristic).
     #[arg(long, value_name = "SCALE", requires = "vertical")]
     label_defence: Option<f64>,
+    /// Serve the demo coordinator's web dashboard on ADDR [default:
+    /// 127.0.0.1:8080] from the start, print its address with an operator
+    /// token, and keep serving after the report until Ctrl-C.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:8080", conflicts_with = "vertical")]
+    dashboard: Option<String>,
     /// Print one JSON object instead of the report.
     #[arg(long)]
     json: bool,
@@ -825,6 +859,11 @@ struct CoordinatorArgs {
     /// attested it (rounds without attestations pay the hospitals all).
     #[arg(long, default_value_t = 0)]
     validator_share_ppm: u64,
+    /// Also serve the web dashboard on this address, e.g. 127.0.0.1:8080
+    /// (plain HTTP: keep it on loopback or put TLS in front). Off unless
+    /// given; `cohort dashboard token` prints access tokens.
+    #[arg(long, value_name = "ADDR")]
+    dashboard: Option<String>,
     /// Object store for models: file:///path, memory:///, or s3://bucket/prefix
     /// (s3 needs the `s3` build feature) [default: DATA_DIR/objects].
     #[arg(long)]
@@ -1248,7 +1287,7 @@ async fn main() -> Result<()> {
         }
         Command::Demo(a) => {
             init_logging("warn");
-            let result = demo::run(demo::DemoOptions {
+            let (result, dashboard) = demo::run_with_dashboard(demo::DemoOptions {
                 workdir: a.workdir,
                 rounds: a.rounds,
                 seed: a.seed,
@@ -1258,6 +1297,7 @@ async fn main() -> Result<()> {
                 homomorphic_encryption: a.homomorphic_encryption,
                 dp_epsilon: a.dp_epsilon,
                 splitfed: a.splitfed,
+                dashboard: a.dashboard,
                 ..Default::default()
             })
             .await?;
@@ -1265,6 +1305,9 @@ async fn main() -> Result<()> {
                 print_json(&result)?;
             } else {
                 demo::print_report(&result);
+            }
+            if let Some(dashboard) = dashboard {
+                demo::serve_dashboard_until(dashboard, shutdown_signal()).await;
             }
         }
         Command::Coordinator(CoordinatorArgs {
@@ -1308,6 +1351,7 @@ async fn main() -> Result<()> {
                         a.emission_halving,
                         a.validator_share_ppm,
                     )?,
+                    dashboard: a.dashboard,
                 },
                 shutdown_signal(),
             )
@@ -1342,6 +1386,15 @@ async fn main() -> Result<()> {
             )
             .await?;
         }
+        Command::Dashboard(DashboardCommand::Token {
+            data_dir,
+            role,
+            name,
+            ttl_secs,
+        }) => println!(
+            "{}",
+            cohort::dashboard::token_command(&data_dir, &role, &name, ttl_secs)?
+        ),
         Command::Ca(cmd) => {
             init_logging("warn");
             run_ca_command(cmd)?;

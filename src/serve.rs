@@ -70,6 +70,8 @@ pub struct CoordinatorOptions {
     pub ledger: LedgerFlags,
     /// The emission schedule of `[valuation]` jobs' rewards.
     pub rewards: cohort_coordinator::rewards::RewardsConfig,
+    /// `--dashboard ADDR`: also serve the web dashboard there.
+    pub dashboard: Option<String>,
 }
 
 /// Runs a coordinator until `shutdown` resolves.
@@ -120,11 +122,21 @@ pub async fn run_coordinator(
         LedgerBackend::Embedded => None,
     };
     let coordinator = cohort_coordinator::Coordinator::open(&config)?;
+    let dashboard = match &options.dashboard {
+        Some(addr) => {
+            Some(crate::dashboard::start_for(addr, &coordinator, &config.data_dir).await?)
+        }
+        None => None,
+    };
     tracing::info!(
         "coordinator listening on {scheme}://{}",
         listener.local_addr()?
     );
-    coordinator.serve(listener, shutdown).await?;
+    let served = coordinator.serve(listener, shutdown).await;
+    if let Some(dashboard) = dashboard {
+        dashboard.stop().await;
+    }
+    served?;
     Ok(())
 }
 

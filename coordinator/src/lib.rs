@@ -26,6 +26,8 @@ pub mod store;
 pub mod strategy;
 pub mod valuation;
 pub mod vertical;
+// The web dashboard's read-only view (issue 20).
+pub mod view;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -160,6 +162,11 @@ impl Coordinator {
             tls,
             config: config.clone(),
         })
+    }
+
+    /// A read-only view of this coordinator's state for the dashboard.
+    pub fn view(&self) -> view::CoordinatorView {
+        view::CoordinatorView::new(self.services.clone())
     }
 
     /// Resumes every unfinished job, then serves gRPC on `listener` until

@@ -643,7 +643,7 @@ fn sane_seconds(s: f64) -> f64 {
 }
 
 impl Services {
-    fn job_status(&self, job: &JobRow) -> Result<JobStatus, StoreError> {
+    pub(crate) fn job_status(&self, job: &JobRow) -> Result<JobStatus, StoreError> {
         let rounds = self
             .store
             .rounds(&job.id)?

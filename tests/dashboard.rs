@@ -1,0 +1,469 @@
+//! The web dashboard (issue 20) over a real socket: a coordinator with
+//! mutual TLS runs a real job (two hospitals, record-level DP, contribution
+//! valuation), then its dashboard's JSON API is asked, by raw HTTP/1.1,
+//! what each kind of token holder may see, and refuses everyone else.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use cohort::dashboard::token::{self, DashboardRole};
+use cohort::dashboard::{self, Dashboard};
+use cohort::developer;
+use cohort::local::{LocalFederation, LocalHospital};
+use common::*;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        assert_eq!(self.status, 200, "{}", self.body);
+        serde_json::from_str(&self.body).unwrap()
+    }
+}
+
+/// One HTTP/1.1 GET over a fresh TCP connection.
+async fn get(base: &str, path: &str, headers: &[(&str, String)]) -> Reply {
+    let addr = base
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(": "))
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: body.to_string(),
+    }
+}
+
+fn bearer(token: &str) -> Vec<(&'static str, String)> {
+    vec![("Authorization", format!("Bearer {token}"))]
+}
+
+fn token_for(data_dir: &Path, role: DashboardRole, name: &str) -> String {
+    token::issue_for(data_dir, role, name, Duration::from_secs(600)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dashboard_api_shows_each_role_its_part_of_a_real_job_and_refuses_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("oncology.csv");
+    synthetic_oncology_csv(&csv, 600, 20);
+    let files = split(&csv, &dir.path().join("split"), 2, 20);
+    let hospitals: Vec<LocalHospital> = ["hospital-a", "hospital-b"]
+        .iter()
+        .zip(&files)
+        .map(|(name, data)| LocalHospital {
+            name: name.to_string(),
+            data: data.clone(),
+            options: Default::default(),
+        })
+        .collect();
+    let federation = LocalFederation::start(dir.path(), &hospitals, true, Duration::from_secs(1))
+        .await
+        .unwrap();
+    let data_dir = federation.data_dir.clone();
+    let running = dashboard::start(
+        "127.0.0.1:0",
+        Dashboard::open(federation.view.clone(), &data_dir).unwrap(),
+    )
+    .await
+    .unwrap();
+    let url = running.url.clone();
+
+    let mut dev = federation.developer().await.unwrap();
+    let job = oncology_job(2, 2)
+        + "\n[privacy.dp]\nlevel = \"record\"\ntarget_epsilon = 4.0\ndelta = 1e-5\nmax_grad_norm = 1.0\n"
+        + "\n[valuation]\nmethod = \"exact\"\n";
+    let id = developer::submit(&mut dev, &job).await.unwrap();
+    let view = tokio::time::timeout(
+        Duration::from_secs(300),
+        developer::wait(&mut dev, &id, false),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(view.state, "completed", "{:?}", view.error);
+
+    // --- Refused: no token, garbage, another key's, expired, altered. ---
+    let other_dir = tempfile::tempdir().unwrap();
+    std::fs::write(other_dir.path().join("coordinator.sqlite"), b"").unwrap();
+    let foreign = token_for(other_dir.path(), DashboardRole::Operator, "mallory");
+    let short_lived = token::issue_for(
+        &data_dir,
+        DashboardRole::Operator,
+        "ops",
+        Duration::from_secs(1),
+    )
+    .unwrap();
+    let operator = token_for(&data_dir, DashboardRole::Operator, "ops");
+    let (claims, signature) = operator.rsplit_once('.').unwrap();
+    let altered = format!("{claims}.{}", signature.chars().rev().collect::<String>());
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let refused_with: Vec<Vec<(&str, String)>> = vec![
+        vec![],
+        bearer("not-a-token"),
+        bearer(&foreign),
+        bearer(&short_lived),
+        bearer(&altered),
+        vec![("Cookie", format!("cohort_dashboard={foreign}"))],
+    ];
+    for headers in &refused_with {
+        for path in [
+            "/",
+            "/api/jobs",
+            &format!("/api/jobs/{id}"),
+            "/api/ledger",
+            "/nowhere",
+        ] {
+            let reply = get(&url, path, headers).await;
+            assert_eq!(reply.status, 401, "{path} with {headers:?}");
+            assert_eq!(reply.body, "unauthorized\n", "nothing leaked");
+        }
+    }
+    assert_eq!(
+        get(&url, &format!("/?token={foreign}"), &[]).await.status,
+        401
+    );
+
+    // --- An operator sees everything; the job is what the CLI prints. ---
+    let auth = bearer(&operator);
+    let page = get(&url, "/", &auth).await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("/assets/app.js"));
+    assert!(
+        page.header("content-security-policy")
+            .unwrap()
+            .contains("default-src 'self'")
+    );
+    for asset in ["/assets/app.js", "/assets/style.css"] {
+        assert_eq!(get(&url, asset, &auth).await.status, 200);
+    }
+    assert_eq!(get(&url, "/api/me", &auth).await.json()["role"], "operator");
+    let jobs = get(&url, "/api/jobs", &auth).await.json();
+    assert_eq!(jobs.as_array().unwrap().len(), 1);
+    assert_eq!(jobs[0]["job_id"], id.as_str());
+    assert_eq!(jobs[0]["state"], "completed");
+    assert_eq!(jobs[0]["rounds_completed"], 2);
+    assert_eq!(jobs[0]["dp_level"], "record");
+    assert_eq!(jobs[0]["developer"], "developer");
+    assert!(jobs[0]["finished_at"].is_string());
+
+    let detail = get(&url, &format!("/api/jobs/{id}"), &auth).await.json();
+    let cli = serde_json::to_value(developer::status(&mut dev, &id).await.unwrap()).unwrap();
+    assert_eq!(
+        detail["status"], cli,
+        "the job page shows what `cohort job status --json` prints"
+    );
+    let budgets = detail["privacy"]["hospitals"].as_array().unwrap();
+    assert_eq!(budgets.len(), 2);
+    for b in budgets {
+        let spent = b["epsilon_spent"].as_f64().unwrap();
+        assert!(spent > 0.0 && spent <= 4.0 + 1e-9, "{b}");
+    }
+    assert_eq!(detail["privacy"]["target_epsilon"], 4.0);
+    let rewards = &detail["rewards"];
+    assert_eq!(rewards["hospitals"].as_array().unwrap().len(), 2);
+    assert_eq!(rewards["rounds"].as_array().unwrap().len(), 2);
+    let model = &detail["model"];
+    assert_eq!(model["round"], 2);
+    assert_eq!(model["model_sha256"], cli["rounds"][1]["model_sha256"]);
+    assert_eq!(model["signature"]["status"], "verified", "{model}");
+    let signed_entry = model["signature"]["ledger_entry"].as_u64().unwrap();
+
+    // --- The ledger, and inclusion proofs that check out against its
+    // signed checkpoint. ---
+    let ledger = get(&url, "/api/ledger", &auth).await.json();
+    assert!(
+        ledger["verified"].is_object(),
+        "{}",
+        ledger["verification_error"]
+    );
+    let entries = ledger["entries"].as_array().unwrap();
+    let note = ledger["checkpoint"]["note"].as_str().unwrap();
+    let body_end = note.find("\n\n").unwrap() + 1;
+    let checkpoint = cohort_ledger::Checkpoint::parse_body(&note[..body_end]).unwrap();
+    assert_eq!(checkpoint.size, entries.len() as u64);
+    assert_eq!(
+        entries[signed_entry as usize]["entry"]["record"]["type"],
+        "round_completed"
+    );
+    for index in [0, signed_entry, entries.len() as u64 - 1] {
+        let proof = get(&url, &format!("/api/ledger/{index}/proof"), &auth)
+            .await
+            .json();
+        let leaf = proof["proof"]["leaf"].as_str().unwrap();
+        let siblings: Vec<cohort_ledger::Hash> = proof["proof"]["proof"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                cohort_ledger::merkle::hash_from_slice(&hex::decode(h.as_str().unwrap()).unwrap())
+                    .unwrap()
+            })
+            .collect();
+        cohort_ledger::verify_inclusion(
+            &cohort_ledger::hash_leaf(leaf.as_bytes()),
+            index,
+            checkpoint.size,
+            &siblings,
+            &checkpoint.root,
+        )
+        .unwrap();
+        // The same proof does not hold for an altered entry.
+        let tampered = leaf.replacen("\"version\":1", "\"version\":2", 1);
+        assert!(
+            cohort_ledger::verify_inclusion(
+                &cohort_ledger::hash_leaf(tampered.as_bytes()),
+                index,
+                checkpoint.size,
+                &siblings,
+                &checkpoint.root,
+            )
+            .is_err()
+        );
+    }
+    let beyond = get(&url, &format!("/api/ledger/{}/proof", entries.len()), &auth).await;
+    assert_eq!(beyond.status, 404);
+    assert!(beyond.body.contains("there is no entry"), "{}", beyond.body);
+    assert_eq!(get(&url, "/api/ledger/x/proof", &auth).await.status, 404);
+    assert_eq!(
+        get(&url, "/api/jobs/job-nonexistent", &auth).await.status,
+        404
+    );
+
+    // --- A developer sees the jobs it submitted, no one else's. ---
+    let own = bearer(&token_for(&data_dir, DashboardRole::Developer, "developer"));
+    assert_eq!(
+        get(&url, "/api/jobs", &own).await.json()[0]["job_id"],
+        id.as_str()
+    );
+    assert_eq!(
+        get(&url, &format!("/api/jobs/{id}"), &own).await.json()["status"],
+        cli
+    );
+    let stranger = bearer(&token_for(
+        &data_dir,
+        DashboardRole::Developer,
+        "someone-else",
+    ));
+    assert_eq!(
+        get(&url, "/api/jobs", &stranger).await.json(),
+        Value::Array(vec![])
+    );
+    let hidden = get(&url, &format!("/api/jobs/{id}"), &stranger).await;
+    assert_eq!(
+        hidden.status, 404,
+        "another developer's job does not exist for it"
+    );
+    // Its ledger explorer holds the coordinator's key entry and no job's.
+    let its_ledger = get(&url, "/api/ledger", &stranger).await.json();
+    let its_entries = its_ledger["entries"].as_array().unwrap();
+    assert_eq!(its_entries.len(), 1);
+    assert_eq!(its_entries[0]["entry"]["record"]["type"], "coordinator_key");
+    assert_eq!(
+        get(&url, "/api/ledger/0/proof", &stranger).await.status,
+        200
+    );
+    let refused = get(
+        &url,
+        &format!("/api/ledger/{signed_entry}/proof"),
+        &stranger,
+    )
+    .await;
+    assert_eq!(refused.status, 404);
+    let own_ledger = get(&url, "/api/ledger", &own).await.json();
+    assert_eq!(
+        own_ledger["entries"].as_array().unwrap().len(),
+        entries.len()
+    );
+
+    // --- A hospital sees its jobs with only its own budget and rewards. ---
+    let hospital = bearer(&token_for(&data_dir, DashboardRole::Hospital, "hospital-a"));
+    assert_eq!(
+        get(&url, "/api/jobs", &hospital).await.json()[0]["job_id"],
+        id.as_str()
+    );
+    let mine = get(&url, &format!("/api/jobs/{id}"), &hospital)
+        .await
+        .json();
+    let names = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names(&mine["privacy"]["hospitals"]), ["hospital-a"]);
+    assert_eq!(names(&mine["rewards"]["hospitals"]), ["hospital-a"]);
+    for round in mine["rewards"]["rounds"].as_array().unwrap() {
+        assert_eq!(names(&round["hospitals"]), ["hospital-a"]);
+    }
+    for round in mine["status"]["rounds"].as_array().unwrap() {
+        for update in round["updates"].as_array().unwrap() {
+            assert_eq!(update["client"], "hospital-a");
+        }
+    }
+    let epsilons: Vec<&String> = mine["status"]["dp_epsilon"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    assert_eq!(epsilons, ["hospital-a"]);
+    let outsider = bearer(&token_for(&data_dir, DashboardRole::Hospital, "hospital-z"));
+    assert_eq!(
+        get(&url, "/api/jobs", &outsider).await.json(),
+        Value::Array(vec![])
+    );
+    assert_eq!(
+        get(&url, &format!("/api/jobs/{id}"), &outsider)
+            .await
+            .status,
+        404
+    );
+
+    // --- ?token= once: an HttpOnly cookie and a redirect without it. ---
+    let login = get(&url, &format!("/?token={operator}&x=1"), &[]).await;
+    assert_eq!(login.status, 303);
+    assert_eq!(login.header("location"), Some("/?x=1"));
+    let cookie = login.header("set-cookie").unwrap();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
+    let pair = cookie.split(';').next().unwrap().to_string();
+    assert_eq!(
+        get(&url, "/api/jobs", &[("Cookie", pair)]).await.json()[0]["job_id"],
+        id.as_str()
+    );
+    let elsewhere = get(&url, &format!("//example.org/?token={operator}"), &[]).await;
+    assert_eq!(elsewhere.status, 303);
+    assert_eq!(
+        elsewhere.header("location"),
+        Some("/example.org/"),
+        "never off-site"
+    );
+
+    running.stop().await;
+    federation.shutdown().await;
+}
+
+#[test]
+fn dashboard_token_command_refuses_bad_input_and_prints_a_token_that_verifies() {
+    let bin = env!("CARGO_BIN_EXE_cohort");
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| std::process::Command::new(bin).args(args).output().unwrap();
+    let missing = run(&[
+        "dashboard",
+        "token",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--role",
+        "operator",
+        "--name",
+        "ops",
+    ]);
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("not a coordinator's data directory"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+    assert!(
+        !dir.path().join(token::KEY_FILE).exists(),
+        "no key is left behind in a directory that is not a coordinator's"
+    );
+    std::fs::write(dir.path().join("coordinator.sqlite"), b"").unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    for (args, complaint) in [
+        (vec!["--role", "admin", "--name", "ops"], "admin"),
+        (vec!["--role", "hospital", "--name", "a b"], "name"),
+        (
+            vec!["--role", "hospital", "--name", "a", "--ttl-secs", "0"],
+            "--ttl-secs",
+        ),
+    ] {
+        let out = run(&[&["dashboard", "token", "--data-dir", data_dir][..], &args].concat());
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(complaint), "{stderr}");
+    }
+    // A coordinator whose --dashboard address cannot be bound says so and
+    // stops.
+    let coordinator_dir = dir.path().join("coordinator");
+    let coordinator = run(&[
+        "coordinator",
+        "--insecure",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        coordinator_dir.to_str().unwrap(),
+        "--dashboard",
+        "not-an-address",
+    ]);
+    assert!(!coordinator.status.success());
+    let stderr = String::from_utf8_lossy(&coordinator.stderr);
+    assert!(
+        stderr.contains("--dashboard: cannot listen on not-an-address"),
+        "{stderr}"
+    );
+    let out = run(&[
+        "dashboard",
+        "token",
+        "--data-dir",
+        data_dir,
+        "--role",
+        "hospital",
+        "--name",
+        "hospital-a",
+        "--ttl-secs",
+        "60",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let key = token::signing_key(dir.path()).unwrap();
+    let claims = token::TokenVerifier::new(key.verifying_key())
+        .verify(printed.trim())
+        .unwrap();
+    assert_eq!(claims.role, DashboardRole::Hospital);
+    assert_eq!(claims.name, "hospital-a");
+    assert_eq!(claims.expires_at - claims.issued_at, 60);
+}
