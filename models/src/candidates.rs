@@ -12,6 +12,9 @@
 //! (and the parameters of the later layers) with one matrix product per
 //! chunk of candidates.
 
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
 use burn::tensor::activation::relu;
 use burn::tensor::{Tensor, TensorData};
 use cohort_datasets::Examples;
@@ -124,32 +127,6 @@ pub fn coalition_losses(
     let vectors: Vec<&[f32]> = std::iter::once(start)
         .chain(players.iter().map(|(u, _)| *u))
         .collect();
-    // Each candidate as (basis vector, weight) pairs, the start first: a
-    // coalition names a few of the players, so mixing only its members is
-    // cheaper than a dense product with every player's column.
-    let mixes: Vec<Vec<(usize, f32)>> = coalitions
-        .iter()
-        .map(|&coalition| {
-            std::iter::once((0, 1.0))
-                .chain(
-                    coalition_weights(players, coalition)
-                        .into_iter()
-                        .enumerate()
-                        .filter(|(_, w)| *w != 0.0)
-                        .map(|(i, w)| (i + 1, w as f32)),
-                )
-                .collect()
-        })
-        .collect();
-    let mut w = Vec::with_capacity(basis * fan_in * width);
-    let mut b = Vec::with_capacity(basis * width);
-    for v in &vectors {
-        w.extend_from_slice(&v[..fan_in * width]);
-        b.extend_from_slice(&v[fan_in * width..first_len]);
-    }
-    let w = Tensor::<3>::from_data(TensorData::new(w, [basis, fan_in, width]), &device);
-    let b = Tensor::<3>::from_data(TensorData::new(b, [basis, 1, width]), &device);
-
     // Chunks of rows and of candidates keep every activation and parameter
     // block under a fixed size, whatever the validation split and model.
     const CHUNK_FLOATS: usize = 1 << 22;
@@ -161,24 +138,65 @@ pub fn coalition_losses(
     for row_chunk in all_rows.chunks(rows_per_chunk) {
         let rows = row_chunk.len();
         let labels: Vec<f32> = row_chunk.iter().map(|&r| data.labels[r]).collect();
-        let x = rows_tensor(data, row_chunk, &device)
-            .unsqueeze_dim::<3>(0)
-            .expand([basis, rows, fan_in]);
-        // The first layer of every basis vector on these rows.
-        let first = tensor_to_vec(x.matmul(w.clone()) + b.clone().expand([basis, rows, width]))?;
+        let first = first_layers(data, row_chunk, &vectors, (fan_in, width), &device)?;
         let first_of = |i: usize| &first[i * rows * width..(i + 1) * rows * width];
         let per_chunk = (CHUNK_FLOATS / (rows * widest).max(rest_len).max(1)).max(1);
-        for (chunk_index, chunk) in mixes.chunks(per_chunk).enumerate() {
+        for (chunk_index, chunk) in coalitions.chunks(per_chunk).enumerate() {
             let c = chunk.len();
             let mut h = vec![0f32; c * rows * width];
             let mut params = vec![0f32; c * rest_len];
-            for (k, mix) in chunk.iter().enumerate() {
+            let examples = |coalition: u64| {
+                members(coalition, players.len())
+                    .map(|i| players[i].1)
+                    .sum::<u64>()
+            };
+            // Every coalition's sum of its members' example-weighted
+            // vectors, built from a coalition one member smaller when the
+            // chunk holds one (permutation sampling scores every prefix of
+            // its orders), so a candidate costs two passes over its
+            // activations and parameters, however many members it has.
+            let mut order: Vec<usize> = (0..c).collect();
+            order.sort_by_key(|&k| chunk[k].count_ones());
+            let mut done: HashMap<u64, usize, BuildHasherDefault<CoalitionHasher>> =
+                HashMap::with_capacity_and_hasher(c, Default::default());
+            for k in order {
+                let coalition = chunk[k];
+                let smaller = members(coalition, players.len())
+                    .find_map(|i| done.get(&(coalition & !(1 << i))).map(|&from| (i, from)));
+                let added: Vec<usize> = match smaller {
+                    Some((i, from)) => {
+                        h.copy_within(
+                            from * rows * width..(from + 1) * rows * width,
+                            k * rows * width,
+                        );
+                        params.copy_within(from * rest_len..(from + 1) * rest_len, k * rest_len);
+                        vec![i]
+                    }
+                    None => members(coalition, players.len()).collect(),
+                };
                 let h = &mut h[k * rows * width..(k + 1) * rows * width];
                 let params = &mut params[k * rest_len..(k + 1) * rest_len];
-                for &(i, weight) in mix {
-                    axpy(weight, first_of(i), h);
-                    axpy(weight, &vectors[i][first_len..], params);
+                for i in added {
+                    let weight = players[i].1 as f32;
+                    axpy(weight, first_of(i + 1), h);
+                    axpy(weight, &vectors[i + 1][first_len..], params);
                 }
+                done.insert(coalition, k);
+            }
+            // Then the candidate: the start plus the mean of those updates.
+            for (k, &coalition) in chunk.iter().enumerate() {
+                let total = examples(coalition);
+                let scale = if total == 0 { 0.0 } else { 1.0 / total as f64 } as f32;
+                scale_add(
+                    scale,
+                    first_of(0),
+                    &mut h[k * rows * width..(k + 1) * rows * width],
+                );
+                scale_add(
+                    scale,
+                    &start[first_len..],
+                    &mut params[k * rest_len..(k + 1) * rest_len],
+                );
             }
             let logits = later_layers(&shapes, h, &params, (c, rows), &device)?;
             let first_candidate = chunk_index * per_chunk;
@@ -210,6 +228,102 @@ pub fn coalition_losses(
         .collect()
 }
 
+/// The first layer (before its activation) of every basis vector on the
+/// given rows: `[basis, rows, width]`. Small problems run as plain loops,
+/// where burn's per-call cost would be most of the time; large ones as a
+/// batched product.
+fn first_layers(
+    data: &Examples,
+    rows: &[usize],
+    vectors: &[&[f32]],
+    (fan_in, width): (usize, usize),
+    device: &burn::tensor::Device,
+) -> Result<Vec<f32>, ModelError> {
+    let basis = vectors.len();
+    let weights = fan_in * width;
+    if rows.len() * weights * basis <= SMALL_PRODUCT {
+        let mut x = Vec::with_capacity(rows.len() * fan_in);
+        for &r in rows {
+            x.extend_from_slice(&data.features[r * fan_in..(r + 1) * fan_in]);
+        }
+        let mut out = Vec::with_capacity(basis * rows.len() * width);
+        for v in vectors {
+            dense(&x, &v[..weights + width], (fan_in, width), false, &mut out);
+        }
+        return Ok(out);
+    }
+    let mut w = Vec::with_capacity(basis * weights);
+    let mut b = Vec::with_capacity(basis * width);
+    for v in vectors {
+        w.extend_from_slice(&v[..weights]);
+        b.extend_from_slice(&v[weights..weights + width]);
+    }
+    let w = Tensor::<3>::from_data(TensorData::new(w, [basis, fan_in, width]), device);
+    let b = Tensor::<3>::from_data(TensorData::new(b, [basis, 1, width]), device);
+    let x = rows_tensor(data, rows, device)
+        .unsqueeze_dim::<3>(0)
+        .expand([basis, rows.len(), fan_in]);
+    tensor_to_vec(x.matmul(w) + b.expand([basis, rows.len(), width]))
+}
+
+/// Coalitions are looked up once per member while mixing; SipHash would
+/// cost more than the arithmetic. A multiplicative hash spreads the bits of
+/// a coalition over the top bits the map's groups use.
+#[derive(Default)]
+struct CoalitionHasher(u64);
+
+impl Hasher for CoalitionHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, coalition: u64) {
+        self.0 = coalition.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// The players of a coalition, by bit.
+fn members(coalition: u64, players: usize) -> impl Iterator<Item = usize> {
+    (0..players.min(64)).filter(move |&i| coalition & (1 << i) != 0)
+}
+
+/// `y = x + a * y`.
+fn scale_add(a: f32, x: &[f32], y: &mut [f32]) {
+    for (y, x) in y.iter_mut().zip(x) {
+        *y = x + a * *y;
+    }
+}
+
+/// Below this many multiply-adds a layer runs as plain loops: burn's cost
+/// per call would be most of the time.
+const SMALL_PRODUCT: usize = 1 << 22;
+
+/// Appends `x @ w + b` for every row of `x` (`[rows, fan_in]`) to `out`;
+/// `layer` is the flat `[fan_in, fan_out]` weight then the bias. With
+/// `relu_inputs`, the inputs are the previous layer's pre-activations.
+fn dense(
+    x: &[f32],
+    layer: &[f32],
+    (fan_in, fan_out): (usize, usize),
+    relu_inputs: bool,
+    out: &mut Vec<f32>,
+) {
+    let (w, b) = layer.split_at(fan_in * fan_out);
+    for row in x.chunks_exact(fan_in) {
+        let start = out.len();
+        out.extend_from_slice(b);
+        let h = &mut out[start..];
+        for (&x, w) in row.iter().zip(w.chunks_exact(fan_out)) {
+            let x = if relu_inputs { x.max(0.0) } else { x };
+            axpy(x, w, h);
+        }
+    }
+}
+
 /// `y += a * x`.
 fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     for (y, x) in y.iter_mut().zip(x) {
@@ -220,9 +334,8 @@ fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
 /// The logits `[c × rows]` of `c` candidates from their first layer's
 /// output `h` (`[c, rows, width]`, before the activation) and their
 /// parameters of the later layers (`params`, `[c, rest]`). Hidden layers
-/// run as batched products; the single-logit output layer, where a
-/// batched product of `c` tiny matrices would cost more in calls than in
-/// arithmetic, as dot products.
+/// run as batched products when they are large, as loops when they are
+/// small; the single-logit output layer as dot products.
 fn later_layers(
     shapes: &[(usize, usize)],
     mut h: Vec<f32>,
@@ -236,7 +349,20 @@ fn later_layers(
     let rest = params.len() / c.max(1);
     let mut width = shapes[0].1;
     let mut offset = 0;
-    if !hidden.is_empty() {
+    if !hidden.is_empty()
+        && c * rows * hidden.iter().map(|&(i, o)| i * o).sum::<usize>() <= SMALL_PRODUCT
+    {
+        for &(fan_in, fan_out) in hidden {
+            let mut next = Vec::with_capacity(c * rows * fan_out);
+            for (h, p) in h.chunks(rows * fan_in).zip(params.chunks(rest)) {
+                let layer = &p[offset..offset + fan_in * fan_out + fan_out];
+                dense(h, layer, (fan_in, fan_out), true, &mut next);
+            }
+            offset += fan_in * fan_out + fan_out;
+            h = next;
+            width = fan_out;
+        }
+    } else if !hidden.is_empty() {
         let mut t = Tensor::<3>::from_data(TensorData::new(h, [c, rows, width]), device);
         for &(fan_in, fan_out) in hidden {
             let mut w = Vec::with_capacity(c * fan_in * fan_out);
@@ -260,9 +386,26 @@ fn later_layers(
     for (h, p) in h.chunks(rows * width).zip(params.chunks(rest)) {
         let (w, b) = (&p[offset..offset + width], p[offset + width]);
         for row in h.chunks(width) {
-            let z: f32 = row.iter().zip(w).map(|(&a, &w)| a.max(0.0) * w).sum();
-            logits.push(z + b);
+            logits.push(relu_dot(row, w) + b);
         }
     }
     Ok(logits)
+}
+
+/// `Σ max(a, 0) · w`, in eight independent sums so that it vectorizes.
+fn relu_dot(a: &[f32], w: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (a8, a_tail) = a.split_at(a.len() - a.len() % 8);
+    let (w8, w_tail) = w.split_at(a8.len());
+    for (a, w) in a8.chunks_exact(8).zip(w8.chunks_exact(8)) {
+        for i in 0..8 {
+            lanes[i] += a[i].max(0.0) * w[i];
+        }
+    }
+    let tail: f32 = a_tail
+        .iter()
+        .zip(w_tail)
+        .map(|(&a, &w)| a.max(0.0) * w)
+        .sum();
+    lanes.iter().sum::<f32>() + tail
 }

@@ -3,6 +3,7 @@
 use std::time::Instant;
 
 use cohort_datasets::{DataSpec, Examples, Preprocessing};
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -806,18 +807,37 @@ fn poisson_batches_take_each_row_with_the_sampling_rate() {
 #[test]
 fn coalition_losses_equal_one_evaluation_of_each_coalition_model() {
     let data = separable(57, 6, 3);
+    // Large enough that both the first layer and the hidden one run as
+    // burn products rather than loops.
+    let wide = separable(300, 40, 4);
     let mut rng = ChaCha8Rng::seed_from_u64(9);
-    for spec in [
-        ModelSpec::Logistic,
-        ModelSpec::Mlp {
-            hidden: vec![8, 5],
-            cut: None,
-        },
+    for (spec, data, scale) in [
+        (ModelSpec::Logistic, &data, 1.0),
+        (
+            ModelSpec::Mlp {
+                hidden: vec![8, 5],
+                cut: None,
+            },
+            &data,
+            1.0,
+        ),
+        (
+            ModelSpec::Mlp {
+                hidden: vec![64, 64],
+                cut: None,
+            },
+            &wide,
+            0.15,
+        ),
     ] {
         let n = spec.num_parameters(data.n_features);
-        let start: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let start: Vec<f32> = (0..n).map(|_| rng.random_range(-scale..scale)).collect();
         let updates: Vec<Vec<f32>> = (0..5)
-            .map(|_| (0..n).map(|_| rng.random_range(-0.8..0.8)).collect())
+            .map(|_| {
+                (0..n)
+                    .map(|_| rng.random_range(-0.8 * scale..0.8 * scale))
+                    .collect()
+            })
             .collect();
         // Player 3 holds no examples: it weighs nothing in any coalition.
         let examples = [40u64, 7, 19, 0, 25];
@@ -889,23 +909,39 @@ fn coalition_losses_equal_one_evaluation_of_each_coalition_model() {
 fn coalition_scoring_time() {
     let data = separable(11, 30, 3);
     let mut rng = ChaCha8Rng::seed_from_u64(9);
-    let spec = ModelSpec::Mlp {
-        hidden: vec![16],
-        cut: None,
-    };
+    let hidden: Vec<usize> = std::env::var("COHORT_HIDDEN")
+        .map(|h| h.split(',').filter_map(|w| w.parse().ok()).collect())
+        .unwrap_or_else(|_| vec![16]);
+    let spec = ModelSpec::Mlp { hidden, cut: None };
     let n = spec.num_parameters(data.n_features);
     let start: Vec<f32> = (0..n).map(|_| rng.random_range(-0.3..0.3)).collect();
     let updates: Vec<Vec<f32>> = (0..10)
         .map(|_| (0..n).map(|_| rng.random_range(-0.1..0.1)).collect())
         .collect();
     let players: Vec<(&[f32], u64)> = updates.iter().map(|u| (u.as_slice(), 45)).collect();
-    let coalitions: Vec<u64> = (0..216u64).map(|c| (c * 4 + 1) % 1024).collect();
+    // Every prefix of 24 random orders, as permutation sampling asks.
+    let mut coalitions = vec![0u64];
+    for _ in 0..24 {
+        let mut order: Vec<u32> = (0..10).collect();
+        order.shuffle(&mut rng);
+        let mut prefix = 0u64;
+        for i in order {
+            prefix |= 1 << i;
+            if !coalitions.contains(&prefix) {
+                coalitions.push(prefix);
+            }
+        }
+    }
+    eprintln!("{} coalitions", coalitions.len());
     for _ in 0..3 {
         let t = Instant::now();
         let reps = 200;
         for _ in 0..reps {
             coalition_losses(&spec, &start, &players, &coalitions, &data).expect("losses");
         }
-        eprintln!("{:.1} us per scoring", t.elapsed().as_secs_f64() * 1e6 / reps as f64);
+        eprintln!(
+            "{:.1} us per scoring",
+            t.elapsed().as_secs_f64() * 1e6 / reps as f64
+        );
     }
 }

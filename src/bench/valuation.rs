@@ -121,13 +121,21 @@ fn shuffle_labels(file: &std::path::Path, label: &str, seed: u64) -> Result<()> 
     Ok(())
 }
 
+/// The accuracy comparison's job: the demo job with one hidden layer of 16
+/// and one local epoch, so that exact Shapley's 2^n candidates stay cheap.
 fn job(n: usize, rounds: u32, extra: &str) -> String {
-    crate::DEMO_JOB
+    demo_job(n, rounds, extra)
         .replace("hidden = [32, 16]", "hidden = [16]")
+        .replace("local_epochs = 2", "local_epochs = 1")
+}
+
+/// The demo job (`cohort demo`) on `n` hospitals, all of them every round:
+/// the overhead measurement's job, as a user would run it.
+fn demo_job(n: usize, rounds: u32, extra: &str) -> String {
+    crate::DEMO_JOB
         .replace("rounds = 20", &format!("rounds = {rounds}"))
         .replace("min_clients = 3", &format!("min_clients = {n}"))
         .replace("clients_per_round = 3", &format!("clients_per_round = {n}"))
-        .replace("local_epochs = 2", "local_epochs = 1")
         .replace("round_timeout_secs = 120", "round_timeout_secs = 600")
         + extra
 }
@@ -383,8 +391,8 @@ async fn overhead(n: usize, rounds: u32) -> Result<Overhead> {
     let federation =
         LocalFederation::start(dir.path(), &members, false, Duration::from_secs(2)).await?;
     let runs = async {
-        let (_, without) = run(&federation, &job(n, rounds, "")).await?;
-        let (with_id, with) = run(&federation, &job(n, rounds, "\n[valuation]\n")).await?;
+        let (_, without) = run(&federation, &demo_job(n, rounds, "")).await?;
+        let (with_id, with) = run(&federation, &demo_job(n, rounds, "\n[valuation]\n")).await?;
         anyhow::Ok((without, with_id, with))
     }
     .await;
