@@ -13,6 +13,7 @@ pub mod data;
 pub mod demo;
 pub mod developer;
 pub mod evaluate;
+pub mod fuzzing;
 pub mod jobs;
 pub mod local;
 pub mod models;

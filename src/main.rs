@@ -83,6 +83,39 @@ enum Command {
     /// The web dashboard (`cohort coordinator --dashboard ADDR`): access tokens.
     #[command(subcommand)]
     Dashboard(DashboardCommand),
+    /// Feed one of Cohort's parsers hostile input: its seed corpus, then
+    /// seeded mutations of it (bit flips, boundary numbers, insertions,
+    /// deletions, splices, truncations) for a number of inputs or a time.
+    /// Inputs that panic are saved and reported; the CI test
+    /// tests/hostile_input.rs runs every target this way for a few seconds
+    /// and also checks that no input makes a parser allocate more than
+    /// 256 MiB. For coverage-guided fuzzing see fuzz/README.md.
+    Fuzz(FuzzArgs),
+}
+
+#[derive(clap::Args)]
+struct FuzzArgs {
+    /// The parser: job_file, csv_table, parameters, protocol_messages,
+    /// ledger_entry, checkpoint, secagg_messages, he_messages, proof_bytes.
+    target: String,
+    /// Seed corpus directory (one subdirectory per target).
+    #[arg(long, default_value = "fuzz/corpus")]
+    corpus: PathBuf,
+    /// Where inputs that panic are written.
+    #[arg(long, default_value = "fuzz/artifacts")]
+    artifacts: PathBuf,
+    /// Stop after this many inputs.
+    #[arg(long, default_value_t = u64::MAX)]
+    inputs: u64,
+    /// Stop after this many seconds.
+    #[arg(long, default_value_t = 60.0)]
+    seconds: f64,
+    /// Seed of the mutations (the same seed gives the same inputs).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Issue 20: the web dashboard's access tokens.
@@ -1385,6 +1418,32 @@ async fn main() -> Result<()> {
                 shutdown_signal(),
             )
             .await?;
+        }
+        Command::Fuzz(args) => {
+            let report = cohort::fuzzing::run(
+                &args.target,
+                &args.corpus,
+                &args.artifacts,
+                (args.inputs, args.seconds, args.seed),
+            )?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "{}: {} inputs ({} seeds) in {:.1} s, {} crashing",
+                    report.target,
+                    report.inputs,
+                    report.seeds,
+                    report.seconds,
+                    report.crashes.len()
+                );
+                for path in &report.crashes {
+                    println!("  {}", path.display());
+                }
+            }
+            if !report.crashes.is_empty() {
+                anyhow::bail!("{} inputs crashed {}", report.crashes.len(), report.target);
+            }
         }
         Command::Dashboard(DashboardCommand::Token {
             data_dir,

@@ -1,0 +1,401 @@
+//! Fuzz targets: every parser that reads bytes a hospital, a developer, a
+//! peer or a disk hands to Cohort, each behind one `fn(&[u8])`.
+//!
+//! A target must return for every input: an error is fine, a panic, an
+//! abort or an allocation sized by the input before it is checked is a
+//! bug. The same functions run three ways:
+//! - `cohort fuzz TARGET` mutates the seed corpus (`fuzz/corpus/TARGET/`)
+//!   with a seeded generator, on stable Rust, for as long as asked;
+//! - `tests/hostile_input.rs` does that for a few thousand inputs per target
+//!   in every CI run, plus property tests of the round trips;
+//! - `fuzz/` wraps each target for coverage-guided `cargo +nightly fuzz`.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use cohort_coordinator::JobSpec;
+use cohort_datasets::{DataSpec, LocalDataset, read_csv_bytes};
+use cohort_ledger::{Checkpoint, Entry};
+use cohort_privacy::he::{DecryptionShare, EncryptedUpdate, HeParams, PublicKeyShare};
+use cohort_privacy::secagg::{Advertisement, Share, decode_reveals, decode_shares};
+use prost::Message;
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// A fuzz target: parses `data` and drops whatever comes out.
+pub type Target = fn(&[u8]);
+
+/// Every target by name, in the order `cohort fuzz --help` lists them.
+pub const TARGETS: &[(&str, Target)] = &[
+    ("job_file", job_file),
+    ("csv_table", csv_table),
+    ("parameters", parameters),
+    ("protocol_messages", protocol_messages),
+    ("ledger_entry", ledger_entry),
+    ("checkpoint", checkpoint),
+    ("secagg_messages", secagg_messages),
+    ("he_messages", he_messages),
+    ("proof_bytes", proof_bytes),
+];
+
+/// The target called `name`.
+pub fn target(name: &str) -> Option<Target> {
+    TARGETS.iter().find(|(n, _)| *n == name).map(|(_, t)| *t)
+}
+
+/// A job file as `cohort job submit` and the coordinator read it.
+pub fn job_file(data: &[u8]) {
+    let _ = JobSpec::from_toml(&String::from_utf8_lossy(data));
+}
+
+/// A hospital's CSV file, read and resolved against the demo job's
+/// `[data]` section as a client prepares it.
+pub fn csv_table(data: &[u8]) {
+    static SPEC: OnceLock<Option<DataSpec>> = OnceLock::new();
+    let Ok(table) = read_csv_bytes(data) else {
+        return;
+    };
+    let _ = table.quality();
+    let spec = SPEC.get_or_init(|| JobSpec::from_toml(crate::DEMO_JOB).ok().map(|j| j.data));
+    if let Some(spec) = spec {
+        let _ = LocalDataset::from_table(&table, spec);
+    }
+}
+
+/// A model or update body (little-endian f32).
+pub fn parameters(data: &[u8]) {
+    let _ = cohort_models::parameters_from_bytes(data);
+}
+
+/// Every protobuf message the coordinator decodes from a hospital, a
+/// developer or a validator, and those a hospital decodes from the
+/// coordinator.
+pub fn protocol_messages(data: &[u8]) {
+    use cohort_protocol::v1::*;
+    let _ = RegisterRequest::decode(data);
+    let _ = PullTaskRequest::decode(data);
+    let _ = ResultFrame::decode(data);
+    let _ = ResultHeader::decode(data);
+    let _ = SplitUp::decode(data);
+    let _ = VerticalUp::decode(data);
+    let _ = GetProvingKeyRequest::decode(data);
+    let _ = SubmitJobRequest::decode(data);
+    let _ = GetJobRequest::decode(data);
+    let _ = GetModelRequest::decode(data);
+    let _ = SubmitAttestationRequest::decode(data);
+    let _ = TaskFrame::decode(data);
+    let _ = TaskHeader::decode(data);
+    let _ = SplitDown::decode(data);
+    let _ = VerticalDown::decode(data);
+    let _ = JobStatus::decode(data);
+    let _ = LedgerFrame::decode(data);
+    let _ = ModelFrame::decode(data);
+}
+
+/// A stored ledger leaf, as `cohort audit` and the dashboard read them.
+pub fn ledger_entry(data: &[u8]) {
+    let _ = Entry::from_leaf(data);
+}
+
+/// A checkpoint body and a signed checkpoint note, as an auditor or a
+/// witness reads them.
+pub fn checkpoint(data: &[u8]) {
+    static KEY: OnceLock<Option<cohort_identity::MessageSigningKey>> = OnceLock::new();
+    let text = String::from_utf8_lossy(data);
+    let _ = Checkpoint::parse_body(&text);
+    let Some(key) = KEY.get_or_init(|| cohort_identity::MessageSigningKey::generate().ok()) else {
+        return;
+    };
+    let _ = cohort_ledger::verify_checkpoint(&text, "cohort-fuzz", &key.verifying_key());
+}
+
+/// Secure-aggregation messages relayed between hospitals (sealed key
+/// shares, reveals, key advertisements, Shamir shares) and packed
+/// quantized updates, whose bit width the first byte picks.
+pub fn secagg_messages(data: &[u8]) {
+    let _ = decode_shares(data);
+    let _ = decode_reveals(data);
+    let _ = Advertisement::from_bytes(data);
+    let _ = Share::from_bytes(data);
+    if let Some((&bits, rest)) = data.split_first() {
+        let bits = u32::from(bits);
+        let values = rest.len() / cohort_privacy::quantize::bytes_per_value(bits).max(1);
+        let _ = cohort_privacy::quantize::unpack(rest, bits, values);
+    }
+}
+
+/// Threshold-HE messages: encrypted updates, decryption shares, public key
+/// shares, framed lists.
+pub fn he_messages(data: &[u8]) {
+    static PARAMS: OnceLock<Option<HeParams>> = OnceLock::new();
+    let _ = cohort_privacy::he::unframe_list(data, 64);
+    if let Some(params) = PARAMS.get_or_init(|| HeParams::new(3, 2, 16, 8).ok()) {
+        let _ = EncryptedUpdate::from_bytes(params, data);
+        let _ = DecryptionShare::from_bytes(params, data);
+        let _ = PublicKeyShare::from_bytes(params, data);
+    }
+}
+
+/// A Groth16 update proof and proving/verifying keys as a validator and a
+/// hospital read them.
+pub fn proof_bytes(data: &[u8]) {
+    let _ = cohort_proofs::parse_proof(data);
+    let _ = cohort_proofs::VerifyingKey::from_bytes(data);
+    let _ = cohort_proofs::ProvingKey::from_bytes(data);
+}
+
+/// A target's seeds: the files of `corpus/TARGET/` (sorted by name), then
+/// inputs built here for the binary formats whose valid lengths and
+/// framing a byte-level mutator would rarely hit by chance.
+pub fn seeds(corpus: &Path, target: &str) -> std::io::Result<Vec<Vec<u8>>> {
+    let dir = corpus.join(target);
+    let mut files = Vec::new();
+    if dir.is_dir() {
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.is_file() {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    let mut seeds = files
+        .iter()
+        .map(std::fs::read)
+        .collect::<std::io::Result<Vec<_>>>()?;
+    seeds.extend(built_seeds(target));
+    Ok(seeds)
+}
+
+fn built_seeds(target: &str) -> Vec<Vec<u8>> {
+    use cohort_protocol::v1::*;
+    let filled = |n: usize| (0..n).map(|i| (i * 37 % 251) as u8).collect::<Vec<u8>>();
+    match target {
+        "parameters" => vec![cohort_models::parameters_to_bytes(&[0.5, -1.0, 3.25, 1e-8])],
+        "protocol_messages" => vec![
+            TaskHeader {
+                task_id: "task-1".into(),
+                job_id: "job-1".into(),
+                round: 3,
+                model_spec_json: r#"{"kind":"mlp","hidden":[16]}"#.into(),
+                valuation_coalitions: vec![0, 1, 3, 7],
+                valuation_player_examples: vec![45, 40, 51],
+                ..Default::default()
+            }
+            .encode_to_vec(),
+            ResultHeader {
+                task_id: "task-1".into(),
+                metrics_json: r#"{"loss":0.3,"examples":11}"#.into(),
+                candidate_losses: vec![0.7, 0.5, 0.4, 0.3],
+                num_examples: 11,
+                ..Default::default()
+            }
+            .encode_to_vec(),
+            SubmitJobRequest {
+                job_toml: crate::DEMO_JOB.into(),
+            }
+            .encode_to_vec(),
+        ],
+        "secagg_messages" => vec![
+            filled(Advertisement::BYTES),
+            filled(Share::BYTES),
+            filled(4 + 2 * cohort_privacy::secagg::SHARE_CIPHERTEXT_BYTES),
+            [&[32u8][..], &filled(64)].concat(),
+        ],
+        "he_messages" => match HeParams::new(3, 2, 16, 8) {
+            Ok(params) => vec![
+                filled(EncryptedUpdate::encoded_len(&params)),
+                filled(DecryptionShare::encoded_len(&params, 2)),
+                cohort_privacy::he::frame_list(&[filled(40), filled(3)]),
+            ],
+            Err(_) => Vec::new(),
+        },
+        "proof_bytes" => vec![filled(cohort_proofs::PROOF_BYTES)],
+        _ => Vec::new(),
+    }
+}
+
+/// Seeded byte-level mutations of a corpus (bit flips, boundary values,
+/// numbers that overflow, insertions, deletions, duplications, splices,
+/// truncations): what `cohort fuzz` and the CI test feed the targets.
+pub struct Mutator {
+    seeds: Vec<Vec<u8>>,
+    rng: ChaCha8Rng,
+}
+
+/// Byte strings that tend to sit on parsers' boundaries.
+const INTERESTING: &[&[u8]] = &[
+    b"0",
+    b"-1",
+    b"4294967296",
+    b"18446744073709551616",
+    b"1e309",
+    b"-0.0",
+    b"nan",
+    b"inf",
+    b"\"",
+    b"[[",
+    b"{",
+    b"\\u0000",
+    b"\xff\xff\xff\xff",
+    &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f],
+    &[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01],
+];
+
+impl Mutator {
+    pub fn new(seeds: Vec<Vec<u8>>, seed: u64) -> Self {
+        Self {
+            seeds,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
+    }
+
+    pub fn seeds(&self) -> &[Vec<u8>] {
+        &self.seeds
+    }
+
+    /// A seed with one to four mutations applied.
+    pub fn next_input(&mut self) -> Vec<u8> {
+        let mut input = if self.seeds.is_empty() {
+            Vec::new()
+        } else {
+            self.seeds[self.rng.random_range(0..self.seeds.len())].clone()
+        };
+        for _ in 0..self.rng.random_range(1..=4) {
+            self.mutate(&mut input);
+        }
+        input
+    }
+
+    fn mutate(&mut self, input: &mut Vec<u8>) {
+        let rng = &mut self.rng;
+        let at = |rng: &mut ChaCha8Rng, len: usize| rng.random_range(0..=len);
+        match rng.random_range(0..9) {
+            0 if !input.is_empty() => {
+                let i = rng.random_range(0..input.len());
+                input[i] ^= 1 << rng.random_range(0..8);
+            }
+            1 if !input.is_empty() => {
+                let i = rng.random_range(0..input.len());
+                input[i] = [0, 0xff, 0x7f, 0x80, b'0', b'"'][rng.random_range(0..6)];
+            }
+            2 => {
+                let i = at(rng, input.len());
+                let token = INTERESTING[rng.random_range(0..INTERESTING.len())];
+                input.splice(i..i, token.iter().copied());
+            }
+            3 => {
+                let i = at(rng, input.len());
+                let mut noise = vec![0u8; rng.random_range(1..=16)];
+                rng.fill_bytes(&mut noise);
+                input.splice(i..i, noise);
+            }
+            4 if !input.is_empty() => {
+                let i = rng.random_range(0..input.len());
+                let end = (i + rng.random_range(1..=64)).min(input.len());
+                input.drain(i..end);
+            }
+            5 if !input.is_empty() => {
+                let i = rng.random_range(0..input.len());
+                let end = (i + rng.random_range(1..=64)).min(input.len());
+                let copy = input[i..end].to_vec();
+                let j = at(rng, input.len());
+                input.splice(j..j, copy);
+            }
+            6 if !self.seeds.is_empty() => {
+                let other = &self.seeds[rng.random_range(0..self.seeds.len())];
+                let from = at(rng, other.len());
+                let cut = at(rng, input.len());
+                input.truncate(cut);
+                input.extend_from_slice(&other[from..]);
+            }
+            7 => {
+                let cut = at(rng, input.len());
+                input.truncate(cut);
+            }
+            _ => {
+                // A run of digits turned into a number no field can hold.
+                if let Some(i) = input.iter().position(|b| b.is_ascii_digit()) {
+                    let end = input[i..]
+                        .iter()
+                        .position(|b| !b.is_ascii_digit())
+                        .map_or(input.len(), |n| i + n);
+                    input.splice(i..end, b"99999999999999999999999".iter().copied());
+                }
+            }
+        }
+    }
+}
+
+/// What a `cohort fuzz` run did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FuzzReport {
+    pub target: String,
+    pub seeds: usize,
+    pub inputs: u64,
+    pub seconds: f64,
+    /// Inputs that panicked, saved under the artifacts directory.
+    pub crashes: Vec<std::path::PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FuzzError {
+    #[error("no fuzz target `{0}`; the targets are: {1}")]
+    UnknownTarget(String, String),
+    #[error("reading the seed corpus {0}: {1}")]
+    Corpus(std::path::PathBuf, std::io::Error),
+    #[error("saving a crashing input to {0}: {1}")]
+    Artifact(std::path::PathBuf, std::io::Error),
+}
+
+/// Runs `target` on its seeds, then on seeded mutations of them until
+/// `inputs` inputs or `seconds` have passed, printing a status line every
+/// few seconds; each input that panics is saved as
+/// `ARTIFACTS/crash-TARGET-N` (and the run goes on).
+pub fn run(
+    name: &str,
+    corpus: &Path,
+    artifacts: &Path,
+    (inputs, seconds, seed): (u64, f64, u64),
+) -> Result<FuzzReport, FuzzError> {
+    let target = target(name).ok_or_else(|| {
+        let names: Vec<&str> = TARGETS.iter().map(|(n, _)| *n).collect();
+        FuzzError::UnknownTarget(name.to_string(), names.join(", "))
+    })?;
+    let seeds = seeds(corpus, name).map_err(|e| FuzzError::Corpus(corpus.join(name), e))?;
+    let seed_count = seeds.len();
+    let mut mutator = Mutator::new(seeds, seed);
+    let started = std::time::Instant::now();
+    let mut last_status = started;
+    let mut crashes = Vec::new();
+    let mut done = 0u64;
+    while done < inputs && started.elapsed().as_secs_f64() < seconds {
+        let input = match mutator.seeds().get(done as usize) {
+            Some(seed) => seed.clone(),
+            None => mutator.next_input(),
+        };
+        if std::panic::catch_unwind(|| target(&input)).is_err() {
+            std::fs::create_dir_all(artifacts)
+                .map_err(|e| FuzzError::Artifact(artifacts.to_path_buf(), e))?;
+            let path = artifacts.join(format!("crash-{name}-{done}"));
+            std::fs::write(&path, &input).map_err(|e| FuzzError::Artifact(path.clone(), e))?;
+            crashes.push(path);
+        }
+        done += 1;
+        if last_status.elapsed().as_secs() >= 5 {
+            last_status = std::time::Instant::now();
+            eprintln!(
+                "{name}: {done} inputs in {:.0} s, {} crashing",
+                started.elapsed().as_secs_f64(),
+                crashes.len()
+            );
+        }
+    }
+    Ok(FuzzReport {
+        target: name.to_string(),
+        seeds: seed_count,
+        inputs: done,
+        seconds: started.elapsed().as_secs_f64(),
+        crashes,
+    })
+}
