@@ -366,7 +366,11 @@ fn coordinator_killed_mid_round_resumes_and_records_every_round_once() {
     let mut coordinator = start_coordinator(&net, &data_dir, &dir.path().join("coord-1.log"));
     let _clients = start_clients(&net, &files[..3], dir.path());
     let rounds = 30;
-    let job = submit_job_file(dir.path(), &oncology_job(rounds, 3), &net);
+    // Client-level DP with adaptive clipping: the bound each round ends
+    // with must survive the kill.
+    let job_toml = oncology_job(rounds, 3)
+        + "\n[privacy.dp]\nlevel = \"client\"\ntarget_epsilon = 50.0\nclipping = \"adaptive\"\nclipped_count_stddev = 3.0\n";
+    let job = submit_job_file(dir.path(), &job_toml, &net);
 
     // Kill while round 3 is under way.
     wait_until(&net, &job, Duration::from_secs(120), |s| {
@@ -391,6 +395,31 @@ fn coordinator_killed_mid_round_resumes_and_records_every_round_once() {
     assert_eq!(recorded, (1..=u64::from(rounds)).collect::<Vec<_>>());
     let log = std::fs::read_to_string(dir.path().join("coord-2.log")).unwrap();
     assert!(log.contains("resuming"), "{log}");
+    // Every round's clipping starts where the round before it ended, across
+    // the restart too (the restarted coordinator reads the bound back).
+    let mut last_after: std::collections::BTreeMap<u64, String> = Default::default();
+    let mut starts: Vec<(u64, String)> = Vec::new();
+    for event in done["events"].as_array().unwrap() {
+        let message = event["message"].as_str().unwrap_or_default();
+        let Some((head, bounds)) = message.split_once(": adaptive clipping bound ") else {
+            continue;
+        };
+        let round: u64 = head.trim_start_matches("round ").parse().unwrap();
+        let (before, after) = bounds.split_once(" -> ").unwrap();
+        starts.push((round, before.to_string()));
+        last_after.insert(round, after.to_string());
+    }
+    assert!(starts.len() >= rounds as usize, "{done:#}");
+    for (round, before) in &starts {
+        if let Some(previous) = last_after.get(&(round - 1)) {
+            assert_eq!(
+                before,
+                previous,
+                "round {round} did not start from round {}'s bound",
+                round - 1
+            );
+        }
+    }
 
     // The ledger survived the kill too: one entry per recorded round, all
     // signed, the tree matching its signed checkpoint.

@@ -174,7 +174,11 @@ impl Runner {
             }
         };
 
-        let mut client_dp = dp::PlainClientDp::new(&spec)?;
+        let resumed_bound = match first_round {
+            1 => None,
+            next => self.store.clip_bound(&job.id, next - 1)?,
+        };
+        let mut client_dp = dp::PlainClientDp::new(&spec, resumed_bound)?;
         for round in first_round..=spec.training.rounds {
             global = self
                 .run_round(
@@ -532,6 +536,7 @@ impl Runner {
                 Some(dp) => {
                     let (mean, clip) = dp.aggregate(updates)?;
                     if let Some((before, after)) = clip {
+                        self.store.set_clip_bound(&job.id, round, after)?;
                         self.note(
                             &job.id,
                             format!(

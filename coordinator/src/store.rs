@@ -211,6 +211,14 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE rounds ADD COLUMN aggregate_sha256 TEXT;",
     // 5 (update proofs, issue 16): updates a round left out, and why.
     "ALTER TABLE rounds ADD COLUMN excluded_json TEXT;",
+    // 6: the adaptive clipping bound after each round of a client-level DP
+    // job, so that a restarted coordinator goes on from it.
+    "CREATE TABLE IF NOT EXISTS clip_bounds (
+        job_id TEXT NOT NULL,
+        round INTEGER NOT NULL,
+        bound REAL NOT NULL,
+        PRIMARY KEY (job_id, round)
+    );",
 ];
 
 fn migrate(db: &Connection) -> rusqlite::Result<()> {
@@ -524,6 +532,27 @@ impl Store {
         Ok(rows)
     }
 
+    /// Records the adaptive clipping bound a job's round ended with.
+    pub fn set_clip_bound(&self, job_id: &str, round: u32, bound: f64) -> Result<(), StoreError> {
+        self.db().execute(
+            "INSERT OR REPLACE INTO clip_bounds (job_id, round, bound) VALUES (?1, ?2, ?3)",
+            params![job_id, round, bound],
+        )?;
+        Ok(())
+    }
+
+    /// The adaptive clipping bound round `round` of a job ended with.
+    pub fn clip_bound(&self, job_id: &str, round: u32) -> Result<Option<f64>, StoreError> {
+        Ok(self
+            .db()
+            .query_row(
+                "SELECT bound FROM clip_bounds WHERE job_id = ?1 AND round = ?2",
+                params![job_id, round],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
     /// Notable things that happened to a job (clients dropped, rounds
     /// retried), kept for the developer and for audits.
     pub fn add_event(&self, job_id: &str, message: &str) -> Result<(), StoreError> {
@@ -752,8 +781,12 @@ mod tests {
                 .put_object("jobs/j1/model", vec![1, 2, 3])
                 .await
                 .unwrap();
+            store.set_clip_bound("j1", 1, 0.8).unwrap();
+            store.set_clip_bound("j1", 1, 0.75).unwrap();
         }
         let store = Store::open(dir.path(), None).unwrap();
+        assert_eq!(store.clip_bound("j1", 1).unwrap(), Some(0.75));
+        assert_eq!(store.clip_bound("j1", 2).unwrap(), None);
         let j = store.job("j1").unwrap().unwrap();
         assert_eq!(j.state, JobState::Running);
         assert_eq!(j.rounds_completed, 1);

@@ -45,9 +45,13 @@ struct Adaptive {
 
 impl PlainClientDp {
     /// `None` unless the job is client-level DP under plain aggregation.
-    /// A coordinator that restarts starts adaptive clipping over from
-    /// `clipping_norm`, which costs accuracy, not privacy.
-    pub(super) fn new(spec: &JobSpec) -> Result<Option<Self>, RunError> {
+    /// `resumed_bound`: the adaptive clipping bound the last recorded round
+    /// ended with, when a restarted coordinator resumes the job (else it
+    /// starts from `clipping_norm`).
+    pub(super) fn new(
+        spec: &JobSpec,
+        resumed_bound: Option<f64>,
+    ) -> Result<Option<Self>, RunError> {
         if spec.privacy.aggregation != crate::job::Aggregation::Plain {
             return Ok(None);
         }
@@ -71,8 +75,12 @@ impl PlainClientDp {
                 )
             }
         };
+        let clip = match (&adaptive, resumed_bound) {
+            (Some(_), Some(bound)) if bound.is_finite() && bound > 0.0 => bound,
+            _ => policy.clipping_norm,
+        };
         Ok(Some(Self {
-            clip: policy.clipping_norm,
+            clip,
             update_noise,
             adaptive,
         }))
