@@ -71,6 +71,13 @@ pub struct RoundView {
     /// Updates left out of the round (e.g. without a valid proof), and why.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub excluded: Vec<cohort_ledger::Exclusion>,
+    /// Encoded bytes of the round's task frames the coordinator sent and
+    /// answer frames it received (absent for rounds recorded before they
+    /// were counted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_bytes_sent: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answer_bytes_received: Option<u64>,
 }
 
 /// An update receipt: which hospital sent what, and its signature (hex; empty
@@ -111,6 +118,8 @@ impl JobView {
                     slowest_evaluate_secs: r.slowest_evaluate_secs,
                     aggregate_sha256: (!r.aggregate_sha256.is_empty())
                         .then_some(r.aggregate_sha256),
+                    task_bytes_sent: r.task_bytes_sent,
+                    answer_bytes_received: r.answer_bytes_received,
                     excluded: r
                         .excluded
                         .into_iter()

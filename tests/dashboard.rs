@@ -229,6 +229,26 @@ async fn dashboard_api_shows_each_role_its_part_of_a_real_job_and_refuses_the_re
     assert_eq!(model["model_sha256"], cli["rounds"][1]["model_sha256"]);
     assert_eq!(model["signature"]["status"], "verified", "{model}");
     let signed_entry = model["signature"]["ledger_entry"].as_u64().unwrap();
+    // Bytes on the wire: each round sent each hospital the global
+    // parameters (f32) at least, and received each update at least.
+    for round in cli["rounds"].as_array().unwrap() {
+        let updates = round["updates"].as_array().unwrap();
+        let update_values: u64 = updates
+            .iter()
+            .map(|u| u["parameter_count"].as_u64().unwrap())
+            .sum();
+        assert!(update_values > 0, "{round}");
+        let sent = round["task_bytes_sent"].as_u64().unwrap();
+        let received = round["answer_bytes_received"].as_u64().unwrap();
+        assert!(
+            sent >= 4 * update_values && sent < 40 * update_values + 100_000,
+            "{sent} bytes of tasks for {update_values} values"
+        );
+        assert!(
+            received >= 4 * update_values && received < 10 * update_values + 100_000,
+            "{received} bytes of answers for {update_values} values"
+        );
+    }
 
     // --- The ledger, and inclusion proofs that check out against its
     // signed checkpoint. ---

@@ -164,6 +164,9 @@ pub struct Registry {
     pub split: crate::split::SplitSeats,
     /// Vertical split learning: the relays of running rounds.
     pub vertical: crate::vertical::VerticalRelays,
+    /// Task and answer bytes of the rounds in progress (the dashboard's
+    /// bytes per round).
+    pub traffic: crate::traffic::TrafficTally,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -177,6 +180,7 @@ impl Registry {
             poll_timeout,
             split: crate::split::SplitSeats::default(),
             vertical: crate::vertical::VerticalRelays::default(),
+            traffic: crate::traffic::TrafficTally::default(),
         }
     }
 

@@ -919,6 +919,7 @@ impl Runner {
             updates: record.updates,
             aggregate_sha256: record.aggregate_sha256,
             excluded: record.excluded,
+            traffic: Some(self.registry.traffic.take(&job.id, record.round)),
         };
         let entry = Record::RoundCompleted {
             job_id: row.job_id.clone(),
