@@ -122,12 +122,15 @@ async fn dashboard_api_shows_each_role_its_part_of_a_real_job_and_refuses_the_re
         .await
         .unwrap();
     let data_dir = federation.data_dir.clone();
-    let running = dashboard::start(
-        "127.0.0.1:0",
-        Dashboard::open(federation.view.clone(), &data_dir).unwrap(),
-    )
-    .await
-    .unwrap();
+    let board = Dashboard::open(federation.view.clone(), &data_dir).unwrap();
+    let ledger_before = board.ledger().unwrap();
+    assert!(
+        Arc::ptr_eq(&ledger_before, &board.ledger().unwrap()),
+        "an unchanged ledger is parsed once"
+    );
+    let running = dashboard::start("127.0.0.1:0", board.clone())
+        .await
+        .unwrap();
     let url = running.url.clone();
 
     let mut dev = federation.developer().await.unwrap();
@@ -184,6 +187,11 @@ async fn dashboard_api_shows_each_role_its_part_of_a_real_job_and_refuses_the_re
         get(&url, &format!("/?token={foreign}"), &[]).await.status,
         401
     );
+
+    let ledger_after = board.ledger().unwrap();
+    assert!(ledger_after.contents.leaves.len() > ledger_before.contents.leaves.len());
+    assert!(ledger_after.last_entry_at.contains_key(&id));
+    assert!(Arc::ptr_eq(&ledger_after, &board.ledger().unwrap()));
 
     // --- An operator sees everything; the job is what the CLI prints. ---
     let auth = bearer(&operator);

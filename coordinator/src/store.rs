@@ -319,6 +319,20 @@ impl Store {
         read_ledger(&self.db())
     }
 
+    /// What changes whenever the ledger grows (its entry count and signed
+    /// checkpoint), without reading the entries: readers that cache the
+    /// parsed ledger re-read it only when this changes.
+    pub fn ledger_stamp(&self) -> Result<(u64, Option<String>), StoreError> {
+        let db = self.db();
+        let count: i64 = db.query_row("SELECT COUNT(*) FROM ledger", [], |r| r.get(0))?;
+        let note = db
+            .query_row("SELECT note FROM ledger_checkpoint WHERE id = 1", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok((u64::try_from(count).unwrap_or_default(), note))
+    }
+
     fn db(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite inconsistent
         // (transactions roll back), so a poisoned lock is still usable.

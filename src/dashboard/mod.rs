@@ -8,6 +8,7 @@
 
 pub mod api;
 mod assets;
+pub mod ledger_cache;
 pub mod listener;
 pub mod token;
 
@@ -31,6 +32,7 @@ use tokio::net::TcpListener;
 use api::SignatureStatus;
 use cohort_coordinator::TlsSettings;
 use cohort_identity::{Principal, Role};
+use ledger_cache::{LedgerCache, ParsedLedger};
 use listener::{DashboardLimits, GuardedListener, HttpsSettings, Peer};
 use token::{Claims, DashboardRole, TokenVerifier};
 
@@ -48,6 +50,7 @@ pub struct Dashboard {
     signatures: Mutex<HashMap<(String, u32), SignatureStatus>>,
     /// One ledger verification at a time (they share the seen-checkpoints file).
     ledger_check: tokio::sync::Mutex<()>,
+    ledger: LedgerCache,
 }
 
 impl Dashboard {
@@ -61,7 +64,14 @@ impl Dashboard {
             verifier: TokenVerifier::new(key.verifying_key()),
             signatures: Mutex::new(HashMap::new()),
             ledger_check: tokio::sync::Mutex::new(()),
+            ledger: LedgerCache::default(),
         }))
+    }
+
+    /// The ledger as the jobs list and job pages read it: parsed once per
+    /// change ([`ledger_cache`]).
+    pub fn ledger(&self) -> Result<Arc<ParsedLedger>> {
+        self.ledger.get(&self.view)
     }
 }
 
@@ -412,8 +422,7 @@ async fn jobs(
     State(d): State<Arc<Dashboard>>,
     Extension(claims): Extension<Claims>,
 ) -> Result<Response, ApiError> {
-    let view = d.view.clone();
-    json(&blocking(move || api::jobs(&view, &claims)).await?)
+    json(&blocking(move || api::jobs(&d.view, &claims, &*d.ledger()?)).await?)
 }
 
 async fn job(
@@ -421,13 +430,13 @@ async fn job(
     Extension(claims): Extension<Claims>,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Response, ApiError> {
-    let view = d.view.clone();
+    let dashboard = d.clone();
     let detail = blocking(move || {
-        let Some(row) = api::visible_job(&view, &claims, &id)? else {
+        let Some(row) = api::visible_job(&dashboard.view, &claims, &id)? else {
             return Ok(None);
         };
-        let ledger = view.ledger()?;
-        api::job_detail(&view, &claims, &row, &ledger).map(Some)
+        let ledger = dashboard.ledger()?;
+        api::job_detail(&dashboard.view, &claims, &row, &ledger).map(Some)
     })
     .await?;
     let Some(mut detail) = detail else {
