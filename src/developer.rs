@@ -78,6 +78,12 @@ pub struct RoundView {
     pub task_bytes_sent: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub answer_bytes_received: Option<u64>,
+    /// Training-split accuracy and ROC AUC, example-weighted over the
+    /// hospitals (plain aggregation without DP only; see docs/DASHBOARD.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_accuracy: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_auc: Option<f64>,
 }
 
 /// An update receipt: which hospital sent what, and its signature (hex; empty
@@ -120,6 +126,8 @@ impl JobView {
                         .then_some(r.aggregate_sha256),
                     task_bytes_sent: r.task_bytes_sent,
                     answer_bytes_received: r.answer_bytes_received,
+                    train_accuracy: r.train_accuracy,
+                    train_auc: r.train_auc,
                     excluded: r
                         .excluded
                         .into_iter()

@@ -428,6 +428,28 @@ async fn dashboard_api_shows_each_role_its_part_of_a_real_job_and_refuses_the_re
         "never off-site"
     );
 
+    // --- Training-split accuracy and AUC: never under DP (the job above);
+    // reported and example-weighted without it. ---
+    for round in cli["rounds"].as_array().unwrap() {
+        assert!(round.get("train_accuracy").is_none(), "{round}");
+        assert!(round.get("train_auc").is_none(), "{round}");
+        assert!(round["train_loss"].is_null(), "{round}");
+    }
+    let plain = developer::submit(&mut dev, &oncology_job(1, 2)).await.unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(300),
+        developer::wait(&mut dev, &plain, false),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let detail = get(&url, &format!("/api/jobs/{plain}"), &auth).await.json();
+    let round = &detail["status"]["rounds"][0];
+    for key in ["train_accuracy", "train_auc"] {
+        let value = round[key].as_f64().unwrap_or_else(|| panic!("{key}: {round}"));
+        assert!((0.0..=1.0).contains(&value), "{key}: {round}");
+    }
+
     running.stop().await;
     federation.shutdown().await;
 }

@@ -167,6 +167,9 @@ pub struct Registry {
     /// Task and answer bytes of the rounds in progress (the dashboard's
     /// bytes per round).
     pub traffic: crate::traffic::TrafficTally,
+    /// Training-split accuracy and AUC the hospitals reported with their
+    /// updates, by round.
+    pub train_metrics: crate::train_metrics::TrainMetricsTally,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -181,6 +184,7 @@ impl Registry {
             split: crate::split::SplitSeats::default(),
             vertical: crate::vertical::VerticalRelays::default(),
             traffic: crate::traffic::TrafficTally::default(),
+            train_metrics: crate::train_metrics::TrainMetricsTally::default(),
         }
     }
 

@@ -903,6 +903,11 @@ impl Runner {
                 )
                 .await?;
         }
+        let train_metrics = self
+            .registry
+            .train_metrics
+            .take(&job.id, record.round, &record.participants)
+            .filter(|_| spec.privacy.dp.is_none());
         let row = RoundRow {
             job_id: job.id.clone(),
             round: record.round,
@@ -920,6 +925,7 @@ impl Runner {
             aggregate_sha256: record.aggregate_sha256,
             excluded: record.excluded,
             traffic: Some(self.registry.traffic.take(&job.id, record.round)),
+            train_metrics,
         };
         let entry = Record::RoundCompleted {
             job_id: row.job_id.clone(),

@@ -296,6 +296,17 @@ impl HospitalService for Services {
             read_answer(pending.kind, pending.expect, &header, &mut stream)
                 .await
                 .and_then(|mut answer| {
+                    if let (TaskAnswer::Fit { num_examples, .. }, Some(accuracy), Some(auc)) =
+                        (&answer, header.train_accuracy, header.train_auc)
+                    {
+                        self.registry.train_metrics.report(
+                            &pending.job_id,
+                            pending.round,
+                            &client,
+                            *num_examples,
+                            crate::train_metrics::TrainMetrics { accuracy, auc },
+                        );
+                    }
                     match &mut answer {
                         TaskAnswer::Fit { receipt, .. }
                         | TaskAnswer::MaskedFit { receipt, .. }
@@ -704,6 +715,8 @@ impl Services {
                 slowest_evaluate_secs: r.slowest_evaluate_secs,
                 aggregate_sha256: r.aggregate_sha256.unwrap_or_default(),
                 task_bytes_sent: r.traffic.map(|t| t.task_bytes_sent),
+                train_accuracy: r.train_metrics.map(|m| m.accuracy),
+                train_auc: r.train_metrics.map(|m| m.auc),
                 answer_bytes_received: r.traffic.map(|t| t.answer_bytes_received),
                 excluded: r
                     .excluded

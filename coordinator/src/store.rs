@@ -123,6 +123,8 @@ pub struct RoundRow {
     /// Task and answer bytes on the wire (`None` for rounds recorded
     /// before they were counted).
     pub traffic: Option<crate::traffic::RoundTraffic>,
+    /// Training-split accuracy and AUC (plain aggregation without DP).
+    pub train_metrics: Option<crate::train_metrics::TrainMetrics>,
 }
 
 /// One aggregated update as the coordinator received it: the same record
@@ -216,7 +218,8 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE rounds ADD COLUMN excluded_json TEXT;",
     // 6 (dashboard, issue 20): task and answer bytes on the wire.
     "ALTER TABLE rounds ADD COLUMN task_bytes_sent INTEGER;
-     ALTER TABLE rounds ADD COLUMN answer_bytes_received INTEGER;",
+     ALTER TABLE rounds ADD COLUMN answer_bytes_received INTEGER;
+     ALTER TABLE rounds ADD COLUMN train_metrics_json TEXT;",
 ];
 
 /// SQLite integers are signed.
@@ -470,12 +473,19 @@ impl Store {
             serde_json::to_string(&row.updates).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let excluded =
             serde_json::to_string(&row.excluded).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let train_metrics = row
+            .train_metrics
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         db.execute(
             "INSERT INTO rounds (job_id, round, participants_json, metrics_json, train_loss,
                 attempts, duration_secs, model_key, model_sha256, completed_at,
                 slowest_fit_secs, slowest_evaluate_secs, updates_json, aggregate_sha256,
-                excluded_json, task_bytes_sent, answer_bytes_received)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                excluded_json, task_bytes_sent, answer_bytes_received, train_metrics_json)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                ?18)",
             params![
                 row.job_id,
                 row.round,
@@ -493,7 +503,8 @@ impl Store {
                 row.aggregate_sha256,
                 excluded,
                 row.traffic.map(|t| sql_count(t.task_bytes_sent)),
-                row.traffic.map(|t| sql_count(t.answer_bytes_received))
+                row.traffic.map(|t| sql_count(t.answer_bytes_received)),
+                train_metrics
             ],
         )?;
         Ok(())
@@ -506,7 +517,7 @@ impl Store {
             "SELECT job_id, round, participants_json, metrics_json, train_loss, attempts,
                     duration_secs, model_key, model_sha256, completed_at,
                     slowest_fit_secs, slowest_evaluate_secs, updates_json, aggregate_sha256,
-                    excluded_json, task_bytes_sent, answer_bytes_received
+                    excluded_json, task_bytes_sent, answer_bytes_received, train_metrics_json
              FROM rounds WHERE job_id = ?1 ORDER BY round",
         )?;
         // A JSON column that does not parse is reported like any other
@@ -556,6 +567,7 @@ impl Store {
                         }
                         _ => None,
                     },
+                    train_metrics: json_column(r, 17)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()
@@ -774,6 +786,10 @@ mod tests {
             updates: Vec::new(),
             aggregate_sha256: None,
             excluded: Vec::new(),
+            train_metrics: (round > 0).then_some(crate::train_metrics::TrainMetrics {
+                accuracy: 0.75,
+                auc: 0.5,
+            }),
             traffic: (round > 0).then_some(crate::traffic::RoundTraffic {
                 task_bytes_sent: 1000 + u64::from(round),
                 answer_bytes_received: 500,
@@ -805,6 +821,8 @@ mod tests {
         assert_eq!(rounds[0].traffic, None);
         assert_eq!(rounds[1].traffic.unwrap().task_bytes_sent, 1001);
         assert_eq!(rounds[1].traffic.unwrap().answer_bytes_received, 500);
+        assert_eq!(rounds[0].train_metrics, None);
+        assert_eq!(rounds[1].train_metrics.unwrap().accuracy, 0.75);
         assert_eq!(
             &store.get_object("jobs/j1/model").await.unwrap()[..],
             &[1, 2, 3]

@@ -164,6 +164,9 @@ async function jobPage(id) {
   const quality = lineChart('chart-quality', [
     { key: 'validation_auc', name: 'validation ROC AUC', points: withMetrics.map(r => [r.round, r.metrics.auc]) },
     { key: 'validation_accuracy', name: 'validation accuracy', points: withMetrics.map(r => [r.round, r.metrics.accuracy]) },
+    // Reported only in plain aggregation without DP (docs/DASHBOARD.md).
+    { key: 'train_auc', name: 'training ROC AUC', points: rounds.filter(r => r.train_auc != null).map(r => [r.round, r.train_auc]) },
+    { key: 'train_accuracy', name: 'training accuracy', points: rounds.filter(r => r.train_accuracy != null).map(r => [r.round, r.train_accuracy]) },
   ], { label: 'AUC and accuracy per round', min: 0, max: 1 });
 
   const hospitals = s.participants.length ? s.participants : [...new Set(rounds.flatMap(r => r.participants))];
