@@ -16,8 +16,8 @@ use cohort::developer;
 use cohort::local::{LocalFederation, LocalHospital};
 use cohort::pki::LocalConsortium;
 use cohort_identity::Kit;
-use rustls_pki_types::pem::PemObject;
 use common::*;
+use rustls_pki_types::pem::PemObject;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -435,7 +435,9 @@ async fn dashboard_api_shows_each_role_its_part_of_a_real_job_and_refuses_the_re
         assert!(round.get("train_auc").is_none(), "{round}");
         assert!(round["train_loss"].is_null(), "{round}");
     }
-    let plain = developer::submit(&mut dev, &oncology_job(1, 2)).await.unwrap();
+    let plain = developer::submit(&mut dev, &oncology_job(1, 2))
+        .await
+        .unwrap();
     tokio::time::timeout(
         Duration::from_secs(300),
         developer::wait(&mut dev, &plain, false),
@@ -446,7 +448,9 @@ async fn dashboard_api_shows_each_role_its_part_of_a_real_job_and_refuses_the_re
     let detail = get(&url, &format!("/api/jobs/{plain}"), &auth).await.json();
     let round = &detail["status"]["rounds"][0];
     for key in ["train_accuracy", "train_auc"] {
-        let value = round[key].as_f64().unwrap_or_else(|| panic!("{key}: {round}"));
+        let value = round[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key}: {round}"));
         assert!((0.0..=1.0).contains(&value), "{key}: {round}");
     }
 
@@ -634,7 +638,11 @@ async fn dashboard_over_https_takes_consortium_certificates_and_caps_connections
     assert_eq!(refused.unwrap().status, 401);
     // Plain HTTP to the HTTPS port gets no HTTP answer.
     let plain = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    assert!(exchange(plain, &addr, "/api/me", &bearer(&operator)).await.is_err());
+    assert!(
+        exchange(plain, &addr, "/api/me", &bearer(&operator))
+            .await
+            .is_err()
+    );
 
     // Another consortium's certificate (for a member of the same name).
     let foreign = https_get(&addr, &ca, Some(&other.hospitals[0]), "/api/me", &[]).await;

@@ -30,10 +30,10 @@ use sha2::Digest as _;
 
 use crate::job::JobSpec;
 use crate::registry::{Expect, Pending, Registry, TaskAnswer, TaskBody};
-use prost::Message as _;
 use crate::runner::{Runner, card_key, model_key};
 use crate::security::{Authorizer, Caller};
 use crate::store::{JobRow, JobState, Store, StoreError, UpdateReceipt, now};
+use prost::Message as _;
 
 type FrameStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 pub(crate) type SplitDownStream = FrameStream<v1::SplitDown>;

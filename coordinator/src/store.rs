@@ -556,8 +556,10 @@ impl Store {
                     aggregate_sha256: r.get(13)?,
                     excluded: json_column(r, 14)?.unwrap_or_default(),
                     traffic: match (
-                        r.get::<_, Option<i64>>(15)?.and_then(|n| u64::try_from(n).ok()),
-                        r.get::<_, Option<i64>>(16)?.and_then(|n| u64::try_from(n).ok()),
+                        r.get::<_, Option<i64>>(15)?
+                            .and_then(|n| u64::try_from(n).ok()),
+                        r.get::<_, Option<i64>>(16)?
+                            .and_then(|n| u64::try_from(n).ok()),
                     ) {
                         (Some(task_bytes_sent), Some(answer_bytes_received)) => {
                             Some(crate::traffic::RoundTraffic {

@@ -223,24 +223,24 @@ async fn accept_loop(
         let tx = tx.clone();
         tokio::spawn(async move {
             if let Err(e) = https.revocation.refresh() {
-                tracing::warn!("revocation list not reloaded, the previous one stays in force: {e}");
+                tracing::warn!(
+                    "revocation list not reloaded, the previous one stays in force: {e}"
+                );
             }
-            let stream = match tokio::time::timeout(
-                limits.handshake_timeout,
-                https.acceptor.accept(tcp),
-            )
-            .await
-            {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    tracing::warn!(peer = %addr, "dashboard TLS handshake rejected: {e}");
-                    return;
-                }
-                Err(_) => {
-                    tracing::warn!(peer = %addr, "dashboard TLS handshake timed out");
-                    return;
-                }
-            };
+            let stream =
+                match tokio::time::timeout(limits.handshake_timeout, https.acceptor.accept(tcp))
+                    .await
+                {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => {
+                        tracing::warn!(peer = %addr, "dashboard TLS handshake rejected: {e}");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::warn!(peer = %addr, "dashboard TLS handshake timed out");
+                        return;
+                    }
+                };
             let member = match stream.get_ref().1.peer_certificates() {
                 Some([leaf, ..]) => match Principal::from_certificate(leaf) {
                     Ok(member) => Some(member),
