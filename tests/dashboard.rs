@@ -690,3 +690,40 @@ async fn dashboard_over_https_takes_consortium_certificates_and_caps_connections
     drop(idle);
     plain.stop().await;
 }
+
+/// `cohort coordinator --insecure --dashboard` on an address beyond
+/// loopback still serves, but says loudly that tokens travel in clear.
+#[test]
+fn plain_http_dashboard_beyond_loopback_is_warned_about() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut coordinator = std::process::Command::new(env!("CARGO_BIN_EXE_cohort"))
+        .args(["coordinator", "--insecure", "--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.path().join("coordinator"))
+        .args(["--dashboard", "0.0.0.0:0"])
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(coordinator.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let warned = loop {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) if line.contains("speaks plain HTTP beyond this machine") => break true,
+            Ok(line) => seen.push(line),
+            Err(_) => break false,
+        }
+    };
+    let _ = coordinator.kill();
+    let _ = coordinator.wait();
+    assert!(warned, "no warning; stderr: {seen:#?}");
+}
