@@ -906,9 +906,6 @@ fn coalition_scoring_time() {
         for _ in 0..reps {
             coalition_losses(&spec, &start, &players, &coalitions, &data).expect("losses");
         }
-        eprintln!(
-            "{:.1} us per scoring",
-            t.elapsed().as_secs_f64() * 1e6 / reps as f64
-        );
+        eprintln!("{:.1} us per scoring", t.elapsed().as_secs_f64() * 1e6 / reps as f64);
     }
 }
