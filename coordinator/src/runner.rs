@@ -80,6 +80,8 @@ impl Runner {
     /// Runs (or resumes) a job to its end and records the final state.
     pub async fn run_job(&self, job_id: &str) {
         let result = self.drive(job_id).await;
+        self.registry.traffic.forget_job(job_id);
+        self.registry.train_metrics.forget_job(job_id);
         let (state, error) = match &result {
             Ok(()) => (JobState::Completed, None),
             Err(e) => (JobState::Failed, Some(e.to_string())),

@@ -39,6 +39,12 @@ impl TrafficTally {
         self.update(job_id, round, |t| t.answer_bytes_received += bytes);
     }
 
+    /// Drops what is left of a job that ended (rounds it never recorded).
+    pub fn forget_job(&self, job_id: &str) {
+        let mut rounds = self.rounds.lock().unwrap_or_else(|p| p.into_inner());
+        rounds.retain(|(job, _), _| job != job_id);
+    }
+
     /// The round's tally so far, forgetting it (the round is being recorded).
     pub fn take(&self, job_id: &str, round: u32) -> RoundTraffic {
         let mut rounds = self.rounds.lock().unwrap_or_else(|p| p.into_inner());
@@ -70,5 +76,10 @@ mod tests {
         assert_eq!(tally.take("a", 1), RoundTraffic::default());
         assert_eq!(tally.take("a", 2).task_bytes_sent, 5);
         assert_eq!(tally.take("b", 1).answer_bytes_received, 9);
+        tally.sent("c", 3, 1);
+        tally.sent("d", 3, 2);
+        tally.forget_job("c");
+        assert_eq!(tally.take("c", 3), RoundTraffic::default());
+        assert_eq!(tally.take("d", 3).task_bytes_sent, 2);
     }
 }

@@ -53,6 +53,12 @@ impl TrainMetricsTally {
             .insert(client.to_string(), Report { examples, metrics });
     }
 
+    /// Drops what is left of a job that ended (rounds it never recorded).
+    pub fn forget_job(&self, job_id: &str) {
+        let mut reports = self.reports.lock().unwrap_or_else(|p| p.into_inner());
+        reports.retain(|(job, _), _| job != job_id);
+    }
+
     /// The round's example-weighted means over `participants` (`None` when
     /// none of them reported), forgetting the round's reports.
     pub fn take(&self, job_id: &str, round: u32, participants: &[String]) -> Option<TrainMetrics> {
@@ -95,5 +101,8 @@ mod tests {
         assert_eq!(tally.take("j", 1, &participants), None);
         tally.report("j", 2, "late", 10, m(0.5, 0.5));
         assert_eq!(tally.take("j", 2, &participants), None);
+        tally.report("j", 3, "a", 10, m(0.5, 0.5));
+        tally.forget_job("j");
+        assert_eq!(tally.take("j", 3, &participants), None);
     }
 }
