@@ -71,6 +71,19 @@ pub struct RoundView {
     /// Updates left out of the round (e.g. without a valid proof), and why.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub excluded: Vec<cohort_ledger::Exclusion>,
+    /// Encoded bytes of the round's task frames the coordinator sent and
+    /// answer frames it received (absent for rounds recorded before they
+    /// were counted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_bytes_sent: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answer_bytes_received: Option<u64>,
+    /// Training-split accuracy and ROC AUC, example-weighted over the
+    /// hospitals (plain aggregation without DP only; see docs/DASHBOARD.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_accuracy: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_auc: Option<f64>,
 }
 
 /// An update receipt: which hospital sent what, and its signature (hex; empty
@@ -111,6 +124,10 @@ impl JobView {
                     slowest_evaluate_secs: r.slowest_evaluate_secs,
                     aggregate_sha256: (!r.aggregate_sha256.is_empty())
                         .then_some(r.aggregate_sha256),
+                    task_bytes_sent: r.task_bytes_sent,
+                    answer_bytes_received: r.answer_bytes_received,
+                    train_accuracy: r.train_accuracy,
+                    train_auc: r.train_auc,
                     excluded: r
                         .excluded
                         .into_iter()

@@ -33,10 +33,18 @@ pub fn render_status(v: &JobView) -> String {
         let _ = writeln!(out, "participants: {}", v.participants.join(", "));
     }
     for r in &v.rounds {
+        let traffic = match (r.task_bytes_sent, r.answer_bytes_received) {
+            (Some(sent), Some(received)) => format!(
+                "  {} sent, {} received",
+                indicatif::HumanBytes(sent),
+                indicatif::HumanBytes(received)
+            ),
+            _ => String::new(),
+        };
         let _ = match &r.metrics {
             Some(m) => writeln!(
                 out,
-                "  round {:>3}: {} clients  loss {:.4}  acc {:.4}  auc {:.4}  {:.2}s",
+                "  round {:>3}: {} clients  loss {:.4}  acc {:.4}  auc {:.4}  {:.2}s{traffic}",
                 r.round,
                 r.participants.len(),
                 m.loss,
@@ -46,7 +54,7 @@ pub fn render_status(v: &JobView) -> String {
             ),
             None => writeln!(
                 out,
-                "  round {:>3}: {} clients  (no evaluation)",
+                "  round {:>3}: {} clients  (no evaluation){traffic}",
                 r.round,
                 r.participants.len()
             ),

@@ -892,9 +892,11 @@ struct CoordinatorArgs {
     /// attested it (rounds without attestations pay the hospitals all).
     #[arg(long, default_value_t = 0)]
     validator_share_ppm: u64,
-    /// Also serve the web dashboard on this address, e.g. 127.0.0.1:8080
-    /// (plain HTTP: keep it on loopback or put TLS in front). Off unless
-    /// given; `cohort dashboard token` prints access tokens.
+    /// Also serve the web dashboard on this address, e.g. 127.0.0.1:8080.
+    /// Off unless given. With --tls it serves HTTPS with the coordinator's
+    /// certificate and a consortium client certificate signs one in; with
+    /// --insecure it is plain HTTP (keep it on loopback). `cohort
+    /// dashboard token` prints access tokens.
     #[arg(long, value_name = "ADDR")]
     dashboard: Option<String>,
     /// Object store for models: file:///path, memory:///, or s3://bucket/prefix

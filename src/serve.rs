@@ -123,9 +123,10 @@ pub async fn run_coordinator(
     };
     let coordinator = cohort_coordinator::Coordinator::open(&config)?;
     let dashboard = match &options.dashboard {
-        Some(addr) => {
-            Some(crate::dashboard::start_for(addr, &coordinator, &config.data_dir).await?)
-        }
+        Some(addr) => Some(
+            crate::dashboard::start_for(addr, &coordinator, &config.data_dir, config.tls.as_ref())
+                .await?,
+        ),
         None => None,
     };
     tracing::info!(

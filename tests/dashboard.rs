@@ -6,15 +6,20 @@
 mod common;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
+use cohort::dashboard::listener::DashboardLimits;
 use cohort::dashboard::token::{self, DashboardRole};
 use cohort::dashboard::{self, Dashboard};
 use cohort::developer;
 use cohort::local::{LocalFederation, LocalHospital};
+use cohort::pki::LocalConsortium;
+use cohort_identity::Kit;
 use common::*;
+use rustls_pki_types::pem::PemObject;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 struct Reply {
     status: u16,
@@ -38,21 +43,38 @@ impl Reply {
 
 /// One HTTP/1.1 GET over a fresh TCP connection.
 async fn get(base: &str, path: &str, headers: &[(&str, String)]) -> Reply {
-    let addr = base
-        .trim_start_matches("http://")
+    let addr = host_of(base);
+    let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    exchange(stream, &addr, path, headers).await.unwrap()
+}
+
+fn host_of(base: &str) -> String {
+    base.trim_start_matches("http://")
+        .trim_start_matches("https://")
         .trim_end_matches('/')
-        .to_string();
-    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        .to_string()
+}
+
+/// One HTTP/1.1 GET on `stream`; an error when the connection fails
+/// before a whole answer arrives.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    addr: &str,
+    path: &str,
+    headers: &[(&str, String)],
+) -> std::io::Result<Reply> {
     let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
     request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
+    stream.write_all(request.as_bytes()).await?;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8(raw).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    stream.read_to_end(&mut raw).await?;
+    let text = String::from_utf8(raw).map_err(std::io::Error::other)?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("no HTTP answer: {text:?}")))?;
     let mut lines = head.split("\r\n");
     let status = lines
         .next()
@@ -66,11 +88,11 @@ async fn get(base: &str, path: &str, headers: &[(&str, String)]) -> Reply {
         .filter_map(|l| l.split_once(": "))
         .map(|(n, v)| (n.to_string(), v.to_string()))
         .collect();
-    Reply {
+    Ok(Reply {
         status,
         headers,
         body: body.to_string(),
-    }
+    })
 }
 
 fn bearer(token: &str) -> Vec<(&'static str, String)> {
@@ -100,12 +122,15 @@ async fn dashboard_api_shows_each_role_its_part_of_a_real_job_and_refuses_the_re
         .await
         .unwrap();
     let data_dir = federation.data_dir.clone();
-    let running = dashboard::start(
-        "127.0.0.1:0",
-        Dashboard::open(federation.view.clone(), &data_dir).unwrap(),
-    )
-    .await
-    .unwrap();
+    let board = Dashboard::open(federation.view.clone(), &data_dir).unwrap();
+    let ledger_before = board.ledger().unwrap();
+    assert!(
+        Arc::ptr_eq(&ledger_before, &board.ledger().unwrap()),
+        "an unchanged ledger is parsed once"
+    );
+    let running = dashboard::start("127.0.0.1:0", board.clone())
+        .await
+        .unwrap();
     let url = running.url.clone();
 
     let mut dev = federation.developer().await.unwrap();
@@ -163,6 +188,11 @@ async fn dashboard_api_shows_each_role_its_part_of_a_real_job_and_refuses_the_re
         401
     );
 
+    let ledger_after = board.ledger().unwrap();
+    assert!(ledger_after.contents.leaves.len() > ledger_before.contents.leaves.len());
+    assert!(ledger_after.last_entry_at.contains_key(&id));
+    assert!(Arc::ptr_eq(&ledger_after, &board.ledger().unwrap()));
+
     // --- An operator sees everything; the job is what the CLI prints. ---
     let auth = bearer(&operator);
     let page = get(&url, "/", &auth).await;
@@ -187,7 +217,12 @@ async fn dashboard_api_shows_each_role_its_part_of_a_real_job_and_refuses_the_re
     assert!(jobs[0]["finished_at"].is_string());
 
     let detail = get(&url, &format!("/api/jobs/{id}"), &auth).await.json();
-    let cli = serde_json::to_value(developer::status(&mut dev, &id).await.unwrap()).unwrap();
+    // Through JSON text like the page's answer: serde_json's float parsing
+    // can be one ulp off an f64's shortest text, so compare parsed with parsed.
+    let cli: Value = serde_json::from_str(
+        &serde_json::to_string(&developer::status(&mut dev, &id).await.unwrap()).unwrap(),
+    )
+    .unwrap();
     assert_eq!(
         detail["status"], cli,
         "the job page shows what `cohort job status --json` prints"
@@ -207,6 +242,26 @@ async fn dashboard_api_shows_each_role_its_part_of_a_real_job_and_refuses_the_re
     assert_eq!(model["model_sha256"], cli["rounds"][1]["model_sha256"]);
     assert_eq!(model["signature"]["status"], "verified", "{model}");
     let signed_entry = model["signature"]["ledger_entry"].as_u64().unwrap();
+    // Bytes on the wire: each round sent each hospital the global
+    // parameters (f32) at least, and received each update at least.
+    for round in cli["rounds"].as_array().unwrap() {
+        let updates = round["updates"].as_array().unwrap();
+        let update_values: u64 = updates
+            .iter()
+            .map(|u| u["parameter_count"].as_u64().unwrap())
+            .sum();
+        assert!(update_values > 0, "{round}");
+        let sent = round["task_bytes_sent"].as_u64().unwrap();
+        let received = round["answer_bytes_received"].as_u64().unwrap();
+        assert!(
+            sent >= 4 * update_values && sent < 40 * update_values + 100_000,
+            "{sent} bytes of tasks for {update_values} values"
+        );
+        assert!(
+            received >= 4 * update_values && received < 10 * update_values + 100_000,
+            "{received} bytes of answers for {update_values} values"
+        );
+    }
 
     // --- The ledger, and inclusion proofs that check out against its
     // signed checkpoint. ---
@@ -378,6 +433,32 @@ async fn dashboard_api_shows_each_role_its_part_of_a_real_job_and_refuses_the_re
         "never off-site"
     );
 
+    // --- Training-split accuracy and AUC: never under DP (the job above);
+    // reported and example-weighted without it. ---
+    for round in cli["rounds"].as_array().unwrap() {
+        assert!(round.get("train_accuracy").is_none(), "{round}");
+        assert!(round.get("train_auc").is_none(), "{round}");
+        assert!(round["train_loss"].is_null(), "{round}");
+    }
+    let plain = developer::submit(&mut dev, &oncology_job(1, 2))
+        .await
+        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(300),
+        developer::wait(&mut dev, &plain, false),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let detail = get(&url, &format!("/api/jobs/{plain}"), &auth).await.json();
+    let round = &detail["status"]["rounds"][0];
+    for key in ["train_accuracy", "train_auc"] {
+        let value = round[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key}: {round}"));
+        assert!((0.0..=1.0).contains(&value), "{key}: {round}");
+    }
+
     running.stop().await;
     federation.shutdown().await;
 }
@@ -466,4 +547,188 @@ fn dashboard_token_command_refuses_bad_input_and_prints_a_token_that_verifies() 
     assert_eq!(claims.role, DashboardRole::Hospital);
     assert_eq!(claims.name, "hospital-a");
     assert_eq!(claims.expires_at - claims.issued_at, 60);
+}
+
+/// One HTTP/1.1 GET over TLS to a dashboard whose server certificate the
+/// consortium CA `ca` issued, presenting `client`'s certificate if given.
+async fn https_get(
+    addr: &str,
+    ca: &rustls_pki_types::CertificateDer<'static>,
+    client: Option<&Kit>,
+    path: &str,
+    headers: &[(&str, String)],
+) -> std::io::Result<Reply> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let builder =
+        rustls::ClientConfig::builder_with_provider(cohort_identity::tls::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+    let mut config = match client {
+        Some(kit) => {
+            let key =
+                rustls_pki_types::PrivateKeyDer::from_pem_slice(kit.key_pem.as_bytes()).unwrap();
+            builder
+                .with_client_auth_cert(vec![kit.cert_der().unwrap()], key)
+                .unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let socket: std::net::SocketAddr = addr.parse().unwrap();
+    let tcp = tokio::net::TcpStream::connect(socket).await?;
+    let name = rustls_pki_types::ServerName::IpAddress(socket.ip().into());
+    let tls = connector.connect(name, tcp).await?;
+    exchange(tls, addr, path, headers).await
+}
+
+/// With the coordinator's TLS the dashboard serves HTTPS with the same
+/// certificate: a consortium client certificate signs its member in (a
+/// hospital and a developer as themselves, the coordinator's own as
+/// operator), a token still works without one, neither gets 401, and a
+/// certificate of another consortium or a revoked one gets no answer at
+/// all. The listener also caps connections and closes idle ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_over_https_takes_consortium_certificates_and_caps_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let members = ["hospital-a".to_string()];
+    let pki = LocalConsortium::provision(&dir.path().join("pki"), "dash", &members).unwrap();
+    let other = LocalConsortium::provision(&dir.path().join("other"), "other", &members).unwrap();
+    let data_dir = dir.path().join("coordinator");
+    let mut config = cohort_coordinator::CoordinatorConfig::new(&data_dir);
+    config.tls = Some(pki.coordinator_tls());
+    let coordinator = cohort_coordinator::Coordinator::open(&config).unwrap();
+    let running = dashboard::start_with(
+        "127.0.0.1:0",
+        Dashboard::open(coordinator.view(), &data_dir).unwrap(),
+        config.tls.as_ref(),
+        DashboardLimits::default(),
+    )
+    .await
+    .unwrap();
+    assert!(running.url.starts_with("https://"), "{}", running.url);
+    let addr = host_of(&running.url);
+    let ca = pki.coordinator.ca_der().unwrap();
+
+    for (kit, role, name) in [
+        (&pki.hospitals[0], "hospital", "hospital-a"),
+        (&pki.developer, "developer", "developer"),
+        (&pki.coordinator, "operator", "coordinator"),
+    ] {
+        let me = https_get(&addr, &ca, Some(kit), "/api/me", &[])
+            .await
+            .unwrap()
+            .json();
+        assert_eq!(me["role"], role, "{me}");
+        assert_eq!(me["name"], name, "{me}");
+        let jobs = https_get(&addr, &ca, Some(kit), "/api/jobs", &[])
+            .await
+            .unwrap();
+        assert_eq!(jobs.json(), serde_json::json!([]));
+    }
+    let nothing = https_get(&addr, &ca, None, "/api/me", &[]).await.unwrap();
+    assert_eq!(nothing.status, 401);
+    assert_eq!(nothing.body, "unauthorized\n");
+    let operator = token_for(&data_dir, DashboardRole::Operator, "ops");
+    let me = https_get(&addr, &ca, None, "/api/me", &bearer(&operator))
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(me["name"], "ops");
+    // A forged token next to no certificate is still nothing.
+    let forged = format!("{}x", &operator[..operator.len() - 1]);
+    let refused = https_get(&addr, &ca, None, "/api/me", &bearer(&forged)).await;
+    assert_eq!(refused.unwrap().status, 401);
+    // Plain HTTP to the HTTPS port gets no HTTP answer.
+    let plain = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    assert!(
+        exchange(plain, &addr, "/api/me", &bearer(&operator))
+            .await
+            .is_err()
+    );
+
+    // Another consortium's certificate (for a member of the same name).
+    let foreign = https_get(&addr, &ca, Some(&other.hospitals[0]), "/api/me", &[]).await;
+    assert!(foreign.is_err(), "{:?}", foreign.map(|r| r.status));
+
+    // Revoked: the next connection is refused.
+    cohort_identity::CertificateAuthority::open(&pki.ca_dir)
+        .unwrap()
+        .revoke("hospital-a")
+        .unwrap();
+    let revoked = https_get(&addr, &ca, Some(&pki.hospitals[0]), "/api/me", &[]).await;
+    assert!(revoked.is_err(), "{:?}", revoked.map(|r| r.status));
+    let developer = https_get(&addr, &ca, Some(&pki.developer), "/api/me", &[])
+        .await
+        .unwrap();
+    assert_eq!(developer.status, 200);
+    running.stop().await;
+
+    // Two slots: two idle connections take them, a third is closed
+    // unread; once the idle ones time out, requests are answered again.
+    let limits = DashboardLimits {
+        max_connections: 2,
+        idle_timeout: Duration::from_secs(1),
+        ..DashboardLimits::default()
+    };
+    let plain = dashboard::start_with(
+        "127.0.0.1:0",
+        Dashboard::open(coordinator.view(), &data_dir).unwrap(),
+        None,
+        limits,
+    )
+    .await
+    .unwrap();
+    let addr = host_of(&plain.url);
+    let idle = [
+        tokio::net::TcpStream::connect(&addr).await.unwrap(),
+        tokio::net::TcpStream::connect(&addr).await.unwrap(),
+    ];
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let third = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    assert!(exchange(third, &addr, "/api/me", &[]).await.is_err());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let answered = get(&plain.url, "/api/me", &bearer(&operator)).await;
+    assert_eq!(answered.status, 200);
+    drop(idle);
+    plain.stop().await;
+}
+
+/// `cohort coordinator --insecure --dashboard` on an address beyond
+/// loopback still serves, but says loudly that tokens travel in clear.
+#[test]
+fn plain_http_dashboard_beyond_loopback_is_warned_about() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut coordinator = std::process::Command::new(env!("CARGO_BIN_EXE_cohort"))
+        .args(["coordinator", "--insecure", "--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.path().join("coordinator"))
+        .args(["--dashboard", "0.0.0.0:0"])
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(coordinator.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let warned = loop {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) if line.contains("speaks plain HTTP beyond this machine") => break true,
+            Ok(line) => seen.push(line),
+            Err(_) => break false,
+        }
+    };
+    let _ = coordinator.kill();
+    let _ = coordinator.wait();
+    assert!(warned, "no warning; stderr: {seen:#?}");
 }

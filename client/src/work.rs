@@ -345,6 +345,15 @@ impl Worker {
         };
         let outcome = cohort_models::train(&model, global, &data.train, &config)
             .map_err(|e| format!("local training failed: {e}"))?;
+        // Without DP the trained model's quality on the training split is
+        // reported like its training loss; under DP neither leaves.
+        let train_metrics = match &job {
+            None => Some(
+                cohort_models::evaluate(&model, &outcome.parameters, &data.train)
+                    .map_err(|e| format!("scoring the trained model: {e}"))?,
+            ),
+            Some(_) => None,
+        };
         // Spending reaches the disk before the update can leave.
         let dp_epsilon = match (&job, &plan) {
             (Some(job), Some(plan)) => {
@@ -400,6 +409,7 @@ impl Worker {
             commitment: data.commitment.clone(),
             dp_epsilon,
             client_level,
+            train_metrics,
         };
         if dp_epsilon.is_some() {
             *self.last_private.lock().unwrap_or_else(|p| p.into_inner()) =
@@ -458,6 +468,8 @@ impl Worker {
                 train_loss: trained.loss,
                 dataset_sha256: trained.commitment,
                 dp_epsilon: trained.dp_epsilon.unwrap_or(0.0),
+                train_accuracy: trained.train_metrics.as_ref().map(|m| m.accuracy),
+                train_auc: trained.train_metrics.as_ref().map(|m| m.auc),
                 ..Default::default()
             },
             parameters: trained.delta,
@@ -554,6 +566,8 @@ pub(crate) struct Trained {
     /// Client-level DP: the noise multiplier of the sum (`delta` is
     /// clipped; under secure aggregation this hospital adds its share).
     pub client_level: Option<f64>,
+    /// Without DP: the trained model on the training split.
+    pub train_metrics: Option<cohort_models::Metrics>,
 }
 
 /// DP-SGD must run exactly the mechanism the hospital accounts for: the

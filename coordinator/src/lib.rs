@@ -24,6 +24,8 @@ pub mod server;
 pub mod split;
 pub mod store;
 pub mod strategy;
+pub mod traffic;
+pub mod train_metrics;
 pub mod valuation;
 pub mod vertical;
 // The web dashboard's read-only view (issue 20).

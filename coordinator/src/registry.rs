@@ -164,6 +164,12 @@ pub struct Registry {
     pub split: crate::split::SplitSeats,
     /// Vertical split learning: the relays of running rounds.
     pub vertical: crate::vertical::VerticalRelays,
+    /// Task and answer bytes of the rounds in progress (the dashboard's
+    /// bytes per round).
+    pub traffic: crate::traffic::TrafficTally,
+    /// Training-split accuracy and AUC the hospitals reported with their
+    /// updates, by round.
+    pub train_metrics: crate::train_metrics::TrainMetricsTally,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -177,6 +183,8 @@ impl Registry {
             poll_timeout,
             split: crate::split::SplitSeats::default(),
             vertical: crate::vertical::VerticalRelays::default(),
+            traffic: crate::traffic::TrafficTally::default(),
+            train_metrics: crate::train_metrics::TrainMetricsTally::default(),
         }
     }
 

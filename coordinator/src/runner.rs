@@ -80,6 +80,8 @@ impl Runner {
     /// Runs (or resumes) a job to its end and records the final state.
     pub async fn run_job(&self, job_id: &str) {
         let result = self.drive(job_id).await;
+        self.registry.traffic.forget_job(job_id);
+        self.registry.train_metrics.forget_job(job_id);
         let (state, error) = match &result {
             Ok(()) => (JobState::Completed, None),
             Err(e) => (JobState::Failed, Some(e.to_string())),
@@ -908,6 +910,11 @@ impl Runner {
                 )
                 .await?;
         }
+        let train_metrics = self
+            .registry
+            .train_metrics
+            .take(&job.id, record.round, &record.participants)
+            .filter(|_| spec.privacy.dp.is_none());
         let row = RoundRow {
             job_id: job.id.clone(),
             round: record.round,
@@ -924,6 +931,8 @@ impl Runner {
             updates: record.updates,
             aggregate_sha256: record.aggregate_sha256,
             excluded: record.excluded,
+            traffic: Some(self.registry.traffic.take(&job.id, record.round)),
+            train_metrics,
         };
         let entry = Record::RoundCompleted {
             job_id: row.job_id.clone(),

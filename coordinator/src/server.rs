@@ -33,6 +33,7 @@ use crate::registry::{Expect, Pending, Registry, TaskAnswer, TaskBody};
 use crate::runner::{Runner, card_key, model_key};
 use crate::security::{Authorizer, Caller};
 use crate::store::{JobRow, JobState, Store, StoreError, UpdateReceipt, now};
+use prost::Message as _;
 
 type FrameStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 pub(crate) type SplitDownStream = FrameStream<v1::SplitDown>;
@@ -235,25 +236,31 @@ impl HospitalService for Services {
         };
         // Two chunks in flight bound the memory a slow client can pin.
         let (tx, rx) = mpsc::channel(2);
+        let registry = self.registry.clone();
         tokio::spawn(async move {
+            let (job_id, round) = (task.header.job_id.clone(), task.header.round);
             let header = TaskFrame {
                 frame: Some(task_frame::Frame::Header(task.header)),
             };
+            let header_bytes = header.encoded_len() as u64;
             if tx.send(Ok(header)).await.is_err() {
                 return;
             }
-            match &task.body {
+            let body_bytes = match &task.body {
                 Some(TaskBody::Parameters(params)) => {
-                    send_chunks(&tx, parameter_chunks(params)).await;
+                    send_chunks(&tx, parameter_chunks(params)).await
                 }
                 Some(TaskBody::Bytes(bytes)) => {
                     let chunks = bytes
                         .chunks(CHUNK_BYTES)
                         .map(|c| Chunk { data: c.to_vec() });
-                    send_chunks(&tx, chunks).await;
+                    send_chunks(&tx, chunks).await
                 }
-                None => {}
-            }
+                None => 0,
+            };
+            registry
+                .traffic
+                .sent(&job_id, round, header_bytes + body_bytes);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -263,8 +270,8 @@ impl HospitalService for Services {
         request: Request<Streaming<ResultFrame>>,
     ) -> Result<Response<SubmitResultReply>, Status> {
         let caller = self.auth.authorize(&request, "SubmitResult", HOSPITALS)?;
-        let mut stream = request.into_inner();
-        let header = match stream.message().await? {
+        let mut stream = Upload::new(request.into_inner());
+        let header = match stream.next_frame().await? {
             Some(ResultFrame {
                 frame: Some(result_frame::Frame::Header(h)),
             }) => h,
@@ -289,6 +296,17 @@ impl HospitalService for Services {
             read_answer(pending.kind, pending.expect, &header, &mut stream)
                 .await
                 .and_then(|mut answer| {
+                    if let (TaskAnswer::Fit { num_examples, .. }, Some(accuracy), Some(auc)) =
+                        (&answer, header.train_accuracy, header.train_auc)
+                    {
+                        self.registry.train_metrics.report(
+                            &pending.job_id,
+                            pending.round,
+                            &client,
+                            *num_examples,
+                            crate::train_metrics::TrainMetrics { accuracy, auc },
+                        );
+                    }
                     match &mut answer {
                         TaskAnswer::Fit { receipt, .. }
                         | TaskAnswer::MaskedFit { receipt, .. }
@@ -340,23 +358,55 @@ impl HospitalService for Services {
                 }
             }
         };
+        self.registry
+            .traffic
+            .received(&pending.job_id, pending.round, stream.frame_bytes);
         let _ = pending.reply.send(outcome);
         Ok(Response::new(reply))
     }
 }
 
 /// Streams a task's body; stops quietly when the client hangs up.
+/// Returns the encoded bytes of the frames sent.
 async fn send_chunks(
     tx: &mpsc::Sender<Result<TaskFrame, Status>>,
     chunks: impl Iterator<Item = Chunk>,
-) {
+) -> u64 {
+    let mut sent = 0;
     for chunk in chunks {
         let frame = TaskFrame {
             frame: Some(task_frame::Frame::Chunk(chunk)),
         };
+        let bytes = frame.encoded_len() as u64;
         if tx.send(Ok(frame)).await.is_err() {
-            return;
+            break;
         }
+        sent += bytes;
+    }
+    sent
+}
+
+/// An answer's frames as they arrive, with the encoded bytes read so far
+/// (the round's answer bytes).
+pub(crate) struct Upload {
+    stream: Streaming<ResultFrame>,
+    pub(crate) frame_bytes: u64,
+}
+
+impl Upload {
+    fn new(stream: Streaming<ResultFrame>) -> Self {
+        Self {
+            stream,
+            frame_bytes: 0,
+        }
+    }
+
+    pub(crate) async fn next_frame(&mut self) -> Result<Option<ResultFrame>, Status> {
+        let frame = self.stream.message().await?;
+        if let Some(frame) = &frame {
+            self.frame_bytes += frame.encoded_len() as u64;
+        }
+        Ok(frame)
     }
 }
 
@@ -399,11 +449,11 @@ fn check_update_signature(
 
 /// Reads the chunks that follow an answer's header into `push`.
 pub(crate) async fn read_chunks(
-    stream: &mut Streaming<ResultFrame>,
+    stream: &mut Upload,
     mut push: impl FnMut(&[u8]) -> Result<(), String>,
 ) -> Result<(), String> {
     while let Some(frame) = stream
-        .message()
+        .next_frame()
         .await
         .map_err(|e| format!("upload interrupted: {e}"))?
     {
@@ -426,7 +476,7 @@ pub(crate) async fn read_chunks(
 /// The `parameter_count` bytes an answer announces, exactly as many as
 /// `expect` asks for, from its chunks.
 async fn read_bytes(
-    stream: &mut Streaming<ResultFrame>,
+    stream: &mut Upload,
     expect: Expect,
     header: &ResultHeader,
     what: &str,
@@ -461,7 +511,7 @@ async fn read_answer(
     kind: TaskKind,
     expect: Expect,
     header: &ResultHeader,
-    stream: &mut Streaming<ResultFrame>,
+    stream: &mut Upload,
 ) -> Result<TaskAnswer, String> {
     match kind {
         TaskKind::Prepare => {
@@ -664,6 +714,10 @@ impl Services {
                 slowest_fit_secs: r.slowest_fit_secs,
                 slowest_evaluate_secs: r.slowest_evaluate_secs,
                 aggregate_sha256: r.aggregate_sha256.unwrap_or_default(),
+                task_bytes_sent: r.traffic.map(|t| t.task_bytes_sent),
+                train_accuracy: r.train_metrics.map(|m| m.accuracy),
+                train_auc: r.train_metrics.map(|m| m.auc),
+                answer_bytes_received: r.traffic.map(|t| t.answer_bytes_received),
                 excluded: r
                     .excluded
                     .into_iter()

@@ -120,6 +120,11 @@ pub struct RoundRow {
     pub aggregate_sha256: Option<String>,
     /// Updates left out of the round (e.g. without a valid proof), and why.
     pub excluded: Vec<cohort_ledger::Exclusion>,
+    /// Task and answer bytes on the wire (`None` for rounds recorded
+    /// before they were counted).
+    pub traffic: Option<crate::traffic::RoundTraffic>,
+    /// Training-split accuracy and AUC (plain aggregation without DP).
+    pub train_metrics: Option<crate::train_metrics::TrainMetrics>,
 }
 
 /// One aggregated update as the coordinator received it: the same record
@@ -211,7 +216,11 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE rounds ADD COLUMN aggregate_sha256 TEXT;",
     // 5 (update proofs, issue 16): updates a round left out, and why.
     "ALTER TABLE rounds ADD COLUMN excluded_json TEXT;",
-    // 6: the adaptive clipping bound after each round of a client-level DP
+    // 6 (dashboard, issue 20): task and answer bytes on the wire.
+    "ALTER TABLE rounds ADD COLUMN task_bytes_sent INTEGER;
+     ALTER TABLE rounds ADD COLUMN answer_bytes_received INTEGER;
+     ALTER TABLE rounds ADD COLUMN train_metrics_json TEXT;",
+    // 7: the adaptive clipping bound after each round of a client-level DP
     // job, so that a restarted coordinator goes on from it.
     "CREATE TABLE IF NOT EXISTS clip_bounds (
         job_id TEXT NOT NULL,
@@ -220,6 +229,11 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (job_id, round)
     );",
 ];
+
+/// SQLite integers are signed.
+fn sql_count(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
 
 fn migrate(db: &Connection) -> rusqlite::Result<()> {
     let version: i64 = db.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -314,6 +328,20 @@ impl Store {
     /// the name of the key that signed it.
     pub fn ledger(&self) -> Result<LedgerContents, StoreError> {
         read_ledger(&self.db())
+    }
+
+    /// What changes whenever the ledger grows (its entry count and signed
+    /// checkpoint), without reading the entries: readers that cache the
+    /// parsed ledger re-read it only when this changes.
+    pub fn ledger_stamp(&self) -> Result<(u64, Option<String>), StoreError> {
+        let db = self.db();
+        let count: i64 = db.query_row("SELECT COUNT(*) FROM ledger", [], |r| r.get(0))?;
+        let note = db
+            .query_row("SELECT note FROM ledger_checkpoint WHERE id = 1", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok((u64::try_from(count).unwrap_or_default(), note))
     }
 
     fn db(&self) -> MutexGuard<'_, Connection> {
@@ -453,12 +481,19 @@ impl Store {
             serde_json::to_string(&row.updates).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let excluded =
             serde_json::to_string(&row.excluded).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let train_metrics = row
+            .train_metrics
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         db.execute(
             "INSERT INTO rounds (job_id, round, participants_json, metrics_json, train_loss,
                 attempts, duration_secs, model_key, model_sha256, completed_at,
                 slowest_fit_secs, slowest_evaluate_secs, updates_json, aggregate_sha256,
-                excluded_json)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                excluded_json, task_bytes_sent, answer_bytes_received, train_metrics_json)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                ?18)",
             params![
                 row.job_id,
                 row.round,
@@ -474,7 +509,10 @@ impl Store {
                 row.slowest_evaluate_secs,
                 updates,
                 row.aggregate_sha256,
-                excluded
+                excluded,
+                row.traffic.map(|t| sql_count(t.task_bytes_sent)),
+                row.traffic.map(|t| sql_count(t.answer_bytes_received)),
+                train_metrics
             ],
         )?;
         Ok(())
@@ -487,7 +525,7 @@ impl Store {
             "SELECT job_id, round, participants_json, metrics_json, train_loss, attempts,
                     duration_secs, model_key, model_sha256, completed_at,
                     slowest_fit_secs, slowest_evaluate_secs, updates_json, aggregate_sha256,
-                    excluded_json
+                    excluded_json, task_bytes_sent, answer_bytes_received, train_metrics_json
              FROM rounds WHERE job_id = ?1 ORDER BY round",
         )?;
         // A JSON column that does not parse is reported like any other
@@ -525,6 +563,21 @@ impl Store {
                     updates: json_column(r, 12)?.unwrap_or_default(),
                     aggregate_sha256: r.get(13)?,
                     excluded: json_column(r, 14)?.unwrap_or_default(),
+                    traffic: match (
+                        r.get::<_, Option<i64>>(15)?
+                            .and_then(|n| u64::try_from(n).ok()),
+                        r.get::<_, Option<i64>>(16)?
+                            .and_then(|n| u64::try_from(n).ok()),
+                    ) {
+                        (Some(task_bytes_sent), Some(answer_bytes_received)) => {
+                            Some(crate::traffic::RoundTraffic {
+                                task_bytes_sent,
+                                answer_bytes_received,
+                            })
+                        }
+                        _ => None,
+                    },
+                    train_metrics: json_column(r, 17)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()
@@ -764,6 +817,14 @@ mod tests {
             updates: Vec::new(),
             aggregate_sha256: None,
             excluded: Vec::new(),
+            train_metrics: (round > 0).then_some(crate::train_metrics::TrainMetrics {
+                accuracy: 0.75,
+                auc: 0.5,
+            }),
+            traffic: (round > 0).then_some(crate::traffic::RoundTraffic {
+                task_bytes_sent: 1000 + u64::from(round),
+                answer_bytes_received: 500,
+            }),
         }
     }
 
@@ -790,7 +851,13 @@ mod tests {
         let j = store.job("j1").unwrap().unwrap();
         assert_eq!(j.state, JobState::Running);
         assert_eq!(j.rounds_completed, 1);
-        assert_eq!(store.rounds("j1").unwrap().len(), 2);
+        let rounds = store.rounds("j1").unwrap();
+        assert_eq!(rounds.len(), 2);
+        assert_eq!(rounds[0].traffic, None);
+        assert_eq!(rounds[1].traffic.unwrap().task_bytes_sent, 1001);
+        assert_eq!(rounds[1].traffic.unwrap().answer_bytes_received, 500);
+        assert_eq!(rounds[0].train_metrics, None);
+        assert_eq!(rounds[1].train_metrics.unwrap().accuracy, 0.75);
         assert_eq!(
             &store.get_object("jobs/j1/model").await.unwrap()[..],
             &[1, 2, 3]

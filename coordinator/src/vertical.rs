@@ -165,7 +165,7 @@ pub fn check_job(spec: &JobSpec) -> Result<(), JobError> {
 /// (`parameter_count` bytes in chunks).
 pub(crate) async fn read_answer(
     header: &ResultHeader,
-    stream: &mut tonic::Streaming<v1::ResultFrame>,
+    stream: &mut crate::server::Upload,
 ) -> Result<TaskAnswer, String> {
     if header.parameter_count > MAX_ANSWER_BYTES {
         return Err(format!(

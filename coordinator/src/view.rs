@@ -38,6 +38,11 @@ impl CoordinatorView {
         self.services.store.ledger()
     }
 
+    /// [`crate::store::Store::ledger_stamp`].
+    pub fn ledger_stamp(&self) -> Result<(u64, Option<String>), StoreError> {
+        self.services.store.ledger_stamp()
+    }
+
     /// A round's model as `GetModel` streams it: card JSON, safetensors
     /// bytes, and the signature bundle (`None` for models stored before
     /// signing existed).

@@ -126,11 +126,20 @@ impl RevocationWatch {
 }
 
 #[derive(Debug)]
-struct ReloadingVerifier(Arc<RevocationWatch>);
+struct ReloadingVerifier {
+    watch: Arc<RevocationWatch>,
+    /// `false` for the dashboard: a browser without a certificate may
+    /// still connect and sign in with a token.
+    mandatory: bool,
+}
 
 impl ClientCertVerifier for ReloadingVerifier {
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &self.0.hints
+        &self.watch.hints
     }
 
     fn verify_client_cert(
@@ -139,7 +148,7 @@ impl ClientCertVerifier for ReloadingVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.0
+        self.watch
             .current()
             .verifier
             .verify_client_cert(end_entity, intermediates, now)
@@ -151,7 +160,7 @@ impl ClientCertVerifier for ReloadingVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0
+        self.watch
             .current()
             .verifier
             .verify_tls12_signature(message, cert, dss)
@@ -163,14 +172,14 @@ impl ClientCertVerifier for ReloadingVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0
+        self.watch
             .current()
             .verifier
             .verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.current().verifier.supported_verify_schemes()
+        self.watch.current().verifier.supported_verify_schemes()
     }
 }
 
@@ -185,6 +194,27 @@ impl ServerTls {
     /// `kit` must be a coordinator kit. `crl` is the revocation list file
     /// to enforce and watch (`None`: nothing is revoked).
     pub fn new(kit: &Kit, crl: Option<&Path>) -> Result<Self, IdentityError> {
+        // gRPC runs over HTTP/2 only.
+        Self::build(kit, crl, true, b"h2")
+    }
+
+    /// The same certificate and revocation list for the web dashboard's
+    /// HTTPS (HTTP/1.1): a consortium client certificate is verified when
+    /// one is presented, but none is required (browsers sign in with a
+    /// token instead).
+    pub fn optional_client_certificate(
+        kit: &Kit,
+        crl: Option<&Path>,
+    ) -> Result<Self, IdentityError> {
+        Self::build(kit, crl, false, b"http/1.1")
+    }
+
+    fn build(
+        kit: &Kit,
+        crl: Option<&Path>,
+        mandatory: bool,
+        alpn: &[u8],
+    ) -> Result<Self, IdentityError> {
         kit.expect_role(&[Role::Coordinator])?;
         let provider = crypto_provider();
         let ca_der = kit.ca_der()?;
@@ -214,11 +244,13 @@ impl ServerTls {
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| IdentityError::Tls(e.to_string()))?
-            .with_client_cert_verifier(Arc::new(ReloadingVerifier(revocation.clone())))
+            .with_client_cert_verifier(Arc::new(ReloadingVerifier {
+                watch: revocation.clone(),
+                mandatory,
+            }))
             .with_single_cert(vec![kit.cert_der()?], key)
             .map_err(|e| IdentityError::Tls(format!("server certificate: {e}")))?;
-        // gRPC runs over HTTP/2 only.
-        config.alpn_protocols = vec![b"h2".to_vec()];
+        config.alpn_protocols = vec![alpn.to_vec()];
         Ok(Self {
             config: Arc::new(config),
             revocation,

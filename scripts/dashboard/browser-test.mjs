@@ -139,6 +139,15 @@ async function full() {
   check(auc === rounds.length, 'the AUC curve has one point per completed round');
   check(await page.locator('#rounds tbody tr').count() === detail.status.rounds.filter(r => r.round > 0).length,
     'the rounds table has a row per completed round');
+  const apiRounds = detail.status.rounds.filter(r => r.round > 0);
+  const shownBytes = await page.locator('#rounds tbody tr').evaluateAll(rows =>
+    rows.map(row => [...row.querySelectorAll('td[data-bytes]')].map(td => td.dataset.bytes)));
+  check(apiRounds.every((r, i) => r.task_bytes_sent > 0 && r.answer_bytes_received > 0 &&
+      shownBytes[i][0] === String(r.task_bytes_sent) && shownBytes[i][1] === String(r.answer_bytes_received)),
+    "the rounds table shows each round's task and answer bytes as the API reports them");
+  const trainAuc = await page.locator('#chart-quality circle[data-series="train_auc"]').count();
+  check(trainAuc === apiRounds.filter(r => r.train_auc != null).length,
+    `the training AUC curve has a point per round that reports one (${trainAuc}; none under DP)`);
   check(await page.locator('#model-signature').innerText() === detail.model.signature.status,
     `the model's signature status is shown (${detail.model.signature.status})`);
   check(detail.model.signature.status === 'verified', "the model's signature verifies");

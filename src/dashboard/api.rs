@@ -4,7 +4,7 @@
 //! `cohort verify ledger/model` read it, and rewards as `cohort rewards
 //! show` reports them, cut down to what the token's holder may see.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -15,6 +15,7 @@ use cohort_coordinator::view::CoordinatorView;
 use cohort_ledger::AuditReport;
 use serde::Serialize;
 
+use super::ledger_cache::ParsedLedger;
 use super::token::{Claims, DashboardRole};
 use crate::audit::{InclusionProof, IndexedEntry};
 use crate::developer::JobView;
@@ -151,17 +152,6 @@ pub fn may_see(claims: &Claims, row: &JobRow) -> bool {
     }
 }
 
-/// The time of each job's latest ledger entry.
-fn last_ledger_times(ledger: &LedgerContents) -> Result<BTreeMap<String, String>> {
-    let mut last = BTreeMap::new();
-    for (_, entry) in crate::audit::entries_in(&ledger.leaves, None)? {
-        if let Some(job) = entry.record.job_id() {
-            last.insert(job.to_string(), entry.at.clone());
-        }
-    }
-    Ok(last)
-}
-
 fn summary(row: &JobRow, view: &JobView, last_entry: Option<&String>) -> JobSummary {
     // A stored job's file parsed when it was submitted; one that no longer
     // does (an older format) still lists, without the parts it names.
@@ -206,8 +196,12 @@ fn job_view(view: &CoordinatorView, row: &JobRow) -> Result<JobView> {
 }
 
 /// `GET /api/jobs`: the jobs the caller may see, newest first.
-pub fn jobs(view: &CoordinatorView, claims: &Claims) -> Result<Vec<JobSummary>> {
-    let last = last_ledger_times(&view.ledger()?)?;
+pub fn jobs(
+    view: &CoordinatorView,
+    claims: &Claims,
+    ledger: &ParsedLedger,
+) -> Result<Vec<JobSummary>> {
+    let last = &ledger.last_entry_at;
     let mut out = Vec::new();
     for row in view.jobs()?.iter().filter(|r| may_see(claims, r)) {
         let status = job_view(view, row)?;
@@ -229,16 +223,15 @@ pub fn job_detail(
     view: &CoordinatorView,
     claims: &Claims,
     row: &JobRow,
-    ledger: &LedgerContents,
+    ledger: &ParsedLedger,
 ) -> Result<JobDetail> {
     let mut status = job_view(view, row)?;
-    let last = last_ledger_times(ledger)?;
-    let summary = summary(row, &status, last.get(&row.id));
+    let summary = summary(row, &status, ledger.last_entry_at.get(&row.id));
     let spec = JobSpec::from_toml(&row.spec_toml).ok();
     let dp = spec.as_ref().and_then(|s| s.privacy.dp.as_ref());
     let rewards = if summary.valuation {
         // Nothing paid yet is not an error on a page that updates live.
-        crate::rewards::show(ledger, Some(&row.id)).ok()
+        crate::rewards::show(&ledger.contents, Some(&row.id)).ok()
     } else {
         None
     };

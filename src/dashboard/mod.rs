@@ -2,10 +2,14 @@
 //! serves it beside gRPC on the same tokio runtime. Pages (embedded in the
 //! binary: [`assets`]) are built on a small JSON API ([`api`]) that shows
 //! the same data the CLI and the Python package print. Every request needs
-//! a token signed with the coordinator's dashboard key ([`token`]).
+//! a token signed with the coordinator's dashboard key ([`token`]) or, when
+//! the coordinator runs with TLS (the dashboard then serves HTTPS with the
+//! same certificate, [`listener`]), a consortium client certificate.
 
 pub mod api;
 mod assets;
+pub mod ledger_cache;
+pub mod listener;
 pub mod token;
 
 use std::collections::HashMap;
@@ -16,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use axum::Router;
-use axum::extract::{Extension, Path as UrlPath, Request, State};
+use axum::extract::{ConnectInfo, Extension, Path as UrlPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -26,7 +30,11 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 
 use api::SignatureStatus;
-use token::{Claims, TokenVerifier};
+use cohort_coordinator::TlsSettings;
+use cohort_identity::{Principal, Role};
+use ledger_cache::{LedgerCache, ParsedLedger};
+use listener::{DashboardLimits, GuardedListener, HttpsSettings, Peer};
+use token::{Claims, DashboardRole, TokenVerifier};
 
 /// The cookie `?token=` sets.
 pub const COOKIE: &str = "cohort_dashboard";
@@ -42,6 +50,7 @@ pub struct Dashboard {
     signatures: Mutex<HashMap<(String, u32), SignatureStatus>>,
     /// One ledger verification at a time (they share the seen-checkpoints file).
     ledger_check: tokio::sync::Mutex<()>,
+    ledger: LedgerCache,
 }
 
 impl Dashboard {
@@ -55,13 +64,20 @@ impl Dashboard {
             verifier: TokenVerifier::new(key.verifying_key()),
             signatures: Mutex::new(HashMap::new()),
             ledger_check: tokio::sync::Mutex::new(()),
+            ledger: LedgerCache::default(),
         }))
+    }
+
+    /// The ledger as the jobs list and job pages read it: parsed once per
+    /// change ([`ledger_cache`]).
+    pub fn ledger(&self) -> Result<Arc<ParsedLedger>> {
+        self.ledger.get(&self.view)
     }
 }
 
 /// A dashboard serving in the background.
 pub struct RunningDashboard {
-    /// `http://ADDR/`.
+    /// `http://ADDR/`, or `https://ADDR/` with TLS.
     pub url: String,
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -76,13 +92,51 @@ impl RunningDashboard {
 }
 
 /// Binds `addr` (`HOST:PORT`; port 0 picks a free one) and serves `dashboard`
-/// there until [`RunningDashboard::stop`].
+/// there over plain HTTP until [`RunningDashboard::stop`].
 pub async fn start(addr: &str, dashboard: Arc<Dashboard>) -> Result<RunningDashboard> {
-    let addr = addr.trim_start_matches("http://").trim_end_matches('/');
-    let listener = TcpListener::bind(addr)
+    start_with(addr, dashboard, None, DashboardLimits::default()).await
+}
+
+/// [`start`], over HTTPS with the coordinator's certificate when `tls` is
+/// given (a consortium client certificate then also signs one in), within
+/// `limits`.
+pub async fn start_with(
+    addr: &str,
+    dashboard: Arc<Dashboard>,
+    tls: Option<&TlsSettings>,
+    limits: DashboardLimits,
+) -> Result<RunningDashboard> {
+    let addr = addr
+        .trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .trim_end_matches('/');
+    let https = match tls {
+        Some(settings) => {
+            let server = cohort_identity::tls::ServerTls::optional_client_certificate(
+                &settings.kit,
+                settings.crl.as_deref(),
+            )
+            .context("--dashboard: the coordinator's TLS settings")?;
+            Some(HttpsSettings {
+                acceptor: tokio_rustls::TlsAcceptor::from(server.config),
+                revocation: server.revocation,
+            })
+        }
+        None => None,
+    };
+    let scheme = if https.is_some() { "https" } else { "http" };
+    let tcp = TcpListener::bind(addr)
         .await
         .with_context(|| format!("--dashboard: cannot listen on {addr}"))?;
-    let url = format!("http://{}/", listener.local_addr()?);
+    let local = tcp.local_addr()?;
+    if https.is_none() && !local.ip().is_loopback() {
+        tracing::warn!(
+            "the dashboard on {local} speaks plain HTTP beyond this machine: tokens can be read on the way. \
+             Run the coordinator with --tls (the dashboard then serves HTTPS) or keep it on 127.0.0.1"
+        );
+    }
+    let url = format!("{scheme}://{local}/");
+    let listener = GuardedListener::new(tcp, https, limits)?;
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(async move {
         let shutdown = async move {
@@ -95,32 +149,42 @@ pub async fn start(addr: &str, dashboard: Arc<Dashboard>) -> Result<RunningDashb
     Ok(RunningDashboard { url, stop, task })
 }
 
-/// `--dashboard ADDR`: serves `coordinator`'s dashboard on `addr` and says
-/// where, and how to get a token.
+/// `--dashboard ADDR`: serves `coordinator`'s dashboard on `addr` (HTTPS
+/// when the coordinator has `tls`) and says where, and how to get a token.
 pub async fn start_for(
     addr: &str,
     coordinator: &cohort_coordinator::Coordinator,
     data_dir: &Path,
+    tls: Option<&TlsSettings>,
 ) -> Result<RunningDashboard> {
-    let running = start(addr, Dashboard::open(coordinator.view(), data_dir)?).await?;
+    let dashboard = Dashboard::open(coordinator.view(), data_dir)?;
+    let running = start_with(addr, dashboard, tls, DashboardLimits::default()).await?;
     tracing::info!(
-        "dashboard on {} (a token: cohort dashboard token --data-dir {} --role operator --name NAME)",
+        "dashboard on {} (a token: cohort dashboard token --data-dir {} --role operator --name NAME{})",
         running.url,
-        data_dir.display()
+        data_dir.display(),
+        if tls.is_some() {
+            "; or a consortium client certificate"
+        } else {
+            ""
+        }
     );
     Ok(running)
 }
 
 /// Serves `dashboard` on `listener` until `shutdown` completes.
 pub async fn serve(
-    listener: TcpListener,
+    listener: GuardedListener,
     dashboard: Arc<Dashboard>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    axum::serve(listener, router(dashboard))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("dashboard server")
+    axum::serve(
+        listener,
+        router(dashboard).into_make_service_with_connect_info::<Peer>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .context("dashboard server")
 }
 
 pub fn router(dashboard: Arc<Dashboard>) -> Router {
@@ -223,13 +287,47 @@ async fn authenticate(
         )
             .into_response();
     }
-    match presented_token(request.headers()).and_then(|t| dashboard.verifier.verify(&t).ok()) {
+    let from_token =
+        presented_token(request.headers()).and_then(|t| dashboard.verifier.verify(&t).ok());
+    let from_certificate = || {
+        let ConnectInfo(peer) = request.extensions().get::<ConnectInfo<Peer>>()?;
+        certificate_claims(peer)
+    };
+    match from_token.or_else(from_certificate) {
         Some(claims) => {
             request.extensions_mut().insert(claims);
             next.run(request).await
         }
         None => unauthorized(),
     }
+}
+
+/// The role a verified, unrevoked consortium certificate signs in as: a
+/// hospital and a developer as themselves; a validator, which may read
+/// every job over gRPC, and the coordinator's own certificate (held by
+/// the operator) as operators.
+fn certificate_claims(peer: &Peer) -> Option<Claims> {
+    let member: &Principal = peer.member.as_ref()?;
+    let revocation = peer.revocation.as_ref()?;
+    if let Err(e) = revocation.refresh() {
+        tracing::warn!("revocation list not reloaded, the previous one stays in force: {e}");
+    }
+    if revocation.is_revoked(&member.serial) {
+        return None;
+    }
+    let role = match member.role {
+        Role::Hospital => DashboardRole::Hospital,
+        Role::Developer => DashboardRole::Developer,
+        Role::Validator | Role::Coordinator => DashboardRole::Operator,
+    };
+    let now = token::unix_now();
+    let expires_at = u64::try_from(member.not_after).ok()?;
+    (expires_at > now).then(|| Claims {
+        role,
+        name: member.name.clone(),
+        issued_at: now,
+        expires_at,
+    })
 }
 
 /// Only this origin's own scripts, styles and API: nothing from a CDN
@@ -324,8 +422,7 @@ async fn jobs(
     State(d): State<Arc<Dashboard>>,
     Extension(claims): Extension<Claims>,
 ) -> Result<Response, ApiError> {
-    let view = d.view.clone();
-    json(&blocking(move || api::jobs(&view, &claims)).await?)
+    json(&blocking(move || api::jobs(&d.view, &claims, &*d.ledger()?)).await?)
 }
 
 async fn job(
@@ -333,13 +430,13 @@ async fn job(
     Extension(claims): Extension<Claims>,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Response, ApiError> {
-    let view = d.view.clone();
+    let dashboard = d.clone();
     let detail = blocking(move || {
-        let Some(row) = api::visible_job(&view, &claims, &id)? else {
+        let Some(row) = api::visible_job(&dashboard.view, &claims, &id)? else {
             return Ok(None);
         };
-        let ledger = view.ledger()?;
-        api::job_detail(&view, &claims, &row, &ledger).map(Some)
+        let ledger = dashboard.ledger()?;
+        api::job_detail(&dashboard.view, &claims, &row, &ledger).map(Some)
     })
     .await?;
     let Some(mut detail) = detail else {

@@ -32,6 +32,13 @@ function svg(tag, attrs, ...children) {
   return node;
 }
 const fmt = (x, digits = 4) => (x === null || x === undefined || Number.isNaN(x)) ? '–' : Number(x).toFixed(digits);
+const bytes = (n) => {
+  if (n === null || n === undefined) return '–';
+  const units = ['B', 'KiB', 'MiB', 'GiB'];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return i === 0 ? `${n} B` : `${n.toFixed(1)} ${units[i]}`;
+};
 const when = (t) => t ? t.replace('T', ' ').replace(/\.\d+/, '').replace('Z', ' UTC') : '–';
 const short = (h) => h ? h.slice(0, 16) + '…' : '–';
 function badge(state) { return el('span', { class: 'badge ' + state }, state); }
@@ -157,13 +164,18 @@ async function jobPage(id) {
   const quality = lineChart('chart-quality', [
     { key: 'validation_auc', name: 'validation ROC AUC', points: withMetrics.map(r => [r.round, r.metrics.auc]) },
     { key: 'validation_accuracy', name: 'validation accuracy', points: withMetrics.map(r => [r.round, r.metrics.accuracy]) },
+    // Reported only in plain aggregation without DP (docs/DASHBOARD.md).
+    { key: 'train_auc', name: 'training ROC AUC', points: rounds.filter(r => r.train_auc != null).map(r => [r.round, r.train_auc]) },
+    { key: 'train_accuracy', name: 'training accuracy', points: rounds.filter(r => r.train_accuracy != null).map(r => [r.round, r.train_accuracy]) },
   ], { label: 'AUC and accuracy per round', min: 0, max: 1 });
 
   const hospitals = s.participants.length ? s.participants : [...new Set(rounds.flatMap(r => r.participants))];
   const participation = table(
     [el('th', { class: 'num' }, 'round'), ...hospitals, el('th', { class: 'num' }, 'duration s'),
       el('th', { class: 'num' }, 'slowest fit s'), el('th', { class: 'num' }, 'attempts'),
-      el('th', { class: 'num' }, 'parameters received'), 'left out'],
+      el('th', { class: 'num' }, 'parameters received'),
+      el('th', { class: 'num', title: 'encoded task frames the coordinator sent' }, 'tasks sent'),
+      el('th', { class: 'num', title: 'encoded answer frames the coordinator received' }, 'answers received'), 'left out'],
     rounds.map(r => el('tr', { 'data-round': r.round },
       el('td', { class: 'num' }, r.round),
       hospitals.map(h => el('td', { title: h }, r.participants.includes(h) ? '✓' : '–')),
@@ -171,6 +183,8 @@ async function jobPage(id) {
       el('td', { class: 'num' }, fmt(r.slowest_fit_secs, 2)),
       el('td', { class: 'num' }, r.attempts),
       el('td', { class: 'num' }, r.updates.reduce((n, u) => n + u.parameter_count, 0).toLocaleString()),
+      el('td', { class: 'num', 'data-bytes': r.task_bytes_sent ?? '' }, bytes(r.task_bytes_sent)),
+      el('td', { class: 'num', 'data-bytes': r.answer_bytes_received ?? '' }, bytes(r.answer_bytes_received)),
       el('td', {}, (r.excluded || []).map(x => `${x.client}: ${x.reason}`).join('; ') || '–'))),
     { id: 'rounds' });
 
