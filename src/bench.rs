@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::developer;
 use crate::local::{LocalFederation, LocalHospital};
 
+pub mod load;
 pub mod valuation;
 
 #[derive(Debug, Clone, Serialize)]
@@ -75,16 +76,11 @@ pub fn hidden_width_for(parameters: usize) -> usize {
     (parameters.saturating_sub(1) / 32).max(1)
 }
 
-pub async fn round_overhead(
-    clients: usize,
-    parameters: usize,
-    rounds: u32,
-) -> Result<RoundOverhead> {
-    reset_peak_rss();
-    let dir = tempfile::Builder::new().prefix("cohort-bench-").tempdir()?;
+/// WDBC dealt IID to `clients` hospitals named `bench-000`, ... under `dir`.
+pub(crate) fn iid_hospitals(dir: &std::path::Path, clients: usize) -> Result<Vec<LocalHospital>> {
     let split = cohort_datasets::split_bytes(
         crate::WDBC_CSV,
-        &dir.path().join("data"),
+        &dir.join("data"),
         &SplitOptions {
             parts: clients,
             label: Some("diagnosis".into()),
@@ -93,19 +89,7 @@ pub async fn round_overhead(
             seed: 1,
         },
     )?;
-    let hidden = hidden_width_for(parameters);
-    let job = crate::DEMO_JOB
-        .replace("hidden = [32, 16]", &format!("hidden = [{hidden}]"))
-        .replace("rounds = 20", &format!("rounds = {rounds}"))
-        .replace("min_clients = 3", &format!("min_clients = {clients}"))
-        .replace(
-            "clients_per_round = 3",
-            &format!("clients_per_round = {clients}"),
-        )
-        .replace("local_epochs = 2", "local_epochs = 1")
-        .replace("round_timeout_secs = 120", "round_timeout_secs = 600");
-
-    let hospitals: Vec<LocalHospital> = split
+    Ok(split
         .parts
         .iter()
         .enumerate()
@@ -114,7 +98,34 @@ pub async fn round_overhead(
             data: part.file.clone(),
             options: Default::default(),
         })
-        .collect();
+        .collect())
+}
+
+/// The demo job with one hidden layer of `hidden`, one local epoch and
+/// every one of `clients` hospitals in each of `rounds` rounds.
+pub(crate) fn every_hospital_job(clients: usize, hidden: usize, rounds: u32) -> String {
+    crate::DEMO_JOB
+        .replace("hidden = [32, 16]", &format!("hidden = [{hidden}]"))
+        .replace("rounds = 20", &format!("rounds = {rounds}"))
+        .replace("min_clients = 3", &format!("min_clients = {clients}"))
+        .replace(
+            "clients_per_round = 3",
+            &format!("clients_per_round = {clients}"),
+        )
+        .replace("local_epochs = 2", "local_epochs = 1")
+        .replace("round_timeout_secs = 120", "round_timeout_secs = 600")
+}
+
+pub async fn round_overhead(
+    clients: usize,
+    parameters: usize,
+    rounds: u32,
+) -> Result<RoundOverhead> {
+    reset_peak_rss();
+    let dir = tempfile::Builder::new().prefix("cohort-bench-").tempdir()?;
+    let hidden = hidden_width_for(parameters);
+    let job = every_hospital_job(clients, hidden, rounds);
+    let hospitals = iid_hospitals(dir.path(), clients)?;
     // Measured over mutual TLS, as a deployment runs.
     let federation =
         LocalFederation::start(dir.path(), &hospitals, true, Duration::from_secs(5)).await?;

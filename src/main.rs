@@ -465,6 +465,23 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Developer API latency under load (issue 21): the same job runs alone
+    /// and then while CALLERS developers, each on its own connection, send
+    /// status, list and model-download calls back to back; prints the p50
+    /// and p99 latency per call and how much slower the rounds ran.
+    Load {
+        /// Hospitals, all of them in every round.
+        #[arg(long, default_value_t = 50)]
+        clients: usize,
+        /// Concurrent developer callers.
+        #[arg(long, default_value_t = 200)]
+        callers: usize,
+        /// Rounds of each job.
+        #[arg(long, default_value_t = 10)]
+        rounds: u32,
+        #[arg(long)]
+        json: bool,
+    },
     /// Coordinator per-round overhead: round wall time minus the slowest
     /// client's fit and evaluation time, over loopback gRPC in this process.
     Rounds {
@@ -1950,6 +1967,38 @@ async fn run_bench_command(cmd: BenchCommand) -> Result<()> {
                 println!("{}", serde_json::to_string(&result)?);
             } else {
                 println!("{}", result.summary());
+            }
+        }
+        BenchCommand::Load {
+            clients,
+            callers,
+            rounds,
+            json,
+        } => {
+            init_logging("error");
+            let report = bench::load::load(clients, callers, rounds).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "{} hospitals, {} rounds: median round {:.3} s alone, {:.3} s under {} callers ({:+.1} %)",
+                    report.clients,
+                    report.rounds,
+                    report.median_round_secs_alone,
+                    report.median_round_secs_loaded,
+                    report.callers,
+                    100.0 * report.round_slowdown
+                );
+                println!("call     calls  errors   p50 ms   p99 ms   max ms");
+                for c in &report.calls {
+                    println!(
+                        "{:<7} {:>6} {:>7} {:>8.2} {:>8.2} {:>8.2}",
+                        c.call, c.count, c.errors, c.p50_ms, c.p99_ms, c.max_ms
+                    );
+                }
+                if let Some(e) = report.calls.iter().find_map(|c| c.first_error.as_ref()) {
+                    println!("first error: {e}");
+                }
             }
         }
         BenchCommand::Rounds {

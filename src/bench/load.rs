@@ -1,0 +1,168 @@
+//! `cohort bench load`: developer API latency under load, and what that
+//! load does to the rounds running beside it. The same job runs twice on
+//! the same federation of hospitals (in this process, over loopback gRPC):
+//! once alone, and once while `callers` developers each send status,
+//! list and model-download calls back to back until it finishes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use serde::Serialize;
+
+use super::{every_hospital_job, iid_hospitals, median};
+use crate::developer;
+use crate::local::LocalFederation;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadBench {
+    pub clients: usize,
+    pub callers: usize,
+    pub rounds: u32,
+    pub median_round_secs_alone: f64,
+    pub median_round_secs_loaded: f64,
+    /// Loaded over alone, minus one.
+    pub round_slowdown: f64,
+    pub calls: Vec<CallLatency>,
+}
+
+/// One kind of developer call under load.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallLatency {
+    pub call: String,
+    pub count: usize,
+    pub errors: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    /// The first error, if any (its text).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_error: Option<String>,
+}
+
+const CALLS: [&str; 3] = ["status", "list", "model"];
+
+/// `clients` hospitals, `rounds` rounds, `callers` concurrent developers,
+/// each on its own connection (plaintext, so that the coordinator's
+/// per-member call cap, which under mutual TLS would group them all under
+/// the one developer certificate, does not refuse them).
+pub async fn load(clients: usize, callers: usize, rounds: u32) -> Result<LoadBench> {
+    if clients < 2 || callers == 0 || rounds == 0 {
+        bail!("--clients must be at least 2, --callers and --rounds at least 1");
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("cohort-bench-load-")
+        .tempdir()?;
+    let hospitals = iid_hospitals(dir.path(), clients)?;
+    let job = every_hospital_job(clients, 16, rounds);
+    let federation =
+        LocalFederation::start(dir.path(), &hospitals, false, Duration::from_secs(5)).await?;
+    let outcome = measure(&federation, &job, callers, dir.path()).await;
+    federation.shutdown().await;
+    let (alone, loaded, latencies) = outcome?;
+    let (a, b) = (median(&alone), median(&loaded));
+    let calls = CALLS
+        .iter()
+        .zip(latencies)
+        .map(|(name, (mut ms, errors))| {
+            ms.sort_by(f64::total_cmp);
+            let at = |q: f64| {
+                ms.get(((ms.len() as f64 * q).ceil() as usize).saturating_sub(1))
+                    .copied()
+                    .unwrap_or(f64::NAN)
+            };
+            CallLatency {
+                call: name.to_string(),
+                count: ms.len() + errors.len(),
+                errors: errors.len(),
+                p50_ms: at(0.5),
+                p99_ms: at(0.99),
+                max_ms: ms.last().copied().unwrap_or(f64::NAN),
+                first_error: errors.into_iter().next(),
+            }
+        })
+        .collect();
+    Ok(LoadBench {
+        clients,
+        callers,
+        rounds,
+        median_round_secs_alone: a,
+        median_round_secs_loaded: b,
+        round_slowdown: b / a - 1.0,
+        calls,
+    })
+}
+
+/// Per call kind: the latencies (ms) of the calls that succeeded and the
+/// errors of those that did not.
+type Latencies = Vec<(Vec<f64>, Vec<String>)>;
+
+async fn measure(
+    federation: &LocalFederation,
+    job: &str,
+    callers: usize,
+    dir: &std::path::Path,
+) -> Result<(Vec<f64>, Vec<f64>, Latencies)> {
+    let mut dev = federation.developer().await?;
+    eprintln!("job alone ...");
+    let alone_id = developer::submit(&mut dev, job).await?;
+    let alone = finished(developer::wait(&mut dev, &alone_id, false).await?)?;
+
+    eprintln!("job under {callers} concurrent developer callers ...");
+    let loaded_id = developer::submit(&mut dev, job).await?;
+    let done = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::with_capacity(callers);
+    for caller in 0..callers {
+        let mut dev = federation.developer().await?;
+        let done = done.clone();
+        // Model downloads read the job that already finished: the loaded
+        // one has no model until its first round.
+        let (status_job, model_job) = (loaded_id.clone(), alone_id.clone());
+        let out = dir.join(format!("caller-{caller}"));
+        tasks.push(tokio::spawn(async move {
+            let mut latencies: Latencies = vec![(Vec::new(), Vec::new()); CALLS.len()];
+            let mut turn = caller;
+            while !done.load(Ordering::Relaxed) {
+                let kind = turn % CALLS.len();
+                turn += 1;
+                let started = Instant::now();
+                let result = match kind {
+                    0 => developer::status(&mut dev, &status_job).await.map(drop),
+                    1 => developer::list(&mut dev).await.map(drop),
+                    _ => developer::download_model(&mut dev, &model_job, None, &out)
+                        .await
+                        .map(drop),
+                };
+                let ms = started.elapsed().as_secs_f64() * 1e3;
+                match result {
+                    Ok(()) => latencies[kind].0.push(ms),
+                    Err(e) => latencies[kind].1.push(format!("{e:#}")),
+                }
+            }
+            latencies
+        }));
+    }
+    let loaded = developer::wait(&mut dev, &loaded_id, false).await;
+    done.store(true, Ordering::Relaxed);
+    let mut merged: Latencies = vec![(Vec::new(), Vec::new()); CALLS.len()];
+    for task in tasks {
+        for (all, mine) in merged.iter_mut().zip(task.await?) {
+            all.0.extend(mine.0);
+            all.1.extend(mine.1);
+        }
+    }
+    Ok((alone, finished(loaded?)?, merged))
+}
+
+/// The round wall times of a job that completed.
+fn finished(view: developer::JobView) -> Result<Vec<f64>> {
+    if view.state != "completed" {
+        bail!(
+            "benchmark job {}: {}",
+            view.state,
+            view.error.unwrap_or_default()
+        );
+    }
+    Ok(view.rounds.iter().map(|r| r.duration_secs).collect())
+}
