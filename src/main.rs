@@ -943,6 +943,14 @@ struct CoordinatorArgs {
     /// HTTP/2 streams (calls) one connection may have open at once.
     #[arg(long, default_value_t = 32)]
     max_streams_per_connection: u32,
+    /// Developer and validator calls (job status, lists, models, the
+    /// ledger) served at once, all members together; more wait their turn.
+    /// Hospitals' round traffic never waits for them, so dashboards and
+    /// scripts polling in a crowd cannot starve training of CPU. Each takes
+    /// about a millisecond: two at a time serve on the order of a thousand
+    /// calls a second.
+    #[arg(long, default_value_t = 2)]
+    max_developer_calls: usize,
     /// Largest gRPC message accepted, in bytes (1,114,112 to 8,388,608;
     /// models travel in 1 MiB chunks). Larger messages are refused with
     /// OutOfRange before they are buffered.
@@ -1390,6 +1398,7 @@ async fn main() -> Result<()> {
                     request_timeout: Duration::from_secs(a.request_timeout_secs),
                     max_calls_per_member: a.max_calls_per_member,
                     max_streams_per_connection: a.max_streams_per_connection,
+                    max_developer_calls: a.max_developer_calls,
                     wire: cohort_coordinator::WireLimits {
                         max_message_bytes: a.max_message_bytes,
                         max_connections: a.max_connections,

@@ -64,6 +64,7 @@ pub struct CoordinatorOptions {
     pub request_timeout: Duration,
     pub max_calls_per_member: usize,
     pub max_streams_per_connection: u32,
+    pub max_developer_calls: usize,
     /// `--max-message-bytes`, `--max-connections`, handshake and keepalive
     /// timeouts.
     pub wire: cohort_coordinator::WireLimits,
@@ -110,6 +111,7 @@ pub async fn run_coordinator(
     config.request_timeout = options.request_timeout.max(Duration::from_secs(1));
     config.max_calls_per_member = options.max_calls_per_member;
     config.max_streams_per_connection = options.max_streams_per_connection;
+    config.max_developer_calls = options.max_developer_calls;
     config.wire = options.wire;
     config.wire.check()?;
     config.rewards = options.rewards;

@@ -64,6 +64,11 @@ pub struct CoordinatorConfig {
     pub max_calls_per_member: usize,
     /// HTTP/2 streams one connection may have open at once.
     pub max_streams_per_connection: u32,
+    /// Developer and validator calls (status, lists, models, the ledger)
+    /// served at once, all members together; more wait their turn. Rounds
+    /// never wait for these, so a crowd of dashboards and scripts cannot
+    /// starve training of CPU.
+    pub max_developer_calls: usize,
     /// Where the ledger is anchored besides the data directory (`--ledger
     /// evm`); `None`: the embedded log alone.
     pub anchor: Option<Arc<dyn cohort_ledger::Anchor>>,
@@ -84,6 +89,7 @@ impl CoordinatorConfig {
             request_timeout: Duration::from_secs(300),
             max_calls_per_member: 16,
             max_streams_per_connection: 32,
+            max_developer_calls: 2,
             anchor: None,
             rewards: rewards::RewardsConfig::default(),
             wire: WireLimits::default(),
@@ -160,6 +166,9 @@ impl Coordinator {
                 runner,
                 auth,
                 ledger,
+                developer_calls: Arc::new(tokio::sync::Semaphore::new(
+                    config.max_developer_calls.max(1),
+                )),
             }),
             tls,
             config: config.clone(),

@@ -45,6 +45,8 @@ pub struct Services {
     pub runner: Arc<Runner>,
     pub auth: Authorizer,
     pub ledger: Arc<crate::ledger::Ledger>,
+    /// Admission of developer-service calls (`max_developer_calls`).
+    pub developer_calls: Arc<tokio::sync::Semaphore>,
 }
 
 const HOSPITALS: &[Role] = &[Role::Hospital];
@@ -693,6 +695,15 @@ fn sane_seconds(s: f64) -> f64 {
 }
 
 impl Services {
+    /// Waits for a developer-service slot; the permit frees it when the
+    /// call's handler returns.
+    async fn developer_turn(&self) -> Result<tokio::sync::SemaphorePermit<'_>, Status> {
+        self.developer_calls
+            .acquire()
+            .await
+            .map_err(|_| Status::unavailable("the coordinator is shutting down"))
+    }
+
     pub(crate) fn job_status(&self, job: &JobRow) -> Result<JobStatus, StoreError> {
         let rounds = self
             .store
@@ -786,6 +797,7 @@ impl DeveloperService for Services {
             "GetLedger",
             &[Role::Hospital, Role::Developer, Role::Validator],
         )?;
+        let _turn = self.developer_turn().await?;
         let contents = self.store.ledger().map_err(internal)?;
         let checkpoint = contents
             .checkpoint
@@ -812,6 +824,7 @@ impl DeveloperService for Services {
         let caller = self
             .auth
             .authorize(&request, "SubmitAttestation", &[Role::Validator])?;
+        let _turn = self.developer_turn().await?;
         let r = request.into_inner();
         let principal = match &caller {
             Caller::Member(p) => Some(p),
@@ -850,6 +863,7 @@ impl DeveloperService for Services {
         request: Request<SubmitJobRequest>,
     ) -> Result<Response<SubmitJobReply>, Status> {
         let caller = self.auth.authorize(&request, "SubmitJob", DEVELOPERS)?;
+        let _turn = self.developer_turn().await?;
         let text = request.into_inner().job_toml;
         let spec =
             JobSpec::from_toml(&text).map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -893,6 +907,7 @@ impl DeveloperService for Services {
         request: Request<GetJobRequest>,
     ) -> Result<Response<JobStatus>, Status> {
         let caller = self.auth.authorize(&request, "GetJob", READERS)?;
+        let _turn = self.developer_turn().await?;
         let id = request.into_inner().job_id;
         let job = self
             .store
@@ -908,6 +923,7 @@ impl DeveloperService for Services {
         request: Request<ListJobsRequest>,
     ) -> Result<Response<ListJobsReply>, Status> {
         let caller = self.auth.authorize(&request, "ListJobs", READERS)?;
+        let _turn = self.developer_turn().await?;
         let jobs = self
             .store
             .jobs()
@@ -925,6 +941,7 @@ impl DeveloperService for Services {
         request: Request<ListClientsRequest>,
     ) -> Result<Response<ListClientsReply>, Status> {
         self.auth.authorize(&request, "ListClients", READERS)?;
+        let _turn = self.developer_turn().await?;
         let connected = self.registry.connected();
         let clients = self
             .store
@@ -946,6 +963,7 @@ impl DeveloperService for Services {
         request: Request<GetModelRequest>,
     ) -> Result<Response<Self::GetModelStream>, Status> {
         let caller = self.auth.authorize(&request, "GetModel", READERS)?;
+        let _turn = self.developer_turn().await?;
         let GetModelRequest { job_id, round } = request.into_inner();
         let job = self
             .store
