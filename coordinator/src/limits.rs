@@ -116,24 +116,27 @@ impl WireLimits {
 
 /// The connection cap, shared by the accept loop and every connection.
 #[derive(Clone)]
-pub(crate) struct ConnectionSlots {
+pub struct ConnectionSlots {
     slots: Arc<Semaphore>,
     limit: usize,
     refused: Arc<AtomicU64>,
+    /// The listener, as the refusal is logged (e.g. the flag that sets it).
+    listener: &'static str,
 }
 
 impl ConnectionSlots {
-    pub(crate) fn new(limit: usize) -> Self {
+    pub fn new(limit: usize, listener: &'static str) -> Self {
         Self {
             slots: Arc::new(Semaphore::new(limit)),
             limit,
             refused: Arc::default(),
+            listener,
         }
     }
 
     /// A slot for a connection from `peer`, or `None` (logged) when all are
     /// taken.
-    pub(crate) fn admit(&self, peer: SocketAddr) -> Option<OwnedSemaphorePermit> {
+    pub fn admit(&self, peer: SocketAddr) -> Option<OwnedSemaphorePermit> {
         match self.slots.clone().try_acquire_owned() {
             Ok(permit) => Some(permit),
             Err(_) => {
@@ -143,8 +146,9 @@ impl ConnectionSlots {
                     warn!(
                         peer = %peer,
                         refused,
-                        "connection closed: all {} connection slots are taken (--max-connections)",
-                        self.limit
+                        "connection closed: all {} connection slots are taken ({})",
+                        self.limit,
+                        self.listener
                     );
                 }
                 None
@@ -279,8 +283,27 @@ where
         + 'static,
     Fut: Future<Output = bool> + Send,
 {
-    let slots = ConnectionSlots::new(limits.max_connections);
+    let slots = ConnectionSlots::new(limits.max_connections, "--max-connections");
     let (tx, rx) = mpsc::channel(64);
+    accept_each(listener, slots, tx, admitted);
+    ReceiverStream::new(rx)
+}
+
+/// The accept loop of every listener Cohort runs (gRPC, the dashboard), in
+/// the background: each connection `slots` admits goes, with its slot and
+/// nodelay set, to `admitted`, which passes it on through `tx` (or drops
+/// it) and answers `false` to stop. The loop also stops when nobody reads
+/// `tx` any more.
+pub fn accept_each<T, F, Fut>(
+    listener: TcpListener,
+    slots: ConnectionSlots,
+    tx: mpsc::Sender<T>,
+    admitted: F,
+) where
+    T: Send + 'static,
+    F: Fn(TcpStream, SocketAddr, OwnedSemaphorePermit, mpsc::Sender<T>) -> Fut + Send + 'static,
+    Fut: Future<Output = bool> + Send,
+{
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -304,7 +327,6 @@ where
             }
         }
     });
-    ReceiverStream::new(rx)
 }
 
 /// Accepts plaintext TCP connections within the connection cap.

@@ -9,17 +9,17 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::connect_info::Connected;
 use axum::serve::IncomingStream;
+use cohort_coordinator::limits::{ConnectionSlots, accept_each};
 use cohort_identity::Principal;
 use cohort_identity::tls::RevocationWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::Sleep;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -167,69 +167,41 @@ impl GuardedListener {
     ) -> io::Result<Self> {
         let local = listener.local_addr()?;
         let (tx, admitted) = mpsc::channel(16);
-        tokio::spawn(accept_loop(listener, https, limits, tx));
+        accept_loop(listener, https, limits, tx);
         Ok(Self { local, admitted })
     }
 }
 
-async fn accept_loop(
+fn accept_loop(
     listener: TcpListener,
     https: Option<HttpsSettings>,
     limits: DashboardLimits,
     tx: mpsc::Sender<(Connection, Peer)>,
 ) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let refused = AtomicU64::new(0);
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = tx.closed() => return,
-        };
-        let (tcp, addr) = match accepted {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::warn!("dashboard: accepting a connection failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            let refused = refused.fetch_add(1, Ordering::Relaxed) + 1;
-            // One line per power of two keeps a flood from flooding the log.
-            if refused.is_power_of_two() {
-                tracing::warn!(
-                    peer = %addr,
-                    refused,
-                    "dashboard connection closed: all {} connection slots are taken",
-                    limits.max_connections
-                );
-            }
-            continue;
-        };
-        let _ = tcp.set_nodelay(true);
-        let Some(https) = &https else {
-            let connection = Connection::new(Stream::Plain(tcp), slot, limits.idle_timeout);
-            let peer = Peer {
-                addr,
-                member: None,
-                revocation: None,
-            };
-            if tx.send((connection, peer)).await.is_err() {
-                return;
-            }
-            continue;
-        };
+    let slots = ConnectionSlots::new(limits.max_connections, "the dashboard's connection cap");
+    accept_each(listener, slots, tx, move |tcp, addr, slot, tx| {
         let https = https.clone();
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            if let Err(e) = https.revocation.refresh() {
-                tracing::warn!(
-                    "revocation list not reloaded, the previous one stays in force: {e}"
-                );
-            }
-            let stream =
-                match tokio::time::timeout(limits.handshake_timeout, https.acceptor.accept(tcp))
-                    .await
+        async move {
+            let Some(https) = https else {
+                let connection = Connection::new(Stream::Plain(tcp), slot, limits.idle_timeout);
+                let peer = Peer {
+                    addr,
+                    member: None,
+                    revocation: None,
+                };
+                return tx.send((connection, peer)).await.is_ok();
+            };
+            tokio::spawn(async move {
+                if let Err(e) = https.revocation.refresh() {
+                    tracing::warn!(
+                        "revocation list not reloaded, the previous one stays in force: {e}"
+                    );
+                }
+                let stream = match tokio::time::timeout(
+                    limits.handshake_timeout,
+                    https.acceptor.accept(tcp),
+                )
+                .await
                 {
                     Ok(Ok(stream)) => stream,
                     Ok(Err(e)) => {
@@ -241,26 +213,28 @@ async fn accept_loop(
                         return;
                     }
                 };
-            let member = match stream.get_ref().1.peer_certificates() {
-                Some([leaf, ..]) => match Principal::from_certificate(leaf) {
-                    Ok(member) => Some(member),
-                    Err(e) => {
-                        tracing::warn!(peer = %addr, "dashboard: client certificate refused: {e}");
-                        return;
-                    }
-                },
-                _ => None,
-            };
-            let connection =
-                Connection::new(Stream::Tls(Box::new(stream)), slot, limits.idle_timeout);
-            let peer = Peer {
-                addr,
-                member,
-                revocation: Some(https.revocation),
-            };
-            let _ = tx.send((connection, peer)).await;
-        });
-    }
+                let member = match stream.get_ref().1.peer_certificates() {
+                    Some([leaf, ..]) => match Principal::from_certificate(leaf) {
+                        Ok(member) => Some(member),
+                        Err(e) => {
+                            tracing::warn!(peer = %addr, "dashboard: client certificate refused: {e}");
+                            return;
+                        }
+                    },
+                    _ => None,
+                };
+                let connection =
+                    Connection::new(Stream::Tls(Box::new(stream)), slot, limits.idle_timeout);
+                let peer = Peer {
+                    addr,
+                    member,
+                    revocation: Some(https.revocation),
+                };
+                let _ = tx.send((connection, peer)).await;
+            });
+            true
+        }
+    })
 }
 
 impl axum::serve::Listener for GuardedListener {
