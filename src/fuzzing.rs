@@ -36,6 +36,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("secagg_messages", secagg_messages),
     ("he_messages", he_messages),
     ("proof_bytes", proof_bytes),
+    ("startup_kit", startup_kit),
 ];
 
 /// The target called `name`.
@@ -144,6 +145,73 @@ pub fn proof_bytes(data: &[u8]) {
     let _ = cohort_proofs::ProvingKey::from_bytes(data);
 }
 
+/// The files of a startup kit, in the order [`startup_kit`] reads them
+/// from its input.
+const KIT_FILES: [&str; 4] = [
+    cohort_identity::kit::CERT_FILE,
+    cohort_identity::kit::KEY_FILE,
+    cohort_identity::ca::CA_CERT_FILE,
+    cohort_identity::kit::SIGNING_KEY_FILE,
+];
+
+/// What separates the kit's files in a `startup_kit` input.
+const KIT_SEPARATOR: &[u8] = b"\n--cohort-kit-file--\n";
+
+/// A startup kit as a member loads it (`Kit::load`): the input's parts,
+/// split at [`KIT_SEPARATOR`], become its certificate, TLS key, CA
+/// certificate and signing key, the keys readable by their owner only, as
+/// `cohort ca issue` writes them.
+pub fn startup_kit(data: &[u8]) {
+    let _ = load_kit(data);
+}
+
+/// [`startup_kit`]'s work, with the outcome (`None`: the temporary files
+/// could not be written).
+fn load_kit(data: &[u8]) -> Option<Result<cohort_identity::Kit, cohort_identity::IdentityError>> {
+    let dir = tempfile::tempdir().ok()?;
+    let mut rest = data;
+    for file in KIT_FILES {
+        let (part, after) = match rest
+            .windows(KIT_SEPARATOR.len())
+            .position(|w| w == KIT_SEPARATOR)
+        {
+            Some(i) => (&rest[..i], &rest[i + KIT_SEPARATOR.len()..]),
+            None => (rest, &rest[rest.len()..]),
+        };
+        write_owner_only(&dir.path().join(file), part).ok()?;
+        rest = after;
+    }
+    Some(cohort_identity::Kit::load(dir.path()))
+}
+
+fn write_owner_only(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(bytes)
+}
+
+/// A real hospital kit from a new consortium CA, in `startup_kit`'s input
+/// format.
+fn kit_seed() -> Option<Vec<u8>> {
+    let dir = tempfile::tempdir().ok()?;
+    let mut ca =
+        cohort_identity::CertificateAuthority::init("fuzz-consortium", &dir.path().join("ca"))
+            .ok()?;
+    let request =
+        cohort_identity::IssueRequest::for_days(cohort_identity::Role::Hospital, "hospital-a", 30);
+    let kit = dir.path().join("hospital-a");
+    ca.issue(&request, &kit).ok()?;
+    let parts = KIT_FILES
+        .iter()
+        .map(|f| std::fs::read(kit.join(f)))
+        .collect::<std::io::Result<Vec<_>>>()
+        .ok()?;
+    Some(parts.join(KIT_SEPARATOR))
+}
+
 /// A target's seeds: the files of `corpus/TARGET/` (sorted by name), then
 /// inputs built here for the binary formats whose valid lengths and
 /// framing a byte-level mutator would rarely hit by chance.
@@ -211,6 +279,7 @@ fn built_seeds(target: &str) -> Vec<Vec<u8>> {
             Err(_) => Vec::new(),
         },
         "proof_bytes" => vec![filled(cohort_proofs::PROOF_BYTES)],
+        "startup_kit" => kit_seed().into_iter().collect(),
         _ => Vec::new(),
     }
 }
@@ -398,4 +467,18 @@ pub fn run(
         seconds: started.elapsed().as_secs_f64(),
         crashes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kit_seed_is_a_kit_and_a_damaged_one_is_refused() {
+        let seed = kit_seed().expect("a kit from a new CA");
+        let kit = load_kit(&seed).expect("written").expect("the seed loads");
+        assert_eq!(kit.principal.name, "hospital-a");
+        let cut = &seed[..seed.len() / 2];
+        assert!(load_kit(cut).expect("written").is_err());
+    }
 }

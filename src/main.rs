@@ -96,7 +96,8 @@ enum Command {
 #[derive(clap::Args)]
 struct FuzzArgs {
     /// The parser: job_file, csv_table, parameters, protocol_messages,
-    /// ledger_entry, checkpoint, secagg_messages, he_messages, proof_bytes.
+    /// ledger_entry, checkpoint, secagg_messages, he_messages, proof_bytes,
+    /// startup_kit.
     target: String,
     /// Seed corpus directory (one subdirectory per target).
     #[arg(long, default_value = "fuzz/corpus")]
