@@ -407,6 +407,24 @@ pub struct FuzzReport {
     pub crashes: Vec<std::path::PathBuf>,
 }
 
+impl FuzzReport {
+    /// The report as `cohort fuzz` prints it without `--json`.
+    pub fn text(&self) -> String {
+        let mut text = format!(
+            "{}: {} inputs ({} seeds) in {:.1} s, {} crashing\n",
+            self.target,
+            self.inputs,
+            self.seeds,
+            self.seconds,
+            self.crashes.len()
+        );
+        for path in &self.crashes {
+            text += &format!("  {}\n", path.display());
+        }
+        text
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum FuzzError {
     #[error("no fuzz target `{0}`; the targets are: {1}")]

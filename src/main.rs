@@ -1449,29 +1449,15 @@ async fn main() -> Result<()> {
             .await?;
         }
         Command::Fuzz(args) => {
-            let report = cohort::fuzzing::run(
+            let fuzzed = cohort::fuzzing::run(
                 &args.target,
                 &args.corpus,
                 &args.artifacts,
                 (args.inputs, args.seconds, args.seed),
             )?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                println!(
-                    "{}: {} inputs ({} seeds) in {:.1} s, {} crashing",
-                    report.target,
-                    report.inputs,
-                    report.seeds,
-                    report.seconds,
-                    report.crashes.len()
-                );
-                for path in &report.crashes {
-                    println!("  {}", path.display());
-                }
-            }
-            if !report.crashes.is_empty() {
-                anyhow::bail!("{} inputs crashed {}", report.crashes.len(), report.target);
+            report(args.json, &fuzzed, cohort::fuzzing::FuzzReport::text)?;
+            if !fuzzed.crashes.is_empty() {
+                anyhow::bail!("{} inputs crashed {}", fuzzed.crashes.len(), fuzzed.target);
             }
         }
         Command::Dashboard(DashboardCommand::Token {
@@ -1986,30 +1972,8 @@ async fn run_bench_command(cmd: BenchCommand) -> Result<()> {
             json,
         } => {
             init_logging("error");
-            let report = bench::load::load(clients, callers, rounds).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                println!(
-                    "{} hospitals, {} rounds: median round {:.3} s alone, {:.3} s under {} callers ({:+.1} %)",
-                    report.clients,
-                    report.rounds,
-                    report.median_round_secs_alone,
-                    report.median_round_secs_loaded,
-                    report.callers,
-                    100.0 * report.round_slowdown
-                );
-                println!("call     calls  errors   p50 ms   p99 ms   max ms");
-                for c in &report.calls {
-                    println!(
-                        "{:<7} {:>6} {:>7} {:>8.2} {:>8.2} {:>8.2}",
-                        c.call, c.count, c.errors, c.p50_ms, c.p99_ms, c.max_ms
-                    );
-                }
-                if let Some(e) = report.calls.iter().find_map(|c| c.first_error.as_ref()) {
-                    println!("first error: {e}");
-                }
-            }
+            let load = bench::load::load(clients, callers, rounds).await?;
+            report(json, &load, bench::load::LoadBench::text)?;
         }
         BenchCommand::Rounds {
             clients,

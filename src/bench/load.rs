@@ -41,6 +41,32 @@ pub struct CallLatency {
     pub first_error: Option<String>,
 }
 
+impl LoadBench {
+    /// The report as `cohort bench load` prints it without `--json`.
+    pub fn text(&self) -> String {
+        let mut text = format!(
+            "{} hospitals, {} rounds: median round {:.3} s alone, {:.3} s under {} callers ({:+.1} %)\n\
+             call     calls  errors   p50 ms   p99 ms   max ms\n",
+            self.clients,
+            self.rounds,
+            self.median_round_secs_alone,
+            self.median_round_secs_loaded,
+            self.callers,
+            100.0 * self.round_slowdown
+        );
+        for c in &self.calls {
+            text += &format!(
+                "{:<7} {:>6} {:>7} {:>8.2} {:>8.2} {:>8.2}\n",
+                c.call, c.count, c.errors, c.p50_ms, c.p99_ms, c.max_ms
+            );
+        }
+        if let Some(e) = self.calls.iter().find_map(|c| c.first_error.as_ref()) {
+            text += &format!("first error: {e}\n");
+        }
+        text
+    }
+}
+
 const CALLS: [&str; 3] = ["status", "list", "model"];
 
 /// `clients` hospitals, `rounds` rounds, `callers` concurrent developers,

@@ -13,6 +13,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde::Serialize;
 
+use super::median;
 use crate::developer;
 use crate::local::{LocalFederation, LocalHospital};
 
@@ -370,16 +371,6 @@ pub async fn valuation(
         methods,
         overhead,
     })
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    match s.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => s[n / 2],
-        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
-    }
 }
 
 async fn overhead(n: usize, rounds: u32) -> Result<Overhead> {
