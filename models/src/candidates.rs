@@ -50,20 +50,65 @@ pub fn coalition_model(start: &[f32], players: &[(&[f32], u64)], coalition: u64)
 /// coalition's examples, 0 outside it (all 0 when the coalition holds no
 /// examples).
 fn coalition_weights(players: &[(&[f32], u64)], coalition: u64) -> Vec<f64> {
-    let member = |i: usize| i < 64 && coalition & (1 << i) != 0;
-    let total: u64 = (0..players.len())
-        .filter(|&i| member(i))
+    let total = coalition_examples(players, coalition);
+    let mut weights = vec![0.0; players.len()];
+    if total > 0 {
+        for i in members(coalition, players.len()) {
+            weights[i] = players[i].1 as f64 / total as f64;
+        }
+    }
+    weights
+}
+
+/// The examples a coalition's members hold together.
+fn coalition_examples(players: &[(&[f32], u64)], coalition: u64) -> u64 {
+    members(coalition, players.len())
         .map(|i| players[i].1)
-        .sum();
-    (0..players.len())
-        .map(|i| {
-            if member(i) && total > 0 {
-                players[i].1 as f64 / total as f64
-            } else {
-                0.0
-            }
-        })
-        .collect()
+        .sum()
+}
+
+/// How one chunk of candidates is mixed, decided once for every row chunk:
+/// each candidate's example-weighted sum of its members' vectors is built
+/// from a coalition one member smaller when the chunk holds one
+/// (permutation sampling scores every prefix of its orders), so a candidate
+/// costs two passes over its activations and parameters, however many
+/// members it has.
+struct MixPlan {
+    /// In processing order (smaller coalitions first): the candidate's
+    /// index in the chunk, the candidate whose sum it starts from, and the
+    /// players it adds to that.
+    steps: Vec<(usize, Option<usize>, Vec<usize>)>,
+    /// Per candidate: 1 / its examples (0 for none), turning the sum into
+    /// the mean update added to the start.
+    scales: Vec<f32>,
+}
+
+impl MixPlan {
+    fn new(players: &[(&[f32], u64)], chunk: &[u64]) -> Self {
+        let mut order: Vec<usize> = (0..chunk.len()).collect();
+        order.sort_by_key(|&k| chunk[k].count_ones());
+        let mut done: HashMap<u64, usize, BuildHasherDefault<CoalitionHasher>> =
+            HashMap::with_capacity_and_hasher(chunk.len(), Default::default());
+        let mut steps = Vec::with_capacity(chunk.len());
+        for k in order {
+            let coalition = chunk[k];
+            let smaller = members(coalition, players.len())
+                .find_map(|i| done.get(&(coalition & !(1 << i))).map(|&from| (i, from)));
+            steps.push(match smaller {
+                Some((i, from)) => (k, Some(from), vec![i]),
+                None => (k, None, members(coalition, players.len()).collect()),
+            });
+            done.insert(coalition, k);
+        }
+        let scales = chunk
+            .iter()
+            .map(|&c| match coalition_examples(players, c) {
+                0 => 0.0,
+                total => (1.0 / total as f64) as f32,
+            })
+            .collect();
+        Self { steps, scales }
+    }
 }
 
 /// Mean BCE loss on `data` of each coalition's candidate model
@@ -133,65 +178,40 @@ pub fn coalition_losses(
     let widest = shapes.iter().map(|&(i, o)| i.max(o)).max().unwrap_or(1);
     let rest_len = start.len() - first_len;
     let rows_per_chunk = (CHUNK_FLOATS / (basis * widest).max(1)).max(1);
-    let mut totals = vec![0f64; coalitions.len()];
     let all_rows: Vec<usize> = (0..data.labels.len()).collect();
+    let most_rows = rows_per_chunk.min(all_rows.len());
+    let per_chunk = (CHUNK_FLOATS / (most_rows * widest).max(rest_len).max(1)).max(1);
+    let plans: Vec<MixPlan> = coalitions
+        .chunks(per_chunk)
+        .map(|chunk| MixPlan::new(players, chunk))
+        .collect();
+    let mut totals = vec![0f64; coalitions.len()];
     for row_chunk in all_rows.chunks(rows_per_chunk) {
         let rows = row_chunk.len();
+        let span = rows * width;
         let labels: Vec<f32> = row_chunk.iter().map(|&r| data.labels[r]).collect();
         let first = first_layers(data, row_chunk, &vectors, (fan_in, width), &device)?;
-        let first_of = |i: usize| &first[i * rows * width..(i + 1) * rows * width];
-        let per_chunk = (CHUNK_FLOATS / (rows * widest).max(rest_len).max(1)).max(1);
-        for (chunk_index, chunk) in coalitions.chunks(per_chunk).enumerate() {
-            let c = chunk.len();
-            let mut h = vec![0f32; c * rows * width];
+        let first_of = |i: usize| &first[i * span..(i + 1) * span];
+        for (chunk_index, plan) in plans.iter().enumerate() {
+            let c = plan.scales.len();
+            let mut h = vec![0f32; c * span];
             let mut params = vec![0f32; c * rest_len];
-            let examples = |coalition: u64| {
-                members(coalition, players.len())
-                    .map(|i| players[i].1)
-                    .sum::<u64>()
-            };
-            // Every coalition's sum of its members' example-weighted
-            // vectors, built from a coalition one member smaller when the
-            // chunk holds one (permutation sampling scores every prefix of
-            // its orders), so a candidate costs two passes over its
-            // activations and parameters, however many members it has.
-            let mut order: Vec<usize> = (0..c).collect();
-            order.sort_by_key(|&k| chunk[k].count_ones());
-            let mut done: HashMap<u64, usize, BuildHasherDefault<CoalitionHasher>> =
-                HashMap::with_capacity_and_hasher(c, Default::default());
-            for k in order {
-                let coalition = chunk[k];
-                let smaller = members(coalition, players.len())
-                    .find_map(|i| done.get(&(coalition & !(1 << i))).map(|&from| (i, from)));
-                let added: Vec<usize> = match smaller {
-                    Some((i, from)) => {
-                        h.copy_within(
-                            from * rows * width..(from + 1) * rows * width,
-                            k * rows * width,
-                        );
-                        params.copy_within(from * rest_len..(from + 1) * rest_len, k * rest_len);
-                        vec![i]
-                    }
-                    None => members(coalition, players.len()).collect(),
-                };
-                let h = &mut h[k * rows * width..(k + 1) * rows * width];
+            for (k, from, added) in &plan.steps {
+                if let Some(from) = *from {
+                    h.copy_within(from * span..(from + 1) * span, k * span);
+                    params.copy_within(from * rest_len..(from + 1) * rest_len, k * rest_len);
+                }
+                let h = &mut h[k * span..(k + 1) * span];
                 let params = &mut params[k * rest_len..(k + 1) * rest_len];
-                for i in added {
+                for &i in added {
                     let weight = players[i].1 as f32;
                     axpy(weight, first_of(i + 1), h);
                     axpy(weight, &vectors[i + 1][first_len..], params);
                 }
-                done.insert(coalition, k);
             }
-            // Then the candidate: the start plus the mean of those updates.
-            for (k, &coalition) in chunk.iter().enumerate() {
-                let total = examples(coalition);
-                let scale = if total == 0 { 0.0 } else { 1.0 / total as f64 } as f32;
-                scale_add(
-                    scale,
-                    first_of(0),
-                    &mut h[k * rows * width..(k + 1) * rows * width],
-                );
+            // Then each candidate: the start plus the mean of those updates.
+            for (k, &scale) in plan.scales.iter().enumerate() {
+                scale_add(scale, first_of(0), &mut h[k * span..(k + 1) * span]);
                 scale_add(
                     scale,
                     &start[first_len..],
