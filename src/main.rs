@@ -362,8 +362,8 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Contribution valuation: permutation sampling (plain) and partition
-    /// valuation (secagg) against exact Shapley on the same WDBC
+    /// Contribution valuation: stratified and permutation sampling (plain)
+    /// and partition valuation (secagg) against exact Shapley on the same WDBC
     /// federation (Spearman, mean absolute error, candidates scored), then
     /// the round wall time a plain job spends with and without
     /// `[valuation]` at --overhead-hospitals.
@@ -372,9 +372,14 @@ enum BenchCommand {
         hospitals: usize,
         #[arg(long, default_value_t = 6)]
         rounds: u32,
-        /// Permutations per round for the sampled method.
+        /// Permutations per round for plain permutation sampling.
         #[arg(long, default_value_t = 32)]
         permutations: u32,
+        /// Orders per round for the middle positions of stratified
+        /// sampling (the default method above `exact_up_to`); unset, the
+        /// job's default (about 50 candidates a round).
+        #[arg(long)]
+        middle_orders: Option<u32>,
         /// Partition valuation's group size k.
         #[arg(long, default_value_t = 2)]
         group_size: u32,
@@ -386,6 +391,10 @@ enum BenchCommand {
         /// 0 skips the overhead measurement.
         #[arg(long, default_value_t = 10)]
         overhead_hospitals: usize,
+        /// Overhead measurement: jobs run without and with valuation,
+        /// alternating; the medians are over all their rounds.
+        #[arg(long, default_value_t = 3)]
+        overhead_jobs: u32,
     },
     /// Secure aggregation (SecAgg+): client and server CPU time and bytes
     /// per client for one round, every party run in this process one after
@@ -1842,17 +1851,19 @@ async fn run_bench_command(cmd: BenchCommand) -> Result<()> {
             hospitals,
             rounds,
             permutations,
+            middle_orders,
             group_size,
             groupings,
             overhead_hospitals,
+            overhead_jobs,
         } => {
             init_logging("warn");
             let result = bench::valuation::valuation(
                 hospitals,
                 rounds,
-                permutations,
+                (middle_orders, permutations),
                 (group_size, groupings),
-                overhead_hospitals,
+                (overhead_hospitals, overhead_jobs),
             )
             .await?;
             print_json(&result)?;

@@ -27,15 +27,26 @@ fn hospital(name: &str, data: &Path, misbehave: Option<Misbehave>) -> LocalHospi
     }
 }
 
-/// Runs a `[valuation]` job on `hospitals`; each hospital's part of
-/// everything emitted to the job.
+/// Runs an exact-Shapley `[valuation]` job on `hospitals`; each
+/// hospital's part of everything emitted to the job.
 async fn shares(dir: &Path, hospitals: &[LocalHospital]) -> BTreeMap<String, f64> {
+    valued(dir, hospitals, "method = \"exact\"\n").await.0
+}
+
+/// Runs a job with the given `[valuation]` table on `hospitals`: each
+/// hospital's part of everything emitted, and per round the method the
+/// ledger records and the candidates it scored.
+async fn valued(
+    dir: &Path,
+    hospitals: &[LocalHospital],
+    table: &str,
+) -> (BTreeMap<String, f64>, Vec<(String, u64)>) {
     let federation = LocalFederation::start(dir, hospitals, false, Duration::from_secs(1))
         .await
         .unwrap();
     let mut dev = federation.developer().await.unwrap();
     let n = hospitals.len() as u32;
-    let job = oncology_job(4, n) + "\n[valuation]\nmethod = \"exact\"\n";
+    let job = oncology_job(4, n) + "\n[valuation]\n" + table;
     let id = developer::submit(&mut dev, &job).await.unwrap();
     let view = tokio::time::timeout(
         Duration::from_secs(300),
@@ -50,11 +61,17 @@ async fn shares(dir: &Path, hospitals: &[LocalHospital]) -> BTreeMap<String, f64
     let report = cohort::rewards::show(&contents, Some(&id)).unwrap();
     cohort::rewards::verify(&contents).unwrap();
     let emitted = report.emitted as f64;
-    report
+    let shares = report
         .hospitals
         .iter()
         .map(|h| (h.name.clone(), h.reward as f64 / emitted))
-        .collect()
+        .collect();
+    let methods = report
+        .rounds
+        .iter()
+        .map(|r| (r.method.clone(), r.utility_evaluations))
+        .collect();
+    (shares, methods)
 }
 
 fn parts(dir: &Path) -> Vec<PathBuf> {
@@ -74,6 +91,39 @@ async fn a_free_rider_earns_near_nothing() {
         hospital("free-rider", &files[3], Some(Misbehave::Freeride)),
     ];
     let shares = shares(dir.path(), &hospitals).await;
+    let honest = shares
+        .iter()
+        .filter(|(n, _)| *n != "free-rider")
+        .map(|(_, s)| *s)
+        .fold(f64::INFINITY, f64::min);
+    assert!(
+        shares["free-rider"] <= 0.05 && shares["free-rider"] < honest / 4.0,
+        "{shares:?}"
+    );
+}
+
+/// Above `exact_up_to` (6) hospitals the default method is stratified
+/// sampling: 8 hospitals, one of them a free rider, score 48 candidates a
+/// round instead of exact Shapley's 256, and the free rider still earns
+/// (near) nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_free_rider_earns_near_nothing_under_sampled_valuation() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("oncology.csv");
+    synthetic_oncology_csv(&csv, 1600, 37);
+    let files = split(&csv, &dir.path().join("parts"), 7, 9);
+    let mut hospitals: Vec<LocalHospital> = files[..7]
+        .iter()
+        .enumerate()
+        .map(|(i, f)| hospital(&format!("hospital-{i}"), f, None))
+        .collect();
+    hospitals.push(hospital("free-rider", &files[7], Some(Misbehave::Freeride)));
+    let (shares, rounds) = valued(dir.path(), &hospitals, "").await;
+    assert!(!rounds.is_empty());
+    for (method, candidates) in &rounds {
+        assert_eq!(method, "stratified-shapley");
+        assert!(*candidates <= 50, "{candidates} candidates scored");
+    }
     let honest = shares
         .iter()
         .filter(|(n, _)| *n != "free-rider")

@@ -69,34 +69,66 @@ fn coalition_examples(players: &[(&[f32], u64)], coalition: u64) -> u64 {
 
 /// How one chunk of candidates is mixed, decided once for every row chunk:
 /// each candidate's example-weighted sum of its members' vectors is built
-/// from a coalition one member smaller when the chunk holds one
-/// (permutation sampling scores every prefix of its orders), so a candidate
-/// costs two passes over its activations and parameters, however many
-/// members it has.
+/// from a coalition of the chunk one member smaller (permutation sampling
+/// scores every prefix of its orders) or one member larger (stratified
+/// sampling scores every leave-one-out beside the full coalition), so a
+/// candidate costs two passes over its activations and parameters, however
+/// many members it has. Only a candidate with no such neighbour is summed
+/// member by member.
 struct MixPlan {
-    /// In processing order (smaller coalitions first): the candidate's
-    /// index in the chunk, the candidate whose sum it starts from, and the
-    /// players it adds to that.
-    steps: Vec<(usize, Option<usize>, Vec<usize>)>,
+    /// In processing order: the candidate's index in the chunk and how its
+    /// sum is built.
+    steps: Vec<(usize, Mix)>,
     /// Per candidate: 1 / its examples (0 for none), turning the sum into
     /// the mean update added to the start.
     scales: Vec<f32>,
 }
 
+enum Mix {
+    /// Every member's weighted vector, from zero.
+    Members(Vec<usize>),
+    /// Another candidate's sum plus one player's weighted vector.
+    Add { from: usize, player: usize },
+    /// Another candidate's sum minus one player's weighted vector.
+    Remove { from: usize, player: usize },
+}
+
 impl MixPlan {
     fn new(players: &[(&[f32], u64)], chunk: &[u64]) -> Self {
+        let n = players.len();
         let mut order: Vec<usize> = (0..chunk.len()).collect();
         order.sort_by_key(|&k| chunk[k].count_ones());
         let mut done: HashMap<u64, usize, BuildHasherDefault<CoalitionHasher>> =
             HashMap::with_capacity_and_hasher(chunk.len(), Default::default());
         let mut steps = Vec::with_capacity(chunk.len());
+        let mut waiting = Vec::new();
         for k in order {
             let coalition = chunk[k];
-            let smaller = members(coalition, players.len())
+            let smaller = members(coalition, n)
                 .find_map(|i| done.get(&(coalition & !(1 << i))).map(|&from| (i, from)));
-            steps.push(match smaller {
-                Some((i, from)) => (k, Some(from), vec![i]),
-                None => (k, None, members(coalition, players.len()).collect()),
+            match smaller {
+                Some((player, from)) => {
+                    steps.push((k, Mix::Add { from, player }));
+                    done.insert(coalition, k);
+                }
+                None if coalition == 0 => {
+                    steps.push((k, Mix::Members(Vec::new())));
+                    done.insert(coalition, k);
+                }
+                None => waiting.push(k),
+            }
+        }
+        // The rest, largest first, so that a leave-one-out finds the full
+        // coalition (and a smaller one a leave-one-out) already built.
+        waiting.sort_by_key(|&k| std::cmp::Reverse(chunk[k].count_ones()));
+        for k in waiting {
+            let coalition = chunk[k];
+            let larger = (0..n)
+                .filter(|&i| coalition & (1 << i) == 0)
+                .find_map(|i| done.get(&(coalition | (1 << i))).map(|&from| (i, from)));
+            steps.push(match larger {
+                Some((player, from)) => (k, Mix::Remove { from, player }),
+                None => (k, Mix::Members(members(coalition, n).collect())),
             });
             done.insert(coalition, k);
         }
@@ -196,15 +228,20 @@ pub fn coalition_losses(
             let c = plan.scales.len();
             let mut h = vec![0f32; c * span];
             let mut params = vec![0f32; c * rest_len];
-            for (k, from, added) in &plan.steps {
-                if let Some(from) = *from {
-                    h.copy_within(from * span..(from + 1) * span, k * span);
-                    params.copy_within(from * rest_len..(from + 1) * rest_len, k * rest_len);
+            for (k, mix) in &plan.steps {
+                let (from, terms): (Option<usize>, Vec<(usize, f32)>) = match mix {
+                    Mix::Members(all) => (None, all.iter().map(|&i| (i, 1.0)).collect()),
+                    Mix::Add { from, player } => (Some(*from), vec![(*player, 1.0)]),
+                    Mix::Remove { from, player } => (Some(*from), vec![(*player, -1.0)]),
+                };
+                if let Some(from) = from {
+                    h.copy_within(from * span..(from + 1) * span, *k * span);
+                    params.copy_within(from * rest_len..(from + 1) * rest_len, *k * rest_len);
                 }
-                let h = &mut h[k * span..(k + 1) * span];
-                let params = &mut params[k * rest_len..(k + 1) * rest_len];
-                for &i in added {
-                    let weight = players[i].1 as f32;
+                let h = &mut h[*k * span..(*k + 1) * span];
+                let params = &mut params[*k * rest_len..(*k + 1) * rest_len];
+                for (i, sign) in terms {
+                    let weight = sign * players[i].1 as f32;
                     axpy(weight, first_of(i + 1), h);
                     axpy(weight, &vectors[i + 1][first_len..], params);
                 }
@@ -339,6 +376,10 @@ fn dense(
         let h = &mut out[start..];
         for (&x, w) in row.iter().zip(w.chunks_exact(fan_out)) {
             let x = if relu_inputs { x.max(0.0) } else { x };
+            // About half of a hidden layer's units are off.
+            if relu_inputs && x == 0.0 {
+                continue;
+            }
             axpy(x, w, h);
         }
     }

@@ -846,17 +846,24 @@ fn coalition_losses_equal_one_evaluation_of_each_coalition_model() {
             .zip(examples)
             .map(|(u, e)| (u.as_slice(), e))
             .collect();
-        let coalitions: Vec<u64> = (0..32).collect();
-        let losses = coalition_losses(&spec, &start, &players, &coalitions, &data)
-            .expect("coalition losses");
-        assert_eq!(losses.len(), coalitions.len());
-        for (&c, loss) in coalitions.iter().zip(&losses) {
-            let model = coalition_model(&start, &players, c);
-            let one = evaluate(&spec, &model, &data).expect("evaluate").loss;
-            assert!(
-                (one - loss).abs() < 1e-4,
-                "{spec:?} coalition {c:#b}: {one} vs {loss}"
-            );
+        // Every coalition (each built by adding one member to a smaller
+        // one), then what stratified sampling asks: the leave-one-outs
+        // have no smaller neighbour and are built by removing one member
+        // from the full coalition.
+        let every: Vec<u64> = (0..32).collect();
+        let stratified: Vec<u64> = [0, 31, 30, 29, 27, 23, 15, 1, 2, 4, 8, 16].into();
+        for coalitions in [every, stratified] {
+            let losses = coalition_losses(&spec, &start, &players, &coalitions, data)
+                .expect("coalition losses");
+            assert_eq!(losses.len(), coalitions.len());
+            for (&c, loss) in coalitions.iter().zip(&losses) {
+                let model = coalition_model(&start, &players, c);
+                let one = evaluate(&spec, &model, data).expect("evaluate").loss;
+                assert!(
+                    (one - loss).abs() < 1e-4,
+                    "{spec:?} coalition {c:#b}: {one} vs {loss}"
+                );
+            }
         }
         assert_eq!(coalition_model(&start, &players, 0), start);
         assert_eq!(coalition_model(&start, &players, 0b1000), start);
@@ -919,9 +926,22 @@ fn coalition_scoring_time() {
         .map(|_| (0..n).map(|_| rng.random_range(-0.1..0.1)).collect())
         .collect();
     let players: Vec<(&[f32], u64)> = updates.iter().map(|u| (u.as_slice(), 45)).collect();
-    // Every prefix of 24 random orders, as permutation sampling asks.
+    // Every prefix of 24 random orders, as permutation sampling asks; with
+    // COHORT_ORDERS=4 and COHORT_ENDS=1, what stratified sampling asks
+    // (also every singleton and leave-one-out).
+    let orders: usize = std::env::var("COHORT_ORDERS")
+        .ok()
+        .and_then(|o| o.parse().ok())
+        .unwrap_or(24);
     let mut coalitions = vec![0u64];
-    for _ in 0..24 {
+    if std::env::var("COHORT_ENDS").is_ok() {
+        for i in 0..10 {
+            coalitions.push(1 << i);
+            coalitions.push(1023 & !(1 << i));
+        }
+        coalitions.push(1023);
+    }
+    for _ in 0..orders {
         let mut order: Vec<u32> = (0..10).collect();
         order.shuffle(&mut rng);
         let mut prefix = 0u64;

@@ -16,6 +16,7 @@ use serde::Serialize;
 use super::median;
 use crate::developer;
 use crate::local::{LocalFederation, LocalHospital};
+use cohort_coordinator::valuation::{PERMUTATION, STRATIFIED};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ValuationBench {
@@ -56,6 +57,9 @@ struct GroupingAccuracy {
 pub struct Overhead {
     pub hospitals: usize,
     pub rounds: u32,
+    /// Jobs run each way, alternating without and with valuation so that
+    /// a change in the machine's load falls on both.
+    pub jobs_each: u32,
     pub method: String,
     pub evaluations_per_round: f64,
     pub median_round_secs_without: f64,
@@ -269,12 +273,15 @@ fn compare(exact: &BTreeMap<String, f64>, other: &BTreeMap<String, f64>) -> (f64
 pub async fn valuation(
     n: usize,
     rounds: u32,
-    permutations: u32,
+    (middle_orders, permutations): (Option<u32>, u32),
     (group_size, groupings): (u32, u32),
-    overhead_hospitals: usize,
+    (overhead_hospitals, overhead_jobs): (usize, u32),
 ) -> Result<ValuationBench> {
     if groupings == 0 {
         bail!("--groupings must be at least 1");
+    }
+    if overhead_jobs == 0 {
+        bail!("--overhead-jobs must be at least 1");
     }
     if !(2..=12).contains(&n) {
         bail!("--hospitals must be in 2..=12 (exact Shapley is the reference)");
@@ -294,6 +301,16 @@ pub async fn valuation(
         );
         let (exact_id, _) = run(&federation, &exact_job).await?;
         eprintln!("exact Shapley job {exact_id} done");
+        let stratified = job(
+            n,
+            rounds,
+            &match middle_orders {
+                Some(m) => format!("\n[valuation]\nmethod = \"stratified\"\nmiddle_orders = {m}\n"),
+                None => "\n[valuation]\nmethod = \"stratified\"\n".to_string(),
+            },
+        );
+        let (stratified_id, _) = run(&federation, &stratified).await?;
+        eprintln!("stratified-sampling job {stratified_id} done");
         let sampled = job(
             n,
             rounds,
@@ -314,23 +331,26 @@ pub async fn valuation(
             eprintln!("secagg partition-valuation job {grouped_id} done ({g}/{groupings})");
             grouped_ids.push(grouped_id);
         }
-        anyhow::Ok((exact_id, sampled_id, grouped_ids))
+        anyhow::Ok((exact_id, [stratified_id, sampled_id], grouped_ids))
     }
     .await;
     federation.shutdown().await;
-    let (exact_id, sampled_id, grouped_ids) = runs?;
+    let (exact_id, sampled_ids, grouped_ids) = runs?;
     let (exact, exact_evaluations) = values(&data_dir, &exact_id, false)?;
-    let (values_sampled, evaluations) = values(&data_dir, &sampled_id, false)?;
-    let (spearman, mae) = compare(&exact, &values_sampled);
-    let mut methods = vec![MethodAccuracy {
-        method: "permutation-shapley".into(),
-        aggregation: "plain".into(),
-        values: values_sampled,
-        spearman,
-        mean_absolute_error: mae,
-        evaluations_per_round: evaluations,
-        spearman_per_grouping: Vec::new(),
-    }];
+    let mut methods = Vec::new();
+    for (method, id) in [STRATIFIED, PERMUTATION].into_iter().zip(&sampled_ids) {
+        let (values_sampled, evaluations) = values(&data_dir, id, false)?;
+        let (spearman, mae) = compare(&exact, &values_sampled);
+        methods.push(MethodAccuracy {
+            method: method.into(),
+            aggregation: "plain".into(),
+            values: values_sampled,
+            spearman,
+            mean_absolute_error: mae,
+            evaluations_per_round: evaluations,
+            spearman_per_grouping: Vec::new(),
+        });
+    }
     let mut per_grouping = Vec::new();
     for id in &grouped_ids {
         let (values, evaluations) = values(&data_dir, id, true)?;
@@ -358,7 +378,7 @@ pub async fn valuation(
             .unwrap_or_default(),
     });
     let overhead = if overhead_hospitals > 0 {
-        Some(overhead(overhead_hospitals, rounds).await?)
+        Some(overhead(overhead_hospitals, rounds, overhead_jobs).await?)
     } else {
         None
     };
@@ -373,7 +393,7 @@ pub async fn valuation(
     })
 }
 
-async fn overhead(n: usize, rounds: u32) -> Result<Overhead> {
+async fn overhead(n: usize, rounds: u32, jobs_each: u32) -> Result<Overhead> {
     let dir = tempfile::Builder::new()
         .prefix("cohort-bench-valuation-")
         .tempdir()?;
@@ -382,8 +402,13 @@ async fn overhead(n: usize, rounds: u32) -> Result<Overhead> {
     let federation =
         LocalFederation::start(dir.path(), &members, false, Duration::from_secs(2)).await?;
     let runs = async {
-        let (_, without) = run(&federation, &demo_job(n, rounds, "")).await?;
-        let (with_id, with) = run(&federation, &demo_job(n, rounds, "\n[valuation]\n")).await?;
+        let (mut without, mut with, mut with_id) = (Vec::new(), Vec::new(), String::new());
+        for _ in 0..jobs_each {
+            without.extend(run(&federation, &demo_job(n, rounds, "")).await?.1);
+            let (id, rounds) = run(&federation, &demo_job(n, rounds, "\n[valuation]\n")).await?;
+            with.extend(rounds);
+            with_id = id;
+        }
         anyhow::Ok((without, with_id, with))
     }
     .await;
@@ -409,6 +434,7 @@ async fn overhead(n: usize, rounds: u32) -> Result<Overhead> {
     Ok(Overhead {
         hospitals: n,
         rounds,
+        jobs_each,
         method,
         evaluations_per_round: evaluations,
         median_round_secs_without: a,
