@@ -24,10 +24,15 @@ impl Drop for Proc {
 }
 
 fn spawn(args: &[&str], log: &Path) -> Proc {
+    spawn_with(args, log, &[])
+}
+
+fn spawn_with(args: &[&str], log: &Path, env: &[(&str, &str)]) -> Proc {
     let log = std::fs::File::create(log).unwrap();
     Proc(
         Command::new(BIN)
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -142,6 +147,10 @@ fn with(args: &[&str], extra: &[String]) -> Vec<String> {
 }
 
 fn start_coordinator(net: &Net, data_dir: &Path, log: &Path) -> Proc {
+    start_coordinator_with(net, data_dir, log, &[])
+}
+
+fn start_coordinator_with(net: &Net, data_dir: &Path, log: &Path, env: &[(&str, &str)]) -> Proc {
     let args = with(
         &[
             "coordinator",
@@ -154,7 +163,11 @@ fn start_coordinator(net: &Net, data_dir: &Path, log: &Path) -> Proc {
         ],
         &net.args("coordinator"),
     );
-    spawn(&args.iter().map(String::as_str).collect::<Vec<_>>(), log)
+    spawn_with(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        log,
+        env,
+    )
 }
 
 fn start_clients(net: &Net, files: &[PathBuf], dir: &Path) -> Vec<Proc> {
@@ -171,6 +184,17 @@ fn start_clients_with(net: &Net, files: &[PathBuf], dir: &Path, flags: &[&str]) 
 
 /// Starts `hospital-{i}` on `file`, with its data dir and log in `dir`.
 fn start_client(net: &Net, file: &Path, dir: &Path, i: usize, flags: &[&str]) -> Proc {
+    start_client_with(net, file, dir, i, flags, &[])
+}
+
+fn start_client_with(
+    net: &Net,
+    file: &Path,
+    dir: &Path,
+    i: usize,
+    flags: &[&str],
+    env: &[(&str, &str)],
+) -> Proc {
     let name = format!("hospital-{i}");
     let mut extra = net.args(&name);
     extra.extend(flags.iter().map(|f| f.to_string()));
@@ -187,9 +211,10 @@ fn start_client(net: &Net, file: &Path, dir: &Path, i: usize, flags: &[&str]) ->
         ],
         &extra,
     );
-    spawn(
+    spawn_with(
         &args.iter().map(String::as_str).collect::<Vec<_>>(),
         &dir.join(format!("{name}.log")),
+        env,
     )
 }
 
@@ -435,6 +460,182 @@ fn coordinator_killed_mid_round_resumes_and_records_every_round_once() {
     ]);
     // Coordinator key, job created, enrollment, rounds 0..=30.
     assert_eq!(audit["entries"], 3 + 1 + u64::from(rounds), "{audit:#}");
+}
+
+/// Where a crash test kills a process (`COHORT_CRASH_AT`, see
+/// protocol/src/crash.rs): the coordinator, or hospital-0.
+enum Victim {
+    Coordinator,
+    Hospital,
+}
+
+/// Arms crash point `point` in one process of a 3-hospital, 3-round job
+/// under record-level DP and the aggregation `privacy` table, waits for
+/// that process to die there, restarts it on the same data directory, and
+/// checks what recovery promises: the job completes, every round is
+/// recorded once, the ledger verifies, the served model verifies against
+/// the ledger, and each hospital's ε as the coordinator reports it is
+/// exactly what the hospital's own budget ledger spent, each round once.
+fn crash_and_recover(privacy: &str, point: &str, victim: Victim) {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("oncology.csv");
+    synthetic_oncology_csv(&csv, 900, 41);
+    let files = split(&csv, &dir.path().join("parts"), 3, 12);
+    let net = Net::Insecure { port: free_port() };
+    let data_dir = dir.path().join("coord");
+    let crash = [("COHORT_CRASH_AT", point)];
+    let (coordinator_env, hospital_env): (&[(&str, &str)], &[(&str, &str)]) = match victim {
+        Victim::Coordinator => (&crash, &[]),
+        Victim::Hospital => (&[], &crash),
+    };
+    let first_log = dir.path().join("coord-1.log");
+    let mut coordinator = start_coordinator_with(&net, &data_dir, &first_log, coordinator_env);
+    let mut hospital_0 = start_client_with(&net, &files[0], dir.path(), 0, &[], hospital_env);
+    let _others = [
+        start_client(&net, &files[1], dir.path(), 1, &[]),
+        start_client(&net, &files[2], dir.path(), 2, &[]),
+    ];
+    let rounds = 3;
+    let job_toml = oncology_job(rounds, 3)
+        + privacy
+        + "\n[privacy.dp]\nlevel = \"record\"\ntarget_epsilon = 4.0\ndelta = 1e-5\nmax_grad_norm = 1.0\n";
+    let job = submit_job_file(dir.path(), &job_toml, &net);
+
+    let (dying, log) = match victim {
+        Victim::Coordinator => (&mut coordinator, first_log.clone()),
+        Victim::Hospital => (&mut hospital_0, dir.path().join("hospital-0.log")),
+    };
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = dying.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "{point}: never reached; {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.success(), "{point}: {status:?}");
+    let name = point.split('@').next().unwrap();
+    assert!(said.contains(&format!("crashing at {name}")), "{said}");
+    let _restarted = match victim {
+        Victim::Coordinator => start_coordinator(&net, &data_dir, &dir.path().join("coord-2.log")),
+        Victim::Hospital => start_client(&net, &files[0], dir.path(), 0, &[]),
+    };
+
+    let done = wait_until(&net, &job, Duration::from_secs(300), |s| {
+        s["state"] == "completed" || s["state"] == "failed"
+    });
+    assert_eq!(
+        done["state"],
+        "completed",
+        "{point}: {done:#}\nhospital-0: {}",
+        std::fs::read_to_string(dir.path().join("hospital-0.log")).unwrap_or_default()
+    );
+    let recorded: Vec<u64> = done["rounds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["round"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        recorded,
+        (1..=u64::from(rounds)).collect::<Vec<_>>(),
+        "{point}"
+    );
+
+    let audit = cohort(&[
+        "verify",
+        "ledger",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--state",
+        dir.path().join("seen.json").to_str().unwrap(),
+        "--json",
+    ]);
+    // Coordinator key, job created, enrollment, rounds 0..=3: the round the
+    // crash interrupted is on the ledger once.
+    assert_eq!(
+        audit["entries"],
+        3 + 1 + u64::from(rounds),
+        "{point}: {audit:#}"
+    );
+    let model = get_model(&net, &job, &dir.path().join("model"));
+    let verified = cohort(&[
+        "verify",
+        "model",
+        model.to_str().unwrap(),
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--state",
+        dir.path().join("seen.json").to_str().unwrap(),
+        "--json",
+    ]);
+    // `verify model` exits non-zero on any mismatch; it names what it found.
+    assert_eq!(verified["round"], rounds, "{point}: {verified:#}");
+
+    for i in 0..3 {
+        let name = format!("hospital-{i}");
+        let budget = cohort(&[
+            "client",
+            "budget",
+            "--data-dir",
+            dir.path().join(&name).to_str().unwrap(),
+            "--json",
+        ]);
+        let spent = budget["jobs"][0]["epsilon"].as_f64().unwrap();
+        let charged: Vec<u64> = budget["jobs"][0]["rounds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_u64().unwrap())
+            .collect();
+        assert_eq!(charged, vec![1, 2, 3], "{point} {name}: {budget:#}");
+        let reported = done["dp_epsilon"][&name].as_f64().unwrap();
+        assert!(
+            (reported - spent).abs() < 1e-9,
+            "{point} {name}: the coordinator reports ε {reported}, the hospital spent {spent}"
+        );
+    }
+}
+
+#[test]
+fn coordinator_crashes_while_collecting_unmasking_shares() {
+    // Three reveals a round: the fourth is round 2's first.
+    crash_and_recover(
+        "\n[privacy]\naggregation = \"secagg\"\n",
+        "secagg-unmask@4",
+        Victim::Coordinator,
+    );
+}
+
+#[test]
+fn coordinator_crashes_while_collecting_decryption_shares() {
+    crash_and_recover(
+        "\n[privacy]\naggregation = \"he\"\n",
+        "he-decrypt@3",
+        Victim::Coordinator,
+    );
+}
+
+#[test]
+fn coordinator_crashes_inside_a_ledger_append() {
+    // Appends: the coordinator's key, the job, the enrollment, round 0,
+    // round 1: the fifth is round 1's.
+    crash_and_recover("", "ledger-append@5", Victim::Coordinator);
+}
+
+#[test]
+fn coordinator_crashes_between_a_model_and_its_card() {
+    crash_and_recover("", "model-write@3", Victim::Coordinator);
+}
+
+#[test]
+fn hospital_crashes_mid_upload() {
+    crash_and_recover("", "client-upload@2", Victim::Hospital);
 }
 
 /// Runs `cohort ARGS` expecting it to fail with `needle` on stderr.

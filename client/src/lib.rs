@@ -10,6 +10,7 @@ pub mod budget;
 mod exchange;
 mod he;
 pub mod misbehave;
+mod paid;
 mod proofs;
 mod secagg;
 mod split;
@@ -514,6 +515,30 @@ async fn submit(
     let head = ResultFrame {
         frame: Some(result_frame::Frame::Header(header)),
     };
+    if task.kind() == cohort_protocol::v1::TaskKind::Fit
+        && cohort_protocol::crash::due("client-upload")
+    {
+        // Dies mid-upload: the header and half of the first chunk leave,
+        // the stream stays open, and the process aborts once h2 has had
+        // time to put them on the wire.
+        let half = body.len() / 2;
+        let partial = ResultFrame {
+            frame: Some(result_frame::Frame::Chunk(cohort_protocol::v1::Chunk {
+                data: body[..half].to_vec(),
+            })),
+        };
+        let frames = futures::StreamExt::chain(
+            futures::stream::iter([head, partial]),
+            futures::stream::pending(),
+        );
+        tokio::spawn(async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            cohort_protocol::crash::abort("client-upload");
+        });
+        // Whatever the coordinator answers, this process does nothing more.
+        let _ = grpc.submit_result(frames).await;
+        return futures::future::pending().await;
+    }
     // Chunks are cut lazily so a large update is not held twice.
     let body = Arc::new(body);
     let n_chunks = body.len().div_ceil(CHUNK_BYTES);

@@ -59,9 +59,9 @@ pub struct Worker {
     he: crate::secagg::Sessions<cohort_privacy::he::HospitalRound>,
     budget: Budget,
     /// The last update trained under DP, resent as is when the coordinator
-    /// retries the same round from the same model: sending it again costs
-    /// no privacy, training again would.
-    last_private: Mutex<Option<(String, Trained)>>,
+    /// retries the same round from the same model, also after this process
+    /// restarted: sending it again costs no privacy, training again would.
+    paid: crate::paid::PaidUpdate,
     /// Update proofs: the proving key of the current job.
     proving_keys: crate::proofs::KeyCache,
     /// Vertical split learning: this site's key and alignment.
@@ -100,7 +100,7 @@ impl Worker {
             secagg: crate::secagg::Sessions::default(),
             he: crate::secagg::Sessions::default(),
             budget: Budget::open(config.data_dir.as_deref(), config.options.budget)?,
-            last_private: Mutex::new(None),
+            paid: crate::paid::PaidUpdate::new(config.data_dir.as_deref()),
             proving_keys: crate::proofs::KeyCache::default(),
             vertical: crate::vertical::SiteState::default(),
         })
@@ -315,19 +315,15 @@ impl Worker {
         );
         let plan = match &job {
             Some(job) => {
-                let cached = self.last_private.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some((key, trained)) = cached.as_ref()
-                    && *key == retry_key
-                {
+                if let Some(trained) = self.paid.get(&retry_key) {
                     info!(
                         client = self.name,
                         job = task.job_id,
                         round = task.round,
                         "round retried: resending the update already paid for"
                     );
-                    return Ok(trained.clone());
+                    return Ok(trained);
                 }
-                drop(cached);
                 let plan = self.dp_plan(task, job, data.train.len())?;
                 if job.policy.level == DpLevel::Record {
                     check_record_plan(&plan, job, &config, data.train.len())?;
@@ -412,8 +408,7 @@ impl Worker {
             train_metrics,
         };
         if dp_epsilon.is_some() {
-            *self.last_private.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some((retry_key, trained.clone()));
+            self.paid.keep(&retry_key, &trained)?;
         }
         Ok(trained)
     }

@@ -133,6 +133,8 @@ impl Ledger {
                  ON CONFLICT(id) DO UPDATE SET key_name = excluded.key_name, note = excluded.note",
                 params![self.name, note],
             )?;
+            // Every row of the append is written, nothing committed.
+            cohort_protocol::crash::reached("ledger-append");
             Ok(result)
         });
         match &committed {

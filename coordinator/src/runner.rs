@@ -895,6 +895,8 @@ impl Runner {
         let signature_sha256 = hex::encode(sha2::Sha256::digest(bundle.as_bytes()));
         // Objects first, then the database row: see the store's docs.
         self.store.put_object(&key, bytes).await?;
+        // The model's bytes are stored; its card, signature and row are not.
+        cohort_protocol::crash::reached("model-write");
         self.store
             .put_object(&card_key(&job.id, record.round), card_json)
             .await?;

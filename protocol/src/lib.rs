@@ -15,6 +15,7 @@ pub mod v1 {
     tonic::include_proto!("cohort.v1");
 }
 
+pub mod crash;
 pub mod transport;
 
 pub use transport::{EndpointError, Security, endpoint};

@@ -345,6 +345,7 @@ impl Runner {
                         return Err("a decryption share for another member or set".into());
                     }
                     shares.push(share);
+                    cohort_protocol::crash::reached("he-decrypt");
                     Ok(())
                 },
             )

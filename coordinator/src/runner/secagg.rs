@@ -326,7 +326,9 @@ impl Runner {
                 let reveals = decode_reveals(&bytes).map_err(|e| e.to_string())?;
                 server
                     .reveal(id_of(client), reveals)
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| e.to_string())?;
+                cohort_protocol::crash::reached("secagg-unmask");
+                Ok(())
             },
         )
         .await;
