@@ -484,9 +484,10 @@ fn crash_and_recover(privacy: &str, point: &str, victim: Victim) {
     let net = Net::Insecure { port: free_port() };
     let data_dir = dir.path().join("coord");
     let crash = [("COHORT_CRASH_AT", point)];
-    let (coordinator_env, hospital_env): (&[(&str, &str)], &[(&str, &str)]) = match victim {
-        Victim::Coordinator => (&crash, &[]),
-        Victim::Hospital => (&[], &crash),
+    let none: [(&str, &str); 0] = [];
+    let (coordinator_env, hospital_env) = match victim {
+        Victim::Coordinator => (&crash[..], &none[..]),
+        Victim::Hospital => (&none[..], &crash[..]),
     };
     let first_log = dir.path().join("coord-1.log");
     let mut coordinator = start_coordinator_with(&net, &data_dir, &first_log, coordinator_env);
