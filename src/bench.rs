@@ -389,7 +389,7 @@ fn synthetic_examples(rows: usize, features: usize, seed: u64) -> cohort_dataset
     }
 }
 
-fn process_cpu_seconds() -> f64 {
+pub(crate) fn process_cpu_seconds() -> f64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

@@ -13,7 +13,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde::Serialize;
 
-use super::median;
+use super::{median, process_cpu_seconds};
 use crate::developer;
 use crate::local::{LocalFederation, LocalHospital};
 use cohort_coordinator::valuation::{PERMUTATION, STRATIFIED};
@@ -70,6 +70,13 @@ pub struct Overhead {
     pub median_round_secs_with: f64,
     /// (with − without) / without.
     pub added_fraction: f64,
+    /// CPU seconds this process (coordinator and every hospital) spent per
+    /// round, over whole jobs: unlike wall time, hardly moved by other
+    /// load on the machine.
+    pub cpu_secs_per_round_without: f64,
+    pub cpu_secs_per_round_with: f64,
+    /// (with − without) / without, in CPU time.
+    pub added_cpu_fraction: f64,
 }
 
 /// Splits WDBC into `hospitals` parts (Dirichlet α = 1, so sizes and label
@@ -403,17 +410,23 @@ async fn overhead(n: usize, rounds: u32, jobs_each: u32) -> Result<Overhead> {
         LocalFederation::start(dir.path(), &members, false, Duration::from_secs(2)).await?;
     let runs = async {
         let (mut without, mut with, mut with_id) = (Vec::new(), Vec::new(), String::new());
+        let mut cpu = [0.0f64; 2];
         for _ in 0..jobs_each {
+            let started = process_cpu_seconds();
             without.extend(run(&federation, &demo_job(n, rounds, "")).await?.1);
+            let between = process_cpu_seconds();
             let (id, rounds) = run(&federation, &demo_job(n, rounds, "\n[valuation]\n")).await?;
+            cpu[0] += between - started;
+            cpu[1] += process_cpu_seconds() - between;
             with.extend(rounds);
             with_id = id;
         }
-        anyhow::Ok((without, with_id, with))
+        anyhow::Ok((without, with_id, with, cpu))
     }
     .await;
     federation.shutdown().await;
-    let (without, with_id, with) = runs?;
+    let (without, with_id, with, cpu) = runs?;
+    let per_round = |seconds: f64| seconds / f64::from(rounds * jobs_each);
     let contents = crate::audit::read_ledger(&data_dir)?;
     let report = crate::rewards::show(&contents, Some(&with_id))?;
     let evaluations = report
@@ -442,6 +455,9 @@ async fn overhead(n: usize, rounds: u32, jobs_each: u32) -> Result<Overhead> {
         median_evaluate_secs_without: column(&without, |r| r.1),
         median_evaluate_secs_with: column(&with, |r| r.1),
         added_fraction: (b - a) / a,
+        cpu_secs_per_round_without: per_round(cpu[0]),
+        cpu_secs_per_round_with: per_round(cpu[1]),
+        added_cpu_fraction: (cpu[1] - cpu[0]) / cpu[0],
     })
 }
 
