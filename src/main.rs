@@ -1187,6 +1187,12 @@ struct EvaluateArgs {
     /// Labelled data to evaluate on (CSV or Parquet).
     #[arg(long)]
     data: PathBuf,
+    /// Vertical jobs: the label site's client data directory (its
+    /// --data-dir), which keeps the model's top part; the downloaded first
+    /// layer is joined with it there. The top never leaves the label site,
+    /// so a vertical model is evaluated at that site.
+    #[arg(long, value_name = "DATA_DIR")]
+    top_from: Option<PathBuf>,
     #[arg(long)]
     json: bool,
 }
@@ -1655,7 +1661,7 @@ async fn main() -> Result<()> {
         }
         Command::Evaluate(a) => {
             init_logging("warn");
-            let (_, metrics) = evaluate::evaluate_file(&a.model, &a.data)?;
+            let (_, metrics) = evaluate::evaluate_model(&a.model, a.top_from.as_deref(), &a.data)?;
             report(a.json, &metrics, evaluate::render_metrics)?;
         }
         Command::Bench(cmd) => run_bench_command(cmd).await?,

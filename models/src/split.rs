@@ -151,10 +151,26 @@ pub fn split_vertical(
 ) -> Result<(Vec<Vec<f32>>, Vec<f32>), ModelError> {
     let width = layout.cut_width;
     let joined: usize = site_features.iter().sum();
-    let expected = joined * width + width + layout.top_len();
-    check_len("model", expected, full.len())?;
-    let (weights, rest) = full.split_at(joined * width);
-    let (bias, top) = rest.split_at(width);
+    let first_layer = joined * width + width;
+    check_len("model", first_layer + layout.top_len(), full.len())?;
+    let (first, top) = full.split_at(first_layer);
+    Ok((
+        split_vertical_first_layer(layout, first, site_features)?,
+        top.to_vec(),
+    ))
+}
+
+/// The sites' parts of the first layer alone (weights on the joined columns, then the bias):
+/// [`split_vertical`] without the top, which in a job stays at the label site.
+pub fn split_vertical_first_layer(
+    layout: &VerticalLayout,
+    first_layer: &[f32],
+    site_features: &[usize],
+) -> Result<Vec<Vec<f32>>, ModelError> {
+    let width = layout.cut_width;
+    let joined: usize = site_features.iter().sum();
+    check_len("first layer", joined * width + width, first_layer.len())?;
+    let (weights, bias) = first_layer.split_at(joined * width);
     let mut sites = Vec::with_capacity(site_features.len());
     let mut offset = 0;
     for (i, &n) in site_features.iter().enumerate() {
@@ -167,7 +183,7 @@ pub fn split_vertical(
         offset += n;
         sites.push(part);
     }
-    Ok((sites, top.to_vec()))
+    Ok(sites)
 }
 
 /// The whole model on the joined columns from the vertical parts: the sites' first-layer
@@ -177,6 +193,24 @@ pub fn join_vertical(
     layout: &VerticalLayout,
     sites: &[(usize, &[f32])],
     top: &[f32],
+) -> Result<Vec<f32>, ModelError> {
+    if top.len() != layout.top_len() {
+        return Err(ModelError::InvalidData(format!(
+            "top part of {} values, {} expected",
+            top.len(),
+            layout.top_len()
+        )));
+    }
+    let mut whole = join_vertical_first_layer(layout, sites)?;
+    whole.extend_from_slice(top);
+    Ok(whole)
+}
+
+/// The first layer on the joined columns from the sites' parts: [`join_vertical`] without the
+/// top.
+pub fn join_vertical_first_layer(
+    layout: &VerticalLayout,
+    sites: &[(usize, &[f32])],
 ) -> Result<Vec<f32>, ModelError> {
     let width = layout.cut_width;
     let mut weights = Vec::new();
@@ -195,15 +229,7 @@ pub fn join_vertical(
             *acc += v;
         }
     }
-    if top.len() != layout.top_len() {
-        return Err(ModelError::InvalidData(format!(
-            "top part of {} values, {} expected",
-            top.len(),
-            layout.top_len()
-        )));
-    }
     weights.extend_from_slice(&bias);
-    weights.extend_from_slice(top);
     Ok(weights)
 }
 

@@ -463,6 +463,7 @@ pub(crate) fn card_for(spec: ModelSpec, n_features: usize, params: &[f32]) -> Mo
         metrics: None,
         parameters_sha256: String::new(),
         privacy: None,
+        kept_top: None,
     };
     card.bind_parameters(params).unwrap();
     card
