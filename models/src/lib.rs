@@ -64,7 +64,8 @@ pub use spec::{MAX_PARAMETERS, ModelSpec, OptimizerSpec, TrainConfig};
 // Vertical split learning (issue 18): the label site's metrics from its logits.
 pub use metrics::metrics_from_logits;
 pub use split::{
-    BottomPart, LabelSiteReport, SplitLayout, TopPart, TopStep, VerticalBatch, VerticalLayout,
+    BottomPart, LabelSiteReport, MiddlePart, SplitLayout, TopPart, TopStep, UShapedLayout,
+    VerticalBatch, VerticalLayout,
     equalize_gradient_norms, join_vertical, join_vertical_first_layer, norm_leak_auc,
     split_vertical, split_vertical_first_layer, vertical_schedule,
 };
