@@ -61,6 +61,127 @@ fn splitfed_job_files_are_checked_at_submit() {
     let huge_batch = base.replace("batch_size = 32", "batch_size = 100000");
     let err = cohort_coordinator::JobSpec::from_toml(&huge_batch).unwrap_err();
     assert!(err.to_string().contains("training.batch_size"), "{err}");
+    // Homomorphic aggregation and differential privacy of bottom parts are
+    // refused at submit, naming the combination.
+    let he = format!(
+        "{base}
+[privacy]
+aggregation = \"he\"\n"
+    );
+    let err = cohort_coordinator::JobSpec::from_toml(&he)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("privacy.aggregation") && err.contains("splitfed"),
+        "{err}"
+    );
+    for level in ["record", "client"] {
+        let dp = format!(
+            "{base}\n[privacy.dp]\nlevel = \"{level}\"\nnoise_multiplier = 1.1\nclipping_norm = 0.5\n"
+        );
+        let err = cohort_coordinator::JobSpec::from_toml(&dp)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("privacy.dp") && err.contains("splitfed"),
+            "{err}"
+        );
+    }
+
+    // U-shaped: a SplitFed option, and the cut must leave the coordinator a
+    // layer between it and the last.
+    let u_shaped = base.replace(
+        "mode = \"splitfed\"",
+        "mode = \"splitfed\"\nu_shaped = true",
+    );
+    assert!(cohort_coordinator::JobSpec::from_toml(&u_shaped).is_ok());
+    let federated = cohort::DEMO_JOB.replace("[training]", "[training]\nu_shaped = true");
+    let err = cohort_coordinator::JobSpec::from_toml(&federated).unwrap_err();
+    assert!(err.to_string().contains("training.u_shaped"), "{err}");
+    let one_hidden = u_shaped.replace("hidden = [32, 16]", "hidden = [32]");
+    let err = cohort_coordinator::JobSpec::from_toml(&one_hidden).unwrap_err();
+    assert!(
+        err.to_string().contains("training.u_shaped") && err.to_string().contains("cut"),
+        "{err}"
+    );
+}
+
+/// U-shaped SplitFed over real gRPC with three hospitals: the coordinator
+/// runs the middle layer only; the labels and the last layer stay at the
+/// hospitals. What reached the coordinator, byte for byte, is the cut's
+/// activations and the head's gradients: no room for a label.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn u_shaped_splitfed_trains_with_the_labels_at_the_hospitals() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("wdbc.csv");
+    std::fs::write(&csv, cohort::WDBC_CSV).unwrap();
+    let report = cohort_datasets::split_file(
+        &csv,
+        &dir.path().join("parts"),
+        &cohort_datasets::SplitOptions {
+            parts: 3,
+            label: Some("diagnosis".into()),
+            scheme: cohort_datasets::PartitionScheme::Iid,
+            test_fraction: 0.2,
+            seed: 5,
+        },
+    )
+    .unwrap();
+    let test_file = report.test.unwrap().file;
+    let coordinator = start_coordinator(&dir.path().join("coord")).await;
+    for (i, part) in report.parts.iter().enumerate() {
+        let f = &part.file;
+        start_client(
+            &coordinator.url,
+            f,
+            &format!("hospital-{i}"),
+            &coordinator.stop,
+        );
+    }
+    wait_for_clients(&coordinator.url, 3).await;
+    let job = cohort::DEMO_JOB
+        .replace(
+            "[training]",
+            "[training]\nmode = \"splitfed\"\nu_shaped = true",
+        )
+        .replace("rounds = 20", "rounds = 4");
+    let view = submit_and_wait(&coordinator.url, &job).await;
+    assert_eq!(view.state, "completed", "{view:#?}");
+    assert_eq!(view.rounds_completed, 4);
+    let accuracy = view.last_metrics().unwrap().accuracy;
+    assert!(accuracy >= 0.9, "{view:#?}");
+    // Cut after the first hidden layer (32 wide); the head takes the
+    // second's 16 activations.
+    let (cut_width, head_width) = (32u64, 16u64);
+    let exchanges: Vec<&str> = view
+        .events
+        .iter()
+        .map(|e| e.message.as_str())
+        .filter(|m| m.contains("U-shaped split exchange of"))
+        .collect();
+    assert_eq!(exchanges.len(), 4, "{:#?}", view.events);
+    for event in exchanges {
+        let numbers: Vec<u64> = event
+            .split(' ')
+            .filter_map(|w| w.trim_end_matches(',').parse().ok())
+            .collect();
+        let (samples, up) = (numbers[0], numbers[1]);
+        assert!(samples > 0, "{event}");
+        assert_eq!(up, samples * (cut_width + head_width) * 4, "{event}");
+        assert!(event.contains("(no labels)"), "{event}");
+    }
+    // The stored model is one ordinary model: bottom, middle and head.
+    let mut dev =
+        cohort::developer::connect(&coordinator.url, &cohort_protocol::Security::Insecure)
+            .await
+            .unwrap();
+    let out = dir.path().join("model");
+    cohort::developer::download_model(&mut dev, &view.job_id, None, &out)
+        .await
+        .unwrap();
+    let (_, metrics) = cohort::evaluate::evaluate_file(&out, &test_file).unwrap();
+    assert!(metrics.accuracy >= 0.9, "{metrics:?}");
+    coordinator.stop.stop();
 }
 
 /// A hospital that prepares and evaluates honestly but, in a split round,

@@ -65,9 +65,9 @@ pub use spec::{MAX_PARAMETERS, ModelSpec, OptimizerSpec, TrainConfig};
 pub use metrics::metrics_from_logits;
 pub use split::{
     BottomPart, LabelSiteReport, MiddlePart, SplitLayout, TopPart, TopStep, UShapedLayout,
-    VerticalBatch, VerticalLayout,
-    equalize_gradient_norms, join_vertical, join_vertical_first_layer, norm_leak_auc,
-    split_vertical, split_vertical_first_layer, vertical_schedule,
+    VerticalBatch, VerticalLayout, equalize_gradient_norms, join_vertical,
+    join_vertical_first_layer, norm_leak_auc, split_vertical, split_vertical_first_layer,
+    vertical_schedule,
 };
 pub use train::{TrainOutcome, train};
 

@@ -127,7 +127,10 @@ fn u_shaped_step_equals_the_unsplit_step() {
         nan[3] = f32::NAN;
         assert!(middle.forward(48, &nan).is_err());
         assert!(middle.forward(47, &acts).is_err());
-        assert!(middle.backward(&step.grad_at_cut).is_err(), "no forward pending");
+        assert!(
+            middle.backward(&step.grad_at_cut).is_err(),
+            "no forward pending"
+        );
     }
     // A cut that leaves only the last layer has no middle.
     let spec = ModelSpec::Mlp {
