@@ -539,6 +539,11 @@ struct DemoArgs {
     /// the coordinator, which trains the top; both are averaged each round.
     #[arg(long, conflicts_with_all = ["secure_aggregation", "homomorphic_encryption", "dp_epsilon"])]
     splitfed: bool,
+    /// With --splitfed: the U-shaped split, where the labels and the last
+    /// layer stay at the hospitals and the coordinator trains only the
+    /// middle layer.
+    #[arg(long, requires = "splitfed")]
+    u_shaped: bool,
     /// Vertical split learning instead, run by a coordinator over mutual
     /// TLS: WDBC's columns dealt to three site clients (one holds the
     /// diagnosis), aligned by private set intersection on patient ids
@@ -1364,6 +1369,7 @@ async fn main() -> Result<()> {
                 homomorphic_encryption: a.homomorphic_encryption,
                 dp_epsilon: a.dp_epsilon,
                 splitfed: a.splitfed,
+                u_shaped: a.u_shaped,
                 dashboard: a.dashboard,
                 ..Default::default()
             })
