@@ -124,7 +124,7 @@ pub struct SeatStats {
 /// What a seat trains: the top part, or, U-shaped, the middle.
 enum Held {
     Top(TopPart),
-    Middle(MiddlePart),
+    Middle(Box<MiddlePart>),
 }
 
 /// One hospital's copy of the top part (or middle) for one round attempt.
@@ -312,7 +312,7 @@ impl SplitSeats {
         batch_size: usize,
     ) -> Result<String, String> {
         let middle = MiddlePart::new(layout, middle, optimizer).map_err(|e| e.to_string())?;
-        Ok(self.insert(client, Held::Middle(middle), batch_size))
+        Ok(self.insert(client, Held::Middle(Box::new(middle)), batch_size))
     }
 
     fn insert(&self, client: &str, held: Held, batch_size: usize) -> String {
@@ -439,13 +439,12 @@ pub(crate) async fn serve_exchange(
                 }
             };
             let step_seat = seat.clone();
-            // The top part's step is CPU work: off the async threads.
-            let result = tokio::task::spawn_blocking(move || match frame {
+            let work = move || match frame {
                 Up::Batch(batch) => lock(&step_seat).step(&batch),
                 Up::HeadGradient(gradient) => lock(&step_seat).head_gradient(&gradient),
-            })
-            .await;
-            let down = match result {
+            };
+            // The step is CPU work: off the async threads.
+            let down = match tokio::task::spawn_blocking(work).await {
                 Ok(Ok(down)) => Ok(down),
                 Ok(Err(reason)) => {
                     tracing::warn!(client, "split batch rejected: {reason}");

@@ -173,10 +173,7 @@ impl UShapedLayout {
     }
 
     /// The bottom, middle and head of a whole model's vector.
-    pub fn split<'a>(
-        &self,
-        params: &'a [f32],
-    ) -> Result<(&'a [f32], &'a [f32], &'a [f32]), ModelError> {
+    pub fn split<'a>(&self, params: &'a [f32]) -> Result<ThreeParts<'a>, ModelError> {
         check_len(
             "model",
             self.bottom_len() + self.middle_len() + self.head_len(),
@@ -187,6 +184,9 @@ impl UShapedLayout {
         Ok((bottom, middle, head))
     }
 }
+
+/// Bottom, middle and head of a U-shaped model's vector.
+pub type ThreeParts<'a> = (&'a [f32], &'a [f32], &'a [f32]);
 
 fn count(shapes: &[(usize, usize)]) -> usize {
     shapes.iter().map(|&(i, o)| i * o + o).sum()
