@@ -123,7 +123,7 @@ pub struct SeatStats {
 
 /// What a seat trains: the top part, or, U-shaped, the middle.
 enum Held {
-    Top(TopPart),
+    Top(Box<TopPart>),
     Middle(Box<MiddlePart>),
 }
 
@@ -299,7 +299,7 @@ impl SplitSeats {
         batch_size: usize,
     ) -> Result<String, String> {
         let top = TopPart::new(layout, top, optimizer).map_err(|e| e.to_string())?;
-        Ok(self.insert(client, Held::Top(top), batch_size))
+        Ok(self.insert(client, Held::Top(Box::new(top)), batch_size))
     }
 
     /// U-shaped: opens a seat for `client` with a copy of the global middle.
