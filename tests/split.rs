@@ -75,18 +75,21 @@ aggregation = \"he\"\n"
         err.contains("privacy.aggregation") && err.contains("splitfed"),
         "{err}"
     );
-    for level in ["record", "client"] {
-        let dp = format!(
+    // Record-level DP would need DP-SGD across the cut: refused, naming
+    // the combination; client level is accepted (see the U-shaped test).
+    let dp = |level: &str| {
+        format!(
             "{base}\n[privacy.dp]\nlevel = \"{level}\"\nnoise_multiplier = 1.1\nclipping_norm = 0.5\n"
-        );
-        let err = cohort_coordinator::JobSpec::from_toml(&dp)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("privacy.dp") && err.contains("splitfed"),
-            "{err}"
-        );
-    }
+        )
+    };
+    let err = cohort_coordinator::JobSpec::from_toml(&dp("record"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("privacy.dp") && err.contains("splitfed") && err.contains("record"),
+        "{err}"
+    );
+    assert!(cohort_coordinator::JobSpec::from_toml(&dp("client")).is_ok());
 
     // U-shaped: a SplitFed option, and the cut must leave the coordinator a
     // layer between it and the last.
@@ -181,6 +184,28 @@ async fn u_shaped_splitfed_trains_with_the_labels_at_the_hospitals() {
         .unwrap();
     let (_, metrics) = cohort::evaluate::evaluate_file(&out, &test_file).unwrap();
     assert!(metrics.accuracy >= 0.9, "{metrics:?}");
+
+    // The same under client-level DP: each hospital admits and records its
+    // spending, the coordinator clips every whole update (the hospital's
+    // part and its seat's) and noises the sum; the model's card carries the
+    // guarantee, and no training loss leaves a hospital.
+    let private = job.replace("rounds = 4", "rounds = 2")
+        + "\n[privacy.dp]\nlevel = \"client\"\nnoise_multiplier = 1.1\nclipping_norm = 0.5\n";
+    let view = submit_and_wait(&coordinator.url, &private).await;
+    assert_eq!(view.state, "completed", "{view:#?}");
+    for round in view.rounds.iter().filter(|r| r.round > 0) {
+        assert_eq!(round.participants.len(), 3, "{round:?}");
+        assert!(round.train_loss.is_none_or(|l| l.is_nan()), "{round:?}");
+    }
+    let card = cohort::developer::download_model(&mut dev, &view.job_id, None, &out)
+        .await
+        .unwrap();
+    let privacy = card.privacy.expect("a DP job's card states its guarantee");
+    assert_eq!(privacy.level, "client");
+    assert!(
+        privacy.epsilon > 0.0 && privacy.hospitals.len() == 3,
+        "{privacy:?}"
+    );
     coordinator.stop.stop();
 }
 

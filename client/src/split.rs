@@ -6,6 +6,12 @@
 //! at the end of the round, the bottom part's update, signed like any
 //! update. Never a row of features.
 //!
+//! Under client-level DP (`[privacy.dp] level = "client"`, plain
+//! aggregation) the hospital admits the round against its privacy budget
+//! and records the spending before its update leaves, as in FedAvg rounds;
+//! the coordinator clips each hospital's whole update (its part and its
+//! seat's) and adds the noise to the sum. Its training loss then stays here.
+//!
 //! U-shaped (`SplitTask.u_shaped`): the hospital also keeps the head (the
 //! last layer) and its labels. Per batch the activations go up without
 //! labels, the middle's activations come down, the head takes its step on
@@ -30,6 +36,7 @@ use tracing::info;
 
 use crate::exchange::BlockingExchange;
 use crate::work::{Answer, Worker, parse};
+use cohort_privacy::dp::{DpLevel, HospitalPlan, JobDp};
 
 /// Answers a FIT task that carries `split`: trains the bottom part from
 /// `bottom` against the coordinator's seat and returns its update.
@@ -206,24 +213,30 @@ fn train(
                     (--require-secure-aggregation); split learning sends activations"
             .to_string());
     }
-    if worker.job_dp(task)?.is_some() {
-        return Err("split learning has no differential-privacy accounting".to_string());
-    }
     let model: ModelSpec = parse(&task.model_spec_json, "model spec")?;
     let config: TrainConfig = parse(&task.train_config_json, "training configuration")?;
     config.validate().map_err(|e| e.to_string())?;
     let data = worker.prepared(task)?;
     let train = &data.train;
+    let private = client_level_plan(worker, task, train.len())?;
     if split.u_shaped {
         let layout = UShapedLayout::new(&model, train.n_features).map_err(|e| e.to_string())?;
         let exchange = Exchange::open(handle, grpc, session_id, &split.exchange_id)?;
-        return train_u_shaped(
+        let (delta, last_loss) = train_u_shaped(
             worker,
             exchange,
             task,
             split,
             (bottom, &layout),
             &config,
+            &data,
+        )?;
+        return finish(
+            worker,
+            task,
+            private,
+            delta,
+            (train.len(), last_loss),
             &data,
         );
     }
@@ -267,15 +280,58 @@ fn train(
         job = task.job_id,
         round = task.round,
         batches = index,
-        loss = last_loss,
         "split training done"
     );
+    finish(worker, task, private, delta, (n, last_loss), &data)
+}
+
+/// The job's client-level DP plan for this hospital, admitted against its
+/// budget; `None` without DP. Record-level DP would need DP-SGD across the
+/// cut, which split learning does not do (the job is refused at submit).
+fn client_level_plan(
+    worker: &Worker,
+    task: &TaskHeader,
+    train_rows: usize,
+) -> Result<Option<(JobDp, HospitalPlan)>, String> {
+    let Some(job) = worker.job_dp(task)? else {
+        return Ok(None);
+    };
+    if job.policy.level != DpLevel::Client {
+        return Err("split learning supports client-level differential privacy only".into());
+    }
+    let plan = worker.dp_plan(task, &job, train_rows)?;
+    worker.budget().admit(&task.job_id, &plan)?;
+    Ok(Some((job, plan)))
+}
+
+/// The answer of a split round: the hospital's update, after its DP
+/// spending (if any) is on disk.
+fn finish(
+    worker: &Worker,
+    task: &TaskHeader,
+    private: Option<(JobDp, HospitalPlan)>,
+    delta: Vec<f32>,
+    (examples, loss): (usize, f64),
+    data: &crate::work::Prepared,
+) -> Result<Answer, String> {
+    let dp_epsilon = match &private {
+        Some((job, plan)) => Some(worker.budget().spend_round(
+            &task.job_id,
+            job,
+            plan,
+            task.round,
+        )?),
+        None => None,
+    };
     Ok(Answer {
         header: ResultHeader {
-            num_examples: n as u64,
+            num_examples: examples as u64,
             parameter_count: delta.len() as u64,
-            train_loss: last_loss,
+            // Under DP the training loss is a statistic of the records that
+            // the noise does not cover: it stays in the hospital.
+            train_loss: if dp_epsilon.is_some() { f64::NAN } else { loss },
             dataset_sha256: data.commitment.clone(),
+            dp_epsilon: dp_epsilon.unwrap_or(0.0),
             ..Default::default()
         },
         parameters: delta,
@@ -283,8 +339,9 @@ fn train(
     })
 }
 
-/// [`train`] of a U-shaped split: `sent` is bottom ‖ head, the answer
-/// Δbottom ‖ Δhead; the labels and the loss stay here.
+/// [`train`] of a U-shaped split: `sent` is bottom ‖ head; returns
+/// Δbottom ‖ Δhead and the last epoch's loss. The labels and the loss stay
+/// here.
 fn train_u_shaped(
     worker: &Worker,
     mut exchange: Exchange<'_>,
@@ -293,7 +350,7 @@ fn train_u_shaped(
     (sent, layout): (&[f32], &UShapedLayout),
     config: &TrainConfig,
     data: &crate::work::Prepared,
-) -> Result<Answer, String> {
+) -> Result<(Vec<f32>, f64), String> {
     let (cut_width, head_width) = (layout.cut_width(), layout.head_width());
     if split.cut_width as usize != cut_width || split.head_width as usize != head_width {
         return Err(format!(
@@ -344,18 +401,7 @@ fn train_u_shaped(
         job = task.job_id,
         round = task.round,
         batches = index,
-        loss = last_loss,
         "U-shaped split training done"
     );
-    Ok(Answer {
-        header: ResultHeader {
-            num_examples: n as u64,
-            parameter_count: delta.len() as u64,
-            train_loss: last_loss,
-            dataset_sha256: data.commitment.clone(),
-            ..Default::default()
-        },
-        parameters: delta,
-        masked: Vec::new(),
-    })
+    Ok((delta, last_loss))
 }

@@ -188,6 +188,10 @@ impl Worker {
         &self.data
     }
 
+    pub(crate) fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
     pub(crate) fn data_dir(&self) -> Option<&std::path::Path> {
         self.data_dir.as_deref()
     }
@@ -448,7 +452,7 @@ impl Worker {
 
     /// This hospital's plan for a DP job: the one it already follows, or a
     /// new one from its training rows.
-    fn dp_plan(
+    pub(crate) fn dp_plan(
         &self,
         task: &TaskHeader,
         job: &JobDp,

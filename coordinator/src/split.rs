@@ -86,13 +86,16 @@ pub fn check_job(spec: &JobSpec) -> Result<(), JobError> {
             ),
         ));
     }
-    if let Some(dp) = &spec.privacy.dp {
+    if let Some(dp) = &spec.privacy.dp
+        && dp.level != cohort_privacy::dp::DpLevel::Client
+    {
         return Err(invalid(
             "privacy.dp",
             format!(
-                "[privacy.dp] (level \"{}\") with [training] mode = \"splitfed\" is not \
-                 supported: splitfed has no differential-privacy accounting (the activations \
-                 sent every batch would need it too, not only the bottom parts)",
+                "[privacy.dp] level = \"{}\" with [training] mode = \"splitfed\" is not \
+                 supported: record-level DP would need DP-SGD across the cut (the activations \
+                 sent every batch, not only the updates); use level = \"client\", where the \
+                 coordinator clips each hospital's whole update and noises their sum",
                 dp.level.as_str()
             ),
         ));
