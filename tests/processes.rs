@@ -1312,10 +1312,20 @@ fn a_vertical_job_resumes_after_a_coordinator_restart_with_the_top_at_the_label_
         .count();
     assert!(aligned >= 2, "aligned again after the restart: {done:#}");
 
-    let model = get_model(&net, &job, &dir.path().join("model"));
-    let card: Value =
-        serde_json::from_slice(&std::fs::read(model.join("model.json")).unwrap()).unwrap();
-    let kept = card["kept_top"]["sha256"].as_str().unwrap().to_string();
+    let model = dir.path().join("model");
+    let got = cohort_as(
+        &net,
+        &[
+            "model",
+            "get",
+            &job,
+            "--out",
+            model.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(got["kept_top"]["site"], "hospital-0", "{got:#}");
+    let kept = got["kept_top"]["sha256"].as_str().unwrap().to_string();
     let label_site = dir.path().join("hospital-0");
     let top = label_site
         .join("vertical-tops")
