@@ -212,13 +212,27 @@ async fn u_shaped_splitfed_trains_with_the_labels_at_the_hospitals() {
 /// A hospital that prepares and evaluates honestly but, in a split round,
 /// sends activations with a NaN, then an update as if it had trained.
 async fn nan_activations(url: String, data: PathBuf) {
+    rogue_split_batch(url, data, |width| {
+        let mut activations = vec![0.5f32; 4 * width];
+        activations[width + 1] = f32::NAN;
+        SplitBatch {
+            index: 0,
+            rows: 4,
+            activations: cohort_models::parameters_to_bytes(&activations),
+            labels: cohort_models::parameters_to_bytes(&[0.0, 1.0, 0.0, 1.0]),
+        }
+    })
+    .await
+}
+
+/// A hospital that prepares and evaluates honestly but, in a split round,
+/// sends `batch(cut_width)` as its first batch (and expects it refused),
+/// then an update as if it had trained.
+async fn rogue_split_batch(url: String, data: PathBuf, batch: impl Fn(usize) -> SplitBatch) {
     let mut mallory = RogueHospital::register(&url, &data, "mallory").await;
     while let Some((header, params)) = mallory.next_task().await {
         let answer = match (&header.split, header.kind()) {
             (Some(split), TaskKind::Fit) => {
-                let width = split.cut_width as usize;
-                let mut activations = vec![0.5f32; 4 * width];
-                activations[width + 1] = f32::NAN;
                 let frames = vec![
                     SplitUp {
                         frame: Some(split_up::Frame::Open(SplitOpen {
@@ -227,12 +241,7 @@ async fn nan_activations(url: String, data: PathBuf) {
                         })),
                     },
                     SplitUp {
-                        frame: Some(split_up::Frame::Batch(SplitBatch {
-                            index: 0,
-                            rows: 4,
-                            activations: cohort_models::parameters_to_bytes(&activations),
-                            labels: cohort_models::parameters_to_bytes(&[0.0, 1.0, 0.0, 1.0]),
-                        })),
+                        frame: Some(split_up::Frame::Batch(batch(split.cut_width as usize))),
                     },
                 ];
                 let reply = mallory
@@ -242,7 +251,7 @@ async fn nan_activations(url: String, data: PathBuf) {
                 if let Ok(reply) = reply {
                     let mut down = reply.into_inner();
                     let answer = down.message().await;
-                    assert!(answer.is_err(), "a NaN batch got a gradient: {answer:?}");
+                    assert!(answer.is_err(), "a bad batch got an answer: {answer:?}");
                 }
                 let mut answer = cohort_client::Answer::refused("");
                 answer.header.error.clear();
@@ -444,4 +453,54 @@ async fn a_hospital_vanishing_in_a_split_round_costs_the_round_not_the_job() {
         "the fragile client vanished cleanly"
     );
     coordinator.stop.stop();
+}
+
+/// U-shaped SplitFed with a hospital that sends its labels anyway: the
+/// coordinator refuses the batch before it touches the middle, names why,
+/// and the round goes on with the three others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn u_shaped_splitfed_refuses_a_batch_with_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("all.csv");
+    synthetic_oncology_csv(&csv, 600, 23);
+    let files = split(&csv, &dir.path().join("parts"), 4, 5);
+    let coordinator = start_coordinator(&dir.path().join("coord")).await;
+    for (i, f) in files[..3].iter().enumerate() {
+        start_client(
+            &coordinator.url,
+            f,
+            &format!("honest-{i}"),
+            &coordinator.stop,
+        );
+    }
+    let evil = tokio::spawn(rogue_split_batch(
+        coordinator.url.clone(),
+        files[3].clone(),
+        |width| SplitBatch {
+            index: 0,
+            rows: 4,
+            activations: cohort_models::parameters_to_bytes(&vec![0.5f32; 4 * width]),
+            labels: cohort_models::parameters_to_bytes(&[0.0, 1.0, 0.0, 1.0]),
+        },
+    ));
+    wait_for_clients(&coordinator.url, 4).await;
+    let job = oncology_job(2, 3)
+        .replace("clients_per_round = 3", "clients_per_round = 4")
+        .replace("kind = \"logistic\"", "kind = \"mlp\"\nhidden = [8, 4]")
+        .replace("seed = 3", "seed = 3\nmode = \"splitfed\"\nu_shaped = true");
+    let view = submit_and_wait(&coordinator.url, &job).await;
+    assert_eq!(view.state, "completed", "{view:#?}");
+    for r in view.rounds.iter().filter(|r| r.round > 0) {
+        assert!(!r.participants.contains(&"mallory".to_string()), "{r:?}");
+        assert_eq!(r.participants.len(), 3);
+    }
+    let notes: Vec<&str> = view.events.iter().map(|e| e.message.as_str()).collect();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("mallory") && n.contains("carries labels")),
+        "{notes:#?}"
+    );
+    coordinator.stop.stop();
+    evil.abort();
 }
