@@ -81,8 +81,8 @@ impl<'a> Exchange<'a> {
                 exchange_id: exchange_id.to_string(),
             })),
         };
-        BlockingExchange::open(handle, "split exchange", 2, open, |up| {
-            grpc.split_exchange(up)
+        BlockingExchange::open(handle, "split exchange", 2, open, move |up| async move {
+            grpc.split_exchange(up).await
         })
         .map(Self)
     }

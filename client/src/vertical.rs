@@ -333,8 +333,8 @@ impl<'a> Exchange<'a> {
                 exchange_id: exchange_id.to_string(),
             })),
         };
-        BlockingExchange::open(handle, "vertical exchange", 4, open, |up| {
-            grpc.vertical_exchange(up)
+        BlockingExchange::open(handle, "vertical exchange", 4, open, move |up| async move {
+            grpc.vertical_exchange(up).await
         })
         .map(Self)
     }
@@ -343,7 +343,7 @@ impl<'a> Exchange<'a> {
         self.0.finish()
     }
 
-    fn send(&self, frame: vertical_up::Frame) -> Result<(), String> {
+    fn send(&mut self, frame: vertical_up::Frame) -> Result<(), String> {
         self.0.send(VerticalUp { frame: Some(frame) })
     }
 
