@@ -20,7 +20,7 @@ type Opening<Down> = Pin<
 /// The coordinator's side of the stream: not yet asked for, or open.
 enum Downstream<Down> {
     Opening(Opening<Down>),
-    Open(tonic::Streaming<Down>),
+    Open(Box<tonic::Streaming<Down>>),
 }
 
 pub(crate) struct BlockingExchange<'a, Up, Down> {
@@ -67,10 +67,10 @@ impl<'a, Up: Send + 'static, Down> BlockingExchange<'a, Up, Down> {
                 .handle
                 .block_on(opening)
                 .map_err(|s| format!("opening the {} failed: {}", self.what, s.message()))?;
-            self.down = Downstream::Open(response.into_inner());
+            self.down = Downstream::Open(Box::new(response.into_inner()));
         }
         match &mut self.down {
-            Downstream::Open(stream) => Ok(stream),
+            Downstream::Open(stream) => Ok(stream.as_mut()),
             Downstream::Opening(_) => Err(format!("the {} did not open", self.what)),
         }
     }
