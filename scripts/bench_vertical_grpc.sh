@@ -36,8 +36,10 @@ cd "$WORK"
 PIDS+=($!)
 sleep 2
 for i in 1 2 3; do
+  # Every site gets a data directory; the label site (site 1) keeps the
+  # model's top part there.
   "$COHORT_BIN" client --insecure --coordinator "$URL" --data "sites/site_$i.csv" \
-    --name "site-$i" >"client-$i.log" 2>&1 &
+    --name "site-$i" --data-dir "site-$i" >"client-$i.log" 2>&1 &
   PIDS+=($!)
 done
 sleep 3

@@ -36,6 +36,9 @@ pub struct DemoOptions {
     /// Split learning (SplitFed): the hospitals train the bottom of the
     /// network, the coordinator its top (`[training] mode = "splitfed"`).
     pub splitfed: bool,
+    /// With `splitfed`: the U-shaped split (`[training] u_shaped`), the
+    /// labels and the last layer stay at the hospitals.
+    pub u_shaped: bool,
     /// `--dashboard ADDR`: serve the coordinator's web dashboard there from
     /// the start (see [`run_with_dashboard`]).
     pub dashboard: Option<String>,
@@ -57,6 +60,7 @@ impl Default for DemoOptions {
             homomorphic_encryption: false,
             dp_epsilon: None,
             splitfed: false,
+            u_shaped: false,
             dashboard: None,
         }
     }
@@ -168,6 +172,7 @@ pub async fn run_with_dashboard(
     }
     if opts.splitfed {
         spec.training.mode = cohort_coordinator::job::TrainingMode::Splitfed;
+        spec.training.u_shaped = opts.u_shaped;
         spec.validate()?;
     }
     let job_toml = toml::to_string(&spec)?;
@@ -251,6 +256,9 @@ pub async fn run_with_dashboard(
         .to_string(),
         mode: match spec.training.mode {
             cohort_coordinator::job::TrainingMode::Federated => "federated",
+            cohort_coordinator::job::TrainingMode::Splitfed if spec.training.u_shaped => {
+                "splitfed-u-shaped"
+            }
             cohort_coordinator::job::TrainingMode::Splitfed => "splitfed",
             cohort_coordinator::job::TrainingMode::Vertical => "vertical",
         }

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use cohort_datasets::{DataSpec, Examples, LocalDataset, NumericColumns, Preprocessing};
 use cohort_models::{Metrics, ModelCard};
 
@@ -23,14 +23,64 @@ pub fn pinned_spec_for(data: &DataSpec, preprocessing: &Preprocessing) -> DataSp
 fn model_examples(model_dir: &Path, data: &Path) -> Result<(ModelCard, Vec<f32>, Examples)> {
     let (card, params) = cohort_models::load_model(model_dir)
         .with_context(|| format!("loading the model in {}", model_dir.display()))?;
+    let examples = examples_for(&card, data)?;
+    Ok((card, params, examples))
+}
+
+fn examples_for(card: &ModelCard, data: &Path) -> Result<Examples> {
     let dataset = LocalDataset::load(data, &pinned_spec_for(&card.data, &card.preprocessing))
         .with_context(|| format!("{} does not fit the model's schema", data.display()))?;
-    let examples = dataset.preprocess(&card.preprocessing)?;
-    Ok((card, params, examples))
+    Ok(dataset.preprocess(&card.preprocessing)?)
 }
 
 pub fn evaluate_file(model_dir: &Path, data: &Path) -> Result<(ModelCard, Metrics)> {
     let (card, params, examples) = model_examples(model_dir, data)?;
+    let metrics = cohort_models::evaluate(&card.model, &params, &examples)?;
+    Ok((card, metrics))
+}
+
+/// The whole model of a vertical job, at its label site: the first layer
+/// downloaded from the coordinator (`model_dir`) joined with the top part the
+/// label site kept in `label_site_data_dir` (its client's `--data-dir`),
+/// found by the digest in the card and checked against it.
+pub fn join_kept_top(
+    model_dir: &Path,
+    label_site_data_dir: &Path,
+) -> Result<(ModelCard, Vec<f32>)> {
+    let (card, first_layer) = cohort_models::load_artifact(model_dir)
+        .with_context(|| format!("loading the model in {}", model_dir.display()))?;
+    let Some(kept) = &card.kept_top else {
+        bail!(
+            "the model in {} is whole; --top-from is for the first layer of a vertical model, \
+             whose top part its label site kept",
+            model_dir.display()
+        );
+    };
+    let top = cohort_client::kept_top::load(label_site_data_dir, &card.job_id, &kept.sha256)?;
+    Ok(card.join_kept_top(&first_layer, &top)?)
+}
+
+/// `cohort evaluate`: [`evaluate_file`], or with `top_from`
+/// [`evaluate_with_kept_top`].
+pub fn evaluate_model(
+    model_dir: &Path,
+    top_from: Option<&Path>,
+    data: &Path,
+) -> Result<(ModelCard, Metrics)> {
+    match top_from {
+        None => evaluate_file(model_dir, data),
+        Some(dir) => evaluate_with_kept_top(model_dir, dir, data),
+    }
+}
+
+/// [`evaluate_file`] of a vertical model at its label site ([`join_kept_top`]).
+pub fn evaluate_with_kept_top(
+    model_dir: &Path,
+    label_site_data_dir: &Path,
+    data: &Path,
+) -> Result<(ModelCard, Metrics)> {
+    let (card, params) = join_kept_top(model_dir, label_site_data_dir)?;
+    let examples = examples_for(&card, data)?;
     let metrics = cohort_models::evaluate(&card.model, &params, &examples)?;
     Ok((card, metrics))
 }

@@ -548,6 +548,11 @@ struct DemoArgs {
     /// the coordinator, which trains the top; both are averaged each round.
     #[arg(long, conflicts_with_all = ["secure_aggregation", "homomorphic_encryption", "dp_epsilon"])]
     splitfed: bool,
+    /// With --splitfed: the U-shaped split, where the labels and the last
+    /// layer stay at the hospitals and the coordinator trains only the
+    /// middle layer.
+    #[arg(long, requires = "splitfed")]
+    u_shaped: bool,
     /// Vertical split learning instead, run by a coordinator over mutual
     /// TLS: WDBC's columns dealt to three site clients (one holds the
     /// diagnosis), aligned by private set intersection on patient ids
@@ -1196,6 +1201,12 @@ struct EvaluateArgs {
     /// Labelled data to evaluate on (CSV or Parquet).
     #[arg(long)]
     data: PathBuf,
+    /// Vertical jobs: the label site's client data directory (its
+    /// --data-dir), which keeps the model's top part; the downloaded first
+    /// layer is joined with it there. The top never leaves the label site,
+    /// so a vertical model is evaluated at that site.
+    #[arg(long, value_name = "DATA_DIR")]
+    top_from: Option<PathBuf>,
     #[arg(long)]
     json: bool,
 }
@@ -1367,6 +1378,7 @@ async fn main() -> Result<()> {
                 homomorphic_encryption: a.homomorphic_encryption,
                 dp_epsilon: a.dp_epsilon,
                 splitfed: a.splitfed,
+                u_shaped: a.u_shaped,
                 dashboard: a.dashboard,
                 ..Default::default()
             })
@@ -1664,7 +1676,7 @@ async fn main() -> Result<()> {
         }
         Command::Evaluate(a) => {
             init_logging("warn");
-            let (_, metrics) = evaluate::evaluate_file(&a.model, &a.data)?;
+            let (_, metrics) = evaluate::evaluate_model(&a.model, a.top_from.as_deref(), &a.data)?;
             report(a.json, &metrics, evaluate::render_metrics)?;
         }
         Command::Bench(cmd) => run_bench_command(cmd).await?,

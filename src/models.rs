@@ -16,16 +16,31 @@ pub struct DownloadedModel {
     pub metrics: Option<Metrics>,
     pub parameters_sha256: String,
     pub round: u32,
+    /// A vertical job's model: the first layer only; the label site kept
+    /// the top part (its name and the top's digest).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kept_top: Option<cohort_models::KeptTop>,
 }
 
 impl DownloadedModel {
     pub fn summary(&self) -> String {
-        format!(
+        let mut out = format!(
             "model of {} round {} saved to {}",
             self.job_id,
             self.round,
             self.dir.display()
-        )
+        );
+        if let Some(top) = &self.kept_top {
+            out.push_str(&format!(
+                "\nthe first layer of a vertical model: its top part (SHA-256 {}) stays at the \
+                 label site {}; evaluate it there with `cohort evaluate --model {} --top-from \
+                 ITS_DATA_DIR --data FILE`",
+                top.sha256,
+                top.site,
+                self.dir.display()
+            ));
+        }
+        out
     }
 }
 
@@ -43,6 +58,7 @@ pub async fn get(
         metrics: card.metrics,
         parameters_sha256: card.parameters_sha256,
         round: card.round,
+        kept_top: card.kept_top,
     })
 }
 

@@ -66,16 +66,22 @@ pub struct RoundsBench {
     pub bytes_down_per_round: Option<f64>,
 }
 
-/// The demo (3 hospitals, mutual TLS, real gRPC on loopback), federated then SplitFed.
+/// The demo (3 hospitals, mutual TLS, real gRPC on loopback), federated, SplitFed, then
+/// U-shaped SplitFed.
 pub async fn rounds(rounds: u32, workdir: &Path) -> Result<Vec<RoundsBench>> {
     let mut out = Vec::new();
-    for splitfed in [false, true] {
-        let dir = workdir.join(if splitfed { "splitfed" } else { "federated" });
+    for (splitfed, u_shaped) in [(false, false), (true, false), (true, true)] {
+        let dir = workdir.join(match (splitfed, u_shaped) {
+            (false, _) => "federated",
+            (true, false) => "splitfed",
+            (true, true) => "splitfed-u-shaped",
+        });
         let report = demo::run(DemoOptions {
             workdir: Some(dir),
             rounds: Some(rounds),
             progress: false,
             splitfed,
+            u_shaped,
             ..Default::default()
         })
         .await?;

@@ -37,7 +37,11 @@ pub struct VerticalJobReport {
     pub events: Vec<String>,
     pub defence: Option<f64>,
     pub workdir: PathBuf,
+    /// The first layer, as the coordinator stored and signed it.
     pub model_dir: PathBuf,
+    /// The label site's client data directory, which keeps the top part
+    /// (`cohort evaluate --top-from`).
+    pub label_site_data_dir: PathBuf,
     pub seconds: f64,
 }
 
@@ -113,6 +117,11 @@ pub async fn demo(
         ..VerticalOptions::wdbc(files)
     })?
     .centralized;
+    let label_site = view
+        .participants
+        .first()
+        .context("the vertical job recorded no sites")?;
+    let label_site_data_dir = workdir.join("clients").join(label_site);
     Ok(VerticalJobReport {
         job_id,
         transport: transport.to_string(),
@@ -123,6 +132,7 @@ pub async fn demo(
         defence,
         workdir,
         model_dir,
+        label_site_data_dir,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -156,8 +166,17 @@ pub fn render(r: &VerticalJobReport) -> String {
     );
     let _ = writeln!(
         out,
-        "Model (the parts joined, signed): {}   workdir {}   {:.1} s",
+        "Model: the first layer (the sites' blocks joined, signed) in {}; the top part never \
+         left {} and stays in {} (evaluate there: cohort evaluate --model {} --top-from {} \
+         --data FILE)   workdir {}   {:.1} s",
         r.model_dir.display(),
+        r.sites
+            .first()
+            .map(String::as_str)
+            .unwrap_or("the label site"),
+        r.label_site_data_dir.display(),
+        r.model_dir.display(),
+        r.label_site_data_dir.display(),
         r.workdir.display(),
         r.seconds
     );

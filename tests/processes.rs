@@ -1444,3 +1444,125 @@ fn rewards_follow_value_halve_across_a_restart_and_verify_from_the_ledger() {
         String::from_utf8_lossy(&tampered.stderr)
     );
 }
+
+/// Vertical split learning in real processes (issue 18): the coordinator is
+/// killed mid-job, and the restarted one aligns the sites again and goes on
+/// from the first layer it stored and the digest of the top part the label
+/// site kept in its `--data-dir`. At the end the label site runs the whole
+/// model with `cohort model get` and `cohort evaluate --top-from`; without
+/// its top the first layer refuses to run.
+#[test]
+fn a_vertical_job_resumes_after_a_coordinator_restart_with_the_top_at_the_label_site() {
+    let dir = tempfile::tempdir().unwrap();
+    let wdbc = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/wdbc.csv");
+    let sites = dir.path().join("sites");
+    cohort(&[
+        "data",
+        "split-vertical",
+        wdbc.to_str().unwrap(),
+        "--sites",
+        "3",
+        "--out",
+        sites.to_str().unwrap(),
+        "--id",
+        "patient_id",
+        "--label",
+        "diagnosis",
+        "--seed",
+        "11",
+        "--json",
+    ]);
+    let files: Vec<PathBuf> = (1..=3)
+        .map(|i| sites.join(format!("site_{i}.csv")))
+        .collect();
+    let net = Net::Insecure { port: free_port() };
+    let data_dir = dir.path().join("coord");
+    let mut coordinator = start_coordinator(&net, &data_dir, &dir.path().join("coord-1.log"));
+    // hospital-0 holds site_1.csv, the diagnosis: the label site.
+    let _clients = start_clients(&net, &files, dir.path());
+    let rounds: u32 = 12;
+    let job_toml = include_str!("../examples/wdbc-vertical.toml")
+        .replace("rounds = 2", &format!("rounds = {rounds}"))
+        .replace("local_epochs = 10", "local_epochs = 1");
+    let job = submit_job_file(dir.path(), &job_toml, &net);
+    wait_until(&net, &job, Duration::from_secs(120), |s| {
+        s["rounds_completed"].as_u64() >= Some(2)
+    });
+    coordinator.0.kill().unwrap();
+    coordinator.0.wait().unwrap();
+    let _restarted = start_coordinator(&net, &data_dir, &dir.path().join("coord-2.log"));
+    let done = wait_until(&net, &job, Duration::from_secs(300), |s| {
+        s["state"] == "completed" || s["state"] == "failed"
+    });
+    assert_eq!(done["state"], "completed", "{done:#}");
+    let recorded: Vec<u64> = done["rounds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["round"].as_u64().unwrap())
+        .collect();
+    assert_eq!(recorded, (1..=u64::from(rounds)).collect::<Vec<_>>());
+    let aligned = done["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("private set intersection"))
+        })
+        .count();
+    assert!(aligned >= 2, "aligned again after the restart: {done:#}");
+
+    let model = dir.path().join("model");
+    let got = cohort_as(
+        &net,
+        &[
+            "model",
+            "get",
+            &job,
+            "--out",
+            model.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(got["kept_top"]["site"], "hospital-0", "{got:#}");
+    let kept = got["kept_top"]["sha256"].as_str().unwrap().to_string();
+    let label_site = dir.path().join("hospital-0");
+    let top = label_site
+        .join("vertical-tops")
+        .join(&job)
+        .join(format!("top-{kept}.f32"));
+    assert!(top.is_file(), "{} is missing", top.display());
+    let evaluate = |extra: &[&str]| {
+        let mut args = vec![
+            "evaluate",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            wdbc.to_str().unwrap(),
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        Command::new(BIN).args(&args).output().unwrap()
+    };
+    let refused = evaluate(&[]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("never left the label site hospital-0"),
+        "{stderr}"
+    );
+    let metrics = cohort(&[
+        "evaluate",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        wdbc.to_str().unwrap(),
+        "--top-from",
+        label_site.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(metrics["examples"], 569, "{metrics:#}");
+    assert!(metrics["auc"].as_f64().unwrap() >= 0.97, "{metrics:#}");
+}

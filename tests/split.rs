@@ -61,18 +61,178 @@ fn splitfed_job_files_are_checked_at_submit() {
     let huge_batch = base.replace("batch_size = 32", "batch_size = 100000");
     let err = cohort_coordinator::JobSpec::from_toml(&huge_batch).unwrap_err();
     assert!(err.to_string().contains("training.batch_size"), "{err}");
+    // Homomorphic aggregation and differential privacy of bottom parts are
+    // refused at submit, naming the combination.
+    let he = format!(
+        "{base}
+[privacy]
+aggregation = \"he\"\n"
+    );
+    let err = cohort_coordinator::JobSpec::from_toml(&he)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("privacy.aggregation") && err.contains("splitfed"),
+        "{err}"
+    );
+    // Record-level DP would need DP-SGD across the cut: refused, naming
+    // the combination; client level is accepted (see the U-shaped test).
+    let dp = |level: &str| {
+        format!(
+            "{base}\n[privacy.dp]\nlevel = \"{level}\"\nnoise_multiplier = 1.1\nclipping_norm = 0.5\n"
+        )
+    };
+    let err = cohort_coordinator::JobSpec::from_toml(&dp("record"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("privacy.dp") && err.contains("splitfed") && err.contains("record"),
+        "{err}"
+    );
+    assert!(cohort_coordinator::JobSpec::from_toml(&dp("client")).is_ok());
+
+    // U-shaped: a SplitFed option, and the cut must leave the coordinator a
+    // layer between it and the last.
+    let u_shaped = base.replace(
+        "mode = \"splitfed\"",
+        "mode = \"splitfed\"\nu_shaped = true",
+    );
+    assert!(cohort_coordinator::JobSpec::from_toml(&u_shaped).is_ok());
+    let federated = cohort::DEMO_JOB.replace("[training]", "[training]\nu_shaped = true");
+    let err = cohort_coordinator::JobSpec::from_toml(&federated).unwrap_err();
+    assert!(err.to_string().contains("training.u_shaped"), "{err}");
+    let one_hidden = u_shaped.replace("hidden = [32, 16]", "hidden = [32]");
+    let err = cohort_coordinator::JobSpec::from_toml(&one_hidden).unwrap_err();
+    assert!(
+        err.to_string().contains("training.u_shaped") && err.to_string().contains("cut"),
+        "{err}"
+    );
+}
+
+/// U-shaped SplitFed over real gRPC with three hospitals: the coordinator
+/// runs the middle layer only; the labels and the last layer stay at the
+/// hospitals. What reached the coordinator, byte for byte, is the cut's
+/// activations and the head's gradients: no room for a label.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn u_shaped_splitfed_trains_with_the_labels_at_the_hospitals() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("wdbc.csv");
+    std::fs::write(&csv, cohort::WDBC_CSV).unwrap();
+    let report = cohort_datasets::split_file(
+        &csv,
+        &dir.path().join("parts"),
+        &cohort_datasets::SplitOptions {
+            parts: 3,
+            label: Some("diagnosis".into()),
+            scheme: cohort_datasets::PartitionScheme::Iid,
+            test_fraction: 0.2,
+            seed: 5,
+        },
+    )
+    .unwrap();
+    let test_file = report.test.unwrap().file;
+    let coordinator = start_coordinator(&dir.path().join("coord")).await;
+    for (i, part) in report.parts.iter().enumerate() {
+        let f = &part.file;
+        start_client(
+            &coordinator.url,
+            f,
+            &format!("hospital-{i}"),
+            &coordinator.stop,
+        );
+    }
+    wait_for_clients(&coordinator.url, 3).await;
+    let job = cohort::DEMO_JOB
+        .replace(
+            "[training]",
+            "[training]\nmode = \"splitfed\"\nu_shaped = true",
+        )
+        .replace("rounds = 20", "rounds = 4");
+    let view = submit_and_wait(&coordinator.url, &job).await;
+    assert_eq!(view.state, "completed", "{view:#?}");
+    assert_eq!(view.rounds_completed, 4);
+    let accuracy = view.last_metrics().unwrap().accuracy;
+    assert!(accuracy >= 0.9, "{view:#?}");
+    // Cut after the first hidden layer (32 wide); the head takes the
+    // second's 16 activations.
+    let (cut_width, head_width) = (32u64, 16u64);
+    let exchanges: Vec<&str> = view
+        .events
+        .iter()
+        .map(|e| e.message.as_str())
+        .filter(|m| m.contains("U-shaped split exchange of"))
+        .collect();
+    assert_eq!(exchanges.len(), 4, "{:#?}", view.events);
+    for event in exchanges {
+        let numbers: Vec<u64> = event
+            .split(' ')
+            .filter_map(|w| w.trim_end_matches(',').parse().ok())
+            .collect();
+        let (samples, up) = (numbers[0], numbers[1]);
+        assert!(samples > 0, "{event}");
+        assert_eq!(up, samples * (cut_width + head_width) * 4, "{event}");
+        assert!(event.contains("(no labels)"), "{event}");
+    }
+    // The stored model is one ordinary model: bottom, middle and head.
+    let mut dev =
+        cohort::developer::connect(&coordinator.url, &cohort_protocol::Security::Insecure)
+            .await
+            .unwrap();
+    let out = dir.path().join("model");
+    cohort::developer::download_model(&mut dev, &view.job_id, None, &out)
+        .await
+        .unwrap();
+    let (_, metrics) = cohort::evaluate::evaluate_file(&out, &test_file).unwrap();
+    assert!(metrics.accuracy >= 0.9, "{metrics:?}");
+
+    // The same under client-level DP: each hospital admits and records its
+    // spending, the coordinator clips every whole update (the hospital's
+    // part and its seat's) and noises the sum; the model's card carries the
+    // guarantee, and no training loss leaves a hospital.
+    let private = job.replace("rounds = 4", "rounds = 2")
+        + "\n[privacy.dp]\nlevel = \"client\"\nnoise_multiplier = 1.1\nclipping_norm = 0.5\n";
+    let view = submit_and_wait(&coordinator.url, &private).await;
+    assert_eq!(view.state, "completed", "{view:#?}");
+    for round in view.rounds.iter().filter(|r| r.round > 0) {
+        assert_eq!(round.participants.len(), 3, "{round:?}");
+        assert!(round.train_loss.is_none_or(|l| l.is_nan()), "{round:?}");
+    }
+    let card = cohort::developer::download_model(&mut dev, &view.job_id, None, &out)
+        .await
+        .unwrap();
+    let privacy = card.privacy.expect("a DP job's card states its guarantee");
+    assert_eq!(privacy.level, "client");
+    assert!(
+        privacy.epsilon > 0.0 && privacy.hospitals.len() == 3,
+        "{privacy:?}"
+    );
+    coordinator.stop.stop();
 }
 
 /// A hospital that prepares and evaluates honestly but, in a split round,
 /// sends activations with a NaN, then an update as if it had trained.
 async fn nan_activations(url: String, data: PathBuf) {
+    rogue_split_batch(url, data, |width| {
+        let mut activations = vec![0.5f32; 4 * width];
+        activations[width + 1] = f32::NAN;
+        SplitBatch {
+            index: 0,
+            rows: 4,
+            activations: cohort_models::parameters_to_bytes(&activations),
+            labels: cohort_models::parameters_to_bytes(&[0.0, 1.0, 0.0, 1.0]),
+        }
+    })
+    .await
+}
+
+/// A hospital that prepares and evaluates honestly but, in a split round,
+/// sends `batch(cut_width)` as its first batch (and expects it refused),
+/// then an update as if it had trained.
+async fn rogue_split_batch(url: String, data: PathBuf, batch: impl Fn(usize) -> SplitBatch) {
     let mut mallory = RogueHospital::register(&url, &data, "mallory").await;
     while let Some((header, params)) = mallory.next_task().await {
         let answer = match (&header.split, header.kind()) {
             (Some(split), TaskKind::Fit) => {
-                let width = split.cut_width as usize;
-                let mut activations = vec![0.5f32; 4 * width];
-                activations[width + 1] = f32::NAN;
                 let frames = vec![
                     SplitUp {
                         frame: Some(split_up::Frame::Open(SplitOpen {
@@ -81,12 +241,7 @@ async fn nan_activations(url: String, data: PathBuf) {
                         })),
                     },
                     SplitUp {
-                        frame: Some(split_up::Frame::Batch(SplitBatch {
-                            index: 0,
-                            rows: 4,
-                            activations: cohort_models::parameters_to_bytes(&activations),
-                            labels: cohort_models::parameters_to_bytes(&[0.0, 1.0, 0.0, 1.0]),
-                        })),
+                        frame: Some(split_up::Frame::Batch(batch(split.cut_width as usize))),
                     },
                 ];
                 let reply = mallory
@@ -96,7 +251,7 @@ async fn nan_activations(url: String, data: PathBuf) {
                 if let Ok(reply) = reply {
                     let mut down = reply.into_inner();
                     let answer = down.message().await;
-                    assert!(answer.is_err(), "a NaN batch got a gradient: {answer:?}");
+                    assert!(answer.is_err(), "a bad batch got an answer: {answer:?}");
                 }
                 let mut answer = cohort_client::Answer::refused("");
                 answer.header.error.clear();
@@ -298,4 +453,54 @@ async fn a_hospital_vanishing_in_a_split_round_costs_the_round_not_the_job() {
         "the fragile client vanished cleanly"
     );
     coordinator.stop.stop();
+}
+
+/// U-shaped SplitFed with a hospital that sends its labels anyway: the
+/// coordinator refuses the batch before it touches the middle, names why,
+/// and the round goes on with the three others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn u_shaped_splitfed_refuses_a_batch_with_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("all.csv");
+    synthetic_oncology_csv(&csv, 600, 23);
+    let files = split(&csv, &dir.path().join("parts"), 4, 5);
+    let coordinator = start_coordinator(&dir.path().join("coord")).await;
+    for (i, f) in files[..3].iter().enumerate() {
+        start_client(
+            &coordinator.url,
+            f,
+            &format!("honest-{i}"),
+            &coordinator.stop,
+        );
+    }
+    let evil = tokio::spawn(rogue_split_batch(
+        coordinator.url.clone(),
+        files[3].clone(),
+        |width| SplitBatch {
+            index: 0,
+            rows: 4,
+            activations: cohort_models::parameters_to_bytes(&vec![0.5f32; 4 * width]),
+            labels: cohort_models::parameters_to_bytes(&[0.0, 1.0, 0.0, 1.0]),
+        },
+    ));
+    wait_for_clients(&coordinator.url, 4).await;
+    let job = oncology_job(2, 3)
+        .replace("clients_per_round = 3", "clients_per_round = 4")
+        .replace("kind = \"logistic\"", "kind = \"mlp\"\nhidden = [8, 4]")
+        .replace("seed = 3", "seed = 3\nmode = \"splitfed\"\nu_shaped = true");
+    let view = submit_and_wait(&coordinator.url, &job).await;
+    assert_eq!(view.state, "completed", "{view:#?}");
+    for r in view.rounds.iter().filter(|r| r.round > 0) {
+        assert!(!r.participants.contains(&"mallory".to_string()), "{r:?}");
+        assert_eq!(r.participants.len(), 3);
+    }
+    let notes: Vec<&str> = view.events.iter().map(|e| e.message.as_str()).collect();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("mallory") && n.contains("carries labels")),
+        "{notes:#?}"
+    );
+    coordinator.stop.stop();
+    evil.abort();
 }

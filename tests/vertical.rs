@@ -24,25 +24,51 @@ fn job(defence: bool) -> String {
     }
 }
 
+/// A site's client; `data_dir` is its own records (a label site keeps its
+/// top parts there).
 fn site_client(
     url: &str,
     data: &Path,
     name: &str,
     stop: &Stop,
     options: cohort_client::ClientOptions,
-) {
+    data_dir: Option<PathBuf>,
+) -> tokio::task::JoinHandle<()> {
     let config = ClientConfig {
         coordinator: url.to_string(),
         security: cohort_protocol::Security::Insecure,
         data: data.to_path_buf(),
         name: name.to_string(),
-        data_dir: None,
+        data_dir,
         options,
     };
     let signal = stop.signal();
     tokio::spawn(async move {
         let _ = cohort_client::run(config, signal).await;
-    });
+    })
+}
+
+/// Where the tests keep site `name`'s own records under `dir`.
+fn site_dir(dir: &Path, name: &str) -> PathBuf {
+    dir.join("clients").join(name)
+}
+
+/// An honest site with its data directory.
+fn start_site(
+    url: &str,
+    data: &Path,
+    name: &str,
+    dir: &Path,
+    stop: &Stop,
+) -> tokio::task::JoinHandle<()> {
+    site_client(
+        url,
+        data,
+        name,
+        stop,
+        Default::default(),
+        Some(site_dir(dir, name)),
+    )
 }
 
 /// A coordinator and one client per file; the job's final view.
@@ -53,12 +79,14 @@ async fn run_jobs(
 ) -> (Vec<developer::JobView>, Running) {
     let coordinator = start_coordinator(&dir.join("coord")).await;
     for (i, (file, options)) in files.iter().enumerate() {
+        let name = format!("site-{}", i + 1);
         site_client(
             &coordinator.url,
             file,
-            &format!("site-{}", i + 1),
+            &name,
             &coordinator.stop,
             options.clone(),
+            Some(site_dir(dir, &name)),
         );
     }
     wait_for_clients(&coordinator.url, files.len()).await;
@@ -77,6 +105,31 @@ async fn run_job(
     let (views, coordinator) = run_jobs(dir, files, jobs).await;
     coordinator.stop.stop();
     views
+}
+
+/// [`run_job`] with the label site (the first file) given no data directory.
+async fn run_job_without_label_site_dir(
+    dir: &Path,
+    files: &[(PathBuf, cohort_client::ClientOptions)],
+    job: &str,
+) -> Vec<developer::JobView> {
+    let coordinator = start_coordinator(&dir.join("coord")).await;
+    for (i, (file, options)) in files.iter().enumerate() {
+        let name = format!("site-{}", i + 1);
+        let data_dir = (i > 0).then(|| site_dir(dir, &name));
+        site_client(
+            &coordinator.url,
+            file,
+            &name,
+            &coordinator.stop,
+            options.clone(),
+            data_dir,
+        );
+    }
+    wait_for_clients(&coordinator.url, files.len()).await;
+    let view = submit_and_wait(&coordinator.url, job).await;
+    coordinator.stop.stop();
+    vec![view]
 }
 
 fn honest(files: &[PathBuf]) -> Vec<(PathBuf, cohort_client::ClientOptions)> {
@@ -165,9 +218,10 @@ async fn a_vertical_job_over_grpc_matches_the_centralized_model() {
     assert!(open.1 >= 0.6, "leak AUC without the defence {open:?}");
     assert!(hidden.0 <= 0.57, "leak AUC with the defence {hidden:?}");
 
-    // The stored model is the parts joined: one model on the joined
-    // columns, signed and downloadable, that `cohort evaluate` runs on the
-    // joined file.
+    // The stored model is the sites' blocks joined: the first layer on the
+    // joined columns, signed and downloadable; the top part stayed at the
+    // label site, and `cohort evaluate` runs the whole model there, on the
+    // joined file, with the top it kept.
     let mut dev = developer::connect(&coordinator.url, &cohort_protocol::Security::Insecure)
         .await
         .unwrap();
@@ -177,12 +231,118 @@ async fn a_vertical_job_over_grpc_matches_the_centralized_model() {
         .unwrap();
     assert_eq!(card.round, 2);
     assert_eq!(card.n_features, 30);
+    let kept = card
+        .kept_top
+        .clone()
+        .expect("a vertical model's card names its kept top");
+    assert_eq!(kept.site, "site-1");
     let joined = dir.path().join("wdbc.csv");
     std::fs::write(&joined, cohort::WDBC_CSV).unwrap();
-    let (_, metrics) = cohort::evaluate::evaluate_file(&out, &joined).unwrap();
+    let refused = cohort::evaluate::evaluate_file(&out, &joined).unwrap_err();
+    assert!(
+        format!("{refused:#}").contains("never left the label site site-1"),
+        "{refused:#}"
+    );
+    let label_site = site_dir(dir.path(), "site-1");
+    let (_, metrics) = cohort::evaluate::evaluate_model(&out, Some(&label_site), &joined).unwrap();
     assert_eq!(metrics.examples, 569);
     assert!(metrics.auc >= 0.97, "{metrics:?}");
+    // A feature site has no top to offer.
+    let elsewhere =
+        cohort::evaluate::evaluate_model(&out, Some(&site_dir(dir.path(), "site-2")), &joined)
+            .unwrap_err();
+    assert!(
+        format!("{elsewhere:#}").contains("only the label site"),
+        "{elsewhere:#}"
+    );
     coordinator.stop.stop();
+
+    // What the coordinator keeps (object store, SQLite, ledger) holds the
+    // kept tops' digests and never their values: neither a round's top
+    // (the whole vector, or any 16 values of it) nor the seeded initial one.
+    let stored = files_under(&dir.path().join("coord"));
+    assert!(stored.len() > 5, "{} files stored", stored.len());
+    let mut tops = kept_tops(&label_site);
+    assert_eq!(tops.len(), 4, "two rounds of two jobs");
+    assert!(
+        tops.iter().any(|(sha, _)| *sha == kept.sha256),
+        "the card's top is among the label site's"
+    );
+    let seed = cohort_coordinator::JobSpec::from_toml(JOB)
+        .unwrap()
+        .training
+        .seed;
+    let mut initial = cohort_models::init_parameters(&card.model, 30, seed);
+    let top_len = cohort_models::VerticalLayout::new(&card.model)
+        .unwrap()
+        .top_len();
+    let initial_top = initial.split_off(initial.len() - top_len);
+    tops.push((
+        cohort_models::parameters_sha256(&initial_top),
+        cohort_models::parameters_to_bytes(&initial_top),
+    ));
+    let first_layer = cohort_models::load_artifact(&out).unwrap().1;
+    let first_layer_bytes = cohort_models::parameters_to_bytes(&first_layer);
+    assert!(
+        stored.iter().any(|(_, b)| contains(b, &first_layer_bytes)),
+        "the scan finds stored parameters"
+    );
+    for (sha, bytes) in &tops {
+        assert_eq!(bytes.len(), top_len * 4);
+        for (path, content) in &stored {
+            // Windows with a zero value are left out: the initial top's
+            // biases are zero, and zeros are everywhere.
+            for window in bytes
+                .chunks(64)
+                .filter(|w| w.chunks(4).all(|v| v != [0u8; 4]))
+            {
+                assert!(
+                    !contains(content, window),
+                    "{} holds values of the top part {sha}",
+                    path.display()
+                );
+            }
+        }
+    }
+    assert!(
+        stored
+            .iter()
+            .any(|(_, b)| contains(b, kept.sha256.as_bytes())),
+        "the digest is on record"
+    );
+}
+
+/// Every file under `dir`, read.
+fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                out.push((path, bytes));
+            }
+        }
+    }
+    out
+}
+
+/// The top parts a label site kept under its data directory: (digest, bytes).
+fn kept_tops(data_dir: &Path) -> Vec<(String, Vec<u8>)> {
+    files_under(&data_dir.join(cohort_client::kept_top::KEPT_TOPS_DIR))
+        .into_iter()
+        .filter(|(p, _)| p.extension().is_some_and(|e| e == "f32"))
+        .map(|(p, b)| {
+            let name = p.file_stem().unwrap().to_string_lossy().into_owned();
+            (name.trim_start_matches("top-").to_string(), b)
+        })
+        .collect()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 fn rewrite(from: &Path, to: &Path, edit: impl Fn(usize, &str) -> Vec<String>) {
@@ -280,6 +440,12 @@ async fn vertical_bad_input_fails_the_job_with_the_reason() {
     .await;
     failed_with(&views[0], &["site-3", "patient_id"]);
 
+    // A label site without a data directory could not keep its top part:
+    // it refuses to enroll, and says how to start it.
+    let views =
+        run_job_without_label_site_dir(&dir.path().join("no-dir"), &honest(&files), &quick).await;
+    failed_with(&views[0], &["site-1", "label site", "--data-dir"]);
+
     // A feature site sending NaN activations: every attempt of the round
     // stops at its first batch, naming it; the job fails, round 0 stays.
     let mut sites = honest(&files);
@@ -362,7 +528,13 @@ async fn a_label_site_that_disappears_fails_the_job_and_keeps_its_rounds() {
     let dir = tempfile::tempdir().unwrap();
     let files = vertical::write_wdbc_sites(&dir.path().join("sites"), 3, 0.9, 3).unwrap();
     let coordinator = start_coordinator(&dir.path().join("coord")).await;
-    let label_site = start_client(&coordinator.url, &files[0], "site-1", &coordinator.stop);
+    let label_site = start_site(
+        &coordinator.url,
+        &files[0],
+        "site-1",
+        dir.path(),
+        &coordinator.stop,
+    );
     for (i, f) in files.iter().enumerate().skip(1) {
         start_client(
             &coordinator.url,
@@ -434,8 +606,27 @@ async fn the_vertical_demo_runs_over_mutual_tls() {
         (report.validation.auc - report.centralized.auc).abs() <= 0.01,
         "{report:#?}"
     );
-    let (card, params) = cohort_models::load_model(&report.model_dir).unwrap();
+    // Under mutual TLS the label site signs the record of each top it keeps.
+    let tops = kept_tops(&report.label_site_data_dir);
+    assert_eq!(tops.len(), 2);
+    let record: cohort_client::kept_top::KeptTopRecord = serde_json::from_slice(
+        &std::fs::read(
+            cohort_client::kept_top::top_path(
+                &report.label_site_data_dir,
+                &report.job_id,
+                &tops[0].0,
+            )
+            .unwrap()
+            .with_extension("json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(!record.signature.is_empty(), "{record:?}");
+    let (card, params) =
+        cohort::evaluate::join_kept_top(&report.model_dir, &report.label_site_data_dir).unwrap();
     assert_eq!(params.len(), card.model.num_parameters(30));
+    assert!(card.kept_top.is_none());
 }
 
 /// A feature site that goes away mid-job and comes back (a new process: its
@@ -446,7 +637,13 @@ async fn a_site_that_restarts_costs_a_round_attempt_not_the_job() {
     let dir = tempfile::tempdir().unwrap();
     let files = vertical::write_wdbc_sites(&dir.path().join("sites"), 3, 0.9, 4).unwrap();
     let coordinator = start_coordinator(&dir.path().join("coord")).await;
-    start_client(&coordinator.url, &files[0], "site-1", &coordinator.stop);
+    start_site(
+        &coordinator.url,
+        &files[0],
+        "site-1",
+        dir.path(),
+        &coordinator.stop,
+    );
     start_client(&coordinator.url, &files[1], "site-2", &coordinator.stop);
     let fragile = start_client(&coordinator.url, &files[2], "site-3", &coordinator.stop);
     wait_for_clients(&coordinator.url, 3).await;

@@ -9,6 +9,7 @@
 pub mod budget;
 mod exchange;
 mod he;
+pub mod kept_top;
 pub mod misbehave;
 mod paid;
 mod proofs;

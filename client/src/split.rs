@@ -5,13 +5,27 @@
 //! batch's labels (SplitFed v1 sends labels; the top part needs them), and,
 //! at the end of the round, the bottom part's update, signed like any
 //! update. Never a row of features.
+//!
+//! Under client-level DP (`[privacy.dp] level = "client"`, plain
+//! aggregation) the hospital admits the round against its privacy budget
+//! and records the spending before its update leaves, as in FedAvg rounds;
+//! the coordinator clips each hospital's whole update (its part and its
+//! seat's) and adds the noise to the sum. Its training loss then stays here.
+//!
+//! U-shaped (`SplitTask.u_shaped`): the hospital also keeps the head (the
+//! last layer) and its labels. Per batch the activations go up without
+//! labels, the middle's activations come down, the head takes its step on
+//! the labels here and its input gradient goes up, the gradient at the cut
+//! comes down. What leaves: activations at the cut, the head's input
+//! gradients, and the update of bottom and head. Never a label.
 
 use std::sync::Arc;
 
-use cohort_models::{BottomPart, ModelSpec, SplitLayout, TrainConfig};
+use cohort_models::{BottomPart, ModelSpec, SplitLayout, TopPart, TrainConfig, UShapedLayout};
 use cohort_protocol::v1::hospital_service_client::HospitalServiceClient;
 use cohort_protocol::v1::{
-    ResultHeader, SplitBatch, SplitDown, SplitOpen, SplitTask, SplitUp, TaskHeader, split_up,
+    ResultHeader, SplitBatch, SplitDown, SplitHeadGradient, SplitOpen, SplitTask, SplitUp,
+    TaskHeader, split_up,
 };
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -22,6 +36,7 @@ use tracing::info;
 
 use crate::exchange::BlockingExchange;
 use crate::work::{Answer, Worker, parse};
+use cohort_privacy::dp::{DpLevel, HospitalPlan, JobDp};
 
 /// Answers a FIT task that carries `split`: trains the bottom part from
 /// `bottom` against the coordinator's seat and returns its update.
@@ -66,8 +81,8 @@ impl<'a> Exchange<'a> {
                 exchange_id: exchange_id.to_string(),
             })),
         };
-        BlockingExchange::open(handle, "split exchange", 2, open, |up| {
-            grpc.split_exchange(up)
+        BlockingExchange::open(handle, "split exchange", 2, open, move |up| async move {
+            grpc.split_exchange(up).await
         })
         .map(Self)
     }
@@ -107,6 +122,81 @@ impl<'a> Exchange<'a> {
         }
         Ok((gradients, down.loss))
     }
+
+    /// U-shaped, first half of a batch: activations up (no labels), the
+    /// middle's activations down.
+    fn forward(
+        &mut self,
+        index: u32,
+        rows: usize,
+        activations: &[f32],
+        head_width: usize,
+    ) -> Result<Vec<f32>, String> {
+        self.0.send(SplitUp {
+            frame: Some(split_up::Frame::Batch(SplitBatch {
+                index,
+                rows: rows as u32,
+                activations: cohort_models::parameters_to_bytes(activations),
+                labels: Vec::new(),
+            })),
+        })?;
+        let down = self.0.receive()?;
+        expect_values(
+            down.index,
+            index,
+            &down.middle_activations,
+            rows * head_width,
+            "middle activations",
+        )
+    }
+
+    /// U-shaped, second half: the head's input gradient up, the gradient
+    /// at the cut down.
+    fn backward(
+        &mut self,
+        index: u32,
+        rows: usize,
+        head_gradient: &[f32],
+        cut_width: usize,
+    ) -> Result<Vec<f32>, String> {
+        self.0.send(SplitUp {
+            frame: Some(split_up::Frame::HeadGradient(SplitHeadGradient {
+                index,
+                rows: rows as u32,
+                gradients: cohort_models::parameters_to_bytes(head_gradient),
+            })),
+        })?;
+        let down = self.0.receive()?;
+        expect_values(
+            down.index,
+            index,
+            &down.gradients,
+            rows * cut_width,
+            "gradient",
+        )
+    }
+}
+
+/// The values of a frame for batch `index`, checked: its index and length.
+fn expect_values(
+    got: u32,
+    index: u32,
+    bytes: &[u8],
+    expected: usize,
+    what: &str,
+) -> Result<Vec<f32>, String> {
+    if got != index {
+        return Err(format!("{what} of batch {got} arrived for batch {index}"));
+    }
+    let values = cohort_models::parameters_from_bytes(bytes)
+        .map_err(|e| format!("{what} of batch {index}: {e}"))?;
+    if values.len() != expected {
+        return Err(format!(
+            "{what} of batch {index} has {} values, {expected} expected",
+            values.len()
+        ));
+    }
+    Ok(values)
 }
 
 fn train(
@@ -123,14 +213,33 @@ fn train(
                     (--require-secure-aggregation); split learning sends activations"
             .to_string());
     }
-    if worker.job_dp(task)?.is_some() {
-        return Err("split learning has no differential-privacy accounting".to_string());
-    }
     let model: ModelSpec = parse(&task.model_spec_json, "model spec")?;
     let config: TrainConfig = parse(&task.train_config_json, "training configuration")?;
     config.validate().map_err(|e| e.to_string())?;
     let data = worker.prepared(task)?;
     let train = &data.train;
+    let private = client_level_plan(worker, task, train.len())?;
+    if split.u_shaped {
+        let layout = UShapedLayout::new(&model, train.n_features).map_err(|e| e.to_string())?;
+        let exchange = Exchange::open(handle, grpc, session_id, &split.exchange_id)?;
+        let (delta, last_loss) = train_u_shaped(
+            worker,
+            exchange,
+            task,
+            split,
+            (bottom, &layout),
+            &config,
+            &data,
+        )?;
+        return finish(
+            worker,
+            task,
+            private,
+            delta,
+            (train.len(), last_loss),
+            &data,
+        );
+    }
     let layout = SplitLayout::new(&model, train.n_features).map_err(|e| e.to_string())?;
     if split.cut_width as usize != layout.cut_width() {
         return Err(format!(
@@ -171,18 +280,128 @@ fn train(
         job = task.job_id,
         round = task.round,
         batches = index,
-        loss = last_loss,
         "split training done"
     );
+    finish(worker, task, private, delta, (n, last_loss), &data)
+}
+
+/// The job's client-level DP plan for this hospital, admitted against its
+/// budget; `None` without DP. Record-level DP would need DP-SGD across the
+/// cut, which split learning does not do (the job is refused at submit).
+fn client_level_plan(
+    worker: &Worker,
+    task: &TaskHeader,
+    train_rows: usize,
+) -> Result<Option<(JobDp, HospitalPlan)>, String> {
+    let Some(job) = worker.job_dp(task)? else {
+        return Ok(None);
+    };
+    if job.policy.level != DpLevel::Client {
+        return Err("split learning supports client-level differential privacy only".into());
+    }
+    let plan = worker.dp_plan(task, &job, train_rows)?;
+    worker.budget().admit(&task.job_id, &plan)?;
+    Ok(Some((job, plan)))
+}
+
+/// The answer of a split round: the hospital's update, after its DP
+/// spending (if any) is on disk.
+fn finish(
+    worker: &Worker,
+    task: &TaskHeader,
+    private: Option<(JobDp, HospitalPlan)>,
+    delta: Vec<f32>,
+    (examples, loss): (usize, f64),
+    data: &crate::work::Prepared,
+) -> Result<Answer, String> {
+    let dp_epsilon = match &private {
+        Some((job, plan)) => Some(worker.budget().spend_round(
+            &task.job_id,
+            job,
+            plan,
+            task.round,
+        )?),
+        None => None,
+    };
     Ok(Answer {
         header: ResultHeader {
-            num_examples: n as u64,
+            num_examples: examples as u64,
             parameter_count: delta.len() as u64,
-            train_loss: last_loss,
+            // Under DP the training loss is a statistic of the records that
+            // the noise does not cover: it stays in the hospital.
+            train_loss: if dp_epsilon.is_some() { f64::NAN } else { loss },
             dataset_sha256: data.commitment.clone(),
+            dp_epsilon: dp_epsilon.unwrap_or(0.0),
             ..Default::default()
         },
         parameters: delta,
         masked: Vec::new(),
     })
+}
+
+/// [`train`] of a U-shaped split: `sent` is bottom ‖ head; returns
+/// Δbottom ‖ Δhead and the last epoch's loss. The labels and the loss stay
+/// here.
+fn train_u_shaped(
+    worker: &Worker,
+    mut exchange: Exchange<'_>,
+    task: &TaskHeader,
+    split: &SplitTask,
+    (sent, layout): (&[f32], &UShapedLayout),
+    config: &TrainConfig,
+    data: &crate::work::Prepared,
+) -> Result<(Vec<f32>, f64), String> {
+    let (cut_width, head_width) = (layout.cut_width(), layout.head_width());
+    if split.cut_width as usize != cut_width || split.head_width as usize != head_width {
+        return Err(format!(
+            "the task's cuts are {} and {} wide, the model's {cut_width} and {head_width}",
+            split.cut_width, split.head_width
+        ));
+    }
+    if sent.len() != layout.bottom_len() + layout.head_len() {
+        return Err(format!(
+            "the task sent {} values, bottom and head have {}",
+            sent.len(),
+            layout.bottom_len() + layout.head_len()
+        ));
+    }
+    let train = &data.train;
+    let (bottom_start, head_start) = sent.split_at(layout.bottom_len());
+    let mut bottom = BottomPart::new(&layout.outer(), bottom_start, &config.optimizer)
+        .map_err(|e| e.to_string())?;
+    let mut head =
+        TopPart::head(layout, head_start, &config.optimizer).map_err(|e| e.to_string())?;
+    let n = train.len();
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut index = 0u32;
+    let mut last_loss = f64::NAN;
+    for epoch in 0..config.epochs {
+        let mut rng = ChaCha8Rng::seed_from_u64(config.seed.wrapping_add(epoch as u64));
+        order.sort_unstable();
+        order.shuffle(&mut rng);
+        let mut loss_sum = 0.0;
+        for rows in order.chunks(config.batch_size) {
+            let activations = bottom.forward(train, rows).map_err(|e| e.to_string())?;
+            let middle = exchange.forward(index, rows.len(), &activations, head_width)?;
+            let labels: Vec<f32> = rows.iter().map(|&r| train.labels[r]).collect();
+            let step = head.step(&middle, &labels).map_err(|e| e.to_string())?;
+            let gradients = exchange.backward(index, rows.len(), &step.grad_at_cut, cut_width)?;
+            bottom.backward(&gradients).map_err(|e| e.to_string())?;
+            loss_sum += step.loss * rows.len() as f64;
+            index += 1;
+        }
+        last_loss = loss_sum / n.max(1) as f64;
+    }
+    drop(exchange);
+    let mut after = bottom.parameters().map_err(|e| e.to_string())?;
+    after.extend(head.parameters().map_err(|e| e.to_string())?);
+    let delta: Vec<f32> = after.iter().zip(sent).map(|(a, b)| a - b).collect();
+    info!(
+        client = worker.name(),
+        job = task.job_id,
+        round = task.round,
+        batches = index,
+        "U-shaped split training done"
+    );
+    Ok((delta, last_loss))
 }

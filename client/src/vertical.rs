@@ -9,9 +9,11 @@
 //! trains and validates on and its columns' means and standard deviations
 //! over its training rows; per batch, a feature site's first-layer
 //! pre-activations, the label site's gradient at the cut (through the max-norm
-//! defence when the job asks for it); its part at the end of each round; and
-//! the label site's validation metrics and leak measure. Never a row, an id
-//! in the clear, or a label.
+//! defence when the job asks for it); its first-layer block at the end of
+//! each round; and the label site's validation metrics and leak measure.
+//! Never a row, an id in the clear, or a label; and the label site's top
+//! part (the layers after the first, trained on its labels) never: it keeps
+//! it in its data directory ([`crate::kept_top`]) and sends its SHA-256.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -165,6 +167,13 @@ fn enroll(worker: &Worker, task: &TaskHeader) -> Result<Answer, String> {
             .collect(),
         None => (0..table.ids.len()).collect(),
     };
+    if table.labels.is_some() && worker.data_dir().is_none() {
+        return Err(format!(
+            "this site's file has the label column `{}`, so it is the label site, which keeps \
+             the model's top part in its own data directory: start the client with --data-dir",
+            spec.label
+        ));
+    }
     let ids: Vec<Option<String>> = candidates.iter().map(|&r| table.ids[r].clone()).collect();
     // The coordinator hears which rows are at fault, never the id itself.
     let (shuffled, order) = psi::prepare_ids(&ids).map_err(|e| match e {
@@ -324,8 +333,8 @@ impl<'a> Exchange<'a> {
                 exchange_id: exchange_id.to_string(),
             })),
         };
-        BlockingExchange::open(handle, "vertical exchange", 4, open, |up| {
-            grpc.vertical_exchange(up)
+        BlockingExchange::open(handle, "vertical exchange", 4, open, move |up| async move {
+            grpc.vertical_exchange(up).await
         })
         .map(Self)
     }
@@ -334,7 +343,7 @@ impl<'a> Exchange<'a> {
         self.0.finish()
     }
 
-    fn send(&self, frame: vertical_up::Frame) -> Result<(), String> {
+    fn send(&mut self, frame: vertical_up::Frame) -> Result<(), String> {
         self.0.send(VerticalUp { frame: Some(frame) })
     }
 
@@ -416,19 +425,28 @@ fn train(
         ));
     }
     let own = layout.site_len(n_features);
-    let expected = own
-        + if vertical.label_site {
-            layout.top_len()
-        } else {
-            0
-        };
-    if part.len() != expected {
-        return Err(format!(
-            "the part has {} values, {expected} expected",
-            part.len()
-        ));
-    }
     let label_site = vertical.label_site;
+    let kept_dir = match (label_site, worker.data_dir()) {
+        (true, None) => {
+            return Err(
+                "the label site keeps the top part in its data directory; this \
+                        client has none (--data-dir)"
+                    .to_string(),
+            );
+        }
+        (true, Some(dir)) => Some(dir),
+        (false, _) => None,
+    };
+    let start_top = match kept_dir {
+        None if part.len() == own => None,
+        None => {
+            return Err(format!(
+                "the part has {} values, {own} expected",
+                part.len()
+            ));
+        }
+        Some(dir) => Some(starting_top(dir, task, vertical, &layout, &part[..], own)?),
+    };
     let mut bottom = BottomPart::vertical(
         &layout,
         n_features,
@@ -437,13 +455,11 @@ fn train(
         label_site,
     )
     .map_err(|e| e.to_string())?;
-    let mut top = if label_site {
-        Some(
-            TopPart::vertical(&layout, &part[own..], &config.optimizer)
-                .map_err(|e| e.to_string())?,
-        )
-    } else {
-        None
+    let mut top = match &start_top {
+        Some(values) => {
+            Some(TopPart::vertical(&layout, values, &config.optimizer).map_err(|e| e.to_string())?)
+        }
+        None => None,
     };
     let defence = (vertical.max_norm_defence > 0.0).then_some(vertical.max_norm_defence);
     let mut noise = rand::rng();
@@ -562,10 +578,17 @@ fn train(
         index += 1;
     }
     exchange.finish()?;
-    let mut values = bottom.parameters().map_err(|e| e.to_string())?;
-    let report = match &top {
-        Some(top) => {
-            values.extend(top.parameters().map_err(|e| e.to_string())?);
+    let values = bottom.parameters().map_err(|e| e.to_string())?;
+    let mut payload = cohort_models::parameters_to_bytes(&values);
+    let report = match (&top, kept_dir) {
+        (Some(top), Some(dir)) => {
+            // The top stays here; the answer carries its digest, signed with
+            // the block.
+            let trained = top.parameters().map_err(|e| e.to_string())?;
+            let sha256 =
+                crate::kept_top::keep(dir, &task.job_id, task.round, &trained, worker.kit())
+                    .map_err(|e| e.to_string())?;
+            payload.extend(hex::decode(&sha256).map_err(|e| e.to_string())?);
             let evaluated = if validation.is_empty() {
                 // Nothing held out: the metrics of the training rows' last
                 // epoch are all there is.
@@ -584,7 +607,7 @@ fn train(
                 defence,
             })?
         }
-        None => String::new(),
+        _ => String::new(),
     };
     info!(
         client = worker.name(),
@@ -594,9 +617,41 @@ fn train(
         label_site,
         "vertical training done"
     );
-    Ok(bytes_answer(
-        report,
-        cohort_models::parameters_to_bytes(&values),
-        n as u64,
-    ))
+    Ok(bytes_answer(report, payload, n as u64))
+}
+
+/// The label site's top part to start the round from: the one it kept under
+/// the task's digest, or in round 1 the seeded initial top sent after the
+/// block (the only top that ever comes from the coordinator: it holds nothing
+/// learned).
+fn starting_top(
+    dir: &std::path::Path,
+    task: &TaskHeader,
+    vertical: &VerticalTask,
+    layout: &VerticalLayout,
+    part: &[f32],
+    own: usize,
+) -> Result<Vec<f32>, String> {
+    let sha256 = vertical.top_sha256.as_str();
+    if sha256.is_empty() {
+        return Err("the task names no top part to start from".into());
+    }
+    if part.len() == own + layout.top_len() && task.round == 1 {
+        let initial = part[own..].to_vec();
+        let actual = cohort_models::parameters_sha256(&initial);
+        if actual != sha256 {
+            return Err(format!(
+                "the initial top part's SHA-256 is {actual}, the task says {sha256}"
+            ));
+        }
+        return Ok(initial);
+    }
+    if part.len() != own {
+        return Err(format!(
+            "the part has {} values, {own} expected (the top part stays at this site after \
+             round 1)",
+            part.len()
+        ));
+    }
+    crate::kept_top::load(dir, &task.job_id, sha256).map_err(|e| e.to_string())
 }

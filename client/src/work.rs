@@ -66,6 +66,9 @@ pub struct Worker {
     proving_keys: crate::proofs::KeyCache,
     /// Vertical split learning: this site's key and alignment.
     vertical: crate::vertical::SiteState,
+    /// Where the client keeps its own records (`--data-dir`); a label site
+    /// keeps its vertical top parts there.
+    data_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -103,6 +106,7 @@ impl Worker {
             paid: crate::paid::PaidUpdate::new(config.data_dir.as_deref()),
             proving_keys: crate::proofs::KeyCache::default(),
             vertical: crate::vertical::SiteState::default(),
+            data_dir: config.data_dir.clone(),
         })
     }
 
@@ -182,6 +186,14 @@ impl Worker {
 
     pub(crate) fn data_path(&self) -> &std::path::Path {
         &self.data
+    }
+
+    pub(crate) fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
+    pub(crate) fn data_dir(&self) -> Option<&std::path::Path> {
+        self.data_dir.as_deref()
     }
 
     /// A plain FIT: with a proof when the job asks for one; under
@@ -435,7 +447,7 @@ impl Worker {
 
     /// This hospital's plan for a DP job: the one it already follows, or a
     /// new one from its training rows.
-    fn dp_plan(
+    pub(crate) fn dp_plan(
         &self,
         task: &TaskHeader,
         job: &JobDp,

@@ -207,6 +207,11 @@ pub struct TrainingSpec {
     /// network cut at `[model] cut` (see [`crate::split`]).
     #[serde(default)]
     pub mode: TrainingMode,
+    /// SplitFed only: the U-shaped split, the labels and the last layer
+    /// stay at the hospital and the coordinator runs the layers between the
+    /// cut and the last (see [`crate::split`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub u_shaped: bool,
 }
 
 /// How a round trains: whole models at the hospitals, or split at a cut.
@@ -310,6 +315,12 @@ impl JobSpec {
             TrainingMode::Splitfed => crate::split::check_job(self)?,
             TrainingMode::Vertical => crate::vertical::check_job(self)?,
             TrainingMode::Federated => {}
+        }
+        if t.u_shaped && t.mode != TrainingMode::Splitfed {
+            return Err(invalid(
+                "training.u_shaped",
+                "the U-shaped split is a SplitFed option ([training] mode = \"splitfed\")",
+            ));
         }
         if t.mode != TrainingMode::Vertical {
             if self.data.id.is_some() {

@@ -691,6 +691,7 @@ mod tests {
                 accuracy: None,
                 auc: None,
                 excluded: Vec::new(),
+                kept_top_sha256: None,
             }),
             entry(Record::RewardsPaid {
                 job_id: "job".into(),

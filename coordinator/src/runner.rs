@@ -792,6 +792,7 @@ impl Runner {
         round: u32,
         metrics: Option<Metrics>,
         params: &[f32],
+        kept_top: Option<cohort_models::KeptTop>,
     ) -> Result<ModelCard, RunError> {
         let preprocessing = enrollment.preprocessing.clone();
         let mut card = ModelCard {
@@ -808,6 +809,7 @@ impl Runner {
             metrics,
             parameters_sha256: String::new(),
             privacy: None,
+            kept_top,
         };
         card.bind_parameters(params)
             .map_err(|e| RunError::Failed(format!("round {round}: {e}")))?;
@@ -861,6 +863,23 @@ impl Runner {
         strategy: &dyn Strategy,
         record: RoundRecord,
     ) -> Result<(), RunError> {
+        self.save_round_with(job, spec, enrollment, params, None, strategy, record)
+            .await
+    }
+
+    /// [`Self::save_round`]; for a vertical round `params` is the first layer
+    /// and `kept_top` names the top part its label site kept.
+    #[allow(clippy::too_many_arguments)]
+    async fn save_round_with(
+        &self,
+        job: &JobRow,
+        spec: &JobSpec,
+        enrollment: &Enrollment,
+        params: &[f32],
+        kept_top: Option<cohort_models::KeptTop>,
+        strategy: &dyn Strategy,
+        record: RoundRecord,
+    ) -> Result<(), RunError> {
         let mut card = self.card(
             job,
             spec,
@@ -868,6 +887,7 @@ impl Runner {
             record.round,
             record.metrics.clone(),
             params,
+            kept_top,
         )?;
         card.privacy = self.privacy_guarantee(job, spec, &record.updates)?;
         let bytes = cohort_models::safetensors_bytes(&card, params)
@@ -946,6 +966,7 @@ impl Runner {
             accuracy: row.metrics.as_ref().map(|m| format!("{:.6}", m.accuracy)),
             auc: row.metrics.as_ref().map(|m| format!("{:.6}", m.auc)),
             excluded: row.excluded.clone(),
+            kept_top_sha256: card.kept_top.as_ref().map(|t| t.sha256.clone()),
         };
         // The round's row, its valuation and payout, and their ledger
         // entries commit together.

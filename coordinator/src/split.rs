@@ -14,12 +14,20 @@
 //! Batches are checked before they touch the top part (shape, finite values,
 //! labels 0 or 1, order, size); a bad batch ends that hospital's exchange and
 //! leaves it out of the round, nothing else.
+//!
+//! U-shaped (`[training] u_shaped = true`): the hospital keeps the last
+//! layer (the head) and its labels too, and the seat holds the middle: a
+//! batch arrives without labels (one with labels is refused), the seat
+//! answers with the middle's activations, the hospital's head takes its
+//! step and sends the gradient at its input, and the seat answers with the
+//! gradient at the cut. Two round trips per batch; no label, and no loss,
+//! ever reaches the coordinator.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use cohort_models::{SplitLayout, TopPart, TopStep};
-use cohort_protocol::v1::{SplitBatch, SplitDown, SplitUp, split_up};
+use cohort_models::{MiddlePart, SplitLayout, TopPart, TopStep, UShapedLayout};
+use cohort_protocol::v1::{SplitBatch, SplitDown, SplitHeadGradient, SplitUp, split_up};
 
 use crate::job::{Aggregation, JobError, JobSpec};
 
@@ -42,7 +50,16 @@ pub fn check_job(spec: &JobSpec) -> Result<(), JobError> {
         .layer_shapes(1)
         .get(bottom_layers - 1)
         .map_or(1, |&(_, width)| width);
-    let batch_bytes = (spec.training.batch_size as usize).saturating_mul(cut_width * 4);
+    let head_width = if spec.training.u_shaped {
+        // Checked on a one-feature model: the cut does not depend on the width.
+        let layout = cohort_models::UShapedLayout::new(&spec.model, 1)
+            .map_err(|e| invalid("training.u_shaped", e.to_string()))?;
+        layout.head_width()
+    } else {
+        0
+    };
+    let batch_bytes =
+        (spec.training.batch_size as usize).saturating_mul(cut_width.max(head_width) * 4);
     if batch_bytes > MAX_BATCH_BYTES {
         return Err(invalid(
             "training.batch_size",
@@ -56,17 +73,31 @@ pub fn check_job(spec: &JobSpec) -> Result<(), JobError> {
     if spec.privacy.aggregation != Aggregation::Plain {
         return Err(invalid(
             "privacy.aggregation",
-            "splitfed averages bottom parts in plain mode only so far: the coordinator \
-             already sees every hospital's top part, which secure aggregation cannot hide"
-                .into(),
+            format!(
+                "aggregation = \"{}\" with [training] mode = \"splitfed\" is not supported: \
+                 splitfed averages bottom parts in plain mode only, since the coordinator \
+                 already trains every hospital's copy of the top part, which secure \
+                 aggregation cannot hide",
+                match spec.privacy.aggregation {
+                    Aggregation::Plain => "plain",
+                    Aggregation::Secagg => "secagg",
+                    Aggregation::He => "he",
+                }
+            ),
         ));
     }
-    if spec.privacy.dp.is_some() {
+    if let Some(dp) = &spec.privacy.dp
+        && dp.level != cohort_privacy::dp::DpLevel::Client
+    {
         return Err(invalid(
             "privacy.dp",
-            "splitfed has no differential-privacy accounting yet (the activations sent \
-             every batch would need it too)"
-                .into(),
+            format!(
+                "[privacy.dp] level = \"{}\" with [training] mode = \"splitfed\" is not \
+                 supported: record-level DP would need DP-SGD across the cut (the activations \
+                 sent every batch, not only the updates); use level = \"client\", where the \
+                 coordinator clips each hospital's whole update and noises their sum",
+                dp.level.as_str()
+            ),
         ));
     }
     if spec.strategy.proximal_mu().is_some_and(|mu| mu > 0.0) {
@@ -85,17 +116,24 @@ pub fn check_job(spec: &JobSpec) -> Result<(), JobError> {
 pub struct SeatStats {
     pub batches: u64,
     pub samples: u64,
-    /// Activations and labels received.
+    /// Activations and labels received (U-shaped: activations and the
+    /// head's gradients; never a label).
     pub bytes_in: u64,
     /// Gradients sent back.
     pub bytes_out: u64,
     pub loss_sum: f64,
 }
 
-/// One hospital's copy of the top part for one round attempt.
+/// What a seat trains: the top part, or, U-shaped, the middle.
+enum Held {
+    Top(Box<TopPart>),
+    Middle(Box<MiddlePart>),
+}
+
+/// One hospital's copy of the top part (or middle) for one round attempt.
 pub struct Seat {
     client: String,
-    top: TopPart,
+    held: Held,
     max_rows: usize,
     next_index: u32,
     /// Set while a `SplitExchange` stream holds the seat.
@@ -134,6 +172,39 @@ impl Seat {
         }
         let activations = cohort_models::parameters_from_bytes(&batch.activations)
             .map_err(|e| format!("batch {} activations: {e}", batch.index))?;
+        let top = match &mut self.held {
+            Held::Top(top) => top,
+            Held::Middle(middle) => {
+                if !batch.labels.is_empty() {
+                    return Err(format!(
+                        "batch {} carries labels; in a U-shaped split they stay at the hospital",
+                        batch.index
+                    ));
+                }
+                if middle.awaits_gradient() {
+                    return Err(format!(
+                        "batch {} arrived before the head's gradient of batch {}",
+                        batch.index,
+                        self.next_index.saturating_sub(1)
+                    ));
+                }
+                let out = middle
+                    .forward(rows, &activations)
+                    .map_err(|e| format!("batch {}: {e}", batch.index))?;
+                let middle_activations = cohort_models::parameters_to_bytes(&out);
+                self.next_index += 1;
+                self.stats.batches += 1;
+                self.stats.samples += rows as u64;
+                self.stats.bytes_in += batch.activations.len() as u64;
+                self.stats.bytes_out += middle_activations.len() as u64;
+                return Ok(SplitDown {
+                    index: batch.index,
+                    gradients: Vec::new(),
+                    loss: 0.0,
+                    middle_activations,
+                });
+            }
+        };
         let labels = cohort_models::parameters_from_bytes(&batch.labels)
             .map_err(|e| format!("batch {} labels: {e}", batch.index))?;
         if labels.len() != rows {
@@ -143,8 +214,7 @@ impl Seat {
                 labels.len()
             ));
         }
-        let TopStep { loss, grad_at_cut } = self
-            .top
+        let TopStep { loss, grad_at_cut } = top
             .step(&activations, &labels)
             .map_err(|e| format!("batch {}: {e}", batch.index))?;
         let gradients = cohort_models::parameters_to_bytes(&grad_at_cut);
@@ -158,6 +228,47 @@ impl Seat {
             index: batch.index,
             gradients,
             loss,
+            middle_activations: Vec::new(),
+        })
+    }
+
+    /// U-shaped: the head's gradient for the batch the middle last ran,
+    /// one step of the middle, the gradient at the cut back.
+    pub fn head_gradient(&mut self, frame: &SplitHeadGradient) -> Result<SplitDown, String> {
+        let result = self.try_head_gradient(frame);
+        if let Err(reason) = &result {
+            self.failure = Some(reason.clone());
+        }
+        result
+    }
+
+    fn try_head_gradient(&mut self, frame: &SplitHeadGradient) -> Result<SplitDown, String> {
+        if let Some(reason) = &self.failure {
+            return Err(format!("the exchange already failed: {reason}"));
+        }
+        let Held::Middle(middle) = &mut self.held else {
+            return Err("a head gradient in a split that is not U-shaped".into());
+        };
+        let expected = self.next_index.checked_sub(1);
+        if !middle.awaits_gradient() || expected != Some(frame.index) {
+            return Err(format!(
+                "the head's gradient of batch {} arrived where none was due",
+                frame.index
+            ));
+        }
+        let grad_out = cohort_models::parameters_from_bytes(&frame.gradients)
+            .map_err(|e| format!("batch {} head gradient: {e}", frame.index))?;
+        let grad_in = middle
+            .backward(&grad_out)
+            .map_err(|e| format!("batch {} head gradient: {e}", frame.index))?;
+        let gradients = cohort_models::parameters_to_bytes(&grad_in);
+        self.stats.bytes_in += frame.gradients.len() as u64;
+        self.stats.bytes_out += gradients.len() as u64;
+        Ok(SplitDown {
+            index: frame.index,
+            gradients,
+            loss: 0.0,
+            middle_activations: Vec::new(),
         })
     }
 }
@@ -165,7 +276,7 @@ impl Seat {
 /// A seat as the runner gets it back when the round attempt is over.
 pub struct ClosedSeat {
     pub client: String,
-    /// The top part after the hospital's batches.
+    /// The top part (U-shaped: the middle) after the hospital's batches.
     pub top: Result<Vec<f32>, String>,
     pub stats: SeatStats,
 }
@@ -191,10 +302,27 @@ impl SplitSeats {
         batch_size: usize,
     ) -> Result<String, String> {
         let top = TopPart::new(layout, top, optimizer).map_err(|e| e.to_string())?;
+        Ok(self.insert(client, Held::Top(Box::new(top)), batch_size))
+    }
+
+    /// U-shaped: opens a seat for `client` with a copy of the global middle.
+    pub fn open_middle(
+        &self,
+        layout: &UShapedLayout,
+        client: &str,
+        middle: &[f32],
+        optimizer: &cohort_models::OptimizerSpec,
+        batch_size: usize,
+    ) -> Result<String, String> {
+        let middle = MiddlePart::new(layout, middle, optimizer).map_err(|e| e.to_string())?;
+        Ok(self.insert(client, Held::Middle(Box::new(middle)), batch_size))
+    }
+
+    fn insert(&self, client: &str, held: Held, batch_size: usize) -> String {
         let exchange_id = uuid::Uuid::new_v4().simple().to_string();
         let seat = Seat {
             client: client.to_string(),
-            top,
+            held,
             max_rows: batch_size,
             next_index: 0,
             streaming: false,
@@ -202,7 +330,7 @@ impl SplitSeats {
             stats: SeatStats::default(),
         };
         lock(&self.seats).insert(exchange_id.clone(), Arc::new(Mutex::new(seat)));
-        Ok(exchange_id)
+        exchange_id
     }
 
     /// The seat `exchange_id`, for a stream of `client`'s; one stream at a
@@ -230,14 +358,18 @@ impl SplitSeats {
         lock(seat).streaming = false;
     }
 
-    /// Removes the seat; its top part is what the hospital's batches made
-    /// of it, or the reason the exchange failed.
+    /// Removes the seat; its top part (or middle) is what the hospital's
+    /// batches made of it, or the reason the exchange failed.
     pub fn close(&self, exchange_id: &str) -> Option<ClosedSeat> {
         let seat = lock(&self.seats).remove(exchange_id)?;
         let seat = lock(&seat);
-        let top = match &seat.failure {
-            Some(reason) => Err(reason.clone()),
-            None => seat.top.parameters().map_err(|e| e.to_string()),
+        let top = match (&seat.failure, &seat.held) {
+            (Some(reason), _) => Err(reason.clone()),
+            (None, Held::Middle(middle)) if middle.awaits_gradient() => {
+                Err("the exchange ended before the last batch's head gradient".into())
+            }
+            (None, Held::Top(top)) => top.parameters().map_err(|e| e.to_string()),
+            (None, Held::Middle(middle)) => middle.parameters().map_err(|e| e.to_string()),
         };
         Some(ClosedSeat {
             client: seat.client.clone(),
@@ -250,6 +382,12 @@ impl SplitSeats {
     pub fn open_count(&self) -> usize {
         lock(&self.seats).len()
     }
+}
+
+/// A frame a seat works on.
+enum Up {
+    Batch(SplitBatch),
+    HeadGradient(SplitHeadGradient),
 }
 
 /// Serves one `SplitExchange` stream: the opening frame names the seat,
@@ -284,10 +422,13 @@ pub(crate) async fn serve_exchange(
     let (tx, rx) = tokio::sync::mpsc::channel(2);
     tokio::spawn(async move {
         loop {
-            let batch = match stream.message().await {
+            let frame = match stream.message().await {
                 Ok(Some(SplitUp {
                     frame: Some(split_up::Frame::Batch(batch)),
-                })) => batch,
+                })) => Up::Batch(batch),
+                Ok(Some(SplitUp {
+                    frame: Some(split_up::Frame::HeadGradient(gradient)),
+                })) => Up::HeadGradient(gradient),
                 Ok(None) => break,
                 Ok(Some(_)) => {
                     let reason = "a split exchange was opened twice".to_string();
@@ -301,9 +442,12 @@ pub(crate) async fn serve_exchange(
                 }
             };
             let step_seat = seat.clone();
-            // The top part's step is CPU work: off the async threads.
-            let result = tokio::task::spawn_blocking(move || lock(&step_seat).step(&batch)).await;
-            let down = match result {
+            let work = move || match frame {
+                Up::Batch(batch) => lock(&step_seat).step(&batch),
+                Up::HeadGradient(gradient) => lock(&step_seat).head_gradient(&gradient),
+            };
+            // The step is CPU work: off the async threads.
+            let down = match tokio::task::spawn_blocking(work).await {
                 Ok(Ok(down)) => Ok(down),
                 Ok(Err(reason)) => {
                     tracing::warn!(client, "split batch rejected: {reason}");
@@ -376,6 +520,90 @@ mod tests {
         assert!(
             seats.claim(&id, "a").is_err(),
             "a closed seat cannot be claimed"
+        );
+    }
+
+    /// A U-shaped seat: the middle between two round trips per batch; a
+    /// batch with labels, or frames out of turn, fail the exchange.
+    #[test]
+    fn a_u_shaped_seat_runs_the_middle_and_refuses_labels() {
+        let spec = ModelSpec::Mlp {
+            hidden: vec![4, 3],
+            cut: None,
+        };
+        let layout = UShapedLayout::new(&spec, 3).unwrap();
+        let params = cohort_models::init_parameters(&spec, 3, 1);
+        let (_, middle, _) = layout.split(&params).unwrap();
+        let sgd = OptimizerSpec::Sgd {
+            learning_rate: 0.1,
+            momentum: 0.0,
+        };
+        let open = || {
+            let seats = SplitSeats::default();
+            let id = seats.open_middle(&layout, "a", middle, &sgd, 8).unwrap();
+            let seat = seats.claim(&id, "a").unwrap();
+            (seats, id, seat)
+        };
+        let (w, h) = (layout.cut_width(), layout.head_width());
+        let unlabelled = move |index| SplitBatch {
+            labels: Vec::new(),
+            ..batch(index, 4, w)
+        };
+        let head = move |index, values: usize| SplitHeadGradient {
+            index,
+            rows: 4,
+            gradients: cohort_models::parameters_to_bytes(&vec![0.1; values]),
+        };
+
+        let (seats, id, seat) = open();
+        let down = lock(&seat).step(&unlabelled(0)).unwrap();
+        assert_eq!(down.middle_activations.len(), 4 * h * 4);
+        assert!(down.gradients.is_empty());
+        let down = lock(&seat).head_gradient(&head(0, 4 * h)).unwrap();
+        assert_eq!(down.gradients.len(), 4 * w * 4);
+        lock(&seat).step(&unlabelled(1)).unwrap();
+        lock(&seat).head_gradient(&head(1, 4 * h)).unwrap();
+        let closed = seats.close(&id).unwrap();
+        assert_eq!(closed.stats.batches, 2);
+        // Activations and head gradients in, nothing else.
+        assert_eq!(closed.stats.bytes_in, 2 * 4 * (w + h) as u64 * 4);
+        assert_eq!(closed.top.unwrap().len(), layout.middle_len());
+
+        type Drive = Box<dyn Fn(&mut Seat) -> Result<SplitDown, String>>;
+        let cases: Vec<(Drive, &str)> = vec![
+            (Box::new(move |s| s.step(&batch(0, 4, w))), "carries labels"),
+            (
+                Box::new(move |s| s.head_gradient(&head(0, 4 * h))),
+                "where none was due",
+            ),
+            (
+                Box::new(move |s| {
+                    s.step(&unlabelled(0))?;
+                    s.step(&unlabelled(1))
+                }),
+                "before the head's gradient",
+            ),
+            (
+                Box::new(move |s| {
+                    s.step(&unlabelled(0))?;
+                    s.head_gradient(&head(0, 4 * h - 1))
+                }),
+                "gradient at the head",
+            ),
+        ];
+        for (drive, expected) in cases {
+            let (seats, id, seat) = open();
+            let err = drive(&mut lock(&seat)).unwrap_err();
+            assert!(err.contains(expected), "{err} (expected {expected})");
+            assert!(seats.close(&id).unwrap().top.is_err());
+        }
+        // A hospital that stops after a batch's first half is not counted.
+        let (seats, id, seat) = open();
+        lock(&seat).step(&unlabelled(0)).unwrap();
+        let err = seats.close(&id).unwrap().top.unwrap_err();
+        assert!(
+            err.contains("before the last batch's head gradient"),
+            "{err}"
         );
     }
 

@@ -136,6 +136,11 @@ pub enum Record {
         /// the reason. Absent when none was.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         excluded: Vec<Exclusion>,
+        /// Vertical split learning (issue 18): hex SHA-256 of the top part the
+        /// label site kept; `model_sha256` then covers the first layer only,
+        /// and the top's parameters never reached the coordinator.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kept_top_sha256: Option<String>,
     },
     /// Contribution valuation (`[valuation]` jobs): what each hospital's
     /// part of a round was worth, committed with the round.

@@ -59,6 +59,22 @@ pub struct ModelCard {
     /// absent when the job made no DP promise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub privacy: Option<PrivacyGuarantee>,
+    /// Vertical split learning: the parameters here are the first layer only (every site's
+    /// block and the bias); the rest of the network never left the label site, which keeps
+    /// it under this digest. Absent for a whole model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_top: Option<KeptTop>,
+}
+
+/// The top part of a vertical model, kept by its label site: what the card knows of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptTop {
+    /// The label site that trained it and holds it.
+    pub site: String,
+    /// Its number of parameters (the layers after the first).
+    pub values: usize,
+    /// Hex SHA-256 of its little-endian flat `f32` vector ([`parameters_sha256`]).
+    pub sha256: String,
 }
 
 /// What a model's training promised each hospital, as recorded in its card.
@@ -85,11 +101,87 @@ impl ModelCard {
     /// Call this before [`save_model`] / [`safetensors_bytes`], which refuse cards that do not
     /// describe the parameters they are given.
     pub fn bind_parameters(&mut self, params: &[f32]) -> Result<(), ModelError> {
-        check_parameters(&self.model, self.n_features, params)?;
+        self.check_stored_parameters(params)?;
         self.format = MODEL_FORMAT.to_string();
-        self.parameter_order = parameter_layout(&self.model, self.n_features);
+        self.parameter_order = self.stored_layout()?;
         self.parameters_sha256 = parameters_sha256(params);
         Ok(())
+    }
+
+    /// The tensors this artifact stores: the whole layout, or only the first layer's when
+    /// the label site kept the top ([`KeptTop`]).
+    fn stored_layout(&self) -> Result<Vec<TensorInfo>, ModelError> {
+        let mut layout = parameter_layout(&self.model, self.n_features);
+        if let Some(top) = &self.kept_top {
+            layout.truncate(2);
+            let total = self.model.num_parameters(self.n_features);
+            if self.first_layer_len() + top.values != total {
+                return Err(ModelError::InvalidCard(format!(
+                    "the kept top part has {} values; the model's layers after the first have {}",
+                    top.values,
+                    total.saturating_sub(self.first_layer_len())
+                )));
+            }
+        }
+        Ok(layout)
+    }
+
+    fn first_layer_len(&self) -> usize {
+        let (fan_in, fan_out) = self.model.layer_shapes(self.n_features)[0];
+        fan_in * fan_out + fan_out
+    }
+
+    /// How many values the artifact's parameters have.
+    fn stored_len(&self) -> usize {
+        match &self.kept_top {
+            Some(_) => self.first_layer_len(),
+            None => self.model.num_parameters(self.n_features),
+        }
+    }
+
+    fn check_stored_parameters(&self, params: &[f32]) -> Result<(), ModelError> {
+        if self.kept_top.is_none() {
+            return check_parameters(&self.model, self.n_features, params);
+        }
+        self.model.validate_for(self.n_features)?;
+        self.stored_layout()?;
+        if params.len() != self.stored_len() {
+            return Err(ModelError::InvalidData(format!(
+                "the first layer of a vertical model has {} values, {} given",
+                self.stored_len(),
+                params.len()
+            )));
+        }
+        check_finite(params)
+    }
+
+    /// The whole model from this artifact's first layer and the top part its label site
+    /// kept: checked against the card's digest of that top, and described by a card of a
+    /// whole model (no [`KeptTop`]).
+    pub fn join_kept_top(
+        &self,
+        first_layer: &[f32],
+        top: &[f32],
+    ) -> Result<(ModelCard, Vec<f32>), ModelError> {
+        let Some(kept) = &self.kept_top else {
+            return Err(ModelError::InvalidCard(
+                "this model is whole; it has no top part kept elsewhere".into(),
+            ));
+        };
+        self.check_stored_parameters(first_layer)?;
+        let actual = parameters_sha256(top);
+        if actual != kept.sha256 {
+            return Err(ModelError::ChecksumMismatch {
+                expected: kept.sha256.clone(),
+                actual,
+            });
+        }
+        let mut whole = first_layer.to_vec();
+        whole.extend_from_slice(top);
+        let mut card = self.clone();
+        card.kept_top = None;
+        card.bind_parameters(&whole)?;
+        Ok((card, whole))
     }
 
     /// Checks the card on its own: format, architecture, feature names and the documented
@@ -109,7 +201,7 @@ impl ModelCard {
                 self.n_features
             )));
         }
-        if self.parameter_order != parameter_layout(&self.model, self.n_features) {
+        if self.parameter_order != self.stored_layout()? {
             return Err(ModelError::InvalidCard(
                 "parameter_order does not match the documented layout for this model".into(),
             ));
@@ -120,7 +212,7 @@ impl ModelCard {
     /// Validates the card and checks that `params` is the vector it describes.
     fn check_params(&self, params: &[f32]) -> Result<(), ModelError> {
         self.validate()?;
-        check_parameters(&self.model, self.n_features, params)?;
+        self.check_stored_parameters(params)?;
         let actual = parameters_sha256(params);
         if actual != self.parameters_sha256 {
             return Err(ModelError::ChecksumMismatch {
@@ -214,7 +306,7 @@ pub fn params_from_safetensors(card: &ModelCard, bytes: &[u8]) -> Result<Vec<f32
             layout.len()
         )));
     }
-    let total = card.model.num_parameters(card.n_features);
+    let total = card.stored_len();
     let mut params = Vec::with_capacity(total);
     for info in layout {
         let view = st
@@ -281,7 +373,20 @@ pub fn save_model(dir: &Path, card: &ModelCard, params: &[f32]) -> Result<(), Mo
 
 /// Reads an artifact directory written by [`save_model`] and verifies it: card format and
 /// layout, tensor names, shapes and dtype, finiteness and the SHA-256 of the parameters.
+/// A vertical model whose top its label site kept is refused (it cannot run alone): read it
+/// with [`load_artifact`] and join the top with [`ModelCard::join_kept_top`].
 pub fn load_model(dir: &Path) -> Result<(ModelCard, Vec<f32>), ModelError> {
+    let (card, params) = load_artifact(dir)?;
+    if let Some(top) = &card.kept_top {
+        return Err(ModelError::TopKept {
+            site: top.site.clone(),
+        });
+    }
+    Ok((card, params))
+}
+
+/// [`load_model`] without its refusal of a first layer whose top is kept at a label site.
+pub fn load_artifact(dir: &Path) -> Result<(ModelCard, Vec<f32>), ModelError> {
     let card_path = dir.join(CARD_FILE);
     let json = fs::read(&card_path).map_err(|source| ModelError::Io {
         path: card_path.clone(),
@@ -298,7 +403,9 @@ pub fn load_model(dir: &Path) -> Result<(ModelCard, Vec<f32>), ModelError> {
     Ok((card, params))
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
+/// Writes `bytes` to a temporary sibling of `path`, flushes it to disk and renames it into place:
+/// a crash never leaves a truncated file under the final name.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
     let io_err = |path: &Path| {
         let path: PathBuf = path.to_path_buf();
         move |source| ModelError::Io { path, source }

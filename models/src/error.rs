@@ -43,6 +43,17 @@ pub enum ModelError {
         value: f32,
     },
 
+    /// A vertical model's first layer without its top part, which the label site kept.
+    #[error(
+        "this is the first layer of a vertical model; its top part never left the label site \
+         {site}: run it there, with the top that site kept (`cohort evaluate --top-from \
+         ITS_DATA_DIR`)"
+    )]
+    TopKept {
+        /// The label site holding the top part.
+        site: String,
+    },
+
     /// Training or evaluation was asked to run on zero examples.
     #[error("the dataset has no examples")]
     EmptyData,

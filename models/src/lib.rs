@@ -48,8 +48,8 @@ mod split;
 mod train;
 
 pub use artifact::{
-    CARD_FILE, MODEL_FORMAT, ModelCard, PrivacyGuarantee, SAFETENSORS_FILE, load_model,
-    params_from_safetensors, safetensors_bytes, save_model,
+    CARD_FILE, KeptTop, MODEL_FORMAT, ModelCard, PrivacyGuarantee, SAFETENSORS_FILE, load_artifact,
+    load_model, params_from_safetensors, safetensors_bytes, save_model, write_atomically,
 };
 pub use candidates::{MAX_CANDIDATE_VALUES, coalition_losses, coalition_model};
 pub use dp_sgd::{DpSgdConfig, DpSgdPlan, clipped_gradient_sum};
@@ -64,8 +64,10 @@ pub use spec::{MAX_PARAMETERS, ModelSpec, OptimizerSpec, TrainConfig};
 // Vertical split learning (issue 18): the label site's metrics from its logits.
 pub use metrics::metrics_from_logits;
 pub use split::{
-    BottomPart, LabelSiteReport, SplitLayout, TopPart, TopStep, VerticalBatch, VerticalLayout,
-    equalize_gradient_norms, join_vertical, norm_leak_auc, split_vertical, vertical_schedule,
+    BottomPart, LabelSiteReport, MiddlePart, SplitLayout, TopPart, TopStep, UShapedLayout,
+    VerticalBatch, VerticalLayout, equalize_gradient_norms, join_vertical,
+    join_vertical_first_layer, norm_leak_auc, split_vertical, split_vertical_first_layer,
+    vertical_schedule,
 };
 pub use train::{TrainOutcome, train};
 

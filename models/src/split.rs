@@ -101,6 +101,93 @@ impl SplitLayout {
     }
 }
 
+/// The U-shaped cut of a horizontal split (SplitFed with `u_shaped`): the hospital keeps the
+/// bottom (up to `[model] cut`) and the head (the last layer, whose loss needs the labels); the
+/// coordinator runs the middle in between. The flat order is bottom ‖ middle ‖ head, so the
+/// three parts join by concatenation like [`SplitLayout`]'s two.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UShapedLayout {
+    pub bottom_shapes: Vec<(usize, usize)>,
+    pub middle_shapes: Vec<(usize, usize)>,
+    /// The last layer (one output).
+    pub head_shapes: Vec<(usize, usize)>,
+}
+
+impl UShapedLayout {
+    /// The U-shaped cut of `spec` for `n_features` inputs: [`SplitLayout::new`]'s cut, with
+    /// the top's last layer going back to the hospital. The top must then keep a layer for
+    /// the coordinator.
+    pub fn new(spec: &ModelSpec, n_features: usize) -> Result<Self, ModelError> {
+        let SplitLayout {
+            bottom_shapes,
+            mut top_shapes,
+        } = SplitLayout::new(spec, n_features)?;
+        if top_shapes.len() < 2 {
+            return Err(ModelError::InvalidConfig {
+                field: "model.cut".into(),
+                reason: format!(
+                    "a U-shaped split keeps the last layer at the hospital, and the {} layer(s) \
+                     after this cut leave none for the coordinator: cut earlier or add a \
+                     hidden layer",
+                    top_shapes.len()
+                ),
+            });
+        }
+        let head_shapes = top_shapes.split_off(top_shapes.len() - 1);
+        Ok(Self {
+            bottom_shapes,
+            middle_shapes: top_shapes,
+            head_shapes,
+        })
+    }
+
+    /// The ordinary cut this one refines (the bottom, then middle and head as one top): what
+    /// [`BottomPart::new`] takes.
+    pub fn outer(&self) -> SplitLayout {
+        SplitLayout {
+            bottom_shapes: self.bottom_shapes.clone(),
+            top_shapes: [self.middle_shapes.clone(), self.head_shapes.clone()].concat(),
+        }
+    }
+
+    /// Activations per example at the first cut (bottom → middle).
+    pub fn cut_width(&self) -> usize {
+        self.bottom_shapes.last().map_or(0, |&(_, o)| o)
+    }
+
+    /// Activations per example at the second cut (middle → head).
+    pub fn head_width(&self) -> usize {
+        self.middle_shapes.last().map_or(0, |&(_, o)| o)
+    }
+
+    pub fn bottom_len(&self) -> usize {
+        count(&self.bottom_shapes)
+    }
+
+    pub fn middle_len(&self) -> usize {
+        count(&self.middle_shapes)
+    }
+
+    pub fn head_len(&self) -> usize {
+        count(&self.head_shapes)
+    }
+
+    /// The bottom, middle and head of a whole model's vector.
+    pub fn split<'a>(&self, params: &'a [f32]) -> Result<ThreeParts<'a>, ModelError> {
+        check_len(
+            "model",
+            self.bottom_len() + self.middle_len() + self.head_len(),
+            params.len(),
+        )?;
+        let (bottom, rest) = params.split_at(self.bottom_len());
+        let (middle, head) = rest.split_at(self.middle_len());
+        Ok((bottom, middle, head))
+    }
+}
+
+/// Bottom, middle and head of a U-shaped model's vector.
+pub type ThreeParts<'a> = (&'a [f32], &'a [f32], &'a [f32]);
+
 fn count(shapes: &[(usize, usize)]) -> usize {
     shapes.iter().map(|&(i, o)| i * o + o).sum()
 }
@@ -151,10 +238,26 @@ pub fn split_vertical(
 ) -> Result<(Vec<Vec<f32>>, Vec<f32>), ModelError> {
     let width = layout.cut_width;
     let joined: usize = site_features.iter().sum();
-    let expected = joined * width + width + layout.top_len();
-    check_len("model", expected, full.len())?;
-    let (weights, rest) = full.split_at(joined * width);
-    let (bias, top) = rest.split_at(width);
+    let first_layer = joined * width + width;
+    check_len("model", first_layer + layout.top_len(), full.len())?;
+    let (first, top) = full.split_at(first_layer);
+    Ok((
+        split_vertical_first_layer(layout, first, site_features)?,
+        top.to_vec(),
+    ))
+}
+
+/// The sites' parts of the first layer alone (weights on the joined columns, then the bias):
+/// [`split_vertical`] without the top, which in a job stays at the label site.
+pub fn split_vertical_first_layer(
+    layout: &VerticalLayout,
+    first_layer: &[f32],
+    site_features: &[usize],
+) -> Result<Vec<Vec<f32>>, ModelError> {
+    let width = layout.cut_width;
+    let joined: usize = site_features.iter().sum();
+    check_len("first layer", joined * width + width, first_layer.len())?;
+    let (weights, bias) = first_layer.split_at(joined * width);
     let mut sites = Vec::with_capacity(site_features.len());
     let mut offset = 0;
     for (i, &n) in site_features.iter().enumerate() {
@@ -167,7 +270,7 @@ pub fn split_vertical(
         offset += n;
         sites.push(part);
     }
-    Ok((sites, top.to_vec()))
+    Ok(sites)
 }
 
 /// The whole model on the joined columns from the vertical parts: the sites' first-layer
@@ -177,6 +280,24 @@ pub fn join_vertical(
     layout: &VerticalLayout,
     sites: &[(usize, &[f32])],
     top: &[f32],
+) -> Result<Vec<f32>, ModelError> {
+    if top.len() != layout.top_len() {
+        return Err(ModelError::InvalidData(format!(
+            "top part of {} values, {} expected",
+            top.len(),
+            layout.top_len()
+        )));
+    }
+    let mut whole = join_vertical_first_layer(layout, sites)?;
+    whole.extend_from_slice(top);
+    Ok(whole)
+}
+
+/// The first layer on the joined columns from the sites' parts: [`join_vertical`] without the
+/// top.
+pub fn join_vertical_first_layer(
+    layout: &VerticalLayout,
+    sites: &[(usize, &[f32])],
 ) -> Result<Vec<f32>, ModelError> {
     let width = layout.cut_width;
     let mut weights = Vec::new();
@@ -195,15 +316,7 @@ pub fn join_vertical(
             *acc += v;
         }
     }
-    if top.len() != layout.top_len() {
-        return Err(ModelError::InvalidData(format!(
-            "top part of {} values, {} expected",
-            top.len(),
-            layout.top_len()
-        )));
-    }
     weights.extend_from_slice(&bias);
-    weights.extend_from_slice(top);
     Ok(weights)
 }
 
@@ -417,6 +530,113 @@ impl BottomPart {
     }
 }
 
+/// The middle of a U-shaped split, at the coordinator: activations in, activations out, and
+/// back from the gradient at its output to the gradient at its input. It never sees a label.
+pub struct MiddlePart {
+    part: Part,
+    in_width: usize,
+    out_width: usize,
+    pending: Option<MiddlePending>,
+}
+
+struct MiddlePending {
+    net: DenseNet,
+    input: Tensor<2>,
+    output: Tensor<2>,
+    rows: usize,
+}
+
+impl MiddlePart {
+    pub fn new(
+        layout: &UShapedLayout,
+        params: &[f32],
+        optimizer: &OptimizerSpec,
+    ) -> Result<Self, ModelError> {
+        check_len("middle part", layout.middle_len(), params.len())?;
+        Ok(Self {
+            part: Part::new(layout.middle_shapes.clone(), params, optimizer)?,
+            in_width: layout.cut_width(),
+            out_width: layout.head_width(),
+            pending: None,
+        })
+    }
+
+    /// The middle's activations (after its last ReLU) for a batch of `rows` activations from
+    /// the bottom, checked (shape, finite); the graph is kept for [`MiddlePart::backward`].
+    pub fn forward(&mut self, rows: usize, activations: &[f32]) -> Result<Vec<f32>, ModelError> {
+        if rows == 0 {
+            return Err(ModelError::EmptyData);
+        }
+        if activations.len() != rows * self.in_width {
+            return Err(ModelError::InvalidData(format!(
+                "{} activations for {rows} rows of width {}",
+                activations.len(),
+                self.in_width
+            )));
+        }
+        if let Some(i) = activations.iter().position(|v| !v.is_finite()) {
+            return Err(ModelError::InvalidData(format!(
+                "activation {} of row {} is not finite",
+                i % self.in_width,
+                i / self.in_width
+            )));
+        }
+        let input = Tensor::<2>::from_data(
+            TensorData::new(activations.to_vec(), [rows, self.in_width]),
+            &self.part.autodiff,
+        )
+        .require_grad();
+        let net = self.part.tensors.to_net(true);
+        let output = net.forward_with(input.clone(), true);
+        let values = net::tensor_to_vec(output.clone())?;
+        self.pending = Some(MiddlePending {
+            net,
+            input,
+            output,
+            rows,
+        });
+        Ok(values)
+    }
+
+    /// One optimizer step from the gradient of the batch's loss with respect to the last
+    /// [`MiddlePart::forward`]'s output; returns the gradient with respect to its input.
+    pub fn backward(&mut self, grad_out: &[f32]) -> Result<Vec<f32>, ModelError> {
+        let pending = self.pending.take().ok_or_else(|| {
+            ModelError::InvalidData("a gradient arrived without a forward pass".into())
+        })?;
+        check_len(
+            "gradient at the head",
+            pending.rows * self.out_width,
+            grad_out.len(),
+        )?;
+        crate::params::check_finite(grad_out)?;
+        let g = Tensor::<2>::from_data(
+            TensorData::new(grad_out.to_vec(), [pending.rows, self.out_width]),
+            &self.part.autodiff,
+        );
+        let surrogate = (pending.output * g).sum();
+        let mut grads = surrogate.backward();
+        let grad_in = net::tensor_to_vec(
+            pending
+                .input
+                .grad_remove(&mut grads)
+                .ok_or_else(|| missing_gradient("input of the middle part"))?,
+        )?;
+        self.part.step_from(&pending.net, &mut grads)?;
+        Ok(grad_in)
+    }
+
+    /// Whether a forward pass waits for its gradient.
+    pub fn awaits_gradient(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// The current parameters (an error if they stopped being finite).
+    pub fn parameters(&self) -> Result<Vec<f32>, ModelError> {
+        self.part.parameters()
+    }
+}
+
 /// What one step of the top part produced.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TopStep {
@@ -444,6 +664,21 @@ impl TopPart {
         Ok(Self {
             part: Part::new(layout.top_shapes.clone(), params, optimizer)?,
             cut_width: layout.cut_width(),
+            relu_first: false,
+        })
+    }
+
+    /// The head of a U-shaped split, at the hospital: takes the middle's (activated) outputs
+    /// and the hospital's labels.
+    pub fn head(
+        layout: &UShapedLayout,
+        params: &[f32],
+        optimizer: &OptimizerSpec,
+    ) -> Result<Self, ModelError> {
+        check_len("head", layout.head_len(), params.len())?;
+        Ok(Self {
+            part: Part::new(layout.head_shapes.clone(), params, optimizer)?,
+            cut_width: layout.head_width(),
             relu_first: false,
         })
     }

@@ -88,6 +88,59 @@ fn splitfed_step_equals_the_unsplit_step_at_every_cut() {
     }
 }
 
+/// U-shaped: bottom and head at the hospital, the middle at the coordinator; one step of the
+/// three is one step of the whole network, and the middle refuses what it cannot use.
+#[test]
+fn u_shaped_step_equals_the_unsplit_step() {
+    let examples = data(48, 5, 4);
+    let rows: Vec<usize> = (0..48).collect();
+    for (hidden, cut) in [
+        (vec![6, 4], None),
+        (vec![6, 4, 3], Some("layers.1".to_string())),
+    ] {
+        let spec = ModelSpec::Mlp { hidden, cut };
+        let start = init_parameters(&spec, 5, 12);
+        let expected = unsplit_step(&spec, &start, &examples);
+        let layout = UShapedLayout::new(&spec, 5).unwrap();
+        let (b, m, h) = layout.split(&start).unwrap();
+        let mut bottom = BottomPart::new(&layout.outer(), b, &sgd()).unwrap();
+        let mut middle = MiddlePart::new(&layout, m, &sgd()).unwrap();
+        let mut head = TopPart::head(&layout, h, &sgd()).unwrap();
+        let acts = bottom.forward(&examples, &rows).unwrap();
+        let mid = middle.forward(48, &acts).unwrap();
+        assert_eq!(mid.len(), 48 * layout.head_width());
+        assert!(middle.awaits_gradient());
+        let step = head.step(&mid, &examples.labels).unwrap();
+        let grad = middle.backward(&step.grad_at_cut).unwrap();
+        bottom.backward(&grad).unwrap();
+        let mut joined = bottom.parameters().unwrap();
+        joined.extend(middle.parameters().unwrap());
+        joined.extend(head.parameters().unwrap());
+        assert!(
+            max_diff(&joined, &expected.parameters) < 1e-5,
+            "{spec:?}: {}",
+            max_diff(&joined, &expected.parameters)
+        );
+        assert!((step.loss - expected.loss).abs() < 1e-5);
+
+        let mut nan = acts.clone();
+        nan[3] = f32::NAN;
+        assert!(middle.forward(48, &nan).is_err());
+        assert!(middle.forward(47, &acts).is_err());
+        assert!(
+            middle.backward(&step.grad_at_cut).is_err(),
+            "no forward pending"
+        );
+    }
+    // A cut that leaves only the last layer has no middle.
+    let spec = ModelSpec::Mlp {
+        hidden: vec![6, 4],
+        cut: Some("layers.1".into()),
+    };
+    let err = UShapedLayout::new(&spec, 5).unwrap_err().to_string();
+    assert!(err.contains("model.cut"), "{err}");
+}
+
 #[test]
 fn vertical_step_equals_the_unsplit_step() {
     let examples = data(40, 5, 9);

@@ -463,6 +463,7 @@ pub(crate) fn card_for(spec: ModelSpec, n_features: usize, params: &[f32]) -> Mo
         metrics: None,
         parameters_sha256: String::new(),
         privacy: None,
+        kept_top: None,
     };
     card.bind_parameters(params).unwrap();
     card
@@ -622,6 +623,53 @@ fn save_refuses_a_card_that_does_not_describe_the_parameters() {
         params_from_safetensors(&renamed, &bytes),
         Err(ModelError::Safetensors(_))
     ));
+}
+
+/// A vertical model's first layer stored without its top part: the card names the kept top's
+/// digest, the artifact holds only `layers.0.*`, it cannot run alone, and it joins only with the
+/// top of that digest.
+#[test]
+fn a_first_layer_whose_top_was_kept_joins_only_with_that_top() {
+    let spec = ModelSpec::Mlp {
+        hidden: vec![3, 2],
+        cut: None,
+    };
+    let params = init_parameters(&spec, 4, 5);
+    let whole_card = card_for(spec.clone(), 4, &params);
+    let first_len = 4 * 3 + 3;
+    let (first, top) = params.split_at(first_len);
+    let mut card = whole_card.clone();
+    card.kept_top = Some(KeptTop {
+        site: "site-1".into(),
+        values: top.len(),
+        sha256: parameters_sha256(top),
+    });
+    // A card that claims the whole model's length for the first layer is refused.
+    assert!(card.clone().bind_parameters(&params).is_err());
+    card.bind_parameters(first).unwrap();
+    assert_eq!(card.parameter_order.len(), 2);
+
+    let dir = tempfile::tempdir().unwrap();
+    save_model(dir.path(), &card, first).unwrap();
+    let err = load_model(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("never left the label site site-1"), "{err}");
+    let (loaded_card, loaded) = load_artifact(dir.path()).unwrap();
+    assert_eq!((&loaded_card, &loaded[..]), (&card, first));
+
+    let (joined_card, joined) = card.join_kept_top(first, top).unwrap();
+    assert_eq!(joined, params);
+    assert_eq!(joined_card, whole_card);
+    let mut other = top.to_vec();
+    other[0] += 1.0;
+    assert!(matches!(
+        card.join_kept_top(first, &other),
+        Err(ModelError::ChecksumMismatch { .. })
+    ));
+    assert!(whole_card.join_kept_top(first, top).is_err());
+    // A kept top of the wrong size does not describe this model.
+    let mut wrong = card.clone();
+    wrong.kept_top.as_mut().unwrap().values += 1;
+    assert!(matches!(wrong.validate(), Err(ModelError::InvalidCard(_))));
 }
 
 /// The size used by the federation end-to-end test elsewhere (~10^7 parameters). Ignored by

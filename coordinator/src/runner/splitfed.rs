@@ -10,11 +10,15 @@
 //! A hospital whose exchange failed (bad batch, dropped stream) or that
 //! sent no batch is left out of the round; the round is retried when too
 //! few remain.
+//!
+//! U-shaped (`[training] u_shaped`): the hospital gets bottom ‖ head, the
+//! seat holds the middle, and the hospital's update Δbottom ‖ Δhead is
+//! completed with the seat's Δmiddle in between.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use cohort_models::SplitLayout;
+use cohort_models::{SplitLayout, UShapedLayout};
 use cohort_protocol::v1::{SplitTask, TaskHeader};
 
 use super::{Fitted, RunError, Runner, weighted_loss};
@@ -39,26 +43,42 @@ impl Runner {
         (round, attempt): (u32, u32),
     ) -> Result<Option<Fitted>, RunError> {
         let t = &spec.training;
-        let layout = SplitLayout::new(&spec.model, enrollment.preprocessing.n_features())
+        let n_features = enrollment.preprocessing.n_features();
+        let cut = Cut::new(&spec.model, n_features, t.u_shaped)
             .map_err(|e| RunError::Failed(format!("round {round}: {e}")))?;
-        let (bottom, top) = layout
+        let (sent, top) = cut
             .split(global)
             .map_err(|e| RunError::Failed(format!("round {round}: {e}")))?;
-        let bottom = Arc::new(bottom.to_vec());
-        let bottom_sha256 = cohort_models::parameters_sha256(&bottom);
+        let sent = Arc::new(sent);
+        let sent_sha256 = cohort_models::parameters_sha256(&sent);
         let mut tasks = Vec::with_capacity(selected.len());
         let mut exchanges = Vec::with_capacity(selected.len());
         for client in selected {
-            let exchange_id = self
-                .registry
-                .split
-                .open(&layout, client, top, &t.optimizer, t.batch_size as usize)
-                .map_err(|e| RunError::Failed(format!("round {round}: top part: {e}")))?;
+            let opened = match &cut {
+                Cut::Plain(layout) => self.registry.split.open(
+                    layout,
+                    client,
+                    &top,
+                    &t.optimizer,
+                    t.batch_size as usize,
+                ),
+                Cut::UShaped(layout) => self.registry.split.open_middle(
+                    layout,
+                    client,
+                    &top,
+                    &t.optimizer,
+                    t.batch_size as usize,
+                ),
+            };
+            let exchange_id =
+                opened.map_err(|e| RunError::Failed(format!("round {round}: top part: {e}")))?;
             let header = TaskHeader {
-                parameters_sha256: bottom_sha256.clone(),
+                parameters_sha256: sent_sha256.clone(),
                 split: Some(SplitTask {
                     exchange_id: exchange_id.clone(),
-                    cut_width: layout.cut_width() as u32,
+                    cut_width: cut.cut_width() as u32,
+                    u_shaped: t.u_shaped,
+                    head_width: cut.head_width() as u32,
                 }),
                 ..fit.clone()
             };
@@ -68,8 +88,8 @@ impl Runner {
         let answers = self
             .gather_each(
                 tasks,
-                Some(TaskBody::Parameters(bottom.clone())),
-                Expect::Update(bottom.len() as u64),
+                Some(TaskBody::Parameters(sent.clone())),
+                Expect::Update(sent.len() as u64),
                 t.round_timeout_secs,
                 |_, a| match a {
                     TaskAnswer::Fit {
@@ -92,7 +112,7 @@ impl Runner {
         let mut failed = answers.failed;
         let mut ok = Vec::new();
         let (mut samples, mut bytes_in, mut bytes_out) = (0u64, 0u64, 0u64);
-        for (client, (bottom_delta, num_examples, train_loss, seconds, receipt)) in answers.ok {
+        for (client, (hospital_delta, num_examples, train_loss, seconds, receipt)) in answers.ok {
             let Some(seat) = seats.remove(&client) else {
                 failed.push((client, "its split exchange was never opened".into()));
                 continue;
@@ -111,8 +131,8 @@ impl Runner {
             samples += seat.stats.samples;
             bytes_in += seat.stats.bytes_in;
             bytes_out += seat.stats.bytes_out;
-            let mut delta = bottom_delta;
-            delta.extend(top_after.iter().zip(top).map(|(a, b)| a - b));
+            let seat_delta: Vec<f32> = top_after.iter().zip(&top).map(|(a, b)| a - b).collect();
+            let delta = cut.full_delta(&hospital_delta, &seat_delta);
             ok.push((client, delta, num_examples, train_loss, seconds, receipt));
         }
         self.note_failures(&job.id, &format!("round {round}"), &failed);
@@ -128,10 +148,17 @@ impl Runner {
             return Ok(None);
         }
         // A job event for `job status` and the benchmark, not a warning.
-        let exchanged = format!(
-            "round {round}: split exchange of {samples} samples, {bytes_in} bytes of \
-             activations and labels up, {bytes_out} bytes of gradients down"
-        );
+        let exchanged = match cut {
+            Cut::Plain(_) => format!(
+                "round {round}: split exchange of {samples} samples, {bytes_in} bytes of \
+                 activations and labels up, {bytes_out} bytes of gradients down"
+            ),
+            Cut::UShaped(_) => format!(
+                "round {round}: U-shaped split exchange of {samples} samples, {bytes_in} bytes \
+                 of activations and head gradients up (no labels), {bytes_out} bytes of middle \
+                 activations and gradients down"
+            ),
+        };
         tracing::info!(job = job.id, "{exchanged}");
         if let Err(e) = self.store.add_event(&job.id, &exchanged) {
             tracing::warn!(job = job.id, "could not record event: {e}");
@@ -163,5 +190,69 @@ impl Runner {
             groups: Vec::new(),
             excluded: Vec::new(),
         }))
+    }
+}
+
+/// Where a SplitFed round cuts the model: what the hospital gets and sends
+/// back, and what its seat holds.
+enum Cut {
+    /// Bottom at the hospital, top (and the labels' loss) at the seat.
+    Plain(SplitLayout),
+    /// Bottom and head at the hospital, the middle at the seat.
+    UShaped(UShapedLayout),
+}
+
+impl Cut {
+    fn new(
+        spec: &cohort_models::ModelSpec,
+        n_features: usize,
+        u_shaped: bool,
+    ) -> Result<Self, cohort_models::ModelError> {
+        Ok(if u_shaped {
+            Cut::UShaped(UShapedLayout::new(spec, n_features)?)
+        } else {
+            Cut::Plain(SplitLayout::new(spec, n_features)?)
+        })
+    }
+
+    fn cut_width(&self) -> usize {
+        match self {
+            Cut::Plain(l) => l.cut_width(),
+            Cut::UShaped(l) => l.cut_width(),
+        }
+    }
+
+    fn head_width(&self) -> usize {
+        match self {
+            Cut::Plain(_) => 0,
+            Cut::UShaped(l) => l.head_width(),
+        }
+    }
+
+    /// The hospital's parameters (bottom, or bottom ‖ head) and the seat's
+    /// (top, or middle).
+    fn split(&self, global: &[f32]) -> Result<(Vec<f32>, Vec<f32>), cohort_models::ModelError> {
+        match self {
+            Cut::Plain(l) => {
+                let (bottom, top) = l.split(global)?;
+                Ok((bottom.to_vec(), top.to_vec()))
+            }
+            Cut::UShaped(l) => {
+                let (bottom, middle, head) = l.split(global)?;
+                Ok(([bottom, head].concat(), middle.to_vec()))
+            }
+        }
+    }
+
+    /// The whole model's update from the hospital's and its seat's, in the
+    /// flat order.
+    fn full_delta(&self, hospital: &[f32], seat: &[f32]) -> Vec<f32> {
+        match self {
+            Cut::Plain(_) => [hospital, seat].concat(),
+            Cut::UShaped(l) => {
+                let (bottom, head) = hospital.split_at(l.bottom_len().min(hospital.len()));
+                [bottom, seat, head].concat()
+            }
+        }
     }
 }

@@ -10,10 +10,13 @@
 //!    many ids all sites share ([`cohort_datasets::psi`]). Each site gets
 //!    back the positions, in the list it sent, of the shared ids in one
 //!    common order, and aligns its rows (`VERTICAL_STEP_ALIGN`).
-//! 3. Rounds: each site gets its part of the current model and trains it
-//!    over one relayed exchange ([`crate::vertical::relay`]); the parts come
-//!    back, are joined into one model on the joined columns and stored,
-//!    signed and recorded like every round.
+//! 3. Rounds: each site gets its part of the current first layer and
+//!    trains it over one relayed exchange ([`crate::vertical::relay`]); the
+//!    label site also trains the top part, which it keeps: only the seeded
+//!    initial top is ever sent to it (round 1), and it answers with the
+//!    SHA-256 of the top it trained. The parts come back, are joined into the
+//!    first layer on the joined columns and stored, signed and recorded like
+//!    every round, the card and the ledger naming the kept top's digest.
 //!
 //! A restarted coordinator runs the intersection again (the sites' keys and
 //! alignments live in their memory only) and continues after the last
@@ -431,24 +434,55 @@ impl Runner {
         let n_params = spec.model.num_parameters(n_features);
         let strategy = spec.strategy.build(n_params);
         let recorded = self.store.rounds(&job.id)?;
-        let (mut global, first_round) = match recorded.last() {
-            Some(last) => (
-                self.load_parameters(&job.id, last.round).await?,
-                last.round + 1,
-            ),
+        let label_site = &sites.names[0];
+        // The seeded start: its top is public (it holds nothing learned), so
+        // the coordinator may know it and send it to the label site once.
+        let initial = || {
+            let mut params =
+                cohort_models::init_parameters(&spec.model, n_features, spec.training.seed);
+            let top = params.split_off(n_params - layout.top_len());
+            (params, top)
+        };
+        let (mut first_layer, mut top, first_round) = match recorded.last() {
+            Some(last) => {
+                let (first_layer, kept) = self.load_vertical_round(&job.id, last.round).await?;
+                if kept.site != *label_site {
+                    return Err(failed(format!(
+                        "round {} was trained with the top part kept by {}; the label site is \
+                         now {label_site}",
+                        last.round, kept.site
+                    )));
+                }
+                let top = if last.round == 0 {
+                    let (_, top) = initial();
+                    if cohort_models::parameters_sha256(&top) != kept.sha256 {
+                        return Err(failed(
+                            "the stored round 0 does not match the job's seeded start",
+                        ));
+                    }
+                    TopStart::Initial(top)
+                } else {
+                    TopStart::Kept(kept.sha256)
+                };
+                (first_layer, top, last.round + 1)
+            }
             None => {
-                let params =
-                    cohort_models::init_parameters(&spec.model, n_features, spec.training.seed);
-                self.save_round(
+                let (first_layer, top) = initial();
+                self.save_round_with(
                     job,
                     spec,
                     enrollment,
-                    &params,
+                    &first_layer,
+                    Some(kept_top(
+                        label_site,
+                        layout,
+                        cohort_models::parameters_sha256(&top),
+                    )),
                     strategy.as_ref(),
                     RoundRecord::initial(),
                 )
                 .await?;
-                (params, 1)
+                (first_layer, TopStart::Initial(top), 1)
             }
         };
         let schedule = cohort_models::vertical_schedule(
@@ -490,7 +524,15 @@ impl Runner {
                     }
                 }
                 match self
-                    .vertical_round(job, spec, layout, &sites, &global, &schedule, round)
+                    .vertical_round(
+                        job,
+                        spec,
+                        layout,
+                        &sites,
+                        (&first_layer, &top),
+                        &schedule,
+                        round,
+                    )
                     .await?
                 {
                     Ok(done) => {
@@ -510,11 +552,12 @@ impl Runner {
                 )));
             };
             self.note_event(&job.id, done.summary.clone());
-            self.save_round(
+            self.save_round_with(
                 job,
                 spec,
                 enrollment,
-                &done.model,
+                &done.first_layer,
+                Some(kept_top(label_site, layout, done.top_sha256.clone())),
                 strategy.as_ref(),
                 RoundRecord {
                     round,
@@ -539,9 +582,37 @@ impl Runner {
                 leak_auc = done.report.leak_auc,
                 "vertical round completed"
             );
-            global = done.model;
+            first_layer = done.first_layer;
+            top = TopStart::Kept(done.top_sha256);
         }
         Ok(())
+    }
+
+    /// The stored first layer of `round` of a vertical job and what its card
+    /// says of the top the label site kept.
+    async fn load_vertical_round(
+        &self,
+        job_id: &str,
+        round: u32,
+    ) -> Result<(Vec<f32>, cohort_models::KeptTop), RunError> {
+        let corrupt = |e: String| failed(format!("stored model of round {round}: {e}"));
+        let card = self
+            .store
+            .get_object(&super::card_key(job_id, round))
+            .await?;
+        let card: cohort_models::ModelCard =
+            serde_json::from_slice(&card).map_err(|e| corrupt(e.to_string()))?;
+        let kept = card
+            .kept_top
+            .clone()
+            .ok_or_else(|| corrupt("its card names no kept top part".into()))?;
+        let bytes = self
+            .store
+            .get_object(&super::model_key(job_id, round))
+            .await?;
+        let first_layer = cohort_models::params_from_safetensors(&card, &bytes)
+            .map_err(|e| corrupt(e.to_string()))?;
+        Ok((first_layer, kept))
     }
 
     /// One attempt of a round: `Ok(Err(reason))` when the exchange failed
@@ -553,7 +624,7 @@ impl Runner {
         spec: &JobSpec,
         layout: &VerticalLayout,
         sites: &Sites,
-        global: &[f32],
+        (first_layer, top): (&[f32], &TopStart),
         schedule: &[cohort_models::VerticalBatch],
         round: u32,
     ) -> Result<Result<RoundDone, String>, RunError> {
@@ -568,7 +639,7 @@ impl Runner {
                 return Ok(Err(format!("site {missing} is not connected")));
             }
         }
-        let (parts, top) = cohort_models::split_vertical(layout, global, &sites.widths)
+        let parts = cohort_models::split_vertical_first_layer(layout, first_layer, &sites.widths)
             .map_err(|e| failed(format!("round {round}: {e}")))?;
         let (exchange_id, links) = self.registry.vertical.open(&sites.names);
         let plan = RelayPlan {
@@ -605,8 +676,8 @@ impl Runner {
             .enumerate()
             .map(|(i, name)| {
                 let mut part = parts[i].clone();
-                if i == 0 {
-                    part.extend_from_slice(&top);
+                if let (0, TopStart::Initial(initial)) = (i, top) {
+                    part.extend_from_slice(initial);
                 }
                 let header = TaskHeader {
                     job_id: job.id.clone(),
@@ -623,6 +694,7 @@ impl Runner {
                         cut_width: layout.cut_width as u32,
                         max_norm_defence: spec.max_norm_defence().unwrap_or(0.0),
                         n_features: sites.widths[i] as u32,
+                        top_sha256: if i == 0 { top.sha256() } else { String::new() },
                     }),
                     ..Default::default()
                 };
@@ -654,18 +726,32 @@ impl Runner {
         let mut site_parts = Vec::with_capacity(sites.names.len());
         let mut receipts = Vec::with_capacity(sites.names.len());
         let mut report = None;
-        let mut top_after = Vec::new();
+        let mut top_sha256 = String::new();
         let mut slowest_secs = 0.0f64;
         for (i, name) in sites.names.iter().enumerate() {
             let reply = by_site
                 .remove(name)
                 .ok_or_else(|| failed(format!("round {round}: no part from {name}")))?;
-            let mut values = match cohort_models::parameters_from_bytes(&reply.payload) {
+            // The label site's block is followed by the digest of the top
+            // part it kept.
+            let block = if i == 0 {
+                let Some(at) = reply.payload.len().checked_sub(32) else {
+                    return Ok(Err(format!(
+                        "{name} sent {} bytes, not its block and the digest of its top part",
+                        reply.payload.len()
+                    )));
+                };
+                let (block, digest) = reply.payload.split_at(at);
+                top_sha256 = hex::encode(digest);
+                block
+            } else {
+                &reply.payload[..]
+            };
+            let values = match cohort_models::parameters_from_bytes(block) {
                 Ok(v) => v,
                 Err(e) => return Ok(Err(format!("{name}'s part: {e}"))),
             };
-            let own = layout.site_len(sites.widths[i]);
-            let expected = own + if i == 0 { layout.top_len() } else { 0 };
+            let expected = layout.site_len(sites.widths[i]);
             if values.len() != expected {
                 return Ok(Err(format!(
                     "{name} sent a part of {} values, {expected} expected",
@@ -676,7 +762,6 @@ impl Runner {
                 return Ok(Err(format!("{name}'s part has a non-finite value")));
             }
             if i == 0 {
-                top_after = values.split_off(own);
                 let r: LabelSiteReport = match serde_json::from_str(&reply.report_json) {
                     Ok(r) => r,
                     Err(e) => return Ok(Err(format!("{name}'s report: {e}"))),
@@ -685,7 +770,7 @@ impl Runner {
             }
             slowest_secs = slowest_secs.max(reply.compute_seconds);
             // What the site sent and signed: its whole answer (the label
-            // site's block and top together).
+            // site's block and its top's digest together).
             receipts.push(UpdateReceipt {
                 client: name.clone(),
                 task_id: reply.task_id.clone(),
@@ -708,7 +793,7 @@ impl Runner {
             .zip(&site_parts)
             .map(|(&w, p)| (w, p.as_slice()))
             .collect();
-        let model = cohort_models::join_vertical(layout, &joined, &top_after)
+        let first_layer = cohort_models::join_vertical_first_layer(layout, &joined)
             .map_err(|e| failed(format!("round {round}: {e}")))?;
         let summary = format!(
             "round {round}: vertical exchange of {} batches, {} bytes of activations up, {} \
@@ -726,7 +811,8 @@ impl Runner {
             }
         );
         Ok(Ok(RoundDone {
-            model,
+            first_layer,
+            top_sha256,
             report,
             receipts,
             summary,
@@ -760,9 +846,39 @@ impl Alignment {
     }
 }
 
+/// Where the label site's top part starts a round from.
+enum TopStart {
+    /// Round 1: the seeded initial top, sent to the label site with its
+    /// block (public: it holds nothing learned).
+    Initial(Vec<f32>),
+    /// The hex SHA-256 of the top the label site kept after the last
+    /// recorded round; its values never reach the coordinator.
+    Kept(String),
+}
+
+impl TopStart {
+    fn sha256(&self) -> String {
+        match self {
+            TopStart::Initial(top) => cohort_models::parameters_sha256(top),
+            TopStart::Kept(sha256) => sha256.clone(),
+        }
+    }
+}
+
+fn kept_top(site: &str, layout: &VerticalLayout, sha256: String) -> cohort_models::KeptTop {
+    cohort_models::KeptTop {
+        site: site.to_string(),
+        values: layout.top_len(),
+        sha256,
+    }
+}
+
 /// A completed vertical round.
 struct RoundDone {
-    model: Vec<f32>,
+    /// The sites' blocks joined: the first layer on the joined columns.
+    first_layer: Vec<f32>,
+    /// The hex SHA-256 of the top part the label site trained and kept.
+    top_sha256: String,
     report: LabelSiteReport,
     receipts: Vec<UpdateReceipt>,
     summary: String,
