@@ -43,12 +43,22 @@ pub struct RoundOverhead {
 /// [`reset_peak_rss`] sets back to the current size, so that one
 /// configuration of a benchmark is measured on its own.
 pub fn peak_rss_mib() -> f64 {
+    proc_status_mib("VmHWM:")
+}
+
+/// Resident memory of this process now (MiB): `VmRSS`.
+pub fn rss_mib() -> f64 {
+    proc_status_mib("VmRSS:")
+}
+
+/// A `kB` field of /proc/self/status in MiB (NaN where there is none).
+fn proc_status_mib(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {
             status
                 .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .find_map(|l| l.strip_prefix(field))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         })
         .map_or(f64::NAN, |kib| kib / 1024.0)
@@ -60,7 +70,7 @@ pub fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-fn median(v: &[f64]) -> f64 {
+pub(crate) fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     match s.len() {

@@ -1,0 +1,110 @@
+//! `cohort simulate` as a researcher runs it: the bundled WDBC file dealt
+//! to a dozen virtual hospitals, a real coordinator and clients over
+//! loopback gRPC in one process, one JSON line per round.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_cohort");
+
+fn job(dir: &Path, rounds: u32, clients: u32) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/wdbc-mlp.toml"
+    ))
+    .unwrap()
+    .replace("rounds = 20", &format!("rounds = {rounds}"))
+    .replace("min_clients = 3", &format!("min_clients = {clients}"))
+    .replace(
+        "clients_per_round = 3",
+        &format!("clients_per_round = {clients}"),
+    );
+    let path = dir.join("job.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn simulate(args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .arg("simulate")
+        .args(args)
+        .arg("--data")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/data/wdbc.csv"))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_job_runs_on_a_dozen_virtual_hospitals_with_a_json_line_per_round() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(dir.path(), 3, 8);
+    let workdir = dir.path().join("run");
+    let out = simulate(&[
+        job.to_str().unwrap(),
+        "--clients",
+        "12",
+        "--alpha",
+        "2",
+        "--workdir",
+        workdir.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4, "{lines:#?}");
+    for (i, round) in lines[..3].iter().enumerate() {
+        assert_eq!(round["round"], i as u64 + 1);
+        assert_eq!(round["participants"], 8);
+        assert!(round["round_s"].as_f64().unwrap() > 0.0);
+        assert!(round["auc"].as_f64().unwrap() > 0.5, "{round}");
+        assert!(round["rss_mb"].as_f64().unwrap() > 1.0);
+    }
+    let summary = &lines[3];
+    assert_eq!(summary["state"], "completed", "{summary}");
+    assert_eq!(summary["clients"], 12);
+    assert_eq!(summary["rounds"], 3);
+    // Twelve hospital files were dealt, and a coordinator kept its state.
+    let dealt = std::fs::read_dir(workdir.join("hospitals"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "csv")
+        })
+        .count();
+    assert_eq!(dealt, 12);
+    assert!(workdir.join("coordinator").is_dir());
+}
+
+#[test]
+fn impossible_simulations_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(dir.path(), 2, 5);
+    let job = job.to_str().unwrap();
+    for (args, needle) in [
+        (vec![job, "--clients", "4"], "needs 5 hospitals a round"),
+        (
+            vec![job, "--clients", "8", "--alpha", "0"],
+            "--alpha must be a positive",
+        ),
+        (vec![job, "--clients", "600"], "600"),
+        (vec!["missing.toml", "--clients", "8"], "missing.toml"),
+    ] {
+        let out = simulate(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
