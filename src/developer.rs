@@ -207,9 +207,23 @@ pub async fn submit(dev: &mut Developer, job_toml: &str) -> Result<String> {
 }
 
 pub async fn status(dev: &mut Developer, job_id: &str) -> Result<JobView> {
+    status_after(dev, job_id, 0, 0).await
+}
+
+/// A job's status with only its rounds after `rounds_after` and its events
+/// after the first `events_after`: what a caller following the job has not
+/// seen yet, however long the job is.
+pub async fn status_after(
+    dev: &mut Developer,
+    job_id: &str,
+    rounds_after: u32,
+    events_after: u32,
+) -> Result<JobView> {
     let s = dev
         .get_job(GetJobRequest {
             job_id: job_id.to_string(),
+            rounds_after: Some(rounds_after),
+            events_after: Some(events_after),
         })
         .await
         .map_err(status_error)?;
@@ -245,16 +259,22 @@ pub async fn wait(dev: &mut Developer, job_id: &str, progress: bool) -> Result<J
     } else {
         ProgressBar::hidden()
     };
-    let mut seen_events = 0;
+    // Polls ask only for what is new, so that following a long job with
+    // many hospitals stays cheap; the finished job is read whole once.
+    let (mut seen_events, mut last_round, mut last_metrics) = (0u32, 0u32, None);
     loop {
-        let view = status(dev, job_id).await?;
+        let view = status_after(dev, job_id, last_round, seen_events).await?;
         bar.set_length(u64::from(view.rounds_total));
         bar.set_position(u64::from(view.rounds_completed));
-        for e in view.events.iter().skip(seen_events) {
+        for e in &view.events {
             bar.println(format!("  note: {}", e.message));
         }
-        seen_events = view.events.len();
-        let message = match (view.state.as_str(), view.last_metrics()) {
+        seen_events += view.events.len() as u32;
+        if let Some(round) = view.rounds.last() {
+            last_round = round.round;
+            last_metrics = round.metrics.clone();
+        }
+        let message = match (view.state.as_str(), last_metrics.as_ref()) {
             ("pending", _) => "waiting for clients".to_string(),
             (_, Some(m)) => format!(
                 "loss {:.4}  acc {:.3}  auc {:.3}",
@@ -266,7 +286,7 @@ pub async fn wait(dev: &mut Developer, job_id: &str, progress: bool) -> Result<J
         bar.set_message(message);
         if view.is_finished() {
             bar.finish();
-            return Ok(view);
+            return status(dev, job_id).await;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }

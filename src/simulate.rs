@@ -156,12 +156,14 @@ async fn follow(
 ) -> Result<Summary> {
     let mut dev = federation.developer().await?;
     let job_id = developer::submit(&mut dev, job_toml).await?;
-    let mut seen = 0usize;
+    let mut last_round = 0u32;
     let mut times = Vec::new();
     let mut rss_at = BTreeMap::new();
     loop {
-        let view = developer::status(&mut dev, &job_id).await?;
-        for round in view.rounds.iter().skip(seen) {
+        // Only what is new: a full status of a 1,000-hospital job outgrows
+        // a gRPC message after a few dozen rounds.
+        let view = developer::status_after(&mut dev, &job_id, last_round, u32::MAX).await?;
+        for round in &view.rounds {
             let rss_mb = crate::bench::rss_mib();
             let line = RoundLine {
                 round: round.round,
@@ -176,9 +178,9 @@ async fn follow(
                 rss_at.insert(round.round, rss_mb);
             }
             times.push(round.duration_secs);
+            last_round = round.round;
             each_round(&line);
         }
-        seen = view.rounds.len();
         if view.is_finished() {
             return Ok(Summary {
                 job_id,

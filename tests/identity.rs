@@ -331,6 +331,7 @@ async fn mutual_tls_rejects_impostors_while_correct_clients_keep_training() {
         other
             .get_job(GetJobRequest {
                 job_id: job_id.clone(),
+                ..Default::default()
             })
             .await,
         Code::PermissionDenied,
@@ -349,6 +350,7 @@ async fn mutual_tls_rejects_impostors_while_correct_clients_keep_training() {
         let status = as_validator
             .get_job(GetJobRequest {
                 job_id: job_id.clone(),
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -137,6 +137,7 @@ async fn tenants_read_only_their_own_jobs_models_metrics_and_budgets() {
         let status = owner
             .get_job(GetJobRequest {
                 job_id: job_id.clone(),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -169,6 +170,7 @@ async fn tenants_read_only_their_own_jobs_models_metrics_and_budgets() {
         other
             .get_job(GetJobRequest {
                 job_id: job_id.clone(),
+                ..Default::default()
             })
             .await,
         "another developer's GetJob",
@@ -196,6 +198,7 @@ async fn tenants_read_only_their_own_jobs_models_metrics_and_budgets() {
         owner
             .get_job(GetJobRequest {
                 job_id: rival_job.clone(),
+                ..Default::default()
             })
             .await,
         "the owner reading the rival's job",
@@ -217,6 +220,7 @@ async fn tenants_read_only_their_own_jobs_models_metrics_and_budgets() {
         hospital_b
             .get_job(GetJobRequest {
                 job_id: job_id.clone(),
+                ..Default::default()
             })
             .await,
         "a hospital's GetJob",

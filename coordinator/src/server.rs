@@ -705,9 +705,20 @@ impl Services {
     }
 
     pub(crate) fn job_status(&self, job: &JobRow) -> Result<JobStatus, StoreError> {
+        self.job_status_after(job, 0, 0)
+    }
+
+    /// [`Services::job_status`] with only the rounds after `rounds_after`
+    /// and the events after the first `events_after`.
+    fn job_status_after(
+        &self,
+        job: &JobRow,
+        rounds_after: u32,
+        events_after: u32,
+    ) -> Result<JobStatus, StoreError> {
         let rounds = self
             .store
-            .rounds(&job.id)?
+            .rounds_after(&job.id, rounds_after)?
             .into_iter()
             .filter(|r| r.round > 0)
             .map(|r| RoundSummary {
@@ -760,7 +771,7 @@ impl Services {
             .collect();
         let events = self
             .store
-            .events(&job.id)?
+            .events_after(&job.id, events_after)?
             .into_iter()
             .map(|(at, message)| JobEvent { at, message })
             .collect();
@@ -908,14 +919,22 @@ impl DeveloperService for Services {
     ) -> Result<Response<JobStatus>, Status> {
         let caller = self.auth.authorize(&request, "GetJob", READERS)?;
         let _turn = self.developer_turn().await?;
-        let id = request.into_inner().job_id;
+        let request = request.into_inner();
+        let id = request.job_id;
         let job = self
             .store
             .job(&id)
             .map_err(internal)?
             .ok_or_else(|| Status::not_found(format!("no job `{id}`")))?;
         check_may_read(&caller, &job)?;
-        Ok(Response::new(self.job_status(&job).map_err(internal)?))
+        let status = self
+            .job_status_after(
+                &job,
+                request.rounds_after.unwrap_or(0),
+                request.events_after.unwrap_or(0),
+            )
+            .map_err(internal)?;
+        Ok(Response::new(status))
     }
 
     async fn list_jobs(

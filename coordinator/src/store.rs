@@ -520,13 +520,19 @@ impl Store {
 
     /// Every recorded round of a job, the initial model (round 0) included.
     pub fn rounds(&self, job_id: &str) -> Result<Vec<RoundRow>, StoreError> {
+        self.rounds_after(job_id, 0)
+    }
+
+    /// The job's recorded rounds numbered above `after` (round 0, the
+    /// initial model, only when `after` is 0), in order.
+    pub fn rounds_after(&self, job_id: &str, after: u32) -> Result<Vec<RoundRow>, StoreError> {
         let db = self.db();
         let mut stmt = db.prepare(
             "SELECT job_id, round, participants_json, metrics_json, train_loss, attempts,
                     duration_secs, model_key, model_sha256, completed_at,
                     slowest_fit_secs, slowest_evaluate_secs, updates_json, aggregate_sha256,
                     excluded_json, task_bytes_sent, answer_bytes_received, train_metrics_json
-             FROM rounds WHERE job_id = ?1 ORDER BY round",
+             FROM rounds WHERE job_id = ?1 AND (?2 = 0 OR round > ?2) ORDER BY round",
         )?;
         // A JSON column that does not parse is reported like any other
         // column that does not convert, naming the column index.
@@ -546,7 +552,7 @@ impl Store {
                 })
         }
         let rows = stmt
-            .query_map(params![job_id], |r| {
+            .query_map(params![job_id, after], |r| {
                 Ok(RoundRow {
                     job_id: r.get(0)?,
                     round: r.get(1)?,
@@ -617,11 +623,21 @@ impl Store {
     }
 
     pub fn events(&self, job_id: &str) -> Result<Vec<(String, String)>, StoreError> {
+        self.events_after(job_id, 0)
+    }
+
+    /// The job's events after the first `skip`, in order.
+    pub fn events_after(
+        &self,
+        job_id: &str,
+        skip: u32,
+    ) -> Result<Vec<(String, String)>, StoreError> {
         let db = self.db();
-        let mut stmt =
-            db.prepare("SELECT at, message FROM events WHERE job_id = ?1 ORDER BY id")?;
+        let mut stmt = db.prepare(
+            "SELECT at, message FROM events WHERE job_id = ?1 ORDER BY id LIMIT -1 OFFSET ?2",
+        )?;
         let rows = stmt
-            .query_map(params![job_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .query_map(params![job_id, skip], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
@@ -863,6 +879,41 @@ mod tests {
             &[1, 2, 3]
         );
         assert!(store.job("nope").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_follower_reads_only_the_rounds_and_events_it_has_not_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), None).unwrap();
+        store.insert_job(&job("j1")).unwrap();
+        for r in 0..=4 {
+            store.record_round(&round("j1", r)).unwrap();
+        }
+        for e in ["a", "b", "c"] {
+            store.add_event("j1", e).unwrap();
+        }
+        let numbers = |after| -> Vec<u32> {
+            store
+                .rounds_after("j1", after)
+                .unwrap()
+                .iter()
+                .map(|r| r.round)
+                .collect()
+        };
+        assert_eq!(numbers(0), vec![0, 1, 2, 3, 4]);
+        assert_eq!(numbers(2), vec![3, 4]);
+        assert_eq!(numbers(4), Vec::<u32>::new());
+        let messages = |skip| -> Vec<String> {
+            store
+                .events_after("j1", skip)
+                .unwrap()
+                .into_iter()
+                .map(|(_, m)| m)
+                .collect()
+        };
+        assert_eq!(messages(0), ["a", "b", "c"]);
+        assert_eq!(messages(2), ["c"]);
+        assert!(messages(u32::MAX).is_empty());
     }
 
     #[test]
