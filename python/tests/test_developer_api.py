@@ -117,11 +117,18 @@ def test_ctrl_c_during_wait_leaves_the_job_running(tmp_path):
 
 def _interrupt_a_wait(consortium, coordinator):
     job = coordinator.submit(consortium.job(rounds=400))
-    timer = threading.Timer(1.5, lambda: os.kill(os.getpid(), signal.SIGINT))
-    timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        coordinator.wait(job, progress=False)
-    timer.join()
+    # A shell that starts a job in the background (`cmd &`, as some CI
+    # runners do) makes it ignore SIGINT, and Python then never raises
+    # KeyboardInterrupt; at a terminal, where Ctrl-C comes from, it does.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        timer = threading.Timer(1.5, lambda: os.kill(os.getpid(), signal.SIGINT))
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            coordinator.wait(job, progress=False)
+        timer.join()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     status = coordinator.status(job)
     assert status["state"] in ("pending", "running"), status
     # It keeps training without anyone waiting.
