@@ -263,6 +263,23 @@ fn status(net: &Net, job: &str) -> Option<Value> {
         .then(|| serde_json::from_slice(&out.stdout).ok())?
 }
 
+/// Waits (up to 5 minutes) for the job to complete or fail.
+fn wait_finished(net: &Net, job: &str) -> Value {
+    wait_until(net, job, Duration::from_secs(300), |s| {
+        s["state"] == "completed" || s["state"] == "failed"
+    })
+}
+
+/// The round numbers a finished job's status lists, in order.
+fn recorded_rounds(done: &Value) -> Vec<u64> {
+    done["rounds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["round"].as_u64().unwrap())
+        .collect()
+}
+
 fn wait_until(net: &Net, job: &str, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
     let start = Instant::now();
     loop {
@@ -407,16 +424,9 @@ fn coordinator_killed_mid_round_resumes_and_records_every_round_once() {
     assert!(before.is_none(), "the coordinator is down");
 
     let _restarted = start_coordinator(&net, &data_dir, &dir.path().join("coord-2.log"));
-    let done = wait_until(&net, &job, Duration::from_secs(300), |s| {
-        s["state"] == "completed" || s["state"] == "failed"
-    });
+    let done = wait_finished(&net, &job);
     assert_eq!(done["state"], "completed", "{done:#}");
-    let recorded: Vec<u64> = done["rounds"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["round"].as_u64().unwrap())
-        .collect();
+    let recorded = recorded_rounds(&done);
     assert_eq!(recorded, (1..=u64::from(rounds)).collect::<Vec<_>>());
     let log = std::fs::read_to_string(dir.path().join("coord-2.log")).unwrap();
     assert!(log.contains("resuming"), "{log}");
@@ -527,21 +537,14 @@ fn crash_and_recover(privacy: &str, point: &str, victim: Victim) {
         Victim::Hospital => start_client(&net, &files[0], dir.path(), 0, &[]),
     };
 
-    let done = wait_until(&net, &job, Duration::from_secs(300), |s| {
-        s["state"] == "completed" || s["state"] == "failed"
-    });
+    let done = wait_finished(&net, &job);
     assert_eq!(
         done["state"],
         "completed",
         "{point}: {done:#}\nhospital-0: {}",
         std::fs::read_to_string(dir.path().join("hospital-0.log")).unwrap_or_default()
     );
-    let recorded: Vec<u64> = done["rounds"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["round"].as_u64().unwrap())
-        .collect();
+    let recorded = recorded_rounds(&done);
     assert_eq!(
         recorded,
         (1..=u64::from(rounds)).collect::<Vec<_>>(),
@@ -1491,16 +1494,9 @@ fn a_vertical_job_resumes_after_a_coordinator_restart_with_the_top_at_the_label_
     coordinator.0.kill().unwrap();
     coordinator.0.wait().unwrap();
     let _restarted = start_coordinator(&net, &data_dir, &dir.path().join("coord-2.log"));
-    let done = wait_until(&net, &job, Duration::from_secs(300), |s| {
-        s["state"] == "completed" || s["state"] == "failed"
-    });
+    let done = wait_finished(&net, &job);
     assert_eq!(done["state"], "completed", "{done:#}");
-    let recorded: Vec<u64> = done["rounds"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["round"].as_u64().unwrap())
-        .collect();
+    let recorded = recorded_rounds(&done);
     assert_eq!(recorded, (1..=u64::from(rounds)).collect::<Vec<_>>());
     let aligned = done["events"]
         .as_array()
