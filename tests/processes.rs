@@ -263,6 +263,18 @@ fn status(net: &Net, job: &str) -> Option<Value> {
         .then(|| serde_json::from_slice(&out.stdout).ok())?
 }
 
+/// A hospital's privacy budget ledger, as `cohort client budget --json`
+/// prints it.
+fn client_budget(data_dir: &Path) -> Value {
+    cohort(&[
+        "client",
+        "budget",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--json",
+    ])
+}
+
 /// Waits (up to 5 minutes) for the job to complete or fail.
 fn wait_finished(net: &Net, job: &str) -> Value {
     wait_until(net, job, Duration::from_secs(300), |s| {
@@ -583,13 +595,7 @@ fn crash_and_recover(privacy: &str, point: &str, victim: Victim) {
 
     for i in 0..3 {
         let name = format!("hospital-{i}");
-        let budget = cohort(&[
-            "client",
-            "budget",
-            "--data-dir",
-            dir.path().join(&name).to_str().unwrap(),
-            "--json",
-        ]);
+        let budget = client_budget(&dir.path().join(&name));
         let spent = budget["jobs"][0]["epsilon"].as_f64().unwrap();
         let charged: Vec<u64> = budget["jobs"][0]["rounds"]
             .as_array()
@@ -1096,13 +1102,7 @@ fn dp_budgets_are_enforced_and_spending_survives_a_crash_before_sending() {
     );
     let participants = done["participants"].to_string();
     assert!(!participants.contains("hospital-0"), "{participants}");
-    let capped = cohort(&[
-        "client",
-        "budget",
-        "--data-dir",
-        dir.path().join("hospital-0").to_str().unwrap(),
-        "--json",
-    ]);
+    let capped = client_budget(&dir.path().join("hospital-0"));
     assert_eq!(capped["max_epsilon"], 0.5);
     assert_eq!(capped["spent"], 0.0);
     assert_eq!(capped["jobs"].as_array().unwrap().len(), 0);
@@ -1113,13 +1113,7 @@ fn dp_budgets_are_enforced_and_spending_survives_a_crash_before_sending() {
         crashing.0.try_wait().unwrap().is_some(),
         "hospital-1 should have vanished"
     );
-    let crashed = cohort(&[
-        "client",
-        "budget",
-        "--data-dir",
-        dir.path().join("hospital-1").to_str().unwrap(),
-        "--json",
-    ]);
+    let crashed = client_budget(&dir.path().join("hospital-1"));
     assert_eq!(crashed["jobs"][0]["job_id"], job.as_str(), "{crashed:#}");
     assert_eq!(crashed["jobs"][0]["rounds"], serde_json::json!([1]));
     let spent_by_crashed = crashed["jobs"][0]["epsilon"].as_f64().unwrap();
@@ -1132,13 +1126,7 @@ fn dp_budgets_are_enforced_and_spending_survives_a_crash_before_sending() {
     // The hospitals that finished spent at most the target, and said so.
     for i in [2, 3] {
         let name = format!("hospital-{i}");
-        let budget = cohort(&[
-            "client",
-            "budget",
-            "--data-dir",
-            dir.path().join(&name).to_str().unwrap(),
-            "--json",
-        ]);
+        let budget = client_budget(&dir.path().join(&name));
         let spent = budget["jobs"][0]["epsilon"].as_f64().unwrap();
         assert!(spent > 1.0 && spent <= 2.0, "{name}: {budget:#}");
         assert_eq!(budget["jobs"][0]["rounds"], serde_json::json!([1, 2, 3]));

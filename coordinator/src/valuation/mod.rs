@@ -225,6 +225,37 @@ impl ValuationSpec {
     }
 }
 
+/// `orders` orders (rounded up to a pair) in antithetic pairs: each order
+/// `draw` makes, then its reverse, so that a player early in one is late in
+/// the other. Seeded, so a round always asks for the same coalitions.
+pub(crate) fn antithetic_orders(
+    orders: usize,
+    seed: u64,
+    mut draw: impl FnMut(&mut rand_chacha::ChaCha8Rng) -> Vec<usize>,
+) -> Vec<Vec<usize>> {
+    use rand::SeedableRng;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let pairs = orders.div_ceil(2).max(1);
+    let mut all = Vec::with_capacity(2 * pairs);
+    for _ in 0..pairs {
+        let order = draw(&mut rng);
+        let reverse = order.iter().rev().copied().collect();
+        all.push(order);
+        all.push(reverse);
+    }
+    all
+}
+
+/// Every prefix of every order, as coalitions.
+pub(crate) fn prefixes(orders: &[Vec<usize>]) -> impl Iterator<Item = Coalition> + '_ {
+    orders.iter().flat_map(|order| {
+        order.iter().scan(0u64, |s, &i| {
+            *s |= 1 << i;
+            Some(*s)
+        })
+    })
+}
+
 /// The players of a coalition, in order.
 pub fn members(coalition: Coalition, players: usize) -> impl Iterator<Item = usize> {
     (0..players).filter(move |i| coalition & (1 << i) != 0)

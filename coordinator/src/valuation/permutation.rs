@@ -5,9 +5,7 @@
 //! the orders come from a seed, so the same round always asks for and
 //! values the same coalitions.
 
-use rand::SeedableRng;
 use rand::seq::SliceRandom;
-use rand_chacha::ChaCha8Rng;
 
 use super::{Coalition, Valuation};
 
@@ -18,17 +16,11 @@ pub struct PermutationShapley {
 
 impl PermutationShapley {
     fn orders(&self, players: usize) -> Vec<Vec<usize>> {
-        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
-        let pairs = self.permutations.div_ceil(2).max(1);
-        let mut orders = Vec::with_capacity(2 * pairs);
-        for _ in 0..pairs {
+        super::antithetic_orders(self.permutations, self.seed, |rng| {
             let mut order: Vec<usize> = (0..players).collect();
-            order.shuffle(&mut rng);
-            let reverse = order.iter().rev().copied().collect();
-            orders.push(order);
-            orders.push(reverse);
-        }
-        orders
+            order.shuffle(rng);
+            order
+        })
     }
 }
 
@@ -39,13 +31,7 @@ impl Valuation for PermutationShapley {
 
     fn coalitions(&self, players: usize) -> Vec<Coalition> {
         let mut all = std::collections::BTreeSet::from([0u64]);
-        for order in self.orders(players) {
-            let mut s = 0u64;
-            for i in order {
-                s |= 1 << i;
-                all.insert(s);
-            }
-        }
+        all.extend(super::prefixes(&self.orders(players)));
         all.into_iter().collect()
     }
 

@@ -25,9 +25,7 @@
 //! permutation sampling at the same number of candidates, and about that of
 //! 18 permutations (135 candidates): docs/BENCHMARKS.md.
 
-use rand::SeedableRng;
 use rand::seq::{IndexedRandom, SliceRandom};
-use rand_chacha::ChaCha8Rng;
 
 use super::{Coalition, Valuation};
 
@@ -56,20 +54,17 @@ impl StratifiedShapley {
         if !Self::has_middle(players) {
             return Vec::new();
         }
-        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
         let mut at_an_end = vec![false; players];
-        let pairs = self.orders.div_ceil(2).max(1);
-        let mut orders = Vec::with_capacity(2 * pairs);
-        for _ in 0..pairs {
+        super::antithetic_orders(self.orders, self.seed, |rng| {
             let fresh: Vec<usize> = (0..players).filter(|&i| !at_an_end[i]).collect();
             let pool: Vec<usize> = if fresh.len() >= 2 {
                 fresh
             } else {
                 (0..players).collect()
             };
-            let ends: Vec<usize> = pool.choose_multiple(&mut rng, 2).copied().collect();
+            let ends: Vec<usize> = pool.choose_multiple(rng, 2).copied().collect();
             let mut middle: Vec<usize> = (0..players).filter(|i| !ends.contains(i)).collect();
-            middle.shuffle(&mut rng);
+            middle.shuffle(rng);
             let mut order = Vec::with_capacity(players);
             order.push(ends[0]);
             order.extend(middle);
@@ -77,11 +72,8 @@ impl StratifiedShapley {
             for &e in &ends {
                 at_an_end[e] = true;
             }
-            let reverse = order.iter().rev().copied().collect();
-            orders.push(order);
-            orders.push(reverse);
-        }
-        orders
+            order
+        })
     }
 }
 
@@ -97,13 +89,7 @@ impl Valuation for StratifiedShapley {
             all.insert(1 << i);
             all.insert(everyone & !(1 << i));
         }
-        for order in self.orders(players) {
-            let mut s = 0u64;
-            for i in order {
-                s |= 1 << i;
-                all.insert(s);
-            }
-        }
+        all.extend(super::prefixes(&self.orders(players)));
         all.into_iter().collect()
     }
 
