@@ -28,7 +28,7 @@ use cohort_protocol::v1::{
     PullTaskRequest, RegisterRequest, ResultFrame, TaskHeader, result_frame, task_frame,
 };
 use cohort_protocol::{
-    CHUNK_BYTES, MAX_MESSAGE_BYTES, PROTOCOL_VERSION, ParameterAssembler, Security, endpoint,
+    MAX_MESSAGE_BYTES, PROTOCOL_VERSION, ParameterAssembler, Security, endpoint,
 };
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
@@ -525,7 +525,7 @@ async fn submit(
         let half = body.len() / 2;
         let partial = ResultFrame {
             frame: Some(result_frame::Frame::Chunk(cohort_protocol::v1::Chunk {
-                data: body[..half].to_vec(),
+                data: body[..half].to_vec().into(),
             })),
         };
         let frames = futures::StreamExt::chain(
@@ -540,17 +540,14 @@ async fn submit(
         let _ = grpc.submit_result(frames).await;
         return futures::future::pending().await;
     }
-    // Chunks are cut lazily so a large update is not held twice.
-    let body = Arc::new(body);
-    let n_chunks = body.len().div_ceil(CHUNK_BYTES);
-    let chunks = futures::stream::iter(0..n_chunks).map(move |i| {
-        let data = body[i * CHUNK_BYTES..((i + 1) * CHUNK_BYTES).min(body.len())].to_vec();
-        ResultFrame {
-            frame: Some(result_frame::Frame::Chunk(cohort_protocol::v1::Chunk {
-                data,
-            })),
-        }
-    });
+    // Chunks share the body's memory, so a large update is not held twice.
+    let body = bytes::Bytes::from(body);
+    let chunks: Vec<_> = cohort_protocol::byte_chunks(&body)
+        .map(|chunk| ResultFrame {
+            frame: Some(result_frame::Frame::Chunk(chunk)),
+        })
+        .collect();
+    let chunks = futures::stream::iter(chunks);
     use futures::StreamExt;
     let frames = futures::stream::iter([head]).chain(chunks);
     match grpc.submit_result(frames).await {

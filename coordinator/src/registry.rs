@@ -24,13 +24,42 @@ pub struct Task {
     pub body: Option<TaskBody>,
 }
 
-/// What follows a task's header, in chunks.
+/// What follows a task's header, in chunks: encoded once, then shared by
+/// every hospital the task goes to (cloning it copies no data).
 #[derive(Debug, Clone)]
 pub enum TaskBody {
-    /// The global parameters (FIT, EVALUATE).
-    Parameters(Arc<Vec<f32>>),
+    /// Parameters (FIT, EVALUATE) in their wire form, little-endian f32.
+    Parameters { count: u64, wire: bytes::Bytes },
     /// Opaque bytes (HE_DECRYPT: the summed ciphertext).
-    Bytes(Arc<Vec<u8>>),
+    Bytes(bytes::Bytes),
+}
+
+impl TaskBody {
+    pub fn parameters(values: &[f32]) -> Self {
+        Self::Parameters {
+            count: values.len() as u64,
+            wire: cohort_models::parameters_to_bytes(values).into(),
+        }
+    }
+
+    pub fn bytes(bytes: Vec<u8>) -> Self {
+        Self::Bytes(bytes.into())
+    }
+
+    /// The bytes that follow the header.
+    pub fn wire(&self) -> &bytes::Bytes {
+        match self {
+            Self::Parameters { wire, .. } | Self::Bytes(wire) => wire,
+        }
+    }
+
+    /// Announces the body's size in the task's header.
+    pub fn describe(&self, header: &mut TaskHeader) {
+        match self {
+            Self::Parameters { count, .. } => header.parameter_count = *count,
+            Self::Bytes(b) => header.payload_bytes = b.len() as u64,
+        }
+    }
 }
 
 /// A client's answer, already checked by the server against what the task

@@ -329,7 +329,7 @@ impl Runner {
             .collect();
         self.gather_each(
             tasks,
-            parameters.map(TaskBody::Parameters),
+            parameters.map(|p| TaskBody::parameters(&p)),
             expect,
             timeout_secs,
             accept,
@@ -351,10 +351,8 @@ impl Runner {
         for (client, mut header) in tasks {
             let task_id = uuid::Uuid::new_v4().simple().to_string();
             header.task_id = task_id.clone();
-            match &body {
-                Some(TaskBody::Parameters(p)) => header.parameter_count = p.len() as u64,
-                Some(TaskBody::Bytes(b)) => header.payload_bytes = b.len() as u64,
-                None => {}
+            if let Some(body) = &body {
+                body.describe(&mut header);
             }
             let rx = self.registry.dispatch(
                 &client,

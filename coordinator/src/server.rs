@@ -17,7 +17,7 @@ use cohort_protocol::v1::{
     model_frame, result_frame, task_frame,
 };
 use cohort_protocol::{
-    ByteAssembler, CHUNK_BYTES, PROTOCOL_VERSION, ParameterAssembler, parameter_chunks,
+    ByteAssembler, CHUNK_BYTES, PROTOCOL_VERSION, ParameterAssembler, byte_chunks,
 };
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
@@ -29,7 +29,7 @@ use cohort_identity::Role;
 use sha2::Digest as _;
 
 use crate::job::JobSpec;
-use crate::registry::{Expect, Pending, Registry, TaskAnswer, TaskBody};
+use crate::registry::{Expect, Pending, Registry, TaskAnswer};
 use crate::runner::{Runner, card_key, model_key};
 use crate::security::{Authorizer, Caller};
 use crate::store::{JobRow, JobState, Store, StoreError, UpdateReceipt, now};
@@ -171,10 +171,7 @@ impl HospitalService for Services {
             .get_object(&key)
             .await
             .map_err(|_| Status::not_found(format!("job `{}` has no proving key", r.job_id)))?;
-        let chunks: Vec<Result<Chunk, Status>> = bytes
-            .chunks(CHUNK_BYTES)
-            .map(|c| Ok(Chunk { data: c.to_vec() }))
-            .collect();
+        let chunks: Vec<Result<Chunk, Status>> = byte_chunks(&bytes).map(Ok).collect();
         Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
     }
 
@@ -249,15 +246,7 @@ impl HospitalService for Services {
                 return;
             }
             let body_bytes = match &task.body {
-                Some(TaskBody::Parameters(params)) => {
-                    send_chunks(&tx, parameter_chunks(params)).await
-                }
-                Some(TaskBody::Bytes(bytes)) => {
-                    let chunks = bytes
-                        .chunks(CHUNK_BYTES)
-                        .map(|c| Chunk { data: c.to_vec() });
-                    send_chunks(&tx, chunks).await
-                }
+                Some(body) => send_chunks(&tx, byte_chunks(body.wire())).await,
                 None => 0,
             };
             registry
@@ -1024,14 +1013,13 @@ impl DeveloperService for Services {
                 signature_bundle_json: signature,
             })),
         };
-        let chunks = (0..body.len()).step_by(CHUNK_BYTES).map(move |start| {
-            let end = (start + CHUNK_BYTES).min(body.len());
-            Ok(ModelFrame {
-                frame: Some(model_frame::Frame::Chunk(v1::Chunk {
-                    data: body[start..end].to_vec(),
-                })),
+        let chunks: Vec<_> = byte_chunks(&body)
+            .map(|chunk| {
+                Ok(ModelFrame {
+                    frame: Some(model_frame::Frame::Chunk(chunk)),
+                })
             })
-        });
+            .collect();
         let stream = futures::stream::iter(std::iter::once(Ok(header)).chain(chunks));
         Ok(Response::new(stream.boxed()))
     }

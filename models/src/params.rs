@@ -159,13 +159,18 @@ pub fn parameters_from_bytes(bytes: &[u8]) -> Result<Vec<f32>, ModelError> {
 /// the byte vector.
 pub fn parameters_sha256(params: &[f32]) -> String {
     let mut hasher = Sha256::new();
-    let mut buf = Vec::with_capacity(4 * 4096);
-    for chunk in params.chunks(4096) {
-        buf.clear();
-        for v in chunk {
-            buf.extend_from_slice(&v.to_le_bytes());
+    if cfg!(target_endian = "little") {
+        // The values' memory already is their little-endian encoding.
+        hasher.update(bytemuck::cast_slice::<f32, u8>(params));
+    } else {
+        let mut buf = Vec::with_capacity(4 * 4096);
+        for chunk in params.chunks(4096) {
+            buf.clear();
+            for v in chunk {
+                buf.extend_from_slice(&v.to_le_bytes());
+            }
+            hasher.update(&buf);
         }
-        hasher.update(&buf);
     }
     hex::encode(hasher.finalize())
 }

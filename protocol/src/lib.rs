@@ -123,7 +123,15 @@ pub fn parameter_chunks(params: &[f32]) -> impl Iterator<Item = v1::Chunk> + '_ 
         for v in values {
             data.extend_from_slice(&v.to_le_bytes());
         }
-        v1::Chunk { data }
+        v1::Chunk { data: data.into() }
+    })
+}
+
+/// Splits an encoded body into chunks of at most [`CHUNK_BYTES`] that share
+/// its memory: a body sent to many hospitals is encoded once.
+pub fn byte_chunks(body: &bytes::Bytes) -> impl Iterator<Item = v1::Chunk> + '_ {
+    (0..body.len()).step_by(CHUNK_BYTES).map(|start| v1::Chunk {
+        data: body.slice(start..(start + CHUNK_BYTES).min(body.len())),
     })
 }
 

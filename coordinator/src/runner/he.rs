@@ -229,7 +229,7 @@ impl Runner {
                 format!("round {round} encrypted update"),
                 t.round_timeout_secs,
                 tasks,
-                Some(TaskBody::Parameters(global.clone())),
+                Some(TaskBody::parameters(global)),
                 Expect::Bytes(ciphertext_bytes as u64),
                 |client, a| {
                     let TaskAnswer::HeFit {
@@ -315,7 +315,7 @@ impl Runner {
 
         // Stage 3b: one decryption share from each decryptor, of the sum
         // that follows the task's header.
-        let sum_bytes = Arc::new(sum.to_bytes());
+        let sum_bytes = TaskBody::bytes(sum.to_bytes());
         let tasks = answers
             .ok
             .iter()
@@ -333,7 +333,7 @@ impl Runner {
                 format!("round {round} decryption"),
                 t.round_timeout_secs,
                 tasks,
-                Some(TaskBody::Bytes(sum_bytes)),
+                Some(sum_bytes),
                 Expect::Bytes(he::DecryptionShare::encoded_len(&params, decryptors.len()) as u64),
                 |client, a| {
                     let TaskAnswer::HeDecrypt(bytes) = a else {

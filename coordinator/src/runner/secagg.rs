@@ -272,7 +272,7 @@ impl Runner {
                 format!("round {round} masked update"),
                 t.round_timeout_secs,
                 tasks,
-                Some(TaskBody::Parameters(global.clone())),
+                Some(TaskBody::parameters(global)),
                 expect,
                 |client, a| {
                     let TaskAnswer::MaskedFit {

@@ -88,7 +88,7 @@ impl Runner {
         let answers = self
             .gather_each(
                 tasks,
-                Some(TaskBody::Parameters(sent.clone())),
+                Some(TaskBody::parameters(&sent)),
                 Expect::Update(sent.len() as u64),
                 t.round_timeout_secs,
                 |_, a| match a {

@@ -23,7 +23,6 @@
 //! recorded round, with the same sites.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cohort_datasets::{
@@ -96,10 +95,8 @@ impl Runner {
         for (client, mut header, body) in tasks {
             let task_id = uuid::Uuid::new_v4().simple().to_string();
             header.task_id = task_id.clone();
-            match &body {
-                Some(TaskBody::Parameters(p)) => header.parameter_count = p.len() as u64,
-                Some(TaskBody::Bytes(b)) => header.payload_bytes = b.len() as u64,
-                None => {}
+            if let Some(body) = &body {
+                body.describe(&mut header);
             }
             let rx = self.registry.dispatch(&client, Task { header, body });
             self.registry.expect(&task_id, Expect::Nothing);
@@ -300,7 +297,7 @@ impl Runner {
                     (
                         names[holder].clone(),
                         step(VerticalStep::Blind),
-                        Some(TaskBody::Bytes(Arc::new(bytes))),
+                        Some(TaskBody::bytes(bytes)),
                     )
                 })
                 .collect();
@@ -351,7 +348,7 @@ impl Runner {
                 (
                     name.clone(),
                     step(VerticalStep::Align),
-                    Some(TaskBody::Bytes(Arc::new(bytes))),
+                    Some(TaskBody::bytes(bytes)),
                 )
             })
             .collect();
@@ -698,11 +695,7 @@ impl Runner {
                     }),
                     ..Default::default()
                 };
-                (
-                    name.clone(),
-                    header,
-                    Some(TaskBody::Parameters(Arc::new(part))),
-                )
+                (name.clone(), header, Some(TaskBody::parameters(&part)))
             })
             .collect();
         // No bound on the whole round while the relay makes progress (a long
