@@ -403,6 +403,11 @@ enum BenchCommand {
         /// alternating; the medians are over all their rounds.
         #[arg(long, default_value_t = 3)]
         overhead_jobs: u32,
+        /// Overhead measurement: a CSV with WDBC's columns to deal to the
+        /// hospitals instead of the bundled WDBC (569 rows), to measure at
+        /// a hospital size closer to a real one.
+        #[arg(long, value_name = "FILE")]
+        overhead_data: Option<PathBuf>,
     },
     /// Secure aggregation (SecAgg+): client and server CPU time and bytes
     /// per client for one round, every party run in this process one after
@@ -1941,6 +1946,7 @@ async fn run_bench_command(cmd: BenchCommand) -> Result<()> {
             groupings,
             overhead_hospitals,
             overhead_jobs,
+            overhead_data,
         } => {
             init_logging("warn");
             let result = bench::valuation::valuation(
@@ -1949,6 +1955,7 @@ async fn run_bench_command(cmd: BenchCommand) -> Result<()> {
                 (middle_orders, permutations),
                 (group_size, groupings),
                 (overhead_hospitals, overhead_jobs),
+                overhead_data.as_deref(),
             )
             .await?;
             print_json(&result)?;

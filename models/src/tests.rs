@@ -962,7 +962,11 @@ fn coalition_losses_equal_one_evaluation_of_each_coalition_model() {
 #[test]
 #[ignore]
 fn coalition_scoring_time() {
-    let data = separable(11, 30, 3);
+    let rows = std::env::var("COHORT_ROWS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(11);
+    let data = separable(rows, 30, 3);
     let mut rng = ChaCha8Rng::seed_from_u64(9);
     let hidden: Vec<usize> = std::env::var("COHORT_HIDDEN")
         .map(|h| h.split(',').filter_map(|w| w.parse().ok()).collect())

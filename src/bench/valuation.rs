@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use cohort_datasets::{PartitionScheme, SplitOptions};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -56,6 +56,9 @@ struct GroupingAccuracy {
 #[derive(Debug, Clone, Serialize)]
 pub struct Overhead {
     pub hospitals: usize,
+    /// Rows of the data dealt to the hospitals (the bundled WDBC unless
+    /// `--overhead-data` named a file).
+    pub data_rows: usize,
     pub rounds: u32,
     /// Jobs run each way, alternating without and with valuation so that
     /// a change in the machine's load falls on both.
@@ -82,8 +85,18 @@ pub struct Overhead {
 /// Splits WDBC into `hospitals` parts (Dirichlet α = 1, so sizes and label
 /// mixes differ) and shuffles the labels of every fourth part.
 fn hospitals(dir: &std::path::Path, n: usize) -> Result<(Vec<LocalHospital>, Vec<String>)> {
+    hospitals_from(crate::WDBC_CSV, dir, n)
+}
+
+/// `n` hospitals holding Dirichlet(1) parts of `csv` (WDBC's columns), every
+/// fourth with its labels shuffled.
+fn hospitals_from(
+    csv: &[u8],
+    dir: &std::path::Path,
+    n: usize,
+) -> Result<(Vec<LocalHospital>, Vec<String>)> {
     let split = cohort_datasets::split_bytes(
-        crate::WDBC_CSV,
+        csv,
         &dir.join("data"),
         &SplitOptions {
             parts: n,
@@ -283,6 +296,7 @@ pub async fn valuation(
     (middle_orders, permutations): (Option<u32>, u32),
     (group_size, groupings): (u32, u32),
     (overhead_hospitals, overhead_jobs): (usize, u32),
+    overhead_data: Option<&std::path::Path>,
 ) -> Result<ValuationBench> {
     if groupings == 0 {
         bail!("--groupings must be at least 1");
@@ -385,7 +399,12 @@ pub async fn valuation(
             .unwrap_or_default(),
     });
     let overhead = if overhead_hospitals > 0 {
-        Some(overhead(overhead_hospitals, rounds, overhead_jobs).await?)
+        let csv = match overhead_data {
+            Some(path) => std::fs::read(path)
+                .with_context(|| format!("reading --overhead-data {}", path.display()))?,
+            None => crate::WDBC_CSV.to_vec(),
+        };
+        Some(overhead(&csv, overhead_hospitals, rounds, overhead_jobs).await?)
     } else {
         None
     };
@@ -400,11 +419,17 @@ pub async fn valuation(
     })
 }
 
-async fn overhead(n: usize, rounds: u32, jobs_each: u32) -> Result<Overhead> {
+async fn overhead(csv: &[u8], n: usize, rounds: u32, jobs_each: u32) -> Result<Overhead> {
     let dir = tempfile::Builder::new()
         .prefix("cohort-bench-valuation-")
         .tempdir()?;
-    let (members, _) = hospitals(dir.path(), n)?;
+    let (members, _) = hospitals_from(csv, dir.path(), n)?;
+    // Data lines after the header.
+    let data_rows = csv
+        .split(|&b| b == b'\n')
+        .skip(1)
+        .filter(|line| !line.is_empty())
+        .count();
     let data_dir = dir.path().join("coordinator");
     let federation =
         LocalFederation::start(dir.path(), &members, false, Duration::from_secs(2)).await?;
@@ -446,6 +471,7 @@ async fn overhead(n: usize, rounds: u32, jobs_each: u32) -> Result<Overhead> {
     let (a, b) = (column(&without, |r| r.0), column(&with, |r| r.0));
     Ok(Overhead {
         hospitals: n,
+        data_rows,
         rounds,
         jobs_each,
         method,
