@@ -159,7 +159,7 @@ pub fn coalition_losses(
     data: &Examples,
 ) -> Result<Vec<f64>, ModelError> {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx") {
+    if has_avx() {
         // SAFETY: this CPU has AVX, checked just above.
         return unsafe { score_avx(spec, start, players, coalitions, data) };
     }
@@ -396,16 +396,34 @@ const SMALL_PRODUCT: usize = 1 << 22;
 /// `layer` is the flat `[fan_in, fan_out]` weight then the bias. With
 /// `relu_inputs`, the inputs are the previous layer's pre-activations.
 #[inline(always)]
-fn dense(
+fn dense(x: &[f32], layer: &[f32], shape: (usize, usize), relu_inputs: bool, out: &mut Vec<f32>) {
+    dense_with(x, layer, shape, relu_inputs, true, out);
+}
+
+/// Whether this CPU runs the AVX kernel of [`dense`].
+fn has_avx() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// [`dense`], with the AVX kernel where `use_avx` asks for it and the CPU
+/// has it.
+#[inline(always)]
+fn dense_with(
     x: &[f32],
     layer: &[f32],
     (fan_in, fan_out): (usize, usize),
     relu_inputs: bool,
+    use_avx: bool,
     out: &mut Vec<f32>,
 ) {
     let (w, b) = layer.split_at(fan_in * fan_out);
     #[cfg(target_arch = "x86_64")]
-    let avx = std::arch::is_x86_feature_detected!("avx");
+    let avx = use_avx && has_avx();
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = use_avx;
     // Per row: each input that is on, with where its weights start. About
     // half of a hidden layer's units are off, at random, so they are
     // dropped without a branch to mispredict.
@@ -576,4 +594,48 @@ fn relu_dot(a: &[f32], w: &[f32]) -> f32 {
         .map(|(&a, &w)| a.max(0.0) * w)
         .sum();
     lanes.iter().sum::<f32>() + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    /// The AVX kernel must give a hospital the same losses on any CPU: the
+    /// same sums, bit for bit, as the plain loop, for widths with and
+    /// without a remainder of eight and for ReLU inputs (half of them off).
+    #[test]
+    fn avx_dense_equals_the_plain_loop_bit_for_bit() {
+        if !has_avx() {
+            return;
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        for (fan_in, fan_out) in [(30, 32), (32, 16), (16, 8), (7, 45), (64, 3)] {
+            for relu_inputs in [false, true] {
+                let x: Vec<f32> = (0..11 * fan_in)
+                    .map(|_| rng.random_range(-1.0..1.0))
+                    .collect();
+                let layer: Vec<f32> = (0..fan_in * fan_out + fan_out)
+                    .map(|_| rng.random_range(-0.5..0.5))
+                    .collect();
+                let (mut plain, mut avx) = (Vec::new(), Vec::new());
+                dense_with(
+                    &x,
+                    &layer,
+                    (fan_in, fan_out),
+                    relu_inputs,
+                    false,
+                    &mut plain,
+                );
+                dense_with(&x, &layer, (fan_in, fan_out), relu_inputs, true, &mut avx);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&plain),
+                    bits(&avx),
+                    "{fan_in} x {fan_out}, relu {relu_inputs}"
+                );
+            }
+        }
+    }
 }
