@@ -116,12 +116,19 @@ class Coordinator:
         the coordinator."""
         deadline = None if timeout is None else time.monotonic() + timeout
         shown = -1
+        # Polls ask only for rounds not seen yet (and no events), so that
+        # following a long job with many hospitals stays cheap; the
+        # finished job is read whole once.
+        last_round, no_events = 0, 2**32 - 1
         while True:
-            view = self.status(job)
+            view = json.loads(self._native.status(job, last_round, no_events))
+            if view["rounds"]:
+                last_round = view["rounds"][-1]["round"]
             if progress and view["rounds_completed"] != shown:
                 shown = view["rounds_completed"]
                 print(_progress_line(view), file=sys.stderr, flush=True)
             if view["state"] in ("completed", "failed"):
+                view = self.status(job)
                 if progress and view.get("error"):
                     print(f"job {job} failed: {view['error']}", file=sys.stderr, flush=True)
                 return view

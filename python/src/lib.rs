@@ -165,13 +165,21 @@ impl Coordinator {
         to_json(&list)
     }
 
-    /// One job's state and rounds, as JSON.
-    fn status(&self, py: Python<'_>, job_id: String) -> PyResult<String> {
+    /// One job's state and rounds, as JSON; only the rounds after
+    /// `rounds_after` and the events after the first `events_after`, so that
+    /// polling a long job stays cheap.
+    #[pyo3(signature = (job_id, rounds_after=0, events_after=0))]
+    fn status(
+        &self,
+        py: Python<'_>,
+        job_id: String,
+        rounds_after: u32,
+        events_after: u32,
+    ) -> PyResult<String> {
         let mut dev = self.client();
-        let view = block_on(
-            py,
-            async move { developer::status(&mut dev, &job_id).await },
-        )?;
+        let view = block_on(py, async move {
+            developer::status_after(&mut dev, &job_id, rounds_after, events_after).await
+        })?;
         to_json(&view)
     }
 
