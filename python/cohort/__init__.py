@@ -104,9 +104,12 @@ class Coordinator:
         """Every job the coordinator knows, newest last."""
         return json.loads(self._native.jobs())
 
-    def status(self, job: str) -> Dict[str, Any]:
-        """A job's state, rounds, update receipts and events."""
-        return json.loads(self._native.status(job))
+    def status(self, job: str, rounds_after: int = 0, events_after: int = 0) -> Dict[str, Any]:
+        """A job's state, rounds, update receipts and events; with
+        ``rounds_after`` / ``events_after``, only the rounds after that round
+        and the events after that many (what a caller following the job has
+        not seen yet)."""
+        return json.loads(self._native.status(job, rounds_after, events_after))
 
     def wait(self, job: str, progress: bool = True, poll: float = 0.5, timeout: Optional[float] = None) -> Dict[str, Any]:
         """Follows a job until it completes or fails and returns its status.
@@ -121,7 +124,7 @@ class Coordinator:
         # finished job is read whole once.
         last_round, no_events = 0, 2**32 - 1
         while True:
-            view = json.loads(self._native.status(job, last_round, no_events))
+            view = self.status(job, last_round, no_events)
             if view["rounds"]:
                 last_round = view["rounds"][-1]["round"]
             if progress and view["rounds_completed"] != shown:

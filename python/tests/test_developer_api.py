@@ -18,6 +18,11 @@ def test_submit_wait_and_metrics_as_a_dataframe(coordinator, trained):
     assert any(j["job_id"] == job for j in coordinator.jobs())
     status = coordinator.status(job)
     assert status["state"] == "completed" and status["rounds_completed"] == 3
+    assert [r["round"] for r in status["rounds"]] == [1, 2, 3]
+    # Following a job asks only for what is new.
+    newer = coordinator.status(job, rounds_after=2, events_after=len(status["events"]))
+    assert [r["round"] for r in newer["rounds"]] == [3] and newer["events"] == []
+    assert newer["rounds_completed"] == 3
     frame = coordinator.metrics(job)
     assert isinstance(frame, pl.DataFrame)
     # One row per round and hospital.
