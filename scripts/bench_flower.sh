@@ -103,7 +103,8 @@ insecure = true
 TOML
         "$VENV/bin/flower-superlink" --insecure --disable-runtime-dependency-installation \
             > "$WORK/superlink.log" 2>&1 &
-        PIDS+=($!)
+        superlink=$!
+        PIDS+=($superlink)
         wait_port 8000
         for i in $(seq 0 $((c - 1))); do
             "$VENV/bin/flower-supernode" --insecure --superlink 127.0.0.1:8000 \
@@ -111,9 +112,21 @@ TOML
             PIDS+=($!)
         done
         out="$WORK/flower-$c-$p.json"
-        (cd "$APP" && timeout "$TIMEOUT" "$VENV/bin/flwr" run . bench \
+        (cd "$APP" && exec timeout "$TIMEOUT" "$VENV/bin/flwr" run . bench \
             --run-config "clients=$c params=$p rounds=$ROUNDS out='$out'" --stream \
-            > "$WORK/flwr-run.log" 2>&1) || true
+            > "$WORK/flwr-run.log" 2>&1) &
+        run=$!
+        # Under heavy load the SuperLink can shut itself down mid-run, and
+        # `flwr run` would then wait until the timeout.
+        while kill -0 "$run" 2>/dev/null; do
+            if ! kill -0 "$superlink" 2>/dev/null || grep -q "Shutting down" "$WORK/superlink.log"; then
+                echo "Flower's SuperLink stopped during the run (see $WORK/superlink.log)" >&2
+                kill "$run" 2>/dev/null || true
+                break
+            fi
+            sleep 2
+        done
+        wait "$run" 2>/dev/null || true
         stop_flower
         if [ ! -s "$out" ]; then
             echo "Flower did not finish $c x $p (see $WORK/flwr-run.log):" >&2
