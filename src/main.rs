@@ -970,6 +970,13 @@ struct CoordinatorArgs {
     /// (s3 needs the `s3` build feature) [default: DATA_DIR/objects].
     #[arg(long)]
     object_store: Option<String>,
+    /// Keep the coordinator's state (jobs, rounds, clients, the ledger) in
+    /// this PostgreSQL database instead of DATA_DIR/coordinator.sqlite:
+    /// postgres://user:password@host:port/database. The schema is created
+    /// on first start. Prefer the environment variable, which keeps the
+    /// password out of the process list.
+    #[arg(long, env = "COHORT_DATABASE_URL", value_name = "URL", hide_env_values = true)]
+    database: Option<String>,
     /// Seconds a client's task poll is held open when there is no work.
     #[arg(long, default_value_t = 20)]
     poll_timeout_secs: u64,
@@ -1485,6 +1492,7 @@ async fn main() -> Result<()> {
                 serve::CoordinatorOptions {
                     listen: a.listen,
                     data_dir,
+                    database: a.database,
                     object_store: a.object_store,
                     poll_timeout: Duration::from_secs(a.poll_timeout_secs),
                     tls: a.tls,

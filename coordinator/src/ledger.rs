@@ -1,6 +1,6 @@
 //! The coordinator's side of the embedded ledger: every job's story (job
 //! created, each round with the receipts of the updates it aggregated) is
-//! appended as a signed entry to an RFC 9162 Merkle log in the same SQLite
+//! appended as a signed entry to an RFC 9162 Merkle log in the same database
 //! transaction as the state it describes, and a signed checkpoint (C2SP
 //! signed note) is kept for the latest tree. `cohort verify ledger` checks
 //! it all without trusting the coordinator.
@@ -16,11 +16,10 @@ use cohort_identity::{Kit, MessageSigningKey};
 use cohort_ledger::{
     Anchor, AnchorError, Checkpoint, Entry, Hash, MerkleLog, Record, hash_leaf, sign_checkpoint,
 };
-use rusqlite::params;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::store::{Store, StoreError, now};
+use crate::store::{Database, Store, StoreError, now, values};
 
 /// The key that signs the coordinator's entries: its kit's signing key
 /// under mutual TLS, else one kept in the data directory.
@@ -88,7 +87,7 @@ impl Ledger {
         &self,
         store: &Store,
         record: Record,
-        with: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<R, StoreError>,
+        with: impl FnOnce(&Database) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         self.append_all(store, |_| Ok(vec![record]), with)
     }
@@ -98,8 +97,8 @@ impl Ledger {
     pub fn append_all<R>(
         &self,
         store: &Store,
-        records: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<Vec<Record>, StoreError>,
-        with: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<R, StoreError>,
+        records: impl FnOnce(&Database) -> Result<Vec<Record>, StoreError>,
+        with: impl FnOnce(&Database) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         let corrupt = |e: String| StoreError::Corrupt(format!("ledger: {e}"));
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
@@ -125,13 +124,13 @@ impl Ledger {
             for (index, leaf) in leaves {
                 tx.execute(
                     "INSERT INTO ledger (idx, entry) VALUES (?1, ?2)",
-                    params![index as i64, leaf],
+                    values![index as i64, leaf],
                 )?;
             }
             tx.execute(
                 "INSERT INTO ledger_checkpoint (id, key_name, note) VALUES (1, ?1, ?2)
                  ON CONFLICT(id) DO UPDATE SET key_name = excluded.key_name, note = excluded.note",
-                params![self.name, note],
+                values![&self.name, note],
             )?;
             // Every row of the append is written, nothing committed.
             cohort_protocol::crash::reached("ledger-append");
