@@ -239,10 +239,14 @@ fn job_survives_a_restart(setup: &Setup) -> Value {
     let files = split(&csv, &setup.dir.join("parts"), 2, 5);
     let mut coordinator = setup.start_coordinator("coord-1.log");
     let _clients = setup.start_clients(&files);
-    let rounds = 6;
+    let rounds = 30;
     let job = setup.submit(&oncology_job(rounds, 2));
     setup.wait_until(&job, |s| s["rounds_completed"].as_u64() >= Some(2));
     coordinator.0.kill().unwrap();
+    coordinator.0.wait().unwrap();
+    // Killed mid-job (this is what the restart has to resume from).
+    let recorded_before = rounds_recorded_in(setup, &job);
+    assert!(recorded_before < u64::from(rounds), "the job ended before the kill");
     coordinator.0.wait().unwrap();
 
     let _restarted = setup.start_coordinator("coord-2.log");
@@ -268,7 +272,7 @@ fn job_survives_a_restart(setup: &Setup) -> Value {
         state.to_str().unwrap(),
         "--json",
     ]);
-    // Coordinator key, job created, enrollment, rounds 0..=6.
+    // Coordinator key, job created, enrollment, rounds 0..=30.
     assert_eq!(audit["entries"], 3 + 1 + u64::from(rounds), "{audit:#}");
 
     let model = setup.dir.join("model");
@@ -284,6 +288,18 @@ fn job_survives_a_restart(setup: &Setup) -> Value {
     ]);
     assert!(verified["signature_sha256"].is_string(), "{verified:#}");
     done
+}
+
+/// How many rounds of `job` the coordinator's database holds, read with
+/// the store itself while no coordinator runs.
+fn rounds_recorded_in(setup: &Setup, job: &str) -> u64 {
+    let store = cohort_coordinator::store::Store::open_with_database(
+        &setup.data_dir(),
+        setup.database.as_deref(),
+        Some("memory:///"),
+    )
+    .unwrap();
+    u64::from(store.job(job).unwrap().unwrap().rounds_completed)
 }
 
 /// The coordinator's ledger key (kept in the data directory under

@@ -317,6 +317,7 @@ mod tests {
     use cohort_ledger::{AnchorFuture, AnchorReceipt};
 
     use super::*;
+    use crate::store::testing::TestBackend;
 
     /// An anchor in memory, enforcing the contract's rule (append at the
     /// count, nowhere else); it can be told to fail its next calls.
@@ -396,8 +397,8 @@ mod tests {
         }
     }
 
-    fn open(dir: &std::path::Path) -> (Store, Arc<Ledger>) {
-        let store = Store::open(dir, None).unwrap();
+    fn open(dir: &std::path::Path, backend: &TestBackend) -> (Store, Arc<Ledger>) {
+        let store = backend.open(dir, None).unwrap();
         let key = MessageSigningKey::load_or_create(&dir.join("key.pem")).unwrap();
         let ledger = Ledger::open(&store, LedgerSigner::Own(Box::new(key))).unwrap();
         (store, Arc::new(ledger))
@@ -415,8 +416,14 @@ mod tests {
 
     #[tokio::test]
     async fn catches_up_then_follows_commits_in_batches_and_retries() {
+        for backend in TestBackend::all("anchoring_catches_up") {
+            catches_up_then_follows_commits(&backend).await;
+        }
+    }
+
+    async fn catches_up_then_follows_commits(backend: &TestBackend) {
         let dir = tempfile::tempdir().unwrap();
-        let (store, ledger) = open(dir.path());
+        let (store, ledger) = open(dir.path(), backend);
         // Committed while nothing anchored (a crash, or a chain that was down).
         for n in 0..4 {
             ledger.append(&store, job(n), |_| Ok(())).unwrap();
@@ -446,8 +453,14 @@ mod tests {
 
     #[tokio::test]
     async fn stops_when_the_anchor_holds_another_history() {
+        for backend in TestBackend::all("anchoring_stops") {
+            stops_on_another_history(&backend).await;
+        }
+    }
+
+    async fn stops_on_another_history(backend: &TestBackend) {
         let dir = tempfile::tempdir().unwrap();
-        let (store, ledger) = open(dir.path());
+        let (store, ledger) = open(dir.path(), backend);
         ledger.append(&store, job(1), |_| Ok(())).unwrap();
         let anchor = Arc::new(MemoryAnchor::default());
         let mut forged = ledger.leaf_hashes(0, 2);

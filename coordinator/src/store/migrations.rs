@@ -218,6 +218,8 @@ const MIGRATION_LOCK: i64 = 0x636f_686f_7274;
 pub(super) fn migrate_postgres(db: &Database) -> Result<(), StoreError> {
     db.transaction(|tx| {
         tx.execute("SELECT pg_advisory_xact_lock(?1)", values![MIGRATION_LOCK])?;
+        // Not a notice in the coordinator's log at every start.
+        tx.batch("SET LOCAL client_min_messages = warning")?;
         tx.batch(
             "CREATE TABLE IF NOT EXISTS cohort_schema_version (
                 id BIGINT PRIMARY KEY CHECK (id = 1),
