@@ -517,6 +517,12 @@ enum BenchCommand {
         /// Rounds per configuration.
         #[arg(long, default_value_t = 5)]
         rounds: u32,
+        /// Keep the coordinator's state in PostgreSQL instead of SQLite:
+        /// each configuration gets a fresh database created on this server
+        /// (postgres://user:password@host:port/database; the user needs
+        /// CREATEDB) and dropped when it ends.
+        #[arg(long, value_name = "URL")]
+        postgres: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -731,6 +737,11 @@ enum VerifyCommand {
         /// --tls or --insecure).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// The coordinator's PostgreSQL database (`cohort coordinator
+        /// --database`), read in one read-only transaction, instead of a
+        /// data directory.
+        #[arg(long, value_name = "URL", conflicts_with = "data_dir")]
+        database: Option<String>,
         #[command(flatten)]
         connection: Connection,
         #[command(flatten)]
@@ -1591,6 +1602,7 @@ async fn main() -> Result<()> {
         Command::Rewards(command) => run_rewards_command(command).await?,
         Command::Verify(VerifyCommand::Ledger {
             data_dir,
+            database,
             connection,
             chain,
             state,
@@ -1600,9 +1612,10 @@ async fn main() -> Result<()> {
             let state = state.unwrap_or_else(audit::default_state_file);
             let chain = chain.options();
             let verified = async {
-                let source = match data_dir {
-                    Some(dir) => audit::LedgerSource::DataDir(dir),
-                    None => {
+                let source = match (data_dir, database) {
+                    (Some(dir), _) => audit::LedgerSource::DataDir(dir),
+                    (None, Some(url)) => audit::LedgerSource::Database(url),
+                    (None, None) => {
                         let (url, security) = connection.resolve(&[
                             Role::Validator,
                             Role::Developer,
@@ -2083,6 +2096,7 @@ async fn run_bench_command(cmd: BenchCommand) -> Result<()> {
             clients,
             parameters,
             rounds,
+            postgres,
             json,
         } => {
             init_logging("error");
@@ -2092,7 +2106,7 @@ async fn run_bench_command(cmd: BenchCommand) -> Result<()> {
             for &p in &parameters {
                 for &c in &clients {
                     eprintln!("measuring {c} clients, ~{p} parameters ...");
-                    let r = bench::round_overhead(c, p, rounds).await?;
+                    let r = bench::round_overhead(c, p, rounds, postgres.as_deref()).await?;
                     // One JSON object per configuration, as each finishes.
                     if json {
                         println!("{}", serde_json::to_string(&r)?);

@@ -328,7 +328,20 @@ fn a_job_on_postgres_survives_a_coordinator_restart() {
         database: Some(database.url().to_string()),
         objects: None,
     };
-    job_survives_a_restart(&setup);
+    let done = job_survives_a_restart(&setup);
+    // An auditor with read access to the database checks the same ledger
+    // straight from it.
+    let audit = cohort(&[
+        "verify",
+        "ledger",
+        "--database",
+        database.url(),
+        "--state",
+        dir.path().join("seen-db.json").to_str().unwrap(),
+        "--json",
+    ]);
+    let rounds = done["rounds"].as_array().unwrap().len() as u64;
+    assert_eq!(audit["entries"], 3 + 1 + rounds, "{audit:#}");
     // The state was in PostgreSQL, not in a SQLite file beside the models.
     assert!(!setup.data_dir().join("coordinator.sqlite").exists());
     let log = std::fs::read_to_string(dir.path().join("coord-1.log")).unwrap();
