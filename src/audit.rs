@@ -47,9 +47,7 @@ pub fn read_ledger(data_dir: &Path) -> Result<cohort_coordinator::store::LedgerC
 }
 
 /// A coordinator's ledger as its PostgreSQL database holds it.
-pub fn read_ledger_from_database(
-    url: &str,
-) -> Result<cohort_coordinator::store::LedgerContents> {
+pub fn read_ledger_from_database(url: &str) -> Result<cohort_coordinator::store::LedgerContents> {
     let contents = cohort_coordinator::store::read_ledger_from_database(url)?;
     if contents.checkpoint.is_none() {
         bail!(

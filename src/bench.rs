@@ -40,6 +40,10 @@ pub struct RoundOverhead {
     /// Where the coordinator kept its state: `sqlite` or `postgres`
     /// (`--postgres`).
     pub state: &'static str,
+    /// Submission to completion, divided by the rounds: unlike `round_s`
+    /// (which ends when the round's model is aggregated) this includes
+    /// each round's commit to the database, enrollment and round 0.
+    pub job_s_per_round: f64,
 }
 
 /// Peak resident memory of this process (MiB): `VmHWM`, which
@@ -156,12 +160,14 @@ pub async fn round_overhead(
         database.as_ref().map(|d| d.url()),
     )
     .await?;
+    let submitted = std::time::Instant::now();
     let view = async {
         let mut dev = federation.developer().await?;
         let id = developer::submit(&mut dev, &job).await?;
         developer::wait(&mut dev, &id, false).await
     }
     .await;
+    let job_secs = submitted.elapsed().as_secs_f64();
     federation.shutdown().await;
     let view = view?;
     if view.state != "completed" {
@@ -196,7 +202,12 @@ pub async fn round_overhead(
         overhead_s: median(&overhead_secs),
         peak_rss_mb: peak_rss_mib(),
         bytes_per_client: 3 * 4 * parameters as u64,
-        state: if database.is_some() { "postgres" } else { "sqlite" },
+        state: if database.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        },
+        job_s_per_round: job_secs / f64::from(rounds.max(1)),
         round_secs,
         overhead_secs,
     })

@@ -986,7 +986,12 @@ struct CoordinatorArgs {
     /// postgres://user:password@host:port/database. The schema is created
     /// on first start. Prefer the environment variable, which keeps the
     /// password out of the process list.
-    #[arg(long, env = "COHORT_DATABASE_URL", value_name = "URL", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "COHORT_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     database: Option<String>,
     /// Seconds a client's task poll is held open when there is no work.
     #[arg(long, default_value_t = 20)]

@@ -52,7 +52,10 @@ fn s3_prefix(label: &str) -> Option<String> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
                 .as_nanos();
-            Some(format!("s3://{bucket}/{label}-{}-{nanos}", std::process::id()))
+            Some(format!(
+                "s3://{bucket}/{label}-{}-{nanos}",
+                std::process::id()
+            ))
         }
         _ => {
             assert!(
@@ -122,13 +125,7 @@ impl Setup {
             command.env("COHORT_DATABASE_URL", database);
         }
         let log = std::fs::File::create(self.dir.join(log)).unwrap();
-        Proc(
-            command
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        )
+        Proc(command.stdout(Stdio::null()).stderr(log).spawn().unwrap())
     }
 
     fn start_clients(&self, files: &[PathBuf]) -> Vec<Proc> {
@@ -246,7 +243,10 @@ fn job_survives_a_restart(setup: &Setup) -> Value {
     coordinator.0.wait().unwrap();
     // Killed mid-job (this is what the restart has to resume from).
     let recorded_before = rounds_recorded_in(setup, &job);
-    assert!(recorded_before < u64::from(rounds), "the job ended before the kill");
+    assert!(
+        recorded_before < u64::from(rounds),
+        "the job ended before the kill"
+    );
     coordinator.0.wait().unwrap();
 
     let _restarted = setup.start_coordinator("coord-2.log");
@@ -276,7 +276,14 @@ fn job_survives_a_restart(setup: &Setup) -> Value {
     assert_eq!(audit["entries"], 3 + 1 + u64::from(rounds), "{audit:#}");
 
     let model = setup.dir.join("model");
-    setup.developer(&["model", "get", &job, "--out", model.to_str().unwrap(), "--json"]);
+    setup.developer(&[
+        "model",
+        "get",
+        &job,
+        "--out",
+        model.to_str().unwrap(),
+        "--json",
+    ]);
     assert!(model.join("model.safetensors").metadata().unwrap().len() > 0);
     let verified = cohort(&[
         "verify",
@@ -305,21 +312,19 @@ fn rounds_recorded_in(setup: &Setup, job: &str) -> u64 {
 /// The coordinator's ledger key (kept in the data directory under
 /// `--insecure`), as a PEM file for `cohort verify model`.
 fn write_coordinator_key(setup: &Setup) -> String {
-    let key = setup
-        .dir
-        .join("coordinator.pub.pem")
-        .display()
-        .to_string();
+    let key = setup.dir.join("coordinator.pub.pem").display().to_string();
     let pem = std::fs::read(setup.data_dir().join("ledger-signing-key.pem")).unwrap();
-    let signing = cohort_identity::MessageSigningKey::from_pem(&String::from_utf8(pem).unwrap())
-        .unwrap();
+    let signing =
+        cohort_identity::MessageSigningKey::from_pem(&String::from_utf8(pem).unwrap()).unwrap();
     std::fs::write(&key, signing.verifying_key().spki_pem()).unwrap();
     key
 }
 
 #[test]
 fn a_job_on_postgres_survives_a_coordinator_restart() {
-    let Some(server) = postgres_server() else { return };
+    let Some(server) = postgres_server() else {
+        return;
+    };
     let database = TestDatabase::create(&server, "job_restart").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let setup = Setup {
@@ -347,13 +352,18 @@ fn a_job_on_postgres_survives_a_coordinator_restart() {
     let log = std::fs::read_to_string(dir.path().join("coord-1.log")).unwrap();
     assert!(log.contains("coordinator state opened"), "{log}");
     if let Some(password) = url_password(database.url()) {
-        assert!(!log.contains(&password), "the log shows the password: {log}");
+        assert!(
+            !log.contains(&password),
+            "the log shows the password: {log}"
+        );
     }
 }
 
 #[test]
 fn models_land_in_s3_and_come_back_after_a_restart() {
-    let Some(objects) = s3_prefix("job-restart") else { return };
+    let Some(objects) = s3_prefix("job-restart") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let setup = Setup {
         dir: dir.path().to_path_buf(),

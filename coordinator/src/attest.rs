@@ -143,7 +143,10 @@ pub fn accept(
             Ok(std::iter::once(record).chain(paid).collect())
         },
         // The attestation's index: the entries before it.
-        |tx| tx.query_one("SELECT COUNT(*) FROM ledger", &[])?.get::<u64>(0),
+        |tx| {
+            tx.query_one("SELECT COUNT(*) FROM ledger", &[])?
+                .get::<u64>(0)
+        },
     )?;
     Ok(index)
 }

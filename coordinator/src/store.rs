@@ -199,9 +199,7 @@ fn open_postgres(url: &str) -> Result<Database, StoreError> {
 /// `AWS_*` environment variables (`AWS_ACCESS_KEY_ID`,
 /// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`,
 /// `AWS_ALLOW_HTTP`, ...).
-fn parse_object_store_url(
-    url: &url::Url,
-) -> Result<(Box<dyn ObjectStore>, ObjectPath), String> {
+fn parse_object_store_url(url: &url::Url) -> Result<(Box<dyn ObjectStore>, ObjectPath), String> {
     #[cfg(feature = "s3")]
     if url.scheme() == "s3" || url.scheme() == "s3a" {
         let store = object_store::aws::AmazonS3Builder::from_env()
@@ -861,7 +859,10 @@ mod tests {
             assert_eq!(rounds[1].traffic.unwrap().answer_bytes_received, 500);
             assert_eq!(rounds[0].train_metrics, None);
             assert_eq!(rounds[1].train_metrics.unwrap().accuracy, 0.75);
-            assert_eq!(rounds[1], round("j1", 1).with_completed_at(&rounds[1].completed_at));
+            assert_eq!(
+                rounds[1],
+                round("j1", 1).with_completed_at(&rounds[1].completed_at)
+            );
             assert_eq!(
                 &store.get_object("jobs/j1/model").await.unwrap()[..],
                 &[1, 2, 3]
@@ -896,14 +897,23 @@ mod tests {
                 .set_job_state("z-first", JobState::Failed, Some("no clients"))
                 .unwrap();
             let failed = store.job("z-first").unwrap().unwrap();
-            assert_eq!((failed.state, failed.error.as_deref()), (JobState::Failed, Some("no clients")));
+            assert_eq!(
+                (failed.state, failed.error.as_deref()),
+                (JobState::Failed, Some("no clients"))
+            );
 
             store.upsert_client("h-b", "{}").unwrap();
             store.upsert_client("h-a", "{\"rows\":1}").unwrap();
             store.upsert_client("h-a", "{\"rows\":2}").unwrap();
             let clients = store.clients().unwrap();
             assert_eq!(clients.len(), 2, "{name}");
-            assert_eq!((clients[0].name.as_str(), clients[0].quality_summary_json.as_str()), ("h-a", "{\"rows\":2}"));
+            assert_eq!(
+                (
+                    clients[0].name.as_str(),
+                    clients[0].quality_summary_json.as_str()
+                ),
+                ("h-a", "{\"rows\":2}")
+            );
 
             // Payouts: the schedule is fixed by the first, heights count up.
             store.record_round(&round("z-first", 1)).unwrap();
@@ -917,9 +927,17 @@ mod tests {
                 .unwrap();
             assert_eq!(heights, (0, 1));
             assert_eq!(store.emission_schedule().unwrap(), Some((50, 2)));
-            assert_eq!(store.valuations("z-first").unwrap(), [(1, 0, "{}".to_string())]);
+            assert_eq!(
+                store.valuations("z-first").unwrap(),
+                [(1, 0, "{}".to_string())]
+            );
             let refused = store.transaction(|tx| Store::next_height_in(tx, (60, 2)));
-            assert!(refused.unwrap_err().to_string().contains("emission schedule is 50"));
+            assert!(
+                refused
+                    .unwrap_err()
+                    .to_string()
+                    .contains("emission schedule is 50")
+            );
 
             // Ledger rows, as the ledger module writes them.
             assert_eq!(store.ledger_stamp().unwrap(), (0, None));
@@ -1012,10 +1030,13 @@ mod tests {
 
     #[test]
     fn a_postgres_database_is_migrated_once_and_a_newer_one_refused() {
-        let Some(server) = postgres_server() else { return };
+        let Some(server) = postgres_server() else {
+            return;
+        };
         let database = TestDatabase::create(&server, "migrated_once").unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let open = || Store::open_with_database(dir.path(), Some(database.url()), Some("memory:///"));
+        let open =
+            || Store::open_with_database(dir.path(), Some(database.url()), Some("memory:///"));
         let store = open().unwrap();
         store.insert_job(&job("j1")).unwrap();
         drop(store);
@@ -1035,7 +1056,10 @@ mod tests {
         assert!(!dir.path().join("coordinator.sqlite").exists());
         store
             .db()
-            .execute("UPDATE cohort_schema_version SET version = ?1", values![SCHEMA_VERSION + 1])
+            .execute(
+                "UPDATE cohort_schema_version SET version = ?1",
+                values![SCHEMA_VERSION + 1],
+            )
             .unwrap();
         drop(store);
         let err = open().err().unwrap().to_string();
@@ -1043,6 +1067,49 @@ mod tests {
         if let Some(password) = url::Url::parse(&server).unwrap().password() {
             assert!(!err.contains(password), "{err}");
         }
+    }
+
+    #[test]
+    fn a_postgres_connection_the_server_closed_is_opened_again() {
+        let Some(server) = postgres_server() else {
+            return;
+        };
+        let database = TestDatabase::create(&server, "reconnect").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with_database(dir.path(), Some(database.url()), Some("memory:///"))
+            .unwrap();
+        store.insert_job(&job("j1")).unwrap();
+        let admin = Database::Postgres(postgres::PgConnection::connect(&server).unwrap());
+        let backend_pid = |store: &Store| -> i64 {
+            store
+                .db()
+                .query_one("SELECT pg_backend_pid()", &[])
+                .unwrap()
+                .get(0)
+                .unwrap()
+        };
+        let terminate = |pid: i64| {
+            admin
+                .execute("SELECT pg_terminate_backend(?1)", values![pid])
+                .unwrap();
+            // Until the I/O thread has seen the socket close.
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        };
+        terminate(backend_pid(&store));
+        assert!(store.job("j1").unwrap().is_some());
+        // Lost inside a transaction: that transaction fails, nothing of it
+        // stays, and the store goes on.
+        let pid = backend_pid(&store);
+        let failed = store.transaction(|tx| {
+            Store::insert_job_in(tx, &job("j2"))?;
+            terminate(pid);
+            Store::insert_job_in(tx, &job("j3"))
+        });
+        let err = failed.unwrap_err().to_string();
+        assert!(err.contains("lost in the middle of a transaction"), "{err}");
+        assert!(store.job("j2").unwrap().is_none());
+        assert!(store.job("j3").unwrap().is_none());
+        store.insert_job(&job("j4")).unwrap();
     }
 
     #[test]
@@ -1058,7 +1125,10 @@ mod tests {
         assert!(err.contains("expected postgres://"), "{err}");
         assert!(!err.contains("secret"), "{err}");
         let err = open("postgres://u:secret@localhost:notaport/db");
-        assert!(err.contains("not a PostgreSQL URL") && !err.contains("secret"), "{err}");
+        assert!(
+            err.contains("not a PostgreSQL URL") && !err.contains("secret"),
+            "{err}"
+        );
         // Nothing listens on a port just released.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -1073,7 +1143,9 @@ mod tests {
 
     #[test]
     fn a_wrong_postgres_password_or_database_is_named() {
-        let Some(server) = postgres_server() else { return };
+        let Some(server) = postgres_server() else {
+            return;
+        };
         let mut url = url::Url::parse(&server).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let open = |url: &url::Url| {
@@ -1085,7 +1157,10 @@ mod tests {
         let mut missing = url.clone();
         missing.set_path("/cohort_no_such_database");
         let err = open(&missing);
-        assert!(err.contains("cohort_no_such_database") && err.contains("does not exist"), "{err}");
+        assert!(
+            err.contains("cohort_no_such_database") && err.contains("does not exist"),
+            "{err}"
+        );
         if url.password().is_some() {
             url.set_password(Some("certainly-wrong")).unwrap();
             let err = open(&url);
@@ -1144,14 +1219,12 @@ pub(crate) fn read_ledger(db: &Database) -> Result<LedgerContents, StoreError> {
 /// read-only, as a validator does: nothing is created or migrated.
 pub fn read_ledger_at(data_dir: &Path) -> Result<LedgerContents, StoreError> {
     let db_path = data_dir.join("coordinator.sqlite");
-    let db = rusqlite::Connection::open_with_flags(
-        &db_path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .map_err(|source| StoreError::Database {
-        path: db_path.clone(),
-        source,
-    })?;
+    let db =
+        rusqlite::Connection::open_with_flags(&db_path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|source| StoreError::Database {
+                path: db_path.clone(),
+                source,
+            })?;
     read_ledger(&Database::Sqlite(db))
 }
 

@@ -96,7 +96,6 @@ pub(super) const SQLITE_MIGRATIONS: &[&str] = &[
     );",
 ];
 
-
 /// The schema version this coordinator writes (and reads).
 pub const SCHEMA_VERSION: i64 = SQLITE_MIGRATIONS.len() as i64 + 1;
 
@@ -227,7 +226,10 @@ pub(super) fn migrate_postgres(db: &Database) -> Result<(), StoreError> {
             );",
         )?;
         let found: Option<i64> = tx
-            .query_opt("SELECT version FROM cohort_schema_version WHERE id = 1", &[])?
+            .query_opt(
+                "SELECT version FROM cohort_schema_version WHERE id = 1",
+                &[],
+            )?
             .map(|row| row.get(0))
             .transpose()?;
         let mut version = match found {

@@ -38,7 +38,10 @@ pub fn redacted(url: &str) -> String {
     let authority_end = url[scheme_end..]
         .find(['/', '?', '#'])
         .map_or(url.len(), |i| scheme_end + i);
-    let Some(at) = url[scheme_end..authority_end].rfind('@').map(|i| scheme_end + i) else {
+    let Some(at) = url[scheme_end..authority_end]
+        .rfind('@')
+        .map(|i| scheme_end + i)
+    else {
         return url.to_string();
     };
     match url[scheme_end..at].find(':') {
@@ -75,19 +78,30 @@ mod tests {
     #[test]
     fn passwords_are_hidden_even_in_malformed_urls() {
         use super::redacted;
-        assert_eq!(redacted("postgres://u:pw@h:5432/db"), "postgres://u:***@h:5432/db");
-        assert_eq!(redacted("postgres://u:p@w@h:bad/db"), "postgres://u:***@h:bad/db");
+        assert_eq!(
+            redacted("postgres://u:pw@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(
+            redacted("postgres://u:p@w@h:bad/db"),
+            "postgres://u:***@h:bad/db"
+        );
         assert_eq!(redacted("postgres://u@h/db?x=@"), "postgres://u@h/db?x=@");
         assert_eq!(redacted("postgres://h/db"), "postgres://h/db");
         assert_eq!(redacted("not a url"), "not a url");
     }
 }
 
-/// One open connection and the statements prepared on it.
+/// One open connection and the statements prepared on it. A connection
+/// the server closed (a restart, a failover, an administrator) is opened
+/// again by the next statement outside a transaction; inside one, the
+/// statement fails, since the transaction's earlier work is gone.
 pub struct PgConnection {
-    client: Client,
+    url: String,
+    client: RefCell<Client>,
     /// Prepared statements by their SQL as written (SQLite's dialect).
     statements: RefCell<HashMap<String, Statement>>,
+    in_transaction: std::cell::Cell<bool>,
 }
 
 impl PgConnection {
@@ -99,9 +113,9 @@ impl PgConnection {
             url: redacted(url),
             message,
         };
-        let mut config: Config = url
-            .parse()
-            .map_err(|e: tokio_postgres::Error| failed(format!("not a PostgreSQL URL: {}", describe(&e))))?;
+        let mut config: Config = url.parse().map_err(|e: tokio_postgres::Error| {
+            failed(format!("not a PostgreSQL URL: {}", describe(&e)))
+        })?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -145,16 +159,47 @@ impl PgConnection {
             .map_err(|_| failed("its I/O thread stopped".into()))?
             .map_err(failed)?;
         Ok(Self {
-            client,
+            url: url.to_string(),
+            client: RefCell::new(client),
             statements: RefCell::new(HashMap::new()),
+            in_transaction: std::cell::Cell::new(false),
         })
+    }
+
+    /// The client, connected again first if the server closed it.
+    fn client(&self) -> Result<std::cell::Ref<'_, Client>, StoreError> {
+        if self.client.borrow().is_closed() {
+            if self.in_transaction.get() {
+                return Err(StoreError::Postgres(
+                    "the connection to the server was lost in the middle of a transaction, which the server rolled back".into(),
+                ));
+            }
+            tracing::warn!(database = %redacted(&self.url), "PostgreSQL connection closed; connecting again");
+            let fresh = Self::connect(&self.url)?;
+            *self.client.borrow_mut() = fresh.client.into_inner();
+            self.statements.borrow_mut().clear();
+        }
+        Ok(self.client.borrow())
+    }
+
+    pub fn begin(&self) -> Result<(), StoreError> {
+        self.batch("BEGIN")?;
+        self.in_transaction.set(true);
+        Ok(())
+    }
+
+    /// COMMIT or ROLLBACK: the transaction is over either way.
+    pub fn end(&self, sql: &str) -> Result<(), StoreError> {
+        let ended = wait(self.client.borrow().batch_execute(sql));
+        self.in_transaction.set(false);
+        ended
     }
 
     fn statement(&self, sql: &str) -> Result<Statement, StoreError> {
         if let Some(statement) = self.statements.borrow().get(sql) {
             return Ok(statement.clone());
         }
-        let statement = wait(self.client.prepare(&dollar_parameters(sql)))?;
+        let statement = wait(self.client()?.prepare(&dollar_parameters(sql)))?;
         self.statements
             .borrow_mut()
             .insert(sql.to_string(), statement.clone());
@@ -164,13 +209,13 @@ impl PgConnection {
     pub fn execute(&self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
         let statement = self.statement(sql)?;
         let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
-        wait(self.client.execute(&statement, &params))
+        wait(self.client()?.execute(&statement, &params))
     }
 
     pub fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Vec<Value>>, StoreError> {
         let statement = self.statement(sql)?;
         let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
-        let rows = wait(self.client.query(&statement, &params))?;
+        let rows = wait(self.client()?.query(&statement, &params))?;
         rows.iter()
             .map(|row| {
                 (0..row.len())
@@ -181,7 +226,7 @@ impl PgConnection {
     }
 
     pub fn batch(&self, sql: &str) -> Result<(), StoreError> {
-        wait(self.client.batch_execute(sql))
+        wait(self.client()?.batch_execute(sql))
     }
 }
 
@@ -198,7 +243,10 @@ fn column(row: &tokio_postgres::Row, i: usize) -> Result<Value, StoreError> {
         StoreError::Corrupt(format!("column {i} ({ty}): {}", describe(&e)))
     };
     let value = match ty {
-        Type::INT8 => row.try_get::<_, Option<i64>>(i).map_err(bad)?.map(Value::Int),
+        Type::INT8 => row
+            .try_get::<_, Option<i64>>(i)
+            .map_err(bad)?
+            .map(Value::Int),
         Type::INT4 => row
             .try_get::<_, Option<i32>>(i)
             .map_err(bad)?
@@ -211,12 +259,18 @@ fn column(row: &tokio_postgres::Row, i: usize) -> Result<Value, StoreError> {
             .try_get::<_, Option<bool>>(i)
             .map_err(bad)?
             .map(|v| Value::Int(v.into())),
-        Type::FLOAT8 => row.try_get::<_, Option<f64>>(i).map_err(bad)?.map(Value::Real),
+        Type::FLOAT8 => row
+            .try_get::<_, Option<f64>>(i)
+            .map_err(bad)?
+            .map(Value::Real),
         Type::FLOAT4 => row
             .try_get::<_, Option<f32>>(i)
             .map_err(bad)?
             .map(|v| Value::Real(v.into())),
-        Type::BYTEA => row.try_get::<_, Option<Vec<u8>>>(i).map_err(bad)?.map(Value::Blob),
+        Type::BYTEA => row
+            .try_get::<_, Option<Vec<u8>>>(i)
+            .map_err(bad)?
+            .map(Value::Blob),
         Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => row
             .try_get::<_, Option<String>>(i)
             .map_err(bad)?

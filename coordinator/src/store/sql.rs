@@ -199,7 +199,10 @@ impl Database {
     pub fn execute(&self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
         match self {
             Database::Sqlite(db) => {
-                let n = db.execute(sql, rusqlite::params_from_iter(params.iter().map(to_sqlite)))?;
+                let n = db.execute(
+                    sql,
+                    rusqlite::params_from_iter(params.iter().map(to_sqlite)),
+                )?;
                 Ok(n as u64)
             }
             Database::Postgres(db) => db.execute(sql, params),
@@ -212,7 +215,8 @@ impl Database {
             Database::Sqlite(db) => {
                 let mut stmt = db.prepare_cached(sql)?;
                 let columns = stmt.column_count();
-                let mut rows = stmt.query(rusqlite::params_from_iter(params.iter().map(to_sqlite)))?;
+                let mut rows =
+                    stmt.query(rusqlite::params_from_iter(params.iter().map(to_sqlite)))?;
                 let mut out = Vec::new();
                 while let Some(row) = rows.next()? {
                     let mut values = Vec::with_capacity(columns);
@@ -223,9 +227,9 @@ impl Database {
                 }
                 Ok(out)
             }
-            Database::Postgres(db) => db.query(sql, params).map(|rows| {
-                rows.into_iter().map(Row).collect()
-            }),
+            Database::Postgres(db) => db
+                .query(sql, params)
+                .map(|rows| rows.into_iter().map(Row).collect()),
         }
     }
 
@@ -259,16 +263,26 @@ impl Database {
             fn drop(&mut self) {
                 if !self.1 {
                     // After a failed COMMIT there may be nothing to roll back.
-                    let _ = self.0.batch("ROLLBACK");
+                    let _ = self.0.end_transaction("ROLLBACK");
                 }
             }
         }
-        self.batch("BEGIN")?;
+        match self {
+            Database::Sqlite(_) => self.batch("BEGIN")?,
+            Database::Postgres(db) => db.begin()?,
+        }
         let mut guard = RollbackUnlessCommitted(self, false);
         let result = f(self)?;
-        self.batch("COMMIT")?;
+        self.end_transaction("COMMIT")?;
         guard.1 = true;
         Ok(result)
+    }
+
+    fn end_transaction(&self, sql: &str) -> Result<(), StoreError> {
+        match self {
+            Database::Sqlite(_) => self.batch(sql),
+            Database::Postgres(db) => db.end(sql),
+        }
     }
 }
 
@@ -325,7 +339,10 @@ mod tests {
     fn columns_of_the_wrong_type_are_named() {
         let row = Row(vec![Value::Text("x".into()), Value::Int(-1)]);
         let err = row.get::<i64>(0).unwrap_err().to_string();
-        assert!(err.contains("column 0: expected an integer, found text"), "{err}");
+        assert!(
+            err.contains("column 0: expected an integer, found text"),
+            "{err}"
+        );
         let err = row.get::<u32>(1).unwrap_err().to_string();
         assert!(err.contains("-1 is out of range"), "{err}");
         assert_eq!(row.get::<Option<f64>>(1).unwrap(), Some(-1.0));

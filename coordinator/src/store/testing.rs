@@ -25,7 +25,9 @@ pub fn postgres_server() -> Option<String> {
                 "COHORT_REQUIRE_POSTGRES is set but COHORT_TEST_POSTGRES_URL is not \
                  (a postgres://user:password@host:port/database URL the tests may create databases with)"
             );
-            eprintln!("COHORT_TEST_POSTGRES_URL is not set: skipping the PostgreSQL half of this test");
+            eprintln!(
+                "COHORT_TEST_POSTGRES_URL is not set: skipping the PostgreSQL half of this test"
+            );
             None
         }
     }
@@ -45,7 +47,13 @@ impl TestDatabase {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let label: String = label
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
             .take(30)
             .collect();
         let nanos = std::time::SystemTime::now()
@@ -79,8 +87,10 @@ impl TestDatabase {
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         if let Ok(admin) = PgConnection::connect(&self.server) {
-            let _ = Database::Postgres(admin)
-                .batch(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name));
+            let _ = Database::Postgres(admin).batch(&format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.name
+            ));
         }
     }
 }
@@ -97,8 +107,12 @@ impl TestBackend {
     pub fn all(label: &str) -> Vec<TestBackend> {
         let mut backends = vec![TestBackend::Sqlite];
         if let Some(server) = postgres_server() {
-            let database = TestDatabase::create(&server, label)
-                .unwrap_or_else(|e| panic!("creating a test database on {}: {e}", super::redacted(&server)));
+            let database = TestDatabase::create(&server, label).unwrap_or_else(|e| {
+                panic!(
+                    "creating a test database on {}: {e}",
+                    super::redacted(&server)
+                )
+            });
             backends.push(TestBackend::Postgres(database));
         }
         backends
@@ -120,7 +134,11 @@ impl TestBackend {
     }
 
     /// The store on this backend (SQLite in `data_dir`).
-    pub fn open(&self, data_dir: &Path, object_store_url: Option<&str>) -> Result<Store, StoreError> {
+    pub fn open(
+        &self,
+        data_dir: &Path,
+        object_store_url: Option<&str>,
+    ) -> Result<Store, StoreError> {
         Store::open_with_database(data_dir, self.database_url(), object_store_url)
     }
 }
