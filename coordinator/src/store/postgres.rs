@@ -196,6 +196,9 @@ impl PgConnection {
     }
 
     fn statement(&self, sql: &str) -> Result<Statement, StoreError> {
+        // Connect again first if needed: that forgets the statements
+        // prepared on the closed connection.
+        drop(self.client()?);
         if let Some(statement) = self.statements.borrow().get(sql) {
             return Ok(statement.clone());
         }
