@@ -46,6 +46,18 @@ pub fn read_ledger(data_dir: &Path) -> Result<cohort_coordinator::store::LedgerC
     Ok(contents)
 }
 
+/// A coordinator's ledger as its PostgreSQL database holds it.
+pub fn read_ledger_from_database(url: &str) -> Result<cohort_coordinator::store::LedgerContents> {
+    let contents = cohort_coordinator::store::read_ledger_from_database(url)?;
+    if contents.checkpoint.is_none() {
+        bail!(
+            "{} holds no signed checkpoint: not a Cohort coordinator's database, or its ledger was removed",
+            cohort_coordinator::store::redacted(url)
+        );
+    }
+    Ok(contents)
+}
+
 /// Downloads a running coordinator's ledger (checkpoint, then entries).
 pub async fn fetch_ledger(
     dev: &mut crate::developer::Developer,
@@ -436,6 +448,8 @@ pub fn verify_model(
 pub enum LedgerSource {
     /// The coordinator's data directory, read-only.
     DataDir(PathBuf),
+    /// The coordinator's PostgreSQL database (`--database`), read-only.
+    Database(String),
     /// A running coordinator, over the network.
     Coordinator {
         url: String,
@@ -451,6 +465,7 @@ pub async fn verify_ledger_from(
 ) -> Result<LedgerVerification> {
     let contents = match source {
         LedgerSource::DataDir(dir) => read_ledger(dir)?,
+        LedgerSource::Database(url) => read_ledger_from_database(url)?,
         LedgerSource::Coordinator { url, security } => {
             let mut dev = crate::developer::connect(url, security).await?;
             fetch_ledger(&mut dev).await?

@@ -37,6 +37,13 @@ pub struct RoundOverhead {
     /// protocol: the model down for FIT, the update up, the new model down
     /// for EVALUATE (4 bytes each); headers and TLS framing not counted.
     pub bytes_per_client: u64,
+    /// Where the coordinator kept its state: `sqlite` or `postgres`
+    /// (`--postgres`).
+    pub state: &'static str,
+    /// Submission to completion, divided by the rounds: unlike `round_s`
+    /// (which ends when the round's model is aggregated) this includes
+    /// each round's commit to the database, enrollment and round 0.
+    pub job_s_per_round: f64,
 }
 
 /// Peak resident memory of this process (MiB): `VmHWM`, which
@@ -130,21 +137,37 @@ pub async fn round_overhead(
     clients: usize,
     parameters: usize,
     rounds: u32,
+    postgres_server: Option<&str>,
 ) -> Result<RoundOverhead> {
     reset_peak_rss();
     let dir = tempfile::Builder::new().prefix("cohort-bench-").tempdir()?;
     let hidden = hidden_width_for(parameters);
     let job = every_hospital_job(clients, hidden, rounds);
     let hospitals = iid_hospitals(dir.path(), clients)?;
+    // With a PostgreSQL server: a fresh database there for this
+    // configuration, dropped when it ends.
+    let database = postgres_server
+        .map(|server| {
+            cohort_coordinator::store::testing::TestDatabase::create(server, "bench_rounds")
+        })
+        .transpose()?;
     // Measured over mutual TLS, as a deployment runs.
-    let federation =
-        LocalFederation::start(dir.path(), &hospitals, true, Duration::from_secs(5)).await?;
+    let federation = LocalFederation::start_on_database(
+        dir.path(),
+        &hospitals,
+        true,
+        Duration::from_secs(5),
+        database.as_ref().map(|d| d.url()),
+    )
+    .await?;
+    let submitted = std::time::Instant::now();
     let view = async {
         let mut dev = federation.developer().await?;
         let id = developer::submit(&mut dev, &job).await?;
         developer::wait(&mut dev, &id, false).await
     }
     .await;
+    let job_secs = submitted.elapsed().as_secs_f64();
     federation.shutdown().await;
     let view = view?;
     if view.state != "completed" {
@@ -179,6 +202,12 @@ pub async fn round_overhead(
         overhead_s: median(&overhead_secs),
         peak_rss_mb: peak_rss_mib(),
         bytes_per_client: 3 * 4 * parameters as u64,
+        state: if database.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        },
+        job_s_per_round: job_secs / f64::from(rounds.max(1)),
         round_secs,
         overhead_secs,
     })

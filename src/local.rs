@@ -62,6 +62,37 @@ impl LocalFederation {
         poll_timeout: Duration,
         rewards: cohort_coordinator::rewards::RewardsConfig,
     ) -> Result<Self> {
+        Self::start_full(workdir, hospitals, tls, poll_timeout, rewards, None).await
+    }
+
+    /// [`LocalFederation::start`] with the coordinator's state in the
+    /// PostgreSQL database at `database_url` when one is given.
+    pub async fn start_on_database(
+        workdir: &Path,
+        hospitals: &[LocalHospital],
+        tls: bool,
+        poll_timeout: Duration,
+        database_url: Option<&str>,
+    ) -> Result<Self> {
+        Self::start_full(
+            workdir,
+            hospitals,
+            tls,
+            poll_timeout,
+            Default::default(),
+            database_url,
+        )
+        .await
+    }
+
+    async fn start_full(
+        workdir: &Path,
+        hospitals: &[LocalHospital],
+        tls: bool,
+        poll_timeout: Duration,
+        rewards: cohort_coordinator::rewards::RewardsConfig,
+        database_url: Option<&str>,
+    ) -> Result<Self> {
         let pki = if tls {
             let names: Vec<String> = hospitals.iter().map(|h| h.name.clone()).collect();
             Some(LocalConsortium::provision(
@@ -77,6 +108,7 @@ impl LocalFederation {
         let url = format!("{scheme}://{}", listener.local_addr()?);
         let data_dir = workdir.join("coordinator");
         let mut config = CoordinatorConfig::new(&data_dir);
+        config.database_url = database_url.map(str::to_string);
         config.poll_timeout = poll_timeout;
         config.tls = pki.as_ref().map(LocalConsortium::coordinator_tls);
         config.rewards = rewards;

@@ -522,6 +522,12 @@ enum BenchCommand {
         /// Rounds per configuration.
         #[arg(long, default_value_t = 5)]
         rounds: u32,
+        /// Keep the coordinator's state in PostgreSQL instead of SQLite:
+        /// each configuration gets a fresh database created on this server
+        /// (postgres://user:password@host:port/database; the user needs
+        /// CREATEDB) and dropped when it ends.
+        #[arg(long, value_name = "URL")]
+        postgres: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -736,6 +742,11 @@ enum VerifyCommand {
         /// --tls or --insecure).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// The coordinator's PostgreSQL database (`cohort coordinator
+        /// --database`), read in one read-only transaction, instead of a
+        /// data directory.
+        #[arg(long, value_name = "URL", conflicts_with = "data_dir")]
+        database: Option<String>,
         #[command(flatten)]
         connection: Connection,
         #[command(flatten)]
@@ -975,6 +986,18 @@ struct CoordinatorArgs {
     /// (s3 needs the `s3` build feature) [default: DATA_DIR/objects].
     #[arg(long)]
     object_store: Option<String>,
+    /// Keep the coordinator's state (jobs, rounds, clients, the ledger) in
+    /// this PostgreSQL database instead of DATA_DIR/coordinator.sqlite:
+    /// postgres://user:password@host:port/database. The schema is created
+    /// on first start. Prefer the environment variable, which keeps the
+    /// password out of the process list.
+    #[arg(
+        long,
+        env = "COHORT_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    database: Option<String>,
     /// Seconds a client's task poll is held open when there is no work.
     #[arg(long, default_value_t = 20)]
     poll_timeout_secs: u64,
@@ -1490,6 +1513,7 @@ async fn main() -> Result<()> {
                 serve::CoordinatorOptions {
                     listen: a.listen,
                     data_dir,
+                    database: a.database,
                     object_store: a.object_store,
                     poll_timeout: Duration::from_secs(a.poll_timeout_secs),
                     tls: a.tls,
@@ -1588,6 +1612,7 @@ async fn main() -> Result<()> {
         Command::Rewards(command) => run_rewards_command(command).await?,
         Command::Verify(VerifyCommand::Ledger {
             data_dir,
+            database,
             connection,
             chain,
             state,
@@ -1597,9 +1622,10 @@ async fn main() -> Result<()> {
             let state = state.unwrap_or_else(audit::default_state_file);
             let chain = chain.options();
             let verified = async {
-                let source = match data_dir {
-                    Some(dir) => audit::LedgerSource::DataDir(dir),
-                    None => {
+                let source = match (data_dir, database) {
+                    (Some(dir), _) => audit::LedgerSource::DataDir(dir),
+                    (None, Some(url)) => audit::LedgerSource::Database(url),
+                    (None, None) => {
                         let (url, security) = connection.resolve(&[
                             Role::Validator,
                             Role::Developer,
@@ -2082,6 +2108,7 @@ async fn run_bench_command(cmd: BenchCommand) -> Result<()> {
             clients,
             parameters,
             rounds,
+            postgres,
             json,
         } => {
             init_logging("error");
@@ -2091,7 +2118,7 @@ async fn run_bench_command(cmd: BenchCommand) -> Result<()> {
             for &p in &parameters {
                 for &c in &clients {
                     eprintln!("measuring {c} clients, ~{p} parameters ...");
-                    let r = bench::round_overhead(c, p, rounds).await?;
+                    let r = bench::round_overhead(c, p, rounds, postgres.as_deref()).await?;
                     // One JSON object per configuration, as each finishes.
                     if json {
                         println!("{}", serde_json::to_string(&r)?);

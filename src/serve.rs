@@ -55,6 +55,8 @@ impl LedgerFlags {
 pub struct CoordinatorOptions {
     pub listen: String,
     pub data_dir: PathBuf,
+    /// `--database postgres://...`; `None`: SQLite in the data directory.
+    pub database: Option<String>,
     pub object_store: Option<String>,
     pub poll_timeout: Duration,
     /// Startup kit directory (mutual TLS); `None` needs `insecure`.
@@ -105,6 +107,7 @@ pub async fn run_coordinator(
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let mut config = cohort_coordinator::CoordinatorConfig::new(options.data_dir);
+    config.database_url = options.database;
     config.object_store_url = options.object_store;
     config.poll_timeout = options.poll_timeout.max(Duration::from_secs(1));
     config.tls = tls;

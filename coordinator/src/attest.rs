@@ -143,7 +143,10 @@ pub fn accept(
             Ok(std::iter::once(record).chain(paid).collect())
         },
         // The attestation's index: the entries before it.
-        |tx| Ok(tx.query_row("SELECT COUNT(*) FROM ledger", [], |r| r.get::<_, i64>(0))? as u64),
+        |tx| {
+            tx.query_one("SELECT COUNT(*) FROM ledger", &[])?
+                .get::<u64>(0)
+        },
     )?;
     Ok(index)
 }

@@ -1,6 +1,6 @@
 //! The coordinator's side of the embedded ledger: every job's story (job
 //! created, each round with the receipts of the updates it aggregated) is
-//! appended as a signed entry to an RFC 9162 Merkle log in the same SQLite
+//! appended as a signed entry to an RFC 9162 Merkle log in the same database
 //! transaction as the state it describes, and a signed checkpoint (C2SP
 //! signed note) is kept for the latest tree. `cohort verify ledger` checks
 //! it all without trusting the coordinator.
@@ -16,11 +16,10 @@ use cohort_identity::{Kit, MessageSigningKey};
 use cohort_ledger::{
     Anchor, AnchorError, Checkpoint, Entry, Hash, MerkleLog, Record, hash_leaf, sign_checkpoint,
 };
-use rusqlite::params;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::store::{Store, StoreError, now};
+use crate::store::{Database, Store, StoreError, now, values};
 
 /// The key that signs the coordinator's entries: its kit's signing key
 /// under mutual TLS, else one kept in the data directory.
@@ -88,7 +87,7 @@ impl Ledger {
         &self,
         store: &Store,
         record: Record,
-        with: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<R, StoreError>,
+        with: impl FnOnce(&Database) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         self.append_all(store, |_| Ok(vec![record]), with)
     }
@@ -98,8 +97,8 @@ impl Ledger {
     pub fn append_all<R>(
         &self,
         store: &Store,
-        records: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<Vec<Record>, StoreError>,
-        with: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<R, StoreError>,
+        records: impl FnOnce(&Database) -> Result<Vec<Record>, StoreError>,
+        with: impl FnOnce(&Database) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         let corrupt = |e: String| StoreError::Corrupt(format!("ledger: {e}"));
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
@@ -125,13 +124,13 @@ impl Ledger {
             for (index, leaf) in leaves {
                 tx.execute(
                     "INSERT INTO ledger (idx, entry) VALUES (?1, ?2)",
-                    params![index as i64, leaf],
+                    values![index as i64, leaf],
                 )?;
             }
             tx.execute(
                 "INSERT INTO ledger_checkpoint (id, key_name, note) VALUES (1, ?1, ?2)
                  ON CONFLICT(id) DO UPDATE SET key_name = excluded.key_name, note = excluded.note",
-                params![self.name, note],
+                values![&self.name, note],
             )?;
             // Every row of the append is written, nothing committed.
             cohort_protocol::crash::reached("ledger-append");
@@ -318,6 +317,7 @@ mod tests {
     use cohort_ledger::{AnchorFuture, AnchorReceipt};
 
     use super::*;
+    use crate::store::testing::TestBackend;
 
     /// An anchor in memory, enforcing the contract's rule (append at the
     /// count, nowhere else); it can be told to fail its next calls.
@@ -397,8 +397,8 @@ mod tests {
         }
     }
 
-    fn open(dir: &std::path::Path) -> (Store, Arc<Ledger>) {
-        let store = Store::open(dir, None).unwrap();
+    fn open(dir: &std::path::Path, backend: &TestBackend) -> (Store, Arc<Ledger>) {
+        let store = backend.open(dir, None).unwrap();
         let key = MessageSigningKey::load_or_create(&dir.join("key.pem")).unwrap();
         let ledger = Ledger::open(&store, LedgerSigner::Own(Box::new(key))).unwrap();
         (store, Arc::new(ledger))
@@ -416,8 +416,14 @@ mod tests {
 
     #[tokio::test]
     async fn catches_up_then_follows_commits_in_batches_and_retries() {
+        for backend in TestBackend::all("anchoring_catches_up") {
+            catches_up_then_follows_commits(&backend).await;
+        }
+    }
+
+    async fn catches_up_then_follows_commits(backend: &TestBackend) {
         let dir = tempfile::tempdir().unwrap();
-        let (store, ledger) = open(dir.path());
+        let (store, ledger) = open(dir.path(), backend);
         // Committed while nothing anchored (a crash, or a chain that was down).
         for n in 0..4 {
             ledger.append(&store, job(n), |_| Ok(())).unwrap();
@@ -447,8 +453,14 @@ mod tests {
 
     #[tokio::test]
     async fn stops_when_the_anchor_holds_another_history() {
+        for backend in TestBackend::all("anchoring_stops") {
+            stops_on_another_history(&backend).await;
+        }
+    }
+
+    async fn stops_on_another_history(backend: &TestBackend) {
         let dir = tempfile::tempdir().unwrap();
-        let (store, ledger) = open(dir.path());
+        let (store, ledger) = open(dir.path(), backend);
         ledger.append(&store, job(1), |_| Ok(())).unwrap();
         let anchor = Arc::new(MemoryAnchor::default());
         let mut forged = ledger.leaf_hashes(0, 2);

@@ -52,6 +52,9 @@ pub use store::{JobState, StoreError};
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
     pub data_dir: PathBuf,
+    /// `--database postgres://...`: the state in PostgreSQL; `None`:
+    /// `DATA_DIR/coordinator.sqlite`.
+    pub database_url: Option<String>,
     /// `None`: `DATA_DIR/objects` on the local disk.
     pub object_store_url: Option<String>,
     /// How long a client's `PullTask` is held open when there is no work.
@@ -83,6 +86,7 @@ impl CoordinatorConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: data_dir.into(),
+            database_url: None,
             object_store_url: None,
             poll_timeout: Duration::from_secs(20),
             tls: None,
@@ -133,10 +137,12 @@ impl Coordinator {
             Some(tls) => Authorizer::mutual_tls(tls.revocation.clone()),
             None => Authorizer::insecure(),
         };
-        let store = Arc::new(store::Store::open(
+        let store = Arc::new(store::Store::open_with_database(
             &config.data_dir,
+            config.database_url.as_deref(),
             config.object_store_url.as_deref(),
         )?);
+        info!(state = %store.location(), "coordinator state opened");
         if let Some((initial, halving)) = store.emission_schedule()? {
             let s = config.rewards.schedule;
             if (s.initial(), s.halving()) != (initial, halving) {

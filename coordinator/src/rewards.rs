@@ -255,7 +255,7 @@ impl RewardsConfig {
 /// two ledger records (its values, then its payout). `cumulative` is each
 /// hospital's recorded value over the job's earlier rounds.
 pub(crate) fn pay_round(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &crate::store::Database,
     config: &RewardsConfig,
     job_id: &str,
     round: u32,

@@ -1,8 +1,9 @@
-//! Durable coordinator state: a SQLite file for jobs, rounds and clients,
+//! Durable coordinator state: a database for jobs, rounds, clients and the
+//! ledger (a SQLite file, or PostgreSQL with `--database`; see [`sql`]),
 //! and an object store for model versions.
 //!
 //! Crash safety rests on one ordering rule: a round's model (and server
-//! optimizer state) is written to the object store *before* the SQLite
+//! optimizer state) is written to the object store *before* the database
 //! transaction that records the round. A coordinator killed between the two
 //! leaves an unreferenced object that the rerun of that round overwrites;
 //! one killed after the commit resumes from the next round. The rounds
@@ -13,8 +14,17 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, path::Path as ObjectPath};
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
+
+mod migrations;
+pub mod postgres;
+pub(crate) mod sql;
+#[doc(hidden)]
+pub mod testing;
+
+pub use migrations::SCHEMA_VERSION;
+pub use postgres::redacted;
+pub(crate) use sql::{Database, Dialect, Row, values};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -25,6 +35,14 @@ pub enum StoreError {
     },
     #[error("database: {0}")]
     Sql(#[from] rusqlite::Error),
+    #[error("PostgreSQL: {0}")]
+    Postgres(String),
+    #[error("database {url}: {message}")]
+    DatabaseUrl { url: String, message: String },
+    #[error(
+        "the database's schema is version {found}, newer than this coordinator's ({known}): run a newer cohort"
+    )]
+    SchemaTooNew { found: i64, known: i64 },
     #[error("object store: {0}")]
     Objects(#[from] object_store::Error),
     #[error("object store URL `{url}`: {message}")]
@@ -143,115 +161,83 @@ pub fn now() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    spec_toml TEXT NOT NULL,
-    state TEXT NOT NULL,
-    error TEXT,
-    created_at TEXT NOT NULL,
-    rounds_total INTEGER NOT NULL,
-    enrollment_json TEXT
-);
-CREATE TABLE IF NOT EXISTS rounds (
-    job_id TEXT NOT NULL REFERENCES jobs(id),
-    round INTEGER NOT NULL,
-    participants_json TEXT NOT NULL,
-    metrics_json TEXT,
-    train_loss REAL,
-    attempts INTEGER NOT NULL,
-    duration_secs REAL NOT NULL,
-    model_key TEXT NOT NULL,
-    model_sha256 TEXT NOT NULL,
-    completed_at TEXT NOT NULL,
-    slowest_fit_secs REAL NOT NULL DEFAULT 0,
-    slowest_evaluate_secs REAL NOT NULL DEFAULT 0,
-    PRIMARY KEY (job_id, round)
-);
-CREATE TABLE IF NOT EXISTS clients (
-    name TEXT PRIMARY KEY,
-    first_seen TEXT NOT NULL,
-    last_seen TEXT NOT NULL,
-    quality_summary_json TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS ledger (
-    idx INTEGER PRIMARY KEY,
-    entry BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS ledger_checkpoint (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    key_name TEXT NOT NULL,
-    note TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS emission_schedule (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    initial TEXT NOT NULL,
-    halving TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS round_values (
-    job_id TEXT NOT NULL REFERENCES jobs(id),
-    round INTEGER NOT NULL,
-    height INTEGER NOT NULL UNIQUE,
-    valuation_json TEXT NOT NULL,
-    PRIMARY KEY (job_id, round)
-);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY,
-    job_id TEXT NOT NULL REFERENCES jobs(id),
-    at TEXT NOT NULL,
-    message TEXT NOT NULL
-);
-";
+/// Opens (creating or migrating) the SQLite file at `db_path`.
+fn open_sqlite(db_path: &Path) -> Result<Database, StoreError> {
+    let db_err = |source| StoreError::Database {
+        path: db_path.to_path_buf(),
+        source,
+    };
+    let db = rusqlite::Connection::open(db_path).map_err(db_err)?;
+    // WAL + FULL sync: a committed round survives `kill -9` and power loss.
+    db.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+    )
+    .map_err(db_err)?;
+    migrations::migrate_sqlite(&db).map_err(db_err)?;
+    Ok(Database::Sqlite(db))
+}
 
-/// Schema changes after the first release, applied in order: entry `i`
-/// takes `user_version` from `i + 1` to `i + 2`. A database created before
-/// versions were tracked reads as version 1.
-const MIGRATIONS: &[&str] = &[
-    // 2: who submitted a job (the certificate name under mutual TLS).
-    "ALTER TABLE jobs ADD COLUMN submitted_by TEXT;",
-    // 3: receipts of the updates each round aggregated.
-    "ALTER TABLE rounds ADD COLUMN updates_json TEXT;",
-    // 4: digest of a securely aggregated round's recovered sum.
-    "ALTER TABLE rounds ADD COLUMN aggregate_sha256 TEXT;",
-    // 5 (update proofs, issue 16): updates a round left out, and why.
-    "ALTER TABLE rounds ADD COLUMN excluded_json TEXT;",
-    // 6 (dashboard, issue 20): task and answer bytes on the wire.
-    "ALTER TABLE rounds ADD COLUMN task_bytes_sent INTEGER;
-     ALTER TABLE rounds ADD COLUMN answer_bytes_received INTEGER;
-     ALTER TABLE rounds ADD COLUMN train_metrics_json TEXT;",
-    // 7: the adaptive clipping bound after each round of a client-level DP
-    // job, so that a restarted coordinator goes on from it.
-    "CREATE TABLE IF NOT EXISTS clip_bounds (
-        job_id TEXT NOT NULL,
-        round INTEGER NOT NULL,
-        bound REAL NOT NULL,
-        PRIMARY KEY (job_id, round)
-    );",
-];
+/// Connects to the PostgreSQL database at `url`, creating or migrating
+/// its schema.
+fn open_postgres(url: &str) -> Result<Database, StoreError> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(StoreError::DatabaseUrl {
+            url: redacted(url),
+            message: "expected postgres://user:password@host:port/database".into(),
+        });
+    }
+    let db = Database::Postgres(postgres::PgConnection::connect(url)?);
+    migrations::migrate_postgres(&db).map_err(|e| StoreError::DatabaseUrl {
+        url: redacted(url),
+        message: format!("preparing the schema: {e}"),
+    })?;
+    Ok(db)
+}
+
+/// An object store and the prefix inside it, from `--object-store`. S3
+/// buckets take their credentials, region and endpoint from the standard
+/// `AWS_*` environment variables (`AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`,
+/// `AWS_ALLOW_HTTP`, ...).
+fn parse_object_store_url(url: &url::Url) -> Result<(Box<dyn ObjectStore>, ObjectPath), String> {
+    #[cfg(feature = "s3")]
+    if url.scheme() == "s3" || url.scheme() == "s3a" {
+        let store = object_store::aws::AmazonS3Builder::from_env()
+            .with_url(url.as_str())
+            .build()
+            .map_err(|e| e.to_string())?;
+        let prefix = ObjectPath::from_url_path(url.path()).map_err(|e| e.to_string())?;
+        return Ok((Box::new(store), prefix));
+    }
+    object_store::parse_url(url).map_err(|e| e.to_string())
+}
 
 /// SQLite integers are signed.
 fn sql_count(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-fn migrate(db: &Connection) -> rusqlite::Result<()> {
-    let version: i64 = db.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    for (i, sql) in MIGRATIONS.iter().enumerate() {
-        let target = i as i64 + 2;
-        if version.max(1) < target {
-            let tx = db.unchecked_transaction()?;
-            tx.execute_batch(sql)?;
-            tx.execute_batch(&format!("PRAGMA user_version = {target};"))?;
-            tx.commit()?;
+/// Where the coordinator's state lives.
+#[derive(Debug, Clone)]
+pub enum StateLocation {
+    /// `DATA_DIR/coordinator.sqlite`.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database (its URL with the password hidden).
+    Postgres(String),
+}
+
+impl std::fmt::Display for StateLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StateLocation::Sqlite(path) => write!(f, "{}", path.display()),
+            StateLocation::Postgres(url) => f.write_str(url),
         }
     }
-    Ok(())
 }
 
 pub struct Store {
-    db: Mutex<Connection>,
-    db_path: PathBuf,
+    db: Mutex<Database>,
+    location: StateLocation,
     objects: Arc<dyn ObjectStore>,
     prefix: ObjectPath,
 }
@@ -261,23 +247,33 @@ impl Store {
     /// object store: `DATA_DIR/objects` unless a URL (`file:///…`,
     /// `memory:///`, `s3://…` with the `s3` feature) is given.
     pub fn open(data_dir: &Path, object_store_url: Option<&str>) -> Result<Self, StoreError> {
+        Self::open_with_database(data_dir, None, object_store_url)
+    }
+
+    /// Like [`Store::open`], with the state in the PostgreSQL database at
+    /// `database_url` (`postgres://user:password@host:port/database`)
+    /// instead of SQLite when one is given. The schema is created or
+    /// migrated on first use; a malformed URL, an unreachable server or
+    /// refused credentials are errors naming the problem.
+    pub fn open_with_database(
+        data_dir: &Path,
+        database_url: Option<&str>,
+        object_store_url: Option<&str>,
+    ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
             path: data_dir.to_path_buf(),
             source,
         })?;
-        let db_path = data_dir.join("coordinator.sqlite");
-        let db_err = |source| StoreError::Database {
-            path: db_path.clone(),
-            source,
+        let (db, location) = match database_url {
+            None => {
+                let db_path = data_dir.join("coordinator.sqlite");
+                (
+                    open_sqlite(&db_path)?,
+                    StateLocation::Sqlite(db_path.clone()),
+                )
+            }
+            Some(url) => (open_postgres(url)?, StateLocation::Postgres(redacted(url))),
         };
-        let db = Connection::open(&db_path).map_err(db_err)?;
-        // WAL + FULL sync: a committed round survives `kill -9` and power loss.
-        db.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
-        )
-        .map_err(db_err)?;
-        db.execute_batch(SCHEMA).map_err(db_err)?;
-        migrate(&db).map_err(db_err)?;
 
         let (objects, prefix): (Arc<dyn ObjectStore>, ObjectPath) = match object_store_url {
             None => {
@@ -295,33 +291,37 @@ impl Store {
                     message,
                 };
                 let url = url::Url::parse(raw).map_err(|e| bad(e.to_string()))?;
-                let (store, prefix) =
-                    object_store::parse_url(&url).map_err(|e| bad(e.to_string()))?;
+                let (store, prefix) = parse_object_store_url(&url).map_err(bad)?;
                 (Arc::from(store), prefix)
             }
         };
         Ok(Self {
             db: Mutex::new(db),
-            db_path,
+            location,
             objects,
             prefix,
         })
     }
 
-    pub fn db_path(&self) -> &Path {
-        &self.db_path
+    /// The SQLite file, when the state is in one.
+    pub fn db_path(&self) -> Option<&Path> {
+        match &self.location {
+            StateLocation::Sqlite(path) => Some(path),
+            StateLocation::Postgres(_) => None,
+        }
     }
 
-    /// Runs `f` in one SQLite transaction: all of it is committed, or none.
+    /// Where the state lives, for logs and messages (no password).
+    pub fn location(&self) -> &StateLocation {
+        &self.location
+    }
+
+    /// Runs `f` in one database transaction: all of it is committed, or none.
     pub(crate) fn transaction<R>(
         &self,
-        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<R, StoreError>,
+        f: impl FnOnce(&Database) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
-        let mut db = self.db();
-        let tx = db.transaction()?;
-        let result = f(&tx)?;
-        tx.commit()?;
-        Ok(result)
+        self.db().transaction(f)
     }
 
     /// The ledger's entries in order, and its latest signed checkpoint with
@@ -335,18 +335,18 @@ impl Store {
     /// parsed ledger re-read it only when this changes.
     pub fn ledger_stamp(&self) -> Result<(u64, Option<String>), StoreError> {
         let db = self.db();
-        let count: i64 = db.query_row("SELECT COUNT(*) FROM ledger", [], |r| r.get(0))?;
+        let count: i64 = db.query_one("SELECT COUNT(*) FROM ledger", &[])?.get(0)?;
         let note = db
-            .query_row("SELECT note FROM ledger_checkpoint WHERE id = 1", [], |r| {
-                r.get(0)
-            })
-            .optional()?;
+            .query_opt("SELECT note FROM ledger_checkpoint WHERE id = 1", &[])?
+            .map(|r| r.get(0))
+            .transpose()?;
         Ok((u64::try_from(count).unwrap_or_default(), note))
     }
 
-    fn db(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave SQLite inconsistent
-        // (transactions roll back), so a poisoned lock is still usable.
+    fn db(&self) -> MutexGuard<'_, Database> {
+        // A panic while holding the lock cannot leave the database
+        // inconsistent (transactions roll back), so a poisoned lock is
+        // still usable.
         self.db.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -355,19 +355,19 @@ impl Store {
     }
 
     /// [`Store::insert_job`] inside a caller's transaction.
-    pub(crate) fn insert_job_in(db: &Connection, job: &JobRow) -> Result<(), StoreError> {
+    pub(crate) fn insert_job_in(db: &Database, job: &JobRow) -> Result<(), StoreError> {
         db.execute(
             "INSERT INTO jobs (id, name, spec_toml, state, error, created_at, rounds_total, submitted_by)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
-                job.id,
-                job.name,
-                job.spec_toml,
+            values![
+                &job.id,
+                &job.name,
+                &job.spec_toml,
                 job.state.as_str(),
-                job.error,
-                job.created_at,
+                job.error.as_deref(),
+                &job.created_at,
                 job.rounds_total,
-                job.submitted_by
+                job.submitted_by.as_deref()
             ],
         )?;
         Ok(())
@@ -381,7 +381,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.db().execute(
             "UPDATE jobs SET state = ?2, error = ?3 WHERE id = ?1",
-            params![id, state.as_str(), error],
+            values![id, state.as_str(), error],
         )?;
         Ok(())
     }
@@ -392,7 +392,7 @@ impl Store {
 
     /// [`Store::set_enrollment`] inside a caller's transaction.
     pub(crate) fn set_enrollment_in(
-        db: &Connection,
+        db: &Database,
         id: &str,
         enrollment: &Enrollment,
     ) -> Result<(), StoreError> {
@@ -400,7 +400,7 @@ impl Store {
             .map_err(|e| StoreError::Corrupt(format!("encoding enrollment: {e}")))?;
         db.execute(
             "UPDATE jobs SET enrollment_json = ?2 WHERE id = ?1",
-            params![id, json],
+            values![id, json],
         )?;
         Ok(())
     }
@@ -410,55 +410,45 @@ impl Store {
          (SELECT COUNT(*) FROM rounds r WHERE r.job_id = j.id AND r.round > 0), j.enrollment_json,
          j.submitted_by";
 
-    fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(JobRow, String, Option<String>)> {
-        Ok((
-            JobRow {
-                id: row.get(0)?,
-                name: row.get(1)?,
-                spec_toml: row.get(2)?,
-                state: JobState::Pending,
-                error: row.get(4)?,
-                created_at: row.get(5)?,
-                rounds_total: row.get(6)?,
-                rounds_completed: row.get(7)?,
-                enrollment: None,
-                submitted_by: row.get(9)?,
-            },
-            row.get(3)?,
-            row.get(8)?,
-        ))
-    }
-
-    fn finish_job(parts: (JobRow, String, Option<String>)) -> Result<JobRow, StoreError> {
-        let (mut job, state, enrollment) = parts;
-        job.state = JobState::parse(&state)?;
-        job.enrollment = enrollment
-            .map(|e| serde_json::from_str(&e))
-            .transpose()
-            .map_err(|e| StoreError::Corrupt(format!("job {} enrollment: {e}", job.id)))?;
-        Ok(job)
+    fn job_from_row(row: &Row) -> Result<JobRow, StoreError> {
+        let id: String = row.get(0)?;
+        let state: String = row.get(3)?;
+        let enrollment: Option<String> = row.get(8)?;
+        Ok(JobRow {
+            name: row.get(1)?,
+            spec_toml: row.get(2)?,
+            state: JobState::parse(&state)?,
+            error: row.get(4)?,
+            created_at: row.get(5)?,
+            rounds_total: row.get(6)?,
+            rounds_completed: row.get(7)?,
+            enrollment: enrollment
+                .map(|e| serde_json::from_str(&e))
+                .transpose()
+                .map_err(|e| StoreError::Corrupt(format!("job {id} enrollment: {e}")))?,
+            submitted_by: row.get(9)?,
+            id,
+        })
     }
 
     pub fn job(&self, id: &str) -> Result<Option<JobRow>, StoreError> {
         let sql = format!("SELECT {} FROM jobs j WHERE j.id = ?1", Self::JOB_COLUMNS);
-        let parts = self
-            .db()
-            .query_row(&sql, params![id], Self::job_from_row)
-            .optional()?;
-        parts.map(Self::finish_job).transpose()
+        let row = self.db().query_opt(&sql, values![id])?;
+        row.as_ref().map(Self::job_from_row).transpose()
     }
 
     pub fn jobs(&self) -> Result<Vec<JobRow>, StoreError> {
+        let db = self.db();
+        let order = match db.dialect() {
+            Dialect::Sqlite => "j.rowid",
+            Dialect::Postgres => "j.seq",
+        };
         let sql = format!(
-            "SELECT {} FROM jobs j ORDER BY j.created_at, j.rowid",
+            "SELECT {} FROM jobs j ORDER BY j.created_at, {order}",
             Self::JOB_COLUMNS
         );
-        let db = self.db();
-        let mut stmt = db.prepare(&sql)?;
-        let rows = stmt
-            .query_map([], Self::job_from_row)?
-            .collect::<Result<Vec<_>, _>>()?;
-        rows.into_iter().map(Self::finish_job).collect()
+        let rows = db.query(&sql, &[])?;
+        rows.iter().map(Self::job_from_row).collect()
     }
 
     /// Records a completed round. Fails (and changes nothing) if the round
@@ -468,7 +458,7 @@ impl Store {
     }
 
     /// [`Store::record_round`] inside a caller's transaction.
-    pub(crate) fn record_round_in(db: &Connection, row: &RoundRow) -> Result<(), StoreError> {
+    pub(crate) fn record_round_in(db: &Database, row: &RoundRow) -> Result<(), StoreError> {
         let participants = serde_json::to_string(&row.participants)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let metrics = row
@@ -494,21 +484,21 @@ impl Store {
                 excluded_json, task_bytes_sent, answer_bytes_received, train_metrics_json)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
                 ?18)",
-            params![
-                row.job_id,
+            values![
+                &row.job_id,
                 row.round,
                 participants,
                 metrics,
                 row.train_loss,
                 row.attempts,
                 row.duration_secs,
-                row.model_key,
-                row.model_sha256,
-                row.completed_at,
+                &row.model_key,
+                &row.model_sha256,
+                &row.completed_at,
                 row.slowest_fit_secs,
                 row.slowest_evaluate_secs,
                 updates,
-                row.aggregate_sha256,
+                row.aggregate_sha256.as_deref(),
                 excluded,
                 row.traffic.map(|t| sql_count(t.task_bytes_sent)),
                 row.traffic.map(|t| sql_count(t.answer_bytes_received)),
@@ -526,90 +516,84 @@ impl Store {
     /// The job's recorded rounds numbered above `after` (round 0, the
     /// initial model, only when `after` is 0), in order.
     pub fn rounds_after(&self, job_id: &str, after: u32) -> Result<Vec<RoundRow>, StoreError> {
-        let db = self.db();
-        let mut stmt = db.prepare(
+        let rows = self.db().query(
             "SELECT job_id, round, participants_json, metrics_json, train_loss, attempts,
                     duration_secs, model_key, model_sha256, completed_at,
                     slowest_fit_secs, slowest_evaluate_secs, updates_json, aggregate_sha256,
                     excluded_json, task_bytes_sent, answer_bytes_received, train_metrics_json
              FROM rounds WHERE job_id = ?1 AND (?2 = 0 OR round > ?2) ORDER BY round",
+            values![job_id, after],
         )?;
         // A JSON column that does not parse is reported like any other
         // column that does not convert, naming the column index.
         fn json_column<T: serde::de::DeserializeOwned>(
-            r: &rusqlite::Row<'_>,
+            r: &Row,
             idx: usize,
-        ) -> rusqlite::Result<Option<T>> {
-            r.get::<_, Option<String>>(idx)?
+        ) -> Result<Option<T>, StoreError> {
+            r.get::<Option<String>>(idx)?
                 .map(|text| serde_json::from_str(&text))
                 .transpose()
-                .map_err(|e| {
-                    rusqlite::Error::FromSqlConversionFailure(
-                        idx,
-                        rusqlite::types::Type::Text,
-                        Box::new(e),
-                    )
-                })
+                .map_err(|e| StoreError::Corrupt(format!("column {idx}: {e}")))
         }
-        let rows = stmt
-            .query_map(params![job_id, after], |r| {
-                Ok(RoundRow {
-                    job_id: r.get(0)?,
-                    round: r.get(1)?,
-                    participants: json_column(r, 2)?.unwrap_or_default(),
-                    metrics: json_column(r, 3)?,
-                    train_loss: r.get(4)?,
-                    attempts: r.get(5)?,
-                    duration_secs: r.get(6)?,
-                    model_key: r.get(7)?,
-                    model_sha256: r.get(8)?,
-                    completed_at: r.get(9)?,
-                    slowest_fit_secs: r.get(10)?,
-                    slowest_evaluate_secs: r.get(11)?,
-                    updates: json_column(r, 12)?.unwrap_or_default(),
-                    aggregate_sha256: r.get(13)?,
-                    excluded: json_column(r, 14)?.unwrap_or_default(),
-                    traffic: match (
-                        r.get::<_, Option<i64>>(15)?
-                            .and_then(|n| u64::try_from(n).ok()),
-                        r.get::<_, Option<i64>>(16)?
-                            .and_then(|n| u64::try_from(n).ok()),
-                    ) {
-                        (Some(task_bytes_sent), Some(answer_bytes_received)) => {
-                            Some(crate::traffic::RoundTraffic {
-                                task_bytes_sent,
-                                answer_bytes_received,
-                            })
-                        }
-                        _ => None,
-                    },
-                    train_metrics: json_column(r, 17)?,
-                })
-            })?
+        let round_row = |r: &Row| -> Result<RoundRow, StoreError> {
+            Ok(RoundRow {
+                job_id: r.get(0)?,
+                round: r.get(1)?,
+                participants: json_column(r, 2)?.unwrap_or_default(),
+                metrics: json_column(r, 3)?,
+                train_loss: r.get(4)?,
+                attempts: r.get(5)?,
+                duration_secs: r.get(6)?,
+                model_key: r.get(7)?,
+                model_sha256: r.get(8)?,
+                completed_at: r.get(9)?,
+                slowest_fit_secs: r.get(10)?,
+                slowest_evaluate_secs: r.get(11)?,
+                updates: json_column(r, 12)?.unwrap_or_default(),
+                aggregate_sha256: r.get(13)?,
+                excluded: json_column(r, 14)?.unwrap_or_default(),
+                traffic: match (
+                    r.get::<Option<i64>>(15)?
+                        .and_then(|n| u64::try_from(n).ok()),
+                    r.get::<Option<i64>>(16)?
+                        .and_then(|n| u64::try_from(n).ok()),
+                ) {
+                    (Some(task_bytes_sent), Some(answer_bytes_received)) => {
+                        Some(crate::traffic::RoundTraffic {
+                            task_bytes_sent,
+                            answer_bytes_received,
+                        })
+                    }
+                    _ => None,
+                },
+                train_metrics: json_column(r, 17)?,
+            })
+        };
+        rows.iter()
+            .map(round_row)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| StoreError::Corrupt(format!("rounds of job {job_id}: {e}")))?;
-        Ok(rows)
+            .map_err(|e| StoreError::Corrupt(format!("rounds of job {job_id}: {e}")))
     }
 
     /// Records the adaptive clipping bound a job's round ended with.
     pub fn set_clip_bound(&self, job_id: &str, round: u32, bound: f64) -> Result<(), StoreError> {
         self.db().execute(
-            "INSERT OR REPLACE INTO clip_bounds (job_id, round, bound) VALUES (?1, ?2, ?3)",
-            params![job_id, round, bound],
+            "INSERT INTO clip_bounds (job_id, round, bound) VALUES (?1, ?2, ?3)
+             ON CONFLICT (job_id, round) DO UPDATE SET bound = excluded.bound",
+            values![job_id, round, bound],
         )?;
         Ok(())
     }
 
     /// The adaptive clipping bound round `round` of a job ended with.
     pub fn clip_bound(&self, job_id: &str, round: u32) -> Result<Option<f64>, StoreError> {
-        Ok(self
-            .db()
-            .query_row(
+        self.db()
+            .query_opt(
                 "SELECT bound FROM clip_bounds WHERE job_id = ?1 AND round = ?2",
-                params![job_id, round],
-                |r| r.get(0),
-            )
-            .optional()?)
+                values![job_id, round],
+            )?
+            .map(|r| r.get(0))
+            .transpose()
     }
 
     /// Notable things that happened to a job (clients dropped, rounds
@@ -617,7 +601,7 @@ impl Store {
     pub fn add_event(&self, job_id: &str, message: &str) -> Result<(), StoreError> {
         self.db().execute(
             "INSERT INTO events (job_id, at, message) VALUES (?1, ?2, ?3)",
-            params![job_id, now(), message],
+            values![job_id, now(), message],
         )?;
         Ok(())
     }
@@ -632,14 +616,15 @@ impl Store {
         job_id: &str,
         skip: u32,
     ) -> Result<Vec<(String, String)>, StoreError> {
-        let db = self.db();
-        let mut stmt = db.prepare(
-            "SELECT at, message FROM events WHERE job_id = ?1 ORDER BY id LIMIT -1 OFFSET ?2",
-        )?;
-        let rows = stmt
-            .query_map(params![job_id, skip], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
+        // Both dialects need a LIMIT to take an OFFSET: the largest one.
+        self.db()
+            .query(
+                "SELECT at, message FROM events WHERE job_id = ?1 ORDER BY id LIMIT ?3 OFFSET ?2",
+                values![job_id, skip, i64::MAX],
+            )?
+            .iter()
+            .map(|r| Ok((r.get(0)?, r.get(1)?)))
+            .collect()
     }
 
     pub fn upsert_client(&self, name: &str, quality_summary_json: &str) -> Result<(), StoreError> {
@@ -648,7 +633,7 @@ impl Store {
             "INSERT INTO clients (name, first_seen, last_seen, quality_summary_json)
              VALUES (?1, ?2, ?2, ?3)
              ON CONFLICT(name) DO UPDATE SET last_seen = ?2, quality_summary_json = ?3",
-            params![name, at, quality_summary_json],
+            values![name, at, quality_summary_json],
         )?;
         Ok(())
     }
@@ -659,20 +644,17 @@ impl Store {
         Self::emission_schedule_in(&self.db())
     }
 
-    fn emission_schedule_in(db: &Connection) -> Result<Option<(u64, u64)>, StoreError> {
-        let row: Option<(String, String)> = db
-            .query_row(
-                "SELECT initial, halving FROM emission_schedule WHERE id = 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        row.map(|(initial, halving)| {
-            let parse = |s: &str| {
+    fn emission_schedule_in(db: &Database) -> Result<Option<(u64, u64)>, StoreError> {
+        let row = db.query_opt(
+            "SELECT initial, halving FROM emission_schedule WHERE id = 1",
+            &[],
+        )?;
+        row.map(|r| {
+            let parse = |s: String| {
                 s.parse::<u64>()
                     .map_err(|e| StoreError::Corrupt(format!("emission schedule {s:?}: {e}")))
             };
-            Ok((parse(&initial)?, parse(&halving)?))
+            Ok((parse(r.get(0)?)?, parse(r.get(1)?)?))
         })
         .transpose()
     }
@@ -680,12 +662,12 @@ impl Store {
     /// The consortium's next reward height (rounds paid so far, all jobs),
     /// inside the transaction that pays it; records the schedule with the
     /// first payout and refuses a different one later.
-    pub(crate) fn next_height_in(db: &Connection, schedule: (u64, u64)) -> Result<u64, StoreError> {
+    pub(crate) fn next_height_in(db: &Database, schedule: (u64, u64)) -> Result<u64, StoreError> {
         match Self::emission_schedule_in(db)? {
             None => {
                 db.execute(
                     "INSERT INTO emission_schedule (id, initial, halving) VALUES (1, ?1, ?2)",
-                    params![schedule.0.to_string(), schedule.1.to_string()],
+                    values![schedule.0.to_string(), schedule.1.to_string()],
                 )?;
             }
             Some(stored) if stored != schedule => {
@@ -696,13 +678,13 @@ impl Store {
             }
             Some(_) => {}
         }
-        let paid: i64 = db.query_row("SELECT COUNT(*) FROM round_values", [], |r| r.get(0))?;
-        Ok(paid as u64)
+        db.query_one("SELECT COUNT(*) FROM round_values", &[])?
+            .get::<u64>(0)
     }
 
     /// Records a round's valuation (JSON) at its reward height.
     pub(crate) fn record_valuation_in(
-        db: &Connection,
+        db: &Database,
         job_id: &str,
         round: u32,
         height: u64,
@@ -710,41 +692,39 @@ impl Store {
     ) -> Result<(), StoreError> {
         db.execute(
             "INSERT INTO round_values (job_id, round, height, valuation_json) VALUES (?1, ?2, ?3, ?4)",
-            params![job_id, round, height as i64, valuation_json],
+            values![job_id, round, sql_count(height), valuation_json],
         )?;
         Ok(())
     }
 
     /// Every valued round of a job: `(round, height, valuation JSON)`.
     pub fn valuations(&self, job_id: &str) -> Result<Vec<(u32, u64, String)>, StoreError> {
-        let db = self.db();
-        let mut stmt = db.prepare(
-            "SELECT round, height, valuation_json FROM round_values WHERE job_id = ?1 ORDER BY round",
-        )?;
-        let rows = stmt
-            .query_map(params![job_id], |r| {
-                Ok((r.get::<_, u32>(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?))
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
+        self.db()
+            .query(
+                "SELECT round, height, valuation_json FROM round_values WHERE job_id = ?1 ORDER BY round",
+                values![job_id],
+            )?
+            .iter()
+            .map(|r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .collect()
     }
 
     pub fn clients(&self) -> Result<Vec<ClientRow>, StoreError> {
-        let db = self.db();
-        let mut stmt = db.prepare(
-            "SELECT name, first_seen, last_seen, quality_summary_json FROM clients ORDER BY name",
-        )?;
-        let rows = stmt
-            .query_map([], |r| {
+        self.db()
+            .query(
+                "SELECT name, first_seen, last_seen, quality_summary_json FROM clients ORDER BY name",
+                &[],
+            )?
+            .iter()
+            .map(|r| {
                 Ok(ClientRow {
                     name: r.get(0)?,
                     first_seen: r.get(1)?,
                     last_seen: r.get(2)?,
                     quality_summary_json: r.get(3)?,
                 })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
+            })
+            .collect()
     }
 
     fn object_path(&self, key: &str) -> ObjectPath {
@@ -774,6 +754,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use testing::{TestBackend, TestDatabase, postgres_server};
 
     fn job(id: &str) -> JobRow {
         JobRow {
@@ -794,8 +775,8 @@ mod tests {
     fn a_database_from_before_submitters_were_recorded_is_migrated() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let db = Connection::open(dir.path().join("coordinator.sqlite")).unwrap();
-            db.execute_batch(SCHEMA).unwrap();
+            let db = rusqlite::Connection::open(dir.path().join("coordinator.sqlite")).unwrap();
+            db.execute_batch(migrations::SQLITE_SCHEMA).unwrap();
             db.execute_batch("PRAGMA user_version = 1;").unwrap();
             db.execute(
                 "INSERT INTO jobs (id, name, spec_toml, state, created_at, rounds_total)
@@ -846,45 +827,176 @@ mod tests {
 
     #[tokio::test]
     async fn state_survives_reopen_and_rounds_are_recorded_once() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let store = Store::open(dir.path(), None).unwrap();
+        for backend in TestBackend::all("survives_reopen") {
+            let dir = tempfile::tempdir().unwrap();
+            let open = || backend.open(dir.path(), None).unwrap();
+            {
+                let store = open();
+                store.insert_job(&job("j1")).unwrap();
+                store.record_round(&round("j1", 0)).unwrap();
+                store.record_round(&round("j1", 1)).unwrap();
+                assert!(store.record_round(&round("j1", 1)).is_err());
+                store.set_job_state("j1", JobState::Running, None).unwrap();
+                store
+                    .put_object("jobs/j1/model", vec![1, 2, 3])
+                    .await
+                    .unwrap();
+                store.set_clip_bound("j1", 1, 0.8).unwrap();
+                store.set_clip_bound("j1", 1, 0.75).unwrap();
+            }
+            let store = open();
+            let name = backend.name();
+            assert_eq!(store.clip_bound("j1", 1).unwrap(), Some(0.75), "{name}");
+            assert_eq!(store.clip_bound("j1", 2).unwrap(), None);
+            let j = store.job("j1").unwrap().unwrap();
+            assert_eq!(j.state, JobState::Running);
+            assert_eq!(j.rounds_completed, 1);
+            assert_eq!(j.submitted_by.as_deref(), Some("dev"));
+            let rounds = store.rounds("j1").unwrap();
+            assert_eq!(rounds.len(), 2, "{name}");
+            assert_eq!(rounds[0].traffic, None);
+            assert_eq!(rounds[1].traffic.unwrap().task_bytes_sent, 1001);
+            assert_eq!(rounds[1].traffic.unwrap().answer_bytes_received, 500);
+            assert_eq!(rounds[0].train_metrics, None);
+            assert_eq!(rounds[1].train_metrics.unwrap().accuracy, 0.75);
+            assert_eq!(
+                rounds[1],
+                round("j1", 1).with_completed_at(&rounds[1].completed_at)
+            );
+            assert_eq!(
+                &store.get_object("jobs/j1/model").await.unwrap()[..],
+                &[1, 2, 3]
+            );
+            assert!(store.job("nope").unwrap().is_none());
+        }
+    }
+
+    impl RoundRow {
+        fn with_completed_at(mut self, at: &str) -> Self {
+            self.completed_at = at.to_string();
+            self
+        }
+    }
+
+    #[test]
+    fn jobs_clients_events_and_payouts_read_back_alike_on_both_backends() {
+        for backend in TestBackend::all("read_back") {
+            let dir = tempfile::tempdir().unwrap();
+            let store = backend.open(dir.path(), Some("memory:///")).unwrap();
+            let name = backend.name();
+            // Listed in submission order, ties on the timestamp included.
+            let mut second = job("b-second");
+            second.created_at = "2026-01-01T00:00:00Z".into();
+            let mut first = job("z-first");
+            first.created_at = second.created_at.clone();
+            store.insert_job(&first).unwrap();
+            store.insert_job(&second).unwrap();
+            let ids: Vec<String> = store.jobs().unwrap().into_iter().map(|j| j.id).collect();
+            assert_eq!(ids, ["z-first", "b-second"], "{name}");
+            store
+                .set_job_state("z-first", JobState::Failed, Some("no clients"))
+                .unwrap();
+            let failed = store.job("z-first").unwrap().unwrap();
+            assert_eq!(
+                (failed.state, failed.error.as_deref()),
+                (JobState::Failed, Some("no clients"))
+            );
+
+            store.upsert_client("h-b", "{}").unwrap();
+            store.upsert_client("h-a", "{\"rows\":1}").unwrap();
+            store.upsert_client("h-a", "{\"rows\":2}").unwrap();
+            let clients = store.clients().unwrap();
+            assert_eq!(clients.len(), 2, "{name}");
+            assert_eq!(
+                (
+                    clients[0].name.as_str(),
+                    clients[0].quality_summary_json.as_str()
+                ),
+                ("h-a", "{\"rows\":2}")
+            );
+
+            // Payouts: the schedule is fixed by the first, heights count up.
+            store.record_round(&round("z-first", 1)).unwrap();
+            let heights = store
+                .transaction(|tx| {
+                    let h0 = Store::next_height_in(tx, (50, 2))?;
+                    Store::record_valuation_in(tx, "z-first", 1, h0, "{}")?;
+                    let h1 = Store::next_height_in(tx, (50, 2))?;
+                    Ok((h0, h1))
+                })
+                .unwrap();
+            assert_eq!(heights, (0, 1));
+            assert_eq!(store.emission_schedule().unwrap(), Some((50, 2)));
+            assert_eq!(
+                store.valuations("z-first").unwrap(),
+                [(1, 0, "{}".to_string())]
+            );
+            let refused = store.transaction(|tx| Store::next_height_in(tx, (60, 2)));
+            assert!(
+                refused
+                    .unwrap_err()
+                    .to_string()
+                    .contains("emission schedule is 50")
+            );
+
+            // Ledger rows, as the ledger module writes them.
+            assert_eq!(store.ledger_stamp().unwrap(), (0, None));
+            store
+                .transaction(|tx| {
+                    tx.execute("INSERT INTO ledger (idx, entry) VALUES (?1, ?2)", values![0i64, vec![0u8, 255, 7]])?;
+                    tx.execute(
+                        "INSERT INTO ledger_checkpoint (id, key_name, note) VALUES (1, ?1, ?2)
+                         ON CONFLICT(id) DO UPDATE SET key_name = excluded.key_name, note = excluded.note",
+                        values!["k", "note"],
+                    )?;
+                    Ok(())
+                })
+                .unwrap();
+            let ledger = store.ledger().unwrap();
+            assert_eq!(ledger.leaves, [vec![0u8, 255, 7]], "{name}");
+            assert_eq!(store.ledger_stamp().unwrap(), (1, Some("note".to_string())));
+        }
+    }
+
+    #[test]
+    fn a_failed_transaction_changes_nothing_on_either_backend() {
+        for backend in TestBackend::all("atomic") {
+            let dir = tempfile::tempdir().unwrap();
+            let store = backend.open(dir.path(), Some("memory:///")).unwrap();
             store.insert_job(&job("j1")).unwrap();
             store.record_round(&round("j1", 0)).unwrap();
+            // The first insert succeeds, the second collides: neither stays.
+            let failed = store.transaction(|tx| {
+                Store::record_round_in(tx, &round("j1", 1))?;
+                Store::record_round_in(tx, &round("j1", 0))
+            });
+            assert!(failed.is_err(), "{}", backend.name());
+            assert_eq!(store.rounds("j1").unwrap().len(), 1, "{}", backend.name());
+            // A panic inside a transaction rolls back too, and the store
+            // stays usable.
+            let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let _ = store.transaction(|tx| -> Result<(), StoreError> {
+                    Store::record_round_in(tx, &round("j1", 1))?;
+                    panic!("in the middle of a round's commit");
+                });
+            }));
+            assert!(panicked.is_err());
+            assert_eq!(store.rounds("j1").unwrap().len(), 1, "{}", backend.name());
             store.record_round(&round("j1", 1)).unwrap();
-            assert!(store.record_round(&round("j1", 1)).is_err());
-            store.set_job_state("j1", JobState::Running, None).unwrap();
-            store
-                .put_object("jobs/j1/model", vec![1, 2, 3])
-                .await
-                .unwrap();
-            store.set_clip_bound("j1", 1, 0.8).unwrap();
-            store.set_clip_bound("j1", 1, 0.75).unwrap();
+            assert_eq!(store.rounds("j1").unwrap().len(), 2);
         }
-        let store = Store::open(dir.path(), None).unwrap();
-        assert_eq!(store.clip_bound("j1", 1).unwrap(), Some(0.75));
-        assert_eq!(store.clip_bound("j1", 2).unwrap(), None);
-        let j = store.job("j1").unwrap().unwrap();
-        assert_eq!(j.state, JobState::Running);
-        assert_eq!(j.rounds_completed, 1);
-        let rounds = store.rounds("j1").unwrap();
-        assert_eq!(rounds.len(), 2);
-        assert_eq!(rounds[0].traffic, None);
-        assert_eq!(rounds[1].traffic.unwrap().task_bytes_sent, 1001);
-        assert_eq!(rounds[1].traffic.unwrap().answer_bytes_received, 500);
-        assert_eq!(rounds[0].train_metrics, None);
-        assert_eq!(rounds[1].train_metrics.unwrap().accuracy, 0.75);
-        assert_eq!(
-            &store.get_object("jobs/j1/model").await.unwrap()[..],
-            &[1, 2, 3]
-        );
-        assert!(store.job("nope").unwrap().is_none());
     }
 
     #[test]
     fn a_follower_reads_only_the_rounds_and_events_it_has_not_seen() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), None).unwrap();
+        for backend in TestBackend::all("follower") {
+            let dir = tempfile::tempdir().unwrap();
+            let store = backend.open(dir.path(), None).unwrap();
+            a_follower_reads_only_what_it_has_not_seen(&store);
+        }
+    }
+
+    fn a_follower_reads_only_what_it_has_not_seen(store: &Store) {
         store.insert_job(&job("j1")).unwrap();
         for r in 0..=4 {
             store.record_round(&round("j1", r)).unwrap();
@@ -917,6 +1029,149 @@ mod tests {
     }
 
     #[test]
+    fn a_postgres_database_is_migrated_once_and_a_newer_one_refused() {
+        let Some(server) = postgres_server() else {
+            return;
+        };
+        let database = TestDatabase::create(&server, "migrated_once").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let open =
+            || Store::open_with_database(dir.path(), Some(database.url()), Some("memory:///"));
+        let store = open().unwrap();
+        store.insert_job(&job("j1")).unwrap();
+        drop(store);
+        // Reopening keeps the data and does not create the schema again.
+        let store = open().unwrap();
+        assert!(store.job("j1").unwrap().is_some());
+        let version = |store: &Store| -> i64 {
+            store
+                .db()
+                .query_one("SELECT version FROM cohort_schema_version", &[])
+                .unwrap()
+                .get(0)
+                .unwrap()
+        };
+        assert_eq!(version(&store), SCHEMA_VERSION);
+        // Nothing of the state went to the data directory.
+        assert!(!dir.path().join("coordinator.sqlite").exists());
+        store
+            .db()
+            .execute(
+                "UPDATE cohort_schema_version SET version = ?1",
+                values![SCHEMA_VERSION + 1],
+            )
+            .unwrap();
+        drop(store);
+        let err = open().err().unwrap().to_string();
+        assert!(err.contains("newer than this coordinator"), "{err}");
+        if let Some(password) = url::Url::parse(&server).unwrap().password() {
+            assert!(!err.contains(password), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_postgres_connection_the_server_closed_is_opened_again() {
+        let Some(server) = postgres_server() else {
+            return;
+        };
+        let database = TestDatabase::create(&server, "reconnect").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with_database(dir.path(), Some(database.url()), Some("memory:///"))
+            .unwrap();
+        store.insert_job(&job("j1")).unwrap();
+        let admin = Database::Postgres(postgres::PgConnection::connect(&server).unwrap());
+        let backend_pid = |store: &Store| -> i64 {
+            store
+                .db()
+                .query_one("SELECT pg_backend_pid()", &[])
+                .unwrap()
+                .get(0)
+                .unwrap()
+        };
+        let terminate = |pid: i64| {
+            admin
+                .execute("SELECT pg_terminate_backend(?1)", values![pid])
+                .unwrap();
+            // Until the I/O thread has seen the socket close.
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        };
+        terminate(backend_pid(&store));
+        assert!(store.job("j1").unwrap().is_some());
+        // Lost inside a transaction: that transaction fails, nothing of it
+        // stays, and the store goes on.
+        let pid = backend_pid(&store);
+        let failed = store.transaction(|tx| {
+            Store::insert_job_in(tx, &job("j2"))?;
+            terminate(pid);
+            Store::insert_job_in(tx, &job("j3"))
+        });
+        let err = failed.unwrap_err().to_string();
+        assert!(err.contains("lost in the middle of a transaction"), "{err}");
+        assert!(store.job("j2").unwrap().is_none());
+        assert!(store.job("j3").unwrap().is_none());
+        store.insert_job(&job("j4")).unwrap();
+    }
+
+    #[test]
+    fn bad_database_urls_are_named_without_the_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = |url: &str| {
+            Store::open_with_database(dir.path(), Some(url), Some("memory:///"))
+                .err()
+                .unwrap()
+                .to_string()
+        };
+        let err = open("mysql://u:secret@localhost/db");
+        assert!(err.contains("expected postgres://"), "{err}");
+        assert!(!err.contains("secret"), "{err}");
+        let err = open("postgres://u:secret@localhost:notaport/db");
+        assert!(
+            err.contains("not a PostgreSQL URL") && !err.contains("secret"),
+            "{err}"
+        );
+        // Nothing listens on a port just released.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let err = open(&format!("postgres://u:secret@127.0.0.1:{port}/db"));
+        assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+        assert!(err.contains("refused") || err.contains("connect"), "{err}");
+        assert!(!err.contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn a_wrong_postgres_password_or_database_is_named() {
+        let Some(server) = postgres_server() else {
+            return;
+        };
+        let mut url = url::Url::parse(&server).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let open = |url: &url::Url| {
+            Store::open_with_database(dir.path(), Some(url.as_str()), Some("memory:///"))
+                .err()
+                .unwrap()
+                .to_string()
+        };
+        let mut missing = url.clone();
+        missing.set_path("/cohort_no_such_database");
+        let err = open(&missing);
+        assert!(
+            err.contains("cohort_no_such_database") && err.contains("does not exist"),
+            "{err}"
+        );
+        if url.password().is_some() {
+            url.set_password(Some("certainly-wrong")).unwrap();
+            let err = open(&url);
+            assert!(err.contains("password authentication failed"), "{err}");
+            assert!(!err.contains("certainly-wrong"), "{err}");
+        } else {
+            eprintln!("COHORT_TEST_POSTGRES_URL has no password: not testing a wrong one");
+        }
+    }
+
+    #[test]
     fn bad_object_store_url_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let err = Store::open(dir.path(), Some("nope://x")).err().unwrap();
@@ -939,23 +1194,24 @@ pub struct StoredCheckpoint {
     pub note: String,
 }
 
-pub(crate) fn read_ledger(db: &Connection) -> Result<LedgerContents, StoreError> {
-    let mut stmt = db.prepare("SELECT entry FROM ledger ORDER BY idx")?;
-    let leaves = stmt
-        .query_map([], |r| r.get::<_, Vec<u8>>(0))?
+pub(crate) fn read_ledger(db: &Database) -> Result<LedgerContents, StoreError> {
+    let leaves = db
+        .query("SELECT entry FROM ledger ORDER BY idx", &[])?
+        .iter()
+        .map(|r| r.get::<Vec<u8>>(0))
         .collect::<Result<Vec<_>, _>>()?;
     let checkpoint = db
-        .query_row(
+        .query_opt(
             "SELECT key_name, note FROM ledger_checkpoint WHERE id = 1",
-            [],
-            |r| {
-                Ok(StoredCheckpoint {
-                    key_name: r.get(0)?,
-                    note: r.get(1)?,
-                })
-            },
-        )
-        .optional()?;
+            &[],
+        )?
+        .map(|r| {
+            Ok::<_, StoreError>(StoredCheckpoint {
+                key_name: r.get(0)?,
+                note: r.get(1)?,
+            })
+        })
+        .transpose()?;
     Ok(LedgerContents { leaves, checkpoint })
 }
 
@@ -963,10 +1219,21 @@ pub(crate) fn read_ledger(db: &Connection) -> Result<LedgerContents, StoreError>
 /// read-only, as a validator does: nothing is created or migrated.
 pub fn read_ledger_at(data_dir: &Path) -> Result<LedgerContents, StoreError> {
     let db_path = data_dir.join("coordinator.sqlite");
-    let db = Connection::open_with_flags(&db_path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|source| StoreError::Database {
-            path: db_path.clone(),
-            source,
-        })?;
-    read_ledger(&db)
+    let db =
+        rusqlite::Connection::open_with_flags(&db_path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|source| StoreError::Database {
+                path: db_path.clone(),
+                source,
+            })?;
+    read_ledger(&Database::Sqlite(db))
+}
+
+/// Reads a coordinator's ledger from its PostgreSQL database (`--database`),
+/// in one read-only transaction: nothing is created or migrated.
+pub fn read_ledger_from_database(url: &str) -> Result<LedgerContents, StoreError> {
+    let db = Database::Postgres(postgres::PgConnection::connect(url)?);
+    db.transaction(|tx| {
+        tx.batch("SET TRANSACTION READ ONLY")?;
+        read_ledger(tx)
+    })
 }
