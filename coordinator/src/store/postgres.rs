@@ -73,25 +73,6 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
     text
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn passwords_are_hidden_even_in_malformed_urls() {
-        use super::redacted;
-        assert_eq!(
-            redacted("postgres://u:pw@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
-        assert_eq!(
-            redacted("postgres://u:p@w@h:bad/db"),
-            "postgres://u:***@h:bad/db"
-        );
-        assert_eq!(redacted("postgres://u@h/db?x=@"), "postgres://u@h/db?x=@");
-        assert_eq!(redacted("postgres://h/db"), "postgres://h/db");
-        assert_eq!(redacted("not a url"), "not a url");
-    }
-}
-
 /// One open connection and the statements prepared on it. A connection
 /// the server closed (a restart, a failover, an administrator) is opened
 /// again by the next statement outside a transaction; inside one, the
@@ -314,4 +295,23 @@ impl ToSql for Value {
     }
 
     to_sql_checked!();
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_hidden_even_in_malformed_urls() {
+        use super::redacted;
+        assert_eq!(
+            redacted("postgres://u:pw@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(
+            redacted("postgres://u:p@w@h:bad/db"),
+            "postgres://u:***@h:bad/db"
+        );
+        assert_eq!(redacted("postgres://u@h/db?x=@"), "postgres://u@h/db?x=@");
+        assert_eq!(redacted("postgres://h/db"), "postgres://h/db");
+        assert_eq!(redacted("not a url"), "not a url");
+    }
 }
