@@ -14,9 +14,8 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cohort_coordinator::store::testing::{TestDatabase, postgres_server};
@@ -24,24 +23,6 @@ use common::*;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cohort");
-
-/// A child process that is killed when the test ends, pass or fail.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// `s3://BUCKET/PREFIX` unique to this call, or `None` (skip) when no
 /// bucket is configured and `COHORT_REQUIRE_S3` is unset.

@@ -158,14 +158,6 @@ fn demo_dashboard_passes_the_browser_checks() {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `cohort ARGS` in the background, stderr to `log`; killed on drop.
 fn spawn(args: &[&str], log: &Path) -> Demo {
     Demo(
@@ -198,7 +190,7 @@ fn coordinator_dashboard_follows_a_running_job_without_reload() {
     common::synthetic_oncology_csv(&csv, 400, 31);
     let files = common::split(&csv, &dir.path().join("split"), 2, 31);
     let data_dir = dir.path().join("coordinator");
-    let port = free_port();
+    let port = common::free_port();
     let grpc = format!("http://127.0.0.1:{port}");
     let log = dir.path().join("coordinator.log");
     let _coordinator = spawn(
