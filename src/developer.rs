@@ -17,14 +17,56 @@ use tonic::transport::Channel;
 
 pub type Developer = DeveloperServiceClient<Channel>;
 
-pub async fn connect(url: &str, security: &Security) -> Result<Developer> {
-    let channel = cohort_protocol::endpoint(url, security)?
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the coordinator at {url}"))?;
+/// Connects to the coordinator at `urls`: one URL, or several separated by
+/// commas (an active coordinator and its standbys), tried in order.
+pub async fn connect(urls: &str, security: &Security) -> Result<Developer> {
+    let endpoints = cohort_protocol::endpoints(urls, security)?;
+    let several = endpoints.len() > 1;
+    let mut failures = Vec::new();
+    let mut channel = None;
+    for (url, endpoint) in endpoints {
+        let connected = match endpoint.connect().await {
+            Ok(c) => c,
+            Err(e) => {
+                failures.push(format!("{url}: {:#}", anyhow::Error::new(e)));
+                continue;
+            }
+        };
+        // Among several, a coordinator that accepts connections but does
+        // not answer (frozen, or cut off from its database) is passed over.
+        if several && let Err(e) = serving(connected.clone()).await {
+            failures.push(format!("{url}: {e:#}"));
+            continue;
+        }
+        channel = Some(connected);
+        break;
+    }
+    let Some(channel) = channel else {
+        bail!("cannot reach the coordinator at {}", failures.join("; "));
+    };
     Ok(DeveloperServiceClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// Whether the coordinator on `channel` answers the standard gRPC health
+/// check with SERVING within a few seconds.
+async fn serving(channel: Channel) -> Result<()> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let reply = tokio::time::timeout(
+        Duration::from_secs(3),
+        health.check(HealthCheckRequest::default()),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("no answer to a health check within 3 s"))?
+    .map_err(status_error)?
+    .into_inner();
+    if reply.status() != ServingStatus::Serving {
+        bail!("health check says {:?}", reply.status());
+    }
+    Ok(())
 }
 
 fn status_error(s: tonic::Status) -> anyhow::Error {

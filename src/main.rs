@@ -991,6 +991,13 @@ struct CoordinatorArgs {
     /// postgres://user:password@host:port/database. The schema is created
     /// on first start. Prefer the environment variable, which keeps the
     /// password out of the process list.
+    ///
+    /// Several coordinators may share one database (each with its own
+    /// --listen address and the same startup kit, models in a shared
+    /// --object-store): one holds a lease in the database and serves; the
+    /// others stand by, not listening, and the first to find the lease
+    /// expired takes over, resuming the unfinished jobs. Give hospitals
+    /// every address (`cohort client --coordinator URL1,URL2`).
     #[arg(
         long,
         env = "COHORT_DATABASE_URL",
@@ -998,6 +1005,11 @@ struct CoordinatorArgs {
         hide_env_values = true
     )]
     database: Option<String>,
+    /// With --database: seconds the coordinator lease lasts unless renewed
+    /// (every third of it). A standby takes over at most this long, plus
+    /// a second, after the active coordinator stops renewing.
+    #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
+    lease_seconds: f64,
     /// Seconds a client's task poll is held open when there is no work.
     #[arg(long, default_value_t = 20)]
     poll_timeout_secs: u64,
@@ -1148,8 +1160,11 @@ enum ClientCommand {
 #[derive(Args)]
 struct Connection {
     /// Coordinator URL [default: https://127.0.0.1:7070 with --tls,
-    /// http://127.0.0.1:7070 with --insecure].
-    #[arg(long, env = "COHORT_COORDINATOR")]
+    /// http://127.0.0.1:7070 with --insecure]. Several URLs, comma-separated,
+    /// name an active coordinator and its standbys: a hospital moves on to
+    /// the next whenever a session ends, a developer command uses the first
+    /// that answers a health check.
+    #[arg(long, env = "COHORT_COORDINATOR", value_name = "URL[,URL...]")]
     coordinator: Option<String>,
     /// Startup kit directory (`cohort ca issue`): speak mutual TLS as the
     /// member it names.
@@ -1514,6 +1529,7 @@ async fn main() -> Result<()> {
                     listen: a.listen,
                     data_dir,
                     database: a.database,
+                    lease_ttl: serve::lease_ttl(a.lease_seconds)?,
                     object_store: a.object_store,
                     poll_timeout: Duration::from_secs(a.poll_timeout_secs),
                     tls: a.tls,

@@ -57,6 +57,9 @@ pub struct CoordinatorOptions {
     pub data_dir: PathBuf,
     /// `--database postgres://...`; `None`: SQLite in the data directory.
     pub database: Option<String>,
+    /// `--lease-seconds`: how long the coordinator lease lasts unless
+    /// renewed (PostgreSQL only).
+    pub lease_ttl: Duration,
     pub object_store: Option<String>,
     pub poll_timeout: Duration,
     /// Startup kit directory (mutual TLS); `None` needs `insecure`.
@@ -102,12 +105,28 @@ pub async fn run_coordinator(
     let addr = options
         .listen
         .trim_start_matches("http://")
-        .trim_start_matches("https://");
-    let listener = tokio::net::TcpListener::bind(addr)
+        .trim_start_matches("https://")
+        .to_string();
+    let mut shutdown = std::pin::pin!(shutdown);
+    // On PostgreSQL, serve only while holding the lease: a standby does not
+    // even listen, so that hospitals given several addresses find the
+    // active one.
+    let lease = match &options.database {
+        Some(url) => {
+            let acquiring = acquire_lease(url, &addr, options.lease_ttl);
+            tokio::select! {
+                lease = acquiring => Some(lease?),
+                () = &mut shutdown => return Ok(()),
+            }
+        }
+        None => None,
+    };
+    let listener = tokio::net::TcpListener::bind(&addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let mut config = cohort_coordinator::CoordinatorConfig::new(options.data_dir);
     config.database_url = options.database;
+    config.lease = lease.as_ref().map(cohort_coordinator::lease::Lease::fence);
     config.object_store_url = options.object_store;
     config.poll_timeout = options.poll_timeout.max(Duration::from_secs(1));
     config.tls = tls;
@@ -138,12 +157,74 @@ pub async fn run_coordinator(
         "coordinator listening on {scheme}://{}",
         listener.local_addr()?
     );
-    let served = coordinator.serve(listener, shutdown).await;
+    let lost = async {
+        match &lease {
+            Some(lease) => Some(lease.lost().await),
+            None => std::future::pending().await,
+        }
+    };
+    let mut lost_reason = None;
+    let stopping = async {
+        tokio::select! {
+            () = &mut shutdown => {}
+            reason = lost => lost_reason = reason,
+        }
+    };
+    let served = coordinator.serve(listener, stopping).await;
     if let Some(dashboard) = dashboard {
         dashboard.stop().await;
     }
     served?;
+    if let Some(reason) = lost_reason {
+        bail!(
+            "stopped serving: lost the coordinator lease ({reason}). Only the lease's holder may \
+             write the state; start this coordinator again to stand by"
+        );
+    }
+    if let Some(lease) = lease {
+        tokio::task::spawn_blocking(move || lease.release()).await?;
+    }
     Ok(())
+}
+
+/// `--lease-seconds` as a duration: at least one second, so that renewals
+/// (every third of it) are not a flood, and at most an hour.
+pub fn lease_ttl(seconds: f64) -> Result<Duration> {
+    if !(1.0..=3600.0).contains(&seconds) {
+        bail!("--lease-seconds must be between 1 and 3600, not {seconds}");
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Waits for the coordinator lease on the database at `url`, logging
+/// who holds it while this coordinator stands by.
+async fn acquire_lease(
+    url: &str,
+    listen: &str,
+    ttl: Duration,
+) -> Result<cohort_coordinator::lease::Lease> {
+    use cohort_coordinator::lease::{Lease, LeaseSettings, holder_name};
+    let settings = LeaseSettings {
+        ttl,
+        ..LeaseSettings::default()
+    };
+    let mut announced: Option<String> = None;
+    let lease = Lease::acquire(url, holder_name(listen), settings, |held| {
+        if announced.as_deref() != Some(held.holder.as_str()) {
+            tracing::info!(
+                holder = held.holder,
+                epoch = held.epoch,
+                expires_in_secs = format!("{:.1}", held.expires_in_secs),
+                "standing by: another coordinator holds the lease; taking over when it expires"
+            );
+            announced = Some(held.holder.clone());
+        }
+    })
+    .await?;
+    if announced.is_some() {
+        tracing::info!("took over as the active coordinator");
+    }
+    Ok(lease)
 }
 
 /// The coordinator's EVM anchor. What cannot fix itself (a wrong contract

@@ -68,38 +68,80 @@ fn cohort(args: &[&str]) -> Value {
     })
 }
 
-/// One coordinator's command line and the place its logs go.
+/// One coordinator's command line (and its standby's, if any) and the
+/// place their logs go.
 struct Setup {
     dir: PathBuf,
     port: u16,
+    /// A second coordinator's port, on the same database: hospitals and
+    /// developers are given both addresses.
+    standby_port: Option<u16>,
     database: Option<String>,
     objects: Option<String>,
+    /// Run the coordinator with its data directory on a tmpfs of this many
+    /// MiB, in a mount namespace of its own (`unshare`): a disk that fills.
+    tmpfs_mib: Option<u32>,
 }
 
 impl Setup {
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let mut url = format!("http://127.0.0.1:{}", self.port);
+        if let Some(port) = self.standby_port {
+            url.push_str(&format!(",http://127.0.0.1:{port}"));
+        }
+        url
     }
 
     fn data_dir(&self) -> PathBuf {
         self.dir.join("coord")
     }
 
+    fn standby_data_dir(&self) -> PathBuf {
+        self.dir.join("coord-standby")
+    }
+
     fn start_coordinator(&self, log: &str) -> Proc {
+        self.start_coordinator_at(self.port, &self.data_dir(), log)
+    }
+
+    fn start_standby(&self, log: &str) -> Proc {
+        let port = self.standby_port.expect("a setup without a standby");
+        self.start_coordinator_at(port, &self.standby_data_dir(), log)
+    }
+
+    fn start_coordinator_at(&self, port: u16, data_dir: &std::path::Path, log: &str) -> Proc {
         let mut args = vec![
             "coordinator".to_string(),
             "--insecure".into(),
             "--listen".into(),
-            format!("127.0.0.1:{}", self.port),
+            format!("127.0.0.1:{port}"),
             "--data-dir".into(),
-            self.data_dir().display().to_string(),
+            data_dir.display().to_string(),
             "--poll-timeout-secs".into(),
             "1".into(),
         ];
         if let Some(objects) = &self.objects {
             args.extend(["--object-store".into(), objects.clone()]);
         }
-        let mut command = Command::new(BIN);
+        let mut command = match self.tmpfs_mib {
+            None => Command::new(BIN),
+            Some(mib) => {
+                std::fs::create_dir_all(data_dir).unwrap();
+                let mut command = Command::new("unshare");
+                command
+                    .args(unshare_mount_namespace())
+                    .args([
+                        "sh",
+                        "-c",
+                        "mount -t tmpfs -o size=\"$1\"m cohort-test-disk \"$2\" && shift 2 && exec \"$@\"",
+                        "sh",
+                        &mib.to_string(),
+                    ])
+                    .arg(data_dir)
+                    .arg(BIN);
+                command
+            }
+        };
         command.args(&args);
         // The URL travels in the environment, as the help advises.
         if let Some(database) = &self.database {
@@ -293,8 +335,12 @@ fn rounds_recorded_in(setup: &Setup, job: &str) -> u64 {
 /// The coordinator's ledger key (kept in the data directory under
 /// `--insecure`), as a PEM file for `cohort verify model`.
 fn write_coordinator_key(setup: &Setup) -> String {
+    write_key_of(setup, &setup.data_dir())
+}
+
+fn write_key_of(setup: &Setup, data_dir: &std::path::Path) -> String {
     let key = setup.dir.join("coordinator.pub.pem").display().to_string();
-    let pem = std::fs::read(setup.data_dir().join("ledger-signing-key.pem")).unwrap();
+    let pem = std::fs::read(data_dir.join("ledger-signing-key.pem")).unwrap();
     let signing =
         cohort_identity::MessageSigningKey::from_pem(&String::from_utf8(pem).unwrap()).unwrap();
     std::fs::write(&key, signing.verifying_key().spki_pem()).unwrap();
@@ -311,6 +357,8 @@ fn a_job_on_postgres_survives_a_coordinator_restart() {
     let setup = Setup {
         dir: dir.path().to_path_buf(),
         port: free_port(),
+        standby_port: None,
+        tmpfs_mib: None,
         database: Some(database.url().to_string()),
         objects: None,
     };
@@ -340,6 +388,380 @@ fn a_job_on_postgres_survives_a_coordinator_restart() {
     }
 }
 
+/// Waits until the log file `name` in `dir` contains `text`.
+fn wait_for_log(dir: &std::path::Path, name: &str, text: &str, limit: Duration) {
+    let start = Instant::now();
+    loop {
+        let log = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+        if log.contains(text) {
+            return;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{name} did not say `{text}` within {limit:?}: {log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Two coordinators on one PostgreSQL database and one object store, the
+/// hospitals and the developer given both addresses, and a long job
+/// running on the active one.
+struct Pair {
+    setup: Setup,
+    active: Proc,
+    _standby: Proc,
+    _clients: Vec<Proc>,
+    job: String,
+    rounds: u32,
+}
+
+impl Pair {
+    fn start(database: &TestDatabase, dir: &std::path::Path) -> Pair {
+        let shared = dir.join("shared-objects");
+        std::fs::create_dir_all(&shared).unwrap();
+        let setup = Setup {
+            dir: dir.to_path_buf(),
+            port: free_port(),
+            standby_port: Some(free_port()),
+            database: Some(database.url().to_string()),
+            objects: Some(format!("file://{}", shared.display())),
+            tmpfs_mib: None,
+        };
+        let csv = dir.join("oncology.csv");
+        synthetic_oncology_csv(&csv, 600, 37);
+        let files = split(&csv, &dir.join("parts"), 3, 5);
+        let active = setup.start_coordinator("active.log");
+        wait_for_log(
+            dir,
+            "active.log",
+            "coordinator listening",
+            Duration::from_secs(60),
+        );
+        // Both sign the one ledger with one key: under mutual TLS the same
+        // startup kit, under --insecure a copy of the key file.
+        std::fs::create_dir_all(setup.standby_data_dir()).unwrap();
+        std::fs::copy(
+            setup.data_dir().join("ledger-signing-key.pem"),
+            setup.standby_data_dir().join("ledger-signing-key.pem"),
+        )
+        .unwrap();
+        let standby = setup.start_standby("standby.log");
+        wait_for_log(dir, "standby.log", "standing by", Duration::from_secs(60));
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", setup.standby_port.unwrap())).is_err(),
+            "the standby listens before it holds the lease"
+        );
+        let clients = setup.start_clients(&files);
+        // Rounds take milliseconds here: enough of them that what the test
+        // does to the active coordinator lands mid-job.
+        let rounds = 300;
+        let job = setup.submit(&oncology_job(rounds, 3));
+        setup.wait_until(&job, |s| s["rounds_completed"].as_u64() >= Some(2));
+        Pair {
+            setup,
+            active,
+            _standby: standby,
+            _clients: clients,
+            job,
+            rounds,
+        }
+    }
+
+    /// Waits for the standby to serve, then for a round to complete under
+    /// it; returns both times, counted from `since`.
+    fn standby_serves(&self, since: Instant, completed_before: u64) -> (Duration, Duration) {
+        wait_for_log(
+            &self.setup.dir,
+            "standby.log",
+            "coordinator listening",
+            Duration::from_secs(30),
+        );
+        let serving = since.elapsed();
+        // The developer's commands, given both addresses, reach the standby.
+        self.setup.wait_until(&self.job, |s| {
+            s["rounds_completed"].as_u64() > Some(completed_before + 1)
+        });
+        (serving, since.elapsed())
+    }
+
+    /// The job completes with every round recorded once, the ledger
+    /// verifies from the database, and the model verifies against the
+    /// coordinators' key.
+    fn completes_once(&self, database: &TestDatabase) {
+        let setup = &self.setup;
+        let done = setup.wait_until(&self.job, |s| {
+            s["state"] == "completed" || s["state"] == "failed"
+        });
+        assert_eq!(done["state"], "completed", "{done:#}");
+        let recorded: Vec<u64> = done["rounds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["round"].as_u64().unwrap())
+            .collect();
+        assert_eq!(recorded, (1..=u64::from(self.rounds)).collect::<Vec<_>>());
+        let log = std::fs::read_to_string(setup.dir.join("standby.log")).unwrap();
+        assert!(log.contains("took over as the active coordinator"), "{log}");
+        assert!(log.contains("resuming unfinished job"), "{log}");
+        let audit = cohort(&[
+            "verify",
+            "ledger",
+            "--database",
+            database.url(),
+            "--state",
+            setup.dir.join("seen-db.json").to_str().unwrap(),
+            "--json",
+        ]);
+        assert_eq!(
+            audit["entries"],
+            3 + 1 + u64::from(self.rounds),
+            "{audit:#}"
+        );
+        let model = setup.dir.join("model");
+        setup.developer(&[
+            "model",
+            "get",
+            &self.job,
+            "--out",
+            model.to_str().unwrap(),
+            "--json",
+        ]);
+        let verified = cohort(&[
+            "verify",
+            "model",
+            model.to_str().unwrap(),
+            "--public-key",
+            &write_coordinator_key(setup),
+            "--json",
+        ]);
+        assert!(verified["signature_sha256"].is_string(), "{verified:#}");
+    }
+}
+
+/// The active coordinator is SIGKILLed mid-job: the standby, which was not
+/// even listening, holds the lease and serves within 10 s and resumes the
+/// job, which completes as if nothing happened.
+#[test]
+fn a_standby_coordinator_takes_over_when_the_active_one_is_killed() {
+    let Some(server) = postgres_server() else {
+        return;
+    };
+    let database = TestDatabase::create(&server, "standby").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut pair = Pair::start(&database, dir.path());
+    pair.active.0.kill().unwrap();
+    let killed = Instant::now();
+    pair.active.0.wait().unwrap();
+    let completed_before = rounds_recorded_in(&pair.setup, &pair.job);
+    assert!(
+        completed_before < u64::from(pair.rounds) - 1,
+        "the job ended before the kill"
+    );
+    let (serving, training) = pair.standby_serves(killed, completed_before);
+    eprintln!(
+        "killed: the standby served {:.2} s later; a round completed under it {:.2} s later",
+        serving.as_secs_f64(),
+        training.as_secs_f64()
+    );
+    assert!(
+        serving < Duration::from_secs(10),
+        "the standby took {serving:?} to take over"
+    );
+    pair.completes_once(&database);
+}
+
+/// The active coordinator freezes (SIGSTOP: a long pause, or a partition
+/// from the database it cannot see) while its lease runs out; the standby
+/// takes over. When the old one wakes, in the middle of whatever it was
+/// doing, it finds the lease gone: it writes nothing and stops serving.
+#[test]
+fn a_coordinator_that_wakes_up_without_its_lease_writes_nothing_and_stops() {
+    let Some(server) = postgres_server() else {
+        return;
+    };
+    let database = TestDatabase::create(&server, "standby_pause").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut pair = Pair::start(&database, dir.path());
+    let pid = pair.active.0.id().to_string();
+    let signal = |sig: &str| {
+        let status = Command::new("kill").args([sig, &pid]).status().unwrap();
+        assert!(status.success(), "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    let paused = Instant::now();
+    let completed_before = rounds_recorded_in(&pair.setup, &pair.job);
+    let (serving, training) = pair.standby_serves(paused, completed_before);
+    eprintln!(
+        "paused: the standby served {:.2} s later; a round completed under it {:.2} s later",
+        serving.as_secs_f64(),
+        training.as_secs_f64()
+    );
+    signal("-CONT");
+    let woke = Instant::now();
+    let status = loop {
+        if let Some(status) = pair.active.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            woke.elapsed() < Duration::from_secs(30),
+            "the coordinator that lost its lease is still running"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success());
+    let log = std::fs::read_to_string(dir.path().join("active.log")).unwrap();
+    assert!(log.contains("lost the coordinator lease"), "{log}");
+    pair.completes_once(&database);
+}
+
+/// `unshare`'s flags for a mount namespace in which a tmpfs can be
+/// mounted: a user namespace of its own where unprivileged ones are
+/// allowed, else (as root) just the mount namespace.
+fn unshare_mount_namespace() -> &'static [&'static str] {
+    static FLAGS: std::sync::OnceLock<&'static [&'static str]> = std::sync::OnceLock::new();
+    FLAGS.get_or_init(|| {
+        let candidates: [&'static [&'static str]; 2] =
+            [&["--user", "--map-root-user", "--mount"], &["--mount"]];
+        for flags in candidates {
+            let works = Command::new("unshare")
+                .args(flags)
+                .args(["sh", "-c", "mount -t tmpfs -o size=1m probe /mnt"])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if works {
+                return flags;
+            }
+        }
+        panic!(
+            "this machine cannot mount a tmpfs in a mount namespace (`unshare --user \
+             --map-root-user --mount` and `unshare --mount` both failed): the full-disk test \
+             needs one (util-linux's unshare, and unprivileged user namespaces or root)"
+        )
+    })
+}
+
+/// The coordinator's data directory fills up mid-job (a 24 MiB tmpfs, a
+/// ballast file written until the kernel refuses): rounds fail with a
+/// clear error and the job waits instead of failing; once the ballast is
+/// removed it goes on, and the job completes with every round recorded
+/// once, the SQLite ledger intact and the model verifiable.
+#[test]
+fn a_full_disk_stalls_the_job_and_it_resumes_when_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Setup {
+        dir: dir.path().to_path_buf(),
+        port: free_port(),
+        standby_port: None,
+        database: None,
+        objects: None,
+        tmpfs_mib: Some(24),
+    };
+    let csv = dir.path().join("oncology.csv");
+    synthetic_oncology_csv(&csv, 600, 41);
+    let files = split(&csv, &dir.path().join("parts"), 2, 5);
+    let coordinator = setup.start_coordinator("coord.log");
+    wait_for_log(
+        dir.path(),
+        "coord.log",
+        "coordinator listening",
+        Duration::from_secs(60),
+    );
+    // The data directory as the coordinator sees it: on its tmpfs.
+    let disk = PathBuf::from(format!("/proc/{}/root", coordinator.0.id()))
+        .join(setup.data_dir().strip_prefix("/").unwrap());
+    assert!(disk.join("coordinator.sqlite").exists());
+    let _clients = setup.start_clients(&files);
+    let rounds = 300;
+    let job = setup.submit(&oncology_job(rounds, 2));
+    setup.wait_until(&job, |s| s["rounds_completed"].as_u64() >= Some(2));
+
+    let ballast = disk.join("ballast");
+    fill(&ballast);
+    wait_for_log(
+        dir.path(),
+        "coord.log",
+        "storage is full",
+        Duration::from_secs(60),
+    );
+    let stalled = setup.status(&job).unwrap();
+    assert_eq!(stalled["state"], "running", "{stalled:#}");
+    std::thread::sleep(Duration::from_secs(3));
+    let still = setup.status(&job).unwrap();
+    assert_eq!(still["state"], "running", "{still:#}");
+    assert_eq!(
+        still["rounds_completed"], stalled["rounds_completed"],
+        "rounds were recorded on a full disk"
+    );
+    let log = std::fs::read_to_string(dir.path().join("coord.log")).unwrap();
+    assert!(
+        log.contains("No space left on device") || log.contains("disk is full"),
+        "{log}"
+    );
+
+    std::fs::remove_file(&ballast).unwrap();
+    let done = setup.wait_until(&job, |s| {
+        s["state"] == "completed" || s["state"] == "failed"
+    });
+    assert_eq!(done["state"], "completed", "{done:#}");
+    let recorded: Vec<u64> = done["rounds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["round"].as_u64().unwrap())
+        .collect();
+    assert_eq!(recorded, (1..=u64::from(rounds)).collect::<Vec<_>>());
+    // The SQLite file itself (copied out: SQLite resolves the /proc/PID/root
+    // link to this namespace's empty mount point), now that nothing writes.
+    let copy = dir.path().join("state-copy");
+    std::fs::create_dir_all(&copy).unwrap();
+    for name in ["coordinator.sqlite", "coordinator.sqlite-wal"] {
+        if disk.join(name).exists() {
+            std::fs::copy(disk.join(name), copy.join(name)).unwrap();
+        }
+    }
+    let audit = cohort(&[
+        "verify",
+        "ledger",
+        "--data-dir",
+        copy.to_str().unwrap(),
+        "--state",
+        dir.path().join("seen.json").to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(audit["entries"], 3 + 1 + u64::from(rounds), "{audit:#}");
+    let model = dir.path().join("model");
+    setup.developer(&[
+        "model",
+        "get",
+        &job,
+        "--out",
+        model.to_str().unwrap(),
+        "--json",
+    ]);
+    let verified = cohort(&[
+        "verify",
+        "model",
+        model.to_str().unwrap(),
+        "--public-key",
+        &write_key_of(&setup, &disk),
+        "--json",
+    ]);
+    assert!(verified["signature_sha256"].is_string(), "{verified:#}");
+}
+
+/// Writes `path` until the file system refuses another byte.
+fn fill(path: &std::path::Path) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).unwrap();
+    for chunk in [1 << 20, 1 << 12, 1] {
+        let bytes = vec![0xa5u8; chunk];
+        while file.write_all(&bytes).and_then(|()| file.flush()).is_ok() {}
+    }
+    let _ = file.sync_all();
+}
+
 #[test]
 fn models_land_in_s3_and_come_back_after_a_restart() {
     let Some(objects) = s3_prefix("job-restart") else {
@@ -349,6 +771,8 @@ fn models_land_in_s3_and_come_back_after_a_restart() {
     let setup = Setup {
         dir: dir.path().to_path_buf(),
         port: free_port(),
+        standby_port: None,
+        tmpfs_mib: None,
         database: None,
         objects: Some(objects),
     };

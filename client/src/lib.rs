@@ -28,7 +28,7 @@ use cohort_protocol::v1::{
     PullTaskRequest, RegisterRequest, ResultFrame, TaskHeader, result_frame, task_frame,
 };
 use cohort_protocol::{
-    MAX_MESSAGE_BYTES, PROTOCOL_VERSION, ParameterAssembler, Security, endpoint,
+    MAX_MESSAGE_BYTES, PROTOCOL_VERSION, ParameterAssembler, Security, endpoints,
 };
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
@@ -161,7 +161,9 @@ pub async fn run(
     config: ClientConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ClientError> {
-    let endpoint = endpoint(&config.coordinator, &config.security)?;
+    // Several addresses: an active coordinator and its standbys, tried in
+    // turn whenever a session ends.
+    let endpoints = endpoints(&config.coordinator, &config.security)?;
     let table = cohort_datasets::read_table(&config.data).map_err(|source| ClientError::Data {
         path: config.data.clone(),
         source: Box::new(source),
@@ -179,8 +181,17 @@ pub async fn run(
 
     let main = async {
         let mut backoff = Duration::from_millis(250);
+        // With standbys, one of them is serving within seconds of the
+        // active coordinator's death: do not back off past it.
+        let max_backoff = if endpoints.len() > 1 {
+            Duration::from_secs(2)
+        } else {
+            Duration::from_secs(10)
+        };
+        let mut current = 0;
         loop {
-            match session(&endpoint, &config, &summary_json, &worker, &mut backoff).await {
+            let (url, endpoint) = &endpoints[current];
+            match session(endpoint, &config, &summary_json, &worker, &mut backoff).await {
                 SessionEnd::Fatal(e) => return Err(e),
                 SessionEnd::Vanished => {
                     warn!(
@@ -190,13 +201,16 @@ pub async fn run(
                     return Ok(());
                 }
                 SessionEnd::Retry(reason) => {
+                    current = (current + 1) % endpoints.len();
                     warn!(
                         client = config.name,
-                        "{reason}; reconnecting in {:.1} s",
+                        coordinator = url,
+                        "{reason}; reconnecting to {} in {:.1} s",
+                        endpoints[current].0,
                         backoff.as_secs_f64()
                     );
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    backoff = (backoff * 2).min(max_backoff);
                 }
             }
         }

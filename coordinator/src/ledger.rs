@@ -45,6 +45,28 @@ impl LedgerSigner {
     }
 }
 
+/// A log's first entry names the key that signs it; a coordinator with
+/// another key (a standby given another startup kit, or a data directory
+/// that is not the one the log was started from) would append entries that
+/// no audit accepts, so it is refused before it writes anything.
+fn check_signer(first_leaf: &[u8], signer: &LedgerSigner) -> Result<(), StoreError> {
+    let entry = Entry::from_leaf(first_leaf)
+        .map_err(|e| StoreError::Corrupt(format!("the ledger's first entry: {e}")))?;
+    let Record::CoordinatorKey { name, public_key } = entry.record else {
+        return Err(StoreError::Corrupt(
+            "the ledger's first entry does not publish the coordinator's key".into(),
+        ));
+    };
+    let ours = signer.key().verifying_key().to_hex();
+    if public_key != ours {
+        return Err(StoreError::ForeignLedgerKey {
+            recorded: format!("{name} ({}…)", public_key.get(..16).unwrap_or(&public_key)),
+            ours: format!("{} ({}…)", signer.name(), ours.get(..16).unwrap_or(&ours)),
+        });
+    }
+    Ok(())
+}
+
 pub struct Ledger {
     signer: LedgerSigner,
     name: String,
@@ -58,6 +80,9 @@ impl Ledger {
     /// publishes the signing key.
     pub fn open(store: &Store, signer: LedgerSigner) -> Result<Self, StoreError> {
         let leaves = store.ledger()?.leaves;
+        if let Some(first) = leaves.first() {
+            check_signer(first, &signer)?;
+        }
         let log = MerkleLog::from_leaf_hashes(leaves.iter().map(|l| hash_leaf(l)));
         let name = signer.name();
         let ledger = Self {
@@ -395,6 +420,20 @@ mod tests {
             job_sha256: "00".repeat(32),
             submitted_by: None,
         }
+    }
+
+    #[test]
+    fn a_coordinator_with_another_key_is_refused_before_it_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = TestBackend::Sqlite;
+        let (store, _ledger) = open(dir.path(), &backend);
+        let stranger = MessageSigningKey::load_or_create(&dir.path().join("other.pem")).unwrap();
+        let err = Ledger::open(&store, LedgerSigner::Own(Box::new(stranger)))
+            .err()
+            .expect("a ledger signed by another key was opened");
+        assert!(matches!(err, StoreError::ForeignLedgerKey { .. }), "{err}");
+        assert!(err.to_string().contains("ledger-signing-key.pem"), "{err}");
+        assert_eq!(store.ledger().unwrap().leaves.len(), 1);
     }
 
     fn open(dir: &std::path::Path, backend: &TestBackend) -> (Store, Arc<Ledger>) {

@@ -14,6 +14,7 @@
 
 pub mod attest;
 pub mod job;
+pub mod lease;
 pub mod ledger;
 pub mod limits;
 pub mod registry;
@@ -80,6 +81,9 @@ pub struct CoordinatorConfig {
     pub rewards: rewards::RewardsConfig,
     /// Connections, message size, handshake and keepalive timeouts.
     pub wire: WireLimits,
+    /// The coordinator lease this process holds (PostgreSQL with
+    /// standbys): every write checks it.
+    pub lease: Option<Arc<lease::Fence>>,
 }
 
 impl CoordinatorConfig {
@@ -97,6 +101,7 @@ impl CoordinatorConfig {
             anchor: None,
             rewards: rewards::RewardsConfig::default(),
             wire: WireLimits::default(),
+            lease: None,
         }
     }
 }
@@ -142,6 +147,9 @@ impl Coordinator {
             config.database_url.as_deref(),
             config.object_store_url.as_deref(),
         )?);
+        if let Some(fence) = &config.lease {
+            store.set_fence(fence.clone())?;
+        }
         info!(state = %store.location(), "coordinator state opened");
         if let Some((initial, halving)) = store.emission_schedule()? {
             let s = config.rewards.schedule;
@@ -233,6 +241,11 @@ impl Coordinator {
         let developers = DeveloperServiceServer::from_arc(self.services.clone())
             .max_decoding_message_size(self.config.wire.max_message_bytes)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        // The standard gRPC health protocol (`grpc.health.v1.Health`, overall
+        // status ""): SERVING whenever this process serves at all, since a
+        // standby does not listen. Load balancers and probes use it, and so
+        // do developer tools given several coordinator addresses.
+        let (_health, health) = tonic_health::server::health_reporter();
         let router = tonic::transport::Server::builder()
             .timeout(self.config.request_timeout)
             .max_concurrent_streams(self.config.max_streams_per_connection)
@@ -240,7 +253,8 @@ impl Coordinator {
             .http2_keepalive_timeout(Some(self.config.wire.keepalive_timeout))
             .layer(GuardLayer::new(self.config.max_calls_per_member))
             .add_service(hospitals)
-            .add_service(developers);
+            .add_service(developers)
+            .add_service(health);
         match self.tls {
             Some(tls) => {
                 info!(

@@ -79,7 +79,33 @@ struct Answers<T> {
 impl Runner {
     /// Runs (or resumes) a job to its end and records the final state.
     pub async fn run_job(&self, job_id: &str) {
-        let result = self.drive(job_id).await;
+        let mut pause = Duration::from_secs(1);
+        let result = loop {
+            match self.drive(job_id).await {
+                // Nothing of the failed write was kept (the round's
+                // transaction rolled back; objects are written whole or
+                // not at all): once space is freed, going on from the
+                // stored state is what a restart would do.
+                Err(RunError::Store(e)) if e.is_out_of_space() => {
+                    self.note(
+                        job_id,
+                        format!(
+                            "the coordinator's storage is full ({e}); the round is retried in {} s, \
+                             and the job goes on once space is freed",
+                            pause.as_secs()
+                        ),
+                    );
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(30));
+                }
+                // Another coordinator holds the lease and runs the job now.
+                Err(RunError::Store(e @ StoreError::LeaseLost(_))) => {
+                    warn!(job = job_id, "stopped running the job: {e}");
+                    return;
+                }
+                result => break result,
+            }
+        };
         self.registry.traffic.forget_job(job_id);
         self.registry.train_metrics.forget_job(job_id);
         let (state, error) = match &result {

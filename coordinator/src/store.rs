@@ -56,6 +56,42 @@ pub enum StoreError {
     Corrupt(String),
     #[error("rewards: {0}")]
     Rewards(String),
+    #[error(
+        "lost the coordinator lease ({0}): another coordinator has taken over, so this one may no longer write the state"
+    )]
+    LeaseLost(String),
+    #[error(
+        "the ledger is signed by {recorded}, but this coordinator signs with {ours}: every coordinator of a consortium's state (a standby too) needs the same signing key: the same startup kit, or under --insecure a copy of the first coordinator's ledger-signing-key.pem"
+    )]
+    ForeignLedgerKey { recorded: String, ours: String },
+}
+
+impl StoreError {
+    /// Whether the disk (or the database server's disk) is full: the job
+    /// waits for space instead of failing, since nothing of the failed
+    /// write was kept.
+    pub fn is_out_of_space(&self) -> bool {
+        const ENOSPC: i32 = 28;
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = source {
+            if let Some(io) = e.downcast_ref::<std::io::Error>()
+                && (io.raw_os_error() == Some(ENOSPC)
+                    || io.kind() == std::io::ErrorKind::StorageFull)
+            {
+                return true;
+            }
+            if let Some(rusqlite::Error::SqliteFailure(failure, _)) =
+                e.downcast_ref::<rusqlite::Error>()
+                && failure.code == rusqlite::ErrorCode::DiskFull
+            {
+                return true;
+            }
+            source = e.source();
+        }
+        // PostgreSQL's disk_full (SQLSTATE 53100) arrives as the server's text.
+        matches!(self, StoreError::Postgres(message)
+            if message.contains("No space left on device") || message.contains("disk full"))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -179,14 +215,14 @@ fn open_sqlite(db_path: &Path) -> Result<Database, StoreError> {
 
 /// Connects to the PostgreSQL database at `url`, creating or migrating
 /// its schema.
-fn open_postgres(url: &str) -> Result<Database, StoreError> {
+pub(crate) fn open_postgres(url: &str) -> Result<Database, StoreError> {
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         return Err(StoreError::DatabaseUrl {
             url: redacted(url),
             message: "expected postgres://user:password@host:port/database".into(),
         });
     }
-    let db = Database::Postgres(postgres::PgConnection::connect(url)?);
+    let db = Database::Postgres(Box::new(postgres::PgConnection::connect(url)?));
     migrations::migrate_postgres(&db).map_err(|e| StoreError::DatabaseUrl {
         url: redacted(url),
         message: format!("preparing the schema: {e}"),
@@ -240,6 +276,8 @@ pub struct Store {
     location: StateLocation,
     objects: Arc<dyn ObjectStore>,
     prefix: ObjectPath,
+    /// The coordinator lease that writes must still hold, once set.
+    fence: std::sync::OnceLock<Arc<crate::lease::Fence>>,
 }
 
 impl Store {
@@ -300,7 +338,19 @@ impl Store {
             location,
             objects,
             prefix,
+            fence: std::sync::OnceLock::new(),
         })
+    }
+
+    /// From now on, every write needs `fence`'s lease: database writes check
+    /// it in their own transaction, object writes against its local
+    /// validity (see [`crate::lease`]). Set once, by the coordinator that
+    /// acquired the lease.
+    pub fn set_fence(&self, fence: Arc<crate::lease::Fence>) -> Result<(), StoreError> {
+        self.db()
+            .fence(fence.holder(), fence.epoch(), fence.ttl())?;
+        let _ = self.fence.set(fence);
+        Ok(())
     }
 
     /// The SQLite file, when the state is in one.
@@ -735,6 +785,9 @@ impl Store {
     }
 
     pub async fn put_object(&self, key: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        if let Some(fence) = self.fence.get() {
+            fence.check()?;
+        }
         self.objects
             .put(&self.object_path(key), PutPayload::from(bytes))
             .await?;
@@ -1079,7 +1132,7 @@ mod tests {
         let store = Store::open_with_database(dir.path(), Some(database.url()), Some("memory:///"))
             .unwrap();
         store.insert_job(&job("j1")).unwrap();
-        let admin = Database::Postgres(postgres::PgConnection::connect(&server).unwrap());
+        let admin = Database::Postgres(Box::new(postgres::PgConnection::connect(&server).unwrap()));
         let backend_pid = |store: &Store| -> i64 {
             store
                 .db()
@@ -1231,7 +1284,7 @@ pub fn read_ledger_at(data_dir: &Path) -> Result<LedgerContents, StoreError> {
 /// Reads a coordinator's ledger from its PostgreSQL database (`--database`),
 /// in one read-only transaction: nothing is created or migrated.
 pub fn read_ledger_from_database(url: &str) -> Result<LedgerContents, StoreError> {
-    let db = Database::Postgres(postgres::PgConnection::connect(url)?);
+    let db = Database::Postgres(Box::new(postgres::PgConnection::connect(url)?));
     db.transaction(|tx| {
         tx.batch("SET TRANSACTION READ ONLY")?;
         read_ledger(tx)

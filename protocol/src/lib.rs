@@ -18,7 +18,7 @@ pub mod v1 {
 pub mod crash;
 pub mod transport;
 
-pub use transport::{EndpointError, Security, endpoint};
+pub use transport::{EndpointError, Security, endpoint, endpoints};
 
 use thiserror::Error;
 

@@ -48,6 +48,43 @@ pub struct EndpointError {
     pub message: String,
 }
 
+/// The coordinator addresses in a `--coordinator` value: one URL, or
+/// several separated by commas (an active coordinator and its standbys),
+/// each checked as [`endpoint`] checks it.
+pub fn endpoints(
+    urls: &str,
+    security: &Security,
+) -> Result<Vec<(String, Endpoint)>, EndpointError> {
+    let listed: Vec<&str> = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect();
+    if listed.is_empty() {
+        return Err(EndpointError {
+            url: urls.to_string(),
+            message: "names no coordinator".into(),
+        });
+    }
+    let standbys = listed.len() > 1;
+    listed
+        .into_iter()
+        .map(|url| {
+            let mut endpoint = endpoint(url, security)?;
+            if standbys {
+                // A coordinator that froze or was cut off (not one that
+                // died: its sockets close at once) is noticed within 10 s,
+                // so that the hospital moves on to the standby that took
+                // over from it.
+                endpoint = endpoint
+                    .http2_keep_alive_interval(Duration::from_secs(5))
+                    .keep_alive_timeout(Duration::from_secs(5));
+            }
+            Ok((url.to_string(), endpoint))
+        })
+        .collect()
+}
+
 /// Builds a channel to the coordinator. The URL is checked against the
 /// security mode here, so a typo or a mismatch (`http://` with a TLS kit)
 /// fails at start-up rather than as endless reconnects.

@@ -94,6 +94,10 @@ pub(super) const SQLITE_MIGRATIONS: &[&str] = &[
         bound REAL NOT NULL,
         PRIMARY KEY (job_id, round)
     );",
+    // 8: nothing for SQLite, which has one writer by construction; on
+    // PostgreSQL the lease that lets one coordinator of several write
+    // (`coordinator_lease`, see `crate::lease`).
+    "",
 ];
 
 /// The schema version this coordinator writes (and reads).
@@ -199,7 +203,16 @@ CREATE TABLE clip_bounds (
 const POSTGRES_BASE_VERSION: i64 = 7;
 
 /// Schema changes after [`POSTGRES_BASE_VERSION`]: `(version, SQL)`, in order.
-pub(super) const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[];
+pub(super) const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[(
+    8,
+    "CREATE TABLE coordinator_lease (
+        id BIGINT PRIMARY KEY CHECK (id = 1),
+        holder TEXT NOT NULL,
+        epoch BIGINT NOT NULL,
+        acquired_at TIMESTAMPTZ NOT NULL,
+        expires_at TIMESTAMPTZ NOT NULL
+    );",
+)];
 
 /// The newest version PostgreSQL's migrations reach.
 pub(super) fn postgres_version() -> i64 {

@@ -83,6 +83,11 @@ pub struct PgConnection {
     /// Prepared statements by their SQL as written (SQLite's dialect).
     statements: RefCell<HashMap<String, Statement>>,
     in_transaction: std::cell::Cell<bool>,
+    /// The coordinator lease (holder, epoch) every write must still hold:
+    /// see [`PgConnection::fence`].
+    fence: RefCell<Option<(String, i64)>>,
+    /// `SET` statements this connection runs again whenever it reconnects.
+    session: RefCell<Vec<String>>,
 }
 
 impl PgConnection {
@@ -144,6 +149,8 @@ impl PgConnection {
             client: RefCell::new(client),
             statements: RefCell::new(HashMap::new()),
             in_transaction: std::cell::Cell::new(false),
+            fence: RefCell::new(None),
+            session: RefCell::new(Vec::new()),
         })
     }
 
@@ -157,15 +164,67 @@ impl PgConnection {
             }
             tracing::warn!(database = %redacted(&self.url), "PostgreSQL connection closed; connecting again");
             let fresh = Self::connect(&self.url)?;
+            for statement in self.session.borrow().iter() {
+                wait(fresh.client.borrow().batch_execute(statement))?;
+            }
             *self.client.borrow_mut() = fresh.client.into_inner();
             self.statements.borrow_mut().clear();
         }
         Ok(self.client.borrow())
     }
 
+    /// From now on every transaction, and every statement run outside
+    /// one, first checks in the same transaction that `holder` still holds
+    /// the coordinator lease at `epoch` (row-locking it until commit). A
+    /// coordinator that lost the lease to a standby, say after a network
+    /// partition it did not notice, can then no longer change the state:
+    /// its writes fail with [`StoreError::LeaseLost`] instead of
+    /// interleaving with the new holder's.
+    ///
+    /// The holder's own transactions hold the lease row locked while they
+    /// run, so one left open by a frozen holder would keep a standby from
+    /// ever taking the lease: the server ends any transaction of this
+    /// connection that sits idle for longer than `idle_limit`.
+    pub fn fence(&self, holder: &str, epoch: i64, idle_limit: Duration) -> Result<(), StoreError> {
+        self.set(&format!(
+            "SET idle_in_transaction_session_timeout = {}",
+            idle_limit.as_millis().max(1)
+        ))?;
+        *self.fence.borrow_mut() = Some((holder.to_string(), epoch));
+        Ok(())
+    }
+
+    /// Runs a `SET` statement now and again after every reconnect.
+    pub fn set(&self, statement: &str) -> Result<(), StoreError> {
+        self.batch(statement)?;
+        self.session.borrow_mut().push(statement.to_string());
+        Ok(())
+    }
+
     pub fn begin(&self) -> Result<(), StoreError> {
         self.batch("BEGIN")?;
         self.in_transaction.set(true);
+        let fence = self.fence.borrow().clone();
+        if let Some((holder, epoch)) = fence {
+            let held = self.query(
+                "SELECT 1 FROM coordinator_lease WHERE id = 1 AND holder = ?1 AND epoch = ?2 \
+                 FOR SHARE",
+                &[Value::Text(holder.clone()), Value::Int(epoch)],
+            );
+            match held {
+                Ok(rows) if !rows.is_empty() => {}
+                Ok(_) => {
+                    self.end("ROLLBACK")?;
+                    return Err(StoreError::LeaseLost(format!(
+                        "`{holder}` no longer holds the coordinator lease at epoch {epoch}"
+                    )));
+                }
+                Err(e) => {
+                    let _ = self.end("ROLLBACK");
+                    return Err(e);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -191,6 +250,18 @@ impl PgConnection {
     }
 
     pub fn execute(&self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
+        if !self.in_transaction.get() && self.fence.borrow().is_some() {
+            // A fenced write is checked inside a transaction of its own.
+            self.begin()?;
+            let result = self.execute(sql, params);
+            return match result {
+                Ok(n) => self.end("COMMIT").map(|()| n),
+                Err(e) => {
+                    let _ = self.end("ROLLBACK");
+                    Err(e)
+                }
+            };
+        }
         let statement = self.statement(sql)?;
         let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
         wait(self.client()?.execute(&statement, &params))

@@ -175,7 +175,7 @@ impl Row {
 /// An open connection to the coordinator's database.
 pub enum Database {
     Sqlite(rusqlite::Connection),
-    Postgres(super::postgres::PgConnection),
+    Postgres(Box<super::postgres::PgConnection>),
 }
 
 impl fmt::Debug for Database {
@@ -192,6 +192,29 @@ impl Database {
         match self {
             Database::Sqlite(_) => Dialect::Sqlite,
             Database::Postgres(_) => Dialect::Postgres,
+        }
+    }
+
+    /// Fences every later write with the coordinator lease (PostgreSQL
+    /// only; a SQLite file has a single writer): see [`crate::lease`].
+    pub fn fence(
+        &self,
+        holder: &str,
+        epoch: i64,
+        idle_limit: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        match self {
+            Database::Postgres(db) => db.fence(holder, epoch, idle_limit),
+            Database::Sqlite(_) => Ok(()),
+        }
+    }
+
+    /// A session setting (PostgreSQL's `SET`), kept across reconnects;
+    /// nothing on SQLite.
+    pub fn set(&self, statement: &str) -> Result<(), StoreError> {
+        match self {
+            Database::Postgres(db) => db.set(statement),
+            Database::Sqlite(_) => Ok(()),
         }
     }
 

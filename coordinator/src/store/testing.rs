@@ -64,7 +64,7 @@ impl TestDatabase {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
-        let admin = Database::Postgres(PgConnection::connect(server)?);
+        let admin = Database::Postgres(Box::new(PgConnection::connect(server)?));
         admin.batch(&format!("CREATE DATABASE \"{name}\""))?;
         let mut url = url::Url::parse(server).map_err(|e| StoreError::DatabaseUrl {
             url: super::redacted(server),
@@ -87,7 +87,7 @@ impl TestDatabase {
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         if let Ok(admin) = PgConnection::connect(&self.server) {
-            let _ = Database::Postgres(admin).batch(&format!(
+            let _ = Database::Postgres(Box::new(admin)).batch(&format!(
                 "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
                 self.name
             ));
