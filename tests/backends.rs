@@ -219,6 +219,45 @@ impl Setup {
         }
     }
 
+    /// Waits for `job` to finish; it must have completed with rounds
+    /// 1..=`rounds` recorded once each.
+    fn completes_with_every_round_once(&self, job: &str, rounds: u32) -> Value {
+        let done = self.wait_until(job, |s| s["state"] == "completed" || s["state"] == "failed");
+        assert_eq!(done["state"], "completed", "{done:#}");
+        let recorded: Vec<u64> = done["rounds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["round"].as_u64().unwrap())
+            .collect();
+        assert_eq!(recorded, (1..=u64::from(rounds)).collect::<Vec<_>>());
+        done
+    }
+
+    /// Downloads `job`'s model and verifies its signature against the
+    /// ledger key kept in `key_dir` (a coordinator's data directory).
+    fn model_verifies(&self, job: &str, key_dir: &std::path::Path) {
+        let model = self.dir.join("model");
+        self.developer(&[
+            "model",
+            "get",
+            job,
+            "--out",
+            model.to_str().unwrap(),
+            "--json",
+        ]);
+        assert!(model.join("model.safetensors").metadata().unwrap().len() > 0);
+        let verified = cohort(&[
+            "verify",
+            "model",
+            model.to_str().unwrap(),
+            "--public-key",
+            &write_key_of(self, key_dir),
+            "--json",
+        ]);
+        assert!(verified["signature_sha256"].is_string(), "{verified:#}");
+    }
+
     fn submit(&self, job_toml: &str) -> String {
         let job_file = self.dir.join("job.toml");
         std::fs::write(&job_file, job_toml).unwrap();
@@ -273,17 +312,7 @@ fn job_survives_a_restart(setup: &Setup) -> Value {
     coordinator.0.wait().unwrap();
 
     let _restarted = setup.start_coordinator("coord-2.log");
-    let done = setup.wait_until(&job, |s| {
-        s["state"] == "completed" || s["state"] == "failed"
-    });
-    assert_eq!(done["state"], "completed", "{done:#}");
-    let recorded: Vec<u64> = done["rounds"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["round"].as_u64().unwrap())
-        .collect();
-    assert_eq!(recorded, (1..=u64::from(rounds)).collect::<Vec<_>>());
+    let done = setup.completes_with_every_round_once(&job, rounds);
     let log = std::fs::read_to_string(setup.dir.join("coord-2.log")).unwrap();
     assert!(log.contains("resuming"), "{log}");
 
@@ -298,25 +327,7 @@ fn job_survives_a_restart(setup: &Setup) -> Value {
     // Coordinator key, job created, enrollment, rounds 0..=30.
     assert_eq!(audit["entries"], 3 + 1 + u64::from(rounds), "{audit:#}");
 
-    let model = setup.dir.join("model");
-    setup.developer(&[
-        "model",
-        "get",
-        &job,
-        "--out",
-        model.to_str().unwrap(),
-        "--json",
-    ]);
-    assert!(model.join("model.safetensors").metadata().unwrap().len() > 0);
-    let verified = cohort(&[
-        "verify",
-        "model",
-        model.to_str().unwrap(),
-        "--public-key",
-        &write_coordinator_key(setup),
-        "--json",
-    ]);
-    assert!(verified["signature_sha256"].is_string(), "{verified:#}");
+    setup.model_verifies(&job, &setup.data_dir());
     done
 }
 
@@ -332,12 +343,8 @@ fn rounds_recorded_in(setup: &Setup, job: &str) -> u64 {
     u64::from(store.job(job).unwrap().unwrap().rounds_completed)
 }
 
-/// The coordinator's ledger key (kept in the data directory under
-/// `--insecure`), as a PEM file for `cohort verify model`.
-fn write_coordinator_key(setup: &Setup) -> String {
-    write_key_of(setup, &setup.data_dir())
-}
-
+/// The ledger key a coordinator keeps in `data_dir` under `--insecure`,
+/// as a PEM file for `cohort verify model`.
 fn write_key_of(setup: &Setup, data_dir: &std::path::Path) -> String {
     let key = setup.dir.join("coordinator.pub.pem").display().to_string();
     let pem = std::fs::read(data_dir.join("ledger-signing-key.pem")).unwrap();
@@ -490,17 +497,7 @@ impl Pair {
     /// coordinators' key.
     fn completes_once(&self, database: &TestDatabase) {
         let setup = &self.setup;
-        let done = setup.wait_until(&self.job, |s| {
-            s["state"] == "completed" || s["state"] == "failed"
-        });
-        assert_eq!(done["state"], "completed", "{done:#}");
-        let recorded: Vec<u64> = done["rounds"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["round"].as_u64().unwrap())
-            .collect();
-        assert_eq!(recorded, (1..=u64::from(self.rounds)).collect::<Vec<_>>());
+        setup.completes_with_every_round_once(&self.job, self.rounds);
         let log = std::fs::read_to_string(setup.dir.join("standby.log")).unwrap();
         assert!(log.contains("took over as the active coordinator"), "{log}");
         assert!(log.contains("resuming unfinished job"), "{log}");
@@ -518,24 +515,7 @@ impl Pair {
             3 + 1 + u64::from(self.rounds),
             "{audit:#}"
         );
-        let model = setup.dir.join("model");
-        setup.developer(&[
-            "model",
-            "get",
-            &self.job,
-            "--out",
-            model.to_str().unwrap(),
-            "--json",
-        ]);
-        let verified = cohort(&[
-            "verify",
-            "model",
-            model.to_str().unwrap(),
-            "--public-key",
-            &write_coordinator_key(setup),
-            "--json",
-        ]);
-        assert!(verified["signature_sha256"].is_string(), "{verified:#}");
+        setup.model_verifies(&self.job, &setup.data_dir());
     }
 }
 
@@ -701,17 +681,7 @@ fn a_full_disk_stalls_the_job_and_it_resumes_when_space_returns() {
     );
 
     std::fs::remove_file(&ballast).unwrap();
-    let done = setup.wait_until(&job, |s| {
-        s["state"] == "completed" || s["state"] == "failed"
-    });
-    assert_eq!(done["state"], "completed", "{done:#}");
-    let recorded: Vec<u64> = done["rounds"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["round"].as_u64().unwrap())
-        .collect();
-    assert_eq!(recorded, (1..=u64::from(rounds)).collect::<Vec<_>>());
+    setup.completes_with_every_round_once(&job, rounds);
     // The SQLite file itself (copied out: SQLite resolves the /proc/PID/root
     // link to this namespace's empty mount point), now that nothing writes.
     let copy = dir.path().join("state-copy");
@@ -731,24 +701,7 @@ fn a_full_disk_stalls_the_job_and_it_resumes_when_space_returns() {
         "--json",
     ]);
     assert_eq!(audit["entries"], 3 + 1 + u64::from(rounds), "{audit:#}");
-    let model = dir.path().join("model");
-    setup.developer(&[
-        "model",
-        "get",
-        &job,
-        "--out",
-        model.to_str().unwrap(),
-        "--json",
-    ]);
-    let verified = cohort(&[
-        "verify",
-        "model",
-        model.to_str().unwrap(),
-        "--public-key",
-        &write_key_of(&setup, &disk),
-        "--json",
-    ]);
-    assert!(verified["signature_sha256"].is_string(), "{verified:#}");
+    setup.model_verifies(&job, &disk);
 }
 
 /// Writes `path` until the file system refuses another byte.
