@@ -951,6 +951,21 @@ enum CoordinatorAction {
         #[arg(long)]
         data_dir: PathBuf,
     },
+    /// Which coordinator holds the lease on a shared PostgreSQL state (the
+    /// active one; the others stand by), its epoch (takeovers so far) and
+    /// when the lease expires unless renewed.
+    Lease {
+        /// The coordinators' database (or COHORT_DATABASE_URL).
+        #[arg(
+            long,
+            env = "COHORT_DATABASE_URL",
+            value_name = "URL",
+            hide_env_values = true
+        )]
+        database: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -1514,6 +1529,14 @@ async fn main() -> Result<()> {
         }) => {
             init_logging("warn");
             print!("{}", audit::coordinator_key(&data_dir)?.spki_pem());
+        }
+        Command::Coordinator(CoordinatorArgs {
+            action: Some(CoordinatorAction::Lease { database, json }),
+            ..
+        }) => {
+            init_logging("warn");
+            let lease = serve::lease_status(&database).await?;
+            report(json, &lease, serve::render_lease)?;
         }
         Command::Coordinator(a) => {
             init_logging("info");

@@ -196,6 +196,40 @@ pub fn lease_ttl(seconds: f64) -> Result<Duration> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
+/// `cohort coordinator lease`: who holds the coordinator lease.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LeaseStatus {
+    /// `None`: no coordinator has run on this database yet.
+    pub holder: Option<cohort_coordinator::lease::Holder>,
+    /// Whether the lease is current (its holder renews it).
+    pub held: bool,
+}
+
+pub async fn lease_status(url: &str) -> Result<LeaseStatus> {
+    let url = url.to_string();
+    let holder =
+        tokio::task::spawn_blocking(move || cohort_coordinator::lease::holder(&url)).await??;
+    let held = holder.as_ref().is_some_and(|h| h.expires_in_secs > 0.0);
+    Ok(LeaseStatus { holder, held })
+}
+
+pub fn render_lease(status: &LeaseStatus) -> String {
+    match (&status.holder, status.held) {
+        (None, _) => "no coordinator has held the lease on this database yet\n".into(),
+        (Some(h), true) => format!(
+            "active: {}\nepoch {} (takeovers so far: {}); renewed, expires in {:.1} s unless renewed again\n",
+            h.holder,
+            h.epoch,
+            h.epoch - 1,
+            h.expires_in_secs
+        ),
+        (Some(h), false) => format!(
+            "no active coordinator: the lease of {} (epoch {}) expired {:.1} s ago; the next coordinator to start takes it\n",
+            h.holder, h.epoch, -h.expires_in_secs
+        ),
+    }
+}
+
 /// Waits for the coordinator lease on the database at `url`, logging
 /// who holds it while this coordinator stands by.
 async fn acquire_lease(

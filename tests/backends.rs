@@ -548,6 +548,28 @@ fn a_standby_coordinator_takes_over_when_the_active_one_is_killed() {
         serving < Duration::from_secs(10),
         "the standby took {serving:?} to take over"
     );
+    // What an operator sees: the standby holds the lease after one takeover.
+    let lease = cohort(&[
+        "coordinator",
+        "lease",
+        "--database",
+        database.url(),
+        "--json",
+    ]);
+    assert_eq!(lease["held"], true, "{lease:#}");
+    assert_eq!(lease["holder"]["epoch"], 2, "{lease:#}");
+    let standby = format!("127.0.0.1:{} ", pair.setup.standby_port.unwrap());
+    assert!(
+        lease["holder"]["holder"].as_str().unwrap().contains(&standby),
+        "{lease:#}"
+    );
+    // Pointed at a database no coordinator uses, it says so and creates
+    // nothing there.
+    let elsewhere = TestDatabase::create(&server, "no_coordinator").unwrap();
+    let out = cohort_output(&["coordinator", "lease", "--database", elsewhere.url()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no coordinator of this version has run"), "{stderr}");
     pair.completes_once(&database);
 }
 

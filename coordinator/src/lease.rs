@@ -134,6 +134,24 @@ pub(crate) fn current(db: &Database) -> Result<Option<Holder>, StoreError> {
     .transpose()
 }
 
+/// The lease's holder on the PostgreSQL database at `url`, for operators
+/// (`cohort coordinator lease`); reads only.
+pub fn holder(url: &str) -> Result<Option<Holder>, StoreError> {
+    // Connected without migrating: this must not create a schema in a
+    // database that was named by mistake.
+    let db = Database::Postgres(Box::new(crate::store::postgres::PgConnection::connect(
+        url,
+    )?));
+    current(&db).map_err(|e| match e {
+        StoreError::Postgres(message) if message.contains("coordinator_lease") => {
+            StoreError::Postgres(format!(
+                "{message} (no coordinator of this version has run on this database)"
+            ))
+        }
+        other => other,
+    })
+}
+
 /// Extends the lease by `ttl` from now; `false` if it is no longer this
 /// holder's (a standby took it over after it expired).
 pub(crate) fn renew(

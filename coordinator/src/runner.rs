@@ -35,7 +35,7 @@ use sha2::Digest as _;
 
 use crate::ledger::Ledger;
 use crate::store::{Enrollment, JobRow, JobState, RoundRow, Store, StoreError, UpdateReceipt, now};
-use crate::strategy::{ClientUpdate, Strategy};
+use crate::strategy::{ClientUpdate, Strategy, UpdateFold};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -395,24 +395,41 @@ impl Runner {
             ok: Vec::new(),
             failed: Vec::new(),
         };
-        let mut expired = Vec::new();
-        for (client, task_id, rx) in waiting {
-            match tokio::time::timeout_at(deadline, rx).await {
-                Ok(Ok(Ok(answer))) => match accept(&client, answer) {
-                    Ok(v) => answers.ok.push((client, v)),
+        // Answers are accepted in the order they arrive, so that an update
+        // folded by `accept` is dropped at once instead of waiting in its
+        // channel for slower hospitals; `ok` keeps the dispatch order.
+        let mut unanswered: BTreeMap<usize, (String, String)> = BTreeMap::new();
+        let mut arriving = futures::stream::FuturesUnordered::new();
+        for (i, (client, task_id, rx)) in waiting.into_iter().enumerate() {
+            unanswered.insert(i, (client, task_id));
+            arriving.push(async move { (i, rx.await) });
+        }
+        let mut ok = Vec::new();
+        while let Ok(Some((i, outcome))) =
+            tokio::time::timeout_at(deadline, futures::StreamExt::next(&mut arriving)).await
+        {
+            let Some((client, _)) = unanswered.remove(&i) else {
+                continue;
+            };
+            match outcome {
+                Ok(Ok(answer)) => match accept(&client, answer) {
+                    Ok(v) => ok.push((i, client, v)),
                     Err(reason) => answers.failed.push((client, reason)),
                 },
-                Ok(Ok(Err(reason))) => answers.failed.push((client, reason)),
-                Ok(Err(_)) => answers.failed.push((client, "task was dropped".into())),
-                Err(_) => {
-                    answers
-                        .failed
-                        .push((client, format!("no answer within {timeout_secs} s")));
-                    expired.push(task_id);
-                }
+                Ok(Err(reason)) => answers.failed.push((client, reason)),
+                Err(_) => answers.failed.push((client, "task was dropped".into())),
             }
         }
+        let mut expired = Vec::new();
+        for (client, task_id) in unanswered.into_values() {
+            answers
+                .failed
+                .push((client, format!("no answer within {timeout_secs} s")));
+            expired.push(task_id);
+        }
         self.registry.cancel(&expired);
+        ok.sort_by_key(|(i, ..)| *i);
+        answers.ok = ok.into_iter().map(|(_, client, v)| (client, v)).collect();
         answers
     }
 
@@ -494,6 +511,9 @@ impl Runner {
                     .await?
                 }
                 (Aggregation::Plain, _) => {
+                    // Valuation and client-level DP need each update; a
+                    // round without them folds each into the sum on arrival.
+                    let fold = spec.valuation.is_none() && client_dp.is_none();
                     self.plain_fit(
                         job,
                         spec,
@@ -502,6 +522,7 @@ impl Runner {
                         &selected,
                         (round, attempt),
                         proof_keys,
+                        fold,
                     )
                     .await
                 }
@@ -715,10 +736,12 @@ impl Runner {
         selected: &[String],
         (round, attempt): (u32, u32),
         proof_keys: Option<&proofs::UpdateProofKeys>,
+        fold: bool,
     ) -> Option<Fitted> {
         let t = &spec.training;
         let n_params = global.len();
         let mut excluded = Vec::new();
+        let mut folded = fold.then(|| UpdateFold::new(n_params));
         let answers = self
             .gather(
                 selected,
@@ -751,6 +774,14 @@ impl Runner {
                                 }
                             }
                         }
+                        let delta = match &mut folded {
+                            Some(sum) => {
+                                sum.add(client, &delta, num_examples)
+                                    .map_err(|e| e.to_string())?;
+                                Vec::new()
+                            }
+                            None => delta,
+                        };
                         Ok((delta, num_examples, train_loss, compute_seconds, receipt))
                     }
                     TaskAnswer::Fit { delta, .. } => Err(format!(
@@ -782,7 +813,7 @@ impl Runner {
             .fold(0.0, f64::max);
         let participants: Vec<String> = answers.ok.iter().map(|(c, _)| c.clone()).collect();
         let mut receipts = Vec::with_capacity(answers.ok.len());
-        let updates: Vec<ClientUpdate> = answers
+        let mut updates: Vec<ClientUpdate> = answers
             .ok
             .into_iter()
             .map(|(client, (delta, num_examples, _, _, receipt))| {
@@ -794,6 +825,18 @@ impl Runner {
                 }
             })
             .collect();
+        if let Some(sum) = folded {
+            match sum.into_update() {
+                Ok(mean) => updates = vec![mean],
+                Err(e) => {
+                    self.note(
+                        &job.id,
+                        format!("round {round} attempt {attempt}: {e}; retrying"),
+                    );
+                    return None;
+                }
+            }
+        }
         Some(Fitted {
             participants,
             receipts,

@@ -162,34 +162,94 @@ impl StrategySpec {
     }
 }
 
-/// Example-weighted mean of the updates' deltas, accumulated in f64 so that
-/// many small contributions are not lost to f32 rounding.
+/// The example-weighted mean of `updates` (all of `n_parameters` values),
+/// accumulated in f64 so that many small contributions are not lost to f32
+/// rounding.
 pub fn weighted_mean_delta(
     n_parameters: usize,
     updates: &[ClientUpdate],
 ) -> Result<Vec<f32>, StrategyError> {
-    if updates.is_empty() {
-        return Err(StrategyError::Empty);
-    }
-    let total: u64 = updates.iter().map(|u| u.num_examples).sum();
-    if total == 0 {
-        return Err(StrategyError::NoExamples);
-    }
-    let mut sum = vec![0f64; n_parameters];
+    let mut fold = UpdateFold::new(n_parameters);
     for u in updates {
-        if u.delta.len() != n_parameters {
+        fold.add(&u.client, &u.delta, u.num_examples)?;
+    }
+    fold.mean()
+}
+
+/// Updates folded into their example-weighted sum as each arrives: a
+/// round then holds one vector of the model's size, not one per hospital
+/// (plain rounds without valuation or client-level DP, which need each
+/// update, fold this way).
+#[derive(Debug, Clone)]
+pub struct UpdateFold {
+    sum: Vec<f64>,
+    examples: u64,
+    updates: usize,
+}
+
+impl UpdateFold {
+    pub fn new(n_parameters: usize) -> Self {
+        Self {
+            sum: vec![0.0; n_parameters],
+            examples: 0,
+            updates: 0,
+        }
+    }
+
+    /// Adds `client`'s update, trained on `num_examples` records.
+    pub fn add(
+        &mut self,
+        client: &str,
+        delta: &[f32],
+        num_examples: u64,
+    ) -> Result<(), StrategyError> {
+        if delta.len() != self.sum.len() {
             return Err(StrategyError::Length {
-                client: u.client.clone(),
-                expected: n_parameters,
-                got: u.delta.len(),
+                client: client.to_string(),
+                expected: self.sum.len(),
+                got: delta.len(),
             });
         }
-        let w = u.num_examples as f64 / total as f64;
-        for (s, d) in sum.iter_mut().zip(&u.delta) {
-            *s += w * f64::from(*d);
+        let weight = num_examples as f64;
+        for (s, d) in self.sum.iter_mut().zip(delta) {
+            *s += weight * f64::from(*d);
         }
+        self.examples += num_examples;
+        self.updates += 1;
+        Ok(())
     }
-    Ok(sum.into_iter().map(|s| s as f32).collect())
+
+    /// How many updates were added.
+    pub fn len(&self) -> usize {
+        self.updates
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.updates == 0
+    }
+
+    /// The example-weighted mean of what was added.
+    pub fn mean(self) -> Result<Vec<f32>, StrategyError> {
+        if self.updates == 0 {
+            return Err(StrategyError::Empty);
+        }
+        if self.examples == 0 {
+            return Err(StrategyError::NoExamples);
+        }
+        let total = self.examples as f64;
+        Ok(self.sum.into_iter().map(|s| (s / total) as f32).collect())
+    }
+
+    /// The mean as the one update a strategy aggregates, weighted by all
+    /// the examples behind it.
+    pub fn into_update(self) -> Result<ClientUpdate, StrategyError> {
+        let num_examples = self.examples;
+        Ok(ClientUpdate {
+            client: format!("{} folded updates", self.updates),
+            delta: self.mean()?,
+            num_examples,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -232,6 +292,60 @@ mod tests {
             weighted_mean_delta(1, &[update("a", vec![1.0], 0)]),
             Err(StrategyError::NoExamples)
         );
+    }
+
+    /// Folding in whatever order updates arrive gives what the strategies
+    /// computed from all of them at once, and a strategy given the fold's
+    /// one update moves the model exactly as it would given them all.
+    #[test]
+    fn a_fold_in_any_arrival_order_aggregates_like_all_updates_at_once() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let n = 1000;
+        let updates: Vec<ClientUpdate> = (0..50)
+            .map(|k| {
+                let delta = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+                update(&format!("h{k}"), delta, rng.random_range(1..500))
+            })
+            .collect();
+        let at_once = weighted_mean_delta(n, &updates).unwrap();
+        for order in [false, true] {
+            let mut fold = UpdateFold::new(n);
+            let arriving: Vec<&ClientUpdate> = if order {
+                updates.iter().rev().collect()
+            } else {
+                updates.iter().collect()
+            };
+            for u in arriving {
+                fold.add(&u.client, &u.delta, u.num_examples).unwrap();
+            }
+            assert_eq!(fold.len(), 50);
+            let folded = fold.into_update().unwrap();
+            assert_eq!(
+                folded.num_examples,
+                updates.iter().map(|u| u.num_examples).sum::<u64>()
+            );
+            for (a, b) in folded.delta.iter().zip(&at_once) {
+                assert!(
+                    (a - b).abs() <= f32::EPSILON * b.abs().max(1e-3),
+                    "{a} vs {b}"
+                );
+            }
+            let global = vec![0.5f32; n];
+            let mut all = FedAvg;
+            let mut one = FedAvg;
+            let from_all = all.aggregate(&global, &updates).unwrap();
+            let from_fold = one.aggregate(&global, &[folded]).unwrap();
+            for (a, b) in from_fold.iter().zip(&from_all) {
+                assert!((a - b).abs() <= 2.0 * f32::EPSILON, "{a} vs {b}");
+            }
+        }
+        assert_eq!(UpdateFold::new(3).mean(), Err(StrategyError::Empty));
+        let mut wrong = UpdateFold::new(3);
+        assert!(matches!(
+            wrong.add("h", &[1.0], 1),
+            Err(StrategyError::Length { got: 1, .. })
+        ));
     }
 
     #[test]
