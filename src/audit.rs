@@ -362,12 +362,21 @@ pub fn entries_in(leaves: &[Vec<u8>], job: Option<&str>) -> Result<Vec<(u64, Ent
 }
 
 /// The key that signs a coordinator's ledger and models, from the first
-/// entry of its ledger.
+/// entry of its ledger in its data directory.
 pub fn coordinator_key(data_dir: &Path) -> Result<cohort_identity::MessageVerifyingKey> {
-    let leaves = cohort_coordinator::store::read_ledger_at(data_dir)?.leaves;
-    let first = leaves
-        .first()
-        .with_context(|| format!("{} holds no ledger", data_dir.display()))?;
+    key_in(&cohort_coordinator::store::read_ledger_at(data_dir)?.leaves)
+        .with_context(|| format!("the ledger in {}", data_dir.display()))
+}
+
+/// [`coordinator_key`] from the ledger wherever it is.
+pub async fn coordinator_key_from(
+    source: &LedgerSource,
+) -> Result<cohort_identity::MessageVerifyingKey> {
+    key_in(&source.read().await?.leaves)
+}
+
+fn key_in(leaves: &[Vec<u8>]) -> Result<cohort_identity::MessageVerifyingKey> {
+    let first = leaves.first().context("the ledger has no entries")?;
     match Entry::from_leaf(first)?.record {
         cohort_ledger::Record::CoordinatorKey { public_key, .. } => {
             Ok(cohort_identity::MessageVerifyingKey::from_hex(&public_key)?)
@@ -463,15 +472,34 @@ pub async fn verify_ledger_from(
     state: &Path,
     chain: Option<&ChainOptions>,
 ) -> Result<LedgerVerification> {
-    let contents = match source {
-        LedgerSource::DataDir(dir) => read_ledger(dir)?,
-        LedgerSource::Database(url) => read_ledger_from_database(url)?,
-        LedgerSource::Coordinator { url, security } => {
-            let mut dev = crate::developer::connect(url, security).await?;
-            fetch_ledger(&mut dev).await?
+    verify_contents_on_chain(source.read().await?, state, chain).await
+}
+
+impl LedgerSource {
+    /// The ledger's entries and signed checkpoint, wherever they are.
+    pub async fn read(&self) -> Result<cohort_coordinator::store::LedgerContents> {
+        match self {
+            LedgerSource::DataDir(dir) => read_ledger(dir),
+            LedgerSource::Database(url) => read_ledger_from_database(url),
+            LedgerSource::Coordinator { url, security } => {
+                let mut dev = crate::developer::connect(url, security).await?;
+                fetch_ledger(&mut dev).await
+            }
         }
-    };
-    verify_contents_on_chain(contents, state, chain).await
+    }
+
+    /// `--data-dir DIR` or `--database URL` (the coordinator's own state,
+    /// read-only); exactly one.
+    pub fn stored(data_dir: Option<PathBuf>, database: Option<String>) -> Result<Self> {
+        match (data_dir, database) {
+            (Some(dir), None) => Ok(LedgerSource::DataDir(dir)),
+            (None, Some(url)) => Ok(LedgerSource::Database(url)),
+            (Some(_), Some(_)) => bail!("give --data-dir or --database, not both"),
+            (None, None) => {
+                bail!("give the coordinator's --data-dir, or its --database (postgres://...)")
+            }
+        }
+    }
 }
 
 impl LedgerVerification {
@@ -537,8 +565,11 @@ pub struct IndexedEntry {
 }
 
 /// [`ledger_entries`] as [`IndexedEntry`] values.
-pub fn indexed_entries(data_dir: &Path, job: Option<&str>) -> Result<Vec<IndexedEntry>> {
-    Ok(ledger_entries(data_dir, job)?
+pub async fn indexed_entries(
+    source: &LedgerSource,
+    job: Option<&str>,
+) -> Result<Vec<IndexedEntry>> {
+    Ok(entries_in(&source.read().await?.leaves, job)?
         .into_iter()
         .map(|(index, entry)| IndexedEntry { entry, index })
         .collect())

@@ -671,7 +671,16 @@ enum LedgerCommand {
         job: Option<String>,
         /// The coordinator's data directory (read-only).
         #[arg(long)]
-        data_dir: PathBuf,
+        data_dir: Option<PathBuf>,
+        /// Or its PostgreSQL database, read-only (or COHORT_DATABASE_URL).
+        #[arg(
+            long,
+            env = "COHORT_DATABASE_URL",
+            value_name = "URL",
+            hide_env_values = true,
+            conflicts_with = "data_dir"
+        )]
+        database: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -948,8 +957,18 @@ enum CoordinatorAction {
     /// Print the public key (PEM) that signs this coordinator's ledger and
     /// models, as its ledger publishes it.
     SigningKey {
+        /// The coordinator's data directory (SQLite state).
         #[arg(long)]
-        data_dir: PathBuf,
+        data_dir: Option<PathBuf>,
+        /// Or its PostgreSQL database, read-only (or COHORT_DATABASE_URL).
+        #[arg(
+            long,
+            env = "COHORT_DATABASE_URL",
+            value_name = "URL",
+            hide_env_values = true,
+            conflicts_with = "data_dir"
+        )]
+        database: Option<String>,
     },
     /// Which coordinator holds the lease on a shared PostgreSQL state (the
     /// active one; the others stand by), its epoch (takeovers so far) and
@@ -1524,11 +1543,12 @@ async fn main() -> Result<()> {
             }
         }
         Command::Coordinator(CoordinatorArgs {
-            action: Some(CoordinatorAction::SigningKey { data_dir }),
+            action: Some(CoordinatorAction::SigningKey { data_dir, database }),
             ..
         }) => {
             init_logging("warn");
-            print!("{}", audit::coordinator_key(&data_dir)?.spki_pem());
+            let source = audit::LedgerSource::stored(data_dir, database)?;
+            print!("{}", audit::coordinator_key_from(&source).await?.spki_pem());
         }
         Command::Coordinator(CoordinatorArgs {
             action: Some(CoordinatorAction::Lease { database, json }),
@@ -1638,10 +1658,12 @@ async fn main() -> Result<()> {
         Command::Ledger(LedgerCommand::Show {
             job,
             data_dir,
+            database,
             json,
         }) => {
             init_logging("warn");
-            let entries = audit::indexed_entries(&data_dir, job.as_deref())?;
+            let source = audit::LedgerSource::stored(data_dir, database)?;
+            let entries = audit::indexed_entries(&source, job.as_deref()).await?;
             if json {
                 print_json(&entries)?;
             } else {
@@ -1662,8 +1684,6 @@ async fn main() -> Result<()> {
             let chain = chain.options();
             let verified = async {
                 let source = match (data_dir, database) {
-                    (Some(dir), _) => audit::LedgerSource::DataDir(dir),
-                    (None, Some(url)) => audit::LedgerSource::Database(url),
                     (None, None) => {
                         let (url, security) = connection.resolve(&[
                             Role::Validator,
@@ -1672,6 +1692,7 @@ async fn main() -> Result<()> {
                         ])?;
                         audit::LedgerSource::Coordinator { url, security }
                     }
+                    (data_dir, database) => audit::LedgerSource::stored(data_dir, database)?,
                 };
                 audit::verify_ledger_from(&source, &state, chain.as_ref()).await
             }

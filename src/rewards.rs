@@ -56,14 +56,7 @@ pub fn verify(contents: &LedgerContents) -> Result<Verification> {
 
 /// The ledger from a data directory or a running coordinator.
 pub async fn load(source: &crate::audit::LedgerSource) -> Result<LedgerContents> {
-    match source {
-        crate::audit::LedgerSource::DataDir(dir) => crate::audit::read_ledger(dir),
-        crate::audit::LedgerSource::Database(url) => crate::audit::read_ledger_from_database(url),
-        crate::audit::LedgerSource::Coordinator { url, security } => {
-            let mut dev = crate::developer::connect(url, security).await?;
-            crate::audit::fetch_ledger(&mut dev).await
-        }
-    }
+    source.read().await
 }
 
 /// `cohort rewards show` options besides where the ledger is.

@@ -385,6 +385,17 @@ fn a_job_on_postgres_survives_a_coordinator_restart() {
     ]);
     let rounds = done["rounds"].as_array().unwrap().len() as u64;
     assert_eq!(audit["entries"], 3 + 1 + rounds, "{audit:#}");
+    // The rest of an auditor's tools read the same database.
+    let entries = cohort(&["ledger", "show", "--database", database.url(), "--json"]);
+    assert_eq!(entries.as_array().unwrap().len() as u64, 3 + 1 + rounds);
+    let out = cohort_output(&["coordinator", "signing-key", "--database", database.url()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let published = std::fs::read_to_string(write_key_of(&setup, &setup.data_dir())).unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), published);
     // The state was in PostgreSQL, not in a SQLite file beside the models.
     assert!(!setup.data_dir().join("coordinator.sqlite").exists());
     let log = std::fs::read_to_string(dir.path().join("coord-1.log")).unwrap();

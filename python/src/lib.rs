@@ -382,7 +382,10 @@ fn verify_ledger(py: Python<'_>, data_dir: PathBuf, state: Option<PathBuf>) -> P
 #[pyfunction]
 #[pyo3(signature = (data_dir, job_id=None))]
 fn ledger_entries(py: Python<'_>, data_dir: PathBuf, job_id: Option<String>) -> PyResult<String> {
-    let entries = blocking(py, || audit::indexed_entries(&data_dir, job_id.as_deref()))?;
+    let source = audit::LedgerSource::DataDir(data_dir);
+    let entries = block_on(py, async move {
+        audit::indexed_entries(&source, job_id.as_deref()).await
+    })?;
     to_json(&entries)
 }
 
