@@ -6,7 +6,8 @@
 #
 # Usage: scripts/bench_coordinator_rss.sh [COHORT_BINARY] [CLIENTS] [ROUNDS] [PARAMETERS]
 # Defaults: target/release/cohort, 50 hospitals, 3 rounds, ~10^6 parameters
-# (WDBC, one hidden layer). Linux only (/proc). Prints one JSON line.
+# (WDBC, one hidden layer). Extra coordinator flags in COORDINATOR_ARGS (e.g.
+# "--update-memory-mb 16"). Linux only (/proc). Prints one JSON line.
 set -euo pipefail
 BIN=${1:-target/release/cohort}
 CLIENTS=${2:-50}
@@ -28,7 +29,7 @@ sed -e "s/hidden = \[32, 16\]/hidden = [$HIDDEN]/" -e "s/rounds = 20/rounds = $R
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 URL="http://127.0.0.1:$PORT"
 "$BIN" coordinator --insecure --listen "127.0.0.1:$PORT" --data-dir "$WORK/coord" \
-  --poll-timeout-secs 1 2>"$WORK/coordinator.log" &
+  --poll-timeout-secs 1 ${COORDINATOR_ARGS:-} 2>"$WORK/coordinator.log" &
 COORDINATOR=$!
 PIDS+=("$COORDINATOR")
 for file in "$WORK"/parts/hospital_*.csv; do
@@ -41,6 +42,7 @@ done
 import json, sys
 job = json.load(sys.stdin)
 rss_kb = int(next(l.split()[1] for l in open("/proc/'"$COORDINATOR"'/status") if l.startswith("VmHWM:")))
-print(json.dumps({"clients": '"$CLIENTS"', "parameters": 32 * '"$HIDDEN"' + 1, "state": job["state"],
+print(json.dumps({"clients": '"$CLIENTS"', "parameters": 32 * '"$HIDDEN"' + 1,
+  "coordinator_args": "'"${COORDINATOR_ARGS:-}"'", "state": job["state"],
   "round_s": [round(r["duration_secs"], 3) for r in job["rounds"]],
   "coordinator_peak_rss_mb": round(rss_kb / 1024, 1)}))'

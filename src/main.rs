@@ -1075,6 +1075,13 @@ struct CoordinatorArgs {
     /// calls a second.
     #[arg(long, default_value_t = 2)]
     max_developer_calls: usize,
+    /// MiB of hospitals' uploads (updates, masked updates, ciphertexts)
+    /// received at once, at most; more wait in HTTP/2 flow control. Bounds
+    /// the coordinator's memory for uploads whatever the number of
+    /// hospitals: a plain round folds each update into the running sum as
+    /// it arrives. At 10^6 parameters an update is 4 MB.
+    #[arg(long, default_value_t = 256, value_name = "MIB")]
+    update_memory_mb: u64,
     /// Largest gRPC message accepted, in bytes (1,114,112 to 8,388,608;
     /// models travel in 1 MiB chunks). Larger messages are refused with
     /// OutOfRange before they are buffered.
@@ -1582,6 +1589,7 @@ async fn main() -> Result<()> {
                     max_calls_per_member: a.max_calls_per_member,
                     max_streams_per_connection: a.max_streams_per_connection,
                     max_developer_calls: a.max_developer_calls,
+                    upload_memory_bytes: a.update_memory_mb.max(1).saturating_mul(1 << 20),
                     wire: cohort_coordinator::WireLimits {
                         max_message_bytes: a.max_message_bytes,
                         max_connections: a.max_connections,

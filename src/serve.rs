@@ -70,6 +70,8 @@ pub struct CoordinatorOptions {
     pub max_calls_per_member: usize,
     pub max_streams_per_connection: u32,
     pub max_developer_calls: usize,
+    /// `--update-memory-mb`, in bytes.
+    pub upload_memory_bytes: u64,
     /// `--max-message-bytes`, `--max-connections`, handshake and keepalive
     /// timeouts.
     pub wire: cohort_coordinator::WireLimits,
@@ -134,6 +136,7 @@ pub async fn run_coordinator(
     config.max_calls_per_member = options.max_calls_per_member;
     config.max_streams_per_connection = options.max_streams_per_connection;
     config.max_developer_calls = options.max_developer_calls;
+    config.upload_memory_bytes = options.upload_memory_bytes;
     config.wire = options.wire;
     config.wire.check()?;
     config.rewards = options.rewards;

@@ -225,6 +225,37 @@ async fn ten_million_parameters_cross_the_wire() {
     coordinator.stop.stop();
 }
 
+/// Under an upload cap smaller than one update, hospitals' uploads are
+/// received one at a time (the others wait in flow control) and every
+/// round still completes with every hospital.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn uploads_over_the_memory_cap_wait_and_every_round_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("all.csv");
+    synthetic_oncology_csv(&csv, 240, 17);
+    let files = split(&csv, &dir.path().join("parts"), 3, 7);
+    let coordinator = start_coordinator_with(&dir.path().join("coord"), |config| {
+        config.upload_memory_bytes = 1 << 20;
+    })
+    .await;
+    for (i, file) in files.iter().enumerate() {
+        start_client(&coordinator.url, file, &format!("h{i}"), &coordinator.stop);
+    }
+    // 14·h + 1 parameters: 280,001 f32, 1.1 MB per update, over the 1 MiB cap.
+    let job = oncology_job(3, 3)
+        .replace("kind = \"logistic\"", "kind = \"mlp\"\nhidden = [20000]")
+        .replace("local_epochs = 2", "local_epochs = 1")
+        .replace("learning_rate = 0.05", "learning_rate = 0.001");
+    let view = submit_and_wait(&coordinator.url, &job).await;
+    assert_eq!(view.state, "completed", "{view:#?}");
+    assert_eq!(view.rounds.len(), 3);
+    for round in &view.rounds {
+        assert_eq!(round.participants.len(), 3, "{round:#?}");
+        assert_eq!(round.attempts, 1, "{round:#?}");
+    }
+    coordinator.stop.stop();
+}
+
 #[tokio::test]
 async fn invalid_job_files_are_rejected_by_the_coordinator_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();

@@ -81,6 +81,8 @@ pub struct CoordinatorConfig {
     pub rewards: rewards::RewardsConfig,
     /// Connections, message size, handshake and keepalive timeouts.
     pub wire: WireLimits,
+    /// Bytes of hospitals' uploads received at once, at most; more wait.
+    pub upload_memory_bytes: u64,
     /// The coordinator lease this process holds (PostgreSQL with
     /// standbys): every write checks it.
     pub lease: Option<Arc<lease::Fence>>,
@@ -101,6 +103,7 @@ impl CoordinatorConfig {
             anchor: None,
             rewards: rewards::RewardsConfig::default(),
             wire: WireLimits::default(),
+            upload_memory_bytes: 256 << 20,
             lease: None,
         }
     }
@@ -183,6 +186,7 @@ impl Coordinator {
                 developer_calls: Arc::new(tokio::sync::Semaphore::new(
                     config.max_developer_calls.max(1),
                 )),
+                upload_memory: limits::UploadMemory::new(config.upload_memory_bytes),
             }),
             tls,
             config: config.clone(),

@@ -114,6 +114,49 @@ impl WireLimits {
     }
 }
 
+/// A cap on the bytes of hospitals' uploads (updates, masked updates,
+/// ciphertexts) being received at once (`cohort coordinator
+/// --update-memory-mb`). An upload takes its share before its first chunk
+/// is read and gives it back once it is handed to the round, which folds
+/// it at once where it can; an upload that finds the cap reached waits in
+/// HTTP/2 flow control. The coordinator's memory for uploads is then
+/// bounded whatever the number of hospitals. One upload larger than the
+/// whole cap is let through alone.
+#[derive(Debug, Clone)]
+pub struct UploadMemory {
+    kib: Arc<Semaphore>,
+    total_kib: u32,
+}
+
+impl UploadMemory {
+    pub fn new(bytes: u64) -> Self {
+        let total_kib = u32::try_from(bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .clamp(1, Semaphore::MAX_PERMITS as u32);
+        Self {
+            kib: Arc::new(Semaphore::new(total_kib as usize)),
+            total_kib,
+        }
+    }
+
+    /// Waits until `bytes` more may be held.
+    pub async fn reserve(&self, bytes: u64) -> OwnedSemaphorePermit {
+        let kib = u32::try_from(bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.total_kib);
+        self.kib
+            .clone()
+            .acquire_many_owned(kib)
+            .await
+            .expect("the upload semaphore is never closed")
+    }
+
+    /// KiB not reserved right now.
+    pub fn available_kib(&self) -> usize {
+        self.kib.available_permits()
+    }
+}
+
 /// The connection cap, shared by the accept loop and every connection.
 #[derive(Clone)]
 pub struct ConnectionSlots {
@@ -340,6 +383,30 @@ pub(crate) fn accept_plain(listener: TcpListener, limits: WireLimits) -> Incomin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn uploads_beyond_the_memory_cap_wait_their_turn() {
+        let memory = UploadMemory::new(10 * 1024);
+        let first = memory.reserve(6 * 1024).await;
+        let second = memory.reserve(4 * 1024).await;
+        assert_eq!(memory.available_kib(), 0);
+        // A third waits until one of the first two is handed on.
+        let waiting = tokio::spawn({
+            let memory = memory.clone();
+            async move { memory.reserve(3 * 1024).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished());
+        drop(first);
+        let third = waiting.await.unwrap();
+        assert_eq!(memory.available_kib(), 3);
+        // One larger than the whole cap goes through alone.
+        drop((second, third));
+        let huge = memory.reserve(1 << 30).await;
+        assert_eq!(memory.available_kib(), 0);
+        drop(huge);
+        assert_eq!(memory.available_kib(), 10);
+    }
 
     #[test]
     fn defaults_pass_and_unsafe_values_are_refused() {

@@ -47,6 +47,19 @@ pub struct Services {
     pub ledger: Arc<crate::ledger::Ledger>,
     /// Admission of developer-service calls (`max_developer_calls`).
     pub developer_calls: Arc<tokio::sync::Semaphore>,
+    /// The cap on upload bytes being received at once.
+    pub upload_memory: crate::limits::UploadMemory,
+}
+
+/// The bytes an upload of `expect` occupies once received, if it is one.
+fn upload_bytes(expect: Expect) -> Option<u64> {
+    match expect {
+        Expect::Nothing => None,
+        Expect::Update(count) => Some(count.saturating_mul(4)),
+        // Received as one u64 per value, whatever the bit width.
+        Expect::Masked { count, .. } => Some(count.saturating_mul(8)),
+        Expect::Bytes(len) => Some(len),
+    }
 }
 
 const HOSPITALS: &[Role] = &[Role::Hospital];
@@ -281,6 +294,11 @@ impl HospitalService for Services {
             .registry
             .take_pending(&header.task_id, &client)
             .map_err(Status::failed_precondition)?;
+        // Held until the answer is handed to the round (the end of this call).
+        let _memory = match upload_bytes(pending.expect) {
+            Some(bytes) if header.error.is_empty() => Some(self.upload_memory.reserve(bytes).await),
+            _ => None,
+        };
         let outcome = if !header.error.is_empty() {
             Err(format!("client refused the task: {}", header.error))
         } else {

@@ -39,10 +39,19 @@ pub struct Running {
 
 /// A coordinator in this process on an ephemeral loopback port.
 pub async fn start_coordinator(data_dir: &Path) -> Running {
+    start_coordinator_with(data_dir, |_| {}).await
+}
+
+/// [`start_coordinator`] with settings changed by `configure`.
+pub async fn start_coordinator_with(
+    data_dir: &Path,
+    configure: impl FnOnce(&mut CoordinatorConfig),
+) -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let mut config = CoordinatorConfig::new(data_dir);
     config.poll_timeout = Duration::from_secs(1);
+    configure(&mut config);
     let coordinator = Coordinator::open(&config).unwrap();
     let stop = Stop::new();
     let signal = stop.signal();
