@@ -669,18 +669,8 @@ enum LedgerCommand {
     Show {
         /// Only this job's entries.
         job: Option<String>,
-        /// The coordinator's data directory (read-only).
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// Or its PostgreSQL database, read-only (or COHORT_DATABASE_URL).
-        #[arg(
-            long,
-            env = "COHORT_DATABASE_URL",
-            value_name = "URL",
-            hide_env_values = true,
-            conflicts_with = "data_dir"
-        )]
-        database: Option<String>,
+        #[command(flatten)]
+        state: StoredState,
         #[arg(long)]
         json: bool,
     },
@@ -952,23 +942,31 @@ enum CaCommand {
     },
 }
 
+/// Where a command reads a coordinator's state itself: its data directory
+/// or its PostgreSQL database, read-only.
+#[derive(Args)]
+struct StoredState {
+    /// The coordinator's data directory (SQLite state).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Or its PostgreSQL database (postgres://...).
+    #[arg(long, value_name = "URL", conflicts_with = "data_dir")]
+    database: Option<String>,
+}
+
+impl StoredState {
+    fn source(self) -> Result<audit::LedgerSource> {
+        audit::LedgerSource::stored(self.data_dir, self.database)
+    }
+}
+
 #[derive(Subcommand)]
 enum CoordinatorAction {
     /// Print the public key (PEM) that signs this coordinator's ledger and
     /// models, as its ledger publishes it.
     SigningKey {
-        /// The coordinator's data directory (SQLite state).
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// Or its PostgreSQL database, read-only (or COHORT_DATABASE_URL).
-        #[arg(
-            long,
-            env = "COHORT_DATABASE_URL",
-            value_name = "URL",
-            hide_env_values = true,
-            conflicts_with = "data_dir"
-        )]
-        database: Option<String>,
+        #[command(flatten)]
+        state: StoredState,
     },
     /// Which coordinator holds the lease on a shared PostgreSQL state (the
     /// active one; the others stand by), its epoch (takeovers so far) and
@@ -1550,11 +1548,11 @@ async fn main() -> Result<()> {
             }
         }
         Command::Coordinator(CoordinatorArgs {
-            action: Some(CoordinatorAction::SigningKey { data_dir, database }),
+            action: Some(CoordinatorAction::SigningKey { state }),
             ..
         }) => {
             init_logging("warn");
-            let source = audit::LedgerSource::stored(data_dir, database)?;
+            let source = state.source()?;
             print!("{}", audit::coordinator_key_from(&source).await?.spki_pem());
         }
         Command::Coordinator(CoordinatorArgs {
@@ -1663,14 +1661,9 @@ async fn main() -> Result<()> {
             init_logging("warn");
             run_ca_command(cmd)?;
         }
-        Command::Ledger(LedgerCommand::Show {
-            job,
-            data_dir,
-            database,
-            json,
-        }) => {
+        Command::Ledger(LedgerCommand::Show { job, state, json }) => {
             init_logging("warn");
-            let source = audit::LedgerSource::stored(data_dir, database)?;
+            let source = state.source()?;
             let entries = audit::indexed_entries(&source, job.as_deref()).await?;
             if json {
                 print_json(&entries)?;
