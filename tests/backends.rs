@@ -49,25 +49,6 @@ fn s3_prefix(label: &str) -> Option<String> {
     }
 }
 
-fn cohort_output(args: &[&str]) -> std::process::Output {
-    Command::new(BIN).args(args).output().unwrap()
-}
-
-fn cohort(args: &[&str]) -> Value {
-    let out = cohort_output(args);
-    assert!(
-        out.status.success(),
-        "cohort {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "cohort {args:?}: {e}: {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
-}
-
 /// One coordinator's command line (and its standby's, if any) and the
 /// place their logs go.
 struct Setup {
@@ -185,7 +166,7 @@ impl Setup {
         let url = self.url();
         let mut all = args.to_vec();
         all.extend(["--insecure", "--coordinator", &url]);
-        cohort(&all)
+        cohort_json(&all)
     }
 
     fn status(&self, job: &str) -> Option<Value> {
@@ -247,7 +228,7 @@ impl Setup {
             "--json",
         ]);
         assert!(model.join("model.safetensors").metadata().unwrap().len() > 0);
-        let verified = cohort(&[
+        let verified = cohort_json(&[
             "verify",
             "model",
             model.to_str().unwrap(),
@@ -374,7 +355,7 @@ fn a_job_on_postgres_survives_a_coordinator_restart() {
     let done = job_survives_a_restart(&setup);
     // An auditor with read access to the database checks the same ledger
     // straight from it.
-    let audit = cohort(&[
+    let audit = cohort_json(&[
         "verify",
         "ledger",
         "--database",
@@ -386,7 +367,7 @@ fn a_job_on_postgres_survives_a_coordinator_restart() {
     let rounds = done["rounds"].as_array().unwrap().len() as u64;
     assert_eq!(audit["entries"], 3 + 1 + rounds, "{audit:#}");
     // The rest of an auditor's tools read the same database.
-    let entries = cohort(&["ledger", "show", "--database", database.url(), "--json"]);
+    let entries = cohort_json(&["ledger", "show", "--database", database.url(), "--json"]);
     assert_eq!(entries.as_array().unwrap().len() as u64, 3 + 1 + rounds);
     let out = cohort_output(&["coordinator", "signing-key", "--database", database.url()]);
     assert!(
@@ -514,7 +495,7 @@ impl Pair {
         let log = std::fs::read_to_string(setup.dir.join("standby.log")).unwrap();
         assert!(log.contains("took over as the active coordinator"), "{log}");
         assert!(log.contains("resuming unfinished job"), "{log}");
-        let audit = cohort(&[
+        let audit = cohort_json(&[
             "verify",
             "ledger",
             "--database",
@@ -562,7 +543,7 @@ fn a_standby_coordinator_takes_over_when_the_active_one_is_killed() {
         "the standby took {serving:?} to take over"
     );
     // What an operator sees: the standby holds the lease after one takeover.
-    let lease = cohort(&[
+    let lease = cohort_json(&[
         "coordinator",
         "lease",
         "--database",
@@ -732,7 +713,7 @@ fn a_full_disk_stalls_the_job_and_it_resumes_when_space_returns() {
             std::fs::copy(disk.join(name), copy.join(name)).unwrap();
         }
     }
-    let audit = cohort(&[
+    let audit = cohort_json(&[
         "verify",
         "ledger",
         "--data-dir",

@@ -29,21 +29,6 @@ fn spawn_with(args: &[&str], log: &Path, env: &[(&str, &str)]) -> Proc {
     )
 }
 
-fn cohort(args: &[&str]) -> Value {
-    let out = Command::new(BIN).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "cohort {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "cohort {args:?}: {e}: {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
-}
-
 /// How the processes of one test talk: plaintext, or mutual TLS with kits
 /// made by `cohort ca` in a directory (one kit per member name).
 #[derive(Clone)]
@@ -58,7 +43,7 @@ impl Net {
     fn tls(dir: &Path, hospitals: usize) -> Net {
         let pki = dir.join("pki");
         let ca = pki.join("ca");
-        cohort(&[
+        cohort_json(&[
             "ca",
             "init",
             "--consortium",
@@ -73,7 +58,7 @@ impl Net {
         ];
         members.extend((0..hospitals).map(|i| ("hospital", format!("hospital-{i}"))));
         for (role, name) in members {
-            let issued = cohort(&[
+            let issued = cohort_json(&[
                 "ca",
                 "issue",
                 "--ca",
@@ -217,7 +202,7 @@ fn get_model(net: &Net, job: &str, out: &Path) -> PathBuf {
 
 fn cohort_as(net: &Net, args: &[&str]) -> Value {
     let args = with(args, &net.args("developer"));
-    cohort(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    cohort_json(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 /// Writes a job file and submits it with `cohort job submit --json`.
@@ -247,7 +232,7 @@ fn status(net: &Net, job: &str) -> Option<Value> {
 /// A hospital's privacy budget ledger, as `cohort client budget --json`
 /// prints it.
 fn client_budget(data_dir: &Path) -> Value {
-    cohort(&[
+    cohort_json(&[
         "client",
         "budget",
         "--data-dir",
@@ -291,7 +276,7 @@ fn three_processes_train_on_an_unseen_csv_and_match_centralized_logistic_regress
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("oncology.csv");
     synthetic_oncology_csv(&csv, 1500, 21);
-    let split = cohort(&[
+    let split = cohort_json(&[
         "data",
         "split",
         csv.to_str().unwrap(),
@@ -332,7 +317,7 @@ fn three_processes_train_on_an_unseen_csv_and_match_centralized_logistic_regress
     assert_eq!(done["rounds"].as_array().unwrap().len(), 10);
 
     let model_dir = get_model(&net, &job, &dir.path().join("model"));
-    let federated = cohort(&[
+    let federated = cohort_json(&[
         "evaluate",
         "--model",
         model_dir.to_str().unwrap(),
@@ -357,7 +342,7 @@ fn three_processes_train_on_an_unseen_csv_and_match_centralized_logistic_regress
     // The same model as ONNX (its numbers are checked against onnxruntime in
     // python/tests/test_parity.py).
     let onnx = dir.path().join("model.onnx");
-    let exported = cohort(&[
+    let exported = cohort_json(&[
         "model",
         "export",
         "--model",
@@ -452,7 +437,7 @@ fn coordinator_killed_mid_round_resumes_and_records_every_round_once() {
     // The ledger survived the kill too: one entry per recorded round, all
     // signed, the tree matching its signed checkpoint.
     let state = dir.path().join("seen.json");
-    let audit = cohort(&[
+    let audit = cohort_json(&[
         "verify",
         "ledger",
         "--data-dir",
@@ -544,7 +529,7 @@ fn crash_and_recover(privacy: &str, point: &str, victim: Victim) {
         "{point}"
     );
 
-    let audit = cohort(&[
+    let audit = cohort_json(&[
         "verify",
         "ledger",
         "--data-dir",
@@ -561,7 +546,7 @@ fn crash_and_recover(privacy: &str, point: &str, victim: Victim) {
         "{point}: {audit:#}"
     );
     let model = get_model(&net, &job, &dir.path().join("model"));
-    let verified = cohort(&[
+    let verified = cohort_json(&[
         "verify",
         "model",
         model.to_str().unwrap(),
@@ -691,7 +676,7 @@ fn bad_input_gets_clear_errors() {
     // A kit of the wrong role, a URL that does not match the mode, a name
     // that is not the certificate's.
     let ca = dir.path().join("ca");
-    cohort(&[
+    cohort_json(&[
         "ca",
         "init",
         "--consortium",
@@ -702,7 +687,7 @@ fn bad_input_gets_clear_errors() {
     ]);
     let kit = dir.path().join("h");
     let kit = kit.to_str().unwrap();
-    cohort(&[
+    cohort_json(&[
         "ca",
         "issue",
         "--ca",
@@ -805,7 +790,7 @@ fn privacy_cli_agrees_with_the_dp_accounting_fixture() {
                 "--json",
             ];
             argv.extend_from_slice(extra);
-            cohort(&argv)
+            cohort_json(&argv)
         };
         for (accountant, key, tolerance) in
             [("pld", "pld_epsilon", 0.01), ("rdp", "rdp_epsilon", 0.005)]
@@ -841,7 +826,7 @@ fn privacy_cli_agrees_with_the_dp_accounting_fixture() {
         }
     }
     assert!(checked >= 8, "only {checked} fixture points checked");
-    let noise = cohort(&[
+    let noise = cohort_json(&[
         "privacy",
         "noise",
         "--target-epsilon",
@@ -1149,7 +1134,7 @@ fn dp_budgets_are_enforced_and_spending_survives_a_crash_before_sending() {
         "{}",
         String::from_utf8_lossy(&verified.stderr)
     );
-    let shown = cohort(&[
+    let shown = cohort_json(&[
         "ledger",
         "show",
         &job,
@@ -1319,7 +1304,7 @@ fn rewards_follow_value_halve_across_a_restart_and_verify_from_the_ledger() {
     );
 
     // Secure aggregation only ever released group sums of two or more.
-    let entries = cohort(&[
+    let entries = cohort_json(&[
         "ledger",
         "show",
         &secagg,
@@ -1357,7 +1342,7 @@ fn rewards_follow_value_halve_across_a_restart_and_verify_from_the_ledger() {
 
     drop(coordinator);
     // Every payout recomputed from the ledger alone.
-    let verified = cohort(&[
+    let verified = cohort_json(&[
         "rewards",
         "verify",
         "--data-dir",
@@ -1428,7 +1413,7 @@ fn a_vertical_job_resumes_after_a_coordinator_restart_with_the_top_at_the_label_
     let dir = tempfile::tempdir().unwrap();
     let wdbc = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/wdbc.csv");
     let sites = dir.path().join("sites");
-    cohort(&[
+    cohort_json(&[
         "data",
         "split-vertical",
         wdbc.to_str().unwrap(),
@@ -1518,7 +1503,7 @@ fn a_vertical_job_resumes_after_a_coordinator_restart_with_the_top_at_the_label_
         stderr.contains("never left the label site hospital-0"),
         "{stderr}"
     );
-    let metrics = cohort(&[
+    let metrics = cohort_json(&[
         "evaluate",
         "--model",
         model.to_str().unwrap(),

@@ -407,3 +407,31 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// The `cohort` binary this test crate was built with.
+const COHORT_BIN: &str = env!("CARGO_BIN_EXE_cohort");
+
+/// Runs `cohort ARGS` and returns what it did.
+pub fn cohort_output(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(COHORT_BIN)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Runs `cohort ARGS` (with `--json`), which must succeed, and parses what
+/// it printed.
+pub fn cohort_json(args: &[&str]) -> serde_json::Value {
+    let out = cohort_output(args);
+    assert!(
+        out.status.success(),
+        "cohort {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "cohort {args:?}: {e}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
