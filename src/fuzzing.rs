@@ -14,6 +14,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use cohort_coordinator::JobSpec;
+use cohort_datasets::fhir::{FhirMapping, read_export};
 use cohort_datasets::{DataSpec, LocalDataset, read_csv_bytes};
 use cohort_ledger::{Checkpoint, Entry};
 use cohort_privacy::he::{DecryptionShare, EncryptedUpdate, HeParams, PublicKeyShare};
@@ -29,6 +30,8 @@ pub type Target = fn(&[u8]);
 pub const TARGETS: &[(&str, Target)] = &[
     ("job_file", job_file),
     ("csv_table", csv_table),
+    ("fhir_mapping", fhir_mapping),
+    ("fhir_export", fhir_export),
     ("parameters", parameters),
     ("protocol_messages", protocol_messages),
     ("ledger_entry", ledger_entry),
@@ -60,6 +63,69 @@ pub fn csv_table(data: &[u8]) {
     let spec = SPEC.get_or_init(|| JobSpec::from_toml(crate::DEMO_JOB).ok().map(|j| j.data));
     if let Some(spec) = spec {
         let _ = LocalDataset::from_table(&table, spec);
+    }
+}
+
+/// A hospital's FHIR mapping file (`--fhir-mapping`).
+pub fn fhir_mapping(data: &[u8]) {
+    let _ = FhirMapping::from_toml(&String::from_utf8_lossy(data), "fuzz");
+}
+
+/// The mapping [`fhir_export`] reads its input with: every kind of column
+/// (a Patient path, an age, each aggregate, codes with and without system).
+const FHIR_FUZZ_MAPPING: &str = r#"
+id = "patient_id"
+[[column]]
+name = "sex"
+resource = "Patient"
+path = "gender"
+[[column]]
+name = "age"
+resource = "Patient"
+path = "birthDate"
+age_at = "2024-01-01"
+[[column]]
+name = "cancer"
+resource = "Condition"
+code = ["http://snomed.info/sct|254837009", "C50"]
+aggregate = "exists"
+[[column]]
+name = "weight"
+resource = "Observation"
+code = "http://loinc.org|29463-7"
+value = "valueQuantity.value"
+[[column]]
+name = "first_weight"
+resource = "Observation"
+code = "29463-7"
+value = "valueQuantity.value"
+aggregate = "earliest"
+[[column]]
+name = "mean_hba1c"
+resource = "Observation"
+code = "http://loinc.org|4548-4"
+value = "valueQuantity.value"
+aggregate = "mean"
+[[column]]
+name = "visits"
+resource = "Encounter"
+aggregate = "count"
+"#;
+
+/// A FHIR Bulk Data export: the input is one NDJSON file, read with a
+/// mapping that uses every kind of column.
+pub fn fhir_export(data: &[u8]) {
+    static MAPPING: OnceLock<Option<FhirMapping>> = OnceLock::new();
+    let Some(mapping) =
+        MAPPING.get_or_init(|| FhirMapping::from_toml(FHIR_FUZZ_MAPPING, "fuzz").ok())
+    else {
+        return;
+    };
+    let Ok(dir) = tempfile::tempdir() else {
+        return;
+    };
+    if std::fs::write(dir.path().join("export.ndjson"), data).is_ok() {
+        let _ = read_export(dir.path(), mapping);
     }
 }
 

@@ -132,7 +132,7 @@ impl LocalFederation {
             let config = ClientConfig {
                 coordinator: url.clone(),
                 security,
-                data: hospital.data.clone(),
+                data: hospital.data.clone().into(),
                 name: hospital.name.clone(),
                 data_dir: Some(workdir.join("clients").join(&hospital.name)),
                 options: hospital.options.clone(),

@@ -1126,6 +1126,38 @@ enum LedgerArg {
     Evm,
 }
 
+/// Where a hospital's table comes from: `--data` and its companions.
+#[derive(Args)]
+struct DataSourceArgs {
+    /// The hospital's local data; it never leaves this machine. A CSV or
+    /// Parquet file; a PostgreSQL database (`postgres://USER@HOST/DB`, e.g.
+    /// an OMOP CDM instance) with --data-query; or the directory of a FHIR
+    /// Bulk Data export (NDJSON) with --fhir-mapping.
+    #[arg(long = "data", value_name = "FILE|URL|DIR")]
+    data: String,
+    /// With --data postgres://...: a file holding one SELECT that yields
+    /// one row per patient with the job's columns (label included). It runs
+    /// in a read-only transaction. The password is taken from the URL or
+    /// from PGPASSWORD. See docs/DATA_SOURCES.md.
+    #[arg(long, value_name = "FILE")]
+    data_query: Option<PathBuf>,
+    /// With --data DIR (a FHIR Bulk Data export): the TOML mapping from
+    /// Patient, Condition, Observation, ... resources to one row per
+    /// Patient. See docs/DATA_SOURCES.md.
+    #[arg(long, value_name = "FILE")]
+    fhir_mapping: Option<PathBuf>,
+}
+
+impl DataSourceArgs {
+    fn source(&self) -> Result<cohort_datasets::DataSource> {
+        Ok(cohort_datasets::DataSource::from_args(
+            &self.data,
+            self.data_query.as_deref(),
+            self.fhir_mapping.as_deref(),
+        )?)
+    }
+}
+
 #[derive(Args)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 struct ClientArgs {
@@ -1133,9 +1165,10 @@ struct ClientArgs {
     command: Option<ClientCommand>,
     #[command(flatten)]
     connection: Connection,
-    /// The hospital's local data (CSV or Parquet). It never leaves this machine.
-    #[arg(long, required = true)]
-    data: Option<PathBuf>,
+    /// Where the hospital's table comes from (a database or an export is
+    /// read once, when the client starts).
+    #[command(flatten)]
+    source: Option<DataSourceArgs>,
     /// This hospital's name. With --tls it is read from the certificate
     /// (and must match if given); with --insecure it is required.
     #[arg(long)]
@@ -1336,6 +1369,19 @@ enum Scheme {
 
 #[derive(Subcommand)]
 enum DataCommand {
+    /// Read a hospital's data source as `cohort client` would (a file, a
+    /// PostgreSQL/OMOP query or a FHIR export) and report rows, columns and
+    /// missing cells, counts only; with --job, validate every cell the job
+    /// uses against its [data] section. Run it before joining a consortium.
+    Check {
+        #[command(flatten)]
+        source: DataSourceArgs,
+        /// A job file whose [data] section the table must fit.
+        #[arg(long, value_name = "JOB.toml")]
+        job: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Split one CSV by columns into site files for vertical split
     /// learning: every site keeps the id column and a random share of the
     /// patients (so the sites' id sets overlap without being equal); the
@@ -1617,7 +1663,7 @@ async fn main() -> Result<()> {
         }
         Command::Client(a) => {
             init_logging("info");
-            let data = a.data.context("--data is required")?;
+            let data = a.source.context("--data is required")?.source()?;
             serve::run_client(
                 serve::ClientProcessOptions {
                     coordinator: a.connection.coordinator,
@@ -1845,6 +1891,11 @@ async fn main() -> Result<()> {
             report(a.json, &metrics, evaluate::render_metrics)?;
         }
         Command::Bench(cmd) => run_bench_command(cmd).await?,
+        Command::Data(DataCommand::Check { source, job, json }) => {
+            init_logging("warn");
+            let check = data::check(&source.source()?, job.as_deref())?;
+            report(json, &check, data::SourceCheck::summary)?;
+        }
         Command::Data(DataCommand::Commitment { data, model, json }) => {
             init_logging("warn");
             let commitment = data::commitment(&model, &data)?;

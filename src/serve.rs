@@ -299,7 +299,7 @@ pub struct ClientProcessOptions {
     pub coordinator: Option<String>,
     pub tls: Option<PathBuf>,
     pub insecure: bool,
-    pub data: PathBuf,
+    pub data: cohort_datasets::DataSource,
     pub name: Option<String>,
     pub data_dir: Option<PathBuf>,
     /// `--max-epsilon` with its `--delta`.

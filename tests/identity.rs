@@ -179,7 +179,7 @@ async fn mutual_tls_rejects_impostors_while_correct_clients_keep_training() {
         let config = cohort_client::ClientConfig {
             coordinator: url.clone(),
             security: Security::MutualTls(kit.clone()),
-            data: file.clone(),
+            data: file.clone().into(),
             name: kit.principal.name.clone(),
             data_dir: None,
             options: cohort_client::ClientOptions::default(),
@@ -305,7 +305,7 @@ async fn mutual_tls_rejects_impostors_while_correct_clients_keep_training() {
         cohort_client::ClientConfig {
             coordinator: url.clone(),
             security: Security::MutualTls(hospital_c.clone()),
-            data: files[0].clone(),
+            data: files[0].clone().into(),
             name: "hospital-c".into(),
             data_dir: None,
             options: cohort_client::ClientOptions::default(),

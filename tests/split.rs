@@ -426,7 +426,7 @@ async fn a_hospital_vanishing_in_a_split_round_costs_the_round_not_the_job() {
     let config = ClientConfig {
         coordinator: coordinator.url.clone(),
         security: cohort_protocol::Security::Insecure,
-        data: files[3].clone(),
+        data: files[3].clone().into(),
         name: "fragile".into(),
         data_dir: None,
         options: cohort_client::ClientOptions {

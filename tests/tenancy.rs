@@ -94,7 +94,7 @@ async fn tenants_read_only_their_own_jobs_models_metrics_and_budgets() {
         let config = cohort_client::ClientConfig {
             coordinator: url.clone(),
             security: Security::MutualTls(kit.clone()),
-            data: file.clone(),
+            data: file.clone().into(),
             name: kit.principal.name.clone(),
             data_dir: None,
             options: cohort_client::ClientOptions::default(),

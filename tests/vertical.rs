@@ -37,7 +37,7 @@ fn site_client(
     let config = ClientConfig {
         coordinator: url.to_string(),
         security: cohort_protocol::Security::Insecure,
-        data: data.to_path_buf(),
+        data: data.to_path_buf().into(),
         name: name.to_string(),
         data_dir,
         options,

@@ -90,7 +90,7 @@ async fn federation(dir: &Path, tls: bool) -> Federation {
         let config = cohort_client::ClientConfig {
             coordinator: url.clone(),
             security,
-            data: file.clone(),
+            data: file.clone().into(),
             name: names[i].clone(),
             data_dir: None,
             options: cohort_client::ClientOptions::default(),

@@ -43,7 +43,8 @@ pub struct ClientConfig {
     /// of the coordinator.
     pub coordinator: String,
     pub security: Security,
-    pub data: PathBuf,
+    /// The hospital's data: a file, a database query or a FHIR export.
+    pub data: cohort_datasets::DataSource,
     pub name: String,
     /// Where the client keeps its own records (participation log).
     pub data_dir: Option<PathBuf>,
@@ -130,9 +131,9 @@ impl std::str::FromStr for VanishAt {
 pub enum ClientError {
     #[error(transparent)]
     Url(#[from] cohort_protocol::EndpointError),
-    #[error("local data {path}: {source}")]
+    #[error("local data {source_name}: {source}")]
     Data {
-        path: PathBuf,
+        source_name: String,
         // Boxed: a DataError is large and this is the rare path.
         source: Box<cohort_datasets::DataError>,
     },
@@ -164,20 +165,27 @@ pub async fn run(
     // Several addresses: an active coordinator and its standbys, tried in
     // turn whenever a session ends.
     let endpoints = endpoints(&config.coordinator, &config.security)?;
-    let table = cohort_datasets::read_table(&config.data).map_err(|source| ClientError::Data {
-        path: config.data.clone(),
+    let worker = Arc::new(Worker::new(&config)?);
+    let table = worker.table().map_err(|source| ClientError::Data {
+        source_name: config.data.to_string(),
         source: Box::new(source),
     })?;
     let summary = table.quality();
     drop(table);
     let summary_json = serde_json::to_string(&summary).unwrap_or_default();
-    let worker = Arc::new(Worker::new(&config)?);
     info!(
         client = config.name,
         rows = summary.rows,
+        data = %config.data,
         coordinator = config.coordinator,
         "client starting"
     );
+    if !config.data.is_file() {
+        info!(
+            "the data was read once and is kept in memory for every job; \
+             restart the client to train on newer records"
+        );
+    }
 
     let main = async {
         let mut backoff = Duration::from_millis(250);

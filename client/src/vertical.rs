@@ -158,8 +158,10 @@ fn enroll(worker: &Worker, task: &TaskHeader) -> Result<Answer, String> {
         name: spec.label.clone(),
         positive: spec.positive.clone(),
     };
-    let table = SiteTable::load(worker.data_path(), id, &label, &spec.drop)
-        .map_err(|e| format!("local data {}: {e}", worker.data_path().display()))?;
+    let table = worker
+        .table()
+        .and_then(|table| SiteTable::from_table(&table, id, &label, &spec.drop))
+        .map_err(|e| format!("local data {}: {e}", worker.data_source()))?;
     // At the label site only labelled rows can be trained on.
     let candidates: Vec<usize> = match &table.labels {
         Some(labels) => (0..table.ids.len())

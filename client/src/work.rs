@@ -6,7 +6,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use cohort_datasets::{DataSpec, Examples, LocalDataset, Preprocessing};
+use cohort_datasets::{
+    DataError, DataSource, DataSpec, Examples, LocalDataset, Preprocessing, RawTable,
+};
 use cohort_models::{ModelSpec, TrainConfig};
 use cohort_privacy::dp::{DpLevel, HospitalPlan, JobDp};
 use cohort_protocol::v1::{ResultHeader, TaskHeader, TaskKind};
@@ -50,7 +52,9 @@ pub(crate) struct Prepared {
 
 pub struct Worker {
     name: String,
-    data: PathBuf,
+    data: DataSource,
+    /// A database's or an export's table, read once (see [`Worker::table`]).
+    snapshot: Mutex<Option<Arc<RawTable>>>,
     log: Option<PathBuf>,
     cache: Mutex<Option<Arc<Prepared>>>,
     kit: Option<Arc<cohort_identity::Kit>>,
@@ -96,6 +100,7 @@ impl Worker {
         Ok(Self {
             name: config.name.clone(),
             data: config.data.clone(),
+            snapshot: Mutex::new(None),
             log,
             cache: Mutex::new(None),
             kit: config.security.kit_arc(),
@@ -184,7 +189,24 @@ impl Worker {
         &self.vertical
     }
 
-    pub(crate) fn data_path(&self) -> &std::path::Path {
+    /// The hospital's table. A file is read afresh for every task; a
+    /// database or a FHIR export is read at the first call and kept, so that
+    /// every round of every job sees the same rows.
+    pub fn table(&self) -> Result<Arc<RawTable>, DataError> {
+        if self.data.is_file() {
+            return self.data.read().map(Arc::new);
+        }
+        let mut snapshot = self.snapshot.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(table) = snapshot.as_ref() {
+            return Ok(Arc::clone(table));
+        }
+        let table = Arc::new(self.data.read()?);
+        *snapshot = Some(Arc::clone(&table));
+        Ok(table)
+    }
+
+    /// The data source, for messages.
+    pub(crate) fn data_source(&self) -> &DataSource {
         &self.data
     }
 
@@ -251,7 +273,10 @@ impl Worker {
 
     fn load(&self, task: &TaskHeader) -> Result<LocalDataset, String> {
         let spec: DataSpec = parse(&task.data_spec_json, "data spec")?;
-        LocalDataset::load(&self.data, &spec)
+        let table = self
+            .table()
+            .map_err(|e| format!("local data {}: {e}", self.data))?;
+        LocalDataset::from_table(&table, &spec)
             .map_err(|e| format!("local data does not fit the job's schema: {e}"))
     }
 

@@ -109,6 +109,22 @@ pub enum DataError {
     /// The requested partitioning is impossible or the options are invalid.
     #[error("cannot partition data: {0}")]
     Partition(String),
+
+    /// A mapping from a source's records to a feature table (a FHIR mapping file, a SQL query
+    /// file) is invalid; `source_name` is the file, `message` names the entry to fix.
+    #[error("`{source_name}`: {message}")]
+    Mapping {
+        source_name: String,
+        message: String,
+    },
+
+    /// Reading from a database failed: it could not be reached, refused the login, or refused
+    /// the query. `source_name` is the database URL without its password.
+    #[error("database `{source_name}`: {message}")]
+    Database {
+        source_name: String,
+        message: String,
+    },
 }
 
 impl DataError {

@@ -1,4 +1,5 @@
-//! Tabular hospital data for Cohort: reading CSV/Parquet files, validating them against the
+//! Tabular hospital data for Cohort: reading CSV/Parquet files, PostgreSQL (OMOP CDM) queries and
+//! FHIR Bulk Data exports ([`DataSource`]), validating them against the
 //! job's `[data]` spec, computing the aggregate statistics a client shares, applying the
 //! federation-wide preprocessing, and partitioning a single file into simulated hospitals.
 //!
@@ -9,11 +10,14 @@
 
 mod dataset;
 mod error;
+pub mod fhir;
 mod preprocess;
 pub mod psi;
 mod schema;
+mod source;
 mod spec;
 mod split;
+pub mod sql;
 mod table;
 mod vertical;
 
@@ -21,6 +25,7 @@ pub use dataset::{LocalDataset, LocalStatistics, NumericMoments};
 pub use error::DataError;
 pub use preprocess::{CategoricalTransform, Examples, NumericTransform, Preprocessing};
 pub use schema::{ResolvedSchema, resolve_schema};
+pub use source::{DataSource, SourceReport};
 pub use spec::{DataSpec, LabelValue, MAX_VALIDATION_FRACTION, NumericColumns};
 pub use split::{
     MISSING_LABEL_KEY, PartReport, PartitionScheme, SplitOptions, SplitReport, split_bytes,

@@ -264,6 +264,12 @@ impl RawTable {
         RawTable::new(source, names, cells)
     }
 
+    /// The same table, named after where it came from (a database, an export directory).
+    pub(crate) fn with_source(mut self, source: &str) -> Self {
+        self.source = source.to_owned();
+        self
+    }
+
     /// Where the table came from (a path, or a placeholder for in-memory data); used in errors.
     pub fn source(&self) -> &str {
         &self.source

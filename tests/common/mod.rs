@@ -65,7 +65,7 @@ pub fn start_client(url: &str, data: &Path, name: &str, stop: &Stop) -> JoinHand
     let config = cohort_client::ClientConfig {
         coordinator: url.to_string(),
         security: cohort_protocol::Security::Insecure,
-        data: data.to_path_buf(),
+        data: data.to_path_buf().into(),
         name: name.to_string(),
         data_dir: None,
         options: cohort_client::ClientOptions::default(),
@@ -304,7 +304,7 @@ impl RogueHospital {
         let worker = cohort_client::Worker::new(&cohort_client::ClientConfig {
             coordinator: url.to_string(),
             security: cohort_protocol::Security::Insecure,
-            data: data.to_path_buf(),
+            data: data.to_path_buf().into(),
             name: name.to_string(),
             data_dir: None,
             options: cohort_client::ClientOptions::default(),
