@@ -62,6 +62,11 @@ struct Setup {
     /// Run the coordinator with its data directory on a tmpfs of this many
     /// MiB, in a mount namespace of its own (`unshare`): a disk that fills.
     tmpfs_mib: Option<u32>,
+    /// With `tmpfs_mib`: the object store on a second tmpfs of its own
+    /// (`DATA_DIR/objects`), which the test turns read-only and back by
+    /// creating `DIR/objects.ro` and `DIR/objects.rw` (a watcher inside the
+    /// namespace remounts it; `DIR/objects.is-ro` says it is read-only).
+    read_only_objects: bool,
 }
 
 impl Setup {
@@ -109,16 +114,28 @@ impl Setup {
             Some(mib) => {
                 std::fs::create_dir_all(data_dir).unwrap();
                 let mut command = Command::new("unshare");
+                let script = if self.read_only_objects {
+                    // $$ stays this process's id after `exec`: the watcher
+                    // ends with the coordinator.
+                    "mount -t tmpfs -o size=\"$1\"m cohort-test-disk \"$2\" \
+                     && mkdir \"$2/objects\" \
+                     && mount -t tmpfs -o size=64m cohort-test-objects \"$2/objects\" \
+                     && (while kill -0 $$ 2>/dev/null; do \
+                           if [ -e \"$3.ro\" ] && mount -o remount,ro \"$2/objects\" 2>/dev/null; then \
+                             rm -f \"$3.ro\"; touch \"$3.is-ro\"; fi; \
+                           if [ -e \"$3.rw\" ] && mount -o remount,rw \"$2/objects\"; then \
+                             rm -f \"$3.rw\" \"$3.is-ro\"; fi; \
+                           sleep 0.1; \
+                         done) & \
+                     shift 3 && exec \"$@\""
+                } else {
+                    "mount -t tmpfs -o size=\"$1\"m cohort-test-disk \"$2\" && shift 3 && exec \"$@\""
+                };
                 command
                     .args(unshare_mount_namespace())
-                    .args([
-                        "sh",
-                        "-c",
-                        "mount -t tmpfs -o size=\"$1\"m cohort-test-disk \"$2\" && shift 2 && exec \"$@\"",
-                        "sh",
-                        &mib.to_string(),
-                    ])
+                    .args(["sh", "-c", script, "sh", &mib.to_string()])
                     .arg(data_dir)
+                    .arg(self.dir.join("objects"))
                     .arg(BIN);
                 command
             }
@@ -349,6 +366,7 @@ fn a_job_on_postgres_survives_a_coordinator_restart() {
         port: free_port(),
         standby_port: None,
         tmpfs_mib: None,
+        read_only_objects: false,
         database: Some(database.url().to_string()),
         objects: None,
     };
@@ -428,6 +446,7 @@ impl Pair {
             database: Some(database.url().to_string()),
             objects: Some(format!("file://{}", shared.display())),
             tmpfs_mib: None,
+            read_only_objects: false,
         };
         let csv = dir.join("oncology.csv");
         synthetic_oncology_csv(&csv, 600, 37);
@@ -659,6 +678,7 @@ fn a_full_disk_stalls_the_job_and_it_resumes_when_space_returns() {
         database: None,
         objects: None,
         tmpfs_mib: Some(24),
+        read_only_objects: false,
     };
     let csv = dir.path().join("oncology.csv");
     synthetic_oncology_csv(&csv, 600, 41);
@@ -726,6 +746,78 @@ fn a_full_disk_stalls_the_job_and_it_resumes_when_space_returns() {
     setup.model_verifies(&job, &disk);
 }
 
+/// The coordinator's object store turns read-only mid-job (its own tmpfs,
+/// remounted read-only inside the coordinator's mount namespace): model
+/// writes fail with EROFS, the job waits instead of failing, and once the
+/// store is writable again it goes on and completes with every round
+/// recorded once and the model verifiable.
+#[test]
+fn a_read_only_object_store_stalls_the_job_and_it_resumes_when_writable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut setup = Setup {
+        dir: dir.path().to_path_buf(),
+        port: free_port(),
+        standby_port: None,
+        database: None,
+        objects: None,
+        tmpfs_mib: Some(64),
+        read_only_objects: true,
+    };
+    setup.objects = Some(format!("file://{}/objects", setup.data_dir().display()));
+    let csv = dir.path().join("oncology.csv");
+    synthetic_oncology_csv(&csv, 600, 43);
+    let files = split(&csv, &dir.path().join("parts"), 2, 5);
+    let coordinator = setup.start_coordinator("coord.log");
+    wait_for_log(
+        dir.path(),
+        "coord.log",
+        "coordinator listening",
+        Duration::from_secs(60),
+    );
+    let _clients = setup.start_clients(&files);
+    let rounds = 200;
+    let job = setup.submit(&oncology_job(rounds, 2));
+    setup.wait_until(&job, |s| s["rounds_completed"].as_u64() >= Some(2));
+
+    let switch = dir.path().join("objects");
+    let flag = |suffix: &str| PathBuf::from(format!("{}.{suffix}", switch.display()));
+    std::fs::write(flag("ro"), "").unwrap();
+    let start = Instant::now();
+    while !flag("is-ro").exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the object store was never remounted read-only"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_for_log(
+        dir.path(),
+        "coord.log",
+        "storage is read-only",
+        Duration::from_secs(60),
+    );
+    let stalled = setup.status(&job).unwrap();
+    assert_eq!(stalled["state"], "running", "{stalled:#}");
+    std::thread::sleep(Duration::from_secs(3));
+    let still = setup.status(&job).unwrap();
+    assert_eq!(still["state"], "running", "{still:#}");
+    assert_eq!(
+        still["rounds_completed"], stalled["rounds_completed"],
+        "rounds were recorded while the object store refused writes"
+    );
+    let log = std::fs::read_to_string(dir.path().join("coord.log")).unwrap();
+    assert!(log.contains("Read-only file system"), "{log}");
+    if let Some(line) = log.lines().find(|l| l.contains("storage is read-only")) {
+        eprintln!("{line}");
+    }
+
+    std::fs::write(flag("rw"), "").unwrap();
+    setup.completes_with_every_round_once(&job, rounds);
+    let disk = PathBuf::from(format!("/proc/{}/root", coordinator.0.id()))
+        .join(setup.data_dir().strip_prefix("/").unwrap());
+    setup.model_verifies(&job, &disk);
+}
+
 /// Writes `path` until the file system refuses another byte.
 fn fill(path: &std::path::Path) {
     use std::io::Write;
@@ -748,6 +840,7 @@ fn models_land_in_s3_and_come_back_after_a_restart() {
         port: free_port(),
         standby_port: None,
         tmpfs_mib: None,
+        read_only_objects: false,
         database: None,
         objects: Some(objects),
     };

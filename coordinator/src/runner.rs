@@ -84,14 +84,20 @@ impl Runner {
             match self.drive(job_id).await {
                 // Nothing of the failed write was kept (the round's
                 // transaction rolled back; objects are written whole or
-                // not at all): once space is freed, going on from the
-                // stored state is what a restart would do.
-                Err(RunError::Store(e)) if e.is_out_of_space() => {
+                // not at all): once space is freed or the storage takes
+                // writes again, going on from the stored state is what a
+                // restart would do.
+                Err(RunError::Store(e)) if e.is_out_of_space() || e.is_read_only() => {
+                    let (problem, remedy) = if e.is_out_of_space() {
+                        ("full", "space is freed")
+                    } else {
+                        ("read-only", "it takes writes again")
+                    };
                     self.note(
                         job_id,
                         format!(
-                            "the coordinator's storage is full ({e}); the round is retried in {} s, \
-                             and the job goes on once space is freed",
+                            "the coordinator's storage is {problem} ({e}); the round is retried in {} s, \
+                             and the job goes on once {remedy}",
                             pause.as_secs()
                         ),
                     );

@@ -92,6 +92,35 @@ impl StoreError {
         matches!(self, StoreError::Postgres(message)
             if message.contains("No space left on device") || message.contains("disk full"))
     }
+
+    /// Whether the storage refuses writes: a file system mounted (or
+    /// remounted by the kernel after I/O errors) read-only, a SQLite file
+    /// that became read-only, or a PostgreSQL server that is now a read-only
+    /// standby. Like a full disk, this is waited out rather than failing the
+    /// job: nothing of the refused write was kept.
+    pub fn is_read_only(&self) -> bool {
+        const EROFS: i32 = 30;
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = source {
+            if let Some(io) = e.downcast_ref::<std::io::Error>()
+                && (io.raw_os_error() == Some(EROFS)
+                    || io.kind() == std::io::ErrorKind::ReadOnlyFilesystem)
+            {
+                return true;
+            }
+            if let Some(rusqlite::Error::SqliteFailure(failure, _)) =
+                e.downcast_ref::<rusqlite::Error>()
+                && failure.code == rusqlite::ErrorCode::ReadOnly
+            {
+                return true;
+            }
+            source = e.source();
+        }
+        // SQLSTATE 25006, read_only_sql_transaction: e.g. a primary demoted
+        // to a hot standby.
+        matches!(self, StoreError::Postgres(message)
+            if message.contains("read-only transaction") || message.contains("Read-only file system"))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
