@@ -405,13 +405,33 @@ pub fn verify_model(
     data_dir: Option<&Path>,
     state: &Path,
 ) -> Result<ModelVerification> {
+    let ledger = match data_dir {
+        Some(data_dir) => Some((read_ledger(data_dir)?, data_dir.display().to_string())),
+        None => None,
+    };
+    verify_model_against(dir, public_key, ledger, state)
+}
+
+/// [`verify_model`] against a ledger already read (from a data directory,
+/// a PostgreSQL database or a running coordinator), named by `ledger.1` in
+/// messages.
+pub fn verify_model_against(
+    dir: &Path,
+    public_key: Option<&Path>,
+    ledger: Option<(cohort_coordinator::store::LedgerContents, String)>,
+    state: &Path,
+) -> Result<ModelVerification> {
     use sha2::Digest as _;
-    let key = match (public_key, data_dir) {
+    let key = match (public_key, &ledger) {
         (Some(pem), _) => cohort_identity::MessageVerifyingKey::from_spki_pem(
             &std::fs::read_to_string(pem).with_context(|| format!("reading {}", pem.display()))?,
         )?,
-        (None, Some(data_dir)) => coordinator_key(data_dir)?,
-        (None, None) => bail!("give the coordinator's key (--public-key) or its --data-dir"),
+        (None, Some((contents, name))) => {
+            key_in(&contents.leaves).with_context(|| format!("the ledger in {name}"))?
+        }
+        (None, None) => bail!(
+            "give the coordinator's key (--public-key), or its state (--data-dir or --database)"
+        ),
     };
     let sig_path = dir.join(cohort_ledger::model_signing::SIGNATURE_FILE);
     let bundle = std::fs::read_to_string(&sig_path).with_context(|| {
@@ -423,9 +443,10 @@ pub fn verify_model(
     let files = cohort_ledger::model_signing::verify_model(dir, &bundle, &key)?;
     let signature_sha256 = hex::encode(sha2::Sha256::digest(bundle.as_bytes()));
     let mut found = (None, None, None);
-    if let Some(data_dir) = data_dir {
-        verify_ledger(data_dir, state)?;
-        for (index, entry) in ledger_entries(data_dir, None)? {
+    if let Some((contents, name)) = ledger {
+        let leaves = contents.leaves.clone();
+        verify_contents(contents, state)?;
+        for (index, entry) in entries_in(&leaves, None)? {
             if let cohort_ledger::Record::RoundCompleted {
                 job_id,
                 round,
@@ -438,10 +459,7 @@ pub fn verify_model(
             }
         }
         if found.0.is_none() {
-            bail!(
-                "the ledger in {} records no model with this signature",
-                data_dir.display()
-            );
+            bail!("the ledger in {name} records no model with this signature");
         }
     }
     Ok(ModelVerification {
@@ -485,6 +503,15 @@ impl LedgerSource {
                 let mut dev = crate::developer::connect(url, security).await?;
                 fetch_ledger(&mut dev).await
             }
+        }
+    }
+
+    /// Where the ledger is, for messages (a database's password hidden).
+    pub fn describe(&self) -> String {
+        match self {
+            LedgerSource::DataDir(dir) => dir.display().to_string(),
+            LedgerSource::Database(url) => cohort_datasets::sql::redacted(url),
+            LedgerSource::Coordinator { url, .. } => url.clone(),
         }
     }
 

@@ -758,18 +758,19 @@ enum VerifyCommand {
         json: bool,
     },
     /// Check a downloaded model: its files against model.sig, the signature
-    /// against the coordinator's key and, with --data-dir, that the verified
-    /// ledger records this signature.
+    /// against the coordinator's key and, with --data-dir or --database,
+    /// that the verified ledger records this signature.
     Model {
         /// The model directory (`cohort model get --out DIR`).
         dir: PathBuf,
         /// The coordinator's public key, PEM (`cohort coordinator signing-key`).
         #[arg(long)]
         public_key: Option<PathBuf>,
-        /// The coordinator's data directory: take the key from its ledger and
-        /// check the ledger records this model.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
+        /// The coordinator's state (its data directory, or its PostgreSQL
+        /// database): take the key from its ledger and check that the
+        /// ledger records this model.
+        #[command(flatten)]
+        stored: StoredState,
         #[arg(long)]
         state: Option<PathBuf>,
         #[arg(long)]
@@ -957,6 +958,14 @@ struct StoredState {
 impl StoredState {
     fn source(self) -> Result<audit::LedgerSource> {
         audit::LedgerSource::stored(self.data_dir, self.database)
+    }
+
+    /// [`StoredState::source`], or `None` when neither flag is given.
+    fn source_if_given(self) -> Result<Option<audit::LedgerSource>> {
+        if self.data_dir.is_none() && self.database.is_none() {
+            return Ok(None);
+        }
+        self.source().map(Some)
     }
 }
 
@@ -1844,15 +1853,18 @@ async fn main() -> Result<()> {
         Command::Verify(VerifyCommand::Model {
             dir,
             public_key,
-            data_dir,
+            stored,
             state,
             json,
         }) => {
             init_logging("warn");
             let state = state.unwrap_or_else(audit::default_state_file);
-            let verified =
-                audit::verify_model(&dir, public_key.as_deref(), data_dir.as_deref(), &state)
-                    .context("model verification FAILED")?;
+            let ledger = match stored.source_if_given()? {
+                Some(source) => Some((source.read().await?, source.describe())),
+                None => None,
+            };
+            let verified = audit::verify_model_against(&dir, public_key.as_deref(), ledger, &state)
+                .context("model verification FAILED")?;
             report(json, &verified, audit::ModelVerification::summary)?;
         }
         Command::Privacy(cmd) => {

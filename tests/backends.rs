@@ -384,7 +384,20 @@ fn a_job_on_postgres_survives_a_coordinator_restart() {
     ]);
     let rounds = done["rounds"].as_array().unwrap().len() as u64;
     assert_eq!(audit["entries"], 3 + 1 + rounds, "{audit:#}");
-    // The rest of an auditor's tools read the same database.
+    // The rest of an auditor's tools read the same database: the model
+    // downloaded above, checked against its key and found on its ledger.
+    let verified = cohort_json(&[
+        "verify",
+        "model",
+        dir.path().join("model").to_str().unwrap(),
+        "--database",
+        database.url(),
+        "--state",
+        dir.path().join("seen-db.json").to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(verified["job_id"], done["job_id"], "{verified:#}");
+    assert_eq!(verified["round"].as_u64(), Some(rounds), "{verified:#}");
     let entries = cohort_json(&["ledger", "show", "--database", database.url(), "--json"]);
     assert_eq!(entries.as_array().unwrap().len() as u64, 3 + 1 + rounds);
     let out = cohort_output(&["coordinator", "signing-key", "--database", database.url()]);
