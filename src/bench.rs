@@ -772,3 +772,122 @@ impl RoundOverhead {
         )
     }
 }
+
+/// `cohort bench fhir`: a hospital's FHIR Bulk Data export read into its
+/// table through `examples/fhir/wdbc-mapping.toml` (31 columns: a
+/// Condition `exists` and 30 Observation `latest`), as `cohort client
+/// --fhir-mapping` reads it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FhirBench {
+    pub patients: usize,
+    /// NDJSON lines in the export (Patients, Observations, Conditions).
+    pub resources: u64,
+    pub export_mib: f64,
+    pub read_secs: f64,
+    pub resources_per_sec: f64,
+    pub mib_per_sec: f64,
+    /// Peak resident memory while reading, over what the process held
+    /// before (the export is on disk, not in memory).
+    pub peak_rss_mib: f64,
+    pub rss_before_mib: f64,
+}
+
+/// Writes a synthetic export of `patients` patients with
+/// `observations_per_patient` Observations each (the 30 WDBC features in
+/// turn, each re-measured at later dates once they run out), and a breast
+/// cancer Condition for every third patient, then reads it.
+pub fn fhir_export(patients: usize, observations_per_patient: usize) -> Result<FhirBench> {
+    use std::io::Write as _;
+    const MAPPING: &str = include_str!("../examples/fhir/wdbc-mapping.toml");
+    let mapping = cohort_datasets::fhir::FhirMapping::from_toml(MAPPING, "wdbc-mapping.toml")?;
+    let features: Vec<String> = mapping
+        .columns()
+        .into_iter()
+        .filter(|c| c != "patient_id" && c != "diagnosis")
+        .collect();
+    let dir = tempfile::tempdir()?;
+    let mut resources = 0u64;
+    let open = |name: &str| -> Result<std::io::BufWriter<std::fs::File>> {
+        Ok(std::io::BufWriter::new(std::fs::File::create(
+            dir.path().join(name),
+        )?))
+    };
+    let (mut patient_file, mut observation_file, mut condition_file) = (
+        open("Patient.ndjson")?,
+        open("Observation.ndjson")?,
+        open("Condition.ndjson")?,
+    );
+    for p in 0..patients {
+        writeln!(
+            patient_file,
+            r#"{{"resourceType":"Patient","id":"p{p}","gender":"female","birthDate":"1961-04-12","meta":{{"lastUpdated":"2026-11-30T08:00:00Z"}}}}"#
+        )?;
+        resources += 1;
+        for k in 0..observations_per_patient {
+            let feature = &features[k % features.len()];
+            let year = 2000 + k / features.len();
+            let value = ((p * 31 + k * 17) % 1000) as f64 / 10.0;
+            writeln!(
+                observation_file,
+                r#"{{"resourceType":"Observation","id":"o{p}-{k}","status":"final","code":{{"coding":[{{"system":"https://cohort.example/fhir/wdbc","code":"{feature}"}}]}},"subject":{{"reference":"Patient/p{p}"}},"effectiveDateTime":"{year}-03-01T10:00:00Z","valueQuantity":{{"value":{value},"unit":"1"}}}}"#
+            )?;
+            resources += 1;
+        }
+        if p % 3 == 0 {
+            writeln!(
+                condition_file,
+                r#"{{"resourceType":"Condition","id":"c{p}","code":{{"coding":[{{"system":"http://snomed.info/sct","code":"254837009"}}]}},"subject":{{"reference":"Patient/p{p}"}},"onsetDateTime":"2024-02-15"}}"#
+            )?;
+            resources += 1;
+        }
+    }
+    for file in [patient_file, observation_file, condition_file] {
+        file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    }
+    let export_bytes: u64 = std::fs::read_dir(dir.path())?
+        .map(|e| Ok(e?.metadata()?.len()))
+        .sum::<Result<u64>>()?;
+    let rss_before_mib = rss_mib();
+    reset_peak_rss();
+    let started = Instant::now();
+    let (table, report) = cohort_datasets::fhir::read_export(dir.path(), &mapping)?;
+    let read_secs = started.elapsed().as_secs_f64();
+    let peak_rss_mib = peak_rss_mib() - rss_before_mib;
+    if table.n_rows() != patients || report.resources != resources {
+        bail!(
+            "read {} rows and {} resources, wrote {patients} and {resources}",
+            table.n_rows(),
+            report.resources
+        );
+    }
+    let export_mib = export_bytes as f64 / (1024.0 * 1024.0);
+    Ok(FhirBench {
+        patients,
+        resources,
+        export_mib,
+        read_secs,
+        resources_per_sec: resources as f64 / read_secs,
+        mib_per_sec: export_mib / read_secs,
+        peak_rss_mib,
+        rss_before_mib,
+    })
+}
+
+/// One line per configuration of `cohort bench fhir`.
+pub fn render_fhir(results: &[FhirBench]) -> String {
+    let mut out =
+        String::from("patients  resources  export MiB  read s  resources/s  MiB/s  peak RSS MiB\n");
+    for r in results {
+        out.push_str(&format!(
+            "{:>8}  {:>9}  {:>10.1}  {:>6.2}  {:>11.0}  {:>5.1}  {:>12.1}\n",
+            r.patients,
+            r.resources,
+            r.export_mib,
+            r.read_secs,
+            r.resources_per_sec,
+            r.mib_per_sec,
+            r.peak_rss_mib
+        ));
+    }
+    out
+}

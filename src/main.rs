@@ -370,6 +370,22 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Hospital data from a FHIR Bulk Data export: a synthetic export of
+    /// PATIENTS patients (Observations of the 30 WDBC features, re-measured
+    /// at later dates, and Conditions) written to a temporary directory,
+    /// then read through examples/fhir/wdbc-mapping.toml as `cohort client
+    /// --fhir-mapping` reads it. Build with --release.
+    Fhir {
+        /// Patient counts, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1000,20000")]
+        patients: Vec<usize>,
+        /// Observations per patient.
+        #[arg(long, default_value_t = 25)]
+        observations: usize,
+        /// One JSON object per configuration.
+        #[arg(long)]
+        json: bool,
+    },
     /// Contribution valuation: stratified and permutation sampling (plain)
     /// and partition valuation (secagg) against exact Shapley on the same WDBC
     /// federation (Spearman, mean absolute error, candidates scored), then
@@ -2127,6 +2143,25 @@ async fn run_bench_command(cmd: BenchCommand) -> Result<()> {
         } => {
             init_logging("error");
             cohort::split_bench::run_all(&psi_ids, &threads, rounds, epochs, json).await?;
+        }
+        BenchCommand::Fhir {
+            patients,
+            observations,
+            json,
+        } => {
+            init_logging("error");
+            let mut results = Vec::new();
+            for &n in &patients {
+                eprintln!("writing and reading an export of {n} patients ...");
+                let result = bench::fhir_export(n, observations)?;
+                if json {
+                    println!("{}", serde_json::to_string(&result)?);
+                }
+                results.push(result);
+            }
+            if !json {
+                print!("{}", bench::render_fhir(&results));
+            }
         }
         BenchCommand::Ledger {
             sizes,

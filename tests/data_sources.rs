@@ -562,3 +562,31 @@ fn a_query_cannot_write_to_the_database_and_bad_cells_are_named() {
         "{error}"
     );
 }
+
+/// `cohort bench fhir` writes the export it claims and reads all of it
+/// back (the benchmark's numbers are in docs/BENCHMARKS.md; nothing is
+/// timed here).
+#[test]
+fn the_fhir_benchmark_reads_every_resource_it_wrote() {
+    let out = cohort(
+        &[
+            "bench",
+            "fhir",
+            "--patients",
+            "50",
+            "--observations",
+            "5",
+            "--json",
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(result["patients"], 50);
+    // 50 Patients, 250 Observations, a Condition for every third patient.
+    assert_eq!(result["resources"], 50 + 250 + 17);
+}
