@@ -31,6 +31,7 @@
 use burn::tensor::Tensor;
 use burn::tensor::activation::{relu, sigmoid};
 use cohort_datasets::Examples;
+use cohort_privacy::noise::{LatticeGaussian, NoiseAhead};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -227,13 +228,13 @@ pub(crate) fn noisy_gradient(
     dp: &DpSgdConfig,
     plan: &DpSgdPlan,
     rng: &mut StdRng,
+    noise: &mut NoiseAhead,
 ) -> Result<(LayerGradients, usize, f64), ModelError> {
     let n = data.labels.len();
     let rows = poisson_rows(n, plan.sampling_rate, rng);
     let (grads, loss_sum) = clipped_sum(tensors, data, &rows, dp.max_grad_norm)?;
     let flat = flatten(grads)?;
-    let noisy = cohort_privacy::noise::add_gaussian(&flat, dp.noise_multiplier, dp.max_grad_norm)
-        .map_err(|e| ModelError::Backend(format!("DP noise: {e}")))?;
+    let noisy = noise.add(&flat).map_err(noise_error)?;
     let scale = (1.0 / plan.expected_batch(n)) as f32;
     let normalised: Vec<f32> = noisy.into_iter().map(|v| v * scale).collect();
     let device = tensors.weights[0].device();
@@ -246,6 +247,22 @@ pub(crate) fn noisy_gradient(
         rows.len(),
         loss_sum,
     ))
+}
+
+/// The noise of every step of a DP-SGD run on `parameters` values, drawn
+/// on its own thread while the steps compute their gradients.
+pub(crate) fn noise_ahead(
+    parameters: usize,
+    dp: &DpSgdConfig,
+    steps: usize,
+) -> Result<NoiseAhead, ModelError> {
+    let mechanism = LatticeGaussian::new(parameters, dp.noise_multiplier, dp.max_grad_norm)
+        .map_err(noise_error)?;
+    Ok(NoiseAhead::start(mechanism, steps))
+}
+
+fn noise_error(e: cohort_privacy::noise::NoiseError) -> ModelError {
+    ModelError::Backend(format!("DP noise: {e}"))
 }
 
 /// Poisson sampling of `0..n` at rate `q`: every row independently with

@@ -74,6 +74,13 @@ pub fn train(
 
     let dp_plan = cfg.dp.map(|_| DpSgdPlan::new(n, cfg.batch_size));
     let mut sampler = cfg.dp.map(|_| dp_sgd::sampling_rng());
+    let mut noise = match (&cfg.dp, &dp_plan) {
+        (Some(dp), Some(plan)) => {
+            let steps = usize::try_from(plan.steps(cfg.epochs)).unwrap_or(usize::MAX);
+            Some(dp_sgd::noise_ahead(start.len(), dp, steps)?)
+        }
+        _ => None,
+    };
     let mut order: Vec<usize> = (0..n).collect();
     let mut step: i32 = 0;
     let mut samples: u64 = 0;
@@ -94,17 +101,18 @@ pub fn train(
             step = step.saturating_add(1);
             // The step's gradient, how many examples it saw, and the sum of
             // their losses.
-            let (grads, drawn, batch_loss) = match (&cfg.dp, &dp_plan, sampler.as_mut()) {
-                (Some(dp), Some(plan), Some(rng)) => {
-                    dp_sgd::noisy_gradient(spec, &tensors, data, dp, plan, rng)?
-                }
-                _ => {
-                    let rows = &order[batch * cfg.batch_size..]
-                        [..cfg.batch_size.min(n - batch * cfg.batch_size)];
-                    let (grads, mean) = batch_gradient(&tensors, data, rows, &autodiff)?;
-                    (grads, rows.len(), mean * rows.len() as f64)
-                }
-            };
+            let (grads, drawn, batch_loss) =
+                match (&cfg.dp, &dp_plan, sampler.as_mut(), noise.as_mut()) {
+                    (Some(dp), Some(plan), Some(rng), Some(noise)) => {
+                        dp_sgd::noisy_gradient(spec, &tensors, data, dp, plan, rng, noise)?
+                    }
+                    _ => {
+                        let rows = &order[batch * cfg.batch_size..]
+                            [..cfg.batch_size.min(n - batch * cfg.batch_size)];
+                        let (grads, mean) = batch_gradient(&tensors, data, rows, &autodiff)?;
+                        (grads, rows.len(), mean * rows.len() as f64)
+                    }
+                };
             if !batch_loss.is_finite() {
                 return Err(ModelError::Diverged {
                     epoch,

@@ -6,16 +6,25 @@
 //! flip; both cost about 20 µs per draw, which made noise 99% of a DP-SGD
 //! step. Here the variance is an integer `n < 2^62`, so every rational the
 //! algorithm compares is a ratio of `u128`s, and random bits come from a
-//! ChaCha20 stream seeded by the operating system, drawn only as many at a
+//! ChaCha stream seeded by the operating system, drawn only as many at a
 //! time as each comparison needs. Every step is the published one; the only
-//! change is the representation, and each coin keeps its exact probability:
+//! changes are the representation and the choice of `t` (below), and each
+//! coin keeps its exact probability:
 //!
-//! * `Bernoulli(p/q)` compares a uniform integer below `q` (rejection
-//!   sampling on `⌈log2 q⌉` bits, never a modulo) with `p`;
+//! * `Bernoulli(p/q)` compares a uniform binary fraction with the binary
+//!   expansion of `p/q`, one digit at a time until they differ; for
+//!   `Bernoulli(1/k)` with small `k`, 64 digits at a time from a table;
 //! * `Bernoulli(γ/k)` inside Algorithm 1 is drawn as `Bernoulli(γ) ∧
 //!   Bernoulli(1/k)`, which has the same law and never multiplies `q` by `k`;
 //! * `exp(-a·b/q)` with `a·b ≥ 2^128` is split into factors
-//!   `exp(-a·bᵢ/q)` with `Σbᵢ = b`, each representable.
+//!   `exp(-a·bᵢ/q)` with `Σbᵢ = b`, each representable;
+//! * the Laplace proposal's scale `t` is a power of two near `σ` instead of
+//!   `⌊σ⌋ + 1`. Algorithm 3 is exact for every `t > 0` (the acceptance
+//!   probability is the target over the proposal, divided by its maximum
+//!   `exp(σ²/2t²)`); `t` only sets how often a candidate is kept: at least
+//!   65% of the time for `σ/t` in `[1/√2, √2]`, against 76% at `t ≈ σ`.
+//!   In exchange `U ~ Uniform{0..t}` is `log2 t` bits with no rejection and
+//!   `Bernoulli(U/t)` is one comparison of such a word with `U`.
 //!
 //! `noise::tests` checks the output against the exact probability mass
 //! function with a χ² test and against OpenDP's sampler.
@@ -23,8 +32,47 @@
 use rand::RngCore;
 
 /// Largest variance (exclusive) the integer sampler takes: with `n < 2^62`,
-/// `t = ⌊√n⌋ + 1 ≤ 2^31` and the denominator `2·n·t²` stays below `2^125`.
+/// `t ≤ 2^31`, `t² ≤ 2n` and the denominator `2·n·t²` stays below `2^126`.
 const MAX_VARIANCE: u128 = 1 << 62;
+
+/// `k` below which [`RandomBits::bernoulli_one_over`] reads `1/k` from
+/// [`ONE_OVER`].
+const ONE_OVER_TABLE: u128 = 64;
+
+/// Binary digits of `1/k` per entry of [`ONE_OVER`].
+const ONE_OVER_BITS: u32 = 16;
+
+/// `(⌊2^16 / k⌋, 2^16 mod k)` for `k < ONE_OVER_TABLE`: `1/k` is
+/// `(digits + rest/k) / 2^16`.
+const ONE_OVER: [(u16, u16); ONE_OVER_TABLE as usize] = {
+    let mut table = [(0u16, 0u16); ONE_OVER_TABLE as usize];
+    let mut k = 2;
+    while k < ONE_OVER_TABLE {
+        let whole = 1u128 << ONE_OVER_BITS;
+        table[k as usize] = ((whole / k) as u16, (whole % k) as u16);
+        k += 1;
+    }
+    table
+};
+
+/// `(⌊2^64 / m!⌋, 2^64 mod m!, m!)` for `m <= 20` (`20! < 2^62`): `1/m!` is
+/// `(digits + rest/m!) / 2^64`.
+const INVERSE_FACTORIALS: [(u64, u64, u64); 21] = {
+    let mut table = [(0u64, 0u64, 1u64); 21];
+    let mut m = 1;
+    let mut factorial: u128 = 1;
+    while m < 21 {
+        factorial *= m as u128;
+        let whole = 1u128 << 64;
+        table[m] = (
+            (whole / factorial) as u64,
+            (whole % factorial) as u64,
+            factorial as u64,
+        );
+        m += 1;
+    }
+    table
+};
 
 /// A source of uniform bits that hands out exactly as many as asked for.
 pub(super) struct RandomBits<R> {
@@ -42,11 +90,14 @@ impl<R: RngCore> RandomBits<R> {
         }
     }
 
-    /// `k` uniform bits, `1 <= k <= 64`. Unused bits of a word are
+    /// `k` uniform bits, `0 <= k <= 64`. Unused bits of a word are
     /// independent of everything drawn, so discarding them keeps the
     /// output uniform.
     fn bits(&mut self, k: u32) -> u64 {
-        debug_assert!((1..=64).contains(&k));
+        debug_assert!(k <= 64);
+        if k == 0 {
+            return 0;
+        }
         if k == 64 {
             return self.rng.next_u64();
         }
@@ -58,24 +109,6 @@ impl<R: RngCore> RandomBits<R> {
         self.pool >>= k;
         self.left -= k;
         out
-    }
-
-    /// Uniform on `0..m`, `m >= 1`, by rejection on the bit length of `m - 1`.
-    fn below(&mut self, m: u128) -> u128 {
-        if m <= 1 {
-            return 0;
-        }
-        let width = 128 - (m - 1).leading_zeros();
-        loop {
-            let x = if width <= 64 {
-                u128::from(self.bits(width))
-            } else {
-                u128::from(self.bits(64)) | (u128::from(self.bits(width - 64)) << 64)
-            };
-            if x < m {
-                return x;
-            }
-        }
     }
 
     /// `Bernoulli(p/q)` for `q < 2^127`: a uniform binary fraction compared
@@ -111,11 +144,65 @@ impl<R: RngCore> RandomBits<R> {
         }
     }
 
+    /// `Bernoulli(1/k)`, `k >= 1`, for Algorithm 1's loop counter: a 16-bit
+    /// word against the first 16 binary digits of `1/k` (from a table for
+    /// small `k`), one comparison instead of a digit at a time. The word
+    /// decides unless it equals those digits (probability `2^-16`); then
+    /// the rest of the expansion does.
+    fn bernoulli_one_over(&mut self, k: u128) -> bool {
+        match k {
+            0 | 1 => true,
+            2 => self.bits(1) == 1,
+            3..ONE_OVER_TABLE => {
+                let (digits, rest) = ONE_OVER[k as usize];
+                let word = self.bits(ONE_OVER_BITS) as u16;
+                if word != digits {
+                    return word < digits;
+                }
+                self.bernoulli(u128::from(rest), k)
+            }
+            _ => self.bernoulli(1, k),
+        }
+    }
+
     /// `Bernoulli(exp(-γ))` for `γ = p/q <= 1` (CKS Algorithm 1): the
     /// parity of the first `K` with `Bernoulli(γ/K) = 0`.
     fn bernoulli_exp_at_most_one(&mut self, p: u128, q: u128) -> bool {
         let mut k: u128 = 1;
-        while self.bernoulli(p, q) && self.bernoulli(1, k) {
+        while self.bernoulli(p, q) && self.bernoulli_one_over(k) {
+            k += 1;
+        }
+        k % 2 == 1
+    }
+
+    /// `Bernoulli(exp(-1))`: Algorithm 1 at `γ = 1`, whose counter has
+    /// `P(K > m) = 1/m!`, with every coin of the loop read off one uniform
+    /// `U`: `K` is the first `m >= 2` with `U >= 1/m!`. A 64-bit word
+    /// settles each comparison unless it equals the first 64 digits of
+    /// `1/m!` (then the rest of `1/m!`'s expansion does, on fresh bits);
+    /// past `1/20!` (probability `4·10^-19`), `U·20!` is uniform again and
+    /// the loop goes on with fresh `Bernoulli(1/m)` coins.
+    fn bernoulli_exp_minus_one(&mut self) -> bool {
+        let word = self.bits(64);
+        for (m, &(digits, rest, factorial)) in INVERSE_FACTORIALS.iter().enumerate().skip(2) {
+            let at_least = word > digits
+                || (word == digits && !self.bernoulli(u128::from(rest), u128::from(factorial)));
+            if at_least {
+                return m % 2 == 1;
+            }
+        }
+        let mut k = INVERSE_FACTORIALS.len() as u128;
+        while self.bernoulli_one_over(k) {
+            k += 1;
+        }
+        k % 2 == 1
+    }
+
+    /// Algorithm 1 for `γ = u / 2^bits < 1`, where `Bernoulli(γ)` is
+    /// whether a uniform `bits`-bit word is below `u`.
+    fn bernoulli_exp_dyadic(&mut self, u: u64, bits: u32) -> bool {
+        let mut k: u128 = 1;
+        while self.bits(bits) < u && self.bernoulli_one_over(k) {
             k += 1;
         }
         k % 2 == 1
@@ -129,7 +216,7 @@ impl<R: RngCore> RandomBits<R> {
         }
         let (whole, fraction) = (p / q, p % q);
         for _ in 0..whole {
-            if !self.bernoulli_exp_at_most_one(1, 1) {
+            if !self.bernoulli_exp_minus_one() {
                 return false;
             }
         }
@@ -152,22 +239,24 @@ impl<R: RngCore> RandomBits<R> {
         self.bernoulli_exp(a * b, q)
     }
 
-    /// Discrete Laplace with integer scale `t >= 1` (CKS Algorithm 2), as
-    /// `(positive, magnitude)`: `P(x) ∝ exp(-|x|/t)`.
-    pub(super) fn discrete_laplace(&mut self, t: u128) -> (bool, u128) {
+    /// Discrete Laplace with scale `t = 2^scale_bits`, `scale_bits <= 63`
+    /// (CKS Algorithm 2), as `(positive, magnitude)`: `P(x) ∝ exp(-|x|/t)`.
+    pub(super) fn discrete_laplace(&mut self, scale_bits: u32) -> (bool, u128) {
+        debug_assert!(scale_bits < 64);
         loop {
-            let mut u = self.below(t);
-            while !self.bernoulli_exp(u, t) {
-                u = self.below(t);
+            // U uniform on 0..t, kept with probability exp(-U/t).
+            let mut u = self.bits(scale_bits);
+            while !self.bernoulli_exp_dyadic(u, scale_bits) {
+                u = self.bits(scale_bits);
             }
             // Geometric(1 - e^-1). A u64 counter cannot overflow: reaching
             // 2^64 needs 2^64 consecutive successes of probability 1/e.
             let mut v: u64 = 0;
-            while self.bernoulli_exp_at_most_one(1, 1) {
+            while self.bernoulli_exp_minus_one() {
                 v += 1;
             }
             let positive = self.bits(1) == 1;
-            let magnitude = u128::from(v) * t + u;
+            let magnitude = (u128::from(v) << scale_bits) | u128::from(u);
             if positive || magnitude != 0 {
                 return (positive, magnitude);
             }
@@ -180,8 +269,9 @@ impl<R: RngCore> RandomBits<R> {
 #[derive(Debug, Clone, Copy)]
 pub(super) struct DiscreteGaussian {
     variance: u128,
-    /// `t = ⌊√n⌋ + 1`, the scale of the Laplace proposal.
-    scale: u128,
+    /// `log2 t`, the Laplace proposal's scale `t`: the power of two nearest
+    /// `σ = √n` on a log scale, so `σ/t ∈ [1/√2, √2)`.
+    scale_bits: u32,
     /// `2·n·t²`.
     denominator: u128,
 }
@@ -191,12 +281,13 @@ impl DiscreteGaussian {
         if !(1..MAX_VARIANCE).contains(&variance) {
             return None;
         }
-        // Exact: n < 2^62 fits a u64.
-        let scale = u128::from((variance as u64).isqrt()) + 1;
+        // With 2^l <= n < 2^(l+1), log2 σ is in [l/2, (l+1)/2).
+        let l = variance.ilog2();
+        let scale_bits = l.div_ceil(2);
         Some(Self {
             variance,
-            scale,
-            denominator: 2 * variance * scale * scale,
+            scale_bits,
+            denominator: variance << (2 * scale_bits + 1),
         })
     }
 
@@ -204,9 +295,9 @@ impl DiscreteGaussian {
     /// probability `exp(-(|y| - n/t)² / 2n) = exp(-(|y|·t - n)² / (2·n·t²))`.
     pub(super) fn sample<R: RngCore>(&self, bits: &mut RandomBits<R>) -> i128 {
         loop {
-            let (positive, magnitude) = bits.discrete_laplace(self.scale);
-            // magnitude < 2^96 (see the counter there) and t <= 2^31.
-            let distance = (magnitude * self.scale).abs_diff(self.variance);
+            let (positive, magnitude) = bits.discrete_laplace(self.scale_bits);
+            // magnitude < 2^95 (see the counter there) and t <= 2^31.
+            let distance = (magnitude << self.scale_bits).abs_diff(self.variance);
             if bits.bernoulli_exp_product(distance, distance, self.denominator) {
                 let value = magnitude as i128;
                 return if positive { value } else { -value };
@@ -236,18 +327,23 @@ mod tests {
     }
 
     #[test]
-    fn uniform_below_covers_the_range_evenly() {
-        let mut rng = bits(1);
-        let mut counts = [0usize; 7];
-        for _ in 0..70_000 {
-            counts[rng.below(7) as usize] += 1;
+    fn exp_minus_one_coins_and_their_counter_have_algorithm_one_law() {
+        let mut rng = bits(6);
+        let trials = 200_000;
+        let hits = (0..trials)
+            .filter(|_| rng.bernoulli_exp_minus_one())
+            .count();
+        assert_frequency(hits, trials, (-1f64).exp(), "exp(-1)");
+        // The table holds 1/m! exactly as digits + rest/m!.
+        for (m, &(digits, rest, factorial)) in INVERSE_FACTORIALS.iter().enumerate().skip(2) {
+            let exact: u128 = (1..=m as u128).product();
+            assert_eq!(u128::from(factorial), exact);
+            assert_eq!(
+                u128::from(digits) * exact + u128::from(rest),
+                1u128 << 64,
+                "1/{m}!"
+            );
         }
-        for c in counts {
-            assert_frequency(c, 70_000, 1.0 / 7.0, "below(7)");
-        }
-        let big = (1u128 << 100) + 12345;
-        assert!((0..1000).all(|_| rng.below(big) < big));
-        assert_eq!(rng.below(1), 0);
     }
 
     #[test]
@@ -285,8 +381,8 @@ mod tests {
     fn discrete_laplace_has_the_right_tail() {
         let mut rng = bits(4);
         let trials = 50_000;
-        let t = 3u128;
-        let draws: Vec<(bool, u128)> = (0..trials).map(|_| rng.discrete_laplace(t)).collect();
+        let t = 4u128;
+        let draws: Vec<(bool, u128)> = (0..trials).map(|_| rng.discrete_laplace(2)).collect();
         // P(|X| >= k) for k >= 1 is 2 e^{-k/t} / (1 + e^{-1/t}).
         let r = (-1.0 / t as f64).exp();
         for k in [1u128, 3, 6] {
