@@ -1106,7 +1106,7 @@ struct CoordinatorArgs {
     #[arg(long, default_value_t = 256, value_name = "MIB")]
     update_memory_mb: u64,
     /// Largest gRPC message accepted, in bytes (1,114,112 to 8,388,608;
-    /// models travel in 1 MiB chunks). Larger messages are refused with
+    /// models travel in 256 KiB chunks, 1 MiB from earlier clients). Larger messages are refused with
     /// OutOfRange before they are buffered.
     #[arg(long, default_value_t = cohort_protocol::MAX_MESSAGE_BYTES)]
     max_message_bytes: usize,

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use cohort_protocol::{CHUNK_BYTES, MAX_MESSAGE_BYTES};
+use cohort_protocol::{MAX_CHUNK_BYTES, MAX_MESSAGE_BYTES};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -41,7 +41,7 @@ const PREFACE_AND_SETTINGS_HEADER: usize = 24 + 9;
 
 /// A decode limit below this would refuse the coordinator's own upload
 /// chunks.
-pub const MIN_MESSAGE_BYTES: usize = CHUNK_BYTES + (64 << 10);
+pub const MIN_MESSAGE_BYTES: usize = MAX_CHUNK_BYTES + (64 << 10);
 
 /// Wire-level limits of one coordinator. The defaults suit a consortium of
 /// a few hundred hospitals and developers.
@@ -79,7 +79,7 @@ impl Default for WireLimits {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LimitsError {
     #[error(
-        "--max-message-bytes {0} is below {MIN_MESSAGE_BYTES}: clients upload models in {CHUNK_BYTES}-byte chunks"
+        "--max-message-bytes {0} is below {MIN_MESSAGE_BYTES}: clients upload models in chunks of up to {MAX_CHUNK_BYTES} bytes"
     )]
     MessageTooSmall(usize),
     #[error("--max-message-bytes {0} is above {MAX_MESSAGE_BYTES}, the most a Cohort peer sends")]

@@ -17,7 +17,7 @@ use cohort_protocol::v1::{
     model_frame, result_frame, task_frame,
 };
 use cohort_protocol::{
-    ByteAssembler, CHUNK_BYTES, PROTOCOL_VERSION, ParameterAssembler, byte_chunks,
+    ByteAssembler, MAX_CHUNK_BYTES, PROTOCOL_VERSION, ParameterAssembler, byte_chunks,
 };
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
@@ -468,9 +468,9 @@ pub(crate) async fn read_chunks(
     {
         match frame.frame {
             Some(result_frame::Frame::Chunk(Chunk { data })) => {
-                if data.len() > CHUNK_BYTES {
+                if data.len() > MAX_CHUNK_BYTES {
                     return Err(format!(
-                        "chunk of {} bytes exceeds {CHUNK_BYTES}",
+                        "chunk of {} bytes exceeds {MAX_CHUNK_BYTES}",
                         data.len()
                     ));
                 }

@@ -33,7 +33,7 @@ use crate::job::{Aggregation, JobError, JobSpec};
 
 /// Largest batch of activations one `SplitBatch` may carry, so a batch
 /// always fits a gRPC message with room to spare.
-pub const MAX_BATCH_BYTES: usize = cohort_protocol::CHUNK_BYTES;
+pub const MAX_BATCH_BYTES: usize = cohort_protocol::MAX_CHUNK_BYTES;
 
 /// Checks what SplitFed needs of a job file, naming the key at fault.
 pub fn check_job(spec: &JobSpec) -> Result<(), JobError> {

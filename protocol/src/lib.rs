@@ -91,8 +91,15 @@ fn session(domain: &[u8], job_id: &str, round: u32, attempt: u32, members: &[Str
 /// Bumped on any incompatible change to the messages' meaning.
 pub const PROTOCOL_VERSION: u32 = 1;
 
-/// Size of one parameter chunk on the wire (1 MiB = 262,144 f32 values).
-pub const CHUNK_BYTES: usize = 1 << 20;
+/// Size of the chunks both sides send (256 KiB = 65,536 f32 values). tonic
+/// copies each message it encodes, so every download in flight holds about
+/// a chunk or two of the coordinator's memory: at 50 hospitals × 10^6
+/// parameters, 256 KiB chunks peaked at 127–133 MiB where 1 MiB ones
+/// peaked at 160–174 MiB, rounds unchanged (docs/BENCHMARKS.md).
+pub const CHUNK_BYTES: usize = 1 << 18;
+
+/// Largest chunk either side accepts: what earlier versions sent.
+pub const MAX_CHUNK_BYTES: usize = 1 << 20;
 
 /// Largest single gRPC message either side accepts: a chunk plus generous
 /// room for headers (JSON specs, statistics).
