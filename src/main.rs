@@ -1515,14 +1515,6 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    // `cohort ledger show --json | head`: end quietly when the reader goes
-    // away, as other Unix tools do, instead of panicking in println!.
-    #[cfg(unix)]
-    // SAFETY: restoring a signal's default disposition at startup, before
-    // any thread that could be handling it exists.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let cli = Cli::parse();
     match cli.command {
         Command::Vertical(a) => {
