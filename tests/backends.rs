@@ -421,6 +421,22 @@ fn a_job_on_postgres_survives_a_coordinator_restart() {
 }
 
 /// Waits until the log file `name` in `dir` contains `text`.
+/// Waits for the coordinator to log `stall` (its storage refusing writes),
+/// then checks for 3 s that the job stays running without recording a
+/// round (`why` says what recording one would mean).
+fn assert_job_stalls(setup: &Setup, dir: &std::path::Path, job: &str, stall: &str, why: &str) {
+    wait_for_log(dir, "coord.log", stall, Duration::from_secs(60));
+    let stalled = setup.status(job).unwrap();
+    assert_eq!(stalled["state"], "running", "{stalled:#}");
+    std::thread::sleep(Duration::from_secs(3));
+    let still = setup.status(job).unwrap();
+    assert_eq!(still["state"], "running", "{still:#}");
+    assert_eq!(
+        still["rounds_completed"], stalled["rounds_completed"],
+        "{why}"
+    );
+}
+
 fn wait_for_log(dir: &std::path::Path, name: &str, text: &str, limit: Duration) {
     let start = Instant::now();
     loop {
@@ -714,20 +730,12 @@ fn a_full_disk_stalls_the_job_and_it_resumes_when_space_returns() {
 
     let ballast = disk.join("ballast");
     fill(&ballast);
-    wait_for_log(
+    assert_job_stalls(
+        &setup,
         dir.path(),
-        "coord.log",
+        &job,
         "storage is full",
-        Duration::from_secs(60),
-    );
-    let stalled = setup.status(&job).unwrap();
-    assert_eq!(stalled["state"], "running", "{stalled:#}");
-    std::thread::sleep(Duration::from_secs(3));
-    let still = setup.status(&job).unwrap();
-    assert_eq!(still["state"], "running", "{still:#}");
-    assert_eq!(
-        still["rounds_completed"], stalled["rounds_completed"],
-        "rounds were recorded on a full disk"
+        "rounds were recorded on a full disk",
     );
     let log = std::fs::read_to_string(dir.path().join("coord.log")).unwrap();
     assert!(
@@ -803,20 +811,12 @@ fn a_read_only_object_store_stalls_the_job_and_it_resumes_when_writable() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    wait_for_log(
+    assert_job_stalls(
+        &setup,
         dir.path(),
-        "coord.log",
+        &job,
         "storage is read-only",
-        Duration::from_secs(60),
-    );
-    let stalled = setup.status(&job).unwrap();
-    assert_eq!(stalled["state"], "running", "{stalled:#}");
-    std::thread::sleep(Duration::from_secs(3));
-    let still = setup.status(&job).unwrap();
-    assert_eq!(still["state"], "running", "{still:#}");
-    assert_eq!(
-        still["rounds_completed"], stalled["rounds_completed"],
-        "rounds were recorded while the object store refused writes"
+        "rounds were recorded while the object store refused writes",
     );
     let log = std::fs::read_to_string(dir.path().join("coord.log")).unwrap();
     assert!(log.contains("Read-only file system"), "{log}");
