@@ -115,12 +115,15 @@ impl Setup {
                 std::fs::create_dir_all(data_dir).unwrap();
                 let mut command = Command::new("unshare");
                 let script = if self.read_only_objects {
-                    // $$ stays this process's id after `exec`: the watcher
-                    // ends with the coordinator.
+                    // The mounts finish before the coordinator starts (only
+                    // the watcher runs in the background). $$ stays this
+                    // process's id after `exec`: the watcher ends with the
+                    // coordinator.
                     "mount -t tmpfs -o size=\"$1\"m cohort-test-disk \"$2\" \
                      && mkdir \"$2/objects\" \
                      && mount -t tmpfs -o size=64m cohort-test-objects \"$2/objects\" \
-                     && (while kill -0 $$ 2>/dev/null; do \
+                     || exit 1; \
+                     (while kill -0 $$ 2>/dev/null; do \
                            if [ -e \"$3.ro\" ] && mount -o remount,ro \"$2/objects\" 2>/dev/null; then \
                              rm -f \"$3.ro\"; touch \"$3.is-ro\"; fi; \
                            if [ -e \"$3.rw\" ] && mount -o remount,rw \"$2/objects\"; then \
