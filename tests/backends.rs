@@ -90,6 +90,18 @@ impl Setup {
         self.start_coordinator_at(self.port, &self.data_dir(), log)
     }
 
+    /// [`Setup::start_coordinator`], once its log says it is listening.
+    fn start_listening_coordinator(&self, log: &str) -> Proc {
+        let coordinator = self.start_coordinator(log);
+        wait_for_log(
+            &self.dir,
+            log,
+            "coordinator listening",
+            Duration::from_secs(60),
+        );
+        coordinator
+    }
+
     fn start_standby(&self, log: &str) -> Proc {
         let port = self.standby_port.expect("a setup without a standby");
         self.start_coordinator_at(port, &self.standby_data_dir(), log)
@@ -483,13 +495,7 @@ impl Pair {
         let csv = dir.join("oncology.csv");
         synthetic_oncology_csv(&csv, 600, 37);
         let files = split(&csv, &dir.join("parts"), 3, 5);
-        let active = setup.start_coordinator("active.log");
-        wait_for_log(
-            dir,
-            "active.log",
-            "coordinator listening",
-            Duration::from_secs(60),
-        );
+        let active = setup.start_listening_coordinator("active.log");
         // Both sign the one ledger with one key: under mutual TLS the same
         // startup kit, under --insecure a copy of the key file.
         std::fs::create_dir_all(setup.standby_data_dir()).unwrap();
@@ -715,13 +721,7 @@ fn a_full_disk_stalls_the_job_and_it_resumes_when_space_returns() {
     let csv = dir.path().join("oncology.csv");
     synthetic_oncology_csv(&csv, 600, 41);
     let files = split(&csv, &dir.path().join("parts"), 2, 5);
-    let coordinator = setup.start_coordinator("coord.log");
-    wait_for_log(
-        dir.path(),
-        "coord.log",
-        "coordinator listening",
-        Duration::from_secs(60),
-    );
+    let coordinator = setup.start_listening_coordinator("coord.log");
     // The data directory as the coordinator sees it: on its tmpfs.
     let disk = PathBuf::from(format!("/proc/{}/root", coordinator.0.id()))
         .join(setup.data_dir().strip_prefix("/").unwrap());
@@ -791,13 +791,7 @@ fn a_read_only_object_store_stalls_the_job_and_it_resumes_when_writable() {
     let csv = dir.path().join("oncology.csv");
     synthetic_oncology_csv(&csv, 600, 43);
     let files = split(&csv, &dir.path().join("parts"), 2, 5);
-    let coordinator = setup.start_coordinator("coord.log");
-    wait_for_log(
-        dir.path(),
-        "coord.log",
-        "coordinator listening",
-        Duration::from_secs(60),
-    );
+    let coordinator = setup.start_listening_coordinator("coord.log");
     let _clients = setup.start_clients(&files);
     let rounds = 200;
     let job = setup.submit(&oncology_job(rounds, 2));
