@@ -160,52 +160,12 @@ impl LatticeGaussian {
     }
 
     /// Fresh noise for one vector, from a CSPRNG seeded by the operating
-    /// system, spread over the machine's cores.
-    ///
-    /// The cores take pieces of [`DRAW_PIECE`] values as they come free
-    /// rather than one fixed half each: with a DP-SGD step computing its
-    /// gradients on one of them, fixed halves left the other core idle
-    /// for about a fifth of every step.
+    /// system, spread over the machine's cores ([`draw_in_pieces`]).
     pub fn draw(&self) -> Result<LatticeNoise, NoiseError> {
         let Some(noise) = self.noise else {
             return Ok(LatticeNoise(Vec::new()));
         };
-        let mut out = vec![0i64; self.len];
-        let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .min(self.len.div_ceil(DRAW_PIECE));
-        let pieces = std::sync::Mutex::new(out.chunks_mut(DRAW_PIECE));
-        let next_piece = || {
-            pieces
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .next()
-        };
-        // A draw beyond i64 is more than 2^32 standard deviations out
-        // (σ < 2^31 grid points): refused, never truncated.
-        let beyond = std::sync::atomic::AtomicBool::new(false);
-        std::thread::scope(|scope| {
-            for _ in 0..threads {
-                scope.spawn(|| {
-                    let mut bits = RandomBits::new(NoiseRng::from_os_rng());
-                    while let Some(piece) = next_piece() {
-                        for slot in piece {
-                            match i64::try_from(noise.sample(&mut bits)) {
-                                Ok(draw) => *slot = draw,
-                                Err(_) => beyond.store(true, std::sync::atomic::Ordering::Relaxed),
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        if beyond.into_inner() {
-            return Err(NoiseError::Sampler(
-                "a draw fell outside 64-bit integers".into(),
-            ));
-        }
-        Ok(LatticeNoise(out))
+        draw_in_pieces(noise, self.len).map(LatticeNoise)
     }
 
     /// Whether `values` can take this mechanism's noise: the right length,
@@ -335,6 +295,50 @@ impl Drop for NoiseAhead {
     }
 }
 
+/// `len` draws of `noise` on every core, each core with its own CSPRNG
+/// seeded by the operating system. The cores take pieces of [`DRAW_PIECE`]
+/// values as they come free rather than one fixed share each: with a DP-SGD
+/// step computing its gradients on one core, fixed halves left the other
+/// idle for about a fifth of every step.
+fn draw_in_pieces(noise: DiscreteGaussian, len: usize) -> Result<Vec<i64>, NoiseError> {
+    let mut out = vec![0i64; len];
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(len.div_ceil(DRAW_PIECE));
+    let pieces = std::sync::Mutex::new(out.chunks_mut(DRAW_PIECE));
+    let next_piece = || {
+        pieces
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .next()
+    };
+    // A draw beyond i64 is more than 2^32 standard deviations out
+    // (σ < 2^31): refused, never truncated.
+    let beyond = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                let mut bits = RandomBits::new(NoiseRng::from_os_rng());
+                while let Some(piece) = next_piece() {
+                    for slot in piece {
+                        match i64::try_from(noise.sample(&mut bits)) {
+                            Ok(draw) => *slot = draw,
+                            Err(_) => beyond.store(true, std::sync::atomic::Ordering::Relaxed),
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if beyond.into_inner() {
+        return Err(NoiseError::Sampler(
+            "a draw fell outside 64-bit integers".into(),
+        ));
+    }
+    Ok(out)
+}
+
 fn sampler_error(e: opendp::error::Error) -> NoiseError {
     NoiseError::Sampler(format!(
         "{:?}: {}",
@@ -358,22 +362,17 @@ pub fn discrete_gaussian(len: usize, sigma: f64) -> Result<Vec<i64>, NoiseError>
     if sigma == 0.0 || len == 0 {
         return Ok(vec![0; len]);
     }
-    let zeros = vec![0i64; len];
     let variance = sigma * sigma;
     // Rounding σ² up to an integer raises σ by less than 2^-11.
     let rounded = (variance >= MIN_ROUNDED_VARIANCE)
         .then(|| DiscreteGaussian::new((variance.ceil() + 1.0) as u128))
         .flatten();
     if let Some(noise) = rounded {
-        return in_parallel(&zeros, |part| {
-            let mut bits = RandomBits::new(NoiseRng::from_os_rng());
-            Ok(part
-                .iter()
-                .map(|_| noise.sample(&mut bits) as i64)
-                .collect())
-        });
+        return draw_in_pieces(noise, len);
     }
-    in_parallel(&zeros, |part| opendp_discrete_gaussian(part, sigma))
+    in_parallel(&vec![0i64; len], |part| {
+        opendp_discrete_gaussian(part, sigma)
+    })
 }
 
 /// Below this variance, rounding it up to an integer would noticeably
