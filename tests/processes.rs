@@ -589,6 +589,16 @@ fn coordinator_crashes_while_collecting_unmasking_shares() {
 }
 
 #[test]
+fn coordinator_crashes_while_summing_the_preprocessing_statistics() {
+    // Three reveals a statistics pass: the fifth is in the second pass.
+    crash_and_recover(
+        "\n[privacy]\naggregation = \"secagg\"\n",
+        "secagg-statistics-unmask@5",
+        Victim::Coordinator,
+    );
+}
+
+#[test]
 fn coordinator_crashes_while_collecting_decryption_shares() {
     crash_and_recover(
         "\n[privacy]\naggregation = \"he\"\n",

@@ -54,6 +54,16 @@ fn hospitals(dir: &Path, vanish: &[(usize, VanishAt)]) -> Vec<LocalHospital> {
 }
 
 async fn run_job(dir: &Path, hospitals: &[LocalHospital], job_toml: &str) -> JobView {
+    run_job_and_fetch(dir, hospitals, job_toml, false).await.0
+}
+
+/// [`run_job`], and with `fetch` the model card of the finished job.
+async fn run_job_and_fetch(
+    dir: &Path,
+    hospitals: &[LocalHospital],
+    job_toml: &str,
+    fetch: bool,
+) -> (JobView, Option<cohort_models::ModelCard>) {
     let federation = LocalFederation::start(dir, hospitals, true, Duration::from_secs(1))
         .await
         .unwrap();
@@ -79,8 +89,16 @@ async fn run_job(dir: &Path, hospitals: &[LocalHospital], job_toml: &str) -> Job
     .await
     .expect("job did not finish in time")
     .unwrap();
+    let card = match fetch {
+        true => Some(
+            developer::download_model(&mut dev, &id, None, &dir.join("model"))
+                .await
+                .unwrap(),
+        ),
+        false => None,
+    };
     federation.shutdown().await;
-    view
+    (view, card)
 }
 
 /// The contribution a hospital kept for one round attempt.
@@ -536,4 +554,75 @@ async fn a_group_lost_mid_round_is_regrouped_without_isolating_anyone() {
         None
     );
     assert!(!members.contains(&"hospital-2".to_string()));
+}
+
+/// Hospitals that share nothing in the clear (`--require-secure-aggregation`)
+/// take part in secure and homomorphic jobs: their preprocessing statistics
+/// are summed securely, and the preprocessing the model carries is the
+/// pooled table's own (means and deviations to rounding, medians to a
+/// 1/65,536 of the column's range), not an average of local medians. A
+/// plain job asks for statistics in the clear, and they refuse it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn preprocessing_statistics_are_summed_securely() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut hospitals = hospitals(dir.path(), &[]);
+    for h in &mut hospitals {
+        h.options.require_secure_aggregation = true;
+    }
+    let pooled = pooled_preprocessing(&hospitals, &job(1, 5, ""));
+    for privacy in [SECAGG, HE] {
+        let run = dir
+            .path()
+            .join(if privacy == SECAGG { "secagg" } else { "he" });
+        let (view, card) = run_job_and_fetch(&run, &hospitals, &job(1, 5, privacy), true).await;
+        assert_eq!(view.state, "completed", "{view:#?}");
+        assert!(
+            view.events
+                .iter()
+                .any(|e| e.message.contains("summed under secure aggregation")),
+            "{:#?}",
+            view.events
+        );
+        let got = card.unwrap().preprocessing;
+        assert_eq!(got.schema, pooled.schema);
+        assert_eq!(got.categorical, pooled.categorical);
+        for (g, p) in got.numeric.iter().zip(&pooled.numeric) {
+            assert!((g.mean - p.mean).abs() <= 1e-9 * p.std, "{g:?} vs {p:?}");
+            assert!((g.std - p.std).abs() <= 1e-6 * p.std, "{g:?} vs {p:?}");
+            let range = 4.0 * p.mean.abs().max(p.fill.abs()).max(p.std);
+            assert!((g.fill - p.fill).abs() <= range / 65536.0, "{g:?} vs {p:?}");
+        }
+    }
+
+    let plain = dir.path().join("plain");
+    let view = run_job(&plain, &hospitals, &job(1, 5, "")).await;
+    assert_eq!(view.state, "failed", "{view:#?}");
+    assert!(
+        view.events.iter().any(|e| e
+            .message
+            .contains("only shares its statistics under secure aggregation")),
+        "{:#?}",
+        view.events
+    );
+}
+
+/// The preprocessing of all the hospitals' rows in one table.
+fn pooled_preprocessing(
+    hospitals: &[LocalHospital],
+    job_toml: &str,
+) -> cohort_datasets::Preprocessing {
+    let mut csv = String::new();
+    for (i, h) in hospitals.iter().enumerate() {
+        let text = std::fs::read_to_string(&h.data).unwrap();
+        let skip = usize::from(i > 0);
+        for line in text.lines().skip(skip) {
+            csv.push_str(line);
+            csv.push('\n');
+        }
+    }
+    let job: toml::Value = toml::from_str(job_toml).unwrap();
+    let spec: cohort_datasets::DataSpec = job["data"].clone().try_into().unwrap();
+    let table = cohort_datasets::read_csv_bytes(csv.as_bytes()).unwrap();
+    let pooled = cohort_datasets::LocalDataset::from_table(&table, &spec).unwrap();
+    cohort_datasets::Preprocessing::merge(pooled.schema(), &[pooled.statistics()]).unwrap()
 }

@@ -91,6 +91,15 @@ pub enum VanishAt {
 impl VanishAt {
     fn matches(self, task: &TaskHeader) -> bool {
         use cohort_protocol::v1::TaskKind;
+        // The drill is about rounds; preparation's statistics sessions
+        // use the same stages.
+        if task
+            .secagg
+            .as_ref()
+            .is_some_and(|s| !s.statistics_json.is_empty())
+        {
+            return false;
+        }
         let protected = task.secagg.is_some() || task.he.is_some();
         matches!(
             (self, task.kind(), protected),

@@ -94,8 +94,16 @@ impl Worker {
             ));
         }
         let params: Params = parse(&secagg.params_json, "secure-aggregation parameters")?;
-        let session =
-            cohort_protocol::secagg_session(&task.job_id, task.round, secagg.attempt, members);
+        let session = if secagg.statistics_json.is_empty() {
+            cohort_protocol::secagg_session(&task.job_id, task.round, secagg.attempt, members)
+        } else {
+            cohort_protocol::secagg_statistics_session(
+                &task.job_id,
+                &secagg.statistics_json,
+                secagg.attempt,
+                members,
+            )
+        };
         let graph = neighbourhoods(n as u32, secagg.neighbours, &graph_seed(&session));
         let neighbours = graph.get(me as usize).cloned().unwrap_or_default();
         // A threshold at or below half of the share holders would let two
@@ -241,6 +249,47 @@ impl Worker {
                 train_loss: trained.loss,
                 dataset_sha256: trained.commitment,
                 dp_epsilon: trained.dp_epsilon.unwrap_or(0.0),
+                ..Default::default()
+            },
+            parameters: Vec::new(),
+            masked: pack(&masked, view.params.bits),
+        })
+    }
+
+    /// Stage 3 of a statistics session: this hospital's term of the
+    /// pass's sum (counts and fixed-point sums over its rows), masked.
+    pub(crate) fn masked_statistics(
+        &self,
+        task: &TaskHeader,
+        secagg: &SecAggTask,
+    ) -> Result<Answer, String> {
+        let view = self.view(task, secagg)?;
+        if view.params.bits != cohort_datasets::SUM_BITS {
+            return Err(format!(
+                "statistics are summed mod 2^{}, the masks are mod 2^{}",
+                cohort_datasets::SUM_BITS,
+                view.params.bits
+            ));
+        }
+        let pass: cohort_datasets::StatisticsPass =
+            parse(&secagg.statistics_json, "statistics pass")?;
+        let received = decode_shares(&secagg.shares).map_err(|e| e.to_string())?;
+        let terms = self
+            .load(task)?
+            .statistics_terms(&pass)
+            .map_err(|e| format!("preprocessing statistics: {e}"))?;
+        let masked = self.sessions().with(&view.session, |round| {
+            round.mask(&terms, &received).map_err(|e| e.to_string())
+        })?;
+        info!(
+            client = self.name(),
+            job = task.job_id,
+            pass = pass.name(),
+            "preprocessing statistics sent masked"
+        );
+        Ok(Answer {
+            header: ResultHeader {
+                parameter_count: masked.len() as u64,
                 ..Default::default()
             },
             parameters: Vec::new(),

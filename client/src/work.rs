@@ -141,8 +141,12 @@ impl Worker {
             (TaskKind::SecaggAdvertise, Some(secagg), _) => self.advertise(task, secagg),
             (TaskKind::SecaggShare, Some(secagg), _) => self.share_keys(task, secagg),
             (TaskKind::SecaggUnmask, Some(secagg), _) => self.unmask(task, secagg),
+            (TaskKind::SecaggStatistics, Some(secagg), _) => self.masked_statistics(task, secagg),
             (
-                TaskKind::SecaggAdvertise | TaskKind::SecaggShare | TaskKind::SecaggUnmask,
+                TaskKind::SecaggAdvertise
+                | TaskKind::SecaggShare
+                | TaskKind::SecaggUnmask
+                | TaskKind::SecaggStatistics,
                 None,
                 _,
             ) => Err("secure-aggregation task without its round description".to_string()),
@@ -271,7 +275,7 @@ impl Worker {
         }
     }
 
-    fn load(&self, task: &TaskHeader) -> Result<LocalDataset, String> {
+    pub(crate) fn load(&self, task: &TaskHeader) -> Result<LocalDataset, String> {
         let spec: DataSpec = parse(&task.data_spec_json, "data spec")?;
         let table = self
             .table()
@@ -290,8 +294,22 @@ impl Worker {
             let plan = self.dp_plan(task, &job, rows.saturating_sub(held_out))?;
             self.budget.admit(&task.job_id, &plan)?;
         }
+        // Under secure aggregation the statistics follow as masked sums
+        // (SECAGG_STATISTICS); a hospital that requires it never sends
+        // them in the clear.
+        let statistics_json = if task.secure_statistics {
+            String::new()
+        } else if self.options.require_secure_aggregation {
+            return Err(
+                "this hospital only shares its statistics under secure aggregation \
+                 (--require-secure-aggregation), and the job asks for them in the clear"
+                    .to_string(),
+            );
+        } else {
+            to_json(&dataset.statistics())?
+        };
         let header = ResultHeader {
-            statistics_json: to_json(&dataset.statistics())?,
+            statistics_json,
             schema_json: to_json(dataset.schema())?,
             num_examples: dataset.n_rows() as u64,
             ..Default::default()

@@ -66,8 +66,10 @@ impl TaskBody {
 /// asked for.
 #[derive(Debug)]
 pub enum TaskAnswer {
+    /// `statistics` is `None` when the task asked for the schema only
+    /// (the statistics are then summed securely).
     Prepare {
-        statistics: LocalStatistics,
+        statistics: Option<LocalStatistics>,
         schema: ResolvedSchema,
     },
     Fit {
@@ -105,6 +107,9 @@ pub enum TaskAnswer {
         compute_seconds: f64,
         receipt: UpdateReceipt,
     },
+    /// Stage 3 of a statistics session: the hospital's term of the pass's
+    /// sum, masked.
+    MaskedStatistics(Vec<u64>),
     /// Stage 4: the shares revealed for unmasking.
     SecAggReveal(Vec<u8>),
     /// Homomorphic aggregation, stage 1: the member's advert, its signature

@@ -22,6 +22,7 @@ mod dp;
 mod he;
 pub mod proofs;
 mod secagg;
+mod secure_statistics;
 mod splitfed;
 mod valuation;
 mod vertical;
@@ -236,6 +237,11 @@ impl Runner {
         let t = &spec.training;
         let data_spec_json = json(&spec.data)?;
         let dp_json = dp_json(spec)?;
+        // Where updates are only ever seen summed, so are the statistics.
+        let secure = matches!(
+            spec.privacy.aggregation,
+            Aggregation::Secagg | Aggregation::He
+        );
         for attempt in 1..=t.max_round_attempts {
             let candidates = self.wait_for_clients(None, t.min_clients, t).await;
             let header = TaskHeader {
@@ -244,6 +250,7 @@ impl Runner {
                 data_spec_json: data_spec_json.clone(),
                 validation_fraction: spec.data.validation_fraction,
                 dp_json: dp_json.clone(),
+                secure_statistics: secure,
                 ..Default::default()
             };
             let answers = self
@@ -253,7 +260,16 @@ impl Runner {
                     None,
                     t.round_timeout_secs,
                     |_, a| match a {
-                        TaskAnswer::Prepare { statistics, schema } => Ok((statistics, schema)),
+                        // Statistics sent in the clear to a secure job are
+                        // dropped unread.
+                        TaskAnswer::Prepare { schema, .. } if secure => Ok((None, schema)),
+                        TaskAnswer::Prepare {
+                            statistics: Some(statistics),
+                            schema,
+                        } => Ok((Some(statistics), schema)),
+                        TaskAnswer::Prepare { .. } => {
+                            Err("answered a preparation task without its statistics".into())
+                        }
                         _ => Err("answered a preparation task with something else".into()),
                     },
                 )
@@ -262,8 +278,8 @@ impl Runner {
                 self.note(&job.id, format!("preparation: {client} left out: {reason}"));
             }
             // Clients must agree on the feature layout; the largest group wins.
-            let mut groups: BTreeMap<String, Vec<(String, LocalStatistics, ResolvedSchema)>> =
-                BTreeMap::new();
+            type Prepared = (String, Option<LocalStatistics>, ResolvedSchema);
+            let mut groups: BTreeMap<String, Vec<Prepared>> = BTreeMap::new();
             for (client, (stats, schema)) in answers.ok {
                 groups
                     .entry(json(&schema)?)
@@ -292,10 +308,20 @@ impl Runner {
                 continue;
             }
             let schema = chosen[0].2.clone();
-            let stats: Vec<LocalStatistics> = chosen.iter().map(|c| c.1.clone()).collect();
-            let preprocessing = Preprocessing::merge(&schema, &stats)
-                .map_err(|e| RunError::Failed(format!("merging client statistics: {e}")))?;
-            let participants: Vec<String> = chosen.into_iter().map(|c| c.0).collect();
+            let participants: Vec<String> = chosen.iter().map(|c| c.0.clone()).collect();
+            let preprocessing = if secure {
+                let Some(preprocessing) = self
+                    .secure_statistics(job, spec, &header, &schema, &participants, attempt)
+                    .await?
+                else {
+                    continue;
+                };
+                preprocessing
+            } else {
+                let stats: Vec<LocalStatistics> = chosen.into_iter().filter_map(|c| c.1).collect();
+                Preprocessing::merge(&schema, &stats)
+                    .map_err(|e| RunError::Failed(format!("merging client statistics: {e}")))?
+            };
             info!(
                 job = job.id,
                 ?participants,

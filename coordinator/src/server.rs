@@ -507,6 +507,36 @@ async fn read_bytes(
     assembler.finish().map_err(|e| format!("{what}: {e}"))
 }
 
+/// A masked vector of exactly the values `expect` asks for, and the
+/// SHA-256 of its packed bytes.
+async fn read_masked(
+    stream: &mut Upload,
+    expect: Expect,
+    header: &ResultHeader,
+    what: &str,
+) -> Result<(Vec<u64>, String), String> {
+    let Expect::Masked { count, bits } = expect else {
+        return Err(format!("the coordinator expected no {what} for this task"));
+    };
+    if header.parameter_count != count {
+        return Err(format!(
+            "{what} has {} values, the round expects {count}",
+            header.parameter_count
+        ));
+    }
+    let width = cohort_privacy::quantize::bytes_per_value(bits);
+    let mut assembler = ByteAssembler::new(count as usize * width);
+    read_chunks(stream, |data| {
+        assembler.push(data).map_err(|e| format!("{what}: {e}"))
+    })
+    .await?;
+    let packed = assembler.finish().map_err(|e| format!("{what}: {e}"))?;
+    let sha256 = hex::encode(sha2::Sha256::digest(&packed));
+    let masked = cohort_privacy::quantize::unpack(&packed, bits, count as usize)
+        .map_err(|e| format!("{what}: {e}"))?;
+    Ok((masked, sha256))
+}
+
 /// A secure-aggregation answer carries its payload in the header only.
 fn secagg_payload(header: &ResultHeader) -> Result<Vec<u8>, String> {
     if header.secagg_payload.is_empty() {
@@ -524,36 +554,23 @@ async fn read_answer(
 ) -> Result<TaskAnswer, String> {
     match kind {
         TaskKind::Prepare => {
-            let statistics: LocalStatistics = serde_json::from_str(&header.statistics_json)
-                .map_err(|e| format!("statistics_json: {e}"))?;
+            let statistics: Option<LocalStatistics> = match header.statistics_json.as_str() {
+                "" => None,
+                json => {
+                    Some(serde_json::from_str(json).map_err(|e| format!("statistics_json: {e}"))?)
+                }
+            };
             let schema: ResolvedSchema = serde_json::from_str(&header.schema_json)
                 .map_err(|e| format!("schema_json: {e}"))?;
             Ok(TaskAnswer::Prepare { statistics, schema })
         }
+        TaskKind::SecaggStatistics => {
+            let (masked, _) = read_masked(stream, expect, header, "masked statistics").await?;
+            Ok(TaskAnswer::MaskedStatistics(masked))
+        }
         TaskKind::Fit if matches!(expect, Expect::Masked { .. }) => {
-            let Expect::Masked { count, bits } = expect else {
-                unreachable!("guarded by the match arm")
-            };
-            if header.parameter_count != count {
-                return Err(format!(
-                    "masked update has {} values, the round expects {count}",
-                    header.parameter_count
-                ));
-            }
-            let width = cohort_privacy::quantize::bytes_per_value(bits);
-            let mut assembler = ByteAssembler::new(count as usize * width);
-            read_chunks(stream, |data| {
-                assembler
-                    .push(data)
-                    .map_err(|e| format!("masked update: {e}"))
-            })
-            .await?;
-            let packed = assembler
-                .finish()
-                .map_err(|e| format!("masked update: {e}"))?;
-            let update_sha256 = hex::encode(sha2::Sha256::digest(&packed));
-            let masked = cohort_privacy::quantize::unpack(&packed, bits, count as usize)
-                .map_err(|e| format!("masked update: {e}"))?;
+            let (masked, update_sha256) =
+                read_masked(stream, expect, header, "masked update").await?;
             let train_loss = header.train_loss.is_finite().then_some(header.train_loss);
             Ok(TaskAnswer::MaskedFit {
                 masked,

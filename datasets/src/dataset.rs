@@ -111,6 +111,16 @@ impl LocalDataset {
         })
     }
 
+    /// Per numeric column, per row (`None`: missing).
+    pub(crate) fn numeric_columns(&self) -> &[Vec<Option<f64>>] {
+        &self.numeric
+    }
+
+    /// Per categorical column, per row: the declared category's index.
+    pub(crate) fn categorical_columns(&self) -> &[Vec<Option<u32>>] {
+        &self.categorical
+    }
+
     pub fn schema(&self) -> &ResolvedSchema {
         &self.schema
     }

@@ -82,18 +82,11 @@ impl Preprocessing {
                     "numeric column `{name}` has no values at any client"
                 )));
             }
-            let variance = (m2 / n).max(0.0);
-            let std = variance.sqrt();
-            let std = if std.is_finite() && std > 0.0 {
-                std
-            } else {
-                1.0
-            };
             numeric.push(NumericTransform {
                 name: name.clone(),
                 fill: median_sum / median_weight,
                 mean,
-                std,
+                std: standard_deviation(m2 / n),
             });
         }
 
@@ -105,24 +98,7 @@ impl Preprocessing {
                     *t = t.saturating_add(*c);
                 }
             }
-            let (fill, &max) = totals
-                .iter()
-                .enumerate()
-                .rev() // max_by_key returns the last maximum; reversing makes ties go to the first
-                .max_by_key(|(_, c)| **c)
-                .ok_or_else(|| {
-                    stats_err(format!("categorical column `{name}` has no categories"))
-                })?;
-            if max == 0 {
-                return Err(stats_err(format!(
-                    "categorical column `{name}` has no values at any client"
-                )));
-            }
-            categorical.push(CategoricalTransform {
-                name: name.clone(),
-                categories: categories.clone(),
-                fill,
-            });
+            categorical.push(categorical_transform(name, categories, &totals)?);
         }
 
         Ok(Preprocessing {
@@ -167,7 +143,44 @@ impl Preprocessing {
     }
 }
 
-fn stats_err(message: impl Into<String>) -> DataError {
+/// The population standard deviation for a variance; 1.0 for a constant
+/// (or degenerate) column, so that it maps to 0 instead of dividing by zero.
+pub(crate) fn standard_deviation(variance: f64) -> f64 {
+    let std = variance.max(0.0).sqrt();
+    if std.is_finite() && std > 0.0 {
+        std
+    } else {
+        1.0
+    }
+}
+
+/// A categorical column's one-hot transform from its consortium-wide
+/// category counts: the fill is the mode (ties go to the category declared
+/// first).
+pub(crate) fn categorical_transform(
+    name: &str,
+    categories: &[String],
+    totals: &[u64],
+) -> Result<CategoricalTransform, DataError> {
+    let (fill, &max) = totals
+        .iter()
+        .enumerate()
+        .rev() // max_by_key returns the last maximum; reversing makes ties go to the first
+        .max_by_key(|(_, c)| **c)
+        .ok_or_else(|| stats_err(format!("categorical column `{name}` has no categories")))?;
+    if max == 0 {
+        return Err(stats_err(format!(
+            "categorical column `{name}` has no values at any client"
+        )));
+    }
+    Ok(CategoricalTransform {
+        name: name.to_owned(),
+        categories: categories.to_vec(),
+        fill,
+    })
+}
+
+pub(crate) fn stats_err(message: impl Into<String>) -> DataError {
     DataError::Statistics {
         message: message.into(),
     }

@@ -21,6 +21,7 @@ pub const CRASH_AT_ENV: &str = "COHORT_CRASH_AT";
 /// Every crash point, for `--help` texts and for checking the variable.
 pub const POINTS: &[&str] = &[
     "secagg-unmask",
+    "secagg-statistics-unmask",
     "he-decrypt",
     "ledger-append",
     "model-write",

@@ -62,6 +62,21 @@ pub fn secagg_session(job_id: &str, round: u32, attempt: u32, members: &[String]
     session(b"cohort/secagg/v1\0", job_id, round, attempt, members)
 }
 
+/// The session of one secure-aggregation pass of preprocessing statistics
+/// (`pass_json`: the pass every hospital was asked for, so that a hospital
+/// told of another pass makes other keys and masks).
+pub fn secagg_statistics_session(
+    job_id: &str,
+    pass_json: &str,
+    attempt: u32,
+    members: &[String],
+) -> [u8; 32] {
+    use sha2::Digest as _;
+    let mut domain = b"cohort/secagg-statistics/v1\0".to_vec();
+    domain.extend(sha2::Sha256::digest(pass_json.as_bytes()));
+    session(&domain, job_id, 0, attempt, members)
+}
+
 /// The session a homomorphic-aggregation round attempt is bound to: its
 /// common random polynomial, every signed advert and sealed share.
 pub fn he_session(job_id: &str, round: u32, attempt: u32, members: &[String]) -> [u8; 32] {

@@ -33,6 +33,34 @@ use crate::store::{Enrollment, JobRow};
 /// The aggregate's stand-in name: the strategy sees one update, the mean.
 const AGGREGATE: &str = "secure-aggregate";
 
+/// What one secure-aggregation session sums, and with whom.
+pub(super) struct SecureSession {
+    /// What the session is for, in notes and stage names ("round 3").
+    pub label: String,
+    pub attempt: u32,
+    pub session: [u8; 32],
+    pub params: Params,
+    /// Degree of the neighbour graph.
+    pub neighbours: u32,
+    /// Every task's header, before its kind and `secagg` are set.
+    pub header: TaskHeader,
+    /// Fields of every task's `secagg` beyond the session's own.
+    pub secagg: SecAggTask,
+    /// Stage 3: the task kind, its answer's name, and what the hospitals
+    /// that answered did (for notes).
+    pub input: (TaskKind, &'static str, &'static str),
+    /// What stage 3's tasks carry after their header.
+    pub body: Option<TaskBody>,
+    /// Values in each hospital's masked input.
+    pub input_len: usize,
+    /// Hospitals needed at every stage.
+    pub needed: usize,
+    pub timeout_secs: u64,
+    /// The crash point reached as each hospital's unmasking shares are
+    /// accepted (`COHORT_CRASH_AT`, fault-injection tests).
+    pub unmask_crash_point: &'static str,
+}
+
 impl Runner {
     /// `None` when the attempt had to be abandoned (too few hospitals at some
     /// stage, or the sum could not be recovered); the round is then retried.
@@ -112,8 +140,78 @@ impl Runner {
             }
         };
         let session = cohort_protocol::secagg_session(&job.id, round, attempt, selected);
+        let secure = SecureSession {
+            label: format!("round {round}"),
+            attempt,
+            session,
+            params,
+            neighbours: k,
+            header: fit.clone(),
+            secagg: SecAggTask {
+                quantizer_json: json(&quantizer)?,
+                ..Default::default()
+            },
+            input: (TaskKind::Fit, "masked update", "sent a masked update"),
+            body: Some(TaskBody::parameters(global)),
+            input_len: global.len() + 1,
+            needed,
+            timeout_secs: t.round_timeout_secs,
+            unmask_crash_point: "secagg-unmask",
+        };
+        let summed = self
+            .secure_sum(job, secure, selected, |_, a| {
+                let TaskAnswer::MaskedFit {
+                    masked,
+                    train_loss,
+                    compute_seconds,
+                    receipt,
+                } = a
+                else {
+                    return Err("answered a masked fit task with something else".into());
+                };
+                Ok((masked, (train_loss, compute_seconds, receipt)))
+            })
+            .await?;
+        let Some((sum, contributors)) = summed else {
+            return Ok(None);
+        };
+        super::fitted_from_sum(&sum, &quantizer, contributors, AGGREGATE)
+            .map(Some)
+            .map_err(stop)
+    }
+
+    /// One secure-aggregation session with `selected`: keys advertised,
+    /// shares routed, every hospital's masked input (stage 3, `input`)
+    /// added into a running sum as it arrives, then unmasking. `None` when
+    /// fewer than `needed` hospitals took part in some stage or the sum
+    /// could not be recovered (the attempt is abandoned before anything is
+    /// revealed, or its reveals are useless to anyone); otherwise the sum
+    /// and what `accept` kept of each hospital's stage-3 answer.
+    pub(super) async fn secure_sum<T>(
+        &self,
+        job: &JobRow,
+        secure: SecureSession,
+        selected: &[String],
+        mut accept: impl FnMut(&str, TaskAnswer) -> Result<(Vec<u64>, T), String>,
+    ) -> Result<Option<(Vec<u64>, Vec<(String, T)>)>, RunError> {
+        let SecureSession {
+            label,
+            attempt,
+            session,
+            params,
+            neighbours: k,
+            header: base_header,
+            secagg: base_secagg,
+            input: (input_kind, input_name, input_done),
+            body,
+            input_len,
+            needed,
+            timeout_secs,
+            unmask_crash_point,
+        } = secure;
+        let stop = |e: String| RunError::Failed(format!("{label}: secure aggregation: {e}"));
+        let n = selected.len() as u32;
         let graph = neighbourhoods(n, k, &graph_seed(&session));
-        let input_len = global.len() + 1;
         let mut server = ServerRound::try_new(&session, params.clone(), graph, input_len)
             .map_err(|e| stop(e.to_string()))?;
         let base = SecAggTask {
@@ -121,8 +219,7 @@ impl Runner {
             attempt,
             neighbours: k,
             params_json: json(&params)?,
-            quantizer_json: json(&quantizer)?,
-            ..Default::default()
+            ..base_secagg
         };
         let id_of = |client: &str| -> ClientId {
             selected.iter().position(|c| c == client).unwrap_or(0) as ClientId
@@ -136,7 +233,7 @@ impl Runner {
             let mut header = TaskHeader {
                 kind: kind as i32,
                 secagg: Some(secagg),
-                ..fit.clone()
+                ..base_header.clone()
             };
             if kind != TaskKind::Fit {
                 // Only the FIT exchange carries the global model.
@@ -146,7 +243,7 @@ impl Runner {
         };
         let stage_short = |stage: &str, have: usize| {
             format!(
-                "round {round} attempt {attempt}: secure aggregation: {have} of the required {needed} hospitals {stage}; abandoning the attempt before anything is revealed, retrying"
+                "{label} attempt {attempt}: secure aggregation: {have} of the required {needed} hospitals {stage}; abandoning the attempt before anything is revealed, retrying"
             )
         };
 
@@ -162,8 +259,8 @@ impl Runner {
         let answers = self
             .exchange(
                 &job.id,
-                format!("round {round} key advertisement"),
-                t.round_timeout_secs,
+                format!("{label} key advertisement"),
+                timeout_secs,
                 tasks,
                 None,
                 Expect::Nothing,
@@ -228,8 +325,8 @@ impl Runner {
         let answers = self
             .exchange(
                 &job.id,
-                format!("round {round} key sharing"),
-                t.round_timeout_secs,
+                format!("{label} key sharing"),
+                timeout_secs,
                 tasks,
                 None,
                 Expect::Nothing,
@@ -249,7 +346,7 @@ impl Runner {
             return Ok(None);
         }
 
-        // Stage 3: local training, then the masked, encoded update.
+        // Stage 3: the masked inputs (for a FIT, after local training).
         let tasks = answers
             .ok
             .iter()
@@ -258,7 +355,7 @@ impl Runner {
                 let shares = encode_shares(&server.shares_for(id));
                 (
                     c.clone(),
-                    task(TaskKind::Fit, id, &|s| s.shares = shares.clone()),
+                    task(input_kind, id, &|s| s.shares = shares.clone()),
                 )
             })
             .collect();
@@ -269,33 +366,22 @@ impl Runner {
         let answers = self
             .exchange(
                 &job.id,
-                format!("round {round} masked update"),
-                t.round_timeout_secs,
+                format!("{label} {input_name}"),
+                timeout_secs,
                 tasks,
-                Some(TaskBody::parameters(global)),
+                body,
                 expect,
                 |client, a| {
-                    let TaskAnswer::MaskedFit {
-                        masked,
-                        train_loss,
-                        compute_seconds,
-                        receipt,
-                    } = a
-                    else {
-                        return Err("answered a masked fit task with something else".into());
-                    };
+                    let (masked, kept) = accept(client, a)?;
                     server
                         .masked_input(id_of(client), masked)
                         .map_err(|e| e.to_string())?;
-                    Ok((train_loss, compute_seconds, receipt))
+                    Ok(kept)
                 },
             )
             .await;
         if answers.ok.len() < needed {
-            self.note(
-                &job.id,
-                stage_short("sent a masked update", answers.ok.len()),
-            );
+            self.note(&job.id, stage_short(input_done, answers.ok.len()));
             return Ok(None);
         }
 
@@ -314,8 +400,8 @@ impl Runner {
         // Whoever did not reveal is noted; finish() says whether enough did.
         self.exchange(
             &job.id,
-            format!("round {round} unmasking"),
-            t.round_timeout_secs,
+            format!("{label} unmasking"),
+            timeout_secs,
             tasks,
             None,
             Expect::Nothing,
@@ -327,26 +413,23 @@ impl Runner {
                 server
                     .reveal(id_of(client), reveals)
                     .map_err(|e| e.to_string())?;
-                cohort_protocol::crash::reached("secagg-unmask");
+                cohort_protocol::crash::reached(unmask_crash_point);
                 Ok(())
             },
         )
         .await;
-        let sum = match server.finish() {
-            Ok(sum) => sum,
+        match server.finish() {
+            Ok(sum) => Ok(Some((sum, answers.ok))),
             Err(e) => {
                 self.note(
                     &job.id,
                     format!(
-                        "round {round} attempt {attempt}: secure aggregation could not recover the sum: {e}; retrying"
+                        "{label} attempt {attempt}: secure aggregation could not recover the sum: {e}; retrying"
                     ),
                 );
-                return Ok(None);
+                Ok(None)
             }
-        };
-        super::fitted_from_sum(&sum, &quantizer, answers.ok, AGGREGATE)
-            .map(Some)
-            .map_err(stop)
+        }
     }
 
     /// The largest row count the selected hospitals reported: a bound on

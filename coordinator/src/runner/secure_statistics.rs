@@ -1,0 +1,96 @@
+//! Preparation of a job under secure or homomorphic aggregation: the
+//! global preprocessing (means, standard deviations, medians, categorical
+//! modes) is built from secure sums over the enrolled hospitals
+//! ([`cohort_datasets::SecureStatistics`]: three passes, each one SecAgg+
+//! session), so no hospital's own statistics reach the coordinator.
+
+use cohort_datasets::{Preprocessing, ResolvedSchema, SUM_BITS, SecureStatistics, StatisticsStep};
+use cohort_privacy::secagg::Params;
+use cohort_protocol::v1::{SecAggTask, TaskHeader, TaskKind};
+
+use super::secagg::SecureSession;
+use super::{RunError, Runner, json};
+use crate::job::JobSpec;
+use crate::registry::TaskAnswer;
+use crate::store::JobRow;
+
+impl Runner {
+    /// The preprocessing of `members` (who agreed on `schema`), from
+    /// secure sums. `None` when a hospital dropped out of a pass: every
+    /// pass must sum the same hospitals, so preparation is tried again.
+    pub(super) async fn secure_statistics(
+        &self,
+        job: &JobRow,
+        spec: &JobSpec,
+        prepare: &TaskHeader,
+        schema: &ResolvedSchema,
+        members: &[String],
+        attempt: u32,
+    ) -> Result<Option<Preprocessing>, RunError> {
+        let config = &spec.privacy.secagg;
+        let n = members.len() as u32;
+        let Ok((params, k)) =
+            Params::from_fractions(n, config.neighbours, config.threshold, SUM_BITS)
+        else {
+            self.note(
+                &job.id,
+                format!(
+                    "preparation attempt {attempt}: {n} hospitals are too few to sum their statistics securely; retrying"
+                ),
+            );
+            return Ok(None);
+        };
+        let (mut statistics, mut pass) = SecureStatistics::new(schema);
+        loop {
+            let pass_json = json(&pass)?;
+            let secure = SecureSession {
+                label: format!("preparation ({} statistics)", pass.name()),
+                attempt,
+                session: cohort_protocol::secagg_statistics_session(
+                    &job.id, &pass_json, attempt, members,
+                ),
+                params: params.clone(),
+                neighbours: k,
+                header: prepare.clone(),
+                secagg: SecAggTask {
+                    statistics_json: pass_json,
+                    ..Default::default()
+                },
+                input: (
+                    TaskKind::SecaggStatistics,
+                    "masked statistics",
+                    "sent their masked statistics",
+                ),
+                body: None,
+                input_len: pass.len(schema),
+                needed: members.len(),
+                timeout_secs: spec.training.round_timeout_secs,
+                unmask_crash_point: "secagg-statistics-unmask",
+            };
+            let summed = self
+                .secure_sum(job, secure, members, |_, answer| match answer {
+                    TaskAnswer::MaskedStatistics(masked) => Ok((masked, ())),
+                    _ => Err("answered a statistics task with something else".into()),
+                })
+                .await?;
+            let Some((sum, _)) = summed else {
+                return Ok(None);
+            };
+            let step = statistics.absorb(&sum).map_err(|e| {
+                RunError::Failed(format!("summing the hospitals' statistics securely: {e}"))
+            })?;
+            match step {
+                StatisticsStep::Next(next) => pass = next,
+                StatisticsStep::Done(preprocessing) => {
+                    self.note(
+                        &job.id,
+                        format!(
+                            "preparation: preprocessing statistics of {n} hospitals summed under secure aggregation (3 passes)"
+                        ),
+                    );
+                    return Ok(Some(preprocessing));
+                }
+            }
+        }
+    }
+}
