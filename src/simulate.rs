@@ -62,6 +62,10 @@ pub struct Summary {
     pub error: Option<String>,
     pub clients: usize,
     pub rounds: u32,
+    /// From submission until the hospitals were enrolled: their data
+    /// checked and the preprocessing built (under secagg or he, from
+    /// three secure sums).
+    pub preparation_s: f64,
     pub median_round_s: f64,
     /// Resident memory after rounds 10, 100 and 1,000 (those reached).
     pub rss_mb_at_round: BTreeMap<u32, f64>,
@@ -155,7 +159,9 @@ async fn follow(
     each_round: &mut impl FnMut(&RoundLine),
 ) -> Result<Summary> {
     let mut dev = federation.developer().await?;
+    let submitted = std::time::Instant::now();
     let job_id = developer::submit(&mut dev, job_toml).await?;
+    let mut preparation_s = None;
     let mut last_round = 0u32;
     let mut times = Vec::new();
     let mut rss_at = BTreeMap::new();
@@ -163,6 +169,9 @@ async fn follow(
         // Only what is new: a full status of a 1,000-hospital job outgrows
         // a gRPC message after a few dozen rounds.
         let view = developer::status_after(&mut dev, &job_id, last_round, u32::MAX).await?;
+        if preparation_s.is_none() && !view.participants.is_empty() {
+            preparation_s = Some(submitted.elapsed().as_secs_f64());
+        }
         for round in &view.rounds {
             let rss_mb = crate::bench::rss_mib();
             let line = RoundLine {
@@ -188,12 +197,15 @@ async fn follow(
                 error: view.error,
                 clients,
                 rounds: view.rounds_completed,
+                preparation_s: preparation_s.unwrap_or(f64::NAN),
                 median_round_s: crate::bench::median(&times),
                 rss_mb_at_round: rss_at,
                 peak_rss_mb: crate::bench::peak_rss_mib(),
             });
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Finely until enrolment, to time the preparation.
+        let poll = if preparation_s.is_none() { 10 } else { 100 };
+        tokio::time::sleep(Duration::from_millis(poll)).await;
     }
 }
 
@@ -220,10 +232,11 @@ pub fn summary_text(s: &Summary) -> String {
         .map(|(round, mb)| format!("{mb:.0} MiB after round {round}"))
         .collect();
     format!(
-        "job {} {} on {} virtual hospitals: {} rounds, median {:.3} s a round; peak {:.0} MiB{}{}",
+        "job {} {} on {} virtual hospitals: preparation {:.3} s, {} rounds, median {:.3} s a round; peak {:.0} MiB{}{}",
         s.job_id,
         s.state,
         s.clients,
+        s.preparation_s,
         s.rounds,
         s.median_round_s,
         s.peak_rss_mb,

@@ -73,6 +73,8 @@ fn a_job_runs_on_a_dozen_virtual_hospitals_with_a_json_line_per_round() {
     assert_eq!(summary["state"], "completed", "{summary}");
     assert_eq!(summary["clients"], 12);
     assert_eq!(summary["rounds"], 3);
+    let preparation = summary["preparation_s"].as_f64().unwrap();
+    assert!(preparation > 0.0 && preparation < 60.0, "{summary}");
     // Twelve hospital files were dealt, and a coordinator kept its state.
     let dealt = std::fs::read_dir(workdir.join("hospitals"))
         .unwrap()
