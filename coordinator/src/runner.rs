@@ -135,6 +135,14 @@ impl Runner {
         }
     }
 
+    /// A job event that is news, not a warning.
+    fn note_event(&self, job_id: &str, message: String) {
+        info!(job = job_id, "{message}");
+        if let Err(e) = self.store.add_event(job_id, &message) {
+            warn!(job = job_id, "could not record event: {e}");
+        }
+    }
+
     /// Records why each of `failed` was left out of `what` (a step of a
     /// round).
     fn note_failures(&self, job_id: &str, what: &str, failed: &[(String, String)]) {

@@ -207,10 +207,7 @@ impl Runner {
             "round {round} attempt {attempt}: homomorphic key ceremony among {n} hospitals, any {threshold} of whom decrypt; public seed of the common random polynomial {}",
             hex::encode(he::crp_seed(&session))
         );
-        tracing::info!(job = job.id, "{ceremony}");
-        if let Err(e) = self.store.add_event(&job.id, &ceremony) {
-            tracing::warn!(job = job.id, "could not record event: {e}");
-        }
+        self.note_event(&job.id, ceremony);
 
         // Stage 2: training, then the encrypted update and sealed shares.
         let relayed: Vec<HeAdvert> = adverts.into_values().collect();

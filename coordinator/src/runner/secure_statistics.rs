@@ -82,7 +82,7 @@ impl Runner {
             match step {
                 StatisticsStep::Next(next) => pass = next,
                 StatisticsStep::Done(preprocessing) => {
-                    self.note(
+                    self.note_event(
                         &job.id,
                         format!(
                             "preparation: preprocessing statistics of {n} hospitals summed under secure aggregation (3 passes)"

@@ -159,10 +159,7 @@ impl Runner {
                  activations and gradients down"
             ),
         };
-        tracing::info!(job = job.id, "{exchanged}");
-        if let Err(e) = self.store.add_event(&job.id, &exchanged) {
-            tracing::warn!(job = job.id, "could not record event: {e}");
-        }
+        self.note_event(&job.id, exchanged);
         let total_examples = ok.iter().map(|(_, _, n, ..)| *n).sum();
         let train_loss = weighted_loss(ok.iter().map(|(_, _, n, l, ..)| (*n, *l)));
         let slowest_fit_secs = ok.iter().map(|(.., s, _)| *s).fold(0.0, f64::max);

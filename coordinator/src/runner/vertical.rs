@@ -812,14 +812,6 @@ impl Runner {
             slowest_secs,
         }))
     }
-
-    /// A job event that is news, not a warning.
-    fn note_event(&self, job_id: &str, message: String) {
-        info!(job = job_id, "{message}");
-        if let Err(e) = self.store.add_event(job_id, &message) {
-            tracing::warn!(job = job_id, "could not record event: {e}");
-        }
-    }
 }
 
 /// The sites of a vertical job, aligned.
