@@ -1224,9 +1224,10 @@ struct ClientArgs {
     #[arg(long, requires = "data_dir")]
     keep_contributions: bool,
     /// Drill: stop this client, as if its machine died, when a secure-
-    /// aggregation task of this stage arrives (advertise, share, masked-fit,
-    /// unmask), or after training and before sending its update
-    /// (before-send).
+    /// aggregation task of this stage of a round arrives (advertise, share,
+    /// masked-fit, unmask), after training and before sending its update
+    /// (before-send), or when asked for its masked preprocessing statistics
+    /// (statistics).
     #[arg(long, value_name = "STAGE")]
     vanish_at: Option<cohort_client::VanishAt>,
     /// Drill (a testing aid, never for production): misbehave in every FIT

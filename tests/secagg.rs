@@ -626,3 +626,30 @@ fn pooled_preprocessing(
     let pooled = cohort_datasets::LocalDataset::from_table(&table, &spec).unwrap();
     cohort_datasets::Preprocessing::merge(pooled.schema(), &[pooled.statistics()]).unwrap()
 }
+
+/// A hospital that dies in the middle of the preparation's secure
+/// statistics costs one preparation attempt: the passes must sum the same
+/// hospitals, so preparation starts over with the four still there, and
+/// the job trains on them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hospital_vanishing_during_the_secure_statistics_costs_a_preparation_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let view = run_job(
+        dir.path(),
+        &hospitals(dir.path(), &[(2, VanishAt::Statistics)]),
+        &job(1, 4, SECAGG),
+    )
+    .await;
+    assert_eq!(view.state, "completed", "{view:#?}");
+    assert_eq!(
+        names(&view.rounds[0]),
+        ["hospital-0", "hospital-1", "hospital-3", "hospital-4"]
+    );
+    let said = |text: &str| view.events.iter().any(|e| e.message.contains(text));
+    assert!(
+        said("sent their masked statistics") && said("summed under secure aggregation"),
+        "{:#?}",
+        view.events
+    );
+    assert_exact_sums(dir.path(), &view);
+}

@@ -86,19 +86,22 @@ pub enum VanishAt {
     /// Trained (and recorded its privacy spending), never sends the update:
     /// a crash between training and sending.
     BeforeSend,
+    /// Shared keys of a preparation's statistics session, never sends its
+    /// masked statistics.
+    Statistics,
 }
 
 impl VanishAt {
     fn matches(self, task: &TaskHeader) -> bool {
         use cohort_protocol::v1::TaskKind;
-        // The drill is about rounds; preparation's statistics sessions
-        // use the same stages.
+        // The round stages are drilled in rounds only; preparation's
+        // statistics sessions use the same stages.
         if task
             .secagg
             .as_ref()
             .is_some_and(|s| !s.statistics_json.is_empty())
         {
-            return false;
+            return self == VanishAt::Statistics && task.kind() == TaskKind::SecaggStatistics;
         }
         let protected = task.secagg.is_some() || task.he.is_some();
         matches!(
@@ -128,9 +131,10 @@ impl std::str::FromStr for VanishAt {
             "masked-fit" => Ok(VanishAt::MaskedFit),
             "unmask" => Ok(VanishAt::Unmask),
             "before-send" => Ok(VanishAt::BeforeSend),
+            "statistics" => Ok(VanishAt::Statistics),
             other => Err(format!(
-                "unknown stage `{other}` (expected advertise, share, masked-fit, unmask or \
-                 before-send)"
+                "unknown stage `{other}` (expected advertise, share, masked-fit, unmask, \
+                 before-send or statistics)"
             )),
         }
     }
