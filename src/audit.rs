@@ -82,6 +82,16 @@ pub async fn fetch_ledger(
                 });
             }
             Some(Frame::Entry(leaf)) if contents.checkpoint.is_some() => contents.leaves.push(leaf),
+            Some(Frame::WithheldLeafHash(hash)) if contents.checkpoint.is_some() => {
+                let hash: cohort_ledger::Hash = hash.try_into().map_err(|h: Vec<u8>| {
+                    anyhow::anyhow!(
+                        "the coordinator sent a withheld entry's leaf hash of {} bytes, not 32",
+                        h.len()
+                    )
+                })?;
+                contents.withheld.insert(contents.leaves.len() as u64, hash);
+                contents.leaves.push(Vec::new());
+            }
             _ => bail!("the coordinator's ledger stream is out of order"),
         }
     }
@@ -109,7 +119,7 @@ pub async fn verify_contents_on_chain(
 ) -> Result<LedgerVerification> {
     let (report, seen, slot) = audit_contents(&contents, state)?;
     let chain = match chain {
-        Some(options) => Some(check_chain(&contents.leaves, options).await?),
+        Some(options) => Some(check_chain(&contents, options).await?),
         None => None,
     };
     Ok(LedgerVerification {
@@ -129,6 +139,7 @@ fn audit_contents(
     let slot = checkpoint.key_name.clone();
     let report = audit(
         &contents.leaves,
+        &contents.withheld,
         &checkpoint.note,
         &checkpoint.key_name,
         seen.get(&slot),
@@ -212,6 +223,13 @@ pub struct AnchoredCheckpoint {
 /// Names an entry for a message: its index, and what it records.
 fn entry_ref(index: u64, leaf: &[u8]) -> EntryRef {
     use cohort_ledger::Record;
+    if leaf.is_empty() {
+        return EntryRef {
+            index,
+            job_id: None,
+            what: "an entry of another tenant's job, withheld".to_string(),
+        };
+    }
     let (job_id, what) = match Entry::from_leaf(leaf).map(|e| e.record) {
         Ok(Record::CoordinatorKey { .. }) => (None, "the coordinator's key".to_string()),
         Ok(Record::JobCreated { job_id, .. }) => {
@@ -262,13 +280,17 @@ fn entry_ref(index: u64, leaf: &[u8]) -> EntryRef {
 /// log lacks, and the contract's latest checkpoint root is the log's root
 /// at that size. Entries not anchored yet are reported, or refused with
 /// `require_anchored`.
-pub async fn check_chain(leaves: &[Vec<u8>], options: &ChainOptions) -> Result<ChainCheck> {
-    use cohort_ledger::{MerkleLog, hash_leaf};
+pub async fn check_chain(
+    contents: &cohort_coordinator::store::LedgerContents,
+    options: &ChainOptions,
+) -> Result<ChainCheck> {
+    use cohort_ledger::MerkleLog;
+    let leaves = &contents.leaves;
     let contract = cohort_ledger_evm::AnchorContract::new(&options.rpc_url, &options.contract)?;
     let chain_id = contract.check_deployed().await?;
     let anchored = contract.entry_count().await?;
     let local = leaves.len() as u64;
-    let hashes: Vec<_> = leaves.iter().map(|leaf| hash_leaf(leaf)).collect();
+    let hashes = contents.leaf_hashes();
     let comparable = anchored.min(local);
     let theirs = contract.entries(0, comparable).await?;
     if theirs.len() as u64 != comparable {
@@ -343,19 +365,19 @@ pub async fn check_chain(leaves: &[Vec<u8>], options: &ChainOptions) -> Result<C
 /// The ledger's entries (index, entry), optionally only those of one job.
 /// Entries are parsed, not verified: run `verify_ledger` for that.
 pub fn ledger_entries(data_dir: &Path, job: Option<&str>) -> Result<Vec<(u64, Entry)>> {
-    entries_in(
-        &cohort_coordinator::store::read_ledger_at(data_dir)?.leaves,
-        job,
-    )
+    entries_in(&cohort_coordinator::store::read_ledger_at(data_dir)?, job)
 }
 
 /// [`ledger_entries`] of a ledger already read.
-pub fn entries_in(leaves: &[Vec<u8>], job: Option<&str>) -> Result<Vec<(u64, Entry)>> {
+pub fn entries_in(
+    contents: &cohort_coordinator::store::LedgerContents,
+    job: Option<&str>,
+) -> Result<Vec<(u64, Entry)>> {
     let mut out = Vec::new();
-    for (index, leaf) in leaves.iter().enumerate() {
+    for (index, leaf) in contents.readable() {
         let entry = Entry::from_leaf(leaf).with_context(|| format!("ledger entry {index}"))?;
         if job.is_none() || entry.record.job_id() == job {
-            out.push((index as u64, entry));
+            out.push((index, entry));
         }
     }
     Ok(out)
@@ -444,9 +466,9 @@ pub fn verify_model_against(
     let signature_sha256 = hex::encode(sha2::Sha256::digest(bundle.as_bytes()));
     let mut found = (None, None, None);
     if let Some((contents, name)) = ledger {
-        let leaves = contents.leaves.clone();
+        let readable = contents.clone();
         verify_contents(contents, state)?;
-        for (index, entry) in entries_in(&leaves, None)? {
+        for (index, entry) in entries_in(&readable, None)? {
             if let cohort_ledger::Record::RoundCompleted {
                 job_id,
                 round,
@@ -547,6 +569,12 @@ impl LedgerVerification {
                 .map(|n| format!(", extends the {n}-entry checkpoint seen before"))
                 .unwrap_or_default()
         );
+        if report.withheld > 0 {
+            out.push_str(&format!(
+                "{} of them belong to other tenants' jobs: withheld from this reader, checked by their leaf hashes only\n",
+                report.withheld
+            ));
+        }
         if let Some(c) = &self.chain {
             out.push_str(&format!(
                 "chain OK: {} entries anchored on contract {} (chain {}) match the log{}{}\n",
@@ -596,7 +624,7 @@ pub async fn indexed_entries(
     source: &LedgerSource,
     job: Option<&str>,
 ) -> Result<Vec<IndexedEntry>> {
-    Ok(entries_in(&source.read().await?.leaves, job)?
+    Ok(entries_in(&source.read().await?, job)?
         .into_iter()
         .map(|(index, entry)| IndexedEntry { entry, index })
         .collect())

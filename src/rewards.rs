@@ -21,16 +21,15 @@ pub(crate) fn verified_entries(contents: &LedgerContents) -> Result<Vec<Entry>> 
     };
     cohort_ledger::audit(
         &contents.leaves,
+        &contents.withheld,
         &checkpoint.note,
         &checkpoint.key_name,
         None,
     )?;
-    contents
-        .leaves
-        .iter()
-        .enumerate()
-        .map(|(i, leaf)| Entry::from_leaf(leaf).with_context(|| format!("ledger entry {i}")))
-        .collect()
+    Ok(crate::audit::entries_in(contents, None)?
+        .into_iter()
+        .map(|(_, entry)| entry)
+        .collect())
 }
 
 /// `cohort rewards show [JOB]`: totals per hospital and validator, and

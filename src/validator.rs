@@ -51,16 +51,16 @@ pub fn checked_entries(contents: &cohort_coordinator::store::LedgerContents) -> 
         .ok_or_else(|| anyhow!("the ledger has no signed checkpoint"))?;
     cohort_ledger::audit(
         &contents.leaves,
+        &contents.withheld,
         &checkpoint.note,
         &checkpoint.key_name,
         None,
     )
     .context("the ledger does not verify")?;
-    contents
-        .leaves
-        .iter()
-        .map(|leaf| Entry::from_leaf(leaf).map_err(|e| anyhow!("ledger entry: {e}")))
-        .collect()
+    Ok(crate::audit::entries_in(contents, None)?
+        .into_iter()
+        .map(|(_, entry)| entry)
+        .collect())
 }
 
 /// The job's verifying key from its latest `proof_setup` entry, checked

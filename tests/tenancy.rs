@@ -237,6 +237,59 @@ async fn tenants_read_only_their_own_jobs_models_metrics_and_budgets() {
         &["hospital-a", job_name],
     );
 
+    // The ledger: each developer reads its own jobs' entries and those of
+    // no job; the rest come as leaf hashes only, and every view still
+    // verifies against the one signed root. A hospital reads the entries
+    // of the jobs it is enrolled in.
+    let owner_view = cohort::audit::fetch_ledger(&mut owner).await.unwrap();
+    let rival_view = cohort::audit::fetch_ledger(&mut other).await.unwrap();
+    let hospital_view = cohort::audit::fetch_ledger(&mut hospital_b).await.unwrap();
+    let jobs_read = |view: &cohort_coordinator::store::LedgerContents| {
+        cohort::audit::entries_in(view, None)
+            .unwrap()
+            .into_iter()
+            .filter_map(|(_, e)| e.record.job_id().map(str::to_owned))
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    assert!(jobs_read(&owner_view).contains(&job_id));
+    assert!(!jobs_read(&owner_view).contains(&rival_job));
+    assert!(jobs_read(&rival_view).contains(&rival_job));
+    assert!(!jobs_read(&rival_view).contains(&job_id));
+    assert!(jobs_read(&hospital_view).contains(&job_id));
+    let owner_entries = owner_view
+        .leaves
+        .iter()
+        .enumerate()
+        .filter(|(i, leaf)| {
+            !owner_view.withheld.contains_key(&(*i as u64))
+                && cohort_ledger::Entry::from_leaf(leaf)
+                    .unwrap()
+                    .record
+                    .job_id()
+                    == Some(job_id.as_str())
+        })
+        .count();
+    assert!(owner_entries >= 3, "job created, enrolled, rounds");
+    for (i, leaf) in rival_view.readable() {
+        let text = String::from_utf8_lossy(leaf);
+        assert!(
+            !text.contains(&job_id),
+            "entry {i} of the owner's job reached the rival: {text}"
+        );
+    }
+    assert!(rival_view.withheld.len() >= owner_entries);
+    for (name, view) in [
+        ("owner", owner_view),
+        ("rival", rival_view),
+        ("hospital", hospital_view),
+    ] {
+        let withheld = view.withheld.len() as u64;
+        let state = dir.path().join(format!("seen-{name}.json"));
+        let report = cohort::audit::verify_contents(view, &state)
+            .unwrap_or_else(|e| panic!("the {name}'s view does not verify: {e:#}"));
+        assert_eq!(report.withheld, withheld, "{name}");
+    }
+
     stop.stop();
     for c in clients {
         c.await.unwrap();

@@ -78,6 +78,60 @@ pub(crate) fn check_claimed_name(caller: &Caller, claimed: &str, what: &str) -> 
     }
 }
 
+/// Which ledger entries `caller` may read: validators (and everyone under
+/// `--insecure`) all; a developer those of its own jobs, a hospital those of
+/// the jobs it is enrolled in; both every entry that belongs to no job.
+fn readable_entries(
+    caller: &Caller,
+    store: &Store,
+    leaves: &[Vec<u8>],
+) -> Result<Vec<bool>, Status> {
+    let Caller::Member(principal) = caller else {
+        return Ok(vec![true; leaves.len()]);
+    };
+    let entries: Vec<Option<cohort_ledger::Entry>> = leaves
+        .iter()
+        .map(|leaf| cohort_ledger::Entry::from_leaf(leaf).ok())
+        .collect();
+    let job_of = |e: &Option<cohort_ledger::Entry>| {
+        e.as_ref()
+            .and_then(|e| e.record.job_id().map(str::to_owned))
+    };
+    let own: std::collections::BTreeSet<String> = match principal.role {
+        Role::Validator | Role::Coordinator => return Ok(vec![true; leaves.len()]),
+        Role::Developer => {
+            let mut own = std::collections::BTreeSet::new();
+            for job in entries
+                .iter()
+                .filter_map(job_of)
+                .collect::<std::collections::BTreeSet<_>>()
+            {
+                let row = store.job(&job).map_err(internal)?;
+                if row.is_some_and(|r| caller.may_read_job(r.submitted_by.as_deref())) {
+                    own.insert(job);
+                }
+            }
+            own
+        }
+        Role::Hospital => entries
+            .iter()
+            .flatten()
+            .filter_map(|e| match &e.record {
+                cohort_ledger::Record::ClientsEnrolled {
+                    job_id,
+                    participants,
+                    ..
+                } if participants.iter().any(|c| c.name == principal.name) => Some(job_id.clone()),
+                _ => None,
+            })
+            .collect(),
+    };
+    Ok(entries
+        .iter()
+        .map(|e| job_of(e).is_none_or(|job| own.contains(&job)))
+        .collect())
+}
+
 fn check_may_read(caller: &Caller, job: &JobRow) -> Result<(), Status> {
     if caller.may_read_job(job.submitted_by.as_deref()) {
         Ok(())
@@ -827,7 +881,7 @@ impl DeveloperService for Services {
         &self,
         request: Request<v1::GetLedgerRequest>,
     ) -> Result<Response<Self::GetLedgerStream>, Status> {
-        self.auth.authorize(
+        let caller = self.auth.authorize(
             &request,
             "GetLedger",
             &[Role::Hospital, Role::Developer, Role::Validator],
@@ -843,11 +897,20 @@ impl DeveloperService for Services {
                 note: checkpoint.note,
             })),
         };
-        let entries = contents.leaves.into_iter().map(|leaf| {
-            Ok(v1::LedgerFrame {
-                frame: Some(v1::ledger_frame::Frame::Entry(leaf)),
-            })
-        });
+        let readable = readable_entries(&caller, &self.store, &contents.leaves)?;
+        let entries = contents
+            .leaves
+            .into_iter()
+            .zip(readable)
+            .map(|(leaf, readable)| {
+                let frame = match readable {
+                    true => v1::ledger_frame::Frame::Entry(leaf),
+                    false => v1::ledger_frame::Frame::WithheldLeafHash(
+                        cohort_ledger::hash_leaf(&leaf).to_vec(),
+                    ),
+                };
+                Ok(v1::LedgerFrame { frame: Some(frame) })
+            });
         let stream = futures::stream::iter(std::iter::once(Ok(head)).chain(entries));
         Ok(Response::new(stream.boxed()))
     }
@@ -1064,6 +1127,73 @@ impl DeveloperService for Services {
 mod tests {
     use super::*;
     use cohort_identity::{CertificateAuthority, IssueRequest};
+
+    /// A hospital reads the ledger entries of the jobs it is enrolled in
+    /// and those of no job; a validator reads every entry.
+    #[test]
+    fn a_hospital_reads_the_ledger_entries_of_its_own_jobs_only() {
+        use cohort_ledger::{EnrolledClient, Entry, Record};
+        let key = cohort_identity::MessageSigningKey::generate().unwrap();
+        let leaf = |record: Record| {
+            Entry::sign(record, "2026-12-06T00:00:00Z".into(), &key)
+                .unwrap()
+                .to_leaf()
+                .unwrap()
+        };
+        let created = |job: &str| {
+            leaf(Record::JobCreated {
+                job_id: job.into(),
+                name: job.into(),
+                job_sha256: "00".into(),
+                submitted_by: Some("lab".into()),
+            })
+        };
+        let enrolled = |job: &str, hospital: &str| {
+            leaf(Record::ClientsEnrolled {
+                job_id: job.into(),
+                participants: vec![EnrolledClient {
+                    name: hospital.into(),
+                    rows: 10,
+                    quality_summary_sha256: "00".into(),
+                }],
+                preprocessing_sha256: "00".into(),
+            })
+        };
+        let leaves = vec![
+            leaf(Record::CoordinatorKey {
+                name: "c".into(),
+                public_key: key.verifying_key().to_hex(),
+            }),
+            created("j1"),
+            created("j2"),
+            enrolled("j1", "h1"),
+            enrolled("j2", "h2"),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), None).unwrap();
+        let member = |role: Role, name: &str| {
+            Caller::Member(cohort_identity::Principal {
+                role,
+                name: name.into(),
+                serial: "01".into(),
+                signing_key: key.verifying_key(),
+                not_after: i64::MAX,
+                certificate_der: Vec::new(),
+            })
+        };
+        assert_eq!(
+            readable_entries(&member(Role::Hospital, "h1"), &store, &leaves).unwrap(),
+            [true, true, false, true, false]
+        );
+        assert_eq!(
+            readable_entries(&member(Role::Hospital, "h3"), &store, &leaves).unwrap(),
+            [true, false, false, false, false]
+        );
+        assert_eq!(
+            readable_entries(&member(Role::Validator, "v"), &store, &leaves).unwrap(),
+            [true; 5]
+        );
+    }
 
     fn sha(values: &[f32]) -> String {
         cohort_models::parameters_sha256(values)

@@ -1262,12 +1262,38 @@ mod tests {
 }
 
 /// A ledger as stored: its entries in order (canonical bytes, the Merkle
-/// leaves) and its latest signed checkpoint.
+/// leaves) and its latest signed checkpoint. Read over the network by a
+/// developer or hospital, the entries of other tenants' jobs are withheld:
+/// only their leaf hashes come, and their place in `leaves` is empty.
 #[derive(Debug, Clone, Default)]
 pub struct LedgerContents {
     pub leaves: Vec<Vec<u8>>,
+    pub withheld: cohort_ledger::Withheld,
     /// The signed note and the name of the key that signed it.
     pub checkpoint: Option<StoredCheckpoint>,
+}
+
+impl LedgerContents {
+    /// Every entry's RFC 6962 leaf hash, withheld ones included.
+    pub fn leaf_hashes(&self) -> Vec<cohort_ledger::Hash> {
+        self.leaves
+            .iter()
+            .enumerate()
+            .map(|(i, leaf)| match self.withheld.get(&(i as u64)) {
+                Some(hash) => *hash,
+                None => cohort_ledger::hash_leaf(leaf),
+            })
+            .collect()
+    }
+
+    /// The entries this reader holds, with their indices, in order.
+    pub fn readable(&self) -> impl Iterator<Item = (u64, &[u8])> {
+        self.leaves
+            .iter()
+            .enumerate()
+            .map(|(i, leaf)| (i as u64, leaf.as_slice()))
+            .filter(|(i, _)| !self.withheld.contains_key(i))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -1294,7 +1320,11 @@ pub(crate) fn read_ledger(db: &Database) -> Result<LedgerContents, StoreError> {
             })
         })
         .transpose()?;
-    Ok(LedgerContents { leaves, checkpoint })
+    Ok(LedgerContents {
+        leaves,
+        withheld: Default::default(),
+        checkpoint,
+    })
 }
 
 /// Reads a coordinator's ledger straight from `DATA_DIR/coordinator.sqlite`,

@@ -1,5 +1,7 @@
 //! Checking a whole log without trusting whoever stored it.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::merkle::{Hash, MerkleLog, hash_leaf, verify_consistency};
@@ -24,7 +26,19 @@ pub struct AuditReport {
     pub coordinator_key: String,
     /// Set when an earlier checkpoint was given and the log extends it.
     pub consistent_with: Option<u64>,
+    /// Entries held as their leaf hash only (another tenant's job, withheld
+    /// from this reader): counted in the root, their contents unchecked.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub withheld: u64,
 }
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Entries a reader may not read, by index: their RFC 6962 leaf hashes,
+/// which is all the root needs. Their place in `leaves` holds no bytes.
+pub type Withheld = BTreeMap<u64, Hash>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -52,9 +66,12 @@ pub enum AuditError {
 
 /// Verifies every entry's signature (all by the key named in entry 0), the
 /// Merkle root against the latest signed checkpoint, and, given one, that
-/// the log extends a checkpoint seen earlier.
+/// the log extends a checkpoint seen earlier. A `withheld` entry enters the
+/// root by its leaf hash; the first entry (the coordinator's key) cannot
+/// be withheld.
 pub fn audit(
     leaves: &[Vec<u8>],
+    withheld: &Withheld,
     checkpoint_note: &str,
     key_name: &str,
     seen: Option<&SeenCheckpoint>,
@@ -64,6 +81,15 @@ pub fn audit(
         reason,
     };
     let first = leaves.first().ok_or(AuditError::Empty)?;
+    if withheld.contains_key(&0) {
+        return Err(bad(0, "the coordinator's key entry was withheld".into()));
+    }
+    if let Some((&index, _)) = withheld.range(leaves.len() as u64..).next() {
+        return Err(bad(
+            index as usize,
+            "withheld, but the log is shorter".into(),
+        ));
+    }
     let first = Entry::from_leaf(first).map_err(|e| bad(0, e.to_string()))?;
     let Record::CoordinatorKey { public_key, .. } = &first.record else {
         return Err(bad(
@@ -75,6 +101,13 @@ pub fn audit(
         .map_err(|e| bad(0, e.to_string()))?;
     let mut log = MerkleLog::new();
     for (index, leaf) in leaves.iter().enumerate() {
+        if let Some(hash) = withheld.get(&(index as u64)) {
+            if !leaf.is_empty() {
+                return Err(bad(index, "both withheld and present".into()));
+            }
+            log.append_leaf_hash(*hash);
+            continue;
+        }
         let entry = Entry::from_leaf(leaf).map_err(|e| bad(index, e.to_string()))?;
         let signer = entry.verify().map_err(|e| bad(index, e.to_string()))?;
         if signer != coordinator {
@@ -120,5 +153,82 @@ pub fn audit(
         root: hex::encode(checkpoint.root),
         coordinator_key: coordinator.to_hex(),
         consistent_with,
+        withheld: withheld.len() as u64,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Record;
+
+    /// A log of three entries with its checkpoint, signed by one key.
+    fn log() -> (Vec<Vec<u8>>, String) {
+        let key = cohort_identity::MessageSigningKey::generate().unwrap();
+        let leaf = |record: Record| {
+            Entry::sign(record, "2026-12-06T00:00:00Z".into(), &key)
+                .unwrap()
+                .to_leaf()
+                .unwrap()
+        };
+        let leaves = vec![
+            leaf(Record::CoordinatorKey {
+                name: "test".into(),
+                public_key: key.verifying_key().to_hex(),
+            }),
+            leaf(Record::JobCreated {
+                job_id: "j1".into(),
+                name: "one".into(),
+                job_sha256: "00".into(),
+                submitted_by: None,
+            }),
+            leaf(Record::JobCreated {
+                job_id: "j2".into(),
+                name: "two".into(),
+                job_sha256: "00".into(),
+                submitted_by: None,
+            }),
+        ];
+        let mut merkle = MerkleLog::new();
+        for l in &leaves {
+            merkle.append(l);
+        }
+        let checkpoint = crate::Checkpoint {
+            origin: "test".into(),
+            size: merkle.size(),
+            root: merkle.current_root(),
+        };
+        let note = crate::sign_checkpoint(&checkpoint, "test", &key).unwrap();
+        (leaves, note)
+    }
+
+    #[test]
+    fn a_withheld_entry_counts_by_its_leaf_hash_and_a_wrong_hash_is_caught() {
+        let (mut leaves, note) = log();
+        let mut withheld = Withheld::new();
+        withheld.insert(2, hash_leaf(&leaves[2]));
+        leaves[2].clear();
+        let report = audit(&leaves, &withheld, &note, "test", None).unwrap();
+        assert_eq!((report.entries, report.withheld), (3, 1));
+
+        withheld.insert(2, [7u8; 32]);
+        assert!(matches!(
+            audit(&leaves, &withheld, &note, "test", None),
+            Err(AuditError::RootMismatch)
+        ));
+    }
+
+    #[test]
+    fn the_coordinator_key_cannot_be_withheld_nor_an_entry_beyond_the_log() {
+        let (leaves, note) = log();
+        let first = Withheld::from([(0, hash_leaf(&leaves[0]))]);
+        let err = audit(&leaves, &first, &note, "test", None).unwrap_err();
+        assert!(err.to_string().contains("coordinator's key"), "{err}");
+        let beyond = Withheld::from([(3, [0u8; 32])]);
+        let err = audit(&leaves, &beyond, &note, "test", None).unwrap_err();
+        assert!(err.to_string().contains("shorter"), "{err}");
+        let both = Withheld::from([(1, hash_leaf(&leaves[1]))]);
+        let err = audit(&leaves, &both, &note, "test", None).unwrap_err();
+        assert!(err.to_string().contains("both"), "{err}");
+    }
 }

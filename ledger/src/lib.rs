@@ -63,7 +63,7 @@ pub mod note;
 pub mod record;
 
 pub use anchor::{Anchor, AnchorError, AnchorFuture, AnchorReceipt};
-pub use audit::{AuditError, AuditReport, SeenCheckpoint, audit};
+pub use audit::{AuditError, AuditReport, SeenCheckpoint, Withheld, audit};
 pub use checkpoint::{Checkpoint, CheckpointError};
 pub use merkle::{
     Hash, MerkleLog, ProofError, ProofKind, empty_root, hash_children, hash_leaf,

@@ -359,7 +359,7 @@ impl LedgerScope {
 /// auditor).
 pub fn ledger(ledger: LedgerContents, state: &Path, scope: &LedgerScope) -> Result<LedgerView> {
     let checkpoint = checkpoint_view(&ledger)?;
-    let entries = crate::audit::entries_in(&ledger.leaves, None)?
+    let entries = crate::audit::entries_in(&ledger, None)?
         .into_iter()
         .filter(|(_, entry)| scope.allows(entry))
         .map(|(index, entry)| IndexedEntry { entry, index })

@@ -37,7 +37,7 @@ impl LedgerCache {
         }
         let contents = view.ledger()?;
         let mut last_entry_at = BTreeMap::new();
-        for (_, entry) in crate::audit::entries_in(&contents.leaves, None)? {
+        for (_, entry) in crate::audit::entries_in(&contents, None)? {
             if let Some(job) = entry.record.job_id() {
                 last_entry_at.insert(job.to_string(), entry.at.clone());
             }
