@@ -15,7 +15,9 @@ use std::sync::OnceLock;
 
 use cohort_coordinator::JobSpec;
 use cohort_datasets::fhir::{FhirMapping, read_export};
-use cohort_datasets::{DataSpec, LocalDataset, read_csv_bytes};
+use cohort_datasets::{
+    DataSpec, LocalDataset, SecureStatistics, StatisticsPass, StatisticsStep, read_csv_bytes,
+};
 use cohort_ledger::{Checkpoint, Entry};
 use cohort_privacy::he::{DecryptionShare, EncryptedUpdate, HeParams, PublicKeyShare};
 use cohort_privacy::secagg::{Advertisement, Share, decode_reveals, decode_shares};
@@ -40,6 +42,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("he_messages", he_messages),
     ("proof_bytes", proof_bytes),
     ("startup_kit", startup_kit),
+    ("secure_statistics", secure_statistics),
 ];
 
 /// The target called `name`.
@@ -157,6 +160,48 @@ pub fn protocol_messages(data: &[u8]) {
     let _ = JobStatus::decode(data);
     let _ = LedgerFrame::decode(data);
     let _ = ModelFrame::decode(data);
+}
+
+/// Preprocessing statistics under secure aggregation, both ends: a pass
+/// description as a hospital receives it (JSON) applied to a small table,
+/// and the summed vectors the coordinator reads: the table's own terms
+/// times 1–4 hospitals, with the input's bytes as (index, delta) edits, so
+/// that sums near honest ones reach every pass.
+pub fn secure_statistics(data: &[u8]) {
+    static DATASET: OnceLock<Option<LocalDataset>> = OnceLock::new();
+    let Some(dataset) = DATASET.get_or_init(|| {
+        let spec: DataSpec = toml::from_str(
+            "label = \"y\"\npositive = \"1\"\nnumeric = [\"a\", \"b\"]\n[categorical]\nc = [\"x\", \"z\"]\n",
+        )
+        .ok()?;
+        let table = read_csv_bytes(b"a,b,c,y\n1.5,-2,x,1\n300,,z,0\n0.001,7,,1\n-44,1e-9,x,0\n").ok()?;
+        LocalDataset::from_table(&table, &spec).ok()
+    }) else {
+        return;
+    };
+    if let Ok(pass) = serde_json::from_slice::<StatisticsPass>(data) {
+        let _ = dataset.statistics_terms(&pass);
+    }
+    let copies = u64::from(data.first().copied().unwrap_or(0) % 4 + 1);
+    let mut edits = data.get(1..).unwrap_or_default().chunks_exact(4);
+    let (mut state, mut pass) = SecureStatistics::new(dataset.schema());
+    loop {
+        let Ok(terms) = dataset.statistics_terms(&pass) else {
+            return;
+        };
+        let mut sum: Vec<u64> = terms.iter().map(|t| t.wrapping_mul(copies)).collect();
+        for edit in edits.by_ref().take(2) {
+            let index = usize::from(u16::from_le_bytes([edit[0], edit[1]])) % sum.len().max(1);
+            let delta = i64::from(i16::from_le_bytes([edit[2], edit[3]]));
+            if let Some(value) = sum.get_mut(index) {
+                *value = value.wrapping_add(delta as u64);
+            }
+        }
+        match state.absorb(&sum) {
+            Ok(StatisticsStep::Next(next)) => pass = next,
+            Ok(StatisticsStep::Done(_)) | Err(_) => return,
+        }
+    }
 }
 
 /// A stored ledger leaf, as `cohort audit` and the dashboard read them.
@@ -345,6 +390,12 @@ fn built_seeds(target: &str) -> Vec<Vec<u8>> {
             Err(_) => Vec::new(),
         },
         "proof_bytes" => vec![filled(cohort_proofs::PROOF_BYTES)],
+        "secure_statistics" => vec![
+            br#"{"pass":"counts"}"#.to_vec(),
+            br#"{"pass":"location","scales":[512.0,8.0],"fraction_bits":52}"#.to_vec(),
+            br#"{"pass":"spread","means":[64.0,1.5],"spreads":[300.0,6.0],"windows":[[0.0,4.0],[-1.0,2.0]],"fraction_bits":40}"#.to_vec(),
+            vec![1, 7, 0, 1, 0, 200, 1, 255, 255],
+        ],
         "startup_kit" => kit_seed().into_iter().collect(),
         _ => Vec::new(),
     }
