@@ -561,7 +561,8 @@ async fn a_group_lost_mid_round_is_regrouped_without_isolating_anyone() {
 /// are summed securely, and the preprocessing the model carries is the
 /// pooled table's own (means and deviations to rounding, medians to a
 /// 1/65,536 of the column's range), not an average of local medians. A
-/// plain job asks for statistics in the clear, and they refuse it.
+/// plain job under DP sums them too; a plain job without asks for
+/// statistics in the clear, and such hospitals refuse it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn preprocessing_statistics_are_summed_securely() {
     let dir = tempfile::tempdir().unwrap();
@@ -593,6 +594,29 @@ async fn preprocessing_statistics_are_summed_securely() {
             assert!((g.fill - p.fill).abs() <= range / 65536.0, "{g:?} vs {p:?}");
         }
     }
+
+    // A plain job under differential privacy sums them as well.
+    let open_hospitals: Vec<LocalHospital> = hospitals
+        .iter()
+        .map(|h| LocalHospital {
+            name: h.name.clone(),
+            data: h.data.clone(),
+            options: ClientOptions {
+                require_secure_aggregation: false,
+                ..h.options.clone()
+            },
+        })
+        .collect();
+    let dp = dir.path().join("plain-dp");
+    let view = run_job(&dp, &open_hospitals, &job(1, 5, CLIENT_DP)).await;
+    assert_eq!(view.state, "completed", "{view:#?}");
+    assert!(
+        view.events
+            .iter()
+            .any(|e| e.message.contains("summed under secure aggregation")),
+        "{:#?}",
+        view.events
+    );
 
     let plain = dir.path().join("plain");
     let view = run_job(&plain, &hospitals, &job(1, 5, "")).await;

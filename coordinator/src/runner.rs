@@ -245,13 +245,17 @@ impl Runner {
         let t = &spec.training;
         let data_spec_json = json(&spec.data)?;
         let dp_json = dp_json(spec)?;
-        // Where updates are only ever seen summed, so are the statistics.
-        let secure = matches!(
+        let summed_updates = matches!(
             spec.privacy.aggregation,
             Aggregation::Secagg | Aggregation::He
         );
         for attempt in 1..=t.max_round_attempts {
             let candidates = self.wait_for_clients(None, t.min_clients, t).await;
+            // Where updates are only ever seen summed, so are the
+            // statistics; a job under differential privacy sums them too,
+            // whenever there are two hospitals or more to sum (one
+            // hospital's sum is its own statistics).
+            let secure = summed_updates || (spec.privacy.dp.is_some() && candidates.len() >= 2);
             let header = TaskHeader {
                 job_id: job.id.clone(),
                 kind: TaskKind::Prepare as i32,
