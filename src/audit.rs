@@ -624,10 +624,21 @@ pub async fn indexed_entries(
     source: &LedgerSource,
     job: Option<&str>,
 ) -> Result<Vec<IndexedEntry>> {
-    Ok(entries_in(&source.read().await?, job)?
+    Ok(readable_entries(source, job).await?.0)
+}
+
+/// [`indexed_entries`], and how many entries of the log the source
+/// withheld from this reader (other tenants' jobs, over the network).
+pub async fn readable_entries(
+    source: &LedgerSource,
+    job: Option<&str>,
+) -> Result<(Vec<IndexedEntry>, usize)> {
+    let contents = source.read().await?;
+    let entries = entries_in(&contents, job)?
         .into_iter()
         .map(|(index, entry)| IndexedEntry { entry, index })
-        .collect())
+        .collect();
+    Ok((entries, contents.withheld.len()))
 }
 
 /// One line per entry: index, time, record as JSON.

@@ -681,7 +681,10 @@ struct VerticalArgs {
 
 #[derive(Subcommand)]
 enum LedgerCommand {
-    /// List the ledger's entries (all, or one job's).
+    /// List the ledger's entries (all, or one job's). Read from a running
+    /// coordinator, a developer sees its own jobs' entries and a hospital
+    /// those of the jobs it is enrolled in; the others are withheld (their
+    /// leaf hashes only, which `cohort verify ledger` still checks).
     Show {
         /// Only this job's entries.
         job: Option<String>,
@@ -1736,11 +1739,16 @@ async fn main() -> Result<()> {
         Command::Ledger(LedgerCommand::Show { job, state, json }) => {
             init_logging("warn");
             let source = state.source()?;
-            let entries = audit::indexed_entries(&source, job.as_deref()).await?;
+            let (entries, withheld) = audit::readable_entries(&source, job.as_deref()).await?;
             if json {
                 print_json(&entries)?;
             } else {
                 print!("{}", audit::render_entries(&entries)?);
+                if withheld > 0 {
+                    println!(
+                        "({withheld} entries of other tenants' jobs withheld: the coordinator sent their leaf hashes only)"
+                    );
+                }
             }
         }
         Command::Rewards(command) => run_rewards_command(command).await?,
