@@ -526,6 +526,32 @@ async fn homomorphic_rounds_are_valued_from_group_sums_only() {
     }
 }
 
+/// Record-level DP and partition valuation together: each hospital's update
+/// is private on its own (DP-SGD), so its group's sum needs no noise of its
+/// own; every hospital is charged once per round and stays within target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn secure_rounds_under_record_level_dp_are_valued_from_group_sums() {
+    let dir = tempfile::tempdir().unwrap();
+    let record_dp = "\n[privacy.dp]\nlevel = \"record\"\ntarget_epsilon = 4.0\ndelta = 1e-5\nmax_grad_norm = 1.0\n";
+    let view = run_job(
+        dir.path(),
+        &hospitals(dir.path(), &[]),
+        &(job(2, 4, SECAGG) + record_dp + "\n[valuation]\ngroup_size = 2\n"),
+    )
+    .await;
+    let report = valued_rounds(dir.path(), &view);
+    assert_eq!(report.rounds.len(), 2);
+    for (round, groups) in released_groups(dir.path(), &view.job_id) {
+        let mut sizes: Vec<usize> = groups.iter().map(Vec::len).collect();
+        sizes.sort();
+        assert_eq!(sizes, [2, 3], "round {round}");
+    }
+    assert_eq!(view.dp_epsilon.len(), 5, "{view:#?}");
+    for (hospital, epsilon) in &view.dp_epsilon {
+        assert!(*epsilon > 3.6 && *epsilon <= 4.0, "{hospital}: {epsilon}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_group_lost_mid_round_is_regrouped_without_isolating_anyone() {
     // hospital-2 vanishes before sending its masked update: its group's sum

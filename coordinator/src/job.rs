@@ -416,13 +416,8 @@ impl JobSpec {
             valuation
                 .validate(t.clients_per_round, t.min_clients, grouped)
                 .map_err(|(key, message)| invalid(&key, message))?;
-            if grouped && self.privacy.dp.is_some() {
-                return Err(invalid(
-                    "valuation",
-                    "partition valuation under secure or homomorphic aggregation does not \
-                     support [privacy.dp] yet: each group would need its own share of the noise",
-                ));
-            }
+            // Record-level DP needs nothing more: each update is private on
+            // its own, and a group's sum is post-processing of it.
             if self
                 .privacy
                 .dp
@@ -806,5 +801,14 @@ kind = "fedavg"                     # fedprox: mu; fedadam/fedyogi: server_learn
             "[privacy.dp]\nlevel = \"client\"\nnoise_multiplier = 1.1\nclipping_norm = 0.5\n";
         let e = with(&format!("{client_dp}\n[valuation]\n")).unwrap_err();
         assert!(e.to_string().contains("client-level DP"), "{e}");
+        let e = with(&format!("{secagg}{client_dp}\n[valuation]\n")).unwrap_err();
+        assert!(e.to_string().contains("client-level DP"), "{e}");
+        let record_dp = "[privacy.dp]\nlevel = \"record\"\ntarget_epsilon = 4.0\n";
+        assert!(
+            with(&format!(
+                "{secagg}{record_dp}\n[valuation]\ngroup_size = 3\n"
+            ))
+            .is_ok()
+        );
     }
 }
