@@ -1239,7 +1239,9 @@ struct ClientArgs {
     /// overbound:F multiplies by F and tries to prove that (the prover
     /// refuses, so no proof goes along); forge sends random proof bytes;
     /// freeride sends an all-zero update; nan-activations (a feature site of
-    /// a vertical job) sends NaN activations in every batch.
+    /// a vertical job) sends NaN activations in every batch; no-statistics
+    /// refuses a secure job's preprocessing statistics, as a client from
+    /// before them would, while staying connected.
     #[arg(long, value_name = "MODE")]
     misbehave: Option<cohort_client::misbehave::Misbehave>,
 }

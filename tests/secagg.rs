@@ -703,3 +703,26 @@ async fn a_hospital_vanishing_during_the_secure_statistics_costs_a_preparation_a
     );
     assert_exact_sums(dir.path(), &view);
 }
+
+/// A hospital whose client predates the secure statistics refuses them
+/// and stays connected: it sits out the next preparation attempt, and the
+/// job trains on the others instead of failing every attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hospital_that_refuses_the_secure_statistics_sits_out_and_the_job_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut hospitals = hospitals(dir.path(), &[]);
+    hospitals[1].options.misbehave = Some(cohort_client::misbehave::Misbehave::NoStatistics);
+    let view = run_job(dir.path(), &hospitals, &job(1, 4, SECAGG)).await;
+    assert_eq!(view.state, "completed", "{view:#?}");
+    assert_eq!(
+        names(&view.rounds[0]),
+        ["hospital-0", "hospital-2", "hospital-3", "hospital-4"]
+    );
+    assert!(
+        view.events
+            .iter()
+            .any(|e| e.message.contains("hospital-1 sits out the next attempt")),
+        "{:#?}",
+        view.events
+    );
+}

@@ -23,6 +23,9 @@ pub enum Misbehave {
     /// Vertical split learning (issue 18), at a feature site: sends
     /// activations with a NaN in every batch.
     NanActivations,
+    /// Refuses the secure preprocessing statistics, as a client from
+    /// before them does ("task of unknown kind"), while staying connected.
+    NoStatistics,
 }
 
 impl std::str::FromStr for Misbehave {
@@ -41,8 +44,10 @@ impl std::str::FromStr for Misbehave {
             None if s == "forge" => Ok(Misbehave::Forge),
             None if s == "freeride" => Ok(Misbehave::Freeride),
             None if s == "nan-activations" => Ok(Misbehave::NanActivations),
+            None if s == "no-statistics" => Ok(Misbehave::NoStatistics),
             _ => Err(format!(
-                "unknown misbehaviour `{s}` (expected boost:F, overbound:F, forge, freeride or nan-activations)"
+                "unknown misbehaviour `{s}` (expected boost:F, overbound:F, forge, freeride, \
+                 nan-activations or no-statistics)"
             )),
         }
     }
@@ -57,7 +62,7 @@ impl Misbehave {
                 delta.iter_mut().for_each(|v| *v *= f);
             }
             Misbehave::Freeride => delta.iter_mut().for_each(|v| *v = 0.0),
-            Misbehave::Forge | Misbehave::NanActivations => {}
+            Misbehave::Forge | Misbehave::NanActivations | Misbehave::NoStatistics => {}
         }
     }
 

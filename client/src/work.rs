@@ -141,6 +141,11 @@ impl Worker {
             (TaskKind::SecaggAdvertise, Some(secagg), _) => self.advertise(task, secagg),
             (TaskKind::SecaggShare, Some(secagg), _) => self.share_keys(task, secagg),
             (TaskKind::SecaggUnmask, Some(secagg), _) => self.unmask(task, secagg),
+            (TaskKind::SecaggStatistics, ..)
+                if self.options.misbehave == Some(crate::misbehave::Misbehave::NoStatistics) =>
+            {
+                Err("task of unknown kind".to_string())
+            }
             (TaskKind::SecaggStatistics, Some(secagg), _) => self.masked_statistics(task, secagg),
             (
                 TaskKind::SecaggAdvertise

@@ -249,8 +249,19 @@ impl Runner {
             spec.privacy.aggregation,
             Aggregation::Secagg | Aggregation::He
         );
+        // Hospitals that failed the last attempt's secure statistics (a
+        // client too old to know them refuses every time) sit the next
+        // one out, as long as enough others are there.
+        let mut sitting_out: std::collections::BTreeSet<String> = Default::default();
         for attempt in 1..=t.max_round_attempts {
-            let candidates = self.wait_for_clients(None, t.min_clients, t).await;
+            let mut candidates = self.wait_for_clients(None, t.min_clients, t).await;
+            let others = candidates
+                .iter()
+                .filter(|c| !sitting_out.contains(*c))
+                .count();
+            if others >= t.min_clients as usize {
+                candidates.retain(|c| !sitting_out.contains(c));
+            }
             // Where updates are only ever seen summed, so are the
             // statistics; a job under differential privacy sums them too,
             // whenever there are two hospitals or more to sum (one
@@ -322,13 +333,24 @@ impl Runner {
             let schema = chosen[0].2.clone();
             let participants: Vec<String> = chosen.iter().map(|c| c.0.clone()).collect();
             let preprocessing = if secure {
-                let Some(preprocessing) = self
+                match self
                     .secure_statistics(job, spec, &header, &schema, &participants, attempt)
                     .await?
-                else {
-                    continue;
-                };
-                preprocessing
+                {
+                    Ok(preprocessing) => preprocessing,
+                    Err(failed) => {
+                        for hospital in &failed {
+                            self.note(
+                                &job.id,
+                                format!(
+                                    "preparation: {hospital} sits out the next attempt: it did not complete the secure statistics"
+                                ),
+                            );
+                        }
+                        sitting_out = failed.into_iter().collect();
+                        continue;
+                    }
+                }
             } else {
                 let stats: Vec<LocalStatistics> = chosen.into_iter().filter_map(|c| c.1).collect();
                 Preprocessing::merge(&schema, &stats)

@@ -33,6 +33,15 @@ use crate::store::{Enrollment, JobRow};
 /// The aggregate's stand-in name: the strategy sees one update, the mean.
 const AGGREGATE: &str = "secure-aggregate";
 
+/// How a secure-aggregation session ended.
+pub(super) enum SecureSum<T> {
+    /// The sum, and what `accept` kept of each contributor's answer.
+    Summed(Vec<u64>, Vec<(String, T)>),
+    /// Abandoned (too few at some stage, or the sum unrecoverable); these
+    /// hospitals failed a stage of it.
+    Abandoned(Vec<String>),
+}
+
 /// What one secure-aggregation session sums, and with whom.
 pub(super) struct SecureSession {
     /// What the session is for, in notes and stage names ("round 3").
@@ -172,7 +181,7 @@ impl Runner {
                 Ok((masked, (train_loss, compute_seconds, receipt)))
             })
             .await?;
-        let Some((sum, contributors)) = summed else {
+        let SecureSum::Summed(sum, contributors) = summed else {
             return Ok(None);
         };
         super::fitted_from_sum(&sum, &quantizer, contributors, AGGREGATE)
@@ -182,18 +191,18 @@ impl Runner {
 
     /// One secure-aggregation session with `selected`: keys advertised,
     /// shares routed, every hospital's masked input (stage 3, `input`)
-    /// added into a running sum as it arrives, then unmasking. `None` when
-    /// fewer than `needed` hospitals took part in some stage or the sum
-    /// could not be recovered (the attempt is abandoned before anything is
-    /// revealed, or its reveals are useless to anyone); otherwise the sum
-    /// and what `accept` kept of each hospital's stage-3 answer.
+    /// added into a running sum as it arrives, then unmasking. Abandoned
+    /// when fewer than `needed` hospitals took part in some stage or the
+    /// sum could not be recovered (before anything is revealed, or with
+    /// reveals useless to anyone); otherwise the sum and what `accept` kept
+    /// of each hospital's stage-3 answer.
     pub(super) async fn secure_sum<T>(
         &self,
         job: &JobRow,
         secure: SecureSession,
         selected: &[String],
         mut accept: impl FnMut(&str, TaskAnswer) -> Result<(Vec<u64>, T), String>,
-    ) -> Result<Option<(Vec<u64>, Vec<(String, T)>)>, RunError> {
+    ) -> Result<SecureSum<T>, RunError> {
         let SecureSession {
             label,
             attempt,
@@ -241,6 +250,7 @@ impl Runner {
             }
             header
         };
+        let mut failed: Vec<String> = Vec::new();
         let stage_short = |stage: &str, have: usize| {
             format!(
                 "{label} attempt {attempt}: secure aggregation: {have} of the required {needed} hospitals {stage}; abandoning the attempt before anything is revealed, retrying"
@@ -302,9 +312,10 @@ impl Runner {
                 },
             )
             .await;
+        failed.extend(answers.failed.iter().map(|(c, _)| c.clone()));
         if answers.ok.len() < needed {
             self.note(&job.id, stage_short("advertised keys", answers.ok.len()));
-            return Ok(None);
+            return Ok(SecureSum::Abandoned(failed));
         }
 
         // Stage 2: encrypted shares, routed by the coordinator.
@@ -341,9 +352,10 @@ impl Runner {
                 },
             )
             .await;
+        failed.extend(answers.failed.iter().map(|(c, _)| c.clone()));
         if answers.ok.len() < needed {
             self.note(&job.id, stage_short("shared their keys", answers.ok.len()));
-            return Ok(None);
+            return Ok(SecureSum::Abandoned(failed));
         }
 
         // Stage 3: the masked inputs (for a FIT, after local training).
@@ -380,9 +392,10 @@ impl Runner {
                 },
             )
             .await;
+        failed.extend(answers.failed.iter().map(|(c, _)| c.clone()));
         if answers.ok.len() < needed {
             self.note(&job.id, stage_short(input_done, answers.ok.len()));
-            return Ok(None);
+            return Ok(SecureSum::Abandoned(failed));
         }
 
         // Stage 4: unmasking.
@@ -398,28 +411,30 @@ impl Runner {
             })
             .collect();
         // Whoever did not reveal is noted; finish() says whether enough did.
-        self.exchange(
-            &job.id,
-            format!("{label} unmasking"),
-            timeout_secs,
-            tasks,
-            None,
-            Expect::Nothing,
-            |client, a| {
-                let TaskAnswer::SecAggReveal(bytes) = a else {
-                    return Err("answered an unmasking task with something else".into());
-                };
-                let reveals = decode_reveals(&bytes).map_err(|e| e.to_string())?;
-                server
-                    .reveal(id_of(client), reveals)
-                    .map_err(|e| e.to_string())?;
-                cohort_protocol::crash::reached(unmask_crash_point);
-                Ok(())
-            },
-        )
-        .await;
+        let revealed = self
+            .exchange(
+                &job.id,
+                format!("{label} unmasking"),
+                timeout_secs,
+                tasks,
+                None,
+                Expect::Nothing,
+                |client, a| {
+                    let TaskAnswer::SecAggReveal(bytes) = a else {
+                        return Err("answered an unmasking task with something else".into());
+                    };
+                    let reveals = decode_reveals(&bytes).map_err(|e| e.to_string())?;
+                    server
+                        .reveal(id_of(client), reveals)
+                        .map_err(|e| e.to_string())?;
+                    cohort_protocol::crash::reached(unmask_crash_point);
+                    Ok(())
+                },
+            )
+            .await;
+        failed.extend(revealed.failed.iter().map(|(c, _)| c.clone()));
         match server.finish() {
-            Ok(sum) => Ok(Some((sum, answers.ok))),
+            Ok(sum) => Ok(SecureSum::Summed(sum, answers.ok)),
             Err(e) => {
                 self.note(
                     &job.id,
@@ -427,7 +442,7 @@ impl Runner {
                         "{label} attempt {attempt}: secure aggregation could not recover the sum: {e}; retrying"
                     ),
                 );
-                Ok(None)
+                Ok(SecureSum::Abandoned(failed))
             }
         }
     }

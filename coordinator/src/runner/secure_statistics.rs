@@ -8,7 +8,7 @@ use cohort_datasets::{Preprocessing, ResolvedSchema, SUM_BITS, SecureStatistics,
 use cohort_privacy::secagg::Params;
 use cohort_protocol::v1::{SecAggTask, TaskHeader, TaskKind};
 
-use super::secagg::SecureSession;
+use super::secagg::{SecureSession, SecureSum};
 use super::{RunError, Runner, json};
 use crate::job::JobSpec;
 use crate::registry::TaskAnswer;
@@ -16,8 +16,9 @@ use crate::store::JobRow;
 
 impl Runner {
     /// The preprocessing of `members` (who agreed on `schema`), from
-    /// secure sums. `None` when a hospital dropped out of a pass: every
-    /// pass must sum the same hospitals, so preparation is tried again.
+    /// secure sums. `Err` when a pass was abandoned (every pass must sum
+    /// the same hospitals, so preparation is tried again), with the
+    /// hospitals that failed it.
     pub(super) async fn secure_statistics(
         &self,
         job: &JobRow,
@@ -26,7 +27,7 @@ impl Runner {
         schema: &ResolvedSchema,
         members: &[String],
         attempt: u32,
-    ) -> Result<Option<Preprocessing>, RunError> {
+    ) -> Result<Result<Preprocessing, Vec<String>>, RunError> {
         let config = &spec.privacy.secagg;
         let n = members.len() as u32;
         let Ok((params, k)) =
@@ -38,7 +39,7 @@ impl Runner {
                     "preparation attempt {attempt}: {n} hospitals are too few to sum their statistics securely; retrying"
                 ),
             );
-            return Ok(None);
+            return Ok(Err(Vec::new()));
         };
         let (mut statistics, mut pass) = SecureStatistics::new(schema);
         loop {
@@ -73,8 +74,9 @@ impl Runner {
                     _ => Err("answered a statistics task with something else".into()),
                 })
                 .await?;
-            let Some((sum, _)) = summed else {
-                return Ok(None);
+            let sum = match summed {
+                SecureSum::Summed(sum, _) => sum,
+                SecureSum::Abandoned(failed) => return Ok(Err(failed)),
             };
             let step = statistics.absorb(&sum).map_err(|e| {
                 RunError::Failed(format!("summing the hospitals' statistics securely: {e}"))
@@ -88,7 +90,7 @@ impl Runner {
                             "preparation: preprocessing statistics of {n} hospitals summed under secure aggregation (3 passes)"
                         ),
                     );
-                    return Ok(Some(preprocessing));
+                    return Ok(Ok(preprocessing));
                 }
             }
         }
