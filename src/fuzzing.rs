@@ -15,9 +15,7 @@ use std::sync::OnceLock;
 
 use cohort_coordinator::JobSpec;
 use cohort_datasets::fhir::{FhirMapping, read_export};
-use cohort_datasets::{
-    DataSpec, LocalDataset, SecureStatistics, StatisticsPass, StatisticsStep, read_csv_bytes,
-};
+use cohort_datasets::{DataSpec, LocalDataset, SecureStatistics, StatisticsPass, read_csv_bytes};
 use cohort_ledger::{Checkpoint, Entry};
 use cohort_privacy::he::{DecryptionShare, EncryptedUpdate, HeParams, PublicKeyShare};
 use cohort_privacy::secagg::{Advertisement, Share, decode_reveals, decode_shares};
@@ -184,9 +182,9 @@ pub fn secure_statistics(data: &[u8]) {
     }
     let copies = u64::from(data.first().copied().unwrap_or(0) % 4 + 1);
     let mut edits = data.get(1..).unwrap_or_default().chunks_exact(4);
-    let (mut state, mut pass) = SecureStatistics::new(dataset.schema());
+    let mut state = SecureStatistics::new(dataset.schema());
     loop {
-        let Ok(terms) = dataset.statistics_terms(&pass) else {
+        let Ok(terms) = dataset.statistics_terms(state.pass()) else {
             return;
         };
         let mut sum: Vec<u64> = terms.iter().map(|t| t.wrapping_mul(copies)).collect();
@@ -197,9 +195,8 @@ pub fn secure_statistics(data: &[u8]) {
                 *value = value.wrapping_add(delta as u64);
             }
         }
-        match state.absorb(&sum) {
-            Ok(StatisticsStep::Next(next)) => pass = next,
-            Ok(StatisticsStep::Done(_)) | Err(_) => return,
+        if !matches!(state.absorb(&sum), Ok(None)) {
+            return;
         }
     }
 }

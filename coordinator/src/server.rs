@@ -81,55 +81,44 @@ pub(crate) fn check_claimed_name(caller: &Caller, claimed: &str, what: &str) -> 
 /// Which ledger entries `caller` may read: validators (and everyone under
 /// `--insecure`) all; a developer those of its own jobs, a hospital those of
 /// the jobs it is enrolled in; both every entry that belongs to no job.
-fn readable_entries(
-    caller: &Caller,
-    store: &Store,
-    leaves: &[Vec<u8>],
-) -> Result<Vec<bool>, Status> {
-    let Caller::Member(principal) = caller else {
-        return Ok(vec![true; leaves.len()]);
+fn readable_entries(caller: &Caller, leaves: &[Vec<u8>]) -> Vec<bool> {
+    use cohort_ledger::{Entry, Record};
+    let principal = match caller {
+        Caller::Member(p) if matches!(p.role, Role::Developer | Role::Hospital) => p,
+        _ => return vec![true; leaves.len()],
     };
-    let entries: Vec<Option<cohort_ledger::Entry>> = leaves
+    let entries: Vec<Option<Entry>> = leaves.iter().map(|l| Entry::from_leaf(l).ok()).collect();
+    // The caller's jobs, from the ledger itself: a developer's are those
+    // it submitted, a hospital's those it was enrolled in.
+    let own: std::collections::BTreeSet<&str> = entries
         .iter()
-        .map(|leaf| cohort_ledger::Entry::from_leaf(leaf).ok())
-        .collect();
-    let job_of = |e: &Option<cohort_ledger::Entry>| {
-        e.as_ref()
-            .and_then(|e| e.record.job_id().map(str::to_owned))
-    };
-    let own: std::collections::BTreeSet<String> = match principal.role {
-        Role::Validator | Role::Coordinator => return Ok(vec![true; leaves.len()]),
-        Role::Developer => {
-            let mut own = std::collections::BTreeSet::new();
-            for job in entries
-                .iter()
-                .filter_map(job_of)
-                .collect::<std::collections::BTreeSet<_>>()
+        .flatten()
+        .filter_map(|e| match &e.record {
+            Record::JobCreated {
+                job_id,
+                submitted_by,
+                ..
+            } if caller.may_read_job(submitted_by.as_deref()) => Some(job_id.as_str()),
+            Record::ClientsEnrolled {
+                job_id,
+                participants,
+                ..
+            } if principal.role == Role::Hospital
+                && participants.iter().any(|c| c.name == principal.name) =>
             {
-                let row = store.job(&job).map_err(internal)?;
-                if row.is_some_and(|r| caller.may_read_job(r.submitted_by.as_deref())) {
-                    own.insert(job);
-                }
+                Some(job_id.as_str())
             }
-            own
-        }
-        Role::Hospital => entries
-            .iter()
-            .flatten()
-            .filter_map(|e| match &e.record {
-                cohort_ledger::Record::ClientsEnrolled {
-                    job_id,
-                    participants,
-                    ..
-                } if participants.iter().any(|c| c.name == principal.name) => Some(job_id.clone()),
-                _ => None,
-            })
-            .collect(),
-    };
-    Ok(entries
+            _ => None,
+        })
+        .collect();
+    entries
         .iter()
-        .map(|e| job_of(e).is_none_or(|job| own.contains(&job)))
-        .collect())
+        .map(|e| {
+            e.as_ref()
+                .and_then(|e| e.record.job_id())
+                .is_none_or(|job| own.contains(job))
+        })
+        .collect()
 }
 
 fn check_may_read(caller: &Caller, job: &JobRow) -> Result<(), Status> {
@@ -897,7 +886,7 @@ impl DeveloperService for Services {
                 note: checkpoint.note,
             })),
         };
-        let readable = readable_entries(&caller, &self.store, &contents.leaves)?;
+        let readable = readable_entries(&caller, &contents.leaves);
         let entries = contents
             .leaves
             .into_iter()
@@ -1128,8 +1117,9 @@ mod tests {
     use super::*;
     use cohort_identity::{CertificateAuthority, IssueRequest};
 
-    /// A hospital reads the ledger entries of the jobs it is enrolled in
-    /// and those of no job; a validator reads every entry.
+    /// A hospital reads the ledger entries of the jobs it is enrolled in,
+    /// a developer those of the jobs it submitted, both those of no job; a
+    /// validator reads every entry.
     #[test]
     fn a_hospital_reads_the_ledger_entries_of_its_own_jobs_only() {
         use cohort_ledger::{EnrolledClient, Entry, Record};
@@ -1169,8 +1159,6 @@ mod tests {
             enrolled("j1", "h1"),
             enrolled("j2", "h2"),
         ];
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), None).unwrap();
         let member = |role: Role, name: &str| {
             Caller::Member(cohort_identity::Principal {
                 role,
@@ -1182,15 +1170,23 @@ mod tests {
             })
         };
         assert_eq!(
-            readable_entries(&member(Role::Hospital, "h1"), &store, &leaves).unwrap(),
+            readable_entries(&member(Role::Hospital, "h1"), &leaves),
             [true, true, false, true, false]
         );
         assert_eq!(
-            readable_entries(&member(Role::Hospital, "h3"), &store, &leaves).unwrap(),
+            readable_entries(&member(Role::Hospital, "h3"), &leaves),
             [true, false, false, false, false]
         );
         assert_eq!(
-            readable_entries(&member(Role::Validator, "v"), &store, &leaves).unwrap(),
+            readable_entries(&member(Role::Developer, "lab"), &leaves),
+            [true; 5]
+        );
+        assert_eq!(
+            readable_entries(&member(Role::Developer, "rival"), &leaves),
+            [true, false, false, false, false]
+        );
+        assert_eq!(
+            readable_entries(&member(Role::Validator, "v"), &leaves),
             [true; 5]
         );
     }

@@ -26,9 +26,7 @@ pub use dataset::{LocalDataset, LocalStatistics, NumericMoments};
 pub use error::DataError;
 pub use preprocess::{CategoricalTransform, Examples, NumericTransform, Preprocessing};
 pub use schema::{ResolvedSchema, resolve_schema};
-pub use secure_stats::{
-    HISTOGRAM_BINS, SUM_BITS, SecureStatistics, StatisticsPass, StatisticsStep,
-};
+pub use secure_stats::{HISTOGRAM_BINS, SUM_BITS, SecureStatistics, StatisticsPass};
 pub use source::{DataSource, SourceReport};
 pub use spec::{DataSpec, LabelValue, MAX_VALIDATION_FRACTION, NumericColumns};
 pub use split::{

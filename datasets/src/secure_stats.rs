@@ -249,36 +249,15 @@ impl LocalDataset {
     }
 }
 
-/// What the counts pass established about one numeric column.
-#[derive(Debug, Clone)]
-struct ColumnCounts {
-    count: u64,
-    scale: f64,
-}
-
-/// What the location pass established about one numeric column.
-#[derive(Debug, Clone)]
-struct ColumnLocation {
-    mean: f64,
-    spread: f64,
-    window: (f64, f64),
-}
-
 /// The coordinator's side: reads each pass's sum and says what comes next.
 #[derive(Debug, Clone)]
 pub struct SecureStatistics {
     schema: ResolvedSchema,
+    /// The pass whose sum comes next; it carries what earlier sums found.
     pass: StatisticsPass,
-    counts: Vec<ColumnCounts>,
+    /// Per numeric column, its values in the consortium (from the counts).
+    counts: Vec<u64>,
     categorical: Vec<crate::CategoricalTransform>,
-    locations: Vec<ColumnLocation>,
-}
-
-/// After a pass's sum: another pass, or the preprocessing.
-#[derive(Debug)]
-pub enum StatisticsStep {
-    Next(StatisticsPass),
-    Done(Preprocessing),
 }
 
 /// Ranks (0-based) of the lower and upper median among `n` values.
@@ -303,15 +282,13 @@ fn fraction_bits_for(count: u64) -> u32 {
 }
 
 impl SecureStatistics {
-    pub fn new(schema: &ResolvedSchema) -> (Self, StatisticsPass) {
-        let state = SecureStatistics {
+    pub fn new(schema: &ResolvedSchema) -> Self {
+        SecureStatistics {
             schema: schema.clone(),
             pass: StatisticsPass::Counts,
             counts: Vec::new(),
             categorical: Vec::new(),
-            locations: Vec::new(),
-        };
-        (state, StatisticsPass::Counts)
+        }
     }
 
     /// The pass whose sum [`SecureStatistics::absorb`] expects next.
@@ -319,10 +296,12 @@ impl SecureStatistics {
         &self.pass
     }
 
-    /// Reads the sum of the current pass over the consortium's hospitals.
-    /// A sum that no honest hospitals could have produced (a histogram
-    /// holding more values than the column, a wrong length) is an error.
-    pub fn absorb(&mut self, sum: &[u64]) -> Result<StatisticsStep, DataError> {
+    /// Reads the sum of the current pass over the consortium's hospitals:
+    /// the preprocessing after the last pass, `None` before (the next pass
+    /// is then [`SecureStatistics::pass`]). A sum that no honest hospitals
+    /// could have produced (a histogram holding more values than the
+    /// column, a wrong length) is an error.
+    pub fn absorb(&mut self, sum: &[u64]) -> Result<Option<Preprocessing>, DataError> {
         let expected = self.pass.len(&self.schema);
         if sum.len() != expected {
             return Err(stats_err(format!(
@@ -345,20 +324,21 @@ impl SecureStatistics {
             } => {
                 return self
                     .finish(sum, &means, &spreads, &windows, fraction_bits)
-                    .map(StatisticsStep::Done);
+                    .map(Some);
             }
         };
-        self.pass = next.clone();
-        Ok(StatisticsStep::Next(next))
+        self.pass = next;
+        Ok(None)
     }
 
     fn max_count(&self) -> u64 {
-        self.counts.iter().map(|c| c.count).max().unwrap_or(1)
+        self.counts.iter().copied().max().unwrap_or(1)
     }
 
     fn absorb_counts(&mut self, sum: &[u64]) -> Result<StatisticsPass, DataError> {
         let mut at = 0;
         let mut counts = Vec::with_capacity(self.schema.numeric.len());
+        let mut scales = Vec::with_capacity(self.schema.numeric.len());
         for name in &self.schema.numeric {
             let count = sum[at];
             let buckets = &sum[at + 1..at + 1 + MAGNITUDE_BUCKETS];
@@ -374,10 +354,8 @@ impl SecureStatistics {
                 )));
             }
             let top = buckets.iter().rposition(|&b| b > 0).unwrap_or(0);
-            counts.push(ColumnCounts {
-                count,
-                scale: bucket_scale(top),
-            });
+            counts.push(count);
+            scales.push(bucket_scale(top));
         }
         let mut categorical = Vec::with_capacity(self.schema.categorical.len());
         for (name, categories) in &self.schema.categorical {
@@ -388,7 +366,7 @@ impl SecureStatistics {
         self.counts = counts;
         self.categorical = categorical;
         Ok(StatisticsPass::Location {
-            scales: self.counts.iter().map(|c| c.scale).collect(),
+            scales,
             fraction_bits: fraction_bits_for(self.max_count()),
         })
     }
@@ -400,10 +378,15 @@ impl SecureStatistics {
         fraction_bits: u32,
     ) -> Result<StatisticsPass, DataError> {
         let unit = 2f64.powi(fraction_bits as i32);
-        let mut locations = Vec::with_capacity(scales.len());
+        let numeric = scales.len();
+        let (mut means, mut spreads, mut windows) = (
+            Vec::with_capacity(numeric),
+            Vec::with_capacity(numeric),
+            Vec::with_capacity(numeric),
+        );
         for (j, name) in self.schema.numeric.iter().enumerate() {
             let at = j * (1 + HISTOGRAM_BINS);
-            let (count, s) = (self.counts[j].count, scales[j]);
+            let (count, s) = (self.counts[j], scales[j]);
             let histogram = &sum[at + 1..at + 1 + HISTOGRAM_BINS];
             if histogram.iter().try_fold(0u64, |a, &b| a.checked_add(b)) != Some(count) {
                 return Err(stats_err(format!(
@@ -425,20 +408,17 @@ impl SecureStatistics {
             let (lower, upper) = median_ranks(count);
             let window_first = bin_of_rank(histogram, 0, lower).unwrap_or(last);
             let window_last = bin_of_rank(histogram, 0, upper).unwrap_or(last);
-            locations.push(ColumnLocation {
-                mean,
-                spread,
-                window: (
-                    bin_edge(window_first, -s, s),
-                    bin_edge(window_last + 1, -s, s),
-                ),
-            });
+            means.push(mean);
+            spreads.push(spread);
+            windows.push((
+                bin_edge(window_first, -s, s),
+                bin_edge(window_last + 1, -s, s),
+            ));
         }
-        self.locations = locations;
         Ok(StatisticsPass::Spread {
-            means: self.locations.iter().map(|l| l.mean).collect(),
-            spreads: self.locations.iter().map(|l| l.spread).collect(),
-            windows: self.locations.iter().map(|l| l.window).collect(),
+            means,
+            spreads,
+            windows,
             fraction_bits: fraction_bits_for(self.max_count()),
         })
     }
@@ -455,7 +435,7 @@ impl SecureStatistics {
         let mut numeric = Vec::with_capacity(means.len());
         for (j, name) in self.schema.numeric.iter().enumerate() {
             let at = j * (2 + HISTOGRAM_BINS);
-            let count = self.counts[j].count;
+            let count = self.counts[j];
             let (below, histogram) = (sum[at + 1], &sum[at + 2..at + 2 + HISTOGRAM_BINS]);
             let inside = histogram.iter().try_fold(0u64, |a, &b| a.checked_add(b));
             if inside
@@ -512,17 +492,17 @@ c = ["x", "y", "z"]
     /// Runs the passes over `parts`, summing their terms mod 2^64 as secure
     /// aggregation would.
     fn secure(parts: &[LocalDataset]) -> Result<Preprocessing, DataError> {
-        let (mut state, mut pass) = SecureStatistics::new(parts[0].schema());
+        let mut state = SecureStatistics::new(parts[0].schema());
         loop {
+            let pass = state.pass().clone();
             let mut sum = vec![0u64; pass.len(parts[0].schema())];
             for part in parts {
                 for (s, t) in sum.iter_mut().zip(part.statistics_terms(&pass)?) {
                     *s = s.wrapping_add(t);
                 }
             }
-            match state.absorb(&sum)? {
-                StatisticsStep::Next(next) => pass = next,
-                StatisticsStep::Done(prep) => return Ok(prep),
+            if let Some(prep) = state.absorb(&sum)? {
+                return Ok(prep);
             }
         }
     }
@@ -595,8 +575,8 @@ c = ["x", "y", "z"]
     #[test]
     fn inconsistent_sums_are_refused_by_name() {
         let ds = dataset(&rows(&[(1.0, Some(2.0), "x"), (3.0, Some(4.0), "y")]), SPEC);
-        let (mut state, pass) = SecureStatistics::new(ds.schema());
-        let mut sum = ds.statistics_terms(&pass).unwrap();
+        let mut state = SecureStatistics::new(ds.schema());
+        let mut sum = ds.statistics_terms(state.pass()).unwrap();
         let short = state.absorb(&sum[1..]).unwrap_err().to_string();
         assert!(short.contains("expected"), "{short}");
         sum[0] += 5; // column `a` claims more values than its histogram holds

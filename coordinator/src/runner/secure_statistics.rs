@@ -4,7 +4,7 @@
 //! ([`cohort_datasets::SecureStatistics`]: three passes, each one SecAgg+
 //! session), so no hospital's own statistics reach the coordinator.
 
-use cohort_datasets::{Preprocessing, ResolvedSchema, SUM_BITS, SecureStatistics, StatisticsStep};
+use cohort_datasets::{Preprocessing, ResolvedSchema, SUM_BITS, SecureStatistics};
 use cohort_privacy::secagg::Params;
 use cohort_protocol::v1::{SecAggTask, TaskHeader, TaskKind};
 
@@ -41,9 +41,10 @@ impl Runner {
             );
             return Ok(Err(Vec::new()));
         };
-        let (mut statistics, mut pass) = SecureStatistics::new(schema);
+        let mut statistics = SecureStatistics::new(schema);
         loop {
-            let pass_json = json(&pass)?;
+            let pass = statistics.pass();
+            let pass_json = json(pass)?;
             let secure = SecureSession {
                 label: format!("preparation ({} statistics)", pass.name()),
                 attempt,
@@ -78,20 +79,17 @@ impl Runner {
                 SecureSum::Summed(sum, _) => sum,
                 SecureSum::Abandoned(failed) => return Ok(Err(failed)),
             };
-            let step = statistics.absorb(&sum).map_err(|e| {
+            let done = statistics.absorb(&sum).map_err(|e| {
                 RunError::Failed(format!("summing the hospitals' statistics securely: {e}"))
             })?;
-            match step {
-                StatisticsStep::Next(next) => pass = next,
-                StatisticsStep::Done(preprocessing) => {
-                    self.note_event(
-                        &job.id,
-                        format!(
-                            "preparation: preprocessing statistics of {n} hospitals summed under secure aggregation (3 passes)"
-                        ),
-                    );
-                    return Ok(Ok(preprocessing));
-                }
+            if let Some(preprocessing) = done {
+                self.note_event(
+                    &job.id,
+                    format!(
+                        "preparation: preprocessing statistics of {n} hospitals summed under secure aggregation (3 passes)"
+                    ),
+                );
+                return Ok(Ok(preprocessing));
             }
         }
     }
