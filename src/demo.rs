@@ -248,12 +248,7 @@ pub async fn run_with_dashboard(
         baseline_auc: baseline.auc,
         baseline_loss: baseline.loss,
         transport: transport.to_string(),
-        aggregation: match spec.privacy.aggregation {
-            cohort_coordinator::job::Aggregation::Plain => "plain",
-            cohort_coordinator::job::Aggregation::Secagg => "secagg",
-            cohort_coordinator::job::Aggregation::He => "he",
-        }
-        .to_string(),
+        aggregation: spec.privacy.aggregation.as_str().to_string(),
         mode: match spec.training.mode {
             cohort_coordinator::job::TrainingMode::Federated => "federated",
             cohort_coordinator::job::TrainingMode::Splitfed if spec.training.u_shaped => {

@@ -350,6 +350,10 @@ enum BenchCommand {
         /// Rounds of each federated job.
         #[arg(long, default_value_t = 20)]
         rounds: u32,
+        /// Aggregation modes of the FedAvg and SplitFed jobs, comma-separated
+        /// (plain, secagg, he); each mode runs all three jobs.
+        #[arg(long, value_delimiter = ',', default_value = "plain")]
+        aggregation: Vec<cohort_coordinator::job::Aggregation>,
         /// Epochs of each vertical run.
         #[arg(long, default_value_t = 20)]
         epochs: usize,
@@ -608,7 +612,10 @@ struct DemoArgs {
     /// Split learning (SplitFed): each hospital trains the bottom of the
     /// network up to the first hidden layer and streams its activations to
     /// the coordinator, which trains the top; both are averaged each round.
-    #[arg(long, conflicts_with_all = ["secure_aggregation", "homomorphic_encryption", "dp_epsilon"])]
+    /// With --secure-aggregation or --homomorphic-encryption the hospitals'
+    /// bottom parts are summed under that protocol (the coordinator sees
+    /// their sum only, and still each batch's activations).
+    #[arg(long, conflicts_with = "dp_epsilon")]
     splitfed: bool,
     /// With --splitfed: the U-shaped split, where the labels and the last
     /// layer stay at the hospitals and the coordinator trains only the
@@ -2141,11 +2148,13 @@ async fn run_bench_command(cmd: BenchCommand) -> Result<()> {
             psi_ids,
             threads,
             rounds,
+            aggregation,
             epochs,
             json,
         } => {
             init_logging("error");
-            cohort::split_bench::run_all(&psi_ids, &threads, rounds, epochs, json).await?;
+            cohort::split_bench::run_all(&psi_ids, &threads, rounds, &aggregation, epochs, json)
+                .await?;
         }
         BenchCommand::Fhir {
             patients,

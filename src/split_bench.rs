@@ -9,6 +9,8 @@ use anyhow::{Context, Result};
 use cohort_datasets::psi;
 use serde::Serialize;
 
+use cohort_coordinator::job::Aggregation;
+
 use crate::demo::{self, DemoOptions};
 use crate::vertical::{self, VerticalOptions};
 
@@ -55,6 +57,8 @@ pub fn psi_throughput(ids: usize, threads: usize) -> Result<PsiBench> {
 #[derive(Debug, Clone, Serialize)]
 pub struct RoundsBench {
     pub mode: String,
+    /// How the hospitals' updates (SplitFed: their parts) were summed.
+    pub aggregation: String,
     pub rounds: u32,
     pub test_accuracy: f64,
     pub test_auc: f64,
@@ -67,47 +71,61 @@ pub struct RoundsBench {
 }
 
 /// The demo (3 hospitals, mutual TLS, real gRPC on loopback), federated, SplitFed, then
-/// U-shaped SplitFed.
-pub async fn rounds(rounds: u32, workdir: &Path) -> Result<Vec<RoundsBench>> {
+/// U-shaped SplitFed, under each of `aggregations`.
+pub async fn rounds(
+    rounds: u32,
+    aggregations: &[Aggregation],
+    workdir: &Path,
+) -> Result<Vec<RoundsBench>> {
     let mut out = Vec::new();
-    for (splitfed, u_shaped) in [(false, false), (true, false), (true, true)] {
-        let dir = workdir.join(match (splitfed, u_shaped) {
-            (false, _) => "federated",
-            (true, false) => "splitfed",
-            (true, true) => "splitfed-u-shaped",
-        });
-        let report = demo::run(DemoOptions {
-            workdir: Some(dir),
-            rounds: Some(rounds),
-            progress: false,
-            splitfed,
-            u_shaped,
-            ..Default::default()
-        })
-        .await?;
-        let exchanges: Vec<(f64, f64, f64)> = report
-            .events
-            .iter()
-            .filter_map(|e| exchange_sizes(e))
-            .collect();
-        let per_round = |i: usize| -> Option<f64> {
-            (!exchanges.is_empty()).then(|| {
-                exchanges.iter().map(|t| [t.0, t.1, t.2][i]).sum::<f64>() / exchanges.len() as f64
+    for &aggregation in aggregations {
+        for (splitfed, u_shaped) in [(false, false), (true, false), (true, true)] {
+            let mode = match (splitfed, u_shaped) {
+                (false, _) => "federated",
+                (true, false) => "splitfed",
+                (true, true) => "splitfed-u-shaped",
+            };
+            let dir = workdir.join(format!("{mode}-{}", aggregation.as_str()));
+            let report = demo::run(DemoOptions {
+                workdir: Some(dir),
+                rounds: Some(rounds),
+                progress: false,
+                splitfed,
+                u_shaped,
+                secure_aggregation: aggregation == Aggregation::Secagg,
+                homomorphic_encryption: aggregation == Aggregation::He,
+                ..Default::default()
             })
-        };
-        out.push(RoundsBench {
-            mode: report.mode.clone(),
-            rounds: report.rounds,
-            test_accuracy: report.test_accuracy,
-            test_auc: report.test_auc,
-            mean_round_secs: report.mean_round_secs,
-            samples_per_round: per_round(0),
-            samples_per_sec: per_round(0).map(|s| s / report.mean_round_secs),
-            bytes_up_per_round: per_round(1),
-            bytes_down_per_round: per_round(2),
-        });
+            .await?;
+            out.push(rounds_bench(&report));
+        }
     }
     Ok(out)
+}
+
+fn rounds_bench(report: &demo::DemoReport) -> RoundsBench {
+    let exchanges: Vec<(f64, f64, f64)> = report
+        .events
+        .iter()
+        .filter_map(|e| exchange_sizes(e))
+        .collect();
+    let per_round = |i: usize| -> Option<f64> {
+        (!exchanges.is_empty()).then(|| {
+            exchanges.iter().map(|t| [t.0, t.1, t.2][i]).sum::<f64>() / exchanges.len() as f64
+        })
+    };
+    RoundsBench {
+        mode: report.mode.clone(),
+        aggregation: report.aggregation.clone(),
+        rounds: report.rounds,
+        test_accuracy: report.test_accuracy,
+        test_auc: report.test_auc,
+        mean_round_secs: report.mean_round_secs,
+        samples_per_round: per_round(0),
+        samples_per_sec: per_round(0).map(|s| s / report.mean_round_secs),
+        bytes_up_per_round: per_round(1),
+        bytes_down_per_round: per_round(2),
+    }
 }
 
 /// Reads "split exchange of N samples, U bytes ... up, D bytes ... down" from a job event.
@@ -168,6 +186,7 @@ pub async fn run_all(
     psi_ids: &[usize],
     threads: &[usize],
     rounds_count: u32,
+    aggregations: &[Aggregation],
     vertical_epochs: usize,
     json: bool,
 ) -> Result<()> {
@@ -194,10 +213,10 @@ pub async fn run_all(
         }
     }
     eprintln!("FedAvg and SplitFed, {rounds_count} rounds each ...");
-    let rounds = rounds(rounds_count, workdir.path()).await?;
+    let rounds = rounds(rounds_count, aggregations, workdir.path()).await?;
     if !json {
         println!(
-            "\nWDBC, 3 hospitals, mutual TLS on loopback\n    mode       rounds  accuracy  AUC     s/round  samples/s  bytes up/round  bytes down/round"
+            "\nWDBC, 3 hospitals, mutual TLS on loopback\n    mode               aggregation  rounds  accuracy  AUC     s/round  samples/s  bytes up/round  bytes down/round"
         );
     }
     for r in &rounds {
@@ -206,8 +225,9 @@ pub async fn run_all(
         } else {
             let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
             println!(
-                "    {:<9}  {:>6}  {:>8.4}  {:.4}  {:>7.3}  {:>9}  {:>14}  {:>16}",
+                "    {:<17}  {:<11}  {:>6}  {:>8.4}  {:.4}  {:>7.3}  {:>9}  {:>14}  {:>16}",
                 r.mode,
+                r.aggregation,
                 r.rounds,
                 r.test_accuracy,
                 r.test_auc,

@@ -88,7 +88,7 @@ impl Worker {
         &self,
         task: &TaskHeader,
         he: &HeTask,
-        global: Vec<f32>,
+        train: impl FnOnce() -> Result<crate::work::Trained, String>,
     ) -> Result<Answer, String> {
         let view = self.he_view(task, he)?;
         let quantizer: Quantizer = parse(&he.quantizer_json, "quantizer")?;
@@ -122,7 +122,7 @@ impl Worker {
                 Ok(advert)
             })
             .collect::<Result<Vec<_>, String>>()?;
-        let trained = self.train(task, &global)?;
+        let trained = train()?;
         // Under client-level DP the noise goes in before encryption, sized
         // for the fewest decryptors.
         let encoded = self.encode_for_sum(

@@ -211,13 +211,13 @@ impl Worker {
             .map_err(|e| format!("neighbour `{expected}`'s key advertisement: {e}"))
     }
 
-    /// Stage 3: trains, encodes the update (the example count rides
-    /// inside) and sends it masked.
+    /// Stage 3: trains (`train`: whole-model or split training), encodes
+    /// the update (the example count rides inside) and sends it masked.
     pub(crate) fn masked_fit(
         &self,
         task: &TaskHeader,
         secagg: &SecAggTask,
-        global: Vec<f32>,
+        train: impl FnOnce() -> Result<crate::work::Trained, String>,
     ) -> Result<Answer, String> {
         let view = self.view(task, secagg)?;
         let quantizer: Quantizer = parse(&secagg.quantizer_json, "quantizer")?;
@@ -229,7 +229,7 @@ impl Worker {
             ));
         }
         let received = decode_shares(&secagg.shares).map_err(|e| e.to_string())?;
-        let trained = self.train(task, &global)?;
+        let trained = train()?;
         let encoded = self.encode_for_sum(
             task,
             &trained,

@@ -6,6 +6,11 @@
 //! at the end of the round, the bottom part's update, signed like any
 //! update. Never a row of features.
 //!
+//! Under secure or homomorphic aggregation (`[privacy] aggregation =
+//! "secagg"` or `"he"`) the part's update leaves masked or encrypted, as a
+//! FedAvg update would: the coordinator learns only the sum of the round's
+//! parts. It still sees each batch's activations (and, SplitFed v1, labels).
+//!
 //! Under client-level DP (`[privacy.dp] level = "client"`, plain
 //! aggregation) the hospital admits the round against its privacy budget
 //! and records the spending before its update leaves, as in FedAvg rounds;
@@ -24,8 +29,7 @@ use std::sync::Arc;
 use cohort_models::{BottomPart, ModelSpec, SplitLayout, TopPart, TrainConfig, UShapedLayout};
 use cohort_protocol::v1::hospital_service_client::HospitalServiceClient;
 use cohort_protocol::v1::{
-    ResultHeader, SplitBatch, SplitDown, SplitHeadGradient, SplitOpen, SplitTask, SplitUp,
-    TaskHeader, split_up,
+    SplitBatch, SplitDown, SplitHeadGradient, SplitOpen, SplitTask, SplitUp, TaskHeader, split_up,
 };
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -35,7 +39,7 @@ use tonic::transport::Channel;
 use tracing::info;
 
 use crate::exchange::BlockingExchange;
-use crate::work::{Answer, Worker, parse};
+use crate::work::{Answer, Trained, Worker, parse};
 use cohort_privacy::dp::{DpLevel, HospitalPlan, JobDp};
 
 /// Answers a FIT task that carries `split`: trains the bottom part from
@@ -51,7 +55,7 @@ pub(crate) async fn fit(
     let started = std::time::Instant::now();
     let answer = tokio::task::spawn_blocking(move || {
         let result = match &task.split {
-            Some(split) => train(&worker, &handle, grpc, &session_id, &task, split, &bottom),
+            Some(split) => answer(&worker, &handle, grpc, &session_id, &task, split, &bottom),
             None => Err("split fit task without its split description".to_string()),
         };
         let answer = result.unwrap_or_else(Answer::refused);
@@ -199,7 +203,10 @@ fn expect_values(
     Ok(values)
 }
 
-fn train(
+/// Trains this hospital's part and answers in the task's aggregation mode:
+/// the part's update itself, masked (secure aggregation) or encrypted
+/// (homomorphic aggregation).
+fn answer(
     worker: &Worker,
     handle: &Handle,
     grpc: HospitalServiceClient<Channel>,
@@ -208,6 +215,23 @@ fn train(
     split: &SplitTask,
     bottom: &[f32],
 ) -> Result<Answer, String> {
+    let train = || train(worker, handle, grpc, session_id, task, split, bottom);
+    match (&task.secagg, &task.he) {
+        (Some(secagg), _) => worker.masked_fit(task, secagg, train),
+        (None, Some(he)) => worker.encrypted_fit(task, he, train),
+        (None, None) => train().map(Trained::into_answer),
+    }
+}
+
+fn train(
+    worker: &Worker,
+    handle: &Handle,
+    grpc: HospitalServiceClient<Channel>,
+    session_id: &str,
+    task: &TaskHeader,
+    split: &SplitTask,
+    bottom: &[f32],
+) -> Result<Trained, String> {
     if worker.options().require_secure_aggregation {
         return Err("this hospital only sends updates under secure aggregation \
                     (--require-secure-aggregation); split learning sends activations"
@@ -219,6 +243,13 @@ fn train(
     let data = worker.prepared(task)?;
     let train = &data.train;
     let private = client_level_plan(worker, task, train.len())?;
+    if private.is_some() && (task.secagg.is_some() || task.he.is_some()) {
+        return Err(
+            "split learning with differential privacy runs under plain aggregation \
+                    only (the coordinator clips and noises whole updates)"
+                .to_string(),
+        );
+    }
     if split.u_shaped {
         let layout = UShapedLayout::new(&model, train.n_features).map_err(|e| e.to_string())?;
         let exchange = Exchange::open(handle, grpc, session_id, &split.exchange_id)?;
@@ -304,7 +335,7 @@ fn client_level_plan(
     Ok(Some((job, plan)))
 }
 
-/// The answer of a split round: the hospital's update, after its DP
+/// What a split round trained: the hospital's part update, after its DP
 /// spending (if any) is on disk.
 fn finish(
     worker: &Worker,
@@ -313,7 +344,7 @@ fn finish(
     delta: Vec<f32>,
     (examples, loss): (usize, f64),
     data: &crate::work::Prepared,
-) -> Result<Answer, String> {
+) -> Result<Trained, String> {
     let dp_epsilon = match &private {
         Some((job, plan)) => Some(worker.budget().spend_round(
             &task.job_id,
@@ -323,19 +354,17 @@ fn finish(
         )?),
         None => None,
     };
-    Ok(Answer {
-        header: ResultHeader {
-            num_examples: examples as u64,
-            parameter_count: delta.len() as u64,
-            // Under DP the training loss is a statistic of the records that
-            // the noise does not cover: it stays in the hospital.
-            train_loss: if dp_epsilon.is_some() { f64::NAN } else { loss },
-            dataset_sha256: data.commitment.clone(),
-            dp_epsilon: dp_epsilon.unwrap_or(0.0),
-            ..Default::default()
-        },
-        parameters: delta,
-        masked: Vec::new(),
+    Ok(Trained {
+        delta,
+        examples: examples as u64,
+        // Under DP the training loss is a statistic of the records that
+        // the noise does not cover: it stays in the hospital.
+        loss: if dp_epsilon.is_some() { f64::NAN } else { loss },
+        commitment: data.commitment.clone(),
+        dp_epsilon,
+        // The coordinator clips whole updates (its seat's part included).
+        client_level: None,
+        train_metrics: None,
     })
 }
 

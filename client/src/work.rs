@@ -125,7 +125,9 @@ impl Worker {
         let started = std::time::Instant::now();
         let answer = match (kind, &task.secagg, &task.he) {
             (TaskKind::Prepare, ..) => self.prepare(task),
-            (TaskKind::Fit, None, Some(he)) => self.encrypted_fit(task, he, parameters),
+            (TaskKind::Fit, None, Some(he)) => {
+                self.encrypted_fit(task, he, || self.train(task, &parameters))
+            }
             (TaskKind::HeKeygen, _, Some(he)) => self.he_keygen(task, he),
             (TaskKind::HeDecrypt, _, Some(he)) => self.he_decrypt(task, he, &payload),
             (TaskKind::HeKeygen | TaskKind::HeDecrypt, _, None) => {
@@ -137,7 +139,9 @@ impl Worker {
                     .to_string())
             }
             (TaskKind::Fit, None, None) => self.plain_fit(task, parameters),
-            (TaskKind::Fit, Some(secagg), _) => self.masked_fit(task, secagg, parameters),
+            (TaskKind::Fit, Some(secagg), _) => {
+                self.masked_fit(task, secagg, || self.train(task, &parameters))
+            }
             (TaskKind::SecaggAdvertise, Some(secagg), _) => self.advertise(task, secagg),
             (TaskKind::SecaggShare, Some(secagg), _) => self.share_keys(task, secagg),
             (TaskKind::SecaggUnmask, Some(secagg), _) => self.unmask(task, secagg),
@@ -515,21 +519,7 @@ impl Worker {
     }
 
     pub(crate) fn fit(&self, task: &TaskHeader, global: Vec<f32>) -> Result<Answer, String> {
-        let trained = self.train(task, &global)?;
-        Ok(Answer {
-            header: ResultHeader {
-                num_examples: trained.examples,
-                parameter_count: trained.delta.len() as u64,
-                train_loss: trained.loss,
-                dataset_sha256: trained.commitment,
-                dp_epsilon: trained.dp_epsilon.unwrap_or(0.0),
-                train_accuracy: trained.train_metrics.as_ref().map(|m| m.accuracy),
-                train_auc: trained.train_metrics.as_ref().map(|m| m.auc),
-                ..Default::default()
-            },
-            parameters: trained.delta,
-            masked: Vec::new(),
-        })
+        Ok(self.train(task, &global)?.into_answer())
     }
 
     /// The round's model on the validation split; in a valued round also
@@ -623,6 +613,26 @@ pub(crate) struct Trained {
     pub client_level: Option<f64>,
     /// Without DP: the trained model on the training split.
     pub train_metrics: Option<cohort_models::Metrics>,
+}
+
+impl Trained {
+    /// The plain answer: the update itself, signed when it is submitted.
+    pub(crate) fn into_answer(self) -> Answer {
+        Answer {
+            header: ResultHeader {
+                num_examples: self.examples,
+                parameter_count: self.delta.len() as u64,
+                train_loss: self.loss,
+                dataset_sha256: self.commitment,
+                dp_epsilon: self.dp_epsilon.unwrap_or(0.0),
+                train_accuracy: self.train_metrics.as_ref().map(|m| m.accuracy),
+                train_auc: self.train_metrics.as_ref().map(|m| m.auc),
+                ..Default::default()
+            },
+            parameters: self.delta,
+            masked: Vec::new(),
+        }
+    }
 }
 
 /// DP-SGD must run exactly the mechanism the hospital accounts for: the

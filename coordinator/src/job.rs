@@ -98,6 +98,28 @@ pub enum Aggregation {
     He,
 }
 
+impl Aggregation {
+    /// The job file's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Aggregation::Plain => "plain",
+            Aggregation::Secagg => "secagg",
+            Aggregation::He => "he",
+        }
+    }
+}
+
+impl std::str::FromStr for Aggregation {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        [Aggregation::Plain, Aggregation::Secagg, Aggregation::He]
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| format!("unknown aggregation `{s}`: expected plain, secagg or he"))
+    }
+}
+
 /// `[privacy] he = { threshold, bits, clip }`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -601,6 +601,7 @@ impl Runner {
                         &global,
                         &selected,
                         (round, attempt),
+                        &splitfed::SplitTasks::new(),
                     )
                     .await?
                 }

@@ -9,7 +9,9 @@
 //! seat takes one step of its top part and streams the gradient at the cut
 //! back. When the hospital's bottom-part update arrives, the runner closes
 //! the seat and joins the two parts into one full-length update, so every
-//! strategy averages split rounds like any other.
+//! strategy averages split rounds like any other. Under secure or
+//! homomorphic aggregation the hospitals' parts are summed by that
+//! protocol instead and only the mean is joined (`runner/splitfed.rs`).
 //!
 //! Batches are checked before they touch the top part (shape, finite values,
 //! labels 0 or 1, order, size); a bad batch ends that hospital's exchange and
@@ -71,20 +73,28 @@ pub fn check_job(spec: &JobSpec) -> Result<(), JobError> {
         ));
     }
     if spec.privacy.aggregation != Aggregation::Plain {
-        return Err(invalid(
-            "privacy.aggregation",
-            format!(
-                "aggregation = \"{}\" with [training] mode = \"splitfed\" is not supported: \
-                 splitfed averages bottom parts in plain mode only, since the coordinator \
-                 already trains every hospital's copy of the top part, which secure \
-                 aggregation cannot hide",
-                match spec.privacy.aggregation {
-                    Aggregation::Plain => "plain",
-                    Aggregation::Secagg => "secagg",
-                    Aggregation::He => "he",
-                }
-            ),
-        ));
+        let mode = spec.privacy.aggregation.as_str();
+        if spec.privacy.dp.is_some() {
+            return Err(invalid(
+                "privacy.dp",
+                format!(
+                    "[privacy.dp] with aggregation = \"{mode}\" and [training] mode = \
+                     \"splitfed\" is not supported: the hospitals' parts would carry distributed \
+                     noise while the coordinator's parts need central noise, under one clipping \
+                     bound; use aggregation = \"plain\" with level = \"client\""
+                ),
+            ));
+        }
+        if spec.valuation.is_some() {
+            return Err(invalid(
+                "valuation",
+                format!(
+                    "[valuation] with aggregation = \"{mode}\" and [training] mode = \
+                     \"splitfed\" is not supported: partition valuation of split parts is not \
+                     built; value split rounds with aggregation = \"plain\""
+                ),
+            ));
+        }
     }
     if let Some(dp) = &spec.privacy.dp
         && dp.level != cohort_privacy::dp::DpLevel::Client
@@ -122,6 +132,17 @@ pub struct SeatStats {
     /// Gradients sent back.
     pub bytes_out: u64,
     pub loss_sum: f64,
+}
+
+impl SeatStats {
+    /// Adds another seat's counts (a round's totals).
+    pub fn add(&mut self, other: &SeatStats) {
+        self.batches += other.batches;
+        self.samples += other.samples;
+        self.bytes_in += other.bytes_in;
+        self.bytes_out += other.bytes_out;
+        self.loss_sum += other.loss_sum;
+    }
 }
 
 /// What a seat trains: the top part, or, U-shaped, the middle.

@@ -26,6 +26,7 @@ use cohort_privacy::he::{self, EncryptedUpdate, HeConfig};
 use cohort_privacy::quantize::Quantizer;
 use cohort_protocol::v1::{HeAdvert, HeTask, TaskHeader, TaskKind};
 
+use super::splitfed::SplitTasks;
 use super::{Fitted, RunError, Runner, json};
 use crate::job::JobSpec;
 use crate::registry::{Expect, TaskAnswer, TaskBody};
@@ -40,6 +41,8 @@ const MAX_HEADER_PAYLOAD: usize = cohort_protocol::MAX_MESSAGE_BYTES - (512 << 1
 
 impl Runner {
     /// `None` when the attempt had to be abandoned; the round is retried.
+    /// In a SplitFed round `global` is what the hospitals train (their
+    /// parts) and `splits` names each one's exchange.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn he_fit(
         &self,
@@ -50,6 +53,7 @@ impl Runner {
         global: &Arc<Vec<f32>>,
         selected: &[String],
         (round, attempt): (u32, u32),
+        splits: &SplitTasks,
     ) -> Result<Option<Fitted>, RunError> {
         let t = &spec.training;
         let config = &spec.privacy.he;
@@ -214,7 +218,8 @@ impl Runner {
         let tasks = selected
             .iter()
             .map(|c| {
-                let header = task(TaskKind::Fit, index_of(c), &|h| h.adverts = relayed.clone());
+                let mut header = task(TaskKind::Fit, index_of(c), &|h| h.adverts = relayed.clone());
+                header.split = splits.get(c).cloned();
                 (c.clone(), header)
             })
             .collect();

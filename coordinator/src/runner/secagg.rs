@@ -25,6 +25,7 @@ use cohort_privacy::secagg::{
 };
 use cohort_protocol::v1::{SecAggAdvert, SecAggTask, TaskHeader, TaskKind};
 
+use super::splitfed::SplitTasks;
 use super::{Fitted, RunError, Runner, json};
 use crate::job::JobSpec;
 use crate::registry::{Expect, TaskAnswer, TaskBody};
@@ -60,6 +61,8 @@ pub(super) struct SecureSession {
     pub input: (TaskKind, &'static str, &'static str),
     /// What stage 3's tasks carry after their header.
     pub body: Option<TaskBody>,
+    /// SplitFed: each hospital's split exchange, named in its stage-3 task.
+    pub splits: SplitTasks,
     /// Values in each hospital's masked input.
     pub input_len: usize,
     /// Hospitals needed at every stage.
@@ -94,13 +97,16 @@ impl Runner {
             selected,
             (round, attempt),
             min_clients,
+            &SplitTasks::new(),
         )
         .await
     }
 
     /// [`Runner::secure_fit`] needing `min_clients` survivors at every
     /// stage (a valuation group needs all its members, so that the sum
-    /// recovered is exactly the group's).
+    /// recovered is exactly the group's). In a SplitFed round `global` is
+    /// what the hospitals train (their parts) and `splits` names each
+    /// one's exchange.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn secure_fit_with(
         &self,
@@ -112,6 +118,7 @@ impl Runner {
         selected: &[String],
         (round, attempt): (u32, u32),
         min_clients: u32,
+        splits: &SplitTasks,
     ) -> Result<Option<Fitted>, RunError> {
         let t = &spec.training;
         let config = &spec.privacy.secagg;
@@ -162,6 +169,7 @@ impl Runner {
             },
             input: (TaskKind::Fit, "masked update", "sent a masked update"),
             body: Some(TaskBody::parameters(global)),
+            splits: splits.clone(),
             input_len: global.len() + 1,
             needed,
             timeout_secs: t.round_timeout_secs,
@@ -213,6 +221,7 @@ impl Runner {
             secagg: base_secagg,
             input: (input_kind, input_name, input_done),
             body,
+            splits,
             input_len,
             needed,
             timeout_secs,
@@ -365,10 +374,9 @@ impl Runner {
             .map(|(c, ())| {
                 let id = id_of(c);
                 let shares = encode_shares(&server.shares_for(id));
-                (
-                    c.clone(),
-                    task(input_kind, id, &|s| s.shares = shares.clone()),
-                )
+                let mut header = task(input_kind, id, &|s| s.shares = shares.clone());
+                header.split = splits.get(c).cloned();
+                (c.clone(), header)
             })
             .collect();
         let expect = Expect::Masked {

@@ -64,6 +64,7 @@ impl Runner {
                     "sent their masked statistics",
                 ),
                 body: None,
+                splits: Default::default(),
                 input_len: pass.len(schema),
                 needed: members.len(),
                 timeout_secs: spec.training.round_timeout_secs,

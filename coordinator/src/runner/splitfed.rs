@@ -7,6 +7,13 @@
 //! seat's top part, minus the global top part, completes the update: the
 //! strategy sees full-length updates and averages bottoms and tops alike.
 //!
+//! Under secure or homomorphic aggregation the hospitals' part updates
+//! go through the round's SecAgg+ session or encrypted sum instead (each
+//! FIT task of the session names the hospital's seat), so the coordinator
+//! learns only their weighted mean; it averages the seats' parts of the
+//! same hospitals with the same weights and joins the two means. What the
+//! seats hold the coordinator trains itself, so it is no secret from it.
+//!
 //! A hospital whose exchange failed (bad batch, dropped stream) or that
 //! sent no batch is left out of the round; the round is retried when too
 //! few remain.
@@ -22,11 +29,14 @@ use cohort_models::{SplitLayout, UShapedLayout};
 use cohort_protocol::v1::{SplitTask, TaskHeader};
 
 use super::{Fitted, RunError, Runner, weighted_loss};
-use crate::job::JobSpec;
+use crate::job::{Aggregation, JobSpec};
 use crate::registry::{Expect, TaskAnswer, TaskBody};
-use crate::split::ClosedSeat;
+use crate::split::{ClosedSeat, SeatStats};
 use crate::store::{Enrollment, JobRow};
 use crate::strategy::ClientUpdate;
+
+/// Each selected hospital's split exchange, by name, for its FIT task.
+pub(super) type SplitTasks = HashMap<String, SplitTask>;
 
 impl Runner {
     /// `None` when fewer than `min_clients` hospitals finished (the attempt
@@ -50,8 +60,7 @@ impl Runner {
             .split(global)
             .map_err(|e| RunError::Failed(format!("round {round}: {e}")))?;
         let sent = Arc::new(sent);
-        let sent_sha256 = cohort_models::parameters_sha256(&sent);
-        let mut tasks = Vec::with_capacity(selected.len());
+        let mut splits = SplitTasks::with_capacity(selected.len());
         let mut exchanges = Vec::with_capacity(selected.len());
         for client in selected {
             let opened = match &cut {
@@ -72,23 +81,175 @@ impl Runner {
             };
             let exchange_id =
                 opened.map_err(|e| RunError::Failed(format!("round {round}: top part: {e}")))?;
-            let header = TaskHeader {
-                parameters_sha256: sent_sha256.clone(),
-                split: Some(SplitTask {
+            splits.insert(
+                client.clone(),
+                SplitTask {
                     exchange_id: exchange_id.clone(),
                     cut_width: cut.cut_width() as u32,
                     u_shaped: t.u_shaped,
                     head_width: cut.head_width() as u32,
-                }),
-                ..fit.clone()
-            };
-            tasks.push((client.clone(), header));
+                },
+            );
             exchanges.push((client.clone(), exchange_id));
         }
+        let fit = TaskHeader {
+            parameters_sha256: cohort_models::parameters_sha256(&sent),
+            ..fit.clone()
+        };
+        let round_attempt = (round, attempt);
+        let secured = match spec.privacy.aggregation {
+            Aggregation::Plain => {
+                return self
+                    .plain_split_fit(
+                        job,
+                        spec,
+                        &fit,
+                        &sent,
+                        &top,
+                        &cut,
+                        splits,
+                        exchanges,
+                        round_attempt,
+                    )
+                    .await;
+            }
+            Aggregation::Secagg => {
+                self.secure_fit_with(
+                    job,
+                    spec,
+                    enrollment,
+                    &fit,
+                    &sent,
+                    selected,
+                    round_attempt,
+                    t.min_clients,
+                    &splits,
+                )
+                .await
+            }
+            Aggregation::He => {
+                self.he_fit(
+                    job,
+                    spec,
+                    enrollment,
+                    &fit,
+                    &sent,
+                    selected,
+                    round_attempt,
+                    &splits,
+                )
+                .await
+            }
+        };
+        // Every seat closes, whatever became of the attempt.
+        let mut seats = self.close_seats(exchanges);
+        let Some(mut fitted) = secured? else {
+            return Ok(None);
+        };
+        // The hospitals' parts arrived as one weighted mean; their seats'
+        // parts are averaged here with the same weights (each seat saw
+        // its hospital's examples once an epoch).
+        let mut top_sum = vec![0.0f64; top.len()];
+        let mut exchanged = SeatStats::default();
+        let mut untrained = Vec::new();
+        for client in &fitted.participants {
+            match seats.remove(client) {
+                Some(ClosedSeat {
+                    top: Ok(after),
+                    stats,
+                    ..
+                }) if stats.batches > 0 => {
+                    let weight = stats.samples as f64;
+                    for ((sum, a), b) in top_sum.iter_mut().zip(&after).zip(&top) {
+                        *sum += weight * f64::from(a - b);
+                    }
+                    exchanged.add(&stats);
+                }
+                Some(ClosedSeat {
+                    top: Err(reason), ..
+                }) => untrained.push((
+                    client.clone(),
+                    format!("its part is in the sum but its split exchange failed: {reason}"),
+                )),
+                _ => untrained.push((
+                    client.clone(),
+                    "its part is in the sum but its seat trained no batch".to_string(),
+                )),
+            }
+        }
+        self.note_failures(&job.id, &format!("round {round}"), &untrained);
+        if exchanged.samples == 0 {
+            self.note(
+                &job.id,
+                format!(
+                    "round {round} attempt {attempt}: no seat of the hospitals in the sum trained; retrying"
+                ),
+            );
+            return Ok(None);
+        }
+        let top_mean: Vec<f32> = top_sum
+            .iter()
+            .map(|s| (s / exchanged.samples as f64) as f32)
+            .collect();
+        let Some(update) = fitted.updates.first_mut() else {
+            return Err(RunError::Failed(format!(
+                "round {round}: the {} sum of split parts is missing",
+                spec.privacy.aggregation.as_str()
+            )));
+        };
+        update.delta = cut.full_delta(&update.delta, &top_mean);
+        self.note_event(
+            &job.id,
+            format!(
+                "{}; the hospitals' parts summed under {}",
+                cut.exchange_note(round, &exchanged),
+                match spec.privacy.aggregation {
+                    Aggregation::He => "homomorphic aggregation",
+                    _ => "secure aggregation",
+                }
+            ),
+        );
+        Ok(Some(fitted))
+    }
+
+    /// Closes the round's seats, by hospital.
+    fn close_seats(&self, exchanges: Vec<(String, String)>) -> HashMap<String, ClosedSeat> {
+        exchanges
+            .into_iter()
+            .filter_map(|(client, id)| self.registry.split.close(&id).map(|s| (client, s)))
+            .collect()
+    }
+
+    /// Plain aggregation: each hospital's part update arrives signed and is
+    /// joined with its seat's into one full-length update.
+    #[allow(clippy::too_many_arguments)]
+    async fn plain_split_fit(
+        &self,
+        job: &JobRow,
+        spec: &JobSpec,
+        fit: &TaskHeader,
+        sent: &Arc<Vec<f32>>,
+        top: &[f32],
+        cut: &Cut,
+        mut splits: SplitTasks,
+        exchanges: Vec<(String, String)>,
+        (round, attempt): (u32, u32),
+    ) -> Result<Option<Fitted>, RunError> {
+        let t = &spec.training;
+        let tasks = exchanges
+            .iter()
+            .map(|(client, _)| {
+                let header = TaskHeader {
+                    split: splits.remove(client),
+                    ..fit.clone()
+                };
+                (client.clone(), header)
+            })
+            .collect();
         let answers = self
             .gather_each(
                 tasks,
-                Some(TaskBody::parameters(&sent)),
+                Some(TaskBody::parameters(sent)),
                 Expect::Update(sent.len() as u64),
                 t.round_timeout_secs,
                 |_, a| match a {
@@ -104,14 +265,11 @@ impl Runner {
                 },
             )
             .await;
-        let mut seats: HashMap<String, ClosedSeat> = exchanges
-            .into_iter()
-            .filter_map(|(client, id)| self.registry.split.close(&id).map(|s| (client, s)))
-            .collect();
+        let mut seats = self.close_seats(exchanges);
 
         let mut failed = answers.failed;
         let mut ok = Vec::new();
-        let (mut samples, mut bytes_in, mut bytes_out) = (0u64, 0u64, 0u64);
+        let mut exchanged = SeatStats::default();
         for (client, (hospital_delta, num_examples, train_loss, seconds, receipt)) in answers.ok {
             let Some(seat) = seats.remove(&client) else {
                 failed.push((client, "its split exchange was never opened".into()));
@@ -128,10 +286,8 @@ impl Runner {
                     continue;
                 }
             };
-            samples += seat.stats.samples;
-            bytes_in += seat.stats.bytes_in;
-            bytes_out += seat.stats.bytes_out;
-            let seat_delta: Vec<f32> = top_after.iter().zip(&top).map(|(a, b)| a - b).collect();
+            exchanged.add(&seat.stats);
+            let seat_delta: Vec<f32> = top_after.iter().zip(top).map(|(a, b)| a - b).collect();
             let delta = cut.full_delta(&hospital_delta, &seat_delta);
             ok.push((client, delta, num_examples, train_loss, seconds, receipt));
         }
@@ -148,18 +304,7 @@ impl Runner {
             return Ok(None);
         }
         // A job event for `job status` and the benchmark, not a warning.
-        let exchanged = match cut {
-            Cut::Plain(_) => format!(
-                "round {round}: split exchange of {samples} samples, {bytes_in} bytes of \
-                 activations and labels up, {bytes_out} bytes of gradients down"
-            ),
-            Cut::UShaped(_) => format!(
-                "round {round}: U-shaped split exchange of {samples} samples, {bytes_in} bytes \
-                 of activations and head gradients up (no labels), {bytes_out} bytes of middle \
-                 activations and gradients down"
-            ),
-        };
-        self.note_event(&job.id, exchanged);
+        self.note_event(&job.id, cut.exchange_note(round, &exchanged));
         let total_examples = ok.iter().map(|(_, _, n, ..)| *n).sum();
         let train_loss = weighted_loss(ok.iter().map(|(_, _, n, l, ..)| (*n, *l)));
         let slowest_fit_secs = ok.iter().map(|(.., s, _)| *s).fold(0.0, f64::max);
@@ -210,6 +355,27 @@ impl Cut {
         } else {
             Cut::Plain(SplitLayout::new(spec, n_features)?)
         })
+    }
+
+    /// The job event of a round's exchanges.
+    fn exchange_note(&self, round: u32, stats: &SeatStats) -> String {
+        let SeatStats {
+            samples,
+            bytes_in,
+            bytes_out,
+            ..
+        } = stats;
+        match self {
+            Cut::Plain(_) => format!(
+                "round {round}: split exchange of {samples} samples, {bytes_in} bytes of \
+                 activations and labels up, {bytes_out} bytes of gradients down"
+            ),
+            Cut::UShaped(_) => format!(
+                "round {round}: U-shaped split exchange of {samples} samples, {bytes_in} bytes \
+                 of activations and head gradients up (no labels), {bytes_out} bytes of middle \
+                 activations and gradients down"
+            ),
+        }
     }
 
     fn cut_width(&self) -> usize {

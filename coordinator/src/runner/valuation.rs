@@ -9,6 +9,7 @@ use std::time::Instant;
 use cohort_protocol::v1::TaskHeader;
 use serde::{Deserialize, Serialize};
 
+use super::splitfed::SplitTasks;
 use super::{Fitted, RunError, Runner};
 use crate::job::{Aggregation, JobSpec};
 use crate::store::{Enrollment, JobRow};
@@ -125,6 +126,7 @@ impl Runner {
                         global,
                         members,
                         (round, attempt),
+                        &SplitTasks::new(),
                     )
                     .await
                 }
@@ -138,6 +140,7 @@ impl Runner {
                         members,
                         (round, attempt),
                         members.len() as u32,
+                        &SplitTasks::new(),
                     )
                     .await
                 }
