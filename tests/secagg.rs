@@ -802,3 +802,64 @@ async fn a_hospital_vanishing_after_its_masked_split_part_still_counts() {
     assert_eq!(round.attempts, 1, "{view:#?}");
     assert_eq!(round.participants.len(), 5, "{view:#?}");
 }
+
+/// Client-level DP of SplitFed parts under secure aggregation: each
+/// hospital's kept contribution is its part clipped to `clip/√2` plus its
+/// share of distributed noise, the sums are exact, and every hospital
+/// spends exactly the client-level epsilon of a whole update per round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn splitfed_parts_carry_distributed_noise_under_client_level_dp() {
+    let dir = tempfile::tempdir().unwrap();
+    let view = run_job(
+        dir.path(),
+        &hospitals(dir.path(), &[]),
+        &splitfed_job(3, 5, false, &(SECAGG.to_string() + CLIENT_DP)),
+    )
+    .await;
+    assert_exact_sums(dir.path(), &view);
+    let (params, _) = cohort_privacy::secagg::Params::from_fractions(5, 8, 0.66, BITS).unwrap();
+    let (clip, sigma) = cohort_privacy::distributed::per_part(0.5, 2.0);
+    let q = cohort_privacy::distributed::quantizer(clip, BITS, 5, sigma, params.min_survivors, 1)
+        .unwrap();
+    let mut norms = Vec::new();
+    for round in &view.rounds {
+        for client in &round.participants {
+            let path = contribution(
+                dir.path(),
+                client,
+                &view.job_id,
+                round.round,
+                round.attempts,
+            );
+            let bytes = std::fs::read(path).unwrap();
+            let values = unpack(&bytes, BITS, bytes.len() / 4).unwrap();
+            let (&count, coords) = values.split_last().unwrap();
+            assert_eq!(count, 1, "client-level DP weighs hospitals equally");
+            let norm = coords
+                .iter()
+                .map(|&v| (v as u32 as i32 as f64).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            norms.push(norm / (q.scale() * q.clip()));
+        }
+    }
+    let mean = norms.iter().sum::<f64>() / norms.len() as f64;
+    assert!(mean > 2.0, "contributions look noiseless: {norms:?}");
+    // The coordinator noised the seats' parts with σ·clip of a whole
+    // update (2.0 × 0.5), every round.
+    let noised = view
+        .events
+        .iter()
+        .filter(|e| {
+            e.message.contains(
+                "clipped to 0.3536, the seats' parts noised here with standard deviation 1.0000",
+            )
+        })
+        .count();
+    assert_eq!(noised, 3, "{:#?}", view.events);
+    let expected = expected_client_level_epsilon(3);
+    assert_eq!(view.dp_epsilon.len(), 5, "{view:#?}");
+    for (name, eps) in &view.dp_epsilon {
+        assert!((eps - expected).abs() < 1e-9, "{name}: {eps} vs {expected}");
+    }
+}

@@ -11,11 +11,15 @@
 //! FedAvg update would: the coordinator learns only the sum of the round's
 //! parts. It still sees each batch's activations (and, SplitFed v1, labels).
 //!
-//! Under client-level DP (`[privacy.dp] level = "client"`, plain
-//! aggregation) the hospital admits the round against its privacy budget
-//! and records the spending before its update leaves, as in FedAvg rounds;
-//! the coordinator clips each hospital's whole update (its part and its
-//! seat's) and adds the noise to the sum. Its training loss then stays here.
+//! Under client-level DP (`[privacy.dp] level = "client"`) the hospital
+//! admits the round against its privacy budget and records the spending
+//! before its update leaves, as in FedAvg rounds. In plain mode the
+//! coordinator clips each hospital's whole update (its part and its
+//! seat's) and adds the noise to the sum; under secure or homomorphic
+//! aggregation the hospital's part is clipped to `clip/√2` and carries
+//! this hospital's share of distributed noise, and the coordinator clips
+//! and noises the seats' parts alike (`cohort_privacy::distributed::
+//! per_part`). Its training loss then stays here.
 //!
 //! U-shaped (`SplitTask.u_shaped`): the hospital also keeps the head (the
 //! last layer) and its labels. Per batch the activations go up without
@@ -243,13 +247,6 @@ fn train(
     let data = worker.prepared(task)?;
     let train = &data.train;
     let private = client_level_plan(worker, task, train.len())?;
-    if private.is_some() && (task.secagg.is_some() || task.he.is_some()) {
-        return Err(
-            "split learning with differential privacy runs under plain aggregation \
-                    only (the coordinator clips and noises whole updates)"
-                .to_string(),
-        );
-    }
     if split.u_shaped {
         let layout = UShapedLayout::new(&model, train.n_features).map_err(|e| e.to_string())?;
         let exchange = Exchange::open(handle, grpc, session_id, &split.exchange_id)?;
@@ -354,6 +351,17 @@ fn finish(
         )?),
         None => None,
     };
+    // In plain mode the coordinator clips and noises whole updates; under
+    // secure or homomorphic aggregation this hospital adds distributed noise
+    // to its part, and the coordinator noises the seats' parts.
+    let protected = task.secagg.is_some() || task.he.is_some();
+    let client_level = match &private {
+        Some((job, plan)) if protected => Some(
+            cohort_privacy::distributed::per_part(job.policy.clipping_norm, plan.noise_multiplier)
+                .1,
+        ),
+        _ => None,
+    };
     Ok(Trained {
         delta,
         examples: examples as u64,
@@ -362,8 +370,7 @@ fn finish(
         loss: if dp_epsilon.is_some() { f64::NAN } else { loss },
         commitment: data.commitment.clone(),
         dp_epsilon,
-        // The coordinator clips whole updates (its seat's part included).
-        client_level: None,
+        client_level,
         train_metrics: None,
     })
 }

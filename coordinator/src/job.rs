@@ -535,23 +535,37 @@ impl JobSpec {
     /// hospitals have enrolled) and again every round.
     fn check_distributed_dp(&self) -> Result<(), JobError> {
         let bad = |e: String| invalid("privacy.dp", e);
-        let job = self.job_dp().ok_or_else(|| bad("missing".into()))?;
-        let sigma = job
-            .client_plan()
+        let (clip, sigma) = self
+            .encoded_client_dp()
             .map_err(|e| bad(e.to_string()))?
-            .noise_multiplier;
+            .ok_or_else(|| bad("missing".into()))?;
         let n = self.training.clients_per_round;
         let (bits, min_survivors) = self.noise_shape()?;
-        cohort_privacy::distributed::quantizer(
-            job.policy.clipping_norm,
-            bits,
-            n,
-            sigma,
-            min_survivors,
-            1,
-        )
-        .map_err(|e| bad(e.to_string()))?;
+        cohort_privacy::distributed::quantizer(clip, bits, n, sigma, min_survivors, 1)
+            .map_err(|e| bad(e.to_string()))?;
         Ok(())
+    }
+
+    /// Client-level DP of what each hospital encodes into a protected sum
+    /// (secagg, he): its clipping bound and noise multiplier. A SplitFed
+    /// hospital encodes only its part of the update, and the coordinator
+    /// noises the seats' parts ([`cohort_privacy::distributed::per_part`]).
+    /// `None` without client-level DP.
+    pub fn encoded_client_dp(&self) -> Result<Option<(f64, f64)>, cohort_privacy::dp::DpError> {
+        let Some(job) = self.job_dp() else {
+            return Ok(None);
+        };
+        if job.policy.level != cohort_privacy::dp::DpLevel::Client {
+            return Ok(None);
+        }
+        let (clip, sigma) = (
+            job.policy.clipping_norm,
+            job.client_plan()?.noise_multiplier,
+        );
+        Ok(Some(match self.training.mode {
+            TrainingMode::Splitfed => cohort_privacy::distributed::per_part(clip, sigma),
+            _ => (clip, sigma),
+        }))
     }
 
     /// The local training configuration a client gets for `round`.

@@ -74,17 +74,6 @@ pub fn check_job(spec: &JobSpec) -> Result<(), JobError> {
     }
     if spec.privacy.aggregation != Aggregation::Plain {
         let mode = spec.privacy.aggregation.as_str();
-        if spec.privacy.dp.is_some() {
-            return Err(invalid(
-                "privacy.dp",
-                format!(
-                    "[privacy.dp] with aggregation = \"{mode}\" and [training] mode = \
-                     \"splitfed\" is not supported: the hospitals' parts would carry distributed \
-                     noise while the coordinator's parts need central noise, under one clipping \
-                     bound; use aggregation = \"plain\" with level = \"client\""
-                ),
-            ));
-        }
         if spec.valuation.is_some() {
             return Err(invalid(
                 "valuation",

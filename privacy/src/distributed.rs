@@ -77,6 +77,21 @@ pub fn summands_with_noise(
     Ok(total as u32)
 }
 
+/// Client-level DP of an update released in two parts that are clipped
+/// and noised separately (SplitFed: the hospital's part under distributed
+/// noise, the coordinator's seat part with central noise): each part is
+/// clipped to `clip/√2` and noised with standard deviation `σ·clip`, i.e.
+/// multiplier `σ·√2` of its own bound. Each part then costs zCDP
+/// `(clip/√2)² / (2σ²clip²) = 1/(4σ²)`, the two together `1/(2σ²)`:
+/// exactly one Gaussian mechanism of multiplier `σ` at bound `clip`, which
+/// is what the accountant charges. Returns each part's (bound, multiplier).
+pub fn per_part(clip: f64, noise_multiplier: f64) -> (f64, f64) {
+    (
+        clip / std::f64::consts::SQRT_2,
+        noise_multiplier * std::f64::consts::SQRT_2,
+    )
+}
+
 /// The quantizer of a round under distributed DP: updates clipped to
 /// `clip`, weighted equally (client level), and a summand bound with room
 /// for the noise of `members` hospitals; checked with
@@ -182,6 +197,35 @@ impl DistributedNoise {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_parts_cost_what_one_whole_update_costs() {
+        use crate::dp::{AccountantKind, Segment, epsilon};
+        for sigma in [0.7, 1.1, 2.0, 5.0] {
+            let (clip, part_sigma) = per_part(0.5, sigma);
+            assert!((clip * clip * 2.0 - 0.25).abs() < 1e-12);
+            // Each part at multiplier σ√2 of its own bound, both released
+            // each round: two Gaussian steps, against one at σ.
+            let whole = epsilon(
+                AccountantKind::Rdp,
+                &[Segment::new(1.0, sigma, 10).unwrap()],
+                1e-5,
+            )
+            .unwrap()
+            .epsilon;
+            let parts = epsilon(
+                AccountantKind::Rdp,
+                &[Segment::new(1.0, part_sigma, 20).unwrap()],
+                1e-5,
+            )
+            .unwrap()
+            .epsilon;
+            assert!(
+                (whole - parts).abs() < 1e-9 * whole,
+                "σ {sigma}: {whole} vs {parts}"
+            );
+        }
+    }
 
     #[test]
     fn noise_is_sized_for_the_fewest_survivors_and_cannot_wrap() {

@@ -28,6 +28,12 @@ pub(super) fn client_level_noise(spec: &JobSpec) -> Result<Option<(JobDp, f64)>,
     Ok(Some((job, plan.noise_multiplier)))
 }
 
+/// [`JobSpec::encoded_client_dp`] as a round's error.
+pub(super) fn encoded_noise(spec: &JobSpec) -> Result<Option<(f64, f64)>, RunError> {
+    spec.encoded_client_dp()
+        .map_err(|e| RunError::Failed(format!("client-level DP: {e}")))
+}
+
 /// Client-level DP in plain mode, across a job's rounds: the current
 /// clipping bound and the noise of the sum (and, with adaptive clipping,
 /// of the count of unclipped updates).

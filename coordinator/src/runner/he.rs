@@ -70,11 +70,11 @@ impl Runner {
             return Ok(None);
         }
         let threshold = config.decryptors(n);
-        let quantizer = match super::dp::client_level_noise(spec)? {
+        let quantizer = match super::dp::encoded_noise(spec)? {
             // Distributed DP: each hospital adds its share of the noise
             // before encrypting, sized for the fewest decryptors.
-            Some((job_dp, sigma)) => cohort_privacy::distributed::quantizer(
-                job_dp.policy.clipping_norm,
+            Some((clip, sigma)) => cohort_privacy::distributed::quantizer(
+                clip,
                 config.bits,
                 n,
                 sigma,

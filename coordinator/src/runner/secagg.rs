@@ -136,12 +136,12 @@ impl Runner {
             return Ok(None);
         };
         let needed = params.min_survivors.max(min_clients) as usize;
-        let quantizer = match super::dp::client_level_noise(spec)? {
+        let quantizer = match super::dp::encoded_noise(spec)? {
             // Distributed DP: uniform weights (a hospital's influence is
             // bounded by the clipping norm, whatever its size), and room in
             // the modulus for every hospital's share of the noise.
-            Some((job_dp, sigma)) => cohort_privacy::distributed::quantizer(
-                job_dp.policy.clipping_norm,
+            Some((clip, sigma)) => cohort_privacy::distributed::quantizer(
+                clip,
                 config.bits,
                 n,
                 sigma,

@@ -13,6 +13,10 @@
 //! learns only their weighted mean; it averages the seats' parts of the
 //! same hospitals with the same weights and joins the two means. What the
 //! seats hold the coordinator trains itself, so it is no secret from it.
+//! Under client-level DP each part is clipped to `clip/√2` and noised with
+//! `σ·clip`: the hospitals add distributed noise to theirs, the
+//! coordinator central noise to the seats' (`distributed::per_part`), one
+//! Gaussian mechanism of multiplier `σ` together.
 //!
 //! A hospital whose exchange failed (bad batch, dropped stream) or that
 //! sent no batch is left out of the round; the round is retried when too
@@ -33,7 +37,7 @@ use crate::job::{Aggregation, JobSpec};
 use crate::registry::{Expect, TaskAnswer, TaskBody};
 use crate::split::{ClosedSeat, SeatStats};
 use crate::store::{Enrollment, JobRow};
-use crate::strategy::ClientUpdate;
+use crate::strategy::{ClientUpdate, UpdateFold};
 
 /// Each selected hospital's split exchange, by name, for its FIT task.
 pub(super) type SplitTasks = HashMap<String, SplitTask>;
@@ -146,10 +150,12 @@ impl Runner {
         let Some(mut fitted) = secured? else {
             return Ok(None);
         };
-        // The hospitals' parts arrived as one weighted mean; their seats'
-        // parts are averaged here with the same weights (each seat saw
-        // its hospital's examples once an epoch).
-        let mut top_sum = vec![0.0f64; top.len()];
+        // The hospitals' parts arrived as one mean; their seats' parts are
+        // averaged here the same way: weighted by examples (a seat sees its
+        // hospital's examples once an epoch), or under client-level DP
+        // clipped, summed with noise and divided by their number.
+        let dp = super::dp::encoded_noise(spec)?;
+        let mut seat_updates = Vec::with_capacity(fitted.participants.len());
         let mut exchanged = SeatStats::default();
         let mut untrained = Vec::new();
         for client in &fitted.participants {
@@ -159,11 +165,13 @@ impl Runner {
                     stats,
                     ..
                 }) if stats.batches > 0 => {
-                    let weight = stats.samples as f64;
-                    for ((sum, a), b) in top_sum.iter_mut().zip(&after).zip(&top) {
-                        *sum += weight * f64::from(a - b);
-                    }
                     exchanged.add(&stats);
+                    seat_updates.push(ClientUpdate {
+                        client: client.clone(),
+                        delta: after.iter().zip(&top).map(|(a, b)| a - b).collect(),
+                        num_examples: stats.samples,
+                    });
+                    continue;
                 }
                 Some(ClosedSeat {
                     top: Err(reason), ..
@@ -176,6 +184,14 @@ impl Runner {
                     "its part is in the sum but its seat trained no batch".to_string(),
                 )),
             }
+            if dp.is_some() {
+                // Counted like every hospital in the sum, with no change.
+                seat_updates.push(ClientUpdate {
+                    client: client.clone(),
+                    delta: vec![0.0; top.len()],
+                    num_examples: 0,
+                });
+            }
         }
         self.note_failures(&job.id, &format!("round {round}"), &untrained);
         if exchanged.samples == 0 {
@@ -187,10 +203,18 @@ impl Runner {
             );
             return Ok(None);
         }
-        let top_mean: Vec<f32> = top_sum
-            .iter()
-            .map(|s| (s / exchanged.samples as f64) as f32)
-            .collect();
+        let top_mean = match dp {
+            Some((clip, sigma)) => super::dp::noisy_mean(seat_updates, clip, sigma)?.delta,
+            None => {
+                let mut fold = UpdateFold::new(top.len());
+                for u in &seat_updates {
+                    fold.add(&u.client, &u.delta, u.num_examples)
+                        .map_err(|e| RunError::Failed(format!("round {round}: {e}")))?;
+                }
+                fold.mean()
+                    .map_err(|e| RunError::Failed(format!("round {round}: {e}")))?
+            }
+        };
         let Some(update) = fitted.updates.first_mut() else {
             return Err(RunError::Failed(format!(
                 "round {round}: the {} sum of split parts is missing",
@@ -198,17 +222,22 @@ impl Runner {
             )));
         };
         update.delta = cut.full_delta(&update.delta, &top_mean);
-        self.note_event(
-            &job.id,
-            format!(
-                "{}; the hospitals' parts summed under {}",
-                cut.exchange_note(round, &exchanged),
-                match spec.privacy.aggregation {
-                    Aggregation::He => "homomorphic aggregation",
-                    _ => "secure aggregation",
-                }
-            ),
+        let mut event = format!(
+            "{}; the hospitals' parts summed under {}",
+            cut.exchange_note(round, &exchanged),
+            match spec.privacy.aggregation {
+                Aggregation::He => "homomorphic aggregation",
+                _ => "secure aggregation",
+            }
         );
+        if let Some((clip, sigma)) = dp {
+            event.push_str(&format!(
+                "; client-level DP: every part clipped to {clip:.4}, the seats' parts noised \
+                 here with standard deviation {:.4}",
+                clip * sigma
+            ));
+        }
+        self.note_event(&job.id, event);
         Ok(Some(fitted))
     }
 
