@@ -863,3 +863,29 @@ async fn splitfed_parts_carry_distributed_noise_under_client_level_dp() {
         assert!((eps - expected).abs() < 1e-9, "{name}: {eps} vs {expected}");
     }
 }
+
+/// A SplitFed round under client-level DP whose first attempt is abandoned
+/// (two of five vanish before their masked parts, so no sum is recovered)
+/// is retried with the three others, who train again: one aggregate is
+/// released per round, so each is charged once a round, and the job
+/// completes within its privacy plan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retried_splitfed_round_under_client_level_dp_is_charged_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let view = run_job(
+        dir.path(),
+        &hospitals(
+            dir.path(),
+            &[(1, VanishAt::MaskedFit), (3, VanishAt::MaskedFit)],
+        ),
+        &splitfed_job(2, 3, false, &(SECAGG.to_string() + CLIENT_DP)),
+    )
+    .await;
+    assert_exact_sums(dir.path(), &view);
+    assert!(view.rounds[0].attempts >= 2, "{view:#?}");
+    let expected = expected_client_level_epsilon(2);
+    for name in ["hospital-0", "hospital-2", "hospital-4"] {
+        let eps = view.dp_epsilon[name];
+        assert!((eps - expected).abs() < 1e-9, "{name}: {eps} vs {expected}");
+    }
+}

@@ -248,6 +248,14 @@ impl Budget {
     /// job's epsilon so far (at the job's delta). Refuses when the round
     /// would exceed the job's planned rounds (retrying a round must not
     /// spend beyond what was admitted) or the hospital's cap.
+    ///
+    /// Under client-level DP a round already recorded is not charged again:
+    /// what is released is the round's one noisy aggregate, and an attempt
+    /// that was abandoned released none (its updates were masked, or seen
+    /// only by the coordinator this level trusts). A SplitFed hospital
+    /// retrying a round trains again (its seat is new), so it reaches here
+    /// twice. Record-level DP protects each update, so every training
+    /// counts (FedAvg resends the update already paid for instead).
     pub fn spend_round(
         &self,
         job_id: &str,
@@ -256,6 +264,12 @@ impl Budget {
         round: u32,
     ) -> Result<f64, String> {
         let mut ledger = self.lock();
+        if job.policy.level == DpLevel::Client
+            && let Some(existing) = ledger.jobs.iter().find(|j| j.job_id == job_id)
+            && existing.rounds.contains(&round)
+        {
+            return existing.epsilon().map_err(|e| e.to_string());
+        }
         if let Some(existing) = ledger.jobs.iter().find(|j| j.job_id == job_id)
             && existing.rounds.len() as u32 >= existing.plan.rounds
         {
@@ -431,6 +445,31 @@ mod tests {
         let reopened = Budget::open(Some(dir.path()), None).unwrap();
         assert!(reopened.is_capped());
         assert!(reopened.admit("job-b", &plan).is_err());
+    }
+
+    #[test]
+    fn a_retried_round_is_charged_again_at_record_level_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = Budget::open(Some(dir.path()), None).unwrap();
+        let record = job(2.0, 3);
+        let plan = record.plan(0.25, 4).unwrap();
+        let first = budget.spend_round("rec", &record, &plan, 1).unwrap();
+        let again = budget.spend_round("rec", &record, &plan, 1).unwrap();
+        assert!(again > first, "{first} then {again}");
+
+        let client = JobDp {
+            policy: DpPolicy::new(DpLevel::Client, Some(2.0), None),
+            ..job(2.0, 3)
+        };
+        let plan = client.client_plan().unwrap();
+        let first = budget.spend_round("cli", &client, &plan, 1).unwrap();
+        let again = budget.spend_round("cli", &client, &plan, 1).unwrap();
+        assert_eq!(first, again);
+        let second = budget.spend_round("cli", &client, &plan, 2).unwrap();
+        assert!(second > first);
+        let report = Budget::read_report(dir.path()).unwrap();
+        let cli = report.jobs.iter().find(|j| j.job_id == "cli").unwrap();
+        assert_eq!(cli.rounds, vec![1, 2]);
     }
 
     #[test]
