@@ -396,3 +396,79 @@ async fn forged_and_overbound_proofs_are_excluded_and_a_free_rider_proves_zero()
         assert!(round.participants.iter().any(|p| p == "hospital-4"));
     }
 }
+
+/// SplitFed in plain mode: each hospital proves its part of the update
+/// (its bottom), the coordinator checks each proof against the part that
+/// arrived, a boosted and a forged part are left out, and a validator
+/// attests the rounds from the ledger before the model is published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn splitfed_parts_are_proved_and_a_boosted_part_is_excluded() {
+    let dir = tempfile::tempdir().unwrap();
+    let hospitals = hospitals(
+        dir.path(),
+        &[
+            None,
+            None,
+            Some(Misbehave::Boost(10.0)),
+            Some(Misbehave::Forge),
+        ],
+    );
+    let federation = LocalFederation::start(dir.path(), &hospitals, true, Duration::from_secs(1))
+        .await
+        .unwrap();
+    let job_toml = job(4, 2)
+        .replace("kind = \"logistic\"", "kind = \"mlp\"\nhidden = [8]")
+        .replace("[training]", "[training]\nmode = \"splitfed\"")
+        + "min_validators = 1\n";
+    let view = run_on(&federation, 4, &job_toml).await;
+    assert_excluded(
+        &view,
+        &[
+            ("hospital-2", "update proof rejected"),
+            ("hospital-3", "update proof rejected"),
+        ],
+    );
+    let pki = dir.path().join("pki");
+    let mut ca = cohort_identity::CertificateAuthority::open(&pki.join("ca")).unwrap();
+    ca.issue(
+        &cohort_identity::IssueRequest::for_days(
+            cohort_identity::Role::Validator,
+            "validator-1",
+            30,
+        ),
+        &pki.join("validator-1"),
+    )
+    .unwrap();
+    let validator = pki.join("validator-1").to_string_lossy().into_owned();
+    let (ok, _, err) = cohort(&[
+        "validator",
+        "--tls",
+        &validator,
+        "--coordinator",
+        &federation.url,
+        "--once",
+    ]);
+    assert!(ok, "{err}");
+    let mut dev = federation.developer().await.unwrap();
+    let model_dir = dir.path().join("model");
+    developer::download_model(&mut dev, &view.job_id, None, &model_dir)
+        .await
+        .expect("published once attested");
+    federation.shutdown().await;
+
+    // The proving key was made for the hospitals' part, not the model: the
+    // bottom is all but the top layer's 8 weights and bias.
+    let (_, params) = cohort_models::load_model(&model_dir).unwrap();
+    let data_dir = dir.path().join("coordinator");
+    let proved: Vec<u64> = cohort::audit::ledger_entries(&data_dir, Some(&view.job_id))
+        .unwrap()
+        .iter()
+        .filter_map(|(_, e)| match &e.record {
+            cohort_ledger::Record::ProofSetup {
+                parameter_count, ..
+            } => Some(*parameter_count),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(proved, [params.len() as u64 - 9]);
+}

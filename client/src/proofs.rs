@@ -87,13 +87,12 @@ impl Worker {
     /// A plain FIT answer with a proof: the update on the job's grid, and a
     /// Groth16 proof that it is well formed for this job, round and
     /// hospital. Under `--misbehave` the drill's update (and proof) instead.
-    pub(crate) fn proved_fit(
+    pub(crate) fn proved(
         &self,
         task: &TaskHeader,
-        global: Vec<f32>,
+        mut answer: Answer,
         wanted: &UpdateProofTask,
     ) -> Result<Answer, String> {
-        let mut answer = self.fit(task, global)?;
         let key = self
             .proving_keys()
             .get(&wanted.proving_key_sha256)

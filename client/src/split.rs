@@ -223,7 +223,7 @@ fn answer(
     match (&task.secagg, &task.he) {
         (Some(secagg), _) => worker.masked_fit(task, secagg, train),
         (None, Some(he)) => worker.encrypted_fit(task, he, train),
-        (None, None) => train().map(Trained::into_answer),
+        (None, None) => worker.plain_answer(task, train()?.into_answer()),
     }
 }
 

@@ -234,12 +234,20 @@ impl Worker {
     /// A plain FIT: with a proof when the job asks for one; under
     /// `--misbehave` the drill's update.
     fn plain_fit(&self, task: &TaskHeader, global: Vec<f32>) -> Result<Answer, String> {
+        let answer = self.fit(task, global)?;
+        self.plain_answer(task, answer)
+    }
+
+    /// What leaves in plain mode once an update is trained (whole model,
+    /// or a SplitFed part): with a proof that it is well formed when the
+    /// job asks for one; under `--misbehave` the drill's update.
+    pub(crate) fn plain_answer(&self, task: &TaskHeader, answer: Answer) -> Result<Answer, String> {
         if !task.proofs_json.is_empty() {
             let wanted: cohort_proofs::UpdateProofTask =
                 parse(&task.proofs_json, "update-proof settings")?;
-            return self.proved_fit(task, global, &wanted);
+            return self.proved(task, answer, &wanted);
         }
-        let mut answer = self.fit(task, global)?;
+        let mut answer = answer;
         if let Some(m) = self.options.misbehave {
             m.tamper(&mut answer.parameters);
         }

@@ -470,12 +470,6 @@ impl JobSpec {
             }
             return Ok(());
         }
-        if self.training.mode == TrainingMode::Splitfed {
-            return Err(invalid(
-                "proofs.update",
-                "update proofs are not implemented for split learning (training.mode = \"splitfed\")",
-            ));
-        }
         if self.privacy.aggregation != Aggregation::Plain {
             return Err(invalid(
                 "proofs.update",

@@ -177,7 +177,12 @@ impl Runner {
         let n_features = enrollment.preprocessing.n_features();
         let n_params = spec.model.num_parameters(n_features);
         let mut strategy = spec.strategy.build(n_params);
-        let proof_keys = self.update_proof_keys(&job, &spec, n_params).await?;
+        // A SplitFed hospital proves its part of the update.
+        let proved_len = match spec.training.mode {
+            TrainingMode::Splitfed => splitfed::hospital_part_len(&spec, n_features)?,
+            _ => n_params,
+        };
+        let proof_keys = self.update_proof_keys(&job, &spec, proved_len).await?;
 
         let recorded = self.store.rounds(job_id)?;
         let (mut global, first_round) = match recorded.last() {
@@ -559,6 +564,7 @@ impl Runner {
                         &global,
                         &selected,
                         (round, attempt),
+                        proof_keys,
                     )
                     .await?
                 }
@@ -830,16 +836,7 @@ impl Runner {
                                 round,
                                 client: client.to_string(),
                             };
-                            match keys.check(&context, &delta, &proof) {
-                                Ok(record) => receipt.proof = Some(record),
-                                Err(reason) => {
-                                    excluded.push(cohort_ledger::Exclusion {
-                                        client: client.to_string(),
-                                        reason: reason.clone(),
-                                    });
-                                    return Err(reason);
-                                }
-                            }
+                            keys.admit(context, &delta, &proof, &mut receipt, &mut excluded)?;
                         }
                         let delta = match &mut folded {
                             Some(sum) => {

@@ -68,6 +68,35 @@ impl UpdateProofKeys {
     }
 }
 
+impl UpdateProofKeys {
+    /// [`UpdateProofKeys::check`] of an arriving update: its record goes
+    /// on the update's receipt; an update without a valid proof is left
+    /// out, noted in `excluded`, and the reason returned.
+    pub(crate) fn admit(
+        &self,
+        context: Context,
+        delta: &[f32],
+        proof: &[u8],
+        receipt: &mut crate::store::UpdateReceipt,
+        excluded: &mut Vec<cohort_ledger::Exclusion>,
+    ) -> Result<(), String> {
+        let client = context.client.clone();
+        match self.check(&context, delta, proof) {
+            Ok(record) => {
+                receipt.proof = Some(record);
+                Ok(())
+            }
+            Err(reason) => {
+                excluded.push(cohort_ledger::Exclusion {
+                    client,
+                    reason: reason.clone(),
+                });
+                Err(reason)
+            }
+        }
+    }
+}
+
 impl Runner {
     /// The job's update-proof keys: loaded from the store, or made now for
     /// `n_params` entries, stored, and the verifying key recorded on the

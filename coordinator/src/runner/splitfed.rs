@@ -32,12 +32,21 @@ use std::sync::Arc;
 use cohort_models::{SplitLayout, UShapedLayout};
 use cohort_protocol::v1::{SplitTask, TaskHeader};
 
+use super::proofs::UpdateProofKeys;
 use super::{Fitted, RunError, Runner, weighted_loss};
 use crate::job::{Aggregation, JobSpec};
 use crate::registry::{Expect, TaskAnswer, TaskBody};
 use crate::split::{ClosedSeat, SeatStats};
 use crate::store::{Enrollment, JobRow};
 use crate::strategy::{ClientUpdate, UpdateFold};
+
+/// How many parameters a SplitFed hospital's update has: what its
+/// update proofs are made for.
+pub(super) fn hospital_part_len(spec: &JobSpec, n_features: usize) -> Result<usize, RunError> {
+    Cut::new(&spec.model, n_features, spec.training.u_shaped)
+        .map(|cut| cut.hospital_len())
+        .map_err(|e| RunError::Failed(e.to_string()))
+}
 
 /// Each selected hospital's split exchange, by name, for its FIT task.
 pub(super) type SplitTasks = HashMap<String, SplitTask>;
@@ -55,6 +64,7 @@ impl Runner {
         global: &Arc<Vec<f32>>,
         selected: &[String],
         (round, attempt): (u32, u32),
+        proof_keys: Option<&UpdateProofKeys>,
     ) -> Result<Option<Fitted>, RunError> {
         let t = &spec.training;
         let n_features = enrollment.preprocessing.n_features();
@@ -114,6 +124,7 @@ impl Runner {
                         splits,
                         exchanges,
                         round_attempt,
+                        proof_keys,
                     )
                     .await;
             }
@@ -263,8 +274,10 @@ impl Runner {
         mut splits: SplitTasks,
         exchanges: Vec<(String, String)>,
         (round, attempt): (u32, u32),
+        proof_keys: Option<&UpdateProofKeys>,
     ) -> Result<Option<Fitted>, RunError> {
         let t = &spec.training;
+        let mut excluded = Vec::new();
         let tasks = exchanges
             .iter()
             .map(|(client, _)| {
@@ -281,15 +294,25 @@ impl Runner {
                 Some(TaskBody::parameters(sent)),
                 Expect::Update(sent.len() as u64),
                 t.round_timeout_secs,
-                |_, a| match a {
+                |client, a| match a {
                     TaskAnswer::Fit {
                         delta,
                         num_examples,
                         train_loss,
                         compute_seconds,
-                        receipt,
-                        ..
-                    } => Ok((delta, num_examples, train_loss, compute_seconds, receipt)),
+                        mut receipt,
+                        proof,
+                    } => {
+                        if let Some(keys) = proof_keys {
+                            let context = cohort_proofs::Context {
+                                job_id: job.id.clone(),
+                                round,
+                                client: client.to_string(),
+                            };
+                            keys.admit(context, &delta, &proof, &mut receipt, &mut excluded)?;
+                        }
+                        Ok((delta, num_examples, train_loss, compute_seconds, receipt))
+                    }
                     _ => Err("answered a split fit task with something else".into()),
                 },
             )
@@ -359,7 +382,7 @@ impl Runner {
             slowest_fit_secs,
             aggregate_sha256: None,
             groups: Vec::new(),
-            excluded: Vec::new(),
+            excluded,
         }))
     }
 }
@@ -404,6 +427,15 @@ impl Cut {
                  of activations and head gradients up (no labels), {bytes_out} bytes of middle \
                  activations and gradients down"
             ),
+        }
+    }
+
+    /// Parameters the hospital trains and sends back (bottom, or bottom
+    /// and head).
+    fn hospital_len(&self) -> usize {
+        match self {
+            Cut::Plain(l) => l.bottom_len(),
+            Cut::UShaped(l) => l.bottom_len() + l.head_len(),
         }
     }
 
