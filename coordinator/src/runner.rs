@@ -555,7 +555,7 @@ impl Runner {
                 ..header.clone()
             };
             let fitted = match (spec.privacy.aggregation, &spec.valuation) {
-                _ if t.mode == TrainingMode::Splitfed => {
+                (Aggregation::Plain, _) | (_, None) if t.mode == TrainingMode::Splitfed => {
                     self.splitfed_fit(
                         job,
                         spec,
@@ -565,6 +565,7 @@ impl Runner {
                         &selected,
                         (round, attempt),
                         proof_keys,
+                        t.min_clients,
                     )
                     .await?
                 }

@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use cohort_models::{MiddlePart, SplitLayout, TopPart, TopStep, UShapedLayout};
 use cohort_protocol::v1::{SplitBatch, SplitDown, SplitHeadGradient, SplitUp, split_up};
 
-use crate::job::{Aggregation, JobError, JobSpec};
+use crate::job::{JobError, JobSpec};
 
 /// Largest batch of activations one `SplitBatch` may carry, so a batch
 /// always fits a gRPC message with room to spare.
@@ -71,19 +71,6 @@ pub fn check_job(spec: &JobSpec) -> Result<(), JobError> {
                 spec.training.batch_size
             ),
         ));
-    }
-    if spec.privacy.aggregation != Aggregation::Plain {
-        let mode = spec.privacy.aggregation.as_str();
-        if spec.valuation.is_some() {
-            return Err(invalid(
-                "valuation",
-                format!(
-                    "[valuation] with aggregation = \"{mode}\" and [training] mode = \
-                     \"splitfed\" is not supported: partition valuation of split parts is not \
-                     built; value split rounds with aggregation = \"plain\""
-                ),
-            ));
-        }
     }
     if let Some(dp) = &spec.privacy.dp
         && dp.level != cohort_privacy::dp::DpLevel::Client

@@ -53,7 +53,9 @@ pub(super) type SplitTasks = HashMap<String, SplitTask>;
 
 impl Runner {
     /// `None` when fewer than `min_clients` hospitals finished (the attempt
-    /// is retried).
+    /// is retried). Under secure aggregation every stage needs
+    /// `min_clients` (a valuation group passes its size, so that its sum is
+    /// exactly the group's).
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn splitfed_fit(
         &self,
@@ -65,6 +67,7 @@ impl Runner {
         selected: &[String],
         (round, attempt): (u32, u32),
         proof_keys: Option<&UpdateProofKeys>,
+        min_clients: u32,
     ) -> Result<Option<Fitted>, RunError> {
         let t = &spec.training;
         let n_features = enrollment.preprocessing.n_features();
@@ -137,7 +140,7 @@ impl Runner {
                     &sent,
                     selected,
                     round_attempt,
-                    t.min_clients,
+                    min_clients,
                     &splits,
                 )
                 .await

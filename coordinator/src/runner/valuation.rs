@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::splitfed::SplitTasks;
 use super::{Fitted, RunError, Runner};
-use crate::job::{Aggregation, JobSpec};
+use crate::job::{Aggregation, JobSpec, TrainingMode};
 use crate::store::{Enrollment, JobRow};
 use crate::strategy::ClientUpdate;
 use crate::valuation::partition::{self, GroupValue};
@@ -117,6 +117,20 @@ impl Runner {
         };
         let runs = groups.iter().map(|members| async move {
             let fitted = match spec.privacy.aggregation {
+                _ if spec.training.mode == TrainingMode::Splitfed => {
+                    self.splitfed_fit(
+                        job,
+                        spec,
+                        enrollment,
+                        fit,
+                        global,
+                        members,
+                        (round, attempt),
+                        None,
+                        members.len() as u32,
+                    )
+                    .await
+                }
                 Aggregation::He => {
                     self.he_fit(
                         job,
