@@ -1526,8 +1526,30 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// `cohort ... | head` closes stdout before the command is done: leave
+/// quietly with the status a SIGPIPE gives (128 + 13), as Unix tools do,
+/// instead of a panic report. SIGPIPE itself stays ignored (Rust's
+/// default): the gRPC sockets of the same process need EPIPE as an error.
+fn exit_quietly_when_stdout_closes() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        // std's message: "failed printing to stdout: Broken pipe (os error 32)".
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        report(info)
+    }));
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
+    exit_quietly_when_stdout_closes();
     let cli = Cli::parse();
     match cli.command {
         Command::Vertical(a) => {

@@ -110,3 +110,31 @@ fn impossible_simulations_are_refused_with_the_reason() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
 }
+
+/// `cohort simulate ... --json | head -1`: once the reader has gone, the
+/// command leaves quietly with SIGPIPE's status, not a panic report.
+#[test]
+fn a_reader_that_stops_early_ends_the_command_quietly() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(dir.path(), 20, 3);
+    let mut child = Command::new(BIN)
+        .arg("simulate")
+        .arg(&job)
+        .args(["--clients", "3", "--json", "--data"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/data/wdbc.csv"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("{\"round\":1"), "{first}");
+    // The pipe's read end is closed here.
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
