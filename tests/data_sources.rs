@@ -590,3 +590,77 @@ fn the_fhir_benchmark_reads_every_resource_it_wrote() {
     // 50 Patients, 250 Observations, a Condition for every third patient.
     assert_eq!(result["resources"], 50 + 250 + 17);
 }
+
+/// The CA of the test server's TLS certificate (`COHORT_TEST_POSTGRES_CA`;
+/// CI makes one), or `None` (skip) unless `COHORT_REQUIRE_POSTGRES` is set.
+fn postgres_ca() -> Option<PathBuf> {
+    match std::env::var("COHORT_TEST_POSTGRES_CA") {
+        Ok(path) if !path.is_empty() => Some(PathBuf::from(path)),
+        _ => {
+            assert!(
+                std::env::var_os("COHORT_REQUIRE_POSTGRES").is_none(),
+                "COHORT_REQUIRE_POSTGRES is set but COHORT_TEST_POSTGRES_CA (the PEM CA of the \
+                 server's TLS certificate) is not"
+            );
+            eprintln!("COHORT_TEST_POSTGRES_CA is not set: skipping the TLS test");
+            None
+        }
+    }
+}
+
+/// A hospital's database over TLS, as its IT team configures it: libpq's
+/// `sslmode=verify-full` and `sslrootcert` in the URL encrypt the
+/// connection (the server itself reports it) and verify the server's
+/// certificate and name; another CA, a name the certificate does not
+/// carry, or TLS without a CA to check it are refused, naming why.
+#[test]
+fn a_database_is_read_over_verified_tls() {
+    let (Some(server), Some(ca)) = (postgres_server(), postgres_ca()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let query = dir.path().join("tls.sql");
+    std::fs::write(
+        &query,
+        "SELECT ssl AS encrypted, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+    )
+    .unwrap();
+    let read = |url: &str| {
+        DataSource::from_args(url, Some(&query), None)
+            .unwrap()
+            .read()
+    };
+    let ca_text = ca.to_string_lossy();
+    let verified = format!("{server}?sslmode=verify-full&sslrootcert={ca_text}");
+    let table = read(&verified).unwrap();
+    assert_eq!(cell(&table, "encrypted", 0).as_deref(), Some("true"));
+    assert!(
+        cell(&table, "version", 0).is_some_and(|v| v.starts_with("TLSv1.")),
+        "{:?}",
+        cell(&table, "version", 0)
+    );
+    // The same server without TLS: what the query reports is the truth.
+    let plain = read(&format!("{server}?sslmode=disable")).unwrap();
+    assert_eq!(cell(&plain, "encrypted", 0).as_deref(), Some("false"));
+
+    // Another consortium's CA did not issue the server's certificate.
+    let other = dir.path().join("other-ca");
+    cohort_identity::CertificateAuthority::init("other", &other).unwrap();
+    let wrong_ca = format!(
+        "{server}?sslmode=verify-full&sslrootcert={}",
+        other.join(cohort_identity::ca::CA_CERT_FILE).display()
+    );
+    let error = read(&wrong_ca).unwrap_err().to_string();
+    assert!(error.contains("UnknownIssuer"), "{error}");
+    // The certificate names 127.0.0.1, not localhost.
+    let renamed = verified.replacen("127.0.0.1", "localhost", 1);
+    let error = read(&renamed).unwrap_err().to_string();
+    assert!(error.contains("not valid for name"), "{error}");
+    let error = read(&format!("{server}?sslmode=require"))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("sslrootcert"), "{error}");
+    // The coordinator's state over the same TLS.
+    let store = cohort_coordinator::store::postgres::PgConnection::connect(&verified);
+    assert!(store.is_ok(), "{:?}", store.err());
+}

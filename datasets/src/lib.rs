@@ -11,6 +11,7 @@
 mod dataset;
 mod error;
 pub mod fhir;
+pub mod pg_tls;
 mod preprocess;
 pub mod psi;
 mod schema;

@@ -14,7 +14,7 @@ use std::error::Error as _;
 use std::path::Path;
 use std::time::Duration;
 
-use tokio_postgres::{Config, NoTls};
+use crate::pg_tls::PgTarget;
 
 use crate::error::DataError;
 use crate::table::RawTable;
@@ -64,19 +64,19 @@ impl SqlQuery {
 /// result as a table of text cells (SQL `NULL` is a missing cell).
 ///
 /// Without a password in the URL, `PGPASSWORD` from the environment is
-/// used, so that the password need not appear on a command line. The
-/// connection is plaintext (tokio-postgres's `NoTls`): run the client next
-/// to the database or over a tunnel; a server that requires TLS refuses it
-/// with its own message.
+/// used, so that the password need not appear on a command line. TLS
+/// follows libpq's `sslmode` and `sslrootcert` ([`crate::pg_tls`]):
+/// `?sslmode=verify-full&sslrootcert=/etc/ssl/hospital-ca.pem` encrypts the
+/// connection and verifies the server; without them it is plaintext, for a
+/// client next to the database or behind a tunnel.
 pub fn read_postgres(url: &str, query: &SqlQuery) -> Result<RawTable, DataError> {
     let source_name = redacted(url);
     let failed = |message: String| DataError::Database {
         source_name: source_name.clone(),
         message,
     };
-    let mut config: Config = url.parse().map_err(|e: tokio_postgres::Error| {
-        failed(format!("not a PostgreSQL URL: {}", describe(&e)))
-    })?;
+    let mut target = PgTarget::parse(url).map_err(failed)?;
+    let config = &mut target.config;
     if config.get_password().is_none()
         && let Ok(password) = std::env::var("PGPASSWORD")
     {
@@ -99,7 +99,7 @@ pub fn read_postgres(url: &str, query: &SqlQuery) -> Result<RawTable, DataError>
                 .enable_all()
                 .build()
                 .map_err(|e| QueryFailure::Connect(format!("starting its I/O thread: {e}")))?;
-            runtime.block_on(run_query(config, &text))
+            runtime.block_on(run_query(&target, &text))
         })
         .map_err(|e| failed(format!("starting its I/O thread: {e}")))?
         .join()
@@ -123,12 +123,11 @@ enum QueryFailure {
 
 type Columns = (Vec<String>, Vec<Vec<Option<String>>>);
 
-async fn run_query(config: Config, query: &str) -> Result<Columns, QueryFailure> {
-    let (mut client, connection) = config
-        .connect(NoTls)
+async fn run_query(target: &PgTarget, query: &str) -> Result<Columns, QueryFailure> {
+    let (mut client, driver) = target
+        .connect()
         .await
         .map_err(|e| QueryFailure::Connect(describe(&e)))?;
-    let driver = tokio::spawn(connection);
     let result = async {
         let query_error = |e: tokio_postgres::Error| QueryFailure::Query(describe(&e));
         let transaction = client

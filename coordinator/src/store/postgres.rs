@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
-use tokio_postgres::{Client, Config, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
 
 use super::StoreError;
 use super::sql::{Value, dollar_parameters};
@@ -47,17 +47,17 @@ pub struct PgConnection {
 }
 
 impl PgConnection {
-    /// Connects to `url` (`postgres://user:password@host:port/database`),
-    /// naming the problem when the URL is malformed, the server does not
-    /// answer or refuses the credentials.
+    /// Connects to `url` (`postgres://user:password@host:port/database`,
+    /// with libpq's `sslmode`/`sslrootcert` for TLS: see
+    /// [`cohort_datasets::pg_tls`]), naming the problem when the URL is
+    /// malformed, the server does not answer or refuses the credentials.
     pub fn connect(url: &str) -> Result<Self, StoreError> {
         let failed = |message: String| StoreError::DatabaseUrl {
             url: redacted(url),
             message,
         };
-        let mut config: Config = url.parse().map_err(|e: tokio_postgres::Error| {
-            failed(format!("not a PostgreSQL URL: {}", describe(&e)))
-        })?;
+        let mut target = cohort_datasets::pg_tls::PgTarget::parse(url).map_err(failed)?;
+        let config = &mut target.config;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -79,13 +79,13 @@ impl PgConnection {
                     }
                 };
                 runtime.block_on(async move {
-                    match config.connect(NoTls).await {
-                        Ok((client, connection)) => {
+                    match target.connect().await {
+                        Ok((client, driver)) => {
                             let _ = sender.send(Ok(client));
                             // Runs until the client is dropped or the
                             // server goes away; the next call then fails
                             // with the reason.
-                            if let Err(e) = connection.await {
+                            if let Ok(Err(e)) = driver.await {
                                 tracing::error!("PostgreSQL connection lost: {}", describe(&e));
                             }
                         }
