@@ -926,9 +926,31 @@ fn homomorphic_aggregation_leaves_no_update_or_key_with_the_coordinator() {
     );
 }
 
+/// SplitFed under secure aggregation: the coordinator trains the seats
+/// itself, but keeps nothing of any hospital's masked part update.
+#[test]
+fn secure_splitfed_leaves_no_individual_part_with_the_coordinator() {
+    let job_toml = oncology_job(3, 3)
+        .replace("kind = \"logistic\"", "kind = \"mlp\"\nhidden = [16, 8]")
+        .replace("[training]", "[training]\nmode = \"splitfed\"")
+        + "\n[privacy]\naggregation = \"secagg\"\nsecagg = { threshold = 0.66, bits = 32 }\n";
+    // Split learning sends activations, which --require-secure-aggregation
+    // refuses; the parts are masked all the same.
+    coordinator_keeps_no_individual_update_of(&job_toml, &["--keep-contributions"]);
+}
+
 /// Runs a 3-hospital job with `privacy` and checks that nothing the
 /// coordinator keeps contains any part of a hospital's encoded update.
 fn coordinator_keeps_no_individual_update(privacy: &str) -> tempfile::TempDir {
+    coordinator_keeps_no_individual_update_of(
+        &(oncology_job(3, 3) + privacy),
+        &["--keep-contributions", "--require-secure-aggregation"],
+    )
+}
+
+/// [`coordinator_keeps_no_individual_update`] of `job_toml`, the hospitals
+/// started with `flags`.
+fn coordinator_keeps_no_individual_update_of(job_toml: &str, flags: &[&str]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("oncology.csv");
     synthetic_oncology_csv(&csv, 900, 23);
@@ -937,14 +959,8 @@ fn coordinator_keeps_no_individual_update(privacy: &str) -> tempfile::TempDir {
     let coord_dir = dir.path().join("coord");
     let coord_log = dir.path().join("coord.log");
     let _coordinator = start_coordinator(&net, &coord_dir, &coord_log);
-    let _clients = start_clients_with(
-        &net,
-        &files[..3],
-        dir.path(),
-        &["--keep-contributions", "--require-secure-aggregation"],
-    );
-    let job_toml = oncology_job(3, 3) + privacy;
-    let job = submit_job_file(dir.path(), &job_toml, &net);
+    let _clients = start_clients_with(&net, &files[..3], dir.path(), flags);
+    let job = submit_job_file(dir.path(), job_toml, &net);
     let done = wait_until(&net, &job, Duration::from_secs(300), |s| {
         s["state"] != "running" && s["state"] != "pending"
     });
