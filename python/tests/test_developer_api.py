@@ -158,3 +158,26 @@ def test_metrics_carry_each_hospitals_epsilon_under_dp(consortium, coordinator):
     assert last.height == 3
     # Each hospital spends up to its target by the last round, never more.
     assert all(0.0 < eps <= 2.0 + 1e-9 for eps in last["epsilon"].to_list())
+
+
+def test_a_splitfed_job_sums_the_hospitals_parts_securely(consortium, coordinator):
+    # The demo job's MLP cut after its first hidden layer: the hospitals
+    # train the bottom against the coordinator's top, and their bottoms are
+    # summed under SecAgg+ (only the sum reaches the coordinator).
+    job = consortium.job(
+        rounds=2,
+        training={"mode": "splitfed"},
+        privacy={"aggregation": "secagg"},
+    )
+    job_id = coordinator.submit(job)
+    view = coordinator.wait(job_id, progress=False, timeout=300)
+    assert view["state"] == "completed", view
+    summed = [
+        e["message"]
+        for e in view["events"]
+        if "parts summed under secure aggregation" in e["message"]
+    ]
+    assert len(summed) == 2, view["events"]
+    # No receipt carries a hospital's example count: it travels masked.
+    for round_ in view["rounds"]:
+        assert all(u["num_examples"] == 0 for u in round_["updates"])
