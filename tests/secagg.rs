@@ -788,19 +788,24 @@ async fn splitfed_parts_are_summed_under_secure_and_homomorphic_aggregation() {
     }
 }
 
+/// A hospital that vanishes after sending its masked (or encrypted) split
+/// part, before helping unmask (or decrypt): its part and its seat's both
+/// count, and the round completes in its first attempt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_hospital_vanishing_after_its_masked_split_part_still_counts() {
-    let dir = tempfile::tempdir().unwrap();
-    let view = run_job(
-        dir.path(),
-        &hospitals(dir.path(), &[(2, VanishAt::Unmask)]),
-        &splitfed_job(1, 3, false, SECAGG),
-    )
-    .await;
-    assert_exact_sums(dir.path(), &view);
-    let round = &view.rounds[0];
-    assert_eq!(round.attempts, 1, "{view:#?}");
-    assert_eq!(round.participants.len(), 5, "{view:#?}");
+async fn a_hospital_vanishing_after_its_protected_split_part_still_counts() {
+    for (privacy, u_shaped) in [(SECAGG, false), (HE, true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let view = run_job(
+            dir.path(),
+            &hospitals(dir.path(), &[(2, VanishAt::Unmask)]),
+            &splitfed_job(1, 3, u_shaped, privacy),
+        )
+        .await;
+        assert_exact_sums(dir.path(), &view);
+        let round = &view.rounds[0];
+        assert_eq!(round.attempts, 1, "{view:#?}");
+        assert_eq!(round.participants.len(), 5, "{view:#?}");
+    }
 }
 
 /// Client-level DP of SplitFed parts under secure aggregation: each
