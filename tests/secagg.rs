@@ -13,7 +13,7 @@ use std::time::Duration;
 use cohort::developer::{self, JobView, RoundView};
 use cohort::local::{LocalFederation, LocalHospital};
 use cohort_client::{ClientOptions, VanishAt};
-use cohort_privacy::quantize::{add_mod, pack, unpack};
+use cohort_privacy::quantize::{Quantizer, add_mod, pack, unpack};
 use common::*;
 use sha2::Digest as _;
 
@@ -291,6 +291,30 @@ async fn distributed_dp_noise_is_added_by_the_hospitals_before_encryption() {
     hospitals_add_the_noise(HE, 4).await;
 }
 
+/// Every contribution the hospitals kept weighs 1 (client level) and is
+/// far longer than `quantizer`'s clipping bound allows a noiseless one to
+/// be: each hospital added its share of the noise.
+fn assert_noisy_contributions(dir: &Path, view: &JobView, quantizer: &Quantizer) {
+    let mut norms = Vec::new();
+    for round in &view.rounds {
+        for client in &round.participants {
+            let path = contribution(dir, client, &view.job_id, round.round, round.attempts);
+            let bytes = std::fs::read(path).unwrap();
+            let values = unpack(&bytes, BITS, bytes.len() / 4).unwrap();
+            let (&count, coords) = values.split_last().unwrap();
+            assert_eq!(count, 1, "client-level DP weighs hospitals equally");
+            let norm = coords
+                .iter()
+                .map(|&v| (v as u32 as i32 as f64).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            norms.push(norm / (quantizer.scale() * quantizer.clip()));
+        }
+    }
+    let mean = norms.iter().sum::<f64>() / norms.len() as f64;
+    assert!(mean > 2.0, "contributions look noiseless: {norms:?}");
+}
+
 /// Client-level DP under a mode where the coordinator only learns the sum:
 /// every contribution the hospitals kept carries its share of the noise,
 /// sized for `min_survivors`, and the sums are exact.
@@ -303,37 +327,10 @@ async fn hospitals_add_the_noise(privacy: &str, min_survivors: u32) {
     )
     .await;
     assert_exact_sums(dir.path(), &view);
-    let quantizer_scale_clip = {
-        // The quantizer's levels per clipping norm, as the coordinator
-        // built it for five hospitals with room for the noise.
-        let q =
-            cohort_privacy::distributed::quantizer(0.5, BITS, 5, 2.0, min_survivors, 1).unwrap();
-        q.scale() * q.clip()
-    };
-    let mut norms = Vec::new();
-    for round in &view.rounds {
-        for client in &round.participants {
-            let path = contribution(
-                dir.path(),
-                client,
-                &view.job_id,
-                round.round,
-                round.attempts,
-            );
-            let bytes = std::fs::read(path).unwrap();
-            let values = unpack(&bytes, BITS, bytes.len() / 4).unwrap();
-            let (&count, coords) = values.split_last().unwrap();
-            assert_eq!(count, 1, "client-level DP weighs hospitals equally");
-            let norm = coords
-                .iter()
-                .map(|&v| (v as u32 as i32 as f64).powi(2))
-                .sum::<f64>()
-                .sqrt();
-            norms.push(norm / quantizer_scale_clip);
-        }
-    }
-    let mean = norms.iter().sum::<f64>() / norms.len() as f64;
-    assert!(mean > 2.0, "contributions look noiseless: {norms:?}");
+    // The quantizer as the coordinator built it for five hospitals with
+    // room for the noise.
+    let q = cohort_privacy::distributed::quantizer(0.5, BITS, 5, 2.0, min_survivors, 1).unwrap();
+    assert_noisy_contributions(dir.path(), &view, &q);
     let expected = expected_client_level_epsilon(3);
     for (name, eps) in &view.dp_epsilon {
         assert!((eps - expected).abs() < 1e-9, "{name}: {eps} vs {expected}");
@@ -826,30 +823,7 @@ async fn splitfed_parts_carry_distributed_noise_under_client_level_dp() {
     let (clip, sigma) = cohort_privacy::distributed::per_part(0.5, 2.0);
     let q = cohort_privacy::distributed::quantizer(clip, BITS, 5, sigma, params.min_survivors, 1)
         .unwrap();
-    let mut norms = Vec::new();
-    for round in &view.rounds {
-        for client in &round.participants {
-            let path = contribution(
-                dir.path(),
-                client,
-                &view.job_id,
-                round.round,
-                round.attempts,
-            );
-            let bytes = std::fs::read(path).unwrap();
-            let values = unpack(&bytes, BITS, bytes.len() / 4).unwrap();
-            let (&count, coords) = values.split_last().unwrap();
-            assert_eq!(count, 1, "client-level DP weighs hospitals equally");
-            let norm = coords
-                .iter()
-                .map(|&v| (v as u32 as i32 as f64).powi(2))
-                .sum::<f64>()
-                .sqrt();
-            norms.push(norm / (q.scale() * q.clip()));
-        }
-    }
-    let mean = norms.iter().sum::<f64>() / norms.len() as f64;
-    assert!(mean > 2.0, "contributions look noiseless: {norms:?}");
+    assert_noisy_contributions(dir.path(), &view, &q);
     // The coordinator noised the seats' parts with σ·clip of a whole
     // update (2.0 × 0.5), every round.
     let noised = view
