@@ -874,29 +874,34 @@ async fn a_retried_splitfed_round_under_client_level_dp_is_charged_once() {
 /// with the mean of the group's seats; groups are scored and the values
 /// fitted as in FedAvg rounds, and no released sum isolates a hospital.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn splitfed_rounds_are_valued_from_group_sums_under_secure_aggregation() {
-    let dir = tempfile::tempdir().unwrap();
-    let view = run_job(
-        dir.path(),
-        &hospitals(dir.path(), &[]),
-        &(splitfed_job(2, 4, false, SECAGG) + "\n[valuation]\ngroup_size = 2\n"),
-    )
-    .await;
-    let report = valued_rounds(dir.path(), &view);
-    for round in &report.rounds {
-        assert_eq!(round.utility_evaluations, 4);
-        assert_eq!(round.hospitals.len(), 5);
+async fn splitfed_rounds_are_valued_from_group_sums_under_secure_and_homomorphic_aggregation() {
+    for (privacy, mode) in [(SECAGG, "secure"), (HE, "homomorphic")] {
+        let dir = tempfile::tempdir().unwrap();
+        let view = run_job(
+            dir.path(),
+            &hospitals(dir.path(), &[]),
+            &(splitfed_job(2, 4, false, privacy) + "\n[valuation]\ngroup_size = 2\n"),
+        )
+        .await;
+        let report = valued_rounds(dir.path(), &view);
+        for round in &report.rounds {
+            assert_eq!(round.utility_evaluations, 4);
+            assert_eq!(round.hospitals.len(), 5);
+        }
+        for (round, groups) in released_groups(dir.path(), &view.job_id) {
+            let mut sizes: Vec<usize> = groups.iter().map(Vec::len).collect();
+            sizes.sort();
+            assert_eq!(sizes, [2, 3], "{mode}, round {round}");
+        }
+        // Each group's sum came with its own split exchange.
+        let exchanges = view
+            .events
+            .iter()
+            .filter(|e| {
+                e.message
+                    .contains(&format!("parts summed under {mode} aggregation"))
+            })
+            .count();
+        assert_eq!(exchanges, 4, "{mode}: {:#?}", view.events);
     }
-    for (round, groups) in released_groups(dir.path(), &view.job_id) {
-        let mut sizes: Vec<usize> = groups.iter().map(Vec::len).collect();
-        sizes.sort();
-        assert_eq!(sizes, [2, 3], "round {round}");
-    }
-    // Each group's sum came with its own split exchange.
-    let exchanges = view
-        .events
-        .iter()
-        .filter(|e| e.message.contains("parts summed under secure aggregation"))
-        .count();
-    assert_eq!(exchanges, 4, "{:#?}", view.events);
 }
