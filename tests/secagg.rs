@@ -510,13 +510,18 @@ async fn homomorphic_rounds_are_valued_from_group_sums_only() {
         &(job(2, 4, HE) + "\n[valuation]\ngroup_size = 2\n"),
     )
     .await;
-    let report = valued_rounds(dir.path(), &view);
+    assert_valued_in_groups_of_two_and_three(dir.path(), &view);
+}
+
+/// Five hospitals valued in two groups (3 + 2) every round: four unions
+/// scored, every hospital valued, and only those groups' sums released.
+fn assert_valued_in_groups_of_two_and_three(dir: &Path, view: &JobView) {
+    let report = valued_rounds(dir, view);
     for round in &report.rounds {
-        // Five hospitals in two groups (3 + 2): four unions scored.
         assert_eq!(round.utility_evaluations, 4);
         assert_eq!(round.hospitals.len(), 5);
     }
-    for (round, groups) in released_groups(dir.path(), &view.job_id) {
+    for (round, groups) in released_groups(dir, &view.job_id) {
         let mut sizes: Vec<usize> = groups.iter().map(Vec::len).collect();
         sizes.sort();
         assert_eq!(sizes, [2, 3], "round {round}");
@@ -883,16 +888,7 @@ async fn splitfed_rounds_are_valued_from_group_sums_under_secure_and_homomorphic
             &(splitfed_job(2, 4, false, privacy) + "\n[valuation]\ngroup_size = 2\n"),
         )
         .await;
-        let report = valued_rounds(dir.path(), &view);
-        for round in &report.rounds {
-            assert_eq!(round.utility_evaluations, 4);
-            assert_eq!(round.hospitals.len(), 5);
-        }
-        for (round, groups) in released_groups(dir.path(), &view.job_id) {
-            let mut sizes: Vec<usize> = groups.iter().map(Vec::len).collect();
-            sizes.sort();
-            assert_eq!(sizes, [2, 3], "{mode}, round {round}");
-        }
+        assert_valued_in_groups_of_two_and_three(dir.path(), &view);
         // Each group's sum came with its own split exchange.
         let exchanges = view
             .events
