@@ -599,8 +599,8 @@ impl Runner {
                     )
                     .await
                 }
-                (Aggregation::He, None) => {
-                    self.he_fit(
+                (Aggregation::He | Aggregation::Secagg, None) => {
+                    self.protected_fit(
                         job,
                         spec,
                         enrollment,
@@ -608,19 +608,8 @@ impl Runner {
                         &global,
                         &selected,
                         (round, attempt),
+                        t.min_clients,
                         &splitfed::SplitTasks::new(),
-                    )
-                    .await?
-                }
-                (Aggregation::Secagg, None) => {
-                    self.secure_fit(
-                        job,
-                        spec,
-                        enrollment,
-                        &fit,
-                        &global,
-                        &selected,
-                        (round, attempt),
                     )
                     .await?
                 }

@@ -40,9 +40,7 @@ const AGGREGATE: &str = "homomorphic-aggregate";
 const MAX_HEADER_PAYLOAD: usize = cohort_protocol::MAX_MESSAGE_BYTES - (512 << 10);
 
 impl Runner {
-    /// `None` when the attempt had to be abandoned; the round is retried.
-    /// In a SplitFed round `global` is what the hospitals train (their
-    /// parts) and `splits` names each one's exchange.
+    /// [`Runner::protected_fit`] under homomorphic aggregation.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn he_fit(
         &self,

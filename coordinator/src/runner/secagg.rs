@@ -27,7 +27,7 @@ use cohort_protocol::v1::{SecAggAdvert, SecAggTask, TaskHeader, TaskKind};
 
 use super::splitfed::SplitTasks;
 use super::{Fitted, RunError, Runner, json};
-use crate::job::JobSpec;
+use crate::job::{Aggregation, JobSpec};
 use crate::registry::{Expect, TaskAnswer, TaskBody};
 use crate::store::{Enrollment, JobRow};
 
@@ -74,10 +74,17 @@ pub(super) struct SecureSession {
 }
 
 impl Runner {
-    /// `None` when the attempt had to be abandoned (too few hospitals at some
-    /// stage, or the sum could not be recovered); the round is then retried.
+    /// The fit stage under the job's protected aggregation: SecAgg+ or
+    /// homomorphic, the coordinator learning only the sum of `selected`'s
+    /// updates. `None` when the attempt had to be abandoned (too few
+    /// hospitals at some stage, or the sum could not be recovered); the
+    /// round is then retried. Under SecAgg+ every stage needs `min_clients`
+    /// (a valuation group passes its size, so that the sum recovered is
+    /// exactly the group's); homomorphic aggregation needs every member's
+    /// update. In a SplitFed round `global` is what the hospitals train
+    /// (their parts) and `splits` names each one's exchange.
     #[allow(clippy::too_many_arguments)]
-    pub(super) async fn secure_fit(
+    pub(super) async fn protected_fit(
         &self,
         job: &JobRow,
         spec: &JobSpec,
@@ -85,30 +92,44 @@ impl Runner {
         fit: &TaskHeader,
         global: &Arc<Vec<f32>>,
         selected: &[String],
-        (round, attempt): (u32, u32),
+        round_attempt: (u32, u32),
+        min_clients: u32,
+        splits: &SplitTasks,
     ) -> Result<Option<Fitted>, RunError> {
-        let min_clients = spec.training.min_clients;
-        self.secure_fit_with(
-            job,
-            spec,
-            enrollment,
-            fit,
-            global,
-            selected,
-            (round, attempt),
-            min_clients,
-            &SplitTasks::new(),
-        )
-        .await
+        match spec.privacy.aggregation {
+            Aggregation::He => {
+                self.he_fit(
+                    job,
+                    spec,
+                    enrollment,
+                    fit,
+                    global,
+                    selected,
+                    round_attempt,
+                    splits,
+                )
+                .await
+            }
+            _ => {
+                self.secure_fit_with(
+                    job,
+                    spec,
+                    enrollment,
+                    fit,
+                    global,
+                    selected,
+                    round_attempt,
+                    min_clients,
+                    splits,
+                )
+                .await
+            }
+        }
     }
 
-    /// [`Runner::secure_fit`] needing `min_clients` survivors at every
-    /// stage (a valuation group needs all its members, so that the sum
-    /// recovered is exactly the group's). In a SplitFed round `global` is
-    /// what the hospitals train (their parts) and `splits` names each
-    /// one's exchange.
+    /// [`Runner::protected_fit`] under SecAgg+.
     #[allow(clippy::too_many_arguments)]
-    pub(super) async fn secure_fit_with(
+    async fn secure_fit_with(
         &self,
         job: &JobRow,
         spec: &JobSpec,

@@ -131,8 +131,8 @@ impl Runner {
                     )
                     .await;
             }
-            Aggregation::Secagg => {
-                self.secure_fit_with(
+            Aggregation::Secagg | Aggregation::He => {
+                self.protected_fit(
                     job,
                     spec,
                     enrollment,
@@ -141,19 +141,6 @@ impl Runner {
                     selected,
                     round_attempt,
                     min_clients,
-                    &splits,
-                )
-                .await
-            }
-            Aggregation::He => {
-                self.he_fit(
-                    job,
-                    spec,
-                    enrollment,
-                    &fit,
-                    &sent,
-                    selected,
-                    round_attempt,
                     &splits,
                 )
                 .await

@@ -116,8 +116,8 @@ impl Runner {
             return Ok(None);
         };
         let runs = groups.iter().map(|members| async move {
-            let fitted = match spec.privacy.aggregation {
-                _ if spec.training.mode == TrainingMode::Splitfed => {
+            let fitted = match spec.training.mode {
+                TrainingMode::Splitfed => {
                     self.splitfed_fit(
                         job,
                         spec,
@@ -131,21 +131,8 @@ impl Runner {
                     )
                     .await
                 }
-                Aggregation::He => {
-                    self.he_fit(
-                        job,
-                        spec,
-                        enrollment,
-                        fit,
-                        global,
-                        members,
-                        (round, attempt),
-                        &SplitTasks::new(),
-                    )
-                    .await
-                }
                 _ => {
-                    self.secure_fit_with(
+                    self.protected_fit(
                         job,
                         spec,
                         enrollment,
