@@ -1,12 +1,14 @@
 //! `cohort data`: checking a hospital's data source, splitting a file into
-//! hospitals' files, and a hospital's commitment to its data.
+//! hospitals' files, a hospital's commitment to its data, and a job's
+//! public preprocessing from reference data.
 
 use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use cohort_datasets::{
-    DataSource, LocalDataset, QualitySummary, SourceReport, SplitOptions, SplitReport,
+    DataSource, DataSpec, LocalDataset, Preprocessing, PublicPreprocessing, QualitySummary,
+    SourceReport, SplitOptions, SplitReport,
 };
 use serde::Serialize;
 
@@ -142,6 +144,91 @@ pub fn commitment(model_dir: &Path, data: &Path) -> Result<DataCommitment> {
 impl DataCommitment {
     pub fn summary(&self) -> String {
         format!("{}  ({} rows)", self.dataset_sha256, self.rows)
+    }
+}
+
+/// `cohort data preprocessing`: a job's `[preprocessing]` table computed
+/// from reference data the model developer may publish (its own data, a
+/// public cohort), never from a hospital's.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReferencePreprocessing {
+    pub rows: usize,
+    pub preprocessing: PublicPreprocessing,
+}
+
+pub fn reference_preprocessing(
+    reference: &Path,
+    job_file: &Path,
+) -> Result<ReferencePreprocessing> {
+    let text = crate::jobs::read_job_file(job_file)?;
+    reference_preprocessing_of(reference, &text)
+        .with_context(|| format!("the [data] of {}", job_file.display()))
+}
+
+/// [`reference_preprocessing`] for a job given as TOML text.
+pub fn reference_preprocessing_of(
+    reference: &Path,
+    job_toml: &str,
+) -> Result<ReferencePreprocessing> {
+    let spec = cohort_coordinator::JobSpec::from_toml(job_toml)?;
+    reference_preprocessing_for(&DataSource::File(reference.to_path_buf()), &spec.data)
+}
+
+/// [`reference_preprocessing`] for a job's `[data]` table.
+pub fn reference_preprocessing_for(
+    source: &DataSource,
+    data: &DataSpec,
+) -> Result<ReferencePreprocessing> {
+    let table = source.read().with_context(|| format!("reading {source}"))?;
+    let dataset = LocalDataset::from_table(&table, data)
+        .with_context(|| format!("{source} does not fit the job's [data]"))?;
+    let merged = Preprocessing::merge(dataset.schema(), &[dataset.statistics()])
+        .with_context(|| format!("the statistics of {source}"))?;
+    Ok(ReferencePreprocessing {
+        rows: dataset.n_rows(),
+        preprocessing: PublicPreprocessing::from_preprocessing(&merged),
+    })
+}
+
+impl ReferencePreprocessing {
+    /// The table as it goes into a job file, a line per column.
+    pub fn toml(&self) -> String {
+        let key = |name: &str| {
+            if !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                name.to_string()
+            } else {
+                toml::Value::String(name.to_string()).to_string()
+            }
+        };
+        let mut out = format!(
+            "# Statistics of {} reference rows; paste into the job file. No hospital\n\
+             # then computes or releases any (nor spends privacy budget on them).\n\
+             [preprocessing.numeric]\n",
+            self.rows
+        );
+        for (name, column) in &self.preprocessing.numeric {
+            let fill = column
+                .fill
+                .map_or(String::new(), |f| format!(", fill = {f:?}"));
+            let _ = writeln!(
+                out,
+                "{} = {{ mean = {:?}, std = {:?}{fill} }}",
+                key(name),
+                column.mean,
+                column.std
+            );
+        }
+        if !self.preprocessing.categorical.is_empty() {
+            out.push_str("[preprocessing.categorical]\n");
+            for (name, fill) in &self.preprocessing.categorical {
+                let _ = writeln!(out, "{} = {}", key(name), toml::Value::String(fill.clone()));
+            }
+        }
+        out
     }
 }
 

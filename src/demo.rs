@@ -169,6 +169,15 @@ pub async fn run_with_dashboard(
     }
     if let Some(epsilon) = opts.dp_epsilon {
         apply_dp(&mut spec, epsilon)?;
+        // Statistics of ~450 rows noised to a quarter of the job's epsilon
+        // would drown; the developer gives them publicly instead, from its
+        // own reference data (here the held-out test file), and the
+        // hospitals spend their whole epsilon on training.
+        let reference = crate::data::reference_preprocessing_for(
+            &cohort_datasets::DataSource::File(test_file.clone()),
+            &spec.data,
+        )?;
+        spec.preprocessing = Some(reference.preprocessing);
     }
     if opts.splitfed {
         spec.training.mode = cohort_coordinator::job::TrainingMode::Splitfed;

@@ -15,7 +15,10 @@ use std::sync::OnceLock;
 
 use cohort_coordinator::JobSpec;
 use cohort_datasets::fhir::{FhirMapping, read_export};
-use cohort_datasets::{DataSpec, LocalDataset, SecureStatistics, StatisticsPass, read_csv_bytes};
+use cohort_datasets::{
+    DataSpec, LocalDataset, RowWeight, SecureStatistics, StatisticsNoise, StatisticsPass,
+    read_csv_bytes,
+};
 use cohort_ledger::{Checkpoint, Entry};
 use cohort_privacy::he::{DecryptionShare, EncryptedUpdate, HeParams, PublicKeyShare};
 use cohort_privacy::secagg::{Advertisement, Share, decode_reveals, decode_shares};
@@ -182,9 +185,27 @@ pub fn secure_statistics(data: &[u8]) {
     }
     let copies = u64::from(data.first().copied().unwrap_or(0) % 4 + 1);
     let mut edits = data.get(1..).unwrap_or_default().chunks_exact(4);
-    let mut state = SecureStatistics::new(dataset.schema());
+    // Odd first bytes read the sums as noisy (a job under DP).
+    let noisy = data.first().copied().unwrap_or(0) % 2 == 1;
+    let mut state = match noisy {
+        false => SecureStatistics::new(dataset.schema()),
+        true => SecureStatistics::with_noise(
+            dataset.schema(),
+            StatisticsNoise {
+                noise_multiplier: f64::from(data.get(1).copied().unwrap_or(1)) / 16.0,
+                hospitals: usize::from(copies as u8),
+                weight: RowWeight::Row,
+            },
+        ),
+    };
     loop {
-        let Ok(terms) = dataset.statistics_terms(state.pass()) else {
+        let terms = match noisy {
+            false => dataset.statistics_terms(state.pass()),
+            true => dataset
+                .dp_statistics_terms(state.pass(), RowWeight::Row)
+                .map(|t| t.into_iter().map(|v| v as u64).collect()),
+        };
+        let Ok(terms) = terms else {
             return;
         };
         let mut sum: Vec<u64> = terms.iter().map(|t| t.wrapping_mul(copies)).collect();

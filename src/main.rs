@@ -1449,6 +1449,20 @@ enum DataCommand {
         #[arg(long)]
         json: bool,
     },
+    /// A job's [preprocessing] table (every column's mean, standard
+    /// deviation and fill) computed from reference data the model developer
+    /// may publish: its own data or a public cohort, never a hospital's.
+    /// With it in the job file no hospital computes or releases statistics,
+    /// so a job under differential privacy spends nothing on them.
+    Preprocessing {
+        /// The reference data: a CSV or Parquet file with the job's columns.
+        reference: PathBuf,
+        /// The job file whose [data] section says which columns to describe.
+        #[arg(long, value_name = "JOB.toml")]
+        job: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// A hospital's commitment to its data as a job's model saw it: SHA-256
     /// over the file's rows preprocessed with the model's card. Compare with
     /// the dataset_sha256 of that hospital's updates on the ledger.
@@ -1963,6 +1977,15 @@ async fn main() -> Result<()> {
             init_logging("warn");
             let check = data::check(&source.source()?, job.as_deref())?;
             report(json, &check, data::SourceCheck::summary)?;
+        }
+        Command::Data(DataCommand::Preprocessing {
+            reference,
+            job,
+            json,
+        }) => {
+            init_logging("warn");
+            let reference = data::reference_preprocessing(&reference, &job)?;
+            report(json, &reference, data::ReferencePreprocessing::toml)?;
         }
         Command::Data(DataCommand::Commitment { data, model, json }) => {
             init_logging("warn");

@@ -111,19 +111,28 @@ pub fn render_budget(r: &BudgetReport) -> String {
     }
     let _ = writeln!(
         out,
-        "{:<38} {:>9} {:>8} {:>8} {:>7} {:>8}",
-        "job", "epsilon", "delta", "rounds", "sigma", "q"
+        "{:<38} {:>9} {:>8} {:>6} {:>8} {:>7} {:>8}",
+        "job", "epsilon", "delta", "stats", "rounds", "sigma", "q"
     );
+    let or_dash = |v: Option<f64>, precision: usize| {
+        v.map_or("-".to_string(), |v| format!("{v:.precision$}"))
+    };
     for j in &r.jobs {
         let _ = writeln!(
             out,
-            "{:<38} {:>9.4} {:>8.0e} {:>8} {:>7.3} {:>8.4}",
+            "{:<38} {:>9.4} {:>8.0e} {:>6} {:>8} {:>7} {:>8}",
             j.job_id,
             j.epsilon,
             j.delta,
+            j.statistics_passes,
             format!("{}/{}", j.rounds.len(), j.planned_rounds),
-            j.noise_multiplier,
-            j.sampling_rate
+            or_dash(j.noise_multiplier, 3),
+            or_dash(j.sampling_rate, 4)
+        );
+    }
+    if r.jobs.iter().any(|j| j.statistics_passes > 0) {
+        out.push_str(
+            "stats: passes of noisy preprocessing statistics released; epsilon includes them\n",
         );
     }
     out

@@ -231,14 +231,22 @@ pub fn summary_text(s: &Summary) -> String {
         .iter()
         .map(|(round, mb)| format!("{mb:.0} MiB after round {round}"))
         .collect();
+    // A job that failed before its first round has no times to show.
+    let seconds = |s: f64| {
+        if s.is_finite() {
+            format!("{s:.3} s")
+        } else {
+            "-".to_string()
+        }
+    };
     format!(
-        "job {} {} on {} virtual hospitals: preparation {:.3} s, {} rounds, median {:.3} s a round; peak {:.0} MiB{}{}",
+        "job {} {} on {} virtual hospitals: preparation {}, {} rounds, median {} a round; peak {:.0} MiB{}{}",
         s.job_id,
         s.state,
         s.clients,
-        s.preparation_s,
+        seconds(s.preparation_s),
         s.rounds,
-        s.median_round_s,
+        seconds(s.median_round_s),
         s.peak_rss_mb,
         if at.is_empty() {
             String::new()

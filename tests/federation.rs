@@ -294,6 +294,18 @@ async fn invalid_job_files_are_rejected_by_the_coordinator_naming_the_key() {
             "recurrence",
         ),
         ("name = ".to_string(), "invalid job file"),
+        (
+            oncology_job(2, 3) + "\n[preprocessing.categorical]\nstage = \"II\"\n",
+            "preprocessing.categorical",
+        ),
+        (
+            oncology_job(2, 3) + "\n[preprocessing.numeric]\nage = { mean = 60.0, std = 0.0 }\n",
+            "preprocessing.numeric.age.std",
+        ),
+        (
+            oncology_job(2, 3) + "\n[privacy.dp]\ntarget_epsilon = 1.0\nstatistics_epsilon = 1.0\n",
+            "privacy.dp.statistics_epsilon",
+        ),
     ];
     for (toml, expected) in cases {
         let status = raw

@@ -390,6 +390,9 @@ fn coordinator_killed_mid_round_resumes_and_records_every_round_once() {
     // with must survive the kill.
     let job_toml = oncology_job(rounds, 3)
         + "\n[privacy.dp]\nlevel = \"client\"\ntarget_epsilon = 50.0\nclipping = \"adaptive\"\nclipped_count_stddev = 3.0\n";
+    // Client-level statistics of three hospitals would drown in their
+    // noise: the developer gives them publicly.
+    let job_toml = job_toml.clone() + &oncology_reference_preprocessing(&job_toml);
     let job = submit_job_file(dir.path(), &job_toml, &net);
 
     // Kill while round 3 is under way.
@@ -570,6 +573,12 @@ fn crash_and_recover(privacy: &str, point: &str, victim: Victim) {
             .map(|r| r.as_u64().unwrap())
             .collect();
         assert_eq!(charged, vec![1, 2, 3], "{point} {name}: {budget:#}");
+        // Three passes of noisy statistics, each paid once: a preparation
+        // the restarted coordinator ran again got the same noisy sums.
+        assert_eq!(
+            budget["jobs"][0]["statistics_passes"], 3,
+            "{point} {name}: {budget:#}"
+        );
         let reported = done["dp_epsilon"][&name].as_f64().unwrap();
         assert!(
             (reported - spent).abs() < 1e-9,

@@ -138,3 +138,100 @@ fn a_reader_that_stops_early_ends_the_command_quietly() {
     assert_eq!(out.status.code(), Some(141), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn a_dp_job_takes_its_preprocessing_from_the_developers_reference_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = job(dir.path(), 2, 3);
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/data/wdbc.csv");
+    let cli = |args: &[&str]| Command::new(BIN).args(args).output().unwrap();
+    let out = cli(&[
+        "data",
+        "preprocessing",
+        data,
+        "--job",
+        path.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.contains("[preprocessing.numeric]"), "{table}");
+    assert_eq!(
+        table.lines().filter(|l| l.contains("std =")).count(),
+        30,
+        "{table}"
+    );
+    let json: Value = serde_json::from_slice(
+        &cli(&[
+            "data",
+            "preprocessing",
+            data,
+            "--job",
+            path.to_str().unwrap(),
+            "--json",
+        ])
+        .stdout,
+    )
+    .unwrap();
+    assert_eq!(json["rows"], 569);
+
+    // Pasted into a DP job, it is the preprocessing: no statistics are
+    // released, and the job trains.
+    let private = std::fs::read_to_string(&path).unwrap()
+        + "\n[privacy.dp]\nlevel = \"record\"\ntarget_epsilon = 2.0\naccountant = \"rdp\"\n"
+        + &table;
+    std::fs::write(&path, private).unwrap();
+    let out = simulate(&[path.to_str().unwrap(), "--clients", "3", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["state"], "completed", "{stdout}");
+
+    // Reference data without one of the job's columns is refused by name.
+    let text = std::fs::read_to_string(data).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let drop = header.iter().position(|c| *c == "texture_mean").unwrap();
+    let keep = |line: &str| {
+        line.split(',')
+            .enumerate()
+            .filter(|(i, _)| *i != drop)
+            .map(|(_, c)| c)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let partial: Vec<String> = text.lines().map(keep).collect();
+    let reference = dir.path().join("partial.csv");
+    std::fs::write(&reference, partial.join("\n") + "\n").unwrap();
+    let job_file = dir.path().join("listed.toml");
+    std::fs::write(
+        &job_file,
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .replace(
+                "numeric = \"*\"",
+                "numeric = [\"radius_mean\", \"texture_mean\"]",
+            )
+            .split("\n[preprocessing")
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let out = cli(&[
+        "data",
+        "preprocessing",
+        reference.to_str().unwrap(),
+        "--job",
+        job_file.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("texture_mean"), "{err}");
+}

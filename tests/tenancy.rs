@@ -127,6 +127,7 @@ async fn tenants_read_only_their_own_jobs_models_metrics_and_budgets() {
     let job_name = "private-recurrence-study";
     let job = oncology_job(1, 2).replace("recurrence-logistic", job_name)
         + "\n[privacy.dp]\nlevel = \"client\"\ntarget_epsilon = 4.0\ndelta = 1e-5\n";
+    let job = job.clone() + &oncology_reference_preprocessing(&job);
     let job_id = owner
         .submit_job(SubmitJobRequest { job_toml: job })
         .await

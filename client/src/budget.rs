@@ -5,10 +5,11 @@
 //! at the hospital's delta, of everything the hospital has ever released
 //! under DP. Jobs compose: the total is computed by the PLD accountant over
 //! every job's spent rounds at once, which is tighter than adding their
-//! epsilons. A job is admitted only if its worst case (every planned round)
-//! still fits; each round is written to the ledger, and flushed to disk,
-//! *before* its update leaves the hospital, so a crash can over-count a
-//! round but never under-count one.
+//! epsilons. A job is admitted only if its worst case (its noisy
+//! preprocessing statistics and every planned round) still fits; each
+//! statistics pass and each round is written to the ledger, and flushed to
+//! disk, *before* what it pays for leaves the hospital, so a crash can
+//! over-count a release but never under-count one.
 //!
 //! The ledger is `DATA_DIR/privacy-budget.json`, replaced atomically
 //! (write, fsync, rename, fsync the directory).
@@ -17,7 +18,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use cohort_privacy::dp::{self, AccountantKind, DpLevel, HospitalPlan, JobDp};
+use cohort_privacy::dp::{self, AccountantKind, DpLevel, HospitalPlan, JobDp, StatisticsPlan};
 use serde::{Deserialize, Serialize};
 
 pub const BUDGET_FILE: &str = "privacy-budget.json";
@@ -81,11 +82,25 @@ impl JobSpend {
     fn spent_segment(&self) -> Result<Option<dp::Segment>, dp::DpError> {
         self.plan.segment(self.rounds.len() as u32)
     }
+}
 
-    /// The job's own epsilon so far, at the job's delta by its accountant.
-    pub fn epsilon(&self) -> Result<f64, dp::DpError> {
-        self.plan
-            .epsilon(self.accountant, self.rounds.len() as u32, self.job_delta)
+/// One job's preprocessing statistics in the ledger: the noisy sums this
+/// hospital released before the job's rounds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatisticsSpend {
+    pub job_id: String,
+    pub level: DpLevel,
+    pub accountant: AccountantKind,
+    pub job_delta: f64,
+    pub planned_rounds: u32,
+    pub plan: StatisticsPlan,
+    /// Passes released, each one Gaussian mechanism of `plan`'s noise.
+    pub passes: u64,
+}
+
+impl StatisticsSpend {
+    fn spent_segment(&self) -> Result<Option<dp::Segment>, dp::DpError> {
+        self.plan.segment(self.passes)
     }
 }
 
@@ -95,6 +110,52 @@ struct Ledger {
     max_epsilon: Option<f64>,
     delta: f64,
     jobs: Vec<JobSpend>,
+    /// Ledgers written before statistics were noised have none.
+    #[serde(default)]
+    statistics: Vec<StatisticsSpend>,
+}
+
+impl Ledger {
+    fn job(&self, job_id: &str) -> Option<&JobSpend> {
+        self.jobs.iter().find(|j| j.job_id == job_id)
+    }
+
+    fn statistics_of(&self, job_id: &str) -> Option<&StatisticsSpend> {
+        self.statistics.iter().find(|s| s.job_id == job_id)
+    }
+
+    /// Every job with something spent, in the order it first spent.
+    fn job_ids(&self) -> Vec<&str> {
+        let mut ids: Vec<&str> = self.statistics.iter().map(|s| s.job_id.as_str()).collect();
+        for job in &self.jobs {
+            if !ids.contains(&job.job_id.as_str()) {
+                ids.push(&job.job_id);
+            }
+        }
+        ids
+    }
+
+    /// A job's own epsilon so far, statistics and rounds composed, at the
+    /// job's delta by its accountant.
+    fn job_epsilon(&self, job_id: &str) -> Result<f64, dp::DpError> {
+        let (statistics, rounds) = (self.statistics_of(job_id), self.job(job_id));
+        let mut segments = Vec::new();
+        if let Some(s) = statistics {
+            segments.extend(s.spent_segment()?);
+        }
+        if let Some(j) = rounds {
+            segments.extend(j.spent_segment()?);
+        }
+        let (accountant, delta) = match (rounds, statistics) {
+            (Some(j), _) => (j.accountant, j.job_delta),
+            (None, Some(s)) => (s.accountant, s.job_delta),
+            (None, None) => return Ok(0.0),
+        };
+        if segments.is_empty() {
+            return Ok(0.0);
+        }
+        Ok(dp::epsilon(accountant, &segments, delta)?.epsilon)
+    }
 }
 
 /// What `cohort client budget --json` prints.
@@ -113,16 +174,22 @@ pub struct BudgetReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct JobReport {
     pub job_id: String,
-    /// The job's own epsilon so far, at the job's delta.
+    /// The job's own epsilon so far (statistics and rounds), at the job's
+    /// delta.
     pub epsilon: f64,
     pub delta: f64,
     pub level: DpLevel,
     pub accountant: AccountantKind,
+    /// Passes of noisy preprocessing statistics released.
+    pub statistics_passes: u64,
+    /// Their noise multiplier; `None` when none were released.
+    pub statistics_noise_multiplier: Option<f64>,
     pub rounds: Vec<u32>,
     pub planned_rounds: u32,
-    pub noise_multiplier: f64,
-    pub sampling_rate: f64,
-    pub steps_per_round: u64,
+    /// The rounds' mechanism; `None` before the first round.
+    pub noise_multiplier: Option<f64>,
+    pub sampling_rate: Option<f64>,
+    pub steps_per_round: Option<u64>,
 }
 
 /// The ledger, in memory and on disk.
@@ -145,6 +212,7 @@ impl Budget {
                 max_epsilon: None,
                 delta: DEFAULT_DELTA,
                 jobs: Vec::new(),
+                statistics: Vec::new(),
             },
         };
         if let Some(limit) = limit {
@@ -192,22 +260,30 @@ impl Budget {
 
     pub fn report(&self) -> Result<BudgetReport, BudgetError> {
         let ledger = self.lock();
-        let spent = total_epsilon(&ledger, None)?;
+        let spent = total_epsilon(&ledger, &[])?;
         let jobs = ledger
-            .jobs
-            .iter()
-            .map(|j| {
+            .job_ids()
+            .into_iter()
+            .map(|id| {
+                let (rounds, statistics) = (ledger.job(id), ledger.statistics_of(id));
+                let (level, accountant, delta, planned_rounds) = match (rounds, statistics) {
+                    (Some(j), _) => (j.level, j.accountant, j.job_delta, j.plan.rounds),
+                    (None, Some(s)) => (s.level, s.accountant, s.job_delta, s.planned_rounds),
+                    (None, None) => unreachable!("job_ids lists spending jobs only"),
+                };
                 Ok(JobReport {
-                    job_id: j.job_id.clone(),
-                    epsilon: j.epsilon()?,
-                    delta: j.job_delta,
-                    level: j.level,
-                    accountant: j.accountant,
-                    rounds: j.rounds.clone(),
-                    planned_rounds: j.plan.rounds,
-                    noise_multiplier: j.plan.noise_multiplier,
-                    sampling_rate: j.plan.sampling_rate,
-                    steps_per_round: j.plan.steps_per_round,
+                    job_id: id.to_string(),
+                    epsilon: ledger.job_epsilon(id)?,
+                    delta,
+                    level,
+                    accountant,
+                    statistics_passes: statistics.map_or(0, |s| s.passes),
+                    statistics_noise_multiplier: statistics.map(|s| s.plan.noise_multiplier),
+                    rounds: rounds.map(|j| j.rounds.clone()).unwrap_or_default(),
+                    planned_rounds,
+                    noise_multiplier: rounds.map(|j| j.plan.noise_multiplier),
+                    sampling_rate: rounds.map(|j| j.plan.sampling_rate),
+                    steps_per_round: rounds.map(|j| j.plan.steps_per_round),
                 })
             })
             .collect::<Result<Vec<_>, BudgetError>>()?;
@@ -223,25 +299,72 @@ impl Budget {
     /// The plan this hospital already follows for `job_id`, if it trained
     /// for the job before: the noise is fixed at the first round.
     pub fn plan_of(&self, job_id: &str) -> Option<HospitalPlan> {
-        self.lock()
-            .jobs
-            .iter()
-            .find(|j| j.job_id == job_id)
-            .map(|j| j.plan)
+        self.lock().job(job_id).map(|j| j.plan)
     }
 
-    /// Refuses a job whose remaining planned rounds would take the hospital
+    /// Refuses a job whose remaining planned rounds, and statistics passes
+    /// when `statistics` is given (at preparation), would take the hospital
     /// past its cap. The message gives both the required and the remaining
     /// epsilon.
-    pub fn admit(&self, job_id: &str, plan: &HospitalPlan) -> Result<(), String> {
+    pub fn admit(
+        &self,
+        job_id: &str,
+        plan: &HospitalPlan,
+        statistics: Option<&StatisticsPlan>,
+    ) -> Result<(), String> {
         let ledger = self.lock();
-        let done = ledger
-            .jobs
-            .iter()
-            .find(|j| j.job_id == job_id)
-            .map_or(0, |j| j.rounds.len() as u32);
+        let done = ledger.job(job_id).map_or(0, |j| j.rounds.len() as u32);
         let rest = plan.rounds.saturating_sub(done);
-        check_fits(&ledger, job_id, plan, rest, "this job")
+        let mut extra: Vec<dp::Segment> = plan
+            .segment(rest)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .collect();
+        if let Some(statistics) = statistics {
+            let released = ledger.statistics_of(job_id).map_or(0, |s| s.passes);
+            extra.extend(
+                statistics
+                    .segment(statistics.passes.saturating_sub(released))
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        check_fits(&ledger, &extra, "this job")
+    }
+
+    /// Records one pass of noisy preprocessing statistics of `job_id` as
+    /// released, durably, before it leaves; returns the job's epsilon so
+    /// far. Refuses when the pass would exceed the hospital's cap.
+    pub fn spend_statistics(
+        &self,
+        job_id: &str,
+        job: &JobDp,
+        statistics: &StatisticsPlan,
+    ) -> Result<f64, String> {
+        let mut ledger = self.lock();
+        let one: Vec<dp::Segment> = statistics
+            .segment(1)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .collect();
+        check_fits(&ledger, &one, "this pass of preprocessing statistics")?;
+        let mut next = ledger.clone();
+        match next.statistics.iter_mut().find(|s| s.job_id == job_id) {
+            Some(s) => s.passes += 1,
+            None => next.statistics.push(StatisticsSpend {
+                job_id: job_id.to_string(),
+                level: job.policy.level,
+                accountant: job.policy.accountant,
+                job_delta: job.policy.delta,
+                planned_rounds: job.rounds,
+                plan: *statistics,
+                passes: 1,
+            }),
+        }
+        self.persist(&next).map_err(|e| {
+            format!("could not record the privacy spending, so the statistics are withheld: {e}")
+        })?;
+        *ledger = next;
+        ledger.job_epsilon(job_id).map_err(|e| e.to_string())
     }
 
     /// Records one round of `job_id` as spent, durably, and returns the
@@ -265,10 +388,11 @@ impl Budget {
     ) -> Result<f64, String> {
         let mut ledger = self.lock();
         if job.policy.level == DpLevel::Client
-            && let Some(existing) = ledger.jobs.iter().find(|j| j.job_id == job_id)
-            && existing.rounds.contains(&round)
+            && ledger
+                .job(job_id)
+                .is_some_and(|j| j.rounds.contains(&round))
         {
-            return existing.epsilon().map_err(|e| e.to_string());
+            return ledger.job_epsilon(job_id).map_err(|e| e.to_string());
         }
         if let Some(existing) = ledger.jobs.iter().find(|j| j.job_id == job_id)
             && existing.rounds.len() as u32 >= existing.plan.rounds
@@ -280,7 +404,12 @@ impl Budget {
                 existing.plan.rounds
             ));
         }
-        check_fits(&ledger, job_id, plan, 1, "this round")?;
+        let one: Vec<dp::Segment> = plan
+            .segment(1)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .collect();
+        check_fits(&ledger, &one, "this round")?;
         let mut next = ledger.clone();
         match next.jobs.iter_mut().find(|j| j.job_id == job_id) {
             Some(j) => j.rounds.push(round),
@@ -297,12 +426,7 @@ impl Budget {
             format!("could not record the privacy spending, so the update is withheld: {e}")
         })?;
         *ledger = next;
-        ledger
-            .jobs
-            .iter()
-            .find(|j| j.job_id == job_id)
-            .map(|j| j.epsilon().map_err(|e| e.to_string()))
-            .unwrap_or(Ok(0.0))
+        ledger.job_epsilon(job_id).map_err(|e| e.to_string())
     }
 
     fn persist(&self, ledger: &Ledger) -> Result<(), BudgetError> {
@@ -350,37 +474,29 @@ fn read(path: &Path) -> Result<Ledger, BudgetError> {
     Ok(ledger)
 }
 
-/// Epsilon at the ledger's delta of all spent rounds, plus `extra` more
-/// rounds of `plan` for job `job_id` if given, composed by PLD.
-fn total_epsilon(
-    ledger: &Ledger,
-    extra: Option<(&str, &HospitalPlan, u32)>,
-) -> Result<f64, BudgetError> {
+/// Epsilon at the ledger's delta of everything spent (every job's rounds
+/// and statistics) and the `extra` mechanisms, composed by PLD.
+fn total_epsilon(ledger: &Ledger, extra: &[dp::Segment]) -> Result<f64, BudgetError> {
     let mut segments = Vec::new();
     for job in &ledger.jobs {
         segments.extend(job.spent_segment()?);
     }
-    if let Some((_, plan, rounds)) = extra {
-        segments.extend(plan.segment(rounds)?);
+    for statistics in &ledger.statistics {
+        segments.extend(statistics.spent_segment()?);
     }
+    segments.extend_from_slice(extra);
     if segments.is_empty() {
         return Ok(0.0);
     }
     Ok(dp::epsilon(AccountantKind::Pld, &segments, ledger.delta)?.epsilon)
 }
 
-fn check_fits(
-    ledger: &Ledger,
-    job_id: &str,
-    plan: &HospitalPlan,
-    rounds: u32,
-    what: &str,
-) -> Result<(), String> {
+fn check_fits(ledger: &Ledger, extra: &[dp::Segment], what: &str) -> Result<(), String> {
     let Some(max) = ledger.max_epsilon else {
         return Ok(());
     };
-    let spent = total_epsilon(ledger, None).map_err(|e| e.to_string())?;
-    let after = total_epsilon(ledger, Some((job_id, plan, rounds))).map_err(|e| e.to_string())?;
+    let spent = total_epsilon(ledger, &[]).map_err(|e| e.to_string())?;
+    let after = total_epsilon(ledger, extra).map_err(|e| e.to_string())?;
     if after > max {
         let required = after - spent;
         let remaining = (max - spent).max(0.0);
@@ -404,6 +520,7 @@ mod tests {
             rounds,
             local_epochs: 1,
             batch_size: 32,
+            noised_statistics: true,
         }
     }
 
@@ -414,8 +531,16 @@ mod tests {
         let budget = Budget::open(Some(dir.path()), Some(limit)).unwrap();
         let j = job(2.0, 4);
         let plan = j.plan(0.25, 4).unwrap();
-        budget.admit("job-a", &plan).unwrap();
+        let statistics = j.statistics_plan().unwrap();
+        budget.admit("job-a", &plan, Some(&statistics)).unwrap();
         let mut last = 0.0;
+        for _ in 0..statistics.passes {
+            let eps = budget.spend_statistics("job-a", &j, &statistics).unwrap();
+            assert!(eps > last);
+            last = eps;
+        }
+        // A quarter of the job's target by default.
+        assert!(last <= 0.5 && last > 0.49, "{last}");
         for round in 1..=4 {
             let eps = budget.spend_round("job-a", &j, &plan, round).unwrap();
             assert!(eps > last);
@@ -428,7 +553,7 @@ mod tests {
 
         // A second job of the same size does not fit in the remaining ~0.5
         // (composed by PLD the two would be about 2.9, less than 2 + 2).
-        let err = budget.admit("job-b", &plan).unwrap_err();
+        let err = budget.admit("job-b", &plan, None).unwrap_err();
         assert!(
             err.contains("needs epsilon") && err.contains("remaining"),
             "{err}"
@@ -440,11 +565,55 @@ mod tests {
         assert_eq!(report.max_epsilon, Some(2.5));
         assert_eq!(report.jobs.len(), 1);
         assert_eq!(report.jobs[0].rounds, vec![1, 2, 3, 4]);
+        assert_eq!(report.jobs[0].statistics_passes, 3);
         assert!((report.spent - last).abs() < 1e-9);
         assert!((report.remaining.unwrap() - (2.5 - last)).abs() < 1e-9);
         let reopened = Budget::open(Some(dir.path()), None).unwrap();
         assert!(reopened.is_capped());
-        assert!(reopened.admit("job-b", &plan).is_err());
+        assert!(reopened.admit("job-b", &plan, None).is_err());
+    }
+
+    #[test]
+    fn statistics_alone_are_a_job_in_the_report_and_old_ledgers_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        // A ledger written before statistics were recorded.
+        std::fs::write(
+            dir.path().join(BUDGET_FILE),
+            br#"{"format": 1, "max_epsilon": 3.0, "delta": 1e-5, "jobs": []}"#,
+        )
+        .unwrap();
+        let budget = Budget::open(Some(dir.path()), None).unwrap();
+        let j = job(2.0, 4);
+        let statistics = j.statistics_plan().unwrap();
+        let eps = budget.spend_statistics("job-s", &j, &statistics).unwrap();
+        let report = budget.report().unwrap();
+        assert_eq!(report.jobs.len(), 1);
+        let line = &report.jobs[0];
+        assert_eq!((line.job_id.as_str(), line.statistics_passes), ("job-s", 1));
+        assert!(line.rounds.is_empty() && line.noise_multiplier.is_none());
+        assert_eq!(line.planned_rounds, 4);
+        assert!((line.epsilon - eps).abs() < 1e-12 && eps > 0.0);
+        assert!((report.spent - eps).abs() < 1e-9, "{report:?}");
+        // Passes are capped by the hospital's budget like rounds.
+        let before = budget.report().unwrap().spent;
+        let greedy = JobDp {
+            policy: DpPolicy {
+                statistics_epsilon: Some(3.5),
+                ..DpPolicy::new(DpLevel::Record, Some(10.0), None)
+            },
+            ..job(10.0, 4)
+        };
+        let expensive = greedy.statistics_plan().unwrap();
+        // Its three passes would spend 3.5 of the 3.0 cap.
+        let err = (0..expensive.passes)
+            .find_map(|_| budget.spend_statistics("job-g", &greedy, &expensive).err())
+            .expect("a pass beyond the cap");
+        assert!(
+            err.contains("preprocessing statistics") && err.contains("remaining"),
+            "{err}"
+        );
+        let after = budget.report().unwrap().spent;
+        assert!(after > before && after <= 3.0, "{before} then {after}");
     }
 
     #[test]

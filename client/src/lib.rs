@@ -15,6 +15,7 @@ mod paid;
 mod proofs;
 mod secagg;
 mod split;
+mod statistics;
 mod vertical;
 mod work;
 

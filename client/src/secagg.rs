@@ -274,10 +274,7 @@ impl Worker {
         let pass: cohort_datasets::StatisticsPass =
             parse(&secagg.statistics_json, "statistics pass")?;
         let received = decode_shares(&secagg.shares).map_err(|e| e.to_string())?;
-        let terms = self
-            .load(task)?
-            .statistics_terms(&pass)
-            .map_err(|e| format!("preprocessing statistics: {e}"))?;
+        let terms = self.statistics_for_sum(task, &secagg.statistics_json)?;
         let masked = self.sessions().with(&view.session, |round| {
             round.mask(&terms, &received).map_err(|e| e.to_string())
         })?;

@@ -328,7 +328,7 @@ fn client_level_plan(
         return Err("split learning supports client-level differential privacy only".into());
     }
     let plan = worker.dp_plan(task, &job, train_rows)?;
-    worker.budget().admit(&task.job_id, &plan)?;
+    worker.budget().admit(&task.job_id, &plan, None)?;
     Ok(Some((job, plan)))
 }
 

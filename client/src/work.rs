@@ -73,6 +73,8 @@ pub struct Worker {
     /// Where the client keeps its own records (`--data-dir`); a label site
     /// keeps its vertical top parts there.
     data_dir: Option<std::path::PathBuf>,
+    /// Noisy statistics already released for the current DP job.
+    released_statistics: crate::statistics::Released,
 }
 
 #[derive(Serialize)]
@@ -112,6 +114,7 @@ impl Worker {
             proving_keys: crate::proofs::KeyCache::default(),
             vertical: crate::vertical::SiteState::default(),
             data_dir: config.data_dir.clone(),
+            released_statistics: Default::default(),
         })
     }
 
@@ -223,6 +226,10 @@ impl Worker {
         &self.data
     }
 
+    pub(crate) fn released_statistics(&self) -> &crate::statistics::Released {
+        &self.released_statistics
+    }
+
     pub(crate) fn budget(&self) -> &Budget {
         &self.budget
     }
@@ -304,18 +311,33 @@ impl Worker {
     fn prepare(&self, task: &TaskHeader) -> Result<Answer, String> {
         let dataset = self.load(task)?;
         // Admission: the split is not known yet, so the training rows are
-        // estimated; training checks again with the exact count.
-        if let Some(job) = self.job_dp(task)? {
+        // estimated; training checks again with the exact count. The
+        // statistics passes still to come count too.
+        let job = self.job_dp(task)?;
+        if let Some(job) = &job {
             let rows = dataset.n_rows();
             let held_out = (rows as f64 * task.validation_fraction).round() as usize;
-            let plan = self.dp_plan(task, &job, rows.saturating_sub(held_out))?;
-            self.budget.admit(&task.job_id, &plan)?;
+            let plan = self.dp_plan(task, job, rows.saturating_sub(held_out))?;
+            let statistics = job
+                .noised_statistics
+                .then(|| job.statistics_plan())
+                .transpose()
+                .map_err(|e| format!("cannot meet the job's DP settings: {e}"))?;
+            self.budget
+                .admit(&task.job_id, &plan, statistics.as_ref())?;
         }
         // Under secure aggregation the statistics follow as masked sums
         // (SECAGG_STATISTICS); a hospital that requires it never sends
-        // them in the clear.
-        let statistics_json = if task.secure_statistics {
+        // them in the clear, nor does one in a job under DP. A job that
+        // gives its preprocessing publicly asks for none.
+        let statistics_json = if task.secure_statistics || task.public_preprocessing {
             String::new()
+        } else if job.is_some() {
+            return Err(
+                "the job promises differential privacy and asks for this hospital's \
+                 statistics in the clear; they leave only noised and summed"
+                    .to_string(),
+            );
         } else if self.options.require_secure_aggregation {
             return Err(
                 "this hospital only shares its statistics under secure aggregation \
@@ -400,7 +422,7 @@ impl Worker {
                 if job.policy.level == DpLevel::Record {
                     check_record_plan(&plan, job, &config, data.train.len())?;
                 }
-                self.budget.admit(&task.job_id, &plan)?;
+                self.budget.admit(&task.job_id, &plan, None)?;
                 if job.policy.level == DpLevel::Record {
                     config.dp = Some(cohort_models::DpSgdConfig {
                         noise_multiplier: plan.noise_multiplier,
@@ -716,6 +738,7 @@ mod tests {
             rounds: 3,
             local_epochs: 2,
             batch_size: 32,
+            noised_statistics: true,
         };
         let sgd = cohort_models::DpSgdPlan::new(320, 32);
         let plan = job.plan(sgd.sampling_rate, sgd.steps(2)).unwrap();

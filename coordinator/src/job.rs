@@ -30,6 +30,10 @@ pub struct JobSpec {
     /// `[training] mode = "vertical"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vertical: Option<crate::vertical::VerticalSpec>,
+    /// `[preprocessing]`: every column's statistics given publicly, so
+    /// that the hospitals release none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preprocessing: Option<cohort_datasets::PublicPreprocessing>,
 }
 
 /// The job's `[proofs]` table (issue 16): zero-knowledge proofs that
@@ -299,6 +303,7 @@ impl JobSpec {
         self.data
             .validate()
             .map_err(|e| invalid("data", e.to_string()))?;
+        self.validate_preprocessing()?;
         self.model
             .validate()
             .map_err(|e| invalid("model", e.to_string()))?;
@@ -459,6 +464,47 @@ impl JobSpec {
         Ok(())
     }
 
+    /// A `[preprocessing]` table's numbers, and, where the job lists its
+    /// columns, that it covers every numeric one and names no other (with
+    /// `numeric = "*"` the hospitals' columns are checked at preparation).
+    fn validate_preprocessing(&self) -> Result<(), JobError> {
+        let Some(table) = &self.preprocessing else {
+            return Ok(());
+        };
+        table.validate().map_err(|(key, msg)| invalid(&key, msg))?;
+        if let cohort_datasets::NumericColumns::Listed(columns) = &self.data.numeric {
+            if let Some(missing) = columns.iter().find(|c| !table.numeric.contains_key(*c)) {
+                return Err(invalid(
+                    "preprocessing.numeric",
+                    format!("gives no statistics for the numeric column `{missing}`"),
+                ));
+            }
+            if let Some(unknown) = table.numeric.keys().find(|c| !columns.contains(c)) {
+                return Err(invalid(
+                    "preprocessing.numeric",
+                    format!("names `{unknown}`, which is not in data.numeric"),
+                ));
+            }
+        }
+        if let Some(unknown) = table
+            .categorical
+            .keys()
+            .find(|c| !self.data.categorical.contains_key(*c))
+        {
+            return Err(invalid(
+                "preprocessing.categorical",
+                format!("names `{unknown}`, which is not in data.categorical"),
+            ));
+        }
+        if self.training.mode == TrainingMode::Vertical {
+            return Err(invalid(
+                "preprocessing",
+                "vertical jobs standardize each site's own columns; give no [preprocessing]",
+            ));
+        }
+        Ok(())
+    }
+
     fn validate_proofs(&self) -> Result<(), JobError> {
         let proofs = &self.proofs;
         if proofs.update == UpdateProofs::Off {
@@ -592,6 +638,7 @@ impl JobSpec {
                 rounds: self.training.rounds,
                 local_epochs: self.training.local_epochs,
                 batch_size: self.training.batch_size,
+                noised_statistics: self.preprocessing.is_none(),
             })
     }
 }

@@ -269,9 +269,10 @@ impl Runner {
             }
             // Where updates are only ever seen summed, so are the
             // statistics; a job under differential privacy sums them too,
-            // whenever there are two hospitals or more to sum (one
-            // hospital's sum is its own statistics).
-            let secure = summed_updates || (spec.privacy.dp.is_some() && candidates.len() >= 2);
+            // each hospital's noised first.
+            // A job that gives its preprocessing publicly asks for none.
+            let public = spec.preprocessing.is_some();
+            let secure = !public && (summed_updates || spec.privacy.dp.is_some());
             let header = TaskHeader {
                 job_id: job.id.clone(),
                 kind: TaskKind::Prepare as i32,
@@ -279,6 +280,7 @@ impl Runner {
                 validation_fraction: spec.data.validation_fraction,
                 dp_json: dp_json.clone(),
                 secure_statistics: secure,
+                public_preprocessing: public,
                 ..Default::default()
             };
             let answers = self
@@ -288,9 +290,12 @@ impl Runner {
                     None,
                     t.round_timeout_secs,
                     |_, a| match a {
-                        // Statistics sent in the clear to a secure job are
-                        // dropped unread.
-                        TaskAnswer::Prepare { schema, .. } if secure => Ok((None, schema)),
+                        // Statistics sent in the clear to a secure job, or
+                        // to one with public preprocessing, are dropped
+                        // unread.
+                        TaskAnswer::Prepare { schema, .. } if secure || public => {
+                            Ok((None, schema))
+                        }
                         TaskAnswer::Prepare {
                             statistics: Some(statistics),
                             schema,
@@ -337,7 +342,16 @@ impl Runner {
             }
             let schema = chosen[0].2.clone();
             let participants: Vec<String> = chosen.iter().map(|c| c.0.clone()).collect();
-            let preprocessing = if secure {
+            let preprocessing = if let Some(table) = &spec.preprocessing {
+                let preprocessing = table.for_schema(&schema).map_err(|e| {
+                    RunError::Failed(format!("the job's public preprocessing: {e}"))
+                })?;
+                self.note_event(
+                    &job.id,
+                    "preparation: preprocessing taken from the job's [preprocessing] table; no hospital released statistics".to_string(),
+                );
+                preprocessing
+            } else if secure {
                 match self
                     .secure_statistics(job, spec, &header, &schema, &participants, attempt)
                     .await?

@@ -11,9 +11,11 @@
 mod dataset;
 mod error;
 pub mod fhir;
+mod noisy_stats;
 pub mod pg_tls;
 mod preprocess;
 pub mod psi;
+mod public_preprocessing;
 mod schema;
 mod secure_stats;
 mod source;
@@ -25,7 +27,9 @@ mod vertical;
 
 pub use dataset::{LocalDataset, LocalStatistics, NumericMoments};
 pub use error::DataError;
+pub use noisy_stats::{DP_FRACTION_BITS, DP_HISTOGRAM_BINS, RowWeight, StatisticsNoise};
 pub use preprocess::{CategoricalTransform, Examples, NumericTransform, Preprocessing};
+pub use public_preprocessing::{PublicNumeric, PublicPreprocessing};
 pub use schema::{ResolvedSchema, resolve_schema};
 pub use secure_stats::{HISTOGRAM_BINS, SUM_BITS, SecureStatistics, StatisticsPass};
 pub use source::{DataSource, SourceReport};

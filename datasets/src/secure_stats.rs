@@ -45,7 +45,7 @@ pub const SUM_BITS: u32 = 64;
 /// (smaller values count in the first bucket).
 const MIN_EXPONENT: i32 = -32;
 const MAX_EXPONENT: i32 = 128;
-const MAGNITUDE_BUCKETS: usize = (MAX_EXPONENT - MIN_EXPONENT + 1) as usize;
+pub(crate) const MAGNITUDE_BUCKETS: usize = (MAX_EXPONENT - MIN_EXPONENT + 1) as usize;
 /// Bins of the location and spread histograms.
 pub const HISTOGRAM_BINS: usize = 256;
 /// More fixed-point bits than an f64 mantissa holds buy nothing.
@@ -60,6 +60,9 @@ pub enum StatisticsPass {
         /// Per numeric column, `s`: a power of two above every |x|.
         scales: Vec<f64>,
         fraction_bits: u32,
+        /// Bins of the histogram over `[-s, s)`.
+        #[serde(default = "default_bins")]
+        bins: usize,
     },
     Spread {
         means: Vec<f64>,
@@ -69,7 +72,23 @@ pub enum StatisticsPass {
         /// divides.
         windows: Vec<(f64, f64)>,
         fraction_bits: u32,
+        /// Bins of the fine histogram.
+        #[serde(default = "default_bins")]
+        bins: usize,
     },
+}
+
+fn default_bins() -> usize {
+    HISTOGRAM_BINS
+}
+
+/// What a hospital's row adds to one coordinate of a pass's sum.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Contribution {
+    /// One more value (a count, a histogram bin).
+    Count,
+    /// A value in `[-1, 1]`, summed in fixed point.
+    Fixed(f64),
 }
 
 impl StatisticsPass {
@@ -93,8 +112,25 @@ impl StatisticsPass {
                         .map(|(_, c)| c.len())
                         .sum::<usize>()
             }
-            StatisticsPass::Location { .. } => numeric * (1 + HISTOGRAM_BINS),
-            StatisticsPass::Spread { .. } => numeric * (2 + HISTOGRAM_BINS),
+            StatisticsPass::Location { bins, .. } => numeric * (1 + bins),
+            StatisticsPass::Spread { bins, .. } => numeric * (2 + bins),
+        }
+    }
+
+    /// The histograms' bins (none in the counts pass).
+    fn bins(&self) -> usize {
+        match self {
+            StatisticsPass::Counts => 0,
+            StatisticsPass::Location { bins, .. } | StatisticsPass::Spread { bins, .. } => *bins,
+        }
+    }
+
+    /// The fixed-point bits of the pass's sums (none in the counts pass).
+    pub fn fraction_bits(&self) -> Option<u32> {
+        match self {
+            StatisticsPass::Counts => None,
+            StatisticsPass::Location { fraction_bits, .. }
+            | StatisticsPass::Spread { fraction_bits, .. } => Some(*fraction_bits),
         }
     }
 
@@ -104,6 +140,7 @@ impl StatisticsPass {
             StatisticsPass::Location {
                 scales,
                 fraction_bits,
+                ..
             } => {
                 scales.len() == numeric
                     && scales.iter().all(|s| s.is_finite() && *s > 0.0)
@@ -114,6 +151,7 @@ impl StatisticsPass {
                 spreads,
                 windows,
                 fraction_bits,
+                ..
             } => {
                 means.len() == numeric
                     && spreads.len() == numeric
@@ -125,7 +163,8 @@ impl StatisticsPass {
                         .all(|(lo, hi)| lo.is_finite() && hi.is_finite() && lo < hi)
                     && *fraction_bits <= MAX_FRACTION_BITS
             }
-        };
+        } && (matches!(self, StatisticsPass::Counts)
+            || (1..=HISTOGRAM_BINS).contains(&self.bins()));
         if ok {
             Ok(())
         } else {
@@ -154,18 +193,19 @@ fn magnitude_bucket(x: f64, column: &str) -> Result<usize, DataError> {
     Ok((e - MIN_EXPONENT) as usize)
 }
 
-fn bucket_scale(bucket: usize) -> f64 {
+pub(crate) fn bucket_scale(bucket: usize) -> f64 {
     2f64.powi(bucket as i32 + MIN_EXPONENT)
 }
 
-/// The histogram bin of `x` in `[low, high)`, clamped to the ends.
-fn bin(x: f64, low: f64, high: f64) -> usize {
-    let position = (x - low) / (high - low) * HISTOGRAM_BINS as f64;
-    (position.max(0.0) as usize).min(HISTOGRAM_BINS - 1)
+/// The bin of `x` in a histogram of `bins` bins over `[low, high)`,
+/// clamped to the ends.
+fn bin(x: f64, low: f64, high: f64, bins: usize) -> usize {
+    let position = (x - low) / (high - low) * bins as f64;
+    (position.max(0.0) as usize).min(bins - 1)
 }
 
-fn bin_edge(i: usize, low: f64, high: f64) -> f64 {
-    low + (high - low) * (i as f64 / HISTOGRAM_BINS as f64)
+pub(crate) fn bin_edge(i: usize, low: f64, high: f64, bins: usize) -> f64 {
+    low + (high - low) * (i as f64 / bins as f64)
 }
 
 /// `value · 2^bits`, rounded, as a term of a sum mod 2^64.
@@ -177,87 +217,95 @@ impl LocalDataset {
     /// This hospital's term of a pass's sum: counts and fixed-point sums
     /// over its rows, never a row.
     pub fn statistics_terms(&self, pass: &StatisticsPass) -> Result<Vec<u64>, DataError> {
+        let bits = pass.fraction_bits().unwrap_or(0);
+        let mut terms = vec![0u64; pass.len(self.schema())];
+        self.visit_statistics(pass, |at, contribution| {
+            terms[at] = terms[at].wrapping_add(match contribution {
+                Contribution::Count => 1,
+                Contribution::Fixed(v) => fixed(v, bits),
+            });
+        })?;
+        Ok(terms)
+    }
+
+    /// Calls `add` with the coordinate and the contribution of every value
+    /// of every row to the pass's sum. Each row adds at most one
+    /// contribution of magnitude at most 1 to at most
+    /// [`StatisticsPass::touched_per_row`] coordinates.
+    pub(crate) fn visit_statistics(
+        &self,
+        pass: &StatisticsPass,
+        mut add: impl FnMut(usize, Contribution),
+    ) -> Result<(), DataError> {
         let schema = self.schema();
         pass.check_shape(schema.numeric.len())?;
-        let mut terms = Vec::with_capacity(pass.len(schema));
         let numeric = self.numeric_columns();
         match pass {
             StatisticsPass::Counts => {
+                let mut at = 0;
                 for (column, name) in numeric.iter().zip(&schema.numeric) {
-                    let mut buckets = [0u64; MAGNITUDE_BUCKETS];
-                    let mut count = 0u64;
                     for x in column.iter().flatten() {
-                        buckets[magnitude_bucket(*x, name)?] += 1;
-                        count += 1;
+                        add(at, Contribution::Count);
+                        add(at + 1 + magnitude_bucket(*x, name)?, Contribution::Count);
                     }
-                    terms.push(count);
-                    terms.extend(buckets);
+                    at += 1 + MAGNITUDE_BUCKETS;
                 }
                 for (column, (_, categories)) in
                     self.categorical_columns().iter().zip(&schema.categorical)
                 {
-                    let mut counts = vec![0u64; categories.len()];
                     for index in column.iter().flatten() {
-                        counts[*index as usize] += 1;
+                        add(at + *index as usize, Contribution::Count);
                     }
-                    terms.extend(counts);
+                    at += categories.len();
                 }
             }
-            StatisticsPass::Location {
-                scales,
-                fraction_bits,
-            } => {
-                for (column, &s) in numeric.iter().zip(scales) {
-                    let mut sum = 0u64;
-                    let mut histogram = [0u64; HISTOGRAM_BINS];
+            StatisticsPass::Location { scales, bins, .. } => {
+                for (j, (column, &s)) in numeric.iter().zip(scales).enumerate() {
+                    let at = j * (1 + bins);
                     for &x in column.iter().flatten() {
-                        sum = sum.wrapping_add(fixed((x / s).clamp(-1.0, 1.0), *fraction_bits));
-                        histogram[bin(x, -s, s)] += 1;
+                        add(at, Contribution::Fixed((x / s).clamp(-1.0, 1.0)));
+                        add(at + 1 + bin(x, -s, s, *bins), Contribution::Count);
                     }
-                    terms.push(sum);
-                    terms.extend(histogram);
                 }
             }
             StatisticsPass::Spread {
                 means,
                 spreads,
                 windows,
-                fraction_bits,
+                bins,
+                ..
             } => {
                 for (j, column) in numeric.iter().enumerate() {
+                    let at = j * (2 + bins);
                     let (mean, t, (low, high)) = (means[j], spreads[j], windows[j]);
-                    let mut squares = 0u64;
-                    let mut below = 0u64;
-                    let mut histogram = [0u64; HISTOGRAM_BINS];
                     for &x in column.iter().flatten() {
                         let d = ((x - mean) / t).clamp(-1.0, 1.0);
-                        squares = squares.wrapping_add(fixed(d * d, *fraction_bits));
+                        add(at, Contribution::Fixed(d * d));
                         if x < low {
-                            below += 1;
+                            add(at + 1, Contribution::Count);
                         } else if x < high {
-                            histogram[bin(x, low, high)] += 1;
+                            add(at + 2 + bin(x, low, high, *bins), Contribution::Count);
                         }
                     }
-                    terms.push(squares);
-                    terms.push(below);
-                    terms.extend(histogram);
                 }
             }
         }
-        debug_assert_eq!(terms.len(), pass.len(schema));
-        Ok(terms)
+        Ok(())
     }
 }
 
 /// The coordinator's side: reads each pass's sum and says what comes next.
 #[derive(Debug, Clone)]
 pub struct SecureStatistics {
-    schema: ResolvedSchema,
+    pub(crate) schema: ResolvedSchema,
     /// The pass whose sum comes next; it carries what earlier sums found.
-    pass: StatisticsPass,
+    pub(crate) pass: StatisticsPass,
     /// Per numeric column, its values in the consortium (from the counts).
     counts: Vec<u64>,
-    categorical: Vec<crate::CategoricalTransform>,
+    pub(crate) categorical: Vec<crate::CategoricalTransform>,
+    /// Under differential privacy: the noise the sums carry, and what
+    /// the noisy passes found so far.
+    pub(crate) noisy: Option<crate::noisy_stats::Noisy>,
 }
 
 /// Ranks (0-based) of the lower and upper median among `n` values.
@@ -288,6 +336,7 @@ impl SecureStatistics {
             pass: StatisticsPass::Counts,
             counts: Vec::new(),
             categorical: Vec::new(),
+            noisy: None,
         }
     }
 
@@ -310,17 +359,22 @@ impl SecureStatistics {
                 sum.len()
             )));
         }
+        if self.noisy.is_some() {
+            return self.absorb_noisy(sum);
+        }
         let next = match self.pass.clone() {
             StatisticsPass::Counts => self.absorb_counts(sum)?,
             StatisticsPass::Location {
                 scales,
                 fraction_bits,
+                ..
             } => self.absorb_location(sum, &scales, fraction_bits)?,
             StatisticsPass::Spread {
                 means,
                 spreads,
                 windows,
                 fraction_bits,
+                ..
             } => {
                 return self
                     .finish(sum, &means, &spreads, &windows, fraction_bits)
@@ -368,6 +422,7 @@ impl SecureStatistics {
         Ok(StatisticsPass::Location {
             scales,
             fraction_bits: fraction_bits_for(self.max_count()),
+            bins: HISTOGRAM_BINS,
         })
     }
 
@@ -402,7 +457,10 @@ impl SecureStatistics {
             // The occupied bins bound every value, hence |x - mean|.
             let first = histogram.iter().position(|&b| b > 0).unwrap_or(0);
             let last = histogram.iter().rposition(|&b| b > 0).unwrap_or(0);
-            let (low, high) = (bin_edge(first, -s, s), bin_edge(last + 1, -s, s));
+            let (low, high) = (
+                bin_edge(first, -s, s, HISTOGRAM_BINS),
+                bin_edge(last + 1, -s, s, HISTOGRAM_BINS),
+            );
             let spread = (mean - low).max(high - mean);
             let spread = if spread > 0.0 { spread } else { s };
             let (lower, upper) = median_ranks(count);
@@ -411,8 +469,8 @@ impl SecureStatistics {
             means.push(mean);
             spreads.push(spread);
             windows.push((
-                bin_edge(window_first, -s, s),
-                bin_edge(window_last + 1, -s, s),
+                bin_edge(window_first, -s, s, HISTOGRAM_BINS),
+                bin_edge(window_last + 1, -s, s, HISTOGRAM_BINS),
             ));
         }
         Ok(StatisticsPass::Spread {
@@ -420,6 +478,7 @@ impl SecureStatistics {
             spreads,
             windows,
             fraction_bits: fraction_bits_for(self.max_count()),
+            bins: HISTOGRAM_BINS,
         })
     }
 
@@ -450,7 +509,11 @@ impl SecureStatistics {
             let (low, high) = windows[j];
             let value_at = |rank: u64| match bin_of_rank(histogram, below, rank) {
                 _ if rank < below => low,
-                Some(i) => (bin_edge(i, low, high) + bin_edge(i + 1, low, high)) / 2.0,
+                Some(i) => {
+                    (bin_edge(i, low, high, HISTOGRAM_BINS)
+                        + bin_edge(i + 1, low, high, HISTOGRAM_BINS))
+                        / 2.0
+                }
                 None => high,
             };
             let (lower, upper) = median_ranks(count);
@@ -597,6 +660,7 @@ c = ["x", "y", "z"]
         let pass = StatisticsPass::Location {
             scales: vec![1.0],
             fraction_bits: 30,
+            bins: HISTOGRAM_BINS,
         };
         let err = ds.statistics_terms(&pass).unwrap_err().to_string();
         assert!(err.contains("location"), "{err}");

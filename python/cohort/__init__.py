@@ -33,6 +33,7 @@ __all__ = [
     "Demo",
     "demo",
     "evaluate",
+    "reference_preprocessing",
     "predict",
     "verify_model",
     "verify_ledger",
@@ -311,6 +312,16 @@ def plot_rewards(report: Mapping[str, Any], axes: Any = None) -> Any:
     return fig
 
 
+def reference_preprocessing(data: PathLike, job: Job) -> Dict[str, Any]:
+    """A job's ``preprocessing`` section (every column's mean, standard
+    deviation and fill) computed from reference data the developer may
+    publish: its own cohort or a public one, never a hospital's. With it in
+    the job no hospital computes or releases statistics, so a job under
+    differential privacy spends nothing of their budgets on them:
+    ``job["preprocessing"] = cohort.reference_preprocessing("ref.csv", job)``."""
+    return json.loads(_native.reference_preprocessing(os.fspath(data), _job_toml(job)))["preprocessing"]
+
+
 def evaluate(model: PathLike, data: PathLike) -> Dict[str, Any]:
     """Metrics of a downloaded model on a labelled CSV or Parquet file,
     preprocessed exactly as in training."""
@@ -456,6 +467,12 @@ class Demo:
             else:
                 job[section] = values
         return job
+
+    def reference_preprocessing(self, job: Optional[Job] = None) -> Dict[str, Any]:
+        """:func:`reference_preprocessing` of ``job`` (the demo job by
+        default) from the developer's held-out test file, which stands in
+        for its reference data: ``job(preprocessing=demo.reference_preprocessing())``."""
+        return reference_preprocessing(self.test_file, self._job if job is None else job)
 
     def budgets(self) -> Dict[str, Dict[str, Any]]:
         """Each hospital's differential-privacy budget report (spent,

@@ -402,6 +402,16 @@ fn job_toml_from_json(json: &str) -> PyResult<String> {
     jobs::job_toml_from_json(json).map_err(error)
 }
 
+/// A job's `[preprocessing]` table from reference data the developer holds
+/// (`cohort data preprocessing --json`), as JSON.
+#[pyfunction]
+fn reference_preprocessing(py: Python<'_>, data: PathBuf, job_toml: &str) -> PyResult<String> {
+    let reference = blocking(py, || {
+        cohort::data::reference_preprocessing_of(&data, job_toml)
+    })?;
+    to_json(&reference)
+}
+
 /// Checks job-file TOML the way the coordinator will.
 #[pyfunction]
 fn validate_job(job_toml: &str) -> PyResult<()> {
@@ -518,6 +528,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(inclusion_proof, m)?)?;
     m.add_function(wrap_pyfunction!(job_toml_from_json, m)?)?;
     m.add_function(wrap_pyfunction!(validate_job, m)?)?;
+    m.add_function(wrap_pyfunction!(reference_preprocessing, m)?)?;
     m.add_function(wrap_pyfunction!(export_onnx, m)?)?;
     m.add_function(wrap_pyfunction!(demo_job, m)?)?;
     m.add_function(wrap_pyfunction!(ca_issue, m)?)?;

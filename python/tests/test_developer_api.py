@@ -150,6 +150,10 @@ def test_metrics_carry_each_hospitals_epsilon_under_dp(consortium, coordinator):
         training={"local_epochs": 1, "batch_size": 96},
         privacy={"dp": {"level": "record", "target_epsilon": 2.0, "accountant": "rdp"}},
     )
+    # The statistics given publicly (from the developer's own data): the
+    # hospitals spend their whole epsilon on training.
+    job["preprocessing"] = consortium.reference_preprocessing(job)
+    assert set(job["preprocessing"]["numeric"]) >= {"radius_mean", "area_worst"}
     job_id = coordinator.submit(job)
     assert coordinator.wait(job_id, progress=False, timeout=120)["state"] == "completed"
     frame = coordinator.metrics(job_id)
@@ -158,6 +162,9 @@ def test_metrics_carry_each_hospitals_epsilon_under_dp(consortium, coordinator):
     assert last.height == 3
     # Each hospital spends up to its target by the last round, never more.
     assert all(0.0 < eps <= 2.0 + 1e-9 for eps in last["epsilon"].to_list())
+    for name, budget in consortium.budgets().items():
+        line = next(j for j in budget["jobs"] if j["job_id"] == job_id)
+        assert line["statistics_passes"] == 0, (name, line)
 
 
 def test_a_splitfed_job_sums_the_hospitals_parts_securely(consortium, coordinator):

@@ -219,6 +219,27 @@ seed = 3
     )
 }
 
+/// A `[preprocessing]` table for `job_toml` from reference data the
+/// model developer holds (`cohort data preprocessing`), to append to the
+/// job: its hospitals then release no statistics.
+pub fn reference_preprocessing(reference: &Path, job_toml: &str) -> String {
+    let spec = cohort_coordinator::JobSpec::from_toml(job_toml).unwrap();
+    let source = cohort_datasets::DataSource::File(reference.to_path_buf());
+    "\n".to_string()
+        + &cohort::data::reference_preprocessing_for(&source, &spec.data)
+            .unwrap()
+            .toml()
+}
+
+/// [`reference_preprocessing`] from a synthetic oncology cohort of the
+/// developer's own (not any hospital's rows).
+pub fn oncology_reference_preprocessing(job_toml: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let reference = dir.path().join("reference.csv");
+    synthetic_oncology_csv(&reference, 2000, 999);
+    reference_preprocessing(&reference, job_toml)
+}
+
 pub fn split(input: &Path, out: &Path, parts: usize, seed: u64) -> Vec<PathBuf> {
     let report = cohort_datasets::split_file(
         input,

@@ -2,9 +2,14 @@
 //! global preprocessing (means, standard deviations, medians, categorical
 //! modes) is built from secure sums over the enrolled hospitals
 //! ([`cohort_datasets::SecureStatistics`]: three passes, each one SecAgg+
-//! session), so no hospital's own statistics reach the coordinator.
+//! session), so no hospital's own statistics reach the coordinator. Under
+//! differential privacy every hospital noises its sums first and the
+//! coordinator reads them as noisy (`SecureStatistics::with_noise`).
 
-use cohort_datasets::{Preprocessing, ResolvedSchema, SUM_BITS, SecureStatistics};
+use cohort_datasets::{
+    Preprocessing, ResolvedSchema, RowWeight, SUM_BITS, SecureStatistics, StatisticsNoise,
+};
+use cohort_privacy::dp::DpLevel;
 use cohort_privacy::secagg::Params;
 use cohort_protocol::v1::{SecAggTask, TaskHeader, TaskKind};
 
@@ -36,12 +41,35 @@ impl Runner {
             self.note(
                 &job.id,
                 format!(
-                    "preparation attempt {attempt}: {n} hospitals are too few to sum their statistics securely; retrying"
+                    "preparation attempt {attempt}: {n} hospitals are too few to sum their statistics securely{}; retrying",
+                    if spec.privacy.dp.is_some() {
+                        " (a job under differential privacy sums them, noised, and needs two hospitals or more)"
+                    } else {
+                        ""
+                    }
                 ),
             );
             return Ok(Err(Vec::new()));
         };
-        let mut statistics = SecureStatistics::new(schema);
+        let mut statistics = match spec.job_dp() {
+            None => SecureStatistics::new(schema),
+            Some(dp) => {
+                let plan = dp.statistics_plan().map_err(|e| {
+                    RunError::Failed(format!("the job's DP settings for its statistics: {e}"))
+                })?;
+                SecureStatistics::with_noise(
+                    schema,
+                    StatisticsNoise {
+                        noise_multiplier: plan.noise_multiplier,
+                        hospitals: members.len(),
+                        weight: match dp.policy.level {
+                            DpLevel::Record => RowWeight::Row,
+                            DpLevel::Client => RowWeight::Hospital,
+                        },
+                    },
+                )
+            }
+        };
         loop {
             let pass = statistics.pass();
             let pass_json = json(pass)?;
@@ -84,10 +112,20 @@ impl Runner {
                 RunError::Failed(format!("summing the hospitals' statistics securely: {e}"))
             })?;
             if let Some(preprocessing) = done {
+                let noise = match statistics.noise_summary() {
+                    Some(summary) => format!(
+                        ", each hospital's sums noised for differential privacy (statistics_epsilon {}): {summary}",
+                        spec.privacy
+                            .dp
+                            .as_ref()
+                            .map_or(0.0, |dp| dp.statistics_epsilon())
+                    ),
+                    None => String::new(),
+                };
                 self.note_event(
                     &job.id,
                     format!(
-                        "preparation: preprocessing statistics of {n} hospitals summed under secure aggregation (3 passes)"
+                        "preparation: preprocessing statistics of {n} hospitals summed under secure aggregation (3 passes){noise}"
                     ),
                 );
                 return Ok(Ok(preprocessing));

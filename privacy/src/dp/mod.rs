@@ -29,7 +29,7 @@ pub mod rdp;
 
 pub use error::DpError;
 pub use pld::PldAccountant;
-pub use policy::{Clipping, DpLevel, DpPolicy, HospitalPlan, JobDp};
+pub use policy::{Clipping, DpLevel, DpPolicy, HospitalPlan, JobDp, StatisticsPlan};
 pub use rdp::{FractionalOrderMethod, RdpAccountant};
 
 use serde::{Deserialize, Serialize};
@@ -259,6 +259,21 @@ pub fn calibrate_noise(
     delta: f64,
     target_epsilon: f64,
 ) -> Result<NoiseReport, DpError> {
+    calibrate_noise_after(kind, &[], sampling_rate, steps, delta, target_epsilon)
+}
+
+/// [`calibrate_noise`] for steps that follow `spent` (mechanisms already
+/// run or planned at a fixed noise): the smallest σ such that `spent` and
+/// the `steps` together are (`target_epsilon`, `delta`)-DP. The report's
+/// epsilon is that of the whole composition.
+pub fn calibrate_noise_after(
+    kind: AccountantKind,
+    spent: &[Segment],
+    sampling_rate: f64,
+    steps: u64,
+    delta: f64,
+    target_epsilon: f64,
+) -> Result<NoiseReport, DpError> {
     check_delta(delta)?;
     if !(target_epsilon > 0.0 && target_epsilon.is_finite()) {
         return Err(DpError::InvalidTargetEpsilon(target_epsilon));
@@ -266,7 +281,8 @@ pub fn calibrate_noise(
     // Validate q and steps once, with a placeholder σ.
     Segment::new(sampling_rate, 1.0, steps)?;
     let eval = |sigma: f64| -> Result<(f64, Option<f64>), DpError> {
-        let seg = [Segment::new(sampling_rate, sigma, steps)?];
+        let mut seg = spent.to_vec();
+        seg.push(Segment::new(sampling_rate, sigma, steps)?);
         match epsilon(kind, &seg, delta) {
             Ok(r) => Ok((r.epsilon, r.order)),
             Err(DpError::PldTooLarge { .. }) => Ok((f64::INFINITY, None)),

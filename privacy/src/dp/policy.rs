@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{AccountantKind, DpError, Segment, calibrate_noise, epsilon};
+use super::{AccountantKind, DpError, Segment, calibrate_noise, calibrate_noise_after, epsilon};
 
 /// What a DP guarantee protects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -54,6 +54,14 @@ pub enum Clipping {
     /// update norms, estimated privately each round (Andrew et al. 2021).
     Adaptive,
 }
+
+/// `statistics_epsilon` when neither it nor a smaller `target_epsilon`
+/// says otherwise.
+pub const DEFAULT_STATISTICS_EPSILON: f64 = 1.0;
+
+/// Passes of the preprocessing statistics, each one release of noisy sums
+/// (see `cohort_datasets::SecureStatistics`).
+pub const STATISTICS_PASSES: u64 = 3;
 
 fn default_target_quantile() -> f64 {
     0.5
@@ -100,6 +108,14 @@ pub struct DpPolicy {
     /// If given, epsilon is computed from it instead of calibrated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub noise_multiplier: Option<f64>,
+    /// What the preprocessing statistics (counts, means, variances,
+    /// medians, category counts) may spend, per hospital, at `delta`: they
+    /// are noised to it and charged to the hospital's budget before the
+    /// training rounds. Part of `target_epsilon`, whose rest the rounds
+    /// are calibrated to [default: a quarter of `target_epsilon`, at most
+    /// 1; 1 with `noise_multiplier`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statistics_epsilon: Option<f64>,
     #[serde(default)]
     pub accountant: AccountantKind,
 }
@@ -119,8 +135,19 @@ impl DpPolicy {
             clip_learning_rate: default_clip_learning_rate(),
             clipped_count_stddev: None,
             noise_multiplier,
+            statistics_epsilon: None,
             accountant: AccountantKind::default(),
         }
+    }
+
+    /// What the preprocessing statistics spend: `statistics_epsilon`, or
+    /// its default.
+    pub fn statistics_epsilon(&self) -> f64 {
+        self.statistics_epsilon
+            .unwrap_or(match self.target_epsilon {
+                Some(target) => (target / 4.0).min(DEFAULT_STATISTICS_EPSILON),
+                None => DEFAULT_STATISTICS_EPSILON,
+            })
     }
 
     /// Checks ranges; errors name the key as it appears in the job file.
@@ -188,6 +215,23 @@ impl DpPolicy {
             }
             _ => {}
         }
+        let statistics = self.statistics_epsilon();
+        if !(statistics.is_finite() && statistics > 0.0) {
+            return bad(
+                "statistics_epsilon",
+                format!("must be finite and > 0, got {statistics}"),
+            );
+        }
+        if let Some(target) = self.target_epsilon
+            && statistics >= target
+        {
+            return bad(
+                "statistics_epsilon",
+                format!(
+                    "{statistics} leaves nothing of target_epsilon {target} for the training rounds"
+                ),
+            );
+        }
         Ok(())
     }
 }
@@ -232,6 +276,15 @@ pub struct JobDp {
     pub local_epochs: u32,
     /// Expected examples per DP-SGD step.
     pub batch_size: u32,
+    /// Whether the hospitals release noisy preprocessing statistics (the
+    /// job gives no public `[preprocessing]`): only then is part of
+    /// `target_epsilon` kept for them.
+    #[serde(default = "released")]
+    pub noised_statistics: bool,
+}
+
+fn released() -> bool {
+    true
 }
 
 /// One hospital's share of a job: the mechanism it runs each round.
@@ -272,7 +325,45 @@ impl HospitalPlan {
     }
 }
 
+/// How a hospital noises its preprocessing statistics: each pass is one
+/// Gaussian mechanism of multiplier `noise_multiplier` on the pass's sums
+/// (no sampling), so the statistics are one accountant segment of
+/// [`STATISTICS_PASSES`] steps.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StatisticsPlan {
+    pub noise_multiplier: f64,
+    pub passes: u64,
+}
+
+impl StatisticsPlan {
+    /// `passes` releases as one accountant segment (`None` for none).
+    pub fn segment(&self, passes: u64) -> Result<Option<Segment>, DpError> {
+        if passes == 0 {
+            return Ok(None);
+        }
+        Segment::new(1.0, self.noise_multiplier, passes).map(Some)
+    }
+}
+
 impl JobDp {
+    /// The statistics' noise: the smallest multiplier that keeps the
+    /// passes within the policy's `statistics_epsilon` at its delta. It
+    /// depends on the job file alone, so the coordinator, which reads the
+    /// noisy sums, and every hospital, which adds the noise, agree on it.
+    pub fn statistics_plan(&self) -> Result<StatisticsPlan, DpError> {
+        let report = calibrate_noise(
+            self.policy.accountant,
+            1.0,
+            STATISTICS_PASSES,
+            self.policy.delta,
+            self.policy.statistics_epsilon(),
+        )?;
+        Ok(StatisticsPlan {
+            noise_multiplier: report.noise_multiplier,
+            passes: STATISTICS_PASSES,
+        })
+    }
+
     /// Client level: each round is one Gaussian mechanism on the sum of
     /// the hospitals' clipped updates (sensitivity `clipping_norm`). No
     /// amplification by sampling is claimed: the coordinator picks each
@@ -284,15 +375,23 @@ impl JobDp {
 
     /// The plan of a hospital whose DP-SGD samples at rate `sampling_rate`
     /// and takes `steps_per_round` steps a round: the job's noise
-    /// multiplier, or the smallest one that keeps the whole job within
-    /// `target_epsilon` at the job's delta.
+    /// multiplier, or the smallest one that keeps the whole job, its
+    /// statistics included, within `target_epsilon` at the job's delta.
     pub fn plan(&self, sampling_rate: f64, steps_per_round: u64) -> Result<HospitalPlan, DpError> {
         let rounds = self.rounds.max(1);
         let noise_multiplier = match (self.policy.noise_multiplier, self.policy.target_epsilon) {
             (Some(sigma), _) => sigma,
             (None, Some(target)) => {
-                calibrate_noise(
+                let spent: Vec<Segment> = match self.noised_statistics {
+                    true => {
+                        let statistics = self.statistics_plan()?;
+                        statistics.segment(statistics.passes)?.into_iter().collect()
+                    }
+                    false => Vec::new(),
+                };
+                calibrate_noise_after(
                     self.policy.accountant,
+                    &spent,
                     sampling_rate,
                     steps_per_round.saturating_mul(u64::from(rounds)),
                     self.policy.delta,
@@ -324,6 +423,7 @@ mod tests {
             rounds: 10,
             local_epochs: 1,
             batch_size: 32,
+            noised_statistics: true,
         }
     }
 
@@ -335,6 +435,55 @@ mod tests {
         let half = plan.epsilon(AccountantKind::Pld, 5, 1e-5).unwrap();
         assert!(half < eps);
         assert_eq!(plan.epsilon(AccountantKind::Pld, 0, 1e-5).unwrap(), 0.0);
+    }
+
+    #[test]
+    fn the_statistics_and_the_rounds_together_meet_the_target() {
+        let job = job(Some(2.0), None);
+        let statistics = job.statistics_plan().unwrap();
+        assert_eq!(statistics.passes, STATISTICS_PASSES);
+        let alone = epsilon(
+            AccountantKind::Pld,
+            &[statistics.segment(3).unwrap().unwrap()],
+            1e-5,
+        )
+        .unwrap()
+        .epsilon;
+        // A quarter of the target by default.
+        assert!(alone <= 0.5 && alone > 0.49, "{alone}");
+        let plan = job.plan(0.1, 10).unwrap();
+        let mut segments = vec![statistics.segment(3).unwrap().unwrap()];
+        segments.push(plan.segment(10).unwrap().unwrap());
+        let total = epsilon(AccountantKind::Pld, &segments, 1e-5)
+            .unwrap()
+            .epsilon;
+        assert!(total <= 2.0 && total > 1.95, "{total}");
+        // The rounds alone spend less than the target: the statistics'
+        // share is kept for them, unless the job gives them publicly.
+        let rounds = plan.epsilon(AccountantKind::Pld, 10, 1e-5).unwrap();
+        assert!(rounds < total - 0.05, "{rounds} vs {total}");
+        let public = JobDp {
+            noised_statistics: false,
+            ..job
+        };
+        let whole = public.plan(0.1, 10).unwrap();
+        let rounds = whole.epsilon(AccountantKind::Pld, 10, 1e-5).unwrap();
+        assert!(rounds <= 2.0 && rounds > 1.95, "{rounds}");
+    }
+
+    #[test]
+    fn statistics_epsilon_must_leave_room_for_the_rounds() {
+        let mut p = job(Some(1.0), None).policy;
+        assert_eq!(p.statistics_epsilon(), 0.25);
+        p.statistics_epsilon = Some(1.0);
+        let (key, msg) = p.validate().unwrap_err();
+        assert_eq!(key, "privacy.dp.statistics_epsilon");
+        assert!(msg.contains("nothing"), "{msg}");
+        p.statistics_epsilon = Some(-1.0);
+        assert_eq!(p.validate().unwrap_err().0, "privacy.dp.statistics_epsilon");
+        let fixed = job(None, Some(1.3)).policy;
+        assert_eq!(fixed.statistics_epsilon(), DEFAULT_STATISTICS_EPSILON);
+        assert!(fixed.validate().is_ok());
     }
 
     #[test]
