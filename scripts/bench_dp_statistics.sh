@@ -43,6 +43,6 @@ acc, auc = last.get("accuracy"), last.get("auc")
 fmt = lambda v: "-" if v is None else f"{v:.4f}"
 print(sys.argv[1], sys.argv[2], summary["state"], fmt(acc), fmt(auc),
       (summary.get("error") or "")[:90], sep="\t")
-' "$config" "$run"
+' "$config" "$run" || true  # a failed job is a result too
   done
 done

@@ -522,6 +522,11 @@ enum BenchCommand {
         /// Rounds of each job.
         #[arg(long, default_value_t = 10)]
         rounds: u32,
+        /// Width of the job's one hidden layer: the hospitals' work per
+        /// round (16: a round of a few milliseconds, nothing to hide the
+        /// callers' cost behind; 1024: about 31,000 parameters).
+        #[arg(long, default_value_t = 16)]
+        hidden: usize,
         #[arg(long)]
         json: bool,
     },
@@ -2322,10 +2327,11 @@ async fn run_bench_command(cmd: BenchCommand) -> Result<()> {
             clients,
             callers,
             rounds,
+            hidden,
             json,
         } => {
             init_logging("error");
-            let load = bench::load::load(clients, callers, rounds).await?;
+            let load = bench::load::load(clients, callers, rounds, hidden).await?;
             report(json, &load, bench::load::LoadBench::text)?;
         }
         BenchCommand::Rounds {

@@ -20,6 +20,8 @@ pub struct LoadBench {
     pub clients: usize,
     pub callers: usize,
     pub rounds: u32,
+    /// The job's hidden-layer width.
+    pub hidden: usize,
     pub median_round_secs_alone: f64,
     pub median_round_secs_loaded: f64,
     /// Loaded over alone, minus one.
@@ -45,10 +47,11 @@ impl LoadBench {
     /// The report as `cohort bench load` prints it without `--json`.
     pub fn text(&self) -> String {
         let mut text = format!(
-            "{} hospitals, {} rounds: median round {:.3} s alone, {:.3} s under {} callers ({:+.1} %)\n\
+            "{} hospitals, {} rounds, hidden layer {}: median round {:.3} s alone, {:.3} s under {} callers ({:+.1} %)\n\
              call     calls  errors   p50 ms   p99 ms   max ms\n",
             self.clients,
             self.rounds,
+            self.hidden,
             self.median_round_secs_alone,
             self.median_round_secs_loaded,
             self.callers,
@@ -73,15 +76,15 @@ const CALLS: [&str; 3] = ["status", "list", "model"];
 /// each on its own connection (plaintext, so that the coordinator's
 /// per-member call cap, which under mutual TLS would group them all under
 /// the one developer certificate, does not refuse them).
-pub async fn load(clients: usize, callers: usize, rounds: u32) -> Result<LoadBench> {
-    if clients < 2 || callers == 0 || rounds == 0 {
-        bail!("--clients must be at least 2, --callers and --rounds at least 1");
+pub async fn load(clients: usize, callers: usize, rounds: u32, hidden: usize) -> Result<LoadBench> {
+    if clients < 2 || callers == 0 || rounds == 0 || hidden == 0 {
+        bail!("--clients must be at least 2, --callers, --rounds and --hidden at least 1");
     }
     let dir = tempfile::Builder::new()
         .prefix("cohort-bench-load-")
         .tempdir()?;
     let hospitals = iid_hospitals(dir.path(), clients)?;
-    let job = every_hospital_job(clients, 16, rounds);
+    let job = every_hospital_job(clients, hidden, rounds);
     let federation =
         LocalFederation::start(dir.path(), &hospitals, false, Duration::from_secs(5)).await?;
     let outcome = measure(&federation, &job, callers, dir.path()).await;
@@ -113,6 +116,7 @@ pub async fn load(clients: usize, callers: usize, rounds: u32) -> Result<LoadBen
         clients,
         callers,
         rounds,
+        hidden,
         median_round_secs_alone: a,
         median_round_secs_loaded: b,
         round_slowdown: b / a - 1.0,
