@@ -527,6 +527,9 @@ enum BenchCommand {
         /// callers' cost behind; 1024: about 31,000 parameters).
         #[arg(long, default_value_t = 16)]
         hidden: usize,
+        /// Local epochs per round: more work per round, the same calls.
+        #[arg(long, default_value_t = 1)]
+        local_epochs: u32,
         #[arg(long)]
         json: bool,
     },
@@ -2328,10 +2331,11 @@ async fn run_bench_command(cmd: BenchCommand) -> Result<()> {
             callers,
             rounds,
             hidden,
+            local_epochs,
             json,
         } => {
             init_logging("error");
-            let load = bench::load::load(clients, callers, rounds, hidden).await?;
+            let load = bench::load::load(clients, callers, rounds, hidden, local_epochs).await?;
             report(json, &load, bench::load::LoadBench::text)?;
         }
         BenchCommand::Rounds {

@@ -20,8 +20,9 @@ pub struct LoadBench {
     pub clients: usize,
     pub callers: usize,
     pub rounds: u32,
-    /// The job's hidden-layer width.
+    /// The job's hidden-layer width and local epochs.
     pub hidden: usize,
+    pub local_epochs: u32,
     pub median_round_secs_alone: f64,
     pub median_round_secs_loaded: f64,
     /// Loaded over alone, minus one.
@@ -47,11 +48,12 @@ impl LoadBench {
     /// The report as `cohort bench load` prints it without `--json`.
     pub fn text(&self) -> String {
         let mut text = format!(
-            "{} hospitals, {} rounds, hidden layer {}: median round {:.3} s alone, {:.3} s under {} callers ({:+.1} %)\n\
+            "{} hospitals, {} rounds, hidden layer {}, {} local epochs: median round {:.3} s alone, {:.3} s under {} callers ({:+.1} %)\n\
              call     calls  errors   p50 ms   p99 ms   max ms\n",
             self.clients,
             self.rounds,
             self.hidden,
+            self.local_epochs,
             self.median_round_secs_alone,
             self.median_round_secs_loaded,
             self.callers,
@@ -76,15 +78,26 @@ const CALLS: [&str; 3] = ["status", "list", "model"];
 /// each on its own connection (plaintext, so that the coordinator's
 /// per-member call cap, which under mutual TLS would group them all under
 /// the one developer certificate, does not refuse them).
-pub async fn load(clients: usize, callers: usize, rounds: u32, hidden: usize) -> Result<LoadBench> {
-    if clients < 2 || callers == 0 || rounds == 0 || hidden == 0 {
-        bail!("--clients must be at least 2, --callers, --rounds and --hidden at least 1");
+pub async fn load(
+    clients: usize,
+    callers: usize,
+    rounds: u32,
+    hidden: usize,
+    local_epochs: u32,
+) -> Result<LoadBench> {
+    if clients < 2 || [callers, rounds as usize, hidden, local_epochs as usize].contains(&0) {
+        bail!(
+            "--clients must be at least 2, --callers, --rounds, --hidden and --local-epochs at least 1"
+        );
     }
     let dir = tempfile::Builder::new()
         .prefix("cohort-bench-load-")
         .tempdir()?;
     let hospitals = iid_hospitals(dir.path(), clients)?;
-    let job = every_hospital_job(clients, hidden, rounds);
+    let job = every_hospital_job(clients, hidden, rounds).replace(
+        "local_epochs = 1",
+        &format!("local_epochs = {local_epochs}"),
+    );
     let federation =
         LocalFederation::start(dir.path(), &hospitals, false, Duration::from_secs(5)).await?;
     let outcome = measure(&federation, &job, callers, dir.path()).await;
@@ -117,6 +130,7 @@ pub async fn load(clients: usize, callers: usize, rounds: u32, hidden: usize) ->
         callers,
         rounds,
         hidden,
+        local_epochs,
         median_round_secs_alone: a,
         median_round_secs_loaded: b,
         round_slowdown: b / a - 1.0,
