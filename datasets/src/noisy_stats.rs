@@ -247,7 +247,8 @@ impl SecureStatistics {
     }
 
     pub(crate) fn absorb_noisy(&mut self, sum: &[u64]) -> Result<Option<Preprocessing>, DataError> {
-        let Some(noisy) = self.noisy.take() else {
+        // A copy: a sum refused below leaves the state as it was.
+        let Some(noisy) = self.noisy.clone() else {
             return Err(stats_err("no noise configured"));
         };
         let unit = 2f64.powi(DP_FRACTION_BITS as i32);
