@@ -333,7 +333,9 @@ impl Budget {
 
     /// Records one pass of noisy preprocessing statistics of `job_id` as
     /// released, durably, before it leaves; returns the job's epsilon so
-    /// far. Refuses when the pass would exceed the hospital's cap.
+    /// far. Refuses when the pass would exceed the job's planned passes
+    /// (a pass asked again with the same content is resent, not released
+    /// again: see `statistics.rs`) or the hospital's cap.
     pub fn spend_statistics(
         &self,
         job_id: &str,
@@ -341,6 +343,15 @@ impl Budget {
         statistics: &StatisticsPlan,
     ) -> Result<f64, String> {
         let mut ledger = self.lock();
+        if let Some(released) = ledger.statistics_of(job_id)
+            && released.passes >= statistics.passes
+        {
+            return Err(format!(
+                "privacy plan of job {job_id} used up: this hospital already released {} of {} \
+                 planned passes of preprocessing statistics under DP and releases no more",
+                released.passes, statistics.passes
+            ));
+        }
         let one: Vec<dp::Segment> = statistics
             .segment(1)
             .map_err(|e| e.to_string())?
@@ -539,6 +550,11 @@ mod tests {
             assert!(eps > last);
             last = eps;
         }
+        // A fourth pass is beyond the job's plan.
+        let err = budget
+            .spend_statistics("job-a", &j, &statistics)
+            .unwrap_err();
+        assert!(err.contains("used up") && err.contains("3 of 3"), "{err}");
         // A quarter of the job's target by default.
         assert!(last <= 0.5 && last > 0.49, "{last}");
         for round in 1..=4 {
