@@ -488,9 +488,12 @@ fn crash_and_recover(privacy: &str, point: &str, victim: Victim) {
         start_client(&net, &files[2], dir.path(), 2, &[]),
     ];
     let rounds = 3;
+    // Half of the target for the noisy statistics: 900 rows stand well
+    // out of their noise.
     let job_toml = oncology_job(rounds, 3)
         + privacy
-        + "\n[privacy.dp]\nlevel = \"record\"\ntarget_epsilon = 4.0\ndelta = 1e-5\nmax_grad_norm = 1.0\n";
+        + "\n[privacy.dp]\nlevel = \"record\"\ntarget_epsilon = 4.0\ndelta = 1e-5\nmax_grad_norm = 1.0\n\
+           statistics_epsilon = 2.0\n";
     let job = submit_job_file(dir.path(), &job_toml, &net);
 
     let (dying, log) = match victim {
@@ -1085,6 +1088,8 @@ fn dp_budgets_are_enforced_and_spending_survives_a_crash_before_sending() {
         .replace("clients_per_round = 2", "clients_per_round = 4")
         .replace("round_timeout_secs = 60", "round_timeout_secs = 15")
         + "\n[privacy.dp]\nlevel = \"record\"\ntarget_epsilon = 2.0\ndelta = 1e-5\nmax_grad_norm = 1.0\n";
+    // The statistics given publicly: the budgets at stake are the rounds'.
+    let job_toml = job_toml.clone() + &oncology_reference_preprocessing(&job_toml);
     let job = submit_job_file(dir.path(), &job_toml, &net);
     let done = wait_until(&net, &job, Duration::from_secs(300), |s| {
         s["state"] != "running" && s["state"] != "pending"

@@ -26,7 +26,8 @@
 //! **What the coordinator reads.** Magnitudes: the most populated bucket
 //! (or group of buckets, for values spread over many magnitudes), doubled,
 //! unless a higher one holds clearly more than noise; values beyond the
-//! scale are clamped. Means and variances from the noisy sums,
+//! scale are clamped (and a column most of whose values were clamped is
+//! refused: its scale came from a noise peak). Means and variances from the noisy sums,
 //! the mean kept inside the occupied range and the variance never below
 //! twice what the noise alone can move it by (so that a column whose
 //! spread the noise hides is scaled down, not blown up). Medians to one
@@ -261,7 +262,7 @@ impl SecureStatistics {
                 (noisy, None)
             }
             StatisticsPass::Location { scales, bins, .. } => {
-                let next = self.noisy_location(&noisy, &values, std, &scales, bins);
+                let next = self.noisy_location(&noisy, &values, std, &scales, bins)?;
                 self.pass = next;
                 let mean_errors = noisy
                     .counts
@@ -346,16 +347,29 @@ impl SecureStatistics {
         std: f64,
         scales: &[f64],
         bins: usize,
-    ) -> StatisticsPass {
+    ) -> Result<StatisticsPass, DataError> {
         let numeric = scales.len();
         let (mut means, mut spreads, mut windows) = (
             Vec::with_capacity(numeric),
             Vec::with_capacity(numeric),
             Vec::with_capacity(numeric),
         );
-        for (j, &s) in scales.iter().enumerate() {
+        for (j, (&s, name)) in scales.iter().zip(&self.schema.numeric).enumerate() {
             let at = j * (1 + bins);
             let histogram = &v[at + 1..at + 1 + bins];
+            // Values beyond the scale land, clamped, in the end bins. Most
+            // of a column there means its scale came from a noise peak
+            // that passed for data (rare, but a scale far too small would
+            // blow the feature up): refuse rather than standardize.
+            let clamped = histogram[0].max(0.0) + histogram[bins - 1].max(0.0);
+            if clamped > 0.5 * noisy.counts[j] && clamped > DROWNED * std {
+                return Err(stats_err(format!(
+                    "the differential-privacy noise drowns numeric column `{name}`: most of its \
+                     values lie beyond the scale ±{s:e} read from its noisy magnitudes; raise \
+                     privacy.dp.statistics_epsilon, give the column's statistics in the job's \
+                     [preprocessing] table, or train on more rows"
+                )));
+            }
             let occupied = |b: &f64| *b > OCCUPIED * std;
             let (first, last) = match (
                 histogram.iter().position(occupied),
@@ -382,13 +396,13 @@ impl SecureStatistics {
                 bin_edge(window_last + 1, -s, s, bins),
             ));
         }
-        StatisticsPass::Spread {
+        Ok(StatisticsPass::Spread {
             means,
             spreads,
             windows,
             fraction_bits: DP_FRACTION_BITS,
             bins: DP_HISTOGRAM_BINS,
-        }
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -587,6 +601,43 @@ stage = ["I", "II", "III"]
             err.contains("`age`")
                 && err.contains("statistics_epsilon")
                 && err.contains("[preprocessing]"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_scale_from_a_noise_peak_is_caught_by_the_clamped_values() {
+        // The counts pass as if noise had put a peak at |x| < 2^-20 and
+        // hidden the real magnitudes: the scale comes out far too small,
+        // and the location pass sees every value clamped to its ends.
+        let parts = [hospital(2_000, 21)];
+        let schema = parts[0].schema();
+        let noise = StatisticsNoise {
+            noise_multiplier: 1.0,
+            hospitals: 1,
+            weight: RowWeight::Row,
+        };
+        let mut state = SecureStatistics::with_noise(schema, noise);
+        let unit = 2f64.powi(DP_FRACTION_BITS as i32);
+        let mut counts = parts[0]
+            .dp_statistics_terms(state.pass(), RowWeight::Row)
+            .unwrap();
+        for j in 0..schema.numeric.len() {
+            let at = j * (1 + MAGNITUDE_BUCKETS);
+            for b in &mut counts[at + 1..at + 1 + MAGNITUDE_BUCKETS] {
+                *b = 0;
+            }
+            counts[at + 1 + 12] = (500.0 * unit) as i64;
+        }
+        let sum: Vec<u64> = counts.iter().map(|&t| t as u64).collect();
+        assert!(state.absorb(&sum).unwrap().is_none());
+        let location = parts[0]
+            .dp_statistics_terms(state.pass(), RowWeight::Row)
+            .unwrap();
+        let sum: Vec<u64> = location.iter().map(|&t| t as u64).collect();
+        let err = state.absorb(&sum).unwrap_err().to_string();
+        assert!(
+            err.contains("`age`") && err.contains("beyond the scale"),
             "{err}"
         );
     }
