@@ -63,6 +63,9 @@ const SIGNIFICANT: f64 = 5.0;
 /// largest of ~160 buckets of pure noise exceeds it once in 200 columns
 /// (and wider groups, being fewer, less often).
 const DROWNED: f64 = 4.0;
+/// A magnitude bucket right above the most populated ones extends the
+/// scale with more than this many noise standard deviations.
+const EXTEND: f64 = 2.0;
 /// The widest group of magnitude buckets [`scale_bucket`] tries.
 const MAX_GROUP: usize = 16;
 /// A histogram bin with more than this many noise standard deviations is
@@ -172,7 +175,8 @@ fn bin_of_mass(histogram: &[f64], before: f64, rank: f64) -> Option<usize> {
 
 /// The magnitude bucket whose power of two scales a column, from its
 /// noisy magnitude histogram: the top of the most populated group of
-/// buckets, doubled, or a higher group that holds clearly more than noise.
+/// buckets, doubled, or higher where the buckets right above it hold more
+/// than a little noise or a higher group clearly more than noise.
 /// Groups are single buckets where the data stand out of the noise, and
 /// wider (up to [`MAX_GROUP`] buckets, a factor 2^16) where a column's
 /// values spread over many magnitudes; the noise of a group of `g` is
@@ -192,7 +196,15 @@ fn scale_bucket(buckets: &[f64], std: f64) -> Option<usize> {
                 .iter()
                 .rposition(|&b| b > SIGNIFICANT * noise)
                 .map_or(0, top_of);
-            (top_of(mode) + 1).max(significant).min(last)
+            // The buckets right above the mode that hold more than a
+            // little noise are the column's upper values (a few tests, so
+            // a low bar costs at most an extra doubling); the scale is
+            // the top of those, or the mode's doubled, whichever is higher.
+            let mut upper = top_of(mode);
+            while upper < last && buckets[upper + 1] > EXTEND * std {
+                upper += 1;
+            }
+            (top_of(mode) + 1).max(upper).max(significant).min(last)
         })
     })
 }
