@@ -352,30 +352,25 @@ impl Budget {
                 released.passes, statistics.passes
             ));
         }
-        let one: Vec<dp::Segment> = statistics
-            .segment(1)
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .collect();
-        check_fits(&ledger, &one, "this pass of preprocessing statistics")?;
-        let mut next = ledger.clone();
-        match next.statistics.iter_mut().find(|s| s.job_id == job_id) {
-            Some(s) => s.passes += 1,
-            None => next.statistics.push(StatisticsSpend {
-                job_id: job_id.to_string(),
-                level: job.policy.level,
-                accountant: job.policy.accountant,
-                job_delta: job.policy.delta,
-                planned_rounds: job.rounds,
-                plan: *statistics,
-                passes: 1,
-            }),
-        }
-        self.persist(&next).map_err(|e| {
-            format!("could not record the privacy spending, so the statistics are withheld: {e}")
-        })?;
-        *ledger = next;
-        ledger.job_epsilon(job_id).map_err(|e| e.to_string())
+        let one = statistics.segment(1).map_err(|e| e.to_string())?;
+        let what = (
+            "this pass of preprocessing statistics",
+            "the statistics are",
+        );
+        self.charge(&mut ledger, job_id, one, what, |next| {
+            match next.statistics.iter_mut().find(|s| s.job_id == job_id) {
+                Some(s) => s.passes += 1,
+                None => next.statistics.push(StatisticsSpend {
+                    job_id: job_id.to_string(),
+                    level: job.policy.level,
+                    accountant: job.policy.accountant,
+                    job_delta: job.policy.delta,
+                    planned_rounds: job.rounds,
+                    plan: *statistics,
+                    passes: 1,
+                }),
+            }
+        })
     }
 
     /// Records one round of `job_id` as spent, durably, and returns the
@@ -405,7 +400,7 @@ impl Budget {
         {
             return ledger.job_epsilon(job_id).map_err(|e| e.to_string());
         }
-        if let Some(existing) = ledger.jobs.iter().find(|j| j.job_id == job_id)
+        if let Some(existing) = ledger.job(job_id)
             && existing.rounds.len() as u32 >= existing.plan.rounds
         {
             return Err(format!(
@@ -415,28 +410,46 @@ impl Budget {
                 existing.plan.rounds
             ));
         }
-        let one: Vec<dp::Segment> = plan
-            .segment(1)
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .collect();
-        check_fits(&ledger, &one, "this round")?;
-        let mut next = ledger.clone();
-        match next.jobs.iter_mut().find(|j| j.job_id == job_id) {
-            Some(j) => j.rounds.push(round),
-            None => next.jobs.push(JobSpend {
-                job_id: job_id.to_string(),
-                level: job.policy.level,
-                accountant: job.policy.accountant,
-                job_delta: job.policy.delta,
-                plan: *plan,
-                rounds: vec![round],
-            }),
-        }
+        let one = plan.segment(1).map_err(|e| e.to_string())?;
+        self.charge(
+            &mut ledger,
+            job_id,
+            one,
+            ("this round", "the update is"),
+            |next| match next.jobs.iter_mut().find(|j| j.job_id == job_id) {
+                Some(j) => j.rounds.push(round),
+                None => next.jobs.push(JobSpend {
+                    job_id: job_id.to_string(),
+                    level: job.policy.level,
+                    accountant: job.policy.accountant,
+                    job_delta: job.policy.delta,
+                    plan: *plan,
+                    rounds: vec![round],
+                }),
+            },
+        )
+    }
+
+    /// Checks that one more mechanism `one` fits the cap, applies `record`
+    /// to a copy of the ledger, persists it and only then adopts it;
+    /// returns the job's epsilon so far. `what`: the release as a refusal
+    /// names it, and what is withheld when the disk fails.
+    fn charge(
+        &self,
+        ledger: &mut std::sync::MutexGuard<'_, Ledger>,
+        job_id: &str,
+        one: Option<dp::Segment>,
+        (what, withheld): (&str, &str),
+        record: impl FnOnce(&mut Ledger),
+    ) -> Result<f64, String> {
+        let one: Vec<dp::Segment> = one.into_iter().collect();
+        check_fits(ledger, &one, what)?;
+        let mut next = (**ledger).clone();
+        record(&mut next);
         self.persist(&next).map_err(|e| {
-            format!("could not record the privacy spending, so the update is withheld: {e}")
+            format!("could not record the privacy spending, so {withheld} withheld: {e}")
         })?;
-        *ledger = next;
+        **ledger = next;
         ledger.job_epsilon(job_id).map_err(|e| e.to_string())
     }
 
