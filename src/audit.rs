@@ -92,6 +92,22 @@ pub async fn fetch_ledger(
                 contents.withheld.insert(contents.leaves.len() as u64, hash);
                 contents.leaves.push(Vec::new());
             }
+            Some(Frame::Opening(o))
+                if !contents.leaves.is_empty()
+                    && !contents
+                        .withheld
+                        .contains_key(&(contents.leaves.len() as u64 - 1)) =>
+            {
+                contents
+                    .openings
+                    .entry(contents.leaves.len() as u64 - 1)
+                    .or_default()
+                    .push(cohort_ledger::Opening {
+                        name: o.name,
+                        salt: o.salt,
+                        body: o.body,
+                    });
+            }
             _ => bail!("the coordinator's ledger stream is out of order"),
         }
     }
@@ -140,6 +156,7 @@ fn audit_contents(
     let report = audit(
         &contents.leaves,
         &contents.withheld,
+        &contents.openings,
         &checkpoint.note,
         &checkpoint.key_name,
         seen.get(&slot),
@@ -374,8 +391,8 @@ pub fn entries_in(
     job: Option<&str>,
 ) -> Result<Vec<(u64, Entry)>> {
     let mut out = Vec::new();
-    for (index, leaf) in contents.readable() {
-        let entry = Entry::from_leaf(leaf).with_context(|| format!("ledger entry {index}"))?;
+    for (index, entry) in contents.entries() {
+        let entry = entry.with_context(|| format!("ledger entry {index}"))?;
         if job.is_none() || entry.record.job_id() == job {
             out.push((index, entry));
         }
@@ -575,6 +592,12 @@ impl LedgerVerification {
                 report.withheld
             ));
         }
+        if report.opened + report.sealed > 0 {
+            out.push_str(&format!(
+                "hospitals' parts (enrolment counts, update receipts and ε): {} opened and matching their commitments, {} sealed to this reader\n",
+                report.opened, report.sealed
+            ));
+        }
         if let Some(c) = &self.chain {
             out.push_str(&format!(
                 "chain OK: {} entries anchored on contract {} (chain {}) match the log{}{}\n",
@@ -688,6 +711,19 @@ pub struct InclusionProof {
     pub proof: Vec<String>,
     /// The root the proof leads to: compare with the signed checkpoint's.
     pub root: String,
+}
+
+/// The openings a coordinator's data directory keeps for entry `index`'s
+/// sealed parts (hospitals' enrolment counts and update receipts; see
+/// `cohort_ledger::sealed`): each opens the commitment named after its
+/// hospital in the entry. Empty for an entry without sealed parts.
+pub fn ledger_openings(data_dir: &Path, index: u64) -> Result<Vec<cohort_ledger::Opening>> {
+    let contents = read_ledger(data_dir)?;
+    let size = contents.leaves.len() as u64;
+    if index >= size {
+        bail!("the ledger has {size} entries; there is no entry {index}");
+    }
+    Ok(contents.openings.get(&index).cloned().unwrap_or_default())
 }
 
 pub fn inclusion_proof(data_dir: &Path, index: u64) -> Result<InclusionProof> {

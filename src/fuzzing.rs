@@ -222,9 +222,47 @@ pub fn secure_statistics(data: &[u8]) {
     }
 }
 
-/// A stored ledger leaf, as `cohort audit` and the dashboard read them.
+/// A stored ledger leaf, as `cohort audit` and the dashboard read them;
+/// the same bytes as the openings of an entry's sealed parts (stored beside
+/// it, sent after it), opened against a sealed round.
 pub fn ledger_entry(data: &[u8]) {
+    static SEALED: OnceLock<Option<cohort_ledger::Record>> = OnceLock::new();
     let _ = Entry::from_leaf(data);
+    let Ok(openings) = serde_json::from_slice::<Vec<cohort_ledger::Opening>>(data) else {
+        return;
+    };
+    let sealed = SEALED.get_or_init(|| {
+        let receipt = |client: &str| cohort_ledger::UpdateRecord {
+            client: client.into(),
+            task_id: "t".into(),
+            num_examples: 1,
+            parameter_count: 1,
+            update_sha256: String::new(),
+            signature: String::new(),
+            dataset_sha256: String::new(),
+            dp_epsilon: Some("1".into()),
+            proof: None,
+        };
+        cohort_ledger::Record::RoundCompleted {
+            job_id: "j".into(),
+            round: 1,
+            model_sha256: String::new(),
+            model_signature_sha256: String::new(),
+            updates: vec![receipt("a"), receipt("b")],
+            sealed_updates: Vec::new(),
+            aggregate_sha256: None,
+            accuracy: None,
+            auc: None,
+            excluded: Vec::new(),
+            kept_top_sha256: None,
+        }
+        .seal()
+        .ok()
+        .map(|(record, _)| record)
+    });
+    if let Some(record) = sealed {
+        let _ = record.clone().unseal(&openings);
+    }
 }
 
 /// A checkpoint body and a signed checkpoint note, as an auditor or a

@@ -62,7 +62,10 @@ impl LocalFederation {
         poll_timeout: Duration,
         rewards: cohort_coordinator::rewards::RewardsConfig,
     ) -> Result<Self> {
-        Self::start_full(workdir, hospitals, tls, poll_timeout, rewards, None).await
+        Self::start_configured(workdir, hospitals, tls, poll_timeout, |config| {
+            config.rewards = rewards
+        })
+        .await
     }
 
     /// [`LocalFederation::start`] with the coordinator's state in the
@@ -74,24 +77,20 @@ impl LocalFederation {
         poll_timeout: Duration,
         database_url: Option<&str>,
     ) -> Result<Self> {
-        Self::start_full(
-            workdir,
-            hospitals,
-            tls,
-            poll_timeout,
-            Default::default(),
-            database_url,
-        )
+        Self::start_configured(workdir, hospitals, tls, poll_timeout, |config| {
+            config.database_url = database_url.map(str::to_string)
+        })
         .await
     }
 
-    async fn start_full(
+    /// [`LocalFederation::start`] with the coordinator's configuration
+    /// changed by `configure` first.
+    pub async fn start_configured(
         workdir: &Path,
         hospitals: &[LocalHospital],
         tls: bool,
         poll_timeout: Duration,
-        rewards: cohort_coordinator::rewards::RewardsConfig,
-        database_url: Option<&str>,
+        configure: impl FnOnce(&mut CoordinatorConfig),
     ) -> Result<Self> {
         let pki = if tls {
             let names: Vec<String> = hospitals.iter().map(|h| h.name.clone()).collect();
@@ -108,10 +107,9 @@ impl LocalFederation {
         let url = format!("{scheme}://{}", listener.local_addr()?);
         let data_dir = workdir.join("coordinator");
         let mut config = CoordinatorConfig::new(&data_dir);
-        config.database_url = database_url.map(str::to_string);
         config.poll_timeout = poll_timeout;
         config.tls = pki.as_ref().map(LocalConsortium::coordinator_tls);
-        config.rewards = rewards;
+        configure(&mut config);
         let coordinator = Coordinator::open(&config)?;
         let view = coordinator.view();
         let (stop, stop_rx) = watch::channel(false);

@@ -530,6 +530,14 @@ enum BenchCommand {
         /// Local epochs per round: more work per round, the same calls.
         #[arg(long, default_value_t = 1)]
         local_epochs: u32,
+        /// The coordinator's `--developer-share` (1: no limit).
+        #[arg(long, default_value_t = 0.05, value_name = "FRACTION")]
+        developer_share: f64,
+        /// Pairs of jobs to run, each one alone then one under load back to
+        /// back; the rounds of all pairs are pooled. On a shared machine
+        /// round times drift from minute to minute: more pairs, less noise.
+        #[arg(long, default_value_t = 3)]
+        repeats: u32,
         #[arg(long)]
         json: bool,
     },
@@ -699,7 +707,10 @@ enum LedgerCommand {
     /// List the ledger's entries (all, or one job's). Read from a running
     /// coordinator, a developer sees its own jobs' entries and a hospital
     /// those of the jobs it is enrolled in; the others are withheld (their
-    /// leaf hashes only, which `cohort verify ledger` still checks).
+    /// leaf hashes only, which `cohort verify ledger` still checks). Within
+    /// a job's entries a hospital reads its own row count and update
+    /// receipts (with its ε); the other hospitals' show as `sealed_updates`
+    /// / `sealed_participants`: a name and a commitment.
     Show {
         /// Only this job's entries.
         job: Option<String>,
@@ -1116,6 +1127,15 @@ struct CoordinatorArgs {
     /// calls a second.
     #[arg(long, default_value_t = 2)]
     max_developer_calls: usize,
+    /// While a job runs, the share of the coordinator's time that developer
+    /// and validator reads (status, lists, models, the ledger) may take, all
+    /// together (above 0, at most 1; 1: no limit; submissions and
+    /// attestations are not held to it). Each call is charged the time it
+    /// held its slot and, once the share is used up, the next waits until
+    /// it is earned back: a crowd of pollers then slows rounds by about
+    /// this much, and waits longer instead. Idle, calls never wait.
+    #[arg(long, default_value_t = 0.05, value_name = "FRACTION")]
+    developer_share: f64,
     /// MiB of hospitals' uploads (updates, masked updates, ciphertexts)
     /// received at once, at most; more wait in HTTP/2 flow control. Bounds
     /// the coordinator's memory for uploads whatever the number of
@@ -1715,6 +1735,7 @@ async fn main() -> Result<()> {
                     max_calls_per_member: a.max_calls_per_member,
                     max_streams_per_connection: a.max_streams_per_connection,
                     max_developer_calls: a.max_developer_calls,
+                    developer_share: a.developer_share,
                     upload_memory_bytes: a.update_memory_mb.max(1).saturating_mul(1 << 20),
                     wire: cohort_coordinator::WireLimits {
                         max_message_bytes: a.max_message_bytes,
@@ -2332,10 +2353,21 @@ async fn run_bench_command(cmd: BenchCommand) -> Result<()> {
             rounds,
             hidden,
             local_epochs,
+            developer_share,
+            repeats,
             json,
         } => {
             init_logging("error");
-            let load = bench::load::load(clients, callers, rounds, hidden, local_epochs).await?;
+            let load = bench::load::load(bench::load::LoadOptions {
+                clients,
+                callers,
+                rounds,
+                hidden,
+                local_epochs,
+                developer_share,
+                repeats,
+            })
+            .await?;
             report(json, &load, bench::load::LoadBench::text)?;
         }
         BenchCommand::Rounds {

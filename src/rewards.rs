@@ -22,6 +22,7 @@ pub(crate) fn verified_entries(contents: &LedgerContents) -> Result<Vec<Entry>> 
     cohort_ledger::audit(
         &contents.leaves,
         &contents.withheld,
+        &contents.openings,
         &checkpoint.note,
         &checkpoint.key_name,
         None,
@@ -117,13 +118,20 @@ pub async fn verify_from(source: &crate::audit::LedgerSource) -> Result<Verifica
 
 pub fn verification_summary(v: &Verification) -> String {
     format!(
-        "rewards OK: {} rounds paid, {} base units emitted{}; {} partition-valued rounds isolate nobody",
+        "rewards OK: {} rounds paid, {} base units emitted{}; {} partition-valued rounds isolate nobody{}",
         v.rounds_paid,
         v.emitted,
         v.schedule
             .map(|(e0, h)| format!(" (schedule {e0} halving every {h})"))
             .unwrap_or_default(),
-        v.partition_rounds_checked
+        v.partition_rounds_checked,
+        match v.validator_payouts_sealed {
+            0 => String::new(),
+            n => format!(
+                "; {n} validator payouts checked by their totals only (which updates carried \
+                 proofs is sealed to this reader)"
+            ),
+        }
     )
 }
 

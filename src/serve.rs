@@ -70,6 +70,8 @@ pub struct CoordinatorOptions {
     pub max_calls_per_member: usize,
     pub max_streams_per_connection: u32,
     pub max_developer_calls: usize,
+    /// `--developer-share`.
+    pub developer_share: f64,
     /// `--update-memory-mb`, in bytes.
     pub upload_memory_bytes: u64,
     /// `--max-message-bytes`, `--max-connections`, handshake and keepalive
@@ -136,6 +138,7 @@ pub async fn run_coordinator(
     config.max_calls_per_member = options.max_calls_per_member;
     config.max_streams_per_connection = options.max_streams_per_connection;
     config.max_developer_calls = options.max_developer_calls;
+    config.developer_share = options.developer_share;
     config.upload_memory_bytes = options.upload_memory_bytes;
     config.wire = options.wire;
     config.wire.check()?;

@@ -52,6 +52,7 @@ pub fn checked_entries(contents: &cohort_coordinator::store::LedgerContents) -> 
     cohort_ledger::audit(
         &contents.leaves,
         &contents.withheld,
+        &contents.openings,
         &checkpoint.note,
         &checkpoint.key_name,
         None,

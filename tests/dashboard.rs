@@ -404,6 +404,29 @@ async fn dashboard_api_shows_each_role_its_part_of_a_real_job_and_refuses_the_re
         .keys()
         .collect();
     assert_eq!(epsilons, ["hospital-a"]);
+    // The ledger explorer: in the job's rounds hospital-a reads its own
+    // receipts; the other hospitals' are sealed commitments, and the
+    // whole view still verifies.
+    let its_ledger = get(&url, "/api/ledger", &hospital).await.json();
+    assert!(
+        its_ledger["verified"]["sealed"].as_u64().unwrap() > 0,
+        "{its_ledger}"
+    );
+    let (mut opened, mut sealed) = (0, 0);
+    for entry in its_ledger["entries"].as_array().unwrap() {
+        let record = &entry["entry"]["record"];
+        if record["type"] == "round_completed" && record["job_id"] == id.as_str() {
+            for update in record["updates"].as_array().unwrap() {
+                assert_eq!(update["client"], "hospital-a", "{record}");
+                opened += 1;
+            }
+            for part in record["sealed_updates"].as_array().into_iter().flatten() {
+                assert_ne!(part["name"], "hospital-a", "{record}");
+                sealed += 1;
+            }
+        }
+    }
+    assert!(opened > 0 && sealed > 0, "{opened} opened, {sealed} sealed");
     let outsider = bearer(&token_for(&data_dir, DashboardRole::Hospital, "hospital-z"));
     assert_eq!(
         get(&url, "/api/jobs", &outsider).await.json(),

@@ -180,6 +180,37 @@ async fn a_job_leaves_a_verifiable_ledger_and_tampering_is_caught() {
     let err = verify(&removed, &dir.path().join("s2.json")).unwrap_err();
     assert!(err.contains("added or removed"), "{err}");
 
+    // Round 1's entry (index 4) is signed with the hospitals' receipts
+    // sealed; the coordinator keeps their openings beside it. A receipt
+    // altered there no longer opens its commitment.
+    let (signed, openings): (Vec<u8>, String) = db(&data_dir)
+        .query_row(
+            "SELECT entry, openings_json FROM ledger WHERE idx = 4",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let signed = String::from_utf8(signed).unwrap();
+    assert!(
+        signed.contains("sealed_updates") && !signed.contains("num_examples"),
+        "{signed}"
+    );
+    let reopened = dir.path().join("reopened");
+    copy_dir(&data_dir, &reopened);
+    let altered = openings.replacen(r#"\"num_examples\":"#, r#"\"num_examples\":9"#, 1);
+    assert_ne!(altered, openings);
+    db(&reopened)
+        .execute(
+            "UPDATE ledger SET openings_json = ?1 WHERE idx = 4",
+            [&altered],
+        )
+        .unwrap();
+    let err = verify(&reopened, &dir.path().join("s3.json")).unwrap_err();
+    assert!(
+        err.contains("entry 4") && err.contains("does not match"),
+        "{err}"
+    );
+
     // History rewritten by someone holding the coordinator's key: every
     // entry and the checkpoint re-signed, so only the checkpoint this
     // validator saw earlier can tell.

@@ -279,6 +279,73 @@ async fn tenants_read_only_their_own_jobs_models_metrics_and_budgets() {
         );
     }
     assert!(rival_view.withheld.len() >= owner_entries);
+
+    // Within the job: hospital-b reads its own receipts and ε and its own
+    // row count; hospital-a's parts are commitments it cannot open, and
+    // the leaves it was sent hold none of them.
+    let sealed_to_b = hospital_parts(&hospital_view, &job_id);
+    assert!(
+        sealed_to_b.len() >= 2 && sealed_to_b.iter().all(|p| p.name == "hospital-b"),
+        "{sealed_to_b:?}"
+    );
+    assert!(
+        sealed_to_b
+            .iter()
+            .any(|p| p.epsilon.is_some_and(|e| e > 0.0)),
+        "hospital-b's own ε is open to it: {sealed_to_b:?}"
+    );
+    for (i, leaf) in hospital_view.readable() {
+        let text = String::from_utf8_lossy(leaf);
+        for secret in ["dp_epsilon", "num_examples", "\"rows\""] {
+            assert!(
+                !text.contains(secret),
+                "entry {i} carries {secret} in the open: {text}"
+            );
+        }
+    }
+    let sealed_names: Vec<String> = cohort::audit::entries_in(&hospital_view, Some(&job_id))
+        .unwrap()
+        .into_iter()
+        .flat_map(|(_, e)| match e.record {
+            cohort_ledger::Record::RoundCompleted { sealed_updates, .. } => sealed_updates,
+            cohort_ledger::Record::ClientsEnrolled {
+                sealed_participants,
+                ..
+            } => sealed_participants,
+            _ => Vec::new(),
+        })
+        .map(|p| p.name)
+        .collect();
+    assert!(
+        !sealed_names.is_empty() && sealed_names.iter().all(|n| n == "hospital-a"),
+        "{sealed_names:?}"
+    );
+    // The owner opens every hospital's part of its job.
+    let owner_parts = hospital_parts(&owner_view, &job_id);
+    for hospital in ["hospital-a", "hospital-b"] {
+        assert!(
+            owner_parts
+                .iter()
+                .any(|p| p.name == hospital && p.epsilon.is_some()),
+            "{owner_parts:?}"
+        );
+    }
+    // An opening that is not the one committed to (hospital-b's ε
+    // altered on the way) fails the audit.
+    let mut forged = hospital_view.clone();
+    let opening = forged
+        .openings
+        .values_mut()
+        .flatten()
+        .find(|o| o.body.contains("dp_epsilon"))
+        .expect("hospital-b was sent the opening of its receipt");
+    opening.body = opening
+        .body
+        .replace("\"dp_epsilon\":\"", "\"dp_epsilon\":\"9");
+    let err = cohort::audit::verify_contents(forged, &dir.path().join("seen-forged.json"))
+        .expect_err("a forged opening verifies");
+    assert!(format!("{err:#}").contains("does not match"), "{err:#}");
+
     for (name, view) in [
         ("owner", owner_view),
         ("rival", rival_view),
@@ -289,6 +356,11 @@ async fn tenants_read_only_their_own_jobs_models_metrics_and_budgets() {
         let report = cohort::audit::verify_contents(view, &state)
             .unwrap_or_else(|e| panic!("the {name}'s view does not verify: {e:#}"));
         assert_eq!(report.withheld, withheld, "{name}");
+        match name {
+            "hospital" => assert!(report.opened > 0 && report.sealed > 0, "{report:?}"),
+            "owner" => assert!(report.opened > 0 && report.sealed == 0, "{report:?}"),
+            _ => {}
+        }
     }
 
     stop.stop();
@@ -296,4 +368,37 @@ async fn tenants_read_only_their_own_jobs_models_metrics_and_budgets() {
         c.await.unwrap();
     }
     server.await.unwrap();
+}
+
+/// One hospital's part of a job's entries as a reader sees it opened.
+#[derive(Debug)]
+struct OpenPart {
+    name: String,
+    epsilon: Option<f64>,
+}
+
+/// The hospitals' parts of `job_id`'s entries that `view` opens: update
+/// receipts (with their ε) and enrolment counts.
+fn hospital_parts(view: &cohort_coordinator::store::LedgerContents, job_id: &str) -> Vec<OpenPart> {
+    cohort::audit::entries_in(view, Some(job_id))
+        .unwrap()
+        .into_iter()
+        .flat_map(|(_, e)| match e.record {
+            cohort_ledger::Record::RoundCompleted { updates, .. } => updates
+                .iter()
+                .map(|u| OpenPart {
+                    name: u.client.clone(),
+                    epsilon: u.epsilon(),
+                })
+                .collect(),
+            cohort_ledger::Record::ClientsEnrolled { participants, .. } => participants
+                .into_iter()
+                .map(|c| OpenPart {
+                    name: c.name,
+                    epsilon: None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        })
+        .collect()
 }

@@ -633,6 +633,8 @@ fn the_coordinator_documents_its_limits_and_refuses_unsafe_ones() {
         "--handshake-timeout-secs",
         "--keepalive-interval-secs",
         "--keepalive-timeout-secs",
+        "--max-developer-calls",
+        "--developer-share",
     ] {
         assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
     }
@@ -653,6 +655,16 @@ fn the_coordinator_documents_its_limits_and_refuses_unsafe_ones() {
             "0",
             "--keepalive-timeout-secs must be at least 1 second",
         ),
+        (
+            "--developer-share",
+            "0",
+            "--developer-share must be a fraction above 0 and at most 1",
+        ),
+        (
+            "--developer-share",
+            "1.5",
+            "--developer-share must be a fraction above 0 and at most 1",
+        ),
     ] {
         let out = std::process::Command::new(cohort)
             .args([
@@ -669,5 +681,46 @@ fn the_coordinator_documents_its_limits_and_refuses_unsafe_ones() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{flag} {value} was accepted");
         assert!(stderr.contains(complaint), "{flag} {value}: {stderr}");
+    }
+}
+
+/// `cohort bench load` (docs/RELIABILITY.md, "Developer calls under load")
+/// runs end to end and reports what the issue asks for: round times alone
+/// and under load, and each call kind's latency percentiles. The numbers
+/// are recorded from release builds, not asserted here.
+#[test]
+fn the_load_benchmark_reports_rounds_and_call_latencies() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cohort"))
+        .args([
+            "bench",
+            "load",
+            "--clients",
+            "2",
+            "--callers",
+            "6",
+            "--rounds",
+            "2",
+            "--repeats",
+            "2",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["developer_share"], 0.05, "{report}");
+    assert_eq!(report["pair_slowdowns"].as_array().unwrap().len(), 2);
+    assert!(report["median_round_secs_alone"].as_f64().unwrap() > 0.0);
+    assert!(report["median_round_secs_loaded"].as_f64().unwrap() > 0.0);
+    let calls = report["calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 3, "{report}");
+    for call in calls {
+        assert!(call["count"].as_u64().unwrap() > 0, "{call}");
+        assert_eq!(call["errors"], 0, "{call}");
+        assert!(call["p99_ms"].as_f64().unwrap() >= call["p50_ms"].as_f64().unwrap());
     }
 }

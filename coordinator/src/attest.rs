@@ -135,9 +135,8 @@ pub fn accept(
         store,
         |tx| {
             let earlier: Vec<Entry> = crate::store::read_ledger(tx)?
-                .leaves
-                .iter()
-                .filter_map(|leaf| Entry::from_leaf(leaf).ok())
+                .entries()
+                .filter_map(|(_, entry)| entry.ok())
                 .collect();
             let paid = crate::rewards::settle_validators(&earlier, &record, quorum);
             Ok(std::iter::once(record).chain(paid).collect())

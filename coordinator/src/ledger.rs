@@ -136,20 +136,29 @@ impl Ledger {
             let result = with(tx)?;
             let mut leaves = Vec::new();
             for record in records(tx)? {
+                // Hospitals' parts are sealed here, whoever made the record,
+                // so that no entry is signed with them open.
+                let (record, openings) = record.seal().map_err(|e| corrupt(e.to_string()))?;
                 let entry = Entry::sign(record, now(), self.signer.key())
                     .map_err(|e| corrupt(e.to_string()))?;
                 let leaf = entry.to_leaf().map_err(|e| corrupt(e.to_string()))?;
+                let openings = match openings.is_empty() {
+                    true => None,
+                    false => {
+                        Some(serde_json::to_string(&openings).map_err(|e| corrupt(e.to_string()))?)
+                    }
+                };
                 let index = log.append_leaf_hash(hash_leaf(&leaf));
-                leaves.push((index, leaf));
+                leaves.push((index, leaf, openings));
             }
             let checkpoint = Checkpoint::new(self.name.clone(), log.size(), log.current_root())
                 .map_err(|e| corrupt(e.to_string()))?;
             let note = sign_checkpoint(&checkpoint, &self.name, self.signer.key())
                 .map_err(|e| corrupt(e.to_string()))?;
-            for (index, leaf) in leaves {
+            for (index, leaf, openings) in leaves {
                 tx.execute(
-                    "INSERT INTO ledger (idx, entry) VALUES (?1, ?2)",
-                    values![index as i64, leaf],
+                    "INSERT INTO ledger (idx, entry, openings_json) VALUES (?1, ?2, ?3)",
+                    values![index as i64, leaf, openings],
                 )?;
             }
             tx.execute(
@@ -434,6 +443,56 @@ mod tests {
         assert!(matches!(err, StoreError::ForeignLedgerKey { .. }), "{err}");
         assert!(err.to_string().contains("ledger-signing-key.pem"), "{err}");
         assert_eq!(store.ledger().unwrap().leaves.len(), 1);
+    }
+
+    /// An enrolment appended open is signed sealed, on both backends; its
+    /// openings come back from the store and open it, and a reader that
+    /// keeps only one hospital's opening sees the other's part sealed.
+    #[test]
+    fn appended_parts_are_signed_sealed_and_their_openings_stored_beside_them() {
+        for backend in TestBackend::all("ledger_sealed_parts") {
+            let dir = tempfile::tempdir().unwrap();
+            let (store, ledger) = open(dir.path(), &backend);
+            let participant = |name: &str, rows| cohort_ledger::EnrolledClient {
+                name: name.into(),
+                rows,
+                quality_summary_sha256: "00".repeat(32),
+            };
+            let open_record = Record::ClientsEnrolled {
+                job_id: "job-1".into(),
+                participants: vec![participant("h1", 120), participant("h2", 340)],
+                preprocessing_sha256: "00".repeat(32),
+                sealed_participants: Vec::new(),
+            };
+            ledger
+                .append(&store, open_record.clone(), |_| Ok(()))
+                .unwrap();
+            let mut contents = store.ledger().unwrap();
+            let leaf = String::from_utf8(contents.leaves[1].clone()).unwrap();
+            assert!(
+                !leaf.contains("\"rows\"") && leaf.contains("sealed_participants"),
+                "{leaf}"
+            );
+            assert_eq!(contents.openings[&1].len(), 2, "{}", backend.name());
+            let (_, all) = contents.entries().nth(1).unwrap();
+            assert_eq!(all.unwrap().record, open_record, "{}", backend.name());
+
+            contents.retain_openings(|_, opening| opening.name == "h2");
+            let (_, mine) = contents.entries().nth(1).unwrap();
+            let mine = mine.unwrap().record;
+            assert_eq!(mine.enrolled_names(), ["h2", "h1"]);
+            let Record::ClientsEnrolled {
+                participants,
+                sealed_participants,
+                ..
+            } = mine
+            else {
+                panic!("{mine:?}")
+            };
+            assert_eq!(participants, [participant("h2", 340)]);
+            assert_eq!(sealed_participants.len(), 1);
+            assert_eq!(sealed_participants[0].name, "h1");
+        }
     }
 
     fn open(dir: &std::path::Path, backend: &TestBackend) -> (Store, Arc<Ledger>) {

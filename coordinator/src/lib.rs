@@ -73,6 +73,11 @@ pub struct CoordinatorConfig {
     /// never wait for these, so a crowd of dashboards and scripts cannot
     /// starve training of CPU.
     pub max_developer_calls: usize,
+    /// While a job runs, the share of the coordinator's
+    /// time developer and validator calls may take (0 < share ≤ 1; 1: no
+    /// limit). Rounds lose about this much to a crowd of pollers; the
+    /// pollers wait instead.
+    pub developer_share: f64,
     /// Where the ledger is anchored besides the data directory (`--ledger
     /// evm`); `None`: the embedded log alone.
     pub anchor: Option<Arc<dyn cohort_ledger::Anchor>>,
@@ -100,6 +105,7 @@ impl CoordinatorConfig {
             max_calls_per_member: 16,
             max_streams_per_connection: 32,
             max_developer_calls: 2,
+            developer_share: 0.05,
             anchor: None,
             rewards: rewards::RewardsConfig::default(),
             wire: WireLimits::default(),
@@ -134,6 +140,7 @@ pub struct Coordinator {
 impl Coordinator {
     pub fn open(config: &CoordinatorConfig) -> Result<Self, CoordinatorError> {
         config.wire.check()?;
+        limits::DeveloperShare::check(config.developer_share)?;
         let tls = match &config.tls {
             Some(settings) => Some(cohort_identity::tls::ServerTls::new(
                 &settings.kit,
@@ -186,6 +193,7 @@ impl Coordinator {
                 developer_calls: Arc::new(tokio::sync::Semaphore::new(
                     config.max_developer_calls.max(1),
                 )),
+                developer_share: Arc::new(limits::DeveloperShare::new(config.developer_share)),
                 upload_memory: limits::UploadMemory::new(config.upload_memory_bytes),
             }),
             tls,

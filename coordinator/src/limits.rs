@@ -88,6 +88,8 @@ pub enum LimitsError {
     NoConnections,
     #[error("--{0} must be at least 1 second")]
     TooShort(&'static str),
+    #[error("--developer-share must be a fraction above 0 and at most 1 (1: no limit), not {0}")]
+    DeveloperShare(String),
 }
 
 impl WireLimits {
@@ -154,6 +156,81 @@ impl UploadMemory {
     /// KiB not reserved right now.
     pub fn available_kib(&self) -> usize {
         self.kib.available_permits()
+    }
+}
+
+/// The share of the coordinator's time developer and validator calls may
+/// take while a job runs (`--developer-share`), in the manner of
+/// PostgreSQL's cost-based vacuum delay: each call is charged the time it
+/// held its admission slot, the charges are repaid at `share`
+/// seconds per second, and a call that finds the balance overdrawn waits
+/// until it is repaid. Rounds then lose about `share` of their time to a
+/// crowd of pollers, however many there are; the pollers wait longer
+/// instead. With no job running nothing is charged and nobody waits.
+#[derive(Debug)]
+pub struct DeveloperShare {
+    share: f64,
+    state: std::sync::Mutex<ShareBalance>,
+}
+
+#[derive(Debug)]
+struct ShareBalance {
+    /// Seconds of call time still allowed (negative: overdrawn).
+    credit: f64,
+    at: std::time::Instant,
+}
+
+/// Call time a burst may take before the share applies: a few calls after
+/// an idle spell go through at once, not enough to hold up a short round.
+const SHARE_BURST_SECS: f64 = 0.01;
+
+impl DeveloperShare {
+    /// Refuses a share outside (0, 1].
+    pub fn check(share: f64) -> Result<(), LimitsError> {
+        match share.is_finite() && share > 0.0 && share <= 1.0 {
+            true => Ok(()),
+            false => Err(LimitsError::DeveloperShare(share.to_string())),
+        }
+    }
+
+    /// `share` in (0, 1] (see [`DeveloperShare::check`]); 1 turns the
+    /// limit off.
+    pub fn new(share: f64) -> Self {
+        Self {
+            share: share.clamp(f64::MIN_POSITIVE, 1.0),
+            state: std::sync::Mutex::new(ShareBalance {
+                credit: SHARE_BURST_SECS,
+                at: std::time::Instant::now(),
+            }),
+        }
+    }
+
+    fn balance(&self) -> std::sync::MutexGuard<'_, ShareBalance> {
+        let mut b = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        let repaid = now.duration_since(b.at).as_secs_f64() * self.share;
+        b.credit = (b.credit + repaid).min(SHARE_BURST_SECS);
+        b.at = now;
+        b
+    }
+
+    /// How long the next call must wait before it starts (zero: now).
+    pub fn wait(&self) -> Duration {
+        if self.share >= 1.0 {
+            return Duration::ZERO;
+        }
+        let credit = self.balance().credit;
+        match credit > 0.0 {
+            true => Duration::ZERO,
+            false => Duration::from_secs_f64(-credit / self.share),
+        }
+    }
+
+    /// Charges a call that held its slot for `held`.
+    pub fn charge(&self, held: Duration) {
+        if self.share < 1.0 {
+            self.balance().credit -= held.as_secs_f64();
+        }
     }
 }
 
@@ -383,6 +460,27 @@ pub(crate) fn accept_plain(listener: TcpListener, limits: WireLimits) -> Incomin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn developer_calls_overdraw_their_share_and_wait_it_back() {
+        let share = DeveloperShare::new(0.1);
+        assert_eq!(
+            share.wait(),
+            Duration::ZERO,
+            "an idle coordinator admits at once"
+        );
+        // 0.21 s of calls with 0.01 s of credit: 0.2 s overdrawn, repaid at
+        // 0.1 s per second.
+        share.charge(Duration::from_millis(210));
+        let wait = share.wait();
+        assert!(
+            wait > Duration::from_millis(1900) && wait <= Duration::from_secs(2),
+            "{wait:?}"
+        );
+        let unlimited = DeveloperShare::new(1.0);
+        unlimited.charge(Duration::from_secs(10));
+        assert_eq!(unlimited.wait(), Duration::ZERO);
+    }
 
     #[tokio::test]
     async fn uploads_beyond_the_memory_cap_wait_their_turn() {

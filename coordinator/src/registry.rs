@@ -191,9 +191,19 @@ struct Inner {
     pending: HashMap<String, Pending>,
 }
 
+/// A job running on this coordinator (see [`Registry::job_running`]).
+pub struct RunningJob<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for RunningJob<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 pub struct Registry {
     inner: Mutex<Inner>,
     poll_timeout: Duration,
+    running_jobs: std::sync::atomic::AtomicUsize,
     /// Split learning: where hospitals' bottom parts meet the top parts.
     pub split: crate::split::SplitSeats,
     /// Vertical split learning: the relays of running rounds.
@@ -215,6 +225,7 @@ impl Registry {
         Self {
             inner: Mutex::default(),
             poll_timeout,
+            running_jobs: Default::default(),
             split: crate::split::SplitSeats::default(),
             vertical: crate::vertical::VerticalRelays::default(),
             traffic: crate::traffic::TrafficTally::default(),
@@ -224,6 +235,19 @@ impl Registry {
 
     pub fn poll_timeout(&self) -> Duration {
         self.poll_timeout
+    }
+
+    /// Marks a job as running until the guard is dropped.
+    pub fn job_running(&self) -> RunningJob<'_> {
+        self.running_jobs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        RunningJob(&self.running_jobs)
+    }
+
+    /// Whether any job is running here (preparing, in a round, or between
+    /// rounds).
+    pub fn jobs_running(&self) -> bool {
+        self.running_jobs.load(std::sync::atomic::Ordering::Relaxed) > 0
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {

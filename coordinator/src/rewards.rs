@@ -687,6 +687,7 @@ mod tests {
                     update("h2", Some(proof.clone())),
                     update("h3", None),
                 ],
+                sealed_updates: Vec::new(),
                 aggregate_sha256: None,
                 accuracy: None,
                 auc: None,

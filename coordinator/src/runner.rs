@@ -80,6 +80,8 @@ struct Answers<T> {
 impl Runner {
     /// Runs (or resumes) a job to its end and records the final state.
     pub async fn run_job(&self, job_id: &str) {
+        // Developer calls yield to running jobs (`--developer-share`).
+        let _running = self.registry.job_running();
         let mut pause = Duration::from_secs(1);
         let result = loop {
             match self.drive(job_id).await {
@@ -1096,6 +1098,8 @@ impl Runner {
             round: row.round,
             model_sha256: row.model_sha256.clone(),
             updates: row.updates.clone(),
+            // Sealed when the ledger appends it.
+            sealed_updates: Vec::new(),
             aggregate_sha256: row.aggregate_sha256.clone(),
             model_signature_sha256: signature_sha256,
             accuracy: row.metrics.as_ref().map(|m| format!("{:.6}", m.accuracy)),
@@ -1160,6 +1164,8 @@ impl Runner {
             preprocessing_sha256: hex::encode(sha2::Sha256::digest(
                 json(&e.preprocessing)?.as_bytes(),
             )),
+            // Sealed when the ledger appends it.
+            sealed_participants: Vec::new(),
         })
     }
 

@@ -47,6 +47,8 @@ pub struct Services {
     pub ledger: Arc<crate::ledger::Ledger>,
     /// Admission of developer-service calls (`max_developer_calls`).
     pub developer_calls: Arc<tokio::sync::Semaphore>,
+    /// Their share of the time while a job runs (`developer_share`).
+    pub developer_share: Arc<crate::limits::DeveloperShare>,
     /// The cap on upload bytes being received at once.
     pub upload_memory: crate::limits::UploadMemory,
 }
@@ -99,12 +101,9 @@ fn readable_entries(caller: &Caller, leaves: &[Vec<u8>]) -> Vec<bool> {
                 submitted_by,
                 ..
             } if caller.may_read_job(submitted_by.as_deref()) => Some(job_id.as_str()),
-            Record::ClientsEnrolled {
-                job_id,
-                participants,
-                ..
-            } if principal.role == Role::Hospital
-                && participants.iter().any(|c| c.name == principal.name) =>
+            Record::ClientsEnrolled { job_id, .. }
+                if principal.role == Role::Hospital
+                    && e.record.enrolled_names().contains(&principal.name.as_str()) =>
             {
                 Some(job_id.as_str())
             }
@@ -119,6 +118,16 @@ fn readable_entries(caller: &Caller, leaves: &[Vec<u8>]) -> Vec<bool> {
                 .is_none_or(|job| own.contains(job))
         })
         .collect()
+}
+
+/// May `caller` read the sealed part that `opening` opens, in an entry it
+/// reads? A hospital its own parts only: its co-participants' receipts and
+/// ε stay sealed to it. Everyone else who reads the entry, every part.
+fn may_open(caller: &Caller, opening: &cohort_ledger::Opening) -> bool {
+    match caller {
+        Caller::Member(p) if p.role == Role::Hospital => opening.name == p.name,
+        _ => true,
+    }
 }
 
 fn check_may_read(caller: &Caller, job: &JobRow) -> Result<(), Status> {
@@ -761,14 +770,55 @@ fn sane_seconds(s: f64) -> f64 {
     if s.is_finite() && s >= 0.0 { s } else { 0.0 }
 }
 
+/// A developer call's admission (see [`Services::developer_turn`]).
+struct DeveloperTurn<'a> {
+    _permit: tokio::sync::SemaphorePermit<'a>,
+    share: &'a crate::limits::DeveloperShare,
+    registry: &'a Registry,
+    started: std::time::Instant,
+}
+
+impl Drop for DeveloperTurn<'_> {
+    fn drop(&mut self) {
+        if self.registry.jobs_running() {
+            self.share.charge(self.started.elapsed());
+        }
+    }
+}
+
 impl Services {
-    /// Waits for a developer-service slot; the permit frees it when the
-    /// call's handler returns.
-    async fn developer_turn(&self) -> Result<tokio::sync::SemaphorePermit<'_>, Status> {
+    /// Waits for a developer-service slot only: submissions (a job's own
+    /// one-off work, its privacy calibration included) and validators'
+    /// attestations (which a job may wait for) are not held to the share,
+    /// so that one submission's second of work never makes the next status
+    /// call wait twenty.
+    async fn developer_slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, Status> {
         self.developer_calls
             .acquire()
             .await
             .map_err(|_| Status::unavailable("the coordinator is shutting down"))
+    }
+
+    /// Waits for a developer-service slot, then, while a job runs, for the
+    /// calls' share of the time to allow another. The turn frees the slot,
+    /// and charges the time it held it, when the call's handler returns.
+    async fn developer_turn(&self) -> Result<DeveloperTurn<'_>, Status> {
+        let permit = self.developer_slot().await?;
+        loop {
+            let wait = self.developer_share.wait();
+            if wait.is_zero() || !self.registry.jobs_running() {
+                break;
+            }
+            // Re-checked after a bounded sleep: a job that ends meanwhile
+            // lifts the wait.
+            tokio::time::sleep(wait.min(std::time::Duration::from_millis(100))).await;
+        }
+        Ok(DeveloperTurn {
+            _permit: permit,
+            share: &self.developer_share,
+            registry: &self.registry,
+            started: std::time::Instant::now(),
+        })
     }
 
     pub(crate) fn job_status(&self, job: &JobRow) -> Result<JobStatus, StoreError> {
@@ -876,9 +926,10 @@ impl DeveloperService for Services {
             &[Role::Hospital, Role::Developer, Role::Validator],
         )?;
         let _turn = self.developer_turn().await?;
-        let contents = self.store.ledger().map_err(internal)?;
+        let mut contents = self.store.ledger().map_err(internal)?;
         let checkpoint = contents
             .checkpoint
+            .take()
             .ok_or_else(|| Status::failed_precondition("the ledger has no checkpoint yet"))?;
         let head = v1::LedgerFrame {
             frame: Some(v1::ledger_frame::Frame::Checkpoint(v1::LedgerCheckpoint {
@@ -887,18 +938,32 @@ impl DeveloperService for Services {
             })),
         };
         let readable = readable_entries(&caller, &contents.leaves);
+        contents.retain_openings(|index, opening| {
+            readable[index as usize] && may_open(&caller, opening)
+        });
+        let mut openings = std::mem::take(&mut contents.openings);
         let entries = contents
             .leaves
             .into_iter()
             .zip(readable)
-            .map(|(leaf, readable)| {
-                let frame = match readable {
+            .enumerate()
+            .flat_map(move |(index, (leaf, readable))| {
+                let entry = match readable {
                     true => v1::ledger_frame::Frame::Entry(leaf),
                     false => v1::ledger_frame::Frame::WithheldLeafHash(
                         cohort_ledger::hash_leaf(&leaf).to_vec(),
                     ),
                 };
-                Ok(v1::LedgerFrame { frame: Some(frame) })
+                let opened = openings.remove(&(index as u64)).unwrap_or_default();
+                std::iter::once(entry)
+                    .chain(opened.into_iter().map(|o| {
+                        v1::ledger_frame::Frame::Opening(v1::LedgerOpening {
+                            name: o.name,
+                            salt: o.salt,
+                            body: o.body,
+                        })
+                    }))
+                    .map(|frame| Ok(v1::LedgerFrame { frame: Some(frame) }))
             });
         let stream = futures::stream::iter(std::iter::once(Ok(head)).chain(entries));
         Ok(Response::new(stream.boxed()))
@@ -911,7 +976,7 @@ impl DeveloperService for Services {
         let caller = self
             .auth
             .authorize(&request, "SubmitAttestation", &[Role::Validator])?;
-        let _turn = self.developer_turn().await?;
+        let _turn = self.developer_slot().await?;
         let r = request.into_inner();
         let principal = match &caller {
             Caller::Member(p) => Some(p),
@@ -950,7 +1015,7 @@ impl DeveloperService for Services {
         request: Request<SubmitJobRequest>,
     ) -> Result<Response<SubmitJobReply>, Status> {
         let caller = self.auth.authorize(&request, "SubmitJob", DEVELOPERS)?;
-        let _turn = self.developer_turn().await?;
+        let _turn = self.developer_slot().await?;
         let text = request.into_inner().job_toml;
         let spec =
             JobSpec::from_toml(&text).map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -1138,8 +1203,9 @@ mod tests {
                 submitted_by: Some("lab".into()),
             })
         };
+        // Sealed, as the ledger appends it: the names stay readable.
         let enrolled = |job: &str, hospital: &str| {
-            leaf(Record::ClientsEnrolled {
+            let (record, _) = Record::ClientsEnrolled {
                 job_id: job.into(),
                 participants: vec![EnrolledClient {
                     name: hospital.into(),
@@ -1147,7 +1213,11 @@ mod tests {
                     quality_summary_sha256: "00".into(),
                 }],
                 preprocessing_sha256: "00".into(),
-            })
+                sealed_participants: Vec::new(),
+            }
+            .seal()
+            .unwrap();
+            leaf(record)
         };
         let leaves = vec![
             leaf(Record::CoordinatorKey {
@@ -1189,6 +1259,17 @@ mod tests {
             readable_entries(&member(Role::Validator, "v"), &leaves),
             [true; 5]
         );
+        // Of the sealed parts of the entries it reads, a hospital opens its
+        // own only; developers and validators every one.
+        let opening = |name: &str| cohort_ledger::Opening {
+            name: name.into(),
+            salt: String::new(),
+            body: String::new(),
+        };
+        assert!(may_open(&member(Role::Hospital, "h1"), &opening("h1")));
+        assert!(!may_open(&member(Role::Hospital, "h1"), &opening("h2")));
+        assert!(may_open(&member(Role::Developer, "lab"), &opening("h2")));
+        assert!(may_open(&member(Role::Validator, "v"), &opening("h2")));
     }
 
     fn sha(values: &[f32]) -> String {

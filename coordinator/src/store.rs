@@ -1269,6 +1269,9 @@ mod tests {
 pub struct LedgerContents {
     pub leaves: Vec<Vec<u8>>,
     pub withheld: cohort_ledger::Withheld,
+    /// The openings of sealed parts this reader holds (all of them, read
+    /// from the store; a hospital's own, fetched from a coordinator).
+    pub openings: cohort_ledger::Openings,
     /// The signed note and the name of the key that signed it.
     pub checkpoint: Option<StoredCheckpoint>,
 }
@@ -1284,6 +1287,28 @@ impl LedgerContents {
                 None => cohort_ledger::hash_leaf(leaf),
             })
             .collect()
+    }
+
+    /// The entries this reader holds, with their indices, in order, each
+    /// with the sealed parts this reader holds the openings of opened.
+    /// Parsed and opened, not verified: `cohort_ledger::audit` does that.
+    pub fn entries(
+        &self,
+    ) -> impl Iterator<Item = (u64, Result<cohort_ledger::Entry, cohort_ledger::EntryError>)> + '_
+    {
+        self.readable().map(|(i, leaf)| {
+            let openings = self.openings.get(&i).map_or(&[][..], Vec::as_slice);
+            (i, cohort_ledger::Entry::open(leaf, openings))
+        })
+    }
+
+    /// Keeps the openings for which `keep(index, opening)` holds (what a
+    /// reader may read), drops the others.
+    pub fn retain_openings(&mut self, keep: impl Fn(u64, &cohort_ledger::Opening) -> bool) {
+        for (index, openings) in &mut self.openings {
+            openings.retain(|o| keep(*index, o));
+        }
+        self.openings.retain(|_, openings| !openings.is_empty());
     }
 
     /// The entries this reader holds, with their indices, in order.
@@ -1303,11 +1328,41 @@ pub struct StoredCheckpoint {
 }
 
 pub(crate) fn read_ledger(db: &Database) -> Result<LedgerContents, StoreError> {
-    let leaves = db
-        .query("SELECT entry FROM ledger ORDER BY idx", &[])?
-        .iter()
-        .map(|r| r.get::<Vec<u8>>(0))
-        .collect::<Result<Vec<_>, _>>()?;
+    // A database opened read-only is not migrated: one written before
+    // entries had sealed parts has no openings column, and no openings.
+    let has_openings = db
+        .query_one(
+            match db {
+                Database::Sqlite(_) => {
+                    "SELECT COUNT(*) FROM pragma_table_info('ledger') WHERE name = 'openings_json'"
+                }
+                Database::Postgres(_) => {
+                    "SELECT COUNT(*) FROM information_schema.columns
+                     WHERE table_name = 'ledger' AND column_name = 'openings_json'"
+                }
+            },
+            &[],
+        )?
+        .get::<i64>(0)?
+        > 0;
+    let rows = db.query(
+        match has_openings {
+            true => "SELECT entry, openings_json FROM ledger ORDER BY idx",
+            false => "SELECT entry, NULL FROM ledger ORDER BY idx",
+        },
+        &[],
+    )?;
+    let mut leaves = Vec::with_capacity(rows.len());
+    let mut openings = cohort_ledger::Openings::new();
+    for (index, row) in rows.iter().enumerate() {
+        leaves.push(row.get::<Vec<u8>>(0)?);
+        if let Some(json) = row.get::<Option<String>>(1)? {
+            let parsed: Vec<cohort_ledger::Opening> = serde_json::from_str(&json).map_err(|e| {
+                StoreError::Corrupt(format!("the openings of ledger entry {index}: {e}"))
+            })?;
+            openings.insert(index as u64, parsed);
+        }
+    }
     let checkpoint = db
         .query_opt(
             "SELECT key_name, note FROM ledger_checkpoint WHERE id = 1",
@@ -1323,6 +1378,7 @@ pub(crate) fn read_ledger(db: &Database) -> Result<LedgerContents, StoreError> {
     Ok(LedgerContents {
         leaves,
         withheld: Default::default(),
+        openings,
         checkpoint,
     })
 }

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::merkle::{Hash, MerkleLog, hash_leaf, verify_consistency};
 use crate::note::verify_checkpoint;
 use crate::record::{Entry, Record};
+use crate::sealed::Opening;
 
 /// What a verifier remembers between runs, so that a rewritten history is
 /// caught even if it was re-signed.
@@ -30,6 +31,14 @@ pub struct AuditReport {
     /// from this reader): counted in the root, their contents unchecked.
     #[serde(skip_serializing_if = "is_zero")]
     pub withheld: u64,
+    /// Hospitals' parts of entries (`crate::sealed`) this reader was given
+    /// the openings of, each checked against its commitment.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub opened: u64,
+    /// Hospitals' parts that stay sealed to this reader (another hospital's
+    /// receipts in a job it shares): counted, their contents unread.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub sealed: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -39,6 +48,9 @@ fn is_zero(n: &u64) -> bool {
 /// Entries a reader may not read, by index: their RFC 6962 leaf hashes,
 /// which is all the root needs. Their place in `leaves` holds no bytes.
 pub type Withheld = BTreeMap<u64, Hash>;
+
+/// The openings of sealed parts a reader holds, by entry index.
+pub type Openings = BTreeMap<u64, Vec<Opening>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -68,10 +80,11 @@ pub enum AuditError {
 /// Merkle root against the latest signed checkpoint, and, given one, that
 /// the log extends a checkpoint seen earlier. A `withheld` entry enters the
 /// root by its leaf hash; the first entry (the coordinator's key) cannot
-/// be withheld.
+/// be withheld. Every opening must open a sealed part of its entry.
 pub fn audit(
     leaves: &[Vec<u8>],
     withheld: &Withheld,
+    openings: &Openings,
     checkpoint_note: &str,
     key_name: &str,
     seen: Option<&SeenCheckpoint>,
@@ -99,6 +112,16 @@ pub fn audit(
     };
     let coordinator = cohort_identity::MessageVerifyingKey::from_hex(public_key)
         .map_err(|e| bad(0, e.to_string()))?;
+    if let Some((&index, _)) = openings
+        .iter()
+        .find(|(i, _)| withheld.contains_key(i) || **i >= leaves.len() as u64)
+    {
+        return Err(bad(
+            index as usize,
+            "openings given for an entry that is withheld or not in the log".into(),
+        ));
+    }
+    let (mut opened, mut sealed) = (0u64, 0u64);
     let mut log = MerkleLog::new();
     for (index, leaf) in leaves.iter().enumerate() {
         if let Some(hash) = withheld.get(&(index as u64)) {
@@ -116,6 +139,11 @@ pub fn audit(
                 "signed by a key other than the coordinator's".into(),
             ));
         }
+        let given = openings.get(&(index as u64)).map_or(&[][..], Vec::as_slice);
+        let mut view = entry.record;
+        view.unseal(given).map_err(|e| bad(index, e.to_string()))?;
+        opened += given.len() as u64;
+        sealed += view.sealed_parts() as u64;
         log.append_leaf_hash(hash_leaf(leaf));
     }
     let checkpoint = verify_checkpoint(checkpoint_note, key_name, &coordinator)
@@ -154,6 +182,8 @@ pub fn audit(
         coordinator_key: coordinator.to_hex(),
         consistent_with,
         withheld: withheld.len() as u64,
+        opened,
+        sealed,
     })
 }
 
@@ -164,6 +194,25 @@ mod tests {
 
     /// A log of three entries with its checkpoint, signed by one key.
     fn log() -> (Vec<Vec<u8>>, String) {
+        log_of(vec![
+            Record::JobCreated {
+                job_id: "j1".into(),
+                name: "one".into(),
+                job_sha256: "00".into(),
+                submitted_by: None,
+            },
+            Record::JobCreated {
+                job_id: "j2".into(),
+                name: "two".into(),
+                job_sha256: "00".into(),
+                submitted_by: None,
+            },
+        ])
+    }
+
+    /// A log of the coordinator's key entry then `records`, signed by one
+    /// key, with its checkpoint.
+    fn log_of(records: Vec<Record>) -> (Vec<Vec<u8>>, String) {
         let key = cohort_identity::MessageSigningKey::generate().unwrap();
         let leaf = |record: Record| {
             Entry::sign(record, "2026-12-06T00:00:00Z".into(), &key)
@@ -171,24 +220,13 @@ mod tests {
                 .to_leaf()
                 .unwrap()
         };
-        let leaves = vec![
-            leaf(Record::CoordinatorKey {
-                name: "test".into(),
-                public_key: key.verifying_key().to_hex(),
-            }),
-            leaf(Record::JobCreated {
-                job_id: "j1".into(),
-                name: "one".into(),
-                job_sha256: "00".into(),
-                submitted_by: None,
-            }),
-            leaf(Record::JobCreated {
-                job_id: "j2".into(),
-                name: "two".into(),
-                job_sha256: "00".into(),
-                submitted_by: None,
-            }),
-        ];
+        let leaves: Vec<Vec<u8>> = std::iter::once(Record::CoordinatorKey {
+            name: "test".into(),
+            public_key: key.verifying_key().to_hex(),
+        })
+        .chain(records)
+        .map(leaf)
+        .collect();
         let mut merkle = MerkleLog::new();
         for l in &leaves {
             merkle.append(l);
@@ -208,27 +246,118 @@ mod tests {
         let mut withheld = Withheld::new();
         withheld.insert(2, hash_leaf(&leaves[2]));
         leaves[2].clear();
-        let report = audit(&leaves, &withheld, &note, "test", None).unwrap();
+        let report = audit(&leaves, &withheld, &Openings::new(), &note, "test", None).unwrap();
         assert_eq!((report.entries, report.withheld), (3, 1));
 
         withheld.insert(2, [7u8; 32]);
         assert!(matches!(
-            audit(&leaves, &withheld, &note, "test", None),
+            audit(&leaves, &withheld, &Openings::new(), &note, "test", None),
             Err(AuditError::RootMismatch)
         ));
+    }
+
+    fn receipt(client: &str, epsilon: &str) -> crate::UpdateRecord {
+        crate::UpdateRecord {
+            client: client.into(),
+            task_id: format!("j1-1-{client}"),
+            num_examples: 100,
+            parameter_count: 10,
+            update_sha256: "00".into(),
+            signature: String::new(),
+            dataset_sha256: "00".into(),
+            dp_epsilon: Some(epsilon.into()),
+            proof: None,
+        }
+    }
+
+    #[test]
+    fn sealed_parts_open_only_with_their_own_openings() {
+        let round = Record::RoundCompleted {
+            job_id: "j1".into(),
+            round: 1,
+            model_sha256: "00".into(),
+            model_signature_sha256: "00".into(),
+            updates: vec![receipt("a", "1.25"), receipt("b", "2.5")],
+            sealed_updates: Vec::new(),
+            aggregate_sha256: None,
+            accuracy: None,
+            auc: None,
+            excluded: Vec::new(),
+            kept_top_sha256: None,
+        };
+        let (sealed, openings) = round.clone().seal().unwrap();
+        let (leaves, note) = log_of(vec![sealed]);
+        // Nothing of either receipt is in the signed bytes.
+        let text = String::from_utf8(leaves[1].clone()).unwrap();
+        assert!(!text.contains("1.25") && !text.contains("j1-1-a"), "{text}");
+
+        let none = audit(
+            &leaves,
+            &Withheld::new(),
+            &Openings::new(),
+            &note,
+            "test",
+            None,
+        )
+        .unwrap();
+        assert_eq!((none.opened, none.sealed), (0, 2));
+        // Hospital a's view: its own receipt, b's still sealed.
+        let mine = Openings::from([(1, vec![openings[0].clone()])]);
+        let report = audit(&leaves, &Withheld::new(), &mine, &note, "test", None).unwrap();
+        assert_eq!((report.opened, report.sealed), (1, 1));
+        let view = Entry::open(&leaves[1], &mine[&1]).unwrap();
+        let Record::RoundCompleted {
+            updates,
+            sealed_updates,
+            ..
+        } = &view.record
+        else {
+            panic!("{view:?}")
+        };
+        assert_eq!(updates, &[receipt("a", "1.25")]);
+        assert_eq!(sealed_updates.len(), 1);
+        assert_eq!(sealed_updates[0].name, "b");
+        // Everything opened: the receipts as they were.
+        let all = Entry::open(&leaves[1], &openings).unwrap();
+        assert_eq!(all.record, round);
+
+        // A forged opening (another ε for b) and an opening of an entry
+        // that seals nothing both fail the audit, naming the entry.
+        let mut forged = openings[1].clone();
+        forged.body = forged.body.replace("2.5", "0.5");
+        let err = audit(
+            &leaves,
+            &Withheld::new(),
+            &Openings::from([(1, vec![forged])]),
+            &note,
+            "test",
+            None,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("does not match"), "{err}");
+        let err = audit(
+            &leaves,
+            &Withheld::new(),
+            &Openings::from([(0, vec![openings[0].clone()])]),
+            &note,
+            "test",
+            None,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("seals no part"), "{err}");
     }
 
     #[test]
     fn the_coordinator_key_cannot_be_withheld_nor_an_entry_beyond_the_log() {
         let (leaves, note) = log();
         let first = Withheld::from([(0, hash_leaf(&leaves[0]))]);
-        let err = audit(&leaves, &first, &note, "test", None).unwrap_err();
+        let err = audit(&leaves, &first, &Openings::new(), &note, "test", None).unwrap_err();
         assert!(err.to_string().contains("coordinator's key"), "{err}");
         let beyond = Withheld::from([(3, [0u8; 32])]);
-        let err = audit(&leaves, &beyond, &note, "test", None).unwrap_err();
+        let err = audit(&leaves, &beyond, &Openings::new(), &note, "test", None).unwrap_err();
         assert!(err.to_string().contains("shorter"), "{err}");
         let both = Withheld::from([(1, hash_leaf(&leaves[1]))]);
-        let err = audit(&leaves, &both, &note, "test", None).unwrap_err();
+        let err = audit(&leaves, &both, &Openings::new(), &note, "test", None).unwrap_err();
         assert!(err.to_string().contains("both"), "{err}");
     }
 }

@@ -61,9 +61,10 @@ pub mod merkle;
 pub mod model_signing;
 pub mod note;
 pub mod record;
+pub mod sealed;
 
 pub use anchor::{Anchor, AnchorError, AnchorFuture, AnchorReceipt};
-pub use audit::{AuditError, AuditReport, SeenCheckpoint, Withheld, audit};
+pub use audit::{AuditError, AuditReport, Openings, SeenCheckpoint, Withheld, audit};
 pub use checkpoint::{Checkpoint, CheckpointError};
 pub use merkle::{
     Hash, MerkleLog, ProofError, ProofKind, empty_root, hash_children, hash_leaf,
@@ -74,3 +75,4 @@ pub use record::{
     ATTESTATION_CONTEXT, EnrolledClient, Entry, EntryError, Exclusion, HospitalValue, Payout,
     ProofRecord, Record, UpdateRecord, Verdict, attestation_statement,
 };
+pub use sealed::{Opening, SealError, SealedPart};

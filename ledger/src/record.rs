@@ -10,6 +10,8 @@
 use cohort_identity::{MessageSigningKey, MessageVerifyingKey};
 use serde::{Deserialize, Serialize};
 
+use crate::sealed::{Opening, SealError, SealedPart, open_all, seal_all};
+
 /// Bumped on any incompatible change to the records' meaning.
 pub const ENTRY_VERSION: u32 = 1;
 const SIGNATURE_CONTEXT: &str = "cohort/ledger/v1";
@@ -111,9 +113,16 @@ pub enum Record {
     /// from their statistics (the model cards carry it in full).
     ClientsEnrolled {
         job_id: String,
+        /// Open parts: in entries written before parts were sealed, and in
+        /// a reader's view after [`Record::unseal`].
         participants: Vec<EnrolledClient>,
         /// Hex SHA-256 of the preprocessing JSON.
         preprocessing_sha256: String,
+        /// Each hospital's [`EnrolledClient`], sealed (`crate::sealed`):
+        /// co-enrolled hospitals see who takes part, not how many rows each
+        /// holds.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        sealed_participants: Vec<SealedPart>,
     },
     RoundCompleted {
         job_id: String,
@@ -122,7 +131,14 @@ pub enum Record {
         model_sha256: String,
         /// Hex SHA-256 of the model's signature bundle (`model.sig`).
         model_signature_sha256: String,
+        /// Open receipts: in entries written before receipts were sealed,
+        /// and in a reader's view after [`Record::unseal`].
         updates: Vec<UpdateRecord>,
+        /// Each aggregated update's [`UpdateRecord`], sealed
+        /// (`crate::sealed`): the round's other hospitals see who took
+        /// part, not each other's receipts and ε.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        sealed_updates: Vec<SealedPart>,
         /// Under secure aggregation, where `updates` are masked: hex SHA-256
         /// of the recovered sum of the survivors' encoded updates
         /// (`cohort_privacy::quantize::pack`). Absent in plain mode.
@@ -275,6 +291,80 @@ pub struct EnrolledClient {
 }
 
 impl Record {
+    /// Seals each hospital's part of the entry (enrolment counts, update
+    /// receipts), returning the record to sign and the openings to keep
+    /// beside it. Records without such parts come back as they are.
+    pub fn seal(mut self) -> Result<(Record, Vec<Opening>), SealError> {
+        let openings = match &mut self {
+            Record::ClientsEnrolled {
+                participants,
+                sealed_participants,
+                ..
+            } => seal_all(participants, sealed_participants, |c| &c.name)?,
+            Record::RoundCompleted {
+                updates,
+                sealed_updates,
+                ..
+            } => seal_all(updates, sealed_updates, |u| &u.client)?,
+            _ => Vec::new(),
+        };
+        Ok((self, openings))
+    }
+
+    /// Opens the sealed parts that `openings` open (after checking each
+    /// against its commitment); parts without an opening stay sealed. An
+    /// opening that opens nothing in this record is an error. The result is
+    /// a reader's view: its signature is checked on the sealed form.
+    pub fn unseal(&mut self, openings: &[Opening]) -> Result<(), SealError> {
+        match self {
+            Record::ClientsEnrolled {
+                participants,
+                sealed_participants,
+                ..
+            } => open_all(sealed_participants, participants, openings, |c| &c.name),
+            Record::RoundCompleted {
+                updates,
+                sealed_updates,
+                ..
+            } => open_all(sealed_updates, updates, openings, |u| &u.client),
+            _ => match openings.first() {
+                Some(o) => Err(SealError::NoPart {
+                    name: o.name.clone(),
+                }),
+                None => Ok(()),
+            },
+        }
+    }
+
+    /// How many hospitals' parts of this record are (still) sealed.
+    pub fn sealed_parts(&self) -> usize {
+        match self {
+            Record::ClientsEnrolled {
+                sealed_participants,
+                ..
+            } => sealed_participants.len(),
+            Record::RoundCompleted { sealed_updates, .. } => sealed_updates.len(),
+            _ => 0,
+        }
+    }
+
+    /// The hospitals an enrolment names, open or sealed (empty for other
+    /// records).
+    pub fn enrolled_names(&self) -> Vec<&str> {
+        match self {
+            Record::ClientsEnrolled {
+                participants,
+                sealed_participants,
+                ..
+            } => participants
+                .iter()
+                .map(|c| c.name.as_str())
+                .chain(sealed_participants.iter().map(|p| p.name.as_str()))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     pub fn job_id(&self) -> Option<&str> {
         match self {
             Record::CoordinatorKey { .. } => None,
@@ -311,6 +401,8 @@ pub enum EntryError {
     Version(u32),
     #[error("entry signature does not verify: {0}")]
     Signature(String),
+    #[error(transparent)]
+    Sealed(#[from] SealError),
 }
 
 #[derive(Serialize)]
@@ -365,6 +457,14 @@ impl Entry {
     /// The canonical bytes that become the Merkle leaf.
     pub fn to_leaf(&self) -> Result<Vec<u8>, EntryError> {
         serde_json::to_vec(self).map_err(|e| EntryError::Malformed(e.to_string()))
+    }
+
+    /// Parses a stored leaf and opens the sealed parts `openings` open: a
+    /// reader's view of the entry (verify the signature on the leaf).
+    pub fn open(leaf: &[u8], openings: &[Opening]) -> Result<Self, EntryError> {
+        let mut entry = Self::from_leaf(leaf)?;
+        entry.record.unseal(openings)?;
+        Ok(entry)
     }
 
     /// Parses a stored leaf; refuses bytes that are not exactly the

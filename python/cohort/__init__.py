@@ -41,6 +41,7 @@ __all__ = [
     "rewards_frame",
     "plot_rewards",
     "inclusion_proof",
+    "ledger_openings",
     "export_onnx",
     "demo_job",
     "ca_issue",
@@ -361,6 +362,15 @@ def ledger_entries(data_dir: PathLike, job: Optional[str] = None) -> List[Dict[s
 def inclusion_proof(data_dir: PathLike, index: int) -> Dict[str, Any]:
     """Entry ``index``'s RFC 9162 inclusion proof, in hex."""
     return json.loads(_native.inclusion_proof(os.fspath(data_dir), index))
+
+
+def ledger_openings(data_dir: PathLike, index: int) -> List[Dict[str, Any]]:
+    """The openings (``name``, ``salt``, ``body``) the coordinator keeps for
+    entry ``index``'s sealed parts: each hospital's enrolment counts or
+    update receipt. ``sha256(b"cohort/ledger/sealed/v1\\0" + salt + body)``
+    equals the commitment the signed entry holds under that hospital's
+    name."""
+    return json.loads(_native.ledger_openings(os.fspath(data_dir), index))
 
 
 def export_onnx(model: PathLike, out: PathLike) -> Path:

@@ -396,6 +396,14 @@ fn inclusion_proof(py: Python<'_>, data_dir: PathBuf, index: u64) -> PyResult<St
     to_json(&proof)
 }
 
+/// The openings of entry `index`'s sealed parts (`name`, `salt`, `body`),
+/// as JSON.
+#[pyfunction]
+fn ledger_openings(py: Python<'_>, data_dir: PathBuf, index: u64) -> PyResult<String> {
+    let openings = blocking(py, || audit::ledger_openings(&data_dir, index))?;
+    to_json(&openings)
+}
+
 /// A job given as JSON, as checked job-file TOML.
 #[pyfunction]
 fn job_toml_from_json(json: &str) -> PyResult<String> {
@@ -526,6 +534,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(verify_ledger, m)?)?;
     m.add_function(wrap_pyfunction!(ledger_entries, m)?)?;
     m.add_function(wrap_pyfunction!(inclusion_proof, m)?)?;
+    m.add_function(wrap_pyfunction!(ledger_openings, m)?)?;
     m.add_function(wrap_pyfunction!(job_toml_from_json, m)?)?;
     m.add_function(wrap_pyfunction!(validate_job, m)?)?;
     m.add_function(wrap_pyfunction!(reference_preprocessing, m)?)?;

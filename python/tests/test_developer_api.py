@@ -1,6 +1,8 @@
 """The developer API against a real coordinator: submit, follow, metrics,
 models, verification, and the errors a developer meets."""
 
+import hashlib
+import json
 import os
 import shutil
 import signal
@@ -63,6 +65,27 @@ def test_ledger_verifies_from_disk_and_over_the_network(consortium, coordinator,
     assert local["entries"] >= 3 and remote["root"]
     entries = cohort.ledger_entries(consortium.data_dir, job)
     assert {e["entry"]["record"]["type"] for e in entries} >= {"job_created", "round_completed"}
+
+
+def test_sealed_receipts_open_by_hand(consortium, trained):
+    # The signed entry holds each hospital's receipt as a salted SHA-256
+    # commitment; the openings the coordinator keeps reproduce it with
+    # nothing but hashlib.
+    job, _ = trained
+    entries = cohort.ledger_entries(consortium.data_dir, job)
+    last = max(e["index"] for e in entries if e["entry"]["record"]["type"] == "round_completed")
+    signed = json.loads(cohort.inclusion_proof(consortium.data_dir, last)["leaf"])["record"]
+    assert signed["updates"] == [] and "num_examples" not in json.dumps(signed)
+    sealed = {p["name"]: p["commitment"] for p in signed["sealed_updates"]}
+    openings = cohort.ledger_openings(consortium.data_dir, last)
+    assert sorted(o["name"] for o in openings) == sorted(sealed) and len(sealed) >= 2
+    for o in openings:
+        salt = bytes.fromhex(o["salt"])
+        digest = hashlib.sha256(b"cohort/ledger/sealed/v1\0" + salt + o["body"].encode()).hexdigest()
+        assert digest == sealed[o["name"]]
+        assert json.loads(o["body"])["client"] == o["name"]
+    with pytest.raises(cohort.CohortError, match="no entry 1000000"):
+        cohort.ledger_openings(consortium.data_dir, 1_000_000)
 
 
 def test_wrong_url_and_a_coordinator_that_is_down_raise():

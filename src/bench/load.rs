@@ -15,17 +15,32 @@ use super::{every_hospital_job, iid_hospitals, median};
 use crate::developer;
 use crate::local::LocalFederation;
 
+/// What `cohort bench load` runs (its flags).
 #[derive(Debug, Clone, Serialize)]
-pub struct LoadBench {
+pub struct LoadOptions {
     pub clients: usize,
     pub callers: usize,
     pub rounds: u32,
     /// The job's hidden-layer width and local epochs.
     pub hidden: usize,
     pub local_epochs: u32,
+    /// The coordinator's `--developer-share`.
+    pub developer_share: f64,
+    /// Pairs of jobs run (one alone, then one under load, back to back).
+    pub repeats: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadBench {
+    #[serde(flatten)]
+    pub options: LoadOptions,
+    /// Each pair's median loaded round over its median round alone, minus
+    /// one: the spread behind `round_slowdown`.
+    pub pair_slowdowns: Vec<f64>,
     pub median_round_secs_alone: f64,
     pub median_round_secs_loaded: f64,
-    /// Loaded over alone, minus one.
+    /// The median of every loaded round over the median of every round
+    /// alone, minus one.
     pub round_slowdown: f64,
     pub calls: Vec<CallLatency>,
 }
@@ -48,17 +63,30 @@ impl LoadBench {
     /// The report as `cohort bench load` prints it without `--json`.
     pub fn text(&self) -> String {
         let mut text = format!(
-            "{} hospitals, {} rounds, hidden layer {}, {} local epochs: median round {:.3} s alone, {:.3} s under {} callers ({:+.1} %)\n\
+            "{} hospitals, {} rounds, hidden layer {}, {} local epochs, developer share {}: median round {:.3} s alone, {:.3} s under {} callers ({:+.1} %)\n\
              call     calls  errors   p50 ms   p99 ms   max ms\n",
-            self.clients,
-            self.rounds,
-            self.hidden,
-            self.local_epochs,
+            self.options.clients,
+            self.options.rounds,
+            self.options.hidden,
+            self.options.local_epochs,
+            self.options.developer_share,
             self.median_round_secs_alone,
             self.median_round_secs_loaded,
-            self.callers,
+            self.options.callers,
             100.0 * self.round_slowdown
         );
+        if self.pair_slowdowns.len() > 1 {
+            let pairs: Vec<String> = self
+                .pair_slowdowns
+                .iter()
+                .map(|s| format!("{:+.1} %", 100.0 * s))
+                .collect();
+            text = format!(
+                "{text}pairs ({} alone then loaded, back to back): {}\n",
+                self.options.repeats,
+                pairs.join(", ")
+            );
+        }
         for c in &self.calls {
             text += &format!(
                 "{:<7} {:>6} {:>7} {:>8.2} {:>8.2} {:>8.2}\n",
@@ -78,18 +106,25 @@ const CALLS: [&str; 3] = ["status", "list", "model"];
 /// each on its own connection (plaintext, so that the coordinator's
 /// per-member call cap, which under mutual TLS would group them all under
 /// the one developer certificate, does not refuse them).
-pub async fn load(
-    clients: usize,
-    callers: usize,
-    rounds: u32,
-    hidden: usize,
-    local_epochs: u32,
-) -> Result<LoadBench> {
+pub async fn load(options: LoadOptions) -> Result<LoadBench> {
+    let LoadOptions {
+        clients,
+        callers,
+        rounds,
+        hidden,
+        local_epochs,
+        developer_share,
+        repeats,
+    } = options;
+    if repeats == 0 {
+        bail!("--repeats must be at least 1");
+    }
     if clients < 2 || [callers, rounds as usize, hidden, local_epochs as usize].contains(&0) {
         bail!(
             "--clients must be at least 2, --callers, --rounds, --hidden and --local-epochs at least 1"
         );
     }
+    cohort_coordinator::limits::DeveloperShare::check(developer_share)?;
     let dir = tempfile::Builder::new()
         .prefix("cohort-bench-load-")
         .tempdir()?;
@@ -98,12 +133,24 @@ pub async fn load(
         "local_epochs = 1",
         &format!("local_epochs = {local_epochs}"),
     );
-    let federation =
-        LocalFederation::start(dir.path(), &hospitals, false, Duration::from_secs(5)).await?;
-    let outcome = measure(&federation, &job, callers, dir.path()).await;
+    let federation = LocalFederation::start_configured(
+        dir.path(),
+        &hospitals,
+        false,
+        Duration::from_secs(5),
+        |config| config.developer_share = developer_share,
+    )
+    .await?;
+    let outcome = measure(&federation, &job, callers, repeats, dir.path()).await;
     federation.shutdown().await;
-    let (alone, loaded, latencies) = outcome?;
+    let Measured { pairs, latencies } = outcome?;
+    let alone: Vec<f64> = pairs.iter().flat_map(|p| p.0.iter().copied()).collect();
+    let loaded: Vec<f64> = pairs.iter().flat_map(|p| p.1.iter().copied()).collect();
     let (a, b) = (median(&alone), median(&loaded));
+    let pair_slowdowns = pairs
+        .iter()
+        .map(|(alone, loaded)| median(loaded) / median(alone) - 1.0)
+        .collect();
     let calls = CALLS
         .iter()
         .zip(latencies)
@@ -126,11 +173,8 @@ pub async fn load(
         })
         .collect();
     Ok(LoadBench {
-        clients,
-        callers,
-        rounds,
-        hidden,
-        local_epochs,
+        options,
+        pair_slowdowns,
         median_round_secs_alone: a,
         median_round_secs_loaded: b,
         round_slowdown: b / a - 1.0,
@@ -142,19 +186,53 @@ pub async fn load(
 /// errors of those that did not.
 type Latencies = Vec<(Vec<f64>, Vec<String>)>;
 
+/// Round times of the jobs alone and under load, pair by pair (the two
+/// jobs of a pair run back to back, so that both meet the machine in the
+/// same state), and the calls' latencies over all loaded jobs.
+struct Measured {
+    pairs: Vec<(Vec<f64>, Vec<f64>)>,
+    latencies: Latencies,
+}
+
 async fn measure(
     federation: &LocalFederation,
     job: &str,
     callers: usize,
+    repeats: u32,
     dir: &std::path::Path,
-) -> Result<(Vec<f64>, Vec<f64>, Latencies)> {
+) -> Result<Measured> {
     let mut dev = federation.developer().await?;
-    eprintln!("job alone ...");
-    let alone_id = developer::submit(&mut dev, job).await?;
-    let alone = finished(developer::wait(&mut dev, &alone_id, false).await?)?;
+    let mut pairs = Vec::new();
+    let mut latencies: Latencies = vec![(Vec::new(), Vec::new()); CALLS.len()];
+    for pair in 1..=repeats {
+        eprintln!("pair {pair}/{repeats}: job alone ...");
+        let alone_id = developer::submit(&mut dev, job).await?;
+        let alone = finished(developer::wait(&mut dev, &alone_id, false).await?)?;
+        eprintln!("pair {pair}/{repeats}: job under {callers} concurrent developer callers ...");
+        let (loaded, calls) =
+            under_load(federation, &mut dev, job, &alone_id, callers, dir).await?;
+        for (all, these) in latencies.iter_mut().zip(calls) {
+            all.0.extend(these.0);
+            all.1.extend(these.1);
+        }
+        pairs.push((alone, loaded));
+    }
+    Ok(Measured { pairs, latencies })
+}
 
-    eprintln!("job under {callers} concurrent developer callers ...");
-    let loaded_id = developer::submit(&mut dev, job).await?;
+/// Runs `job` while `callers` developers call the coordinator back to back
+/// (model downloads from `model_job`, which has finished); its round times
+/// and the calls' latencies.
+async fn under_load(
+    federation: &LocalFederation,
+    dev: &mut developer::Developer,
+    job: &str,
+    model_job: &str,
+    callers: usize,
+    dir: &std::path::Path,
+) -> Result<(Vec<f64>, Latencies)> {
+    let alone_id = model_job.to_string();
+    let loaded_id = developer::submit(dev, job).await?;
     let done = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::with_capacity(callers);
     for caller in 0..callers {
@@ -187,7 +265,7 @@ async fn measure(
             latencies
         }));
     }
-    let loaded = developer::wait(&mut dev, &loaded_id, false).await;
+    let loaded = developer::wait(dev, &loaded_id, false).await;
     done.store(true, Ordering::Relaxed);
     let mut merged: Latencies = vec![(Vec::new(), Vec::new()); CALLS.len()];
     for task in tasks {
@@ -196,7 +274,7 @@ async fn measure(
             all.1.extend(mine.1);
         }
     }
-    Ok((alone, finished(loaded?)?, merged))
+    Ok((finished(loaded?)?, merged))
 }
 
 /// The round wall times of a job that completed.

@@ -327,26 +327,44 @@ fn checkpoint_view(ledger: &LedgerContents) -> Result<CheckpointView> {
 
 /// Which ledger entries the caller may read: an operator all; others the
 /// entries of the jobs they may see, and those of no job (the
-/// coordinator's key). Entries are signed whole, so a visible entry is
-/// shown whole (a round's entry lists every participant's update receipt).
-pub struct LedgerScope(Option<BTreeSet<String>>);
+/// coordinator's key). Of the hospitals' sealed parts of those entries
+/// (enrolment counts, update receipts), a hospital reads its own only, as
+/// over gRPC; the others stay commitments.
+pub struct LedgerScope {
+    jobs: Option<BTreeSet<String>>,
+    hospital: Option<String>,
+}
 
 impl LedgerScope {
     pub fn of(view: &CoordinatorView, claims: &Claims) -> Result<Self> {
+        let hospital = (claims.role == DashboardRole::Hospital).then(|| claims.name.clone());
         if claims.role == DashboardRole::Operator {
-            return Ok(Self(None));
+            return Ok(Self {
+                jobs: None,
+                hospital,
+            });
         }
-        Ok(Self(Some(
-            view.jobs()?
-                .into_iter()
-                .filter(|row| may_see(claims, row))
-                .map(|row| row.id)
-                .collect(),
-        )))
+        Ok(Self {
+            jobs: Some(
+                view.jobs()?
+                    .into_iter()
+                    .filter(|row| may_see(claims, row))
+                    .map(|row| row.id)
+                    .collect(),
+            ),
+            hospital,
+        })
+    }
+
+    /// May the caller read the sealed part `opening` opens?
+    pub fn may_open(&self, opening: &cohort_ledger::Opening) -> bool {
+        self.hospital
+            .as_ref()
+            .is_none_or(|name| *name == opening.name)
     }
 
     pub fn allows(&self, entry: &cohort_ledger::Entry) -> bool {
-        match (&self.0, entry.record.job_id()) {
+        match (&self.jobs, entry.record.job_id()) {
             (None, _) | (_, None) => true,
             (Some(jobs), Some(job)) => jobs.contains(job),
         }
@@ -357,7 +375,8 @@ impl LedgerScope {
 /// verify ledger`'s verdict on the whole log (remembering checkpoints in
 /// `state`, so that a rewritten history shows here as it would to an
 /// auditor).
-pub fn ledger(ledger: LedgerContents, state: &Path, scope: &LedgerScope) -> Result<LedgerView> {
+pub fn ledger(mut ledger: LedgerContents, state: &Path, scope: &LedgerScope) -> Result<LedgerView> {
+    ledger.retain_openings(|_, opening| scope.may_open(opening));
     let checkpoint = checkpoint_view(&ledger)?;
     let entries = crate::audit::entries_in(&ledger, None)?
         .into_iter()

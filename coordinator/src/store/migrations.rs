@@ -98,6 +98,9 @@ pub(super) const SQLITE_MIGRATIONS: &[&str] = &[
     // PostgreSQL the lease that lets one coordinator of several write
     // (`coordinator_lease`, see `crate::lease`).
     "",
+    // 9: the openings of each ledger entry's sealed parts (hospitals'
+    // enrolment counts and update receipts), written with the entry.
+    "ALTER TABLE ledger ADD COLUMN openings_json TEXT;",
 ];
 
 /// The schema version this coordinator writes (and reads).
@@ -203,16 +206,19 @@ CREATE TABLE clip_bounds (
 const POSTGRES_BASE_VERSION: i64 = 7;
 
 /// Schema changes after [`POSTGRES_BASE_VERSION`]: `(version, SQL)`, in order.
-pub(super) const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[(
-    8,
-    "CREATE TABLE coordinator_lease (
+pub(super) const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
+    (
+        8,
+        "CREATE TABLE coordinator_lease (
         id BIGINT PRIMARY KEY CHECK (id = 1),
         holder TEXT NOT NULL,
         epoch BIGINT NOT NULL,
         acquired_at TIMESTAMPTZ NOT NULL,
         expires_at TIMESTAMPTZ NOT NULL
     );",
-)];
+    ),
+    (9, "ALTER TABLE ledger ADD COLUMN openings_json TEXT;"),
+];
 
 /// The newest version PostgreSQL's migrations reach.
 pub(super) fn postgres_version() -> i64 {
