@@ -46,11 +46,25 @@ impl SignedVectorVar {
             entries.push(Boolean::le_bits_to_fp(&bits)? - &offset);
             packed_bits.extend(bits);
             if packed_bits.len() == ENTRIES_PER_ELEMENT * ENTRY_BITS as usize || i + 1 == len {
-                packed.push(Boolean::le_bits_to_fp(&packed_bits)?);
+                packed.push(Self::packed_element(cs.clone(), &packed_bits)?);
                 packed_bits.clear();
             }
         }
         Ok(Self { entries, packed })
+    }
+
+    /// The field element whose little-endian bits are `bits`, as a witness
+    /// with one constraint tying it to them. Absorbed as the 240-term
+    /// combination of its bits, every Poseidon row that mixes it would
+    /// repeat those terms; as one variable, only this row holds them.
+    fn packed_element(
+        cs: ConstraintSystemRef<Fr>,
+        bits: &[Boolean<Fr>],
+    ) -> Result<FpVar<Fr>, SynthesisError> {
+        let combination = Boolean::le_bits_to_fp(bits)?;
+        let element = FpVar::new_witness(cs, || combination.value())?;
+        element.enforce_equal(&combination)?;
+        Ok(element)
     }
 
     /// Enforces `Σ u_i² ≤ bound²` for a `bound` below 2^16. The entries are
@@ -59,10 +73,15 @@ impl SignedVectorVar {
     /// 33 bits exactly when it is not negative.
     pub fn enforce_norm_at_most(&self, bound: &FpVar<Fr>) -> Result<(), SynthesisError> {
         let _bits = bound.to_bits_le_with_top_bits_zero(ENTRY_BITS as usize)?;
-        let mut sum = FpVar::zero();
-        for e in &self.entries {
-            sum += e.square()?;
-        }
+        // One linear combination over all the squares: a running `sum +=`
+        // makes a chain of n nested combinations, which the constraint
+        // system inlines into n²/2 stored terms (out of memory at 10^5).
+        let squares = self
+            .entries
+            .iter()
+            .map(FpVar::square)
+            .collect::<Result<Vec<_>, _>>()?;
+        let sum: FpVar<Fr> = squares.iter().sum();
         let slack = bound.square()? - sum;
         let _bits = slack.to_bits_le_with_top_bits_zero(2 * ENTRY_BITS as usize + 1)?;
         Ok(())
