@@ -45,6 +45,12 @@ pub enum ProofError {
     MalformedKey(String),
     #[error("the proof does not verify for this job, round, hospital, bound and update")]
     Invalid,
+    #[error(
+        "a proof made with this proving key does not verify under the key's own verifying key: \
+         the key is corrupt, or was set up for another version of the circuit (by another \
+         Cohort release?)"
+    )]
+    KeyMismatch,
     #[error("proof system failure: {0}")]
     Synthesis(String),
     #[error("invalid fixed-point encoding: {0}")]

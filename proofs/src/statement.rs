@@ -107,6 +107,18 @@ pub fn prove_update(
     proof
         .serialize_compressed(&mut bytes)
         .expect("serializing into a Vec cannot fail");
+    // A key for another shape of the circuit (an older release's, or a
+    // corrupt download) still yields proof bytes, which the coordinator
+    // would reject as invalid with no hint why. Three pairings say so here.
+    let own = VerifyingKey {
+        len: pk.len,
+        inner: pk.inner.vk.clone(),
+    };
+    match verify_update(&own, context, grid.bound, update_hash, &bytes) {
+        Ok(()) => {}
+        Err(ProofError::Invalid) => return Err(ProofError::KeyMismatch),
+        Err(e) => return Err(e),
+    }
     Ok(UpdateProof {
         bound: grid.bound,
         update_hash,
@@ -159,4 +171,37 @@ pub fn verify_recorded(
     let proof =
         hex::decode(proof_hex).map_err(|e| ProofError::MalformedProof(format!("hex: {e}")))?;
     verify_update(vk, context, bound, update_hash, &proof)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::setup_update_norm;
+
+    #[test]
+    fn a_proving_key_mixed_from_two_setups_is_refused_by_name() {
+        let (mut mixed, _) = setup_update_norm(8).unwrap();
+        let (other, other_vk) = setup_update_norm(8).unwrap();
+        mixed.inner.l_query = other.inner.l_query.clone();
+        let grid = FixedPoint::for_clip(1.0).unwrap();
+        let context = Context {
+            job_id: "job".into(),
+            round: 1,
+            client: "hospital".into(),
+        };
+        let entries = [1, -2, 3, 0, 0, 4, -5, 6];
+        assert!(matches!(
+            prove_update(&mixed, &context, &grid, &entries),
+            Err(ProofError::KeyMismatch)
+        ));
+        let proof = prove_update(&other, &context, &grid, &entries).unwrap();
+        verify_update(
+            &other_vk,
+            &context,
+            grid.bound,
+            proof.update_hash,
+            &proof.proof,
+        )
+        .unwrap();
+    }
 }
