@@ -20,11 +20,12 @@ pub fn run(mut sizes: Vec<usize>, json: bool) -> Result<Vec<ProofBenchRow>> {
     let mut rows = Vec::new();
     if !json {
         println!(
-            "{:>10} {:>12} {:>9} {:>10} {:>9} {:>7} {:>9} {:>9} {:>10}",
+            "{:>10} {:>12} {:>9} {:>10} {:>10} {:>9} {:>7} {:>9} {:>9} {:>10}",
             "params",
             "constraints",
             "setup s",
             "pk MiB",
+            "pk load s",
             "prove s",
             "proof B",
             "hash ms",
@@ -45,11 +46,12 @@ pub fn run(mut sizes: Vec<usize>, json: bool) -> Result<Vec<ProofBenchRow>> {
             println!("{}", serde_json::to_string(&row)?);
         } else {
             println!(
-                "{:>10} {:>12} {:>9.2} {:>10.1} {:>9.2} {:>7} {:>9.2} {:>9.2} {:>10.0}",
+                "{:>10} {:>12} {:>9.2} {:>10.1} {:>10.2} {:>9.2} {:>7} {:>9.2} {:>9.2} {:>10.0}",
                 b.parameters,
                 b.constraints,
                 b.setup_seconds,
                 b.proving_key_bytes as f64 / (1 << 20) as f64,
+                b.key_load_seconds,
                 b.prove_seconds,
                 b.proof_bytes,
                 b.hash_seconds * 1e3,

@@ -17,6 +17,9 @@ pub struct UpdateNormBench {
     pub constraints: usize,
     pub setup_seconds: f64,
     pub proving_key_bytes: usize,
+    /// Client, once per job: parsing the downloaded proving key, every
+    /// point checked on the curve and in its subgroup.
+    pub key_load_seconds: f64,
     /// Client: encoding on the grid and proving.
     pub prove_seconds: f64,
     pub proof_bytes: usize,
@@ -42,7 +45,12 @@ pub fn update_norm(parameters: usize) -> Result<UpdateNormBench, ProofError> {
     let started = Instant::now();
     let (pk, vk) = keys::setup_update_norm(parameters)?;
     let setup_seconds = started.elapsed().as_secs_f64();
-    let proving_key_bytes = pk.to_bytes().len();
+    let pk_bytes = pk.to_bytes();
+    let proving_key_bytes = pk_bytes.len();
+    let started = Instant::now();
+    let pk = crate::ProvingKey::from_bytes(&pk_bytes)?;
+    let key_load_seconds = started.elapsed().as_secs_f64();
+    drop(pk_bytes);
     let grid = FixedPoint::for_clip(1.0)?;
     let mut rng = rand::rng();
     let delta: Vec<f32> = (0..parameters)
@@ -68,6 +76,7 @@ pub fn update_norm(parameters: usize) -> Result<UpdateNormBench, ProofError> {
         constraints,
         setup_seconds,
         proving_key_bytes,
+        key_load_seconds,
         prove_seconds,
         proof_bytes: proof.proof.len(),
         hash_seconds,
