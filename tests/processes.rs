@@ -528,6 +528,16 @@ fn crash_and_recover(privacy: &str, point: &str, victim: Victim) {
         "{point}: {done:#}\nhospital-0: {}",
         std::fs::read_to_string(dir.path().join("hospital-0.log")).unwrap_or_default()
     );
+    if privacy.contains("[proofs]") && matches!(victim, Victim::Hospital) {
+        // The restarted hospital proves with the key it checked before the
+        // crash, read back by its digest, not fetched and checked again.
+        let said = std::fs::read_to_string(dir.path().join("hospital-0.log")).unwrap();
+        assert!(
+            said.contains("proving key read back from the data directory"),
+            "{said}"
+        );
+        assert!(!said.contains("proving key fetched"), "{said}");
+    }
     let recorded = recorded_rounds(&done);
     assert_eq!(
         recorded,
@@ -544,11 +554,13 @@ fn crash_and_recover(privacy: &str, point: &str, victim: Victim) {
         dir.path().join("seen.json").to_str().unwrap(),
         "--json",
     ]);
-    // Coordinator key, job created, enrollment, rounds 0..=3: the round the
-    // crash interrupted is on the ledger once.
+    // Coordinator key, job created, enrollment (and, with proofs, the
+    // job's verifying key), rounds 0..=3: the round the crash interrupted
+    // is on the ledger once.
+    let proof_key = u64::from(privacy.contains("[proofs]"));
     assert_eq!(
         audit["entries"],
-        3 + 1 + u64::from(rounds),
+        3 + proof_key + 1 + u64::from(rounds),
         "{point}: {audit:#}"
     );
     let model = get_model(&net, &job, &dir.path().join("model"));
@@ -634,6 +646,15 @@ fn coordinator_crashes_between_a_model_and_its_card() {
 #[test]
 fn hospital_crashes_mid_upload() {
     crash_and_recover("", "client-upload@2", Victim::Hospital);
+}
+
+#[test]
+fn hospital_crashes_mid_upload_of_a_proved_update_and_reads_its_checked_key_back() {
+    crash_and_recover(
+        "\n[proofs]\nupdate = \"norm\"\nclip = 4.0\n",
+        "client-upload@2",
+        Victim::Hospital,
+    );
 }
 
 /// Runs `cohort ARGS` expecting it to fail with `needle` on stderr.

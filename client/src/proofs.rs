@@ -2,6 +2,7 @@
 //! proving key (once per key), encoding the update on the job's grid and
 //! proving it well formed.
 
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use cohort_proofs::{Context, ProvingKey, UpdateProofTask};
@@ -13,13 +14,27 @@ use tracing::{info, warn};
 use crate::misbehave::Misbehave;
 use crate::work::{Answer, Worker, parse};
 
-/// The proving key of the job this client last proved for.
+/// The proving key of the job this client last proved for, in memory and,
+/// with a data directory, in `DATA_DIR/proving-keys/SHA256.key`: checking a
+/// downloaded key's points takes longer than the job's setup (101 s at 10^5
+/// parameters), so a restarted hospital reads back the key it checked
+/// before, matched by its digest, instead of fetching and checking it again.
 #[derive(Default)]
-pub struct KeyCache(Mutex<Option<(String, Arc<ProvingKey>)>>);
+pub struct KeyCache {
+    last: Mutex<Option<(String, Arc<ProvingKey>)>>,
+    dir: Option<PathBuf>,
+}
 
 impl KeyCache {
+    pub fn new(data_dir: Option<&Path>) -> Self {
+        Self {
+            last: Mutex::new(None),
+            dir: data_dir.map(|d| d.join("proving-keys")),
+        }
+    }
+
     fn get(&self, sha256: &str) -> Option<Arc<ProvingKey>> {
-        let cached = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let cached = self.last.lock().unwrap_or_else(|p| p.into_inner());
         cached
             .as_ref()
             .filter(|(digest, _)| digest == sha256)
@@ -27,7 +42,58 @@ impl KeyCache {
     }
 
     fn put(&self, sha256: String, key: Arc<ProvingKey>) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((sha256, key));
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((sha256, key));
+    }
+}
+
+/// The key with this digest as [`store_key`] left it in `dir`, if its bytes
+/// still have that digest; a file that does not is removed.
+fn stored_key(dir: &Path, sha256: &str) -> Option<ProvingKey> {
+    // The digest comes from the coordinator's task: a file name only when
+    // it is one.
+    let is_digest = sha256.len() == 64
+        && sha256
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !is_digest {
+        return None;
+    }
+    let path = dir.join(format!("{sha256}.key"));
+    let bytes = std::fs::read(&path).ok()?;
+    let key = (cohort_proofs::keys::digest(&bytes) == sha256)
+        .then(|| ProvingKey::from_checked_bytes(&bytes).ok())
+        .flatten();
+    if key.is_none() {
+        warn!(
+            path = %path.display(),
+            "the stored proving key does not match its digest; removed, fetching it again"
+        );
+        let _ = std::fs::remove_file(&path);
+    }
+    key
+}
+
+/// Keeps `bytes` (a key that passed the full check) in `dir` as its only
+/// key, written whole or not at all. Best effort: a hospital that cannot
+/// write it fetches the key again after a restart.
+fn store_key(dir: &Path, sha256: &str, bytes: &[u8]) {
+    let name = format!("{sha256}.key");
+    let partial = dir.join(format!(".{name}.partial"));
+    let written = std::fs::create_dir_all(dir).and_then(|()| {
+        let mut file = std::fs::File::create(&partial)?;
+        std::io::Write::write_all(&mut file, bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&partial, dir.join(&name))
+    });
+    if let Err(e) = written {
+        warn!(dir = %dir.display(), "could not keep the proving key: {e}");
+        let _ = std::fs::remove_file(&partial);
+        return;
+    }
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy() != name {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 
@@ -45,6 +111,25 @@ pub(crate) async fn ensure_proving_key(
     }
     let wanted: UpdateProofTask = parse(&task.proofs_json, "update-proof settings")?;
     if cache.get(&wanted.proving_key_sha256).is_some() {
+        return Ok(());
+    }
+    let stored = match cache.dir.clone() {
+        Some(dir) => {
+            let sha256 = wanted.proving_key_sha256.clone();
+            tokio::task::spawn_blocking(move || stored_key(&dir, &sha256))
+                .await
+                .ok()
+                .flatten()
+        }
+        None => None,
+    };
+    if let Some(key) = stored {
+        info!(
+            job = task.job_id,
+            entries = key.len(),
+            "proving key read back from the data directory"
+        );
+        cache.put(wanted.proving_key_sha256.clone(), Arc::new(key));
         return Ok(());
     }
     let mut stream = grpc
@@ -70,10 +155,18 @@ pub(crate) async fn ensure_proving_key(
             wanted.proving_key_sha256
         ));
     }
-    let key = tokio::task::spawn_blocking(move || ProvingKey::from_bytes(&bytes))
-        .await
-        .map_err(|e| format!("reading the proving key: {e}"))?
-        .map_err(|e| format!("reading the proving key: {e}"))?;
+    let dir = cache.dir.clone();
+    let sha256 = digest.clone();
+    let key = tokio::task::spawn_blocking(move || {
+        let key = ProvingKey::from_bytes(&bytes)?;
+        if let Some(dir) = dir {
+            store_key(&dir, &sha256, &bytes);
+        }
+        Ok::<_, cohort_proofs::ProofError>(key)
+    })
+    .await
+    .map_err(|e| format!("reading the proving key: {e}"))?
+    .map_err(|e| format!("reading the proving key: {e}"))?;
     info!(
         job = task.job_id,
         entries = key.len(),
@@ -148,4 +241,39 @@ fn forged_proof() -> Vec<u8> {
     let mut bytes = vec![0u8; cohort_proofs::PROOF_BYTES];
     rand::rng().fill_bytes(&mut bytes);
     bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_key_is_read_back_by_its_digest_and_a_tampered_one_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, _) = cohort_proofs::keys::setup_update_norm(4).unwrap();
+        let old_bytes = old.to_bytes();
+        let old_digest = cohort_proofs::keys::digest(&old_bytes);
+        store_key(dir.path(), &old_digest, &old_bytes);
+        let (key, vk) = cohort_proofs::keys::setup_update_norm(8).unwrap();
+        let bytes = key.to_bytes();
+        let digest = cohort_proofs::keys::digest(&bytes);
+        store_key(dir.path(), &digest, &bytes);
+
+        let back = stored_key(dir.path(), &digest).expect("the stored key");
+        assert_eq!(back.verifying_key(), vk);
+        assert_eq!(back.to_bytes(), bytes);
+        assert!(
+            stored_key(dir.path(), &old_digest).is_none(),
+            "only the last job's key is kept"
+        );
+        assert!(stored_key(dir.path(), "../../../etc/passwd").is_none());
+
+        let path = dir.path().join(format!("{digest}.key"));
+        let mut tampered = bytes.clone();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        std::fs::write(&path, &tampered).unwrap();
+        assert!(stored_key(dir.path(), &digest).is_none());
+        assert!(!path.exists(), "a key that fails its digest is removed");
+    }
 }

@@ -111,7 +111,7 @@ impl Worker {
             he: crate::secagg::Sessions::default(),
             budget: Budget::open(config.data_dir.as_deref(), config.options.budget)?,
             paid: crate::paid::PaidUpdate::new(config.data_dir.as_deref()),
-            proving_keys: crate::proofs::KeyCache::default(),
+            proving_keys: crate::proofs::KeyCache::new(config.data_dir.as_deref()),
             vertical: crate::vertical::SiteState::default(),
             data_dir: config.data_dir.clone(),
             released_statistics: Default::default(),

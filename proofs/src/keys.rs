@@ -110,6 +110,15 @@ impl ProvingKey {
         let (len, inner) = decode(bytes, Compress::No, Validate::Yes)?;
         Ok(Self { len, inner })
     }
+
+    /// [`ProvingKey::from_bytes`] without the points' checks (the G2
+    /// subgroup checks take longer than the setup): only for bytes that
+    /// passed [`ProvingKey::from_bytes`] before and whose digest the caller
+    /// has just matched against the one recorded then.
+    pub fn from_checked_bytes(bytes: &[u8]) -> Result<Self, ProofError> {
+        let (len, inner) = decode(bytes, Compress::No, Validate::No)?;
+        Ok(Self { len, inner })
+    }
 }
 
 impl VerifyingKey {
