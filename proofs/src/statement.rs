@@ -110,11 +110,13 @@ pub fn prove_update(
     // A key for another shape of the circuit (an older release's, or a
     // corrupt download) still yields proof bytes, which the coordinator
     // would reject as invalid with no hint why. Three pairings say so here.
-    let own = VerifyingKey {
-        len: pk.len,
-        inner: pk.inner.vk.clone(),
-    };
-    match verify_update(&own, context, grid.bound, update_hash, &bytes) {
+    match verify_update(
+        &pk.verifying_key(),
+        context,
+        grid.bound,
+        update_hash,
+        &bytes,
+    ) {
         Ok(()) => {}
         Err(ProofError::Invalid) => return Err(ProofError::KeyMismatch),
         Err(e) => return Err(e),
