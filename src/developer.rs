@@ -335,6 +335,36 @@ pub async fn wait(dev: &mut Developer, job_id: &str, progress: bool) -> Result<J
 }
 
 /// Downloads a job's model (latest round, or `round`) into `out` as
+/// A hospital's committed update in a recorded round (update proofs under
+/// secure aggregation): its Pedersen commitments, as the coordinator keeps
+/// them. The caller checks them against the ledger's SHA-256.
+pub async fn fetch_commitments(
+    dev: &mut Developer,
+    job_id: &str,
+    round: u32,
+    client: &str,
+) -> Result<Vec<u8>> {
+    // 32 bytes per parameter of models far larger than Cohort proves.
+    const LIMIT: usize = 1 << 31;
+    let mut stream = dev
+        .get_commitments(v1::GetCommitmentsRequest {
+            job_id: job_id.to_string(),
+            round,
+            client: client.to_string(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.message().await.map_err(status_error)? {
+        bytes.extend_from_slice(&chunk.data);
+        if bytes.len() > LIMIT {
+            bail!("the coordinator sent more than {LIMIT} bytes of commitments");
+        }
+    }
+    Ok(bytes)
+}
+
 /// `model.safetensors` + `model.json`, verifying its digest.
 pub async fn download_model(
     dev: &mut Developer,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, anyhow, bail};
 use cohort_identity::{Kit, Role};
 use cohort_ledger::{ATTESTATION_CONTEXT, Entry, Record, Verdict, attestation_statement};
-use cohort_proofs::{Context, VerifyingKey};
+use cohort_proofs::{Context, VerifyingKey, committed};
 use cohort_protocol::Security;
 use serde::Serialize;
 use tracing::{info, warn};
@@ -122,9 +122,46 @@ fn recorded_round<'a>(
         .ok_or_else(|| anyhow!("the ledger records no round {round} of job `{job_id}`"))
 }
 
+/// The committed updates of a round's hospitals (secure aggregation with
+/// proofs), as fetched from the coordinator, or why they could not be.
+pub type Commitments = std::collections::BTreeMap<String, Result<Vec<u8>, String>>;
+
+/// Fetches the commitments of every update of `(job_id, round)` proved
+/// over commitments (`GetCommitments`); the ledger's SHA-256 of each is
+/// checked when its proof is.
+pub async fn fetch_commitments(
+    dev: &mut Developer,
+    entries: &[Entry],
+    job_id: &str,
+    round: u32,
+) -> Result<Commitments> {
+    let (updates, _) = recorded_round(entries, job_id, round)?;
+    let mut fetched = Commitments::new();
+    for update in updates {
+        let committed = update
+            .proof
+            .as_ref()
+            .is_some_and(|p| p.statement == committed::STATEMENT_COMMITTED_UPDATE_NORM);
+        if !committed {
+            continue;
+        }
+        let bytes = developer::fetch_commitments(dev, job_id, round, &update.client)
+            .await
+            .map_err(|e| format!("its commitments could not be fetched: {e:#}"));
+        fetched.insert(update.client.clone(), bytes);
+    }
+    Ok(fetched)
+}
+
 /// Re-checks every proof of `(job_id, round)` with this code and the
-/// ledger's verifying key: one verdict per aggregated update.
-pub fn verdicts(entries: &[Entry], job_id: &str, round: u32) -> Result<RoundVerdicts> {
+/// ledger's verifying key (or, for updates proved over their commitments,
+/// the `commitments` fetched): one verdict per aggregated update.
+pub fn verdicts(
+    entries: &[Entry],
+    job_id: &str,
+    round: u32,
+    commitments: &Commitments,
+) -> Result<RoundVerdicts> {
     let (updates, excluded) = recorded_round(entries, job_id, round)?;
     let vk = verifying_key(entries, job_id)?;
     let mut verdicts = Vec::new();
@@ -137,6 +174,20 @@ pub fn verdicts(entries: &[Entry], job_id: &str, round: u32) -> Result<RoundVerd
         };
         let outcome = match (&vk, &update.proof) {
             (_, None) => Err("aggregated without a proof".to_string()),
+            (_, Some(p)) if p.statement == committed::STATEMENT_COMMITTED_UPDATE_NORM => {
+                match commitments.get(&update.client) {
+                    Some(Ok(bytes)) => committed::verify_recorded(
+                        &context,
+                        p.bound,
+                        &p.update_hash,
+                        bytes,
+                        &p.proof,
+                    )
+                    .map_err(|e| e.to_string()),
+                    Some(Err(e)) => Err(e.clone()),
+                    None => Err("its commitments were not fetched".to_string()),
+                }
+            }
             (None, Some(_)) => Err("the job has no verifying key on the ledger".to_string()),
             (Some(vk), Some(p)) => {
                 cohort_proofs::verify_recorded(vk, &context, p.bound, &p.update_hash, &p.proof)
@@ -170,13 +221,14 @@ pub fn check_round(
     entries: &[Entry],
     job_id: &str,
     round: u32,
+    commitments: &Commitments,
     kit: Option<&Kit>,
 ) -> Result<RoundCheck> {
     let RoundVerdicts {
         verdicts,
         excluded,
         reasons,
-    } = verdicts(entries, job_id, round)?;
+    } = verdicts(entries, job_id, round, commitments)?;
     let proofs = verdicts
         .iter()
         .zip(reasons)
@@ -266,7 +318,8 @@ pub async fn verify_round(
     let mut dev = developer::connect(url, security).await?;
     let contents = crate::audit::fetch_ledger(&mut dev).await?;
     let entries = checked_entries(&contents)?;
-    check_round(&entries, job_id, round, security.kit())
+    let commitments = fetch_commitments(&mut dev, &entries, job_id, round).await?;
+    check_round(&entries, job_id, round, &commitments, security.kit())
 }
 
 /// One pass of a validator: attests every recorded round with proofs that
@@ -310,11 +363,12 @@ pub async fn attest_pending(
         .collect();
     let mut attested = 0;
     for (job_id, round) in pending {
+        let commitments = fetch_commitments(dev, &entries, &job_id, round).await?;
         let RoundVerdicts {
             mut verdicts,
             mut reasons,
             ..
-        } = verdicts(&entries, &job_id, round)?;
+        } = verdicts(&entries, &job_id, round, &commitments)?;
         if let Some(chain) = onchain.as_deref_mut() {
             chain
                 .check(&entries, (&job_id, round), &mut verdicts, &mut reasons)

@@ -89,6 +89,17 @@ fn job(n: u32, min_clients: u32) -> String {
 /// Every accepted update carries a checked proof; `excluded` names exactly
 /// `cheaters` with a reason containing `why`.
 fn assert_excluded(view: &JobView, cheaters: &[(&str, &str)]) {
+    assert_excluded_with(view, cheaters, "update-norm/v1", Some(256));
+}
+
+/// [`assert_excluded`] for proofs of `statement` (hex length `proof_hex`
+/// when fixed).
+fn assert_excluded_with(
+    view: &JobView,
+    cheaters: &[(&str, &str)],
+    statement: &str,
+    proof_hex: Option<usize>,
+) {
     assert_eq!(view.state, "completed", "{view:#?}");
     assert_eq!(view.rounds.len(), 2);
     for round in &view.rounds {
@@ -99,8 +110,10 @@ fn assert_excluded(view: &JobView, cheaters: &[(&str, &str)]) {
                     round.round, update.client
                 )
             });
-            assert_eq!(proof.statement, "update-norm/v1");
-            assert_eq!(proof.proof.len(), 256);
+            assert_eq!(proof.statement, statement);
+            if let Some(len) = proof_hex {
+                assert_eq!(proof.proof.len(), len);
+            }
         }
         let mut excluded: Vec<&str> = round.excluded.iter().map(|e| e.client.as_str()).collect();
         excluded.sort();
@@ -471,4 +484,152 @@ async fn splitfed_parts_are_proved_and_a_boosted_part_is_excluded() {
         })
         .collect();
     assert_eq!(proved, [params.len() as u64 - 9]);
+}
+
+/// Secure aggregation with update proofs (RoFL's construction): each
+/// hospital's masked input is one Pedersen commitment per entry, blinded
+/// with its SecAgg+ masks, and its Bulletproofs proof is checked against
+/// exactly those commitments. A boosted update sent beside the honest
+/// update's proof (the binding attack) is caught and its sender named,
+/// the round completes through dropout recovery with the other three,
+/// and a validator process re-checks every proof from the ledger alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_secure_aggregation_a_boosted_commitment_is_named_and_validators_attest() {
+    let dir = tempfile::tempdir().unwrap();
+    let hospitals = hospitals(
+        dir.path(),
+        &[None, None, None, Some(Misbehave::Boost(10.0))],
+    );
+    let federation = LocalFederation::start(dir.path(), &hospitals, true, Duration::from_secs(1))
+        .await
+        .unwrap();
+    let job_toml = job(4, 3) + "min_validators = 1\n\n[privacy]\naggregation = \"secagg\"\n";
+    let view = run_on(&federation, 4, &job_toml).await;
+    assert_excluded_with(
+        &view,
+        &[("hospital-3", "update proof rejected")],
+        "committed-update-norm/v1",
+        None,
+    );
+    for round in &view.rounds {
+        assert_eq!(round.participants.len(), 3, "{round:#?}");
+    }
+    // The opened sum is the survivors' mean: the model learns from it
+    // (a logistic model starts at log-loss ln 2).
+    let metrics = view.rounds.last().unwrap().metrics.as_ref().unwrap();
+    assert!(metrics.loss < 0.68, "{metrics:?}");
+
+    let pki = dir.path().join("pki");
+    let mut ca = cohort_identity::CertificateAuthority::open(&pki.join("ca")).unwrap();
+    ca.issue(
+        &cohort_identity::IssueRequest::for_days(
+            cohort_identity::Role::Validator,
+            "validator-1",
+            30,
+        ),
+        &pki.join("validator-1"),
+    )
+    .unwrap();
+    let validator = pki.join("validator-1").to_string_lossy().into_owned();
+    let url = federation.url.clone();
+    let (ok, _, err) = cohort(&[
+        "validator",
+        "--tls",
+        &validator,
+        "--coordinator",
+        &url,
+        "--once",
+    ]);
+    assert!(ok, "{err}");
+    for round in ["1", "2"] {
+        let (ok, stdout, err) = cohort(&[
+            "verify",
+            "round",
+            &view.job_id,
+            round,
+            "--tls",
+            &validator,
+            "--coordinator",
+            &url,
+            "--json",
+        ]);
+        assert!(ok, "{err}\n{stdout}");
+        let check: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        let proofs = check["proofs"].as_array().unwrap();
+        assert_eq!(proofs.len(), 3, "{stdout}");
+        assert!(proofs.iter().all(|p| p["valid"] == true), "{stdout}");
+        assert_eq!(check["attestations"][0]["valid"], true, "{stdout}");
+        assert_eq!(check["excluded"], serde_json::json!(["hospital-3"]));
+    }
+    let mut dev = federation.developer().await.unwrap();
+    developer::download_model(&mut dev, &view.job_id, None, &dir.path().join("model"))
+        .await
+        .expect("published once attested");
+
+    // Commitments altered in the coordinator's store no longer match the
+    // SHA-256 on the signed ledger: the re-check names the proof invalid.
+    let stored = dir.path().join(format!(
+        "coordinator/objects/jobs/{}/rounds/00001/commitments/hospital-0",
+        view.job_id
+    ));
+    let mut bytes = std::fs::read(&stored).unwrap();
+    bytes.swap(0, 32);
+    std::fs::write(&stored, &bytes).unwrap();
+    let (_, stdout, _) = cohort(&[
+        "verify",
+        "round",
+        &view.job_id,
+        "1",
+        "--tls",
+        &validator,
+        "--coordinator",
+        &url,
+        "--json",
+    ]);
+    let check: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let tampered = check["proofs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["client"] == "hospital-0")
+        .unwrap();
+    assert_eq!(tampered["valid"], false, "{stdout}");
+    assert!(
+        tampered["reason"].as_str().unwrap().contains("SHA-256"),
+        "{stdout}"
+    );
+    federation.shutdown().await;
+}
+
+/// Secure aggregation with update proofs: a forged proof and an update
+/// over the bound (which the honest prover refuses to prove) are left out
+/// like dropouts, and a free rider's zero update proves well formed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_secure_aggregation_forged_and_overbound_updates_are_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let hospitals = hospitals(
+        dir.path(),
+        &[
+            None,
+            None,
+            Some(Misbehave::Freeride),
+            Some(Misbehave::Forge),
+            Some(Misbehave::Overbound(1000.0)),
+        ],
+    );
+    let job_toml =
+        job(5, 3) + "\n[privacy]\naggregation = \"secagg\"\n\n[privacy.secagg]\nthreshold = 0.6\n";
+    let view = run_job(dir.path(), &hospitals, &job_toml).await;
+    assert_excluded_with(
+        &view,
+        &[
+            ("hospital-3", "update proof rejected"),
+            ("hospital-4", "no proof"),
+        ],
+        "committed-update-norm/v1",
+        None,
+    );
+    for round in &view.rounds {
+        assert!(round.participants.iter().any(|p| p == "hospital-2"));
+    }
 }

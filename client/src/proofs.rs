@@ -110,6 +110,10 @@ pub(crate) async fn ensure_proving_key(
         return Ok(());
     }
     let wanted: UpdateProofTask = parse(&task.proofs_json, "update-proof settings")?;
+    // Proofs over commitments (secure aggregation) need no key.
+    if wanted.statement != cohort_proofs::STATEMENT_UPDATE_NORM {
+        return Ok(());
+    }
     if cache.get(&wanted.proving_key_sha256).is_some() {
         return Ok(());
     }
@@ -232,6 +236,109 @@ impl Worker {
         }
         answer.parameters = sent;
         Ok(answer)
+    }
+}
+
+impl Worker {
+    /// A FIT answer under secure aggregation with update proofs: the
+    /// update on the job's grid, committed entry by entry with this
+    /// session's masks as blindings (`blindings`: canonical scalars from
+    /// `ClientRound::blindings`), and a Bulletproofs proof that the
+    /// commitments hold a well-formed update for this job, round and
+    /// hospital. The commitments are the masked input; the update itself
+    /// never leaves. Under `--misbehave` the drill's commitments (and proof).
+    pub(crate) fn committed(
+        &self,
+        task: &TaskHeader,
+        trained: &crate::work::Trained,
+        blindings: &[[u8; 32]],
+        wanted: &UpdateProofTask,
+    ) -> Result<Answer, String> {
+        use cohort_proofs::committed;
+        if wanted.statement != committed::STATEMENT_COMMITTED_UPDATE_NORM {
+            return Err(format!(
+                "secure aggregation proves `{}`, the task asks for `{}`",
+                committed::STATEMENT_COMMITTED_UPDATE_NORM,
+                wanted.statement
+            ));
+        }
+        if trained.delta.len() != blindings.len() {
+            return Err(format!(
+                "the update has {} entries, the task proves {}",
+                trained.delta.len(),
+                blindings.len()
+            ));
+        }
+        let blindings = blindings
+            .iter()
+            .map(|b| committed::blinding_from_bytes(*b))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        let grid = wanted.grid;
+        let honest = grid
+            .encode(&trained.delta, &mut rand::rng())
+            .map_err(|e| e.to_string())?;
+        let context = Context {
+            job_id: task.job_id.clone(),
+            round: task.round,
+            client: self.name().to_string(),
+        };
+        let misbehave = self.options().misbehave;
+        let tampered: Vec<i64> = match misbehave {
+            Some(m) => {
+                let mut sent = grid.to_f32(&honest);
+                m.tamper(&mut sent);
+                sent.iter()
+                    .map(|v| (f64::from(*v) * 2f64.powi(grid.scale_log2)).round() as i64)
+                    .collect()
+            }
+            None => honest.iter().map(|&u| i64::from(u)).collect(),
+        };
+        let proved: Vec<i32> = if misbehave.is_some_and(|m| m.proves_tampered()) {
+            tampered
+                .iter()
+                .map(|&u| u.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32)
+                .collect()
+        } else {
+            honest
+        };
+        let (mut commitments, mut proof) =
+            match committed::prove(&context, grid.bound, &proved, &blindings) {
+                Ok(update) => (update.commitments, update.proof),
+                Err(e) if misbehave.is_some() => {
+                    warn!(
+                        job = task.job_id,
+                        round = task.round,
+                        "drill: {e}; sending without a proof"
+                    );
+                    (Vec::new(), Vec::new())
+                }
+                Err(e) => return Err(format!("proving the update well formed: {e}")),
+            };
+        if misbehave.is_some() {
+            // The drill sends the commitments of what it tampered (boost:
+            // beside the honest update's proof, the binding attack).
+            commitments = committed::commit(&tampered, &blindings);
+        }
+        if misbehave == Some(Misbehave::Forge) {
+            use rand::RngCore;
+            proof = vec![0u8; proof.len().max(cohort_proofs::PROOF_BYTES)];
+            rand::rng().fill_bytes(&mut proof);
+        }
+        Ok(Answer {
+            header: cohort_protocol::v1::ResultHeader {
+                // Committed updates are averaged uniformly: the count stays home.
+                num_examples: 0,
+                parameter_count: commitments.len() as u64,
+                train_loss: trained.loss,
+                dataset_sha256: trained.commitment.clone(),
+                dp_epsilon: trained.dp_epsilon.unwrap_or(0.0),
+                update_proof: proof,
+                ..Default::default()
+            },
+            parameters: Vec::new(),
+            masked: committed::commitments_to_bytes(&commitments),
+        })
     }
 }
 

@@ -220,6 +220,19 @@ impl Worker {
         train: impl FnOnce() -> Result<crate::work::Trained, String>,
     ) -> Result<Answer, String> {
         let view = self.view(task, secagg)?;
+        if !task.proofs_json.is_empty() {
+            let wanted: cohort_proofs::UpdateProofTask =
+                parse(&task.proofs_json, "update-proof settings")?;
+            let received = decode_shares(&secagg.shares).map_err(|e| e.to_string())?;
+            let trained = train()?;
+            let blindings = self.sessions().with(&view.session, |round| {
+                round
+                    .blindings(wanted.parameter_count as usize, &received)
+                    .map_err(|e| e.to_string())
+            })?;
+            let blindings = blindings.iter().map(|r| r.to_bytes()).collect::<Vec<_>>();
+            return self.committed(task, &trained, &blindings, &wanted);
+        }
         let quantizer: Quantizer = parse(&secagg.quantizer_json, "quantizer")?;
         if quantizer.bits() != view.params.bits {
             return Err(format!(

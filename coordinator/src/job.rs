@@ -516,13 +516,34 @@ impl JobSpec {
             }
             return Ok(());
         }
-        if self.privacy.aggregation != Aggregation::Plain {
-            return Err(invalid(
-                "proofs.update",
-                "update proofs are implemented for aggregation = \"plain\" only so far; \
-                 secure and homomorphic aggregation would need proofs bound to the masked or \
-                 encrypted input",
-            ));
+        match self.privacy.aggregation {
+            Aggregation::Plain => {}
+            Aggregation::Secagg => {
+                // Proved over the commitments that are the masked input.
+                if self.privacy.dp.is_some() {
+                    return Err(invalid(
+                        "proofs.update",
+                        "under secure aggregation the proved update is the committed one; \
+                         distributed DP noise added to it would have to be proved too, which \
+                         is not built: drop [privacy.dp] or use aggregation = \"plain\"",
+                    ));
+                }
+                if self.training.mode == TrainingMode::Splitfed {
+                    return Err(invalid(
+                        "proofs.update",
+                        "SplitFed parts under secure aggregation are not proved yet; use \
+                         aggregation = \"plain\"",
+                    ));
+                }
+            }
+            Aggregation::He => {
+                return Err(invalid(
+                    "proofs.update",
+                    "update proofs are implemented for aggregation = \"plain\" and \"secagg\"; \
+                     under homomorphic encryption a proof would have to be bound to the \
+                     ciphertext, which is not built",
+                ));
+            }
         }
         if self.privacy.dp.as_ref().is_some_and(|dp| {
             dp.level == cohort_privacy::dp::DpLevel::Client
@@ -690,6 +711,25 @@ kind = "fedavg"                     # fedprox: mu; fedadam/fedyogi: server_learn
         );
         assert_eq!(spec.strategy, StrategySpec::FedAvg {});
         assert_eq!(spec.privacy.aggregation, Aggregation::Plain);
+    }
+
+    #[test]
+    fn update_proofs_are_accepted_in_plain_and_secure_aggregation_only() {
+        let with = |privacy: &str| {
+            EXAMPLE.to_string() + "\n[proofs]\nupdate = \"norm\"\n\n[privacy]\n" + privacy
+        };
+        JobSpec::from_toml(&with("aggregation = \"plain\"")).unwrap();
+        JobSpec::from_toml(&with("aggregation = \"secagg\"")).unwrap();
+        for (privacy, says) in [
+            ("aggregation = \"he\"", "ciphertext"),
+            (
+                "aggregation = \"secagg\"\n[privacy.dp]\nlevel = \"client\"\nnoise_multiplier = 1.1\nclipping_norm = 0.5",
+                "distributed DP",
+            ),
+        ] {
+            let e = JobSpec::from_toml(&with(privacy)).unwrap_err().to_string();
+            assert!(e.contains("proofs.update") && e.contains(says), "{e}");
+        }
     }
 
     #[test]

@@ -107,6 +107,16 @@ pub enum TaskAnswer {
         compute_seconds: f64,
         receipt: UpdateReceipt,
     },
+    /// Stage 3 with update proofs: the masked update as one Pedersen
+    /// commitment per entry (`cohort_proofs::committed`), and the proof
+    /// that they commit to a well-formed update.
+    CommittedFit {
+        commitments: Vec<u8>,
+        proof: Vec<u8>,
+        train_loss: Option<f64>,
+        compute_seconds: f64,
+        receipt: UpdateReceipt,
+    },
     /// Stage 3 of a statistics session: the hospital's term of the pass's
     /// sum, masked.
     MaskedStatistics(Vec<u64>),
@@ -157,6 +167,9 @@ pub enum Expect {
     Masked { count: u64, bits: u32 },
     /// Exactly this many bytes (an encrypted update or decryption share).
     Bytes(u64),
+    /// A masked update of this many entries as Pedersen commitments
+    /// (`cohort_proofs::committed::COMMITMENT_BYTES` each), with its proof.
+    Commitments(u64),
 }
 
 /// `Err` carries the reason a client refused a task or its answer was

@@ -1340,6 +1340,45 @@ fn fitted_from_sum(
     })
 }
 
+/// The fit stage's outcome from the opened sum of committed updates
+/// (update proofs under secure aggregation): the uniform mean of the
+/// survivors' proved updates; `excluded` were left out for want of a valid
+/// proof.
+fn fitted_from_committed_sum(
+    sum: &[i64],
+    grid: &cohort_proofs::FixedPoint,
+    contributors: Vec<Contribution>,
+    aggregate: &str,
+    excluded: Vec<cohort_ledger::Exclusion>,
+) -> Fitted {
+    let bytes: Vec<u8> = sum.iter().flat_map(|s| s.to_le_bytes()).collect();
+    let total_examples = contributors.len() as u64;
+    let train_loss = weighted_loss(contributors.iter().map(|(_, (l, ..))| (1, *l)));
+    let slowest_fit_secs = contributors
+        .iter()
+        .map(|(_, (_, s, _))| *s)
+        .fold(0.0, f64::max);
+    let (participants, receipts): (Vec<String>, Vec<UpdateReceipt>) = contributors
+        .into_iter()
+        .map(|(client, (_, _, receipt))| (client, receipt))
+        .unzip();
+    Fitted {
+        updates: vec![crate::strategy::ClientUpdate {
+            client: aggregate.into(),
+            delta: grid.mean_of_sum(sum, participants.len()),
+            num_examples: total_examples,
+        }],
+        participants,
+        receipts,
+        total_examples,
+        train_loss,
+        slowest_fit_secs,
+        aggregate_sha256: Some(hex::encode(sha2::Sha256::digest(&bytes))),
+        groups: Vec::new(),
+        excluded,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

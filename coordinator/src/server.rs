@@ -61,6 +61,9 @@ fn upload_bytes(expect: Expect) -> Option<u64> {
         // Received as one u64 per value, whatever the bit width.
         Expect::Masked { count, .. } => Some(count.saturating_mul(8)),
         Expect::Bytes(len) => Some(len),
+        Expect::Commitments(count) => {
+            Some(count.saturating_mul(cohort_proofs::committed::COMMITMENT_BYTES as u64))
+        }
     }
 }
 
@@ -371,6 +374,7 @@ impl HospitalService for Services {
                     match &mut answer {
                         TaskAnswer::Fit { receipt, .. }
                         | TaskAnswer::MaskedFit { receipt, .. }
+                        | TaskAnswer::CommittedFit { receipt, .. }
                         | TaskAnswer::HeFit { receipt, .. } => {
                             receipt.client = client.clone();
                             check_update_signature(
@@ -551,6 +555,11 @@ async fn read_bytes(
             header.parameter_count
         ));
     }
+    read_exactly(stream, len, what).await
+}
+
+/// The upload's chunks, which must add up to exactly `len` bytes.
+async fn read_exactly(stream: &mut Upload, len: u64, what: &str) -> Result<Vec<u8>, String> {
     let mut assembler = ByteAssembler::new(len as usize);
     read_chunks(stream, |data| {
         assembler.push(data).map_err(|e| format!("{what}: {e}"))
@@ -639,6 +648,37 @@ async fn read_answer(
                     dp_epsilon: reported_epsilon(header),
                     proof: None,
                 },
+            })
+        }
+        TaskKind::Fit if matches!(expect, Expect::Commitments(_)) => {
+            let Expect::Commitments(count) = expect else {
+                unreachable!("matched above")
+            };
+            if header.parameter_count != count {
+                return Err(format!(
+                    "committed update has {} entries, the round expects {count}",
+                    header.parameter_count
+                ));
+            }
+            let bytes = count.saturating_mul(cohort_proofs::committed::COMMITMENT_BYTES as u64);
+            let commitments = read_exactly(stream, bytes, "committed update").await?;
+            let train_loss = header.train_loss.is_finite().then_some(header.train_loss);
+            Ok(TaskAnswer::CommittedFit {
+                receipt: UpdateReceipt {
+                    client: String::new(),
+                    task_id: header.task_id.clone(),
+                    num_examples: header.num_examples,
+                    parameter_count: header.parameter_count,
+                    update_sha256: hex::encode(sha2::Sha256::digest(&commitments)),
+                    signature: hex::encode(&header.update_signature),
+                    dataset_sha256: header.dataset_sha256.clone(),
+                    dp_epsilon: reported_epsilon(header),
+                    proof: None,
+                },
+                commitments,
+                proof: header.update_proof.clone(),
+                train_loss,
+                compute_seconds: sane_seconds(header.compute_seconds),
             })
         }
         TaskKind::Fit if matches!(expect, Expect::Bytes(_)) => {
@@ -915,6 +955,7 @@ impl Services {
 impl DeveloperService for Services {
     type GetModelStream = FrameStream<ModelFrame>;
     type GetLedgerStream = FrameStream<v1::LedgerFrame>;
+    type GetCommitmentsStream = FrameStream<Chunk>;
 
     async fn get_ledger(
         &self,
@@ -967,6 +1008,36 @@ impl DeveloperService for Services {
             });
         let stream = futures::stream::iter(std::iter::once(Ok(head)).chain(entries));
         Ok(Response::new(stream.boxed()))
+    }
+
+    async fn get_commitments(
+        &self,
+        request: Request<v1::GetCommitmentsRequest>,
+    ) -> Result<Response<Self::GetCommitmentsStream>, Status> {
+        let caller = self.auth.authorize(&request, "GetCommitments", READERS)?;
+        let _turn = self.developer_turn().await?;
+        let r = request.into_inner();
+        let job = self
+            .store
+            .job(&r.job_id)
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("no job `{}`", r.job_id)))?;
+        check_may_read(&caller, &job)?;
+        check_client_name(&r.client).map_err(Status::invalid_argument)?;
+        let bytes = self
+            .store
+            .get_object(&crate::runner::proofs::commitments_key(
+                &r.job_id, r.round, &r.client,
+            ))
+            .await
+            .map_err(|_| {
+                Status::not_found(format!(
+                    "job `{}` has no committed update of `{}` in round {}",
+                    r.job_id, r.client, r.round
+                ))
+            })?;
+        let chunks: Vec<Result<Chunk, Status>> = byte_chunks(&bytes).map(Ok).collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
     }
 
     async fn submit_attestation(

@@ -58,7 +58,11 @@ pub struct ProofRecord {
     /// Hex of the Poseidon hash of the update the coordinator received
     /// (32 bytes, little-endian field element).
     pub update_hash: String,
-    /// Hex of the compressed Groth16 proof.
+    /// Hex of the proof: a compressed Groth16 proof (`update-norm/v1`) or
+    /// a Bulletproofs R1CS proof (`committed-update-norm/v1`, secure
+    /// aggregation, where `update_hash` is the SHA-256 of the hospital's
+    /// masked input: its Pedersen commitments, which readers of the job
+    /// fetch with `GetCommitments`).
     pub proof: String,
 }
 

@@ -763,3 +763,41 @@ fn larger_rounds() {
         );
     }
 }
+
+/// Committed inputs (proofs under secure aggregation): the blindings are the
+/// masks over the group order, so the survivors' blindings minus what the
+/// server reconstructs cancel exactly, also when a client drops after
+/// sharing (its pairwise masks with the survivors are removed) — and a
+/// single client's blinding is not what the server can compute.
+#[test]
+fn committed_blindings_cancel_in_the_survivors_sum() {
+    use curve25519_dalek::scalar::Scalar;
+    let mut m = Manual::new(6, 5, 0.8, b"job/1/round/4", 11);
+    m.share();
+    let mut total = vec![Scalar::ZERO; 16];
+    let mut first = Vec::new();
+    for u in 0..5u32 {
+        let received = m.server.shares_for(u);
+        let r = m.clients[u as usize].blindings(16, &received).unwrap();
+        m.server.committed_input(u, 16).unwrap();
+        for (t, r) in total.iter_mut().zip(&r) {
+            *t += r;
+        }
+        if u == 0 {
+            first = r;
+        }
+    }
+    assert!(matches!(
+        m.server.committed_input(0, 16),
+        Err(SecAggError::Duplicate { .. })
+    ));
+    let survivors = m.server.survivors();
+    assert_eq!(survivors.len(), 5);
+    for u in 0..5u32 {
+        let reveals = m.clients[u as usize].unmask(&survivors).unwrap();
+        m.server.reveal(u, reveals).unwrap();
+    }
+    let residual = m.server.finish_blindings().unwrap();
+    assert_eq!(residual, total);
+    assert_ne!(residual, first);
+}

@@ -83,3 +83,89 @@ pub fn update_norm(parameters: usize) -> Result<UpdateNormBench, ProofError> {
         verify_seconds,
     })
 }
+
+/// One size's numbers for the statement over commitments (secure
+/// aggregation, [`crate::committed`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct CommittedUpdateNormBench {
+    pub parameters: usize,
+    pub multipliers: usize,
+    /// Once per process and size: hashing the Bulletproofs generators to
+    /// the group.
+    pub generators_seconds: f64,
+    /// Client: encoding on the grid, committing and proving.
+    pub prove_seconds: f64,
+    pub proof_bytes: usize,
+    /// The masked input itself: one compressed point per entry.
+    pub commitment_bytes: usize,
+    /// Coordinator or validator, per hospital.
+    pub verify_seconds: f64,
+    /// Coordinator, per round: summing `contributors` hospitals'
+    /// commitments, removing the blinding and finding the sum's logarithm
+    /// (the one-off table of small multiples included).
+    pub contributors: usize,
+    pub open_seconds: f64,
+}
+
+/// Proves and verifies the committed statement once per hospital for
+/// `contributors` hospitals' random updates of `parameters` entries, then
+/// opens their sum.
+pub fn committed_update_norm(
+    parameters: usize,
+    contributors: usize,
+) -> Result<CommittedUpdateNormBench, ProofError> {
+    use crate::committed;
+    use curve25519_dalek_ng::scalar::Scalar;
+    let grid = FixedPoint::for_clip(1.0)?;
+    let mut rng = rand::rng();
+    let context = Context {
+        job_id: "bench".into(),
+        round: 1,
+        client: "hospital".into(),
+    };
+    let started = Instant::now();
+    committed::warm_generators(parameters, grid.bound)?;
+    let generators_seconds = started.elapsed().as_secs_f64();
+    let (mut prove_seconds, mut verify_seconds) = (0.0, 0.0);
+    let mut sums = Vec::new();
+    let mut blinding = vec![Scalar::zero(); parameters];
+    let mut proof_bytes = 0;
+    for _ in 0..contributors {
+        let delta: Vec<f32> = (0..parameters)
+            .map(|_| rng.random_range(-1.0f32..1.0) / (parameters as f32).sqrt())
+            .collect();
+        let blindings: Vec<Scalar> = (0..parameters)
+            .map(|_| {
+                let mut wide = [0u8; 64];
+                rng.fill(&mut wide[..]);
+                Scalar::from_bytes_mod_order_wide(&wide)
+            })
+            .collect();
+        let started = Instant::now();
+        let entries = grid.encode(&delta, &mut rng)?;
+        let update = committed::prove(&context, grid.bound, &entries, &blindings)?;
+        prove_seconds += started.elapsed().as_secs_f64();
+        proof_bytes = update.proof.len();
+        let started = Instant::now();
+        committed::verify(&context, grid.bound, &update.commitments, &update.proof)?;
+        verify_seconds += started.elapsed().as_secs_f64();
+        committed::add_into(&mut sums, &committed::decompress(&update.commitments)?);
+        for (total, r) in blinding.iter_mut().zip(&blindings) {
+            *total += r;
+        }
+    }
+    let started = Instant::now();
+    committed::open_sum(&sums, &blinding, contributors)?;
+    let open_seconds = started.elapsed().as_secs_f64();
+    Ok(CommittedUpdateNormBench {
+        parameters,
+        multipliers: committed::multipliers(parameters, grid.bound)?,
+        generators_seconds,
+        prove_seconds: prove_seconds / contributors as f64,
+        proof_bytes,
+        commitment_bytes: parameters * committed::COMMITMENT_BYTES,
+        verify_seconds: verify_seconds / contributors as f64,
+        contributors,
+        open_seconds,
+    })
+}

@@ -96,6 +96,13 @@ impl FixedPoint {
             .collect()
     }
 
+    /// The mean of `count` updates from the exact sum of their entries
+    /// (what secure aggregation of committed updates recovers).
+    pub fn mean_of_sum(&self, sum: &[i64], count: usize) -> Vec<f32> {
+        let unit = 2f64.powi(-self.scale_log2) / count.max(1) as f64;
+        sum.iter().map(|&s| (s as f64 * unit) as f32).collect()
+    }
+
     /// Reads `u` back from a received update; refuses values that are not
     /// on the grid or not 16-bit.
     pub fn from_f32(&self, values: &[f32]) -> Result<Vec<i32>, ProofError> {

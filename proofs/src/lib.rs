@@ -18,6 +18,7 @@
 
 pub mod bench;
 pub mod circuits;
+pub mod committed;
 pub mod encoding;
 pub mod gadgets;
 pub mod hash;

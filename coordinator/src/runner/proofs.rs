@@ -5,12 +5,14 @@
 use std::sync::Arc;
 
 use cohort_ledger::{ProofRecord, Record};
+use cohort_proofs::committed::{self, RistrettoPoint, STATEMENT_COMMITTED_UPDATE_NORM};
 use cohort_proofs::{
     Context, FixedPoint, STATEMENT_UPDATE_NORM, UpdateProofTask, VerifyingKey, hash,
 };
+use sha2::Digest as _;
 
 use super::{RunError, Runner};
-use crate::job::{JobSpec, UpdateProofs};
+use crate::job::{Aggregation, JobSpec, UpdateProofs};
 use crate::store::JobRow;
 
 /// Object-store key of a job's proving key (served by
@@ -29,10 +31,26 @@ fn verifying_key_key(job_id: &str) -> String {
     )
 }
 
+/// Object-store key of a hospital's committed update in a recorded round
+/// (served by `DeveloperService.GetCommitments` to the job's readers).
+pub fn commitments_key(job_id: &str, round: u32, client: &str) -> String {
+    format!("jobs/{job_id}/rounds/{round:05}/commitments/{client}")
+}
+
 /// What a round needs to ask for and check update proofs.
 pub struct UpdateProofKeys {
     pub task: UpdateProofTask,
-    pub vk: Arc<VerifyingKey>,
+    pub system: ProofSystem,
+}
+
+/// How the job's updates are proved, by aggregation mode.
+pub enum ProofSystem {
+    /// Plain aggregation: Groth16 over the update's Poseidon hash, with the
+    /// job's verifying key.
+    Groth16(Arc<VerifyingKey>),
+    /// Secure aggregation: Bulletproofs over the Pedersen commitments that
+    /// are the masked input (`cohort_proofs::committed`); no keys.
+    Committed,
 }
 
 impl UpdateProofKeys {
@@ -52,12 +70,15 @@ impl UpdateProofKeys {
         if proof.is_empty() {
             return Err("no proof of a well-formed update attached".into());
         }
+        let ProofSystem::Groth16(vk) = &self.system else {
+            return Err("this job's updates are proved over their commitments".into());
+        };
         let grid = self.grid();
         let entries = grid
             .from_f32(delta)
             .map_err(|e| format!("update proof rejected: {e}"))?;
         let update_hash = hash::update_hash(&entries);
-        cohort_proofs::verify_update(&self.vk, context, grid.bound, update_hash, proof)
+        cohort_proofs::verify_update(vk, context, grid.bound, update_hash, proof)
             .map_err(|e| format!("update proof rejected: {e}"))?;
         Ok(ProofRecord {
             statement: STATEMENT_UPDATE_NORM.into(),
@@ -65,6 +86,41 @@ impl UpdateProofKeys {
             update_hash: hash::to_hex(&update_hash),
             proof: hex::encode(proof),
         })
+    }
+
+    /// Checks that `proof` proves the committed update that arrived
+    /// (`commitments`, the hospital's masked input) well formed for this
+    /// job, round and hospital. Returns the record for the update's receipt
+    /// and the commitments as points, to add into the round's sum.
+    pub fn check_committed(
+        &self,
+        context: &Context,
+        commitments: &[u8],
+        proof: &[u8],
+    ) -> Result<(ProofRecord, Vec<RistrettoPoint>), String> {
+        let rejected = |e: cohort_proofs::ProofError| format!("update proof rejected: {e}");
+        if proof.is_empty() {
+            return Err("no proof of a well-formed update attached".into());
+        }
+        let parsed = committed::commitments_from_bytes(commitments).map_err(rejected)?;
+        if parsed.len() as u64 != self.task.parameter_count {
+            return Err(format!(
+                "{} commitments, the model has {} parameters",
+                parsed.len(),
+                self.task.parameter_count
+            ));
+        }
+        let points = committed::decompress(&parsed).map_err(rejected)?;
+        committed::verify(context, self.grid().bound, &parsed, proof).map_err(rejected)?;
+        Ok((
+            ProofRecord {
+                statement: STATEMENT_COMMITTED_UPDATE_NORM.into(),
+                bound: self.grid().bound,
+                update_hash: hex::encode(sha2::Sha256::digest(commitments)),
+                proof: hex::encode(proof),
+            },
+            points,
+        ))
     }
 }
 
@@ -112,6 +168,20 @@ impl Runner {
         }
         let failed = |e: String| RunError::Failed(format!("update proofs: {e}"));
         let grid = spec.update_grid().map_err(|e| failed(e.to_string()))?;
+        if spec.privacy.aggregation == Aggregation::Secagg {
+            // Bulletproofs' generators are hashed from public labels: no
+            // setup, nothing to record but the statement on each receipt.
+            return Ok(Some(UpdateProofKeys {
+                task: UpdateProofTask {
+                    statement: STATEMENT_COMMITTED_UPDATE_NORM.into(),
+                    grid,
+                    parameter_count: n_params as u64,
+                    proving_key_sha256: String::new(),
+                    verifying_key_sha256: String::new(),
+                },
+                system: ProofSystem::Committed,
+            }));
+        }
         let stored = match (
             self.store.get_object(&proving_key_key(&job.id)).await,
             self.store.get_object(&verifying_key_key(&job.id)).await,
@@ -167,7 +237,7 @@ impl Runner {
                 proving_key_sha256: cohort_proofs::keys::digest(&pk_bytes),
                 verifying_key_sha256: vk.sha256(),
             },
-            vk: Arc::new(vk),
+            system: ProofSystem::Groth16(Arc::new(vk)),
         }))
     }
 }

@@ -25,19 +25,34 @@ use cohort_privacy::secagg::{
 };
 use cohort_protocol::v1::{SecAggAdvert, SecAggTask, TaskHeader, TaskKind};
 
+use cohort_proofs::committed::{self, RistrettoPoint};
+
+use super::proofs::{ProofSystem, UpdateProofKeys};
 use super::splitfed::SplitTasks;
 use super::{Fitted, RunError, Runner, json};
-use crate::job::{Aggregation, JobSpec};
+use crate::job::{Aggregation, JobSpec, UpdateProofs};
 use crate::registry::{Expect, TaskAnswer, TaskBody};
 use crate::store::{Enrollment, JobRow};
 
 /// The aggregate's stand-in name: the strategy sees one update, the mean.
 const AGGREGATE: &str = "secure-aggregate";
 
+/// One hospital's stage-3 input.
+pub(super) enum MaskedInput {
+    /// Masked words mod `2^bits`.
+    Words(Vec<u64>),
+    /// Pedersen commitments whose blindings are the masks (update proofs
+    /// under secure aggregation, `cohort_proofs::committed`).
+    Committed(Vec<RistrettoPoint>),
+}
+
 /// How a secure-aggregation session ended.
 pub(super) enum SecureSum<T> {
     /// The sum, and what `accept` kept of each contributor's answer.
     Summed(Vec<u64>, Vec<(String, T)>),
+    /// A session of committed inputs: the sum of the survivors' entries,
+    /// opened, and what `accept` kept of each contributor's answer.
+    Committed(Vec<i64>, Vec<(String, T)>),
     /// Abandoned (too few at some stage, or the sum unrecoverable); these
     /// hospitals failed a stage of it.
     Abandoned(Vec<String>),
@@ -65,6 +80,8 @@ pub(super) struct SecureSession {
     pub splits: SplitTasks,
     /// Values in each hospital's masked input.
     pub input_len: usize,
+    /// Whether the masked inputs are Pedersen commitments (update proofs).
+    pub committed: bool,
     /// Hospitals needed at every stage.
     pub needed: usize,
     pub timeout_secs: u64,
@@ -157,23 +174,39 @@ impl Runner {
             return Ok(None);
         };
         let needed = params.min_survivors.max(min_clients) as usize;
-        let quantizer = match super::dp::encoded_noise(spec)? {
+        // With update proofs each hospital commits to its update on the
+        // job's grid and proves it well formed; the mean is then uniform
+        // (each hospital's influence is what the bound allows).
+        let proofs = match spec.proofs.update {
+            UpdateProofs::Norm => Some(UpdateProofKeys {
+                task: serde_json::from_str(&fit.proofs_json)
+                    .map_err(|e| stop(format!("the round's update-proof settings: {e}")))?,
+                system: ProofSystem::Committed,
+            }),
+            UpdateProofs::Off => None,
+        };
+        let quantizer = match (&proofs, super::dp::encoded_noise(spec)?) {
+            (Some(_), _) => None,
             // Distributed DP: uniform weights (a hospital's influence is
             // bounded by the clipping norm, whatever its size), and room in
             // the modulus for every hospital's share of the noise.
-            Some((clip, sigma)) => cohort_privacy::distributed::quantizer(
-                clip,
-                config.bits,
-                n,
-                sigma,
-                params.min_survivors,
-                global.len(),
-            )
-            .map_err(|e| stop(e.to_string()))?,
-            None => {
+            (None, Some((clip, sigma))) => Some(
+                cohort_privacy::distributed::quantizer(
+                    clip,
+                    config.bits,
+                    n,
+                    sigma,
+                    params.min_survivors,
+                    global.len(),
+                )
+                .map_err(|e| stop(e.to_string()))?,
+            ),
+            (None, None) => {
                 let max_examples = self.max_rows(selected, enrollment)?;
-                Quantizer::for_weighted_sum(config.clip, config.bits, n, max_examples)
-                    .map_err(|e| stop(e.to_string()))?
+                Some(
+                    Quantizer::for_weighted_sum(config.clip, config.bits, n, max_examples)
+                        .map_err(|e| stop(e.to_string()))?,
+                )
             }
         };
         let session = cohort_protocol::secagg_session(&job.id, round, attempt, selected);
@@ -185,37 +218,105 @@ impl Runner {
             neighbours: k,
             header: fit.clone(),
             secagg: SecAggTask {
-                quantizer_json: json(&quantizer)?,
+                quantizer_json: quantizer
+                    .as_ref()
+                    .map(json)
+                    .transpose()?
+                    .unwrap_or_default(),
                 ..Default::default()
             },
             input: (TaskKind::Fit, "masked update", "sent a masked update"),
             body: Some(TaskBody::parameters(global)),
             splits: splits.clone(),
-            input_len: global.len() + 1,
+            // The example count rides inside a quantized update.
+            input_len: global.len() + usize::from(proofs.is_none()),
+            committed: proofs.is_some(),
             needed,
             timeout_secs: t.round_timeout_secs,
             unmask_crash_point: "secagg-unmask",
         };
+        let mut excluded = Vec::new();
+        let mut proved = Vec::new();
         let summed = self
-            .secure_sum(job, secure, selected, |_, a| {
-                let TaskAnswer::MaskedFit {
-                    masked,
-                    train_loss,
-                    compute_seconds,
-                    receipt,
-                } = a
-                else {
-                    return Err("answered a masked fit task with something else".into());
-                };
-                Ok((masked, (train_loss, compute_seconds, receipt)))
+            .secure_sum(job, secure, selected, |client, a| match (a, &proofs) {
+                (
+                    TaskAnswer::MaskedFit {
+                        masked,
+                        train_loss,
+                        compute_seconds,
+                        receipt,
+                    },
+                    None,
+                ) => Ok((
+                    MaskedInput::Words(masked),
+                    (train_loss, compute_seconds, receipt),
+                )),
+                (
+                    TaskAnswer::CommittedFit {
+                        commitments,
+                        proof,
+                        train_loss,
+                        compute_seconds,
+                        mut receipt,
+                    },
+                    Some(keys),
+                ) => {
+                    let context = cohort_proofs::Context {
+                        job_id: job.id.clone(),
+                        round,
+                        client: client.to_string(),
+                    };
+                    match keys.check_committed(&context, &commitments, &proof) {
+                        Ok((record, points)) => {
+                            receipt.proof = Some(record);
+                            // For validators: the proof is about these bytes.
+                            proved.push((client.to_string(), commitments));
+                            Ok((
+                                MaskedInput::Committed(points),
+                                (train_loss, compute_seconds, receipt),
+                            ))
+                        }
+                        // Left out like a hospital that vanished after
+                        // sharing: unmasking removes its pairwise masks.
+                        Err(reason) => {
+                            excluded.push(cohort_ledger::Exclusion {
+                                client: client.to_string(),
+                                reason: reason.clone(),
+                            });
+                            Err(reason)
+                        }
+                    }
+                }
+                _ => Err("answered a masked fit task with something else".into()),
             })
             .await?;
-        let SecureSum::Summed(sum, contributors) = summed else {
-            return Ok(None);
-        };
-        super::fitted_from_sum(&sum, &quantizer, contributors, AGGREGATE)
-            .map(Some)
-            .map_err(stop)
+        match (summed, quantizer, proofs) {
+            (SecureSum::Summed(sum, contributors), Some(quantizer), _) => {
+                super::fitted_from_sum(&sum, &quantizer, contributors, AGGREGATE)
+                    .map(Some)
+                    .map_err(stop)
+            }
+            (SecureSum::Committed(sum, contributors), _, Some(keys)) => {
+                for (client, commitments) in proved {
+                    if contributors.iter().any(|(c, _)| *c == client) {
+                        self.store
+                            .put_object(
+                                &super::proofs::commitments_key(&job.id, round, &client),
+                                commitments,
+                            )
+                            .await?;
+                    }
+                }
+                Ok(Some(super::fitted_from_committed_sum(
+                    &sum,
+                    keys.grid(),
+                    contributors,
+                    AGGREGATE,
+                    excluded,
+                )))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// One secure-aggregation session with `selected`: keys advertised,
@@ -230,7 +331,7 @@ impl Runner {
         job: &JobRow,
         secure: SecureSession,
         selected: &[String],
-        mut accept: impl FnMut(&str, TaskAnswer) -> Result<(Vec<u64>, T), String>,
+        mut accept: impl FnMut(&str, TaskAnswer) -> Result<(MaskedInput, T), String>,
     ) -> Result<SecureSum<T>, RunError> {
         let SecureSession {
             label,
@@ -244,6 +345,7 @@ impl Runner {
             body,
             splits,
             input_len,
+            committed,
             needed,
             timeout_secs,
             unmask_crash_point,
@@ -400,10 +502,17 @@ impl Runner {
                 (c.clone(), header)
             })
             .collect();
-        let expect = Expect::Masked {
-            count: input_len as u64,
-            bits: params.bits,
+        let expect = if committed {
+            Expect::Commitments(input_len as u64)
+        } else {
+            Expect::Masked {
+                count: input_len as u64,
+                bits: params.bits,
+            }
         };
+        // The sum of committed inputs, kept here (a group the SecAgg+ state
+        // machine does not implement): no individual input is kept.
+        let mut points = Vec::new();
         let answers = self
             .exchange(
                 &job.id,
@@ -414,9 +523,17 @@ impl Runner {
                 expect,
                 |client, a| {
                     let (masked, kept) = accept(client, a)?;
-                    server
-                        .masked_input(id_of(client), masked)
-                        .map_err(|e| e.to_string())?;
+                    match masked {
+                        MaskedInput::Words(masked) => server
+                            .masked_input(id_of(client), masked)
+                            .map_err(|e| e.to_string())?,
+                        MaskedInput::Committed(commitments) => {
+                            server
+                                .committed_input(id_of(client), commitments.len())
+                                .map_err(|e| e.to_string())?;
+                            committed::add_into(&mut points, &commitments);
+                        }
+                    }
                     Ok(kept)
                 },
             )
@@ -462,15 +579,36 @@ impl Runner {
             )
             .await;
         failed.extend(revealed.failed.iter().map(|(c, _)| c.clone()));
+        let could_not = |e: String| {
+            format!(
+                "{label} attempt {attempt}: secure aggregation could not recover the sum: {e}; retrying"
+            )
+        };
+        if committed {
+            let opened = server
+                .finish_blindings()
+                .map_err(|e| e.to_string())
+                .and_then(|residual| {
+                    let residual = residual
+                        .iter()
+                        .map(|r| committed::blinding_from_bytes(r.to_bytes()))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| e.to_string())?;
+                    committed::open_sum(&points, &residual, answers.ok.len())
+                        .map_err(|e| e.to_string())
+                });
+            return Ok(match opened {
+                Ok(sum) => SecureSum::Committed(sum, answers.ok),
+                Err(e) => {
+                    self.note(&job.id, could_not(e));
+                    SecureSum::Abandoned(failed)
+                }
+            });
+        }
         match server.finish() {
             Ok(sum) => Ok(SecureSum::Summed(sum, answers.ok)),
             Err(e) => {
-                self.note(
-                    &job.id,
-                    format!(
-                        "{label} attempt {attempt}: secure aggregation could not recover the sum: {e}; retrying"
-                    ),
-                );
+                self.note(&job.id, could_not(e.to_string()));
                 Ok(SecureSum::Abandoned(failed))
             }
         }

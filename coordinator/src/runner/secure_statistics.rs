@@ -13,7 +13,7 @@ use cohort_privacy::dp::DpLevel;
 use cohort_privacy::secagg::Params;
 use cohort_protocol::v1::{SecAggTask, TaskHeader, TaskKind};
 
-use super::secagg::{SecureSession, SecureSum};
+use super::secagg::{MaskedInput, SecureSession, SecureSum};
 use super::{RunError, Runner, json};
 use crate::job::JobSpec;
 use crate::registry::TaskAnswer;
@@ -94,18 +94,24 @@ impl Runner {
                 body: None,
                 splits: Default::default(),
                 input_len: pass.len(schema),
+                committed: false,
                 needed: members.len(),
                 timeout_secs: spec.training.round_timeout_secs,
                 unmask_crash_point: "secagg-statistics-unmask",
             };
             let summed = self
                 .secure_sum(job, secure, members, |_, answer| match answer {
-                    TaskAnswer::MaskedStatistics(masked) => Ok((masked, ())),
+                    TaskAnswer::MaskedStatistics(masked) => Ok((MaskedInput::Words(masked), ())),
                     _ => Err("answered a statistics task with something else".into()),
                 })
                 .await?;
             let sum = match summed {
                 SecureSum::Summed(sum, _) => sum,
+                SecureSum::Committed(..) => {
+                    return Err(RunError::Failed(
+                        "statistics are summed as words, not commitments".into(),
+                    ));
+                }
                 SecureSum::Abandoned(failed) => return Ok(Err(failed)),
             };
             let done = statistics.absorb(&sum).map_err(|e| {

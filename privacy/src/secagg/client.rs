@@ -4,6 +4,8 @@ use rand::{CryptoRng, RngCore};
 use std::collections::{BTreeMap, BTreeSet};
 use zeroize::Zeroizing;
 
+use curve25519_dalek::scalar::Scalar;
+
 use super::crypto::{self, SecretKey};
 use super::shamir::{self, Share};
 use super::wire::SHARE_CIPHERTEXT_BYTES;
@@ -248,6 +250,48 @@ impl ClientRound {
                 bits: self.params.bits,
             });
         }
+        let held = self.open_shares(received)?;
+        let bits = self.params.bits;
+        let mut y = input.to_vec();
+        for (seed, subtract) in self.mask_seeds(&held)? {
+            crypto::apply_prg(&mut y, &seed, bits, subtract);
+        }
+        self.held = held;
+        self.stage = Stage::Masked;
+        Ok(y)
+    }
+
+    /// Stage 3 when the masked input is a vector of Pedersen commitments
+    /// (`cohort_proofs::committed`: proofs about securely aggregated
+    /// updates): instead of masking words, returns the `len` blinding
+    /// scalars `PRG(b_u) + Σ ±PRG(s_uv)` over the group order, with the
+    /// same seeds and signs as [`mask`](Self::mask), so that the survivors'
+    /// blindings cancel in the same way once the coordinator removes the
+    /// self masks and the dropped clients' pairwise masks
+    /// ([`ServerRound::finish_blindings`](super::ServerRound::finish_blindings)).
+    pub fn blindings(
+        &mut self,
+        len: usize,
+        received: &[EncryptedShares],
+    ) -> Result<Vec<Scalar>, SecAggError> {
+        if self.stage != Stage::Shared {
+            return Err(self.wrong_stage("blindings"));
+        }
+        let held = self.open_shares(received)?;
+        let mut r = vec![Scalar::ZERO; len];
+        for (seed, subtract) in self.mask_seeds(&held)? {
+            crypto::apply_scalar_prg(&mut r, &seed, subtract);
+        }
+        self.held = held;
+        self.stage = Stage::Masked;
+        Ok(r)
+    }
+
+    /// Decrypts the shares addressed to me; at least `t − 1` must have come.
+    fn open_shares(
+        &self,
+        received: &[EncryptedShares],
+    ) -> Result<BTreeMap<ClientId, Held>, SecAggError> {
         let mut held = BTreeMap::new();
         for e in received {
             if e.to != self.me {
@@ -298,10 +342,20 @@ impl ClientRound {
                 need: self.params.t(),
             });
         }
-        let bits = self.params.bits;
-        let mut y = input.to_vec();
-        let self_seed = crypto::self_mask_seed(&self.self_seed, &self.session, self.me);
-        crypto::apply_prg(&mut y, &self_seed, bits, false);
+        Ok(held)
+    }
+
+    /// The seeds of my masks, each with whether it is subtracted: my self
+    /// mask (added), and the pairwise mask with each neighbour in `held`
+    /// (`+` when I am the smaller id).
+    fn mask_seeds(
+        &self,
+        held: &BTreeMap<ClientId, Held>,
+    ) -> Result<Vec<crypto::MaskSeed>, SecAggError> {
+        let mut seeds = vec![(
+            crypto::self_mask_seed(&self.self_seed, &self.session, self.me),
+            false,
+        )];
         for &v in held.keys() {
             let ad = &self.adverts[&v];
             let shared = self
@@ -311,12 +365,12 @@ impl ClientRound {
                     client: v,
                     which: "mask",
                 })?;
-            let seed = crypto::pairwise_seed(&shared, &self.session, self.me, v);
-            crypto::apply_prg(&mut y, &seed, bits, v < self.me);
+            seeds.push((
+                crypto::pairwise_seed(&shared, &self.session, self.me, v),
+                v < self.me,
+            ));
         }
-        self.held = held;
-        self.stage = Stage::Masked;
-        Ok(y)
+        Ok(seeds)
     }
 
     /// Stage 4. `survivors`: `U3` as announced by the server (must include

@@ -9,6 +9,7 @@
 //! seed can be reused across purposes, sessions or pairs.
 
 use curve25519_dalek::montgomery::MontgomeryPoint;
+use curve25519_dalek::scalar::Scalar;
 use rand::{CryptoRng, RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
@@ -184,6 +185,9 @@ pub(crate) fn open(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Option<Zeroizin
     Some(buf)
 }
 
+/// A mask's PRG seed, and whether its stream is subtracted.
+pub(crate) type MaskSeed = (Zeroizing<[u8; 32]>, bool);
+
 /// `acc ± PRG(seed) mod 2^bits`, where PRG is the ChaCha20 keystream read
 /// as little-endian words of 4 bytes (`bits ≤ 32`) or 8 bytes, masked to
 /// `bits` (uniform, since `2^bits` divides the word range).
@@ -221,6 +225,23 @@ pub(crate) fn apply_prg(acc: &mut [u64], seed: &[u8; 32], bits: u32, subtract: b
                     a.wrapping_add(r)
                 } & mask;
             }
+        }
+    }
+}
+
+/// `acc ± PRG(seed)` over the ristretto255 group order: each scalar is
+/// 64 bytes of the ChaCha20 keystream reduced mod `ℓ` (uniform up to
+/// `2^-250`). The blindings of committed inputs (`ClientRound::blindings`).
+pub(crate) fn apply_scalar_prg(acc: &mut [Scalar], seed: &[u8; 32], subtract: bool) {
+    let mut rng = ChaCha20Rng::from_seed(*seed);
+    let mut wide = [0u8; 64];
+    for a in acc.iter_mut() {
+        rng.fill_bytes(&mut wide);
+        let r = Scalar::from_bytes_mod_order_wide(&wide);
+        if subtract {
+            *a -= r;
+        } else {
+            *a += r;
         }
     }
 }

@@ -3,6 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use curve25519_dalek::scalar::Scalar;
+
 use super::crypto::{self, SecretKey};
 use super::shamir::{self, ShamirError, Share};
 use super::wire::SHARE_CIPHERTEXT_BYTES;
@@ -341,6 +343,33 @@ impl ServerRound {
     /// Stage 3: `id`'s masked input. Builds `U3`. Adds it into the running
     /// sum immediately; keeps no individual masked vector after this call.
     pub fn masked_input(&mut self, id: ClientId, masked: Vec<u64>) -> Result<(), SecAggError> {
+        self.check_input(id, masked.len())?;
+        let mask = self.params.mask();
+        if let Some((index, &value)) = masked.iter().enumerate().find(|&(_, &v)| v > mask) {
+            return Err(SecAggError::ValueOutOfRange {
+                index,
+                value,
+                bits: self.params.bits,
+            });
+        }
+        crate::quantize::add_mod(&mut self.sum, &masked, self.params.bits);
+        self.masked.insert(id);
+        Ok(())
+    }
+
+    /// Stage 3 for a session whose masked inputs are Pedersen commitments
+    /// of `len` entries (`cohort_proofs::committed`), which the caller sums
+    /// as they arrive (a group this crate does not implement): records `id`
+    /// in `U3` after the same checks as [`masked_input`](Self::masked_input).
+    /// The caller adds the commitments only when this succeeds.
+    pub fn committed_input(&mut self, id: ClientId, len: usize) -> Result<(), SecAggError> {
+        self.check_input(id, len)?;
+        self.masked.insert(id);
+        Ok(())
+    }
+
+    /// Whether `id` may send a stage-3 input of `len` values now.
+    fn check_input(&self, id: ClientId, len: usize) -> Result<(), SecAggError> {
         self.check_usable()?;
         if self.announced() >= U3_ANNOUNCED {
             return Err(SecAggError::WrongStage {
@@ -367,22 +396,12 @@ impl ServerRound {
                 what: "masked input",
             });
         }
-        if masked.len() != self.input_len {
+        if len != self.input_len {
             return Err(SecAggError::WrongLength {
                 expected: self.input_len,
-                got: masked.len(),
+                got: len,
             });
         }
-        let mask = self.params.mask();
-        if let Some((index, &value)) = masked.iter().enumerate().find(|&(_, &v)| v > mask) {
-            return Err(SecAggError::ValueOutOfRange {
-                index,
-                value,
-                bits: self.params.bits,
-            });
-        }
-        crate::quantize::add_mod(&mut self.sum, &masked, self.params.bits);
-        self.masked.insert(id);
         Ok(())
     }
 
@@ -510,7 +529,35 @@ impl ServerRound {
     /// secret has fewer than `t` revealed shares;
     /// [`SecAggError::InconsistentShares`] when revealed shares disagree
     /// (or a reconstructed mask key does not match its advertisement).
-    pub fn finish(self) -> Result<Vec<u64>, SecAggError> {
+    pub fn finish(mut self) -> Result<Vec<u64>, SecAggError> {
+        let bits = self.params.bits;
+        let seeds = self.unmasking_seeds()?;
+        let mut sum = std::mem::take(&mut self.sum);
+        for (seed, subtract) in seeds {
+            crypto::apply_prg(&mut sum, &seed, bits, subtract);
+        }
+        Ok(sum)
+    }
+
+    /// For a session of committed inputs ([`committed_input`](Self::committed_input)):
+    /// the blinding left in the sum of `U3`'s commitments, `R_j =
+    /// Σ_{u ∈ U3} PRG(b_u)_j + Σ ±PRG(s_uv)_j` over the pairs of a survivor
+    /// `u` and a dropped `v`, so that `Σ C_u,j − R_j·B̃` commits to the sum
+    /// with blinding 0. The same errors as [`finish`](Self::finish).
+    pub fn finish_blindings(self) -> Result<Vec<Scalar>, SecAggError> {
+        let mut residual = vec![Scalar::ZERO; self.input_len];
+        for (seed, subtract) in self.unmasking_seeds()? {
+            // finish() subtracts what the clients added; the residual is it.
+            crypto::apply_scalar_prg(&mut residual, &seed, !subtract);
+        }
+        Ok(residual)
+    }
+
+    /// The seeds whose PRG streams unmask the sum, each with whether it is
+    /// subtracted: the survivors' self masks and the pairwise masks between
+    /// survivors and dropped clients, all reconstructed first so that a
+    /// failure costs no PRG work.
+    fn unmasking_seeds(&self) -> Result<Vec<crypto::MaskSeed>, SecAggError> {
         self.check_usable()?;
         let need = self.params.min_survivors as usize;
         if self.masked.len() < need || self.masked.is_empty() {
@@ -519,14 +566,11 @@ impl ServerRound {
                 need,
             });
         }
-        let bits = self.params.bits;
-        // Reconstruct everything first, so a failure costs no PRG work.
         let mut seeds = Vec::with_capacity(self.masked.len());
         for &u in &self.masked {
             let b = self.reconstruct(self.seed_shares.get(&u), u)?;
-            seeds.push((u, crypto::self_mask_seed(&b, &self.session, u)));
+            seeds.push((crypto::self_mask_seed(&b, &self.session, u), true));
         }
-        let mut dropped = Vec::new();
         for (&v, tos) in &self.sent_to {
             if self.masked.contains(&v) {
                 continue;
@@ -539,25 +583,17 @@ impl ServerRound {
             if sk.public() != self.adverts[&v].mask_pk {
                 return Err(SecAggError::InconsistentShares { client: v });
             }
-            dropped.push((v, sk, affected));
-        }
-        let mut sum = self.sum;
-        for (_, seed) in &seeds {
-            crypto::apply_prg(&mut sum, seed, bits, true);
-        }
-        for (v, sk, affected) in &dropped {
-            for &u in affected {
+            for u in affected {
                 let shared =
                     sk.agree(&self.adverts[&u].mask_pk)
                         .ok_or(SecAggError::InvalidKey {
                             client: u,
                             which: "mask",
                         })?;
-                let seed = crypto::pairwise_seed(&shared, &self.session, u, *v);
                 // u added +PRG(s_uv) when u < v, −PRG otherwise: undo it.
-                crypto::apply_prg(&mut sum, &seed, bits, u < *v);
+                seeds.push((crypto::pairwise_seed(&shared, &self.session, u, v), u < v));
             }
         }
-        Ok(sum)
+        Ok(seeds)
     }
 }
