@@ -1,6 +1,8 @@
 //! `cohort bench proofs`: statement 1 (well-formed update) at several
 //! sizes: constraints, setup, prove and verify time, key and proof size,
-//! and the process's peak memory during each size.
+//! and the process's peak memory during each size; with `--statement
+//! committed` the same statement over Pedersen commitments (secure
+//! aggregation).
 
 use anyhow::{Result, anyhow};
 use serde::Serialize;
@@ -56,6 +58,68 @@ pub fn run(mut sizes: Vec<usize>, json: bool) -> Result<Vec<ProofBenchRow>> {
                 b.proof_bytes,
                 b.hash_seconds * 1e3,
                 b.verify_seconds * 1e3,
+                row.peak_rss_mib
+            );
+        }
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+#[derive(Debug, Serialize)]
+pub struct CommittedBenchRow {
+    #[serde(flatten)]
+    pub numbers: cohort_proofs::bench::CommittedUpdateNormBench,
+    /// Peak resident memory of the process during this size (MiB).
+    pub peak_rss_mib: f64,
+}
+
+/// Hospitals whose committed updates are proved, verified and summed.
+const COMMITTED_HOSPITALS: usize = 3;
+
+/// [`run`] for the statement over commitments.
+pub fn run_committed(mut sizes: Vec<usize>, json: bool) -> Result<Vec<CommittedBenchRow>> {
+    sizes.sort_unstable();
+    let mut rows = Vec::new();
+    if !json {
+        println!(
+            "{:>10} {:>10} {:>8} {:>9} {:>8} {:>9} {:>10} {:>8} {:>9}",
+            "params",
+            "gates",
+            "gens s",
+            "prove s",
+            "proof B",
+            "verify s",
+            "commit KiB",
+            "open s",
+            "peak MiB"
+        );
+    }
+    for n in sizes {
+        eprintln!(
+            "statement 1 over commitments at {n} parameters, {COMMITTED_HOSPITALS} hospitals: prove, verify, open the sum ..."
+        );
+        crate::bench::reset_peak_rss();
+        let numbers = cohort_proofs::bench::committed_update_norm(n, COMMITTED_HOSPITALS)
+            .map_err(|e| anyhow!("{n}: {e}"))?;
+        let row = CommittedBenchRow {
+            numbers,
+            peak_rss_mib: crate::bench::peak_rss_mib(),
+        };
+        let b = &row.numbers;
+        if json {
+            println!("{}", serde_json::to_string(&row)?);
+        } else {
+            println!(
+                "{:>10} {:>10} {:>8.2} {:>9.2} {:>8} {:>9.3} {:>10.0} {:>8.3} {:>9.0}",
+                b.parameters,
+                b.multipliers,
+                b.generators_seconds,
+                b.prove_seconds,
+                b.proof_bytes,
+                b.verify_seconds,
+                b.commitment_bytes as f64 / 1024.0,
+                b.open_seconds,
                 row.peak_rss_mib
             );
         }

@@ -323,13 +323,20 @@ struct TokenArgs {
 
 #[derive(Subcommand)]
 enum BenchCommand {
-    /// Update proofs (statement 1, Groth16 on BN254) at 16-bit entries:
-    /// constraints, setup time, proving-key size, prove time, proof size,
-    /// hash and verify time, peak memory. Build with --release.
+    /// Update proofs (statement 1) at 16-bit entries. `--statement norm`
+    /// (plain aggregation, Groth16 on BN254): constraints, setup time,
+    /// proving-key size, prove time, proof size, hash and verify time, peak
+    /// memory. `--statement committed` (secure aggregation, Bulletproofs
+    /// over Pedersen commitments, 3 hospitals): gates, generators, prove
+    /// and verify time, proof and commitment size, opening the sum, peak
+    /// memory. Build with --release.
     Proofs {
         /// Parameter counts, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
         sizes: Vec<usize>,
+        /// Which statement: `norm` (plain mode) or `committed` (secagg).
+        #[arg(long, default_value = "norm", value_parser = ["norm", "committed"])]
+        statement: String,
         /// One JSON object per size.
         #[arg(long)]
         json: bool,
@@ -2191,9 +2198,17 @@ async fn run_rewards_command(cmd: RewardsCommand) -> Result<()> {
 
 async fn run_bench_command(cmd: BenchCommand) -> Result<()> {
     match cmd {
-        BenchCommand::Proofs { sizes, json } => {
+        BenchCommand::Proofs {
+            sizes,
+            statement,
+            json,
+        } => {
             init_logging("warn");
-            cohort::bench_proofs::run(sizes, json)?;
+            if statement == "committed" {
+                cohort::bench_proofs::run_committed(sizes, json)?;
+            } else {
+                cohort::bench_proofs::run(sizes, json)?;
+            }
         }
         BenchCommand::Valuation {
             hospitals,

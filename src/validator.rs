@@ -514,6 +514,14 @@ pub async fn export(
         .proof
         .clone()
         .ok_or_else(|| anyhow!("`{client}`'s update in round {round} carries no proof"))?;
+    if record.statement != cohort_proofs::STATEMENT_UPDATE_NORM {
+        bail!(
+            "`{client}`'s proof in round {round} is `{}` (Bulletproofs over the commitments of \
+             a securely aggregated update); snarkjs and the EVM verifier check Groth16 proofs \
+             only. `cohort verify round` checks it.",
+            record.statement
+        );
+    }
     let vk = verifying_key(&entries, job_id)?
         .ok_or_else(|| anyhow!("job `{job_id}` has no verifying key on the ledger"))?;
     let context = Context {

@@ -181,6 +181,15 @@ pub(crate) async fn ensure_proving_key(
 }
 
 impl Worker {
+    /// Who proves what, where: this hospital's update in `task`'s round.
+    fn proof_context(&self, task: &TaskHeader) -> Context {
+        Context {
+            job_id: task.job_id.clone(),
+            round: task.round,
+            client: self.name().to_string(),
+        }
+    }
+
     /// A plain FIT answer with a proof: the update on the job's grid, and a
     /// Groth16 proof that it is well formed for this job, round and
     /// hospital. Under `--misbehave` the drill's update (and proof) instead.
@@ -198,11 +207,7 @@ impl Worker {
         let mut entries = grid
             .encode(&answer.parameters, &mut rand::rng())
             .map_err(|e| e.to_string())?;
-        let context = Context {
-            job_id: task.job_id.clone(),
-            round: task.round,
-            client: self.name().to_string(),
-        };
+        let context = self.proof_context(task);
         let misbehave = self.options().misbehave;
         let mut sent = grid.to_f32(&entries);
         if let Some(m) = misbehave.filter(|m| m.proves_tampered()) {
@@ -278,11 +283,7 @@ impl Worker {
         let honest = grid
             .encode(&trained.delta, &mut rand::rng())
             .map_err(|e| e.to_string())?;
-        let context = Context {
-            job_id: task.job_id.clone(),
-            round: task.round,
-            client: self.name().to_string(),
-        };
+        let context = self.proof_context(task);
         let misbehave = self.options().misbehave;
         let tampered: Vec<i64> = match misbehave {
             Some(m) => {

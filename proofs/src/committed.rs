@@ -55,7 +55,7 @@ use curve25519_dalek_ng::traits::Identity;
 use merlin::Transcript;
 use rayon::prelude::*;
 
-use crate::encoding::{ENTRY_BITS, norm_sq};
+use crate::encoding::{ENTRY_BITS, check_well_formed};
 use crate::{Context, ProofError};
 
 /// The statement's name in tasks, receipts and attestations.
@@ -175,23 +175,8 @@ fn prove_in_chunks(
             got: entries.len(),
         });
     }
-    let limit = 1i32 << (ENTRY_BITS - 1);
-    if let Some((i, u)) = entries
-        .iter()
-        .enumerate()
-        .find(|(_, u)| **u < -limit || **u >= limit)
-    {
-        return Err(ProofError::Refused(format!(
-            "entry {i} is {u}, outside the 16-bit range"
-        )));
-    }
     let bound_sq = bound_squared(bound)?;
-    let norm = norm_sq(entries);
-    if norm > u128::from(bound_sq) {
-        return Err(ProofError::Refused(format!(
-            "‖u‖² = {norm} exceeds B² = {bound_sq}"
-        )));
-    }
+    check_well_formed(entries, bound)?;
     let ranges: Vec<_> = (0..chunks)
         .map(|c| chunk_range(entries.len(), chunks, c))
         .collect();
@@ -638,6 +623,7 @@ fn in_range<CS: ConstraintSystem>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::encoding::norm_sq;
 
     fn context() -> Context {
         Context {

@@ -124,6 +124,30 @@ impl FixedPoint {
     }
 }
 
+/// What the prover checks before proving statement 1 (either proof
+/// system): every entry a 16-bit signed integer and `‖u‖² ≤ B²`. A prover
+/// refuses otherwise rather than emit a proof that would not verify.
+pub fn check_well_formed(entries: &[i32], bound: u64) -> Result<(), ProofError> {
+    let limit = 1i32 << (ENTRY_BITS - 1);
+    if let Some((i, u)) = entries
+        .iter()
+        .enumerate()
+        .find(|(_, u)| **u < -limit || **u >= limit)
+    {
+        return Err(ProofError::Refused(format!(
+            "entry {i} is {u}, outside the 16-bit range"
+        )));
+    }
+    let norm = norm_sq(entries);
+    let bound_sq = u128::from(bound).pow(2);
+    if norm > bound_sq {
+        return Err(ProofError::Refused(format!(
+            "‖u‖² = {norm} exceeds B² = {bound_sq}"
+        )));
+    }
+    Ok(())
+}
+
 /// `Σ u_i²`, exactly.
 pub fn norm_sq(entries: &[i32]) -> u128 {
     entries

@@ -15,6 +15,12 @@
 //! Proof system: Groth16 on BN254 (arkworks), so that standard verifiers
 //! (snarkjs, the EVM's pairing precompiles) check the same proofs
 //! ([`snarkjs`] writes them in snarkjs's layout).
+//!
+//! Under secure aggregation the same statement is proved about the masked
+//! input itself, one Pedersen commitment per entry blinded with the
+//! hospital's SecAgg+ masks, with Bulletproofs ([`committed`]): the
+//! coordinator checks each proof against the commitments that arrived and
+//! sums them without seeing any update.
 
 pub mod bench;
 pub mod circuits;

@@ -6,7 +6,7 @@ use ark_serialize::{CanonicalDeserialize, CanonicalSerialize};
 use serde::{Deserialize, Serialize};
 
 use crate::circuits::update_norm::UpdateNormCircuit;
-use crate::encoding::{ENTRY_BITS, FixedPoint, norm_sq};
+use crate::encoding::{FixedPoint, check_well_formed};
 use crate::keys::{ProvingKey, VerifyingKey};
 use crate::{ProofError, hash};
 
@@ -75,23 +75,7 @@ pub fn prove_update(
             got: entries.len(),
         });
     }
-    let limit = 1i32 << (ENTRY_BITS - 1);
-    if let Some((i, u)) = entries
-        .iter()
-        .enumerate()
-        .find(|(_, u)| **u < -limit || **u >= limit)
-    {
-        return Err(ProofError::Refused(format!(
-            "entry {i} is {u}, outside the 16-bit range"
-        )));
-    }
-    let norm = norm_sq(entries);
-    if norm > u128::from(grid.bound).pow(2) {
-        return Err(ProofError::Refused(format!(
-            "‖u‖² = {norm} exceeds B² = {}",
-            u128::from(grid.bound).pow(2)
-        )));
-    }
+    check_well_formed(entries, grid.bound)?;
     let update_hash = hash::update_hash(entries);
     let circuit = UpdateNormCircuit {
         len: pk.len,
