@@ -633,3 +633,82 @@ async fn under_secure_aggregation_forged_and_overbound_updates_are_left_out() {
         assert!(round.participants.iter().any(|p| p == "hospital-2"));
     }
 }
+
+/// Plain aggregation with `system = "bulletproofs"`: proofs that need no
+/// setup (nobody ever holds a trapdoor), over the update's unblinded
+/// commitments, which the coordinator recomputes from the update that
+/// arrived. The boosted update is left out; a validator re-checks the
+/// rounds from the ledger and the kept commitments; snarkjs export says
+/// why it does not apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plain_updates_proved_without_a_setup_are_checked_and_attested() {
+    let dir = tempfile::tempdir().unwrap();
+    let hospitals = hospitals(dir.path(), &[None, None, Some(Misbehave::Boost(10.0))]);
+    let federation = LocalFederation::start(dir.path(), &hospitals, true, Duration::from_secs(1))
+        .await
+        .unwrap();
+    let job_toml = job(3, 2) + "system = \"bulletproofs\"\nmin_validators = 1\n";
+    let view = run_on(&federation, 3, &job_toml).await;
+    assert_excluded_with(
+        &view,
+        &[("hospital-2", "update proof rejected")],
+        "committed-update-norm/v1",
+        None,
+    );
+    let pki = dir.path().join("pki");
+    let mut ca = cohort_identity::CertificateAuthority::open(&pki.join("ca")).unwrap();
+    ca.issue(
+        &cohort_identity::IssueRequest::for_days(
+            cohort_identity::Role::Validator,
+            "validator-1",
+            30,
+        ),
+        &pki.join("validator-1"),
+    )
+    .unwrap();
+    let validator = pki.join("validator-1").to_string_lossy().into_owned();
+    let url = federation.url.clone();
+    let (ok, _, err) = cohort(&[
+        "validator",
+        "--tls",
+        &validator,
+        "--coordinator",
+        &url,
+        "--once",
+    ]);
+    assert!(ok, "{err}");
+    let (ok, stdout, err) = cohort(&[
+        "verify",
+        "round",
+        &view.job_id,
+        "2",
+        "--tls",
+        &validator,
+        "--coordinator",
+        &url,
+        "--json",
+    ]);
+    assert!(ok, "{err}\n{stdout}");
+    let check: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let proofs = check["proofs"].as_array().unwrap();
+    assert_eq!(proofs.len(), 2, "{stdout}");
+    assert!(proofs.iter().all(|p| p["valid"] == true), "{stdout}");
+    assert_eq!(check["attestations"][0]["valid"], true, "{stdout}");
+    let (ok, _, err) = cohort(&[
+        "proof",
+        "export",
+        &view.job_id,
+        "1",
+        "hospital-0",
+        "--format",
+        "snarkjs",
+        "--out",
+        &dir.path().join("export").to_string_lossy(),
+        "--tls",
+        &validator,
+        "--coordinator",
+        &url,
+    ]);
+    assert!(!ok && err.contains("Groth16"), "{err}");
+    federation.shutdown().await;
+}

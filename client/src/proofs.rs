@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use cohort_proofs::{Context, ProvingKey, UpdateProofTask};
+use cohort_proofs::{Context, ProvingKey, UpdateProofTask, committed};
 use cohort_protocol::v1::hospital_service_client::HospitalServiceClient;
 use cohort_protocol::v1::{GetProvingKeyRequest, TaskHeader, TaskKind};
 use tonic::transport::Channel;
@@ -191,23 +191,41 @@ impl Worker {
     }
 
     /// A plain FIT answer with a proof: the update on the job's grid, and a
-    /// Groth16 proof that it is well formed for this job, round and
-    /// hospital. Under `--misbehave` the drill's update (and proof) instead.
+    /// proof that it is well formed for this job, round and hospital
+    /// (Groth16 with the job's proving key, or Bulletproofs over the
+    /// entries' unblinded commitments, as the task names). Under
+    /// `--misbehave` the drill's update (and proof) instead.
     pub(crate) fn proved(
         &self,
         task: &TaskHeader,
         mut answer: Answer,
         wanted: &UpdateProofTask,
     ) -> Result<Answer, String> {
-        let key = self
-            .proving_keys()
-            .get(&wanted.proving_key_sha256)
-            .ok_or("the proving key the task names was not fetched".to_string())?;
         let grid = wanted.grid;
+        let context = self.proof_context(task);
+        type Prover = Box<dyn Fn(&[i32]) -> Result<Vec<u8>, cohort_proofs::ProofError>>;
+        let prove: Prover = if wanted.statement == cohort_proofs::STATEMENT_UPDATE_NORM {
+            let key = self
+                .proving_keys()
+                .get(&wanted.proving_key_sha256)
+                .ok_or("the proving key the task names was not fetched".to_string())?;
+            Box::new(move |entries| {
+                cohort_proofs::prove_update(&key, &context, &grid, entries).map(|p| p.proof)
+            })
+        } else if wanted.statement == committed::STATEMENT_COMMITTED_UPDATE_NORM {
+            Box::new(move |entries| {
+                let unblinded = vec![committed::Scalar::zero(); entries.len()];
+                committed::prove(&context, grid.bound, entries, &unblinded).map(|u| u.proof)
+            })
+        } else {
+            return Err(format!(
+                "unknown update-proof statement `{}`",
+                wanted.statement
+            ));
+        };
         let mut entries = grid
             .encode(&answer.parameters, &mut rand::rng())
             .map_err(|e| e.to_string())?;
-        let context = self.proof_context(task);
         let misbehave = self.options().misbehave;
         let mut sent = grid.to_f32(&entries);
         if let Some(m) = misbehave.filter(|m| m.proves_tampered()) {
@@ -217,8 +235,8 @@ impl Worker {
                 .map(|v| (f64::from(*v) * 2f64.powi(grid.scale_log2)).round() as i32)
                 .collect();
         }
-        let proof = match cohort_proofs::prove_update(&key, &context, &grid, &entries) {
-            Ok(p) => p.proof,
+        let proof = match prove(&entries) {
+            Ok(proof) => proof,
             Err(e) if misbehave.is_some() => {
                 warn!(
                     job = task.job_id,
@@ -259,7 +277,6 @@ impl Worker {
         blindings: &[[u8; 32]],
         wanted: &UpdateProofTask,
     ) -> Result<Answer, String> {
-        use cohort_proofs::committed;
         if wanted.statement != committed::STATEMENT_COMMITTED_UPDATE_NORM {
             return Err(format!(
                 "secure aggregation proves `{}`, the task asks for `{}`",

@@ -52,6 +52,20 @@ pub struct ProofsSpec {
     /// published (downloadable); 0 publishes at once.
     #[serde(default)]
     pub min_validators: u32,
+    /// The proof system: `groth16` (plain aggregation's default: 128-byte
+    /// proofs that snarkjs and the EVM check, after a setup the coordinator
+    /// runs) or `bulletproofs` (no setup at all; secure aggregation's only
+    /// system).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<ProofSystemName>,
+}
+
+/// The `[proofs] system` a job names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProofSystemName {
+    Groth16,
+    Bulletproofs,
 }
 
 impl ProofsSpec {
@@ -514,7 +528,31 @@ impl JobSpec {
                     "only applies with proofs.update = \"norm\"",
                 ));
             }
+            if proofs.system.is_some() {
+                return Err(invalid(
+                    "proofs.system",
+                    "only applies with proofs.update = \"norm\"",
+                ));
+            }
             return Ok(());
+        }
+        match (self.privacy.aggregation, proofs.system) {
+            (Aggregation::Secagg, Some(ProofSystemName::Groth16)) => {
+                return Err(invalid(
+                    "proofs.system",
+                    "under secure aggregation updates are proved over their commitments \
+                     with bulletproofs; groth16 proves plain updates only",
+                ));
+            }
+            (_, Some(ProofSystemName::Bulletproofs))
+                if self.training.mode == TrainingMode::Splitfed =>
+            {
+                return Err(invalid(
+                    "proofs.system",
+                    "SplitFed parts are proved with groth16 only",
+                ));
+            }
+            _ => {}
         }
         match self.privacy.aggregation {
             Aggregation::Plain => {}
@@ -561,6 +599,16 @@ impl JobSpec {
             return Err(invalid("proofs.clip", "leaves fewer than 256 levels"));
         }
         Ok(())
+    }
+
+    /// The proof system of a job with update proofs: as named, else
+    /// Bulletproofs under secure aggregation and Groth16 otherwise.
+    pub fn proof_system(&self) -> ProofSystemName {
+        match (self.proofs.system, self.privacy.aggregation) {
+            (Some(system), _) => system,
+            (None, Aggregation::Secagg) => ProofSystemName::Bulletproofs,
+            (None, _) => ProofSystemName::Groth16,
+        }
     }
 
     /// The L2 bound updates are proved under, on the 16-bit grid.
@@ -718,8 +766,22 @@ kind = "fedavg"                     # fedprox: mu; fedadam/fedyogi: server_learn
         let with = |privacy: &str| {
             EXAMPLE.to_string() + "\n[proofs]\nupdate = \"norm\"\n\n[privacy]\n" + privacy
         };
-        JobSpec::from_toml(&with("aggregation = \"plain\"")).unwrap();
-        JobSpec::from_toml(&with("aggregation = \"secagg\"")).unwrap();
+        let plain = JobSpec::from_toml(&with("aggregation = \"plain\"")).unwrap();
+        assert_eq!(plain.proof_system(), ProofSystemName::Groth16);
+        let secure = JobSpec::from_toml(&with("aggregation = \"secagg\"")).unwrap();
+        assert_eq!(secure.proof_system(), ProofSystemName::Bulletproofs);
+        let transparent = JobSpec::from_toml(
+            &(EXAMPLE.to_string() + "\n[proofs]\nupdate = \"norm\"\nsystem = \"bulletproofs\"\n"),
+        )
+        .unwrap();
+        assert_eq!(transparent.proof_system(), ProofSystemName::Bulletproofs);
+        let e = JobSpec::from_toml(
+            &(EXAMPLE.to_string()
+                + "\n[proofs]\nupdate = \"norm\"\nsystem = \"groth16\"\n\n[privacy]\naggregation = \"secagg\"\n"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("proofs.system"), "{e}");
         for (privacy, says) in [
             ("aggregation = \"he\"", "ciphertext"),
             (

@@ -820,6 +820,8 @@ impl Runner {
         let t = &spec.training;
         let n_params = global.len();
         let mut excluded = Vec::new();
+        // Commitments of updates proved with Bulletproofs, for validators.
+        let mut kept = Vec::new();
         let mut folded = fold.then(|| UpdateFold::new(n_params));
         let answers = self
             .gather(
@@ -842,7 +844,11 @@ impl Runner {
                                 round,
                                 client: client.to_string(),
                             };
-                            keys.admit(context, &delta, &proof, &mut receipt, &mut excluded)?;
+                            if let Some(commitments) =
+                                keys.admit(context, &delta, &proof, &mut receipt, &mut excluded)?
+                            {
+                                kept.push((client.to_string(), commitments));
+                            }
                         }
                         let delta = match &mut folded {
                             Some(sum) => {
@@ -882,6 +888,21 @@ impl Runner {
             .map(|(_, (_, _, _, s, _))| *s)
             .fold(0.0, f64::max);
         let participants: Vec<String> = answers.ok.iter().map(|(c, _)| c.clone()).collect();
+        for (client, commitments) in kept {
+            if !participants.contains(&client) {
+                continue;
+            }
+            let key = proofs::commitments_key(&job.id, round, &client);
+            if let Err(e) = self.store.put_object(&key, commitments).await {
+                self.note(
+                    &job.id,
+                    format!(
+                        "round {round} attempt {attempt}: keeping {client}'s commitments for validators: {e}; retrying"
+                    ),
+                );
+                return None;
+            }
+        }
         let mut receipts = Vec::with_capacity(answers.ok.len());
         let mut updates: Vec<ClientUpdate> = answers
             .ok

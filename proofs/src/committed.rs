@@ -48,6 +48,7 @@ use bulletproofs::r1cs::{
     ConstraintSystem, LinearCombination, Prover, R1CSError, R1CSProof, Variable, Verifier,
 };
 use bulletproofs::{BulletproofGens, PedersenGens};
+use curve25519_dalek_ng::constants::RISTRETTO_BASEPOINT_TABLE;
 use curve25519_dalek_ng::ristretto::RistrettoBasepointTable;
 pub use curve25519_dalek_ng::ristretto::{CompressedRistretto, RistrettoPoint};
 pub use curve25519_dalek_ng::scalar::Scalar;
@@ -132,6 +133,15 @@ pub fn commit(entries: &[i64], blindings: &[Scalar]) -> Vec<CompressedRistretto>
         .iter()
         .zip(blindings)
         .map(|(u, r)| gens.commit(signed_scalar(*u), *r).compress())
+        .collect()
+}
+
+/// The commitments of a plain update, blinding 0: `u_j·B`, which anyone
+/// holding the update recomputes (plain aggregation with Bulletproofs).
+pub fn commit_unblinded(entries: &[i32]) -> Vec<CompressedRistretto> {
+    entries
+        .iter()
+        .map(|&u| (&RISTRETTO_BASEPOINT_TABLE * &signed_scalar(i64::from(u))).compress())
         .collect()
 }
 

@@ -12,7 +12,7 @@ use cohort_proofs::{
 use sha2::Digest as _;
 
 use super::{RunError, Runner};
-use crate::job::{Aggregation, JobSpec, UpdateProofs};
+use crate::job::{JobSpec, ProofSystemName, UpdateProofs};
 use crate::store::JobRow;
 
 /// Object-store key of a job's proving key (served by
@@ -67,25 +67,46 @@ impl UpdateProofKeys {
         delta: &[f32],
         proof: &[u8],
     ) -> Result<ProofRecord, String> {
+        Ok(self.check_plain(context, delta, proof)?.0)
+    }
+
+    /// [`UpdateProofKeys::check`], and under Bulletproofs the commitments
+    /// the proof is about (the update's entries, unblinded: a plain update
+    /// hides nothing), which validators fetch to re-check it.
+    fn check_plain(
+        &self,
+        context: &Context,
+        delta: &[f32],
+        proof: &[u8],
+    ) -> Result<(ProofRecord, Option<Vec<u8>>), String> {
         if proof.is_empty() {
             return Err("no proof of a well-formed update attached".into());
         }
-        let ProofSystem::Groth16(vk) = &self.system else {
-            return Err("this job's updates are proved over their commitments".into());
-        };
         let grid = self.grid();
         let entries = grid
             .from_f32(delta)
             .map_err(|e| format!("update proof rejected: {e}"))?;
+        let vk = match &self.system {
+            ProofSystem::Groth16(vk) => vk,
+            ProofSystem::Committed => {
+                let commitments =
+                    committed::commitments_to_bytes(&committed::commit_unblinded(&entries));
+                let (record, _) = self.check_committed(context, &commitments, proof)?;
+                return Ok((record, Some(commitments)));
+            }
+        };
         let update_hash = hash::update_hash(&entries);
         cohort_proofs::verify_update(vk, context, grid.bound, update_hash, proof)
             .map_err(|e| format!("update proof rejected: {e}"))?;
-        Ok(ProofRecord {
-            statement: STATEMENT_UPDATE_NORM.into(),
-            bound: grid.bound,
-            update_hash: hash::to_hex(&update_hash),
-            proof: hex::encode(proof),
-        })
+        Ok((
+            ProofRecord {
+                statement: STATEMENT_UPDATE_NORM.into(),
+                bound: grid.bound,
+                update_hash: hash::to_hex(&update_hash),
+                proof: hex::encode(proof),
+            },
+            None,
+        ))
     }
 
     /// Checks that `proof` proves the committed update that arrived
@@ -126,8 +147,9 @@ impl UpdateProofKeys {
 
 impl UpdateProofKeys {
     /// [`UpdateProofKeys::check`] of an arriving update: its record goes
-    /// on the update's receipt; an update without a valid proof is left
-    /// out, noted in `excluded`, and the reason returned.
+    /// on the update's receipt, and under Bulletproofs the commitments to
+    /// keep for validators are returned; an update without a valid proof
+    /// is left out, noted in `excluded`, and the reason returned.
     pub(crate) fn admit(
         &self,
         context: Context,
@@ -135,12 +157,12 @@ impl UpdateProofKeys {
         proof: &[u8],
         receipt: &mut crate::store::UpdateReceipt,
         excluded: &mut Vec<cohort_ledger::Exclusion>,
-    ) -> Result<(), String> {
+    ) -> Result<Option<Vec<u8>>, String> {
         let client = context.client.clone();
-        match self.check(&context, delta, proof) {
-            Ok(record) => {
+        match self.check_plain(&context, delta, proof) {
+            Ok((record, commitments)) => {
                 receipt.proof = Some(record);
-                Ok(())
+                Ok(commitments)
             }
             Err(reason) => {
                 excluded.push(cohort_ledger::Exclusion {
@@ -168,7 +190,7 @@ impl Runner {
         }
         let failed = |e: String| RunError::Failed(format!("update proofs: {e}"));
         let grid = spec.update_grid().map_err(|e| failed(e.to_string()))?;
-        if spec.privacy.aggregation == Aggregation::Secagg {
+        if spec.proof_system() == ProofSystemName::Bulletproofs {
             // Bulletproofs' generators are hashed from public labels: no
             // setup, nothing to record but the statement on each receipt.
             return Ok(Some(UpdateProofKeys {
