@@ -147,6 +147,42 @@ fn cohort(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// A validator's kit, issued by the consortium CA of the federation in `dir`.
+fn validator_kit(dir: &Path, name: &str) -> String {
+    let pki = dir.join("pki");
+    let mut ca = cohort_identity::CertificateAuthority::open(&pki.join("ca")).unwrap();
+    ca.issue(
+        &cohort_identity::IssueRequest::for_days(cohort_identity::Role::Validator, name, 30),
+        &pki.join(name),
+    )
+    .unwrap();
+    pki.join(name).to_string_lossy().into_owned()
+}
+
+/// One pass of a validator process (`cohort validator --once`).
+fn attest_once(kit: &str, url: &str) {
+    let (ok, _, err) = cohort(&["validator", "--tls", kit, "--coordinator", url, "--once"]);
+    assert!(ok, "{err}");
+}
+
+/// `cohort verify round JOB ROUND --json` with `kit`: whether it passed,
+/// and its report.
+fn verify_round(job_id: &str, round: &str, kit: &str, url: &str) -> (bool, serde_json::Value) {
+    let (ok, stdout, err) = cohort(&[
+        "verify",
+        "round",
+        job_id,
+        round,
+        "--tls",
+        kit,
+        "--coordinator",
+        url,
+        "--json",
+    ]);
+    let report = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}\n{err}"));
+    (ok, report)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_boosted_update_is_excluded_and_validators_attest_the_rounds() {
     let dir = tempfile::tempdir().unwrap();
@@ -190,25 +226,9 @@ async fn a_boosted_update_is_excluded_and_validators_attest_the_rounds() {
     };
     let validator = issue(&mut ca, cohort_identity::Role::Validator, "validator-1");
     let url = federation.url.clone();
-    let (ok, _, err) = cohort(&[
-        "validator",
-        "--tls",
-        &validator,
-        "--coordinator",
-        &url,
-        "--once",
-    ]);
-    assert!(ok, "{err}");
+    attest_once(&validator, &url);
     // A second pass attests nothing new.
-    let (ok, _, err) = cohort(&[
-        "validator",
-        "--tls",
-        &validator,
-        "--coordinator",
-        &url,
-        "--once",
-    ]);
-    assert!(ok, "{err}");
+    attest_once(&validator, &url);
     // A hospital's kit is not a validator's.
     let hospital_kit = pki.join("hospital-0").to_string_lossy().into_owned();
     let (ok, _, err) = cohort(&[
@@ -261,24 +281,13 @@ async fn a_boosted_update_is_excluded_and_validators_attest_the_rounds() {
 
     // Anyone re-checks the proofs and the attestations.
     for round in ["1", "2"] {
-        let (ok, stdout, err) = cohort(&[
-            "verify",
-            "round",
-            &view.job_id,
-            round,
-            "--tls",
-            &validator,
-            "--coordinator",
-            &url,
-            "--json",
-        ]);
-        assert!(ok, "{err}\n{stdout}");
-        let check: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        let (ok, check) = verify_round(&view.job_id, round, &validator, &url);
+        assert!(ok, "{check}");
         let proofs = check["proofs"].as_array().unwrap();
         assert_eq!(proofs.len(), 2);
-        assert!(proofs.iter().all(|p| p["valid"] == true), "{stdout}");
+        assert!(proofs.iter().all(|p| p["valid"] == true), "{check}");
         let attestations = check["attestations"].as_array().unwrap();
-        assert_eq!(attestations.len(), 1, "{stdout}");
+        assert_eq!(attestations.len(), 1, "{check}");
         assert_eq!(attestations[0]["validator"], "validator-1");
         assert_eq!(attestations[0]["valid"], true);
         assert_eq!(check["excluded"], serde_json::json!(["hospital-2"]));
@@ -441,27 +450,8 @@ async fn splitfed_parts_are_proved_and_a_boosted_part_is_excluded() {
             ("hospital-3", "update proof rejected"),
         ],
     );
-    let pki = dir.path().join("pki");
-    let mut ca = cohort_identity::CertificateAuthority::open(&pki.join("ca")).unwrap();
-    ca.issue(
-        &cohort_identity::IssueRequest::for_days(
-            cohort_identity::Role::Validator,
-            "validator-1",
-            30,
-        ),
-        &pki.join("validator-1"),
-    )
-    .unwrap();
-    let validator = pki.join("validator-1").to_string_lossy().into_owned();
-    let (ok, _, err) = cohort(&[
-        "validator",
-        "--tls",
-        &validator,
-        "--coordinator",
-        &federation.url,
-        "--once",
-    ]);
-    assert!(ok, "{err}");
+    let validator = validator_kit(dir.path(), "validator-1");
+    attest_once(&validator, &federation.url);
     let mut dev = federation.developer().await.unwrap();
     let model_dir = dir.path().join("model");
     developer::download_model(&mut dev, &view.job_id, None, &model_dir)
@@ -519,46 +509,16 @@ async fn under_secure_aggregation_a_boosted_commitment_is_named_and_validators_a
     let metrics = view.rounds.last().unwrap().metrics.as_ref().unwrap();
     assert!(metrics.loss < 0.68, "{metrics:?}");
 
-    let pki = dir.path().join("pki");
-    let mut ca = cohort_identity::CertificateAuthority::open(&pki.join("ca")).unwrap();
-    ca.issue(
-        &cohort_identity::IssueRequest::for_days(
-            cohort_identity::Role::Validator,
-            "validator-1",
-            30,
-        ),
-        &pki.join("validator-1"),
-    )
-    .unwrap();
-    let validator = pki.join("validator-1").to_string_lossy().into_owned();
+    let validator = validator_kit(dir.path(), "validator-1");
     let url = federation.url.clone();
-    let (ok, _, err) = cohort(&[
-        "validator",
-        "--tls",
-        &validator,
-        "--coordinator",
-        &url,
-        "--once",
-    ]);
-    assert!(ok, "{err}");
+    attest_once(&validator, &url);
     for round in ["1", "2"] {
-        let (ok, stdout, err) = cohort(&[
-            "verify",
-            "round",
-            &view.job_id,
-            round,
-            "--tls",
-            &validator,
-            "--coordinator",
-            &url,
-            "--json",
-        ]);
-        assert!(ok, "{err}\n{stdout}");
-        let check: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        let (ok, check) = verify_round(&view.job_id, round, &validator, &url);
+        assert!(ok, "{check}");
         let proofs = check["proofs"].as_array().unwrap();
-        assert_eq!(proofs.len(), 3, "{stdout}");
-        assert!(proofs.iter().all(|p| p["valid"] == true), "{stdout}");
-        assert_eq!(check["attestations"][0]["valid"], true, "{stdout}");
+        assert_eq!(proofs.len(), 3, "{check}");
+        assert!(proofs.iter().all(|p| p["valid"] == true), "{check}");
+        assert_eq!(check["attestations"][0]["valid"], true, "{check}");
         assert_eq!(check["excluded"], serde_json::json!(["hospital-3"]));
     }
     let mut dev = federation.developer().await.unwrap();
@@ -575,28 +535,17 @@ async fn under_secure_aggregation_a_boosted_commitment_is_named_and_validators_a
     let mut bytes = std::fs::read(&stored).unwrap();
     bytes.swap(0, 32);
     std::fs::write(&stored, &bytes).unwrap();
-    let (_, stdout, _) = cohort(&[
-        "verify",
-        "round",
-        &view.job_id,
-        "1",
-        "--tls",
-        &validator,
-        "--coordinator",
-        &url,
-        "--json",
-    ]);
-    let check: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let (_, check) = verify_round(&view.job_id, "1", &validator, &url);
     let tampered = check["proofs"]
         .as_array()
         .unwrap()
         .iter()
         .find(|p| p["client"] == "hospital-0")
         .unwrap();
-    assert_eq!(tampered["valid"], false, "{stdout}");
+    assert_eq!(tampered["valid"], false, "{check}");
     assert!(
         tampered["reason"].as_str().unwrap().contains("SHA-256"),
-        "{stdout}"
+        "{check}"
     );
     federation.shutdown().await;
 }
@@ -655,45 +604,15 @@ async fn plain_updates_proved_without_a_setup_are_checked_and_attested() {
         "committed-update-norm/v1",
         None,
     );
-    let pki = dir.path().join("pki");
-    let mut ca = cohort_identity::CertificateAuthority::open(&pki.join("ca")).unwrap();
-    ca.issue(
-        &cohort_identity::IssueRequest::for_days(
-            cohort_identity::Role::Validator,
-            "validator-1",
-            30,
-        ),
-        &pki.join("validator-1"),
-    )
-    .unwrap();
-    let validator = pki.join("validator-1").to_string_lossy().into_owned();
+    let validator = validator_kit(dir.path(), "validator-1");
     let url = federation.url.clone();
-    let (ok, _, err) = cohort(&[
-        "validator",
-        "--tls",
-        &validator,
-        "--coordinator",
-        &url,
-        "--once",
-    ]);
-    assert!(ok, "{err}");
-    let (ok, stdout, err) = cohort(&[
-        "verify",
-        "round",
-        &view.job_id,
-        "2",
-        "--tls",
-        &validator,
-        "--coordinator",
-        &url,
-        "--json",
-    ]);
-    assert!(ok, "{err}\n{stdout}");
-    let check: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    attest_once(&validator, &url);
+    let (ok, check) = verify_round(&view.job_id, "2", &validator, &url);
+    assert!(ok, "{check}");
     let proofs = check["proofs"].as_array().unwrap();
-    assert_eq!(proofs.len(), 2, "{stdout}");
-    assert!(proofs.iter().all(|p| p["valid"] == true), "{stdout}");
-    assert_eq!(check["attestations"][0]["valid"], true, "{stdout}");
+    assert_eq!(proofs.len(), 2, "{check}");
+    assert!(proofs.iter().all(|p| p["valid"] == true), "{check}");
+    assert_eq!(check["attestations"][0]["valid"], true, "{check}");
     let (ok, _, err) = cohort(&[
         "proof",
         "export",
