@@ -23,9 +23,8 @@ use cohort_privacy::secagg::{
     Advertisement, ClientId, Params, ServerRound, decode_reveals, decode_shares, encode_shares,
     graph_seed, neighbourhoods,
 };
-use cohort_protocol::v1::{SecAggAdvert, SecAggTask, TaskHeader, TaskKind};
-
 use cohort_proofs::committed::{self, RistrettoPoint};
+use cohort_protocol::v1::{SecAggAdvert, SecAggTask, TaskHeader, TaskKind};
 
 use super::proofs::{ProofSystem, UpdateProofKeys};
 use super::splitfed::SplitTasks;
