@@ -35,6 +35,15 @@
 //!    surviving clients (pairwise masks between two survivors cancel), and
 //!    obtains `Σ_{u ∈ U3} x_u mod 2^bits`.
 //!
+//! **Committed inputs.** For update proofs (`cohort_proofs::committed`)
+//! a client sends, instead of `y_u`, one Pedersen commitment per entry
+//! whose blinding is the same masks over the ristretto255 group order
+//! ([`ClientRound::blindings`]: each scalar is 64 bytes of the same
+//! ChaCha20 streams, reduced). The server records such an input with
+//! [`ServerRound::committed_input`] (the caller sums the points) and, after
+//! the same unmasking, [`ServerRound::finish_blindings`] gives the blinding
+//! left in the survivors' sum. A session uses one kind of input only.
+//!
 //! Every KDF input, ciphertext and signed statement binds the `session`
 //! bytes (job id, round, attempt), so nothing replays across rounds. The
 //! server's getters that hand a stage's outcome to clients
