@@ -304,12 +304,43 @@ pub fn he_messages(data: &[u8]) {
     }
 }
 
-/// A Groth16 update proof and proving/verifying keys as a validator and a
-/// hospital read them.
+/// Update proofs as a validator and a hospital read them: a Groth16
+/// proof and proving/verifying keys, and a Bulletproofs proof over
+/// commitments (with the commitments themselves) as the coordinator checks
+/// one against the masked input that arrived.
 pub fn proof_bytes(data: &[u8]) {
     let _ = cohort_proofs::parse_proof(data);
     let _ = cohort_proofs::VerifyingKey::from_bytes(data);
     let _ = cohort_proofs::ProvingKey::from_bytes(data);
+    let _ = cohort_proofs::committed::commitments_from_bytes(data);
+    let (context, commitments) = committed_fixture();
+    let _ = cohort_proofs::committed::verify(&context, COMMITTED_BOUND, &commitments, data);
+}
+
+const COMMITTED_BOUND: u64 = 10;
+const COMMITTED_ENTRIES: [i32; 3] = [3, -4, 5];
+
+/// The statement the committed-proof bytes are checked against.
+fn committed_fixture() -> (
+    cohort_proofs::Context,
+    Vec<cohort_proofs::committed::CompressedRistretto>,
+) {
+    let context = cohort_proofs::Context {
+        job_id: "fuzz".into(),
+        round: 1,
+        client: "hospital".into(),
+    };
+    let commitments = cohort_proofs::committed::commit_unblinded(&COMMITTED_ENTRIES);
+    (context, commitments)
+}
+
+/// A valid committed proof for [`committed_fixture`], as a seed.
+fn committed_proof_seed() -> Option<Vec<u8>> {
+    let (context, _) = committed_fixture();
+    let unblinded = vec![cohort_proofs::committed::Scalar::zero(); COMMITTED_ENTRIES.len()];
+    cohort_proofs::committed::prove(&context, COMMITTED_BOUND, &COMMITTED_ENTRIES, &unblinded)
+        .ok()
+        .map(|update| update.proof)
 }
 
 /// The files of a startup kit, in the order [`startup_kit`] reads them
@@ -445,7 +476,10 @@ fn built_seeds(target: &str) -> Vec<Vec<u8>> {
             ],
             Err(_) => Vec::new(),
         },
-        "proof_bytes" => vec![filled(cohort_proofs::PROOF_BYTES)],
+        "proof_bytes" => [filled(cohort_proofs::PROOF_BYTES)]
+            .into_iter()
+            .chain(committed_proof_seed())
+            .collect(),
         "secure_statistics" => vec![
             br#"{"pass":"counts"}"#.to_vec(),
             br#"{"pass":"location","scales":[512.0,8.0],"fraction_bits":52}"#.to_vec(),
