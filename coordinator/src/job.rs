@@ -558,12 +558,19 @@ impl JobSpec {
             Aggregation::Plain => {}
             Aggregation::Secagg => {
                 // Proved over the commitments that are the masked input.
-                if self.privacy.dp.is_some() {
+                // Record-level DP-SGD noises training, before the update is
+                // committed; client-level noise would be added to it.
+                if self
+                    .privacy
+                    .dp
+                    .as_ref()
+                    .is_some_and(|dp| dp.level == cohort_privacy::dp::DpLevel::Client)
+                {
                     return Err(invalid(
                         "proofs.update",
                         "under secure aggregation the proved update is the committed one; \
-                         distributed DP noise added to it would have to be proved too, which \
-                         is not built: drop [privacy.dp] or use aggregation = \"plain\"",
+                         client-level (distributed) DP noise added to it would have to be proved \
+                         too, which is not built: use record-level DP, or aggregation = \"plain\"",
                     ));
                 }
                 if self.training.mode == TrainingMode::Splitfed {
@@ -782,11 +789,15 @@ kind = "fedavg"                     # fedprox: mu; fedadam/fedyogi: server_learn
         .unwrap_err()
         .to_string();
         assert!(e.contains("proofs.system"), "{e}");
+        JobSpec::from_toml(&with(
+            "aggregation = \"secagg\"\n[privacy.dp]\nlevel = \"record\"\ntarget_epsilon = 3.0\ndelta = 1e-5\nmax_grad_norm = 1.0\naccountant = \"rdp\"",
+        ))
+        .unwrap();
         for (privacy, says) in [
             ("aggregation = \"he\"", "ciphertext"),
             (
                 "aggregation = \"secagg\"\n[privacy.dp]\nlevel = \"client\"\nnoise_multiplier = 1.1\nclipping_norm = 0.5",
-                "distributed DP",
+                "client-level",
             ),
         ] {
             let e = JobSpec::from_toml(&with(privacy)).unwrap_err().to_string();
