@@ -516,9 +516,9 @@ pub async fn export(
         .ok_or_else(|| anyhow!("`{client}`'s update in round {round} carries no proof"))?;
     if record.statement != cohort_proofs::STATEMENT_UPDATE_NORM {
         bail!(
-            "`{client}`'s proof in round {round} is `{}` (Bulletproofs over the commitments of \
-             a securely aggregated update); snarkjs and the EVM verifier check Groth16 proofs \
-             only. `cohort verify round` checks it.",
+            "`{client}`'s proof in round {round} is `{}` (Bulletproofs over the update's \
+             commitments); snarkjs and the EVM verifier check Groth16 proofs only. `cohort \
+             verify round` checks it.",
             record.statement
         );
     }

@@ -459,12 +459,7 @@ impl JobSpec {
                 .map_err(|(key, message)| invalid(&key, message))?;
             // Record-level DP needs nothing more: each update is private on
             // its own, and a group's sum is post-processing of it.
-            if self
-                .privacy
-                .dp
-                .as_ref()
-                .is_some_and(|dp| dp.level == cohort_privacy::dp::DpLevel::Client)
-            {
+            if self.client_level_dp().is_some() {
                 return Err(invalid(
                     "valuation",
                     "valuation shows every scoring hospital the players' updates, and under \
@@ -560,12 +555,7 @@ impl JobSpec {
                 // Proved over the commitments that are the masked input.
                 // Record-level DP-SGD noises training, before the update is
                 // committed; client-level noise would be added to it.
-                if self
-                    .privacy
-                    .dp
-                    .as_ref()
-                    .is_some_and(|dp| dp.level == cohort_privacy::dp::DpLevel::Client)
-                {
+                if self.client_level_dp().is_some() {
                     return Err(invalid(
                         "proofs.update",
                         "under secure aggregation the proved update is the committed one; \
@@ -590,10 +580,10 @@ impl JobSpec {
                 ));
             }
         }
-        if self.privacy.dp.as_ref().is_some_and(|dp| {
-            dp.level == cohort_privacy::dp::DpLevel::Client
-                && dp.clipping == cohort_privacy::dp::Clipping::Adaptive
-        }) {
+        if self
+            .client_level_dp()
+            .is_some_and(|dp| dp.clipping == cohort_privacy::dp::Clipping::Adaptive)
+        {
             return Err(invalid(
                 "proofs.update",
                 "adaptive clipping changes the bound every round; proofs need a fixed one",
@@ -620,10 +610,17 @@ impl JobSpec {
 
     /// The L2 bound updates are proved under, on the 16-bit grid.
     pub fn update_grid(&self) -> Result<cohort_proofs::FixedPoint, cohort_proofs::ProofError> {
-        let dp_clip = self.privacy.dp.as_ref().and_then(|dp| {
-            (dp.level == cohort_privacy::dp::DpLevel::Client).then_some(dp.clipping_norm)
-        });
+        let dp_clip = self.client_level_dp().map(|dp| dp.clipping_norm);
         cohort_proofs::FixedPoint::for_clip(self.proofs.clip.or(dp_clip).unwrap_or(10.0))
+    }
+
+    /// The job's DP policy when it is client-level (noise added to the
+    /// aggregate of clipped updates).
+    pub fn client_level_dp(&self) -> Option<&cohort_privacy::dp::DpPolicy> {
+        self.privacy
+            .dp
+            .as_ref()
+            .filter(|dp| dp.level == cohort_privacy::dp::DpLevel::Client)
     }
 
     /// The bits and fewest survivors of the round's aggregation mode, for

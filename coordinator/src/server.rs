@@ -598,6 +598,27 @@ async fn read_masked(
     Ok((masked, sha256))
 }
 
+/// The receipt of an update answer, before the coordinator names its
+/// client and attaches a checked proof.
+fn update_receipt(header: &ResultHeader, update_sha256: String) -> UpdateReceipt {
+    UpdateReceipt {
+        client: String::new(),
+        task_id: header.task_id.clone(),
+        num_examples: header.num_examples,
+        parameter_count: header.parameter_count,
+        update_sha256,
+        signature: hex::encode(&header.update_signature),
+        dataset_sha256: header.dataset_sha256.clone(),
+        dp_epsilon: reported_epsilon(header),
+        proof: None,
+    }
+}
+
+/// The training loss an answer reports, if it is a number.
+fn reported_loss(header: &ResultHeader) -> Option<f64> {
+    header.train_loss.is_finite().then_some(header.train_loss)
+}
+
 /// A secure-aggregation answer carries its payload in the header only.
 fn secagg_payload(header: &ResultHeader) -> Result<Vec<u8>, String> {
     if header.secagg_payload.is_empty() {
@@ -632,28 +653,15 @@ async fn read_answer(
         TaskKind::Fit if matches!(expect, Expect::Masked { .. }) => {
             let (masked, update_sha256) =
                 read_masked(stream, expect, header, "masked update").await?;
-            let train_loss = header.train_loss.is_finite().then_some(header.train_loss);
+            let train_loss = reported_loss(header);
             Ok(TaskAnswer::MaskedFit {
                 masked,
                 train_loss,
                 compute_seconds: sane_seconds(header.compute_seconds),
-                receipt: UpdateReceipt {
-                    client: String::new(),
-                    task_id: header.task_id.clone(),
-                    num_examples: header.num_examples,
-                    parameter_count: header.parameter_count,
-                    update_sha256,
-                    signature: hex::encode(&header.update_signature),
-                    dataset_sha256: header.dataset_sha256.clone(),
-                    dp_epsilon: reported_epsilon(header),
-                    proof: None,
-                },
+                receipt: update_receipt(header, update_sha256),
             })
         }
-        TaskKind::Fit if matches!(expect, Expect::Commitments(_)) => {
-            let Expect::Commitments(count) = expect else {
-                unreachable!("matched above")
-            };
+        TaskKind::Fit if let Expect::Commitments(count) = expect => {
             if header.parameter_count != count {
                 return Err(format!(
                     "committed update has {} entries, the round expects {count}",
@@ -662,19 +670,9 @@ async fn read_answer(
             }
             let bytes = count.saturating_mul(cohort_proofs::committed::COMMITMENT_BYTES as u64);
             let commitments = read_exactly(stream, bytes, "committed update").await?;
-            let train_loss = header.train_loss.is_finite().then_some(header.train_loss);
+            let train_loss = reported_loss(header);
             Ok(TaskAnswer::CommittedFit {
-                receipt: UpdateReceipt {
-                    client: String::new(),
-                    task_id: header.task_id.clone(),
-                    num_examples: header.num_examples,
-                    parameter_count: header.parameter_count,
-                    update_sha256: hex::encode(sha2::Sha256::digest(&commitments)),
-                    signature: hex::encode(&header.update_signature),
-                    dataset_sha256: header.dataset_sha256.clone(),
-                    dp_epsilon: reported_epsilon(header),
-                    proof: None,
-                },
+                receipt: update_receipt(header, hex::encode(sha2::Sha256::digest(&commitments))),
                 commitments,
                 proof: header.update_proof.clone(),
                 train_loss,
@@ -683,19 +681,9 @@ async fn read_answer(
         }
         TaskKind::Fit if matches!(expect, Expect::Bytes(_)) => {
             let ciphertext = read_bytes(stream, expect, header, "encrypted update").await?;
-            let train_loss = header.train_loss.is_finite().then_some(header.train_loss);
+            let train_loss = reported_loss(header);
             Ok(TaskAnswer::HeFit {
-                receipt: UpdateReceipt {
-                    client: String::new(),
-                    task_id: header.task_id.clone(),
-                    num_examples: header.num_examples,
-                    parameter_count: header.parameter_count,
-                    update_sha256: hex::encode(sha2::Sha256::digest(&ciphertext)),
-                    signature: hex::encode(&header.update_signature),
-                    dataset_sha256: header.dataset_sha256.clone(),
-                    dp_epsilon: reported_epsilon(header),
-                    proof: None,
-                },
+                receipt: update_receipt(header, hex::encode(sha2::Sha256::digest(&ciphertext))),
                 ciphertext,
                 sealed: secagg_payload(header)?,
                 train_loss,
@@ -728,18 +716,8 @@ async fn read_answer(
                     delta[i]
                 ));
             }
-            let train_loss = header.train_loss.is_finite().then_some(header.train_loss);
-            let receipt = UpdateReceipt {
-                client: String::new(),
-                task_id: header.task_id.clone(),
-                num_examples: header.num_examples,
-                parameter_count: header.parameter_count,
-                update_sha256: cohort_models::parameters_sha256(&delta),
-                signature: hex::encode(&header.update_signature),
-                dataset_sha256: header.dataset_sha256.clone(),
-                dp_epsilon: reported_epsilon(header),
-                proof: None,
-            };
+            let train_loss = reported_loss(header);
+            let receipt = update_receipt(header, cohort_models::parameters_sha256(&delta));
             Ok(TaskAnswer::Fit {
                 delta,
                 num_examples: header.num_examples,

@@ -76,13 +76,6 @@ pub struct CommittedUpdate {
     pub proof: Vec<u8>,
 }
 
-impl CommittedUpdate {
-    /// The commitments as one byte string (`COMMITMENT_BYTES` each).
-    pub fn commitment_bytes(&self) -> Vec<u8> {
-        commitments_to_bytes(&self.commitments)
-    }
-}
-
 /// The commitments as one byte string.
 pub fn commitments_to_bytes(commitments: &[CompressedRistretto]) -> Vec<u8> {
     commitments.iter().flat_map(|c| c.to_bytes()).collect()
@@ -117,7 +110,7 @@ pub fn decompress(commitments: &[CompressedRistretto]) -> Result<Vec<RistrettoPo
 }
 
 /// The scalar of a signed integer.
-pub fn signed_scalar(v: i64) -> Scalar {
+fn signed_scalar(v: i64) -> Scalar {
     if v < 0 {
         -Scalar::from(v.unsigned_abs())
     } else {

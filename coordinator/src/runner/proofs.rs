@@ -54,26 +54,33 @@ pub enum ProofSystem {
 }
 
 impl UpdateProofKeys {
+    /// Bulletproofs over commitments: the generators are hashed from
+    /// public labels, so there is no setup and nothing to record but the
+    /// statement on each receipt.
+    pub fn committed(grid: FixedPoint, n_params: usize) -> Self {
+        Self {
+            task: UpdateProofTask {
+                statement: STATEMENT_COMMITTED_UPDATE_NORM.into(),
+                grid,
+                parameter_count: n_params as u64,
+                proving_key_sha256: String::new(),
+                verifying_key_sha256: String::new(),
+            },
+            system: ProofSystem::Committed,
+        }
+    }
+
     pub fn grid(&self) -> &FixedPoint {
         &self.task.grid
     }
 
     /// Checks that `proof` proves the update that arrived (`delta`) well
     /// formed for this job, round and hospital; returns what the round's
-    /// record keeps of it. The reason names what is wrong otherwise.
+    /// record keeps of it and, under Bulletproofs, the commitments the proof
+    /// is about (the update's entries, unblinded: a plain update hides
+    /// nothing), which validators fetch to re-check it. The reason names
+    /// what is wrong otherwise.
     pub fn check(
-        &self,
-        context: &Context,
-        delta: &[f32],
-        proof: &[u8],
-    ) -> Result<ProofRecord, String> {
-        Ok(self.check_plain(context, delta, proof)?.0)
-    }
-
-    /// [`UpdateProofKeys::check`], and under Bulletproofs the commitments
-    /// the proof is about (the update's entries, unblinded: a plain update
-    /// hides nothing), which validators fetch to re-check it.
-    fn check_plain(
         &self,
         context: &Context,
         delta: &[f32],
@@ -169,7 +176,7 @@ impl UpdateProofKeys {
         excluded: &mut Vec<cohort_ledger::Exclusion>,
     ) -> Result<Option<Vec<u8>>, String> {
         let client = context.client.clone();
-        match self.check_plain(&context, delta, proof) {
+        match self.check(&context, delta, proof) {
             Ok((record, commitments)) => {
                 receipt.proof = Some(record);
                 Ok(commitments)
@@ -201,18 +208,7 @@ impl Runner {
         let failed = |e: String| RunError::Failed(format!("update proofs: {e}"));
         let grid = spec.update_grid().map_err(|e| failed(e.to_string()))?;
         if spec.proof_system() == ProofSystemName::Bulletproofs {
-            // Bulletproofs' generators are hashed from public labels: no
-            // setup, nothing to record but the statement on each receipt.
-            return Ok(Some(UpdateProofKeys {
-                task: UpdateProofTask {
-                    statement: STATEMENT_COMMITTED_UPDATE_NORM.into(),
-                    grid,
-                    parameter_count: n_params as u64,
-                    proving_key_sha256: String::new(),
-                    verifying_key_sha256: String::new(),
-                },
-                system: ProofSystem::Committed,
-            }));
+            return Ok(Some(UpdateProofKeys::committed(grid, n_params)));
         }
         let stored = match (
             self.store.get_object(&proving_key_key(&job.id)).await,

@@ -26,7 +26,7 @@ use cohort_privacy::secagg::{
 use cohort_proofs::committed::{self, RistrettoPoint};
 use cohort_protocol::v1::{SecAggAdvert, SecAggTask, TaskHeader, TaskKind};
 
-use super::proofs::{ProofSystem, UpdateProofKeys};
+use super::proofs::UpdateProofKeys;
 use super::splitfed::SplitTasks;
 use super::{Fitted, RunError, Runner, json};
 use crate::job::{Aggregation, JobSpec, UpdateProofs};
@@ -177,11 +177,10 @@ impl Runner {
         // job's grid and proves it well formed; the mean is then uniform
         // (each hospital's influence is what the bound allows).
         let proofs = match spec.proofs.update {
-            UpdateProofs::Norm => Some(UpdateProofKeys {
-                task: serde_json::from_str(&fit.proofs_json)
-                    .map_err(|e| stop(format!("the round's update-proof settings: {e}")))?,
-                system: ProofSystem::Committed,
-            }),
+            UpdateProofs::Norm => Some(UpdateProofKeys::committed(
+                spec.update_grid().map_err(|e| stop(e.to_string()))?,
+                global.len(),
+            )),
             UpdateProofs::Off => None,
         };
         let quantizer = match (&proofs, super::dp::encoded_noise(spec)?) {
