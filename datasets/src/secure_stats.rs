@@ -46,6 +46,8 @@ pub const SUM_BITS: u32 = 64;
 const MIN_EXPONENT: i32 = -32;
 const MAX_EXPONENT: i32 = 128;
 pub(crate) const MAGNITUDE_BUCKETS: usize = (MAX_EXPONENT - MIN_EXPONENT + 1) as usize;
+/// The magnitude bucket of ±1 (`|x| < 2`).
+pub(crate) const UNIT_BUCKET: usize = (1 - MIN_EXPONENT) as usize;
 /// Bins of the location and spread histograms.
 pub const HISTOGRAM_BINS: usize = 256;
 /// More fixed-point bits than an f64 mantissa holds buy nothing.
