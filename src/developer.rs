@@ -261,27 +261,78 @@ pub async fn status_after(
     rounds_after: u32,
     events_after: u32,
 ) -> Result<JobView> {
-    let s = dev
+    let first = job_page(dev, job_id, rounds_after, events_after).await?;
+    JobView::from_wire(with_later_pages(dev, first, rounds_after, events_after).await?)
+}
+
+/// One `GetJob` reply: the coordinator pages a long job's status.
+async fn job_page(
+    dev: &mut Developer,
+    job_id: &str,
+    rounds_after: u32,
+    events_after: u32,
+) -> Result<v1::JobStatus> {
+    Ok(dev
         .get_job(GetJobRequest {
             job_id: job_id.to_string(),
             rounds_after: Some(rounds_after),
             events_after: Some(events_after),
         })
         .await
-        .map_err(status_error)?;
-    JobView::from_wire(s.into_inner())
+        .map_err(status_error)?
+        .into_inner())
 }
 
+/// `status`, a page asked for from `rounds_after` and `events_after`, with
+/// the pages after it appended; the job's state is the last page's.
+async fn with_later_pages(
+    dev: &mut Developer,
+    mut status: v1::JobStatus,
+    mut rounds_after: u32,
+    mut events_after: u32,
+) -> Result<v1::JobStatus> {
+    let mut page_events = status.events.len();
+    while status.more_rounds || status.more_events {
+        if let Some(last) = status.rounds.last() {
+            rounds_after = last.round;
+        }
+        events_after = events_after.saturating_add(u32::try_from(page_events)?);
+        let page = job_page(dev, &status.job_id, rounds_after, events_after).await?;
+        if page.rounds.is_empty()
+            && page.events.is_empty()
+            && (page.more_rounds || page.more_events)
+        {
+            bail!(
+                "the coordinator's status of job {} stopped moving on after round {rounds_after}",
+                status.job_id
+            );
+        }
+        page_events = page.events.len();
+        status.rounds.extend(page.rounds);
+        status.events.extend(page.events);
+        status = v1::JobStatus {
+            rounds: std::mem::take(&mut status.rounds),
+            events: std::mem::take(&mut status.events),
+            ..page
+        };
+    }
+    Ok(status)
+}
+
+/// Every job the caller may read, each with all its rounds and events
+/// (the list's reply leaves out what does not fit; `GetJob` pages it in).
 pub async fn list(dev: &mut Developer) -> Result<Vec<JobView>> {
     let jobs = dev
         .list_jobs(ListJobsRequest {})
         .await
-        .map_err(status_error)?;
-    jobs.into_inner()
-        .jobs
-        .into_iter()
-        .map(JobView::from_wire)
-        .collect()
+        .map_err(status_error)?
+        .into_inner()
+        .jobs;
+    let mut views = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        views.push(JobView::from_wire(with_later_pages(dev, job, 0, 0).await?)?);
+    }
+    Ok(views)
 }
 
 /// Follows a job until it ends; with `progress`, draws a bar that advances

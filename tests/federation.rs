@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use cohort::demo::{self, DemoOptions};
+use cohort::developer;
 use cohort_protocol::v1::TaskKind;
 use common::*;
 
@@ -328,5 +329,86 @@ async fn invalid_job_files_are_rejected_by_the_coordinator_naming_the_key() {
     .await
     .unwrap();
     assert!(jobs.is_empty());
+    coordinator.stop.stop();
+}
+
+/// A job of a thousand hospitals carries about 200 KB of update receipts a
+/// round, and its whole status once passed the 8 MiB message limit within
+/// a few dozen rounds (`GetJob` then failed). The coordinator now pages a
+/// status and the developer API reads every page: here a real two-round
+/// job's last round is copied in the store to 60 more rounds of 1,000
+/// receipts (about 11 MB), and the status and the job list read back every round
+/// and event after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_status_larger_than_a_message_is_read_in_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("all.csv");
+    synthetic_oncology_csv(&csv, 400, 12);
+    let files = split(&csv, &dir.path().join("parts"), 2, 5);
+    let data_dir = dir.path().join("coord");
+    let coordinator = start_coordinator(&data_dir).await;
+    for (i, f) in files.iter().enumerate() {
+        start_client(&coordinator.url, f, &format!("h{i}"), &coordinator.stop);
+    }
+    wait_for_clients(&coordinator.url, 2).await;
+    let small = submit_and_wait(&coordinator.url, &oncology_job(2, 2)).await;
+    assert_eq!(small.state, "completed", "{small:#?}");
+    coordinator.stop.stop();
+    let _ = coordinator.server.await;
+
+    {
+        let store = cohort_coordinator::store::Store::open(&data_dir, None).unwrap();
+        let rounds = store.rounds(&small.job_id).unwrap();
+        let model = rounds.last().unwrap().clone();
+        let receipt = model.updates[0].clone();
+        for round in 3..=62 {
+            let mut row = model.clone();
+            row.round = round;
+            row.updates = (0..1000)
+                .map(|i| cohort_coordinator::store::UpdateReceipt {
+                    client: format!("hospital-{i:04}"),
+                    ..receipt.clone()
+                })
+                .collect();
+            store.record_round(&row).unwrap();
+        }
+    }
+
+    let coordinator = start_coordinator(&data_dir).await;
+    let mut dev = developer::connect(&coordinator.url, &cohort_protocol::Security::Insecure)
+        .await
+        .unwrap();
+    let first_page = dev
+        .get_job(cohort_protocol::v1::GetJobRequest {
+            job_id: small.job_id.clone(),
+            rounds_after: None,
+            events_after: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(first_page.more_rounds, "{} rounds", first_page.rounds.len());
+    assert!(first_page.rounds.len() < 62, "{}", first_page.rounds.len());
+
+    let whole = developer::status(&mut dev, &small.job_id).await.unwrap();
+    let rounds: Vec<u32> = whole.rounds.iter().map(|r| r.round).collect();
+    assert_eq!(rounds, (1..=62).collect::<Vec<_>>());
+    let digests = |rounds: &[developer::RoundView]| -> Vec<String> {
+        rounds.iter().map(|r| r.model_sha256.clone()).collect()
+    };
+    assert_eq!(
+        digests(&whole.rounds[..2]),
+        digests(&small.rounds),
+        "the job's own rounds"
+    );
+    assert!(whole.rounds[2..].iter().all(|r| r.updates.len() == 1000));
+    assert_eq!(whole.rounds[61].updates[999].client, "hospital-0999");
+    assert_eq!(whole.events.len(), small.events.len());
+    assert_eq!(whole.state, "completed");
+
+    let listed = developer::list(&mut dev).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].rounds.len(), 62);
+    assert_eq!(listed[0].events.len(), small.events.len());
     coordinator.stop.stop();
 }

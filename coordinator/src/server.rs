@@ -839,77 +839,50 @@ impl Services {
         })
     }
 
+    /// A job's whole status (for in-process readers such as the
+    /// dashboard; gRPC replies are paged, [`Services::job_status_page`]).
     pub(crate) fn job_status(&self, job: &JobRow) -> Result<JobStatus, StoreError> {
-        self.job_status_after(job, 0, 0)
+        self.job_status_page(job, 0, 0, &mut ReplyBudget::unlimited())
     }
 
-    /// [`Services::job_status`] with only the rounds after `rounds_after`
-    /// and the events after the first `events_after`.
-    fn job_status_after(
+    /// A job's status with only the rounds after `rounds_after` and the
+    /// events after the first `events_after`, as many of them in order as
+    /// `budget` lets through (`more_rounds` / `more_events` say whether
+    /// some were held back).
+    fn job_status_page(
         &self,
         job: &JobRow,
         rounds_after: u32,
         events_after: u32,
+        budget: &mut ReplyBudget,
     ) -> Result<JobStatus, StoreError> {
-        let rounds = self
-            .store
-            .rounds_after(&job.id, rounds_after)?
-            .into_iter()
-            .filter(|r| r.round > 0)
-            .map(|r| RoundSummary {
-                round: r.round,
-                participants: r.participants,
-                metrics_json: r
-                    .metrics
-                    .as_ref()
-                    .and_then(|m| serde_json::to_string(m).ok())
-                    .unwrap_or_default(),
-                train_loss: r.train_loss.unwrap_or(f64::NAN),
-                attempts: r.attempts,
-                duration_secs: r.duration_secs,
-                model_sha256: r.model_sha256,
-                slowest_fit_secs: r.slowest_fit_secs,
-                slowest_evaluate_secs: r.slowest_evaluate_secs,
-                aggregate_sha256: r.aggregate_sha256.unwrap_or_default(),
-                task_bytes_sent: r.traffic.map(|t| t.task_bytes_sent),
-                train_accuracy: r.train_metrics.map(|m| m.accuracy),
-                train_auc: r.train_metrics.map(|m| m.auc),
-                answer_bytes_received: r.traffic.map(|t| t.answer_bytes_received),
-                excluded: r
-                    .excluded
-                    .into_iter()
-                    .map(|e| v1::Exclusion {
-                        client: e.client,
-                        reason: e.reason,
-                    })
-                    .collect(),
-                updates: r
-                    .updates
-                    .into_iter()
-                    .map(|u| v1::UpdateReceipt {
-                        dp_epsilon: u.epsilon().unwrap_or(0.0),
-                        proof_json: u
-                            .proof
-                            .as_ref()
-                            .and_then(|p| serde_json::to_string(p).ok())
-                            .unwrap_or_default(),
-                        client: u.client,
-                        task_id: u.task_id,
-                        num_examples: u.num_examples,
-                        parameter_count: u.parameter_count,
-                        update_sha256: u.update_sha256,
-                        signature: hex::decode(&u.signature).unwrap_or_default(),
-                        dataset_sha256: u.dataset_sha256,
-                    })
-                    .collect(),
-            })
-            .collect();
-        let events = self
-            .store
-            .events_after(&job.id, events_after)?
-            .into_iter()
-            .map(|(at, message)| JobEvent { at, message })
-            .collect();
+        let participants = job
+            .enrollment
+            .as_ref()
+            .map(|e| e.participants.clone())
+            .unwrap_or_default();
+        budget.charge(participants.iter().map(|p| p.len() + 3).sum());
+        let all_rounds = self.store.rounds_after(&job.id, rounds_after)?;
+        let mut rounds: Vec<RoundSummary> = Vec::new();
+        let mut more_rounds = false;
+        for r in all_rounds.into_iter().filter(|r| r.round > 0) {
+            let summary = round_summary(r);
+            if !budget.take(summary.encoded_len()) {
+                more_rounds = true;
+                break;
+            }
+            rounds.push(summary);
+        }
+        let mut events = Vec::new();
+        let mut more_events = false;
+        for (at, message) in self.store.events_after(&job.id, events_after)? {
+            let event = JobEvent { at, message };
+            if !budget.take(event.encoded_len()) {
+                more_events = true;
+                break;
+            }
+            events.push(event);
+        }
         Ok(JobStatus {
             job_id: job.id.clone(),
             name: job.name.clone(),
@@ -919,13 +892,125 @@ impl Services {
             error: job.error.clone().unwrap_or_default(),
             rounds,
             created_at: job.created_at.clone(),
-            participants: job
-                .enrollment
-                .as_ref()
-                .map(|e| e.participants.clone())
-                .unwrap_or_default(),
+            participants,
             events,
+            more_rounds,
+            more_events,
         })
+    }
+}
+
+/// What a reply may still carry of a job's rounds and events, in encoded
+/// bytes. A job of a thousand hospitals carries about 200 KB of update
+/// receipts a round, so its whole status passes the message limit within
+/// a few dozen rounds; replies are paged instead.
+pub(crate) struct ReplyBudget {
+    left: usize,
+    /// Whether the first item offered is taken whatever its size, so that
+    /// a page always moves a reader on.
+    take_first: bool,
+}
+
+impl ReplyBudget {
+    /// Half the message limit: the rest of a status is small.
+    const PAGE_BYTES: usize = cohort_protocol::MAX_MESSAGE_BYTES / 2;
+
+    fn unlimited() -> Self {
+        Self {
+            left: usize::MAX,
+            take_first: true,
+        }
+    }
+
+    /// One `GetJob` reply.
+    fn page() -> Self {
+        Self::page_of(Self::PAGE_BYTES)
+    }
+
+    fn page_of(bytes: usize) -> Self {
+        Self {
+            left: bytes,
+            take_first: true,
+        }
+    }
+
+    /// One `ListJobs` reply, shared by its jobs: a job may come without
+    /// any of its rounds.
+    fn list() -> Self {
+        Self {
+            left: Self::PAGE_BYTES,
+            take_first: false,
+        }
+    }
+
+    /// Counts what a reply carries in any case.
+    fn charge(&mut self, len: usize) {
+        self.left = self.left.saturating_sub(len);
+    }
+
+    /// Whether an item of `len` encoded bytes still fits; it is then
+    /// counted. Once one does not fit the reader asks again from there, so
+    /// no later item may slip in.
+    fn take(&mut self, len: usize) -> bool {
+        // A repeated field's tag and length prefix.
+        let len = len + 6;
+        if len > self.left && !self.take_first {
+            self.left = 0;
+            return false;
+        }
+        self.take_first = false;
+        self.left = self.left.saturating_sub(len);
+        true
+    }
+}
+
+fn round_summary(r: crate::store::RoundRow) -> RoundSummary {
+    RoundSummary {
+        round: r.round,
+        participants: r.participants,
+        metrics_json: r
+            .metrics
+            .as_ref()
+            .and_then(|m| serde_json::to_string(m).ok())
+            .unwrap_or_default(),
+        train_loss: r.train_loss.unwrap_or(f64::NAN),
+        attempts: r.attempts,
+        duration_secs: r.duration_secs,
+        model_sha256: r.model_sha256,
+        slowest_fit_secs: r.slowest_fit_secs,
+        slowest_evaluate_secs: r.slowest_evaluate_secs,
+        aggregate_sha256: r.aggregate_sha256.unwrap_or_default(),
+        task_bytes_sent: r.traffic.map(|t| t.task_bytes_sent),
+        train_accuracy: r.train_metrics.map(|m| m.accuracy),
+        train_auc: r.train_metrics.map(|m| m.auc),
+        answer_bytes_received: r.traffic.map(|t| t.answer_bytes_received),
+        excluded: r
+            .excluded
+            .into_iter()
+            .map(|e| v1::Exclusion {
+                client: e.client,
+                reason: e.reason,
+            })
+            .collect(),
+        updates: r
+            .updates
+            .into_iter()
+            .map(|u| v1::UpdateReceipt {
+                dp_epsilon: u.epsilon().unwrap_or(0.0),
+                proof_json: u
+                    .proof
+                    .as_ref()
+                    .and_then(|p| serde_json::to_string(p).ok())
+                    .unwrap_or_default(),
+                client: u.client,
+                task_id: u.task_id,
+                num_examples: u.num_examples,
+                parameter_count: u.parameter_count,
+                update_sha256: u.update_sha256,
+                signature: hex::decode(&u.signature).unwrap_or_default(),
+                dataset_sha256: u.dataset_sha256,
+            })
+            .collect(),
     }
 }
 
@@ -1118,10 +1203,11 @@ impl DeveloperService for Services {
             .ok_or_else(|| Status::not_found(format!("no job `{id}`")))?;
         check_may_read(&caller, &job)?;
         let status = self
-            .job_status_after(
+            .job_status_page(
                 &job,
                 request.rounds_after.unwrap_or(0),
                 request.events_after.unwrap_or(0),
+                &mut ReplyBudget::page(),
             )
             .map_err(internal)?;
         Ok(Response::new(status))
@@ -1139,7 +1225,11 @@ impl DeveloperService for Services {
             .map_err(internal)?
             .iter()
             .filter(|j| caller.may_read_job(j.submitted_by.as_deref()))
-            .map(|j| self.job_status(j))
+            // One budget for the whole list: a job past it comes with
+            // `more_rounds` / `more_events` set, for GetJob to page through.
+            .scan(ReplyBudget::list(), |budget, j| {
+                Some(self.job_status_page(j, 0, 0, budget))
+            })
             .collect::<Result<Vec<_>, _>>()
             .map_err(internal)?;
         Ok(Response::new(ListJobsReply { jobs }))
