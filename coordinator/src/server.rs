@@ -845,6 +845,11 @@ impl Services {
         self.job_status_page(job, 0, 0, &mut ReplyBudget::unlimited())
     }
 
+    /// A job's whole status but its rounds.
+    pub(crate) fn job_status_without_rounds(&self, job: &JobRow) -> Result<JobStatus, StoreError> {
+        self.job_status_page(job, u32::MAX, 0, &mut ReplyBudget::unlimited())
+    }
+
     /// A job's status with only the rounds after `rounds_after` and the
     /// events after the first `events_after`, as many of them in order as
     /// `budget` lets through (`more_rounds` / `more_events` say whether

@@ -33,6 +33,13 @@ impl CoordinatorView {
         self.services.job_status(job)
     }
 
+    /// [`CoordinatorView::status`] without the rounds, whose update
+    /// receipts make a long job's status hundreds of megabytes: what a
+    /// list of jobs shows.
+    pub fn status_without_rounds(&self, job: &JobRow) -> Result<JobStatus, StoreError> {
+        self.services.job_status_without_rounds(job)
+    }
+
     /// The ledger's entries and its latest signed checkpoint.
     pub fn ledger(&self) -> Result<LedgerContents, StoreError> {
         self.services.store.ledger()
