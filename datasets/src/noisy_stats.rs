@@ -25,10 +25,12 @@
 //!
 //! **What the coordinator reads.** Magnitudes: the most populated bucket
 //! (or group of buckets, for values spread over many magnitudes), doubled,
-//! unless a higher one holds clearly more than noise; values beyond the
-//! scale are clamped (and a column most of whose values were clamped is
-//! refused: its scale came from a noise peak). Means and variances from the noisy sums,
-//! the mean kept inside the occupied range and the variance never below
+//! unless a higher one holds clearly more than noise, zeros set aside (they
+//! fit any scale); values beyond the scale are clamped (and a column most
+//! of whose values were clamped is refused: its scale came from a noise
+//! peak). Means and variances from the noisy sums, the mean kept inside
+//! the occupied range (the run of bins around the bulk, not a lone noise
+//! peak in an empty bin) and the variance never below
 //! twice what the noise alone can move it by (so that a column whose
 //! spread the noise hides is scaled down, not blown up). Medians to one
 //! bin of a [`DP_HISTOGRAM_BINS`]-bin histogram, with a three-bin window
