@@ -929,12 +929,8 @@ impl ReplyBudget {
 
     /// One `GetJob` reply.
     fn page() -> Self {
-        Self::page_of(Self::PAGE_BYTES)
-    }
-
-    fn page_of(bytes: usize) -> Self {
         Self {
-            left: bytes,
+            left: Self::PAGE_BYTES,
             take_first: true,
         }
     }
