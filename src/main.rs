@@ -321,6 +321,15 @@ struct TokenArgs {
     addresses: PathBuf,
 }
 
+/// The update-proof statement `cohort bench proofs` measures.
+#[derive(Clone, Copy, ValueEnum)]
+enum ProofStatement {
+    /// Groth16 over the update's hash (plain aggregation).
+    Norm,
+    /// Bulletproofs over Pedersen commitments (secure aggregation).
+    Committed,
+}
+
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Update proofs (statement 1) at 16-bit entries. `--statement norm`
@@ -335,8 +344,8 @@ enum BenchCommand {
         #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
         sizes: Vec<usize>,
         /// Which statement: `norm` (plain mode) or `committed` (secagg).
-        #[arg(long, default_value = "norm", value_parser = ["norm", "committed"])]
-        statement: String,
+        #[arg(long, value_enum, default_value_t = ProofStatement::Norm)]
+        statement: ProofStatement,
         /// One JSON object per size.
         #[arg(long)]
         json: bool,
@@ -2204,10 +2213,13 @@ async fn run_bench_command(cmd: BenchCommand) -> Result<()> {
             json,
         } => {
             init_logging("warn");
-            if statement == "committed" {
-                cohort::bench_proofs::run_committed(sizes, json)?;
-            } else {
-                cohort::bench_proofs::run(sizes, json)?;
+            match statement {
+                ProofStatement::Committed => {
+                    cohort::bench_proofs::run_committed(sizes, json)?;
+                }
+                ProofStatement::Norm => {
+                    cohort::bench_proofs::run(sizes, json)?;
+                }
             }
         }
         BenchCommand::Valuation {

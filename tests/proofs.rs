@@ -165,6 +165,30 @@ fn attest_once(kit: &str, url: &str) {
     assert!(ok, "{err}");
 }
 
+/// [`verify_round`] of a round that must re-check clean: it passes, with
+/// `proofs` proofs all valid, one valid attestation by `validator-1`, and
+/// `excluded` left out. Returns the report.
+fn assert_round_verified(
+    job_id: &str,
+    round: &str,
+    kit: &str,
+    url: &str,
+    proofs: usize,
+    excluded: &[&str],
+) -> serde_json::Value {
+    let (ok, check) = verify_round(job_id, round, kit, url);
+    assert!(ok, "{check}");
+    let checked = check["proofs"].as_array().unwrap();
+    assert_eq!(checked.len(), proofs, "{check}");
+    assert!(checked.iter().all(|p| p["valid"] == true), "{check}");
+    let attestations = check["attestations"].as_array().unwrap();
+    assert_eq!(attestations.len(), 1, "{check}");
+    assert_eq!(attestations[0]["validator"], "validator-1", "{check}");
+    assert_eq!(attestations[0]["valid"], true, "{check}");
+    assert_eq!(check["excluded"], serde_json::json!(excluded), "{check}");
+    check
+}
+
 /// `cohort verify round JOB ROUND --json` with `kit`: whether it passed,
 /// and its report.
 fn verify_round(job_id: &str, round: &str, kit: &str, url: &str) -> (bool, serde_json::Value) {
@@ -281,16 +305,7 @@ async fn a_boosted_update_is_excluded_and_validators_attest_the_rounds() {
 
     // Anyone re-checks the proofs and the attestations.
     for round in ["1", "2"] {
-        let (ok, check) = verify_round(&view.job_id, round, &validator, &url);
-        assert!(ok, "{check}");
-        let proofs = check["proofs"].as_array().unwrap();
-        assert_eq!(proofs.len(), 2);
-        assert!(proofs.iter().all(|p| p["valid"] == true), "{check}");
-        let attestations = check["attestations"].as_array().unwrap();
-        assert_eq!(attestations.len(), 1, "{check}");
-        assert_eq!(attestations[0]["validator"], "validator-1");
-        assert_eq!(attestations[0]["valid"], true);
-        assert_eq!(check["excluded"], serde_json::json!(["hospital-2"]));
+        assert_round_verified(&view.job_id, round, &validator, &url, 2, &["hospital-2"]);
     }
 
     // snarkjs, which nobody here wrote, accepts an exported proof and
@@ -513,13 +528,7 @@ async fn under_secure_aggregation_a_boosted_commitment_is_named_and_validators_a
     let url = federation.url.clone();
     attest_once(&validator, &url);
     for round in ["1", "2"] {
-        let (ok, check) = verify_round(&view.job_id, round, &validator, &url);
-        assert!(ok, "{check}");
-        let proofs = check["proofs"].as_array().unwrap();
-        assert_eq!(proofs.len(), 3, "{check}");
-        assert!(proofs.iter().all(|p| p["valid"] == true), "{check}");
-        assert_eq!(check["attestations"][0]["valid"], true, "{check}");
-        assert_eq!(check["excluded"], serde_json::json!(["hospital-3"]));
+        assert_round_verified(&view.job_id, round, &validator, &url, 3, &["hospital-3"]);
     }
     let mut dev = federation.developer().await.unwrap();
     developer::download_model(&mut dev, &view.job_id, None, &dir.path().join("model"))
@@ -607,12 +616,7 @@ async fn plain_updates_proved_without_a_setup_are_checked_and_attested() {
     let validator = validator_kit(dir.path(), "validator-1");
     let url = federation.url.clone();
     attest_once(&validator, &url);
-    let (ok, check) = verify_round(&view.job_id, "2", &validator, &url);
-    assert!(ok, "{check}");
-    let proofs = check["proofs"].as_array().unwrap();
-    assert_eq!(proofs.len(), 2, "{check}");
-    assert!(proofs.iter().all(|p| p["valid"] == true), "{check}");
-    assert_eq!(check["attestations"][0]["valid"], true, "{check}");
+    assert_round_verified(&view.job_id, "2", &validator, &url, 2, &["hospital-2"]);
     let (ok, _, err) = cohort(&[
         "proof",
         "export",

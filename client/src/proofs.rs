@@ -230,9 +230,10 @@ impl Worker {
         let mut sent = grid.to_f32(&entries);
         if let Some(m) = misbehave.filter(|m| m.proves_tampered()) {
             m.tamper(&mut sent);
-            entries = sent
-                .iter()
-                .map(|v| (f64::from(*v) * 2f64.powi(grid.scale_log2)).round() as i32)
+            entries = grid
+                .nearest(&sent)
+                .into_iter()
+                .map(saturating_i32)
                 .collect();
         }
         let proof = match prove(&entries) {
@@ -306,17 +307,12 @@ impl Worker {
             Some(m) => {
                 let mut sent = grid.to_f32(&honest);
                 m.tamper(&mut sent);
-                sent.iter()
-                    .map(|v| (f64::from(*v) * 2f64.powi(grid.scale_log2)).round() as i64)
-                    .collect()
+                grid.nearest(&sent)
             }
             None => honest.iter().map(|&u| i64::from(u)).collect(),
         };
         let proved: Vec<i32> = if misbehave.is_some_and(|m| m.proves_tampered()) {
-            tampered
-                .iter()
-                .map(|&u| u.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32)
-                .collect()
+            tampered.iter().copied().map(saturating_i32).collect()
         } else {
             honest
         };
@@ -358,6 +354,12 @@ impl Worker {
             masked: committed::commitments_to_bytes(&commitments),
         })
     }
+}
+
+/// A drill's entry as the prover takes it (which refuses it if it is not
+/// 16-bit).
+fn saturating_i32(u: i64) -> i32 {
+    u.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32
 }
 
 /// 128 random bytes: the size of a real proof.

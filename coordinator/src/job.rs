@@ -531,23 +531,22 @@ impl JobSpec {
             }
             return Ok(());
         }
-        match (self.privacy.aggregation, proofs.system) {
-            (Aggregation::Secagg, Some(ProofSystemName::Groth16)) => {
-                return Err(invalid(
-                    "proofs.system",
-                    "under secure aggregation updates are proved over their commitments \
-                     with bulletproofs; groth16 proves plain updates only",
-                ));
-            }
-            (_, Some(ProofSystemName::Bulletproofs))
-                if self.training.mode == TrainingMode::Splitfed =>
-            {
-                return Err(invalid(
-                    "proofs.system",
-                    "SplitFed parts are proved with groth16 only",
-                ));
-            }
-            _ => {}
+        if self.privacy.aggregation == Aggregation::Secagg
+            && proofs.system == Some(ProofSystemName::Groth16)
+        {
+            return Err(invalid(
+                "proofs.system",
+                "under secure aggregation updates are proved over their commitments \
+                 with bulletproofs; groth16 proves plain updates only",
+            ));
+        }
+        if self.training.mode == TrainingMode::Splitfed
+            && self.proof_system() == ProofSystemName::Bulletproofs
+        {
+            return Err(invalid(
+                "proofs.system",
+                "SplitFed parts are proved with groth16 under aggregation = \"plain\" only",
+            ));
         }
         match self.privacy.aggregation {
             Aggregation::Plain => {}
@@ -561,13 +560,6 @@ impl JobSpec {
                         "under secure aggregation the proved update is the committed one; \
                          client-level (distributed) DP noise added to it would have to be proved \
                          too, which is not built: use record-level DP, or aggregation = \"plain\"",
-                    ));
-                }
-                if self.training.mode == TrainingMode::Splitfed {
-                    return Err(invalid(
-                        "proofs.update",
-                        "SplitFed parts under secure aggregation are not proved yet; use \
-                         aggregation = \"plain\"",
                     ));
                 }
             }

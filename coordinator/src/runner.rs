@@ -888,20 +888,17 @@ impl Runner {
             .map(|(_, (_, _, _, s, _))| *s)
             .fold(0.0, f64::max);
         let participants: Vec<String> = answers.ok.iter().map(|(c, _)| c.clone()).collect();
-        for (client, commitments) in kept {
-            if !participants.contains(&client) {
-                continue;
-            }
-            let key = proofs::commitments_key(&job.id, round, &client);
-            if let Err(e) = self.store.put_object(&key, commitments).await {
-                self.note(
-                    &job.id,
-                    format!(
-                        "round {round} attempt {attempt}: keeping {client}'s commitments for validators: {e}; retrying"
-                    ),
-                );
-                return None;
-            }
+        if let Err(e) = self
+            .keep_commitments(&job.id, round, kept, &participants)
+            .await
+        {
+            self.note(
+                &job.id,
+                format!(
+                    "round {round} attempt {attempt}: keeping the commitments for validators: {e}; retrying"
+                ),
+            );
+            return None;
         }
         let mut receipts = Vec::with_capacity(answers.ok.len());
         let mut updates: Vec<ClientUpdate> = answers
@@ -1323,42 +1320,21 @@ fn fitted_from_sum(
     contributors: Vec<Contribution>,
     aggregate: &str,
 ) -> Result<Fitted, String> {
-    let aggregate_sha256 = hex::encode(sha2::Sha256::digest(cohort_privacy::quantize::pack(
-        sum,
-        quantizer.bits(),
-    )));
+    let digest = sha2::Sha256::digest(cohort_privacy::quantize::pack(sum, quantizer.bits()));
     let (mean, total_examples) = quantizer
         .decode_weighted_mean(sum)
         .map_err(|e| e.to_string())?;
     if total_examples == 0 {
         return Err("the recovered sum reports no training examples".into());
     }
-    // Per-hospital losses are not FedAvg-weighted here: the weights stay
-    // inside the protected vectors.
-    let train_loss = weighted_loss(contributors.iter().map(|(_, (l, ..))| (1, *l)));
-    let slowest_fit_secs = contributors
-        .iter()
-        .map(|(_, (_, s, _))| *s)
-        .fold(0.0, f64::max);
-    let (participants, receipts) = contributors
-        .into_iter()
-        .map(|(client, (_, _, receipt))| (client, receipt))
-        .unzip();
-    Ok(Fitted {
-        participants,
-        receipts,
-        updates: vec![crate::strategy::ClientUpdate {
-            client: aggregate.into(),
-            delta: mean,
-            num_examples: total_examples,
-        }],
+    Ok(fitted_from_mean(
+        mean,
         total_examples,
-        train_loss,
-        slowest_fit_secs,
-        aggregate_sha256: Some(aggregate_sha256),
-        groups: Vec::new(),
-        excluded: Vec::new(),
-    })
+        &digest,
+        contributors,
+        aggregate,
+        Vec::new(),
+    ))
 }
 
 /// The fit stage's outcome from the opened sum of committed updates
@@ -1373,28 +1349,50 @@ fn fitted_from_committed_sum(
     excluded: Vec<cohort_ledger::Exclusion>,
 ) -> Fitted {
     let bytes: Vec<u8> = sum.iter().flat_map(|s| s.to_le_bytes()).collect();
-    let total_examples = contributors.len() as u64;
+    let count = contributors.len();
+    fitted_from_mean(
+        grid.mean_of_sum(sum, count),
+        count as u64,
+        &sha2::Sha256::digest(&bytes),
+        contributors,
+        aggregate,
+        excluded,
+    )
+}
+
+/// A protected fit stage's outcome: `mean` of `total_examples` examples as
+/// the one update the strategy sees (named `aggregate`), the digest of the
+/// sum it came from, and the contributors' receipts and losses (not
+/// example-weighted: the weights stay inside the protected vectors).
+fn fitted_from_mean(
+    mean: Vec<f32>,
+    total_examples: u64,
+    sum_digest: &[u8],
+    contributors: Vec<Contribution>,
+    aggregate: &str,
+    excluded: Vec<cohort_ledger::Exclusion>,
+) -> Fitted {
     let train_loss = weighted_loss(contributors.iter().map(|(_, (l, ..))| (1, *l)));
     let slowest_fit_secs = contributors
         .iter()
         .map(|(_, (_, s, _))| *s)
         .fold(0.0, f64::max);
-    let (participants, receipts): (Vec<String>, Vec<UpdateReceipt>) = contributors
+    let (participants, receipts) = contributors
         .into_iter()
         .map(|(client, (_, _, receipt))| (client, receipt))
         .unzip();
     Fitted {
-        updates: vec![crate::strategy::ClientUpdate {
-            client: aggregate.into(),
-            delta: grid.mean_of_sum(sum, participants.len()),
-            num_examples: total_examples,
-        }],
         participants,
         receipts,
+        updates: vec![crate::strategy::ClientUpdate {
+            client: aggregate.into(),
+            delta: mean,
+            num_examples: total_examples,
+        }],
         total_examples,
         train_loss,
         slowest_fit_secs,
-        aggregate_sha256: Some(hex::encode(sha2::Sha256::digest(&bytes))),
+        aggregate_sha256: Some(hex::encode(sum_digest)),
         groups: Vec::new(),
         excluded,
     }

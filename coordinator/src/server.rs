@@ -133,13 +133,17 @@ fn may_open(caller: &Caller, opening: &cohort_ledger::Opening) -> bool {
     }
 }
 
-fn check_may_read(caller: &Caller, job: &JobRow) -> Result<(), Status> {
+/// Job `job_id`, if it exists and `caller` may read it.
+fn readable_job(store: &Store, caller: &Caller, job_id: &str) -> Result<JobRow, Status> {
+    let job = store
+        .job(job_id)
+        .map_err(internal)?
+        .ok_or_else(|| Status::not_found(format!("no job `{job_id}`")))?;
     if caller.may_read_job(job.submitted_by.as_deref()) {
-        Ok(())
+        Ok(job)
     } else {
         Err(Status::permission_denied(format!(
-            "job `{}` was submitted by another developer; developers read their own jobs",
-            job.id
+            "job `{job_id}` was submitted by another developer; developers read their own jobs"
         )))
     }
 }
@@ -1081,12 +1085,7 @@ impl DeveloperService for Services {
         let caller = self.auth.authorize(&request, "GetCommitments", READERS)?;
         let _turn = self.developer_turn().await?;
         let r = request.into_inner();
-        let job = self
-            .store
-            .job(&r.job_id)
-            .map_err(internal)?
-            .ok_or_else(|| Status::not_found(format!("no job `{}`", r.job_id)))?;
-        check_may_read(&caller, &job)?;
+        readable_job(&self.store, &caller, &r.job_id)?;
         check_client_name(&r.client).map_err(Status::invalid_argument)?;
         let bytes = self
             .store
@@ -1197,12 +1196,7 @@ impl DeveloperService for Services {
         let _turn = self.developer_turn().await?;
         let request = request.into_inner();
         let id = request.job_id;
-        let job = self
-            .store
-            .job(&id)
-            .map_err(internal)?
-            .ok_or_else(|| Status::not_found(format!("no job `{id}`")))?;
-        check_may_read(&caller, &job)?;
+        let job = readable_job(&self.store, &caller, &id)?;
         let status = self
             .job_status_page(
                 &job,
@@ -1265,12 +1259,7 @@ impl DeveloperService for Services {
         let caller = self.auth.authorize(&request, "GetModel", READERS)?;
         let _turn = self.developer_turn().await?;
         let GetModelRequest { job_id, round } = request.into_inner();
-        let job = self
-            .store
-            .job(&job_id)
-            .map_err(internal)?
-            .ok_or_else(|| Status::not_found(format!("no job `{job_id}`")))?;
-        check_may_read(&caller, &job)?;
+        let job = readable_job(&self.store, &caller, &job_id)?;
         let rounds = self.store.rounds(&job_id).map_err(internal)?;
         let chosen = if round == 0 {
             rounds.last()

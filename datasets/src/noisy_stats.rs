@@ -233,28 +233,27 @@ fn scale_bucket(buckets: &[f64], std: f64) -> Option<usize> {
 fn occupied_range(histogram: &[f64], median_bin: usize, std: f64) -> (usize, usize) {
     let occupied = |i: usize| histogram[i] > OCCUPIED * std;
     let last_bin = histogram.len() - 1;
-    // The farthest bin reached from `from` stepping by `step`: on to the
-    // k-th next bin (k ≤ RUN_WINDOW) while the k bins up to it hold more
-    // than `OCCUPIED` standard deviations of their summed noise.
-    let reach = |from: usize, step: isize| {
-        let mut at = from;
-        'extend: loop {
-            let mut mass = 0.0;
-            for k in 1..=RUN_WINDOW {
-                let Some(bin) = at
-                    .checked_add_signed(step * k as isize)
+    // The next bin of the run after `at` stepping by `step`: the k-th
+    // (k ≤ RUN_WINDOW) when the k bins up to it hold more than `OCCUPIED`
+    // standard deviations of their summed noise.
+    let next = |at: usize, step: isize| {
+        let mut mass = 0.0;
+        (1..=RUN_WINDOW)
+            .map_while(|k| {
+                at.checked_add_signed(step * k as isize)
                     .filter(|&bin| bin <= last_bin)
-                else {
-                    break 'extend at;
-                };
+                    .map(|bin| (k, bin))
+            })
+            .find(|&(k, bin)| {
                 mass += histogram[bin];
-                if mass > OCCUPIED * std * (k as f64).sqrt() {
-                    at = bin;
-                    continue 'extend;
-                }
-            }
-            break at;
-        }
+                mass > OCCUPIED * std * (k as f64).sqrt()
+            })
+            .map(|(_, bin)| bin)
+    };
+    let reach = |from: usize, step: isize| {
+        std::iter::successors(Some(from), |&at| next(at, step))
+            .last()
+            .unwrap_or(from)
     };
     // Around the median's bin, and around the fullest bin (the median's
     // may fall in a noisy dip between two occupied ones).

@@ -263,10 +263,10 @@ pub fn verify(
     let bound_sq = bound_squared(bound)?;
     let ChunkedProof { partials, proofs } = ChunkedProof::parse(proof, commitments.len())?;
     let chunks = proofs.len();
-    let outcomes: Vec<Result<(), ProofError>> = proofs
+    proofs
         .par_iter()
         .enumerate()
-        .map(|(c, chunk_proof)| {
+        .try_for_each(|(c, chunk_proof)| {
             let range = chunk_range(commitments.len(), chunks, c);
             let last = c + 1 == chunks;
             let mut verifier = Verifier::new(chunk_transcript(
@@ -297,8 +297,6 @@ pub fn verify(
                     other => synthesis(other),
                 })
         })
-        .collect();
-    outcomes.into_iter().collect()
 }
 
 /// A proof's bytes: the chunk count `K` (u32 LE), the `K` commitments to

@@ -96,6 +96,17 @@ impl FixedPoint {
             .collect()
     }
 
+    /// Each value at its nearest grid point, unchecked: what a drill client
+    /// makes of an update it tampered with, which may leave the 16-bit
+    /// range (`from_f32` refuses values off the grid instead).
+    pub fn nearest(&self, values: &[f32]) -> Vec<i64> {
+        let scale = self.scale();
+        values
+            .iter()
+            .map(|&v| (f64::from(v) * scale).round() as i64)
+            .collect()
+    }
+
     /// The mean of `count` updates from the exact sum of their entries
     /// (what secure aggregation of committed updates recovers).
     pub fn mean_of_sum(&self, sum: &[i64], count: usize) -> Vec<f32> {

@@ -13,7 +13,7 @@ use sha2::Digest as _;
 
 use super::{RunError, Runner};
 use crate::job::{JobSpec, ProofSystemName, UpdateProofs};
-use crate::store::JobRow;
+use crate::store::{JobRow, StoreError};
 
 /// Object-store key of a job's proving key (served by
 /// `HospitalService.GetProvingKey`).
@@ -193,6 +193,26 @@ impl UpdateProofKeys {
 }
 
 impl Runner {
+    /// Keeps, for validators (`GetCommitments`), the commitments that the
+    /// proofs of the round's accepted updates speak about: those in `kept`
+    /// whose hospital is among `participants`.
+    pub(super) async fn keep_commitments(
+        &self,
+        job_id: &str,
+        round: u32,
+        kept: Vec<(String, Vec<u8>)>,
+        participants: &[String],
+    ) -> Result<(), StoreError> {
+        for (client, commitments) in kept {
+            if participants.contains(&client) {
+                self.store
+                    .put_object(&commitments_key(job_id, round, &client), commitments)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
     /// The job's update-proof keys: loaded from the store, or made now for
     /// `n_params` entries, stored, and the verifying key recorded on the
     /// ledger. `None` when the job asks for no proofs.

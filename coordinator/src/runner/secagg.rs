@@ -295,16 +295,10 @@ impl Runner {
                     .map_err(stop)
             }
             (SecureSum::Committed(sum, contributors), _, Some(keys)) => {
-                for (client, commitments) in proved {
-                    if contributors.iter().any(|(c, _)| *c == client) {
-                        self.store
-                            .put_object(
-                                &super::proofs::commitments_key(&job.id, round, &client),
-                                commitments,
-                            )
-                            .await?;
-                    }
-                }
+                let participants: Vec<String> =
+                    contributors.iter().map(|(c, _)| c.clone()).collect();
+                self.keep_commitments(&job.id, round, proved, &participants)
+                    .await?;
                 Ok(Some(super::fitted_from_committed_sum(
                     &sum,
                     keys.grid(),

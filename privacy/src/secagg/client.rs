@@ -242,14 +242,7 @@ impl ClientRound {
         if self.stage != Stage::Shared {
             return Err(self.wrong_stage("mask"));
         }
-        let mask = self.params.mask();
-        if let Some((index, &value)) = input.iter().enumerate().find(|&(_, &v)| v > mask) {
-            return Err(SecAggError::ValueOutOfRange {
-                index,
-                value,
-                bits: self.params.bits,
-            });
-        }
+        self.params.check_words(input)?;
         let held = self.open_shares(received)?;
         let bits = self.params.bits;
         let mut y = input.to_vec();

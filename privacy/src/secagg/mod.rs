@@ -305,6 +305,19 @@ impl Params {
         }
     }
 
+    /// Every value a word `< 2^bits`, or the first that is not.
+    pub(crate) fn check_words(&self, values: &[u64]) -> Result<(), SecAggError> {
+        let mask = self.mask();
+        match values.iter().enumerate().find(|&(_, &v)| v > mask) {
+            Some((index, &value)) => Err(SecAggError::ValueOutOfRange {
+                index,
+                value,
+                bits: self.bits,
+            }),
+            None => Ok(()),
+        }
+    }
+
     pub(crate) fn t(&self) -> usize {
         self.share_threshold as usize
     }

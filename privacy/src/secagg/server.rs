@@ -344,14 +344,7 @@ impl ServerRound {
     /// sum immediately; keeps no individual masked vector after this call.
     pub fn masked_input(&mut self, id: ClientId, masked: Vec<u64>) -> Result<(), SecAggError> {
         self.check_input(id, masked.len())?;
-        let mask = self.params.mask();
-        if let Some((index, &value)) = masked.iter().enumerate().find(|&(_, &v)| v > mask) {
-            return Err(SecAggError::ValueOutOfRange {
-                index,
-                value,
-                bits: self.params.bits,
-            });
-        }
+        self.params.check_words(&masked)?;
         crate::quantize::add_mod(&mut self.sum, &masked, self.params.bits);
         self.masked.insert(id);
         Ok(())
