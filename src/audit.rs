@@ -270,9 +270,17 @@ fn entry_ref(index: u64, leaf: &[u8]) -> EntryRef {
             Some(job_id.clone()),
             format!("job {job_id} round {round} validator rewards"),
         ),
-        Ok(Record::ProofSetup { job_id, .. }) => (
+        Ok(Record::ProofSetup {
+            job_id, ceremony, ..
+        }) => (
             Some(job_id.clone()),
-            format!("job {job_id} update-proof key"),
+            match ceremony {
+                Some(c) => format!(
+                    "job {job_id} update-proof key from a ceremony of {} contributions",
+                    c.contributors.len()
+                ),
+                None => format!("job {job_id} update-proof key"),
+            },
         ),
         Ok(Record::Attestation {
             job_id,

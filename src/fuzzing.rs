@@ -43,6 +43,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("he_messages", he_messages),
     ("proof_bytes", proof_bytes),
     ("startup_kit", startup_kit),
+    ("setup_ceremony", setup_ceremony),
     ("secure_statistics", secure_statistics),
 ];
 
@@ -343,6 +344,30 @@ fn committed_proof_seed() -> Option<Vec<u8>> {
         .map(|update| update.proof)
 }
 
+/// A Groth16 setup ceremony file as `cohort setup` and the coordinator
+/// read it (validators pass it from hand to hand): parsed, and checked
+/// when it parses.
+pub fn setup_ceremony(data: &[u8]) {
+    let _ = cohort_proofs::ceremony::entries_of(data);
+    if let Ok(ceremony) = cohort_proofs::ceremony::Ceremony::from_bytes(data) {
+        let _ = ceremony.verify();
+    }
+}
+
+/// A finished ceremony over one entry (signatures left empty: the
+/// target checks the mathematics, the coordinator the signatures).
+fn ceremony_seed() -> Option<Vec<u8>> {
+    let mut ceremony = cohort_proofs::ceremony::Ceremony::new(1).ok()?;
+    ceremony
+        .contribute("validator", b"", |_| Ok(Vec::new()))
+        .ok()?;
+    ceremony.seal_powers().ok()?;
+    ceremony
+        .contribute("validator", b"", |_| Ok(Vec::new()))
+        .ok()?;
+    Some(ceremony.to_bytes())
+}
+
 /// The files of a startup kit, in the order [`startup_kit`] reads them
 /// from its input.
 const KIT_FILES: [&str; 4] = [
@@ -487,6 +512,7 @@ fn built_seeds(target: &str) -> Vec<Vec<u8>> {
             vec![1, 7, 0, 1, 0, 200, 1, 255, 255],
         ],
         "startup_kit" => kit_seed().into_iter().collect(),
+        "setup_ceremony" => ceremony_seed().into_iter().collect(),
         _ => Vec::new(),
     }
 }

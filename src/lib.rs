@@ -22,6 +22,7 @@ pub mod privacy;
 pub mod rewards;
 pub mod sandbox;
 pub mod serve;
+pub mod setup;
 pub mod simulate;
 pub mod split_bench;
 pub mod validator;

@@ -88,6 +88,15 @@ enum Command {
     /// Export update proofs for other verifiers.
     #[command(subcommand)]
     Proof(ProofCommand),
+    /// A multi-party setup ceremony for the Groth16 keys of update proofs
+    /// (`[proofs] setup = "ceremony"`), so that no single party, the
+    /// coordinator included, could forge proofs: one file passed from
+    /// validator to validator. `new`, then each validator `contribute`s,
+    /// then `seal`, then each validator `contribute`s again; `verify`
+    /// checks it all; the coordinator takes it with --setup-ceremony FILE.
+    /// One honest contributor in each phase suffices.
+    #[command(subcommand)]
+    Setup(SetupCommand),
     /// The web dashboard (`cohort coordinator --dashboard ADDR`): access tokens.
     #[command(subcommand)]
     Dashboard(DashboardCommand),
@@ -105,7 +114,7 @@ enum Command {
 struct FuzzArgs {
     /// The parser: job_file, csv_table, parameters, protocol_messages,
     /// ledger_entry, checkpoint, secagg_messages, he_messages, proof_bytes,
-    /// startup_kit.
+    /// startup_kit, setup_ceremony.
     target: String,
     /// Seed corpus directory (one subdirectory per target).
     #[arg(long, default_value = "fuzz/corpus")]
@@ -172,6 +181,46 @@ struct ValidatorArgs {
     /// that deploys the verifiers.
     #[arg(long, value_name = "FILE", requires = "rpc_url")]
     evm_key: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum SetupCommand {
+    /// Start a ceremony for the update-norm circuit over ENTRIES parameters
+    /// (a job's parameter count: a job that asks for a ceremony the
+    /// coordinator lacks fails naming it).
+    New {
+        #[arg(long)]
+        entries: usize,
+        /// The ceremony file to create (refused if it exists).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Add this validator's contribution to the open phase: fresh secrets
+    /// from the operating system multiply the file's points and are then
+    /// dropped, and the contribution is signed with the kit's key. The file
+    /// is replaced atomically. Takes about a minute per 10^4 parameters
+    /// on two cores (powers phase).
+    Contribute {
+        file: PathBuf,
+        /// This validator's startup kit (`cohort ca issue --role validator`).
+        #[arg(long, env = "COHORT_TLS", value_name = "DIR")]
+        tls: PathBuf,
+    },
+    /// Close the powers phase (after checking it) and open the circuit
+    /// phase, whose starting point anyone can recompute.
+    Seal { file: PathBuf },
+    /// Check every contribution (its proofs of knowledge and pairing
+    /// checks, and that the final keys are the product of all of them),
+    /// and with --tls that each was signed by a validator of that kit's
+    /// consortium. Exits non-zero on any failure, naming it.
+    Verify {
+        file: PathBuf,
+        /// Any member's startup kit: check contributors against its CA.
+        #[arg(long, env = "COHORT_TLS", value_name = "DIR")]
+        tls: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -1195,6 +1244,12 @@ struct CoordinatorArgs {
     /// that deployed the contract; it pays for anchoring.
     #[arg(long, value_name = "FILE", required_if_eq("ledger", "evm"))]
     evm_key: Option<PathBuf>,
+    /// A finished Groth16 setup ceremony (`cohort setup`), for jobs with
+    /// `[proofs] setup = "ceremony"` whose parameter count it was made for.
+    /// Repeat for several sizes. Its contributors are checked against the
+    /// consortium's CA when a job takes it.
+    #[arg(long, value_name = "FILE")]
+    setup_ceremony: Vec<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -1753,6 +1808,7 @@ async fn main() -> Result<()> {
                     max_developer_calls: a.max_developer_calls,
                     developer_share: a.developer_share,
                     upload_memory_bytes: a.update_memory_mb.max(1).saturating_mul(1 << 20),
+                    setup_ceremonies: a.setup_ceremony,
                     wire: cohort_coordinator::WireLimits {
                         max_message_bytes: a.max_message_bytes,
                         max_connections: a.max_connections,
@@ -1896,6 +1952,22 @@ async fn main() -> Result<()> {
                 connection.resolve(&[Role::Validator, Role::Developer, Role::Hospital])?;
             let check = cohort::validator::verify_round(&url, &security, &job, round).await?;
             cohort::validator::print_round(&check, json)?;
+        }
+        Command::Setup(command) => {
+            init_logging("warn");
+            match command {
+                SetupCommand::New { entries, out } => cohort::setup::new(entries, &out)?,
+                SetupCommand::Contribute { file, tls } => cohort::setup::contribute(&file, &tls)?,
+                SetupCommand::Seal { file } => cohort::setup::seal(&file)?,
+                SetupCommand::Verify { file, tls, json } => {
+                    let report = cohort::setup::verify(&file, tls.as_deref())?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&report)?);
+                    } else {
+                        println!("{report}");
+                    }
+                }
+            }
         }
         Command::Validator(a) => {
             init_logging("info");

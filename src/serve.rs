@@ -74,6 +74,8 @@ pub struct CoordinatorOptions {
     pub developer_share: f64,
     /// `--update-memory-mb`, in bytes.
     pub upload_memory_bytes: u64,
+    /// `--setup-ceremony`.
+    pub setup_ceremonies: Vec<PathBuf>,
     /// `--max-message-bytes`, `--max-connections`, handshake and keepalive
     /// timeouts.
     pub wire: cohort_coordinator::WireLimits,
@@ -140,6 +142,7 @@ pub async fn run_coordinator(
     config.max_developer_calls = options.max_developer_calls;
     config.developer_share = options.developer_share;
     config.upload_memory_bytes = options.upload_memory_bytes;
+    config.setup_ceremonies = options.setup_ceremonies;
     config.wire = options.wire;
     config.wire.check()?;
     config.rewards = options.rewards;

@@ -635,3 +635,114 @@ async fn plain_updates_proved_without_a_setup_are_checked_and_attested() {
     assert!(!ok && err.contains("Groth16"), "{err}");
     federation.shutdown().await;
 }
+
+/// Groth16 keys from a multi-party ceremony among the validators
+/// (`cohort setup`), so that the coordinator never holds the trapdoor: a
+/// job that asks for one the coordinator lacks fails naming the parameter
+/// count and the commands; with two validators' contributions the job
+/// runs on the ceremony's keys (a boosted update is still caught), the
+/// ledger records the file's digest and the contributors, and a validator
+/// attests the rounds; a file tampered with afterwards is refused, naming
+/// the contribution that no longer verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keys_from_a_validators_ceremony_are_used_recorded_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let ceremony = dir.path().join("update-norm.ceremony");
+    let file = ceremony.to_string_lossy().into_owned();
+    let (ok, _, err) = cohort(&["setup", "new", "--entries", "1", "--out", &file]);
+    assert!(ok, "{err}");
+    let hospitals = hospitals(dir.path(), &[None, None, Some(Misbehave::Boost(10.0))]);
+    let federation = LocalFederation::start_configured(
+        dir.path(),
+        &hospitals,
+        true,
+        Duration::from_secs(1),
+        |config| config.setup_ceremonies = vec![ceremony.clone()],
+    )
+    .await
+    .unwrap();
+    let job_toml = job(3, 2) + "setup = \"ceremony\"\nmin_validators = 1\n";
+
+    // The only ceremony is for another size.
+    let view = run_on(&federation, 3, &job_toml).await;
+    assert_eq!(view.state, "failed", "{view:#?}");
+    let error = view.error.unwrap_or_default();
+    let entries = error
+        .split("no setup ceremony for ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("{error}"));
+    assert!(error.contains("cohort setup new --entries"), "{error}");
+
+    // Two validators contribute to the powers, one to the circuit.
+    std::fs::remove_file(&ceremony).unwrap();
+    let validator = validator_kit(dir.path(), "validator-1");
+    let second = validator_kit(dir.path(), "validator-2");
+    for args in [
+        vec!["setup", "new", "--entries", entries, "--out", &file],
+        vec!["setup", "contribute", &file, "--tls", &validator],
+        vec!["setup", "contribute", &file, "--tls", &second],
+        vec!["setup", "seal", &file],
+        vec!["setup", "contribute", &file, "--tls", &second],
+    ] {
+        let (ok, _, err) = cohort(&args);
+        assert!(ok, "{args:?}: {err}");
+    }
+    let (ok, stdout, err) = cohort(&["setup", "verify", &file, "--tls", &validator, "--json"]);
+    assert!(ok, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let contributors: Vec<&str> = report["contributions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            assert_eq!(c["signature"], "valid", "{report}");
+            c["contributor"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(contributors, ["validator-1", "validator-2", "validator-2"]);
+
+    let view = run_on(&federation, 3, &job_toml).await;
+    assert_excluded(&view, &[("hospital-2", "update proof rejected")]);
+    let setups: Vec<_> = cohort::audit::ledger_entries(&federation.data_dir, Some(&view.job_id))
+        .unwrap()
+        .into_iter()
+        .filter_map(|(_, e)| match e.record {
+            cohort_ledger::Record::ProofSetup {
+                verifying_key_sha256,
+                ceremony,
+                ..
+            } => Some((verifying_key_sha256, ceremony.unwrap())),
+            _ => None,
+        })
+        .collect();
+    let [(vk, recorded)] = setups.as_slice() else {
+        panic!("{setups:?}");
+    };
+    assert_eq!(vk, report["verifying_key_sha256"].as_str().unwrap());
+    assert_eq!(recorded.sha256, report["sha256"].as_str().unwrap());
+    let names: Vec<&str> = recorded
+        .contributors
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(names, contributors);
+    let url = federation.url.clone();
+    attest_once(&validator, &url);
+    assert_round_verified(&view.job_id, "2", &validator, &url, 2, &["hospital-2"]);
+
+    // The last contribution's proof of knowledge, altered.
+    let mut bytes = std::fs::read(&ceremony).unwrap();
+    let at = bytes.len() - 32;
+    bytes[at] ^= 1;
+    std::fs::write(&ceremony, bytes).unwrap();
+    let view = run_on(&federation, 3, &job_toml).await;
+    assert_eq!(view.state, "failed", "{view:#?}");
+    let error = view.error.unwrap_or_default();
+    assert!(
+        error.contains("circuit contribution 0 by \"validator-2\"")
+            && error.contains("proof of knowledge"),
+        "{error}"
+    );
+    federation.shutdown().await;
+}

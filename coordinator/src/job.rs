@@ -58,6 +58,21 @@ pub struct ProofsSpec {
     /// system).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system: Option<ProofSystemName>,
+    /// Who makes groth16's keys: `coordinator` (the default: the
+    /// coordinator alone, which could keep the trapdoor) or `ceremony`
+    /// (the keys of a multi-party ceremony among the consortium's
+    /// validators, `cohort setup`, that the coordinator was started with:
+    /// nobody holds the trapdoor unless every contributor colluded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setup: Option<SetupSource>,
+}
+
+/// The `[proofs] setup` a job names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SetupSource {
+    Coordinator,
+    Ceremony,
 }
 
 /// The `[proofs] system` a job names.
@@ -529,7 +544,19 @@ impl JobSpec {
                     "only applies with proofs.update = \"norm\"",
                 ));
             }
+            if proofs.setup.is_some() {
+                return Err(invalid(
+                    "proofs.setup",
+                    "only applies with proofs.update = \"norm\"",
+                ));
+            }
             return Ok(());
+        }
+        if proofs.setup.is_some() && self.proof_system() != ProofSystemName::Groth16 {
+            return Err(invalid(
+                "proofs.setup",
+                "only groth16 has a setup; bulletproofs needs none",
+            ));
         }
         if self.privacy.aggregation == Aggregation::Secagg
             && proofs.system == Some(ProofSystemName::Groth16)

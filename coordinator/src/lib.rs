@@ -22,6 +22,7 @@ pub mod rewards;
 pub mod runner;
 pub mod security;
 pub mod server;
+pub mod setup;
 pub mod split;
 pub mod store;
 pub mod strategy;
@@ -91,6 +92,9 @@ pub struct CoordinatorConfig {
     /// The coordinator lease this process holds (PostgreSQL with
     /// standbys): every write checks it.
     pub lease: Option<Arc<lease::Fence>>,
+    /// Finished Groth16 setup ceremonies (`--setup-ceremony`) for jobs
+    /// with `[proofs] setup = "ceremony"`.
+    pub setup_ceremonies: Vec<PathBuf>,
 }
 
 impl CoordinatorConfig {
@@ -111,6 +115,7 @@ impl CoordinatorConfig {
             wire: WireLimits::default(),
             upload_memory_bytes: 256 << 20,
             lease: None,
+            setup_ceremonies: Vec::new(),
         }
     }
 }
@@ -129,6 +134,8 @@ pub enum CoordinatorError {
     Schedule { initial: u64, halving: u64 },
     #[error(transparent)]
     Limits(#[from] LimitsError),
+    #[error(transparent)]
+    Setup(#[from] setup::SetupError),
 }
 
 pub struct Coordinator {
@@ -177,11 +184,17 @@ impl Coordinator {
         };
         let ledger = Arc::new(ledger::Ledger::open(&store, signer)?);
         let registry = Arc::new(registry::Registry::new(config.poll_timeout));
+        let ceremonies = setup::Ceremonies {
+            paths: config.setup_ceremonies.clone(),
+            kit: config.tls.as_ref().map(|t| t.kit.clone()),
+        };
+        ceremonies.check_files()?;
         let runner = Arc::new(runner::Runner {
             store: store.clone(),
             registry: registry.clone(),
             ledger: ledger.clone(),
             rewards: config.rewards,
+            ceremonies,
         });
         Ok(Self {
             services: Arc::new(server::Services {

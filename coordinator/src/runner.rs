@@ -56,6 +56,8 @@ pub struct Runner {
     pub ledger: Arc<Ledger>,
     /// The consortium's emission schedule and validators' share.
     pub rewards: crate::rewards::RewardsConfig,
+    /// Groth16 setup ceremonies for `[proofs] setup = "ceremony"` jobs.
+    pub ceremonies: crate::setup::Ceremonies,
 }
 
 /// Object-store keys of one stored global model version.

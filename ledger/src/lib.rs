@@ -73,6 +73,7 @@ pub use merkle::{
 pub use note::{NoteError, sign_checkpoint, verify_checkpoint};
 pub use record::{
     ATTESTATION_CONTEXT, EnrolledClient, Entry, EntryError, Exclusion, HospitalValue, Payout,
-    ProofRecord, Record, UpdateRecord, Verdict, attestation_statement,
+    ProofRecord, Record, SetupCeremony, SetupContributor, UpdateRecord, Verdict,
+    attestation_statement,
 };
 pub use sealed::{Opening, SealError, SealedPart};

@@ -74,6 +74,30 @@ pub struct Exclusion {
     pub reason: String,
 }
 
+/// A Groth16 setup ceremony as the ledger records it: the file's digest
+/// and who contributed, so that an auditor holding the file
+/// (`cohort setup verify`) checks it is the one the keys came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetupCeremony {
+    /// Hex SHA-256 of the ceremony file.
+    pub sha256: String,
+    pub contributors: Vec<SetupContributor>,
+}
+
+/// One contribution to a setup ceremony.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetupContributor {
+    /// `powers` or `circuit`.
+    pub phase: String,
+    pub name: String,
+    /// Hex DER of the contributor's consortium certificate.
+    pub certificate: String,
+    /// Hex of its signature over the contribution's statement.
+    pub signature: String,
+}
+
 /// A validator's verdict on one proof of one round.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -228,6 +252,10 @@ pub enum Record {
         verifying_key: String,
         /// Hex SHA-256 of those bytes.
         verifying_key_sha256: String,
+        /// The multi-party ceremony the keys came from (`cohort setup`);
+        /// absent when the coordinator made them alone.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ceremony: Option<SetupCeremony>,
     },
     /// A validator's attestation of one round: every proof it checked, with
     /// its verdict. Signed by the validator (`validator_signature` over

@@ -23,6 +23,7 @@
 //! sums them without seeing any update.
 
 pub mod bench;
+pub mod ceremony;
 pub mod circuits;
 pub mod committed;
 pub mod encoding;

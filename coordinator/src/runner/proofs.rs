@@ -12,7 +12,7 @@ use cohort_proofs::{
 use sha2::Digest as _;
 
 use super::{RunError, Runner};
-use crate::job::{JobSpec, ProofSystemName, UpdateProofs};
+use crate::job::{JobSpec, ProofSystemName, SetupSource, UpdateProofs};
 use crate::store::{JobRow, StoreError};
 
 /// Object-store key of a job's proving key (served by
@@ -244,13 +244,29 @@ impl Runner {
                 (pk, vk)
             }
             None => {
-                tracing::info!(job = job.id, n_params, "making the job's update-proof keys");
-                let (pk, vk) = tokio::task::spawn_blocking(move || {
-                    cohort_proofs::keys::setup_update_norm(n_params)
+                let from_ceremony = spec.proofs.setup == Some(SetupSource::Ceremony);
+                let ceremonies = self.ceremonies.clone();
+                tracing::info!(
+                    job = job.id,
+                    n_params,
+                    from_ceremony,
+                    "making the job's update-proof keys"
+                );
+                let (pk, vk, ceremony) = tokio::task::spawn_blocking(move || {
+                    if from_ceremony {
+                        ceremonies
+                            .keys_for(n_params)
+                            .map(|k| (k.proving, k.verifying, Some(k.record)))
+                            .map_err(|e| e.to_string())
+                    } else {
+                        cohort_proofs::keys::setup_update_norm(n_params)
+                            .map(|(pk, vk)| (pk, vk, None))
+                            .map_err(|e| e.to_string())
+                    }
                 })
                 .await
                 .map_err(|e| failed(e.to_string()))?
-                .map_err(|e| failed(e.to_string()))?;
+                .map_err(failed)?;
                 let pk = pk.to_bytes();
                 // The verifying key's object is written last: a crash
                 // before it makes the next start set up again.
@@ -263,6 +279,7 @@ impl Runner {
                     parameter_count: n_params as u64,
                     verifying_key: hex::encode(vk.to_bytes()),
                     verifying_key_sha256: vk.sha256(),
+                    ceremony,
                 };
                 self.ledger.append(&self.store, record, |_| Ok(()))?;
                 self.store
