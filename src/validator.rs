@@ -25,6 +25,51 @@ pub struct RoundCheck {
     pub attestations: Vec<AttestationCheck>,
     /// Hospitals whose update the round left out.
     pub excluded: Vec<String>,
+    /// Where the job's Groth16 keys came from; absent for proofs that need
+    /// no setup.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub setup: Option<SetupProvenance>,
+}
+
+/// Where a job's Groth16 keys came from, as its `proof_setup` entry says.
+#[derive(Debug, Clone, Serialize)]
+pub struct SetupProvenance {
+    /// `coordinator` (made by it alone) or `ceremony` (`cohort setup`).
+    pub keys: &'static str,
+    /// With a ceremony: the SHA-256 of its file, which `cohort setup verify
+    /// FILE --tls KIT` checks (every contribution and its signature).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ceremony_sha256: Option<String>,
+    /// With a ceremony: `phase: name` of every contribution, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub contributors: Vec<String>,
+}
+
+/// The provenance of the job's keys from its latest `proof_setup` entry.
+fn setup_provenance(entries: &[Entry], job_id: &str) -> Option<SetupProvenance> {
+    entries.iter().rev().find_map(|e| match &e.record {
+        Record::ProofSetup {
+            job_id: j,
+            ceremony,
+            ..
+        } if j == job_id => Some(match ceremony {
+            None => SetupProvenance {
+                keys: "coordinator",
+                ceremony_sha256: None,
+                contributors: Vec::new(),
+            },
+            Some(c) => SetupProvenance {
+                keys: "ceremony",
+                ceremony_sha256: Some(c.sha256.clone()),
+                contributors: c
+                    .contributors
+                    .iter()
+                    .map(|c| format!("{}: {}", c.phase, c.name))
+                    .collect(),
+            },
+        }),
+        _ => None,
+    })
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -271,6 +316,7 @@ pub fn check_round(
         proofs,
         attestations,
         excluded,
+        setup: setup_provenance(entries, job_id),
     })
 }
 
@@ -476,6 +522,15 @@ pub fn print_round(check: &RoundCheck, json: bool) -> Result<()> {
         }
         for e in &check.excluded {
             println!("  excluded: {e}");
+        }
+        if let Some(setup) = &check.setup {
+            match &setup.ceremony_sha256 {
+                None => println!("  keys made by the coordinator alone"),
+                Some(sha) => println!(
+                    "  keys from setup ceremony {sha} ({}); check it with `cohort setup verify FILE --tls KIT`",
+                    setup.contributors.join(", ")
+                ),
+            }
         }
     }
     let bad = check.proofs.iter().filter(|p| !p.valid).count()

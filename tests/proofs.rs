@@ -305,7 +305,9 @@ async fn a_boosted_update_is_excluded_and_validators_attest_the_rounds() {
 
     // Anyone re-checks the proofs and the attestations.
     for round in ["1", "2"] {
-        assert_round_verified(&view.job_id, round, &validator, &url, 2, &["hospital-2"]);
+        let check =
+            assert_round_verified(&view.job_id, round, &validator, &url, 2, &["hospital-2"]);
+        assert_eq!(check["setup"]["keys"], "coordinator", "{check}");
     }
 
     // snarkjs, which nobody here wrote, accepts an exported proof and
@@ -616,7 +618,8 @@ async fn plain_updates_proved_without_a_setup_are_checked_and_attested() {
     let validator = validator_kit(dir.path(), "validator-1");
     let url = federation.url.clone();
     attest_once(&validator, &url);
-    assert_round_verified(&view.job_id, "2", &validator, &url, 2, &["hospital-2"]);
+    let check = assert_round_verified(&view.job_id, "2", &validator, &url, 2, &["hospital-2"]);
+    assert!(check.get("setup").is_none(), "{check}");
     let (ok, _, err) = cohort(&[
         "proof",
         "export",
@@ -729,7 +732,20 @@ async fn keys_from_a_validators_ceremony_are_used_recorded_and_checked() {
     assert_eq!(names, contributors);
     let url = federation.url.clone();
     attest_once(&validator, &url);
-    assert_round_verified(&view.job_id, "2", &validator, &url, 2, &["hospital-2"]);
+    let check = assert_round_verified(&view.job_id, "2", &validator, &url, 2, &["hospital-2"]);
+    assert_eq!(check["setup"]["keys"], "ceremony", "{check}");
+    assert_eq!(
+        check["setup"]["ceremony_sha256"], report["sha256"],
+        "{check}"
+    );
+    assert_eq!(
+        check["setup"]["contributors"],
+        serde_json::json!([
+            "powers: validator-1",
+            "powers: validator-2",
+            "circuit: validator-2"
+        ])
+    );
 
     // The last contribution's proof of knowledge, altered.
     let mut bytes = std::fs::read(&ceremony).unwrap();
