@@ -740,46 +740,22 @@ impl Ceremony {
         scale_all::<G1Projective>(&mut state.queries.h_query, |_| inverse);
     }
 
-    /// Closes the powers phase and opens the circuit phase (δ = 1, the
-    /// queries derived from the powers). Needs at least one contribution
-    /// to the powers.
-    pub fn seal_powers(&mut self) -> Result<(), CeremonyError> {
-        if self.circuit.is_some() {
-            return Err(CeremonyError::NotReady(
-                "the powers phase is already sealed".into(),
-            ));
-        }
-        if self.powers_steps.is_empty() {
-            return Err(CeremonyError::NotReady(
-                "the powers phase has no contribution yet; sealing it would publish τ = 1".into(),
-            ));
-        }
-        let shape = Shape::of(self.len())?;
-        self.circuit = Some(CircuitState {
-            delta_g1: G1Affine::generator(),
-            delta_g2: G2Affine::generator(),
-            queries: derive(&shape, &self.powers),
-        });
-        Ok(())
-    }
-
-    /// Checks every contribution and the final state (see the module
-    /// docs), and builds the keys when both phases have a contribution.
-    /// Signatures are returned for the caller to check, not checked here.
-    pub fn verify(&self) -> Result<Verified, CeremonyError> {
+    /// The circuit's shape, once the powers are known to be as many as it
+    /// needs.
+    fn shape(&self) -> Result<Shape, CeremonyError> {
         // Every entry costs at least 17 constraints, so a real file holds
         // at least that many powers per entry: a parameter count the file
         // cannot back is refused before the circuit is built for it.
-        if (self.powers.tau_g2.len() as u64) < self.len.saturating_mul(16) {
+        let p = &self.powers;
+        if (p.tau_g2.len() as u64) < self.len.saturating_mul(16) {
             return Err(CeremonyError::Inconsistent(format!(
                 "file holds {} powers, too few for {} parameters",
-                self.powers.tau_g2.len(),
+                p.tau_g2.len(),
                 self.len
             )));
         }
         let shape = Shape::of(self.len())?;
         let n = shape.n();
-        let p = &self.powers;
         let sizes = [
             ("powers of τ in G1", p.tau_g1.len(), 2 * n - 1),
             ("powers of τ in G2", p.tau_g2.len(), n),
@@ -794,6 +770,38 @@ impl Ceremony {
                 )));
             }
         }
+        Ok(shape)
+    }
+
+    /// Closes the powers phase and opens the circuit phase (δ = 1, the
+    /// queries derived from the powers). Needs at least one contribution
+    /// to the powers.
+    pub fn seal_powers(&mut self) -> Result<(), CeremonyError> {
+        if self.circuit.is_some() {
+            return Err(CeremonyError::NotReady(
+                "the powers phase is already sealed".into(),
+            ));
+        }
+        if self.powers_steps.is_empty() {
+            return Err(CeremonyError::NotReady(
+                "the powers phase has no contribution yet; sealing it would publish τ = 1".into(),
+            ));
+        }
+        let shape = self.shape()?;
+        self.circuit = Some(CircuitState {
+            delta_g1: G1Affine::generator(),
+            delta_g2: G2Affine::generator(),
+            queries: derive(&shape, &self.powers),
+        });
+        Ok(())
+    }
+
+    /// Checks every contribution and the final state (see the module
+    /// docs), and builds the keys when both phases have a contribution.
+    /// Signatures are returned for the caller to check, not checked here.
+    pub fn verify(&self) -> Result<Verified, CeremonyError> {
+        let shape = self.shape()?;
+        let p = &self.powers;
         let mut contributions = self.check_chain(Phase::Powers)?;
         let last = |steps: &[Step], i: usize| {
             steps
@@ -1060,6 +1068,11 @@ mod tests {
         assert!(matches!(c.seal_powers(), Err(CeremonyError::NotReady(_))));
         c.contribute("val-a", b"cert", sign_with("val-a")).unwrap();
         assert!(c.verify().unwrap().keys.is_none());
+        // Sealing checks the powers' number before deriving from them.
+        let mut short = c.clone();
+        short.powers.tau_g1.pop();
+        let e = short.seal_powers().unwrap_err().to_string();
+        assert!(e.contains("powers of τ in G1 number"), "{e}");
         c.seal_powers().unwrap();
         assert!(c.verify().unwrap().keys.is_none());
         c.contribute("val-a", b"cert", sign_with("val-a")).unwrap();
