@@ -1954,7 +1954,8 @@ async fn main() -> Result<()> {
             cohort::validator::print_round(&check, json)?;
         }
         Command::Setup(command) => {
-            init_logging("warn");
+            // The ceremony's stages, as periodic status lines on stderr.
+            init_logging("warn,cohort_proofs::ceremony=info");
             match command {
                 SetupCommand::New { entries, out } => cohort::setup::new(entries, &out)?,
                 SetupCommand::Contribute { file, tls } => cohort::setup::contribute(&file, &tls)?,

@@ -9,6 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use cohort_identity::Role;
 use cohort_proofs::ceremony::{self, CONTRIBUTION_CONTEXT, Ceremony, Phase};
+use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::pki::load_kit;
@@ -37,9 +38,24 @@ pub struct ContributionReport {
     pub signature: &'static str,
 }
 
+/// A spinner with the elapsed time while `what` runs (on a terminal; the
+/// library's stage lines go to the log either way).
+fn spinner(what: &str) -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg} {elapsed_precise}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.set_message(what.to_string());
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    bar
+}
+
 fn read(file: &Path) -> Result<(Vec<u8>, Ceremony)> {
+    let bar = spinner("reading and checking every point of the file");
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let ceremony = Ceremony::from_bytes(&bytes).with_context(|| file.display().to_string())?;
+    bar.finish_and_clear();
     Ok((bytes, ceremony))
 }
 
@@ -82,11 +98,13 @@ pub fn contribute(file: &Path, kit_dir: &Path) -> Result<()> {
     );
     let started = Instant::now();
     let certificate = kit.cert_der()?.to_vec();
+    let bar = spinner("contributing");
     let contribution = ceremony.contribute(&kit.principal.name, &certificate, |statement| {
         kit.signing_key
             .sign(CONTRIBUTION_CONTEXT, statement)
             .map_err(|e| e.to_string())
     })?;
+    bar.finish_and_clear();
     write(file, &ceremony)?;
     eprintln!(
         "added {phase} contribution {} in {:.1} s; the file's SHA-256 is now {}",
@@ -102,9 +120,10 @@ pub fn contribute(file: &Path, kit_dir: &Path) -> Result<()> {
 pub fn seal(file: &Path) -> Result<()> {
     let (_, mut ceremony) = read(file)?;
     let started = Instant::now();
-    eprintln!("checking the powers phase before sealing it…");
+    let bar = spinner("checking the powers phase, then sealing it");
     ceremony.verify()?;
     ceremony.seal_powers()?;
+    bar.finish_and_clear();
     write(file, &ceremony)?;
     eprintln!(
         "sealed the powers phase in {:.1} s; the circuit phase is open for contributions",
@@ -130,9 +149,11 @@ pub fn verify(file: &Path, kit_dir: Option<&Path>) -> Result<Report> {
         })
         .transpose()?;
     let (bytes, ceremony) = read(file)?;
+    let bar = spinner("checking every contribution");
     let verified = ceremony
         .verify()
         .with_context(|| format!("{} does not verify", file.display()))?;
+    bar.finish_and_clear();
     let mut contributions = Vec::new();
     for c in &verified.contributions {
         let signature = match &kit {

@@ -280,6 +280,10 @@ fn add_scaled<G: CurveGroup<ScalarField = Fr>>(acc: &mut G, point: &G, coeff: &F
 fn derive(shape: &Shape, powers: &Powers) -> Queries {
     let n = shape.n();
     let domain = &shape.domain;
+    tracing::info!(
+        points = n,
+        "seal: Lagrange basis of the powers (three FFTs over G1, one over G2; the slow step)"
+    );
     let (tau, (alpha, beta)) = rayon::join(
         || lagrange::<G1Projective>(domain, &powers.tau_g1[..n]),
         || {
@@ -291,6 +295,11 @@ fn derive(shape: &Shape, powers: &Powers) -> Queries {
     );
     let tau_g2 = lagrange::<G2Projective>(domain, &powers.tau_g2);
     let vars = shape.num_instance + shape.num_witness;
+    tracing::info!(
+        constraints = shape.num_constraints,
+        variables = vars,
+        "seal: the circuit's queries from its constraint rows"
+    );
     let mut a = vec![G1Projective::zero(); vars];
     let mut b1 = vec![G1Projective::zero(); vars];
     let mut b2 = vec![G2Projective::zero(); vars];
@@ -429,6 +438,10 @@ fn check_queries(shape: &Shape, p: &Powers, state: &CircuitState) -> Result<(), 
     if sizes != [vars; 4] || q.gamma_abc_g1.len() != inputs || q.h_query.len() != n - 1 {
         return wrong("the number of query points");
     }
+    tracing::info!(
+        variables = vars,
+        "verify: the circuit's queries against the powers (random linear combinations)"
+    );
     let tau = &p.tau_g1[..n];
     let r = random_scalars(vars);
     let (c_a, c_b) = rayon::join(
@@ -601,6 +614,21 @@ impl Ceremony {
         self.len == 0
     }
 
+    /// Points in the file, every phase together.
+    fn points(&self) -> usize {
+        let p = &self.powers;
+        let circuit = self.circuit.as_ref().map_or(0, |c| {
+            let q = &c.queries;
+            q.a_query.len()
+                + q.b_g1_query.len()
+                + q.b_g2_query.len()
+                + q.gamma_abc_g1.len()
+                + q.l_query.len()
+                + q.h_query.len()
+        });
+        p.tau_g1.len() + p.tau_g2.len() + p.alpha_tau_g1.len() + p.beta_tau_g1.len() + circuit
+    }
+
     /// The phase that the next contribution goes to.
     pub fn phase(&self) -> Phase {
         if self.circuit.is_some() {
@@ -689,6 +717,12 @@ impl Ceremony {
                 .update(*x)
             })
             .collect();
+        tracing::info!(
+            %phase,
+            index,
+            points = self.points(),
+            "contribution: multiplying every point by this contribution's secrets"
+        );
         match (phase, secrets.as_slice()) {
             (Phase::Powers, [tau, alpha, beta]) => self.update_powers(*tau, *alpha, *beta),
             (Phase::Circuit, [delta]) => self.update_circuit(*delta),
@@ -802,6 +836,11 @@ impl Ceremony {
     pub fn verify(&self) -> Result<Verified, CeremonyError> {
         let shape = self.shape()?;
         let p = &self.powers;
+        tracing::info!(
+            contributions = self.powers_steps.len() + self.circuit_steps.len(),
+            points = self.points(),
+            "verify: each contribution's proofs of knowledge, then the final points"
+        );
         let mut contributions = self.check_chain(Phase::Powers)?;
         let last = |steps: &[Step], i: usize| {
             steps
