@@ -416,6 +416,28 @@ pub async fn fetch_commitments(
     Ok(bytes)
 }
 
+/// The setup ceremony file a job's keys came from, as the coordinator
+/// serves it. The caller checks it against the ledger's SHA-256.
+pub async fn fetch_setup_ceremony(dev: &mut Developer, job_id: &str) -> Result<Vec<u8>> {
+    // Far above a ceremony for 10^6 parameters (about 18 GiB is 10^7).
+    const LIMIT: usize = 1 << 36;
+    let mut stream = dev
+        .get_setup_ceremony(v1::GetSetupCeremonyRequest {
+            job_id: job_id.to_string(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.message().await.map_err(status_error)? {
+        bytes.extend_from_slice(&chunk.data);
+        if bytes.len() > LIMIT {
+            bail!("the coordinator sent more than {LIMIT} bytes of setup ceremony");
+        }
+    }
+    Ok(bytes)
+}
+
 /// `model.safetensors` + `model.json`, verifying its digest.
 pub async fn download_model(
     dev: &mut Developer,

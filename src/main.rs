@@ -221,6 +221,18 @@ enum SetupCommand {
         /// The ceremony file, with at least one powers contribution.
         file: PathBuf,
     },
+    /// Download the ceremony file a job's keys came from, from the
+    /// coordinator, and check it is the one the job's `proof_setup` ledger
+    /// entry names (the ledger itself audited first). Then check it with
+    /// `cohort setup verify FILE --tls KIT`.
+    Fetch {
+        job: String,
+        /// Where to write the file (refused if it exists).
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        connection: Connection,
+    },
     /// Check every contribution (its proofs of knowledge and pairing
     /// checks, and that the final keys are the product of all of them),
     /// and with --tls that each was signed by a validator of that kit's
@@ -1976,6 +1988,14 @@ async fn main() -> Result<()> {
                 SetupCommand::New { entries, out } => cohort::setup::new(entries, &out)?,
                 SetupCommand::Contribute { file, tls } => cohort::setup::contribute(&file, &tls)?,
                 SetupCommand::Seal { file } => cohort::setup::seal(&file)?,
+                SetupCommand::Fetch {
+                    job,
+                    out,
+                    connection,
+                } => {
+                    let mut dev = connection.developer().await?;
+                    cohort::setup::fetch(&mut dev, &job, &out).await?;
+                }
                 SetupCommand::Verify { file, tls, json } => {
                     let report = cohort::setup::verify(&file, tls.as_deref())?;
                     if json {

@@ -132,6 +132,50 @@ pub fn seal(file: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `cohort setup fetch`: the ceremony file a job's keys came from, checked
+/// against the digest in the job's `proof_setup` entry of the audited
+/// ledger, written to `out`.
+pub async fn fetch(dev: &mut crate::developer::Developer, job_id: &str, out: &Path) -> Result<()> {
+    if out.exists() {
+        bail!("{} exists; not overwriting it", out.display());
+    }
+    let contents = crate::audit::fetch_ledger(dev).await?;
+    let entries = crate::validator::checked_entries(&contents)?;
+    let recorded = entries
+        .iter()
+        .rev()
+        .find_map(|e| match &e.record {
+            cohort_ledger::Record::ProofSetup {
+                job_id: j,
+                ceremony,
+                ..
+            } if j == job_id => Some(ceremony.clone()),
+            _ => None,
+        })
+        .ok_or_else(|| anyhow::anyhow!("job `{job_id}` has no update-proof keys on the ledger"))?
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "job `{job_id}`'s keys were made by the coordinator alone, not a ceremony"
+            )
+        })?;
+    let bytes = crate::developer::fetch_setup_ceremony(dev, job_id).await?;
+    let got = ceremony::digest(&bytes);
+    if got != recorded.sha256 {
+        bail!(
+            "the coordinator sent a ceremony with SHA-256 {got}; the ledger records {}",
+            recorded.sha256
+        );
+    }
+    cohort_models::write_atomically(out, &bytes)?;
+    eprintln!(
+        "wrote the setup ceremony of job {job_id} ({} bytes, SHA-256 {got}, as the ledger          records) to {}; check it with `cohort setup verify {} --tls KIT`",
+        bytes.len(),
+        out.display(),
+        out.display()
+    );
+    Ok(())
+}
+
 /// `cohort setup verify`: every contribution's mathematics, and with a kit
 /// that each was signed by a validator of that kit's consortium.
 pub fn verify(file: &Path, kit_dir: Option<&Path>) -> Result<Report> {

@@ -731,6 +731,7 @@ async fn keys_from_a_validators_ceremony_are_used_recorded_and_checked() {
         .collect();
     assert_eq!(names, contributors);
     let url = federation.url.clone();
+    let setups_job = view.job_id.clone();
     attest_once(&validator, &url);
     let check = assert_round_verified(&view.job_id, "2", &validator, &url, 2, &["hospital-2"]);
     assert_eq!(check["setup"]["keys"], "ceremony", "{check}");
@@ -747,6 +748,27 @@ async fn keys_from_a_validators_ceremony_are_used_recorded_and_checked() {
         ])
     );
 
+    // Anyone reading the job gets the file back, checked against the
+    // ledger's digest.
+    let fetched = dir.path().join("fetched.ceremony");
+    let fetched_text = fetched.to_string_lossy().into_owned();
+    let (ok, _, err) = cohort(&[
+        "setup",
+        "fetch",
+        &view.job_id,
+        "--out",
+        &fetched_text,
+        "--tls",
+        &validator,
+        "--coordinator",
+        &url,
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        std::fs::read(&fetched).unwrap(),
+        std::fs::read(&ceremony).unwrap()
+    );
+
     // The last contribution's proof of knowledge, altered.
     let mut bytes = std::fs::read(&ceremony).unwrap();
     let at = bytes.len() - 32;
@@ -760,5 +782,20 @@ async fn keys_from_a_validators_ceremony_are_used_recorded_and_checked() {
             && error.contains("proof of knowledge"),
         "{error}"
     );
+    // The file the earlier job's keys came from is gone from the
+    // coordinator, and fetching says so.
+    std::fs::remove_file(&fetched).unwrap();
+    let (ok, _, err) = cohort(&[
+        "setup",
+        "fetch",
+        &setups_job,
+        "--out",
+        &fetched_text,
+        "--tls",
+        &validator,
+        "--coordinator",
+        &url,
+    ]);
+    assert!(!ok && err.contains("no longer among"), "{err}");
     federation.shutdown().await;
 }

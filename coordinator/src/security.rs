@@ -15,7 +15,7 @@
 //! | --- | --- | --- | --- |
 //! | Register, PullTask, SubmitResult, SplitExchange, VerticalExchange | yes | | |
 //! | SubmitJob | | yes | |
-//! | GetJob, ListJobs, GetModel, GetCommitments | | own jobs | all jobs |
+//! | GetJob, ListJobs, GetModel, GetCommitments, GetSetupCeremony | | own jobs | all jobs |
 //! | ListClients | | yes | yes |
 
 use std::collections::HashMap;

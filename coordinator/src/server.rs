@@ -1103,6 +1103,38 @@ impl DeveloperService for Services {
         Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
     }
 
+    type GetSetupCeremonyStream = FrameStream<Chunk>;
+
+    async fn get_setup_ceremony(
+        &self,
+        request: Request<v1::GetSetupCeremonyRequest>,
+    ) -> Result<Response<Self::GetSetupCeremonyStream>, Status> {
+        let caller = self.auth.authorize(&request, "GetSetupCeremony", READERS)?;
+        let _turn = self.developer_turn().await?;
+        let job_id = request.into_inner().job_id;
+        readable_job(&self.store, &caller, &job_id)?;
+        let Some(sha256) =
+            crate::setup::recorded_ceremony(&self.store, &job_id).map_err(internal)?
+        else {
+            return Err(Status::not_found(format!(
+                "job `{job_id}`'s keys did not come from a setup ceremony"
+            )));
+        };
+        let ceremonies = self.runner.ceremonies.clone();
+        let wanted = sha256.clone();
+        let bytes = tokio::task::spawn_blocking(move || ceremonies.file_with_digest(&wanted))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "the setup ceremony {sha256} of job `{job_id}` is no longer among this                      coordinator's --setup-ceremony files (or was changed); ask its operator"
+                ))
+            })?;
+        let bytes = bytes::Bytes::from(bytes);
+        let chunks: Vec<Result<Chunk, Status>> = byte_chunks(&bytes).map(Ok).collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
+    }
+
     async fn submit_attestation(
         &self,
         request: Request<v1::SubmitAttestationRequest>,

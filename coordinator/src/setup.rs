@@ -99,6 +99,25 @@ pub struct Ceremonies {
     pub kit: Option<Arc<Kit>>,
 }
 
+/// The SHA-256 of the ceremony a job's keys came from, from its
+/// `proof_setup` ledger entry; `None` when the coordinator made them.
+pub fn recorded_ceremony(
+    store: &crate::store::Store,
+    job_id: &str,
+) -> Result<Option<String>, crate::store::StoreError> {
+    let contents = store.ledger()?;
+    Ok(contents.leaves.iter().rev().find_map(|leaf| {
+        match cohort_ledger::Entry::from_leaf(leaf).ok()?.record {
+            cohort_ledger::Record::ProofSetup {
+                job_id: j,
+                ceremony: Some(c),
+                ..
+            } if j == job_id => Some(c.sha256),
+            _ => None,
+        }
+    }))
+}
+
 /// The parameter count a ceremony file is for, from its first bytes.
 fn entries_of(path: &Path) -> Result<Option<usize>, std::io::Error> {
     let mut head = Vec::new();
@@ -109,6 +128,15 @@ fn entries_of(path: &Path) -> Result<Option<usize>, std::io::Error> {
 }
 
 impl Ceremonies {
+    /// The bytes of the given ceremony file whose SHA-256 is `sha256`, if
+    /// it is still one of this coordinator's and unchanged.
+    pub fn file_with_digest(&self, sha256: &str) -> Option<Vec<u8>> {
+        self.paths.iter().find_map(|path| {
+            let bytes = std::fs::read(path).ok()?;
+            (ceremony::digest(&bytes) == sha256).then_some(bytes)
+        })
+    }
+
     /// Checks at startup that every file is there and is a ceremony, so
     /// that a wrong path is named before a job needs it. Their
     /// contributions are checked when a job takes one: they may be added
