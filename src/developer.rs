@@ -397,7 +397,7 @@ pub async fn fetch_commitments(
 ) -> Result<Vec<u8>> {
     // 32 bytes per parameter of models far larger than Cohort proves.
     const LIMIT: usize = 1 << 31;
-    let mut stream = dev
+    let stream = dev
         .get_commitments(v1::GetCommitmentsRequest {
             job_id: job_id.to_string(),
             round,
@@ -406,11 +406,20 @@ pub async fn fetch_commitments(
         .await
         .map_err(status_error)?
         .into_inner();
+    collect_chunks(stream, LIMIT, "commitments").await
+}
+
+/// The bytes of a stream of chunks, refusing more than `limit` of `what`.
+async fn collect_chunks(
+    mut stream: tonic::Streaming<v1::Chunk>,
+    limit: usize,
+    what: &str,
+) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();
     while let Some(chunk) = stream.message().await.map_err(status_error)? {
         bytes.extend_from_slice(&chunk.data);
-        if bytes.len() > LIMIT {
-            bail!("the coordinator sent more than {LIMIT} bytes of commitments");
+        if bytes.len() > limit {
+            bail!("the coordinator sent more than {limit} bytes of {what}");
         }
     }
     Ok(bytes)
@@ -421,21 +430,14 @@ pub async fn fetch_commitments(
 pub async fn fetch_setup_ceremony(dev: &mut Developer, job_id: &str) -> Result<Vec<u8>> {
     // Far above a ceremony for 10^6 parameters (about 18 GiB is 10^7).
     const LIMIT: usize = 1 << 36;
-    let mut stream = dev
+    let stream = dev
         .get_setup_ceremony(v1::GetSetupCeremonyRequest {
             job_id: job_id.to_string(),
         })
         .await
         .map_err(status_error)?
         .into_inner();
-    let mut bytes = Vec::new();
-    while let Some(chunk) = stream.message().await.map_err(status_error)? {
-        bytes.extend_from_slice(&chunk.data);
-        if bytes.len() > LIMIT {
-            bail!("the coordinator sent more than {LIMIT} bytes of setup ceremony");
-        }
-    }
-    Ok(bytes)
+    collect_chunks(stream, LIMIT, "setup ceremony").await
 }
 
 /// `model.safetensors` + `model.json`, verifying its digest.

@@ -752,17 +752,20 @@ async fn keys_from_a_validators_ceremony_are_used_recorded_and_checked() {
     // ledger's digest.
     let fetched = dir.path().join("fetched.ceremony");
     let fetched_text = fetched.to_string_lossy().into_owned();
-    let (ok, _, err) = cohort(&[
-        "setup",
-        "fetch",
-        &view.job_id,
-        "--out",
-        &fetched_text,
-        "--tls",
-        &validator,
-        "--coordinator",
-        &url,
-    ]);
+    let fetch = |job: &str| {
+        cohort(&[
+            "setup",
+            "fetch",
+            job,
+            "--out",
+            &fetched_text,
+            "--tls",
+            &validator,
+            "--coordinator",
+            &url,
+        ])
+    };
+    let (ok, _, err) = fetch(&view.job_id);
     assert!(ok, "{err}");
     assert_eq!(
         std::fs::read(&fetched).unwrap(),
@@ -785,17 +788,7 @@ async fn keys_from_a_validators_ceremony_are_used_recorded_and_checked() {
     // The file the earlier job's keys came from is gone from the
     // coordinator, and fetching says so.
     std::fs::remove_file(&fetched).unwrap();
-    let (ok, _, err) = cohort(&[
-        "setup",
-        "fetch",
-        &setups_job,
-        "--out",
-        &fetched_text,
-        "--tls",
-        &validator,
-        "--coordinator",
-        &url,
-    ]);
+    let (ok, _, err) = fetch(&setups_job);
     assert!(!ok && err.contains("no longer among"), "{err}");
     federation.shutdown().await;
 }
