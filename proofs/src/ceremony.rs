@@ -45,7 +45,7 @@
 use ark_bn254::{Bn254, Fr, G1Affine, G1Projective, G2Affine, G2Projective};
 use ark_ec::pairing::Pairing;
 use ark_ec::{AffineRepr, CurveGroup, PrimeGroup, VariableBaseMSM};
-use ark_ff::{Field, One, PrimeField, UniformRand, Zero};
+use ark_ff::{BigInteger, Field, One, PrimeField, UniformRand, Zero};
 use ark_poly::{EvaluationDomain, GeneralEvaluationDomain};
 use ark_relations::gr1cs::{
     ConstraintSynthesizer, ConstraintSystem, Matrix, OptimizationGoal, R1CS_PREDICATE_LABEL,
@@ -272,9 +272,32 @@ fn lagrange<G: CurveGroup<ScalarField = Fr>>(
 fn add_scaled<G: CurveGroup<ScalarField = Fr>>(acc: &mut G, point: &G, coeff: &Fr) {
     if coeff.is_one() {
         *acc += point;
-    } else {
-        *acc += point.mul_bigint(coeff.into_bigint());
+        return;
     }
+    let bits = coeff.into_bigint();
+    if bits.num_bits() <= 64 {
+        // Small coefficients (the bit decompositions' powers of two) cost
+        // as many doublings as they have bits.
+        *acc += point.mul_bigint(bits);
+    } else {
+        // The curve's endomorphism (GLV) halves a full-size one.
+        *acc += *point * coeff;
+    }
+}
+
+/// `Σ_row M[row][k]·points[row]` for every variable k.
+fn column_sums<G: CurveGroup<ScalarField = Fr>>(
+    matrix: &Matrix<Fr>,
+    points: &[G],
+    vars: usize,
+) -> Vec<G> {
+    let mut out = vec![G::zero(); vars];
+    for (terms, point) in matrix.iter().zip(points) {
+        for (coeff, var) in terms {
+            add_scaled(&mut out[*var], point, coeff);
+        }
+    }
+    out
 }
 
 fn derive(shape: &Shape, powers: &Powers) -> Queries {
@@ -300,31 +323,44 @@ fn derive(shape: &Shape, powers: &Powers) -> Queries {
         variables = vars,
         "seal: the circuit's queries from its constraint rows"
     );
-    let mut a = vec![G1Projective::zero(); vars];
-    let mut b1 = vec![G1Projective::zero(); vars];
-    let mut b2 = vec![G2Projective::zero(); vars];
+    let [ma, mb, mc] = [0, 1, 2].map(|m| &shape.matrices[m]);
+    // Six independent sums over the rows, spread over the cores.
+    let ((mut a, b1), (b2, (beta_a, (alpha_b, tau_c)))) = rayon::join(
+        || {
+            rayon::join(
+                || column_sums(ma, &tau, vars),
+                || column_sums(mb, &tau, vars),
+            )
+        },
+        || {
+            rayon::join(
+                || column_sums(mb, &tau_g2, vars),
+                || {
+                    rayon::join(
+                        || column_sums(ma, &beta, vars),
+                        || {
+                            rayon::join(
+                                || column_sums(mb, &alpha, vars),
+                                || column_sums(mc, &tau, vars),
+                            )
+                        },
+                    )
+                },
+            )
+        },
+    );
     // β·u_k(τ) + α·v_k(τ) + w_k(τ)
-    let mut abc = vec![G1Projective::zero(); vars];
+    let mut abc: Vec<G1Projective> = beta_a
+        .into_par_iter()
+        .zip(alpha_b)
+        .zip(tau_c)
+        .map(|((x, y), z)| x + y + z)
+        .collect();
     // arkworks' QAP reduction: each public input k also sits in A at row
     // num_constraints + k.
     for k in 0..shape.num_instance {
         a[k] += tau[shape.num_constraints + k];
         abc[k] += beta[shape.num_constraints + k];
-    }
-    let [ma, mb, mc] = [0, 1, 2].map(|m| &shape.matrices[m]);
-    for row in 0..shape.num_constraints {
-        for (coeff, var) in &ma[row] {
-            add_scaled(&mut a[*var], &tau[row], coeff);
-            add_scaled(&mut abc[*var], &beta[row], coeff);
-        }
-        for (coeff, var) in &mb[row] {
-            add_scaled(&mut b1[*var], &tau[row], coeff);
-            add_scaled(&mut b2[*var], &tau_g2[row], coeff);
-            add_scaled(&mut abc[*var], &alpha[row], coeff);
-        }
-        for (coeff, var) in &mc[row] {
-            add_scaled(&mut abc[*var], &tau[row], coeff);
-        }
     }
     // τ^i·Z(τ) = τ^{i+n} − τ^i on a multiplicative subgroup of size n.
     let h: Vec<G1Projective> = (0..n - 1)
