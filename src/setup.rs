@@ -141,17 +141,8 @@ pub async fn fetch(dev: &mut crate::developer::Developer, job_id: &str, out: &Pa
     }
     let contents = crate::audit::fetch_ledger(dev).await?;
     let entries = crate::validator::checked_entries(&contents)?;
-    let recorded = entries
-        .iter()
-        .rev()
-        .find_map(|e| match &e.record {
-            cohort_ledger::Record::ProofSetup {
-                job_id: j,
-                ceremony,
-                ..
-            } if j == job_id => Some(ceremony.clone()),
-            _ => None,
-        })
+    let recorded = crate::validator::recorded_setup(&entries, job_id)
+        .map(|setup| setup.ceremony)
         .ok_or_else(|| anyhow::anyhow!("job `{job_id}` has no update-proof keys on the ledger"))?
         .ok_or_else(|| {
             anyhow::anyhow!(
@@ -179,19 +170,7 @@ pub async fn fetch(dev: &mut crate::developer::Developer, job_id: &str, out: &Pa
 /// `cohort setup verify`: every contribution's mathematics, and with a kit
 /// that each was signed by a validator of that kit's consortium.
 pub fn verify(file: &Path, kit_dir: Option<&Path>) -> Result<Report> {
-    let kit = kit_dir
-        .map(|dir| {
-            load_kit(
-                dir,
-                &[
-                    Role::Validator,
-                    Role::Developer,
-                    Role::Hospital,
-                    Role::Coordinator,
-                ],
-            )
-        })
-        .transpose()?;
+    let kit = kit_dir.map(|dir| load_kit(dir, &Role::ALL)).transpose()?;
     let (bytes, ceremony) = read(file)?;
     let bar = spinner("checking every contribution");
     let verified = ceremony

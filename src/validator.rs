@@ -45,30 +45,48 @@ pub struct SetupProvenance {
     pub contributors: Vec<String>,
 }
 
-/// The provenance of the job's keys from its latest `proof_setup` entry.
-fn setup_provenance(entries: &[Entry], job_id: &str) -> Option<SetupProvenance> {
+/// A job's latest `proof_setup` entry.
+pub(crate) struct RecordedSetup<'a> {
+    pub verifying_key_hex: &'a str,
+    pub verifying_key_sha256: &'a str,
+    pub ceremony: Option<&'a cohort_ledger::SetupCeremony>,
+}
+
+/// The job's latest `proof_setup` entry, if its proofs needed keys.
+pub(crate) fn recorded_setup<'a>(entries: &'a [Entry], job_id: &str) -> Option<RecordedSetup<'a>> {
     entries.iter().rev().find_map(|e| match &e.record {
         Record::ProofSetup {
             job_id: j,
+            verifying_key,
+            verifying_key_sha256,
             ceremony,
             ..
-        } if j == job_id => Some(match ceremony {
-            None => SetupProvenance {
-                keys: "coordinator",
-                ceremony_sha256: None,
-                contributors: Vec::new(),
-            },
-            Some(c) => SetupProvenance {
-                keys: "ceremony",
-                ceremony_sha256: Some(c.sha256.clone()),
-                contributors: c
-                    .contributors
-                    .iter()
-                    .map(|c| format!("{}: {}", c.phase, c.name))
-                    .collect(),
-            },
+        } if j == job_id => Some(RecordedSetup {
+            verifying_key_hex: verifying_key,
+            verifying_key_sha256,
+            ceremony: ceremony.as_ref(),
         }),
         _ => None,
+    })
+}
+
+/// The provenance of the job's keys from its latest `proof_setup` entry.
+fn setup_provenance(entries: &[Entry], job_id: &str) -> Option<SetupProvenance> {
+    Some(match recorded_setup(entries, job_id)?.ceremony {
+        None => SetupProvenance {
+            keys: "coordinator",
+            ceremony_sha256: None,
+            contributors: Vec::new(),
+        },
+        Some(c) => SetupProvenance {
+            keys: "ceremony",
+            ceremony_sha256: Some(c.sha256.clone()),
+            contributors: c
+                .contributors
+                .iter()
+                .map(|c| format!("{}: {}", c.phase, c.name))
+                .collect(),
+        },
     })
 }
 
@@ -112,19 +130,12 @@ pub fn checked_entries(contents: &cohort_coordinator::store::LedgerContents) -> 
 /// The job's verifying key from its latest `proof_setup` entry, checked
 /// against the digest recorded beside it.
 fn verifying_key(entries: &[Entry], job_id: &str) -> Result<Option<VerifyingKey>> {
-    let Some((hex_key, digest)) = entries.iter().rev().find_map(|e| match &e.record {
-        Record::ProofSetup {
-            job_id: j,
-            verifying_key,
-            verifying_key_sha256,
-            ..
-        } if j == job_id => Some((verifying_key, verifying_key_sha256)),
-        _ => None,
-    }) else {
+    let Some(setup) = recorded_setup(entries, job_id) else {
         return Ok(None);
     };
-    let bytes = hex::decode(hex_key).context("the recorded verifying key is not hex")?;
-    if cohort_proofs::keys::digest(&bytes) != *digest {
+    let bytes =
+        hex::decode(setup.verifying_key_hex).context("the recorded verifying key is not hex")?;
+    if cohort_proofs::keys::digest(&bytes) != setup.verifying_key_sha256 {
         bail!("the recorded verifying key does not match its recorded SHA-256");
     }
     Ok(Some(

@@ -26,10 +26,13 @@
 //! `[β]₁`, or `[δ]₁`). A pairing check per point chains them:
 //! `e([τ_k]₁, g₂) = e([τ_{k−1}]₁, [s_k]₂)`, so the final τ is the product of
 //! every contributor's secret. The final powers are checked to be powers
-//! of that τ (random linear combinations, two pairings per sequence), the
-//! circuit phase's queries at δ = 1 are recomputed from them, and the final
-//! `L` and `H` are checked to be those divided by the final δ. A verifier
-//! therefore needs only the final file, not every contributor's output.
+//! of that τ (random linear combinations, two pairings per sequence). The
+//! circuit phase's queries, derived once by the seal, are checked against
+//! those powers without redoing its FFT over the group: a random
+//! combination of each query equals the powers combined with coefficients
+//! computed in the field (`check_queries`), `L` and `H` through the final
+//! δ. A verifier therefore needs only the final file, not every
+//! contributor's output.
 //!
 //! Each contribution is also signed by its contributor
 //! ([`Contribution::statement`], to be signed under [`CONTRIBUTION_CONTEXT`]
@@ -166,17 +169,14 @@ pub struct Ceremony {
 
 /// One contribution as recorded: who, in which phase, and what they
 /// signed.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug)]
 pub struct Contribution {
     pub phase: Phase,
     pub index: usize,
     pub contributor: String,
-    #[serde(skip)]
     pub certificate: Vec<u8>,
-    #[serde(skip)]
     pub signature: Vec<u8>,
     /// The bytes the contributor signed under [`CONTRIBUTION_CONTEXT`].
-    #[serde(skip)]
     pub statement: Vec<u8>,
 }
 
@@ -886,13 +886,19 @@ impl Ceremony {
         };
         let g1 = G1Affine::generator();
         let g2 = G2Affine::generator();
-        let ends = [
-            ("powers of τ", p.tau_g1[0], g1, p.tau_g1[1], 0),
-            ("powers of ατ", g1, g1, p.alpha_tau_g1[0], 1),
-            ("powers of βτ", g1, g1, p.beta_tau_g1[0], 2),
-        ];
-        for (what, first, generator, produced, secret) in ends {
-            if first != generator || produced != last(&self.powers_steps, secret) {
+        if p.tau_g1[0] != g1 {
+            return Err(CeremonyError::Inconsistent(
+                "powers of τ do not start from the generator".into(),
+            ));
+        }
+        // The points each secret produced: [τ]₁, [α]₁, [β]₁.
+        let produced = [p.tau_g1[1], p.alpha_tau_g1[0], p.beta_tau_g1[0]];
+        for ((what, point), secret) in ["powers of τ", "powers of ατ", "powers of βτ"]
+            .into_iter()
+            .zip(produced)
+            .zip(0..)
+        {
+            if point != last(&self.powers_steps, secret) {
                 return Err(CeremonyError::Inconsistent(format!(
                     "{what} do not start from the last contribution's point"
                 )));
