@@ -70,7 +70,7 @@ pub fn run_committed(
         sizes,
         json,
         &format!(
-            "{:>10} {:>10} {:>8} {:>9} {:>8} {:>9} {:>10} {:>8} {:>9}",
+            "{:>10} {:>10} {:>8} {:>9} {:>8} {:>9} {:>10} {:>8} {:>11} {:>9}",
             "params",
             "gates",
             "gens s",
@@ -79,6 +79,7 @@ pub fn run_committed(
             "verify s",
             "commit KiB",
             "open s",
+            "sum check s",
             "peak MiB"
         ),
         |n| {
@@ -89,7 +90,7 @@ pub fn run_committed(
         |n| cohort_proofs::bench::committed_update_norm(n, COMMITTED_HOSPITALS),
         |b, peak| {
             format!(
-                "{:>10} {:>10} {:>8.2} {:>9.2} {:>8} {:>9.3} {:>10.0} {:>8.3} {:>9.0}",
+                "{:>10} {:>10} {:>8.2} {:>9.2} {:>8} {:>9.3} {:>10.0} {:>8.3} {:>11.3} {:>9.0}",
                 b.parameters,
                 b.multipliers,
                 b.generators_seconds,
@@ -98,6 +99,7 @@ pub fn run_committed(
                 b.verify_seconds,
                 b.commitment_bytes as f64 / 1024.0,
                 b.open_seconds,
+                b.sum_check_seconds,
                 peak
             )
         },

@@ -403,7 +403,8 @@ struct TokenArgs {
 enum ProofStatement {
     /// Groth16 over the update's hash (plain aggregation).
     Norm,
-    /// Bulletproofs over Pedersen commitments (secure aggregation).
+    /// Bulletproofs over Pedersen commitments (secure and homomorphic
+    /// aggregation).
     Committed,
 }
 
@@ -412,15 +413,16 @@ enum BenchCommand {
     /// Update proofs (statement 1) at 16-bit entries. `--statement norm`
     /// (plain aggregation, Groth16 on BN254): constraints, setup time,
     /// proving-key size, prove time, proof size, hash and verify time, peak
-    /// memory. `--statement committed` (secure aggregation, Bulletproofs
-    /// over Pedersen commitments, 3 hospitals): gates, generators, prove
-    /// and verify time, proof and commitment size, opening the sum, peak
-    /// memory. Build with --release.
+    /// memory. `--statement committed` (secure and homomorphic
+    /// aggregation, Bulletproofs over Pedersen commitments, 3 hospitals):
+    /// gates, generators, prove and verify time, proof and commitment size,
+    /// opening the sum (secagg), checking it against a decrypted sum (he),
+    /// peak memory. Build with --release.
     Proofs {
         /// Parameter counts, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
         sizes: Vec<usize>,
-        /// Which statement: `norm` (plain mode) or `committed` (secagg).
+        /// Which statement: `norm` (plain mode) or `committed` (secagg, he).
         #[arg(long, value_enum, default_value_t = ProofStatement::Norm)]
         statement: ProofStatement,
         /// One JSON object per size.

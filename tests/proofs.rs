@@ -594,6 +594,110 @@ async fn under_secure_aggregation_forged_and_overbound_updates_are_left_out() {
     }
 }
 
+/// Homomorphic aggregation with update proofs: each hospital sends its
+/// committed update's proof beside the ciphertext. A forged proof is named,
+/// and the forger sits out the round's later attempts (every member's
+/// update is in an encrypted sum, so the attempt is retried without it);
+/// the decrypted sum opens the honest hospitals' summed commitments and is
+/// exactly the sum of what they encrypted (their own kept copies), the
+/// model learns from it, and a validator re-checks every proof from the
+/// ledger alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_homomorphic_aggregation_a_forged_proof_is_named_and_validators_attest() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut hospitals = hospitals(dir.path(), &[None, None, None, Some(Misbehave::Forge)]);
+    for hospital in &mut hospitals {
+        hospital.options.keep_contributions = true;
+    }
+    let federation = LocalFederation::start(dir.path(), &hospitals, true, Duration::from_secs(1))
+        .await
+        .unwrap();
+    let job_toml = job(4, 3) + "min_validators = 1\n\n[privacy]\naggregation = \"he\"\n";
+    let view = run_on(&federation, 4, &job_toml).await;
+    assert_excluded_with(
+        &view,
+        &[("hospital-3", "update proof rejected")],
+        "committed-update-norm/v1",
+        None,
+    );
+    for round in &view.rounds {
+        assert_eq!(round.participants.len(), 3, "{round:#?}");
+        assert_eq!(round.attempts, 2, "{round:#?}");
+    }
+    assert!(
+        view.events.iter().any(|e| e
+            .message
+            .contains("hospital-3 sits out this round's later attempts")),
+        "{:#?}",
+        view.events
+    );
+    // Three members: plaintexts mod 2^(16 + 1 + ⌈log₂ 3⌉).
+    const BITS: u32 = 19;
+    for round in &view.rounds {
+        let mut sum = vec![0u64; 0];
+        for client in &round.participants {
+            let kept = dir.path().join(format!(
+                "clients/{client}/contributions/{}-round{:05}-attempt{}.bits{BITS}",
+                view.job_id, round.round, round.attempts
+            ));
+            let bytes = std::fs::read(&kept).unwrap_or_else(|e| panic!("{}: {e}", kept.display()));
+            let values = cohort_privacy::quantize::unpack(
+                &bytes,
+                BITS,
+                bytes.len() / cohort_privacy::quantize::bytes_per_value(BITS),
+            )
+            .unwrap();
+            if sum.is_empty() {
+                sum = vec![0; values.len()];
+            }
+            cohort_privacy::quantize::add_mod(&mut sum, &values, BITS);
+        }
+        let signed = cohort_privacy::he::plaintext_to_signed(&sum, BITS);
+        let bytes: Vec<u8> = signed.iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(
+            round.aggregate_sha256.as_deref(),
+            Some(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)).as_str()),
+            "round {}",
+            round.round
+        );
+    }
+    let metrics = view.rounds.last().unwrap().metrics.as_ref().unwrap();
+    assert!(metrics.loss < 0.68, "{metrics:?}");
+
+    let validator = validator_kit(dir.path(), "validator-1");
+    let url = federation.url.clone();
+    attest_once(&validator, &url);
+    for round in ["1", "2"] {
+        assert_round_verified(&view.job_id, round, &validator, &url, 3, &["hospital-3"]);
+    }
+    federation.shutdown().await;
+}
+
+/// Homomorphic aggregation with update proofs: a hospital that commits to
+/// and proves its honest update but encrypts a boosted one passes its own
+/// proof check, and is caught when the decrypted sum does not open the
+/// summed commitments. The sum is not used, so the boost never reaches the
+/// model: the round fails after its attempts instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_homomorphic_aggregation_an_encrypted_boost_fails_the_sum_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let hospitals = hospitals(dir.path(), &[None, None, Some(Misbehave::Boost(10.0))]);
+    let job_toml = job(3, 3).replace("seed = 3\n", "seed = 3\nmax_round_attempts = 2\n")
+        + "\n[privacy]\naggregation = \"he\"\n";
+    let view = run_job(dir.path(), &hospitals, &job_toml).await;
+    assert_eq!(view.state, "failed", "{view:#?}");
+    assert!(view.rounds.is_empty(), "{view:#?}");
+    let caught = view
+        .events
+        .iter()
+        .filter(|e| {
+            e.message
+                .contains("not the sum of the hospitals' commitments")
+        })
+        .count();
+    assert_eq!(caught, 2, "{:#?}", view.events);
+}
+
 /// Plain aggregation with `system = "bulletproofs"`: proofs that need no
 /// setup (nobody ever holds a trapdoor), over the update's unblinded
 /// commitments, which the coordinator recomputes from the update that

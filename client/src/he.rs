@@ -11,7 +11,10 @@ use std::collections::BTreeSet;
 use cohort_identity::Role;
 use cohort_privacy::he::{self, Advert, EncryptedUpdate, HeConfig, HeParams, HospitalRound};
 use cohort_privacy::quantize::Quantizer;
+use cohort_proofs::{UpdateProofTask, committed};
 use cohort_protocol::v1::{HeTask, ResultHeader, TaskHeader};
+
+use crate::proofs::{Committed, saturating_i32};
 
 use crate::secagg::payload_answer;
 use crate::work::{Answer, Worker, parse};
@@ -21,6 +24,7 @@ struct View {
     session: [u8; 32],
     params: HeParams,
     index: u32,
+    attempt: u32,
 }
 
 impl Worker {
@@ -57,6 +61,7 @@ impl Worker {
             session,
             params,
             index,
+            attempt: he.attempt,
         })
     }
 
@@ -84,6 +89,8 @@ impl Worker {
     /// Stage 2: checks every member's advert, trains, encodes the update
     /// (the example count rides inside), encrypts it under the collective
     /// key and deals this hospital's Shamir shares, sealed to each member.
+    /// With update proofs the update is encrypted on the job's grid instead,
+    /// and its commitments and proof follow the ciphertext.
     pub(crate) fn encrypted_fit(
         &self,
         task: &TaskHeader,
@@ -91,8 +98,18 @@ impl Worker {
         train: impl FnOnce() -> Result<crate::work::Trained, String>,
     ) -> Result<Answer, String> {
         let view = self.he_view(task, he)?;
-        let quantizer: Quantizer = parse(&he.quantizer_json, "quantizer")?;
-        if quantizer.bits() != view.params.plaintext_bits() {
+        let wanted: Option<UpdateProofTask> = if task.proofs_json.is_empty() {
+            None
+        } else {
+            Some(parse(&task.proofs_json, "update-proof settings")?)
+        };
+        let quantizer: Option<Quantizer> = match &wanted {
+            Some(_) => None,
+            None => Some(parse(&he.quantizer_json, "quantizer")?),
+        };
+        if let Some(quantizer) = &quantizer
+            && quantizer.bits() != view.params.plaintext_bits()
+        {
             return Err(format!(
                 "the quantizer sums mod 2^{}, the plaintexts are mod 2^{}",
                 quantizer.bits(),
@@ -123,6 +140,12 @@ impl Worker {
             })
             .collect::<Result<Vec<_>, String>>()?;
         let trained = train()?;
+        if let Some(wanted) = wanted {
+            return self.committed_encrypted_fit(task, &view, &adverts, &trained, &wanted);
+        }
+        let Some(quantizer) = quantizer else {
+            return Err("no quantizer for the update".into());
+        };
         // Under client-level DP the noise goes in before encryption, sized
         // for the fewest decryptors.
         let encoded = self.encode_for_sum(
@@ -152,6 +175,58 @@ impl Worker {
             },
             parameters: Vec::new(),
             masked: ciphertext,
+        })
+    }
+
+    /// [`encrypted_fit`](Self::encrypted_fit) with update proofs: the
+    /// update on the job's grid, encrypted as signed integers; one Pedersen
+    /// commitment per entry, blinded with this member's pairwise blindings
+    /// (which cancel over all members); a proof that the commitments hold a
+    /// well-formed update. The coordinator checks the proof, and that the
+    /// decrypted sum is the sum of the commitments. Under `--misbehave`
+    /// the drill encrypts its tampered update (`boost`: beside the honest
+    /// update's commitments and proof, which the sum check catches).
+    fn committed_encrypted_fit(
+        &self,
+        task: &TaskHeader,
+        view: &View,
+        adverts: &[Advert],
+        trained: &crate::work::Trained,
+        wanted: &UpdateProofTask,
+    ) -> Result<Answer, String> {
+        let bits = view.params.plaintext_bits();
+        let update = self.grid_update(trained, wanted, "homomorphic aggregation")?;
+        let sent: Vec<i32> = update.sent.iter().copied().map(saturating_i32).collect();
+        let values = he::signed_to_plaintext(&sent, bits);
+        self.keep_contribution(task, view.attempt, &values, bits);
+        let (encrypted, sealed, blindings) = self.he_sessions().with(&view.session, |round| {
+            let (encrypted, sealed) = round
+                .encrypt_and_deal(adverts, &values, &mut rand::rng())
+                .map_err(|e| e.to_string())?;
+            let blindings = round
+                .blindings(update.proved.len())
+                .map_err(|e| e.to_string())?;
+            Ok((encrypted, sealed, blindings))
+        })?;
+        let blindings: Vec<[u8; 32]> = blindings.iter().map(|r| r.to_bytes()).collect();
+        let Committed { commitments, proof } =
+            self.commit_and_prove(task, wanted, &update.proved, &blindings)?;
+        let mut body = encrypted.to_bytes();
+        body.extend_from_slice(&committed::commitments_to_bytes(&commitments));
+        Ok(Answer {
+            header: ResultHeader {
+                // Committed updates are averaged uniformly: the count stays home.
+                num_examples: 0,
+                parameter_count: body.len() as u64,
+                train_loss: trained.loss,
+                dataset_sha256: trained.commitment.clone(),
+                dp_epsilon: trained.dp_epsilon.unwrap_or(0.0),
+                secagg_payload: he::frame_list(&sealed),
+                update_proof: proof,
+                ..Default::default()
+            },
+            parameters: Vec::new(),
+            masked: body,
         })
     }
 

@@ -2,10 +2,13 @@
 //! consortia drilling their coordinator and validators. A hospital never
 //! runs this in production; every mode makes the client send something an
 //! honest client would not. `boost`, `overbound` and `forge` act on plain
-//! updates (with or without proofs) and, under secure aggregation with
-//! update proofs, on the committed update (`boost`: the commitments of the
-//! boosted update beside the honest update's proof); otherwise under
-//! secure or homomorphic aggregation only `freeride` changes what is sent.
+//! updates (with or without proofs), under secure aggregation with update
+//! proofs on the committed update (`boost`: the commitments of the boosted
+//! update beside the honest update's proof), and under homomorphic
+//! aggregation with update proofs on what is encrypted (`boost`: the
+//! boosted update encrypted beside the honest update's commitments and
+//! proof); otherwise under secure or homomorphic aggregation only
+//! `freeride` changes what is sent.
 
 /// How a drill client misbehaves in FIT tasks.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -263,47 +263,51 @@ impl Worker {
     }
 }
 
+/// A hospital's update on the job's grid, as proved and as sent: the same
+/// vector, except under `--misbehave`.
+pub(crate) struct GridUpdate {
+    /// What the proof speaks about.
+    pub proved: Vec<i32>,
+    /// What is committed to under secure aggregation, encrypted under
+    /// homomorphic aggregation.
+    pub sent: Vec<i64>,
+}
+
+/// Commitments and the proof about them.
+pub(crate) struct Committed {
+    pub commitments: Vec<committed::CompressedRistretto>,
+    pub proof: Vec<u8>,
+}
+
 impl Worker {
-    /// A FIT answer under secure aggregation with update proofs: the
-    /// update on the job's grid, committed entry by entry with this
-    /// session's masks as blindings (`blindings`: canonical scalars from
-    /// `ClientRound::blindings`), and a Bulletproofs proof that the
-    /// commitments hold a well-formed update for this job, round and
-    /// hospital. The commitments are the masked input; the update itself
-    /// never leaves. Under `--misbehave` the drill's commitments (and proof).
-    pub(crate) fn committed(
+    /// The trained update on the job's grid (`wanted`, which must ask for
+    /// the committed statement), with the drill's tampering.
+    pub(crate) fn grid_update(
         &self,
-        task: &TaskHeader,
         trained: &crate::work::Trained,
-        blindings: &[[u8; 32]],
         wanted: &UpdateProofTask,
-    ) -> Result<Answer, String> {
+        mode: &str,
+    ) -> Result<GridUpdate, String> {
         if wanted.statement != committed::STATEMENT_COMMITTED_UPDATE_NORM {
             return Err(format!(
-                "secure aggregation proves `{}`, the task asks for `{}`",
+                "{mode} proves `{}`, the task asks for `{}`",
                 committed::STATEMENT_COMMITTED_UPDATE_NORM,
                 wanted.statement
             ));
         }
-        if trained.delta.len() != blindings.len() {
+        if trained.delta.len() as u64 != wanted.parameter_count {
             return Err(format!(
                 "the update has {} entries, the task proves {}",
                 trained.delta.len(),
-                blindings.len()
+                wanted.parameter_count
             ));
         }
-        let blindings = blindings
-            .iter()
-            .map(|b| committed::blinding_from_bytes(*b))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| e.to_string())?;
         let grid = wanted.grid;
         let honest = grid
             .encode(&trained.delta, &mut rand::rng())
             .map_err(|e| e.to_string())?;
-        let context = self.proof_context(task);
         let misbehave = self.options().misbehave;
-        let tampered: Vec<i64> = match misbehave {
+        let sent: Vec<i64> = match misbehave {
             Some(m) => {
                 let mut sent = grid.to_f32(&honest);
                 m.tamper(&mut sent);
@@ -311,13 +315,33 @@ impl Worker {
             }
             None => honest.iter().map(|&u| i64::from(u)).collect(),
         };
-        let proved: Vec<i32> = if misbehave.is_some_and(|m| m.proves_tampered()) {
-            tampered.iter().copied().map(saturating_i32).collect()
+        let proved = if misbehave.is_some_and(|m| m.proves_tampered()) {
+            sent.iter().copied().map(saturating_i32).collect()
         } else {
             honest
         };
-        let (mut commitments, mut proof) =
-            match committed::prove(&context, grid.bound, &proved, &blindings) {
+        Ok(GridUpdate { proved, sent })
+    }
+
+    /// Commits to `proved` with `blindings` (canonical scalars) and proves
+    /// it well formed for this job, round and hospital. A drill that cannot
+    /// prove sends no proof; `forge` sends random bytes.
+    pub(crate) fn commit_and_prove(
+        &self,
+        task: &TaskHeader,
+        wanted: &UpdateProofTask,
+        proved: &[i32],
+        blindings: &[[u8; 32]],
+    ) -> Result<Committed, String> {
+        let blindings = blindings
+            .iter()
+            .map(|b| committed::blinding_from_bytes(*b))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        let context = self.proof_context(task);
+        let misbehave = self.options().misbehave;
+        let (commitments, mut proof) =
+            match committed::prove(&context, wanted.grid.bound, proved, &blindings) {
                 Ok(update) => (update.commitments, update.proof),
                 Err(e) if misbehave.is_some() => {
                     warn!(
@@ -325,19 +349,54 @@ impl Worker {
                         round = task.round,
                         "drill: {e}; sending without a proof"
                     );
-                    (Vec::new(), Vec::new())
+                    let entries: Vec<i64> = proved.iter().map(|&u| i64::from(u)).collect();
+                    (committed::commit(&entries, &blindings), Vec::new())
                 }
                 Err(e) => return Err(format!("proving the update well formed: {e}")),
             };
-        if misbehave.is_some() {
-            // The drill sends the commitments of what it tampered (boost:
-            // beside the honest update's proof, the binding attack).
-            commitments = committed::commit(&tampered, &blindings);
-        }
         if misbehave == Some(Misbehave::Forge) {
             use rand::RngCore;
             proof = vec![0u8; proof.len().max(cohort_proofs::PROOF_BYTES)];
             rand::rng().fill_bytes(&mut proof);
+        }
+        Ok(Committed { commitments, proof })
+    }
+
+    /// A FIT answer under secure aggregation with update proofs: the
+    /// update on the job's grid, committed entry by entry with this
+    /// session's masks as blindings (`blindings`: canonical scalars from
+    /// `ClientRound::blindings`), and a Bulletproofs proof that the
+    /// commitments hold a well-formed update for this job, round and
+    /// hospital. The commitments are the masked input; the update itself
+    /// never leaves. Under `--misbehave` the drill's commitments (and
+    /// proof): `boost` commits to the boosted update beside the honest
+    /// update's proof.
+    pub(crate) fn committed(
+        &self,
+        task: &TaskHeader,
+        trained: &crate::work::Trained,
+        blindings: &[[u8; 32]],
+        wanted: &UpdateProofTask,
+    ) -> Result<Answer, String> {
+        if trained.delta.len() != blindings.len() {
+            return Err(format!(
+                "the update has {} entries, the task proves {}",
+                trained.delta.len(),
+                blindings.len()
+            ));
+        }
+        let update = self.grid_update(trained, wanted, "secure aggregation")?;
+        let Committed {
+            mut commitments,
+            proof,
+        } = self.commit_and_prove(task, wanted, &update.proved, blindings)?;
+        if self.options().misbehave.is_some() {
+            let blindings = blindings
+                .iter()
+                .map(|b| committed::blinding_from_bytes(*b))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            commitments = committed::commit(&update.sent, &blindings);
         }
         Ok(Answer {
             header: cohort_protocol::v1::ResultHeader {
@@ -358,7 +417,7 @@ impl Worker {
 
 /// A drill's entry as the prover takes it (which refuses it if it is not
 /// 16-bit).
-fn saturating_i32(u: i64) -> i32 {
+pub(crate) fn saturating_i32(u: i64) -> i32 {
     u.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32
 }
 

@@ -558,13 +558,23 @@ impl JobSpec {
                 "only groth16 has a setup; bulletproofs needs none",
             ));
         }
-        if self.privacy.aggregation == Aggregation::Secagg
-            && proofs.system == Some(ProofSystemName::Groth16)
-        {
+        let protected = matches!(
+            self.privacy.aggregation,
+            Aggregation::Secagg | Aggregation::He
+        );
+        if protected && proofs.system == Some(ProofSystemName::Groth16) {
             return Err(invalid(
                 "proofs.system",
-                "under secure aggregation updates are proved over their commitments \
-                 with bulletproofs; groth16 proves plain updates only",
+                "under secure and homomorphic aggregation updates are proved over their \
+                 commitments with bulletproofs; groth16 proves plain updates only",
+            ));
+        }
+        if protected && self.valuation.is_some() {
+            return Err(invalid(
+                "proofs.update",
+                "valuation under secure or homomorphic aggregation sums groups of hospitals; \
+                 update proofs in grouped rounds are not built: leave out [valuation] or \
+                 [proofs], or use aggregation = \"plain\"",
             ));
         }
         if self.training.mode == TrainingMode::Splitfed
@@ -577,26 +587,20 @@ impl JobSpec {
         }
         match self.privacy.aggregation {
             Aggregation::Plain => {}
-            Aggregation::Secagg => {
-                // Proved over the commitments that are the masked input.
-                // Record-level DP-SGD noises training, before the update is
-                // committed; client-level noise would be added to it.
+            Aggregation::Secagg | Aggregation::He => {
+                // Proved over commitments (the masked input, or beside the
+                // ciphertext). Record-level DP-SGD noises training, before
+                // the update is committed; client-level noise would be
+                // added to it.
                 if self.client_level_dp().is_some() {
                     return Err(invalid(
                         "proofs.update",
-                        "under secure aggregation the proved update is the committed one; \
-                         client-level (distributed) DP noise added to it would have to be proved \
-                         too, which is not built: use record-level DP, or aggregation = \"plain\"",
+                        "under secure and homomorphic aggregation the proved update is the \
+                         committed one; client-level (distributed) DP noise added to it would \
+                         have to be proved too, which is not built: use record-level DP, or \
+                         aggregation = \"plain\"",
                     ));
                 }
-            }
-            Aggregation::He => {
-                return Err(invalid(
-                    "proofs.update",
-                    "update proofs are implemented for aggregation = \"plain\" and \"secagg\"; \
-                     under homomorphic encryption a proof would have to be bound to the \
-                     ciphertext, which is not built",
-                ));
             }
         }
         if self
@@ -618,11 +622,12 @@ impl JobSpec {
     }
 
     /// The proof system of a job with update proofs: as named, else
-    /// Bulletproofs under secure aggregation and Groth16 otherwise.
+    /// Bulletproofs under secure and homomorphic aggregation and Groth16
+    /// otherwise.
     pub fn proof_system(&self) -> ProofSystemName {
         match (self.proofs.system, self.privacy.aggregation) {
             (Some(system), _) => system,
-            (None, Aggregation::Secagg) => ProofSystemName::Bulletproofs,
+            (None, Aggregation::Secagg | Aggregation::He) => ProofSystemName::Bulletproofs,
             (None, _) => ProofSystemName::Groth16,
         }
     }
@@ -785,7 +790,7 @@ kind = "fedavg"                     # fedprox: mu; fedadam/fedyogi: server_learn
     }
 
     #[test]
-    fn update_proofs_are_accepted_in_plain_and_secure_aggregation_only() {
+    fn update_proofs_are_checked_against_the_aggregation_mode() {
         let with = |privacy: &str| {
             EXAMPLE.to_string() + "\n[proofs]\nupdate = \"norm\"\n\n[privacy]\n" + privacy
         };
@@ -793,6 +798,8 @@ kind = "fedavg"                     # fedprox: mu; fedadam/fedyogi: server_learn
         assert_eq!(plain.proof_system(), ProofSystemName::Groth16);
         let secure = JobSpec::from_toml(&with("aggregation = \"secagg\"")).unwrap();
         assert_eq!(secure.proof_system(), ProofSystemName::Bulletproofs);
+        let encrypted = JobSpec::from_toml(&with("aggregation = \"he\"")).unwrap();
+        assert_eq!(encrypted.proof_system(), ProofSystemName::Bulletproofs);
         let transparent = JobSpec::from_toml(
             &(EXAMPLE.to_string() + "\n[proofs]\nupdate = \"norm\"\nsystem = \"bulletproofs\"\n"),
         )
@@ -810,10 +817,17 @@ kind = "fedavg"                     # fedprox: mu; fedadam/fedyogi: server_learn
         ))
         .unwrap();
         for (privacy, says) in [
-            ("aggregation = \"he\"", "ciphertext"),
+            (
+                "aggregation = \"he\"\n[privacy.dp]\nlevel = \"client\"\nnoise_multiplier = 1.1\nclipping_norm = 0.5",
+                "client-level",
+            ),
             (
                 "aggregation = \"secagg\"\n[privacy.dp]\nlevel = \"client\"\nnoise_multiplier = 1.1\nclipping_norm = 0.5",
                 "client-level",
+            ),
+            (
+                "aggregation = \"he\"\n\n[valuation]\ngroup_size = 2\n",
+                "grouped rounds",
             ),
         ] {
             let e = JobSpec::from_toml(&with(privacy)).unwrap_err().to_string();

@@ -187,6 +187,7 @@ impl Coordinator {
         let ceremonies = setup::Ceremonies {
             paths: config.setup_ceremonies.clone(),
             kit: config.tls.as_ref().map(|t| t.kit.clone()),
+            ..Default::default()
         };
         ceremonies.check_files()?;
         let runner = Arc::new(runner::Runner {

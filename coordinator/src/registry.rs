@@ -133,8 +133,12 @@ pub enum TaskAnswer {
     /// Stage 2: the encrypted update and the member's sealed Shamir shares
     /// (`cohort_privacy::he::frame_list`).
     HeFit {
+        /// The ciphertext, followed under update proofs by the update's
+        /// commitments.
         ciphertext: Vec<u8>,
         sealed: Vec<u8>,
+        /// The proof about the commitments (empty without update proofs).
+        proof: Vec<u8>,
         train_loss: Option<f64>,
         compute_seconds: f64,
         receipt: UpdateReceipt,

@@ -556,10 +556,31 @@ impl Runner {
         };
         // Group sums decrypted in any attempt of this round (valuation).
         let mut released: Vec<Vec<String>> = Vec::new();
+        // Hospitals left out of this round's later attempts (an update
+        // proof that failed under homomorphic aggregation, where every
+        // member's update is needed).
+        let mut barred: Vec<cohort_ledger::Exclusion> = Vec::new();
         for attempt in 1..=t.max_round_attempts {
-            let available = self
-                .wait_for_clients(Some(&enrollment.participants), t.min_clients, t)
+            let mut available = self
+                .wait_for_clients(
+                    Some(&enrollment.participants),
+                    t.min_clients + barred.len() as u32,
+                    t,
+                )
                 .await;
+            available.retain(|c| !barred.iter().any(|b| &b.client == c));
+            if !barred.is_empty() && available.len() < t.min_clients as usize {
+                self.note(
+                    &job.id,
+                    format!(
+                        "round {round} attempt {attempt}: {} hospitals besides the {} left out of this round, fewer than the {} required; retrying",
+                        available.len(),
+                        barred.len(),
+                        t.min_clients
+                    ),
+                );
+                continue;
+            }
             let selected = select_clients(
                 &available,
                 t.clients_per_round as usize,
@@ -628,6 +649,7 @@ impl Runner {
                         (round, attempt),
                         t.min_clients,
                         &splitfed::SplitTasks::new(),
+                        &mut barred,
                     )
                     .await?
                 }

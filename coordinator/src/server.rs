@@ -690,6 +690,7 @@ async fn read_answer(
                 receipt: update_receipt(header, hex::encode(sha2::Sha256::digest(&ciphertext))),
                 ciphertext,
                 sealed: secagg_payload(header)?,
+                proof: header.update_proof.clone(),
                 train_loss,
                 compute_seconds: sane_seconds(header.compute_seconds),
             })

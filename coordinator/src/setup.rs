@@ -3,11 +3,13 @@
 //! (`--setup-ceremony FILE`, made with `cohort setup`), and a job takes the
 //! keys of the one for its parameter count, after checking every
 //! contribution's mathematics (`cohort_proofs::ceremony`) and that each was
-//! signed by a validator of this consortium.
+//! signed by a validator of this consortium. A file is checked once per
+//! process and its keys kept by its digest.
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use cohort_identity::{Kit, Role};
 use cohort_ledger::{SetupCeremony, SetupContributor};
@@ -84,6 +86,7 @@ pub fn check_contributor(kit: &Kit, contribution: &Contribution) -> Result<(), S
 }
 
 /// The keys of a checked ceremony and what the ledger records of it.
+#[derive(Clone)]
 pub struct CeremonyKeys {
     pub proving: ProvingKey,
     pub verifying: VerifyingKey,
@@ -97,6 +100,10 @@ pub struct Ceremonies {
     /// The consortium, to check contributors against; `None` when the
     /// coordinator runs without TLS.
     pub kit: Option<Arc<Kit>>,
+    /// Keys of the files already checked, by the file's SHA-256: a file is
+    /// checked once per process, however many jobs take it (46 s at 10^4
+    /// parameters), and again only if its bytes change.
+    pub checked: Arc<Mutex<HashMap<String, CeremonyKeys>>>,
 }
 
 /// The SHA-256 of the ceremony a job's keys came from, from its
@@ -172,6 +179,10 @@ impl Ceremonies {
         }
         let path = found.ok_or(SetupError::Missing { entries })?;
         let bytes = std::fs::read(path).map_err(|e| read(path, e))?;
+        let sha256 = ceremony::digest(&bytes);
+        if let Some(keys) = self.checked_keys().get(&sha256) {
+            return Ok(keys.clone());
+        }
         let in_file = |source| SetupError::Ceremony {
             path: path.clone(),
             source,
@@ -198,14 +209,22 @@ impl Ceremonies {
         let (proving, verifying) = verified
             .keys
             .ok_or_else(|| SetupError::Unfinished { path: path.clone() })?;
-        Ok(CeremonyKeys {
+        let keys = CeremonyKeys {
             proving,
             verifying,
             record: SetupCeremony {
-                sha256: ceremony::digest(&bytes),
+                sha256: sha256.clone(),
                 contributors,
             },
-        })
+        };
+        self.checked_keys().insert(sha256, keys.clone());
+        Ok(keys)
+    }
+
+    fn checked_keys(&self) -> std::sync::MutexGuard<'_, HashMap<String, CeremonyKeys>> {
+        // The map is only read or inserted into whole: a panic elsewhere
+        // cannot leave it half-written.
+        self.checked.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -264,6 +283,7 @@ mod tests {
             let ceremonies = Ceremonies {
                 paths: vec![path],
                 kit: Some(validator.clone()),
+                ..Default::default()
             };
             ceremonies.check_files().unwrap();
             match ceremonies.keys_for(1) {
@@ -279,16 +299,53 @@ mod tests {
         let missing = Ceremonies {
             paths: vec![],
             kit: Some(validator.clone()),
+            ..Default::default()
         };
         let e = missing.keys_for(7).err().unwrap().to_string();
         assert!(e.contains("no setup ceremony for 7 parameters"), "{e}");
         let not_one = Ceremonies {
             paths: vec![dir.path().join("ca").join("ca.crt")],
             kit: None,
+            ..Default::default()
         };
         assert!(matches!(
             not_one.check_files(),
             Err(SetupError::NotACeremony { .. })
+        ));
+    }
+
+    /// A finished ceremony is checked once; a file whose bytes changed is
+    /// checked again (here: refused), not served from what was kept.
+    #[test]
+    fn a_checked_file_is_kept_by_its_digest_and_a_changed_one_is_checked_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ca = CertificateAuthority::init("c", &dir.path().join("ca")).unwrap();
+        let validator = Arc::new(kit(&mut ca, dir.path(), Role::Validator, "validator-1"));
+        let mut ceremony = Ceremony::new(1).unwrap();
+        contribute(&mut ceremony, &validator, "validator-1");
+        ceremony.seal_powers().unwrap();
+        contribute(&mut ceremony, &validator, "validator-1");
+        let path = dir.path().join("finished.ceremony");
+        let bytes = ceremony.to_bytes();
+        std::fs::write(&path, &bytes).unwrap();
+        let ceremonies = Ceremonies {
+            paths: vec![path.clone()],
+            kit: Some(validator.clone()),
+            ..Default::default()
+        };
+        let first = ceremonies.keys_for(1).unwrap();
+        assert_eq!(first.record.sha256, ceremony::digest(&bytes));
+        let again = ceremonies.keys_for(1).unwrap();
+        assert_eq!(again.verifying, first.verifying);
+        assert_eq!(ceremonies.checked_keys().len(), 1);
+
+        let mut changed = bytes.clone();
+        let last = changed.len() - 1;
+        changed[last] ^= 1;
+        std::fs::write(&path, &changed).unwrap();
+        assert!(matches!(
+            ceremonies.keys_for(1),
+            Err(SetupError::Ceremony { .. })
         ));
     }
 }

@@ -454,6 +454,51 @@ pub fn open_sum(
         .collect()
 }
 
+/// Checks that summed commitments hold `expected` with blinding 0:
+/// under homomorphic aggregation every member's blindings cancel in the
+/// sum over all members, so `Σ_i C_ij = s_j·B` for the decrypted sum `s`
+/// exactly when every member encrypted the update it committed to (and
+/// proved). One random linear combination of the entries, weights from the
+/// operating system: a sum that differs from `expected` anywhere passes
+/// with probability `1/ℓ`.
+pub fn check_sum(sums: &[RistrettoPoint], expected: &[i64]) -> Result<(), ProofError> {
+    use curve25519_dalek_ng::traits::VartimeMultiscalarMul;
+    if sums.len() != expected.len() {
+        return Err(ProofError::WrongLength {
+            expected: expected.len(),
+            got: sums.len(),
+        });
+    }
+    let weights = random_scalars(sums.len());
+    let combined = RistrettoPoint::vartime_multiscalar_mul(&weights, sums);
+    let opened = weights
+        .iter()
+        .zip(expected)
+        .fold(Scalar::zero(), |acc, (w, s)| acc + w * signed_scalar(*s));
+    if combined == &RISTRETTO_BASEPOINT_TABLE * &opened {
+        Ok(())
+    } else {
+        Err(ProofError::Refused(
+            "the decrypted sum is not the sum of the hospitals' commitments: some hospital \
+             encrypted an update other than the one it committed to and proved"
+                .into(),
+        ))
+    }
+}
+
+/// `n` uniform scalars from the operating system's randomness.
+fn random_scalars(n: usize) -> Vec<Scalar> {
+    use rand::RngCore;
+    let mut rng = rand::rng();
+    (0..n)
+        .map(|_| {
+            let mut wide = [0u8; 64];
+            rng.fill_bytes(&mut wide);
+            Scalar::from_bytes_mod_order_wide(&wide)
+        })
+        .collect()
+}
+
 /// The sum of committed inputs, as the coordinator keeps it.
 pub fn add_into(sums: &mut Vec<RistrettoPoint>, commitments: &[RistrettoPoint]) {
     if sums.is_empty() {
@@ -635,14 +680,7 @@ mod tests {
     }
 
     fn random_blindings(n: usize) -> Vec<Scalar> {
-        use rand::RngCore;
-        (0..n)
-            .map(|_| {
-                let mut wide = [0u8; 64];
-                rand::rng().fill_bytes(&mut wide);
-                Scalar::from_bytes_mod_order_wide(&wide)
-            })
-            .collect()
+        random_scalars(n)
     }
 
     #[test]
@@ -766,5 +804,23 @@ mod tests {
             open_sum(&sums, &blinding, updates.len()),
             Err(ProofError::Refused(_))
         ));
+    }
+
+    #[test]
+    fn summed_commitments_check_against_the_sum_they_hold() {
+        let updates: [&[i64]; 3] = [&[5, -7, 32767], &[-1, 0, 32767], &[2, 2, -5]];
+        let blindings = [random_blindings(3), random_blindings(3)];
+        let last: Vec<Scalar> = (0..3)
+            .map(|j| -(blindings[0][j] + blindings[1][j]))
+            .collect();
+        let mut sums = Vec::new();
+        for (u, r) in updates.iter().zip([&blindings[0], &blindings[1], &last]) {
+            let points = decompress(&commit(u, r)).unwrap();
+            add_into(&mut sums, &points);
+        }
+        check_sum(&sums, &[6, -5, 65529]).unwrap();
+        let e = check_sum(&sums, &[6, -5, 65530]).unwrap_err();
+        assert!(e.to_string().contains("not the sum"), "{e}");
+        assert!(check_sum(&sums, &[6, -5]).is_err());
     }
 }

@@ -18,14 +18,31 @@
 //! decryptor that never sends its share (no hospital gives two shares under
 //! one key); the round is retried with fresh keys. A hospital that vanishes
 //! after sending its update costs nothing: it is simply not a decryptor.
+//!
+//! **Update proofs** (`[proofs] update = "norm"`): each member encrypts its
+//! update on the job's 16-bit grid as signed integers, and sends beside the
+//! ciphertext one Pedersen commitment per entry and a Bulletproofs proof
+//! that they hold a well-formed update for this job, round and hospital
+//! (`cohort_proofs::committed`, as under secure aggregation). The
+//! blindings are pairwise between the members (from their envelope keys,
+//! `HospitalRound::blindings`) and cancel over all of them, so each
+//! member's commitments hide its update while their sum holds the sum. A
+//! member whose proof fails is named, sits out the round's later attempts,
+//! and the attempt is retried without it. Once decrypted, the sum is
+//! checked against the summed commitments: a member that encrypted
+//! something other than what it proved makes the check fail, and the sum
+//! is not used (the attempt is retried; which member it was stays hidden,
+//! as the encryption promises).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use cohort_ledger::Exclusion;
 use cohort_privacy::he::{self, EncryptedUpdate, HeConfig};
-use cohort_privacy::quantize::Quantizer;
+use cohort_proofs::committed::{self, RistrettoPoint};
 use cohort_protocol::v1::{HeAdvert, HeTask, TaskHeader, TaskKind};
 
+use super::secagg::Encoding;
 use super::splitfed::SplitTasks;
 use super::{Fitted, RunError, Runner, json};
 use crate::job::JobSpec;
@@ -39,8 +56,16 @@ const AGGREGATE: &str = "homomorphic-aggregate";
 /// room for the rest of the header.
 const MAX_HEADER_PAYLOAD: usize = cohort_protocol::MAX_MESSAGE_BYTES - (512 << 10);
 
+/// Plaintext bits for a sum of `hospitals` signed 16-bit grid entries
+/// (update proofs): room for `|Σ u| ≤ hospitals·2^15` with its sign.
+pub(super) fn committed_sum_bits(hospitals: u32) -> u32 {
+    cohort_proofs::encoding::ENTRY_BITS + 1 + hospitals.max(1).next_power_of_two().ilog2()
+}
+
 impl Runner {
-    /// [`Runner::protected_fit`] under homomorphic aggregation.
+    /// [`Runner::protected_fit`] under homomorphic aggregation. A member
+    /// whose update proof fails is added to `barred` (the round's later
+    /// attempts leave it out).
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn he_fit(
         &self,
@@ -52,6 +77,7 @@ impl Runner {
         selected: &[String],
         (round, attempt): (u32, u32),
         splits: &SplitTasks,
+        barred: &mut Vec<Exclusion>,
     ) -> Result<Option<Fitted>, RunError> {
         let t = &spec.training;
         let config = &spec.privacy.he;
@@ -68,32 +94,45 @@ impl Runner {
             return Ok(None);
         }
         let threshold = config.decryptors(n);
-        let quantizer = match super::dp::encoded_noise(spec)? {
-            // Distributed DP: each hospital adds its share of the noise
-            // before encrypting, sized for the fewest decryptors.
-            Some((clip, sigma)) => cohort_privacy::distributed::quantizer(
-                clip,
-                config.bits,
-                n,
-                sigma,
-                threshold,
-                global.len(),
-            )
-            .map_err(|e| stop(e.to_string()))?,
-            None => {
-                let max_examples = self.max_rows(selected, enrollment)?;
-                Quantizer::for_weighted_sum(config.clip, config.bits, n, max_examples)
-                    .map_err(|e| stop(e.to_string()))?
-            }
-        };
-        let he_config = HeConfig {
-            hospitals: n,
+        // Under client-level DP each hospital adds its share of the noise
+        // before encrypting, sized for the fewest decryptors.
+        let encoding = self.protected_encoding(
+            spec,
+            enrollment,
+            selected,
+            global.len(),
+            (config.clip, config.bits),
             threshold,
-            plaintext_bits: quantizer.bits(),
-            values: global.len() + 1,
+            stop,
+        )?;
+        let he_config = match &encoding {
+            // The example count rides inside a quantized update.
+            Encoding::Quantized(quantizer) => HeConfig {
+                hospitals: n,
+                threshold,
+                plaintext_bits: quantizer.bits(),
+                values: global.len() + 1,
+            },
+            // With update proofs each member encrypts its update on the
+            // job's grid, as signed integers.
+            Encoding::Committed(_) => HeConfig {
+                hospitals: n,
+                threshold,
+                plaintext_bits: committed_sum_bits(n),
+                values: global.len(),
+            },
+        };
+        let (quantizer, proofs) = match &encoding {
+            Encoding::Quantized(q) => (Some(q), None),
+            Encoding::Committed(keys) => (None, Some(keys)),
         };
         let params = he_config.params().map_err(|e| stop(e.to_string()))?;
         let ciphertext_bytes = EncryptedUpdate::encoded_len(&params);
+        let commitment_bytes = if proofs.is_some() {
+            global.len() * committed::COMMITMENT_BYTES
+        } else {
+            0
+        };
         // Adverts and sealed shares (one polynomial each per member) travel
         // in message headers; ciphertexts stream.
         if n as usize * he::sealed_share_len(&params) > MAX_HEADER_PAYLOAD {
@@ -107,7 +146,7 @@ impl Runner {
             members: selected.to_vec(),
             attempt,
             config_json: json(&he_config)?,
-            quantizer_json: json(&quantizer)?,
+            quantizer_json: quantizer.map(json).transpose()?.unwrap_or_default(),
             ..Default::default()
         };
         let index_of = |client: &str| -> u32 {
@@ -223,6 +262,11 @@ impl Runner {
             .collect();
         let mut sum: Option<EncryptedUpdate> = None;
         let mut sealed: BTreeMap<u32, Vec<Vec<u8>>> = BTreeMap::new();
+        // Under update proofs: the sum of the commitments, and each
+        // member's commitments for validators.
+        let mut commitment_sum: Vec<RistrettoPoint> = Vec::new();
+        let mut proved: Vec<(String, Vec<u8>)> = Vec::new();
+        let barred_before = barred.len();
         let answers = self
             .exchange(
                 &job.id,
@@ -230,19 +274,42 @@ impl Runner {
                 t.round_timeout_secs,
                 tasks,
                 Some(TaskBody::parameters(global)),
-                Expect::Bytes(ciphertext_bytes as u64),
+                Expect::Bytes((ciphertext_bytes + commitment_bytes) as u64),
                 |client, a| {
                     let TaskAnswer::HeFit {
-                        ciphertext,
+                        ciphertext: body,
                         sealed: shares,
+                        proof,
                         train_loss,
                         compute_seconds,
-                        receipt,
+                        mut receipt,
                     } = a
                     else {
                         return Err("answered an encrypted fit task with something else".into());
                     };
-                    let update = EncryptedUpdate::from_bytes(&params, &ciphertext)
+                    let (ciphertext, commitments) = body.split_at(ciphertext_bytes.min(body.len()));
+                    if let Some(keys) = proofs {
+                        let context = cohort_proofs::Context {
+                            job_id: job.id.clone(),
+                            round,
+                            client: client.to_string(),
+                        };
+                        match keys.check_committed(&context, commitments, &proof) {
+                            Ok((record, points)) => {
+                                receipt.proof = Some(record);
+                                committed::add_into(&mut commitment_sum, &points);
+                                proved.push((client.to_string(), commitments.to_vec()));
+                            }
+                            Err(reason) => {
+                                barred.push(Exclusion {
+                                    client: client.to_string(),
+                                    reason: reason.clone(),
+                                });
+                                return Err(reason);
+                            }
+                        }
+                    }
+                    let update = EncryptedUpdate::from_bytes(&params, ciphertext)
                         .map_err(|e| e.to_string())?;
                     let shares =
                         he::unframe_list(&shares, n as usize).map_err(|e| e.to_string())?;
@@ -258,6 +325,15 @@ impl Runner {
                 },
             )
             .await;
+        for left_out in &barred[barred_before..] {
+            self.note(
+                &job.id,
+                format!(
+                    "round {round} attempt {attempt}: {} sits out this round's later attempts: {}",
+                    left_out.client, left_out.reason
+                ),
+            );
+        }
         let (Some(sum), true) = (sum, answers.ok.len() == selected.len()) else {
             self.note(
                 &job.id,
@@ -373,8 +449,31 @@ impl Runner {
                 return Ok(None);
             }
         };
-        super::fitted_from_sum(&decrypted, &quantizer, fitted, AGGREGATE)
-            .map(Some)
-            .map_err(stop)
+        let keys = match &encoding {
+            Encoding::Quantized(quantizer) => {
+                return super::fitted_from_sum(&decrypted, quantizer, fitted, AGGREGATE)
+                    .map(Some)
+                    .map_err(stop);
+            }
+            Encoding::Committed(keys) => keys,
+        };
+        let sum = he::plaintext_to_signed(&decrypted, params.plaintext_bits());
+        if let Err(e) = committed::check_sum(&commitment_sum, &sum) {
+            self.note(
+                &job.id,
+                format!("round {round} attempt {attempt}: {e}; the sum is not used, retrying"),
+            );
+            return Ok(None);
+        }
+        let participants: Vec<String> = fitted.iter().map(|(c, _)| c.clone()).collect();
+        self.keep_commitments(&job.id, round, proved, &participants)
+            .await?;
+        Ok(Some(super::fitted_from_committed_sum(
+            &sum,
+            keys.grid(),
+            fitted,
+            AGGREGATE,
+            barred.clone(),
+        )))
     }
 }

@@ -36,6 +36,12 @@ use crate::store::{Enrollment, JobRow};
 /// The aggregate's stand-in name: the strategy sees one update, the mean.
 const AGGREGATE: &str = "secure-aggregate";
 
+/// How a protected round encodes updates ([`Runner::protected_encoding`]).
+pub(super) enum Encoding {
+    Quantized(Quantizer),
+    Committed(UpdateProofKeys),
+}
+
 /// One hospital's stage-3 input.
 pub(super) enum MaskedInput {
     /// Masked words mod `2^bits`.
@@ -111,6 +117,7 @@ impl Runner {
         round_attempt: (u32, u32),
         min_clients: u32,
         splits: &SplitTasks,
+        barred: &mut Vec<cohort_ledger::Exclusion>,
     ) -> Result<Option<Fitted>, RunError> {
         match spec.privacy.aggregation {
             Aggregation::He => {
@@ -123,6 +130,7 @@ impl Runner {
                     selected,
                     round_attempt,
                     splits,
+                    barred,
                 )
                 .await
             }
@@ -141,6 +149,44 @@ impl Runner {
                 .await
             }
         }
+    }
+
+    /// How a protected round encodes each hospital's update. With update
+    /// proofs: committed on the job's grid, and the mean is uniform (each
+    /// hospital's influence is what the bound allows). Otherwise
+    /// quantized: example-weighted (the count rides inside), or under
+    /// client-level DP uniform with room in the modulus for every
+    /// hospital's share of the noise, sized for the `fewest` hospitals
+    /// whose shares can end up in the sum. `(clip, bits)` are the
+    /// aggregation mode's quantizer settings.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn protected_encoding(
+        &self,
+        spec: &JobSpec,
+        enrollment: &Enrollment,
+        selected: &[String],
+        len: usize,
+        (clip, bits): (f64, u32),
+        fewest: u32,
+        stop: impl Fn(String) -> RunError,
+    ) -> Result<Encoding, RunError> {
+        let n = selected.len() as u32;
+        if spec.proofs.update == UpdateProofs::Norm {
+            let grid = spec.update_grid().map_err(|e| stop(e.to_string()))?;
+            return Ok(Encoding::Committed(UpdateProofKeys::committed(grid, len)));
+        }
+        let quantizer = match super::dp::encoded_noise(spec)? {
+            Some((dp_clip, sigma)) => {
+                cohort_privacy::distributed::quantizer(dp_clip, bits, n, sigma, fewest, len)
+                    .map_err(|e| stop(e.to_string()))?
+            }
+            None => {
+                let max_examples = self.max_rows(selected, enrollment)?;
+                Quantizer::for_weighted_sum(clip, bits, n, max_examples)
+                    .map_err(|e| stop(e.to_string()))?
+            }
+        };
+        Ok(Encoding::Quantized(quantizer))
     }
 
     /// [`Runner::protected_fit`] under SecAgg+.
@@ -173,39 +219,18 @@ impl Runner {
             return Ok(None);
         };
         let needed = params.min_survivors.max(min_clients) as usize;
-        // With update proofs each hospital commits to its update on the
-        // job's grid and proves it well formed; the mean is then uniform
-        // (each hospital's influence is what the bound allows).
-        let proofs = match spec.proofs.update {
-            UpdateProofs::Norm => Some(UpdateProofKeys::committed(
-                spec.update_grid().map_err(|e| stop(e.to_string()))?,
-                global.len(),
-            )),
-            UpdateProofs::Off => None,
-        };
-        let quantizer = match (&proofs, super::dp::encoded_noise(spec)?) {
-            (Some(_), _) => None,
-            // Distributed DP: uniform weights (a hospital's influence is
-            // bounded by the clipping norm, whatever its size), and room in
-            // the modulus for every hospital's share of the noise.
-            (None, Some((clip, sigma))) => Some(
-                cohort_privacy::distributed::quantizer(
-                    clip,
-                    config.bits,
-                    n,
-                    sigma,
-                    params.min_survivors,
-                    global.len(),
-                )
-                .map_err(|e| stop(e.to_string()))?,
-            ),
-            (None, None) => {
-                let max_examples = self.max_rows(selected, enrollment)?;
-                Some(
-                    Quantizer::for_weighted_sum(config.clip, config.bits, n, max_examples)
-                        .map_err(|e| stop(e.to_string()))?,
-                )
-            }
+        let encoding = self.protected_encoding(
+            spec,
+            enrollment,
+            selected,
+            global.len(),
+            (config.clip, config.bits),
+            params.min_survivors,
+            stop,
+        )?;
+        let (quantizer, proofs) = match &encoding {
+            Encoding::Quantized(q) => (Some(q), None),
+            Encoding::Committed(keys) => (None, Some(keys)),
         };
         let session = cohort_protocol::secagg_session(&job.id, round, attempt, selected);
         let secure = SecureSession {
@@ -216,11 +241,7 @@ impl Runner {
             neighbours: k,
             header: fit.clone(),
             secagg: SecAggTask {
-                quantizer_json: quantizer
-                    .as_ref()
-                    .map(json)
-                    .transpose()?
-                    .unwrap_or_default(),
+                quantizer_json: quantizer.map(json).transpose()?.unwrap_or_default(),
                 ..Default::default()
             },
             input: (TaskKind::Fit, "masked update", "sent a masked update"),
@@ -236,7 +257,7 @@ impl Runner {
         let mut excluded = Vec::new();
         let mut proved = Vec::new();
         let summed = self
-            .secure_sum(job, secure, selected, |client, a| match (a, &proofs) {
+            .secure_sum(job, secure, selected, |client, a| match (a, proofs) {
                 (
                     TaskAnswer::MaskedFit {
                         masked,
@@ -290,7 +311,7 @@ impl Runner {
             .await?;
         match (summed, quantizer, proofs) {
             (SecureSum::Summed(sum, contributors), Some(quantizer), _) => {
-                super::fitted_from_sum(&sum, &quantizer, contributors, AGGREGATE)
+                super::fitted_from_sum(&sum, quantizer, contributors, AGGREGATE)
                     .map(Some)
                     .map_err(stop)
             }

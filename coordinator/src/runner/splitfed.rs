@@ -142,6 +142,9 @@ impl Runner {
                     round_attempt,
                     min_clients,
                     &splits,
+                    // SplitFed parts are proved in plain rounds only, so
+                    // nobody is barred.
+                    &mut Vec::new(),
                 )
                 .await
             }

@@ -142,6 +142,9 @@ impl Runner {
                         (round, attempt),
                         members.len() as u32,
                         &SplitTasks::new(),
+                        // Grouped rounds carry no update proofs, so nobody
+                        // is barred.
+                        &mut Vec::new(),
                     )
                     .await
                 }

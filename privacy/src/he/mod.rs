@@ -58,6 +58,32 @@ pub use params::{
 pub use round::{Advert, HeConfig, HospitalRound, crp_seed, sealed_share_len};
 pub use wire::{frame_list, unframe_list};
 
+/// Signed integers as plaintexts mod `2^bits` (two's complement), for
+/// updates encrypted as integers rather than through a quantizer (update
+/// proofs under homomorphic aggregation encrypt the proved grid entries).
+pub fn signed_to_plaintext(values: &[i32], bits: u32) -> Vec<u64> {
+    let modulus = 1i64 << bits;
+    values
+        .iter()
+        .map(|&v| i64::from(v).rem_euclid(modulus) as u64)
+        .collect()
+}
+
+/// The signed integers of plaintexts mod `2^bits`, centred on 0: a sum of
+/// [`signed_to_plaintext`] values whose true magnitude stays below
+/// `2^(bits−1)`.
+pub fn plaintext_to_signed(values: &[u64], bits: u32) -> Vec<i64> {
+    let modulus = 1i64 << bits;
+    let half = modulus >> 1;
+    values
+        .iter()
+        .map(|&v| {
+            let v = (v & (modulus as u64 - 1)) as i64;
+            if v >= half { v - modulus } else { v }
+        })
+        .collect()
+}
+
 /// What can go wrong setting up, encrypting or decrypting.
 #[derive(Debug, thiserror::Error)]
 pub enum HeError {

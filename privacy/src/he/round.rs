@@ -17,6 +17,7 @@
 //! decryptor gone before it answered) costs nothing but a retry, and no
 //! hospital ever gives two decryption shares under the same key.
 
+use curve25519_dalek::scalar::Scalar;
 use rand::{CryptoRng, RngCore};
 use ring::digest::{SHA256, digest};
 use serde::{Deserialize, Serialize};
@@ -254,6 +255,38 @@ impl HospitalRound {
             out.push(key.to_bytes());
         }
         out
+    }
+
+    /// Blindings for Pedersen commitments to this member's update (update
+    /// proofs under homomorphic aggregation): `Σ_k ±PRG(s_k)` over the
+    /// group order, one seed per other member from the envelope keys' X25519
+    /// agreement, added towards higher indices and subtracted towards lower
+    /// ones. They cancel in the sum over all members, and every member's
+    /// update is in the decrypted sum (an attempt without one is
+    /// abandoned), so the summed commitments open to the decrypted sum
+    /// while each member's commitments stay perfectly hiding. Needs the
+    /// adverts ([`encrypt_and_deal`](Self::encrypt_and_deal) first).
+    pub fn blindings(&self, len: usize) -> Result<Vec<Scalar>, HeError> {
+        if self.peers.is_empty() {
+            return Err(HeError::Malformed(
+                "commitment blindings need every member's advert first".into(),
+            ));
+        }
+        let me = self.key_share.index();
+        let mut blindings = vec![Scalar::ZERO; len];
+        for (i, their) in self.peers.iter().enumerate() {
+            let other = i as u32 + 1;
+            if other == me {
+                continue;
+            }
+            let shared = self
+                .envelope
+                .agree(their)
+                .ok_or_else(|| HeError::Malformed(format!("member {other}'s envelope key")))?;
+            let seed = crypto::he_blinding_seed(&shared, &self.session, me, other);
+            crypto::apply_scalar_prg(&mut blindings, &seed, other < me);
+        }
+        Ok(blindings)
     }
 
     /// This member's decryption share of `sum` for `decryptors`. Given at

@@ -441,3 +441,47 @@ fn client_level_dp_noise_is_added_before_encryption_and_survives_the_sum() {
     let rms = (errors.iter().map(|e| e * e).sum::<f64>() / errors.len() as f64).sqrt();
     assert!((rms / std - 1.0).abs() < 0.1, "noise rms {rms} vs {std}");
 }
+
+#[test]
+fn commitment_blindings_cancel_over_all_members_and_signed_sums_decode() {
+    let mut rng = ChaCha20Rng::seed_from_u64(11);
+    let params = HeParams::new(3, 2, 20, 5).unwrap();
+    let session = [3u8; 32];
+    let (mut rounds, adverts): (Vec<HospitalRound>, Vec<Advert>) = (1..=3)
+        .map(|i| HospitalRound::new(params.clone(), session, i, &mut rng).unwrap())
+        .unzip();
+    assert!(
+        rounds[0].blindings(4).is_err(),
+        "blindings need the adverts"
+    );
+    let updates: [Vec<i32>; 3] = [
+        vec![-32767, 5, 0, 1, -1],
+        vec![-32767, -9, 0, 32767, 2],
+        vec![-32767, 3, 7, 32767, 0],
+    ];
+    let mut plain_sum = vec![0u64; 5];
+    for (round, update) in rounds.iter_mut().zip(&updates) {
+        let values = signed_to_plaintext(update, 20);
+        round.encrypt_and_deal(&adverts, &values, &mut rng).unwrap();
+        crate::quantize::add_mod(&mut plain_sum, &values, 20);
+    }
+    assert_eq!(
+        plaintext_to_signed(&plain_sum, 20),
+        vec![-98301, -1, 7, 65535, 1]
+    );
+
+    let blindings: Vec<Vec<_>> = rounds.iter().map(|r| r.blindings(4).unwrap()).collect();
+    for j in 0..4 {
+        let total: curve25519_dalek::scalar::Scalar = blindings.iter().map(|b| b[j]).sum();
+        assert_eq!(total, curve25519_dalek::scalar::Scalar::ZERO);
+        assert_ne!(blindings[0][j], curve25519_dalek::scalar::Scalar::ZERO);
+    }
+    // Another attempt (session) gives other blindings.
+    let (mut other, other_adverts): (Vec<HospitalRound>, Vec<Advert>) = (1..=3)
+        .map(|i| HospitalRound::new(params.clone(), [4u8; 32], i, &mut rng).unwrap())
+        .unzip();
+    other[0]
+        .encrypt_and_deal(&other_adverts, &[0; 5], &mut rng)
+        .unwrap();
+    assert_ne!(other[0].blindings(4).unwrap(), blindings[0]);
+}

@@ -121,6 +121,23 @@ pub(crate) fn pairwise_seed(
     kdf(shared, b"pairwise-mask", session, &[a.min(b), a.max(b)])
 }
 
+/// Seed of the commitment blindings between HE members `a` and `b`
+/// (update proofs under homomorphic aggregation,
+/// `he::HospitalRound::blindings`).
+pub(crate) fn he_blinding_seed(
+    shared: &[u8; 32],
+    session: &[u8],
+    a: ClientId,
+    b: ClientId,
+) -> Zeroizing<[u8; 32]> {
+    kdf(
+        shared,
+        b"he-commitment-blinding",
+        session,
+        &[a.min(b), a.max(b)],
+    )
+}
+
 /// PRG seed of `id`'s self mask, derived from its secret `b_u`.
 pub(crate) fn self_mask_seed(b: &[u8; 32], session: &[u8], id: ClientId) -> Zeroizing<[u8; 32]> {
     kdf(b, b"self-mask", session, &[id])
