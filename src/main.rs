@@ -412,8 +412,9 @@ enum ProofStatement {
 enum BenchCommand {
     /// Update proofs (statement 1) at 16-bit entries. `--statement norm`
     /// (plain aggregation, Groth16 on BN254): constraints, setup time,
-    /// proving-key size, prove time, proof size, hash and verify time, peak
-    /// memory. `--statement committed` (secure and homomorphic
+    /// proving-key size, prove time (a job's first proof, which builds the
+    /// circuit's matrices, and a later one), proof size, hash and verify
+    /// time, peak memory. `--statement committed` (secure and homomorphic
     /// aggregation, Bulletproofs over Pedersen commitments, 3 hospitals):
     /// gates, generators, prove and verify time, proof and commitment size,
     /// opening the sum (secagg), checking it against a decrypted sum (he),

@@ -1,7 +1,10 @@
 //! Proving and checking statement 1 for one hospital's update in one round.
 
+use std::sync::{Arc, Mutex};
+
 use ark_bn254::{Bn254, Fr};
 use ark_groth16::Groth16;
+use ark_relations::gr1cs::Matrix;
 use ark_serialize::{CanonicalDeserialize, CanonicalSerialize};
 use serde::{Deserialize, Serialize};
 
@@ -82,11 +85,7 @@ pub fn prove_update(
         public: context.public_inputs(grid.bound, update_hash),
         entries: Some(entries),
     };
-    let proof = Groth16::<Bn254>::create_random_proof_with_reduction(
-        circuit,
-        &pk.inner,
-        &mut crate::ark_rng(),
-    )?;
+    let proof = groth16_proof(circuit, pk)?;
     let mut bytes = Vec::with_capacity(PROOF_BYTES);
     proof
         .serialize_compressed(&mut bytes)
@@ -110,6 +109,93 @@ pub fn prove_update(
         update_hash,
         proof: bytes,
     })
+}
+
+/// The constraint matrices of the update-norm circuit over some number of
+/// entries, with the counts the prover needs beside them.
+struct CircuitShape {
+    len: usize,
+    matrices: Vec<Matrix<Fr>>,
+    num_inputs: usize,
+    num_witnesses: usize,
+    num_constraints: usize,
+}
+
+/// The last circuit shape a proof built: one slot, so that a hospital
+/// proving round after round for one job keeps one copy (about 40 bytes per
+/// matrix entry; 10^5 entries: 2.2 M constraints) and a new size replaces it.
+static LAST_SHAPE: Mutex<Option<Arc<CircuitShape>>> = Mutex::new(None);
+
+/// A Groth16 proof of `circuit` under `pk`, as arkworks'
+/// `create_random_proof_with_reduction` makes it, except that the
+/// constraint matrices are built (and their linear combinations inlined)
+/// only for the first proof of a size: later proofs synthesize the
+/// witness alone and reuse them. The matrices depend on the circuit's
+/// size only, never on the witness (every entry allocates the same
+/// variables and constraints), and [`prove_update`] verifies the result.
+fn groth16_proof(
+    circuit: UpdateNormCircuit<'_>,
+    pk: &ProvingKey,
+) -> Result<ark_groth16::Proof<Bn254>, ProofError> {
+    use ark_relations::gr1cs::{
+        ConstraintSynthesizer, ConstraintSystem, OptimizationGoal, R1CS_PREDICATE_LABEL,
+        SynthesisMode,
+    };
+    use ark_std::UniformRand;
+    let cached = LAST_SHAPE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .filter(|shape| shape.len == pk.len);
+    let cs = ConstraintSystem::<Fr>::new_ref();
+    cs.set_optimization_goal(OptimizationGoal::Constraints);
+    cs.set_mode(SynthesisMode::Prove {
+        construct_matrices: cached.is_none(),
+        generate_lc_assignments: false,
+    });
+    circuit.generate_constraints(cs.clone())?;
+    cs.finalize();
+    let shape = match cached {
+        Some(shape) => shape,
+        None => {
+            let mut matrices = cs
+                .to_matrices()?
+                .remove(R1CS_PREDICATE_LABEL)
+                .ok_or(ark_relations::gr1cs::SynthesisError::PredicateNotFound)?;
+            matrices.truncate(3);
+            let shape = Arc::new(CircuitShape {
+                len: pk.len,
+                matrices,
+                num_inputs: cs.num_instance_variables(),
+                num_witnesses: cs.num_witness_variables(),
+                num_constraints: cs.num_constraints(),
+            });
+            *LAST_SHAPE.lock().unwrap_or_else(|e| e.into_inner()) = Some(shape.clone());
+            shape
+        }
+    };
+    let mut assignment = cs.instance_assignment()?;
+    assignment.extend(cs.witness_assignment()?);
+    if cs.num_instance_variables() != shape.num_inputs
+        || assignment.len() != shape.num_inputs + shape.num_witnesses
+    {
+        return Err(ProofError::Synthesis(format!(
+            "the witness has {} variables, the circuit's kept matrices {}",
+            assignment.len(),
+            shape.num_inputs + shape.num_witnesses
+        )));
+    }
+    drop(cs);
+    let mut rng = crate::ark_rng();
+    Ok(Groth16::<Bn254>::create_proof_with_reduction_and_matrices(
+        &pk.inner,
+        Fr::rand(&mut rng),
+        Fr::rand(&mut rng),
+        &shape.matrices,
+        shape.num_inputs,
+        shape.num_constraints,
+        &assignment,
+    )?)
 }
 
 /// Parses untrusted proof bytes (points checked on the curve and in the
@@ -189,5 +275,38 @@ mod tests {
             &proof.proof,
         )
         .unwrap();
+    }
+
+    /// Proofs made with kept matrices verify like the first one, for
+    /// another update and after another size took the slot; a false
+    /// statement is still refused and a wrong one still fails.
+    #[test]
+    fn proofs_with_kept_matrices_verify_and_bind_their_update() {
+        let grid = FixedPoint::for_clip(1.0).unwrap();
+        let context = Context {
+            job_id: "job".into(),
+            round: 2,
+            client: "hospital".into(),
+        };
+        let (pk, vk) = setup_update_norm(6).unwrap();
+        let (pk7, vk7) = setup_update_norm(7).unwrap();
+        let prove_and_check = |pk: &ProvingKey, vk: &VerifyingKey, entries: &[i32]| {
+            let proof = prove_update(pk, &context, &grid, entries).unwrap();
+            verify_update(vk, &context, grid.bound, proof.update_hash, &proof.proof).unwrap();
+            proof
+        };
+        let first = prove_and_check(&pk, &vk, &[1, 2, 3, -4, 5, 6]);
+        let later = prove_and_check(&pk, &vk, &[0, -9, 3, 4, 5, 100]);
+        prove_and_check(&pk7, &vk7, &[1, 1, 1, 1, 1, 1, 1]);
+        prove_and_check(&pk, &vk, &[7, 7, 7, 7, 7, 7]);
+        assert!(matches!(
+            verify_update(&vk, &context, grid.bound, first.update_hash, &later.proof),
+            Err(ProofError::Invalid)
+        ));
+        let over = grid.bound as i32;
+        assert!(matches!(
+            prove_update(&pk, &context, &grid, &[over, over, 0, 0, 0, 0]),
+            Err(ProofError::Refused(_))
+        ));
     }
 }
