@@ -580,7 +580,7 @@ pub async fn export(
         .proof
         .clone()
         .ok_or_else(|| anyhow!("`{client}`'s update in round {round} carries no proof"))?;
-    if record.statement != cohort_proofs::STATEMENT_UPDATE_NORM {
+    if !cohort_proofs::is_update_norm(&record.statement) {
         bail!(
             "`{client}`'s proof in round {round} is `{}` (Bulletproofs over the update's \
              commitments); snarkjs and the EVM verifier check Groth16 proofs only. `cohort \

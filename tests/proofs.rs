@@ -89,7 +89,7 @@ fn job(n: u32, min_clients: u32) -> String {
 /// Every accepted update carries a checked proof; `excluded` names exactly
 /// `cheaters` with a reason containing `why`.
 fn assert_excluded(view: &JobView, cheaters: &[(&str, &str)]) {
-    assert_excluded_with(view, cheaters, "update-norm/v1", Some(256));
+    assert_excluded_with(view, cheaters, "update-norm/v2", Some(256));
 }
 
 /// [`assert_excluded`] for proofs of `statement` (hex length `proof_hex`

@@ -51,14 +51,14 @@ pub struct UpdateRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProofRecord {
-    /// e.g. `update-norm/v1`.
+    /// e.g. `update-norm/v2`.
     pub statement: String,
     /// The L2 bound `B` on the integer update.
     pub bound: u64,
     /// Hex of the Poseidon hash of the update the coordinator received
     /// (32 bytes, little-endian field element).
     pub update_hash: String,
-    /// Hex of the proof: a compressed Groth16 proof (`update-norm/v1`) or
+    /// Hex of the proof: a compressed Groth16 proof (`update-norm/v2`, or v1) or
     /// a Bulletproofs R1CS proof (`committed-update-norm/v1`, secure
     /// aggregation, where `update_hash` is the SHA-256 of the hospital's
     /// masked input: its Pedersen commitments, which readers of the job

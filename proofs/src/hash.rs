@@ -1,9 +1,15 @@
-//! The circuit-friendly commitment to an update: Poseidon (BN254, width 5,
-//! x^5, 8 full and 60 partial rounds, the parameters of the Poseidon paper
-//! for 128-bit security, round constants and MDS from its Grain LFSR as
-//! arkworks generates them) over the entries packed 15 to a field element.
-//! The coordinator recomputes it from the update it received; the circuit
-//! recomputes it from its witness.
+//! The circuit-friendly commitment to an update: Poseidon (BN254, width 9,
+//! rate 8, x^5, 8 full and 63 partial rounds, the parameters of the
+//! Poseidon paper for 128-bit security at that width, round constants and
+//! MDS from its Grain LFSR as arkworks generates them) over the entries
+//! packed 15 to a field element. The coordinator recomputes it from the
+//! update it received; the circuit recomputes it from its witness.
+//!
+//! Why width 9 (statement `update-norm/v2`; v1 had width 5, rate 4, 60
+//! partial rounds): 3.4 constraints per entry instead of 5, so that 10^5
+//! entries fit a 2^21 evaluation domain instead of 2^22. Its rows are
+//! denser, which costs the setup and a job's first proof (the matrices'
+//! inlining); later proofs reuse the matrices and gain (docs/BENCHMARKS.md).
 
 use std::sync::OnceLock;
 
@@ -19,9 +25,9 @@ use crate::encoding::ENTRY_BITS;
 
 /// Entries per field element: 15 × 16 = 240 bits < 254.
 pub const ENTRIES_PER_ELEMENT: usize = 15;
-const RATE: usize = 4;
+const RATE: usize = 8;
 const FULL_ROUNDS: u64 = 8;
-const PARTIAL_ROUNDS: u64 = 60;
+const PARTIAL_ROUNDS: u64 = 63;
 const ALPHA: u64 = 5;
 
 /// The sponge's parameters (computed once).

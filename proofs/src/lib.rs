@@ -36,8 +36,8 @@ mod statement;
 pub use encoding::{ENTRY_BITS, FixedPoint};
 pub use keys::{ProvingKey, VerifyingKey};
 pub use statement::{
-    Context, PROOF_BYTES, STATEMENT_UPDATE_NORM, UpdateProof, UpdateProofTask, parse_proof,
-    prove_update, verify_recorded, verify_update,
+    Context, PROOF_BYTES, STATEMENT_UPDATE_NORM, STATEMENT_UPDATE_NORM_V1, UpdateProof,
+    UpdateProofTask, is_update_norm, parse_proof, prove_update, verify_recorded, verify_update,
 };
 
 /// Everything proving and verifying can reject. Messages name the problem.

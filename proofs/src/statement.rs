@@ -14,7 +14,17 @@ use crate::keys::{ProvingKey, VerifyingKey};
 use crate::{ProofError, hash};
 
 /// The statement's name in tasks, receipts and attestations.
-pub const STATEMENT_UPDATE_NORM: &str = "update-norm/v1";
+pub const STATEMENT_UPDATE_NORM: &str = "update-norm/v2";
+
+/// The same statement with the width-5 Poseidon of earlier releases. Its
+/// records verify as v2's do: the hash is a recorded public input.
+pub const STATEMENT_UPDATE_NORM_V1: &str = "update-norm/v1";
+
+/// Whether a recorded statement is the Groth16 update-norm one (any
+/// version).
+pub fn is_update_norm(statement: &str) -> bool {
+    statement == STATEMENT_UPDATE_NORM || statement == STATEMENT_UPDATE_NORM_V1
+}
 
 /// Compressed Groth16 proof on BN254: A (G1), B (G2), C (G1).
 pub const PROOF_BYTES: usize = 128;
