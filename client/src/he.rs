@@ -15,7 +15,6 @@ use cohort_proofs::{UpdateProofTask, committed};
 use cohort_protocol::v1::{HeTask, ResultHeader, TaskHeader};
 
 use crate::proofs::{Committed, saturating_i32};
-
 use crate::secagg::payload_answer;
 use crate::work::{Answer, Worker, parse};
 

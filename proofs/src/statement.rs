@@ -133,7 +133,7 @@ struct CircuitShape {
 
 /// The last circuit shape a proof built: one slot, so that a hospital
 /// proving round after round for one job keeps one copy (about 40 bytes per
-/// matrix entry; 10^5 entries: 2.2 M constraints) and a new size replaces it.
+/// matrix entry; 10^5 entries: 2.0 M constraints) and a new size replaces it.
 static LAST_SHAPE: Mutex<Option<Arc<CircuitShape>>> = Mutex::new(None);
 
 /// A Groth16 proof of `circuit` under `pk`, as arkworks'
