@@ -14,7 +14,7 @@ use cohort_privacy::quantize::Quantizer;
 use cohort_proofs::{UpdateProofTask, committed};
 use cohort_protocol::v1::{HeTask, ResultHeader, TaskHeader};
 
-use crate::proofs::{Committed, saturating_i32};
+use crate::proofs::{Committed, decode_blindings, saturating_i32};
 use crate::secagg::payload_answer;
 use crate::work::{Answer, Worker, parse};
 
@@ -207,7 +207,8 @@ impl Worker {
                 .map_err(|e| e.to_string())?;
             Ok((encrypted, sealed, blindings))
         })?;
-        let blindings: Vec<[u8; 32]> = blindings.iter().map(|r| r.to_bytes()).collect();
+        let bytes: Vec<[u8; 32]> = blindings.iter().map(|r| r.to_bytes()).collect();
+        let blindings = decode_blindings(&bytes)?;
         let Committed { commitments, proof } =
             self.commit_and_prove(task, wanted, &update.proved, &blindings)?;
         let mut body = encrypted.to_bytes();

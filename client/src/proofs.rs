@@ -323,7 +323,7 @@ impl Worker {
         Ok(GridUpdate { proved, sent })
     }
 
-    /// Commits to `proved` with `blindings` (canonical scalars) and proves
+    /// Commits to `proved` with `blindings` and proves
     /// it well formed for this job, round and hospital. A drill that cannot
     /// prove sends no proof; `forge` sends random bytes.
     pub(crate) fn commit_and_prove(
@@ -331,17 +331,12 @@ impl Worker {
         task: &TaskHeader,
         wanted: &UpdateProofTask,
         proved: &[i32],
-        blindings: &[[u8; 32]],
+        blindings: &[committed::Scalar],
     ) -> Result<Committed, String> {
-        let blindings = blindings
-            .iter()
-            .map(|b| committed::blinding_from_bytes(*b))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| e.to_string())?;
         let context = self.proof_context(task);
         let misbehave = self.options().misbehave;
         let (commitments, mut proof) =
-            match committed::prove(&context, wanted.grid.bound, proved, &blindings) {
+            match committed::prove(&context, wanted.grid.bound, proved, blindings) {
                 Ok(update) => (update.commitments, update.proof),
                 Err(e) if misbehave.is_some() => {
                     warn!(
@@ -350,7 +345,7 @@ impl Worker {
                         "drill: {e}; sending without a proof"
                     );
                     let entries: Vec<i64> = proved.iter().map(|&u| i64::from(u)).collect();
-                    (committed::commit(&entries, &blindings), Vec::new())
+                    (committed::commit(&entries, blindings), Vec::new())
                 }
                 Err(e) => return Err(format!("proving the update well formed: {e}")),
             };
@@ -385,17 +380,13 @@ impl Worker {
                 blindings.len()
             ));
         }
+        let blindings = decode_blindings(blindings)?;
         let update = self.grid_update(trained, wanted, "secure aggregation")?;
         let Committed {
             mut commitments,
             proof,
-        } = self.commit_and_prove(task, wanted, &update.proved, blindings)?;
+        } = self.commit_and_prove(task, wanted, &update.proved, &blindings)?;
         if self.options().misbehave.is_some() {
-            let blindings = blindings
-                .iter()
-                .map(|b| committed::blinding_from_bytes(*b))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| e.to_string())?;
             commitments = committed::commit(&update.sent, &blindings);
         }
         Ok(Answer {
@@ -413,6 +404,16 @@ impl Worker {
             masked: committed::commitments_to_bytes(&commitments),
         })
     }
+}
+
+/// Blindings handed over as canonical scalar bytes (secure and homomorphic
+/// aggregation make them with another build of the same curve library).
+pub(crate) fn decode_blindings(bytes: &[[u8; 32]]) -> Result<Vec<committed::Scalar>, String> {
+    bytes
+        .iter()
+        .map(|b| committed::blinding_from_bytes(*b))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())
 }
 
 /// A drill's entry as the prover takes it (which refuses it if it is not

@@ -1361,27 +1361,38 @@ fn fitted_from_sum(
     ))
 }
 
-/// The fit stage's outcome from the opened sum of committed updates
-/// (update proofs under secure aggregation): the uniform mean of the
-/// survivors' proved updates; `excluded` were left out for want of a valid
-/// proof.
-fn fitted_from_committed_sum(
-    sum: &[i64],
-    grid: &cohort_proofs::FixedPoint,
-    contributors: Vec<Contribution>,
-    aggregate: &str,
-    excluded: Vec<cohort_ledger::Exclusion>,
-) -> Fitted {
-    let bytes: Vec<u8> = sum.iter().flat_map(|s| s.to_le_bytes()).collect();
-    let count = contributors.len();
-    fitted_from_mean(
-        grid.mean_of_sum(sum, count),
-        count as u64,
-        &sha2::Sha256::digest(&bytes),
-        contributors,
-        aggregate,
-        excluded,
-    )
+impl Runner {
+    /// The fit stage's outcome from the sum of committed updates (update
+    /// proofs under secure or homomorphic aggregation): the contributors'
+    /// commitments (`proved`, by hospital) kept for validators, then the
+    /// uniform mean of their proved updates; `excluded` were left out for
+    /// want of a valid proof.
+    #[allow(clippy::too_many_arguments)]
+    async fn fitted_from_committed_sum(
+        &self,
+        job_id: &str,
+        round: u32,
+        proved: Vec<(String, Vec<u8>)>,
+        sum: &[i64],
+        grid: &cohort_proofs::FixedPoint,
+        contributors: Vec<Contribution>,
+        aggregate: &str,
+        excluded: Vec<cohort_ledger::Exclusion>,
+    ) -> Result<Fitted, StoreError> {
+        let participants: Vec<String> = contributors.iter().map(|(c, _)| c.clone()).collect();
+        self.keep_commitments(job_id, round, proved, &participants)
+            .await?;
+        let bytes: Vec<u8> = sum.iter().flat_map(|s| s.to_le_bytes()).collect();
+        let count = contributors.len();
+        Ok(fitted_from_mean(
+            grid.mean_of_sum(sum, count),
+            count as u64,
+            &sha2::Sha256::digest(&bytes),
+            contributors,
+            aggregate,
+            excluded,
+        ))
+    }
 }
 
 /// A protected fit stage's outcome: `mean` of `total_examples` examples as

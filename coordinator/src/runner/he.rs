@@ -105,27 +105,20 @@ impl Runner {
             threshold,
             stop,
         )?;
-        let he_config = match &encoding {
+        let (plaintext_bits, values) = match &encoding {
             // The example count rides inside a quantized update.
-            Encoding::Quantized(quantizer) => HeConfig {
-                hospitals: n,
-                threshold,
-                plaintext_bits: quantizer.bits(),
-                values: global.len() + 1,
-            },
+            Encoding::Quantized(quantizer) => (quantizer.bits(), global.len() + 1),
             // With update proofs each member encrypts its update on the
             // job's grid, as signed integers.
-            Encoding::Committed(_) => HeConfig {
-                hospitals: n,
-                threshold,
-                plaintext_bits: committed_sum_bits(n),
-                values: global.len(),
-            },
+            Encoding::Committed(_) => (committed_sum_bits(n), global.len()),
         };
-        let (quantizer, proofs) = match &encoding {
-            Encoding::Quantized(q) => (Some(q), None),
-            Encoding::Committed(keys) => (None, Some(keys)),
+        let he_config = HeConfig {
+            hospitals: n,
+            threshold,
+            plaintext_bits,
+            values,
         };
+        let (quantizer, proofs) = (encoding.quantizer(), encoding.proofs());
         let params = he_config.params().map_err(|e| stop(e.to_string()))?;
         let ciphertext_bytes = EncryptedUpdate::encoded_len(&params);
         let commitment_bytes = if proofs.is_some() {
@@ -465,15 +458,18 @@ impl Runner {
             );
             return Ok(None);
         }
-        let participants: Vec<String> = fitted.iter().map(|(c, _)| c.clone()).collect();
-        self.keep_commitments(&job.id, round, proved, &participants)
-            .await?;
-        Ok(Some(super::fitted_from_committed_sum(
-            &sum,
-            keys.grid(),
-            fitted,
-            AGGREGATE,
-            barred.clone(),
-        )))
+        Ok(Some(
+            self.fitted_from_committed_sum(
+                &job.id,
+                round,
+                proved,
+                &sum,
+                keys.grid(),
+                fitted,
+                AGGREGATE,
+                barred.clone(),
+            )
+            .await?,
+        ))
     }
 }

@@ -42,6 +42,23 @@ pub(super) enum Encoding {
     Committed(UpdateProofKeys),
 }
 
+impl Encoding {
+    pub(super) fn quantizer(&self) -> Option<&Quantizer> {
+        match self {
+            Encoding::Quantized(q) => Some(q),
+            Encoding::Committed(_) => None,
+        }
+    }
+
+    /// The update proofs' keys, when updates are committed.
+    pub(super) fn proofs(&self) -> Option<&UpdateProofKeys> {
+        match self {
+            Encoding::Committed(keys) => Some(keys),
+            Encoding::Quantized(_) => None,
+        }
+    }
+}
+
 /// One hospital's stage-3 input.
 pub(super) enum MaskedInput {
     /// Masked words mod `2^bits`.
@@ -228,10 +245,7 @@ impl Runner {
             params.min_survivors,
             stop,
         )?;
-        let (quantizer, proofs) = match &encoding {
-            Encoding::Quantized(q) => (Some(q), None),
-            Encoding::Committed(keys) => (None, Some(keys)),
-        };
+        let (quantizer, proofs) = (encoding.quantizer(), encoding.proofs());
         let session = cohort_protocol::secagg_session(&job.id, round, attempt, selected);
         let secure = SecureSession {
             label: format!("round {round}"),
@@ -315,19 +329,19 @@ impl Runner {
                     .map(Some)
                     .map_err(stop)
             }
-            (SecureSum::Committed(sum, contributors), _, Some(keys)) => {
-                let participants: Vec<String> =
-                    contributors.iter().map(|(c, _)| c.clone()).collect();
-                self.keep_commitments(&job.id, round, proved, &participants)
-                    .await?;
-                Ok(Some(super::fitted_from_committed_sum(
+            (SecureSum::Committed(sum, contributors), _, Some(keys)) => Ok(Some(
+                self.fitted_from_committed_sum(
+                    &job.id,
+                    round,
+                    proved,
                     &sum,
                     keys.grid(),
                     contributors,
                     AGGREGATE,
                     excluded,
-                )))
-            }
+                )
+                .await?,
+            )),
             _ => Ok(None),
         }
     }
