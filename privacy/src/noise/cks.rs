@@ -93,7 +93,7 @@ impl<R: RngCore> RandomBits<R> {
     /// `k` uniform bits, `0 <= k <= 64`. Unused bits of a word are
     /// independent of everything drawn, so discarding them keeps the
     /// output uniform.
-    fn bits(&mut self, k: u32) -> u64 {
+    pub(super) fn bits(&mut self, k: u32) -> u64 {
         debug_assert!(k <= 64);
         if k == 0 {
             return 0;
@@ -255,24 +255,30 @@ impl<R: RngCore> RandomBits<R> {
         self.bernoulli_exp(a * b, q)
     }
 
+    /// `x >= 0` with `P(x) ∝ exp(-x/t)` for `t = 2^scale_bits`,
+    /// `scale_bits <= 63`: the magnitude of CKS Algorithm 2, `x = U + t·V`.
+    pub(super) fn geometric(&mut self, scale_bits: u32) -> u128 {
+        debug_assert!(scale_bits < 64);
+        // U uniform on 0..t, kept with probability exp(-U/t).
+        let mut u = self.bits(scale_bits);
+        while !self.bernoulli_exp_dyadic(u, scale_bits) {
+            u = self.bits(scale_bits);
+        }
+        // Geometric(1 - e^-1). A u64 counter cannot overflow: reaching
+        // 2^64 needs 2^64 consecutive successes of probability 1/e.
+        let mut v: u64 = 0;
+        while self.bernoulli_exp_minus_one() {
+            v += 1;
+        }
+        (u128::from(v) << scale_bits) | u128::from(u)
+    }
+
     /// Discrete Laplace with scale `t = 2^scale_bits`, `scale_bits <= 63`
     /// (CKS Algorithm 2), as `(positive, magnitude)`: `P(x) ∝ exp(-|x|/t)`.
     pub(super) fn discrete_laplace(&mut self, scale_bits: u32) -> (bool, u128) {
-        debug_assert!(scale_bits < 64);
         loop {
-            // U uniform on 0..t, kept with probability exp(-U/t).
-            let mut u = self.bits(scale_bits);
-            while !self.bernoulli_exp_dyadic(u, scale_bits) {
-                u = self.bits(scale_bits);
-            }
-            // Geometric(1 - e^-1). A u64 counter cannot overflow: reaching
-            // 2^64 needs 2^64 consecutive successes of probability 1/e.
-            let mut v: u64 = 0;
-            while self.bernoulli_exp_minus_one() {
-                v += 1;
-            }
+            let magnitude = self.geometric(scale_bits);
             let positive = self.bits(1) == 1;
-            let magnitude = (u128::from(v) << scale_bits) | u128::from(u);
             if positive || magnitude != 0 {
                 return (positive, magnitude);
             }
@@ -324,6 +330,7 @@ impl DiscreteGaussian {
 
 #[cfg(test)]
 mod tests {
+    use super::super::scripted::Words;
     use super::*;
     use rand::SeedableRng;
     use rand_chacha::ChaCha20Rng;
@@ -362,23 +369,6 @@ mod tests {
         }
     }
 
-    /// A generator that hands out the given words, in order.
-    struct Words(std::collections::VecDeque<u64>);
-
-    impl RngCore for Words {
-        fn next_u32(&mut self) -> u32 {
-            self.next_u64() as u32
-        }
-        fn next_u64(&mut self) -> u64 {
-            self.0.pop_front().expect("the test gave enough words")
-        }
-        fn fill_bytes(&mut self, dest: &mut [u8]) {
-            for chunk in dest.chunks_mut(8) {
-                chunk.copy_from_slice(&self.next_u64().to_le_bytes()[..chunk.len()]);
-            }
-        }
-    }
-
     #[test]
     fn the_exp_minus_one_word_drawn_in_halves_decides_as_the_whole_word() {
         // For U = W / 2^64 just above 1/m!, K is m: W's high half alone
@@ -390,7 +380,7 @@ mod tests {
             // `bits(32)` takes a fresh word's low half first, then its
             // high half: W's high half comes out first.
             let fresh = w.rotate_right(32);
-            let mut rng = RandomBits::new(Words([fresh].into()));
+            let mut rng = RandomBits::new(Words::new(&[fresh], None));
             assert_eq!(rng.bernoulli_exp_minus_one(), m % 2 == 1, "1/{m}!");
         }
     }
