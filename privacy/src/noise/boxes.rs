@@ -501,6 +501,17 @@ mod tests {
                 "n = {n}"
             );
         }
+        // Every variance in range gets a table.
+        for bits in 10..62 {
+            for n in [
+                1u128 << bits,
+                (1 << bits) + 1,
+                (3 << bits) / 2,
+                (2 << bits) - 1,
+            ] {
+                assert!(BoxGaussian::new(n).is_some(), "n = {n}");
+            }
+        }
         assert!(BoxGaussian::new(1023).is_none());
         assert!(BoxGaussian::new(1 << 62).is_none());
     }
