@@ -264,8 +264,9 @@ impl BoxGaussian {
     /// Whether box `j`'s candidate `m = j·w + offset` is kept: `U < a(m) =
     /// r_j·exp(-δ)`, `δ = offset·(2jw + offset)/2n`.
     ///
-    /// Error of the floating-point tiers, for `δ ≤ 1/2`: `δ` from an exact
-    /// integer and `1/2n` is within `3·2^-53` relative, so within `2^-53`;
+    /// Error of the floating-point tiers, for `δ ≤ 1/2`: `δ`, the numerator
+    /// and `2n` each converted to `f64`, `1/2n` and the product each rounded
+    /// once, is within `4·2^-53` relative, so within `2^-52` absolute;
     /// the degree-12 Taylor polynomial's truncation is below
     /// `(1/2)^13/13! < 2^-45` and its Horner rounding below `2^-47`; `r_j`
     /// is within `2^-52`, the products round within `2^-52`. Below `2^-44`
