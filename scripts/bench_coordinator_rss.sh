@@ -32,6 +32,11 @@ URL="http://127.0.0.1:$PORT"
   --poll-timeout-secs 1 ${COORDINATOR_ARGS:-} 2>"$WORK/coordinator.log" &
 COORDINATOR=$!
 PIDS+=("$COORDINATOR")
+# Submitting before the coordinator listens fails the run.
+for _ in $(seq 100); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
+  sleep 0.1
+done
 for file in "$WORK"/parts/hospital_*.csv; do
   "$BIN" client --insecure --coordinator "$URL" --name "$(basename "$file" .csv)" \
     --data "$file" 2>/dev/null &

@@ -151,6 +151,7 @@ pub fn protocol_messages(data: &[u8]) {
     let _ = SplitUp::decode(data);
     let _ = VerticalUp::decode(data);
     let _ = GetProvingKeyRequest::decode(data);
+    let _ = AdmitUploadRequest::decode(data);
     let _ = SubmitJobRequest::decode(data);
     let _ = GetJobRequest::decode(data);
     let _ = GetModelRequest::decode(data);

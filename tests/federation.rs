@@ -268,6 +268,20 @@ async fn uploads_over_the_memory_cap_wait_and_every_round_completes() {
         assert_eq!(round.participants.len(), 3, "{round:#?}");
         assert_eq!(round.attempts, 1, "{round:#?}");
     }
+    // Admission is for sessions and their own open tasks only.
+    let mut raw = cohort_protocol::v1::hospital_service_client::HospitalServiceClient::connect(
+        coordinator.url.clone(),
+    )
+    .await
+    .unwrap();
+    let refused = raw
+        .admit_upload(cohort_protocol::v1::AdmitUploadRequest {
+            session_id: "no-such-session".into(),
+            task_id: "no-such-task".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
     coordinator.stop.stop();
 }
 

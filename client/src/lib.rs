@@ -522,6 +522,34 @@ fn sign_update(kit: &cohort_identity::Kit, task: &TaskHeader, answer: &mut Answe
     }
 }
 
+/// Answers at least this large wait for the coordinator to set their memory
+/// aside before they are sent ([`admit_upload`]).
+const ADMIT_UPLOADS_FROM: usize = 256 * 1024;
+
+/// Asks the coordinator to set aside the memory of this task's answer, and
+/// waits until it has: sent only then, the answer does not sit in the
+/// coordinator's HTTP/2 buffers while others are received. Any failure (a
+/// coordinator without the call, a task no longer open) is left to the
+/// upload itself, which reserves the memory or reports the error.
+async fn admit_upload(
+    grpc: &mut HospitalServiceClient<Channel>,
+    session_id: &str,
+    task: &TaskHeader,
+) {
+    let request = cohort_protocol::v1::AdmitUploadRequest {
+        session_id: session_id.to_string(),
+        task_id: task.task_id.clone(),
+    };
+    if let Err(status) = grpc.admit_upload(request).await {
+        tracing::debug!(
+            job = task.job_id,
+            round = task.round,
+            "upload not admitted ahead ({}): sending it all the same",
+            status.message()
+        );
+    }
+}
+
 async fn submit(
     grpc: &mut HospitalServiceClient<Channel>,
     session_id: &str,
@@ -586,6 +614,9 @@ async fn submit(
     let chunks = futures::stream::iter(chunks);
     use futures::StreamExt;
     let frames = futures::stream::iter([head]).chain(chunks);
+    if body.len() >= ADMIT_UPLOADS_FROM {
+        admit_upload(grpc, session_id, task).await;
+    }
     match grpc.submit_result(frames).await {
         Ok(reply) => {
             let reply = reply.into_inner();

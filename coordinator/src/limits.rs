@@ -120,15 +120,28 @@ impl WireLimits {
 /// ciphertexts) being received at once (`cohort coordinator
 /// --update-memory-mb`). An upload takes its share before its first chunk
 /// is read and gives it back once it is handed to the round, which folds
-/// it at once where it can; an upload that finds the cap reached waits in
-/// HTTP/2 flow control. The coordinator's memory for uploads is then
-/// bounded whatever the number of hospitals. One upload larger than the
-/// whole cap is let through alone.
+/// it at once where it can. One upload larger than the whole cap is let
+/// through alone.
+///
+/// Hospitals ask for their share first (`AdmitUpload`, [`Self::admit`])
+/// and start sending only once they have it: an upload that found the cap
+/// reached after it had started would wait in HTTP/2 flow control with up
+/// to a receive window of its data buffered, memory that grows with the
+/// hospitals waiting. A share set aside that way is held for its task's
+/// upload for [`ADMISSION_HOLD`], then given back.
 #[derive(Debug, Clone)]
 pub struct UploadMemory {
     kib: Arc<Semaphore>,
     total_kib: u32,
+    /// Shares set aside by task id, with the admission's number (so that an
+    /// expiry does not take a later admission of the same task).
+    admitted: Arc<std::sync::Mutex<std::collections::HashMap<String, (u64, OwnedSemaphorePermit)>>>,
+    admissions: Arc<AtomicU64>,
+    hold: Duration,
 }
+
+/// How long a share set aside by `AdmitUpload` waits for its upload.
+pub const ADMISSION_HOLD: Duration = Duration::from_secs(30);
 
 impl UploadMemory {
     pub fn new(bytes: u64) -> Self {
@@ -138,7 +151,52 @@ impl UploadMemory {
         Self {
             kib: Arc::new(Semaphore::new(total_kib as usize)),
             total_kib,
+            admitted: Default::default(),
+            admissions: Default::default(),
+            hold: ADMISSION_HOLD,
         }
+    }
+
+    /// How long a share set aside by [`Self::admit`] waits for its upload.
+    pub fn hold(&self) -> Duration {
+        self.hold
+    }
+
+    /// Waits until `bytes` more may be held, then holds them for the upload
+    /// of `task_id` ([`Self::take_admitted`]) for at most [`Self::hold`].
+    pub async fn admit(&self, task_id: &str, bytes: u64) {
+        let permit = self.reserve(bytes).await;
+        let number = self.admissions.fetch_add(1, Ordering::Relaxed);
+        self.lock_admitted()
+            .insert(task_id.to_string(), (number, permit));
+        let admitted = self.admitted.clone();
+        let task_id = task_id.to_string();
+        let hold = self.hold;
+        tokio::spawn(async move {
+            tokio::time::sleep(hold).await;
+            let mut admitted = admitted
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if admitted.get(&task_id).is_some_and(|(n, _)| *n == number) {
+                admitted.remove(&task_id);
+            }
+        });
+    }
+
+    /// The share set aside for `task_id`'s upload, if it is still held.
+    pub fn take_admitted(&self, task_id: &str) -> Option<OwnedSemaphorePermit> {
+        self.lock_admitted()
+            .remove(task_id)
+            .map(|(_, permit)| permit)
+    }
+
+    fn lock_admitted(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (u64, OwnedSemaphorePermit)>>
+    {
+        self.admitted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Waits until `bytes` more may be held.
@@ -504,6 +562,39 @@ mod tests {
         assert_eq!(memory.available_kib(), 0);
         drop(huge);
         assert_eq!(memory.available_kib(), 10);
+    }
+
+    #[tokio::test]
+    async fn an_admitted_share_waits_for_its_upload_then_goes_back() {
+        const HOLD: Duration = Duration::from_secs(2);
+        let memory = UploadMemory {
+            hold: HOLD,
+            ..UploadMemory::new(10 * 1024)
+        };
+        memory.admit("task-1", 6 * 1024).await;
+        assert_eq!(memory.available_kib(), 4);
+        // Taken once, by its own task only.
+        assert!(memory.take_admitted("task-2").is_none());
+        let share = memory.take_admitted("task-1").unwrap();
+        assert!(memory.take_admitted("task-1").is_none());
+        drop(share);
+        assert_eq!(memory.available_kib(), 10);
+        // Never taken: given back after the hold, but a later admission of
+        // the same task is not cut short by the first one's expiry.
+        memory.admit("task-3", 4 * 1024).await;
+        tokio::time::sleep(HOLD / 2).await;
+        // Admitted again: the new share replaces the old one.
+        memory.admit("task-3", 4 * 1024).await;
+        assert_eq!(memory.available_kib(), 6);
+        tokio::time::sleep(HOLD / 2 + Duration::from_millis(200)).await;
+        assert_eq!(
+            memory.available_kib(),
+            6,
+            "the first expiry left the second"
+        );
+        tokio::time::sleep(HOLD / 2).await;
+        assert_eq!(memory.available_kib(), 10);
+        assert!(memory.take_admitted("task-3").is_none());
     }
 
     #[test]

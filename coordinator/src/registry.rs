@@ -423,18 +423,20 @@ impl Registry {
         result
     }
 
+    /// What an answer to an open task will carry, for the client the task
+    /// was sent to (the pending entry stays).
+    pub fn pending_expect(&self, task_id: &str, client: &str) -> Result<Expect, String> {
+        let inner = self.lock();
+        open_for(&inner.pending, task_id, client).map(|p| p.expect)
+    }
+
     /// Claims the pending entry for an incoming answer; only the client the
     /// task was sent to may answer it.
     pub fn take_pending(&self, task_id: &str, client: &str) -> Result<Pending, String> {
         let mut inner = self.lock();
-        match inner.pending.get(task_id) {
-            None => Err(format!(
-                "task {task_id} is not open (answered, expired or unknown)"
-            )),
-            Some(p) if p.client != client => {
-                Err(format!("task {task_id} was not sent to {client}"))
-            }
-            Some(_) => inner
+        match open_for(&inner.pending, task_id, client) {
+            Err(e) => Err(e),
+            Ok(_) => inner
                 .pending
                 .remove(task_id)
                 .ok_or_else(|| format!("task {task_id} is not open")),
@@ -452,6 +454,21 @@ impl Registry {
                 .queue
                 .retain(|t| !task_ids.contains(&t.header.task_id));
         }
+    }
+}
+
+/// The pending entry of `task_id`, if it is open and was sent to `client`.
+fn open_for<'a>(
+    pending: &'a HashMap<String, Pending>,
+    task_id: &str,
+    client: &str,
+) -> Result<&'a Pending, String> {
+    match pending.get(task_id) {
+        None => Err(format!(
+            "task {task_id} is not open (answered, expired or unknown)"
+        )),
+        Some(p) if p.client != client => Err(format!("task {task_id} was not sent to {client}")),
+        Some(p) => Ok(p),
     }
 }
 
@@ -482,6 +499,19 @@ mod tests {
         let _rx = reg.dispatch("a", task("t1"));
         let got = poller.await.unwrap().unwrap().unwrap();
         assert_eq!(got.header.task_id, "t1");
+        // Its answer's size is asked for by its own client only, and
+        // asking leaves it open.
+        assert!(
+            reg.pending_expect("t1", "b")
+                .unwrap_err()
+                .contains("not sent to b")
+        );
+        assert!(
+            reg.pending_expect("t2", "a")
+                .unwrap_err()
+                .contains("not open")
+        );
+        assert_eq!(reg.pending_expect("t1", "a"), Ok(Expect::Nothing));
         assert!(reg.take_pending("t1", "b").is_err());
         assert!(reg.take_pending("t1", "a").is_ok());
         assert!(reg.take_pending("t1", "a").is_err());

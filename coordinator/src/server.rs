@@ -220,6 +220,27 @@ impl HospitalService for Services {
         crate::vertical::serve_exchange(self.registry.clone(), &caller, request.into_inner()).await
     }
 
+    /// Sets aside the memory of the task's answer before its upload starts
+    /// (see [`crate::limits::UploadMemory`]).
+    async fn admit_upload(
+        &self,
+        request: Request<v1::AdmitUploadRequest>,
+    ) -> Result<Response<v1::AdmitUploadReply>, Status> {
+        let caller = self.auth.authorize(&request, "AdmitUpload", HOSPITALS)?;
+        let r = request.into_inner();
+        let client = self.session_client(&caller, &r.session_id)?;
+        let expect = self
+            .registry
+            .pending_expect(&r.task_id, &client)
+            .map_err(Status::failed_precondition)?;
+        if let Some(bytes) = upload_bytes(expect) {
+            self.upload_memory.admit(&r.task_id, bytes).await;
+        }
+        Ok(Response::new(v1::AdmitUploadReply {
+            held_ms: self.upload_memory.hold().as_millis() as u32,
+        }))
+    }
+
     type GetProvingKeyStream = FrameStream<Chunk>;
 
     /// Update proofs: the job's proving key, to hospitals with a session.
@@ -229,11 +250,7 @@ impl HospitalService for Services {
     ) -> Result<Response<Self::GetProvingKeyStream>, Status> {
         let caller = self.auth.authorize(&request, "GetProvingKey", HOSPITALS)?;
         let r = request.into_inner();
-        let client = self
-            .registry
-            .client_for_session(&r.session_id)
-            .map_err(|e| Status::unauthenticated(e.to_string()))?;
-        check_claimed_name(&caller, &client, "the session")?;
+        self.session_client(&caller, &r.session_id)?;
         let key = crate::runner::proofs::proving_key_key(&r.job_id);
         if self.store.job(&r.job_id).map_err(internal)?.is_none() {
             return Err(Status::not_found(format!("job `{}` not found", r.job_id)));
@@ -344,17 +361,18 @@ impl HospitalService for Services {
                 ));
             }
         };
-        let client = self
-            .registry
-            .client_for_session(&header.session_id)
-            .map_err(|e| Status::unauthenticated(e.to_string()))?;
-        check_claimed_name(&caller, &client, "the session")?;
+        // Taken first, so that a share set aside for an answer that fails
+        // goes back at once rather than after its hold.
+        let admitted = self.upload_memory.take_admitted(&header.task_id);
+        let client = self.session_client(&caller, &header.session_id)?;
         let pending = self
             .registry
             .take_pending(&header.task_id, &client)
             .map_err(Status::failed_precondition)?;
-        // Held until the answer is handed to the round (the end of this call).
+        // Held until the answer is handed to the round (the end of this call):
+        // the share `AdmitUpload` set aside, or one taken now.
         let _memory = match upload_bytes(pending.expect) {
+            Some(_) if admitted.is_some() => admitted,
             Some(bytes) if header.error.is_empty() => Some(self.upload_memory.reserve(bytes).await),
             _ => None,
         };
@@ -810,6 +828,16 @@ impl Drop for DeveloperTurn<'_> {
 }
 
 impl Services {
+    /// The hospital a session belongs to, if the caller is that hospital.
+    fn session_client(&self, caller: &Caller, session_id: &str) -> Result<String, Status> {
+        let client = self
+            .registry
+            .client_for_session(session_id)
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        check_claimed_name(caller, &client, "the session")?;
+        Ok(client)
+    }
+
     /// Waits for a developer-service slot only: submissions (a job's own
     /// one-off work, its privacy calibration included) and validators'
     /// attestations (which a job may wait for) are not held to the share,
