@@ -275,12 +275,6 @@ impl Coordinator {
         let router = tonic::transport::Server::builder()
             .timeout(self.config.request_timeout)
             .max_concurrent_streams(self.config.max_streams_per_connection)
-            // Receive windows that follow the measured bandwidth-delay
-            // product instead of a fixed 1 MiB per upload: on a LAN an upload
-            // waiting for the update-memory budget holds little in HTTP/2
-            // buffers (heap at 30 hospitals × 10^6 parameters: 72.5 → 47.4
-            // MB), and a long WAN link still gets a window as large as it needs.
-            .http2_adaptive_window(Some(true))
             .http2_keepalive_interval(Some(self.config.wire.keepalive_interval))
             .http2_keepalive_timeout(Some(self.config.wire.keepalive_timeout))
             .layer(GuardLayer::new(self.config.max_calls_per_member))
