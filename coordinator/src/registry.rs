@@ -434,13 +434,11 @@ impl Registry {
     /// task was sent to may answer it.
     pub fn take_pending(&self, task_id: &str, client: &str) -> Result<Pending, String> {
         let mut inner = self.lock();
-        match open_for(&inner.pending, task_id, client) {
-            Err(e) => Err(e),
-            Ok(_) => inner
-                .pending
-                .remove(task_id)
-                .ok_or_else(|| format!("task {task_id} is not open")),
-        }
+        open_for(&inner.pending, task_id, client)?;
+        inner
+            .pending
+            .remove(task_id)
+            .ok_or_else(|| format!("task {task_id} is not open"))
     }
 
     /// Forgets tasks a runner stopped waiting for, queued or in flight.
