@@ -165,6 +165,17 @@ fn attest_once(kit: &str, url: &str) {
     assert!(ok, "{err}");
 }
 
+/// A validator attests the job, and its rounds 1 and 2 verify with three
+/// contributors and hospital-3 excluded; the validator's kit.
+fn attest_both_rounds_without_hospital_3(dir: &Path, url: &str, job_id: &str) -> String {
+    let validator = validator_kit(dir, "validator-1");
+    attest_once(&validator, url);
+    for round in ["1", "2"] {
+        assert_round_verified(job_id, round, &validator, url, 3, &["hospital-3"]);
+    }
+    validator
+}
+
 /// [`verify_round`] of a round that must re-check clean: it passes, with
 /// `proofs` proofs all valid, one valid attestation by `validator-1`, and
 /// `excluded` left out. Returns the report.
@@ -526,12 +537,8 @@ async fn under_secure_aggregation_a_boosted_commitment_is_named_and_validators_a
     let metrics = view.rounds.last().unwrap().metrics.as_ref().unwrap();
     assert!(metrics.loss < 0.68, "{metrics:?}");
 
-    let validator = validator_kit(dir.path(), "validator-1");
     let url = federation.url.clone();
-    attest_once(&validator, &url);
-    for round in ["1", "2"] {
-        assert_round_verified(&view.job_id, round, &validator, &url, 3, &["hospital-3"]);
-    }
+    let validator = attest_both_rounds_without_hospital_3(dir.path(), &url, &view.job_id);
     let mut dev = federation.developer().await.unwrap();
     developer::download_model(&mut dev, &view.job_id, None, &dir.path().join("model"))
         .await
@@ -664,12 +671,7 @@ async fn under_homomorphic_aggregation_a_forged_proof_is_named_and_validators_at
     let metrics = view.rounds.last().unwrap().metrics.as_ref().unwrap();
     assert!(metrics.loss < 0.68, "{metrics:?}");
 
-    let validator = validator_kit(dir.path(), "validator-1");
-    let url = federation.url.clone();
-    attest_once(&validator, &url);
-    for round in ["1", "2"] {
-        assert_round_verified(&view.job_id, round, &validator, &url, 3, &["hospital-3"]);
-    }
+    attest_both_rounds_without_hospital_3(dir.path(), &federation.url, &view.job_id);
     federation.shutdown().await;
 }
 

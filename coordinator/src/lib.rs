@@ -317,3 +317,10 @@ impl Coordinator {
         Ok(())
     }
 }
+
+/// A mutex's guard even if a holder panicked: the tables behind these
+/// mutexes stay consistent between statements, so a panic elsewhere must not
+/// stop the coordinator from serving.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

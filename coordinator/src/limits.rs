@@ -16,6 +16,7 @@
 //!   first frame within the handshake timeout (hyper itself waits forever).
 //!   After that, HTTP/2 keepalive pings end half-open connections.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -26,6 +27,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use cohort_protocol::{MAX_CHUNK_BYTES, MAX_MESSAGE_BYTES};
+
+use crate::lock;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -135,7 +138,7 @@ pub struct UploadMemory {
     total_kib: u32,
     /// Shares set aside by task id, with the admission's number (so that an
     /// expiry does not take a later admission of the same task).
-    admitted: Arc<std::sync::Mutex<std::collections::HashMap<String, (u64, OwnedSemaphorePermit)>>>,
+    admitted: Arc<std::sync::Mutex<HashMap<String, (u64, OwnedSemaphorePermit)>>>,
     admissions: Arc<AtomicU64>,
     hold: Duration,
 }
@@ -167,16 +170,13 @@ impl UploadMemory {
     pub async fn admit(&self, task_id: &str, bytes: u64) {
         let permit = self.reserve(bytes).await;
         let number = self.admissions.fetch_add(1, Ordering::Relaxed);
-        self.lock_admitted()
-            .insert(task_id.to_string(), (number, permit));
+        lock(&self.admitted).insert(task_id.to_string(), (number, permit));
         let admitted = self.admitted.clone();
         let task_id = task_id.to_string();
         let hold = self.hold;
         tokio::spawn(async move {
             tokio::time::sleep(hold).await;
-            let mut admitted = admitted
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut admitted = lock(&admitted);
             if admitted.get(&task_id).is_some_and(|(n, _)| *n == number) {
                 admitted.remove(&task_id);
             }
@@ -185,18 +185,9 @@ impl UploadMemory {
 
     /// The share set aside for `task_id`'s upload, if it is still held.
     pub fn take_admitted(&self, task_id: &str) -> Option<OwnedSemaphorePermit> {
-        self.lock_admitted()
+        lock(&self.admitted)
             .remove(task_id)
             .map(|(_, permit)| permit)
-    }
-
-    fn lock_admitted(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (u64, OwnedSemaphorePermit)>>
-    {
-        self.admitted
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Waits until `bytes` more may be held.

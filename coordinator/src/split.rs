@@ -26,12 +26,13 @@
 //! ever reaches the coordinator.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use cohort_models::{MiddlePart, SplitLayout, TopPart, TopStep, UShapedLayout};
 use cohort_protocol::v1::{SplitBatch, SplitDown, SplitHeadGradient, SplitUp, split_up};
 
 use crate::job::{JobError, JobSpec};
+use crate::lock;
 
 /// Largest batch of activations one `SplitBatch` may carry, so a batch
 /// always fits a gRPC message with room to spare.
@@ -282,10 +283,6 @@ pub struct ClosedSeat {
 #[derive(Default)]
 pub struct SplitSeats {
     seats: Mutex<HashMap<String, Arc<Mutex<Seat>>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl SplitSeats {

@@ -19,7 +19,7 @@
 //! a row.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use cohort_models::{VerticalBatch, VerticalLayout};
@@ -31,6 +31,7 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use crate::job::{Aggregation, JobError, JobSpec};
+use crate::lock;
 use crate::registry::TaskAnswer;
 use crate::strategy::StrategySpec;
 
@@ -217,10 +218,6 @@ struct Waiting {
 #[derive(Default)]
 pub struct VerticalRelays {
     open: Mutex<HashMap<String, HashMap<String, Waiting>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl VerticalRelays {

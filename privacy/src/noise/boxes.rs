@@ -65,9 +65,6 @@ const TABLE_SCALE: u32 = 192;
 /// `2^64` as an `f64` (exact).
 const TWO_64: f64 = 18_446_744_073_709_551_616.0;
 
-/// The alias table's buckets past the boxes.
-const TAIL: usize = 0;
-
 #[derive(Debug)]
 pub(super) struct BoxGaussian {
     variance: u128,
@@ -78,8 +75,8 @@ pub(super) struct BoxGaussian {
     /// `K = 2^column_bits` alias columns.
     column_bits: u32,
     /// Column `i` picks bucket `i` when a uniform 64-bit word is below
-    /// `threshold[i]`, else `alias[i]`. Buckets `0..J` are boxes, `J +
-    /// TAIL` the tail, the one after it padding.
+    /// `threshold[i]`, else `alias[i]`. Buckets `0..J` are boxes, `J` the
+    /// tail, `J + 1` padding.
     threshold: Vec<u64>,
     alias: Vec<u16>,
     /// `V_j` for the boxes.
@@ -226,7 +223,7 @@ impl BoxGaussian {
                     continue;
                 }
                 ((bucket as u128) << self.width_bits) | offset
-            } else if bucket == self.boxes + TAIL {
+            } else if bucket == self.boxes {
                 match self.tail(bits) {
                     Some(magnitude) => magnitude,
                     None => continue,
