@@ -109,6 +109,9 @@ impl LocalFederation {
         let mut config = CoordinatorConfig::new(&data_dir);
         config.poll_timeout = poll_timeout;
         config.tls = pki.as_ref().map(LocalConsortium::coordinator_tls);
+        // A hospital in a split or vertical job holds a second connection
+        // for its batch exchanges.
+        config.wire.max_connections = config.wire.max_connections.max(2 * hospitals.len() + 16);
         configure(&mut config);
         let coordinator = Coordinator::open(&config)?;
         let view = coordinator.view();

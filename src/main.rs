@@ -1245,7 +1245,9 @@ struct CoordinatorArgs {
     #[arg(long, default_value_t = cohort_protocol::MAX_MESSAGE_BYTES)]
     max_message_bytes: usize,
     /// Connections open at once, TLS handshakes in progress included; more
-    /// are closed as soon as they are accepted (keep below `ulimit -n`).
+    /// are closed as soon as they are accepted (keep below `ulimit -n`). A
+    /// hospital holds one, and a second once it has trained in a split or
+    /// vertical job (its batch exchanges have a connection of their own).
     #[arg(long, default_value_t = 1024)]
     max_connections: usize,
     /// Seconds a new connection has to finish the TLS handshake, and then

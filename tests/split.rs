@@ -410,6 +410,40 @@ fn vertical_bad_input_is_named() {
 /// A hospital that dies after training its bottom part against its seat,
 /// before its update leaves: the round goes on without it (after the round
 /// timeout) and the job completes.
+/// A top part too large to step on the coordinator's async workers (its
+/// steps go to the blocking pool) trains like a small one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wide_top_part_trains_off_the_async_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("all.csv");
+    synthetic_oncology_csv(&csv, 600, 29);
+    let files = split(&csv, &dir.path().join("parts"), 3, 7);
+    let coordinator = start_coordinator(&dir.path().join("coord")).await;
+    for (i, f) in files.iter().enumerate() {
+        start_client(&coordinator.url, f, &format!("wide-{i}"), &coordinator.stop);
+    }
+    wait_for_clients(&coordinator.url, 3).await;
+    // 64 → 512 → 1 above the cut: 33,793 parameters, over 2^20 per batch of 32.
+    let job = oncology_job(2, 3)
+        .replace("kind = \"logistic\"", "kind = \"mlp\"\nhidden = [64, 512]")
+        .replace("seed = 3", "seed = 3\nmode = \"splitfed\"");
+    assert!(job.contains("batch_size = 32"), "{job}");
+    let view = submit_and_wait(&coordinator.url, &job).await;
+    assert_eq!(view.state, "completed", "{view:#?}");
+    assert_eq!(view.rounds_completed, 2);
+    for round in view.rounds.iter().filter(|r| r.round > 0) {
+        assert_eq!(round.participants.len(), 3, "{round:?}");
+        assert!(round.train_loss.is_some_and(f64::is_finite), "{round:?}");
+    }
+    let exchanges = view
+        .events
+        .iter()
+        .filter(|e| e.message.contains("split exchange of"))
+        .count();
+    assert_eq!(exchanges, 2, "{:#?}", view.events);
+    coordinator.stop.stop();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hospital_vanishing_in_a_split_round_costs_the_round_not_the_job() {
     let dir = tempfile::tempdir().unwrap();

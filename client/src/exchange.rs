@@ -1,6 +1,14 @@
 //! The blocking side of a bidirectional gRPC stream, for the split-learning
 //! exchanges (`SplitExchange`, `VerticalExchange`): training runs on a
-//! blocking thread and steps the stream one frame at a time.
+//! thread of its own and steps the stream one frame at a time.
+//!
+//! That thread is an [`ExchangeThread`]: it holds its own connection to the
+//! coordinator, driven by a single-threaded runtime that only it runs. A
+//! batch's round trip is a chain of small frames, one per batch, each
+//! waiting for the last; on the session's shared runtime every frame woke
+//! another thread twice (to write it, and to hand back the answer), which
+//! cost more than the batch's arithmetic. Here the training thread writes
+//! its frame to the socket and reads the answer itself.
 //!
 //! The call goes out with the first frame the side needs an answer to: the
 //! opening frame and a hospital's first batch travel together, instead of
@@ -9,9 +17,66 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use tokio::runtime::Handle;
-use tokio::sync::mpsc;
+use cohort_protocol::v1::hospital_service_client::HospitalServiceClient;
+use tokio::runtime::Runtime;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+/// Work for the exchange thread: it gets the thread's runtime (to block on)
+/// and a client on the thread's own connection.
+type Job = Box<dyn FnOnce(&Runtime, HospitalServiceClient<Channel>) + Send>;
+
+/// A thread with its own connection to the coordinator, for the exchanges
+/// of one session. Between jobs it keeps the connection served (HTTP/2
+/// pings), so the coordinator's keepalive does not close it. It ends when
+/// this handle is dropped and its current job, if any, is done.
+pub(crate) struct ExchangeThread {
+    jobs: mpsc::UnboundedSender<Job>,
+}
+
+impl ExchangeThread {
+    /// Starts the thread; the connection opens with the first exchange.
+    pub(crate) fn start(endpoint: &Endpoint, client: &str) -> Result<Self, String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the exchange thread's runtime: {e}"))?;
+        // The channel's background tasks belong to the runtime it is made in.
+        let grpc = {
+            let _entered = runtime.enter();
+            crate::hospital_client(endpoint.connect_lazy())
+        };
+        let (jobs, mut queue) = mpsc::unbounded_channel::<Job>();
+        std::thread::Builder::new()
+            .name(format!("{client}-exchange"))
+            .spawn(move || {
+                while let Some(job) = runtime.block_on(queue.recv()) {
+                    job(&runtime, grpc.clone());
+                }
+            })
+            .map_err(|e| format!("cannot start the exchange thread: {e}"))?;
+        Ok(Self { jobs })
+    }
+
+    /// Runs `job` on the thread and waits for its result.
+    pub(crate) async fn run<T, F>(&self, job: F) -> Result<T, String>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Runtime, HospitalServiceClient<Channel>) -> T + Send + 'static,
+    {
+        let (done, result) = oneshot::channel();
+        let job: Job = Box::new(move |runtime, grpc| {
+            let _ = done.send(job(runtime, grpc));
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| "the exchange thread has stopped".to_string())?;
+        result
+            .await
+            .map_err(|_| "the exchange thread stopped during the exchange".to_string())
+    }
+}
 
 type Opening<Down> = Pin<
     Box<dyn Future<Output = Result<tonic::Response<tonic::Streaming<Down>>, tonic::Status>> + Send>,
@@ -24,7 +89,7 @@ enum Downstream<Down> {
 }
 
 pub(crate) struct BlockingExchange<'a, Up, Down> {
-    handle: &'a Handle,
+    runtime: &'a Runtime,
     up: mpsc::Sender<Up>,
     down: Downstream<Down>,
     /// The exchange's name in errors (`"split exchange"`).
@@ -36,7 +101,7 @@ impl<'a, Up: Send + 'static, Down> BlockingExchange<'a, Up, Down> {
     /// call `call` makes is sent with the first frame that needs an answer.
     /// `depth` frames may wait unsent.
     pub(crate) fn open<F, Fut>(
-        handle: &'a Handle,
+        runtime: &'a Runtime,
         what: &'static str,
         depth: usize,
         open: Up,
@@ -52,7 +117,7 @@ impl<'a, Up: Send + 'static, Down> BlockingExchange<'a, Up, Down> {
         up.try_send(open)
             .map_err(|_| format!("{what} closed before it opened"))?;
         Ok(Self {
-            handle,
+            runtime,
             up,
             down: Downstream::Opening(Box::pin(call(ReceiverStream::new(rx)))),
             what,
@@ -64,7 +129,7 @@ impl<'a, Up: Send + 'static, Down> BlockingExchange<'a, Up, Down> {
     fn stream(&mut self) -> Result<&mut tonic::Streaming<Down>, String> {
         if let Downstream::Opening(opening) = &mut self.down {
             let response = self
-                .handle
+                .runtime
                 .block_on(opening)
                 .map_err(|s| format!("opening the {} failed: {}", self.what, s.message()))?;
             self.down = Downstream::Open(Box::new(response.into_inner()));
@@ -92,9 +157,9 @@ impl<'a, Up: Send + 'static, Down> BlockingExchange<'a, Up, Down> {
     /// The coordinator's next frame; its end of the stream is an error.
     pub(crate) fn receive(&mut self) -> Result<Down, String> {
         let what = self.what;
-        let handle = self.handle;
+        let runtime = self.runtime;
         let stream = self.stream()?;
-        handle
+        runtime
             .block_on(stream.message())
             .map_err(|s| format!("{what}: {}", s.message()))?
             .ok_or_else(|| format!("the coordinator ended the {what} early"))
@@ -106,7 +171,7 @@ impl<'a, Up: Send + 'static, Down> BlockingExchange<'a, Up, Down> {
     pub(crate) fn finish(mut self) -> Result<(), String> {
         self.stream()?;
         let Self {
-            handle,
+            runtime,
             up,
             down,
             what,
@@ -115,7 +180,7 @@ impl<'a, Up: Send + 'static, Down> BlockingExchange<'a, Up, Down> {
         let Downstream::Open(mut down) = down else {
             return Err(format!("the {what} did not open"));
         };
-        match handle.block_on(down.message()) {
+        match runtime.block_on(down.message()) {
             Ok(Some(_)) => Err("the coordinator sent more than the schedule".into()),
             Ok(None) => Ok(()),
             Err(s) => Err(format!("{what}: {}", s.message())),

@@ -260,9 +260,7 @@ async fn session(
             return SessionEnd::Retry(format!("cannot reach the coordinator: {e}"));
         }
     };
-    let mut grpc = HospitalServiceClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let mut grpc = hospital_client(channel);
     let reply = match grpc
         .register(RegisterRequest {
             protocol_version: PROTOCOL_VERSION,
@@ -294,6 +292,9 @@ async fn session(
     info!(client = config.name, "registered with the coordinator");
     *backoff = Duration::from_millis(250);
     let session_id = reply.session_id;
+    // Started with the session's first split-learning task, and ended with
+    // the session (its connection is to this coordinator).
+    let mut exchange_thread: Option<exchange::ExchangeThread> = None;
 
     loop {
         let mut stream = match grpc
@@ -349,17 +350,21 @@ async fn session(
         let task_header = header.clone();
         let answer = match (header.split.is_some(), body) {
             (_, body) if header.vertical.is_some() => {
-                vertical::answer(worker, grpc.clone(), session_id.clone(), task_header, body).await
+                match exchanges(&mut exchange_thread, endpoint, &config.name) {
+                    Ok(exchanges) => {
+                        vertical::answer(worker, exchanges, session_id.clone(), task_header, body)
+                            .await
+                    }
+                    Err(reason) => Answer::refused(reason),
+                }
             }
             (true, TaskBody::Parameters(bottom)) => {
-                split::fit(
-                    worker,
-                    grpc.clone(),
-                    session_id.clone(),
-                    task_header,
-                    bottom,
-                )
-                .await
+                match exchanges(&mut exchange_thread, endpoint, &config.name) {
+                    Ok(exchanges) => {
+                        split::fit(worker, exchanges, session_id.clone(), task_header, bottom).await
+                    }
+                    Err(reason) => Answer::refused(reason),
+                }
             }
             // Training is CPU-bound: keep it off the async runtime's threads.
             (_, body) => tokio::task::spawn_blocking(move || worker.handle(&task_header, body))
@@ -376,6 +381,28 @@ async fn session(
             return end;
         }
     }
+}
+
+/// The session's exchange thread, started on first use.
+fn exchanges<'a>(
+    thread: &'a mut Option<exchange::ExchangeThread>,
+    endpoint: &Endpoint,
+    client: &str,
+) -> Result<&'a exchange::ExchangeThread, String> {
+    if thread.is_none() {
+        *thread = Some(exchange::ExchangeThread::start(endpoint, client)?);
+    }
+    thread
+        .as_ref()
+        .ok_or_else(|| "the exchange thread did not start".to_string())
+}
+
+/// A client of the coordinator's hospital service with the protocol's
+/// message limits.
+fn hospital_client(channel: Channel) -> HospitalServiceClient<Channel> {
+    HospitalServiceClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
 /// A TLS failure that retrying with the same kit cannot fix, recognised in

@@ -38,11 +38,11 @@ use cohort_protocol::v1::{
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
-use tokio::runtime::Handle;
+use tokio::runtime::Runtime;
 use tonic::transport::Channel;
 use tracing::info;
 
-use crate::exchange::BlockingExchange;
+use crate::exchange::{BlockingExchange, ExchangeThread};
 use crate::work::{Answer, Trained, Worker, parse};
 use cohort_privacy::dp::{DpLevel, HospitalPlan, JobDp};
 
@@ -50,24 +50,24 @@ use cohort_privacy::dp::{DpLevel, HospitalPlan, JobDp};
 /// `bottom` against the coordinator's seat and returns its update.
 pub(crate) async fn fit(
     worker: Arc<Worker>,
-    grpc: HospitalServiceClient<Channel>,
+    exchanges: &ExchangeThread,
     session_id: String,
     task: TaskHeader,
     bottom: Vec<f32>,
 ) -> Answer {
-    let handle = Handle::current();
     let started = std::time::Instant::now();
-    let answer = tokio::task::spawn_blocking(move || {
-        let result = match &task.split {
-            Some(split) => answer(&worker, &handle, grpc, &session_id, &task, split, &bottom),
-            None => Err("split fit task without its split description".to_string()),
-        };
-        let answer = result.unwrap_or_else(Answer::refused);
-        worker.record_answer(&task, &answer);
-        answer
-    })
-    .await
-    .unwrap_or_else(|e| Answer::refused(format!("split training crashed: {e}")));
+    let answer = exchanges
+        .run(move |runtime, grpc| {
+            let result = match &task.split {
+                Some(split) => answer(&worker, runtime, grpc, &session_id, &task, split, &bottom),
+                None => Err("split fit task without its split description".to_string()),
+            };
+            let answer = result.unwrap_or_else(Answer::refused);
+            worker.record_answer(&task, &answer);
+            answer
+        })
+        .await
+        .unwrap_or_else(|e| Answer::refused(format!("split training failed: {e}")));
     let mut answer = answer;
     answer.header.compute_seconds = started.elapsed().as_secs_f64();
     answer
@@ -78,7 +78,7 @@ struct Exchange<'a>(BlockingExchange<'a, SplitUp, SplitDown>);
 
 impl<'a> Exchange<'a> {
     fn open(
-        handle: &'a Handle,
+        runtime: &'a Runtime,
         mut grpc: HospitalServiceClient<Channel>,
         session_id: &str,
         exchange_id: &str,
@@ -89,7 +89,7 @@ impl<'a> Exchange<'a> {
                 exchange_id: exchange_id.to_string(),
             })),
         };
-        BlockingExchange::open(handle, "split exchange", 2, open, move |up| async move {
+        BlockingExchange::open(runtime, "split exchange", 2, open, move |up| async move {
             grpc.split_exchange(up).await
         })
         .map(Self)
@@ -212,14 +212,14 @@ fn expect_values(
 /// (homomorphic aggregation).
 fn answer(
     worker: &Worker,
-    handle: &Handle,
+    runtime: &Runtime,
     grpc: HospitalServiceClient<Channel>,
     session_id: &str,
     task: &TaskHeader,
     split: &SplitTask,
     bottom: &[f32],
 ) -> Result<Answer, String> {
-    let train = || train(worker, handle, grpc, session_id, task, split, bottom);
+    let train = || train(worker, runtime, grpc, session_id, task, split, bottom);
     match (&task.secagg, &task.he) {
         (Some(secagg), _) => worker.masked_fit(task, secagg, train),
         (None, Some(he)) => worker.encrypted_fit(task, he, train),
@@ -229,7 +229,7 @@ fn answer(
 
 fn train(
     worker: &Worker,
-    handle: &Handle,
+    runtime: &Runtime,
     grpc: HospitalServiceClient<Channel>,
     session_id: &str,
     task: &TaskHeader,
@@ -249,7 +249,7 @@ fn train(
     let private = client_level_plan(worker, task, train.len())?;
     if split.u_shaped {
         let layout = UShapedLayout::new(&model, train.n_features).map_err(|e| e.to_string())?;
-        let exchange = Exchange::open(handle, grpc, session_id, &split.exchange_id)?;
+        let exchange = Exchange::open(runtime, grpc, session_id, &split.exchange_id)?;
         let (delta, last_loss) = train_u_shaped(
             worker,
             exchange,
@@ -278,7 +278,7 @@ fn train(
     }
     let mut part =
         BottomPart::new(&layout, bottom, &config.optimizer).map_err(|e| e.to_string())?;
-    let mut exchange = Exchange::open(handle, grpc, session_id, &split.exchange_id)?;
+    let mut exchange = Exchange::open(runtime, grpc, session_id, &split.exchange_id)?;
     let n = train.len();
     let mut order: Vec<usize> = (0..n).collect();
     let mut index = 0u32;

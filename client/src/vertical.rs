@@ -30,12 +30,12 @@ use cohort_protocol::v1::{
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
-use tokio::runtime::Handle;
+use tokio::runtime::Runtime;
 use tonic::transport::Channel;
 use tracing::info;
 
 use crate::TaskBody;
-use crate::exchange::BlockingExchange;
+use crate::exchange::{BlockingExchange, ExchangeThread};
 use crate::misbehave::Misbehave;
 use crate::work::{Answer, Worker, parse};
 
@@ -68,37 +68,54 @@ impl SiteState {
 /// Answers a VERTICAL task; any problem becomes a refusal with its reason.
 pub(crate) async fn answer(
     worker: Arc<Worker>,
-    grpc: HospitalServiceClient<Channel>,
+    exchanges: &ExchangeThread,
     session_id: String,
     task: TaskHeader,
     body: TaskBody,
 ) -> Answer {
-    let handle = Handle::current();
     let started = std::time::Instant::now();
-    let answer = tokio::task::spawn_blocking(move || {
-        let result = match &task.vertical {
-            Some(vertical) => match vertical.step() {
-                VerticalStep::Enroll => enroll(&worker, &task),
-                VerticalStep::Blind => blind(&worker, &task, body),
-                VerticalStep::Align => align(&worker, &task, body),
-                VerticalStep::Train => {
-                    train(&worker, &handle, grpc, &session_id, &task, vertical, body)
-                }
-                VerticalStep::Unspecified => Err("vertical task of unknown step".to_string()),
-            },
-            None => Err("vertical task without its step".to_string()),
-        };
-        let mut answer = result.unwrap_or_else(Answer::refused);
-        if let Some(kit) = worker.kit() {
-            sign(kit, &task, &mut answer);
-        }
-        worker.record_answer(&task, &answer);
-        answer
-    })
-    .await
-    .unwrap_or_else(|e| Answer::refused(format!("vertical task crashed: {e}")));
+    let step = task.vertical.as_ref().map(VerticalTask::step);
+    let answer = if step == Some(VerticalStep::Train) {
+        // Training steps the exchange batch by batch: on the exchange thread.
+        exchanges
+            .run(move |runtime, grpc| {
+                let result = match &task.vertical {
+                    Some(vertical) => {
+                        train(&worker, runtime, grpc, &session_id, &task, vertical, body)
+                    }
+                    None => Err("vertical task without its step".to_string()),
+                };
+                signed_answer(&worker, &task, result)
+            })
+            .await
+            .unwrap_or_else(|e| Answer::refused(format!("vertical training failed: {e}")))
+    } else {
+        // The id steps are CPU work that talks to no one until it is done.
+        tokio::task::spawn_blocking(move || {
+            let result = match step {
+                Some(VerticalStep::Enroll) => enroll(&worker, &task),
+                Some(VerticalStep::Blind) => blind(&worker, &task, body),
+                Some(VerticalStep::Align) => align(&worker, &task, body),
+                Some(_) => Err("vertical task of unknown step".to_string()),
+                None => Err("vertical task without its step".to_string()),
+            };
+            signed_answer(&worker, &task, result)
+        })
+        .await
+        .unwrap_or_else(|e| Answer::refused(format!("vertical task crashed: {e}")))
+    };
     let mut answer = answer;
     answer.header.compute_seconds = started.elapsed().as_secs_f64();
+    answer
+}
+
+/// The answer to send for `result`, signed and recorded.
+fn signed_answer(worker: &Worker, task: &TaskHeader, result: Result<Answer, String>) -> Answer {
+    let mut answer = result.unwrap_or_else(Answer::refused);
+    if let Some(kit) = worker.kit() {
+        sign(kit, task, &mut answer);
+    }
+    worker.record_answer(task, &answer);
     answer
 }
 
@@ -324,7 +341,7 @@ struct Exchange<'a>(BlockingExchange<'a, VerticalUp, VerticalDown>);
 
 impl<'a> Exchange<'a> {
     fn open(
-        handle: &'a Handle,
+        runtime: &'a Runtime,
         mut grpc: HospitalServiceClient<Channel>,
         session_id: &str,
         exchange_id: &str,
@@ -335,9 +352,13 @@ impl<'a> Exchange<'a> {
                 exchange_id: exchange_id.to_string(),
             })),
         };
-        BlockingExchange::open(handle, "vertical exchange", 4, open, move |up| async move {
-            grpc.vertical_exchange(up).await
-        })
+        BlockingExchange::open(
+            runtime,
+            "vertical exchange",
+            4,
+            open,
+            move |up| async move { grpc.vertical_exchange(up).await },
+        )
         .map(Self)
     }
 
@@ -391,7 +412,7 @@ fn batch_frame(index: usize, rows: usize, values: &[f32], loss: f64) -> Vertical
 
 fn train(
     worker: &Worker,
-    handle: &Handle,
+    runtime: &Runtime,
     grpc: HospitalServiceClient<Channel>,
     session_id: &str,
     task: &TaskHeader,
@@ -465,7 +486,7 @@ fn train(
     };
     let defence = (vertical.max_norm_defence > 0.0).then_some(vertical.max_norm_defence);
     let mut noise = rand::rng();
-    let mut exchange = Exchange::open(handle, grpc, session_id, &vertical.exchange_id)?;
+    let mut exchange = Exchange::open(runtime, grpc, session_id, &vertical.exchange_id)?;
     let train = &aligned.train;
     let validation = &aligned.validation;
     let n = train.len();

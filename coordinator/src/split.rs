@@ -122,6 +122,14 @@ impl SeatStats {
     }
 }
 
+/// Parameters × rows up to which a seat's step runs on the async worker
+/// that received the batch (about 100 µs of arithmetic or less): handing
+/// it to the blocking pool and back costs two thread wake-ups, more than a
+/// step this small, and a SplitFed round is a chain of such steps. Larger
+/// steps go to the blocking pool, so that they do not stall the worker's
+/// other connections.
+const SMALL_STEP: usize = 1 << 20;
+
 /// What a seat trains: the top part, or, U-shaped, the middle.
 enum Held {
     Top(Box<TopPart>),
@@ -132,6 +140,8 @@ enum Held {
 pub struct Seat {
     client: String,
     held: Held,
+    /// A full batch's step is at most [`SMALL_STEP`] multiply-adds.
+    small: bool,
     max_rows: usize,
     next_index: u32,
     /// Set while a `SplitExchange` stream holds the seat.
@@ -295,8 +305,9 @@ impl SplitSeats {
         optimizer: &cohort_models::OptimizerSpec,
         batch_size: usize,
     ) -> Result<String, String> {
+        let parameters = top.len();
         let top = TopPart::new(layout, top, optimizer).map_err(|e| e.to_string())?;
-        Ok(self.insert(client, Held::Top(Box::new(top)), batch_size))
+        Ok(self.insert(client, Held::Top(Box::new(top)), parameters, batch_size))
     }
 
     /// U-shaped: opens a seat for `client` with a copy of the global middle.
@@ -308,15 +319,22 @@ impl SplitSeats {
         optimizer: &cohort_models::OptimizerSpec,
         batch_size: usize,
     ) -> Result<String, String> {
+        let parameters = middle.len();
         let middle = MiddlePart::new(layout, middle, optimizer).map_err(|e| e.to_string())?;
-        Ok(self.insert(client, Held::Middle(Box::new(middle)), batch_size))
+        Ok(self.insert(
+            client,
+            Held::Middle(Box::new(middle)),
+            parameters,
+            batch_size,
+        ))
     }
 
-    fn insert(&self, client: &str, held: Held, batch_size: usize) -> String {
+    fn insert(&self, client: &str, held: Held, parameters: usize, batch_size: usize) -> String {
         let exchange_id = uuid::Uuid::new_v4().simple().to_string();
         let seat = Seat {
             client: client.to_string(),
             held,
+            small: parameters.saturating_mul(batch_size) <= SMALL_STEP,
             max_rows: batch_size,
             next_index: 0,
             streaming: false,
@@ -440,15 +458,17 @@ pub(crate) async fn serve_exchange(
                 Up::Batch(batch) => lock(&step_seat).step(&batch),
                 Up::HeadGradient(gradient) => lock(&step_seat).head_gradient(&gradient),
             };
-            // The step is CPU work: off the async threads.
-            let down = match tokio::task::spawn_blocking(work).await {
-                Ok(Ok(down)) => Ok(down),
-                Ok(Err(reason)) => {
-                    tracing::warn!(client, "split batch rejected: {reason}");
-                    Err(Status::invalid_argument(reason))
-                }
-                Err(e) => Err(Status::internal(format!("top part step crashed: {e}"))),
+            let stepped = if lock(&seat).small {
+                work()
+            } else {
+                tokio::task::spawn_blocking(work)
+                    .await
+                    .unwrap_or_else(|e| Err(format!("the top part's step crashed: {e}")))
             };
+            let down = stepped.map_err(|reason| {
+                tracing::warn!(client, "split batch rejected: {reason}");
+                Status::invalid_argument(reason)
+            });
             let stop = down.is_err();
             if tx.send(down).await.is_err() || stop {
                 break;
@@ -492,6 +512,28 @@ mod tests {
                 &(0..rows).map(|r| (r % 2) as f32).collect::<Vec<_>>(),
             ),
         }
+    }
+
+    #[test]
+    fn only_small_steps_run_on_the_async_worker() {
+        let sgd = OptimizerSpec::Sgd {
+            learning_rate: 0.1,
+            momentum: 0.0,
+        };
+        let small = |hidden: Vec<usize>, batch_size: usize| {
+            let spec = ModelSpec::Mlp { hidden, cut: None };
+            let layout = SplitLayout::new(&spec, 30).unwrap();
+            let params = cohort_models::init_parameters(&spec, 30, 1);
+            let (_, top) = layout.split(&params).unwrap();
+            let seats = SplitSeats::default();
+            let id = seats.open(&layout, "a", top, &sgd, batch_size).unwrap();
+            lock(&seats.claim(&id, "a").unwrap()).small
+        };
+        // The demo's top part (32 → 16 → 1, 545 parameters) at batches of 32.
+        assert!(small(vec![32, 16], 32));
+        // 64 → 512 → 1 has 33,793 parameters: over 2^20 at 32 rows.
+        assert!(!small(vec![64, 512], 32));
+        assert!(small(vec![64, 512], 16));
     }
 
     #[test]
