@@ -59,7 +59,8 @@ impl ExchangeThread {
         Ok(Self { jobs })
     }
 
-    /// Runs `job` on the thread and waits for its result.
+    /// Runs `job` on the thread and waits for its result. A job that
+    /// panics is an error here and leaves the thread serving the next one.
     pub(crate) async fn run<T, F>(&self, job: F) -> Result<T, String>
     where
         T: Send + 'static,
@@ -67,14 +68,24 @@ impl ExchangeThread {
     {
         let (done, result) = oneshot::channel();
         let job: Job = Box::new(move |runtime, grpc| {
-            let _ = done.send(job(runtime, grpc));
+            let outcome =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(runtime, grpc)))
+                    .map_err(|panic| {
+                        let message = panic
+                            .downcast_ref::<String>()
+                            .map(String::as_str)
+                            .or_else(|| panic.downcast_ref::<&str>().copied())
+                            .unwrap_or("no message");
+                        format!("it panicked: {message}")
+                    });
+            let _ = done.send(outcome);
         });
         self.jobs
             .send(job)
             .map_err(|_| "the exchange thread has stopped".to_string())?;
         result
             .await
-            .map_err(|_| "the exchange thread stopped during the exchange".to_string())
+            .map_err(|_| "the exchange thread stopped during the exchange".to_string())?
     }
 }
 
@@ -185,5 +196,36 @@ impl<'a, Up: Send + 'static, Down> BlockingExchange<'a, Up, Down> {
             Ok(None) => Ok(()),
             Err(s) => Err(format!("{what}: {}", s.message())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_job_that_panics_is_an_error_and_the_thread_serves_the_next() {
+        // The connection is lazy: these jobs never use it.
+        let endpoint = Endpoint::from_static("http://127.0.0.1:9");
+        let thread = ExchangeThread::start(&endpoint, "test").unwrap();
+        let caller = std::thread::current().id();
+        let ran_on = thread
+            .run(|_, _| std::thread::current().id())
+            .await
+            .unwrap();
+        assert_ne!(ran_on, caller);
+        let error = thread
+            .run(|_, _| -> u32 { panic!("a bug in training") })
+            .await
+            .unwrap_err();
+        assert!(error.contains("a bug in training"), "{error}");
+        assert_eq!(
+            thread.run(|runtime, _| runtime.block_on(async { 7 })).await,
+            Ok(7)
+        );
+        assert_eq!(
+            thread.run(|_, _| std::thread::current().id()).await,
+            Ok(ran_on)
+        );
     }
 }
