@@ -389,12 +389,10 @@ fn exchanges<'a>(
     endpoint: &Endpoint,
     client: &str,
 ) -> Result<&'a exchange::ExchangeThread, String> {
-    if thread.is_none() {
-        *thread = Some(exchange::ExchangeThread::start(endpoint, client)?);
-    }
-    thread
-        .as_ref()
-        .ok_or_else(|| "the exchange thread did not start".to_string())
+    Ok(match thread {
+        Some(running) => running,
+        None => thread.insert(exchange::ExchangeThread::start(endpoint, client)?),
+    })
 }
 
 /// A client of the coordinator's hospital service with the protocol's

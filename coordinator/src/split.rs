@@ -432,6 +432,7 @@ pub(crate) async fn serve_exchange(
     // Two gradients in flight: a hospital that stops reading stalls only
     // its own exchange.
     let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let small = lock(&seat).small;
     tokio::spawn(async move {
         loop {
             let frame = match stream.message().await {
@@ -458,8 +459,11 @@ pub(crate) async fn serve_exchange(
                 Up::Batch(batch) => lock(&step_seat).step(&batch),
                 Up::HeadGradient(gradient) => lock(&step_seat).head_gradient(&gradient),
             };
-            let stepped = if lock(&seat).small {
-                work()
+            let stepped = if small {
+                // As the blocking pool would, a panic fails the batch, not
+                // the coordinator's task.
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
+                    .unwrap_or_else(|_| Err("the top part's step crashed".to_string()))
             } else {
                 tokio::task::spawn_blocking(work)
                     .await
