@@ -419,7 +419,7 @@ async fn a_wide_top_part_trains_off_the_async_workers() {
     synthetic_oncology_csv(&csv, 600, 29);
     let files = split(&csv, &dir.path().join("parts"), 3, 7);
     let coordinator = start_coordinator(&dir.path().join("coord")).await;
-    for (i, f) in files.iter().enumerate() {
+    for (i, f) in files[..3].iter().enumerate() {
         start_client(&coordinator.url, f, &format!("wide-{i}"), &coordinator.stop);
     }
     wait_for_clients(&coordinator.url, 3).await;
@@ -441,6 +441,42 @@ async fn a_wide_top_part_trains_off_the_async_workers() {
         .filter(|e| e.message.contains("split exchange of"))
         .count();
     assert_eq!(exchanges, 2, "{:#?}", view.events);
+    coordinator.stop.stop();
+}
+
+/// Between split jobs a hospital's exchange connection stays served: the
+/// coordinator's keepalive pings are answered, so the next job's first
+/// exchange does not meet a connection the coordinator closed (which would
+/// cost that round an attempt).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_exchange_connection_answers_keepalive_pings_between_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("all.csv");
+    synthetic_oncology_csv(&csv, 600, 31);
+    let files = split(&csv, &dir.path().join("parts"), 3, 8);
+    let keepalive = std::time::Duration::from_secs(1);
+    let coordinator = start_coordinator_with(&dir.path().join("coord"), |config| {
+        config.wire.keepalive_interval = keepalive;
+        config.wire.keepalive_timeout = keepalive;
+    })
+    .await;
+    for (i, f) in files[..3].iter().enumerate() {
+        start_client(&coordinator.url, f, &format!("idle-{i}"), &coordinator.stop);
+    }
+    wait_for_clients(&coordinator.url, 3).await;
+    let job = oncology_job(1, 3)
+        .replace("kind = \"logistic\"", "kind = \"mlp\"\nhidden = [8]")
+        .replace("seed = 3", "seed = 3\nmode = \"splitfed\"");
+    for pass in 0..2 {
+        let view = submit_and_wait(&coordinator.url, &job).await;
+        assert_eq!(view.state, "completed", "pass {pass}: {view:#?}");
+        for round in view.rounds.iter().filter(|r| r.round > 0) {
+            assert_eq!(round.attempts, 1, "pass {pass}: {round:?}");
+            assert_eq!(round.participants.len(), 3, "pass {pass}: {round:?}");
+        }
+        // Idle for several keepalive periods.
+        tokio::time::sleep(keepalive * 4).await;
+    }
     coordinator.stop.stop();
 }
 
