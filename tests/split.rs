@@ -474,8 +474,10 @@ async fn the_exchange_connection_answers_keepalive_pings_between_jobs() {
             assert_eq!(round.attempts, 1, "pass {pass}: {round:?}");
             assert_eq!(round.participants.len(), 3, "pass {pass}: {round:?}");
         }
-        // Idle for several keepalive periods.
-        tokio::time::sleep(keepalive * 4).await;
+        if pass == 0 {
+            // Idle for several keepalive periods.
+            tokio::time::sleep(keepalive * 4).await;
+        }
     }
     coordinator.stop.stop();
 }
