@@ -83,6 +83,19 @@ pub(crate) fn check_claimed_name(caller: &Caller, claimed: &str, what: &str) -> 
     }
 }
 
+/// The hospital a session belongs to, if the caller is that hospital.
+pub(crate) fn session_client(
+    registry: &Registry,
+    caller: &Caller,
+    session_id: &str,
+) -> Result<String, Status> {
+    let client = registry
+        .client_for_session(session_id)
+        .map_err(|e| Status::unauthenticated(e.to_string()))?;
+    check_claimed_name(caller, &client, "the session")?;
+    Ok(client)
+}
+
 /// Which ledger entries `caller` may read: validators (and everyone under
 /// `--insecure`) all; a developer those of its own jobs, a hospital those of
 /// the jobs it is enrolled in; both every entry that belongs to no job.
@@ -228,7 +241,7 @@ impl HospitalService for Services {
     ) -> Result<Response<v1::AdmitUploadReply>, Status> {
         let caller = self.auth.authorize(&request, "AdmitUpload", HOSPITALS)?;
         let r = request.into_inner();
-        let client = self.session_client(&caller, &r.session_id)?;
+        let client = session_client(&self.registry, &caller, &r.session_id)?;
         let expect = self
             .registry
             .pending_expect(&r.task_id, &client)
@@ -250,7 +263,7 @@ impl HospitalService for Services {
     ) -> Result<Response<Self::GetProvingKeyStream>, Status> {
         let caller = self.auth.authorize(&request, "GetProvingKey", HOSPITALS)?;
         let r = request.into_inner();
-        self.session_client(&caller, &r.session_id)?;
+        session_client(&self.registry, &caller, &r.session_id)?;
         let key = crate::runner::proofs::proving_key_key(&r.job_id);
         if self.store.job(&r.job_id).map_err(internal)?.is_none() {
             return Err(Status::not_found(format!("job `{}` not found", r.job_id)));
@@ -364,7 +377,7 @@ impl HospitalService for Services {
         // Taken first, so that a share set aside for an answer that fails
         // goes back at once rather than after its hold.
         let admitted = self.upload_memory.take_admitted(&header.task_id);
-        let client = self.session_client(&caller, &header.session_id)?;
+        let client = session_client(&self.registry, &caller, &header.session_id)?;
         let pending = self
             .registry
             .take_pending(&header.task_id, &client)
@@ -828,16 +841,6 @@ impl Drop for DeveloperTurn<'_> {
 }
 
 impl Services {
-    /// The hospital a session belongs to, if the caller is that hospital.
-    fn session_client(&self, caller: &Caller, session_id: &str) -> Result<String, Status> {
-        let client = self
-            .registry
-            .client_for_session(session_id)
-            .map_err(|e| Status::unauthenticated(e.to_string()))?;
-        check_claimed_name(caller, &client, "the session")?;
-        Ok(client)
-    }
-
     /// Waits for a developer-service slot only: submissions (a job's own
     /// one-off work, its privacy calibration included) and validators'
     /// attestations (which a job may wait for) are not held to the share,

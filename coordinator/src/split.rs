@@ -421,10 +421,7 @@ pub(crate) async fn serve_exchange(
             ));
         }
     };
-    let client = registry
-        .client_for_session(&open.session_id)
-        .map_err(|e| Status::unauthenticated(e.to_string()))?;
-    crate::server::check_claimed_name(caller, &client, "the session")?;
+    let client = crate::server::session_client(&registry, caller, &open.session_id)?;
     let seat = registry
         .split
         .claim(&open.exchange_id, &client)
