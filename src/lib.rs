@@ -4,6 +4,7 @@
 //! arguments and calls into here, one module per command group; the
 //! Python package (`python/`) calls the same functions.
 
+pub mod allocator;
 pub mod audit;
 pub mod bench;
 pub mod bench_proofs;

@@ -1708,6 +1708,7 @@ fn exit_quietly_when_stdout_closes() {
 #[tokio::main]
 async fn main() -> Result<()> {
     exit_quietly_when_stdout_closes();
+    cohort::allocator::retain_freed_memory();
     let cli = Cli::parse();
     match cli.command {
         Command::Vertical(a) => {

@@ -558,11 +558,30 @@ fn crash_and_recover(privacy: &str, point: &str, victim: Victim) {
     // job's verifying key), rounds 0..=3: the round the crash interrupted
     // is on the ledger once.
     let proof_key = u64::from(privacy.contains("[proofs]"));
+    // A valued round adds its values and its payout.
+    let per_round = if privacy.contains("[valuation]") {
+        3
+    } else {
+        1
+    };
     assert_eq!(
         audit["entries"],
-        3 + proof_key + 1 + u64::from(rounds),
+        3 + proof_key + 1 + per_round * u64::from(rounds),
         "{point}: {audit:#}"
     );
+    if privacy.contains("[valuation]") {
+        // Each hospital's job-wide value on the ledger is the sum of its
+        // round values, across the restart too (the restarted coordinator
+        // sums the stored rounds; a running one adds to the last totals).
+        let rewards = cohort_json(&[
+            "rewards",
+            "verify",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--json",
+        ]);
+        assert_eq!(rewards["rounds_paid"], rounds, "{point}: {rewards:#}");
+    }
     let model = get_model(&net, &job, &dir.path().join("model"));
     let verified = cohort_json(&[
         "verify",
@@ -636,6 +655,13 @@ fn coordinator_crashes_inside_a_ledger_append() {
     // Appends: the coordinator's key, the job, the enrollment, round 0,
     // round 1: the fifth is round 1's.
     crash_and_recover("", "ledger-append@5", Victim::Coordinator);
+}
+
+#[test]
+fn coordinator_crashes_inside_a_valued_rounds_ledger_append() {
+    // Appends: the coordinator's key, the job, the enrollment, round 0,
+    // round 1 (with its values and payout): the sixth is round 2's.
+    crash_and_recover("\n[valuation]\n", "ledger-append@6", Victim::Coordinator);
 }
 
 #[test]

@@ -196,6 +196,7 @@ impl Coordinator {
             ledger: ledger.clone(),
             rewards: config.rewards,
             ceremonies,
+            job_values: Default::default(),
         });
         Ok(Self {
             services: Arc::new(server::Services {

@@ -253,14 +253,15 @@ impl RewardsConfig {
 /// Inside the transaction that records a valued round: takes the
 /// consortium's next height, stores the valuation, and returns the round's
 /// two ledger records (its values, then its payout). `cumulative` is each
-/// hospital's recorded value over the job's earlier rounds.
+/// hospital's recorded value over the job's earlier rounds; this round's
+/// values are added to it.
 pub(crate) fn pay_round(
     tx: &crate::store::Database,
     config: &RewardsConfig,
     job_id: &str,
     round: u32,
     valuation: &crate::runner::RoundValuation,
-    mut cumulative: std::collections::BTreeMap<String, i128>,
+    cumulative: &mut std::collections::BTreeMap<String, i128>,
     attested: bool,
 ) -> Result<Vec<cohort_ledger::Record>, crate::store::StoreError> {
     use crate::store::{Store, StoreError};

@@ -58,7 +58,15 @@ pub struct Runner {
     pub rewards: crate::rewards::RewardsConfig,
     /// Groth16 setup ceremonies for `[proofs] setup = "ceremony"` jobs.
     pub ceremonies: crate::setup::Ceremonies,
+    /// Per running valued job: its last recorded round and each hospital's
+    /// job-wide value after it, so that a round does not re-read every
+    /// earlier one.
+    pub(crate) job_values: std::sync::Mutex<std::collections::HashMap<String, JobValues>>,
 }
+
+/// A valued job's last recorded round and each hospital's job-wide value
+/// after it, in recorded units.
+type JobValues = (u32, BTreeMap<String, i128>);
 
 /// Object-store keys of one stored global model version.
 pub fn model_key(job_id: &str, round: u32) -> String {
@@ -119,6 +127,10 @@ impl Runner {
         };
         self.registry.traffic.forget_job(job_id);
         self.registry.train_metrics.forget_job(job_id);
+        self.job_values
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(job_id);
         let (state, error) = match &result {
             Ok(()) => (JobState::Completed, None),
             Err(e) => (JobState::Failed, Some(e.to_string())),
@@ -1154,9 +1166,9 @@ impl Runner {
         let job_id = job.id.clone();
         let round = row.round;
         let rewards = self.rewards;
-        let cumulative = match &record.valuation {
-            Some(_) => self.cumulative_values(&job.id)?,
-            None => BTreeMap::new(),
+        let mut cumulative = match &record.valuation {
+            Some(_) => Some(self.cumulative_values(&job.id, round)?),
+            None => None,
         };
         let valuation = record.valuation;
         let attested = spec.proofs.update != crate::job::UpdateProofs::Off;
@@ -1164,7 +1176,7 @@ impl Runner {
             &self.store,
             |tx| {
                 let mut records = vec![entry];
-                if let Some(valuation) = valuation {
+                if let (Some(valuation), Some(cumulative)) = (valuation, cumulative.as_mut()) {
                     records.extend(crate::rewards::pay_round(
                         tx, &rewards, &job_id, round, &valuation, cumulative, attested,
                     )?);
@@ -1173,6 +1185,12 @@ impl Runner {
             },
             |tx| Store::record_round_in(tx, &row),
         )?;
+        if let Some(totals) = cumulative {
+            self.job_values
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(job_id, (round, totals));
+        }
         Ok(())
     }
 
@@ -1211,9 +1229,25 @@ impl Runner {
         })
     }
 
-    /// Each hospital's job-wide value so far, in recorded units (the sum of
-    /// its recorded round values).
-    fn cumulative_values(&self, job_id: &str) -> Result<BTreeMap<String, i128>, RunError> {
+    /// Each hospital's job-wide value before `round`, in recorded units
+    /// (the sum of its recorded round values): the totals kept after the
+    /// round before, or else summed from the store (the job's first valued
+    /// round here, after a restart or after another coordinator ran it).
+    fn cumulative_values(
+        &self,
+        job_id: &str,
+        round: u32,
+    ) -> Result<BTreeMap<String, i128>, RunError> {
+        let kept = self
+            .job_values
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(job_id)
+            .filter(|(last, _)| last + 1 == round)
+            .map(|(_, totals)| totals.clone());
+        if let Some(totals) = kept {
+            return Ok(totals);
+        }
         let mut sums = BTreeMap::new();
         for v in self.valuations(job_id)? {
             for (name, value) in v.values {

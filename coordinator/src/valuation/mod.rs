@@ -285,15 +285,19 @@ pub fn plain_players(
             .filter(|c| !c.is_empty())
     };
     let same = |a: &crate::strategy::ClientUpdate, b: &crate::strategy::ClientUpdate| {
+        // The commitments first: comparing updates costs a pass over both.
+        if commitment(a).is_none()
+            || commitment(a) != commitment(b)
+            || a.delta.len() != b.delta.len()
+        {
+            return false;
+        }
         let (mut diff, mut norm) = (0f64, 0f64);
         for (x, y) in a.delta.iter().zip(&b.delta) {
             diff += (f64::from(*x) - f64::from(*y)).powi(2);
             norm += f64::from(*x).powi(2);
         }
-        commitment(a).is_some()
-            && commitment(a) == commitment(b)
-            && a.delta.len() == b.delta.len()
-            && diff <= 1e-8 * norm
+        diff <= 1e-8 * norm
     };
     let mut players: Vec<(Vec<String>, crate::strategy::ClientUpdate)> = Vec::new();
     for u in updates {
