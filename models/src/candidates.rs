@@ -206,7 +206,10 @@ fn score(
     // A product with a zero weight still spreads a NaN, so one non-finite
     // value would spoil every candidate, not only its player's coalitions.
     for (i, (update, _)) in players.iter().enumerate() {
-        if let Some(j) = update.iter().position(|v| !v.is_finite()) {
+        // A pass without an early exit vectorizes; the position is only
+        // looked for once something is wrong.
+        if !update.iter().fold(true, |ok, v| ok & v.is_finite()) {
+            let j = update.iter().position(|v| !v.is_finite()).unwrap_or_default();
             return Err(ModelError::InvalidData(format!(
                 "player {i}'s update has a non-finite value at index {j}"
             )));
