@@ -6,8 +6,8 @@
 //! than 128 KiB of it is free, and serve every block from 128 KiB up with a
 //! fresh `mmap`. Each round then pays page faults to get those pages back,
 //! and every `munmap` or trim interrupts the other cores to flush their TLBs
-//! (`perf` of a valued 10-hospital job: about 40 % of what valuation added
-//! to a round's CPU). Keeping up to [`RETAINED`] free at the top of each
+//! (`perf` of a valued 10-hospital job in a fresh process: about a third
+//! of what valuation added to a round's CPU; docs/BENCHMARKS.md). Keeping up to [`RETAINED`] free at the top of each
 //! heap, and serving blocks below it from the heap, removes that churn for
 //! a few megabytes of resident memory.
 

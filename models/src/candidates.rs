@@ -209,7 +209,10 @@ fn score(
         // A pass without an early exit vectorizes; the position is only
         // looked for once something is wrong.
         if !update.iter().fold(true, |ok, v| ok & v.is_finite()) {
-            let j = update.iter().position(|v| !v.is_finite()).unwrap_or_default();
+            let j = update
+                .iter()
+                .position(|v| !v.is_finite())
+                .unwrap_or_default();
             return Err(ModelError::InvalidData(format!(
                 "player {i}'s update has a non-finite value at index {j}"
             )));
