@@ -1,31 +1,37 @@
 //! How this process's memory allocator hands memory back to the system.
 //!
-//! A round moves buffers of a few hundred kilobytes at a time: task bodies,
-//! a hospital's candidate models under valuation, split-learning frames.
-//! glibc's defaults return the top of a heap to the kernel as soon as more
-//! than 128 KiB of it is free, and serve every block from 128 KiB up with a
-//! fresh `mmap`. Each round then pays page faults to get those pages back,
-//! and every `munmap` or trim interrupts the other cores to flush their TLBs
-//! (`perf` of a valued 10-hospital job in a fresh process: about a third
-//! of what valuation added to a round's CPU; docs/BENCHMARKS.md). Keeping up to [`RETAINED`] free at the top of each
-//! heap, and serving blocks below it from the heap, removes that churn for
-//! a few megabytes of resident memory.
+//! A round moves buffers of tens of kilobytes to megabytes: task bodies, a
+//! hospital's candidate models under valuation, a large model's parameters
+//! and gradients. glibc starts by returning the top of a heap to the kernel
+//! as soon as 128 KiB of it is free, and serving every block from 128 KiB
+//! up with a fresh `mmap`; each round then pays page faults to get those
+//! pages back, and every `munmap` or trim interrupts the other cores to
+//! flush their TLBs (`perf` of a valued 10-hospital job in a fresh process:
+//! about a third of what valuation added to a round's CPU;
+//! docs/BENCHMARKS.md). glibc raises both limits itself once a mapped block
+//! is freed, up to [`MMAP_THRESHOLD`] and [`TRIM_THRESHOLD`], but only then,
+//! and a process may never free one. Starting at those limits makes every
+//! process behave as a long-running one would, at the cost of keeping freed
+//! memory mapped (measured: 2 to 50 MB more peak resident memory).
 
-/// Free memory a heap keeps before trimming, and the size from which a
-/// block gets its own mapping.
-pub const RETAINED: usize = 4 << 20;
+/// Blocks from this size up get their own mapping (glibc's largest
+/// automatic choice on 64-bit targets).
+pub const MMAP_THRESHOLD: usize = 32 << 20;
 
-/// Applies [`RETAINED`] to glibc's allocator; elsewhere (musl, macOS) it does
-/// nothing. Returns whether the allocator accepted both settings.
+/// Free memory at the top of a heap beyond this goes back to the kernel
+/// (twice [`MMAP_THRESHOLD`], as glibc pairs them).
+pub const TRIM_THRESHOLD: usize = 64 << 20;
+
+/// Applies both thresholds to glibc's allocator; elsewhere (musl, macOS)
+/// it does nothing. Returns whether the allocator accepted both.
 pub fn retain_freed_memory() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        let bytes = RETAINED as libc::c_int;
         // SAFETY: mallopt only changes the allocator's tuning parameters
         // and is safe to call at any time from any thread.
         unsafe {
-            libc::mallopt(libc::M_TRIM_THRESHOLD, bytes) == 1
-                && libc::mallopt(libc::M_MMAP_THRESHOLD, bytes) == 1
+            libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD as libc::c_int) == 1
+                && libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int) == 1
         }
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
@@ -37,7 +43,7 @@ pub fn retain_freed_memory() -> bool {
 #[cfg(test)]
 mod tests {
     #[test]
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[cfg(all(target_os = "linux", target_env = "gnu", target_pointer_width = "64"))]
     fn glibc_takes_both_settings() {
         assert!(super::retain_freed_memory());
     }
